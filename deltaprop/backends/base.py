@@ -1,0 +1,288 @@
+"""The backend contract: the hot loops of backprop, named by what they compute.
+
+Conventions (see README, "The math"):
+
+* rows are samples; a batch has B rows;
+* ``W`` of a layer is (n_in, n_out), ``b`` is (n_out,);
+* ``a = z_prev·W + b`` is the pre-activation, ``z = φ(a)`` the output;
+* every array argument is an array of this backend (``asarray`` makes one);
+  outputs are written into the buffers given, nothing is returned;
+* φ' is taken from the layer's output ``z``: for every activation here it is a
+  function of φ(a) alone (σ' = z(1 − z), tanh' = 1 − z², relu' = [z > 0],
+  leaky_relu' = 1 if z > 0 else 0.1, identity' = 1), so hidden layers need not
+  keep ``a``.
+
+The default methods are written against ``self.xp`` (NumPy or CuPy), with
+``out=`` arguments and a cached scratch space, so that a training step
+allocates nothing once the scratch has grown to the batch's size. A backend
+overrides only what it accelerates; ``tests/test_contract.py`` checks that every
+override keeps the signature below.
+
+A backend object is shared by all models that use it and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: φ for each activation name; "softmax" is row-wise.
+ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+#: the losses and the accuracy rules understood by ``batch_metrics``.
+LOSSES = ("mse", "cross_entropy", "bce", "perceptron")
+ACCURACY_RULES = (None, "argmax", "threshold")
+LEAKY_SLOPE = 0.1
+
+
+class Backend:
+    """Base class of the backends. Subclasses set ``name`` and ``xp`` and may override any method."""
+
+    name: str = "base"
+    xp = None  # the array module the default methods use
+    device: str = "CPU"  # a description of what runs the kernels
+
+    def __init__(self):
+        self._scratch_space: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<deltaprop backend {self.name!r} on {self.device}>"
+
+    # ------------------------------------------------------------------ memory
+    def asarray(self, x, dtype=None):
+        """A new C-contiguous backend array holding a copy of the host array ``x``."""
+        return self.xp.array(x, dtype=dtype, copy=True, order="C")
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A NumPy copy of the backend array ``x`` (waits for pending device work)."""
+        return np.array(x, copy=True)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def zero_(self, x) -> None:
+        """x ← 0."""
+        x.fill(0)
+
+    def copy_(self, dst, src) -> None:
+        """dst ← src, both backend arrays of one shape."""
+        self.xp.copyto(dst, src)
+
+    def all_finite(self, arrays) -> bool:
+        """Whether every element of every array is finite (waits for the device)."""
+        xp = self.xp
+        return all(bool(xp.isfinite(x).all()) for x in arrays)
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far."""
+
+    def _scratch(self, slot: str, shape, dtype):
+        """A cached work buffer; it grows when needed and is otherwise reused."""
+        dtype = np.dtype(dtype)
+        size = math.prod(shape)
+        buf = self._scratch_space.get((slot, dtype))
+        if buf is None or buf.size < size:
+            buf = self.xp.empty(size, dtype=dtype)
+            self._scratch_space[(slot, dtype)] = buf
+        return buf[:size].reshape(shape)
+
+    # ------------------------------------------------------------ hot loops
+    def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
+        """One layer: a = z_prev·W + b, z = φ(a); ``a`` is stored only when given.
+
+        z_prev (B, n_in), W (n_in, n_out), b (n_out,), z and a (B, n_out).
+        """
+        xp = self.xp
+        pre = z if a is None else a
+        xp.matmul(z_prev, W, out=pre)
+        pre += b
+        self._activate(pre, activation, z)
+
+    def output_delta(self, a, z, y, activation: str, loss: str, delta) -> None:
+        """δ_L = ∂E/∂a_L for one sample per row; a, z, y, delta (B, n_out).
+
+        softmax + cross_entropy and sigmoid + bce: δ = z − y; mse: δ = (z − y) ⊙ φ'(a);
+        perceptron (labels ±1, E = max(0, −y·a)): δ = −y where y·a ≤ 0, else 0.
+        """
+        xp = self.xp
+        if loss == "perceptron":
+            xp.multiply(y, a, out=delta)
+            xp.less_equal(delta, 0, out=delta)
+            xp.multiply(delta, y, out=delta)
+            xp.negative(delta, out=delta)
+            return
+        xp.subtract(z, y, out=delta)
+        if loss == "mse":
+            self._mul_derivative(z, activation, delta)
+        elif loss not in ("cross_entropy", "bce"):
+            raise ValueError(f"loss: unknown loss {loss!r}")
+
+    def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        """δ = φ'(a) ⊙ (δ_next·W_nextᵀ), with φ' taken from z = φ(a).
+
+        delta_next (B, n_next), W_next (n, n_next) as it was before this step's update,
+        z and delta (B, n).
+        """
+        self.xp.matmul(delta_next, W_next.T, out=delta)
+        self._mul_derivative(z, activation, delta)
+
+    def weight_grad(self, z_prev, delta, dW, db) -> None:
+        """∂E/∂W = z_prevᵀ·δ / B into dW (n_in, n_out); ∂E/∂b = column mean of δ into db (n_out,)."""
+        xp = self.xp
+        scale = 1.0 / delta.shape[0]
+        xp.matmul(z_prev.T, delta, out=dW)
+        dW *= scale
+        xp.sum(delta, axis=0, out=db)
+        db *= scale
+
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+        """SGD step in place: g = ∂E/∂W + λ·W; v ← μ·v + g; W ← W − η·v (and b, without decay).
+
+        vW and vb are the momentum buffers (shapes of W and b); they may be None when μ = 0.
+        Call it only after every δ that needs this layer's old W has been computed.
+        """
+        xp = self.xp
+        gW = self._scratch("gW", W.shape, W.dtype)
+        gb = self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        if weight_decay:
+            decay = self._scratch("decay", W.shape, W.dtype)
+            xp.multiply(W, weight_decay, out=decay)
+            gW += decay
+        for p, g, v in ((W, gW, vW), (b, gb, vb)):
+            if momentum:
+                v *= momentum
+                v += g
+                xp.multiply(v, lr, out=g)
+            else:
+                g *= lr
+            p -= g
+
+    # --------------------------------------------- what a device loop needs
+    def gather(self, src, idx, out) -> None:
+        """out = src[idx]: the rows of ``src`` named by the integer array ``idx``."""
+        self.xp.take(src, idx, axis=0, out=out)
+
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+        """Adds the batch's summed per-sample loss to out[0] and its count of correct samples to out[1].
+
+        ``out`` is a float64 array of 2 elements. ``accuracy``: "argmax" (argmax z = argmax y, each the first maximum of its row),
+        "threshold" (every output: a > 0 exactly where y > 0.5), or None (out[1] unchanged).
+        """
+        out[0] += self._loss_sum(a, z, y, loss)
+        if accuracy is not None:
+            out[1] += self._correct_count(a, z, y, accuracy)
+
+    # ------------------------------------------------------- elementwise
+    def _activate(self, a, activation: str, z) -> None:
+        """z = φ(a); ``a`` and ``z`` may be the same array."""
+        xp = self.xp
+        if activation == "identity":
+            if z is not a:
+                xp.copyto(z, a)
+        elif activation == "sigmoid":  # σ(a) = (1 + tanh(a/2)) / 2: no overflow for any a
+            xp.multiply(a, 0.5, out=z)
+            xp.tanh(z, out=z)
+            z *= 0.5
+            z += 0.5
+        elif activation == "tanh":
+            xp.tanh(a, out=z)
+        elif activation == "relu":
+            xp.maximum(a, 0, out=z)
+        elif activation == "leaky_relu":
+            tmp = self._scratch("act", a.shape, a.dtype)
+            xp.multiply(a, LEAKY_SLOPE, out=tmp)
+            xp.maximum(a, tmp, out=z)
+        elif activation == "step":  # Heaviside, H(0) = 0
+            xp.greater(a, 0, out=z)
+        elif activation == "softmax":
+            rows = self._scratch("rows", (a.shape[0], 1), a.dtype)
+            xp.max(a, axis=1, keepdims=True, out=rows)
+            xp.subtract(a, rows, out=z)
+            xp.exp(z, out=z)
+            xp.sum(z, axis=1, keepdims=True, out=rows)
+            z /= rows
+        else:
+            raise ValueError(f"activation: unknown activation {activation!r}")
+
+    def _mul_derivative(self, z, activation: str, g) -> None:
+        """g ⊙= φ'(a), with φ' expressed through z = φ(a)."""
+        xp = self.xp
+        if activation == "identity":
+            return
+        tmp = self._scratch("deriv", z.shape, z.dtype)
+        if activation == "sigmoid":  # σ(1 − σ)
+            xp.subtract(1, z, out=tmp)
+            tmp *= z
+        elif activation == "tanh":  # 1 − tanh²
+            xp.multiply(z, z, out=tmp)
+            xp.subtract(1, tmp, out=tmp)
+        elif activation == "relu":  # 1 for a > 0, 0 for a ≤ 0
+            xp.greater(z, 0, out=tmp)
+        elif activation == "leaky_relu":  # 1 for a > 0, 0.1 for a ≤ 0
+            xp.greater(z, 0, out=tmp)
+            tmp *= 1.0 - LEAKY_SLOPE
+            tmp += LEAKY_SLOPE
+        elif activation == "step":
+            tmp.fill(0)
+        else:
+            raise ValueError(f"activation: {activation!r} has no elementwise derivative")
+        g *= tmp
+
+    def _loss_sum(self, a, z, y, loss: str):
+        """Σ over the batch of the per-sample loss, as a scalar of ``xp`` (no wait for the device)."""
+        xp = self.xp
+        tmp = self._scratch("loss", a.shape, a.dtype)
+        if loss == "mse":  # ½ Σ_k (z_k − y_k)²
+            xp.subtract(z, y, out=tmp)
+            return 0.5 * xp.vdot(tmp, tmp)
+        if loss == "cross_entropy":  # −Σ_k y_k log softmax(a)_k, from a for stability
+            rows = self._scratch("rows", (a.shape[0], 1), a.dtype)
+            ysum = self._scratch("rows2", (a.shape[0], 1), a.dtype)
+            xp.max(a, axis=1, keepdims=True, out=rows)
+            xp.subtract(a, rows, out=tmp)  # a − max
+            y_dot = xp.vdot(y, tmp)
+            xp.exp(tmp, out=tmp)
+            xp.sum(tmp, axis=1, keepdims=True, out=rows)
+            xp.log(rows, out=rows)  # log Σ exp(a − max)
+            xp.sum(y, axis=1, keepdims=True, out=ysum)
+            return xp.vdot(rows, ysum) - y_dot
+        if loss == "bce":  # softplus(a) − y·a = max(a, 0) + log1p(exp(−|a|)) − y·a
+            rest = self._scratch("loss2", a.shape, a.dtype)
+            xp.abs(a, out=tmp)
+            xp.negative(tmp, out=tmp)
+            xp.exp(tmp, out=tmp)
+            xp.log1p(tmp, out=tmp)
+            xp.maximum(a, 0, out=rest)
+            tmp += rest
+            return tmp.sum(dtype=np.float64) - xp.vdot(y, a)
+        if loss == "perceptron":  # max(0, −y·a)
+            xp.multiply(y, a, out=tmp)
+            xp.minimum(tmp, 0, out=tmp)
+            return -tmp.sum(dtype=np.float64)
+        raise ValueError(f"loss: unknown loss {loss!r}")
+
+    def _correct_count(self, a, z, y, accuracy: str):
+        xp = self.xp
+        rows = a.shape[0]
+        if accuracy == "argmax":
+            pred = self._scratch("argmax", (rows,), np.intp)
+            true = self._scratch("argmax2", (rows,), np.intp)
+            same = self._scratch("same", (rows,), np.bool_)
+            xp.argmax(z, axis=1, out=pred)
+            xp.argmax(y, axis=1, out=true)
+            xp.equal(pred, true, out=same)
+            return xp.count_nonzero(same)
+        if accuracy == "threshold":
+            pos = self._scratch("pos", a.shape, np.bool_)
+            true = self._scratch("pos2", a.shape, np.bool_)
+            xp.greater(a, 0, out=pos)
+            xp.greater(y, 0.5, out=true)
+            xp.equal(pos, true, out=pos)
+            same = self._scratch("same", (rows,), np.bool_)
+            xp.all(pos, axis=1, out=same)
+            return xp.count_nonzero(same)
+        raise ValueError(f"accuracy: unknown rule {accuracy!r}")

@@ -1,0 +1,118 @@
+"""The losses, which output activations each pairs with, and how targets are encoded for them.
+
+Every loss is the mean over the batch of the per-sample loss E:
+
+============= ===================================== =================== =========================
+name          E per sample                          output activations  δ_L = ∂E/∂a_L
+============= ===================================== =================== =========================
+mse           ½ Σ_k (z_k − y_k)²                    identity, sigmoid,  (z − y) ⊙ φ'(a)
+                                                    tanh, relu,
+                                                    leaky_relu
+cross_entropy −Σ_k y_k log softmax(a)_k             softmax             z − y
+bce           −Σ_k [y_k log z_k + (1−y_k) log(1−z_k)] sigmoid           z − y
+perceptron    max(0, −y·a), labels ±1               identity, step      −y where y·a ≤ 0, else 0
+============= ===================================== =================== =========================
+
+Targets are either integer class labels (1-D), which become one-hot rows (or a
+single 0/1 or ±1 column when there is one output), or float arrays of the
+output's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    outputs: tuple  # the output activations it pairs with
+    classification: bool  # predict() returns labels
+
+
+LOSSES = {
+    "mse": Loss("mse", ("identity", "sigmoid", "tanh", "relu", "leaky_relu"), False),
+    "cross_entropy": Loss("cross_entropy", ("softmax",), True),
+    "bce": Loss("bce", ("sigmoid",), True),
+    "perceptron": Loss("perceptron", ("identity", "step"), True),
+}
+
+
+def check_loss(name) -> Loss:
+    if not isinstance(name, str) or name.strip().lower() not in LOSSES:
+        raise ValueError(f"loss: unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[name.strip().lower()]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Targets encoded for the device: ``Y`` (n, n_out) and the accuracy rule that fits them."""
+
+    Y: np.ndarray
+    accuracy: str | None  # "argmax", "threshold" or None (regression: no accuracy)
+    labels: bool  # whether they came as class labels
+
+
+def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: str = "y") -> Targets:
+    """Check ``y`` and encode it as (n, n_out) rows of ``dtype``; every error names ``argument``."""
+    y = np.asarray(y)
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise TypeError(f"{argument}: expected numbers, got an array of dtype {y.dtype}")
+    if y.ndim == 0 or y.ndim > 2:
+        raise ValueError(f"{argument}: expected a 1-D array of labels or a 2-D array (n, {n_out}), got {y.ndim}-D")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"{argument}: has {y.shape[0]} rows but X has {n_samples}")
+    if y.ndim == 2 and y.shape[1] == 1 and n_out == 1:
+        y = y[:, 0]
+    integer = np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_
+    if not integer and not np.all(np.isfinite(y)):
+        raise ValueError(f"{argument}: contains NaN or Inf")
+
+    if y.ndim == 2:
+        if y.shape[1] != n_out:
+            raise ValueError(f"{argument}: has {y.shape[1]} columns but the network has {n_out} outputs")
+        Y = y.astype(dtype)
+        _check_values(Y, loss, argument)
+        if loss.name == "cross_entropy":
+            rule = "argmax"
+        elif loss.name in ("bce", "perceptron"):
+            rule = "threshold"
+        else:
+            rule = None
+        return Targets(Y, rule, False)
+
+    # 1-D
+    if loss.name == "perceptron":
+        if n_out != 1:
+            raise ValueError(f"{argument}: the perceptron loss with {n_out} outputs needs a 2-D array of ±1 targets")
+        Y = y.astype(dtype)[:, None]
+        _check_values(Y, loss, argument)
+        return Targets(Y, "threshold", integer)
+    if n_out == 1:
+        if loss.name == "cross_entropy":
+            raise ValueError("loss: cross_entropy needs at least 2 outputs (softmax over one output is always 1)")
+        Y = y.astype(dtype)[:, None]
+        if loss.name == "bce":
+            _check_values(Y, loss, argument)
+            return Targets(Y, "threshold", integer)
+        return Targets(Y, None, False)  # mse on one output: regression
+    if not integer:
+        raise ValueError(
+            f"{argument}: a 1-D target for {n_out} outputs must hold integer class labels "
+            f"(got dtype {y.dtype}); pass a 2-D array (n, {n_out}) for other targets"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_out):
+        bad = y[(y < 0) | (y >= n_out)][0]
+        raise ValueError(f"{argument}: label {bad} is outside the output range 0..{n_out - 1}")
+    Y = np.zeros((n_samples, n_out), dtype=dtype)
+    Y[np.arange(n_samples), y.astype(np.intp)] = 1
+    return Targets(Y, "argmax", True)
+
+
+def _check_values(Y: np.ndarray, loss: Loss, argument: str) -> None:
+    if loss.name == "perceptron" and not np.all(np.abs(Y) == 1):
+        raise ValueError(f"{argument}: the perceptron loss needs labels −1 and +1")
+    if loss.name in ("bce", "cross_entropy") and (Y.min(initial=0) < 0 or Y.max(initial=0) > 1):
+        raise ValueError(f"{argument}: {loss.name} targets must lie in [0, 1]")

@@ -1,0 +1,533 @@
+"""The MLP: the public API over the backend contract.
+
+Shapes, for a batch of B samples and layer sizes n_0, ..., n_L:
+    X (B, n_0); W_l (n_{l-1}, n_l); b_l (n_l,); a_l, z_l (B, n_l); δ_l (B, n_l).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from numbers import Integral, Real
+
+import numpy as np
+
+from .. import backends
+from .activations import ACTIVATIONS, check_activation
+from .losses import check_loss, encode_targets
+from .training import Buffers, History, Plan, Trainer
+
+FORMAT = "deltaprop-mlp"
+FORMAT_VERSION = 1
+EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
+    return dt
+
+
+class MLP:
+    """A multi-layer perceptron trained by backprop on the chosen backend.
+
+    layer_sizes: [n_in, hidden..., n_out]. activation: one name, or one per hidden layer.
+    Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
+    starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
+    tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
+    biases start at 0.
+    """
+
+    def __init__(
+        self,
+        layer_sizes,
+        activation="relu",
+        output_activation="softmax",
+        loss="cross_entropy",
+        backend="auto",
+        dtype="float32",
+        seed=None,
+    ):
+        sizes = _check_layer_sizes(layer_sizes)
+        n_hidden = len(sizes) - 2
+        if isinstance(activation, str):
+            hidden = [check_activation(activation, "activation")] * n_hidden
+        else:
+            try:
+                names = list(activation)
+            except TypeError:
+                raise TypeError(f"activation: expected a name or a list of names, got {type(activation).__name__}") from None
+            if len(names) != n_hidden:
+                raise ValueError(f"activation: got {len(names)} names for {n_hidden} hidden layers")
+            hidden = [check_activation(a, f"activation[{i}]") for i, a in enumerate(names)]
+        for i, name in enumerate(hidden):
+            if not ACTIVATIONS[name].hidden:
+                why = "zero derivative: backprop cannot train through it" if name == "step" else "output only"
+                raise ValueError(f"activation: {name!r} cannot be used in hidden layer {i} ({why})")
+        out = check_activation(output_activation, "output_activation")
+        loss_spec = check_loss(loss)
+        if out not in loss_spec.outputs:
+            raise ValueError(
+                f"output_activation: {out!r} does not pair with loss {loss_spec.name!r}; "
+                f"it pairs with {', '.join(loss_spec.outputs)}"
+            )
+        if out == "step" and n_hidden:
+            raise ValueError("output_activation: 'step' is allowed only in a single-layer perceptron (no hidden layers)")
+        if out == "softmax" and sizes[-1] < 2:
+            raise ValueError("layer_sizes: a softmax output needs at least 2 units")
+        self.dtype = check_dtype(dtype)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**63)
+        elif isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+            raise ValueError(f"seed: expected None or an integer ≥ 0, got {seed!r}")
+        self.selection = backends.select(backend)
+        self.backend = backends.instance(self.selection.name)
+
+        self.layer_sizes = sizes
+        self.activations = (*hidden, out)  # one per layer, the output's last
+        self.loss = loss_spec.name
+        self.seed = int(seed)
+        self.epochs_trained = 0
+        self._velocity = None  # momentum buffers [(vW, vb)], made by the first fit with momentum
+        self._set_params(self._initial_weights())
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes) - 1
+
+    @property
+    def output_activation(self) -> str:
+        return self.activations[-1]
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def __repr__(self) -> str:
+        return (
+            f"MLP({list(self.layer_sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
+            f"backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+        )
+
+    # ----------------------------------------------------------- training
+    def fit(
+        self,
+        X,
+        y,
+        epochs=10,
+        batch_size=32,
+        lr=0.01,
+        momentum=0.0,
+        weight_decay=0.0,
+        validation_data=None,
+        validation_split=0.0,
+        early_stopping=None,
+        shuffle=True,
+        verbose=0,
+        callback=None,
+    ) -> History:
+        """Train by mini-batch SGD; returns the per-epoch History.
+
+        batch_size=1 is the Widrow–Hoff online rule, batch_size=None full-batch gradient descent.
+        early_stopping: a patience in epochs on the validation loss (the training loss without
+        validation data); the best weights are restored at the end. validation_split takes a
+        random fraction of (X, y), drawn from the model's seed, as validation data.
+        callback(epoch, history), if given, is called after each epoch.
+        Every argument is checked before anything changes; if the loss becomes NaN or Inf,
+        ``TrainingDiverged`` is raised and the last finite weights stay in place.
+        """
+        X = self._check_X(X, "X")
+        targets = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
+        epochs = _check_int(epochs, "epochs", 1)
+        if batch_size is not None:
+            batch_size = _check_int(batch_size, "batch_size", 1)
+        lr = _check_real(lr, "lr", lo=0.0, lo_open=True)
+        momentum = _check_real(momentum, "momentum", lo=0.0, hi=1.0)
+        weight_decay = _check_real(weight_decay, "weight_decay", lo=0.0)
+        validation_split = _check_real(validation_split, "validation_split", lo=0.0, hi=1.0)
+        if early_stopping is not None:
+            early_stopping = _check_int(early_stopping, "early_stopping", 1)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+        if not isinstance(verbose, Integral) or verbose < 0:
+            raise TypeError(f"verbose: expected 0, 1 or a bool, got {verbose!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback: expected a callable(epoch, history)")
+        if validation_data is not None and validation_split:
+            raise ValueError("validation_data, validation_split: give one or the other, not both")
+
+        val = None
+        if validation_data is not None:
+            try:
+                Xv, yv = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data: expected a pair (X_val, y_val)") from None
+            Xv = self._check_X(Xv, "validation_data[0]")
+            val = (Xv, encode_targets(yv, check_loss(self.loss), self.layer_sizes[-1], self.dtype, Xv.shape[0], "validation_data[1]"))
+        elif validation_split:
+            n_val = int(round(validation_split * X.shape[0]))
+            if n_val < 1 or n_val >= X.shape[0]:
+                raise ValueError(
+                    f"validation_split: {validation_split} of {X.shape[0]} samples leaves "
+                    f"{n_val} for validation and {X.shape[0] - n_val} for training; both need at least 1"
+                )
+            order = np.random.default_rng([self.seed, 1]).permutation(X.shape[0])
+            vi, ti = order[:n_val], order[n_val:]
+            val = (X[vi], _take_targets(targets, vi))
+            X, targets = X[ti], _take_targets(targets, ti)
+
+        n = X.shape[0]
+        plan = Plan(
+            epochs=epochs,
+            batch_size=n if batch_size is None else min(batch_size, n),
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            early_stopping=early_stopping,
+            shuffle=bool(shuffle),
+            verbose=int(verbose),
+        )
+        return Trainer(self, X, targets, plan, val, callback).run()
+
+    def _train_step(self, buf: Buffers, lr, momentum, weight_decay, metrics, accuracy) -> None:
+        """One SGD step on the batch in buf.x, buf.y; adds its loss and correct count to ``metrics``."""
+        self._forward(buf)
+        bk = self.backend
+        bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics)
+        velocity = self._velocity if momentum else None
+
+        def update(l):  # W_l ← W_l − η·v_l, once δ_{l-1} has used the old W_l
+            vW, vb = velocity[l] if velocity else (None, None)
+            W, b = self._params[l]
+            bk.sgd_update(buf.z[l], buf.delta[l], W, b, vW, vb, lr, momentum, weight_decay)
+
+        self._backprop(buf, update)
+
+    def _forward(self, buf: Buffers) -> None:
+        """a_l = z_{l-1}·W_l + b_l, z_l = φ_l(a_l), for l = 1..L; the output's a_L is kept in buf.a."""
+        last = self.n_layers - 1
+        for l, ((W, b), act) in enumerate(zip(self._params, self.activations)):
+            self.backend.forward(buf.z[l], W, b, act, buf.z[l + 1], a=buf.a if l == last else None)
+
+    def _backprop(self, buf: Buffers, visit) -> None:
+        """δ_L = ∂E/∂a_L, then δ_l = φ'_l(a_l) ⊙ (δ_{l+1}·W_{l+1}ᵀ) for l = L-1..1.
+
+        visit(l) is called for each layer, from the last, once buf.delta[l] is final and every δ
+        that needs W_l has been computed: it may update W_l in place.
+        """
+        bk = self.backend
+        bk.output_delta(buf.a, buf.z[-1], buf.y, self.output_activation, self.loss, buf.delta[-1])
+        for l in reversed(range(self.n_layers)):
+            if l > 0:
+                bk.hidden_delta(buf.delta[l], self._params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
+            visit(l)
+
+    # ---------------------------------------------------------- inference
+    def predict(self, X) -> np.ndarray:
+        """Class labels for classification losses (±1 for the perceptron, 0/1 for one sigmoid output);
+        the outputs z for mse (shape (n,) when there is one output)."""
+        X = self._check_X(X, "X")
+        a, z = self._outputs(X)
+        if self.loss == "perceptron":
+            labels = np.where(a > 0, 1, -1)
+            return labels[:, 0] if labels.shape[1] == 1 else labels
+        if self.loss == "mse":
+            return z[:, 0] if z.shape[1] == 1 else z
+        if z.shape[1] == 1:
+            return (a[:, 0] > 0).astype(np.int64)  # σ(a) > 0.5
+        return np.argmax(z, axis=1)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """The network's outputs z_L (n, n_out): class probabilities for softmax and sigmoid outputs."""
+        X = self._check_X(X, "X")
+        return self._outputs(X)[1]
+
+    def evaluate(self, X, y) -> dict:
+        """{"loss": mean loss, "accuracy": fraction correct, NaN for regression targets}."""
+        X = self._check_X(X, "X")
+        t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
+        bk = self.backend
+        loss, acc = self._evaluate_device(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)
+        return {"loss": loss, "accuracy": acc}
+
+    def score(self, X, y) -> float:
+        """Accuracy for classification targets; R² (averaged over outputs) for regression."""
+        X = self._check_X(X, "X")
+        t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
+        if t.accuracy is not None:
+            bk = self.backend
+            return self._evaluate_device(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)[1]
+        z = self._outputs(X)[1].astype(np.float64)
+        Y = t.Y.astype(np.float64)
+        ss_res = ((Y - z) ** 2).sum(axis=0)
+        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+        return float(r2.mean())
+
+    def _chunks(self, n):
+        for start in range(0, n, EVAL_ROWS):
+            yield start, min(start + EVAL_ROWS, n)
+
+    def _eval_buffers(self, rows: int) -> Buffers:
+        return Buffers(self.backend, self.layer_sizes, min(rows, EVAL_ROWS), self.dtype, train=False)
+
+    def _outputs(self, X: np.ndarray):
+        """(a_L, z_L) as NumPy arrays for host input X."""
+        bk = self.backend
+        n = X.shape[0]
+        Xd = bk.asarray(X, self.dtype)
+        buf = self._eval_buffers(n)
+        a = np.empty((n, self.layer_sizes[-1]), self.dtype)
+        z = np.empty_like(a)
+        for s, e in self._chunks(n):
+            part = buf.head(e - s)
+            part.z[0] = Xd[s:e]
+            self._forward(part)
+            a[s:e], z[s:e] = bk.to_numpy(part.a), bk.to_numpy(part.z[-1])
+        return a, z
+
+    def _evaluate_device(self, Xd, Yd, accuracy):
+        """(mean loss, accuracy or NaN) of device data; one read-back."""
+        bk = self.backend
+        n = Xd.shape[0]
+        buf = self._eval_buffers(n)
+        total = bk.zeros(2, np.float64)
+        for s, e in self._chunks(n):
+            part = buf.head(e - s)
+            part.z[0] = Xd[s:e]
+            self._forward(part)
+            bk.batch_metrics(part.a, part.z[-1], Yd[s:e], self.loss, accuracy, total)
+        loss, correct = bk.to_numpy(total)
+        return float(loss / n), (float(correct / n) if accuracy else math.nan)
+
+    # ---------------------------------------------------------- gradients
+    def gradients(self, X, Y) -> list:
+        """∂E/∂W_l and ∂E/∂b_l of the batch-mean loss on (X, Y), without weight decay, as NumPy arrays."""
+        X = self._check_X(X, "X")
+        t = encode_targets(Y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "Y")
+        bk = self.backend
+        n = X.shape[0]
+        buf = Buffers(bk, self.layer_sizes, n, self.dtype, train=False)
+        buf.z[0], buf.y = bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype)
+        buf.delta = [bk.empty((n, m), self.dtype) for m in self.layer_sizes[1:]]
+        self._forward(buf)
+        grads = [None] * self.n_layers
+
+        def take(l):
+            W, b = self._params[l]
+            dW, db = bk.empty(W.shape, self.dtype), bk.empty(b.shape, self.dtype)
+            bk.weight_grad(buf.z[l], buf.delta[l], dW, db)
+            grads[l] = (bk.to_numpy(dW), bk.to_numpy(db))
+
+        self._backprop(buf, take)
+        return grads
+
+    # ------------------------------------------------------------ weights
+    def get_weights(self) -> list:
+        """[(W_l, b_l)] as NumPy copies; W_l is (n_{l-1}, n_l)."""
+        return [(self.backend.to_numpy(W), self.backend.to_numpy(b)) for W, b in self._params]
+
+    def set_weights(self, weights) -> None:
+        """Replace all weights by [(W_l, b_l)] of the model's shapes; momentum buffers are reset."""
+        self._set_params(self._check_weights(weights, "weights"))
+        self._velocity = None
+
+    def _check_weights(self, weights, argument):
+        try:
+            pairs = list(weights)
+        except TypeError:
+            raise TypeError(f"{argument}: expected a list of (W, b) pairs") from None
+        if len(pairs) != self.n_layers:
+            raise ValueError(f"{argument}: got {len(pairs)} layers, the model has {self.n_layers}")
+        out = []
+        for l, pair in enumerate(pairs):
+            try:
+                W, b = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"{argument}[{l}]: expected a pair (W, b)") from None
+            shapes = ((self.layer_sizes[l], self.layer_sizes[l + 1]), (self.layer_sizes[l + 1],))
+            arrays = []
+            for name, x, shape in (("W", W, shapes[0]), ("b", b, shapes[1])):
+                x = np.asarray(x)
+                if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+                    raise TypeError(f"{argument}[{l}] {name}: expected numbers, got dtype {x.dtype}")
+                if x.shape != shape:
+                    raise ValueError(f"{argument}[{l}] {name}: expected shape {shape}, got {x.shape}")
+                x = x.astype(self.dtype)
+                if not np.all(np.isfinite(x)):
+                    raise ValueError(f"{argument}[{l}] {name}: contains NaN or Inf")
+                arrays.append(x)
+            out.append(tuple(arrays))
+        return out
+
+    def _initial_weights(self):
+        rng = np.random.default_rng(self.seed)
+        weights = []
+        for n_in, n_out, act in zip(self.layer_sizes[:-1], self.layer_sizes[1:], self.activations):
+            var = 2.0 / n_in if ACTIVATIONS[act].init == "he" else 2.0 / (n_in + n_out)
+            W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+            weights.append((W.astype(self.dtype), np.zeros(n_out, self.dtype)))
+        return weights
+
+    def _set_params(self, weights) -> None:
+        bk = self.backend
+        self._params = [(bk.asarray(W, self.dtype), bk.asarray(b, self.dtype)) for W, b in weights]
+
+    def _ensure_velocity(self) -> None:
+        if self._velocity is None:
+            bk = self.backend
+            self._velocity = [(bk.zeros(W.shape, self.dtype), bk.zeros(b.shape, self.dtype)) for W, b in self._params]
+
+    def _state_arrays(self, velocity=True) -> list:
+        arrays = [x for pair in self._params for x in pair]
+        if velocity and self._velocity is not None:
+            arrays += [x for pair in self._velocity for x in pair]
+        return arrays
+
+    def _state_copy(self, into=None) -> list:
+        """A device copy of the weights and momentum buffers (into ``into`` when given)."""
+        bk = self.backend
+        src = self._state_arrays()
+        if into is None:
+            into = [bk.empty(x.shape, x.dtype) for x in src]
+        for dst, x in zip(into, src):
+            bk.copy_(dst, x)
+        return into
+
+    def _state_restore(self, saved) -> None:
+        for dst, x in zip(self._state_arrays(), saved):
+            self.backend.copy_(dst, x)
+
+    def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
+        """The sample order of the next epoch: a permutation drawn from (seed, epochs trained so far)."""
+        if not shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, 0, self.epochs_trained]).permutation(n)
+
+    # ------------------------------------------------------------ checks
+    def _check_X(self, X, argument: str) -> np.ndarray:
+        X = np.asarray(X)
+        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
+            raise TypeError(f"{argument}: expected numbers, got an array of dtype {X.dtype}")
+        if X.ndim != 2 or X.shape[1] != self.layer_sizes[0]:
+            raise ValueError(f"{argument}: expected shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{argument}: is empty (0 samples)")
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow in the cast is reported below
+            X = np.asarray(X, dtype=self.dtype)
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"{argument}: contains NaN or Inf (after conversion to {self.dtype.name})")
+        return X
+
+    # ------------------------------------------------------------- files
+    def save(self, path) -> None:
+        """Write the model to ``path`` (.npz, no pickle) atomically: a temporary file renamed into place."""
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "layer_sizes": list(self.layer_sizes),
+            "activations": list(self.activations),
+            "loss": self.loss,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "epochs_trained": self.epochs_trained,
+        }
+        arrays = {"config": np.array(json.dumps(config))}
+        for l, (W, b) in enumerate(self.get_weights()):
+            arrays[f"W{l}"], arrays[f"b{l}"] = W, b
+        if self._velocity is not None:
+            for l, (vW, vb) in enumerate(self._velocity):
+                arrays[f"vW{l}"], arrays[f"vb{l}"] = self.backend.to_numpy(vW), self.backend.to_numpy(vb)
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".deltaprop-", suffix=".npz.tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, backend="auto") -> "MLP":
+        """Read a model written by ``save`` onto ``backend``; a file that is not one raises ValueError."""
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"path: {path!s} is not a readable deltaprop model ({exc})") from exc
+        try:
+            config = json.loads(str(arrays["config"]))
+            if config.get("format") != FORMAT:
+                raise ValueError("not a deltaprop model file")
+            if config.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {config.get('version')}, this deltaprop reads {FORMAT_VERSION}")
+            sizes = config["layer_sizes"]
+            hidden = config["activations"][:-1]
+            model = cls(
+                sizes,
+                activation=hidden if hidden else "relu",
+                output_activation=config["activations"][-1],
+                loss=config["loss"],
+                backend=backend,
+                dtype=config["dtype"],
+                seed=config["seed"],
+            )
+            L = len(sizes) - 1
+            model.set_weights([(arrays[f"W{l}"], arrays[f"b{l}"]) for l in range(L)])
+            if "vW0" in arrays:
+                velocity = model._check_weights([(arrays[f"vW{l}"], arrays[f"vb{l}"]) for l in range(L)], "velocity")
+                bk = model.backend
+                model._velocity = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in velocity]
+            model.epochs_trained = int(config["epochs_trained"])
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"path: {path!s} is a damaged deltaprop model (missing or bad {exc})") from exc
+        except ValueError as exc:
+            raise ValueError(f"path: {path!s} is not a valid deltaprop model: {exc}") from exc
+        return model
+
+
+# ------------------------------------------------------------------ helpers
+def _check_layer_sizes(layer_sizes) -> tuple:
+    try:
+        sizes = list(layer_sizes)
+    except TypeError:
+        raise TypeError(f"layer_sizes: expected a list of layer widths, got {type(layer_sizes).__name__}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes: need at least an input and an output size, got {sizes}")
+    for i, n in enumerate(sizes):
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"layer_sizes: entry {i} must be a positive integer, got {n!r}")
+    return tuple(int(n) for n in sizes)
+
+
+def _check_int(value, argument: str, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{argument}: expected an integer, got {value!r}")
+    if value < lo:
+        raise ValueError(f"{argument}: must be ≥ {lo}, got {value}")
+    return int(value)
+
+
+def _check_real(value, argument: str, lo: float, hi: float | None = None, lo_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{argument}: expected a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value >= hi):
+        rng = f"{'>' if lo_open else '≥'} {lo}" + (f" and < {hi}" if hi is not None else "")
+        raise ValueError(f"{argument}: must be finite and {rng}, got {value}")
+    return value
+
+
+def _take_targets(t, idx):
+    return type(t)(t.Y[idx], t.accuracy, t.labels)

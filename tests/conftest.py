@@ -1,0 +1,77 @@
+"""Shared fixtures: the backends under test, the GPU marker and --require-gpu.
+
+The suite runs once per usable backend (``available()``), or on the names listed in
+DELTAPROP_TEST_BACKENDS (comma-separated; a listed name that is not usable fails).
+Tests marked ``gpu`` need a real CUDA device: skipped without one, failures under --require-gpu.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from deltaprop import backends
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-gpu", action="store_true", help="fail, rather than skip, tests that need a GPU")
+
+
+def _real_gpu_reason():
+    """None when a real (not simulated) GPU backend is usable, else why not."""
+    reasons = []
+    for name, (usable, reason) in backends.available().items():
+        if name != "numpy":
+            if usable and "simulator" not in reason:
+                return None
+            reasons.append(f"{name}: {reason}")
+    return "; ".join(reasons)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is None:
+        return
+    why = _real_gpu_reason()
+    if why is None:
+        return
+    if item.config.getoption("--require-gpu"):
+        pytest.fail(f"--require-gpu: no usable CUDA device ({why})")
+    pytest.skip(f"needs a CUDA device ({why})")
+
+
+def backend_names():
+    listed = os.environ.get("DELTAPROP_TEST_BACKENDS", "").strip()
+    if listed:
+        return [n.strip() for n in listed.split(",") if n.strip()]
+    return [name for name, (usable, _) in backends.available().items() if usable]
+
+
+def simulated(name: str) -> bool:
+    return "simulator" in backends.available()[name].reason
+
+
+@pytest.fixture(params=backend_names())
+def backend(request):
+    """Each backend under test (one that is listed but not usable fails here, it is not skipped)."""
+    return backends.instance(request.param)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rng(request):
+    """Fresh random data for every test, reproducible from the test's name and the run's seed."""
+    seed = int(os.environ.get("DELTAPROP_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"DELTAPROP_TEST_SEED={seed}")
+    return np.random.default_rng([seed, *request.node.nodeid.encode()])
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """No test sees the user's DELTAPROP_BACKEND unless it sets one itself."""
+    monkeypatch.delenv("DELTAPROP_BACKEND", raising=False)

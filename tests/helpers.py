@@ -1,0 +1,46 @@
+"""Small helpers shared by the tests."""
+
+import numpy as np
+
+from deltaprop.mlp.losses import LOSSES
+
+HIDDEN = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
+ELEMENTWISE = HIDDEN + ("step",)
+# every (output activation, loss) pair the MLP accepts
+PAIRS = [(out, loss) for loss, spec in LOSSES.items() for out in spec.outputs]
+# (batch, n_in, n_out): every size of 1, 7, 33, 65 in every place, none a multiple of a tile
+SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)]
+
+
+def tol(dtype):
+    return 3e-5 if np.dtype(dtype) == np.float32 else 1e-11
+
+
+def assert_close(actual, expected, dtype, scale=None):
+    """Relative to the size of the expected values, with float32 or float64 tolerance."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    r = tol(dtype)
+    s = max(1.0, float(np.abs(expected).max(initial=0))) if scale is None else scale
+    np.testing.assert_allclose(actual, expected, rtol=r, atol=r * s)
+
+
+def away_from_kinks(a, gap=1e-2):
+    """Move values within ``gap`` of 0 away from it (relu, leaky_relu, step and the perceptron have kinks there)."""
+    a = np.array(a, np.float64)
+    near = np.abs(a) < gap
+    a[near] = np.where(a[near] < 0, -gap, gap) * 2
+    return a
+
+
+def targets(rng, loss, B, n):
+    """Random targets of shape (B, n) that suit ``loss``."""
+    if loss == "perceptron":
+        return rng.choice([-1.0, 1.0], size=(B, n))
+    if loss == "cross_entropy":
+        Y = np.zeros((B, n))
+        Y[np.arange(B), rng.integers(0, n, B)] = 1
+        return Y
+    if loss == "bce":
+        return rng.uniform(0, 1, size=(B, n))
+    return rng.normal(size=(B, n))

@@ -1,0 +1,113 @@
+"""A float64 NumPy reference for the math, written straight from the notes and independent of deltaprop.
+
+Shapes: rows are samples; W (n_in, n_out).
+"""
+
+import numpy as np
+
+SLOPE = 0.1
+
+
+def phi(name, a):
+    a = np.asarray(a, np.float64)
+    if name == "identity":
+        return a.copy()
+    if name == "step":
+        return (a > 0).astype(np.float64)
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-a))
+    if name == "tanh":
+        return np.tanh(a)
+    if name == "relu":
+        return np.where(a > 0, a, 0.0)
+    if name == "leaky_relu":
+        return np.where(a > 0, a, SLOPE * a)
+    if name == "softmax":
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    raise KeyError(name)
+
+
+def dphi(name, a):
+    """φ'(a), elementwise (not softmax)."""
+    a = np.asarray(a, np.float64)
+    if name == "identity":
+        return np.ones_like(a)
+    if name == "step":
+        return np.zeros_like(a)
+    if name == "sigmoid":
+        s = phi("sigmoid", a)
+        return s * (1 - s)
+    if name == "tanh":
+        return 1 - np.tanh(a) ** 2
+    if name == "relu":
+        return (a > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(a > 0, 1.0, SLOPE)
+    raise KeyError(name)
+
+
+def sample_loss(loss, out_act, a, y):
+    """E per sample (one value per row) as a function of the output pre-activation a."""
+    a, y = np.asarray(a, np.float64), np.asarray(y, np.float64)
+    if loss == "mse":
+        return 0.5 * ((phi(out_act, a) - y) ** 2).sum(axis=1)
+    if loss == "cross_entropy":
+        m = a.max(axis=1, keepdims=True)
+        logsm = a - m - np.log(np.exp(a - m).sum(axis=1, keepdims=True))
+        return -(y * logsm).sum(axis=1)
+    if loss == "bce":
+        z = phi("sigmoid", a)
+        return -(y * np.log(z) + (1 - y) * np.log(1 - z)).sum(axis=1)
+    if loss == "perceptron":
+        return np.maximum(0.0, -y * a).sum(axis=1)
+    raise KeyError(loss)
+
+
+def output_delta(loss, out_act, a, y):
+    """δ_L = ∂E/∂a_L per sample, from the closed forms of the notes."""
+    a, y = np.asarray(a, np.float64), np.asarray(y, np.float64)
+    if loss in ("cross_entropy", "bce"):
+        return phi(out_act, a) - y
+    if loss == "mse":
+        return (phi(out_act, a) - y) * dphi(out_act, a)
+    if loss == "perceptron":
+        return np.where(y * a <= 0, -y, 0.0)
+    raise KeyError(loss)
+
+
+def forward(weights, acts, X):
+    """[(a_l, z_l)] for every layer, z_0 = X."""
+    z = np.asarray(X, np.float64)
+    out = []
+    for (W, b), act in zip(weights, acts):
+        a = z @ np.asarray(W, np.float64) + np.asarray(b, np.float64)
+        z = phi(act, a)
+        out.append((a, z))
+    return out
+
+
+def gradients(weights, acts, loss, X, Y):
+    """[(∂E/∂W_l, ∂E/∂b_l)] of the batch-mean loss, by backprop in float64."""
+    X = np.asarray(X, np.float64)
+    layers = forward(weights, acts, X)
+    B = X.shape[0]
+    delta = output_delta(loss, acts[-1], layers[-1][0], Y)
+    grads = [None] * len(weights)
+    for l in reversed(range(len(weights))):
+        z_prev = X if l == 0 else layers[l - 1][1]
+        grads[l] = (z_prev.T @ delta / B, delta.mean(axis=0))
+        if l > 0:
+            delta = dphi(acts[l - 1], layers[l - 1][0]) * (delta @ np.asarray(weights[l][0], np.float64).T)
+    return grads
+
+
+def sgd(weights, grads, velocity, lr, momentum, weight_decay):
+    """The notes' update: v ← μ·v + (g + λ·W); W ← W − η·v (biases without decay). Returns (weights, velocity)."""
+    new_w, new_v = [], []
+    for (W, b), (gW, gb), (vW, vb) in zip(weights, grads, velocity):
+        vW = momentum * vW + gW + weight_decay * W
+        vb = momentum * vb + gb
+        new_w.append((W - lr * vW, b - lr * vb))
+        new_v.append((vW, vb))
+    return new_w, new_v

@@ -1,0 +1,170 @@
+"""Bad input: a clear error naming the argument, raised before anything changes."""
+
+import re
+
+import numpy as np
+import pytest
+
+from deltaprop import MLP, TrainingDiverged
+from deltaprop.backends import BackendUnavailable
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"layer_sizes": [4]}, ValueError, "layer_sizes"),
+        ({"layer_sizes": [4, 0, 2]}, ValueError, "layer_sizes: entry 1"),
+        ({"layer_sizes": [4, 2.5, 2]}, ValueError, "layer_sizes: entry 1"),
+        ({"layer_sizes": 5}, TypeError, "layer_sizes"),
+        ({"activation": "swish"}, ValueError, "activation: unknown activation 'swish'"),
+        ({"activation": ["relu", "tanh"]}, ValueError, "activation: got 2 names for 1 hidden layers"),
+        ({"activation": "softmax"}, ValueError, "activation: 'softmax' cannot be used in hidden layer 0"),
+        ({"activation": "step"}, ValueError, "activation: 'step' cannot be used in hidden layer 0"),
+        ({"output_activation": "gelu"}, ValueError, "output_activation: unknown"),
+        ({"loss": "hinge"}, ValueError, "loss: unknown loss 'hinge'"),
+        ({"output_activation": "softmax", "loss": "bce"}, ValueError, "output_activation: 'softmax' does not pair with loss 'bce'"),
+        ({"output_activation": "sigmoid", "loss": "cross_entropy"}, ValueError, "does not pair"),
+        ({"output_activation": "step", "loss": "perceptron"}, ValueError, "single-layer perceptron"),
+        ({"layer_sizes": [4, 1]}, ValueError, "softmax output needs at least 2"),
+        ({"backend": "tpu"}, ValueError, "backend: unknown backend 'tpu'"),
+        ({"dtype": "float16"}, ValueError, "dtype: unsupported dtype"),
+        ({"dtype": "int32"}, ValueError, "dtype"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    args = {"layer_sizes": [4, 5, 3], **kwargs}
+    with pytest.raises(error, match=re.escape(match) if "\\" not in match else match):
+        MLP(**args)
+
+
+def test_unusable_backend_says_why_and_what_to_install():
+    from deltaprop import backends
+
+    for name, (usable, reason) in backends.available().items():
+        if not usable:
+            with pytest.raises(BackendUnavailable, match=re.escape(reason)) as info:
+                MLP([2, 2], backend=name)
+            assert "pip install" in str(info.value) or "no CUDA device" in str(info.value)
+            break
+    else:
+        pytest.skip("every backend is usable here")
+
+
+def snapshot(model):
+    return [(W.copy(), b.copy()) for W, b in model.get_weights()], model.epochs_trained
+
+
+def assert_unchanged(model, before):
+    weights, epochs = before
+    assert model.epochs_trained == epochs
+    for (W0, b0), (W1, b1) in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(W0, W1)
+        np.testing.assert_array_equal(b0, b1)
+
+
+X = np.random.default_rng(0).normal(size=(10, 3))
+y = np.arange(10) % 3
+BAD_FIT = [
+    ({"X": X[:, :2]}, ValueError, r"X: expected shape \(n_samples, 3\)"),
+    ({"X": X[0]}, ValueError, "X: expected shape"),
+    ({"X": X[:0], "y": y[:0]}, ValueError, r"X: is empty"),
+    ({"X": np.where(np.eye(10, 3) > 0, np.nan, X)}, ValueError, "X: contains NaN or Inf"),
+    ({"X": np.full((10, 3), 1e300)}, ValueError, r"X: contains NaN or Inf \(after conversion to float32\)"),
+    ({"X": np.array([["a"] * 3] * 10)}, TypeError, "X: expected numbers"),
+    ({"y": y[:9]}, ValueError, "y: has 9 rows but X has 10"),
+    ({"y": np.where(y == 2, 3, y)}, ValueError, r"y: label 3 is outside the output range 0..2"),
+    ({"y": y - 1}, ValueError, r"y: label -1 is outside"),
+    ({"y": np.full((10, 3), np.inf)}, ValueError, "y: contains NaN or Inf"),
+    ({"y": np.ones((10, 4))}, ValueError, "y: has 4 columns but the network has 3 outputs"),
+    ({"y": y.astype(float)}, ValueError, "y: a 1-D target for 3 outputs must hold integer class labels"),
+    ({"epochs": 0}, ValueError, "epochs: must be ≥ 1"),
+    ({"epochs": 2.0}, TypeError, "epochs: expected an integer"),
+    ({"batch_size": 0}, ValueError, "batch_size: must be ≥ 1"),
+    ({"lr": 0.0}, ValueError, "lr: must be finite and > 0"),
+    ({"lr": -1.0}, ValueError, "lr"),
+    ({"lr": float("nan")}, ValueError, "lr"),
+    ({"momentum": 1.0}, ValueError, "momentum"),
+    ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+    ({"validation_split": 0.99}, ValueError, "validation_split"),
+    ({"validation_split": 0.2, "validation_data": (X, y)}, ValueError, "give one or the other"),
+    ({"validation_data": (X[:, :2], y)}, ValueError, r"validation_data\[0\]: expected shape"),
+    ({"validation_data": (X, y[:5])}, ValueError, r"validation_data\[1\]: has 5 rows"),
+    ({"validation_data": X}, TypeError, "validation_data: expected a pair"),
+    ({"early_stopping": 0}, ValueError, "early_stopping"),
+    ({"shuffle": "yes"}, TypeError, "shuffle"),
+    ({"callback": 3}, TypeError, "callback"),
+]
+
+
+@pytest.mark.parametrize("change,error,match", BAD_FIT)
+def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
+    model = MLP([3, 4, 3], backend=backend.name, seed=0)
+    model.fit(X, y, epochs=1, batch_size=4, lr=0.1, momentum=0.5)
+    before = snapshot(model)
+    args = {"X": X, "y": y, "epochs": 2, "batch_size": 4, "lr": 0.1, **change}
+    with pytest.raises(error, match=match):
+        model.fit(args.pop("X"), args.pop("y"), **args)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "model_args,y_bad,match",
+    [
+        ({"output_activation": "sigmoid", "loss": "bce"}, np.full((10, 3), 2.0), r"y: bce targets must lie in \[0, 1\]"),
+        ({"layer_sizes": [3, 1], "output_activation": "identity", "loss": "perceptron"}, np.arange(10) % 2, "y: the perceptron loss needs labels −1 and \\+1"),
+    ],
+)
+def test_target_range_errors(model_args, y_bad, match):
+    model = MLP(**{"layer_sizes": [3, 4, 3], "backend": "numpy", **model_args})
+    with pytest.raises(ValueError, match=match):
+        model.fit(X, y_bad)
+
+
+def test_set_weights_errors_leave_the_model_unchanged(backend):
+    model = MLP([3, 4, 2], backend=backend.name, seed=0)
+    before = snapshot(model)
+    good = model.get_weights()
+    with pytest.raises(ValueError, match="weights: got 1 layers, the model has 2"):
+        model.set_weights(good[:1])
+    with pytest.raises(ValueError, match=r"weights\[1\] W: expected shape \(4, 2\), got \(2, 4\)"):
+        model.set_weights([good[0], (good[1][0].T, good[1][1])])
+    with pytest.raises(ValueError, match=r"weights\[1\] b: contains NaN"):
+        model.set_weights([good[0], (good[1][0], np.array([np.nan, 0]))])
+    assert_unchanged(model, before)
+
+
+def test_predict_errors(backend):
+    model = MLP([3, 4, 2], backend=backend.name, seed=0)
+    with pytest.raises(ValueError, match=r"X: expected shape \(n_samples, 3\)"):
+        model.predict(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="X: is empty"):
+        model.predict_proba(np.zeros((0, 3)))
+
+
+def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
+    """A huge lr on a linear regression blows up; fit names the epoch and step and keeps the weights
+    that the last finite step reached: those of a run stopped just before the failing step."""
+    Xr = rng.normal(size=(64, 3)) * 10
+    yr = Xr @ np.array([1.0, -2.0, 0.5])
+    args = dict(layer_sizes=[3, 1], output_activation="identity", loss="mse", backend=backend.name, seed=3)
+    model = MLP(**args)
+    with pytest.raises(TrainingDiverged, match=r"epoch (\d+), step (\d+)") as info:
+        model.fit(Xr, yr, epochs=50, batch_size=4, lr=5.0, shuffle=False)
+    epoch, step = map(int, re.search(r"epoch (\d+), step (\d+)", str(info.value)).groups())
+    weights = model.get_weights()
+    assert all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in weights)
+    # replay: `epoch` whole epochs, then `step` steps of the next one
+    twin = MLP(**args)
+    if epoch:
+        twin.fit(Xr, yr, epochs=epoch, batch_size=4, lr=5.0, shuffle=False)
+    if step:
+        try:
+            twin.fit(Xr[: 4 * step], yr[: 4 * step], epochs=1, batch_size=4, lr=5.0, shuffle=False)
+        except TrainingDiverged:  # the last of those steps overflowed the weights, not the loss
+            pass
+    for (W0, b0), (W1, b1) in zip(weights, twin.get_weights()):
+        if np.isfinite(W1).all():
+            np.testing.assert_array_equal(W0, W1)
+            np.testing.assert_array_equal(b0, b1)
+    assert model.epochs_trained == epoch

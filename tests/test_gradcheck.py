@@ -1,0 +1,73 @@
+"""Backprop against numerical gradients (the notes' O(n²) check) and against the float64 reference."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from deltaprop import MLP, gradcheck
+from helpers import HIDDEN, PAIRS, targets
+
+SIZES = {1: [5], 2: [5, 6], 3: [5, 6, 4], 4: [5, 4, 6, 3]}  # hidden/input sizes by depth; the output is added
+
+
+KINK = 1e-3  # finite differences step up to 2e-5 in a weight: stay this far from relu's and the perceptron's kinks
+
+
+def make(backend, depth, hidden, out_act, loss, rng, dtype="float64"):
+    n_out = 1 if out_act == "step" else 3
+    sizes = SIZES[depth] + [n_out]
+    model = MLP(sizes, activation=hidden, output_activation=out_act, loss=loss, backend=backend.name, dtype=dtype,
+                seed=int(rng.integers(2**31)))
+    X = rng.normal(size=(7, sizes[0]))
+    Y = targets(rng, loss, 7, n_out)
+    while True:  # non-zero biases, so that a bias bug shows; redrawn until no pre-activation sits on a kink
+        weights = [(W, rng.normal(scale=0.3, size=b.shape)) for W, b in model.get_weights()]
+        layers = ref.forward(weights, model.activations, X)
+        kinked = [a for (a, _), act in zip(layers[:-1], model.activations) if act in ("relu", "leaky_relu")]
+        if loss == "perceptron":
+            kinked.append(Y * layers[-1][0])
+        if all(np.abs(a).min() > KINK for a in kinked):
+            model.set_weights(weights)
+            return model, X, Y
+
+
+CASES = [(1, "identity", out, loss) for out, loss in PAIRS] + [
+    (depth, hidden, out, loss) for depth in (2, 3, 4) for hidden in HIDDEN for out, loss in PAIRS if out != "step"
+]
+
+
+@pytest.mark.parametrize("depth,hidden,out_act,loss", CASES)
+def test_backprop_matches_numerical_gradient(backend, rng, depth, hidden, out_act, loss):
+    model, X, Y = make(backend, depth, hidden, out_act, loss, rng)
+    result = gradcheck(model, X, Y)
+    assert result.max_rel_error <= 1e-6, result.errors
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_gradients_match_reference(backend, dtype, rng, depth):
+    model, X, Y = make(backend, depth, "tanh", "softmax", "cross_entropy", rng, dtype=dtype.name)
+    got = model.gradients(X, Y)
+    expected = ref.gradients(model.get_weights(), model.activations, model.loss, X.astype(dtype), Y)
+    r = 2e-5 if dtype == np.float32 else 1e-11
+    for (gW, gb), (eW, eb) in zip(got, expected):
+        assert gW.dtype == dtype
+        np.testing.assert_allclose(gW, eW, rtol=r, atol=r * max(1, np.abs(eW).max()))
+        np.testing.assert_allclose(gb, eb, rtol=r, atol=r * max(1, np.abs(eb).max()))
+
+
+def test_gradcheck_detects_a_wrong_derivative(rng, monkeypatch):
+    """The check can fail: a backend whose tanh' is off by 1% is caught."""
+    from deltaprop.backends import instance
+    from deltaprop.backends.numpy_backend import NumpyBackend
+
+    model, X, Y = make(instance("numpy"), 3, "tanh", "sigmoid", "bce", rng)
+    right = gradcheck(model, X, Y).max_rel_error
+    original = NumpyBackend._mul_derivative
+
+    def skewed(self, z, activation, g):
+        original(self, z, activation, g)
+        g *= 1.01
+
+    monkeypatch.setattr(NumpyBackend, "_mul_derivative", skewed)
+    assert right <= 1e-6
+    assert gradcheck(model, X, Y).max_rel_error > 1e-3

@@ -1,0 +1,178 @@
+"""Every hot loop of every backend against the float64 reference, on fresh random data,
+on shapes that are not multiples of a tile, in float32 and float64."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from helpers import ELEMENTWISE, HIDDEN, PAIRS, SHAPES, assert_close, away_from_kinks, targets
+
+
+def dev(backend, x, dtype):
+    return backend.asarray(np.asarray(x), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("act", ELEMENTWISE + ("softmax",))
+@pytest.mark.parametrize("keep_a", [True, False], ids=["a+z", "z"])
+def test_forward(backend, dtype, rng, shape, act, keep_a):
+    B, n_in, n_out = shape
+    if act == "softmax" and n_out == 1:
+        n_out = 2
+    X, W, b = rng.normal(size=(B, n_in)), rng.normal(size=(n_in, n_out)), rng.normal(size=n_out)
+    X, W, b = (x.astype(dtype) for x in (X, W, b))  # the reference sees the same rounded inputs
+    a_ref = X.astype(np.float64) @ W + b
+    if act == "step":  # keep a away from the jump, where rounding would decide
+        b = (b + np.where(np.abs(a_ref) < 1e-3, 1e-2, 0).max(axis=0)).astype(dtype)
+        a_ref = X.astype(np.float64) @ W + b
+    z, a = backend.empty((B, n_out), dtype), backend.empty((B, n_out), dtype)
+    backend.forward(dev(backend, X, dtype), dev(backend, W, dtype), dev(backend, b, dtype), act, z, a if keep_a else None)
+    assert_close(backend.to_numpy(z), ref.phi(act, a_ref), dtype)
+    if keep_a:
+        assert_close(backend.to_numpy(a), a_ref, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+def test_output_delta(backend, dtype, rng, shape, out_act, loss):
+    B, _, n = shape
+    if out_act == "softmax" and n == 1:
+        n = 2
+    a = away_from_kinks(rng.normal(size=(B, n))).astype(dtype)
+    Y = targets(rng, loss, B, n).astype(dtype)
+    z = ref.phi(out_act, a).astype(dtype)
+    delta = backend.empty((B, n), dtype)
+    backend.output_delta(dev(backend, a, dtype), dev(backend, z, dtype), dev(backend, Y, dtype), out_act, loss, delta)
+    expected = ref.output_delta(loss, out_act, a, Y)
+    assert_close(backend.to_numpy(delta), expected, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("act", ELEMENTWISE)
+def test_hidden_delta(backend, dtype, rng, shape, act):
+    B, n, n_next = shape
+    a = away_from_kinks(rng.normal(size=(B, n)))
+    z = ref.phi(act, a).astype(dtype)
+    d_next, W_next = rng.normal(size=(B, n_next)).astype(dtype), rng.normal(size=(n, n_next)).astype(dtype)
+    delta = backend.empty((B, n), dtype)
+    backend.hidden_delta(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, z, dtype), act, delta)
+    expected = ref.dphi(act, a) * (d_next.astype(np.float64) @ W_next.T)
+    assert_close(backend.to_numpy(delta), expected, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_weight_grad(backend, dtype, rng, shape):
+    B, n_in, n_out = shape
+    z_prev, delta = rng.normal(size=(B, n_in)).astype(dtype), rng.normal(size=(B, n_out)).astype(dtype)
+    dW, db = backend.empty((n_in, n_out), dtype), backend.empty(n_out, dtype)
+    backend.weight_grad(dev(backend, z_prev, dtype), dev(backend, delta, dtype), dW, db)
+    assert_close(backend.to_numpy(dW), z_prev.astype(np.float64).T @ delta / B, dtype)
+    assert_close(backend.to_numpy(db), delta.astype(np.float64).mean(axis=0), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-2), (0.5, 1e-3)])
+def test_sgd_update(backend, dtype, rng, shape, momentum, weight_decay):
+    B, n_in, n_out = shape
+    lr = 0.3
+    z_prev, delta = rng.normal(size=(B, n_in)).astype(dtype), rng.normal(size=(B, n_out)).astype(dtype)
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    vW, vb = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    Wd, bd, vWd, vbd = (dev(backend, x, dtype) for x in (W, b, vW, vb))
+    velocity = (vWd, vbd) if momentum else (None, None)
+    backend.sgd_update(dev(backend, z_prev, dtype), dev(backend, delta, dtype), Wd, bd, *velocity, lr, momentum, weight_decay)
+    grads = [(z_prev.astype(np.float64).T @ delta / B, delta.astype(np.float64).mean(axis=0))]
+    v0 = [(vW, vb)] if momentum else [(np.zeros_like(vW), np.zeros_like(vb))]
+    [(W1, b1)], [(vW1, vb1)] = ref.sgd([(W, b)], grads, v0, lr, momentum, weight_decay)
+    assert_close(backend.to_numpy(Wd), W1, dtype)
+    assert_close(backend.to_numpy(bd), b1, dtype)
+    if momentum:
+        assert_close(backend.to_numpy(vWd), vW1, dtype)
+        assert_close(backend.to_numpy(vbd), vb1, dtype)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 33), (65, 7)])
+def test_gather(backend, dtype, rng, rows, cols):
+    src = rng.normal(size=(rows + 5, cols)).astype(dtype)
+    idx = rng.integers(0, rows + 5, size=rows)
+    out = backend.empty((rows, cols), dtype)
+    backend.gather(dev(backend, src, dtype), backend.asarray(idx), out)
+    np.testing.assert_array_equal(backend.to_numpy(out), src[idx])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+def test_batch_metrics(backend, dtype, rng, shape, out_act, loss):
+    B, _, n = shape
+    if out_act == "softmax" and n == 1:
+        n = 2
+    a = away_from_kinks(rng.normal(size=(B, n)), gap=0.05).astype(dtype)
+    Y = targets(rng, loss, B, n).astype(dtype)
+    z = ref.phi(out_act, a).astype(dtype)
+    start = rng.normal(size=2)
+    out = backend.asarray(start, np.float64)
+    if loss == "cross_entropy" or (loss == "mse" and n > 1):
+        rule = "argmax"
+        correct = np.argmax(z, axis=1) == np.argmax(Y, axis=1)
+    elif loss in ("bce", "perceptron"):
+        rule = "threshold"
+        Y = np.where(Y > 0.5, 1.0, -1.0 if loss == "perceptron" else 0.0).astype(dtype)
+        correct = np.all((a > 0) == (Y > 0.5), axis=1)
+    else:
+        rule, correct = None, np.zeros(B, bool)
+    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out)
+    got = backend.to_numpy(out)
+    expected_loss = start[0] + ref.sample_loss(loss, out_act, a, Y).sum()
+    assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n))
+    assert got[1] == start[1] + correct.sum()
+
+
+@pytest.mark.parametrize("act", HIDDEN + ("step",))
+def test_activation_derivative_by_finite_differences(backend, rng, act):
+    """The backend's φ' (through hidden_delta with W = I, δ_next = 1) against central differences of its φ."""
+    B, n, h = 3, 4, 1e-6
+    f64 = np.dtype(np.float64)
+    a = away_from_kinks(rng.normal(size=(B, n)))
+    I, zero = backend.asarray(np.eye(n), f64), backend.asarray(np.zeros(n), f64)
+
+    def phi(x):
+        z = backend.empty((B, n), f64)
+        backend.forward(backend.asarray(x, f64), I, zero, act, z)
+        return backend.to_numpy(z)
+
+    numerical = (phi(a + h) - phi(a - h)) / (2 * h)
+    deriv = backend.empty((B, n), f64)
+    backend.hidden_delta(backend.asarray(np.ones((B, n)), f64), I, backend.asarray(phi(a), f64), act, deriv)
+    np.testing.assert_allclose(backend.to_numpy(deriv), numerical, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(numerical, ref.dphi(act, a), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+def test_output_delta_by_finite_differences(backend, rng, out_act, loss):
+    """The backend's δ_L against central differences of its own summed loss with respect to a_L."""
+    B, n, h = 3, 4, 1e-6
+    f64 = np.dtype(np.float64)
+    a = away_from_kinks(rng.normal(size=(B, n)), gap=0.05)
+    Y = targets(rng, loss, B, n)
+    I, zero = backend.asarray(np.eye(n), f64), backend.asarray(np.zeros(n), f64)
+    Yd = backend.asarray(Y, f64)
+
+    def outputs(x):
+        a_d, z_d = backend.empty((B, n), f64), backend.empty((B, n), f64)
+        backend.forward(backend.asarray(x, f64), I, zero, out_act, z_d, a_d)
+        return a_d, z_d
+
+    def total_loss(x):
+        out = backend.zeros(2, f64)
+        backend.batch_metrics(*outputs(x), Yd, loss, None, out)
+        return backend.to_numpy(out)[0]
+
+    numerical = np.empty((B, n))
+    for i in np.ndindex(B, n):
+        e = np.zeros((B, n))
+        e[i] = h
+        numerical[i] = (total_loss(a + e) - total_loss(a - e)) / (2 * h)
+    delta = backend.empty((B, n), f64)
+    backend.output_delta(*outputs(a), Yd, out_act, loss, delta)
+    np.testing.assert_allclose(backend.to_numpy(delta), numerical, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ref.output_delta(loss, out_act, a, Y), numerical, rtol=1e-6, atol=1e-8)

@@ -1,0 +1,133 @@
+"""fit: one step against the math, then learning: XOR, the perceptron's limit, a small MNIST subset."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reference as ref
+from deltaprop import MLP
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
+XOR_Y = np.array([0, 1, 1, 0])
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.01)])
+def test_one_step_is_w_minus_lr_gradient(backend, rng, momentum, weight_decay):
+    """One full-batch step of fit equals W − lr·(gradients + λW) taken before it, in every layer.
+
+    With three layers this catches an update of W_l that runs before δ_{l-1} has used the old W_l.
+    """
+    model = MLP([4, 6, 5, 3], activation="tanh", backend=backend.name, dtype="float64", seed=int(rng.integers(2**31)))
+    X, y = rng.normal(size=(9, 4)), rng.integers(0, 3, 9)
+    before = model.get_weights()
+    grads = model.gradients(X, y)
+    lr = 0.5
+    model.fit(X, y, epochs=1, batch_size=None, lr=lr, momentum=momentum, weight_decay=weight_decay, shuffle=False)
+    for (W0, b0), (gW, gb), (W1, b1) in zip(before, grads, model.get_weights()):
+        np.testing.assert_allclose(W1, W0 - lr * (gW + weight_decay * W0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b1, b0 - lr * gb, rtol=1e-12, atol=1e-12)
+
+
+def test_mini_batch_epoch_matches_reference(backend, dtype, rng):
+    """An epoch of shuffled mini-batches with momentum equals the reference SGD on the same order."""
+    model = MLP([5, 7, 3], activation="relu", backend=backend.name, dtype=dtype.name, seed=int(rng.integers(2**31)))
+    X, y = rng.normal(size=(23, 5)).astype(dtype), rng.integers(0, 3, 23)
+    Y = np.eye(3)[y]
+    weights = [(W.astype(np.float64), b.astype(np.float64)) for W, b in model.get_weights()]
+    velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
+    order = model._epoch_order(23, True)
+    for s in range(0, 23, 6):
+        rows = order[s : s + 6]
+        grads = ref.gradients(weights, model.activations, "cross_entropy", X[rows], Y[rows])
+        weights, velocity = ref.sgd(weights, grads, velocity, 0.1, 0.9, 1e-3)
+    model.fit(X, y, epochs=1, batch_size=6, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    r = 1e-4 if dtype == np.float32 else 1e-11
+    for (W, b), (eW, eb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, eW, rtol=r, atol=r)
+        np.testing.assert_allclose(b, eb, rtol=r, atol=r)
+
+
+@pytest.mark.slow
+def test_two_layer_net_learns_xor(backend):
+    model = MLP([2, 4, 2], activation="tanh", backend=backend.name, seed=3)
+    history = model.fit(XOR_X, XOR_Y, epochs=500, batch_size=4, lr=0.5, momentum=0.9, shuffle=False)
+    assert model.score(XOR_X, XOR_Y) == 1.0
+    assert history.loss[-1] < 0.05 < history.loss[0]
+
+
+@pytest.mark.slow
+def test_perceptron_learns_separable_data_and_not_xor(backend, rng):
+    """Rosenblatt's rule (online, step output) separates a linearly separable set; XOR stays out of reach."""
+    X = rng.uniform(-1, 1, size=(200, 2))
+    w = rng.normal(size=2)
+    X = X[np.abs(X @ w + 0.1) > 0.05]  # a margin, so that a finite number of updates suffices
+    y = np.where(X @ w + 0.1 > 0, 1, -1)
+    p = MLP([2, 1], output_activation="step", loss="perceptron", backend=backend.name, seed=int(rng.integers(2**31)))
+    p.fit(X, y, epochs=200, batch_size=1, lr=0.1)
+    assert p.score(X, y) == 1.0
+    assert set(np.unique(p.predict(X))) <= {-1, 1}
+
+    xor = MLP([2, 1], output_activation="step", loss="perceptron", backend=backend.name, seed=1)
+    history = xor.fit(XOR_X, 2 * XOR_Y - 1, epochs=200, batch_size=1, lr=0.1)
+    assert xor.score(XOR_X, 2 * XOR_Y - 1) <= 0.75  # no line separates XOR: at most 3 of 4 right
+    assert min(history.loss) > 0
+
+
+def load_mnist_subset():
+    with np.load(Path(__file__).parent / "data" / "mnist_subset.npz", allow_pickle=False) as f:
+        to_x = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255  # noqa: E731
+        return to_x(f["x_train"]), f["y_train"].astype(np.int64), to_x(f["x_test"]), f["y_test"].astype(np.int64)
+
+
+@pytest.mark.slow
+def test_mnist_subset_trains_to_88_percent(backend):
+    """2,000 MNIST training digits, 500 test digits: a [784, 64, 10] ReLU net reaches ≥ 88% test accuracy."""
+    X, y, Xt, yt = load_mnist_subset()
+    model = MLP([784, 64, 10], backend=backend.name, seed=0)
+    history = model.fit(X, y, epochs=15, batch_size=32, lr=0.05, momentum=0.9, validation_data=(Xt, yt))
+    accuracy = model.score(Xt, yt)
+    assert accuracy >= 0.88, accuracy
+    assert history.val_accuracy[-1] == pytest.approx(accuracy)
+    assert history.accuracy[-1] > 0.95
+
+
+def test_early_stopping_restores_best_weights(backend, rng):
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    Xv, yv = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)  # noise: the validation loss soon rises
+    model = MLP([3, 16, 2], backend=backend.name, seed=1)
+    history = model.fit(X, y, epochs=200, batch_size=8, lr=0.2, momentum=0.9, validation_data=(Xv, yv), early_stopping=3)
+    assert history.stopped_early and history.epochs < 200
+    best = history.best_epoch
+    assert history.val_loss[best] == min(history.val_loss)
+    assert history.epochs == best + 1 + 3
+    assert model.evaluate(Xv, yv)["loss"] == pytest.approx(history.val_loss[best], rel=1e-5)
+
+
+def test_history_and_validation_split(backend, rng):
+    X, y = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    model = MLP([3, 5, 3], backend=backend.name, seed=2)
+    h = model.fit(X, y, epochs=3, batch_size=16, lr=0.1, validation_split=0.2)
+    assert h.epochs == 3 and len(h.val_loss) == 3 and all(s > 0 for s in h.seconds)
+    assert all(np.isfinite(h.val_loss)) and all(0 <= a <= 1 for a in h.val_accuracy)
+    assert model.epochs_trained == 3
+    d = h.to_dict()
+    assert set(d) >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+
+
+def test_full_batch_and_online_modes(backend, rng):
+    X, y = rng.normal(size=(12, 3)), rng.integers(0, 2, 12)
+    for batch_size in (None, 1, 100):  # full batch, Widrow–Hoff online, larger than the data
+        model = MLP([3, 4, 2], backend=backend.name, dtype="float64", seed=4)
+        h = model.fit(X, y, epochs=2, batch_size=batch_size, lr=0.05)
+        assert h.epochs == 2 and np.isfinite(h.loss).all()
+
+
+def test_regression_with_mse(backend, rng):
+    X = rng.uniform(-1, 1, size=(64, 2))
+    y = X @ np.array([0.5, -0.3]) + 0.2
+    model = MLP([2, 1], output_activation="identity", loss="mse", backend=backend.name, dtype="float64", seed=0)
+    h = model.fit(X, y, epochs=300, batch_size=None, lr=0.5, shuffle=False)
+    assert model.predict(X).shape == (64,)
+    assert model.score(X, y) > 0.999
+    assert np.isnan(h.accuracy[-1])
