@@ -29,6 +29,8 @@ _REGISTRY = {
     "cupy": ("deltaprop.backends.cupy_backend", "CupyBackend"),
 }
 NAMES = tuple(_REGISTRY)
+#: variants of a registered backend, usable by name but not listed by available() nor taken by "auto"
+VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend")}
 #: the order in which "auto" tries the backends: fastest first.
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"
@@ -62,7 +64,7 @@ class Selection:
 
 
 def _backend_class(name: str):
-    module, cls = _REGISTRY[name]
+    module, cls = _REGISTRY[name] if name in _REGISTRY else VARIANTS[name]
     return getattr(importlib.import_module(module), cls)
 
 
@@ -71,7 +73,7 @@ def _check_name(name) -> str:
         raise TypeError(f"backend: expected a name (str), got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
     key = {"numba": "numba-cuda"}.get(key, key)
-    if key != "auto" and key not in _REGISTRY:
+    if key != "auto" and key not in _REGISTRY and key not in VARIANTS:
         raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(NAMES + ('auto',))}")
     return key
 

@@ -176,6 +176,19 @@ class Backend:
         if accuracy is not None:
             out[1] += self._correct_count(a, z, y, accuracy)
 
+    def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
+        """Training steps first..stop-1 of an epoch, in order: step(rows, out) with rows = idx[s·B : s·B + B],
+        the sample indices of step s (the last step may have fewer), and out = metrics[s], its two float64 sums.
+
+        ``step`` must enqueue the same device work on the same buffers whenever it gets the same
+        number of rows, so that a backend may record it once per shape and replay the recording
+        with the rows and out of other steps (the CuPy backend's CUDA graph); a later call with
+        the same ``step`` object may replay it too, so pass a new one when its buffers may have
+        changed. The default is a Python loop.
+        """
+        for s in range(first, stop):
+            step(idx[s * batch_size : (s + 1) * batch_size], metrics[s])
+
     # ------------------------------------------------------- elementwise
     def _activate(self, a, activation: str, z) -> None:
         """z = φ(a); ``a`` and ``z`` may be the same array."""

@@ -1,28 +1,281 @@
-"""The CuPy backend: the contract's default methods run by CuPy on an NVIDIA GPU."""
+"""The CuPy backend: cuBLAS GEMMs, CUDA C epilogues and the training step replayed as a CUDA graph.
+
+* GEMMs go to cuBLAS through a handle of this backend's own (so its math mode cannot leak to
+  other CuPy users). cuBLAS is column-major: a C-contiguous (r, c) matrix is, to it, the (c, r)
+  matrix Xᵀ, so C = op(A)·op(B) is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
+  Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
+* The elementwise and row-wise work is in deltaprop/kernels/mlp_kernels.cu, compiled for the
+  dtype on first use (``deltaprop.kernels.cuda_source``); nothing is compiled at import.
+* ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
+  and replays it; the step's window onto the epoch's sample order, and the row of the per-step
+  metrics it adds to, are moved by a step counter on the device, so a replay needs no new
+  parameters. Where capture fails, the same step runs eagerly.
+* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores.
+
+Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
+array, an unknown name) falls back to the contract's default method, which also raises its errors.
+"""
 
 from __future__ import annotations
 
+import collections
+import weakref
+from dataclasses import dataclass, field
+
 import numpy as np
 
+from ..kernels import cuda_source
 from . import compat
 from .base import Backend
+
+ACTIVATION_CODES = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "leaky_relu": 5}
+LOSS_CODES = {"mse": 0, "cross_entropy": 1, "bce": 2, "perceptron": 3}
+ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+THREADS = 256  # elementwise kernels
+ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)
+MAX_BLOCKS = 8192  # the kernels loop over grid strides
+i64, i32 = np.int64, np.int32
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return max(1, min(-(-n // per_block), MAX_BLOCKS))
+
+
+@dataclass
+class _Recording:
+    """The CUDA graphs of one ``step`` object, with the device buffers they were captured on."""
+
+    step: weakref.ref
+    key: tuple  # (samples, batch size, metrics pointer): a change means new buffers
+    metrics: object
+    order: object  # the epoch's sample order, copied here by each run_steps call
+    rows: object  # the current step's sample indices
+    sums: object  # the current step's loss and correct count
+    step_no: object  # the step counter, on the device
+    graphs: dict = field(default_factory=dict)  # number of rows -> cupy.cuda.Graph
+    seen: set = field(default_factory=set)  # shapes that have run once (compiled, scratch grown)
 
 
 class CupyBackend(Backend):
     name = "cupy"
+    tf32 = False  # float32 GEMMs on TF32 tensor cores
 
     @staticmethod
     def probe() -> compat.Probe:
         return compat.probe_cupy()
 
-    def __init__(self):
+    def __init__(self, graphs: bool = True):
         super().__init__()
         probe = self.probe()
         self.xp = probe.require(self.name)
-        self.device = probe.device
+        self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
+        self.graphs = graphs  # False: run_steps is the contract's Python loop
+        self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
+        self.capture_error = None  # why the last capture failed, if it did
+        self._handle = None
+        self._stream = None
+        self._recording = None
 
     def to_numpy(self, x) -> np.ndarray:
         return self.xp.asnumpy(x)
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
+
+    # ------------------------------------------------------------ plumbing
+    def _ok(self, *arrays) -> bool:
+        """Whether the kernels can take these arrays: C-contiguous CuPy arrays of one float dtype."""
+        dtype = arrays[0].dtype
+        return dtype in FLOATS and all(
+            isinstance(x, self.xp.ndarray) and x.dtype == dtype and x.flags.c_contiguous for x in arrays
+        )
+
+    def _launch(self, kernel, blocks, threads, args) -> None:
+        kernel((blocks,), threads if isinstance(threads, tuple) else (threads,), args)
+        self.counts["kernel"] += 1
+
+    def _elementwise(self, name, x, *args) -> None:
+        """Launch the elementwise kernel ``name`` of x's dtype over x's elements."""
+        self._launch(cuda_source.kernels(x.dtype)[name], _blocks(x.size, THREADS), THREADS, args)
+
+    def _rowwise(self, name, x, *args) -> None:
+        """Launch the row-wise kernel ``name`` (one warp per row of the matrix x)."""
+        self._launch(cuda_source.kernels(x.dtype)[name], _blocks(x.shape[0], ROWS_PER_BLOCK), 32 * ROWS_PER_BLOCK, args)
+
+    def _bias_grad(self, delta, out, alpha, beta) -> None:
+        """out ← alpha·Σ_rows δ + beta·out (out is not read when beta = 0)."""
+        rows, cols = delta.shape
+        t = delta.dtype.type
+        kernel = cuda_source.kernels(delta.dtype)["bias_grad"]
+        self._launch(kernel, _blocks(cols, 32), (32, 8), (delta, out, i64(rows), i64(cols), t(alpha), t(beta)))
+
+    def _cublas(self):
+        """This backend's cuBLAS handle (made on first use), bound to the current stream."""
+        from cupy_backends.cuda.libs import cublas
+
+        if self._handle is None:
+            handle = cublas.create()
+            cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if self.tf32 else cublas.CUBLAS_DEFAULT_MATH)
+            self._handle = handle
+        cublas.setStream(self._handle, self.xp.cuda.get_current_stream().ptr)
+        return cublas, self._handle
+
+    def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
+        """C ← alpha·op(A)·op(B) + beta·C for C-contiguous (row-major) matrices.
+
+        cuBLAS sees each row-major (r, c) matrix as the column-major (c, r) matrix Xᵀ with
+        leading dimension c, so it computes Cᵀ (N × M) = op(B)ᵀ·op(A)ᵀ: B is its first operand,
+        transposed exactly when op(B) is, and likewise A; ldc = N.
+        """
+        cublas, handle = self._cublas()
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
+        op = lambda t: cublas.CUBLAS_OP_T if t else cublas.CUBLAS_OP_N  # noqa: E731
+        gemm = cublas.sgemm if C.dtype == np.float32 else cublas.dgemm
+        scalars = np.array([alpha, beta], dtype=C.dtype)  # host pointer mode: read before the call returns
+        p_alpha, p_beta = scalars.ctypes.data, scalars.ctypes.data + scalars.itemsize
+        gemm(handle, op(trans_b), op(trans_a), N, M, K, p_alpha, B.data.ptr, B.shape[1], A.data.ptr, A.shape[1],
+             p_beta, C.data.ptr, N)
+        self.counts["gemm"] += 1
+
+    # ------------------------------------------------------------ hot loops
+    def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
+        pre = z if a is None else a
+        if not (activation in ACTIVATION_CODES or activation == "softmax") or not self._ok(z_prev, W, b, z, pre):
+            return super().forward(z_prev, W, b, activation, z, a)
+        self._gemm(z_prev, W, pre)
+        rows, cols = pre.shape
+        if activation == "softmax":
+            self._rowwise("bias_softmax", pre, pre, z, b, i64(rows), i64(cols))
+        else:
+            self._elementwise("bias_act", pre, pre, z, b, i64(pre.size), i64(cols), i32(ACTIVATION_CODES[activation]))
+
+    def output_delta(self, a, z, y, activation: str, loss: str, delta) -> None:
+        known = loss in LOSS_CODES and (loss != "mse" or activation in ACTIVATION_CODES)
+        if not known or not self._ok(a, z, y, delta):
+            return super().output_delta(a, z, y, activation, loss, delta)
+        act = ACTIVATION_CODES.get(activation, 0)
+        self._elementwise("output_delta", delta, a, z, y, delta, i64(delta.size), i32(act), i32(LOSS_CODES[loss]))
+
+    def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        if activation not in ACTIVATION_CODES or not self._ok(delta_next, W_next, z, delta):
+            return super().hidden_delta(delta_next, W_next, z, activation, delta)
+        self._gemm(delta_next, W_next, delta, trans_b=True)
+        if activation != "identity":
+            self._elementwise("mul_dphi", delta, delta, z, i64(delta.size), i32(ACTIVATION_CODES[activation]))
+
+    def weight_grad(self, z_prev, delta, dW, db) -> None:
+        if not self._ok(z_prev, delta, dW, db):
+            return super().weight_grad(z_prev, delta, dW, db)
+        scale = 1.0 / delta.shape[0]
+        self._gemm(z_prev, delta, dW, trans_a=True, alpha=scale)
+        self._bias_grad(delta, db, scale, 0.0)
+
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+        arrays = (z_prev, delta, W, b) + ((vW, vb) if momentum else ())
+        if (momentum and (vW is None or vb is None)) or not self._ok(*arrays):
+            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay)
+        scale = 1.0 / delta.shape[0]
+        t = W.dtype.type
+        if momentum:  # v ← μ·v + z_prevᵀ·δ/B (GEMM), then v ← v + λ·W, W ← W − η·v (kernel); b alike
+            self._gemm(z_prev, delta, vW, trans_a=True, alpha=scale, beta=momentum)
+            self._elementwise("momentum_step", W, W, vW, i64(W.size), t(lr), t(weight_decay))
+            self._bias_grad(delta, vb, scale, momentum)
+            self._elementwise("momentum_step", b, b, vb, i64(b.size), t(lr), t(0))
+        else:  # one GEMM into W, one kernel into b
+            self._gemm(z_prev, delta, W, trans_a=True, alpha=-lr * scale, beta=1.0 - lr * weight_decay)
+            self._bias_grad(delta, b, -lr * scale, 1.0)
+
+    def gather(self, src, idx, out) -> None:
+        if not (self._ok(src, out) and idx.dtype == np.int64 and idx.flags.c_contiguous and out.shape[0] == idx.size):
+            return super().gather(src, idx, out)
+        self._elementwise("gather_rows", out, src, idx, out, i64(idx.size), i64(out.shape[1]))
+
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+        usable = out.dtype == np.float64 and out.flags.c_contiguous and out.size >= 2
+        if loss not in LOSS_CODES or accuracy not in ACCURACY_CODES or not (usable and self._ok(a, z, y)):
+            return super().batch_metrics(a, z, y, loss, accuracy, out)
+        rows, cols = a.shape
+        codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
+        self._rowwise("batch_metrics", a, a, z, y, out, i64(rows), i64(cols), *codes)
+
+    # ------------------------------------------------------- CUDA graphs
+    def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
+        """The contract's loop, with each batch shape captured once as a CUDA graph and replayed.
+
+        The first step of a shape runs eagerly (it compiles the kernels and grows the scratch
+        space, so that the capture allocates nothing); the second is captured, then replayed.
+        """
+        rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
+        if rec is None:
+            return super().run_steps(step, idx, metrics, batch_size, first, stop)
+        self.copy_(rec.order, idx)
+        rec.step_no.fill(first)
+        n = idx.shape[0]
+        for s in range(first, stop):
+            rows = min(batch_size, n - s * batch_size)
+            graph = rec.graphs.get(rows)
+            if graph is None and rows in rec.seen and self.capture_error is None:
+                graph = rec.graphs[rows] = self._capture(lambda: self._window_step(rec, step, rows))
+            if graph is not None:
+                graph.launch()
+                self.counts["graph"] += 1
+            else:
+                self._window_step(rec, step, rows)
+                rec.seen.add(rows)
+
+    def _recording_for(self, step, idx, metrics, batch_size):
+        """The recording of ``step`` on these buffers: the last one, or a new one (None: cannot record)."""
+        xp = self.xp
+        if xp.cuda.runtime.is_hip or idx.dtype != np.int64 or metrics.dtype != np.float64:
+            return None
+        if not (idx.flags.c_contiguous and metrics.flags.c_contiguous):
+            return None
+        key = (idx.shape[0], batch_size, metrics.data.ptr)
+        rec = self._recording
+        if rec is not None and rec.step() is step and rec.key == key:
+            return rec
+        try:
+            ref = weakref.ref(step)
+        except TypeError:
+            return None
+        self._recording = rec = _Recording(
+            step=ref, key=key, metrics=metrics, order=xp.empty(idx.shape[0], np.int64),
+            rows=xp.empty(batch_size, np.int64), sums=xp.zeros(2, np.float64), step_no=xp.zeros(1, np.int64),
+        )  # fmt: skip
+        return rec
+
+    def _window_step(self, rec: _Recording, step, rows: int) -> None:
+        """One step through the recording's buffers: rows ← order[step_no·B:], step, metrics[step_no] += sums."""
+        kern = cuda_source.plain_kernels()
+        batch = rec.rows.shape[0]
+        self._launch(kern["window_in"], _blocks(rows, THREADS), THREADS, (rec.order, rec.rows, rec.step_no, i64(batch), i64(rows)))
+        step(rec.rows[:rows], rec.sums)
+        self._launch(kern["window_out"], 1, 1, (rec.metrics, rec.sums, rec.step_no))
+
+    def _capture(self, enqueue):
+        """``enqueue()`` captured on a side stream as a CUDA graph; None (and capture_error set) if that fails."""
+        cuda = self.xp.cuda
+        if self._stream is None:
+            self._stream = cuda.Stream(non_blocking=True)
+        stream = self._stream
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    enqueue()
+                finally:
+                    graph = stream.end_capture()
+        except Exception as exc:  # no graphs here (old driver, HIP) or an op that cannot be captured
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            return None
+        return graph
+
+
+class CupyTF32Backend(CupyBackend):
+    """The CuPy backend with float32 GEMMs on TF32 tensor cores (inputs rounded to a 10-bit mantissa,
+    float32 accumulation); float64 is unchanged. A separate backend, so that no switch is shared."""
+
+    name = "cupy-tf32"
+    tf32 = True

@@ -109,6 +109,7 @@ class Trainer:
         if plan.momentum:
             model._ensure_velocity()
         self.snapshot = model._state_copy()  # the state at the start of the epoch, for a divergence
+        self.step = self._new_step()
 
     def run(self) -> "History":
         # Overflow in a step is not a warning: the epoch's check below finds it and says where.
@@ -145,6 +146,7 @@ class Trainer:
                 self._report(epoch, history)
             if self.callback is not None:
                 self.callback(epoch, history)
+                self.step = self._new_step()  # the callback may have replaced the model's arrays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
                 if score < best_score:
@@ -161,14 +163,22 @@ class Trainer:
 
     def _steps(self, idx, first: int, stop: int) -> None:
         """Training steps first..stop-1 of the epoch whose sample order is ``idx``."""
+        self.bk.run_steps(self.step, idx, self.metrics, self.plan.batch_size, first, stop)
+
+    def _new_step(self):
+        """A new step(rows, out) for ``Backend.run_steps``: one SGD step on the samples ``rows``.
+
+        The backend may replay a recording of it, so a new one is made whenever the model's
+        arrays may have been replaced (after a callback)."""
         model, plan, bk = self.model, self.plan, self.bk
-        B = plan.batch_size
-        for s in range(first, stop):
-            buf = self.full if s < self.steps - 1 else self.tail
-            rows = idx[s * B : s * B + buf.rows]
+
+        def step(rows, out):
+            buf = self.full if rows.shape[0] == plan.batch_size else self.tail
             bk.gather(self.X, rows, buf.x)
             bk.gather(self.Y, rows, buf.y)
-            model._train_step(buf, plan.lr, plan.momentum, plan.weight_decay, self.metrics[s], self.accuracy)
+            model._train_step(buf, plan.lr, plan.momentum, plan.weight_decay, out, self.accuracy)
+
+        return step
 
     def _diverged(self, epoch: int, idx, sums) -> None:
         """Leave the last finite weights in place and raise, naming the epoch and step."""

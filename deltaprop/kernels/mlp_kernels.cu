@@ -1,0 +1,273 @@
+// The elementwise and row-wise work of the CuPy backend (deltaprop/backends/cupy_backend.py).
+//
+// Compiled lazily by NVRTC through cupy.RawModule, one module per dtype, with name expressions
+// such as "bias_act<float>". Every kernel uses grid-stride loops, so any launch size is correct.
+// Rows are samples; arrays are C-contiguous; n counts elements, rows x cols a matrix.
+// Codes (kept in step with cupy_backend.py):
+//   activation: 0 identity, 1 step, 2 sigmoid, 3 tanh, 4 relu, 5 leaky_relu (softmax has its own kernel)
+//   loss: 0 mse, 1 cross_entropy, 2 bce, 3 perceptron;  accuracy: 0 none, 1 argmax, 2 threshold
+
+#define LEAKY_SLOPE 0.1
+#define FULL_MASK 0xffffffffu
+#define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
+
+template <typename T>
+__device__ __forceinline__ T phi(T a, int act) {
+    switch (act) {
+        case 1: return a > T(0) ? T(1) : T(0);
+        case 2: return T(0.5) + T(0.5) * tanh(T(0.5) * a);  // σ without overflow for any a
+        case 3: return tanh(a);
+        case 4: return a > T(0) ? a : T(0);
+        case 5: return a > T(0) ? a : T(LEAKY_SLOPE) * a;
+        default: return a;
+    }
+}
+
+// φ'(a) written through z = φ(a).
+template <typename T>
+__device__ __forceinline__ T dphi(T z, int act) {
+    switch (act) {
+        case 1: return T(0);
+        case 2: return z * (T(1) - z);
+        case 3: return T(1) - z * z;
+        case 4: return z > T(0) ? T(1) : T(0);
+        case 5: return z > T(0) ? T(1) : T(LEAKY_SLOPE);
+        default: return T(1);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T neg_inf();
+template <>
+__device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
+template <>
+__device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000LL); }
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// pre ← pre + b (row-broadcast), z ← φ(pre). pre is either a (kept) or z itself.
+template <typename T>
+__global__ void bias_act(T* pre, T* z, const T* b, long long n, long long cols, int act) {
+    GRID_STRIDE(i, n) {
+        T v = pre[i] + b[i % cols];
+        pre[i] = v;
+        z[i] = phi(v, act);
+    }
+}
+
+// g ← g ⊙ φ'(z): the hidden δ after the GEMM δ_next·W_nextᵀ.
+template <typename T>
+__global__ void mul_dphi(T* g, const T* z, long long n, int act) {
+    GRID_STRIDE(i, n) { g[i] *= dphi(z[i], act); }
+}
+
+// δ_L = ∂E/∂a_L: z − y (softmax + cross-entropy, sigmoid + bce), (z − y) ⊙ φ' (mse),
+// −y where y·a ≤ 0 else 0 (perceptron).
+template <typename T>
+__global__ void output_delta(const T* a, const T* z, const T* y, T* delta, long long n, int act, int loss) {
+    GRID_STRIDE(i, n) {
+        if (loss == 3) {
+            delta[i] = y[i] * a[i] <= T(0) ? -y[i] : T(0);
+        } else {
+            T d = z[i] - y[i];
+            delta[i] = loss == 0 ? d * dphi(z[i], act) : d;
+        }
+    }
+}
+
+// SGD with momentum after the GEMM v ← μ·v + z_prevᵀ·δ/B: v ← v + λ·W, W ← W − η·v.
+template <typename T>
+__global__ void momentum_step(T* w, T* v, long long n, T lr, T decay) {
+    GRID_STRIDE(i, n) {
+        T vi = v[i] + decay * w[i];
+        v[i] = vi;
+        w[i] -= lr * vi;
+    }
+}
+
+// out[c] ← alpha·Σ_r delta[r, c] + beta·out[c] (out is not read when beta = 0).
+// Blocks of 32 × 8 threads: x walks the columns, y the rows; a fixed-order tree sums the 8 parts.
+template <typename T>
+__global__ void bias_grad(const T* delta, T* out, long long rows, long long cols, T alpha, T beta) {
+    __shared__ T part[8][33];
+    for (long long c0 = blockIdx.x * 32LL; c0 < cols; c0 += gridDim.x * 32LL) {
+        long long c = c0 + threadIdx.x;
+        T s = T(0);
+        if (c < cols)
+            for (long long r = threadIdx.y; r < rows; r += 8) s += delta[r * cols + c];
+        part[threadIdx.y][threadIdx.x] = s;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < cols) {
+            T total = T(0);
+            for (int k = 0; k < 8; ++k) total += part[k][threadIdx.x];
+            out[c] = beta == T(0) ? alpha * total : alpha * total + beta * out[c];
+        }
+        __syncthreads();
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// The first index of the row's maximum (NumPy's argmax rule), the same in every lane.
+template <typename T>
+__device__ long long warp_argmax(const T* row, long long cols, int lane) {
+    T best = row[0];
+    long long at = 0;
+    for (long long k = lane; k < cols; k += 32)
+        if (row[k] > best || (row[k] == best && k < at)) { best = row[k]; at = k; }
+    for (int o = 16; o > 0; o >>= 1) {
+        T ob = __shfl_xor_sync(FULL_MASK, best, o);
+        long long oa = __shfl_xor_sync(FULL_MASK, at, o);
+        if (ob > best || (ob == best && oa < at)) { best = ob; at = oa; }
+    }
+    return at;
+}
+
+// Row-wise softmax with the bias: pre ← pre + b, z ← exp(pre − max) / Σ exp(pre − max).
+// One warp per row; pre may be z itself.
+template <typename T>
+__global__ void bias_softmax(T* pre, T* z, const T* b, long long rows, long long cols) {
+    int lane = threadIdx.x & 31;
+    long long warps = (long long)gridDim.x * WARPS_PER_BLOCK;
+    for (long long r = blockIdx.x * (long long)WARPS_PER_BLOCK + threadIdx.x / 32; r < rows; r += warps) {
+        T* p = pre + r * cols;
+        T* q = z + r * cols;
+        T m = neg_inf<T>();
+        for (long long k = lane; k < cols; k += 32) {
+            T v = p[k] + b[k];
+            p[k] = v;
+            m = fmax(m, v);
+        }
+        m = warp_max(m);
+        T s = T(0);
+        for (long long k = lane; k < cols; k += 32) {
+            T e = exp(p[k] - m);
+            q[k] = e;
+            s += e;
+        }
+        T inv = T(1) / warp_sum(s);
+        for (long long k = lane; k < cols; k += 32) q[k] *= inv;
+    }
+}
+
+// out[0] += Σ_rows per-sample loss, out[1] += number of correct rows; in double, no host sync.
+// One warp per row; each block adds its totals with one atomicAdd per value.
+template <typename T>
+__global__ void batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols,
+                              int loss, int accuracy) {
+    __shared__ double block_loss[WARPS_PER_BLOCK], block_correct[WARPS_PER_BLOCK];
+    int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+    double my_loss = 0.0, my_correct = 0.0;
+    long long warps = (long long)gridDim.x * WARPS_PER_BLOCK;
+    for (long long r = blockIdx.x * (long long)WARPS_PER_BLOCK + warp; r < rows; r += warps) {
+        const T* ar = a + r * cols;
+        const T* zr = z + r * cols;
+        const T* yr = y + r * cols;
+        double row = 0.0;
+        if (loss == 1) {  // −Σ y·log softmax(a) = Σy·log Σ exp(a − m) − Σ y·(a − m)
+            double m = neg_inf<double>();
+            for (long long k = lane; k < cols; k += 32) m = fmax(m, (double)ar[k]);
+            m = warp_max(m);
+            double se = 0.0, ya = 0.0, ys = 0.0;
+            for (long long k = lane; k < cols; k += 32) {
+                double d = (double)ar[k] - m;
+                se += exp(d);
+                ya += (double)yr[k] * d;
+                ys += (double)yr[k];
+            }
+            row = warp_sum(ys) * log(warp_sum(se)) - warp_sum(ya);
+        } else {
+            for (long long k = lane; k < cols; k += 32) {
+                double av = ar[k], yv = yr[k];
+                if (loss == 0) {
+                    double d = (double)zr[k] - yv;
+                    row += 0.5 * d * d;
+                } else if (loss == 2) {  // softplus(a) − y·a
+                    row += fmax(av, 0.0) + log1p(exp(-fabs(av))) - yv * av;
+                } else {
+                    row += fmax(0.0, -yv * av);
+                }
+            }
+            row = warp_sum(row);
+        }
+        my_loss += row;
+        if (accuracy == 1) {
+            my_correct += warp_argmax(zr, cols, lane) == warp_argmax(yr, cols, lane) ? 1.0 : 0.0;
+        } else if (accuracy == 2) {
+            bool ok = true;
+            for (long long k = lane; k < cols; k += 32) ok = ok && ((ar[k] > T(0)) == (yr[k] > T(0.5)));
+            my_correct += __all_sync(FULL_MASK, ok) ? 1.0 : 0.0;
+        }
+    }
+    if (lane == 0) {
+        block_loss[warp] = my_loss;
+        block_correct[warp] = my_correct;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double l = 0.0, c = 0.0;
+        for (int w = 0; w < WARPS_PER_BLOCK; ++w) {
+            l += block_loss[w];
+            c += block_correct[w];
+        }
+        atomicAdd(out, l);
+        if (accuracy != 0) atomicAdd(out + 1, c);
+    }
+}
+
+// out[r, :] = src[idx[r], :]: the rows of one mini-batch.
+template <typename T>
+__global__ void gather_rows(const T* src, const long long* idx, T* out, long long rows, long long cols) {
+    GRID_STRIDE(i, rows * cols) {
+        long long r = i / cols;
+        out[i] = src[idx[r] * cols + i % cols];
+    }
+}
+
+// The CUDA graph's window onto the epoch, moved by a step counter kept on the device:
+// before a step, rows[i] = order[step·batch + i];
+extern "C" __global__ void window_in(const long long* order, long long* rows, const long long* step, long long batch,
+                                     long long count) {
+    GRID_STRIDE(i, count) { rows[i] = order[*step * batch + i]; }
+}
+
+// after it, metrics[step] += sums, sums ← 0, step ← step + 1 (a single thread).
+extern "C" __global__ void window_out(double* metrics, double* sums, long long* step) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        long long s = *step;
+        metrics[2 * s] += sums[0];
+        metrics[2 * s + 1] += sums[1];
+        sums[0] = 0.0;
+        sums[1] = 0.0;
+        *step = s + 1;
+    }
+}
+
+#ifdef DELTAPROP_INSTANTIATE
+// For the offline nvcc check (tests/test_cuda_sources.py): instantiate every template as
+// RawModule's name expressions do, so that nvcc type-checks the float and double code.
+template <typename T>
+void deltaprop_instantiate() {
+    (void)&bias_act<T>;
+    (void)&mul_dphi<T>;
+    (void)&output_delta<T>;
+    (void)&momentum_step<T>;
+    (void)&bias_grad<T>;
+    (void)&bias_softmax<T>;
+    (void)&batch_metrics<T>;
+    (void)&gather_rows<T>;
+}
+template void deltaprop_instantiate<float>();
+template void deltaprop_instantiate<double>();
+#endif
