@@ -131,3 +131,20 @@ def test_regression_with_mse(backend, rng):
     assert model.predict(X).shape == (64,)
     assert model.score(X, y) > 0.999
     assert np.isnan(h.accuracy[-1])
+
+
+def test_callback_may_set_weights_during_fit_with_momentum(backend, rng):
+    """A callback that replaces the weights (and so the momentum buffers) does not break the next epoch."""
+    X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
+    model = MLP([3, 4, 2], backend=backend.name, dtype="float64", seed=1)
+    start = model.get_weights()
+    seen = []
+
+    def reset(epoch, history):
+        seen.append(epoch)
+        model.set_weights(start)
+
+    h = model.fit(X, y, epochs=3, batch_size=5, lr=0.1, momentum=0.9, callback=reset)
+    assert seen == [0, 1, 2] and h.epochs == 3
+    for (W0, _), (W1, _) in zip(start, model.get_weights()):
+        np.testing.assert_array_equal(W0, W1)

@@ -146,6 +146,8 @@ class Trainer:
                 self._report(epoch, history)
             if self.callback is not None:
                 self.callback(epoch, history)
+                if plan.momentum:  # set_weights in the callback resets the momentum buffers
+                    model._ensure_velocity()
                 self.step = self._new_step()  # the callback may have replaced the model's arrays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
