@@ -76,7 +76,7 @@ class _BaseMLP(BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=10,
         backend="auto",
-        dtype="float32",
+        dtype="float64",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -320,7 +320,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self._outputs(X), axis=1)]
+        proba = self._outputs(X)  # checks that it is fitted
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
@@ -336,16 +337,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if reuse:
             known = self.classes_
             if classes is not None and not np.array_equal(np.unique(classes), known):
-                raise ValueError(f"classes: {np.unique(classes)!r} differs from the fitted classes_ {known!r}")
+                raise ValueError(f"classes: {np.unique(classes).tolist()} differs from the fitted classes_ {known.tolist()}")
         elif incremental and classes is None:
             raise ValueError("classes: partial_fit needs, on its first call, every label there will be")
         else:
             known = np.unique(y if classes is None else classes)
         unseen = ~np.isin(y, known)
         if unseen.any():
-            raise ValueError(f"y: label {y[unseen][0]!r} is not among the classes {known!r}")
+            raise ValueError(f"y: label {y[unseen][0].tolist()!r} is not among the classes {known.tolist()}")
         if len(known) < 2:
-            raise ValueError(f"y: needs samples of at least 2 classes, got only class {known[0]!r}")
+            raise ValueError(f"y: has 1 class ({known[0].tolist()!r}); a classifier needs samples of at least 2")
         return known, np.searchsorted(known, y)
 
 
