@@ -30,7 +30,6 @@ from numbers import Integral
 import numpy as np
 
 try:
-    import sklearn
     from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin, RegressorMixin, clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
@@ -129,7 +128,10 @@ class _BaseMLP(BaseEstimator):
         else:
             classes_, Y = None, np.asarray(y, np.float64)
             n_out = 1 if Y.ndim == 1 else Y.shape[1]
-        rng = check_random_state(self.random_state)
+        try:
+            rng = check_random_state(self.random_state)
+        except ValueError as exc:
+            raise ValueError(f"random_state: expected None, an integer or a RandomState: {exc}") from None
         sizes = [X.shape[1], *params["hidden"], n_out]
         if reuse:
             model = self.model_
@@ -150,7 +152,7 @@ class _BaseMLP(BaseEstimator):
             X, Xv, Y, Yv = self._split(X, Y, rng)
             validation = (Xv, Yv)
         batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], X.shape[0])
-        scores = []
+        scores = []  # R² per epoch; a classifier's accuracy is in the History already
         history = model.fit(
             X,
             Y,
@@ -163,7 +165,7 @@ class _BaseMLP(BaseEstimator):
             early_stopping=None if incremental else params["n_iter_no_change"],
             shuffle=params["shuffle"],
             verbose=int(params["verbose"]),
-            callback=None if validation is None else (lambda epoch, h: scores.append(model.score(*validation))),
+            callback=None if validation is None or self._classifier else (lambda epoch, h: scores.append(model.score(*validation))),
         )
 
         # Trained: now the fitted attributes change, all together.
@@ -182,6 +184,7 @@ class _BaseMLP(BaseEstimator):
         self.loss_curve_ = self.loss_curve_ + list(history.loss)
         self.n_iter_ += history.epochs
         if validation is not None:
+            scores = list(history.val_accuracy) if self._classifier else scores
             self.validation_scores_ = (self.validation_scores_ or []) + scores
         if not incremental and not history.stopped_early:
             warnings.warn(
@@ -216,7 +219,9 @@ class _BaseMLP(BaseEstimator):
             if isinstance(batch_size, str):
                 raise ValueError(f"batch_size: expected 'auto' or an integer ≥ 1, got {batch_size!r}")
             batch_size = _check_int(batch_size, "batch_size", 1)
-        for name in ("shuffle", "verbose", "warm_start", "early_stopping"):
+        if not isinstance(self.verbose, (bool, np.bool_)) and not (isinstance(self.verbose, Integral) and self.verbose >= 0):
+            raise TypeError(f"verbose: expected True, False or an integer ≥ 0, got {self.verbose!r}")
+        for name in ("shuffle", "warm_start", "early_stopping"):
             if not isinstance(getattr(self, name), (bool, np.bool_)) and getattr(self, name) not in (0, 1):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.early_stopping and incremental:

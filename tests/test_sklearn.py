@@ -204,6 +204,8 @@ BAD_PARAMS = [
     ("n_iter_no_change", 0, ValueError),
     ("validation_fraction", 1.0, ValueError),
     ("shuffle", "yes", TypeError),
+    ("verbose", -1, TypeError),
+    ("random_state", "abc", ValueError),
     ("dtype", "float16", ValueError),
     ("backend", "tpu", ValueError),
 ]
@@ -223,6 +225,10 @@ def test_a_bad_parameter_names_itself_and_changes_nothing(name, value, error, ir
 
 def test_bad_targets_name_the_problem(iris):
     X, y = iris
+    clf = MLPClassifier((4,), max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="1 class"):
+        clf.fit(X[:, :3], np.zeros(len(X)))  # X passes its checks, y does not: still nothing changes
+    assert clf.n_features_in_ == 4 and clf.predict(X).shape == (len(X),)
     with pytest.raises(ValueError, match="1 class"):
         MLPClassifier().fit(X, np.zeros(len(X)))
     with pytest.raises(ValueError, match="Unknown label type"):
