@@ -1,0 +1,260 @@
+"""deltaprop.sklearn: scikit-learn's own estimator checks, the parameter mapping, and use in its tools."""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sklearn.neural_network as skl
+from sklearn.datasets import load_iris, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from conftest import backend_names
+from deltaprop.sklearn import MLPClassifier, MLPRegressor
+
+# Most checks fit for the full max_iter=200 epochs without converging; the warning says so, as scikit-learn's does.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+FLOAT32_ROUNDING = (
+    "dtype='float32': a row's outputs may differ in the last bit (~1e-7 relative) with the number "
+    "of rows predicted together, as BLAS blocks the float32 GEMM differently; the check allows 1e-7. "
+    "The float64 default passes it."
+)
+
+
+def expected_failed_checks(estimator):
+    if estimator.dtype == "float32":
+        return {"check_methods_subset_invariance": FLOAT32_ROUNDING}
+    return {}
+
+
+ESTIMATORS = [
+    cls(backend=name, dtype=dtype)
+    for name in backend_names()
+    for dtype in ("float64", "float32")
+    for cls in (MLPClassifier, MLPRegressor)
+]
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failed_checks)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def regression():
+    X, y = make_regression(n_samples=120, n_features=6, noise=5.0, random_state=0)
+    return X, y / y.std()
+
+
+# ------------------------------------------------------------- scikit-learn's tools
+def test_in_a_pipeline_scales_before_the_network(iris, backend):
+    X, y = iris
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((16,), learning_rate_init=0.05, random_state=0, backend=backend.name))
+    pipe.fit(X, y)
+    alone = MLPClassifier((16,), learning_rate_init=0.05, random_state=0, backend=backend.name)
+    alone.fit(StandardScaler().fit_transform(X), y)
+    np.testing.assert_array_equal(pipe.predict_proba(X), alone.predict_proba(StandardScaler().fit_transform(X)))
+    assert pipe.score(X, y) > 0.9
+
+
+def test_grid_search_picks_the_learning_rate_that_trains(iris):
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    grid = GridSearchCV(
+        MLPClassifier((8,), max_iter=30, random_state=0),
+        {"learning_rate_init": [1e-6, 0.05], "alpha": [1e-4, 1e-2]},
+        cv=3,
+    )
+    grid.fit(X, y)
+    assert grid.best_params_["learning_rate_init"] == 0.05
+    assert len(grid.cv_results_["params"]) == 4
+    tiny = np.array(grid.cv_results_["param_learning_rate_init"]) == 1e-6
+    assert grid.best_score_ > 0.8 > grid.cv_results_["mean_test_score"][tiny].max()  # lr 1e-6 barely moves
+    assert grid.best_estimator_.n_iter_ <= 30 and list(grid.best_estimator_.classes_) == [0, 1, 2]
+
+
+def test_cross_val_score_matches_a_hand_made_loop(regression):
+    X, y = regression
+    est = MLPRegressor((16,), learning_rate_init=0.01, random_state=0)
+    folds = KFold(4, shuffle=True, random_state=0)
+    scores = cross_val_score(est, X, y, cv=folds)
+    by_hand = [
+        MLPRegressor((16,), learning_rate_init=0.01, random_state=0).fit(X[tr], y[tr]).score(X[te], y[te])
+        for tr, te in folds.split(X)
+    ]
+    np.testing.assert_allclose(scores, by_hand, rtol=1e-12)
+    assert scores.min() > 0.8
+
+
+# ------------------------------------------------------------- the mapping onto the MLP layer
+def test_training_matches_scikit_learns_sgd_step_for_step(regression):
+    """alpha, learning_rate_init, momentum and batch_size mean what they mean in scikit-learn: from the
+    same weights, full-batch SGD with (non-Nesterov) momentum and an L2 penalty lands on the same weights."""
+    X, y = regression
+    settings = dict(hidden_layer_sizes=(5, 4), activation="tanh", alpha=0.5, learning_rate_init=0.01, momentum=0.9, batch_size=len(X), shuffle=False)
+    ours = MLPRegressor(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
+    theirs = skl.MLPRegressor(**settings, solver="sgd", nesterovs_momentum=False, learning_rate="constant", max_iter=1, warm_start=True, random_state=0)
+    theirs.fit(X, y)
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    ours.model_.set_weights(list(zip(ours.coefs_, ours.intercepts_)))  # fresh momentum, as scikit-learn's warm start
+    ours.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
+    theirs.set_params(max_iter=20, n_iter_no_change=50, tol=0.0).fit(X, y)
+    for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(mine, sk, rtol=1e-9, atol=1e-12)
+    assert ours.n_iter_ == 21
+
+
+def test_predict_proba_columns_follow_classes_(rng):
+    classes = np.array(["setosa", "apple", "zebra"])
+    centers = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, -4.0]])
+    pick = rng.integers(0, 3, 150)
+    X = centers[pick] + rng.normal(0, 0.5, (150, 2))
+    clf = MLPClassifier((8,), learning_rate_init=0.05, random_state=0).fit(X, classes[pick])
+    assert list(clf.classes_) == ["apple", "setosa", "zebra"]
+    proba = clf.predict_proba(centers)  # rows: setosa, apple, zebra
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], classes)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[clf.predict_proba(X).argmax(axis=1)])
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)))
+
+
+def test_fitted_attributes(iris, regression):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=15, n_iter_no_change=100, random_state=0).fit(X, y)
+    assert clf.n_iter_ == len(clf.loss_curve_) == 15 and clf.validation_scores_ is None
+    assert clf.n_features_in_ == 4 and clf.n_outputs_ == 3
+    assert [W.shape for W in clf.coefs_] == [(4, 8), (8, 3)] and [b.shape for b in clf.intercepts_] == [(8,), (3,)]
+    Xr, yr = regression
+    reg = MLPRegressor((8,), max_iter=15, random_state=0).fit(Xr, np.c_[yr, -yr])
+    assert reg.n_outputs_ == 2 and reg.predict(Xr).shape == (len(Xr), 2)
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regression):
+    X, y = iris if cls is MLPClassifier else regression
+    X = StandardScaler().fit_transform(X)
+    est = cls((16,), learning_rate_init=0.1, early_stopping=True, n_iter_no_change=3, max_iter=2000, random_state=0)
+    est.fit(X, y)
+    assert est.n_iter_ < 2000 and len(est.validation_scores_) == est.n_iter_ == len(est.loss_curve_)
+    # the score is accuracy or R², on the held-out 10%; the best weights (lowest validation loss) are kept
+    assert 0.5 < max(est.validation_scores_) <= 1.0
+    if cls is MLPClassifier:
+        np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
+
+
+def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    with pytest.raises(ValueError, match="classes: partial_fit needs"):
+        MLPClassifier().partial_fit(X, y)
+    inc = MLPClassifier((8,), random_state=3)
+    for _ in range(3):
+        inc.partial_fit(X, y, classes=[0, 1, 2])
+    warm = MLPClassifier((8,), random_state=3, max_iter=1, warm_start=True)
+    for _ in range(3):
+        warm.fit(X, y)
+    assert inc.n_iter_ == warm.n_iter_ == 3 and len(inc.loss_curve_) == 3
+    np.testing.assert_array_equal(inc.loss_curve_, warm.loss_curve_)
+    for a, b in zip(inc.coefs_, warm.coefs_):
+        np.testing.assert_array_equal(a, b)
+    inc.partial_fit(X[y < 2], y[y < 2])  # a batch need not hold every class
+    with pytest.raises(ValueError, match="y: label 7 is not among the classes"):
+        inc.partial_fit(X, np.where(y == 2, 7, y))
+    with pytest.raises(ValueError, match="early_stopping: partial_fit does not support"):
+        MLPRegressor(early_stopping=True).partial_fit(X, y.astype(float))
+
+
+def test_warm_start_continues_and_fit_without_it_starts_afresh(iris):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=5, random_state=0, warm_start=True).fit(X, y)
+    first = clf.coefs_
+    clf.fit(X, y)
+    assert clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+    assert not np.array_equal(first[0], clf.coefs_[0])
+    clf.set_params(warm_start=False).fit(X, y)
+    assert clf.n_iter_ == 5
+    np.testing.assert_array_equal(clf.coefs_[0], MLPClassifier((8,), max_iter=5, random_state=0).fit(X, y).coefs_[0])
+    with pytest.raises(ValueError, match="hidden_layer_sizes: .* differs from the fitted network"):
+        clf.set_params(warm_start=True, hidden_layer_sizes=(9,)).fit(X, y)
+
+
+BAD_PARAMS = [
+    ("hidden_layer_sizes", (8, 0), ValueError),
+    ("hidden_layer_sizes", "big", ValueError),
+    ("activation", "softmax", ValueError),
+    ("activation", "sigmoidal", ValueError),
+    ("alpha", -1.0, ValueError),
+    ("batch_size", 0, ValueError),
+    ("batch_size", "all", ValueError),
+    ("learning_rate_init", 0.0, ValueError),
+    ("momentum", 1.0, ValueError),
+    ("max_iter", 2.5, TypeError),
+    ("n_iter_no_change", 0, ValueError),
+    ("validation_fraction", 1.0, ValueError),
+    ("shuffle", "yes", TypeError),
+    ("verbose", -1, TypeError),
+    ("random_state", "abc", ValueError),
+    ("dtype", "float16", ValueError),
+    ("backend", "tpu", ValueError),
+]
+
+
+@pytest.mark.parametrize("name, value, error", BAD_PARAMS, ids=[f"{n}={v!r}" for n, v, _ in BAD_PARAMS])
+def test_a_bad_parameter_names_itself_and_changes_nothing(name, value, error, iris):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=3, random_state=0).fit(X, y)
+    before = (clf.predict_proba(X), clf.n_iter_, clf.model_)
+    clf.set_params(**{name: value})
+    with pytest.raises(error, match=name):
+        clf.fit(X[:, :3], y)  # also a new width: n_features_in_ must not change either
+    assert clf.n_features_in_ == 4 and clf.n_iter_ == before[1] and clf.model_ is before[2]
+    np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+
+
+def test_bad_targets_name_the_problem(iris):
+    X, y = iris
+    clf = MLPClassifier((4,), max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="1 class"):
+        clf.fit(X[:, :3], np.zeros(len(X)))  # X passes its checks, y does not: still nothing changes
+    assert clf.n_features_in_ == 4 and clf.predict(X).shape == (len(X),)
+    with pytest.raises(ValueError, match="1 class"):
+        MLPClassifier().fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        MLPClassifier().fit(X, X[:, 0])
+    with pytest.raises(ValueError, match="validation_fraction: .* leaves 1 for validation"):
+        MLPRegressor(early_stopping=True).fit(X[:10], y[:10].astype(float))
+
+
+def test_a_pickled_estimator_predicts_the_same(iris):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=5, momentum=0.9, random_state=0).fit(X, y)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    assert again.model_ is not clf.model_ and again.model_.epochs_trained == 5
+    assert hasattr(clf.model_, "predict")  # pickling left the original alone
+
+
+def test_without_scikit_learn_the_import_error_says_what_to_install():
+    code = "import sys; sys.modules['sklearn'] = None; import deltaprop; import deltaprop.sklearn"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ImportError: deltaprop.sklearn needs scikit-learn >= 1.6" in out.stderr
+    assert "pip install 'scikit-learn>=1.6'" in out.stderr
+
+
+def test_convergence_warning_when_max_iter_runs_out(iris):
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="max_iter: reached 3 epochs"):
+        MLPClassifier((4,), max_iter=3).fit(X, y)
