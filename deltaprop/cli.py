@@ -118,6 +118,7 @@ def _int_list(text: str) -> list:
 # ---------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     started = time.perf_counter()
+    commit = git_commit()  # of the code that runs, before anyone commits during a long run
     settings = _settings(args)
     _check_outputs(args)
     ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
@@ -174,7 +175,7 @@ def cmd_train(args) -> int:
         "versions": versions(),
         "machine": machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": commit,
     }
     if args.save:
         model.save(args.save)
