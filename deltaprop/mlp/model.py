@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from numbers import Integral, Real
 
 import numpy as np
@@ -464,7 +465,7 @@ class MLP:
         try:
             with np.load(os.fspath(path), allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"path: {path!s} is not a readable deltaprop model ({exc})") from exc
         try:
             config = json.loads(str(arrays["config"]))

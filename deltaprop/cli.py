@@ -1,0 +1,411 @@
+"""The ``deltaprop`` command: ``train`` (MNIST by default, on the best backend) and ``info``.
+
+Every argument is checked, and files are checked for being writable, before any data is loaded
+or any model built; a bad one ends the command with one ``deltaprop: error: ...`` line and exit
+status 1 (2 for argparse's usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from . import __version__, backends
+from ._files import atomic_write
+from .backends import BackendUnavailable
+from ._files import json_safe
+from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError
+from .data import DATASETS, DataUnavailable, load_dataset
+from .data.mnist import DATA_ENV, default_cache_dir
+from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+
+# Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
+DEFAULTS = {
+    "mnist": dict(layers=[1024, 1024], epochs=10, batch_size=128, lr=0.05),
+    "xor": dict(layers=[8], epochs=300, batch_size=4, lr=0.1),
+    "digits": dict(layers=[256], epochs=30, batch_size=32, lr=0.05),
+    "npz": dict(layers=[256], epochs=10, batch_size=128, lr=0.05),
+}
+OUTPUT_FOR_LOSS = {"cross_entropy": "softmax", "mse": "sigmoid", "bce": "sigmoid"}
+HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
+# settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
+RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "lr",
+               "momentum", "weight_decay", "val_split", "early_stopping")
+VERSION_PACKAGES = ("numpy", "tqdm", "matplotlib", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy",
+                    "scikit-learn")
+
+
+class CLIError(Exception):
+    """A problem with the command line, reported as one line."""
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        hint = " (resume with --resume)" if getattr(args, "checkpoint", None) else ""
+        print(f"deltaprop: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (CLIError, CheckpointError, DataUnavailable, BackendUnavailable, TrainingDiverged, ValueError, TypeError, OSError) as exc:
+        print(f"deltaprop: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deltaprop", description="Train multi-layer perceptrons by backprop on the CPU or an NVIDIA GPU.")
+    parser.add_argument("--version", action="version", version=f"deltaprop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an MLP (MNIST by default) and report its test accuracy",
+                       description="Train an MLP; the defaults train MNIST 784-1024-1024-10 on the best backend.")
+    t.set_defaults(run=cmd_train)
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="mnist", help="built-in data set (default: mnist)")
+    g.add_argument("--data", metavar="FILE.npz", help="your own arrays: X_train, y_train and optionally X_test, y_test")
+    g.add_argument("--data-dir", metavar="DIR", help=f"a directory with the four MNIST IDX files (default: ${DATA_ENV})")
+    g.add_argument("--val-split", type=float, default=0.1, metavar="F", help="fraction of the training data held out for validation (default: 0.1; 0 for none)")
+    g = t.add_argument_group("model")
+    g.add_argument("--layers", type=_int_list, metavar="N,N,...", help="hidden layer widths (mnist default: 1024,1024)")
+    g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
+    g.add_argument("--loss", choices=sorted(OUTPUT_FOR_LOSS), default="cross_entropy",
+                   help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
+    g.add_argument("--batch-size", type=int, help="mini-batch size (mnist default: 128)")
+    g.add_argument("--lr", type=float, help="learning rate (mnist default: 0.05)")
+    g.add_argument("--momentum", type=float, default=0.9, help="default: 0.9")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
+    g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
+    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}")
+    g = t.add_argument_group("output")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
+    g.add_argument("--metrics-out", metavar="FILE.json", help="write history, test accuracy, timings, backend, device and versions")
+    g.add_argument("--save", metavar="MODEL.npz", help="save the trained model (load it with MLP.load)")
+    g.add_argument("--plot", metavar="CURVES.png", help="plot loss and accuracy per epoch (needs matplotlib: deltaprop[plot])")
+    g.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint to DIR after every epoch")
+    g.add_argument("--resume", action="store_true", help="continue the run checkpointed in --checkpoint DIR")
+
+    i = sub.add_parser("info", help="versions, backends (usable or why not), GPU", description="Versions, backends and GPU of this machine.")
+    i.set_defaults(run=cmd_info)
+    return parser
+
+
+def _int_list(text: str) -> list:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1024,1024, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"layer widths must be ≥ 1, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    started = time.perf_counter()
+    commit = git_commit()  # of the code that runs, before anyone commits during a long run
+    settings = _settings(args)
+    _check_outputs(args)
+    ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
+    resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
+
+    data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
+    n_in, n_out = data.X_train.shape[1], data.n_classes
+    if settings["layer_sizes"] is None:
+        settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
+    if resumed is not None:
+        model, prior, complete = resumed
+        if list(model.layer_sizes) != settings["layer_sizes"]:
+            raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
+    else:
+        model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
+                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed)
+        prior, complete = {k: [] for k in HISTORY_KEYS}, False
+    device = device_description(model.backend_name)
+    if not args.quiet:
+        val = f", {len(data.y_val)} validation" if data.y_val is not None else ""
+        test = f", {len(data.y_test)} test" if data.y_test is not None else ", no test set"
+        print(f"deltaprop: {data.name}: {len(data.y_train)} training{val}{test} samples; MLP {list(model.layer_sizes)} "
+              f"{args.activation}/{args.loss}; backend {model.selection.describe()} on {device}", file=sys.stderr)
+
+    remaining = 0 if complete else settings["epochs"] - model.epochs_trained
+    history = _fit(model, data, settings, args, ckpt, prior, remaining) if remaining > 0 else None
+    new = history.to_dict() if history else {k: [] for k in HISTORY_KEYS}
+    combined = {k: prior[k] + new[k] for k in HISTORY_KEYS}
+    combined["stopped_early"] = bool(history and history.stopped_early)
+    combined["best_epoch"] = None if not (history and history.best_epoch is not None) else len(prior["loss"]) + history.best_epoch
+    if ckpt:
+        ckpt.write(model, settings, combined, complete=True)
+
+    test = model.evaluate(data.X_test, data.y_test) if data.y_test is not None else None
+    train_seconds = float(sum(new["seconds"]))
+    trained_samples = len(data.y_train) * len(new["seconds"])
+    total = time.perf_counter() - started
+    result = {
+        "command": "train",
+        "dataset": data.name,
+        "settings": settings,
+        "samples": {"train": len(data.y_train), "validation": None if data.y_val is None else len(data.y_val),
+                    "test": None if data.y_test is None else len(data.y_test)},
+        "history": combined,
+        "epochs_trained": model.epochs_trained,
+        "test_accuracy": test["accuracy"] if test else None,
+        "test_loss": test["loss"] if test else None,
+        "timings": {"total_seconds": total, "train_seconds_this_run": train_seconds,
+                    "epochs_this_run": len(new["seconds"]),
+                    "samples_per_second": trained_samples / train_seconds if train_seconds else None},
+        "backend": model.backend_name,
+        "backend_selection": model.selection.describe(),
+        "device": device,
+        "versions": versions(),
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+    }
+    if args.save:
+        model.save(args.save)
+    if args.metrics_out:
+        text = json.dumps(json_safe(result), indent=1)
+        atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False)
+    if args.plot:
+        plot_history(combined, args.plot)
+    acc = f"{test['accuracy']:.4f} ({len(data.y_test)} samples)" if test else "n/a (no test set)"
+    speed = f", {trained_samples / train_seconds:,.0f} samples/s" if train_seconds else ""
+    print(f"test accuracy {acc}; time {total:.1f} s (training {train_seconds:.1f} s for "
+          f"{len(new['seconds'])} epochs{speed}); backend {model.backend_name}; device {device}")
+    return 0
+
+
+def _settings(args) -> dict:
+    """The run's settings, per-dataset defaults filled in and every value checked."""
+    kind = "npz" if args.data else args.dataset
+    for name, value in DEFAULTS[kind].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.data and args.dataset != "mnist":
+        raise CLIError("--data and --dataset: give one or the other")
+    if args.data_dir and (args.data or args.dataset != "mnist"):
+        raise CLIError("--data-dir: only for --dataset mnist")
+    for name, lo in (("epochs", 1), ("batch_size", 1)):
+        if getattr(args, name) < lo:
+            raise CLIError(f"--{name.replace('_', '-')}: must be ≥ {lo}, got {getattr(args, name)}")
+    if args.early_stopping is not None and args.early_stopping < 1:
+        raise CLIError(f"--early-stopping: must be ≥ 1, got {args.early_stopping}")
+    if args.seed < 0:
+        raise CLIError(f"--seed: must be ≥ 0, got {args.seed}")
+    checks = (("lr", args.lr > 0), ("momentum", 0 <= args.momentum < 1), ("weight_decay", args.weight_decay >= 0),
+              ("val_split", 0 <= args.val_split < 1))
+    for name, ok in checks:
+        value = getattr(args, name)
+        if not (ok and math.isfinite(value)):
+            rule = {"lr": "> 0", "momentum": "in [0, 1)", "weight_decay": "≥ 0", "val_split": "in [0, 1)"}[name]
+            raise CLIError(f"--{name.replace('_', '-')}: must be {rule}, got {value}")
+    if args.dataset == "xor" and not args.data and args.val_split:
+        args.val_split = 0.0  # four points: nothing to hold out
+    if args.early_stopping and not args.val_split:
+        raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
+    backends.select(args.backend)  # an unknown name fails here
+    return {
+        "dataset": "npz" if args.data else args.dataset,
+        "data": os.path.abspath(args.data) if args.data else None,
+        "layer_sizes": None,
+        "hidden": list(args.layers),
+        "activation": args.activation,
+        "loss": args.loss,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "val_split": args.val_split,
+        "early_stopping": args.early_stopping,
+    }
+
+
+def _check_outputs(args) -> None:
+    for flag, path in (("--save", args.save), ("--metrics-out", args.metrics_out), ("--plot", args.plot)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise CLIError(f"{flag}: the folder {folder} does not exist")
+            if os.path.isdir(path):
+                raise CLIError(f"{flag}: {path} is a directory")
+            if not os.access(folder, os.W_OK):
+                raise CLIError(f"{flag}: the folder {folder} is not writable")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
+    if args.checkpoint:
+        if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
+            raise CLIError(f"--checkpoint: {args.checkpoint} exists and is not a directory")
+        os.makedirs(args.checkpoint, exist_ok=True)
+        if not os.access(args.checkpoint, os.W_OK):
+            raise CLIError(f"--checkpoint: {args.checkpoint} is not writable")
+
+
+def _resume(args, ckpt: Checkpoint, settings: dict):
+    """The checkpointed (model, history, complete) for --resume, None for a fresh run; errors for a mismatch."""
+    if not args.resume:
+        if ckpt.exists():
+            raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
+                           "or choose another folder")
+        return None
+    if not ckpt.exists():
+        raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
+    model, saved, history, complete = ckpt.read(backend=args.backend)
+    differ = [k for k in RESUME_KEYS if saved.get(k) != settings[k]]
+    if differ:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in differ)
+        raise CLIError(f"--resume: the checkpoint in {ckpt.folder} was made with other settings ({detail})")
+    settings["layer_sizes"] = saved.get("layer_sizes")
+    return model, history, complete
+
+
+def _fit(model, data, settings, args, ckpt, prior, remaining):
+    from tqdm import tqdm  # imported when a run starts, never at `import deltaprop`
+
+    n = len(data.y_train)
+    bar = tqdm(total=remaining, unit="epoch", desc="train", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
+
+    def after_epoch(epoch, history):
+        postfix = {"loss": f"{history.loss[-1]:.4f}"}
+        if not math.isnan(history.val_accuracy[-1]):
+            postfix["val_acc"] = f"{history.val_accuracy[-1]:.4f}"
+        postfix["samples/s"] = f"{n / history.seconds[-1]:,.0f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if ckpt:
+            so_far = {k: prior[k] + list(getattr(history, k)) for k in HISTORY_KEYS}
+            ckpt.write(model, settings, so_far)
+
+    validation = (data.X_val, data.y_val) if data.y_val is not None else None
+    try:
+        return model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"], lr=settings["lr"],
+                         momentum=settings["momentum"], weight_decay=settings["weight_decay"], validation_data=validation,
+                         early_stopping=settings["early_stopping"], callback=after_epoch)
+    finally:
+        bar.close()
+
+
+def plot_history(history: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, history[key], marker="o", label="training")
+        val = np.array([np.nan if v is None else v for v in history[f"val_{key}"]], float)
+        if not np.all(np.isnan(val)):
+            ax.plot(epochs, val, marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    print(f"deltaprop {__version__}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    m = machine()
+    print(f"machine: {m['platform']}; CPU {m['cpu']}, {m['cores']} cores")
+    print("backends:")
+    for name, (usable, reason) in backends.available().items():
+        print(f"  {name:<11} {'usable' if usable else 'not usable'}: {reason}")
+    print(f"auto picks: {backends.select('auto').describe()}")
+    gpus = nvidia_smi()
+    if gpus:
+        for gpu in gpus:
+            print(f"GPU: {gpu}")
+    else:
+        print("GPU: none found (nvidia-smi is not installed or lists no device)")
+    print(f"MNIST cache: {default_cache_dir()}" + (f"; {DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else ""))
+    return 0
+
+
+def versions() -> dict:
+    found = {"deltaprop": __version__, "python": platform.python_version()}
+    for dist in VERSION_PACKAGES:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "cpu": cpu, "cores": cores, "gpus": nvidia_smi()}
+
+
+def nvidia_smi() -> list:
+    """['name, driver X, memory Y'] per GPU from nvidia-smi (no GPU package is imported); [] without one."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if done.returncode != 0:
+        return []
+    gpus = []
+    for line in done.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            gpus.append(f"{parts[0]}, driver {parts[1]}, memory {parts[2]}")
+    return gpus
+
+
+def device_description(backend_name: str) -> str:
+    reason = backends.available()[backend_name].reason
+    if backend_name == "numpy":
+        m = machine()
+        return f"{reason}: {m['cpu']}, {m['cores']} cores"
+    return reason
+
+
+def git_commit() -> str | None:
+    """The commit of a git checkout that deltaprop runs from (an editable install), else None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

