@@ -15,6 +15,7 @@ tiles and several tiles per axis.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class NumbaCudaBackend(Backend):
         self.tiles = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
         self.threads = 32 if probe.simulated else 256  # per block, for the 1-D kernels
         self.launches = 0  # kernels launched so far
+        self._simulated = probe.simulated
         self._flag = None
 
     # ------------------------------------------------------------------ launching
@@ -50,7 +52,14 @@ class NumbaCudaBackend(Backend):
         if min(np.atleast_1d(grid)) == 0:
             return  # nothing to compute
         self.launches += 1
-        kernel[grid, block](*args)
+        if self._simulated and np.geterr()["over"] == "ignore":
+            # The simulator's threads compute with NumPy scalars but do not inherit the caller's
+            # np.errstate: honour the caller's "ignore overflow" there, as a GPU silently would.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                kernel[grid, block](*args)
+        else:
+            kernel[grid, block](*args)
 
     def _launch_1d(self, kernel, n: int, *args) -> None:
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
