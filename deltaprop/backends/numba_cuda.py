@@ -39,7 +39,7 @@ class NumbaCudaBackend(Backend):
 
         self._gemm, self._ew = numba_gemm, numba_elementwise
         self.tiles = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
-        self.threads = 32 if probe.simulated else 256  # per block, for the 1-D kernels
+        self.threads = 8 if probe.simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far
         self._simulated = probe.simulated
         self._flag = None
