@@ -2,6 +2,7 @@
 
     python bench/numba_cuda.py                 # both parts
     python bench/numba_cuda.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
+    python bench/numba_cuda.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
     python bench/numba_cuda.py --only mnist    # MNIST-sized epoch against PyTorch eager
 
 GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (GPU_TILES) against cupy.matmul,
@@ -30,13 +31,13 @@ os.environ.setdefault("CUPY_TF32", "0")  # cuBLAS in plain FP32, as the issue as
 import numpy as np
 
 
-def gemm(sizes, repeat):
+def gemm(sizes, repeat, tiles):
     import cupy as cp
     from numba import cuda
 
     from deltaprop.kernels import numba_gemm as g
 
-    tiles = g.GPU_TILES
+    tiles = g.Tiles(*tiles) if tiles else g.GPU_TILES
     kernel = g.plain(np.float32, tiles)
     rows = []
     for n in sizes:
@@ -46,7 +47,7 @@ def gemm(sizes, repeat):
         dA, dB, dC = (cuda.as_cuda_array(x) for x in (A, B, C))
         ours = lambda: kernel[tiles.grid(n, n), tiles.block](dA, dB, dC)  # noqa: E731
         theirs = lambda: cp.matmul(A, B, out=C)  # noqa: E731
-        row = {"n": n}
+        row = {"n": n, "tiles": list(tiles)}
         for name, fn in (("numba", ours), ("cublas", theirs)):
             fn()
             start, stop = cp.cuda.Event(), cp.cuda.Event()
@@ -150,12 +151,13 @@ def main():
     p.add_argument("--only", choices=["gemm", "mnist"])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="GEMM tiles to try")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     result = {"environment": environment()}
     if args.only in (None, "gemm"):
-        result["gemm"] = gemm(args.sizes, args.repeat)
+        result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)
     if args.only in (None, "mnist"):
         result["mnist"] = mnist(args.epochs)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -136,4 +136,4 @@ class NumbaCudaBackend(Backend):
 
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
         kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
-        self._launch_1d(kernel, a.shape[0], a, z, y, out)
+        self._launch(kernel, 1, self.threads, a, z, y, out)

@@ -1,8 +1,8 @@
 """The small kernels around the GEMMs: output δ, row softmax, loss/accuracy sums, gather, fill, finiteness.
 
 Each is one thread per element (or per row), launched on a 1-D grid; each is built on first use
-for its (loss, activation, ...) and cached. Loss and accuracy are summed per row in float64,
-reduced in shared memory per block, and added to the float64 pair with one atomic add per block.
+for its (loss, activation, ...) and cached. Loss and accuracy are summed per row in float64
+by one block, reduced in shared memory and added to the float64 pair once.
 """
 
 from __future__ import annotations
@@ -136,7 +136,11 @@ def _row_correct(rule):
 
 @functools.cache
 def batch_metrics(loss: str, rule, threads: int):
-    """Kernel (a, z, y, out): out[0] += Σ_rows loss, out[1] += Σ_rows correct; ``threads`` a power of 2."""
+    """Kernel (a, z, y, out), one block of ``threads`` (a power of 2): out[0] += Σ_rows loss, out[1] += Σ_rows correct.
+
+    One block, each thread taking every threads-th row, then a tree in shared memory: one addition to
+    each of out[0] and out[1], in a fixed order (no atomics), as the NumPy backend does.
+    """
     row_loss, row_correct = _row_loss(loss), _row_correct(rule)
     count = rule is not None
 
@@ -144,11 +148,10 @@ def batch_metrics(loss: str, rule, threads: int):
     def kernel(a, z, y, out):
         part = cuda.shared.array((2, threads), np.float64)
         t = cuda.threadIdx.x
-        m = cuda.blockIdx.x * threads + t
         part[0, t] = part[1, t] = 0.0
-        if m < a.shape[0]:
-            part[0, t] = row_loss(a, z, y, m)
-            part[1, t] = row_correct(a, z, y, m)
+        for m in range(t, a.shape[0], threads):
+            part[0, t] += row_loss(a, z, y, m)
+            part[1, t] += row_correct(a, z, y, m)
         cuda.syncthreads()
         step = threads // 2
         while step > 0:
@@ -158,9 +161,9 @@ def batch_metrics(loss: str, rule, threads: int):
             cuda.syncthreads()
             step //= 2
         if t == 0:
-            cuda.atomic.add(out, 0, part[0, 0])
+            out[0] += part[0, 0]
             if count:
-                cuda.atomic.add(out, 1, part[1, 0])
+                out[1] += part[1, 0]
 
     return kernel
 

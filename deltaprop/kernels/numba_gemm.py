@@ -63,11 +63,12 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     NT = TX * TY
     TA, TB = layout == "tn", layout == "nt"  # A read as (K, M); B read as (N, K)
     zero, one = kind(0.0), kind(1.0)
+    A_SHAPE, B_SHAPE = (BK, BM + 1), (BK, BN + 1)  # +1: fewer bank conflicts on transposing stores
 
     @cuda.jit(device=True)
     def mainloop(A, B, acc):
-        As = cuda.shared.array((BK, BM + 1), kind)  # +1: fewer bank conflicts on transposing stores
-        Bs = cuda.shared.array((BK, BN + 1), kind)
+        As = cuda.shared.array(A_SHAPE, kind)
+        Bs = cuda.shared.array(B_SHAPE, kind)
         ar = cuda.local.array(TM, kind)
         br = cuda.local.array(TN, kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
