@@ -49,7 +49,7 @@ class NumbaCudaBackend(Backend):
         for x in args:
             if isinstance(x, np.ndarray):
                 raise TypeError("numba-cuda backend: a NumPy array was passed to a kernel (a hidden copy each way)")
-        if min(np.atleast_1d(grid)) == 0:
+        if (grid if isinstance(grid, int) else min(grid)) == 0:
             return  # nothing to compute
         self.launches += 1
         if self._simulated and np.geterr()["over"] == "ignore":

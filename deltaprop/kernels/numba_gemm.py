@@ -18,8 +18,7 @@ Epilogues, each its own kernel:
   hidden(A, B, z, delta)      delta = (A·Bᵀ) ⊙ φ'(z);
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, lr, momentum, decay, scale)
-                              g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= lr·v, likewise b (no decay);
-  plain(A, B, C)              C = A·B (the benchmark's kernel).
+                              g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= lr·v, likewise b (no decay).
 Kernels are built per (epilogue, activation, dtype, tiles), on first use, and cached; accumulators
 have the array dtype (float32 for float32).
 """
@@ -52,7 +51,7 @@ class Tiles(NamedTuple):
 
 
 GPU_TILES = Tiles(64, 64, 16, 4, 4)  # 256 threads, 16 outputs each
-SIM_TILES = Tiles(8, 8, 4, 2, 2)  # the simulator: the same code paths (edges, several tiles) on tiny shapes
+SIM_TILES = Tiles(8, 8, 8, 4, 4)  # the simulator (4 threads): the same code paths (edges, several tiles) on tiny shapes
 
 
 @functools.cache
@@ -250,29 +249,6 @@ def sgd(momentum: bool, kind, tiles: Tiles):
                         g += mu * vb[n]
                         vb[n] = g
                     b[n] -= lr * g
-
-    return kernel
-
-
-@functools.cache
-def plain(kind, tiles: Tiles):
-    """Kernel (A, B, C): C = A·B, for measuring the GEMM alone."""
-    mainloop = _mainloop("nn", False, kind, tiles)
-    BM, BN, BK, TM, TN = tiles
-    TX, TY = tiles.block
-
-    @cuda.jit
-    def kernel(A, B, C):
-        acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
-        M, N = A.shape[0], B.shape[1]
-        m0, n0 = cuda.blockIdx.y * BM + cuda.threadIdx.y, cuda.blockIdx.x * BN + cuda.threadIdx.x
-        for i in range(TM):
-            m = m0 + i * TY
-            for j in range(TN):
-                n = n0 + j * TX
-                if m < M and n < N:
-                    C[m, n] = acc[i, j]
 
     return kernel
 
