@@ -1,7 +1,5 @@
 """Small helpers shared by the tests."""
 
-import os
-
 import numpy as np
 
 from deltaprop.mlp.losses import LOSSES
@@ -12,11 +10,6 @@ ELEMENTWISE = HIDDEN + ("step",)
 PAIRS = [(out, loss) for loss, spec in LOSSES.items() for out in spec.outputs]
 # (batch, n_in, n_out): every size of 1, 7, 33, 65 in every place, none a multiple of a tile
 SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)]
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    # numba's CUDA simulator runs each GPU thread as a Python thread: three shapes still give every
-    # axis the sizes 1, 7 and 33 (one element, a partial tile, several tiles and a partial one: the
-    # numba-cuda backend uses tiles of 8 there).
-    SHAPES = [(1, 7, 33), (33, 1, 7), (7, 33, 1)]
 
 
 def tol(dtype):

@@ -7,7 +7,6 @@ import reference as ref
 from deltaprop import MLP
 
 
-@pytest.mark.cudasim_slow  # 4100 rows
 def test_predict_and_proba_follow_the_forward_pass(backend, dtype, rng):
     model = MLP([6, 7, 4], activation="leaky_relu", backend=backend.name, dtype=dtype.name, seed=5)
     X = rng.normal(size=(4100, 6))  # more rows than one evaluation chunk

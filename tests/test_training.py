@@ -123,7 +123,6 @@ def test_full_batch_and_online_modes(backend, rng):
         assert h.epochs == 2 and np.isfinite(h.loss).all()
 
 
-@pytest.mark.cudasim_slow  # 300 epochs: about 4 minutes there
 def test_regression_with_mse(backend, rng):
     X = rng.uniform(-1, 1, size=(64, 2))
     y = X @ np.array([0.5, -0.3]) + 0.2

@@ -141,12 +141,12 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles):
                     if store_a:
                         a[m, n] = pre
                     z[m, n] = f(pre)
-        if fuse_softmax:  # the whole row is in this block: one thread per row, after the tile is written
+        if fuse_softmax:  # the whole row is in this block: a thread per row, once the tile is written
             cuda.syncthreads()
-            t = cuda.threadIdx.y * TX + cuda.threadIdx.x
-            m = cuda.blockIdx.y * BM + t
-            if t < BM and m < M:
-                softmax_row(z, m, N, one)
+            for r in range(cuda.threadIdx.y * TX + cuda.threadIdx.x, BM, TX * TY):
+                m = cuda.blockIdx.y * BM + r
+                if m < M:
+                    softmax_row(z, m, N, one)
 
     return kernel
 
