@@ -3,6 +3,7 @@
     python bench/numba_cuda.py                 # both parts
     python bench/numba_cuda.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
     python bench/numba_cuda.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
+    python bench/numba_cuda.py --only mnist --tiles 32 32 16 2 2   # smaller tiles: more blocks at batch 128
     python bench/numba_cuda.py --only mnist    # MNIST-sized epoch against PyTorch eager
 
 GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (GPU_TILES) against cupy.matmul,
@@ -69,14 +70,18 @@ def gemm(sizes, repeat, tiles):
     return rows
 
 
-def mnist(epochs):
+def mnist(epochs, tiles):
     from deltaprop import MLP
+    from deltaprop.kernels import numba_gemm as g
 
     rng = np.random.default_rng(0)
     X = rng.random((60000, 784), dtype=np.float32)
     y = rng.integers(0, 10, 60000)
     out = {"net": "784-1024-1024-10 relu softmax+cross_entropy, batch 128, float32, SGD momentum 0.9"}
     model = MLP([784, 1024, 1024, 10], activation="relu", backend="numba-cuda", dtype="float32", seed=0)
+    if tiles:
+        model.backend.tiles = g.Tiles(*tiles)
+    out["tiles"] = list(model.backend.tiles)
     launches = model.backend.launches
     hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
     steps = (epochs + 1) * -(-60000 // 128)
@@ -151,7 +156,7 @@ def main():
     p.add_argument("--only", choices=["gemm", "mnist"])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="GEMM tiles to try")
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="GEMM tiles to try (both parts)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
@@ -159,7 +164,7 @@ def main():
     if args.only in (None, "gemm"):
         result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)
     if args.only in (None, "mnist"):
-        result["mnist"] = mnist(args.epochs)
+        result["mnist"] = mnist(args.epochs, args.tiles)
     args.out.mkdir(parents=True, exist_ok=True)
     env = result["environment"]
     name = f"numba_cuda-{env['date'][:10]}-{env['device'].replace(' ', '_')}.json"
