@@ -1,6 +1,23 @@
-"""The Numba-CUDA backend (kernels in deltaprop/kernels): not written yet."""
+"""The Numba-CUDA backend: every method of the contract, run by the ``@cuda.jit`` kernels of deltaprop/kernels.
+
+A training step of an L-layer net launches 3·L + 3 kernels: per layer one forward GEMM (bias and
+activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
+of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
+step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them.
+
+Nothing is compiled or allocated at import: numba is imported by ``compat`` when the backend is
+probed, the kernel modules when it is built, and each kernel on its first use. Arguments of a kernel
+are device arrays and scalars only (a NumPy array would be a hidden copy each way): ``_launch`` checks.
+Under numba's CUDA simulator the kernels run with small tiles, so that tiny shapes still cover edge
+tiles and several tiles per axis.
+"""
 
 from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
 
 from . import compat
 from .base import Backend
@@ -11,7 +28,112 @@ class NumbaCudaBackend(Backend):
 
     @staticmethod
     def probe() -> compat.Probe:
-        probe = compat.probe_numba_cuda()
-        if not probe.usable:
-            return probe
-        return compat.Probe(None, "the numba-cuda kernels are not part of this version of deltaprop yet")
+        return compat.probe_numba_cuda()
+
+    def __init__(self):
+        super().__init__()
+        probe = self.probe()
+        self.cuda = probe.require(self.name)
+        self.device = probe.device
+        from ..kernels import numba_elementwise, numba_gemm
+
+        self._gemm, self._ew = numba_gemm, numba_elementwise
+        self.tiles = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
+        self.threads = 8 if probe.simulated else 256  # per block, for the 1-D kernels (a power of 2)
+        self.launches = 0  # kernels launched so far
+        self._simulated = probe.simulated
+        self._flag = None
+
+    # ------------------------------------------------------------------ launching
+    def _launch(self, kernel, grid, block, *args) -> None:
+        for x in args:
+            if isinstance(x, np.ndarray):
+                raise TypeError("numba-cuda backend: a NumPy array was passed to a kernel (a hidden copy each way)")
+        if (grid if isinstance(grid, int) else min(grid)) == 0:
+            return  # nothing to compute
+        self.launches += 1
+        if self._simulated and np.geterr()["over"] == "ignore":
+            # The simulator's threads compute with NumPy scalars but do not inherit the caller's
+            # np.errstate: honour the caller's "ignore overflow" there, as a GPU silently would.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                kernel[grid, block](*args)
+        else:
+            kernel[grid, block](*args)
+
+    def _launch_1d(self, kernel, n: int, *args) -> None:
+        self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
+
+    @staticmethod
+    def _kind(x):
+        return x.dtype.type
+
+    # ------------------------------------------------------------------ memory
+    def asarray(self, x, dtype=None):
+        return self.cuda.to_device(np.ascontiguousarray(np.asarray(x, dtype=dtype)))
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.copy_to_host()
+
+    def empty(self, shape, dtype):
+        return self.cuda.device_array(shape, dtype=np.dtype(dtype))
+
+    def zeros(self, shape, dtype):
+        x = self.empty(shape, dtype)
+        self.zero_(x)
+        return x
+
+    def zero_(self, x) -> None:
+        self._launch_1d(self._ew.fill(), x.size, x.reshape(x.size), x.dtype.type(0))
+
+    def copy_(self, dst, src) -> None:
+        dst.copy_to_device(src)
+
+    def all_finite(self, arrays) -> bool:
+        if self._flag is None:
+            self._flag = self.empty(1, np.int32)
+        self.zero_(self._flag)
+        for x in arrays:
+            self._launch_1d(self._ew.flag_nonfinite(), x.size, x.reshape(x.size), self._flag)
+        return int(self._flag.copy_to_host()[0]) == 0
+
+    def synchronize(self) -> None:
+        self.cuda.synchronize()
+
+    # ------------------------------------------------------------------ hot loops
+    def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
+        t, kind = self.tiles, self._kind(z)
+        rows, cols = z.shape
+        fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
+        kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t)
+        self._launch(kernel, t.grid(rows, cols), t.block, z_prev, W, b, z, z if a is None else a)
+        if not fuse:
+            self._launch_1d(self._ew.softmax_rows(kind), rows, z)
+
+    def output_delta(self, a, z, y, activation: str, loss: str, delta) -> None:
+        self._launch_1d(self._ew.output_delta(activation, loss, self._kind(delta)), delta.size, a, z, y, delta)
+
+    def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        t = self.tiles
+        kernel = self._gemm.hidden(activation, self._kind(delta), t)
+        self._launch(kernel, t.grid(*delta.shape), t.block, delta_next, W_next, z, delta)
+
+    def weight_grad(self, z_prev, delta, dW, db) -> None:
+        t, kind = self.tiles, self._kind(dW)
+        kernel = self._gemm.grad(kind, t)
+        self._launch(kernel, t.grid(dW.shape[0] + 1, dW.shape[1]), t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
+
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+        t, kind = self.tiles, self._kind(W)
+        kernel = self._gemm.sgd(bool(momentum), kind, t)
+        if not momentum:
+            vW, vb = W, b  # unused by that kernel
+        scalars = (kind(lr), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, t.grid(W.shape[0] + 1, W.shape[1]), t.block, z_prev, delta, W, b, vW, vb, *scalars)
+
+    def gather(self, src, idx, out) -> None:
+        self._launch_1d(self._ew.gather(), out.size, src, idx, out)
+
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+        kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
+        self._launch(kernel, 1, self.threads, a, z, y, out)

@@ -1,0 +1,176 @@
+"""Two figures for the numba-cuda backend on a real GPU (issue 4), written to bench/results/.
+
+    python bench/numba_cuda.py                 # both parts
+    python bench/numba_cuda.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
+    python bench/numba_cuda.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
+    python bench/numba_cuda.py --only mnist --tiles 32 32 16 2 2   # smaller tiles: more blocks at batch 128
+    python bench/numba_cuda.py --only mnist    # MNIST-sized epoch against PyTorch eager
+
+GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (GPU_TILES) against cupy.matmul,
+each timed with CUDA events over --repeat runs after one warm-up; TFLOP/s = 2n³ / time.
+MNIST: the reference net 784-1024-1024-10, ReLU, softmax + cross-entropy, batch 128, float32, SGD
+with momentum 0.9, on 60000 random samples of MNIST's shape (the time of an epoch does not depend
+on the values; the device has no network). Median epoch time over --epochs epochs after one warm-up
+epoch (which compiles), deltaprop and PyTorch eager with the same net on the same GPU in one run.
+Needs numba-cuda and CuPy (the cuda12/cuda13 extra); PyTorch only for its half of the MNIST part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+os.environ.setdefault("CUPY_TF32", "0")  # cuBLAS in plain FP32, as the issue asks
+
+import numpy as np
+
+
+def gemm(sizes, repeat, tiles):
+    import cupy as cp
+    from numba import cuda
+
+    from deltaprop.kernels import numba_gemm as g
+
+    tiles = g.Tiles(*tiles) if tiles else g.GPU_TILES
+    kernel = g.forward("identity", False, False, np.float32, tiles)  # C = A·B + 0: the epilogue is noise at n³
+    rows = []
+    for n in sizes:
+        A = cp.random.standard_normal((n, n), dtype=cp.float32)
+        B = cp.random.standard_normal((n, n), dtype=cp.float32)
+        C, zero = cp.empty((n, n), cp.float32), cp.zeros(n, cp.float32)
+        dA, dB, dC, dz = (cuda.as_cuda_array(x) for x in (A, B, C, zero))
+        ours = lambda: kernel[tiles.grid(n, n), tiles.block](dA, dB, dz, dC, dC)  # noqa: E731
+        theirs = lambda: cp.matmul(A, B, out=C)  # noqa: E731
+        row = {"n": n, "tiles": list(tiles)}
+        for name, fn in (("numba", ours), ("cublas", theirs)):
+            fn()
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            for _ in range(repeat):
+                fn()
+            stop.record()
+            stop.synchronize()
+            seconds = cp.cuda.get_elapsed_time(start, stop) / 1e3 / repeat
+            row[f"{name}_ms"] = seconds * 1e3
+            row[f"{name}_tflops"] = 2 * n**3 / seconds / 1e12
+        ours()
+        err = float(cp.abs(C - A @ B).max() / cp.abs(A @ B).max())
+        row["ratio"] = row["numba_tflops"] / row["cublas_tflops"]
+        row["max_rel_err"] = err
+        print(f"n={n:5d}  numba {row['numba_tflops']:6.2f} TFLOP/s  cuBLAS {row['cublas_tflops']:6.2f}  "
+              f"ratio {row['ratio']:.2f}  err {err:.1e}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def mnist(epochs, tiles):
+    from deltaprop import MLP
+    from deltaprop.kernels import numba_gemm as g
+
+    rng = np.random.default_rng(0)
+    X = rng.random((60000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60000)
+    out = {"net": "784-1024-1024-10 relu softmax+cross_entropy, batch 128, float32, SGD momentum 0.9"}
+    model = MLP([784, 1024, 1024, 10], activation="relu", backend="numba-cuda", dtype="float32", seed=0)
+    if tiles:
+        model.backend.tiles = g.Tiles(*tiles)
+    out["tiles"] = list(model.backend.tiles)
+    launches = model.backend.launches
+    hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
+    steps = (epochs + 1) * -(-60000 // 128)
+    out["deltaprop_epoch_s"] = statistics.median(hist.seconds[1:])
+    out["deltaprop_launches_per_step"] = (model.backend.launches - launches) / steps  # plus a few per epoch
+    print(f"deltaprop numba-cuda: {out['deltaprop_epoch_s']:.3f} s/epoch", flush=True)
+    try:
+        import torch
+    except ImportError as exc:
+        out["torch"] = f"not measured: {exc}"
+        return out
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+    Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(784, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10)
+    ).to(dev)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss(reduction="sum")
+    times = []
+    for _ in range(epochs + 1):
+        start = time.perf_counter()
+        perm = torch.randperm(60000, device=dev)
+        total = torch.zeros((), device=dev)
+        for s in range(0, 60000, 128):
+            idx = perm[s : s + 128]
+            loss = lossf(net(Xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            (loss / idx.numel()).backward()
+            opt.step()
+            total += loss.detach()
+        total.item()  # one read-back per epoch, as deltaprop does
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    out["torch_eager_epoch_s"] = statistics.median(times[1:])
+    out["speedup_vs_torch"] = out["torch_eager_epoch_s"] / out["deltaprop_epoch_s"]
+    out["torch"] = torch.__version__
+    print(f"torch eager: {out['torch_eager_epoch_s']:.3f} s/epoch  speed-up {out['speedup_vs_torch']:.2f}x", flush=True)
+    return out
+
+
+def environment():
+    from numba import cuda
+
+    import numba
+
+    dev = cuda.get_current_device()
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name),
+        "compute_capability": list(dev.compute_capability),
+        "driver": cuda.cudadrv.driver.driver.get_version(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+    for pkg in ("numba_cuda", "cupy"):
+        try:
+            env[pkg] = __import__(pkg).__version__
+        except Exception as exc:  # noqa: BLE001
+            env[pkg] = f"unavailable ({exc})"
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        env["commit"] = os.environ.get("DELTAPROP_COMMIT", "unknown")
+    return env
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["gemm", "mnist"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="GEMM tiles to try (both parts)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    result = {"environment": environment()}
+    if args.only in (None, "gemm"):
+        result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)
+    if args.only in (None, "mnist"):
+        result["mnist"] = mnist(args.epochs, args.tiles)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = result["environment"]
+    name = f"numba_cuda-{env['date'][:10]}-{env['device'].replace(' ', '_')}.json"
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The small kernels around the GEMMs: output δ, row softmax, loss/accuracy sums, gather, fill, finiteness.
+
+Each is one thread per element (or per row), launched on a 1-D grid; each is built on first use
+for its (loss, activation, ...) and cached. Loss and accuracy are summed per row in float64
+by one block, reduced in shared memory and added to the float64 pair once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+
+from .numba_activations import dphi
+from .numba_gemm import softmax_row
+
+
+@functools.cache
+def output_delta(act: str, loss: str, kind):
+    """Kernel (a, z, y, delta): δ_L for one (activation, loss) pair, element by element."""
+    if loss not in ("mse", "cross_entropy", "bce", "perceptron"):
+        raise ValueError(f"loss: unknown loss {loss!r}")
+    perceptron, mse = loss == "perceptron", loss == "mse"
+    d = dphi(act if mse else "identity", kind)
+    zero = kind(0.0)
+
+    @cuda.jit
+    def kernel(a, z, y, delta):
+        i = cuda.grid(1)
+        N = delta.shape[1]
+        if i < delta.size:
+            m, n = i // N, i % N
+            if perceptron:  # −y where y·a ≤ 0
+                delta[m, n] = -y[m, n] if y[m, n] * a[m, n] <= zero else zero
+            elif mse:
+                delta[m, n] = (z[m, n] - y[m, n]) * d(z[m, n])
+            else:  # softmax + cross-entropy, sigmoid + bce
+                delta[m, n] = z[m, n] - y[m, n]
+
+    return kernel
+
+
+@functools.cache
+def softmax_rows(kind):
+    """Kernel (z): z ← softmax(z) row by row, one thread per row (for rows wider than a GEMM tile)."""
+    one = kind(1.0)
+
+    @cuda.jit
+    def kernel(z):
+        m = cuda.grid(1)
+        if m < z.shape[0]:
+            softmax_row(z, m, z.shape[1], one)
+
+    return kernel
+
+
+def _row_loss(loss: str):
+    """Device function (a, z, y, m) -> the loss of row m, in float64."""
+    if loss == "mse":  # ½ Σ (z − y)²
+
+        def f(a, z, y, m):
+            s = 0.0
+            for n in range(z.shape[1]):
+                e = float(z[m, n]) - float(y[m, n])
+                s += e * e
+            return 0.5 * s
+
+    elif loss == "cross_entropy":  # Σy·log Σexp(a − max) − Σ y·(a − max)
+
+        def f(a, z, y, m):
+            top = float(a[m, 0])
+            for n in range(1, a.shape[1]):
+                top = max(top, float(a[m, n]))
+            total = ysum = ydot = 0.0
+            for n in range(a.shape[1]):
+                shifted = float(a[m, n]) - top
+                total += math.exp(shifted)
+                ysum += float(y[m, n])
+                ydot += float(y[m, n]) * shifted
+            return ysum * math.log(total) - ydot
+
+    elif loss == "bce":  # softplus(a) − y·a
+
+        def f(a, z, y, m):
+            s = 0.0
+            for n in range(a.shape[1]):
+                x = float(a[m, n])
+                s += max(x, 0.0) + math.log1p(math.exp(-abs(x))) - float(y[m, n]) * x
+            return s
+
+    elif loss == "perceptron":  # Σ max(0, −y·a)
+
+        def f(a, z, y, m):
+            s = 0.0
+            for n in range(a.shape[1]):
+                s += max(0.0, -float(y[m, n]) * float(a[m, n]))
+            return s
+
+    else:
+        raise ValueError(f"loss: unknown loss {loss!r}")
+    return cuda.jit(device=True)(f)
+
+
+def _row_correct(rule):
+    """Device function (a, z, y, m) -> 1.0 when row m is classified right, else 0.0."""
+    if rule == "argmax":  # first maximum of z and of y
+
+        def f(a, z, y, m):
+            bz, by = 0, 0
+            for n in range(1, z.shape[1]):
+                if z[m, n] > z[m, bz]:
+                    bz = n
+                if y[m, n] > y[m, by]:
+                    by = n
+            return 1.0 if bz == by else 0.0
+
+    elif rule == "threshold":  # every output: a > 0 exactly where y > 0.5
+
+        def f(a, z, y, m):
+            for n in range(a.shape[1]):
+                if (a[m, n] > 0) != (y[m, n] > 0.5):
+                    return 0.0
+            return 1.0
+
+    elif rule is None:
+
+        def f(a, z, y, m):
+            return 0.0
+
+    else:
+        raise ValueError(f"accuracy: unknown rule {rule!r}")
+    return cuda.jit(device=True)(f)
+
+
+@functools.cache
+def batch_metrics(loss: str, rule, threads: int):
+    """Kernel (a, z, y, out), one block of ``threads`` (a power of 2): out[0] += Σ_rows loss, out[1] += Σ_rows correct.
+
+    One block, each thread taking every threads-th row, then a tree in shared memory: one addition to
+    each of out[0] and out[1], in a fixed order (no atomics), as the NumPy backend does.
+    """
+    row_loss, row_correct = _row_loss(loss), _row_correct(rule)
+    count = rule is not None
+
+    @cuda.jit
+    def kernel(a, z, y, out):
+        part = cuda.shared.array((2, threads), np.float64)
+        t = cuda.threadIdx.x
+        part[0, t] = part[1, t] = 0.0
+        for m in range(t, a.shape[0], threads):
+            part[0, t] += row_loss(a, z, y, m)
+            part[1, t] += row_correct(a, z, y, m)
+        cuda.syncthreads()
+        step = threads // 2
+        while step > 0:
+            if t < step:
+                part[0, t] += part[0, t + step]
+                part[1, t] += part[1, t + step]
+            cuda.syncthreads()
+            step //= 2
+        if t == 0:
+            out[0] += part[0, 0]
+            if count:
+                out[1] += part[1, 0]
+
+    return kernel
+
+
+@functools.cache
+def gather():
+    """Kernel (src, idx, out): out[i, :] = src[idx[i], :]."""
+
+    @cuda.jit
+    def kernel(src, idx, out):
+        i = cuda.grid(1)
+        N = out.shape[1]
+        if i < out.size:
+            m, n = i // N, i % N
+            out[m, n] = src[idx[m], n]
+
+    return kernel
+
+
+@functools.cache
+def fill():
+    """Kernel (x, value): x[:] = value, for a 1-D x."""
+
+    @cuda.jit
+    def kernel(x, value):
+        i = cuda.grid(1)
+        if i < x.size:
+            x[i] = value
+
+    return kernel
+
+
+@functools.cache
+def flag_nonfinite():
+    """Kernel (x, flag): flag[0] = 1 when some element of the 1-D x is NaN or ±Inf."""
+
+    @cuda.jit
+    def kernel(x, flag):
+        i = cuda.grid(1)
+        if i < x.size and not math.isfinite(x[i]):
+            flag[0] = 1
+
+    return kernel

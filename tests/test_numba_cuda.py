@@ -1,0 +1,107 @@
+"""What is particular to the numba-cuda backend: launches per step, no NumPy array reaching a kernel,
+nothing compiled at import, and (on a real GPU) the kernels at sizes the simulator cannot run."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deltaprop import MLP, backends
+from helpers import assert_close
+
+if not backends.available()["numba-cuda"].usable:
+    pytest.skip(f"numba-cuda: {backends.available()['numba-cuda'].reason}", allow_module_level=True)
+
+
+@pytest.fixture
+def nb():
+    return backends.instance("numba-cuda")
+
+
+def test_nothing_is_imported_or_compiled_before_use():
+    code = (
+        "import sys, deltaprop.backends.numba_cuda; assert 'numba' not in sys.modules; "
+        "from deltaprop import backends; backends.available(); "
+        "assert not [m for m in sys.modules if m.startswith('deltaprop.kernels.')]; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_training_step_launches_three_kernels_per_layer_plus_three(nb, rng, momentum):
+    X, y = rng.normal(size=(12, 5)), rng.integers(0, 3, 12)
+    model = MLP([5, 7, 6, 3], activation="relu", backend="numba-cuda", seed=0)
+    counts = []
+    for batch in (12, 12, 6):  # a first fit allocates the momentum buffers; then one step per epoch, and two
+        before = nb.launches
+        model.fit(X, y, epochs=1, batch_size=batch, lr=0.1, momentum=momentum, shuffle=False)
+        counts.append(nb.launches - before)
+    per_step = counts[2] - counts[1]
+    assert per_step == 3 * model.n_layers + 3  # 2 gathers, L forward, metrics, output δ, L − 1 hidden δ, L updates
+
+
+def test_a_numpy_array_never_reaches_a_kernel(nb):
+    src, out = nb.zeros((3, 2), np.float32), nb.empty((2, 2), np.float32)
+    with pytest.raises(TypeError, match="NumPy array"):
+        nb.gather(src, np.array([0, 1]), out)
+    nb.gather(src, nb.asarray(np.array([0, 1])), out)
+    np.testing.assert_array_equal(nb.to_numpy(out), 0)
+
+
+def test_all_finite_finds_one_bad_element(nb):
+    good = nb.asarray(np.ones((5, 3)), np.float32)
+    bad = np.ones(7)
+    bad[6] = np.inf
+    assert nb.all_finite([good])
+    assert not nb.all_finite([good, nb.asarray(bad, np.float64)])
+
+
+# ------------------------------------------------------------------ real device only
+LARGE = [(128, 784, 1024), (257, 1024, 1000), (1024, 1024, 1024), (100, 1024, 10)]
+
+
+def _f64(x):
+    return np.asarray(x, np.float64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,n_in,n_out", LARGE, ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
+    """forward (relu and softmax), hidden δ and the SGD update at MNIST sizes and beyond."""
+    dt = np.dtype(dtype)
+    X, W, b = (rng.normal(size=s).astype(dt) for s in ((B, n_in), (n_in, n_out), (n_out,)))
+    D, vW, vb = (rng.normal(size=s).astype(dt) for s in ((B, n_out), (n_in, n_out), (n_out,)))
+    scale = np.sqrt(n_in)  # the size of a sum of n_in unit products: the tolerance grows with it
+    a_ref = _f64(X) @ W + b
+    z, a = nb.empty((B, n_out), dt), nb.empty((B, n_out), dt)
+    for act in ("relu", "softmax"):
+        nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), act, z, a)
+        assert_close(nb.to_numpy(a), a_ref, dt, scale=scale)
+        if act == "relu":
+            assert_close(nb.to_numpy(z), np.maximum(a_ref, 0), dt, scale=scale)
+        else:
+            e = np.exp(a_ref - a_ref.max(axis=1, keepdims=True))
+            assert_close(nb.to_numpy(z), e / e.sum(axis=1, keepdims=True), dt, scale=scale)
+    Z = np.maximum(X, 0)
+    delta = nb.empty((B, n_in), dt)
+    nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(Z), "relu", delta)
+    assert_close(nb.to_numpy(delta), (Z > 0) * (_f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
+    Wd, bd, vWd, vbd = (nb.asarray(x) for x in (W, b, vW, vb))
+    nb.sgd_update(nb.asarray(X), nb.asarray(D), Wd, bd, vWd, vbd, 0.1, 0.9, 1e-3)
+    g = _f64(X).T @ D / B + 1e-3 * _f64(W)
+    v = 0.9 * _f64(vW) + g
+    assert_close(nb.to_numpy(vWd), v, dt, scale=np.sqrt(B))
+    assert_close(nb.to_numpy(Wd), W - 0.1 * v, dt, scale=np.sqrt(B))
+    vb1 = 0.9 * _f64(vb) + _f64(D).mean(axis=0)
+    assert_close(nb.to_numpy(vbd), vb1, dt, scale=np.sqrt(B))
+    assert_close(nb.to_numpy(bd), b - 0.1 * vb1, dt, scale=np.sqrt(B))
+
+
+@pytest.mark.gpu
+def test_real_device_uses_the_large_tiles(nb):
+    from deltaprop.kernels.numba_gemm import GPU_TILES
+
+    assert nb.tiles == GPU_TILES and "simulator" not in nb.device
