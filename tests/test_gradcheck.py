@@ -23,7 +23,7 @@ def make(backend, depth, hidden, out_act, loss, rng, dtype="float64"):
     while True:  # non-zero biases, so that a bias bug shows; redrawn until no pre-activation sits on a kink
         weights = [(W, rng.normal(scale=0.3, size=b.shape)) for W, b in model.get_weights()]
         layers = ref.forward(weights, model.activations, X)
-        kinked = [a for (a, _), act in zip(layers[:-1], model.activations) if act in ("relu", "leaky_relu")]
+        kinked = [a for (a, _), act in zip(layers, model.activations) if act in ("relu", "leaky_relu")]
         if loss == "perceptron":
             kinked.append(Y * layers[-1][0])
         if all(np.abs(a).min() > KINK for a in kinked):

@@ -16,7 +16,8 @@ from .losses import check_loss, encode_targets
 
 @dataclass(frozen=True)
 class GradcheckResult:
-    """numerical and analytic: [(dW, db)] per layer; errors: [(rel_W, rel_b)] per layer."""
+    """numerical and analytic: [(dW, db)] per layer; errors: [(rel_W, rel_b)] per layer, each the
+    difference in W (or b) relative to the size of that whole layer's gradient."""
 
     numerical: list
     analytic: list
@@ -27,14 +28,22 @@ class GradcheckResult:
         return max(max(pair) for pair in self.errors)
 
 
-def relative_error(x: np.ndarray, y: np.ndarray, floor: float = 1e-5) -> float:
-    """‖x − y‖ / max(‖x‖ + ‖y‖, floor): 0 for equal arrays, ≈ 1 for unrelated ones.
+def relative_error(x: np.ndarray, y: np.ndarray, scale: float = 0.0, floor: float = 1e-5) -> float:
+    """‖x − y‖ / max(‖x‖ + ‖y‖, scale, floor): 0 for equal arrays, ≈ 1 for unrelated ones.
 
-    The floor makes gradients that are zero up to rounding (a bias whose δ cancels over the
-    batch, say) compare absolutely instead of dividing noise by noise.
+    ``scale`` lets a part be measured against its whole (a layer's b against the layer's gradient),
+    so that a part whose gradient is zero up to rounding (a bias whose δ cancels over the batch)
+    does not divide noise by noise; the floor does the same for a whole gradient that vanishes.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return float(np.linalg.norm(x - y) / max(np.linalg.norm(x) + np.linalg.norm(y), floor))
+    return float(np.linalg.norm(x - y) / max(np.linalg.norm(x) + np.linalg.norm(y), scale, floor))
+
+
+def _layer_errors(numerical, analytic) -> tuple:
+    """(rel_W, rel_b), each against the norm of the whole layer's gradient, (dW, db)."""
+    norm = lambda pair: float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in pair)))  # noqa: E731
+    scale = norm(numerical) + norm(analytic)
+    return tuple(relative_error(n, a, scale) for n, a in zip(numerical, analytic))
 
 
 def gradcheck(model, X, Y, eps: float = 1e-5) -> GradcheckResult:
@@ -86,7 +95,5 @@ def gradcheck(model, X, Y, eps: float = 1e-5) -> GradcheckResult:
                 gflat[i] = (8 * (e[1] - e[-1]) - (e[2] - e[-2])) / (12 * eps)
             grads.append(g)
         numerical.append(tuple(grads))
-    errors = [
-        (relative_error(nW, aW), relative_error(nb, ab)) for (nW, nb), (aW, ab) in zip(numerical, analytic)
-    ]
+    errors = [_layer_errors(n, a) for n, a in zip(numerical, analytic)]
     return GradcheckResult(numerical, analytic, errors)
