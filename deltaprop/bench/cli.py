@@ -53,11 +53,11 @@ class Settings:
     @classmethod
     def smoke_settings(cls, backends):
         ref = Net("reference", (784, 64, 64, 10), *dataclasses.astuple(REFERENCE)[2:])
-        return cls(backends=backends, nets={"reference": ref, "small": SMALL}, samples=1024, test_samples=256,
+        return cls(backends=backends, nets={"reference": ref, "small": SMALL}, samples=512, test_samples=128,
                    repeats=2, min_seconds=0.002, batch_sizes=(32, 256), kernel_batches=(32,), gemm_n=256,
-                   copy_floats=1 << 18, peer_cases=(("reference", 128), ("small", 10)), scaling_samples=512,
-                   widths=(32, 64), depths=(1, 2), scaling_depth_width=64, tta_target=0.5, tta_max_epochs=3,
-                   smoke=True)
+                   copy_floats=1 << 18, peer_cases=(("reference", 128), ("small", 10)), scaling_samples=256,
+                   widths=(32, 64), depths=(1, 2), scaling_depth_width=64, tta_target=0.5, tta_max_epochs=5,
+                   tta_batch=32, smoke=True)
 
 
 def parse(argv):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .. import backends
-from .measure import REFERENCE, Net, datasheet_peak, summarize, time_calls
+from .measure import Net, datasheet_peak, summarize, time_calls
 
 
 def usable_backends(names=None) -> list:
@@ -114,13 +114,13 @@ def kernels(s) -> dict:
 
 
 # ------------------------------------------------------------------ train
-def warmup(name: str) -> dict:
+def warmup(name: str, net: Net) -> dict:
     """First-call costs (JIT compilation, buffer growth, library loading): a tiny fit, cold then warm."""
     rng = np.random.default_rng(1)
     X, y = rng.random((256, 784), dtype=np.float32), rng.integers(0, 10, 256)
     times = []
     for _ in range(2):
-        model = REFERENCE.model(name)
+        model = net.model(name)
         t = time.perf_counter()
         model.fit(X, y, epochs=1, batch_size=64, lr=0.01)
         model.backend.synchronize()
@@ -150,7 +150,7 @@ def train(s, data) -> dict:
     X, y = data[0], data[1]
     rows, warm = [], []
     for name in usable_backends(s.backends):
-        warm.append(warmup(name))
+        warm.append(warmup(name, s.nets["reference"]))
         for net in s.train_nets():
             for batch in s.batch_sizes:
                 rows.append(train_one(name, net, X, y, batch, s.repeats))
