@@ -61,6 +61,10 @@ def markdown(result, plots=()) -> str:
                 (r["net"], r["batch"], r["trainer"], _t(r["epoch_s"]), f"{r['first_epoch_s']:.3g}", f"{r['us_per_step']:.1f}",
                  f"{r['numpy_speedup']:.2f}" if "numpy_speedup" in r else "–") for r in suites["peers"]["rows"]]
         lines += _table(["net", "batch", "trainer", "epoch", "first epoch s", "µs/step", "× NumPy"], rows)
+        lines += ["", "scikit-learn's classifier always ends in softmax + cross-entropy: for the small net "
+                  "(sigmoid + mse) it trains that output on the same sigmoid hidden layer. "
+                  "CPU goals (NumPy at least as fast as the CPU peers on the reference net, 2× on the small net):"]
+        lines += goals(suites["peers"]["rows"])
     if "scaling" in suites:
         sc = suites["scaling"]
         lines += ["", f"## Scaling ({sc['samples']} samples per epoch, batch {sc['batch']})", ""]
@@ -82,6 +86,22 @@ def markdown(result, plots=()) -> str:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in result["errors"]]
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+GOALS = {"reference": 1.0, "small": 2.0}  # NumPy's speed-up over the CPU peers that the project aims for
+
+
+def goals(rows) -> list:
+    lines = []
+    for net, goal in GOALS.items():
+        ratios = {(r["batch"], r["trainer"]): r["numpy_speedup"] for r in rows
+                  if r["net"] == net and r["trainer"] in ("torch-cpu", "sklearn") and "numpy_speedup" in r}
+        for batch in sorted({b for b, _ in ratios}):
+            mine = {t: v for (b, t), v in ratios.items() if b == batch}
+            verdict = "met" if all(v >= goal for v in mine.values()) else "NOT met"
+            lines.append(f"- {net} net, batch {batch}: NumPy is " + ", ".join(f"{v:.2f}× as fast as {t}" for t, v in mine.items())
+                         + f" (goal ≥ {goal:g}×: {verdict})")
+    return lines
 
 
 def plots(result, stem) -> list:

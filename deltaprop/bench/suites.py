@@ -55,10 +55,14 @@ def _kernel_cases(bk, net: Net, B: int, rng):
     """(name, call, flops, bytes moved, bound) for each hot loop at the shapes of ``net`` with batch B."""
     f = np.float32
     n0, n1, n2, n3 = net.sizes
-    arr = lambda *shape: bk.asarray(rng.standard_normal(shape).astype(f))  # noqa: E731
-    X, W1, b1, W2, b2, W3, b3 = arr(4 * B, n0), arr(n0, n1), arr(n1), arr(n1, n2), arr(n2), arr(n2, n3), arr(n3)
-    z0, z1, z2, a3, z3, y = arr(B, n0), arr(B, n1), arr(B, n2), arr(B, n3), arr(B, n3), arr(B, n3)
-    d1, d2, d3 = arr(B, n1), arr(B, n2), arr(B, n3)
+    # values of a training run's sizes (He-scaled weights, pixels in [0, 1), small δ): no subnormal floats
+    arr = lambda *shape, std=1.0: bk.asarray((std * rng.standard_normal(shape)).astype(f))  # noqa: E731
+    X, z0 = bk.asarray(rng.random((4 * B, n0), dtype=f)), bk.asarray(rng.random((B, n0), dtype=f))
+    W1, W2, W3 = arr(n0, n1, std=(2 / n0) ** 0.5), arr(n1, n2, std=(2 / n1) ** 0.5), arr(n2, n3, std=(2 / n2) ** 0.5)
+    b1, b2, b3 = bk.zeros(n1, f), bk.zeros(n2, f), bk.zeros(n3, f)
+    z1, z2, a3, z3 = arr(B, n1), arr(B, n2), arr(B, n3), arr(B, n3)
+    y = bk.asarray(np.eye(n3, dtype=f)[rng.integers(0, n3, B)])
+    d1, d2, d3 = arr(B, n1, std=0.01), arr(B, n2, std=0.01), arr(B, n3, std=0.01)
     vW, vb, gW, gb = bk.zeros((n1, n2), f), bk.zeros(n2, f), bk.empty((n1, n2), f), bk.empty(n2, f)
     idx = bk.asarray(rng.permutation(4 * B)[:B].astype(np.int64))
     metrics = bk.zeros(2, np.float64)
