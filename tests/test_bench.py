@@ -50,11 +50,10 @@ def test_crossover_is_the_batch_from_which_the_gpu_stays_faster(gpu_times, expec
     assert (found["backend"], found["net"], found["overtakes_at"]) == ("cupy", "reference", expected)
 
 
-def test_growth_exponent_of_the_two_largest_values():
-    rows = [{"backend": "numpy", "sweep": "width", "value": v, "epoch_s": {"median": t}}
-            for v, t in ((128, 1.0), (256, 2.0), (512, 8.0))]
+def test_growth_exponent_is_the_slope_in_log_log():
+    rows = [{"backend": "numpy", "sweep": "width", "value": v, "epoch_s": {"median": 3.0 * v**2}} for v in (128, 256, 512)]
     [g] = suites.growth(rows)
-    assert (g["from"], g["to"]) == (256, 512) and g["exponent"] == pytest.approx(2.0)
+    assert (g["sweep"], g["from"], g["to"]) == ("width", 128, 512) and g["exponent"] == pytest.approx(2.0)
 
 
 def test_time_to_accuracy_says_needs_mnist_without_load_mnist(monkeypatch):

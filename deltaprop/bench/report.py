@@ -71,7 +71,7 @@ def markdown(result, plots=()) -> str:
         rows = [(r["backend"], r["sweep"], r["value"], f"{r['params']:,}", _t(r["epoch_s"]), f"{r['gflops']:.1f}")
                 for r in sc["rows"]]
         lines += _table(["backend", "sweep", "width or depth", "parameters", "epoch", "GFLOP/s"], rows)
-        lines += ["", "Growth (epoch time ∝ value^k between the two largest values): " + "; ".join(
+        lines += ["", "Growth (epoch time ∝ value^k, fitted in log-log): " + "; ".join(
             f"{g['backend']} {g['sweep']} {g['from']}→{g['to']}: k = {g['exponent']:.2f}" for g in sc["growth"])]
     if "tta" in suites:
         tta = suites["tta"]
@@ -88,6 +88,8 @@ def markdown(result, plots=()) -> str:
     return "\n".join(lines) + "\n"
 
 
+PEERS = ("torch-cpu", "torch-cuda", "sklearn")
+CPU_PEERS = ("torch-cpu", "sklearn")
 GOALS = {"reference": 1.0, "small": 2.0}  # NumPy's speed-up over the CPU peers that the project aims for
 
 
@@ -95,7 +97,7 @@ def goals(rows) -> list:
     lines = []
     for net, goal in GOALS.items():
         ratios = {(r["batch"], r["trainer"]): r["numpy_speedup"] for r in rows
-                  if r["net"] == net and r["trainer"] in ("torch-cpu", "sklearn") and "numpy_speedup" in r}
+                  if r["net"] == net and r["trainer"] in CPU_PEERS and "numpy_speedup" in r}
         for batch in sorted({b for b, _ in ratios}):
             mine = {t: v for (b, t), v in ratios.items() if b == batch}
             verdict = "met" if all(v >= goal for v in mine.values()) else "NOT met"
@@ -143,8 +145,7 @@ def plots(result, stem) -> list:
             mine = [r for r in rows if (r["net"], r["batch"]) == (net, batch)]
             med = [r["epoch_s"]["median"] for r in mine]
             err = [[m - r["epoch_s"]["min"] for m, r in zip(med, mine)], [r["epoch_s"]["max"] - m for m, r in zip(med, mine)]]
-            ax.bar([r["trainer"] for r in mine], med, yerr=err, color=["C0" if "-" not in r["trainer"] and r["trainer"] != "sklearn"
-                                                                       else "C1" for r in mine])
+            ax.bar([r["trainer"] for r in mine], med, yerr=err, color=["C1" if r["trainer"] in PEERS else "C0" for r in mine])
             ax.set(ylabel="seconds per epoch", title=f"{net} net, batch {batch}")
             ax.tick_params(axis="x", labelrotation=30)
         written.append(_save(fig, stem + "-peers.png", title))

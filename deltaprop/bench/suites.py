@@ -202,15 +202,14 @@ def scaling(s, data) -> dict:
 
 
 def growth(rows) -> list:
-    """The exponent k of epoch time ∝ value^k between the two largest values of each sweep (1: linear)."""
+    """The exponent k of epoch time ∝ value^k, a least-squares line through the sweep's points in log-log (1: linear)."""
     out = []
     for name in sorted({r["backend"] for r in rows}):
         for kind in ("width", "depth"):
             pts = sorted((r["value"], r["epoch_s"]["median"]) for r in rows if r["backend"] == name and r["sweep"] == kind)
-            if len(pts) >= 2 and pts[-2][0] > 0:
-                (v0, t0), (v1, t1) = pts[-2], pts[-1]
-                out.append({"backend": name, "sweep": kind, "from": v0, "to": v1,
-                            "exponent": math.log(t1 / t0) / math.log(v1 / v0)})
+            if len(pts) >= 2:
+                k = np.polyfit(np.log([v for v, _ in pts]), np.log([t for _, t in pts]), 1)[0]
+                out.append({"backend": name, "sweep": kind, "from": pts[0][0], "to": pts[-1][0], "exponent": float(k)})
     return out
 
 
