@@ -95,15 +95,15 @@ def settings_from(args) -> Settings:
 
 def load_data(s, synthetic_only: bool):
     """(timing data, its description, accuracy data or the reason there is none)."""
+    note = "synthetic, MNIST's shape: timings do not depend on pixel values"
     if s.smoke or synthetic_only:
         timing = measure.synthetic(s.samples, s.test_samples)
         learnable = measure.synthetic(s.samples, s.test_samples, seed=1, learnable=True) if s.smoke else None
-        why = None if s.smoke else "needs MNIST: --synthetic was given"
-        return timing, "synthetic, MNIST's shape (timings do not depend on pixel values)", learnable or why
+        return timing, note, learnable or "needs MNIST: --synthetic was given"
     try:
         mnist = measure.load_mnist_arrays()
     except measure.MNISTUnavailable as exc:
-        return measure.synthetic(s.samples, s.test_samples), f"synthetic, MNIST's shape ({exc})", str(exc)
+        return measure.synthetic(s.samples, s.test_samples), f"{note} ({exc})", str(exc)
     Xtr, ytr, Xte, yte = mnist
     return (Xtr[: s.samples], ytr[: s.samples], Xte, yte), "MNIST", mnist
 

@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -187,14 +188,18 @@ def _blas():
 
 
 def _nvidia_smi():
+    """One line per GPU: name, driver, memory, max SM clock, and the CUDA version the driver supports."""
     if shutil.which("nvidia-smi") is None:
         return None
     query = "--query-gpu=name,driver_version,memory.total,clocks.max.sm"
     try:
         out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        banner = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] or None
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
+    suffix = f", CUDA {cuda.group(1)}" if cuda else ""
+    return [line.strip() + suffix for line in out.stdout.splitlines() if line.strip()] or None
 
 
 # Datasheet FP32 and memory peaks (NVIDIA); a CPU has none here: its ceilings are measured.
