@@ -144,6 +144,7 @@ def main(argv=None) -> int:
             result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
         print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
 
+    info["load_average_at_end"] = measure._load()
     from . import report
 
     os.makedirs(args.out, exist_ok=True)

@@ -136,6 +136,7 @@ def machine_info() -> dict:
         "git": _git(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "load_average": _load(),  # other work on the machine distorts every timing: see it at the start and end
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {p: _version(p) for p in ("deltaprop", "numpy", "torch", "scikit-learn", "matplotlib",
@@ -145,6 +146,13 @@ def machine_info() -> dict:
         "gpu": _nvidia_smi(),
     }
     return info
+
+
+def _load():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _version(package):

@@ -19,7 +19,8 @@ def markdown(result, plots=()) -> str:
         f"# deltaprop bench: {result['tag']}",
         "",
         f"{m['date']}, commit {m['git']}. CPU: {m['cpu']}, {m['cores']} cores; GPU: {gpu}; "
-        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + f"; BLAS {m['blas']}.",
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + f"; BLAS {m['blas']}. "
+        f"Load average (1, 5, 15 min) {m['load_average']} at the start, {m.get('load_average_at_end')} at the end.",
         "",
         f"Data: {result['data']}. Times are medians of {result['settings']['repeats']} repeats after a warm-up, "
         "with (min–max); every ratio is from this run.",
