@@ -30,15 +30,15 @@ def _launches(bk):
 # ---------------------------------------------------------------- kernels
 def ceilings(bk, s) -> dict:
     """The device's ceilings, measured now: a large SGEMM (cuBLAS on CuPy, the BLAS on NumPy) and a large copy."""
-    xp = getattr(bk, "xp", None)
+    xp, sync = getattr(bk, "xp", None), bk.synchronize
     if xp is None:  # a backend without an array module: CuPy measures the GPU's ceilings when it can
         xp = backends.compat.probe_cupy().module
-    if xp is None:
-        return {"note": "no array module to measure the ceilings with"}
+        if xp is None:
+            return {"note": "no array module to measure the ceilings with"}
+        sync = xp.cuda.Device().synchronize
     n = s.gemm_n
     A, Bm = xp.ones((n, n), np.float32), xp.ones((n, n), np.float32)
     C = xp.empty((n, n), np.float32)
-    sync = bk.synchronize
     gemm = time_calls(lambda: xp.matmul(A, Bm, out=C), sync, s.repeats, s.min_seconds)
     src, dst = xp.ones(s.copy_floats, np.float32), xp.empty(s.copy_floats, np.float32)
     copy = time_calls(lambda: xp.copyto(dst, src), sync, s.repeats, s.min_seconds)
