@@ -220,3 +220,11 @@ def test_console_entry_points_and_a_light_import():
     code = "import sys, deltaprop; print(sorted(m for m in ('tqdm', 'matplotlib', 'deltaprop.cli') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_bench_subcommand_hands_its_arguments_to_the_harness(tmp_path, capsys):
+    from deltaprop.cli import main
+
+    assert main(["bench", "--smoke", "train", "--backends", "numpy", "--samples", "64", "--repeats", "1",
+                 "--no-plots", "--out", str(tmp_path), "--machine", "clitest"]) == 0
+    assert list(tmp_path.glob("*-clitest.json"))

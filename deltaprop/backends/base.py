@@ -44,6 +44,7 @@ class Backend:
 
     def __init__(self):
         self._scratch_space: dict = {}
+        self._scratch_views: dict = {}  # (slot, shape, dtype) -> the view _scratch returned last time
 
     def __repr__(self) -> str:
         return f"<deltaprop backend {self.name!r} on {self.device}>"
@@ -81,13 +82,21 @@ class Backend:
 
     def _scratch(self, slot: str, shape, dtype):
         """A cached work buffer; it grows when needed and is otherwise reused."""
+        key = (slot, tuple(shape), dtype)
+        view = self._scratch_views.get(key)  # the common case: one dict lookup
+        if view is not None:
+            return view
         dtype = np.dtype(dtype)
         size = math.prod(shape)
         buf = self._scratch_space.get((slot, dtype))
         if buf is None or buf.size < size:
             buf = self.xp.empty(size, dtype=dtype)
             self._scratch_space[(slot, dtype)] = buf
-        return buf[:size].reshape(shape)
+            self._scratch_views.clear()  # drop the views of the smaller buffer
+        if len(self._scratch_views) > 256:  # many shapes (evaluations of many sizes): start afresh
+            self._scratch_views.clear()
+        view = self._scratch_views[key] = buf[:size].reshape(shape)
+        return view
 
     # ------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from deltaprop.bench import main
+
+sys.exit(main())

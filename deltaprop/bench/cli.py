@@ -1,0 +1,173 @@
+"""``deltaprop bench`` / ``python -m bench``: run the suites, write JSON, markdown and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from . import measure, suites
+from .measure import REFERENCE, SMALL, Net
+
+SUITES = ("kernels", "train", "peers", "scaling", "tta")
+
+
+@dataclass
+class Settings:
+    """Sizes of a full run; ``smoke()`` shrinks every one of them so that all code paths run in seconds."""
+
+    backends: list = field(default_factory=list)  # empty: every usable backend
+    nets: dict = field(default_factory=lambda: {"reference": REFERENCE, "small": SMALL})
+    samples: int = 60_000  # an epoch: MNIST's training set
+    test_samples: int = 10_000
+    repeats: int = 3  # timed epochs (or timed batches of kernel calls), after one warm-up
+    min_seconds: float = 0.05  # each timed batch of kernel calls lasts at least this long
+    batch_sizes: tuple = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    kernel_batches: tuple = (128, 1024)
+    gemm_n: int = 4096
+    copy_floats: int = 1 << 26  # 256 MiB
+    peer_cases: tuple = (("reference", 128), ("small", 10))  # (net, batch): the CPU goals
+    scaling_samples: int = 10_000
+    scaling_batch: int = 128
+    widths: tuple = (128, 256, 512, 1024, 2048)
+    depths: tuple = (1, 2, 3, 4)
+    scaling_depth_width: int = 1024
+    tta_target: float = 0.98
+    tta_max_epochs: int = 30
+    tta_batch: int = 128
+    smoke: bool = False
+
+    def train_nets(self):
+        return [self.nets["reference"], self.nets["small"]]
+
+    def cpu_only(self):
+        """Smaller ceiling problems on the CPU: a 4096³ SGEMM takes seconds there."""
+        self.gemm_n, self.copy_floats = 2048, 1 << 24
+
+    @classmethod
+    def smoke_settings(cls, backends):
+        ref = Net("reference", (784, 64, 64, 10), *dataclasses.astuple(REFERENCE)[2:])
+        return cls(backends=backends, nets={"reference": ref, "small": SMALL}, samples=512, test_samples=128,
+                   repeats=2, min_seconds=0.002, batch_sizes=(32, 256), kernel_batches=(32,), gemm_n=256,
+                   copy_floats=1 << 18, peer_cases=(("reference", 128), ("small", 10)), scaling_samples=256,
+                   widths=(32, 64), depths=(1, 2), scaling_depth_width=64, tta_target=0.5, tta_max_epochs=5,
+                   tta_batch=32, smoke=True)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="deltaprop bench", description=__doc__)
+    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
+    p.add_argument("--smoke", action="store_true", help="every suite at tiny sizes, on synthetic data (CI: < 1 minute)")
+    p.add_argument("--backends", default="", help="comma-separated backend names (default: every usable one)")
+    p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the JSON, markdown and PNGs")
+    p.add_argument("--machine", default=None, help="machine name in the file names (default: cpu-<N>core, or the GPU)")
+    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default: 60000, MNIST's training set)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default 3)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite")
+    p.add_argument("--synthetic", action="store_true", help="do not load MNIST; time on data of its shape")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
+    args = p.parse_args(argv)
+    for name in args.suites:
+        if name not in SUITES:
+            p.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    return args
+
+
+def settings_from(args) -> Settings:
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    s = Settings.smoke_settings(names) if args.smoke else Settings(backends=names)
+    if args.samples:
+        s.samples = args.samples
+    if args.repeats:
+        s.repeats = args.repeats
+    if args.batch_sizes:
+        s.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    if not args.smoke and all(n == "numpy" for n in suites.usable_backends(names)):
+        s.cpu_only()
+    return s
+
+
+def load_data(s, synthetic_only: bool):
+    """(timing data, its description, accuracy data or the reason there is none)."""
+    note = "synthetic, MNIST's shape: timings do not depend on pixel values"
+    if s.smoke or synthetic_only:
+        timing = measure.synthetic(s.samples, s.test_samples)
+        learnable = measure.synthetic(s.samples, s.test_samples, seed=1, learnable=True) if s.smoke else None
+        return timing, note, learnable or "needs MNIST: --synthetic was given"
+    try:
+        mnist = measure.load_mnist_arrays()
+    except measure.MNISTUnavailable as exc:
+        return measure.synthetic(s.samples, s.test_samples), f"{note} ({exc})", str(exc)
+    Xtr, ytr, Xte, yte = mnist
+    return (Xtr[: s.samples], ytr[: s.samples], Xte, yte), "MNIST", mnist
+
+
+def machine_tag(info) -> str:
+    if info["gpu"]:
+        name = info["gpu"][0].split(",")[0]
+        return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
+    return f"cpu-{info['cores']}core"
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    s = settings_from(args)
+    chosen = args.suites or list(SUITES)
+    info = measure.machine_info()
+    tag = args.machine or machine_tag(info) + ("-smoke" if s.smoke else "")
+    timing, data_note, accuracy_data = load_data(s, args.synthetic)
+    print(f"deltaprop bench: {', '.join(chosen)} on {', '.join(suites.usable_backends(s.backends))}; "
+          f"{info['cpu']} ({info['cores']} cores); data: {data_note}", flush=True)
+    result = {"machine": info, "tag": tag, "data": data_note, "settings": _plain(dataclasses.asdict(s)),
+              "suites": {}, "errors": []}
+    runners = {
+        "kernels": lambda: suites.kernels(s),
+        "train": lambda: suites.train(s, timing),
+        "peers": lambda: _peers(s, timing),
+        "scaling": lambda: suites.scaling(s, timing),
+        "tta": lambda: ({"skipped": accuracy_data} if isinstance(accuracy_data, str)
+                        else {"rows": suites.time_to_accuracy(s, accuracy_data)}),
+    }
+    for name in chosen:
+        t = time.perf_counter()
+        print(f"[{name}] ...", flush=True)
+        try:
+            result["suites"][name] = runners[name]()
+        except Exception as exc:  # recorded, printed and turned into a failing exit status
+            traceback.print_exc()
+            result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
+
+    info["load_average_at_end"] = measure._load()
+    from . import report
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{info['date'][:10]}-{tag}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1, allow_nan=True)
+    plots = [] if args.no_plots else report.plots(result, stem)
+    with open(stem + ".md", "w") as f:
+        f.write(report.markdown(result, [os.path.basename(p) for p in plots]))
+    print(open(stem + ".md").read())
+    print("wrote", ", ".join([stem + ".json", stem + ".md", *plots]))
+    if result["errors"]:
+        print("FAILED:", *result["errors"], sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _peers(s, timing):
+    from .peers import peers
+
+    return {"rows": peers(s, timing)}
+
+
+def _plain(x):
+    """Settings as JSON: nets as dicts, tuples as lists."""
+    return json.loads(json.dumps(x, default=str))

@@ -1,0 +1,219 @@
+"""What every suite shares: the nets, the data, the clock, and a description of the machine.
+
+Timing rules (README, "Benchmarks"): warm up first and report the first call on its own;
+wait for the device (``synchronize``) before reading the clock; repeat and report the
+median with min and max; take every ratio from numbers of the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backends
+
+
+@dataclass(frozen=True)
+class Net:
+    """A network and the hyperparameters every trainer (deltaprop, PyTorch, scikit-learn) uses for it."""
+
+    name: str
+    sizes: tuple
+    activation: str
+    output_activation: str
+    loss: str
+    lr: float
+    momentum: float
+
+    def flops_per_sample(self) -> float:
+        """Multiply-adds ×2 of one training step per sample: forward, δ and ∂E/∂W GEMMs (the first layer has no δ)."""
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        return 2.0 * sum(3 * a * b for a, b in pairs) - 2.0 * pairs[0][0] * pairs[0][1]
+
+    def model(self, backend, seed=0):
+        from ..mlp import MLP
+
+        return MLP(list(self.sizes), activation=self.activation, output_activation=self.output_activation,
+                   loss=self.loss, backend=backend, dtype="float32", seed=seed)
+
+
+REFERENCE = Net("reference", (784, 1024, 1024, 10), "relu", "softmax", "cross_entropy", lr=0.02, momentum=0.9)
+# lr 0.1 rather than the 3.0 of Nielsen's book: on synthetic data a large step saturates the sigmoids, and
+# subnormal floats are the one case where timings depend on the values.
+SMALL = Net("small", (784, 30, 10), "sigmoid", "sigmoid", "mse", lr=0.1, momentum=0.0)
+
+
+def summarize(seconds) -> dict:
+    """Median, min and max of repeated timings (seconds), and how many there were."""
+    seconds = [float(s) for s in seconds]
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
+
+
+def time_calls(fn, sync, repeats: int, min_seconds: float) -> dict:
+    """Time ``fn()``: one cold call (reported as "first"), then ``repeats`` timings of a batch of calls
+    sized to last at least ``min_seconds``; each timing is divided by the calls in its batch."""
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t
+    calls, total = 1, 1
+    while True:  # calibrate the batch size
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        took = time.perf_counter() - t
+        total += calls
+        if took >= min_seconds or calls >= 1 << 20:
+            break
+        calls *= 2 if took <= 0 else max(2, min(16, int(min_seconds / took) + 1))
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        runs.append((time.perf_counter() - t) / calls)
+    return {"first": first, "calls_per_repeat": calls, "calls_total": total + repeats * calls, **summarize(runs)}
+
+
+# ------------------------------------------------------------------ data
+class MNISTUnavailable(RuntimeError):
+    """MNIST cannot be loaded here (no local copy and no source reachable)."""
+
+
+def load_mnist_arrays():
+    """The one place that calls ``deltaprop.data.load_mnist``.
+
+    Returns X_train, y_train, X_test, y_test: X float32 (n, 784) in [0, 1], y integer labels.
+    """
+    from ..data import load_mnist
+
+    try:
+        loaded = load_mnist()
+    except Exception as exc:  # no local copy, no network, ...
+        raise MNISTUnavailable(f"needs MNIST: load_mnist() failed ({type(exc).__name__}: {exc})") from exc
+    Xtr, ytr, Xte, yte = loaded.X_train, loaded.y_train, loaded.X_test, loaded.y_test
+    flat = lambda X: np.asarray(X, np.float32).reshape(len(X), -1)  # noqa: E731
+    return flat(Xtr), np.asarray(ytr, np.int64), flat(Xte), np.asarray(yte, np.int64)
+
+
+def synthetic(n: int, n_test: int, seed: int = 0, learnable: bool = False):
+    """Data of MNIST's shape: uniform pixels in [0, 1) and labels 0..9 (epoch times do not depend on the values).
+
+    ``learnable``: each image is its class's fixed random pattern plus noise, so that a net learns them
+    in a few steps (the smoke run's time to accuracy).
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.random((n + n_test, 784), dtype=np.float32)
+    y = rng.integers(0, 10, n + n_test)
+    if learnable:
+        X = 0.5 * X + 0.5 * rng.random((10, 784), dtype=np.float32)[y]
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+# --------------------------------------------------------------- machine
+def machine_info() -> dict:
+    """The device, driver, CUDA and library versions, CPU model and cores, git commit and date of this run."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": _git(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": _load(),  # other work on the machine distorts every timing: see it at the start and end
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in ("deltaprop", "numpy", "torch", "scikit-learn", "matplotlib",
+                                               "cupy-cuda12x", "cupy-cuda13x", "numba", "numba-cuda")},
+        "blas": _blas(),
+        "backends": {n: {"usable": a.usable, "detail": a.reason} for n, a in backends.available().items()},
+        "gpu": _nvidia_smi(),
+    }
+    return info
+
+
+def _load():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas():
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy, or a build without the information
+        return None
+
+
+def _nvidia_smi():
+    """One line per GPU: name, driver, memory, max SM clock, and the CUDA version the driver supports."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = "--query-gpu=name,driver_version,memory.total,clocks.max.sm"
+    try:
+        out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        banner = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
+    suffix = f", CUDA {cuda.group(1)}" if cuda else ""
+    return [line.strip() + suffix for line in out.stdout.splitlines() if line.strip()] or None
+
+
+# Datasheet FP32 and memory peaks (NVIDIA); a CPU has none here: its ceilings are measured.
+DATASHEET = {
+    "H200": {"gflops": 66_900.0, "gbps": 4_800.0},
+    "H100": {"gflops": 66_900.0, "gbps": 3_350.0},  # SXM, HBM3
+}
+
+
+def datasheet_peak(device: str):
+    for key, peak in DATASHEET.items():
+        if key in device:
+            return peak
+    return None
