@@ -144,7 +144,7 @@ class Backend:
         scale = 1.0 / delta.shape[0]
         xp.matmul(z_prev.T, delta, out=dW)
         dW *= scale
-        xp.sum(delta, axis=0, out=db)
+        delta.sum(axis=0, out=db)  # the array's method: no Python wrapper around it
         db *= scale
 
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
@@ -294,8 +294,8 @@ class Backend:
             pred = self._scratch("argmax", (rows,), np.intp)
             true = self._scratch("argmax2", (rows,), np.intp)
             same = self._scratch("same", (rows,), np.bool_)
-            xp.argmax(z, axis=1, out=pred)
-            xp.argmax(y, axis=1, out=true)
+            z.argmax(axis=1, out=pred)
+            y.argmax(axis=1, out=true)
             xp.equal(pred, true, out=same)
             return xp.count_nonzero(same)
         if accuracy == "threshold":

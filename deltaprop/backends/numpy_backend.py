@@ -35,13 +35,6 @@ class NumpyBackend(Backend):
         # The rows named by idx are always in range here (a permutation of the samples).
         src.take(idx, axis=0, out=out, mode="clip")
 
-    def weight_grad(self, z_prev, delta, dW, db) -> None:
-        scale = 1.0 / delta.shape[0]
-        _matmul(z_prev.T, delta, out=dW)
-        dW *= scale
-        _add_reduce(delta, axis=0, out=db)
-        db *= scale
-
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
         # The same update as the default, with the scale 1/B (and η, for plain SGD) applied to whichever of
         # δ (B, n_out) and z_prevᵀ·δ (n_in, n_out) is smaller: one pass over B·n_out values instead of two
@@ -76,15 +69,3 @@ class NumpyBackend(Backend):
             gb *= lr
         W -= gW
         b -= gb
-
-    def _correct_count(self, a, z, y, accuracy: str):
-        if accuracy != "argmax":
-            return super()._correct_count(a, z, y, accuracy)
-        rows = a.shape[0]
-        pred = self._scratch("argmax", (rows,), np.intp)
-        true = self._scratch("argmax2", (rows,), np.intp)
-        same = self._scratch("same", (rows,), np.bool_)
-        z.argmax(axis=1, out=pred)
-        y.argmax(axis=1, out=true)
-        np.equal(pred, true, out=same)
-        return np.count_nonzero(same)

@@ -124,7 +124,7 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles):
     f = phi(act, kind)
     BM, BN, BK, TM, TN = tiles
     TX, TY = tiles.block
-    one, softmax = kind(1.0), act == "softmax"
+    one = kind(1.0)
 
     @cuda.jit
     def kernel(A, B, bias, z, a):
