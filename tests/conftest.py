@@ -55,10 +55,6 @@ def backend_names():
     return [name for name, (usable, _) in backends.available().items() if usable]
 
 
-def simulated(name: str) -> bool:
-    return "simulator" in backends.available()[name].reason
-
-
 @pytest.fixture(params=backend_names())
 def backend(request):
     """Each backend under test (one that is listed but not usable fails here, it is not skipped)."""
