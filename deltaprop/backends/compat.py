@@ -3,9 +3,10 @@
 Each probe runs once, lazily (the first time someone asks for a GPU backend,
 never at ``import deltaprop``), and remembers why it failed, so that asking
 for that backend later re-raises the original reason with an install hint.
-A package that imports is not taken to mean a usable GPU: the probe also
-asks for a device, checks the driver against the runtime and, for CuPy,
-creates a context.
+A package that imports is not taken to mean a usable GPU: each probe also
+asks for a device, checks the driver, and compiles and runs a small kernel
+there (CuPy also runs a cuBLAS product), so that a backend reported usable
+has already run on the device.
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def probe_cupy() -> Probe:
         driver, needed = runtime.driverGetVersion(), runtime.runtimeGetVersion()
     except Exception as exc:
         return Probe(None, f"CuPy cannot query the CUDA driver ({_first_line(exc)})", error=exc)
-    if driver < needed:
+    if driver // 1000 < needed // 1000:  # CUDA's minor-version compatibility: the same major version runs
         return Probe(
             None,
             f"NVIDIA driver too old: it supports CUDA {_cuda_version(driver)}, "
-            f"this CuPy build needs CUDA {_cuda_version(needed)}",
+            f"this CuPy build needs CUDA {needed // 1000}.x",
         )
-    try:
-        cupy.zeros(1, dtype=cupy.float32).sum().item()  # creates a context on device 0
+    try:  # a context on device 0, a kernel compiled by NVRTC (the reduction) and a cuBLAS call
+        x = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)  # [[0, 1], [2, 3]]; x·x = [[2, 3], [6, 11]]
+        if float((x @ x).sum().item()) != 22.0:
+            raise RuntimeError("a 2×2 cuBLAS product came back wrong")
         props = runtime.getDeviceProperties(0)
     except Exception as exc:
         return Probe(None, f"CuPy could not run on the CUDA device ({_first_line(exc)})", error=exc)
@@ -103,7 +106,38 @@ def probe_numba_cuda() -> Probe:
         cc = device.compute_capability
     except Exception as exc:
         return Probe(None, f"no CUDA device usable by numba-cuda ({_first_line(exc)})", error=exc)
+    try:
+        _run_numba_kernel(cuda)
+    except Exception as exc:  # e.g. a numba-cuda release that does not support the installed NumPy
+        import numpy
+
+        versions = f"numba-cuda {_version('numba-cuda')} with NumPy {numpy.__version__}"
+        return Probe(None, f"numba-cuda could not compile and run a kernel ({versions}: {_first_line(exc)})", error=exc)
     return Probe(cuda, device=f"{name}, compute capability {cc[0]}.{cc[1]}")
+
+
+def _run_numba_kernel(cuda):
+    """Compile a one-line kernel, run it on two elements and check them (about half a second, once)."""
+
+    @cuda.jit
+    def count(out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = i + 1
+
+    out = cuda.device_array(2, dtype="float32")
+    count[1, 32](out)
+    if list(out.copy_to_host()) != [1.0, 2.0]:
+        raise RuntimeError("a test kernel wrote wrong values")
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
 
 
 def _first_line(exc: BaseException) -> str:

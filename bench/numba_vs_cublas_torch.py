@@ -1,10 +1,10 @@
 """Two figures for the numba-cuda backend on a real GPU (issue 4), written to bench/results/.
 
-    python bench/numba_cuda.py                 # both parts
-    python bench/numba_cuda.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
-    python bench/numba_cuda.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
-    python bench/numba_cuda.py --only mnist --tiles 32 32 16 2 2   # smaller tiles: more blocks at batch 128
-    python bench/numba_cuda.py --only mnist    # MNIST-sized epoch against PyTorch eager
+    python bench/numba_vs_cublas_torch.py                 # both parts
+    python bench/numba_vs_cublas_torch.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
+    python bench/numba_vs_cublas_torch.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
+    python bench/numba_vs_cublas_torch.py --only mnist --tiles 32 32 16 2 2   # smaller tiles: more blocks at batch 128
+    python bench/numba_vs_cublas_torch.py --only mnist    # MNIST-sized epoch against PyTorch eager
 
 GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (GPU_TILES) against cupy.matmul,
 each timed with CUDA events over --repeat runs after one warm-up; TFLOP/s = 2n³ / time.
