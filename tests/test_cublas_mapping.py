@@ -1,8 +1,8 @@
 """The CuPy backend's row-major → column-major cuBLAS mapping (``CupyBackend._gemm``), checked on the
-CPU against an emulation of cuBLAS gemm: column-major operands at raw pointers, op flags, leading
-dimensions, host-pointer alpha and beta. Needs neither CuPy nor a GPU."""
+CPU against an emulation of libcublas's gemm as _gemm calls it through ctypes: column-major operands at
+raw pointers, op flags (0 = N, 1 = T), leading dimensions, host-pointer alpha and beta, a status return.
+Needs neither CuPy nor a GPU."""
 
-import ctypes
 import types
 
 import numpy as np
@@ -29,15 +29,16 @@ def fake_cublas(memory):
 
     def make(dtype):
         def gemm(handle, transa, transb, m, n, k, p_alpha, A, lda, B, ldb, p_beta, C, ldc):
-            alpha, beta = (np.frombuffer((ctypes.c_char * 8).from_address(p), dtype, 1)[0] for p in (p_alpha, p_beta))
+            alpha, beta = (dtype(p.contents.value) for p in (p_alpha, p_beta))  # host pointer mode
             a = column_major(A, k if transa else m, m if transa else k, lda)
             b = column_major(B, n if transb else k, k if transb else n, ldb)
             c = column_major(C, m, n, ldc)
             c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + beta * c
+            return 0  # CUBLAS_STATUS_SUCCESS
 
         return gemm
 
-    return types.SimpleNamespace(CUBLAS_OP_N=0, CUBLAS_OP_T=1, sgemm=make(np.float32), dgemm=make(np.float64))
+    return types.SimpleNamespace(cublasSgemm_v2=make(np.float32), cublasDgemm_v2=make(np.float64))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -13,6 +13,8 @@ from helpers import assert_close
 if not backends.available()["numba-cuda"].usable:
     pytest.skip(f"numba-cuda: {backends.available()['numba-cuda'].reason}", allow_module_level=True)
 
+from numba import cuda  # noqa: E402  (a global, so that the simulator can swap in its fake module)
+
 
 @pytest.fixture
 def nb():
@@ -105,3 +107,29 @@ def test_real_device_uses_the_large_tiles(nb):
     from deltaprop.kernels.numba_gemm import GPU_TILES
 
     assert nb.tiles == GPU_TILES and "simulator" not in nb.device
+
+
+def test_simulator_shared_arrays_are_shared(nb):
+    """Under the simulator, every thread of a block gets the same shared array (deltaprop's compat makes
+    the simulator's allocation thread-safe; unpatched, threads that ask together can each get their own)."""
+    if "simulator" not in nb.device:
+        pytest.skip("the CUDA simulator's shared arrays (a real device has no such race)")
+    import threading
+
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    threads, rounds, split = 32, 200, 0
+    for _ in range(rounds):
+        shared, start, got = FakeCUDAShared(0), threading.Barrier(threads), []
+
+        def thread():
+            start.wait()
+            got.append(shared.array((4, 4), np.float64))  # one line: one array for the whole block
+
+        pool = [threading.Thread(target=thread) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        split += len({id(x) for x in got}) > 1
+    assert split == 0, f"in {split} of {rounds} blocks the threads got different 'shared' arrays"

@@ -15,17 +15,21 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 summary=()
+DEADLINE=${DEADLINE:-540}  # seconds for the whole script: a step gets what is left, at most its own limit
 step() {  # step NAME SECONDS CMD...
     local name=$1 limit=$2; shift 2
+    local left=$((DEADLINE - SECONDS))
+    if ((left < 15)); then summary+=("$name: skipped, past the deadline"); return; fi
+    ((limit > left)) && limit=$left
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
     summary+=("$name: rc=$rc, $((SECONDS - t0)) s :: $(grep -v '^wrote' "$OUT/$name.log" | tail -n 1)")
 }
 for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   env) step env 60 bash -c "nvidia-smi; $PY -c 'import numpy, numba, cupy, torch; from numba import cuda; import importlib.metadata as m; print(\"numpy\", numpy.__version__, \"numba\", numba.__version__, \"numba-cuda\", m.version(\"numba-cuda\"), \"cupy\", cupy.__version__, \"torch\", torch.__version__, \"cuda runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion()); from deltaprop import backends; print(backends.available())'" ;;
-  tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -q -n ${JOBS:-6} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
+  tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-8} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
   gputests) step gputests 300 $PY -m pytest -q -p no:cacheprovider --require-gpu -m gpu -rfEs --timeout=120 ${PYTEST_ARGS:-} ;;
-  repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs 200; done ;;
+  repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs ${RUNS:-200}; done ;;
   bench-numba) step bench-numba 120 $PY bench/numba_vs_cublas_torch.py --out "$OUT" ;;
   bench-cupy) step bench-cupy 120 $PY bench/cupy_vs_torch.py --out "$OUT" ;;
   sweep) IFS=, read -ra tiles <<<"${TILES:-64 64 16 4 4,128 128 8 8 8,128 64 8 8 4,64 64 8 4 4,128 128 16 8 8,64 128 8 4 8,32 64 16 2 4}"

@@ -92,6 +92,7 @@ def probe_numba_cuda() -> Probe:
     if config.ENABLE_CUDASIM:
         from numba import cuda
 
+        _serialise_simulator_shared_arrays()
         return Probe(cuda, device="CUDA simulator (NUMBA_ENABLE_CUDASIM=1)", simulated=True)
     if importlib.util.find_spec("numba_cuda") is None:
         return Probe(None, "numba-cuda is not installed (numba's built-in CUDA target is deprecated)")
@@ -114,6 +115,45 @@ def probe_numba_cuda() -> Probe:
         versions = f"numba-cuda {_version('numba-cuda')} with NumPy {numpy.__version__}"
         return Probe(None, f"numba-cuda could not compile and run a kernel ({versions}: {_first_line(exc)})", error=exc)
     return Probe(cuda, device=f"{name}, compute capability {cc[0]}.{cc[1]}")
+
+
+def _serialise_simulator_shared_arrays() -> None:
+    """Make the CUDA simulator's ``cuda.shared.array`` thread-safe (numba-cuda 0.30.4 and earlier).
+
+    The simulator runs each GPU thread as a Python thread, and a block's threads share an array
+    through a dict keyed by the calling line, filled with an unlocked look-up-then-insert: two
+    threads that miss together each get an array of their own, and what one stores the others
+    never read. A kernel with shared memory then computes garbage about once in a few hundred
+    launches (tests/test_numba_cuda.py::test_simulator_shared_arrays_are_shared counts it). Here the
+    look-up and the insert happen under one lock; the caller's (file, line) is the key, as before.
+    """
+    import sys
+    import threading
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "deltaprop_locked", False):
+        return
+    unlocked, lock = shared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer), or the simulator's error
+            return unlocked(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    array.deltaprop_locked = True
+    shared.array = array
 
 
 def _run_numba_kernel(cuda):

@@ -1,7 +1,9 @@
 """The CuPy backend: cuBLAS GEMMs, CUDA C epilogues and the training step replayed as a CUDA graph.
 
 * GEMMs go to cuBLAS through a handle of this backend's own (so its math mode cannot leak to
-  other CuPy users). cuBLAS is column-major: a C-contiguous (r, c) matrix is, to it, the (c, r)
+  other CuPy users), called through ctypes on the libcublas that CuPy loaded: CuPy's own
+  wrappers refuse any cuBLAS call during stream capture, which cuBLAS itself supports (the
+  handle gets a workspace of its own, so that a captured call allocates nothing). cuBLAS is column-major: a C-contiguous (r, c) matrix is, to it, the (c, r)
   matrix Xᵀ, so C = op(A)·op(B) is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
   Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
 * The elementwise and row-wise work is in deltaprop/kernels/mlp_kernels.cu, compiled for the
@@ -19,6 +21,8 @@ array, an unknown name) falls back to the contract's default method, which also 
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -40,6 +44,45 @@ i64, i32 = np.int64, np.int32
 
 def _blocks(n: int, per_block: int) -> int:
     return max(1, min(-(-n // per_block), MAX_BLOCKS))
+
+
+CUBLAS_WORKSPACE = 32 << 20  # bytes; NVIDIA's advice for Hopper
+
+
+@functools.cache
+def _libcublas(major: int):
+    """libcublas through ctypes: the copy CuPy loaded (found in /proc/self/maps), else by soname."""
+    from cupy_backends.cuda.libs import cublas  # noqa: F401  (loads libcublas into the process)
+
+    path = f"libcublas.so.{major}"
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                name = line.rsplit(None, 1)[-1]
+                if "/libcublas.so" in name:
+                    path = name
+                    break
+    except OSError:
+        pass
+    lib = ctypes.CDLL(path)
+    P, I = ctypes.c_void_p, ctypes.c_int  # noqa: E741
+    signatures = {
+        "cublasCreate_v2": [P],
+        "cublasSetStream_v2": [P, P],
+        "cublasSetMathMode": [P, I],
+        "cublasSetWorkspace_v2": [P, P, ctypes.c_size_t],
+        "cublasSgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
+        "cublasDgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
+    }
+    for name, args in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, I
+    return lib
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
 
 @dataclass
@@ -74,6 +117,7 @@ class CupyBackend(Backend):
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
         self.capture_error = None  # why the last capture failed, if it did
         self._handle = None
+        self._workspace = None
         self._stream = None
         self._recording = None
 
@@ -111,15 +155,18 @@ class CupyBackend(Backend):
         self._launch(kernel, _blocks(cols, 32), (32, 8), (delta, out, i64(rows), i64(cols), t(alpha), t(beta)))
 
     def _cublas(self):
-        """This backend's cuBLAS handle (made on first use), bound to the current stream."""
-        from cupy_backends.cuda.libs import cublas
-
+        """libcublas and this backend's handle (made on first use), bound to the current stream."""
+        xp = self.xp
+        lib = _libcublas(xp.cuda.runtime.runtimeGetVersion() // 1000)
         if self._handle is None:
-            handle = cublas.create()
-            cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if self.tf32 else cublas.CUBLAS_DEFAULT_MATH)
+            handle = ctypes.c_void_p()
+            _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+            _check(lib.cublasSetMathMode(handle, 3 if self.tf32 else 0), "cublasSetMathMode")  # TF32_TENSOR_OP / DEFAULT
+            self._workspace = xp.empty(CUBLAS_WORKSPACE, dtype=np.uint8)
+            _check(lib.cublasSetWorkspace_v2(handle, self._workspace.data.ptr, CUBLAS_WORKSPACE), "cublasSetWorkspace")
             self._handle = handle
-        cublas.setStream(self._handle, self.xp.cuda.get_current_stream().ptr)
-        return cublas, self._handle
+        _check(lib.cublasSetStream_v2(self._handle, xp.cuda.get_current_stream().ptr), "cublasSetStream")
+        return lib, self._handle
 
     def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
         """C ← alpha·op(A)·op(B) + beta·C for C-contiguous (row-major) matrices.
@@ -128,15 +175,15 @@ class CupyBackend(Backend):
         leading dimension c, so it computes Cᵀ (N × M) = op(B)ᵀ·op(A)ᵀ: B is its first operand,
         transposed exactly when op(B) is, and likewise A; ldc = N.
         """
-        cublas, handle = self._cublas()
+        lib, handle = self._cublas()
         M, N = C.shape
         K = A.shape[0] if trans_a else A.shape[1]
-        op = lambda t: cublas.CUBLAS_OP_T if t else cublas.CUBLAS_OP_N  # noqa: E731
-        gemm = cublas.sgemm if C.dtype == np.float32 else cublas.dgemm
-        scalars = np.array([alpha, beta], dtype=C.dtype)  # host pointer mode: read before the call returns
-        p_alpha, p_beta = scalars.ctypes.data, scalars.ctypes.data + scalars.itemsize
-        gemm(handle, op(trans_b), op(trans_a), N, M, K, p_alpha, B.data.ptr, B.shape[1], A.data.ptr, A.shape[1],
-             p_beta, C.data.ptr, N)
+        scalar = ctypes.c_float if C.dtype == np.float32 else ctypes.c_double
+        gemm = lib.cublasSgemm_v2 if C.dtype == np.float32 else lib.cublasDgemm_v2
+        p_alpha, p_beta = ctypes.pointer(scalar(alpha)), ctypes.pointer(scalar(beta))  # host pointer mode: read during the call
+        status = gemm(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, B.data.ptr, B.shape[1], A.data.ptr, A.shape[1],
+                      p_beta, C.data.ptr, N)  # fmt: skip  (CUBLAS_OP_N = 0, CUBLAS_OP_T = 1)
+        _check(status, "cublas gemm")
         self.counts["gemm"] += 1
 
     # ------------------------------------------------------------ hot loops
