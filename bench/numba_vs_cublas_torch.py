@@ -82,12 +82,23 @@ def mnist(epochs, tiles):
     if tiles:
         model.backend.tiles = g.Tiles(*tiles)
     out["tiles"] = list(model.backend.tiles)
-    launches = model.backend.launches
+    launches, replays = model.backend.launches, model.backend.replays
     hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
     steps = (epochs + 1) * -(-60000 // 128)
     out["deltaprop_epoch_s"] = statistics.median(hist.seconds[1:])
-    out["deltaprop_launches_per_step"] = (model.backend.launches - launches) / steps  # plus a few per epoch
-    print(f"deltaprop numba-cuda: {out['deltaprop_epoch_s']:.3f} s/epoch", flush=True)
+    out["capture_error"] = model.backend.capture_error
+    # host calls per step: graph replays, and kernel launches (eager steps, captures, per-epoch bookkeeping)
+    out["deltaprop_graph_replays_per_step"] = (model.backend.replays - replays) / steps
+    out["deltaprop_launches_per_step"] = (model.backend.launches - launches) / steps
+    eager = MLP([784, 1024, 1024, 10], activation="relu", backend="numba-cuda", dtype="float32", seed=0)
+    eager.backend.graphs = False  # the same kernels launched one by one from Python
+    try:
+        out["deltaprop_eager_epoch_s"] = statistics.median(
+            eager.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9).seconds[1:])
+    finally:
+        eager.backend.graphs = True
+    print(f"deltaprop numba-cuda: {out['deltaprop_epoch_s']:.3f} s/epoch with CUDA graphs, "
+          f"{out['deltaprop_eager_epoch_s']:.3f} s/epoch launching each kernel", flush=True)
     try:
         import torch
     except ImportError as exc:

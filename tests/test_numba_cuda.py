@@ -13,8 +13,6 @@ from helpers import assert_close
 if not backends.available()["numba-cuda"].usable:
     pytest.skip(f"numba-cuda: {backends.available()['numba-cuda'].reason}", allow_module_level=True)
 
-from numba import cuda  # noqa: E402  (a global, so that the simulator can swap in its fake module)
-
 
 @pytest.fixture
 def nb():
@@ -32,7 +30,8 @@ def test_nothing_is_imported_or_compiled_before_use():
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_a_training_step_launches_three_kernels_per_layer_plus_three(nb, rng, momentum):
+def test_a_training_step_launches_three_kernels_per_layer_plus_three(nb, rng, momentum, monkeypatch):
+    monkeypatch.setattr(nb, "graphs", False)  # the eager step (a graph replays the same kernels)
     X, y = rng.normal(size=(12, 5)), rng.integers(0, 3, 12)
     model = MLP([5, 7, 6, 3], activation="relu", backend="numba-cuda", seed=0)
     counts = []
@@ -100,6 +99,19 @@ def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
     vb1 = 0.9 * _f64(vb) + _f64(D).mean(axis=0)
     assert_close(nb.to_numpy(vbd), vb1, dt, scale=np.sqrt(B))
     assert_close(nb.to_numpy(bd), b - 0.1 * vb1, dt, scale=np.sqrt(B))
+
+
+@pytest.mark.gpu
+def test_one_host_call_per_replayed_step(nb):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 30)), rng.integers(0, 10, 200)  # 20 steps of 10
+    model = MLP([30, 16, 10], activation="sigmoid", backend="numba-cuda", seed=1)
+    replays, marks = nb.replays, [nb.launches]
+    model.fit(X, y, epochs=2, batch_size=10, lr=0.1, callback=lambda epoch, history: marks.append(nb.launches))
+    assert nb.capture_error is None
+    # epoch 1: step 0 eager, step 1 captured, steps 1-19 replayed; epoch 2: 20 replays
+    assert nb.replays - replays == 19 + 20
+    assert marks[2] - marks[1] < 20  # epoch 2 launched no step's kernels (an eager step is 11 launches)
 
 
 @pytest.mark.gpu

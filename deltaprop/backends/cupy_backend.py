@@ -2,16 +2,16 @@
 
 * GEMMs go to cuBLAS through a handle of this backend's own (so its math mode cannot leak to
   other CuPy users), called through ctypes on the libcublas that CuPy loaded: CuPy's own
-  wrappers refuse any cuBLAS call during stream capture, which cuBLAS itself supports (the
-  handle gets a workspace of its own, so that a captured call allocates nothing). cuBLAS is column-major: a C-contiguous (r, c) matrix is, to it, the (c, r)
-  matrix Xᵀ, so C = op(A)·op(B) is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
+  wrappers refuse any cuBLAS call during stream capture (CuPy 14), which cuBLAS itself supports
+  (the handle gets a workspace of its own, so that a captured call allocates nothing). cuBLAS is
+  column-major: a C-contiguous (r, c) matrix is, to it, the (c, r) matrix Xᵀ, so C = op(A)·op(B)
+  is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
   Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
 * The elementwise and row-wise work is in deltaprop/kernels/mlp_kernels.cu, compiled for the
   dtype on first use (``deltaprop.kernels.cuda_source``); nothing is compiled at import.
 * ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
-  and replays it; the step's window onto the epoch's sample order, and the row of the per-step
-  metrics it adds to, are moved by a step counter on the device, so a replay needs no new
-  parameters. Where capture fails, the same step runs eagerly.
+  and replays it (``graphs.GraphSteps``, shared with the numba-cuda backend); where capture
+  fails, the same step runs eagerly.
 * float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores.
 
 Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
@@ -23,14 +23,13 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
-import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..kernels import cuda_source
 from . import compat
 from .base import Backend
+from .graphs import GraphSteps
 
 ACTIVATION_CODES = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "leaky_relu": 5}
 LOSS_CODES = {"mse": 0, "cross_entropy": 1, "bce": 2, "perceptron": 3}
@@ -38,6 +37,7 @@ ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 THREADS = 256  # elementwise kernels
 ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)
+METRICS_WARPS = 32  # batch_metrics: the warps of its one block (METRICS_WARPS in the .cu)
 MAX_BLOCKS = 8192  # the kernels loop over grid strides
 i64, i32 = np.int64, np.int32
 
@@ -85,22 +85,7 @@ def _check(status: int, what: str) -> None:
         raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
 
-@dataclass
-class _Recording:
-    """The CUDA graphs of one ``step`` object, with the device buffers they were captured on."""
-
-    step: weakref.ref
-    key: tuple  # (samples, batch size, metrics pointer): a change means new buffers
-    metrics: object
-    order: object  # the epoch's sample order, copied here by each run_steps call
-    rows: object  # the current step's sample indices
-    sums: object  # the current step's loss and correct count
-    step_no: object  # the step counter, on the device
-    graphs: dict = field(default_factory=dict)  # number of rows -> cupy.cuda.Graph
-    seen: set = field(default_factory=set)  # shapes that have run once (compiled, scratch grown)
-
-
-class CupyBackend(Backend):
+class CupyBackend(GraphSteps, Backend):
     name = "cupy"
     tf32 = False  # float32 GEMMs on TF32 tensor cores
 
@@ -115,11 +100,9 @@ class CupyBackend(Backend):
         self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
-        self.capture_error = None  # why the last capture failed, if it did
         self._handle = None
         self._workspace = None
         self._stream = None
-        self._recording = None
 
     def to_numpy(self, x) -> np.ndarray:
         return self.xp.asnumpy(x)
@@ -245,61 +228,24 @@ class CupyBackend(Backend):
             return super().batch_metrics(a, z, y, loss, accuracy, out)
         rows, cols = a.shape
         codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
-        self._rowwise("batch_metrics", a, a, z, y, out, i64(rows), i64(cols), *codes)
+        kernel = cuda_source.kernels(a.dtype)["batch_metrics"]  # one block: sums in a fixed order, no atomics
+        self._launch(kernel, 1, 32 * METRICS_WARPS, (a, z, y, out, i64(rows), i64(cols), *codes))
 
-    # ------------------------------------------------------- CUDA graphs
-    def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
-        """The contract's loop, with each batch shape captured once as a CUDA graph and replayed.
+    # ------------------------------------------------------- CUDA graphs (graphs.GraphSteps)
+    def _recordable(self, x) -> bool:
+        return isinstance(x, self.xp.ndarray) and x.flags.c_contiguous and not self.xp.cuda.runtime.is_hip
 
-        The first step of a shape runs eagerly (it compiles the kernels and grows the scratch
-        space, so that the capture allocates nothing); the second is captured, then replayed.
-        """
-        rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
-        if rec is None:
-            return super().run_steps(step, idx, metrics, batch_size, first, stop)
-        self.copy_(rec.order, idx)
-        rec.step_no.fill(first)
-        n = idx.shape[0]
-        for s in range(first, stop):
-            rows = min(batch_size, n - s * batch_size)
-            graph = rec.graphs.get(rows)
-            if graph is None and rows in rec.seen and self.capture_error is None:
-                graph = rec.graphs[rows] = self._capture(lambda: self._window_step(rec, step, rows))
-            if graph is not None:
-                graph.launch()
-                self.counts["graph"] += 1
-            else:
-                self._window_step(rec, step, rows)
-                rec.seen.add(rows)
-
-    def _recording_for(self, step, idx, metrics, batch_size):
-        """The recording of ``step`` on these buffers: the last one, or a new one (None: cannot record)."""
-        xp = self.xp
-        if xp.cuda.runtime.is_hip or idx.dtype != np.int64 or metrics.dtype != np.float64:
-            return None
-        if not (idx.flags.c_contiguous and metrics.flags.c_contiguous):
-            return None
-        key = (idx.shape[0], batch_size, metrics.data.ptr)
-        rec = self._recording
-        if rec is not None and rec.step() is step and rec.key == key:
-            return rec
-        try:
-            ref = weakref.ref(step)
-        except TypeError:
-            return None
-        self._recording = rec = _Recording(
-            step=ref, key=key, metrics=metrics, order=xp.empty(idx.shape[0], np.int64),
-            rows=xp.empty(batch_size, np.int64), sums=xp.zeros(2, np.float64), step_no=xp.zeros(1, np.int64),
-        )  # fmt: skip
-        return rec
-
-    def _window_step(self, rec: _Recording, step, rows: int) -> None:
-        """One step through the recording's buffers: rows ← order[step_no·B:], step, metrics[step_no] += sums."""
-        kern = cuda_source.plain_kernels()
+    def _window_in(self, rec, rows: int) -> None:
+        kernel = cuda_source.plain_kernels()["window_in"]
         batch = rec.rows.shape[0]
-        self._launch(kern["window_in"], _blocks(rows, THREADS), THREADS, (rec.order, rec.rows, rec.step_no, i64(batch), i64(rows)))
-        step(rec.rows[:rows], rec.sums)
-        self._launch(kern["window_out"], 1, 1, (rec.metrics, rec.sums, rec.step_no))
+        self._launch(kernel, _blocks(rows, THREADS), THREADS, (rec.order, rec.rows, rec.step_no, i64(batch), i64(rows)))
+
+    def _window_out(self, rec) -> None:
+        self._launch(cuda_source.plain_kernels()["window_out"], 1, 1, (rec.metrics, rec.sums, rec.step_no))
+
+    def _replay(self, graph) -> None:
+        graph.launch()
+        self.counts["graph"] += 1
 
     def _capture(self, enqueue):
         """``enqueue()`` captured on a side stream as a CUDA graph; None (and capture_error set) if that fails."""

@@ -3,7 +3,11 @@
 A training step of an L-layer net launches 3·L + 3 kernels: per layer one forward GEMM (bias and
 activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
 of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
-step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them.
+step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them (a captured
+launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
+kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
+counts the replays; the simulator has no graphs and runs every step eagerly.
 
 Nothing is compiled or allocated at import: numba is imported by ``compat`` when the backend is
 probed, the kernel modules when it is built, and each kernel on its first use. Arguments of a kernel
@@ -14,16 +18,19 @@ tiles and several tiles per axis.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+import weakref
 
 import numpy as np
 
 from . import compat
 from .base import Backend
+from .graphs import GraphSteps
 
 
-class NumbaCudaBackend(Backend):
+class NumbaCudaBackend(GraphSteps, Backend):
     name = "numba-cuda"
 
     @staticmethod
@@ -40,9 +47,13 @@ class NumbaCudaBackend(Backend):
         self._gemm, self._ew = numba_gemm, numba_elementwise
         self.tiles = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
         self.threads = 8 if probe.simulated else 256  # per block, for the 1-D kernels (a power of 2)
-        self.launches = 0  # kernels launched so far
+        self.launches = 0  # kernels launched so far (captured into a graph or not)
+        self.replays = 0  # graph replays so far
+        self.graphs = not probe.simulated  # False: the contract's Python loop
         self._simulated = probe.simulated
         self._flag = None
+        self._stream = 0  # where kernels are launched: the default stream, or the capture stream
+        self._capture_stream = None
 
     # ------------------------------------------------------------------ launching
     def _launch(self, kernel, grid, block, *args) -> None:
@@ -59,7 +70,7 @@ class NumbaCudaBackend(Backend):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 kernel[grid, block](*args)
         else:
-            kernel[grid, block](*args)
+            kernel[grid, block, self._stream](*args)
 
     def _launch_1d(self, kernel, n: int, *args) -> None:
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
@@ -137,3 +148,49 @@ class NumbaCudaBackend(Backend):
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
         kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
         self._launch(kernel, 1, self.threads, a, z, y, out)
+
+    # ------------------------------------------------------------------ CUDA graphs (graphs.GraphSteps)
+    def _recordable(self, x) -> bool:
+        return not isinstance(x, np.ndarray) and x.is_c_contiguous()
+
+    def _window_in(self, rec, rows: int) -> None:
+        self._launch_1d(self._ew.window_in(), rows, rec.order, rec.rows[:rows], rec.step_no, np.int64(rec.rows.shape[0]))
+
+    def _window_out(self, rec) -> None:
+        self._launch(self._ew.window_out(), 1, 1, rec.metrics, rec.sums, rec.step_no)
+
+    def _capture(self, enqueue):
+        """``enqueue()`` captured as a CUDA graph on a stream of its own (the driver's stream capture);
+        the instantiated graph, or None with ``capture_error`` set."""
+        from numba.cuda.cudadrv.driver import binding, driver
+
+        if self._capture_stream is None:
+            self._capture_stream = self.cuda.stream()  # synchronises with the default stream
+        stream = self._capture_stream
+        handle = int(stream.handle)
+        try:
+            driver.cuStreamBeginCapture(handle, binding.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            self._stream = stream
+            try:
+                enqueue()
+            finally:
+                self._stream = 0
+                graph = driver.cuStreamEndCapture(handle)
+            executable = driver.cuGraphInstantiate(graph, 0)
+            driver.cuGraphDestroy(graph)  # the executable graph keeps what it needs
+        except Exception as exc:  # an old driver, or an operation that cannot be captured
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            return None
+        return _Graph(executable, handle, driver)
+
+    def _replay(self, graph) -> None:
+        graph.launch()
+        self.replays += 1
+
+
+class _Graph:
+    """An executable CUDA graph and the stream it replays on; destroyed with this object."""
+
+    def __init__(self, executable, stream: int, driver):
+        self.launch = functools.partial(driver.cuGraphLaunch, executable, stream)
+        weakref.finalize(self, driver.cuGraphExecDestroy, executable)

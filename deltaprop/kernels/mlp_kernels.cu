@@ -10,6 +10,7 @@
 #define LEAKY_SLOPE 0.1
 #define FULL_MASK 0xffffffffu
 #define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
+#define METRICS_WARPS 32   // batch_metrics: one block of 1024 threads
 
 template <typename T>
 __device__ __forceinline__ T phi(T a, int act) {
@@ -162,15 +163,16 @@ __global__ void bias_softmax(T* pre, T* z, const T* b, long long rows, long long
 }
 
 // out[0] += Σ_rows per-sample loss, out[1] += number of correct rows; in double, no host sync.
-// One warp per row; each block adds its totals with one atomicAdd per value.
+// One block of METRICS_WARPS warps, one warp per row at a time; the warps' totals are added in warp
+// order by one thread and added to out once: the sums do not depend on scheduling (no atomics), so
+// a run repeats bit for bit and a count added to out is exact.
 template <typename T>
 __global__ void batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols,
                               int loss, int accuracy) {
-    __shared__ double block_loss[WARPS_PER_BLOCK], block_correct[WARPS_PER_BLOCK];
+    __shared__ double warp_loss[METRICS_WARPS], warp_correct[METRICS_WARPS];
     int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
     double my_loss = 0.0, my_correct = 0.0;
-    long long warps = (long long)gridDim.x * WARPS_PER_BLOCK;
-    for (long long r = blockIdx.x * (long long)WARPS_PER_BLOCK + warp; r < rows; r += warps) {
+    for (long long r = warp; r < rows; r += METRICS_WARPS) {
         const T* ar = a + r * cols;
         const T* zr = z + r * cols;
         const T* yr = y + r * cols;
@@ -211,18 +213,18 @@ __global__ void batch_metrics(const T* a, const T* z, const T* y, double* out, l
         }
     }
     if (lane == 0) {
-        block_loss[warp] = my_loss;
-        block_correct[warp] = my_correct;
+        warp_loss[warp] = my_loss;
+        warp_correct[warp] = my_correct;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         double l = 0.0, c = 0.0;
-        for (int w = 0; w < WARPS_PER_BLOCK; ++w) {
-            l += block_loss[w];
-            c += block_correct[w];
+        for (int w = 0; w < METRICS_WARPS; ++w) {
+            l += warp_loss[w];
+            c += warp_correct[w];
         }
-        atomicAdd(out, l);
-        if (accuracy != 0) atomicAdd(out + 1, c);
+        out[0] += l;
+        if (accuracy != 0) out[1] += c;
     }
 }
 

@@ -207,3 +207,33 @@ def flag_nonfinite():
             flag[0] = 1
 
     return kernel
+
+
+@functools.cache
+def window_in():
+    """Kernel (order, rows, step_no, batch): rows[i] = order[step_no[0]·batch + i] (graphs.GraphSteps)."""
+
+    @cuda.jit
+    def kernel(order, rows, step_no, batch):
+        i = cuda.grid(1)
+        if i < rows.size:
+            rows[i] = order[step_no[0] * batch + i]
+
+    return kernel
+
+
+@functools.cache
+def window_out():
+    """Kernel (metrics, sums, step_no), one thread: metrics[step_no] += sums, sums ← 0, step_no += 1."""
+
+    @cuda.jit
+    def kernel(metrics, sums, step_no):
+        if cuda.grid(1) == 0:
+            s = step_no[0]
+            metrics[s, 0] += sums[0]
+            metrics[s, 1] += sums[1]
+            sums[0] = 0.0
+            sums[1] = 0.0
+            step_no[0] = s + 1
+
+    return kernel

@@ -1,0 +1,95 @@
+"""A training step recorded once as a CUDA graph and replayed for every mini-batch: what is the same
+for every GPU backend (CuPy's and numba-cuda's).
+
+``Backend.run_steps`` calls step(rows, out) once per mini-batch from Python, and each call launches
+every kernel of the step again; on a GPU the launches, not the arithmetic, then set the pace of a
+small net. ``GraphSteps.run_steps`` runs the first step of a batch shape eagerly (it compiles the
+kernels and grows the scratch space, so that a capture allocates nothing), captures the second as a
+graph, and replays that graph for every later step of the shape: one host call per step.
+
+A graph replays the same kernels on the same buffers, so the step runs on a recording's buffers:
+``order`` (the epoch's sample order, copied in once per ``run_steps``), ``rows`` (this step's sample
+indices) and ``sums`` (this step's loss and correct count). A counter on the device, ``step_no``,
+moves the window: before the step a kernel copies rows ← order[step_no·B : step_no·B + rows], after
+it a kernel adds sums to metrics[step_no] and advances step_no.
+
+A backend that mixes this in provides ``_capture(enqueue)`` (the graph, or None with
+``capture_error`` set), ``_replay(graph)``, ``_window_in(rec, rows)``, ``_window_out(rec)`` and
+``_recordable(x)`` (whether x is a C-contiguous array of its own), and sets ``graphs`` (False: the
+contract's Python loop).
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Recording:
+    """The CUDA graphs of one ``step`` object, with the device buffers they were captured on."""
+
+    step: weakref.ref
+    key: tuple  # (samples, batch size, id(metrics)): a change means new buffers (metrics is held: no id reuse)
+    metrics: object
+    order: object  # the epoch's sample order (int64), copied here by each run_steps call
+    rows: object  # the current step's sample indices (int64, batch size)
+    sums: object  # the current step's loss and correct count (float64, 2)
+    step_no: object  # the step counter (int64, 1), on the device
+    graphs: dict = field(default_factory=dict)  # number of rows -> graph (None: capture failed)
+    seen: set = field(default_factory=set)  # numbers of rows that have run once (compiled, scratch grown)
+
+
+class GraphSteps:
+    """``run_steps`` with each batch shape captured once as a CUDA graph and replayed (see the module)."""
+
+    graphs = True
+    capture_error = None  # why the last capture failed, if it did
+    _recording = None
+
+    def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
+        rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
+        if rec is None:
+            return super().run_steps(step, idx, metrics, batch_size, first, stop)
+        self.copy_(rec.order, idx)
+        self.copy_(rec.step_no, self.asarray(np.array([first], np.int64)))  # once per epoch
+        n = idx.shape[0]
+        for s in range(first, stop):
+            rows = min(batch_size, n - s * batch_size)
+            graph = rec.graphs.get(rows)
+            if graph is None and rows in rec.seen and self.capture_error is None:
+                graph = rec.graphs[rows] = self._capture(functools.partial(self._window_step, rec, step, rows))
+            if graph is not None:
+                self._replay(graph)
+            else:
+                self._window_step(rec, step, rows)
+                rec.seen.add(rows)
+
+    def _recording_for(self, step, idx, metrics, batch_size):
+        """The recording of ``step`` on these buffers: the last one, or a new one (None: cannot record)."""
+        if idx.dtype != np.int64 or metrics.dtype != np.float64:
+            return None
+        if not (self._recordable(idx) and self._recordable(metrics)):
+            return None
+        key = (idx.shape[0], batch_size, id(metrics))
+        rec = self._recording
+        if rec is not None and rec.step() is step and rec.key == key:
+            return rec
+        try:
+            ref = weakref.ref(step)
+        except TypeError:
+            return None
+        self._recording = rec = Recording(
+            step=ref, key=key, metrics=metrics, order=self.empty(idx.shape[0], np.int64),
+            rows=self.empty(batch_size, np.int64), sums=self.zeros(2, np.float64), step_no=self.zeros(1, np.int64),
+        )  # fmt: skip
+        return rec
+
+    def _window_step(self, rec: Recording, step, rows: int) -> None:
+        """One step through the recording's buffers: rows ← order[step_no·B:], step, metrics[step_no] += sums."""
+        self._window_in(rec, rows)
+        step(rec.rows[:rows], rec.sums)
+        self._window_out(rec)

@@ -1,0 +1,63 @@
+"""The training step recorded as a CUDA graph and replayed (``graphs.GraphSteps``), on each backend under
+test that has it: replays give the same weights and metrics as the contract's Python loop, bit for bit.
+
+On a GPU the real capture runs. Under numba's CUDA simulator, which has no graphs, a stand-in
+"capture" keeps the step's Python callable and a "replay" calls it again: the recording's buffers,
+the device step counter and the window kernels then run as they do in a graph, which is what a
+replay can get wrong (a graph replays its kernels with the arguments they were captured with)."""
+
+import numpy as np
+import pytest
+
+from deltaprop import MLP
+from deltaprop.backends.graphs import GraphSteps
+
+
+@pytest.fixture
+def graph_backend(backend, monkeypatch):
+    if not isinstance(backend, GraphSteps):
+        pytest.skip(f"{backend.name} replays no graphs")
+    simulated = "simulator" in backend.device
+    if simulated:  # a replay re-runs the captured callable, with the arguments of its capture
+        monkeypatch.setattr(backend, "graphs", True)
+        monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
+        monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
+    monkeypatch.setattr(backend, "capture_error", None, raising=False)
+    return backend
+
+
+def fit_twice(backend, rng, **kw):
+    """The same fit with graphs and with the Python loop: (model, history) of each."""
+    X, y = rng.normal(size=(100, 6)), rng.integers(0, 3, 100)  # 6 steps of 16 and a tail of 4
+    kw = dict(epochs=3, batch_size=16, lr=0.05, **kw)
+    results = []
+    for graphs in (True, False):
+        backend.graphs = graphs
+        model = MLP([6, 9, 7, 3], activation="tanh", backend=backend.name, seed=5)  # the shared instance
+        results.append((model, model.fit(X, y, **kw)))
+    backend.graphs = True
+    return results
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 1e-3)])
+def test_replayed_steps_match_the_python_loop(graph_backend, rng, momentum, weight_decay):
+    (graphed, h1), (plain, h2) = fit_twice(graph_backend, rng, momentum=momentum, weight_decay=weight_decay)
+    assert graph_backend.capture_error is None
+    for (W1, b1), (W2, b2) in zip(graphed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    assert h1.loss == h2.loss and h1.accuracy == h2.accuracy  # the same sums, added in the same order
+
+
+def test_the_step_counter_moves_the_window(graph_backend, rng):
+    """Early in an epoch, mid-way and at the tail: a wrong window would train on the wrong rows."""
+    X, y = rng.normal(size=(37, 4)), rng.integers(0, 2, 37)  # 4 steps of 9 and a tail of 1
+    kw = dict(epochs=2, batch_size=9, lr=0.1, shuffle=True)
+    graph_backend.graphs = True
+    graphed = MLP([4, 5, 2], backend=graph_backend.name, seed=2)
+    graphed.fit(X, y, **kw)
+    reference = MLP([4, 5, 2], backend="numpy", seed=2)  # the same initial weights and epoch orders
+    reference.fit(X, y, **kw)
+    for (W1, b1), (W2, b2) in zip(graphed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(W1, W2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
