@@ -37,7 +37,7 @@ ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 THREADS = 256  # elementwise kernels
 ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)
-METRICS_WARPS = 32  # batch_metrics: the warps of its one block (METRICS_WARPS in the .cu)
+METRICS_WARPS = 8  # batch_metrics: the warps of its one block (METRICS_WARPS in the .cu)
 MAX_BLOCKS = 8192  # the kernels loop over grid strides
 i64, i32 = np.int64, np.int32
 

@@ -10,7 +10,7 @@
 #define LEAKY_SLOPE 0.1
 #define FULL_MASK 0xffffffffu
 #define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
-#define METRICS_WARPS 32   // batch_metrics: one block of 1024 threads
+#define METRICS_WARPS 8    // batch_metrics: one block of 256 threads
 
 template <typename T>
 __device__ __forceinline__ T phi(T a, int act) {
@@ -167,7 +167,7 @@ __global__ void bias_softmax(T* pre, T* z, const T* b, long long rows, long long
 // order by one thread and added to out once: the sums do not depend on scheduling (no atomics), so
 // a run repeats bit for bit and a count added to out is exact.
 template <typename T>
-__global__ void batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols,
+__global__ void __launch_bounds__(32 * METRICS_WARPS) batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols,
                               int loss, int accuracy) {
     __shared__ double warp_loss[METRICS_WARPS], warp_correct[METRICS_WARPS];
     int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
