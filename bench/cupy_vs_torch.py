@@ -18,7 +18,6 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from deltaprop import MLP, backends
 from deltaprop.backends.cupy_backend import CupyBackend
+from deltaprop.cli import git_commit
 
 RUNS = {"reference": ([784, 1024, 1024, 10], "relu", 128), "small": ([784, 30, 10], "sigmoid", 10)}
 LR = 0.05
@@ -94,10 +94,7 @@ def environment():
         env["torch"] = torch.__version__
     except ImportError:
         env["torch"] = None
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        env["commit"] = None
+    env["commit"] = git_commit()
     return env
 
 

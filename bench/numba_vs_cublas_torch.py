@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -155,10 +154,9 @@ def environment():
             env[pkg] = __import__(pkg).__version__
         except Exception as exc:  # noqa: BLE001
             env[pkg] = f"unavailable ({exc})"
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        env["commit"] = os.environ.get("DELTAPROP_COMMIT", "unknown")
+    from deltaprop.cli import git_commit
+
+    env["commit"] = git_commit()
     return env
 
 

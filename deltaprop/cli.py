@@ -401,7 +401,10 @@ def device_description(backend_name: str) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of a git checkout that deltaprop runs from (an editable install), else None."""
+    """The commit of a git checkout that deltaprop runs from (an editable install), else None;
+    $DELTAPROP_COMMIT where that is set (a copy of the tree on another machine may carry a stale .git)."""
+    if os.environ.get("DELTAPROP_COMMIT"):
+        return os.environ["DELTAPROP_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backends
+from ..cli import git_commit
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def machine_info() -> dict:
     """The device, driver, CUDA and library versions, CPU model and cores, git commit and date of this run."""
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": _git(),
+        "git": git_commit(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "load_average": _load(),  # other work on the machine distorts every timing: see it at the start and end
@@ -155,19 +156,6 @@ def _version(package):
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _git():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if commit.returncode:
-        return None
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _cpu_model():
