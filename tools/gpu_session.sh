@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a session with a GPU runs (issues 4, 5, 6), in one call of the device tool:
-#   bash tools/gpu_session.sh [STEP ...]     steps: env tests repeat bench-numba bench-cupy bench-all
+#   bash tools/gpu_session.sh [STEP ...]     steps: env tests gputests repeat bench-numba bench-cupy sweep
+#                                            bench-all bench-train bench-peers bench-kernels bench-tta
 # Logs go to $OUT (or .gpu/out here); the summary of each step is printed last.
 # The MNIST cache travels as .xdg/deltaprop/mnist.npz (carry .xdg): the device has no network.
 set -u
@@ -36,6 +37,10 @@ for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
          for t in "${tiles[@]}"; do
            step "sweep-${t// /_}" 60 $PY bench/numba_vs_cublas_torch.py --only gemm --sizes 4096 --repeat 5 --tiles $t --out /tmp/sweep; done ;;
   bench-all) step bench-all 560 $PY -m bench --out "$OUT" ${BENCH_ARGS:-} ;;
+  bench-train|bench-peers|bench-kernels|bench-tta)  # one suite of `python -m bench`, results named by it
+         step $s 200 $PY -m bench ${s#bench-} --backends ${BENCH_BACKENDS:-numba-cuda,cupy,numpy} --out "$OUT" \
+              --machine "${MACHINE:-gpu}-${s#bench-}" ${BENCH_ARGS:-} ;;
   *) echo "unknown step $s"; exit 2 ;;
 esac; done; done
 printf '%s\n' "${summary[@]}"
+if [[ -n ${PACK:-} ]]; then (cd "$OUT" && tar czf gpu-session.tgz --remove-files -- *); fi  # one file: the device returns 8
