@@ -193,4 +193,5 @@ class _Graph:
 
     def __init__(self, executable, stream: int, driver):
         self.launch = functools.partial(driver.cuGraphLaunch, executable, stream)
-        weakref.finalize(self, driver.cuGraphExecDestroy, executable)
+        # at exit the driver frees it with the context, which may already be gone: no call then
+        weakref.finalize(self, driver.cuGraphExecDestroy, executable).atexit = False
