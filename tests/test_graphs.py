@@ -17,9 +17,8 @@ from deltaprop.backends.graphs import GraphSteps
 def graph_backend(backend, monkeypatch):
     if not isinstance(backend, GraphSteps):
         pytest.skip(f"{backend.name} replays no graphs")
-    simulated = "simulator" in backend.device
-    if simulated:  # a replay re-runs the captured callable, with the arguments of its capture
-        monkeypatch.setattr(backend, "graphs", True)
+    monkeypatch.setattr(backend, "graphs", True)  # the tests switch it; teardown puts back the shared instance's
+    if "simulator" in backend.device:  # a replay re-runs the captured callable, with the arguments of its capture
         monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
         monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
     monkeypatch.setattr(backend, "capture_error", None, raising=False)
@@ -35,7 +34,6 @@ def fit_twice(backend, rng, **kw):
         backend.graphs = graphs
         model = MLP([6, 9, 7, 3], activation="tanh", backend=backend.name, seed=5)  # the shared instance
         results.append((model, model.fit(X, y, **kw)))
-    backend.graphs = True
     return results
 
 
@@ -53,7 +51,6 @@ def test_the_step_counter_moves_the_window(graph_backend, rng):
     """Early in an epoch, mid-way and at the tail: a wrong window would train on the wrong rows."""
     X, y = rng.normal(size=(37, 4)), rng.integers(0, 2, 37)  # 4 steps of 9 and a tail of 1
     kw = dict(epochs=2, batch_size=9, lr=0.1, shuffle=True)
-    graph_backend.graphs = True
     graphed = MLP([4, 5, 2], backend=graph_backend.name, seed=2)
     graphed.fit(X, y, **kw)
     reference = MLP([4, 5, 2], backend="numpy", seed=2)  # the same initial weights and epoch orders

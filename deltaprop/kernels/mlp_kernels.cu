@@ -167,8 +167,8 @@ __global__ void bias_softmax(T* pre, T* z, const T* b, long long rows, long long
 // order by one thread and added to out once: the sums do not depend on scheduling (no atomics), so
 // a run repeats bit for bit and a count added to out is exact.
 template <typename T>
-__global__ void __launch_bounds__(32 * METRICS_WARPS) batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols,
-                              int loss, int accuracy) {
+__global__ void __launch_bounds__(32 * METRICS_WARPS)
+batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, long long cols, int loss, int accuracy) {
     __shared__ double warp_loss[METRICS_WARPS], warp_correct[METRICS_WARPS];
     int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
     double my_loss = 0.0, my_correct = 0.0;
