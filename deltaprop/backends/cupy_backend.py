@@ -100,7 +100,7 @@ class CupyBackend(GraphSteps, Backend):
         self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
-        self._handle = None
+        self._lib = self._handle = None  # libcublas (ctypes) and this backend's handle, made on first use
         self._workspace = None
         self._stream = None
 
@@ -140,16 +140,16 @@ class CupyBackend(GraphSteps, Backend):
     def _cublas(self):
         """libcublas and this backend's handle (made on first use), bound to the current stream."""
         xp = self.xp
-        lib = _libcublas(xp.cuda.runtime.runtimeGetVersion() // 1000)
         if self._handle is None:
+            self._lib = lib = _libcublas(xp.cuda.runtime.runtimeGetVersion() // 1000)
             handle = ctypes.c_void_p()
             _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
             _check(lib.cublasSetMathMode(handle, 3 if self.tf32 else 0), "cublasSetMathMode")  # TF32_TENSOR_OP / DEFAULT
             self._workspace = xp.empty(CUBLAS_WORKSPACE, dtype=np.uint8)
             _check(lib.cublasSetWorkspace_v2(handle, self._workspace.data.ptr, CUBLAS_WORKSPACE), "cublasSetWorkspace")
             self._handle = handle
-        _check(lib.cublasSetStream_v2(self._handle, xp.cuda.get_current_stream().ptr), "cublasSetStream")
-        return lib, self._handle
+        _check(self._lib.cublasSetStream_v2(self._handle, xp.cuda.get_current_stream().ptr), "cublasSetStream")
+        return self._lib, self._handle
 
     def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
         """C ← alpha·op(A)·op(B) + beta·C for C-contiguous (row-major) matrices.
