@@ -2,11 +2,12 @@
 
     python bench/numba_vs_cublas_torch.py                 # both parts
     python bench/numba_vs_cublas_torch.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
-    python bench/numba_vs_cublas_torch.py --only gemm --tiles 128 128 8 8 8   # another tiling of the same kernel
-    python bench/numba_vs_cublas_torch.py --only mnist --tiles 32 32 16 2 2   # smaller tiles: more blocks at batch 128
+    python bench/numba_vs_cublas_torch.py --only gemm --tiles 64 64 16 4 4    # one tiling, not the one picked by size
+    python bench/numba_vs_cublas_torch.py --only mnist --tiles 64 64 16 4 4   # every GEMM of the epoch with that tiling
     python bench/numba_vs_cublas_torch.py --only mnist    # MNIST-sized epoch against PyTorch eager
 
-GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (GPU_TILES) against cupy.matmul,
+GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (the tiling the backend picks for
+an n × n output, or --tiles) against cupy.matmul,
 each timed with CUDA events over --repeat runs after one warm-up; TFLOP/s = 2n³ / time.
 MNIST: the reference net 784-1024-1024-10, ReLU, softmax + cross-entropy, batch 128, float32, SGD
 with momentum 0.9, on 60000 random samples of MNIST's shape (the time of an epoch does not depend
@@ -37,10 +38,12 @@ def gemm(sizes, repeat, tiles):
 
     from deltaprop.kernels import numba_gemm as g
 
-    tiles = g.Tiles(*tiles) if tiles else g.GPU_TILES
-    kernel = g.forward("identity", False, False, np.float32, tiles)  # C = A·B + 0: the epilogue is noise at n³
+    fixed = g.Tiles(*tiles).check() if tiles else None
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     rows = []
     for n in sizes:
+        tiles = fixed or g.pick(g.GPU_TILES, n, n, sms)  # the tiling the backend would pick
+        kernel = g.forward("identity", False, False, np.float32, tiles)  # C = A·B + 0: the epilogue is noise at n³
         A = cp.random.standard_normal((n, n), dtype=cp.float32)
         B = cp.random.standard_normal((n, n), dtype=cp.float32)
         C, zero = cp.empty((n, n), cp.float32), cp.zeros(n, cp.float32)
@@ -78,9 +81,10 @@ def mnist(epochs, tiles):
     y = rng.integers(0, 10, 60000)
     out = {"net": "784-1024-1024-10 relu softmax+cross_entropy, batch 128, float32, SGD momentum 0.9"}
     model = MLP([784, 1024, 1024, 10], activation="relu", backend="numba-cuda", dtype="float32", seed=0)
+    saved = model.backend.tilings
     if tiles:
-        model.backend.tiles = g.Tiles(*tiles)
-    out["tiles"] = list(model.backend.tiles)
+        model.backend.tilings = (g.Tiles(*tiles).check(),)
+    out["tilings"] = [list(t) for t in model.backend.tilings]
     launches, replays = model.backend.launches, model.backend.replays
     hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
     steps = (epochs + 1) * -(-60000 // 128)
@@ -95,7 +99,7 @@ def mnist(epochs, tiles):
         out["deltaprop_eager_epoch_s"] = statistics.median(
             eager.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9).seconds[1:])
     finally:
-        eager.backend.graphs = True
+        eager.backend.graphs, eager.backend.tilings = True, saved
     print(f"deltaprop numba-cuda: {out['deltaprop_epoch_s']:.3f} s/epoch with CUDA graphs, "
           f"{out['deltaprop_eager_epoch_s']:.3f} s/epoch launching each kernel", flush=True)
     try:
@@ -165,7 +169,7 @@ def main():
     p.add_argument("--only", choices=["gemm", "mnist"])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="GEMM tiles to try (both parts)")
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="one GEMM tiling for every GEMM (both parts), instead of picking by size")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()

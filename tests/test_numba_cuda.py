@@ -72,7 +72,24 @@ def _f64(x):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
     """forward (relu and softmax), hidden δ and the SGD update at MNIST sizes and beyond."""
-    dt = np.dtype(dtype)
+    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_tiling_against_float64(nb, rng, which, dtype, monkeypatch):
+    """Each tiling the backend may pick, forced for every GEMM, on shapes that are no multiple of it."""
+    assert len(nb.tilings) == 3
+    tiles = nb.tilings[which]
+    monkeypatch.setattr(nb, "tilings", (tiles,))
+    if "simulator" in nb.device:
+        B, n_in, n_out = tiles.bm + 3, 2 * tiles.bk + 1, tiles.bn + 5  # two tiles a side, K past a stage
+    else:
+        B, n_in, n_out = 2 * tiles.bm + 1, 33 * tiles.bk + 3, 3 * tiles.bn - 7
+    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype))
+
+
+def _check_layer(nb, rng, B, n_in, n_out, dt):
     X, W, b = (rng.normal(size=s).astype(dt) for s in ((B, n_in), (n_in, n_out), (n_out,)))
     D, vW, vb = (rng.normal(size=s).astype(dt) for s in ((B, n_out), (n_in, n_out), (n_out,)))
     scale = np.sqrt(n_in)  # the size of a sum of n_in unit products: the tolerance grows with it
@@ -90,6 +107,10 @@ def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
     delta = nb.empty((B, n_in), dt)
     nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(Z), "relu", delta)
     assert_close(nb.to_numpy(delta), (Z > 0) * (_f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
+    dW, db = nb.empty((n_in, n_out), dt), nb.empty(n_out, dt)
+    nb.weight_grad(nb.asarray(X), nb.asarray(D), dW, db)
+    assert_close(nb.to_numpy(dW), _f64(X).T @ D / B, dt, scale=np.sqrt(B))
+    assert_close(nb.to_numpy(db), _f64(D).mean(axis=0), dt, scale=np.sqrt(B))
     Wd, bd, vWd, vbd = (nb.asarray(x) for x in (W, b, vW, vb))
     nb.sgd_update(nb.asarray(X), nb.asarray(D), Wd, bd, vWd, vbd, 0.1, 0.9, 1e-3)
     g = _f64(X).T @ D / B + 1e-3 * _f64(W)
@@ -120,7 +141,27 @@ def test_one_host_call_per_replayed_step(nb):
 def test_real_device_uses_the_large_tiles(nb):
     from deltaprop.kernels.numba_gemm import GPU_TILES
 
-    assert nb.tiles == GPU_TILES and "simulator" not in nb.device
+    assert nb.tilings == GPU_TILES and "simulator" not in nb.device
+    assert nb.multiprocessors == nb.cuda.get_current_device().MULTIPROCESSOR_COUNT > 1
+
+
+def test_tilings_follow_the_rules_of_the_main_loop():
+    from deltaprop.kernels.numba_gemm import GPU_TILES, SIM_TILES, Tiles
+
+    for tiles in GPU_TILES + SIM_TILES:
+        assert tiles.check() is tiles and tiles.threads <= 1024
+    assert [t.bm * t.bn for t in GPU_TILES] == sorted((t.bm * t.bn for t in GPU_TILES), reverse=True)
+    for bad, why in [((96, 64, 16, 6, 4), "groups of 4"), ((64, 64, 16, 3, 4), "divide"),
+                     ((64, 64, 1, 4, 4), "evenly"), ((256, 256, 8, 4, 4), "1024"), ((64, 64, 0, 4, 4), "positive")]:
+        with pytest.raises(ValueError, match=why):
+            Tiles(*bad).check()
+
+
+@pytest.mark.parametrize("rows,cols,want", [(4096, 4096, 0), (2048, 1024, 1), (128, 1024, 2), (128, 10, 2), (1025, 1024, 1)])
+def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
+    from deltaprop.kernels.numba_gemm import GPU_TILES, pick
+
+    assert pick(GPU_TILES, rows, cols, 132) == GPU_TILES[want]  # an H100's 132 multiprocessors
 
 
 def test_simulator_shared_arrays_are_shared(nb):

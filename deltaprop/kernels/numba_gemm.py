@@ -2,9 +2,16 @@
 
 One kernel computes one (BM × BN) tile of C per block: the K axis is walked BK at a time
 through shared memory, and each of the (BN/TN) × (BM/TM) threads keeps TM × TN outputs in
-registers (rows ty + i·BM/TM, columns tx + j·BN/TN: strided, so that the shared reads of a warp
-are broadcasts or consecutive and the global writes of the epilogue are coalesced). Loads are
-zero-filled past the edges, so any M, N, K works.
+registers, in groups of up to 4 consecutive rows and columns (``_mainloop``), read from shared
+memory as vector loads. The next stage's global loads go to registers while this one is computed.
+Loads are zero-filled past the edges, so any M, N, K works. Each GEMM picks its tiling by the size
+of its output (``pick``): large tiles for large outputs, small ones when the grid would leave
+multiprocessors idle (at batch 128, 32 × 32 tiles give 4× the blocks of 64 × 64).
+
+What the inner loop compiles to is checked without a GPU by tools/sass_stats.py (registers, spills,
+the FMA share of a stage's instructions); numba has no unroll pragma, so the k loop of a stage is
+unrolled by nesting inlined calls, and indices are cast to unsigned (``U``): numba wraps a signed
+index around, a compare and a select per access, that LLVM cannot always remove.
 
 Layouts (no transpose is ever materialised, the loader reads the operand as it lies):
   "nn"  C = A·B,  A (M, K), B (K, N)   forward:      z_prev·W
@@ -19,7 +26,7 @@ Epilogues, each its own kernel:
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, lr, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= lr·v, likewise b (no decay).
-Kernels are built per (epilogue, activation, dtype, tiles), on first use, and cached; accumulators
+Kernels are built per (epilogue, activation, dtype, tiling), on first use, and cached; accumulators
 have the array dtype (float32 for float32).
 """
 
@@ -34,6 +41,8 @@ from numba import cuda
 
 from .numba_activations import dphi, phi
 
+U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
+
 
 class Tiles(NamedTuple):
     bm: int  # rows of C per block
@@ -46,28 +55,157 @@ class Tiles(NamedTuple):
     def block(self):
         return (self.bn // self.tn, self.bm // self.tm)  # (x, y) threads
 
+    @property
+    def threads(self) -> int:
+        return (self.bn // self.tn) * (self.bm // self.tm)
+
     def grid(self, rows: int, cols: int):
         return (math.ceil(cols / self.bn), math.ceil(rows / self.bm))
 
+    def check(self) -> Tiles:
+        """These tiles, or ValueError saying which rule of the main loop they break."""
+        bm, bn, bk, tm, tn = self
+        if any(not isinstance(x, int) or x < 1 for x in self):
+            raise ValueError(f"tiles {tuple(self)}: every size must be a positive int")
+        if bm % tm or bn % tn:
+            raise ValueError(f"tiles {tuple(self)}: tm must divide bm and tn must divide bn")
+        for t in (tm, tn):
+            if t > 4 and t % 4:
+                raise ValueError(f"tiles {tuple(self)}: a thread's rows (tm) and columns (tn) are groups of 4 when more than 4")
+        if self.threads > 1024:
+            raise ValueError(f"tiles {tuple(self)}: {self.threads} threads per block, more than CUDA's 1024")
+        if (bm * bk) % self.threads or (bn * bk) % self.threads:
+            raise ValueError(f"tiles {tuple(self)}: the {self.threads} threads must share the loads of a stage evenly")
+        return self
 
-GPU_TILES = Tiles(64, 64, 16, 4, 4)  # 256 threads, 16 outputs each
-SIM_TILES = Tiles(8, 8, 8, 4, 4)  # the simulator (4 threads): the same code paths (edges, several tiles) on tiny shapes
+
+# Largest first: a GEMM takes the first tiling whose grid has at least as many blocks as the GPU has
+# multiprocessors, else the last (``pick``). Per thread: TM × TN accumulators, fed from shared memory by
+# TM/4 + TN/4 vector loads per step of k.
+GPU_TILES = (
+    Tiles(128, 128, 8, 8, 8),  # 256 threads, 64 outputs each: the large GEMMs
+    Tiles(64, 64, 16, 4, 4),  # 256 threads, 16 outputs each
+    Tiles(32, 32, 16, 2, 2),  # 256 threads, 4 outputs each: small outputs (batch × width at batch 128)
+)
+SIM_TILES = (  # the simulator runs a thread per Python thread: 4 threads, the same code paths on tiny shapes
+    Tiles(16, 16, 4, 8, 8),  # two groups of 4 rows and columns per thread
+    Tiles(8, 8, 4, 4, 4),
+    Tiles(4, 4, 4, 2, 2),
+)
+
+
+def pick(candidates, rows: int, cols: int, multiprocessors: int) -> Tiles:
+    """The tiling for a (rows × cols) output: the largest that still gives every multiprocessor a block."""
+    for tiles in candidates:
+        grid = tiles.grid(rows, cols)
+        if grid[0] * grid[1] >= multiprocessors:
+            return tiles
+    return candidates[-1]
+
+
+def _groups(t: int):
+    """A thread's ``t`` rows (or columns) as G groups of V consecutive ones: (G, V)."""
+    v = min(t, 4)
+    return t // v, v
+
+
+def _twice(step, width: int):
+    """Device function doing ``step`` at kk and then at kk + width."""
+
+    @cuda.jit(device=True, inline="always")
+    def twice(As, Bs, ar, br, acc, kk, tx, ty):
+        step(As, Bs, ar, br, acc, kk, tx, ty)
+        step(As, Bs, ar, br, acc, kk + width, tx, ty)
+
+    return twice
+
+
+def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
+    """Device functions that move one operand's (BK × BP) stage: ``fetch`` global → registers, ``put``
+    registers → shared memory, stored as (k, p).
+
+    The operand X is (K, P) when ``k_major``, else (P, K). Consecutive threads take consecutive
+    elements along X's rows (coalesced reads). Past the edges an element is zero; with ``ones_row``,
+    row P of the operand (p == P) is ones (the bias row of the gradient GEMM).
+    """
+    L = BP * BK // NT  # elements per thread
+    zero, one = kind(0.0), kind(1.0)
+
+    @cuda.jit(device=True, inline="always")
+    def where(e):  # (k, p) within the stage of the e-th element
+        if k_major:
+            return e // BP, e % BP
+        return e % BK, e // BK
+
+    @cuda.jit(device=True, inline="always")
+    def fetch(X, reg, t, p0, k0, P, K):
+        for r in range(L):
+            kk, pp = where(t + r * NT)
+            k, p = k0 + kk, p0 + pp
+            v = zero
+            if k < K:
+                if p < P:
+                    v = X[U(k), U(p)] if k_major else X[U(p), U(k)]
+                elif ones_row and p == P:
+                    v = one
+            reg[r] = v
+
+    @cuda.jit(device=True, inline="always")
+    def put(S, reg, t):
+        for r in range(L):
+            kk, pp = where(t + r * NT)
+            S[U(kk), U(pp)] = reg[r]
+
+    return fetch, put
 
 
 @functools.cache
 def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
-    """The device function that accumulates one tile of C into ``acc`` (TM × TN)."""
-    BM, BN, BK, TM, TN = tiles
+    """The device function that accumulates one tile of C into ``acc`` (TM × TN).
+
+    Thread (tx, ty) owns rows  (i // V)·BM/G + ty·V + i % V  and the columns likewise (``_coords``):
+    groups of V ≤ 4 consecutive rows, so that one step of k reads a thread's operands from shared
+    memory as TM/V + TN/V vector loads (a warp reads a group's rows as one broadcast, its columns as
+    consecutive 16-byte words: no bank conflict), and the global writes of the epilogue stay coalesced.
+    The next stage's global loads are issued into registers before this stage is computed.
+    """
+    BM, BN, BK, TM, TN = tiles.check()
     TX, TY = tiles.block
     NT = TX * TY
+    LA, LB = BM * BK // NT, BN * BK // NT  # elements of a stage each thread loads
+    GM, VM = _groups(TM)
+    GN, VN = _groups(TN)
     TA, TB = layout == "tn", layout == "nt"  # A read as (K, M); B read as (N, K)
-    zero, one = kind(0.0), kind(1.0)
-    A_SHAPE, B_SHAPE = (BK, BM + 1), (BK, BN + 1)  # +1: fewer bank conflicts on transposing stores
+    zero = kind(0.0)
+    PAD = 4  # keeps rows 16-byte aligned; the transposing stores see at most 2-way bank conflicts
+    A_SHAPE, B_SHAPE = (BK, BM + PAD), (BK, BN + PAD)
+
+    fetch_a, put_a = _stage(BM, BK, NT, TA, bias_row, kind)  # A as (K, M) when TA, else (M, K)
+    fetch_b, put_b = _stage(BN, BK, NT, not TB, False, kind)  # B as (K, N), or (N, K) when TB
+
+    @cuda.jit(device=True, inline="always")
+    def step(As, Bs, ar, br, acc, kk, tx, ty):
+        """acc += (column kk of the A tile) ⊗ (row kk of the B tile), for this thread's rows and columns."""
+        for g in range(GM):
+            for v in range(VM):
+                ar[g * VM + v] = As[U(kk), U(g * (BM // GM) + ty * VM + v)]
+        for g in range(GN):
+            for v in range(VN):
+                br[g * VN + v] = Bs[U(kk), U(g * (BN // GN) + tx * VN + v)]
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] += ar[i] * br[j]
+
+    steps, UNROLL = step, 1  # numba has no unroll pragma, and LLVM does not unroll this loop: nest the calls
+    while BK % (2 * UNROLL) == 0:
+        steps, UNROLL = _twice(steps, UNROLL), 2 * UNROLL
 
     @cuda.jit(device=True)
     def mainloop(A, B, acc):
         As = cuda.shared.array(A_SHAPE, kind)
         Bs = cuda.shared.array(B_SHAPE, kind)
+        ra = cuda.local.array(LA, kind)
+        rb = cuda.local.array(LB, kind)
         ar = cuda.local.array(TM, kind)
         br = cuda.local.array(TN, kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -79,42 +217,36 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = zero
+        fetch_a(A, ra, t, m0, 0, M, K)
+        fetch_b(B, rb, t, n0, 0, N, K)
         for k0 in range(0, K, BK):
-            for e in range(t, BM * BK, NT):  # consecutive threads read consecutive addresses
-                if TA:
-                    mm, kk = e % BM, e // BM
-                else:
-                    kk, mm = e % BK, e // BK
-                m, k = m0 + mm, k0 + kk
-                v = zero
-                if k < K:
-                    if m < M:
-                        v = A[k, m] if TA else A[m, k]
-                    elif bias_row and m == M:
-                        v = one
-                As[kk, mm] = v
-            for e in range(t, BN * BK, NT):
-                if TB:
-                    kk, nn = e % BK, e // BK
-                else:
-                    nn, kk = e % BN, e // BN
-                n, k = n0 + nn, k0 + kk
-                v = zero
-                if k < K and n < N:
-                    v = B[n, k] if TB else B[k, n]
-                Bs[kk, nn] = v
+            put_a(As, ra, t)
+            put_b(Bs, rb, t)
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
+            if k0 + BK < K:  # the next stage, in flight while this one is computed
+                fetch_a(A, ra, t, m0, k0 + BK, M, K)
+                fetch_b(B, rb, t, n0, k0 + BK, N, K)
+            for kk in range(0, BK, UNROLL):
+                steps(As, Bs, ar, br, acc, kk, tx, ty)
             cuda.syncthreads()
 
     return mainloop
+
+
+@functools.cache
+def _coords(tiles: Tiles):
+    """Device function (i, j) → (m, n): the row and column of C that a thread's acc[i, j] holds."""
+    BM, BN, _, TM, TN = tiles
+    GM, VM = _groups(TM)
+    GN, VN = _groups(TN)
+
+    @cuda.jit(device=True, inline="always")
+    def coords(i, j):
+        m = cuda.blockIdx.y * BM + (i // VM) * (BM // GM) + cuda.threadIdx.y * VM + i % VM
+        n = cuda.blockIdx.x * BN + (j // VN) * (BN // GN) + cuda.threadIdx.x * VN + j % VN
+        return m, n
+
+    return coords
 
 
 @functools.cache
@@ -124,6 +256,7 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles):
     f = phi(act, kind)
     BM, BN, BK, TM, TN = tiles
     TX, TY = tiles.block
+    coords = _coords(tiles)
     one = kind(1.0)
 
     @cuda.jit
@@ -131,11 +264,9 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[1]
-        m0, n0 = cuda.blockIdx.y * BM + cuda.threadIdx.y, cuda.blockIdx.x * BN + cuda.threadIdx.x
         for i in range(TM):
-            m = m0 + i * TY
             for j in range(TN):
-                n = n0 + j * TX
+                m, n = coords(i, j)
                 if m < M and n < N:
                     pre = acc[i, j] + bias[n]
                     if store_a:
@@ -173,18 +304,16 @@ def hidden(act: str, kind, tiles: Tiles):
     mainloop = _mainloop("nt", False, kind, tiles)
     d = dphi(act, kind)
     BM, BN, BK, TM, TN = tiles
-    TX, TY = tiles.block
+    coords = _coords(tiles)
 
     @cuda.jit
     def kernel(A, B, z, delta):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[0]
-        m0, n0 = cuda.blockIdx.y * BM + cuda.threadIdx.y, cuda.blockIdx.x * BN + cuda.threadIdx.x
         for i in range(TM):
-            m = m0 + i * TY
             for j in range(TN):
-                n = n0 + j * TX
+                m, n = coords(i, j)
                 if m < M and n < N:
                     delta[m, n] = acc[i, j] * d(z[m, n])
 
@@ -196,18 +325,16 @@ def grad(kind, tiles: Tiles):
     """Kernel (A, B, dW, db, scale): dW = scale·AᵀB, db = scale·(column sums of B)."""
     mainloop = _mainloop("tn", True, kind, tiles)
     BM, BN, BK, TM, TN = tiles
-    TX, TY = tiles.block
+    coords = _coords(tiles)
 
     @cuda.jit
     def kernel(A, B, dW, db, scale):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[1], B.shape[1]
-        m0, n0 = cuda.blockIdx.y * BM + cuda.threadIdx.y, cuda.blockIdx.x * BN + cuda.threadIdx.x
         for i in range(TM):
-            m = m0 + i * TY
             for j in range(TN):
-                n = n0 + j * TX
+                m, n = coords(i, j)
                 if m < M and n < N:
                     dW[m, n] = acc[i, j] * scale
                 elif m == M and n < N:
@@ -225,18 +352,16 @@ def sgd(momentum: bool, kind, tiles: Tiles):
     """
     mainloop = _mainloop("tn", True, kind, tiles)
     BM, BN, BK, TM, TN = tiles
-    TX, TY = tiles.block
+    coords = _coords(tiles)
 
     @cuda.jit
     def kernel(A, B, W, b, vW, vb, lr, mu, decay, scale):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[1], B.shape[1]
-        m0, n0 = cuda.blockIdx.y * BM + cuda.threadIdx.y, cuda.blockIdx.x * BN + cuda.threadIdx.x
         for i in range(TM):
-            m = m0 + i * TY
             for j in range(TN):
-                n = n0 + j * TX
+                m, n = coords(i, j)
                 if m < M and n < N:
                     g = acc[i, j] * scale + decay * W[m, n]
                     if momentum:

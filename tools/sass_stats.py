@@ -1,0 +1,119 @@
+"""Static look at a numba-cuda GEMM kernel's machine code, without a GPU: registers, spills, shared
+memory, and the instruction mix of its main loop (FFMA share, shared-memory load widths).
+
+    python tools/sass_stats.py                       # every GPU tiling, forward kernel, float32
+    python tools/sass_stats.py --tiles 64 64 16 4 4 --kernel sgd --dtype float64
+
+Needs libnvvm (the CUDA toolkit), NVRTC, ptxas and cuobjdump: on a machine without them,
+``pip install nvidia-cuda-nvrtc nvidia-cuda-cuobjdump`` and put that package's bin/ on PATH.
+numba-cuda asks the current device for the compute capability of a device function; there is
+no device here, so this script answers for it (``--cc``). A figure here is a proxy: only a GPU
+run (bench/numba_vs_cublas_torch.py) says how fast a kernel is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from collections import Counter
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def compile_kernel(kernel: str, tiles, dtype, cc):
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda, from_dtype
+
+    from deltaprop.kernels import numba_gemm as g
+
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    kind = np.dtype(dtype).type
+    t = from_dtype(np.dtype(dtype))
+    m, v = t[:, ::1], t[::1]
+    if kernel == "forward":
+        k, sig = g.forward("relu", True, False, kind, tiles), (m, m, v, m, m)
+    elif kernel == "hidden":
+        k, sig = g.hidden("relu", kind, tiles), (m, m, m, m)
+    else:
+        k, sig = g.sgd(True, kind, tiles), (m, m, m, v, m, v, t, t, t, t)
+    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc)
+    return ptx
+
+
+def analyse(ptx: str, cc, tiles) -> dict:
+    arch = f"sm_{cc[0]}{cc[1]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        info = subprocess.run(["ptxas", f"-arch={arch}", "-v", src, "-o", cubin], capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    out = {
+        "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+        "spill bytes": sum(int(x) for x in re.findall(r"(\d+) bytes spill", info)),
+        "shared bytes": int((re.search(r"(\d+) bytes smem", info) or [0, 0])[1]),
+    }
+    code = []  # (address, opcode, text)
+    for line in sass.splitlines():
+        mm = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*);", line)
+        if mm:
+            code.append((int(mm.group(1), 16), mm.group(3), mm.group(3) + mm.group(4)))
+    loops = []  # (start, end) of every backward branch
+    for addr, op, text in code:
+        target = re.search(r"BRA (0x[0-9a-f]+)", text)
+        if op.startswith("BRA") and target and int(target.group(1), 16) <= addr:
+            loops.append((int(target.group(1), 16), addr))
+
+    def body(lo, hi):
+        return [c for c in code if lo <= c[0] <= hi]
+
+    bar = [a for a, op, _ in code if op.startswith("BAR")]
+    stage = [lp for lp in loops if any(lp[0] <= a <= lp[1] for a in bar)]  # the loop over k's stages
+    if not stage:
+        return out
+    outer = min(stage, key=lambda lp: lp[1] - lp[0])
+    inner = [lp for lp in loops if outer[0] < lp[0] and lp[1] < outer[1] and any(op == "FFMA" or op == "DFMA" for _, op, _ in body(*lp))]
+    fma_per_k = tiles.tm * tiles.tn
+    counts = Counter()  # dynamic count over one stage, the FMA loop's trips included, other branches as written
+    n_outer = body(*outer)
+    for c in n_outer:
+        counts[c[1]] += 1
+    for lp in inner:
+        b = body(*lp)
+        per_trip = sum(op in ("FFMA", "DFMA") for _, op, _ in b)
+        trips = tiles.bk * fma_per_k // max(per_trip, 1) - 1  # once counted above
+        for c in b:
+            counts[c[1]] += trips
+    total = sum(counts.values())
+    fma = counts["FFMA"] + counts["DFMA"]
+    out["instructions per stage"] = total
+    out["FMA share"] = round(fma / total, 3)
+    out["shared loads per stage"] = {k: v for k, v in sorted(counts.items()) if k.startswith("LDS")}
+    out["global loads per stage"] = sum(v for k, v in counts.items() if k.startswith(("LDG", "LD.")))
+    out["k loop unrolled"] = not inner
+    return out
+
+
+def main(argv=None):
+    from deltaprop.kernels import numba_gemm as g
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"))
+    p.add_argument("--kernel", choices=("forward", "hidden", "sgd"), default="forward")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--cc", type=int, nargs=2, default=(9, 0))
+    args = p.parse_args(argv)
+    for tiles in [g.Tiles(*args.tiles)] if args.tiles else g.GPU_TILES:
+        stats = analyse(compile_kernel(args.kernel, tiles, args.dtype, tuple(args.cc)), tuple(args.cc), tiles)
+        print(f"{args.kernel} {args.dtype} tiles {tuple(tiles)}: {stats}")
+
+
+if __name__ == "__main__":
+    main()
