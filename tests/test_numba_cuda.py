@@ -162,6 +162,7 @@ def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
     from deltaprop.kernels.numba_gemm import GPU_TILES, pick
 
     assert pick(GPU_TILES, rows, cols, 132) == GPU_TILES[want]  # an H100's 132 multiprocessors
+    assert pick(GPU_TILES, rows, cols, 132, itemsize=8) == GPU_TILES[max(want, 1)]  # no 8×8 float64 accumulators
 
 
 def test_simulator_shared_arrays_are_shared(nb):

@@ -92,15 +92,21 @@ SIM_TILES = (  # the simulator runs a thread per Python thread: 4 threads, the s
     Tiles(8, 8, 4, 4, 4),
     Tiles(4, 4, 4, 2, 2),
 )
+ACC_BYTES = 64 * 4  # a thread's accumulators, at most: 64 registers
 
 
-def pick(candidates, rows: int, cols: int, multiprocessors: int) -> Tiles:
-    """The tiling for a (rows × cols) output: the largest that still gives every multiprocessor a block."""
-    for tiles in candidates:
+def pick(candidates, rows: int, cols: int, multiprocessors: int, itemsize: int = 4) -> Tiles:
+    """The tiling for a (rows × cols) output: the largest that still gives every multiprocessor a block.
+
+    Tilings whose accumulators take more than 64 registers a thread (``ACC_BYTES``: 8 × 8 in float32,
+    not in float64, where ptxas reaches 254 registers and spills) are passed over.
+    """
+    fitting = [t for t in candidates if t.tm * t.tn * itemsize <= ACC_BYTES] or [candidates[-1]]
+    for tiles in fitting:
         grid = tiles.grid(rows, cols)
         if grid[0] * grid[1] >= multiprocessors:
             return tiles
-    return candidates[-1]
+    return fitting[-1]
 
 
 def _groups(t: int):
