@@ -37,11 +37,13 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from .numba_activations import dphi, phi
 
 U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
+# shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
+ALIGN = None if config.ENABLE_CUDASIM else 16
 
 
 class Tiles(NamedTuple):
@@ -208,8 +210,8 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
 
     @cuda.jit(device=True)
     def mainloop(A, B, acc):
-        As = cuda.shared.array(A_SHAPE, kind)
-        Bs = cuda.shared.array(B_SHAPE, kind)
+        As = cuda.shared.array(A_SHAPE, kind, alignment=ALIGN)
+        Bs = cuda.shared.array(B_SHAPE, kind, alignment=ALIGN)
         ra = cuda.local.array(LA, kind)
         rb = cuda.local.array(LB, kind)
         ar = cuda.local.array(TM, kind)
