@@ -3,6 +3,7 @@ memory, and the instruction mix of its main loop (FFMA share, shared-memory load
 
     python tools/sass_stats.py                       # every GPU tiling, forward kernel, float32
     python tools/sass_stats.py --tiles 64 64 16 4 4 --kernel sgd --dtype float64
+    python tools/sass_stats.py --kernel all --dtype float64   # every kernel compiles, and fits?
 
 Needs libnvvm (the CUDA toolkit), NVRTC, ptxas and cuobjdump: on a machine without them,
 ``pip install nvidia-cuda-nvrtc nvidia-cuda-cuobjdump`` and put that package's bin/ on PATH.
@@ -27,23 +28,38 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def compile_kernel(kernel: str, tiles, dtype, cc):
-    import numba.cuda.dispatcher as dispatcher
-    from numba import cuda, from_dtype
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "step")
 
+
+def variants(kernel: str, kind, tiles):
+    """(name, kernel) for the forms of one epilogue: every activation and flag, or the usual one."""
     from deltaprop.kernels import numba_gemm as g
 
-    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-    kind = np.dtype(dtype).type
+    if kernel == "forward":
+        yield "forward relu", g.forward("relu", True, False, kind, tiles)
+    elif kernel == "hidden":
+        yield "hidden relu", g.hidden("relu", kind, tiles)
+    elif kernel == "sgd":
+        yield "sgd momentum", g.sgd(True, kind, tiles)
+    else:  # "all"
+        for act in ACTIVATIONS + ("softmax",):
+            for store_a in (True, False):
+                yield f"forward {act} store_a={store_a}", g.forward(act, store_a, act == "softmax", kind, tiles)
+        yield "forward softmax unfused", g.forward("softmax", True, False, kind, tiles)
+        for act in ACTIVATIONS[:-1]:  # no δ through a step
+            yield f"hidden {act}", g.hidden(act, kind, tiles)
+        yield "grad", g.grad(kind, tiles)
+        for momentum in (True, False):
+            yield f"sgd momentum={momentum}", g.sgd(momentum, kind, tiles)
+
+
+def compile_kernel(name: str, k, dtype, cc):
+    from numba import cuda, from_dtype
+
     t = from_dtype(np.dtype(dtype))
     m, v = t[:, ::1], t[::1]
-    if kernel == "forward":
-        k, sig = g.forward("relu", True, False, kind, tiles), (m, m, v, m, m)
-    elif kernel == "hidden":
-        k, sig = g.hidden("relu", kind, tiles), (m, m, m, m)
-    else:
-        k, sig = g.sgd(True, kind, tiles), (m, m, m, v, m, v, t, t, t, t)
-    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc)
+    sig = {"forward": (m, m, v, m, m), "hidden": (m, m, m, m), "grad": (m, m, m, v, t), "sgd": (m, m, m, v, m, v, t, t, t, t)}
+    ptx, _ = cuda.compile_ptx(k.py_func, sig[name.split()[0]], cc=cc)
     return ptx
 
 
@@ -102,17 +118,25 @@ def analyse(ptx: str, cc, tiles) -> dict:
 
 
 def main(argv=None):
+    import numba.cuda.dispatcher as dispatcher
+
     from deltaprop.kernels import numba_gemm as g
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"))
-    p.add_argument("--kernel", choices=("forward", "hidden", "sgd"), default="forward")
+    p.add_argument("--kernel", choices=("forward", "hidden", "sgd", "all"), default="forward",
+                   help="all: every epilogue, activation and flag (registers and spills only; minutes)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cc", type=int, nargs=2, default=(9, 0))
     args = p.parse_args(argv)
+    cc = tuple(args.cc)
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     for tiles in [g.Tiles(*args.tiles)] if args.tiles else g.GPU_TILES:
-        stats = analyse(compile_kernel(args.kernel, tiles, args.dtype, tuple(args.cc)), tuple(args.cc), tiles)
-        print(f"{args.kernel} {args.dtype} tiles {tuple(tiles)}: {stats}")
+        for name, k in variants(args.kernel, np.dtype(args.dtype).type, tiles):
+            stats = analyse(compile_kernel(name, k, args.dtype, cc), cc, tiles)
+            if args.kernel == "all":
+                stats = {key: stats[key] for key in ("registers", "spill bytes")}
+            print(f"{name} {args.dtype} tiles {tuple(tiles)}: {stats}", flush=True)
 
 
 if __name__ == "__main__":
