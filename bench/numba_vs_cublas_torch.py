@@ -169,7 +169,8 @@ def main():
     p.add_argument("--only", choices=["gemm", "mnist"])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"), help="one GEMM tiling for every GEMM (both parts), instead of picking by size")
+    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"),
+                   help="one GEMM tiling for every GEMM (both parts), instead of picking by size")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()

@@ -157,7 +157,9 @@ def test_tilings_follow_the_rules_of_the_main_loop():
             Tiles(*bad).check()
 
 
-@pytest.mark.parametrize("rows,cols,want", [(4096, 4096, 0), (2048, 1024, 1), (128, 1024, 2), (128, 10, 2), (1025, 1024, 1)])
+@pytest.mark.parametrize(
+    "rows,cols,want", [(4096, 4096, 0), (2048, 1024, 1), (128, 1024, 2), (128, 10, 2), (1025, 1024, 1)]
+)
 def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
     from deltaprop.kernels.numba_gemm import GPU_TILES, pick
 

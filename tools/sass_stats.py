@@ -15,6 +15,7 @@ run (bench/numba_vs_cublas_torch.py) says how fast a kernel is.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -58,7 +59,12 @@ def compile_kernel(name: str, k, dtype, cc):
 
     t = from_dtype(np.dtype(dtype))
     m, v = t[:, ::1], t[::1]
-    sig = {"forward": (m, m, v, m, m), "hidden": (m, m, m, m), "grad": (m, m, m, v, t), "sgd": (m, m, m, v, m, v, t, t, t, t)}
+    sig = {
+        "forward": (m, m, v, m, m),
+        "hidden": (m, m, m, m),
+        "grad": (m, m, m, v, t),
+        "sgd": (m, m, m, v, m, v, t, t, t, t),
+    }
     ptx, _ = cuda.compile_ptx(k.py_func, sig[name.split()[0]], cc=cc)
     return ptx
 
@@ -69,8 +75,9 @@ def analyse(ptx: str, cc, tiles) -> dict:
         src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         with open(src, "w") as f:
             f.write(ptx)
-        info = subprocess.run(["ptxas", f"-arch={arch}", "-v", src, "-o", cubin], capture_output=True, text=True, check=True).stderr
-        sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+        info = run(["ptxas", f"-arch={arch}", "-v", src, "-o", cubin]).stderr
+        sass = run(["cuobjdump", "-sass", cubin]).stdout
     out = {
         "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
         "spill bytes": sum(int(x) for x in re.findall(r"(\d+) bytes spill", info)),
@@ -95,7 +102,9 @@ def analyse(ptx: str, cc, tiles) -> dict:
     if not stage:
         return out
     outer = min(stage, key=lambda lp: lp[1] - lp[0])
-    inner = [lp for lp in loops if outer[0] < lp[0] and lp[1] < outer[1] and any(op == "FFMA" or op == "DFMA" for _, op, _ in body(*lp))]
+    inner = [  # loops inside it that do the FMAs (the k loop, where it is not unrolled)
+        lp for lp in loops if outer[0] < lp[0] and lp[1] < outer[1] and any(op in ("FFMA", "DFMA") for _, op, _ in body(*lp))
+    ]
     fma_per_k = tiles.tm * tiles.tn
     counts = Counter()  # dynamic count over one stage, the FMA loop's trips included, other branches as written
     n_outer = body(*outer)

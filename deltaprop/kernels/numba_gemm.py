@@ -73,7 +73,7 @@ class Tiles(NamedTuple):
             raise ValueError(f"tiles {tuple(self)}: tm must divide bm and tn must divide bn")
         for t in (tm, tn):
             if t > 4 and t % 4:
-                raise ValueError(f"tiles {tuple(self)}: a thread's rows (tm) and columns (tn) are groups of 4 when more than 4")
+                raise ValueError(f"tiles {tuple(self)}: more than 4 rows (tm) or columns (tn) a thread must be groups of 4")
         if self.threads > 1024:
             raise ValueError(f"tiles {tuple(self)}: {self.threads} threads per block, more than CUDA's 1024")
         if (bm * bk) % self.threads or (bn * bk) % self.threads:
