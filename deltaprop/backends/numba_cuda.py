@@ -77,8 +77,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def _launch_1d(self, kernel, n: int, *args) -> None:
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
 
-    def _tiles(self, rows: int, cols: int, dtype):
-        return self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
+    def _tiling(self, rows: int, cols: int, dtype):
+        """The tiling a GEMM with a (rows × cols) output takes, and its grid."""
+        t = self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
+        return t, t.grid(rows, cols)
 
     @staticmethod
     def _kind(x):
@@ -119,10 +121,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
     # ------------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
         rows, cols = z.shape
-        t, kind = self._tiles(rows, cols, z.dtype), self._kind(z)
+        (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
         fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
         kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t)
-        self._launch(kernel, t.grid(rows, cols), t.block, z_prev, W, b, z, z if a is None else a)
+        self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
         if not fuse:
             self._launch_1d(self._ew.softmax_rows(kind), rows, z)
 
@@ -130,22 +132,22 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.output_delta(activation, loss, self._kind(delta)), delta.size, a, z, y, delta)
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
-        t = self._tiles(*delta.shape, delta.dtype)
+        t, grid = self._tiling(*delta.shape, delta.dtype)
         kernel = self._gemm.hidden(activation, self._kind(delta), t)
-        self._launch(kernel, t.grid(*delta.shape), t.block, delta_next, W_next, z, delta)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
-        t, kind = self._tiles(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)
+        (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
         kernel = self._gemm.grad(kind, t)
-        self._launch(kernel, t.grid(dW.shape[0] + 1, dW.shape[1]), t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
 
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
-        t, kind = self._tiles(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)
+        (t, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
         kernel = self._gemm.sgd(bool(momentum), kind, t)
         if not momentum:
             vW, vb = W, b  # unused by that kernel
         scalars = (kind(lr), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        self._launch(kernel, t.grid(W.shape[0] + 1, W.shape[1]), t.block, z_prev, delta, W, b, vW, vb, *scalars)
+        self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, *scalars)
 
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)

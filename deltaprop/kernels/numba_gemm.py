@@ -130,13 +130,13 @@ def _twice(step, width: int):
 
 def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
     """Device functions that move one operand's (BK × BP) stage: ``fetch`` global → registers, ``put``
-    registers → shared memory, stored as (k, p).
+    registers → shared memory, stored as (k, p); and L, the elements of a stage per thread.
 
     The operand X is (K, P) when ``k_major``, else (P, K). Consecutive threads take consecutive
     elements along X's rows (coalesced reads). Past the edges an element is zero; with ``ones_row``,
     row P of the operand (p == P) is ones (the bias row of the gradient GEMM).
     """
-    L = BP * BK // NT  # elements per thread
+    L = BP * BK // NT  # elements per thread (the size of ``reg``)
     zero, one = kind(0.0), kind(1.0)
 
     @cuda.jit(device=True, inline="always")
@@ -164,7 +164,7 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
             kk, pp = where(t + r * NT)
             S[U(kk), U(pp)] = reg[r]
 
-    return fetch, put
+    return fetch, put, L
 
 
 @functools.cache
@@ -180,7 +180,6 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     BM, BN, BK, TM, TN = tiles.check()
     TX, TY = tiles.block
     NT = TX * TY
-    LA, LB = BM * BK // NT, BN * BK // NT  # elements of a stage each thread loads
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
     TA, TB = layout == "tn", layout == "nt"  # A read as (K, M); B read as (N, K)
@@ -188,8 +187,8 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     PAD = 4  # keeps rows 16-byte aligned; the transposing stores see at most 2-way bank conflicts
     A_SHAPE, B_SHAPE = (BK, BM + PAD), (BK, BN + PAD)
 
-    fetch_a, put_a = _stage(BM, BK, NT, TA, bias_row, kind)  # A as (K, M) when TA, else (M, K)
-    fetch_b, put_b = _stage(BN, BK, NT, not TB, False, kind)  # B as (K, N), or (N, K) when TB
+    fetch_a, put_a, LA = _stage(BM, BK, NT, TA, bias_row, kind)  # A as (K, M) when TA, else (M, K)
+    fetch_b, put_b, LB = _stage(BN, BK, NT, not TB, False, kind)  # B as (K, N), or (N, K) when TB
 
     @cuda.jit(device=True, inline="always")
     def step(As, Bs, ar, br, acc, kk, tx, ty):
