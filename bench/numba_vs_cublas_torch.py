@@ -4,6 +4,7 @@
     python bench/numba_vs_cublas_torch.py --only gemm     # GEMM throughput against cuBLAS SGEMM (CuPy, TF32 off)
     python bench/numba_vs_cublas_torch.py --only gemm --tiles 64 64 16 4 4    # one tiling, not the one picked by size
     python bench/numba_vs_cublas_torch.py --only mnist --tiles 64 64 16 4 4   # every GEMM of the epoch with that tiling
+    python bench/numba_vs_cublas_torch.py --only gemm --tiles 128 128 8 8 8 2 # launch bounds: 2 blocks per SM
     python bench/numba_vs_cublas_torch.py --only mnist    # MNIST-sized epoch against PyTorch eager
 
 GEMM: C = A·B in float32 at n³ for n in --sizes, our "nn" kernel (the tiling the backend picks for
@@ -169,11 +170,14 @@ def main():
     p.add_argument("--only", choices=["gemm", "mnist"])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"),
-                   help="one GEMM tiling for every GEMM (both parts), instead of picking by size")
+    p.add_argument("--tiles", type=int, nargs="+", metavar="N",
+                   help="BM BN BK TM TN [BLOCKS]: one GEMM tiling for every GEMM (both parts), instead of "
+                        "picking by size; BLOCKS > 1 sets launch bounds for that many blocks per multiprocessor")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
+    if args.tiles and len(args.tiles) not in (5, 6):
+        p.error("--tiles takes BM BN BK TM TN and optionally BLOCKS")
     result = {"environment": environment()}
     if args.only in (None, "gemm"):
         result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)

@@ -77,11 +77,15 @@ def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
 
 @pytest.mark.parametrize("which", [0, 1, 2])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_every_tiling_against_float64(nb, rng, which, dtype, monkeypatch):
-    """Each tiling the backend may pick, forced for every GEMM, on shapes that are no multiple of it."""
-    assert len(nb.tilings) == 3
+@pytest.mark.parametrize("wide", [False, True], ids=["offsets32", "offsets64"])
+def test_every_tiling_against_float64(nb, rng, which, dtype, wide, monkeypatch):
+    """Each tiling the backend may pick, forced for every GEMM, on shapes that are no multiple of it;
+    with the 32-bit offsets of the loads, and with the 64-bit ones (forced: 2³² elements is 16 GiB)."""
+    assert len(nb.tilings) == 3 and nb.wide_from == 2**32
     tiles = nb.tilings[which]
     monkeypatch.setattr(nb, "tilings", (tiles,))
+    if wide:
+        monkeypatch.setattr(nb, "wide_from", 0)
     if "simulator" in nb.device:
         B, n_in, n_out = tiles.bm + 3, 2 * tiles.bk + 1, tiles.bn + 5  # two tiles a side, K past a stage
     else:
@@ -122,6 +126,27 @@ def _check_layer(nb, rng, B, n_in, n_out, dt):
     assert_close(nb.to_numpy(bd), b - 0.1 * vb1, dt, scale=np.sqrt(B))
 
 
+def test_gemm_operands_must_be_c_contiguous(nb, rng):
+    """The GEMMs read A and B through flat offsets: a strided view is refused, by name, before any launch."""
+    X = nb.asarray(rng.normal(size=(5, 8)), np.float32)
+    W = nb.asarray(rng.normal(size=(4, 3)), np.float32)
+    b, z = nb.zeros(3, np.float32), nb.zeros((5, 3), np.float32)
+    dW, db = nb.zeros((4, 3), np.float32), nb.zeros(3, np.float32)
+    delta = nb.zeros((5, 4), np.float32)
+    launches = nb.launches
+    with pytest.raises(ValueError, match="z_prev must be C-contiguous"):
+        nb.forward(X[:, ::2], W, b, "relu", z)
+    with pytest.raises(ValueError, match="z_prev must be C-contiguous"):
+        nb.weight_grad(X[:, :4], z, dW, db)
+    with pytest.raises(ValueError, match="delta_next must be C-contiguous"):
+        nb.hidden_delta(X[:, 1:4], W.T, z, "relu", delta)
+    assert nb.launches == launches
+    assert not (nb.to_numpy(z).any() or nb.to_numpy(dW).any() or nb.to_numpy(delta).any())
+    X4 = nb.to_numpy(X)[:, :4]  # the same columns, contiguous: taken
+    nb.forward(nb.asarray(X4), W, b, "relu", z)
+    assert_close(nb.to_numpy(z), np.maximum(_f64(X4) @ nb.to_numpy(W), 0), np.float32)
+
+
 @pytest.mark.gpu
 def test_one_host_call_per_replayed_step(nb):
     rng = np.random.default_rng(0)
@@ -152,9 +177,20 @@ def test_tilings_follow_the_rules_of_the_main_loop():
         assert tiles.check() is tiles and tiles.threads <= 1024
     assert [t.bm * t.bn for t in GPU_TILES] == sorted((t.bm * t.bn for t in GPU_TILES), reverse=True)
     for bad, why in [((96, 64, 16, 6, 4), "groups of 4"), ((64, 64, 16, 3, 4), "divide"),
-                     ((64, 64, 1, 4, 4), "evenly"), ((256, 256, 8, 4, 4), "1024"), ((64, 64, 0, 4, 4), "positive")]:
+                     ((64, 64, 1, 4, 4), "evenly"), ((256, 256, 8, 4, 4), "1024"), ((64, 64, 0, 4, 4), "positive"),
+                     ((128, 128, 8, 8, 8, 9), "2048"), ((128, 128, 8, 8, 8, 0), "positive")]:
         with pytest.raises(ValueError, match=why):
             Tiles(*bad).check()
+
+
+def test_launch_bounds_come_from_the_blocks_asked_for(monkeypatch):
+    from deltaprop.kernels import numba_gemm as g
+
+    assert all(t.blocks == 1 and t.launch_bounds is None for t in g.GPU_TILES + g.SIM_TILES)  # ptxas's choice
+    monkeypatch.setattr(g.config, "ENABLE_CUDASIM", False)
+    assert g.Tiles(128, 128, 8, 8, 8, 2).launch_bounds == (256, 2)
+    monkeypatch.setattr(g.config, "ENABLE_CUDASIM", True)
+    assert g.Tiles(128, 128, 8, 8, 8, 2).launch_bounds is None  # the simulator's jit takes none
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs ${RUNS:-200}; done ;;
   bench-numba) step bench-numba 120 $PY bench/numba_vs_cublas_torch.py --out "$OUT" ;;
   bench-cupy) step bench-cupy 120 $PY bench/cupy_vs_torch.py --out "$OUT" ;;
-  sweep) IFS=, read -ra tiles <<<"${TILES:-128 128 8 8 8,64 64 16 4 4,128 128 16 8 8,64 64 8 4 4,128 64 8 8 4,64 128 8 4 8,32 32 16 2 2}"
+  sweep) IFS=, read -ra tiles <<<"${TILES:-128 128 8 8 8,128 128 8 8 8 2,64 64 16 4 4,64 64 16 4 4 3,128 128 16 8 8,128 64 8 8 4,32 32 16 2 2}"
          for t in "${tiles[@]}"; do
            step "sweep-${t// /_}" 60 $PY bench/numba_vs_cublas_torch.py --only gemm --sizes 4096 --repeat 5 --tiles $t --out /tmp/sweep; done ;;
   bench-all) step bench-all 560 $PY -m bench --out "$OUT" ${BENCH_ARGS:-} ;;

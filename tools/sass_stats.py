@@ -4,6 +4,7 @@ memory, and the instruction mix of its main loop (FFMA share, shared-memory load
     python tools/sass_stats.py                       # every GPU tiling, forward kernel, float32
     python tools/sass_stats.py --tiles 64 64 16 4 4 --kernel sgd --dtype float64
     python tools/sass_stats.py --kernel all --dtype float64   # every kernel compiles, and fits?
+    python tools/sass_stats.py --tiles 128 128 8 8 8 2 --wide # launch bounds for 2 blocks; 64-bit offsets
 
 Needs libnvvm (the CUDA toolkit), NVRTC, ptxas and cuobjdump: on a machine without them,
 ``pip install nvidia-cuda-nvrtc nvidia-cuda-cuobjdump`` and put that package's bin/ on PATH.
@@ -32,26 +33,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "step")
 
 
-def variants(kernel: str, kind, tiles):
+def variants(kernel: str, kind, tiles, wide: bool = False):
     """(name, kernel) for the forms of one epilogue: every activation and flag, or the usual one."""
     from deltaprop.kernels import numba_gemm as g
 
     if kernel == "forward":
-        yield "forward relu", g.forward("relu", True, False, kind, tiles)
+        yield "forward relu", g.forward("relu", True, False, kind, tiles, wide)
     elif kernel == "hidden":
-        yield "hidden relu", g.hidden("relu", kind, tiles)
+        yield "hidden relu", g.hidden("relu", kind, tiles, wide)
     elif kernel == "sgd":
-        yield "sgd momentum", g.sgd(True, kind, tiles)
+        yield "sgd momentum", g.sgd(True, kind, tiles, wide)
     else:  # "all"
         for act in ACTIVATIONS + ("softmax",):
             for store_a in (True, False):
-                yield f"forward {act} store_a={store_a}", g.forward(act, store_a, act == "softmax", kind, tiles)
-        yield "forward softmax unfused", g.forward("softmax", True, False, kind, tiles)
+                yield f"forward {act} store_a={store_a}", g.forward(act, store_a, act == "softmax", kind, tiles, wide)
+        yield "forward softmax unfused", g.forward("softmax", True, False, kind, tiles, wide)
         for act in ACTIVATIONS[:-1]:  # no δ through a step
-            yield f"hidden {act}", g.hidden(act, kind, tiles)
-        yield "grad", g.grad(kind, tiles)
+            yield f"hidden {act}", g.hidden(act, kind, tiles, wide)
+        yield "grad", g.grad(kind, tiles, wide)
         for momentum in (True, False):
-            yield f"sgd momentum={momentum}", g.sgd(momentum, kind, tiles)
+            yield f"sgd momentum={momentum}", g.sgd(momentum, kind, tiles, wide)
 
 
 def compile_kernel(name: str, k, dtype, cc):
@@ -65,7 +66,8 @@ def compile_kernel(name: str, k, dtype, cc):
         "grad": (m, m, m, v, t),
         "sgd": (m, m, m, v, m, v, t, t, t, t),
     }
-    ptx, _ = cuda.compile_ptx(k.py_func, sig[name.split()[0]], cc=cc)
+    bounds = k.targetoptions.get("launch_bounds")  # Tiles.blocks > 1
+    ptx, _ = cuda.compile_ptx(k.py_func, sig[name.split()[0]], cc=cc, launch_bounds=bounds)
     return ptx
 
 
@@ -132,20 +134,23 @@ def main(argv=None):
     from deltaprop.kernels import numba_gemm as g
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiles", type=int, nargs=5, metavar=("BM", "BN", "BK", "TM", "TN"))
+    p.add_argument("--tiles", type=int, nargs="+", metavar="N", help="BM BN BK TM TN [BLOCKS] (default: GPU_TILES)")
+    p.add_argument("--wide", action="store_true", help="the kernels with 64-bit offsets (operands of 2^32 elements)")
     p.add_argument("--kernel", choices=("forward", "hidden", "sgd", "all"), default="forward",
                    help="all: every epilogue, activation and flag (registers and spills only; minutes)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cc", type=int, nargs=2, default=(9, 0))
     args = p.parse_args(argv)
+    if args.tiles and len(args.tiles) not in (5, 6):
+        p.error("--tiles takes BM BN BK TM TN and optionally BLOCKS")
     cc = tuple(args.cc)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-    for tiles in [g.Tiles(*args.tiles)] if args.tiles else g.GPU_TILES:
-        for name, k in variants(args.kernel, np.dtype(args.dtype).type, tiles):
+    for tiles in [g.Tiles(*args.tiles).check()] if args.tiles else g.GPU_TILES:
+        for name, k in variants(args.kernel, np.dtype(args.dtype).type, tiles, args.wide):
             stats = analyse(compile_kernel(name, k, args.dtype, cc), cc, tiles)
             if args.kernel == "all":
                 stats = {key: stats[key] for key in ("registers", "spill bytes")}
-            print(f"{name} {args.dtype} tiles {tuple(tiles)}: {stats}", flush=True)
+            print(f"{name} {args.dtype}{' wide' if args.wide else ''} tiles {tuple(tiles)}: {stats}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ counts the replays; the simulator has no graphs and runs every step eagerly.
 
 Nothing is compiled or allocated at import: numba is imported by ``compat`` when the backend is
 probed, the kernel modules when it is built, and each kernel on its first use. Arguments of a kernel
-are device arrays and scalars only (a NumPy array would be a hidden copy each way): ``_launch`` checks.
+are device arrays and scalars only (a NumPy array would be a hidden copy each way): ``_launch`` checks;
+the GEMMs read their operands A and B as flat arrays, which must be C-contiguous: ``_wide`` checks.
 Under numba's CUDA simulator the kernels run with small tiles, so that tiny shapes still cover edge
 tiles and several tiles per axis.
 """
@@ -48,6 +49,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         # the GEMM tilings, largest first: each GEMM takes the largest that gives every multiprocessor a block
         self.tilings = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
         self.multiprocessors = 4 if probe.simulated else self.cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
         self.threads = 8 if probe.simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
@@ -81,6 +83,20 @@ class NumbaCudaBackend(GraphSteps, Backend):
         """The tiling a GEMM with a (rows × cols) output takes, and its grid."""
         t = self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
         return t, t.grid(rows, cols)
+
+    def _wide(self, **operands) -> bool:
+        """Whether the GEMM operands A and B (by name) need 64-bit offsets; the kernels read them as flat
+        arrays, so one that is not C-contiguous is a ValueError (a NumPy array, the TypeError of _launch)."""
+        wide = False
+        for name, x in operands.items():
+            if isinstance(x, np.ndarray):
+                break  # _launch says why
+            if not x.is_c_contiguous():
+                raise ValueError(
+                    f"numba-cuda backend: {name} must be C-contiguous (the GEMM reads it as one flat array)"
+                )
+            wide = wide or x.size >= self.wide_from
+        return wide
 
     @staticmethod
     def _kind(x):
@@ -123,7 +139,8 @@ class NumbaCudaBackend(GraphSteps, Backend):
         rows, cols = z.shape
         (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
         fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
-        kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t)
+        wide = self._wide(z_prev=z_prev, W=W)
+        kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t, wide)
         self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
         if not fuse:
             self._launch_1d(self._ew.softmax_rows(kind), rows, z)
@@ -133,17 +150,18 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
         t, grid = self._tiling(*delta.shape, delta.dtype)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t)
+        wide = self._wide(delta_next=delta_next, W_next=W_next)
+        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)
         self._launch(kernel, grid, t.block, delta_next, W_next, z, delta)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
-        kernel = self._gemm.grad(kind, t)
+        kernel = self._gemm.grad(kind, t, self._wide(z_prev=z_prev, delta=delta))
         self._launch(kernel, grid, t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
 
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
         (t, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
-        kernel = self._gemm.sgd(bool(momentum), kind, t)
+        kernel = self._gemm.sgd(bool(momentum), kind, t, self._wide(z_prev=z_prev, delta=delta))
         if not momentum:
             vW, vb = W, b  # unused by that kernel
         scalars = (kind(lr), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))

@@ -11,7 +11,8 @@ multiprocessors idle (at batch 128, 32 × 32 tiles give 4× the blocks of 64 × 
 What the inner loop compiles to is checked without a GPU by tools/sass_stats.py (registers, spills,
 the FMA share of a stage's instructions); numba has no unroll pragma, so the k loop of a stage is
 unrolled by nesting inlined calls, and indices are cast to unsigned (``U``): numba wraps a signed
-index around, a compare and a select per access, that LLVM cannot always remove.
+index around, a compare and a select per access, that LLVM cannot always remove. Global loads go
+through flat offsets into the operands (``load``), which must therefore be C-contiguous.
 
 Layouts (no transpose is ever materialised, the loader reads the operand as it lies):
   "nn"  C = A·B,  A (M, K), B (K, N)   forward:      z_prev·W
@@ -26,8 +27,8 @@ Epilogues, each its own kernel:
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, lr, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= lr·v, likewise b (no decay).
-Kernels are built per (epilogue, activation, dtype, tiling), on first use, and cached; accumulators
-have the array dtype (float32 for float32).
+Kernels are built per (epilogue, activation, dtype, tiling, offset width), on first use, and cached;
+accumulators have the array dtype (float32 for float32).
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ U = np.uint64  # indices cast to it: numba wraps a signed index around (a compar
 # shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
 ALIGN = None if config.ENABLE_CUDASIM else 16
 
+if config.ENABLE_CUDASIM:  # a NumPy array underneath, which checks its bounds: index it in 2-D
+
+    @cuda.jit(device=True)
+    def load(X, off):
+        """Element ``off`` of the C-contiguous 2-D array X, counted in row-major order."""
+        return X[off // X.shape[1], off % X.shape[1]]
+
+else:
+
+    @cuda.jit(device=True, inline="always")
+    def load(X, off):
+        """Element ``off`` of the C-contiguous 2-D array X, counted in row-major order: numba indexes
+        a C-layout array as data + i·shape[1] + j, so X[0, off] is that element, without a multiply."""
+        return X[U(0), off]
+
 
 class Tiles(NamedTuple):
     bm: int  # rows of C per block
@@ -52,6 +68,12 @@ class Tiles(NamedTuple):
     bk: int  # depth of one shared-memory stage
     tm: int  # rows per thread
     tn: int  # columns per thread
+    blocks: int = 1  # launch bounds: ptxas caps registers so that this many blocks fit a multiprocessor
+
+    @property
+    def launch_bounds(self):
+        """cuda.jit's launch_bounds (None: ptxas's choice); the simulator takes none."""
+        return None if self.blocks == 1 or config.ENABLE_CUDASIM else (self.threads, self.blocks)
 
     @property
     def block(self):
@@ -66,7 +88,7 @@ class Tiles(NamedTuple):
 
     def check(self) -> Tiles:
         """These tiles, or ValueError saying which rule of the main loop they break."""
-        bm, bn, bk, tm, tn = self
+        bm, bn, bk, tm, tn, blocks = self
         if any(not isinstance(x, int) or x < 1 for x in self):
             raise ValueError(f"tiles {tuple(self)}: every size must be a positive int")
         if bm % tm or bn % tn:
@@ -76,6 +98,10 @@ class Tiles(NamedTuple):
                 raise ValueError(f"tiles {tuple(self)}: more than 4 rows (tm) or columns (tn) a thread must be groups of 4")
         if self.threads > 1024:
             raise ValueError(f"tiles {tuple(self)}: {self.threads} threads per block, more than CUDA's 1024")
+        if self.threads * blocks > 2048:
+            raise ValueError(
+                f"tiles {tuple(self)}: {blocks} blocks of {self.threads} threads, more than the 2048 a multiprocessor holds"
+            )
         if (bm * bk) % self.threads or (bn * bk) % self.threads:
             raise ValueError(f"tiles {tuple(self)}: the {self.threads} threads must share the loads of a stage evenly")
         return self
@@ -95,6 +121,7 @@ SIM_TILES = (  # the simulator runs a thread per Python thread: 4 threads, the s
     Tiles(4, 4, 4, 2, 2),
 )
 ACC_BYTES = 64 * 4  # a thread's accumulators, at most: 64 registers
+WIDE = 2**32  # operands of this many elements or more need the kernels' 64-bit offsets (``wide``)
 
 
 def pick(candidates, rows: int, cols: int, multiprocessors: int, itemsize: int = 4) -> Tiles:
@@ -128,15 +155,20 @@ def _twice(step, width: int):
     return twice
 
 
-def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
-    """Device functions that move one operand's (BK × BP) stage: ``fetch`` global → registers, ``put``
-    registers → shared memory, stored as (k, p); and L, the elements of a stage per thread.
+def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offset):
+    """Device functions that move one operand's (BK × BP) stage: ``start`` sets each of a thread's
+    elements' flat offset at k = 0, ``fetch`` global → registers, ``put`` registers → shared memory,
+    stored as (k, p); and L, the elements of a stage per thread.
 
     The operand X is (K, P) when ``k_major``, else (P, K). Consecutive threads take consecutive
-    elements along X's rows (coalesced reads). Past the edges an element is zero; with ``ones_row``,
-    row P of the operand (p == P) is ones (the bias row of the gradient GEMM).
+    elements along X's rows (coalesced reads). An element is read at its offset in the flat array
+    (``load``), moved on by BK times the stride of k after each stage: an add per element and stage,
+    where a 2-D index costs a 64-bit multiply. Offsets are of the type ``offset``: np.uint32 (one
+    instruction less per address) for operands of fewer than 2³² elements (``WIDE``), else np.uint64.
+    Past the edges an element is zero; with ``ones_row``, row P of the operand
+    (p == P) is ones (the bias row of the gradient GEMM).
     """
-    L = BP * BK // NT  # elements per thread (the size of ``reg``)
+    L = BP * BK // NT  # elements per thread (the size of ``reg`` and ``off``)
     zero, one = kind(0.0), kind(1.0)
 
     @cuda.jit(device=True, inline="always")
@@ -146,17 +178,28 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
         return e % BK, e // BK
 
     @cuda.jit(device=True, inline="always")
-    def fetch(X, reg, t, p0, k0, P, K):
+    def start(X, off, t, p0):
+        ld = X.shape[1]
         for r in range(L):
             kk, pp = where(t + r * NT)
-            k, p = k0 + kk, p0 + pp
+            off[r] = offset(kk * ld + p0 + pp if k_major else (p0 + pp) * ld + kk)
+
+    @cuda.jit(device=True, inline="always")
+    def fetch(X, reg, off, t, p0, depth, P):
+        """This stage's elements into ``reg``, and ``off`` on to the next stage's; ``depth``: the
+        steps of k left in X from this stage's first (only those below BK matter)."""
+        step = offset(BK * X.shape[1]) if k_major else offset(BK)  # BK rows down X, or BK columns along it
+        for r in range(L):
+            kk, pp = where(t + r * NT)
+            p = p0 + pp
             v = zero
-            if k < K:
+            if np.int32(kk) < depth:
                 if p < P:
-                    v = X[U(k), U(p)] if k_major else X[U(p), U(k)]
+                    v = load(X, off[r])
                 elif ones_row and p == P:
                     v = one
             reg[r] = v
+            off[r] += step
 
     @cuda.jit(device=True, inline="always")
     def put(S, reg, t):
@@ -164,11 +207,11 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind):
             kk, pp = where(t + r * NT)
             S[U(kk), U(pp)] = reg[r]
 
-    return fetch, put, L
+    return start, fetch, put, L
 
 
 @functools.cache
-def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
+def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
     """The device function that accumulates one tile of C into ``acc`` (TM × TN).
 
     Thread (tx, ty) owns rows  (i // V)·BM/G + ty·V + i % V  and the columns likewise (``_coords``):
@@ -177,7 +220,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     consecutive 16-byte words: no bank conflict), and the global writes of the epilogue stay coalesced.
     The next stage's global loads are issued into registers before this stage is computed.
     """
-    BM, BN, BK, TM, TN = tiles.check()
+    BM, BN, BK, TM, TN = tiles.check()[:5]
     TX, TY = tiles.block
     NT = TX * TY
     GM, VM = _groups(TM)
@@ -187,8 +230,9 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     PAD = 4  # keeps rows 16-byte aligned; the transposing stores see at most 2-way bank conflicts
     A_SHAPE, B_SHAPE = (BK, BM + PAD), (BK, BN + PAD)
 
-    fetch_a, put_a, LA = _stage(BM, BK, NT, TA, bias_row, kind)  # A as (K, M) when TA, else (M, K)
-    fetch_b, put_b, LB = _stage(BN, BK, NT, not TB, False, kind)  # B as (K, N), or (N, K) when TB
+    offset = np.uint64 if wide else np.uint32
+    start_a, fetch_a, put_a, LA = _stage(BM, BK, NT, TA, bias_row, kind, offset)  # A: (K, M) when TA, else (M, K)
+    start_b, fetch_b, put_b, LB = _stage(BN, BK, NT, not TB, False, kind, offset)  # B: (K, N), or (N, K) when TB
 
     @cuda.jit(device=True, inline="always")
     def step(As, Bs, ar, br, acc, kk, tx, ty):
@@ -213,6 +257,8 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
         Bs = cuda.shared.array(B_SHAPE, kind, alignment=ALIGN)
         ra = cuda.local.array(LA, kind)
         rb = cuda.local.array(LB, kind)
+        oa = cuda.local.array(LA, offset)
+        ob = cuda.local.array(LB, offset)
         ar = cuda.local.array(TM, kind)
         br = cuda.local.array(TN, kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -224,15 +270,19 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = zero
-        fetch_a(A, ra, t, m0, 0, M, K)
-        fetch_b(B, rb, t, n0, 0, N, K)
+        start_a(A, oa, t, m0)
+        start_b(B, ob, t, n0)
+        depth = np.int32(min(K, BK))
+        fetch_a(A, ra, oa, t, m0, depth, M)
+        fetch_b(B, rb, ob, t, n0, depth, N)
         for k0 in range(0, K, BK):
             put_a(As, ra, t)
             put_b(Bs, rb, t)
             cuda.syncthreads()
             if k0 + BK < K:  # the next stage, in flight while this one is computed
-                fetch_a(A, ra, t, m0, k0 + BK, M, K)
-                fetch_b(B, rb, t, n0, k0 + BK, N, K)
+                depth = np.int32(min(K - k0 - BK, BK))
+                fetch_a(A, ra, oa, t, m0, depth, M)
+                fetch_b(B, rb, ob, t, n0, depth, N)
             for kk in range(0, BK, UNROLL):
                 steps(As, Bs, ar, br, acc, kk, tx, ty)
             cuda.syncthreads()
@@ -240,10 +290,16 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles):
     return mainloop
 
 
+def _jit(tiles: Tiles):
+    """cuda.jit for a kernel of these tiles: with their launch bounds, if any."""
+    bounds = tiles.launch_bounds
+    return cuda.jit(launch_bounds=bounds) if bounds else cuda.jit
+
+
 @functools.cache
 def _coords(tiles: Tiles):
     """Device function (i, j) → (m, n): the row and column of C that a thread's acc[i, j] holds."""
-    BM, BN, _, TM, TN = tiles
+    BM, BN, _, TM, TN = tiles[:5]
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
 
@@ -257,16 +313,16 @@ def _coords(tiles: Tiles):
 
 
 @functools.cache
-def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles):
+def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, bias, z, a): a = A·B + bias, z = φ(a); pass z as ``a`` when not STORE_A."""
-    mainloop = _mainloop("nn", False, kind, tiles)
+    mainloop = _mainloop("nn", False, kind, tiles, wide)
     f = phi(act, kind)
-    BM, BN, BK, TM, TN = tiles
+    BM, BN, BK, TM, TN = tiles[:5]
     TX, TY = tiles.block
     coords = _coords(tiles)
     one = kind(1.0)
 
-    @cuda.jit
+    @_jit(tiles)
     def kernel(A, B, bias, z, a):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
@@ -306,14 +362,14 @@ def softmax_row(z, m, N, one):
 
 
 @functools.cache
-def hidden(act: str, kind, tiles: Tiles):
+def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, z, delta): delta = (A·Bᵀ) ⊙ φ'(z)."""
-    mainloop = _mainloop("nt", False, kind, tiles)
+    mainloop = _mainloop("nt", False, kind, tiles, wide)
     d = dphi(act, kind)
-    BM, BN, BK, TM, TN = tiles
+    BM, BN, BK, TM, TN = tiles[:5]
     coords = _coords(tiles)
 
-    @cuda.jit
+    @_jit(tiles)
     def kernel(A, B, z, delta):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
@@ -328,13 +384,13 @@ def hidden(act: str, kind, tiles: Tiles):
 
 
 @functools.cache
-def grad(kind, tiles: Tiles):
+def grad(kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, dW, db, scale): dW = scale·AᵀB, db = scale·(column sums of B)."""
-    mainloop = _mainloop("tn", True, kind, tiles)
-    BM, BN, BK, TM, TN = tiles
+    mainloop = _mainloop("tn", True, kind, tiles, wide)
+    BM, BN, BK, TM, TN = tiles[:5]
     coords = _coords(tiles)
 
-    @cuda.jit
+    @_jit(tiles)
     def kernel(A, B, dW, db, scale):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
@@ -351,17 +407,17 @@ def grad(kind, tiles: Tiles):
 
 
 @functools.cache
-def sgd(momentum: bool, kind, tiles: Tiles):
+def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, W, b, vW, vb, lr, mu, decay, scale): the SGD step from the gradient tile.
 
     g = scale·AᵀB + decay·W (b: no decay); v = mu·v + g (or v = g when not ``momentum``: vW, vb unused);
     W −= lr·v. Every element of W, b, vW, vb is read and written by one thread only.
     """
-    mainloop = _mainloop("tn", True, kind, tiles)
-    BM, BN, BK, TM, TN = tiles
+    mainloop = _mainloop("tn", True, kind, tiles, wide)
+    BM, BN, BK, TM, TN = tiles[:5]
     coords = _coords(tiles)
 
-    @cuda.jit
+    @_jit(tiles)
     def kernel(A, B, W, b, vW, vb, lr, mu, decay, scale):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
