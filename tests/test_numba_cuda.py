@@ -86,11 +86,14 @@ def test_every_tiling_against_float64(nb, rng, which, dtype, wide, monkeypatch):
     monkeypatch.setattr(nb, "tilings", (tiles,))
     if wide:
         monkeypatch.setattr(nb, "wide_from", 0)
+    chosen, choose = [], nb._wide
+    monkeypatch.setattr(nb, "_wide", lambda **operands: chosen.append(choose(**operands)) or chosen[-1])
     if "simulator" in nb.device:
         B, n_in, n_out = tiles.bm + 3, 2 * tiles.bk + 1, tiles.bn + 5  # two tiles a side, K past a stage
     else:
         B, n_in, n_out = 2 * tiles.bm + 1, 33 * tiles.bk + 3, 3 * tiles.bn - 7
     _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype))
+    assert chosen == [wide] * 5  # forward twice, hidden δ, weight_grad, sgd_update: the offsets asked for
 
 
 def _check_layer(nb, rng, B, n_in, n_out, dt):
@@ -145,6 +148,14 @@ def test_gemm_operands_must_be_c_contiguous(nb, rng):
     X4 = nb.to_numpy(X)[:, :4]  # the same columns, contiguous: taken
     nb.forward(nb.asarray(X4), W, b, "relu", z)
     assert_close(nb.to_numpy(z), np.maximum(_f64(X4) @ nb.to_numpy(W), 0), np.float32)
+
+
+def test_operands_of_2_to_the_32_elements_take_64_bit_offsets(nb, monkeypatch):
+    """The threshold, scaled down (an operand of 2³² float32 elements is 16 GiB): either operand decides."""
+    monkeypatch.setattr(nb, "wide_from", 16)
+    small, edge, large = (nb.empty(shape, np.float32) for shape in ((3, 5), (4, 4), (1, 17)))
+    assert not nb._wide(A=small, B=small)
+    assert nb._wide(A=small, B=edge) and nb._wide(A=large, B=small)
 
 
 @pytest.mark.gpu
