@@ -135,14 +135,14 @@ def test_gemm_operands_must_be_c_contiguous(nb, rng):
     W = nb.asarray(rng.normal(size=(4, 3)), np.float32)
     b, z = nb.zeros(3, np.float32), nb.zeros((5, 3), np.float32)
     dW, db = nb.zeros((4, 3), np.float32), nb.zeros(3, np.float32)
-    delta = nb.zeros((5, 4), np.float32)
+    z4, delta = nb.zeros((5, 4), np.float32), nb.zeros((5, 4), np.float32)
     launches = nb.launches
     with pytest.raises(ValueError, match="z_prev must be C-contiguous"):
         nb.forward(X[:, ::2], W, b, "relu", z)
     with pytest.raises(ValueError, match="z_prev must be C-contiguous"):
         nb.weight_grad(X[:, :4], z, dW, db)
     with pytest.raises(ValueError, match="delta_next must be C-contiguous"):
-        nb.hidden_delta(X[:, 1:4], W.T, z, "relu", delta)
+        nb.hidden_delta(X[:, 1:4], W, z4, "relu", delta)  # δ_next (5, 3), W_next (4, 3)
     assert nb.launches == launches
     assert not (nb.to_numpy(z).any() or nb.to_numpy(dW).any() or nb.to_numpy(delta).any())
     X4 = nb.to_numpy(X)[:, :4]  # the same columns, contiguous: taken
