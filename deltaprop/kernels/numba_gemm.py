@@ -317,7 +317,7 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles, wid
     """Kernel (A, B, bias, z, a): a = A·B + bias, z = φ(a); pass z as ``a`` when not STORE_A."""
     mainloop = _mainloop("nn", False, kind, tiles, wide)
     f = phi(act, kind)
-    BM, BN, BK, TM, TN = tiles[:5]
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
     TX, TY = tiles.block
     coords = _coords(tiles)
     one = kind(1.0)
@@ -366,7 +366,7 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, z, delta): delta = (A·Bᵀ) ⊙ φ'(z)."""
     mainloop = _mainloop("nt", False, kind, tiles, wide)
     d = dphi(act, kind)
-    BM, BN, BK, TM, TN = tiles[:5]
+    TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
@@ -387,7 +387,7 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
 def grad(kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, dW, db, scale): dW = scale·AᵀB, db = scale·(column sums of B)."""
     mainloop = _mainloop("tn", True, kind, tiles, wide)
-    BM, BN, BK, TM, TN = tiles[:5]
+    TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
@@ -414,7 +414,7 @@ def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False):
     W −= lr·v. Every element of W, b, vW, vb is read and written by one thread only.
     """
     mainloop = _mainloop("tn", True, kind, tiles, wide)
-    BM, BN, BK, TM, TN = tiles[:5]
+    TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
