@@ -36,6 +36,7 @@ class Checkpoint:
     def write(self, model: MLP, settings: dict, history: dict, complete: bool = False) -> None:
         record = {"format": FORMAT, "settings": settings, "history": history, "complete": complete}
         text = json.dumps(json_safe(record), indent=1)
+        os.makedirs(self.folder, exist_ok=True)
         atomic_write(self.run_path, lambda f: f.write(text), binary=False)
         model.save(self.model_path)
 

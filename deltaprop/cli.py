@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
                     loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed)
         prior, complete = {k: [] for k in HISTORY_KEYS}, False
-    device = device_description(model.backend_name)
+    device = device_description(model.backend)
     if not args.quiet:
         val = f", {len(data.y_val)} validation" if data.y_val is not None else ""
         test = f", {len(data.y_test)} test" if data.y_test is not None else ", no test set"
@@ -226,7 +226,10 @@ def _settings(args) -> dict:
         args.val_split = 0.0  # four points: nothing to hold out
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
-    backends.select(args.backend)  # an unknown name fails here
+    try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written
+        backends.get(args.backend)
+    except BackendUnavailable as exc:
+        raise CLIError(f"--backend: {exc}") from None
     return {
         "dataset": "npz" if args.data else args.dataset,
         "data": os.path.abspath(args.data) if args.data else None,
@@ -260,12 +263,16 @@ def _check_outputs(args) -> None:
         raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
     if args.resume and not args.checkpoint:
         raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
-    if args.checkpoint:
+    if args.checkpoint:  # checked here, made by the first checkpoint written
         if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
             raise CLIError(f"--checkpoint: {args.checkpoint} exists and is not a directory")
-        os.makedirs(args.checkpoint, exist_ok=True)
-        if not os.access(args.checkpoint, os.W_OK):
-            raise CLIError(f"--checkpoint: {args.checkpoint} is not writable")
+        existing = os.path.abspath(args.checkpoint)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise CLIError(f"--checkpoint: cannot make {args.checkpoint} inside {existing}, which is not a directory")
+        if not os.access(existing, os.W_OK):
+            raise CLIError(f"--checkpoint: {existing} is not writable")
 
 
 def _resume(args, ckpt: Checkpoint, settings: dict):
@@ -392,12 +399,12 @@ def nvidia_smi() -> list:
     return gpus
 
 
-def device_description(backend_name: str) -> str:
-    reason = backends.available()[backend_name].reason
-    if backend_name == "numpy":
+def device_description(backend) -> str:
+    """What runs ``backend``'s kernels: the GPU's description, or the CPU's model and cores."""
+    if backend.name == "numpy":
         m = machine()
-        return f"{reason}: {m['cpu']}, {m['cores']} cores"
-    return reason
+        return f"{backend.device}: {m['cpu']}, {m['cores']} cores"
+    return backend.device
 
 
 def git_commit() -> str | None:

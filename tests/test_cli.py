@@ -187,6 +187,8 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--data", "{tmp}/missing.npz"], "data: {tmp}/missing.npz is not a readable .npz"),
     (["--data-dir", "{tmp}"], "data_dir: {tmp} has no train-images-idx3-ubyte.gz"),
     (["--dataset", "xor", "--data-dir", "{tmp}"], "--data-dir: only for --dataset mnist"),
+    (["--checkpoint", "{tmp}/ck", "--data-dir", "{tmp}"], "data_dir: {tmp} has no train-images"),  # no ck/ left
+    (["--checkpoint", "{tmp}/a/b", "--dataset", "xor", "--lr", "-1"], "--lr: must be > 0"),
 ])
 def test_bad_arguments_give_one_line_and_change_nothing(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -194,6 +196,39 @@ def test_bad_arguments_give_one_line_and_change_nothing(tmp_path, capsys, argv, 
     assert rc == 1 and err.startswith("deltaprop: error: ") and message.replace("{tmp}", str(tmp_path)) in err
     assert err.count("\n") == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_a_backend_that_cannot_run_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from deltaprop import backends
+
+    def unusable(name):
+        raise backends.BackendUnavailable(f"backend {name!r} cannot run here: no CUDA device")
+
+    monkeypatch.setattr(backends, "instance", unusable)
+    rc, out, err = run(capsys, "train", "--quiet", "--dataset", "xor", "--backend", "numba-cuda",
+                       "--checkpoint", tmp_path / "ck", "--save", tmp_path / "m.npz")
+    assert rc == 1 and err == "deltaprop: error: --backend: backend 'numba-cuda' cannot run here: no CUDA device\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpoint_folder_is_made_by_the_first_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "runs" / "a"
+    assert run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck)[0] == 0
+    assert sorted(os.listdir(ck)) == ["model.npz", "run.json"]
+    (tmp_path / "file").write_text("")
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--quiet", "--checkpoint", tmp_path / "file" / "ck")
+    assert rc == 1 and "--checkpoint: cannot make" in err and "not a directory" in err
+
+
+def test_device_description_of_a_backend_variant():
+    """A variant such as cupy-tf32 is not in backends.available(): the device comes from the backend itself."""
+    class Variant:
+        name, device = "cupy-tf32", "NVIDIA H100 80GB HBM3, TF32 GEMMs"
+
+    assert cli.device_description(Variant()) == Variant.device
+    from deltaprop import backends
+
+    assert cli.device_description(backends.get("numpy")).startswith("CPU (NumPy): ")
 
 
 def test_argparse_rejects_malformed_values(capsys):
