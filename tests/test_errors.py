@@ -71,11 +71,15 @@ BAD_FIT = [
     ({"X": X[:0], "y": y[:0]}, ValueError, r"X: is empty"),
     ({"X": np.where(np.eye(10, 3) > 0, np.nan, X)}, ValueError, "X: contains NaN or Inf"),
     ({"X": np.full((10, 3), 1e300)}, ValueError, r"X: contains NaN or Inf \(after conversion to float32\)"),
-    ({"X": np.array([["a"] * 3] * 10)}, TypeError, "X: expected numbers"),
+    ({"X": np.array([["a"] * 3] * 10)}, TypeError, "X: expected real numbers"),
+    ({"X": X + 1j}, TypeError, "X: expected real numbers, got an array of dtype complex128"),
+    ({"X": [[0.0, 1.0, 2.0]] * 9 + [[0.0, 1.0]]}, ValueError, "X: rows of different lengths"),
     ({"y": y[:9]}, ValueError, "y: has 9 rows but X has 10"),
     ({"y": np.where(y == 2, 3, y)}, ValueError, r"y: label 3 is outside the output range 0..2"),
     ({"y": y - 1}, ValueError, r"y: label -1 is outside"),
     ({"y": np.full((10, 3), np.inf)}, ValueError, "y: contains NaN or Inf"),
+    ({"y": np.full((10, 3), 1e300)}, ValueError, r"y: contains NaN or Inf \(after conversion to float32\)"),
+    ({"y": y + 0j}, TypeError, "y: expected real numbers"),
     ({"y": np.ones((10, 4))}, ValueError, "y: has 4 columns but the network has 3 outputs"),
     ({"y": y.astype(float)}, ValueError, "y: a 1-D target for 3 outputs must hold integer class labels"),
     ({"epochs": 0}, ValueError, "epochs: must be ≥ 1"),
@@ -131,7 +135,23 @@ def test_set_weights_errors_leave_the_model_unchanged(backend):
         model.set_weights([good[0], (good[1][0].T, good[1][1])])
     with pytest.raises(ValueError, match=r"weights\[1\] b: contains NaN"):
         model.set_weights([good[0], (good[1][0], np.array([np.nan, 0]))])
+    with pytest.raises(ValueError, match=r"weights\[1\] b: contains NaN or Inf \(after conversion to float32\)"):
+        model.set_weights([good[0], (good[1][0], np.array([1e300, 0]))])
+    with pytest.raises(TypeError, match=r"weights\[0\] W: expected real numbers, got an array of dtype complex"):
+        model.set_weights([(good[0][0] + 1j, good[0][1]), good[1]])
+    with pytest.raises(ValueError, match=r"weights\[0\] W: rows of different lengths"):
+        model.set_weights([([[0.0] * 4] * 2 + [[0.0] * 3], good[0][1]), good[1]])
     assert_unchanged(model, before)
+
+
+def test_targets_that_overflow_the_dtype_are_named(backend):
+    """y finite in float64 but not in the model's float32: the error names y, in every call that takes it."""
+    model = MLP([3, 1], output_activation="identity", loss="mse", backend=backend.name, seed=0)
+    assert model.dtype == np.float32
+    huge = np.full(10, 1e300)
+    for call in (model.evaluate, model.score, lambda X_, y_: model.fit(X_, y_, epochs=1)):
+        with pytest.raises(ValueError, match=r"y: contains NaN or Inf \(after conversion to float32\)"):
+            call(X, huge)
 
 
 def test_predict_errors(backend):

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import cast_finite, real_array
+
 
 @dataclass(frozen=True)
 class Loss:
@@ -57,9 +59,7 @@ class Targets:
 
 def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: str = "y") -> Targets:
     """Check ``y`` and encode it as (n, n_out) rows of ``dtype``; every error names ``argument``."""
-    y = np.asarray(y)
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
-        raise TypeError(f"{argument}: expected numbers, got an array of dtype {y.dtype}")
+    y = real_array(y, argument)
     if y.ndim == 0 or y.ndim > 2:
         raise ValueError(f"{argument}: expected a 1-D array of labels or a 2-D array (n, {n_out}), got {y.ndim}-D")
     if y.shape[0] != n_samples:
@@ -73,7 +73,7 @@ def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: s
     if y.ndim == 2:
         if y.shape[1] != n_out:
             raise ValueError(f"{argument}: has {y.shape[1]} columns but the network has {n_out} outputs")
-        Y = y.astype(dtype)
+        Y = cast_finite(y, dtype, argument)
         _check_values(Y, loss, argument)
         if loss.name == "cross_entropy":
             rule = "argmax"
@@ -87,13 +87,13 @@ def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: s
     if loss.name == "perceptron":
         if n_out != 1:
             raise ValueError(f"{argument}: the perceptron loss with {n_out} outputs needs a 2-D array of ±1 targets")
-        Y = y.astype(dtype)[:, None]
+        Y = cast_finite(y, dtype, argument)[:, None]
         _check_values(Y, loss, argument)
         return Targets(Y, "threshold", integer)
     if n_out == 1:
         if loss.name == "cross_entropy":
             raise ValueError("loss: cross_entropy needs at least 2 outputs (softmax over one output is always 1)")
-        Y = y.astype(dtype)[:, None]
+        Y = cast_finite(y, dtype, argument)[:, None]
         if loss.name == "bce":
             _check_values(Y, loss, argument)
             return Targets(Y, "threshold", integer)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import backends
 from .activations import ACTIVATIONS, check_activation
+from .arrays import cast_finite, real_array
 from .losses import check_loss, encode_targets
 from .training import Buffers, History, Plan, Trainer
 
@@ -357,15 +358,10 @@ class MLP:
             shapes = ((self.layer_sizes[l], self.layer_sizes[l + 1]), (self.layer_sizes[l + 1],))
             arrays = []
             for name, x, shape in (("W", W, shapes[0]), ("b", b, shapes[1])):
-                x = np.asarray(x)
-                if x.dtype == object or not np.issubdtype(x.dtype, np.number):
-                    raise TypeError(f"{argument}[{l}] {name}: expected numbers, got dtype {x.dtype}")
+                x = real_array(x, f"{argument}[{l}] {name}")
                 if x.shape != shape:
                     raise ValueError(f"{argument}[{l}] {name}: expected shape {shape}, got {x.shape}")
-                x = x.astype(self.dtype)
-                if not np.all(np.isfinite(x)):
-                    raise ValueError(f"{argument}[{l}] {name}: contains NaN or Inf")
-                arrays.append(x)
+                arrays.append(cast_finite(x, self.dtype, f"{argument}[{l}] {name}"))
             out.append(tuple(arrays))
         return out
 
@@ -415,18 +411,12 @@ class MLP:
 
     # ------------------------------------------------------------ checks
     def _check_X(self, X, argument: str) -> np.ndarray:
-        X = np.asarray(X)
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
-            raise TypeError(f"{argument}: expected numbers, got an array of dtype {X.dtype}")
+        X = real_array(X, argument)
         if X.ndim != 2 or X.shape[1] != self.layer_sizes[0]:
             raise ValueError(f"{argument}: expected shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{argument}: is empty (0 samples)")
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow in the cast is reported below
-            X = np.asarray(X, dtype=self.dtype)
-        if not np.all(np.isfinite(X)):
-            raise ValueError(f"{argument}: contains NaN or Inf (after conversion to {self.dtype.name})")
-        return X
+        return cast_finite(X, self.dtype, argument)
 
     # ------------------------------------------------------------- files
     def save(self, path) -> None:
