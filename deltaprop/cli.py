@@ -222,7 +222,9 @@ def _settings(args) -> dict:
         if not (ok and math.isfinite(value)):
             rule = {"lr": "> 0", "momentum": "in [0, 1)", "weight_decay": "≥ 0", "val_split": "in [0, 1)"}[name]
             raise CLIError(f"--{name.replace('_', '-')}: must be {rule}, got {value}")
-    if args.dataset == "xor" and not args.data and args.val_split:
+    if args.dataset == "xor" and not args.data:
+        if args.early_stopping:
+            raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
         args.val_split = 0.0  # four points: nothing to hold out
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")

@@ -1,5 +1,9 @@
 """The public API: predict, predict_proba, score, evaluate, weights, save and load."""
 
+import json
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -85,12 +89,46 @@ def test_load_rejects_bad_files_without_unpickling(tmp_path):
     model = MLP([2, 3, 2], seed=0, backend="numpy")
     good = tmp_path / "good.npz"
     model.save(good)
-    with np.load(good) as f:
+    with np.load(good, allow_pickle=False) as f:
         arrays = dict(f)
     arrays["W0"] = np.zeros((5, 5), np.float32)
     np.savez(tmp_path / "shape.npz", **arrays)
     with pytest.raises(ValueError, match=r"weights\[0\] W: expected shape \(2, 3\)"):
         MLP.load(tmp_path / "shape.npz")
+
+
+def test_load_names_what_is_wrong_with_the_file_or_the_argument(tmp_path):
+    good = tmp_path / "good.npz"
+    MLP([2, 3, 2], seed=0, backend="numpy").save(good)
+    with np.load(good, allow_pickle=False) as f:
+        arrays = dict(f)
+    config = json.loads(str(arrays["config"]))
+
+    def written(name, **change):
+        path = tmp_path / name
+        np.savez(path, **{**arrays, "config": np.array(json.dumps(change.get("whole", {**config, **change})))})
+        return path
+
+    for value in (-3, 2.7, True, "5"):
+        with pytest.raises(ValueError, match=re.escape(f"epochs_trained: expected an integer ≥ 0, got {value!r}")):
+            MLP.load(written("epochs.npz", epochs_trained=value))
+    for whole in ([1, 2], "deltaprop-mlp", None):
+        with pytest.raises(ValueError, match="not a deltaprop model file"):
+            MLP.load(written("list.npz", whole=whole))
+    with pytest.raises(ValueError, match="^backend: unknown backend 'tpu'"):
+        MLP.load(good, backend="tpu")
+    with pytest.raises(TypeError, match="^backend: expected a name"):
+        MLP.load(good, backend=3)
+    assert MLP.load(written("seven.npz", epochs_trained=7), backend="numpy").epochs_trained == 7
+
+
+def test_save_into_a_missing_folder_names_it(tmp_path):
+    model = MLP([2, 3, 2], seed=0, backend="numpy")
+    with pytest.raises(ValueError, match=f"path: the folder {re.escape(str(tmp_path / 'no'))} does not exist"):
+        model.save(tmp_path / "no" / "m.npz")
+    with pytest.raises(ValueError, match="is a directory"):
+        model.save(tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_get_and_set_weights(backend, rng):

@@ -180,6 +180,7 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be ≥ 0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
+    (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
     (["--backend", "tpu"], "backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
     (["--save", "{tmp}/no/such/dir/m.npz"], "--save: the folder"),

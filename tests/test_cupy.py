@@ -31,7 +31,7 @@ def eager(model):
 
 
 def mnist(n=2000):
-    with np.load(MNIST) as f:
+    with np.load(MNIST, allow_pickle=False) as f:
         return f["x_train"][:n].reshape(n, -1) / 255.0, f["y_train"][:n], f["x_test"].reshape(500, -1) / 255.0, f["y_test"]
 
 

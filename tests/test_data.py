@@ -340,3 +340,17 @@ def test_npz(tmp_path, rng):
     np.savez(tmp_path / "e.npz", X_train=np.array([{}, 1], dtype=object), y_train=y[:2])
     with pytest.raises(ValueError, match="not a readable .npz"):
         load_npz(tmp_path / "e.npz")
+    np.savez(tmp_path / "f.npz", X_train=X + 1j, y_train=y)
+    with pytest.raises(ValueError, match="X_train must be a non-empty array of real numbers"):
+        load_npz(tmp_path / "f.npz")
+    np.savez(tmp_path / "g.npz", X_train=X * 1e300, y_train=y)
+    with pytest.raises(ValueError, match=r"X_train contains NaN or Inf \(after conversion to float32\)"):
+        load_npz(tmp_path / "g.npz")
+    np.savez(tmp_path / "h.npz", X_train=X, y_train=y * 0)
+    with pytest.raises(ValueError, match="y_train holds only the label 0; a classifier needs at least 2 classes"):
+        load_npz(tmp_path / "h.npz")
+    damaged = (tmp_path / "a.npz").read_bytes()
+    for i, junk in enumerate((b"PK\x03\x04" + bytes(60), damaged[: len(damaged) // 2], damaged[:200] + bytes(300) + damaged[500:])):
+        (tmp_path / f"z{i}.npz").write_bytes(junk)
+        with pytest.raises(ValueError, match=f"data: .*z{i}.npz is not a readable .npz file"):
+            load_npz(tmp_path / f"z{i}.npz")

