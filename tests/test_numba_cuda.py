@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deltaprop import MLP, backends
+import reference as ref
 from helpers import assert_close
 
 if not backends.available()["numba-cuda"].usable:
@@ -61,6 +62,8 @@ def test_all_finite_finds_one_bad_element(nb):
 
 # ------------------------------------------------------------------ real device only
 LARGE = [(128, 784, 1024), (257, 1024, 1000), (1024, 1024, 1024), (100, 1024, 10)]
+# the activations of the forward and hidden-δ epilogues, beside relu and softmax; a case takes one of them
+ACTS = ("identity", "sigmoid", "tanh", "leaky_relu", "relu")
 
 
 def _f64(x):
@@ -68,11 +71,12 @@ def _f64(x):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B,n_in,n_out", LARGE, ids=str)
+@pytest.mark.parametrize("case", range(len(LARGE)), ids=[str(s) for s in LARGE])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
-    """forward (relu and softmax), hidden δ and the SGD update at MNIST sizes and beyond."""
-    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype))
+def test_large_layers_against_float64(nb, rng, case, dtype):
+    """forward, hidden δ, the gradient and both SGD updates at MNIST sizes and beyond."""
+    B, n_in, n_out = LARGE[case]
+    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype), ACTS[(2 * case + (dtype == "float64")) % len(ACTS)])
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
@@ -80,7 +84,8 @@ def test_large_layers_against_float64(nb, rng, B, n_in, n_out, dtype):
 @pytest.mark.parametrize("wide", [False, True], ids=["offsets32", "offsets64"])
 def test_every_tiling_against_float64(nb, rng, which, dtype, wide, monkeypatch):
     """Each tiling the backend may pick, forced for every GEMM, on shapes that are no multiple of it;
-    with the 32-bit offsets of the loads, and with the 64-bit ones (forced: 2³² elements is 16 GiB)."""
+    with the 32-bit offsets of the loads, and with the 64-bit ones (forced: 2³² elements is 16 GiB).
+    The 6 (tiling, dtype) cases of each offset width take every activation of ACTS between them."""
     assert len(nb.tilings) == 3 and nb.wide_from == 2**32
     tiles = nb.tilings[which]
     monkeypatch.setattr(nb, "tilings", (tiles,))
@@ -92,28 +97,30 @@ def test_every_tiling_against_float64(nb, rng, which, dtype, wide, monkeypatch):
         B, n_in, n_out = tiles.bm + 3, 2 * tiles.bk + 1, tiles.bn + 5  # two tiles a side, K past a stage
     else:
         B, n_in, n_out = 2 * tiles.bm + 1, 33 * tiles.bk + 3, 3 * tiles.bn - 7
-    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype))
-    assert chosen == [wide] * 5  # forward twice, hidden δ, weight_grad, sgd_update: the offsets asked for
+    act = ACTS[(2 * which + (dtype == "float64")) % len(ACTS)]
+    _check_layer(nb, rng, B, n_in, n_out, np.dtype(dtype), act)
+    forwards = 2 if act == "relu" else 3
+    assert chosen == [wide] * (forwards + 4)  # forwards, hidden δ, weight_grad, two sgd_updates: the offsets asked for
 
 
-def _check_layer(nb, rng, B, n_in, n_out, dt):
+def _check_layer(nb, rng, B, n_in, n_out, dt, act):
+    """Every GEMM epilogue of one layer against float64: forward with relu, softmax and ``act`` (that one
+    without storing a), hidden δ through φ' of ``act``, weight_grad, sgd_update with and without momentum."""
     X, W, b = (rng.normal(size=s).astype(dt) for s in ((B, n_in), (n_in, n_out), (n_out,)))
     D, vW, vb = (rng.normal(size=s).astype(dt) for s in ((B, n_out), (n_in, n_out), (n_out,)))
     scale = np.sqrt(n_in)  # the size of a sum of n_in unit products: the tolerance grows with it
     a_ref = _f64(X) @ W + b
     z, a = nb.empty((B, n_out), dt), nb.empty((B, n_out), dt)
-    for act in ("relu", "softmax"):
-        nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), act, z, a)
-        assert_close(nb.to_numpy(a), a_ref, dt, scale=scale)
-        if act == "relu":
-            assert_close(nb.to_numpy(z), np.maximum(a_ref, 0), dt, scale=scale)
-        else:
-            e = np.exp(a_ref - a_ref.max(axis=1, keepdims=True))
-            assert_close(nb.to_numpy(z), e / e.sum(axis=1, keepdims=True), dt, scale=scale)
-    Z = np.maximum(X, 0)
+    for name in dict.fromkeys(("relu", "softmax", act)):
+        store = name != act or act == "relu"
+        nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), name, z, a if store else None)
+        if store:
+            assert_close(nb.to_numpy(a), a_ref, dt, scale=scale)
+        assert_close(nb.to_numpy(z), ref.phi(name, a_ref), dt, scale=scale)
+    Z = ref.phi(act, X).astype(dt)  # the layer's stored output, from which φ' is taken
     delta = nb.empty((B, n_in), dt)
-    nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(Z), "relu", delta)
-    assert_close(nb.to_numpy(delta), (Z > 0) * (_f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
+    nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(Z), act, delta)
+    assert_close(nb.to_numpy(delta), ref.dphi(act, X) * (_f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
     dW, db = nb.empty((n_in, n_out), dt), nb.empty(n_out, dt)
     nb.weight_grad(nb.asarray(X), nb.asarray(D), dW, db)
     assert_close(nb.to_numpy(dW), _f64(X).T @ D / B, dt, scale=np.sqrt(B))
@@ -127,6 +134,10 @@ def _check_layer(nb, rng, B, n_in, n_out, dt):
     vb1 = 0.9 * _f64(vb) + _f64(D).mean(axis=0)
     assert_close(nb.to_numpy(vbd), vb1, dt, scale=np.sqrt(B))
     assert_close(nb.to_numpy(bd), b - 0.1 * vb1, dt, scale=np.sqrt(B))
+    Wd, bd = nb.asarray(W), nb.asarray(b)  # plain SGD: no momentum buffers, no decay
+    nb.sgd_update(nb.asarray(X), nb.asarray(D), Wd, bd, None, None, 0.1, 0.0, 0.0)
+    assert_close(nb.to_numpy(Wd), W - 0.1 * (_f64(X).T @ D / B), dt, scale=np.sqrt(B))
+    assert_close(nb.to_numpy(bd), b - 0.1 * _f64(D).mean(axis=0), dt, scale=np.sqrt(B))
 
 
 def test_gemm_operands_must_be_c_contiguous(nb, rng):

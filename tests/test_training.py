@@ -134,17 +134,25 @@ def test_regression_with_mse(backend, rng):
 
 
 def test_callback_may_set_weights_during_fit_with_momentum(backend, rng):
-    """A callback that replaces the weights (and so the momentum buffers) does not break the next epoch."""
+    """A callback that replaces the weights after the first epoch (which resets the momentum buffers):
+    the two epochs after it train from those weights with fresh momentum, as a new fit from them would."""
     X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
     model = MLP([3, 4, 2], backend=backend.name, dtype="float64", seed=1)
-    start = model.get_weights()
+    start = [(rng.normal(size=W.shape), rng.normal(size=b.shape)) for W, b in model.get_weights()]
     seen = []
 
     def reset(epoch, history):
         seen.append(epoch)
-        model.set_weights(start)
+        if epoch == 0:
+            model.set_weights(start)
 
-    h = model.fit(X, y, epochs=3, batch_size=5, lr=0.1, momentum=0.9, callback=reset)
+    args = dict(batch_size=5, lr=0.1, momentum=0.9, shuffle=False)
+    h = model.fit(X, y, epochs=3, callback=reset, **args)
     assert seen == [0, 1, 2] and h.epochs == 3
-    for (W0, _), (W1, _) in zip(start, model.get_weights()):
-        np.testing.assert_array_equal(W0, W1)
+    twin = MLP([3, 4, 2], backend=backend.name, dtype="float64", seed=1)
+    twin.set_weights(start)
+    twin.fit(X, y, epochs=2, **args)
+    for (W0, b0), (W1, b1), (Ws, _) in zip(twin.get_weights(), model.get_weights(), start):
+        assert not np.allclose(W1, Ws)  # it trained after the reset
+        np.testing.assert_allclose(W1, W0, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-15)
