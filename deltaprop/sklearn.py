@@ -42,6 +42,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
         f"({exc}); install it with: pip install 'scikit-learn>=1.6'"
     ) from exc
 
+from . import backends
 from .mlp import MLP
 from .mlp.activations import check_activation
 from .mlp.model import _check_int, _check_real, check_dtype
@@ -256,6 +257,11 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
         if check_dtype(self.dtype) != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
+        if backends.select(self.backend).name != model.backend_name:
+            raise ValueError(
+                f"backend: {self.backend!r} differs from the fitted network's {model.backend_name!r}; "
+                "set warm_start=False to start afresh"
+            )
 
     def _split(self, X, Y, rng):
         """The early-stopping split, as scikit-learn makes it (stratified for classifiers)."""

@@ -188,6 +188,15 @@ def test_warm_start_continues_and_fit_without_it_starts_afresh(iris):
     np.testing.assert_array_equal(clf.coefs_[0], MLPClassifier((8,), max_iter=5, random_state=0).fit(X, y).coefs_[0])
     with pytest.raises(ValueError, match="hidden_layer_sizes: .* differs from the fitted network"):
         clf.set_params(warm_start=True, hidden_layer_sizes=(9,)).fit(X, y)
+    clf.set_params(hidden_layer_sizes=(8,))
+    with pytest.raises(ValueError, match="backend: unknown backend 'tpu'"):
+        clf.set_params(backend="tpu").fit(X, y)
+    with pytest.raises(ValueError, match="backend: unknown backend 'tpu'"):
+        clf.partial_fit(X, y)
+    other = "cupy" if clf.model_.backend_name != "cupy" else "numpy"
+    with pytest.raises(ValueError, match=f"backend: '{other}' differs from the fitted network's"):
+        clf.set_params(backend=other).fit(X, y)
+    assert clf.n_iter_ == 5  # the refused calls trained nothing
 
 
 BAD_PARAMS = [
