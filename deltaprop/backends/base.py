@@ -15,7 +15,7 @@ Conventions (see README, "The math"):
 The default methods are written against ``self.xp`` (NumPy or CuPy), with
 ``out=`` arguments and a cached scratch space, so that a training step
 allocates nothing once the scratch has grown to the batch's size. A backend
-overrides only what it accelerates; ``tests/test_contract.py`` checks that every
+overrides only what it accelerates; ``tests/test_backends.py`` checks that every
 override keeps the signature below.
 
 A backend object is shared by all models that use it and is not thread-safe.
