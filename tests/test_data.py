@@ -273,26 +273,28 @@ def _lying(a, edit) -> bytes:
     return buf.getvalue()
 
 
-def test_pickled_arrays_refuse_what_is_not_plain_arrays():
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    good = mf.py2_style_dumps((a,))
-    cases = {
-        "truncated": (good[: len(good) // 2], "damaged pickle"),
-        "no STOP": (good[:-1], "damaged pickle"),
-        "more bytes than the shape": (_lying(a, lambda s: (s[0], (1, 3), *s[2:])), r"shape \(1, 3\) .* 24 bytes"),
-        "fewer bytes than the shape": (_lying(a, lambda s: (s[0], (3, 3), *s[2:])), r"shape \(3, 3\) .* 24 bytes"),
-        "negative size": (_lying(a, lambda s: (s[0], (-2, 3), *s[2:])), "not a tuple of sizes"),
-        "protocol 4": (pickle.dumps((a,), protocol=4), "protocol 4"),
-        "a list": (mf.py2_style_dumps([a]), "refused opcode EMPTY_LIST"),
-        "a bare number": (mf.py2_style_dumps(3), "holds int"),
-        "an array never built": (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R\x85.",
-                                 "holds _Array"),
-        "a void dtype": (mf.py2_style_dumps((np.zeros(2, "V4"),)), "refused dtype"),
-    }
-    for name, (raw, message) in cases.items():
-        with pytest.raises(RefusedPickle, match=message):
-            read_arrays(raw)
-        assert name  # each case raised the error it names
+_A = np.arange(6, dtype=np.float32).reshape(2, 3)
+_GOOD = mf.py2_style_dumps((_A,))
+REFUSED = {  # name: (the stream, what the error says)
+    "truncated": (lambda: _GOOD[: len(_GOOD) // 2], "damaged pickle"),
+    "no STOP": (lambda: _GOOD[:-1], "damaged pickle"),
+    "more bytes than the shape": (lambda: _lying(_A, lambda s: (s[0], (1, 3), *s[2:])), r"shape \(1, 3\) .* 24 bytes"),
+    "fewer bytes than the shape": (lambda: _lying(_A, lambda s: (s[0], (3, 3), *s[2:])), r"shape \(3, 3\) .* 24 bytes"),
+    "negative size": (lambda: _lying(_A, lambda s: (s[0], (-2, 3), *s[2:])), "not a tuple of sizes"),
+    "protocol 4": (lambda: pickle.dumps((_A,), protocol=4), "protocol 4"),
+    "a list": (lambda: mf.py2_style_dumps([_A]), "refused opcode EMPTY_LIST"),
+    "a bare number": (lambda: mf.py2_style_dumps(3), "holds int"),
+    "an array never built": (lambda: b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R\x85.",
+                             "holds _Array"),
+    "a void dtype": (lambda: mf.py2_style_dumps((np.zeros(2, "V4"),)), "refused dtype"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_pickled_arrays_refuse_what_is_not_plain_arrays(case):
+    make, message = REFUSED[case]
+    with pytest.raises(RefusedPickle, match=message):
+        read_arrays(make())
 
 
 # ------------------------------------------------------------ other data
