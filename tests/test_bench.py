@@ -88,12 +88,34 @@ def test_a_tiny_run_writes_json_and_markdown(tmp_path):
     assert {(r["net"], r["batch"]) for r in rows} == {("reference", 32), ("reference", 256), ("small", 32), ("small", 256)}
     assert all(r["samples"] == 96 and r["epoch_s"]["min"] <= r["epoch_s"]["median"] <= r["epoch_s"]["max"] for r in rows)
     assert {r["sweep"] for r in result["suites"]["scaling"]["rows"]} == {"width", "depth"}
-    assert result["suites"]["tta"]["rows"][0]["backend"] == "numpy"
+    [tta] = result["suites"]["tta"]["rows"]
+    assert tta["backend"] == "numpy" and tta["warmup_s"] > 0
     markdown = json_path.with_suffix(".md").read_text()
     assert "## Train: one epoch" in markdown and "## Time to accuracy" in markdown
+    assert "Off the clock, a warm-up fit" in markdown
 
 
 def test_an_unknown_suite_is_an_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["nonsense"])
     assert "unknown suite 'nonsense'" in capsys.readouterr().err
+
+
+def test_time_to_accuracy_warms_up_on_the_shapes_of_the_timed_fit(monkeypatch):
+    """The JIT compiles off the clock: a fit with the same batch size, the same last partial batch and the same
+    test set runs before the timed one."""
+    from deltaprop.mlp import MLP
+
+    calls, real_fit = [], MLP.fit
+
+    def recording_fit(self, X, y, **kw):
+        calls.append((len(X), kw["batch_size"], kw["validation_data"][0].shape))
+        return real_fit(self, X, y, **kw)
+
+    monkeypatch.setattr(MLP, "fit", recording_fit)
+    s = cli.Settings.smoke_settings(["numpy"])
+    s.tta_batch, s.tta_max_epochs = 32, 1
+    Xtr, ytr, Xte, yte = measure.synthetic(100, 24, seed=1, learnable=True)  # 100 = 3 × 32 + 4
+    [row] = suites.time_to_accuracy(s, (Xtr, ytr, Xte, yte))
+    assert calls == [(2 * 32 + 4, 32, (24, 784)), (100, 32, (24, 784))]
+    assert row["warmup_s"] > 0

@@ -83,6 +83,9 @@ def markdown(result, plots=()) -> str:
             rows = [(r["backend"], r["net"], f"{r['target']:.0%}", f"{r['seconds']:.1f} s" if r["reached"] else
                      f"not reached ({r['elapsed_s']:.1f} s)", r["epochs"], f"{r['test_accuracy']:.4f}") for r in tta["rows"]]
             lines += _table(["backend", "net", "target", "time", "epochs", "test accuracy"], rows)
+            if all("warmup_s" in r for r in tta["rows"]):
+                lines += ["", "Off the clock, a warm-up fit on a few batches with the same test evaluation (JIT "
+                          "compilation): " + ", ".join(f"{r['backend']} {r['warmup_s']:.1f} s" for r in tta["rows"])]
     if result["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in result["errors"]]
     lines += [""] + [f"![{p}]({p})" for p in plots]
