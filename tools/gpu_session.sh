@@ -4,6 +4,8 @@
 #                                            bench-all bench-train bench-peers bench-kernels bench-tta
 # Logs go to $OUT (or .gpu/out here); the summary of each step is printed last.
 # The MNIST cache travels as .xdg/deltaprop/mnist.npz (carry .xdg): the device has no network.
+# The device's copy of .git can be stale: put DELTAPROP_COMMIT=<hash of HEAD here> in the command itself,
+# so that the results name the commit that ran (git rev-parse on the device named an older one, 2026-11-22).
 set -u
 OUT=${OUT:-.gpu/out}; mkdir -p "$OUT"
 BACKENDS=${BACKENDS:-numba-cuda,cupy}
@@ -28,7 +30,7 @@ step() {  # step NAME SECONDS CMD...
 }
 for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   env) step env 60 bash -c "nvidia-smi; $PY -c 'import numpy, numba, cupy, torch; from numba import cuda; import importlib.metadata as m; print(\"numpy\", numpy.__version__, \"numba\", numba.__version__, \"numba-cuda\", m.version(\"numba-cuda\"), \"cupy\", cupy.__version__, \"torch\", torch.__version__, \"cuda runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion()); from deltaprop import backends; print(backends.available())'" ;;
-  tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-8} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
+  tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-15} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
   gputests) step gputests 300 $PY -m pytest -q -p no:cacheprovider --require-gpu -m gpu -rfEs --timeout=120 ${PYTEST_ARGS:-} ;;
   repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs ${RUNS:-200}; done ;;
   bench-numba) step bench-numba 120 $PY bench/numba_vs_cublas_torch.py --out "$OUT" ;;
