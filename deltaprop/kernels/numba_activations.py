@@ -9,9 +9,15 @@ from __future__ import annotations
 import functools
 import math
 
-from numba import cuda
+from numba import config, cuda
 
 LEAKY_SLOPE = 0.1
+
+# Decorator of device functions inlined into their callers, at the NVVM level (LLVM's alwaysinline). Inlining
+# at the Numba IR level (inline="always") gives the same machine code (every kernel variant's SASS compared,
+# tools/sass_stats.py's compile path) but copies the callee's IR at every call: the GEMM kernels compiled about
+# 5× slower. The simulator's jit takes no forceinline, and runs plain Python anyway.
+device_inline = cuda.jit(device=True) if config.ENABLE_CUDASIM else cuda.jit(device=True, forceinline=True)
 
 
 @functools.cache
@@ -33,7 +39,7 @@ def phi(act: str, kind):
         f = lambda a: one if a > zero else zero  # noqa: E731
     else:
         raise ValueError(f"activation: unknown activation {act!r}")
-    return cuda.jit(device=True, inline=True)(f)
+    return device_inline(f)
 
 
 @functools.cache
@@ -54,4 +60,4 @@ def dphi(act: str, kind):
         f = lambda z: zero  # noqa: E731
     else:
         raise ValueError(f"activation: {act!r} has no elementwise derivative")
-    return cuda.jit(device=True, inline=True)(f)
+    return device_inline(f)

@@ -10,9 +10,10 @@ multiprocessors idle (at batch 128, 32 × 32 tiles give 4× the blocks of 64 × 
 
 What the inner loop compiles to is checked without a GPU by tools/sass_stats.py (registers, spills,
 the FMA share of a stage's instructions); numba has no unroll pragma, so the k loop of a stage is
-unrolled by nesting inlined calls, and indices are cast to unsigned (``U``): numba wraps a signed
-index around, a compare and a select per access, that LLVM cannot always remove. Global loads go
-through flat offsets into the operands (``load``), which must therefore be C-contiguous.
+unrolled by nesting calls that NVVM inlines (``device_inline``), and indices are cast to unsigned
+(``U``): numba wraps a signed index around, a compare and a select per access, that LLVM cannot
+always remove. Global loads go through flat offsets into the operands (``load``), which must
+therefore be C-contiguous.
 
 Layouts (no transpose is ever materialised, the loader reads the operand as it lies):
   "nn"  C = A·B,  A (M, K), B (K, N)   forward:      z_prev·W
@@ -40,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import config, cuda
 
-from .numba_activations import dphi, phi
+from .numba_activations import device_inline, dphi, phi
 
 U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
 # shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
@@ -55,7 +56,7 @@ if config.ENABLE_CUDASIM:  # a NumPy array underneath, which checks its bounds: 
 
 else:
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def load(X, off):
         """Element ``off`` of the C-contiguous 2-D array X, counted in row-major order: numba indexes
         a C-layout array as data + i·shape[1] + j, so X[0, off] is that element, without a multiply."""
@@ -147,7 +148,7 @@ def _groups(t: int):
 def _twice(step, width: int):
     """Device function doing ``step`` at kk and then at kk + width."""
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def twice(As, Bs, ar, br, acc, kk, tx, ty):
         step(As, Bs, ar, br, acc, kk, tx, ty)
         step(As, Bs, ar, br, acc, kk + width, tx, ty)
@@ -171,20 +172,20 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offse
     L = BP * BK // NT  # elements per thread (the size of ``reg`` and ``off``)
     zero, one = kind(0.0), kind(1.0)
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def where(e):  # (k, p) within the stage of the e-th element
         if k_major:
             return e // BP, e % BP
         return e % BK, e // BK
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def start(X, off, t, p0):
         ld = X.shape[1]
         for r in range(L):
             kk, pp = where(t + r * NT)
             off[r] = offset(kk * ld + p0 + pp if k_major else (p0 + pp) * ld + kk)
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def fetch(X, reg, off, t, p0, depth, P):
         """This stage's elements into ``reg``, and ``off`` on to the next stage's; ``depth``: the
         steps of k left in X from this stage's first (only those below BK matter)."""
@@ -201,7 +202,7 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offse
             reg[r] = v
             off[r] += step
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def put(S, reg, t):
         for r in range(L):
             kk, pp = where(t + r * NT)
@@ -234,7 +235,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
     start_a, fetch_a, put_a, LA = _stage(BM, BK, NT, TA, bias_row, kind, offset)  # A: (K, M) when TA, else (M, K)
     start_b, fetch_b, put_b, LB = _stage(BN, BK, NT, not TB, False, kind, offset)  # B: (K, N), or (N, K) when TB
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def step(As, Bs, ar, br, acc, kk, tx, ty):
         """acc += (column kk of the A tile) ⊗ (row kk of the B tile), for this thread's rows and columns."""
         for g in range(GM):
@@ -251,7 +252,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
     while BK % (2 * UNROLL) == 0:
         steps, UNROLL = _twice(steps, UNROLL), 2 * UNROLL
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True)  # NVVM inlines it unasked; forcing it reorders the SASS of some kernels, untimed
     def mainloop(A, B, acc):
         As = cuda.shared.array(A_SHAPE, kind, alignment=ALIGN)
         Bs = cuda.shared.array(B_SHAPE, kind, alignment=ALIGN)
@@ -303,7 +304,7 @@ def _coords(tiles: Tiles):
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
 
-    @cuda.jit(device=True, inline="always")
+    @device_inline
     def coords(i, j):
         m = cuda.blockIdx.y * BM + (i // VM) * (BM // GM) + cuda.threadIdx.y * VM + i % VM
         n = cuda.blockIdx.x * BN + (j // VN) * (BN // GN) + cuda.threadIdx.x * VN + j % VN
