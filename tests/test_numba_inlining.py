@@ -19,8 +19,8 @@ def test_device_functions_are_inlined_by_nvvm_not_by_numba():
     tiles = g.GPU_TILES[0]
     start, fetch, put, _ = g._stage(tiles.bm, tiles.bk, tiles.threads, True, False, np.float32, np.uint32)
     functions = {
-        "load": g.load, "coords": g._coords(tiles), "twice": g._twice(g.load, 1), "start": start, "fetch": fetch,
-        "put": put,
+        "load": g.load, "coords": g._coords(tiles), "twice": g._twice(g.load, 1),
+        "start": start, "fetch": fetch, "put": put,
         "phi": a.phi("relu", np.float32), "dphi": a.dphi("tanh", np.float64),
     }
     for name, f in functions.items():
