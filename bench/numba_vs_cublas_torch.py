@@ -33,13 +33,12 @@ os.environ.setdefault("CUPY_TF32", "0")  # cuBLAS in plain FP32, as the issue as
 import numpy as np
 
 
-def gemm(sizes, repeat, tiles):
+def gemm(sizes, repeat, fixed):
     import cupy as cp
     from numba import cuda
 
     from deltaprop.kernels import numba_gemm as g
 
-    fixed = g.Tiles(*tiles).check() if tiles else None
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     rows = []
     for n in sizes:
@@ -80,7 +79,6 @@ def gemm(sizes, repeat, tiles):
 
 def mnist(epochs, tiles):
     from deltaprop import MLP
-    from deltaprop.kernels import numba_gemm as g
 
     rng = np.random.default_rng(0)
     X = rng.random((60000, 784), dtype=np.float32)
@@ -89,7 +87,7 @@ def mnist(epochs, tiles):
     model = MLP([784, 1024, 1024, 10], activation="relu", backend="numba-cuda", dtype="float32", seed=0)
     saved = model.backend.tilings
     if tiles:
-        model.backend.tilings = (g.Tiles(*tiles).check(),)
+        model.backend.tilings = (tiles,)
     out["tilings"] = [list(t) for t in model.backend.tilings]
     launches, replays = model.backend.launches, model.backend.replays
     hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
@@ -183,8 +181,13 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
-    if args.tiles and len(args.tiles) not in (5, 6):
-        p.error("--tiles takes BM BN BK TM TN and optionally BLOCKS")
+    if args.tiles:
+        from deltaprop.kernels.numba_gemm import Tiles
+
+        try:
+            args.tiles = Tiles.of(args.tiles)
+        except ValueError as exc:
+            p.error(f"--tiles: {exc}")
     result = {"environment": environment()}
     if args.only in (None, "gemm"):
         result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)

@@ -203,6 +203,12 @@ def test_tilings_follow_the_rules_of_the_main_loop():
                      ((128, 128, 8, 8, 8, 9), "2048"), ((128, 128, 8, 8, 8, 0), "positive")]:
         with pytest.raises(ValueError, match=why):
             Tiles(*bad).check()
+        with pytest.raises(ValueError, match=why):
+            Tiles.of(bad)  # a command line's numbers (tools/sass_stats.py, bench/numba_vs_cublas_torch.py)
+    assert Tiles.of([64, 64, 16, 4, 4]) == Tiles(64, 64, 16, 4, 4, 1)
+    for count in (4, 7):
+        with pytest.raises(ValueError, match=f"{count} numbers"):
+            Tiles.of([8] * count)
 
 
 def test_launch_bounds_come_from_the_blocks_asked_for(monkeypatch):

@@ -141,11 +141,13 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cc", type=int, nargs=2, default=(9, 0))
     args = p.parse_args(argv)
-    if args.tiles and len(args.tiles) not in (5, 6):
-        p.error("--tiles takes BM BN BK TM TN and optionally BLOCKS")
+    try:
+        chosen = [g.Tiles.of(args.tiles)] if args.tiles else g.GPU_TILES
+    except ValueError as exc:
+        p.error(f"--tiles: {exc}")
     cc = tuple(args.cc)
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
-    for tiles in [g.Tiles(*args.tiles).check()] if args.tiles else g.GPU_TILES:
+    for tiles in chosen:
         for name, k in variants(args.kernel, np.dtype(args.dtype).type, tiles, args.wide):
             stats = analyse(compile_kernel(name, k, args.dtype, cc), cc, tiles)
             if args.kernel == "all":

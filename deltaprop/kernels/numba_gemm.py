@@ -87,6 +87,13 @@ class Tiles(NamedTuple):
     def grid(self, rows: int, cols: int):
         return (math.ceil(cols / self.bn), math.ceil(rows / self.bm))
 
+    @classmethod
+    def of(cls, values) -> Tiles:
+        """Tiles from a command line's BM BN BK TM TN [BLOCKS], checked; ValueError if they are not 5 or 6."""
+        if len(values) not in (5, 6):
+            raise ValueError(f"{len(values)} numbers, where BM BN BK TM TN and optionally BLOCKS are 5 or 6")
+        return cls(*values).check()
+
     def check(self) -> Tiles:
         """These tiles, or ValueError saying which rule of the main loop they break."""
         bm, bn, bk, tm, tn, blocks = self
