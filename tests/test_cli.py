@@ -76,13 +76,15 @@ def test_xor_and_user_npz(tmp_path, capsys, rng):
     rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--metrics-out", tmp_path / "x.json")
     assert rc == 0, err
     assert json.loads((tmp_path / "x.json").read_text())["test_accuracy"] == 1.0
-    X = rng.normal(size=(200, 5))
+    # 450 + 150 samples: with 150 + 50, about one random draw in 200 scored 0.80–0.84 after 20 epochs (seen in
+    # CI, DELTAPROP_TEST_SEED=576857977); at these sizes 1000 draws scored 0.92 at the least
+    X = rng.normal(size=(600, 5))
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
-    np.savez(tmp_path / "own.npz", X_train=X[:150], y_train=y[:150], X_test=X[150:], y_test=y[150:])
+    np.savez(tmp_path / "own.npz", X_train=X[:450], y_train=y[:450], X_test=X[450:], y_test=y[450:])
     rc, out, err = run(capsys, "train", "--data", tmp_path / "own.npz", "--epochs", 20, "--lr", 0.05, *SMALL[:4], "--quiet",
                        "--save", tmp_path / "own-model.npz")
     assert rc == 0, err
-    assert MLP.load(tmp_path / "own-model.npz").score(X[150:], y[150:]) > 0.85
+    assert MLP.load(tmp_path / "own-model.npz").score(X[450:], y[450:]) > 0.85
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, monkeypatch):
