@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import __version__, backends
+from . import __version__, backends, precompile
 from ._files import atomic_write
 from .backends import BackendUnavailable
 from ._files import json_safe
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="versions, backends (usable or why not), GPU", description="Versions, backends and GPU of this machine.")
     i.set_defaults(run=cmd_info)
+    precompile.add_parser(sub)
     # listed for --help only: main() hands "bench ..." to deltaprop.bench before parsing
     sub.add_parser("bench", add_help=False, help="the CPU-vs-GPU benchmarks (deltaprop bench --help)")
     return parser

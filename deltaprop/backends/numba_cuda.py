@@ -38,23 +38,27 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def probe() -> compat.Probe:
         return compat.probe_numba_cuda()
 
-    def __init__(self):
+    def __init__(self, target: int | None = None):
+        """The backend on this machine's GPU; with ``target``, a number of multiprocessors, the kernel choices
+        of a GPU that is not here, for a subclass that launches nothing (``deltaprop compile``'s recorder)."""
         super().__init__()
-        probe = self.probe()
-        self.cuda = probe.require(self.name)
-        self.device = probe.device
+        if target is None:
+            probe = self.probe()
+            self.cuda, self.device, simulated = probe.require(self.name), probe.device, probe.simulated
+        else:
+            self.cuda, self.device, simulated = None, f"a GPU of {target} multiprocessors, not here", False
         from ..kernels import numba_elementwise, numba_gemm
 
         self._gemm, self._ew = numba_gemm, numba_elementwise
         # the GEMM tilings, largest first: each GEMM takes the largest that gives every multiprocessor a block
-        self.tilings = numba_gemm.SIM_TILES if probe.simulated else numba_gemm.GPU_TILES
-        self.multiprocessors = 4 if probe.simulated else self.cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self.tilings = numba_gemm.SIM_TILES if simulated else numba_gemm.GPU_TILES
+        self.multiprocessors = target or (4 if simulated else self.cuda.get_current_device().MULTIPROCESSOR_COUNT)
         self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
-        self.threads = 8 if probe.simulated else 256  # per block, for the 1-D kernels (a power of 2)
+        self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
-        self.graphs = not probe.simulated  # False: the contract's Python loop
-        self._simulated = probe.simulated
+        self.graphs = not simulated  # False: the contract's Python loop
+        self._simulated = simulated
         self._flag = None
         self._stream = 0  # where kernels are launched: the default stream, or the capture stream
         self._capture_stream = None

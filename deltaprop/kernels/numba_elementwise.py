@@ -15,8 +15,10 @@ from numba import cuda
 
 from .numba_activations import dphi
 from .numba_gemm import softmax_row
+from .numba_cache import persistent
 
 
+@persistent
 @functools.cache
 def output_delta(act: str, loss: str, kind):
     """Kernel (a, z, y, delta): δ_L for one (activation, loss) pair, element by element."""
@@ -42,6 +44,7 @@ def output_delta(act: str, loss: str, kind):
     return kernel
 
 
+@persistent
 @functools.cache
 def softmax_rows(kind):
     """Kernel (z): z ← softmax(z) row by row, one thread per row (for rows wider than a GEMM tile)."""
@@ -134,6 +137,7 @@ def _row_correct(rule):
     return cuda.jit(device=True)(f)
 
 
+@persistent
 @functools.cache
 def batch_metrics(loss: str, rule, threads: int):
     """Kernel (a, z, y, out), one block of ``threads`` (a power of 2): out[0] += Σ_rows loss, out[1] += Σ_rows correct.
@@ -168,6 +172,7 @@ def batch_metrics(loss: str, rule, threads: int):
     return kernel
 
 
+@persistent
 @functools.cache
 def gather():
     """Kernel (src, idx, out): out[i, :] = src[idx[i], :]."""
@@ -183,6 +188,7 @@ def gather():
     return kernel
 
 
+@persistent
 @functools.cache
 def fill():
     """Kernel (x, value): x[:] = value, for a 1-D x."""
@@ -196,6 +202,7 @@ def fill():
     return kernel
 
 
+@persistent
 @functools.cache
 def flag_nonfinite():
     """Kernel (x, flag): flag[0] = 1 when some element of the 1-D x is NaN or ±Inf."""
@@ -209,6 +216,7 @@ def flag_nonfinite():
     return kernel
 
 
+@persistent
 @functools.cache
 def window_in():
     """Kernel (order, rows, step_no, batch): rows[i] = order[step_no[0]·batch + i] (graphs.GraphSteps)."""
@@ -222,6 +230,7 @@ def window_in():
     return kernel
 
 
+@persistent
 @functools.cache
 def window_out():
     """Kernel (metrics, sums, step_no), one thread: metrics[step_no] += sums, sums ← 0, step_no += 1."""

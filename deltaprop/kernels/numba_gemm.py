@@ -42,6 +42,7 @@ import numpy as np
 from numba import config, cuda
 
 from .numba_activations import device_inline, dphi, phi
+from .numba_cache import persistent
 
 U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
 # shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
@@ -320,6 +321,7 @@ def _coords(tiles: Tiles):
     return coords
 
 
+@persistent
 @functools.cache
 def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, bias, z, a): a = A·B + bias, z = φ(a); pass z as ``a`` when not STORE_A."""
@@ -369,6 +371,7 @@ def softmax_row(z, m, N, one):
         z[m, n] *= inv
 
 
+@persistent
 @functools.cache
 def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, z, delta): delta = (A·Bᵀ) ⊙ φ'(z)."""
@@ -391,6 +394,7 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
     return kernel
 
 
+@persistent
 @functools.cache
 def grad(kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, dW, db, scale): dW = scale·AᵀB, db = scale·(column sums of B)."""
@@ -414,6 +418,7 @@ def grad(kind, tiles: Tiles, wide: bool = False):
     return kernel
 
 
+@persistent
 @functools.cache
 def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, W, b, vW, vb, lr, mu, decay, scale): the SGD step from the gradient tile.

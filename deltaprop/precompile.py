@@ -1,0 +1,318 @@
+"""``deltaprop compile``: the kernels that a fit would use, compiled into the on-disk cache before the fit.
+
+numba-cuda: a stand-in of the backend (``Recorder``) runs the fit, an evaluation and a prediction on arrays
+that have shapes and no data, and records every kernel launched with its argument types. So the code that
+picks a fit's kernels (an epilogue per activation, a tiling per output size) is the one that says which
+they are: nothing is listed twice. Each is then compiled for the compute capability asked (``--cc``, no GPU
+needed) or the GPU's into ``kernels.numba_cache``, or found there. A tiling depends on the number of
+multiprocessors too: ``--multiprocessors`` (by default the GPU's, or the usual count for ``--cc``'s
+datacenter part). A fit of other shapes (another batch size, a last batch or an evaluation chunk that picks
+another tiling) compiles what it lacks at its first use, and caches it.
+
+CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
+(``CUPY_CACHE_DIR``); with a GPU the command compiles them there, without one it says that it cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from .kernels import numba_cache
+
+# Multiprocessors of the usual datacenter GPU of a compute capability, for --cc without --multiprocessors.
+MULTIPROCESSORS = {(7, 0): 80, (8, 0): 108, (9, 0): 132, (10, 0): 148}
+BACKENDS = ("numba-cuda", "cupy")
+
+
+class CompileError(ValueError):
+    """A bad option of ``deltaprop compile``; the message names it."""
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser(
+        "compile", help="compile the GPU kernels of a fit into the kernel cache (no GPU needed with --cc)",
+        description="Compile every kernel a fit of this net would use into the kernel cache, so that a later fit "
+                    "starts without compiling. With --cc, on a machine without a GPU.")
+    c.add_argument("--backend", default="numba-cuda", help="numba-cuda (default) or cupy")
+    c.add_argument("--cc", metavar="MAJOR.MINOR", help="compile for this compute capability, e.g. 9.0, without a GPU")
+    c.add_argument("--multiprocessors", type=int, metavar="N",
+                   help="the GPU's multiprocessors, which pick the GEMM tilings (default: the GPU's, or the usual "
+                        "count for --cc: " + ", ".join(f"{a}.{b}: {n}" for (a, b), n in MULTIPROCESSORS.items()) + ")")
+    c.add_argument("--layers", default="1024,1024", metavar="N,N,...", help="hidden layer widths (default: 1024,1024)")
+    c.add_argument("--inputs", type=int, default=784, metavar="N", help="input width (default: 784, MNIST)")
+    c.add_argument("--outputs", type=int, default=10, metavar="N", help="output width (default: 10)")
+    c.add_argument("--activation", default="relu", help="hidden activation (default: relu)")
+    c.add_argument("--loss", default="cross_entropy", help="cross_entropy (softmax output), mse or bce (sigmoid); default: cross_entropy")
+    c.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    c.add_argument("--batch-size", type=int, default=128, metavar="B", help="default: 128")
+    c.add_argument("--momentum", type=float, default=0.9, help="0 compiles the update without momentum (default: 0.9)")
+    c.add_argument("--samples", type=int, default=60000, metavar="N",
+                   help="training samples before the validation split, which set the last batch (default: 60000)")
+    c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
+    c.add_argument("--test-samples", type=int, default=10000, metavar="N", help="samples evaluated after the fit (default: 10000)")
+    c.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.backend not in BACKENDS:
+        raise CompileError(f"--backend: {args.backend!r} has no kernels to compile ahead; choose numba-cuda or cupy")
+    cc = _parse_cc(args.cc) if args.cc is not None else None
+    net = _net(args)
+    if args.backend == "cupy":
+        return _cupy(cc, net)
+    return _numba(cc, args.multiprocessors, net)
+
+
+# ---------------------------------------------------------------------------- checks
+def _parse_cc(text: str) -> tuple:
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise CompileError(f"--cc: expected MAJOR.MINOR such as 9.0, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _net(args) -> dict:
+    """The net and the data shapes of the fit, checked as MLP and fit check them (each error names its option)."""
+    from .cli import OUTPUT_FOR_LOSS
+    from .mlp import MLP
+
+    try:
+        hidden = [int(v) for v in args.layers.split(",")] if args.layers else []
+    except ValueError:
+        raise CompileError(f"--layers: expected comma-separated integers such as 1024,1024, got {args.layers!r}") from None
+    for name, value, low in (("--inputs", args.inputs, 1), ("--outputs", args.outputs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--samples", args.samples, 1), ("--test-samples", args.test_samples, 0)):
+        if value < low:
+            raise CompileError(f"{name}: must be ≥ {low}, got {value}")
+    if any(h < 1 for h in hidden):
+        raise CompileError(f"--layers: widths must be ≥ 1, got {args.layers!r}")
+    if args.loss not in OUTPUT_FOR_LOSS:
+        raise CompileError(f"--loss: {args.loss!r} is not one of {', '.join(sorted(OUTPUT_FOR_LOSS))}")
+    if args.dtype not in ("float32", "float64"):
+        raise CompileError(f"--dtype: {args.dtype!r} is not float32 or float64")
+    if not 0 <= args.val_split < 1:
+        raise CompileError(f"--val-split: must be in [0, 1), got {args.val_split}")
+    if not (np.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        raise CompileError(f"--momentum: must be in [0, 1), got {args.momentum}")
+    sizes = [args.inputs, *hidden, args.outputs]
+    try:  # the model's own checks (activation names, output/loss pairs), on the CPU
+        MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
+            backend="numpy", dtype=args.dtype, seed=0)
+    except (ValueError, TypeError) as exc:
+        arg = str(exc).split(":")[0]
+        option = {"activation": "--activation", "layer_sizes": "--layers"}.get(arg)
+        raise CompileError(f"{option}: {str(exc).split(':', 1)[1].strip()}" if option else str(exc)) from None
+    n_val = int(round(args.samples * args.val_split))
+    if args.samples - n_val < 1:
+        raise CompileError(f"--samples: {args.samples} leave no training sample after --val-split {args.val_split}")
+    return dict(sizes=sizes, activation=args.activation, output=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
+                dtype=args.dtype, batch_size=args.batch_size, momentum=args.momentum,
+                train=args.samples - n_val, val=n_val, test=args.test_samples)
+
+
+def _describe(net: dict) -> str:
+    return (f"{'-'.join(map(str, net['sizes']))} {net['activation']} {net['output']} + {net['loss']}, {net['dtype']}, "
+            f"batch {net['batch_size']}, momentum {net['momentum']:g}, {net['train']} + {net['val']} samples, "
+            f"{net['test']} evaluated")
+
+
+# ---------------------------------------------------------------------------- numba-cuda
+def _numba(cc, multiprocessors, net) -> int:
+    from .backends import compat
+
+    probe = compat.probe_numba_cuda()
+    if cc is None:
+        if not probe.usable:
+            raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
+        device = probe.require("numba-cuda").get_current_device()
+        cc = device.compute_capability
+        multiprocessors = multiprocessors or device.MULTIPROCESSOR_COUNT
+    elif probe.simulated:
+        raise CompileError("--cc: NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
+    else:
+        _check_importable()
+    _check_target(cc)
+    if multiprocessors is None:
+        if cc not in MULTIPROCESSORS:
+            raise CompileError(f"--multiprocessors: not known for --cc {cc[0]}.{cc[1]}; give the GPU's count")
+        multiprocessors = MULTIPROCESSORS[cc]
+    if multiprocessors < 1:
+        raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
+    files = numba_cache.store()
+    if files is None:
+        raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
+
+    start = time.perf_counter()
+    launches = record(net, multiprocessors)
+    target = numba_cache.arch(cc)
+    print(f"numba-cuda kernels for {_describe(net)}; compute capability {numba_cache.arch_name(target)}, "
+          f"{multiprocessors} multiprocessors: {len(launches)} kernels, cache {files.root}", flush=True)
+    compiled = found = 0
+    for kernel, argtypes in launches:
+        t0 = time.perf_counter()
+        if numba_cache.compile_for(kernel, argtypes, cc, files):
+            compiled += 1
+            print(f"  compiled {kernel._cache.variant} in {time.perf_counter() - t0:.1f} s", flush=True)
+        else:
+            found += 1
+    if files.unwritable is not None:
+        raise CompileError(f"the kernel cache {files.root} cannot be written: {files.unwritable}")
+    print(f"{compiled} compiled, {found} found in the cache, in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _check_importable() -> None:
+    """numba-cuda imports (a GPU is not needed to compile), or CompileError saying what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("numba_cuda") is None:
+        raise CompileError("--backend numba-cuda: numba-cuda is not installed; install deltaprop[cuda12] or deltaprop[cuda13]")
+    try:
+        from numba import cuda  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install, said as it is
+        raise CompileError(f"--backend numba-cuda: numba-cuda failed to import ({exc})") from None
+
+
+def _check_target(cc) -> None:
+    """Refuse a compute capability that the installed NVVM cannot compile for, by name."""
+    from numba.cuda.cudadrv import nvrtc
+
+    try:
+        supported = nvrtc.get_supported_ccs()
+    except Exception as exc:  # noqa: BLE001 - the toolkit piece that is missing, said as it is
+        raise CompileError(
+            f"--cc: cannot ask the CUDA toolkit which compute capabilities it compiles for ({type(exc).__name__}: {exc}); "
+            "install the project's CUDA extra, deltaprop[cuda12] or deltaprop[cuda13] (NVRTC, NVVM and nvJitLink)"
+        ) from None
+    if tuple(cc) not in supported:
+        listed = ", ".join(f"{a}.{b}" for a, b in supported)
+        raise CompileError(f"--cc: {cc[0]}.{cc[1]} is not a compute capability this CUDA toolkit compiles for ({listed})")
+
+
+class _Shape:
+    """A stand-in of a device array: its shape and dtype, no data; numba types it as the device array it stands for."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        self.size = int(np.prod(self.shape))
+        self.ndim = len(self.shape)
+
+    @property
+    def _numba_type_(self):
+        from numba import from_dtype, types
+
+        return types.Array(from_dtype(self.dtype), self.ndim, "C")
+
+    def __getitem__(self, rows):  # the leading slices the training loop takes (x[:rows], x[a:b])
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"the stand-in array takes leading slices only, not {rows!r}")
+        return _Shape((len(range(*rows.indices(self.shape[0]))), *self.shape[1:]), self.dtype)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        return _Shape(shape if isinstance(shape, tuple) else (shape,), self.dtype)
+
+    def is_c_contiguous(self) -> bool:
+        return True
+
+    def copy_to_host(self):
+        return np.zeros(self.shape, self.dtype)
+
+
+def _recorder_class():
+    from .backends.numba_cuda import NumbaCudaBackend
+
+    class Recorder(NumbaCudaBackend):
+        """The numba-cuda backend on stand-in arrays: every launch recorded, nothing run (no GPU needed)."""
+
+        def __init__(self, multiprocessors: int):
+            super().__init__(target=multiprocessors)
+            self.launched = {}  # (kernel, argtypes) -> None, in the order of their first launch
+
+        def _launch(self, kernel, grid, block, *args) -> None:
+            from numba import typeof
+
+            self.launches += 1
+            self.launched.setdefault((kernel, tuple(typeof(x) for x in args)), None)
+
+        def asarray(self, x, dtype=None):
+            x = np.asarray(x)
+            return _Shape(x.shape, dtype or x.dtype)
+
+        def empty(self, shape, dtype):
+            return _Shape(shape if isinstance(shape, tuple) else (shape,), dtype)
+
+        def copy_(self, dst, src) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            pass
+
+        def _recordable(self, x) -> bool:
+            return isinstance(x, _Shape)
+
+        def _capture(self, enqueue):
+            enqueue()
+            return "graph"
+
+        def _replay(self, graph) -> None:
+            self.replays += 1
+
+    return Recorder
+
+
+def record(net: dict, multiprocessors: int) -> list:
+    """[(kernel, argtypes)] that the fit of ``net`` launches, in their first order, each once."""
+    from .mlp import MLP
+
+    Recorder = _recorder_class()  # noqa: N806
+
+    recorder = Recorder(multiprocessors)
+    model = MLP(net["sizes"], activation=net["activation"], output_activation=net["output"], loss=net["loss"],
+                backend="numpy", dtype=net["dtype"], seed=0)
+    weights = model.get_weights()
+    model.backend = recorder  # the same model on the stand-in device
+    model.set_weights(weights)
+    n_in, n_out = net["sizes"][0], net["sizes"][-1]
+    dtype = np.dtype(net["dtype"])
+    X, y = np.zeros((net["train"], n_in), dtype), np.arange(net["train"]) % n_out
+    val = (np.zeros((net["val"], n_in), dtype), np.arange(net["val"]) % n_out) if net["val"] else None
+    model.fit(X, y, epochs=1, batch_size=net["batch_size"], lr=0.01, momentum=net["momentum"], validation_data=val)
+    if net["test"]:
+        Xt, yt = np.zeros((net["test"], n_in), dtype), np.arange(net["test"]) % n_out
+        model.evaluate(Xt, yt)
+        model.predict(Xt)
+    return list(recorder.launched)
+
+
+# ---------------------------------------------------------------------------- cupy
+def _cupy(cc, net) -> int:
+    from .backends import compat
+
+    probe = compat.probe_cupy()
+    if cc is not None or not probe.usable:
+        why = "" if probe.usable else f" (no GPU here: {probe.reason})"
+        raise CompileError(
+            f"--backend cupy: CuPy compiles its kernels with NVRTC for the GPU that runs them and caches them "
+            f"(CUPY_CACHE_DIR); it cannot compile for --cc without that GPU{why}. Run this command on the GPU "
+            "machine, without --cc"
+        )
+    from .kernels import cuda_source
+
+    start = time.perf_counter()
+    compiled = cuda_source.kernels(np.dtype(net["dtype"]))
+    where = os.environ.get("CUPY_CACHE_DIR") or os.path.join("~", ".cupy", "kernel_cache")
+    print(f"cupy: {len(compiled)} kernels ({net['dtype']}) compiled or found in CuPy's cache {where}, "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def parse(argv) -> argparse.Namespace:
+    """The options of ``deltaprop compile`` (for tests and tools)."""
+    parser = argparse.ArgumentParser(prog="deltaprop")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["compile", *argv])
