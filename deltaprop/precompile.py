@@ -147,7 +147,7 @@ def _numba(cc, multiprocessors, net) -> int:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
 
     start = time.perf_counter()
-    launches = record(net, multiprocessors)
+    launches = record(net, recorder(multiprocessors))
     target = numba_cache.arch(cc)
     print(f"numba-cuda kernels for {_describe(net)}; compute capability {numba_cache.arch_name(target)}, "
           f"{multiprocessors} multiprocessors: {len(launches)} kernels, cache {files.root}", flush=True)
@@ -156,7 +156,8 @@ def _numba(cc, multiprocessors, net) -> int:
         t0 = time.perf_counter()
         if numba_cache.compile_for(kernel, argtypes, cc, files):
             compiled += 1
-            print(f"  compiled {kernel._cache.variant} in {time.perf_counter() - t0:.1f} s", flush=True)
+            types = ", ".join(str(t) for t in argtypes)
+            print(f"  compiled {kernel._cache.variant} for ({types}) in {time.perf_counter() - t0:.1f} s", flush=True)
         else:
             found += 1
     if files.unwritable is not None:
@@ -207,9 +208,11 @@ class _Shape:
 
         return types.Array(from_dtype(self.dtype), self.ndim, "C")
 
-    def __getitem__(self, rows):  # the leading slices the training loop takes (x[:rows], x[a:b])
+    def __getitem__(self, rows):  # what the training loop takes: a leading slice (x[:rows], x[a:b]) or a row
+        if isinstance(rows, (int, np.integer)):
+            return _Shape(self.shape[1:], self.dtype)
         if not isinstance(rows, slice) or rows.step not in (None, 1):
-            raise TypeError(f"the stand-in array takes leading slices only, not {rows!r}")
+            raise TypeError(f"the stand-in array takes a row or leading slices only, not {rows!r}")
         return _Shape((len(range(*rows.indices(self.shape[0]))), *self.shape[1:]), self.dtype)
 
     def reshape(self, *shape):
@@ -223,13 +226,14 @@ class _Shape:
         return np.zeros(self.shape, self.dtype)
 
 
-def _recorder_class():
+def recorder(multiprocessors: int):
+    """A stand-in numba-cuda backend for a GPU of ``multiprocessors``: it records launches and runs nothing."""
     from .backends.numba_cuda import NumbaCudaBackend
 
     class Recorder(NumbaCudaBackend):
         """The numba-cuda backend on stand-in arrays: every launch recorded, nothing run (no GPU needed)."""
 
-        def __init__(self, multiprocessors: int):
+        def __init__(self):
             super().__init__(target=multiprocessors)
             self.launched = {}  # (kernel, argtypes) -> None, in the order of their first launch
 
@@ -262,20 +266,18 @@ def _recorder_class():
         def _replay(self, graph) -> None:
             self.replays += 1
 
-    return Recorder
+    return Recorder()
 
 
-def record(net: dict, multiprocessors: int) -> list:
-    """[(kernel, argtypes)] that the fit of ``net`` launches, in their first order, each once."""
+def record(net: dict, stand_in) -> list:
+    """[(kernel, argtypes)] that a fit of ``net``, an evaluation and a prediction launch on the ``recorder``
+    ``stand_in``, in the order of their first launch, each once."""
     from .mlp import MLP
 
-    Recorder = _recorder_class()  # noqa: N806
-
-    recorder = Recorder(multiprocessors)
     model = MLP(net["sizes"], activation=net["activation"], output_activation=net["output"], loss=net["loss"],
                 backend="numpy", dtype=net["dtype"], seed=0)
     weights = model.get_weights()
-    model.backend = recorder  # the same model on the stand-in device
+    model.backend = stand_in  # the same model on the stand-in device
     model.set_weights(weights)
     n_in, n_out = net["sizes"][0], net["sizes"][-1]
     dtype = np.dtype(net["dtype"])
@@ -286,7 +288,7 @@ def record(net: dict, multiprocessors: int) -> list:
         Xt, yt = np.zeros((net["test"], n_in), dtype), np.arange(net["test"]) % n_out
         model.evaluate(Xt, yt)
         model.predict(Xt)
-    return list(recorder.launched)
+    return list(stand_in.launched)
 
 
 # ---------------------------------------------------------------------------- cupy

@@ -290,10 +290,10 @@ class KernelCache:
                           RuntimeWarning, stacklevel=2)
 
     def save(self, sig, kernel, target: tuple, files: Store) -> bool:
-        """Write ``kernel``'s cubin for ``target``; False if the kernel is not one this cache can rebuild."""
+        """Write ``kernel``'s cubin for ``target``; False if the directory cannot be written."""
         meta = _reduce(kernel, target)
         if meta is None:
-            return False
+            raise RuntimeError(f"kernel {self.variant} needs more than its cubin (linked files or a cooperative launch)")
         argtypes, key = self._key(sig, target)
         cubin = kernel._codelibrary.get_cubin(target)
         return files.write(key, meta, bytes(getattr(cubin, "code", cubin)))
@@ -400,6 +400,5 @@ def compile_for(kernel, argtypes, cc, files: Store) -> bool:
         compiled = _Kernel(kernel.py_func, tuple(argtypes), **kernel.targetoptions)
         compiled._codelibrary.get_cubin(target)
     files.count(hit=False, seconds=time.perf_counter() - start)
-    if not cache.save(argtypes, compiled, target, files):
-        raise RuntimeError(f"kernel {cache.variant} cannot be cached")
+    cache.save(argtypes, compiled, target, files)  # a directory that cannot be written: files.unwritable says why
     return True

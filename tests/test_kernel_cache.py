@@ -1,0 +1,405 @@
+"""The on-disk cache of numba-cuda kernels (deltaprop/kernels/numba_cache.py) and ``deltaprop compile``.
+
+The entries are compiled here for a compute capability without a GPU (numba-cuda's NVVM, NVRTC and
+nvJitLink, which the project's cuda12/cuda13 extras and the test extra bring): a missing toolkit skips
+these tests, or fails them when DELTAPROP_REQUIRE_NVVM=1 (CI sets it). Under numba's CUDA simulator
+only the recorder's test runs: the simulator compiles nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from deltaprop import cli, precompile
+from deltaprop.kernels import numba_cache
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+needs_compiler = pytest.mark.skipif(SIMULATED, reason="the CUDA simulator compiles nothing (the main run compiles)")
+# A net whose fit compiles few, small kernels (about 6 s for all of them on 2 cores)
+SMALL = ["--layers", "5", "--inputs", "3", "--outputs", "2", "--samples", "40", "--test-samples", "10", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def toolkit():
+    """numba-cuda's compiler for a compute capability, without a GPU: NVRTC (asked first) and NVVM."""
+    try:
+        from numba.cuda.cudadrv import nvrtc
+
+        return nvrtc.get_supported_ccs()
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("DELTAPROP_REQUIRE_NVVM") == "1":
+            pytest.fail(f"DELTAPROP_REQUIRE_NVVM=1 but numba-cuda cannot compile here: {exc}")
+        pytest.skip(f"numba-cuda's toolkit (NVRTC, NVVM) is not installed: {exc}")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    root = tmp_path / "kernels"
+    monkeypatch.setenv(numba_cache.ENV, str(root))
+    return root
+
+
+def _fill(dtype=np.float32):
+    """The fill kernel (the smallest there is) and an argument signature of ``dtype``."""
+    from numba import from_dtype
+
+    from deltaprop.kernels import numba_elementwise
+
+    t = from_dtype(np.dtype(dtype))
+    return numba_elementwise.fill(), (t[::1], t)
+
+
+def _entries(root):
+    return sorted(p for p in root.iterdir() if p.suffix == ".cubin")
+
+
+# ------------------------------------------------------------------ keying
+@needs_compiler
+def test_the_same_key_hits_and_every_change_of_it_misses(toolkit, cache_dir, monkeypatch):
+    files = numba_cache.store()
+    kernel, sig = _fill()
+    assert numba_cache.compile_for(kernel, sig, (9, 0), files) is True  # compiled
+    assert numba_cache.compile_for(kernel, sig, (9, 0), files) is False  # found
+    assert numba_cache.compile_for(kernel, _fill(np.float64)[1], (9, 0), files) is True  # another signature
+    assert numba_cache.compile_for(kernel, sig, (8, 0), files) is True  # another compute capability
+    assert len(_entries(cache_dir)) == 3
+    identity = numba_cache._compiler_identity()
+    for i, changed in enumerate(("0.0.1", "0.0.1", "0.0.1", "another source")):  # deltaprop, numba, numba-cuda, sources
+        other = identity[:i] + (changed,) + identity[i + 1:]
+        monkeypatch.setattr(numba_cache, "_compiler_identity", lambda other=other: other)
+        assert not kernel._cache.has(sig, numba_cache.arch((9, 0)), files), f"a change of {('deltaprop', 'numba', 'numba-cuda', 'source')[i]} hit"
+    monkeypatch.setattr(numba_cache, "_compiler_identity", lambda: identity)
+    assert kernel._cache.has(sig, numba_cache.arch((9, 0)), files)
+
+
+def test_each_kernel_variant_has_its_own_key():
+    pytest.importorskip("numba")
+    from deltaprop.kernels import numba_gemm as g
+
+    if SIMULATED:
+        pytest.skip("the simulator's kernels are not cached")
+    t64, t32 = g.GPU_TILES[1], g.GPU_TILES[2]
+    kernels = [
+        g.forward("relu", True, False, np.float32, t32), g.forward("tanh", True, False, np.float32, t32),
+        g.forward("relu", False, False, np.float32, t32), g.forward("softmax", True, True, np.float32, t32),
+        g.forward("relu", True, False, np.float64, t32), g.forward("relu", True, False, np.float32, t64),
+        g.forward("relu", True, False, np.float32, t32, True), g.forward("relu", True, False, np.float32, t32._replace(blocks=2)),
+        g.hidden("relu", np.float32, t32), g.sgd(True, np.float32, t32), g.sgd(False, np.float32, t32), g.grad(np.float32, t32),
+    ]
+    variants = [k._cache.variant for k in kernels]
+    assert len(set(variants)) == len(variants), variants
+    # the same factory call is the same kernel, and a default argument written out changes nothing
+    assert g.forward("relu", True, False, np.float32, t32, False)._cache.variant == variants[0]
+    # the launch bounds are in the key through the kernel's options as well
+    assert kernels[7]._cache.options != kernels[0]._cache.options
+
+
+def test_arch_is_numbas_key_of_a_devices_cubin(monkeypatch):
+    pytest.importorskip("numba")
+    if SIMULATED:
+        pytest.skip("the simulator has no code libraries")
+    import types
+
+    from numba.cuda import codegen
+    from numba.cuda.cudadrv import devices
+
+    for cc in ((7, 5), (8, 0), (8, 9), (9, 0), (10, 0), (12, 0)):
+        device = types.SimpleNamespace(compute_capability=cc)
+        monkeypatch.setattr(devices, "get_context", lambda device=device: types.SimpleNamespace(device=device))
+        assert codegen.CUDACodeLibrary(None, "probe")._ensure_cc(None) == numba_cache.arch(cc)
+
+
+@needs_compiler
+def test_an_entry_rebuilds_the_kernel_it_was_compiled_from(toolkit, cache_dir):
+    from numba.cuda.dispatcher import _Kernel
+
+    files = numba_cache.store()
+    kernel, sig = _fill()
+    numba_cache.compile_for(kernel, sig, (9, 0), files)
+    target = numba_cache.arch((9, 0))
+    meta, cubin = files.read(numba_cache.entry_key(kernel._cache.variant, sig, target, kernel.targetoptions))
+    with numba_cache._offline((9, 0)):
+        fresh = _Kernel(kernel.py_func, sig, **kernel.targetoptions)
+    rebuilt = numba_cache._rebuild(meta, cubin, sig, target)
+    assert isinstance(rebuilt, _Kernel)
+    assert tuple(rebuilt.signature.args) == sig and rebuilt.entry_name == meta["name"]
+    assert bytes(rebuilt._codelibrary.get_cubin(target).code) == cubin
+    assert fresh.signature == rebuilt.signature  # what the dispatcher compares when it looks an overload up
+    assert cubin[:4] == b"\x7fELF"
+
+
+# ------------------------------------------------------------------ damage, races, unwritable places
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "cubin byte flipped":
+        path.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    elif how == "key changed":
+        path.write_bytes(data.replace(b'"format": 1', b'"format": 2'))
+    elif how == "header length too large":
+        at = len(numba_cache.MAGIC)
+        path.write_bytes(data[:at] + (1 << 30).to_bytes(4, "little") + data[at + 4:])
+    elif how == "not an entry":
+        path.write_bytes(b"\x80\x04garbage")
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "oversized":
+        with open(path, "r+b") as f:
+            f.truncate(numba_cache.MAX_ENTRY + 1)
+    elif how == "a directory":
+        path.unlink()
+        path.mkdir()
+
+
+@needs_compiler
+@pytest.mark.parametrize("how", ["truncated", "cubin byte flipped", "key changed", "header length too large",
+                                 "not an entry", "empty", "oversized", "a directory"])
+def test_a_damaged_entry_is_compiled_again_never_used(toolkit, cache_dir, how):
+    files = numba_cache.store()
+    kernel, sig = _fill()
+    numba_cache.compile_for(kernel, sig, (9, 0), files)
+    (entry,) = _entries(cache_dir)
+    _damage(entry, how)
+    target = numba_cache.arch((9, 0))
+    assert not kernel._cache.has(sig, target, files)
+    if how == "a directory":  # cannot be replaced: compiled, not cached, one warning
+        with pytest.warns(RuntimeWarning, match="cannot be written"):
+            assert numba_cache.compile_for(kernel, sig, (9, 0), files) is True
+        assert not kernel._cache.has(sig, target, files)
+        return
+    assert numba_cache.compile_for(kernel, sig, (9, 0), files) is True
+    assert kernel._cache.has(sig, target, files)
+
+
+def test_concurrent_writers_of_one_entry_leave_a_whole_entry(tmp_path):
+    files = numba_cache.Store(str(tmp_path))
+    key = {"format": numba_cache.FORMAT, "variant": "v", "signature": [], "arch": "9.0a"}
+    payloads = [bytes([i]) * (50_000 + i) for i in range(8)]
+    seen, errors = set(), []
+
+    def work(i):
+        try:
+            for _ in range(25):
+                files.write(key, {"n": i}, payloads[i])
+                found = files.read(key)
+                if found is not None:
+                    seen.add(found[1])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert seen and seen <= set(payloads)  # every read was one writer's whole entry
+    assert files.read(key)[1] in payloads
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+@needs_compiler
+def test_two_processes_fill_one_cache_at_once(toolkit, cache_dir):
+    env = {**os.environ, numba_cache.ENV: str(cache_dir)}
+    cmd = [sys.executable, "-m", "deltaprop", "compile", "--cc", "9.0", *SMALL]
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=300) for r in runs]
+    for r, (out, err) in zip(runs, outs):
+        assert r.returncode == 0, err
+    n = len(_entries(cache_dir))
+    assert n > 5
+    assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".tmp-")] == []
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"0 compiled, {n} found in the cache" in again.stdout
+
+
+def test_an_unwritable_directory_warns_once_and_writes_nothing(tmp_path, monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(numba_cache.ENV, str(blocker / "kernels"))
+    files = numba_cache.store()
+    key = {"format": numba_cache.FORMAT, "variant": "v"}
+    with pytest.warns(RuntimeWarning, match="a file/kernels cannot be written"):
+        assert files.write(key, {}, b"cubin") is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert files.write(key, {}, b"cubin") is False  # no second warning
+    assert files.read(key) is None
+
+
+def test_a_full_disk_costs_the_entry_not_the_fit(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    files = numba_cache.Store(str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.warns(RuntimeWarning, match="No space left on device"):
+        assert files.write({"variant": "v"}, {}, b"cubin") is False
+
+
+@needs_compiler
+def test_save_overload_never_raises_into_the_fit(toolkit, tmp_path, monkeypatch):
+    """What numba's dispatcher calls after it compiled a kernel on a GPU: a cache that cannot be written warns."""
+    from numba.cuda.dispatcher import _Kernel
+
+    kernel, sig = _fill()
+    with numba_cache._offline((9, 0)):
+        compiled = _Kernel(kernel.py_func, sig, **kernel.targetoptions)
+    monkeypatch.setattr(numba_cache, "_current_cc", lambda: (9, 0))
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv(numba_cache.ENV, str(blocker))
+    with numba_cache._offline((9, 0)):
+        with pytest.warns(RuntimeWarning, match="cannot be written"):
+            kernel._cache.save_overload(sig, compiled)
+    monkeypatch.setenv(numba_cache.ENV, str(tmp_path / "ok"))
+    with numba_cache._offline((9, 0)):
+        kernel._cache.save_overload(sig, compiled)
+        assert kernel._cache.load_overload(sig, None) is not None  # and read back, for the GPU it names
+
+
+def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
+    for off in ("off", "0", "", "none"):
+        monkeypatch.setenv(numba_cache.ENV, off)
+        assert numba_cache.directory() is None and numba_cache.store() is None
+    monkeypatch.delenv(numba_cache.ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert numba_cache.directory() == str(tmp_path / "deltaprop" / "numba-cuda")
+
+
+# ------------------------------------------------------------------ deltaprop compile
+def _compile(capsys, *argv):
+    rc = cli.main(["compile", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@needs_compiler
+def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 0, err
+    first = out.strip().splitlines()[-1]
+    n = int(first.split()[0])
+    assert n == len(_entries(cache_dir)) and first.startswith(f"{n} compiled, 0 found")
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 0 and out.strip().splitlines()[-1].startswith(f"0 compiled, {n} found"), out
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--momentum", "0")  # another update kernel
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("1 compiled"), out
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--backend", "numpy"], "--backend"),
+    (["--backend", "cupy", "--cc", "9.0"], "--backend cupy"),
+    (["--cc", "9"], "--cc"),
+    (["--cc", "nine"], "--cc"),
+    (["--cc", "9.9"], "--cc"),
+    (["--cc", "1.0"], "--cc"),
+    (["--cc", "8.6"], "--multiprocessors"),
+    (["--cc", "9.0", "--multiprocessors", "0"], "--multiprocessors"),
+    (["--cc", "9.0", "--layers", "0"], "--layers"),
+    (["--cc", "9.0", "--layers", "a,b"], "--layers"),
+    (["--cc", "9.0", "--activation", "softmax"], "--activation"),
+    (["--cc", "9.0", "--activation", "swish"], "--activation"),
+    (["--cc", "9.0", "--loss", "hinge"], "--loss"),
+    (["--cc", "9.0", "--dtype", "float16"], "--dtype"),
+    (["--cc", "9.0", "--batch-size", "0"], "--batch-size"),
+    (["--cc", "9.0", "--val-split", "1"], "--val-split"),
+    (["--cc", "9.0", "--momentum", "1.5"], "--momentum"),
+])
+def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
+    if SIMULATED and option == "--cc":
+        pytest.skip("the simulator run refuses --cc by the simulator's name")
+    if "--cc" in argv and option in ("--cc", "--multiprocessors"):
+        pytest.importorskip("numba")
+        try:
+            from numba.cuda.cudadrv import nvrtc
+
+            nvrtc.get_supported_ccs()
+        except Exception:  # noqa: BLE001
+            if os.environ.get("DELTAPROP_REQUIRE_NVVM") == "1":
+                raise
+            pytest.skip("needs numba-cuda's toolkit to know the compute capabilities")
+    rc, out, err = _compile(capsys, *argv)
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith(f"deltaprop: error: {option}"), err
+    assert not cache_dir.exists()  # nothing written
+
+
+def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
+    from deltaprop.backends import compat
+
+    probe = compat.probe_numba_cuda()
+    if probe.usable and not probe.simulated:
+        pytest.skip("a GPU is here: the command compiles for it (tests/test_kernel_cache.py::test_gpu_fit_hits_a_compiled_cache)")
+    rc, out, err = _compile(capsys, *SMALL)
+    assert rc == 1 and err.startswith("deltaprop: error: --cc"), err
+
+
+# ------------------------------------------------------------------ the recorder is the backend
+@pytest.mark.skipif(not SIMULATED, reason="compares with the simulator's real launches (the simulator run)")
+def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch):
+    from deltaprop import backends
+
+    sim = backends.instance("numba-cuda")
+    launched = set()
+    real = type(sim)._launch
+
+    def spy(self, kernel, grid, block, *args):
+        launched.add(kernel)
+        return real(self, kernel, grid, block, *args)
+
+    monkeypatch.setattr(type(sim), "_launch", spy)
+    net = dict(sizes=[3, 9, 7, 2], activation="tanh", output="softmax", loss="cross_entropy", dtype="float64",
+               batch_size=8, momentum=0.9, train=37, val=5, test=11)
+    stand_in = precompile.recorder(sim.multiprocessors)
+    stand_in.tilings, stand_in.threads, stand_in.graphs = sim.tilings, sim.threads, sim.graphs
+    recorded = precompile.record(net, stand_in)
+
+    from deltaprop import MLP
+
+    model = MLP(net["sizes"], activation="tanh", backend="numba-cuda", dtype="float64", seed=0)
+    X, y = np.zeros((37, 3)), np.arange(37) % 2
+    model.fit(X, y, epochs=1, batch_size=8, momentum=0.9, validation_data=(np.zeros((5, 3)), np.arange(5) % 2))
+    model.evaluate(np.zeros((11, 3)), np.arange(11) % 2)
+    model.predict(np.zeros((11, 3)))
+    assert {k for k, _ in recorded} == launched
+    assert len(launched) >= 8
+
+
+# ------------------------------------------------------------------ on a GPU
+@pytest.mark.gpu
+def test_gpu_fit_hits_a_compiled_cache(tmp_path):
+    """``deltaprop compile`` on the GPU, then a fit of that net in a fresh process: every kernel from the cache."""
+    env = {**os.environ, numba_cache.ENV: str(tmp_path / "kernels"), "DELTAPROP_BACKEND": "numba-cuda"}
+    done = subprocess.run([sys.executable, "-m", "deltaprop", "compile", *SMALL], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    code = (
+        "import json, numpy as np\n"
+        "from deltaprop import MLP\n"
+        "from deltaprop.kernels import numba_cache\n"
+        "m = MLP([3, 5, 2], backend='numba-cuda', seed=0)\n"
+        "X, y = np.random.default_rng(0).random((40, 3)), np.arange(40) % 2\n"
+        "m.fit(X[:36], y[:36], epochs=1, batch_size=8, momentum=0.9, validation_data=(X[36:], y[36:]))\n"
+        "m.evaluate(X[:10], y[:10]); m.predict(X[:10])\n"
+        "s = numba_cache.store(); print(json.dumps({'hits': s.hits, 'misses': s.misses}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert counts["misses"] == 0 and counts["hits"] > 5, counts
