@@ -31,13 +31,12 @@ PYPROJECT = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 
 
-def blocks(text: str, python: bool) -> list:
-    """(line number, code) of each fenced block: the ```python ones, or all the others (shell)."""
-    found = []
-    for m in FENCE.finditer(text):
-        if (m.group(1) == "python") == python:
-            found.append((text.count("\n", 0, m.start()) + 2, m.group(2)))
-    return found
+SHELL_FENCES = ("", "sh", "bash", "shell")
+
+
+def blocks(text: str, languages) -> list:
+    """(line number, code) of each fenced block whose language is one of ``languages``."""
+    return [(text.count("\n", 0, m.start()) + 2, m.group(2)) for m in FENCE.finditer(text) if m.group(1) in languages]
 
 
 def commands(code: str) -> list:
@@ -115,8 +114,8 @@ def run_python(line: int, code: str) -> None:
     exec(compile(code, f"README.md, block at line {line}", "exec"), {"__name__": "__readme__"})
 
 
-PYTHON = blocks(README, python=True)
-SHELL = blocks(README, python=False)
+PYTHON = blocks(README, ("python",))
+SHELL = blocks(README, SHELL_FENCES)
 
 
 def test_readme_has_blocks():
