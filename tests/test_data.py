@@ -283,7 +283,7 @@ def test_a_read_only_cache_folder_is_a_warning_and_the_data_is_used(tmp_path, ar
         raise PermissionError(13, "Permission denied", os.path.join(os.path.dirname(path), ".deltaprop-x.tmp"))
 
     monkeypatch.setattr(mnist, "atomic_write", refused)
-    with pytest.warns(UserWarning, match=r"\(Permission denied\) in .*ro.*downloads it again") as caught:
+    with pytest.warns(UserWarning, match=r"cache .*ro.mnist.npz \(Permission denied\); .*downloads it again") as caught:
         check_matches(load_mnist(cache_dir=tmp_path / "ro"), arrays)
     assert len(caught) == 1 and ".deltaprop-x.tmp" not in str(caught[0].message)
 

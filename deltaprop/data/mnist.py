@@ -166,9 +166,9 @@ def keep_in_cache(path, arrays) -> None:
         write_cache(path, arrays)
     except OSError as exc:
         why = exc.strerror or str(exc)  # the reason, without the name of the temporary file
-        warnings.warn(f"MNIST: cannot write the cache {path} ({why}) in {os.path.dirname(os.path.abspath(path))}; "
-                      "using the downloaded data without a cache, so the next run downloads it again (make the "
-                      "folder writable, set XDG_CACHE_HOME to another, or pass --data-dir)", stacklevel=4)
+        warnings.warn(f"MNIST: cannot write the cache {os.path.abspath(path)} ({why}); using the downloaded data "
+                      "without a cache, so the next run downloads it again (make the folder writable, set "
+                      "XDG_CACHE_HOME to another, or pass --data-dir)", stacklevel=4)
 
 
 def say(message: str) -> None:
