@@ -25,6 +25,7 @@ import numpy as np
 
 from deltaprop import MLP, backends
 from deltaprop.backends.cupy_backend import CupyBackend
+from deltaprop.bench.measure import require_gpu
 from deltaprop.cli import git_commit
 
 RUNS = {"reference": ([784, 1024, 1024, 10], "relu", 128), "small": ([784, 30, 10], "sigmoid", 10)}
@@ -104,6 +105,7 @@ def main():
     parser.add_argument("--samples", type=int, default=60000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    require_gpu(parser.prog, "cupy")  # one error line, before any work, where there is no GPU
     env = environment()
     X, y = data(args.samples)
     results = {}

@@ -188,6 +188,9 @@ def main():
             args.tiles = Tiles.of(args.tiles)
         except ValueError as exc:
             p.error(f"--tiles: {exc}")
+    from deltaprop.bench.measure import require_gpu
+
+    require_gpu(p.prog, "numba-cuda", *(["cupy"] if args.only in (None, "gemm") else []))  # cuBLAS: through CuPy
     result = {"environment": environment()}
     if args.only in (None, "gemm"):
         result["gemm"] = gemm(args.sizes, args.repeat, args.tiles)

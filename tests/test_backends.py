@@ -3,11 +3,12 @@
 import inspect
 import subprocess
 import sys
+import types
 
 import pytest
 
 from deltaprop import MLP, backends
-from deltaprop.backends import Backend, BackendUnavailable
+from deltaprop.backends import Backend, BackendUnavailable, compat
 
 
 def test_available_names_every_backend_with_a_reason():
@@ -86,3 +87,52 @@ def test_every_backend_keeps_the_contract_signatures(name):
     for method, sig in _public_methods(cls).items():
         assert method in base, f"{name}: {method} is not part of the contract"
         assert sig == base[method], f"{name}.{method}{sig} differs from Backend.{method}{base[method]}"
+
+
+# ------------------------------------------------------------ why a GPU backend is not usable
+# the messages as CuPy 14 and numba-cuda 0.30 give them on a machine without an NVIDIA driver
+CUPY_NO_DRIVER = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+NUMBA_NO_DRIVER = ("Error at driver init: \n\nCUDA driver library cannot be found.\nEnsure that a compatible NVIDIA "
+                   "driver is installed and available on your system path.\n:")
+NUMBA_NO_DEVICE = "Error at driver init: \n\n[100] Call to cuInit results in CUDA_ERROR_NO_DEVICE:"
+
+
+def _fake_cupy(monkeypatch, error, driver_version):
+    def count():
+        raise RuntimeError(error)
+
+    runtime = types.SimpleNamespace(getDeviceCount=count, driverGetVersion=lambda: driver_version)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=runtime)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+def test_cupy_without_a_driver_says_so_and_how_to_run_on_the_cpu(monkeypatch):
+    _fake_cupy(monkeypatch, CUPY_NO_DRIVER, driver_version=0)  # CUDA gives driver version 0 when there is none
+    probe = compat.probe_cupy.__wrapped__()
+    assert probe.reason.startswith("no NVIDIA driver found") and "--backend numpy" in probe.reason
+    assert "insufficient" not in probe.reason
+    with pytest.raises(BackendUnavailable) as err:
+        probe.require("cupy")
+    assert "install the CUDA extra" not in str(err.value)  # no driver to match an extra to
+    # a driver that is there but too old: CUDA's own words are right then
+    _fake_cupy(monkeypatch, CUPY_NO_DRIVER, driver_version=11040)
+    assert "CUDA driver version is insufficient" in compat.probe_cupy.__wrapped__().reason
+
+
+def test_numba_cuda_messages_say_no_driver_and_end_without_a_stray_colon():
+    assert compat._no_driver_reason(RuntimeError(NUMBA_NO_DRIVER)) == compat.NO_DRIVER
+    assert compat._no_driver_reason(RuntimeError(NUMBA_NO_DEVICE)) is None
+    assert compat._first_line(RuntimeError(NUMBA_NO_DEVICE)).endswith("CUDA_ERROR_NO_DEVICE")
+
+
+def test_the_probes_reasons_on_this_machine():
+    """The real probes: a reason (when there is one) is one line that does not end in a stray colon; where
+    numba-cuda cannot find the driver library, as here without a GPU, its reason is the one for no driver."""
+    numba = compat.probe_numba_cuda()
+    for probe in (compat.probe_cupy(), numba):
+        assert probe.usable or ("\n" not in probe.reason and ":)" not in probe.reason and not probe.reason.endswith(":"))
+    if numba.error is not None and "driver library cannot be found" in str(numba.error):
+        assert numba.reason == compat.NO_DRIVER
+    else:
+        assert numba.reason != compat.NO_DRIVER

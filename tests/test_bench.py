@@ -1,14 +1,18 @@
 """The benchmark harness: its arithmetic, its data adapter, and one tiny run end to end (timings are never asserted)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deltaprop import data
+from deltaprop import backends, data
 from deltaprop.bench import cli, measure, suites
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_importing_the_harness_imports_no_heavy_package():
@@ -77,10 +81,15 @@ def test_the_mnist_adapter_passes_loaded_arrays_through(monkeypatch):
     assert ytr.tolist() == list(range(6)) and yte.tolist() == [0, 1]
 
 
-def test_a_tiny_run_writes_json_and_markdown(tmp_path):
+def test_a_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     argv = ["--smoke", "train", "scaling", "tta", "--backends", "numpy", "--samples", "96", "--repeats", "1",
             "--no-plots", "--out", str(tmp_path), "--machine", "test"]
     assert cli.main(argv) == 0
+    # progress on stderr: which suite, which backend and size, seconds since the suite began
+    err = capsys.readouterr().err.splitlines()
+    for line in ("[train 1/3] started", "[train 1/3] numpy: warm-up", "[train 1/3] numpy: small net, batch 256, 2 epochs of 96 samples",
+                 "[scaling 2/3] numpy: depth 2", "[tta 3/3] numpy: to 50% test accuracy, at most 5 epochs", "[tta 3/3] done"):
+        assert any(e.startswith(line + " (") and e.endswith(" s)") for e in err), line
     [json_path] = tmp_path.glob("*-test.json")
     result = json.loads(json_path.read_text())
     assert result["errors"] == [] and result["tag"] == "test" and result["machine"]["cores"] >= 1
@@ -119,3 +128,49 @@ def test_time_to_accuracy_warms_up_on_the_shapes_of_the_timed_fit(monkeypatch):
     [row] = suites.time_to_accuracy(s, (Xtr, ytr, Xte, yte))
     assert calls == [(2 * 32 + 4, 32, (24, 784)), (100, 32, (24, 784))]
     assert row["warmup_s"] > 0
+
+
+def test_without_matplotlib_the_run_skips_the_plots_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a base install: import matplotlib fails
+    argv = ["--smoke", "train", "--backends", "numpy", "--samples", "64", "--repeats", "1", "--out", str(tmp_path),
+            "--machine", "test"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "no plots: matplotlib is not installed" in err
+    assert err.index("no plots") < err.index("[train")  # said before the suites run, not after
+    assert [p.suffix for p in sorted(tmp_path.iterdir())] == [".json", ".md"]
+
+
+@pytest.mark.parametrize("name, reason", [("cupy", "backend 'cupy' is not usable: a reason"),
+                                          ("gpu", "backend: unknown backend 'gpu'")])
+def test_a_backend_that_cannot_run_is_one_error_line_before_any_suite(tmp_path, monkeypatch, capsys, name, reason):
+    real_get = backends.get
+
+    def get(n):  # CuPy unusable, whatever this machine has
+        if n == "cupy":
+            raise backends.BackendUnavailable("backend 'cupy' is not usable: a reason")
+        return real_get(n)
+
+    monkeypatch.setattr(backends, "get", get)
+    assert cli.main(["--smoke", "--backends", name, "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"deltaprop bench: error: --backends {name}: {reason}") and err.count("\n") == 1
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["cupy_vs_torch.py", "numba_vs_cublas_torch.py"])
+def test_the_gpu_scripts_without_a_gpu_say_so_in_one_line(script):
+    """No device visible (CUDA_VISIBLE_DEVICES empty), on any machine: one error line and status 1, before any work."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", NUMBA_ENABLE_CUDASIM="0",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"{script}: error: backend ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_require_gpu_refuses_the_simulator(monkeypatch):
+    monkeypatch.setattr(backends, "get", lambda name: object())
+    monkeypatch.setattr(backends, "available", lambda: {"numba-cuda": backends.Availability(True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): usable by name")})
+    with pytest.raises(SystemExit, match="^prog: error: backend 'numba-cuda' runs on numba's CUDA simulator"):
+        measure.require_gpu("prog", "numba-cuda")

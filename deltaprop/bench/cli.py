@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import re
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 
+from .. import backends
 from . import measure, suites
-from .measure import REFERENCE, SMALL, Net
+from .measure import REFERENCE, SMALL, Net, progress
 
 SUITES = ("kernels", "train", "peers", "scaling", "tta")
 
@@ -115,8 +116,27 @@ def machine_tag(info) -> str:
     return f"cpu-{info['cores']}core"
 
 
+def check_up_front(args) -> str | None:
+    """What stops the run before any suite: a backend in --backends that cannot run here (one error line).
+    Plots without matplotlib are turned off with a note instead: the suites' results do not need them."""
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    try:
+        suites.usable_backends(names)
+    except (backends.BackendUnavailable, ValueError) as exc:
+        return f"--backends {args.backends}: {exc}"
+    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+        print("deltaprop bench: no plots: matplotlib is not installed (pip install 'deltaprop[plot]'); "
+              "the JSON and markdown are written as usual", file=sys.stderr)
+        args.no_plots = True
+    return None
+
+
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    problem = check_up_front(args)
+    if problem:
+        print(f"deltaprop bench: error: {problem}", file=sys.stderr)
+        return 1
     s = settings_from(args)
     chosen = args.suites or list(SUITES)
     info = measure.machine_info()
@@ -134,15 +154,14 @@ def main(argv=None) -> int:
         "tta": lambda: ({"skipped": accuracy_data} if isinstance(accuracy_data, str)
                         else {"rows": suites.time_to_accuracy(s, accuracy_data)}),
     }
-    for name in chosen:
-        t = time.perf_counter()
-        print(f"[{name}] ...", flush=True)
+    for i, name in enumerate(chosen, 1):
+        progress.start(f"{name} {i}/{len(chosen)}")
         try:
             result["suites"][name] = runners[name]()
         except Exception as exc:  # recorded, printed and turned into a failing exit status
             traceback.print_exc()
             result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
-        print(f"[{name}] {time.perf_counter() - t:.1f} s", flush=True)
+        progress("done")
 
     info["load_average_at_end"] = measure._load()
     from . import report

@@ -15,6 +15,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -87,6 +88,40 @@ def time_calls(fn, sync, repeats: int, min_seconds: float) -> dict:
         sync()
         runs.append((time.perf_counter() - t) / calls)
     return {"first": first, "calls_per_repeat": calls, "calls_total": total + repeats * calls, **summarize(runs)}
+
+
+# --------------------------------------------------------------- progress
+class Progress:
+    """Where a long run is, on stderr (stdout is the report): the suite, what it times now, the seconds since the suite began."""
+
+    def __init__(self):
+        self.suite, self.started = "", time.perf_counter()
+
+    def start(self, suite: str) -> None:
+        self.suite, self.started = suite, time.perf_counter()
+        self("started")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def __call__(self, what: str) -> None:
+        print(f"[{self.suite}] {what} ({self.elapsed():.1f} s)", file=sys.stderr, flush=True)
+
+
+progress = Progress()  # the run's one progress line writer: the suites say what they time, cli says which suite
+
+
+def require_gpu(prog: str, *names: str) -> None:
+    """Before any work: exit with one error line (status 1) unless each backend in ``names`` runs on a real
+    CUDA device here (not numba's simulator), for the scripts that only make sense on a GPU."""
+    try:
+        for name in names:
+            backends.get(name)  # BackendUnavailable: why not, and what to install
+            if "simulator" in backends.available()[name].reason:
+                raise backends.BackendUnavailable(f"backend {name!r} runs on numba's CUDA simulator here "
+                                                  "(NUMBA_ENABLE_CUDASIM=1), not on a GPU")
+    except backends.BackendUnavailable as exc:
+        raise SystemExit(f"{prog}: error: {exc}") from None
 
 
 # ------------------------------------------------------------------ data

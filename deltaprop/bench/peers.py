@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .measure import summarize
+from .measure import progress, summarize
 from .suites import train_one, usable_backends
 
 
@@ -26,9 +26,11 @@ def peers(s, data) -> list:
         times = {}
         notes = {}
         for name in usable_backends(s.backends):
+            progress(f"{net_name} net, batch {batch}: {name}")
             r = train_one(name, net, X, y, batch, s.repeats)
             times[name] = (r["first_epoch_s"], r["epoch_s"])
         for label, run in _peer_runners():
+            progress(f"{net_name} net, batch {batch}: {label}")
             try:
                 first, rest = run(net, X, y, batch, 1 + s.repeats)
             except _Missing as exc:

