@@ -144,7 +144,7 @@ class _BaseMLP(BaseEstimator):
                 output_activation=self._output_activation,
                 loss=self._loss,
                 backend=self.backend,
-                dtype=self.dtype,
+                dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
             )
 
@@ -239,6 +239,7 @@ class _BaseMLP(BaseEstimator):
             "validation_fraction": _check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0, lo_open=True),
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
+            "dtype": check_dtype(self.dtype),
         }
 
     def _check_same_network(self, model, sizes, params) -> None:
@@ -255,7 +256,7 @@ class _BaseMLP(BaseEstimator):
             )
         if list(model.activations[:-1]) != params["activation"]:
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
-        if check_dtype(self.dtype) != model.dtype:
+        if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
         if backends.select(self.backend).name != model.backend_name:
             raise ValueError(

@@ -216,6 +216,10 @@ BAD_PARAMS = [
     ("verbose", -1, TypeError),
     ("random_state", "abc", ValueError),
     ("dtype", "float16", ValueError),
+    ("dtype", "bogus", ValueError),
+    ("dtype", "Float32", ValueError),
+    ("dtype", None, ValueError),
+    ("dtype", 3, ValueError),
     ("backend", "tpu", ValueError),
 ]
 

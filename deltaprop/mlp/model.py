@@ -26,20 +26,32 @@ FORMAT_VERSION = 1
 EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
 
 
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
 def check_dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    """The model dtype named by ``dtype``: the strings "float32" or "float64", np.float32 or np.float64, or
+    their np.dtype. Anything else, None and NumPy's aliases ("f4", "float", "single") included, is refused
+    by name: np.dtype() would turn some of them into float64 without a word."""
+    if isinstance(dtype, str):
+        found = DTYPES.get(dtype)
+    elif isinstance(dtype, np.dtype):
+        found = DTYPES.get(dtype.name) if dtype.isnative and dtype in DTYPES.values() else None
+    elif isinstance(dtype, type) and dtype in (np.float32, np.float64):
+        found = np.dtype(dtype)
+    else:
+        found = None
+    if found is None:
         raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
-    return dt
+    return found
 
 
 class MLP:
     """A multi-layer perceptron trained by backprop on the chosen backend.
 
     layer_sizes: [n_in, hidden..., n_out]. activation: one name, or one per hidden layer.
+    dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
+    anything else, None included, raises ValueError.
     Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
     starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
     tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
