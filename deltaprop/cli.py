@@ -133,7 +133,7 @@ def cmd_train(args) -> int:
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
     data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
-    n_in, n_out = data.X_train.shape[1], data.n_classes
+    n_in, n_out = data.X_train.shape[1], n_classes(data)
     if settings["layer_sizes"] is None:
         settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
     if resumed is not None:
@@ -320,6 +320,25 @@ def _fit(model, data, settings, args, ckpt, prior, remaining):
                          early_stopping=settings["early_stopping"], callback=after_epoch)
     finally:
         bar.close()
+
+
+def n_classes(data) -> int:
+    """K, the network's outputs, from labels that must be the classes 0..K-1 of the training data: refused
+    by name when they are not (labels such as {2019, 2020} would make 2,021 outputs for two classes), and
+    when the test set holds a label that training never saw (an output that nothing trains)."""
+    train = np.unique(np.concatenate([y for y in (data.y_train, data.y_val) if y is not None]))
+    k = len(train)
+    outside = train[(train < 0) | (train >= k)]
+    if outside.size:
+        shown = ", ".join(map(str, train[:8])) + (", ..." if k > 8 else "")
+        raise CLIError(f"data: y_train has {k} classes, so its labels must be 0..{k - 1}; label {outside[0]} is not "
+                       f"(the labels are {shown}). Number the classes 0..{k - 1} first, e.g. with "
+                       "y = np.unique(y, return_inverse=True)[1]")
+    if data.y_test is not None:
+        unseen = np.setdiff1d(data.y_test, train)
+        if unseen.size:
+            raise CLIError(f"data: y_test has the label {unseen[0]}, which y_train has not; the labels are 0..{k - 1}")
+    return k
 
 
 def plot_history(history: dict, path) -> None:

@@ -15,6 +15,7 @@ deltaprop's SGD with momentum on the chosen backend (``backend``, ``dtype``). Wh
   ``validation_fraction`` split (stratified for classifiers, as in scikit-learn), where scikit-learn
   watches the validation score; ``validation_scores_`` still records that score (accuracy or R²) per
   epoch. Without early stopping it watches the training loss. Any improvement counts (no ``tol``).
+  ``n_iter_no_change=np.inf`` never stops early (all ``max_iter`` epochs, the best weights kept).
 - ``predict_proba`` and regression predictions are computed in ``dtype`` and returned as float64.
 
 scikit-learn (>= 1.6) is needed for this module only; ``import deltaprop`` does not import it.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -144,7 +145,7 @@ class _BaseMLP(BaseEstimator):
                 output_activation=self._output_activation,
                 loss=self._loss,
                 backend=self.backend,
-                dtype=self.dtype,
+                dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
             )
 
@@ -190,7 +191,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental and not history.stopped_early:
             warnings.warn(
                 f"max_iter: reached {params['max_iter']} epochs and the loss was still improving "
-                f"within the last n_iter_no_change={params['n_iter_no_change']}; the model may not have converged",
+                f"within the last n_iter_no_change={self.n_iter_no_change}; the model may not have converged",
                 ConvergenceWarning,
                 stacklevel=3,
             )
@@ -227,6 +228,11 @@ class _BaseMLP(BaseEstimator):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.early_stopping and incremental:
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
+        max_iter = _check_int(self.max_iter, "max_iter", 1)
+        # scikit-learn's range is [0, 1); 0 holds nothing out, which only early stopping needs
+        validation_fraction = _check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0)
+        if self.early_stopping and not validation_fraction:
+            raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
         return {
             "hidden": [int(n) for n in hidden],
             "activation": activation,
@@ -234,11 +240,12 @@ class _BaseMLP(BaseEstimator):
             "batch_size": batch_size,
             "learning_rate_init": _check_real(self.learning_rate_init, "learning_rate_init", lo=0.0, lo_open=True),
             "momentum": _check_real(self.momentum, "momentum", lo=0.0, hi=1.0),
-            "max_iter": _check_int(self.max_iter, "max_iter", 1),
-            "n_iter_no_change": _check_int(self.n_iter_no_change, "n_iter_no_change", 1),
-            "validation_fraction": _check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0, lo_open=True),
+            "max_iter": max_iter,
+            "n_iter_no_change": _check_patience(self.n_iter_no_change, max_iter),
+            "validation_fraction": validation_fraction,
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
+            "dtype": check_dtype(self.dtype),
         }
 
     def _check_same_network(self, model, sizes, params) -> None:
@@ -255,7 +262,7 @@ class _BaseMLP(BaseEstimator):
             )
         if list(model.activations[:-1]) != params["activation"]:
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
-        if check_dtype(self.dtype) != model.dtype:
+        if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
         if backends.select(self.backend).name != model.backend_name:
             raise ValueError(
@@ -311,6 +318,16 @@ class _BaseMLP(BaseEstimator):
                     f.write(state["model_"])
                 state["model_"] = MLP.load(path, backend=state.get("backend", "auto"))
         super().__setstate__(state)
+
+
+def _check_patience(value, max_iter) -> int:
+    """n_iter_no_change as the MLP layer's patience: an integer ≥ 1, or np.inf (never stop early, as in
+    scikit-learn), which is max_iter: more epochs than can pass without improvement in max_iter epochs."""
+    if isinstance(value, Real) and not isinstance(value, Integral):
+        if value == np.inf:
+            return max_iter
+        raise TypeError(f"n_iter_no_change: expected an integer ≥ 1 or np.inf, got {value!r}")
+    return _check_int(value, "n_iter_no_change", 1)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

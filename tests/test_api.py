@@ -1,8 +1,13 @@
 """The public API: predict, predict_proba, score, evaluate, weights, save and load."""
 
+import io
 import json
 import os
+import pickle
 import re
+import struct
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -156,3 +161,163 @@ def test_initialisation_scales(rng):
     glorot = MLP([400, 300, 10], activation="tanh", backend="numpy", seed=1).get_weights()[0][0]
     assert he.var() == pytest.approx(2 / 400, rel=0.02)
     assert glorot.var() == pytest.approx(2 / 700, rel=0.02)
+
+
+def saved_model(tmp_path):
+    """A trained model with momentum buffers, its file, the file's arrays and its config."""
+    model = MLP([2, 3, 2], seed=0, backend="numpy")
+    model.fit(np.random.default_rng(0).normal(size=(10, 2)), np.arange(10) % 2, epochs=1, momentum=0.9)
+    path = tmp_path / "good.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    return model, path, arrays, json.loads(str(arrays["config"]))
+
+
+def npy_bytes(array, shape=None):
+    """``array`` as .npy bytes; ``shape``: the shape its header claims instead."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                                               "shape": array.shape if shape is None else shape})
+    return buf.getvalue() + array.tobytes()
+
+
+def peak_bytes(call):
+    """The peak of memory that NumPy and Python allocate while ``call()`` runs (tracemalloc sees both)."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_load_checks_the_config_against_the_stored_arrays_before_allocating(tmp_path):
+    """A 3 KB file that claims layers of 20000 is refused from the zip's directory and the .npy headers,
+    without allocating what it claims (1.6 GB for W0), whichever part of the file tells the lie."""
+    model, good, arrays, config = saved_model(tmp_path)
+    MLP.load(good)  # first-call imports are not the file's doing
+    big = tmp_path / "big.npz"
+    np.savez(big, **{**arrays, "config": np.array(json.dumps({**config, "layer_sizes": [20000, 20000, 2]}))})
+
+    def refused(path, match):
+        def call():
+            with pytest.raises(ValueError, match=f"^path: {re.escape(str(path))} is not a (valid|readable) deltaprop model: {match}"):
+                MLP.load(path)
+        assert peak_bytes(call) < 4e6
+
+    refused(big, re.escape("weights[0] W: expected shape (20000, 20000) for the layers [20000, 20000, 2], the file stores (2, 3)"))
+    # the headers agree with the config, but the data is not there
+    lying = tmp_path / "lying.npz"
+    with zipfile.ZipFile(lying, "w") as z:
+        z.writestr("config.npy", npy_bytes(np.array(json.dumps({**config, "layer_sizes": [20000, 20000, 2]}))))
+        z.writestr("W0.npy", npy_bytes(np.zeros(6, np.float32), shape=(20000, 20000)))
+        for name, shape in (("b0", (20000,)), ("W1", (20000, 2)), ("b1", (2,))):
+            z.writestr(f"{name}.npy", npy_bytes(np.zeros(shape, np.float32)))
+    refused(lying, re.escape("W0.npy: its header claims float32 (20000, 20000) (1600000128 bytes with the header), "
+                             "the zip holds 152 bytes; the file is damaged"))
+    # the zip's directory claims a member 2 GB unpacked
+    raw = bytearray(good.read_bytes())
+    entry = raw.rfind(b"PK\x01\x02")  # the last central-directory record; its unpacked size is at +24
+    struct.pack_into("<I", raw, entry + 24, 2**31)
+    (tmp_path / "huge.npz").write_bytes(bytes(raw))
+    refused(tmp_path / "huge.npz", r"vb1.npy: the zip directory's sizes \(\d+ bytes packed, 2147483648 unpacked\) do not fit")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"activations": []}, r"activations: expected 2 names, one per layer of \[2, 3, 2\], got \[\]"),
+    ({"activations": ["softmax"]}, r"activations: expected 2 names, one per layer of \[2, 3, 2\], got \['softmax'\]"),
+    ({"activations": "relu"}, "activations: expected 2 names"),
+    ({"dtype": None}, "dtype: unsupported dtype None"),
+    ({"dtype": "float16"}, "dtype: unsupported dtype 'float16'"),
+    ({"seed": None}, "seed: expected an integer ≥ 0, got None"),
+    ({"layer_sizes": "23"}, "layer_sizes: expected a list of layer widths, got '23'"),
+    ({"layer_sizes": [2, 0, 2]}, "layer_sizes: entry 1 must be a positive integer, got 0"),
+    ({"loss": None}, "loss: unknown loss None"),
+    ({"layer_sizes": None}, "layer_sizes: expected a list"),
+    ({"version": 2}, "format version 2, this deltaprop reads 1"),
+])
+def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change, match):
+    _, _, arrays, config = saved_model(tmp_path)
+    path = tmp_path / "changed.npz"
+    np.savez(path, **{**arrays, "config": np.array(json.dumps({**config, **change}))})
+    with pytest.raises(ValueError, match=f"^path: {re.escape(str(path))} is not a valid deltaprop model: {match}"):
+        MLP.load(path)
+
+
+def test_load_refuses_missing_and_stray_arrays(tmp_path):
+    _, _, arrays, _ = saved_model(tmp_path)
+    for name, kept, match in (
+        ("nob1.npz", {k: v for k, v in arrays.items() if k != "b1"}, "no array 'b1', which a model [2, 3, 2] has"),
+        ("novb0.npz", {k: v for k, v in arrays.items() if k != "vb0"}, "no array 'vb0'"),
+        ("stray.npz", {**arrays, "W2": np.zeros((2, 2), np.float32)}, "holds 'W2', which a model [2, 3, 2] has not"),
+        ("ints.npz", {**arrays, "W0": np.zeros((2, 3), np.int64)}, "weights[0] W: stored as int64, expected float32 or float64"),
+        ("vshape.npz", {**arrays, "vW1": np.zeros((2, 3), np.float32)}, "velocity[1] W: expected shape (3, 2)"),
+    ):
+        np.savez(tmp_path / name, **kept)
+        with pytest.raises(ValueError, match=re.escape(match)):
+            MLP.load(tmp_path / name)
+    # without momentum buffers at all, it loads
+    np.savez(tmp_path / "plain.npz", **{k: v for k, v in arrays.items() if not k.startswith("v")})
+    assert MLP.load(tmp_path / "plain.npz", backend="numpy")._velocity is None
+
+
+def test_load_says_what_a_file_is_when_it_is_not_a_model(tmp_path):
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"W0": 1}))
+    np.savez(tmp_path / "objects.npz", config=np.array([{"format": "deltaprop-mlp"}], dtype=object))
+    for name, match in (
+        ("one.npy", "not an .npz file: it is a .npy file (one array)"),
+        ("pickle.npz", "not an .npz file (not a zip archive)"),
+        ("objects.npz", "config.npy holds pickled (object) data, which is never loaded"),
+        ("missing.npz", "cannot be read (No such file or directory)"),
+        (".", "cannot be read (Is a directory)"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(match)) as info:
+            MLP.load(tmp_path / name)
+        assert str(info.value).startswith(f"path: {tmp_path / name} is not a ") and "allow_pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("offset, value, match", [
+    (10, 99, "vb1.npy uses compression method 99, not stored or deflated"),  # NotImplementedError from zipfile
+    (8, 1, "vb1.npy is encrypted"),  # RuntimeError from zipfile
+])
+def test_load_refuses_a_damaged_zip_directory(tmp_path, offset, value, match):
+    _, good, _, _ = saved_model(tmp_path)
+    raw = bytearray(good.read_bytes())
+    struct.pack_into("<H", raw, raw.rfind(b"PK\x01\x02") + offset, value)
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=re.escape(match)):
+        MLP.load(tmp_path / "bad.npz")
+
+
+def test_load_of_any_damaged_byte_is_a_value_error_or_the_same_model(tmp_path):
+    """Every byte of a model file overwritten in turn (one file each): load refuses it with a ValueError
+    naming the file, or (a byte that no reader checks, such as a timestamp) loads the same model."""
+    model, good, _, _ = saved_model(tmp_path)
+    raw = good.read_bytes()
+    bad = tmp_path / "bad.npz"
+    loaded = refused = 0
+    for i in range(0, len(raw), 4):
+        bad.write_bytes(raw[:i] + bytes([raw[i] ^ 0xA5]) + raw[i + 1:])
+        try:
+            other = MLP.load(bad, backend="numpy")
+        except ValueError as exc:
+            assert re.match(f"path: {re.escape(str(bad))} is not a (valid|readable) deltaprop model: ", str(exc))
+            refused += 1
+            continue
+        loaded += 1
+        for (W0, b0), (W1, b1) in zip(model.get_weights(), other.get_weights()):
+            np.testing.assert_array_equal(W0, W1)
+            np.testing.assert_array_equal(b0, b1)
+    assert refused > 3 * loaded  # most bytes are checked: sizes, headers, CRCs (not times, versions, attributes)
+
+
+@pytest.mark.parametrize("path", [5, None, 2.5, b"model.npz"])
+def test_save_and_load_name_path_when_it_is_not_a_file_name(path):
+    model = MLP([2, 3, 2], seed=0, backend="numpy")
+    with pytest.raises(TypeError, match="^path: expected a file name \\(str or os.PathLike\\), got "):
+        model.save(path)
+    with pytest.raises(TypeError, match="^path: expected a file name"):
+        MLP.load(path)

@@ -29,6 +29,15 @@ from deltaprop.backends import BackendUnavailable
         ({"backend": "tpu"}, ValueError, "backend: unknown backend 'tpu'"),
         ({"dtype": "float16"}, ValueError, "dtype: unsupported dtype"),
         ({"dtype": "int32"}, ValueError, "dtype"),
+        # np.dtype() reads these as None or float64: each must be refused, not trained in float64
+        ({"dtype": "bogus"}, ValueError, "dtype: unsupported dtype 'bogus'"),
+        ({"dtype": 3}, ValueError, "dtype: unsupported dtype 3"),
+        ({"dtype": "Float32"}, ValueError, "dtype: unsupported dtype 'Float32'"),
+        ({"dtype": "float32 "}, ValueError, "dtype: unsupported dtype 'float32 '"),
+        ({"dtype": None}, ValueError, "dtype: unsupported dtype None"),
+        ({"dtype": float}, ValueError, "dtype: unsupported dtype <class 'float'>"),
+        ({"dtype": "f8"}, ValueError, "dtype: unsupported dtype 'f8'"),
+        ({"dtype": np.dtype(">f4")}, ValueError, "dtype: unsupported dtype"),
         ({"seed": -1}, ValueError, "seed"),
     ],
 )
@@ -36,6 +45,13 @@ def test_constructor_errors(kwargs, error, match):
     args = {"layer_sizes": [4, 5, 3], **kwargs}
     with pytest.raises(error, match=re.escape(match) if "\\" not in match else match):
         MLP(**args)
+
+
+@pytest.mark.parametrize("dtype", ["float32", np.float32, np.dtype("float32"), "float64", np.float64, np.dtype("float64")])
+def test_the_two_dtypes_by_name_type_or_dtype(dtype):
+    model = MLP([3, 2], dtype=dtype, backend="numpy")
+    assert model.dtype is np.dtype(dtype) and model.get_weights()[0][0].dtype == model.dtype
+    assert f"dtype={model.dtype.name!r}" in repr(model)
 
 
 def test_unusable_backend_says_why_and_what_to_install():

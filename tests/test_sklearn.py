@@ -211,11 +211,17 @@ BAD_PARAMS = [
     ("momentum", 1.0, ValueError),
     ("max_iter", 2.5, TypeError),
     ("n_iter_no_change", 0, ValueError),
+    ("n_iter_no_change", 2.5, TypeError),
+    ("n_iter_no_change", -np.inf, TypeError),
     ("validation_fraction", 1.0, ValueError),
     ("shuffle", "yes", TypeError),
     ("verbose", -1, TypeError),
     ("random_state", "abc", ValueError),
     ("dtype", "float16", ValueError),
+    ("dtype", "bogus", ValueError),
+    ("dtype", "Float32", ValueError),
+    ("dtype", None, ValueError),
+    ("dtype", 3, ValueError),
     ("backend", "tpu", ValueError),
 ]
 
@@ -230,6 +236,30 @@ def test_a_bad_parameter_names_itself_and_changes_nothing(name, value, error, ir
         clf.fit(X[:, :3], y)  # also a new width: n_features_in_ must not change either
     assert clf.n_features_in_ == 4 and clf.n_iter_ == before[1] and clf.model_ is before[2]
     np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_values_scikit_learn_accepts_are_accepted(cls, iris):
+    """n_iter_no_change=np.inf (never stop early) and validation_fraction=0.0 (unused without early stopping)
+    are in scikit-learn's own parameter ranges; they mean here what they mean there."""
+    X, y = iris
+    X = StandardScaler().fit_transform(X)
+    y = y if cls is MLPClassifier else y.astype(float)
+    sk = {MLPClassifier: skl.MLPClassifier, MLPRegressor: skl.MLPRegressor}[cls]
+    for params in ({"n_iter_no_change": np.inf}, {"validation_fraction": 0.0}, {"n_iter_no_change": np.inf, "early_stopping": True}):
+        sk(**params, max_iter=2)._validate_params()  # scikit-learn takes them
+    never = cls((8,), learning_rate_init=1e-5, n_iter_no_change=np.inf, max_iter=40, random_state=0).fit(X, y)
+    patient = cls((8,), learning_rate_init=1e-5, n_iter_no_change=40, max_iter=40, random_state=0).fit(X, y)
+    assert never.n_iter_ == 40
+    np.testing.assert_array_equal(never.coefs_[0], patient.coefs_[0])
+    args = dict(learning_rate_init=0.1, early_stopping=True, max_iter=60, random_state=0)
+    assert cls((8,), n_iter_no_change=1, **args).fit(X, y).n_iter_ < 60  # these settings do stop early
+    kept = cls((8,), n_iter_no_change=np.inf, **args).fit(X, y)
+    assert kept.n_iter_ == len(kept.validation_scores_) == 60
+    unused = cls((8,), validation_fraction=0.0, max_iter=3, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(unused.coefs_[0], cls((8,), max_iter=3, random_state=0).fit(X, y).coefs_[0])
+    with pytest.raises(ValueError, match="validation_fraction: 0.0 holds out no validation data; early_stopping=True"):
+        cls(validation_fraction=0.0, early_stopping=True).fit(X, y)
 
 
 def test_bad_targets_name_the_problem(iris):

@@ -101,8 +101,10 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
         X, y = arrays[X], arrays[y]
         if X.ndim < 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
             raise ValueError(f"data: X_{name} must be a non-empty array of real numbers with one row per sample, got {X.dtype} {X.shape}")
-        if y.shape != (X.shape[0],) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        if y.shape != (X.shape[0],) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0, got {y.dtype} {y.shape}")
+        if y.min() < 0:
+            raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0; it holds the label {y[y < 0][0]}")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
             X = X.reshape(X.shape[0], -1).astype(np.float32)
         if not np.all(np.isfinite(X)):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import os
+import zipfile
+import zlib
+
 import numpy as np
 
 
@@ -24,3 +29,97 @@ def cast_finite(a: np.ndarray, dtype, argument: str) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{argument}: contains NaN or Inf (after conversion to {out.dtype.name})")
     return out
+
+
+# deflate cannot shrink data more than about 1032:1; a member that claims more is lying about its size
+MAX_DEFLATE_RATIO = 1100
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# what a damaged zip or .npy member raises from zipfile, zlib and NumPy (NotImplementedError: an unknown
+# compression method; RuntimeError: a member marked encrypted)
+READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
+
+class NpzArrays:
+    """The plain arrays of an .npz file, sized before any is read.
+
+    Opening reads only the zip's directory and each member's .npy header: ``headers`` maps each
+    array's name to its (shape, dtype) as stored, checked against the member's size in the zip, so a
+    caller can compare them with what it expects before ``read`` allocates anything. Nothing is
+    unpickled. Every problem raises ValueError saying what is wrong; the caller names the file.
+    """
+
+    def __init__(self, path):
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+        except OSError as exc:
+            raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+        if magic == b"\x93NUMPY":
+            raise ValueError("not an .npz file: it is a .npy file (one array)")
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not an .npz file (not a zip archive)")
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except READ_ERRORS as exc:
+            raise ValueError(f"a damaged .npz file ({type(exc).__name__}: {exc})") from None
+        try:
+            self._members = {}
+            self.headers = {}
+            size = os.path.getsize(path)
+            for info in self._zip.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else None
+                if name is None or name in self.headers:
+                    raise ValueError(f"holds {info.filename!r}, which is not one of its arrays (name.npy)")
+                self.headers[name] = self._header(info, size)
+                self._members[name] = info
+        except BaseException:
+            self.close()
+            raise
+
+    def _header(self, info, archive_bytes):
+        what = info.filename
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{what} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"{what} uses compression method {info.compress_type}, not stored or deflated as np.savez writes")
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if info.compress_size > archive_bytes or info.file_size > (1 if stored else MAX_DEFLATE_RATIO) * info.compress_size:
+            raise ValueError(f"{what}: the zip directory's sizes ({info.compress_size} bytes packed, {info.file_size} "
+                             f"unpacked) do not fit a file of {archive_bytes} bytes; the file is damaged")
+        try:
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = NPY_HEADERS.get(version)
+                if read_header is not None:
+                    shape, _, dtype = read_header(f)
+                    start = f.tell()
+        except READ_ERRORS as exc:
+            raise ValueError(f"{what} is damaged ({exc})") from None
+        if read_header is None:
+            raise ValueError(f"{what}: .npy format version {version}, which is not read here (1.0 and 2.0 are)")
+        if dtype.hasobject:
+            raise ValueError(f"{what} holds pickled (object) data, which is never loaded")
+        expected = start + math.prod(shape) * dtype.itemsize
+        if info.file_size != expected:
+            raise ValueError(f"{what}: its header claims {dtype} {shape} ({expected} bytes with the header), "
+                             f"the zip holds {info.file_size} bytes; the file is damaged")
+        return tuple(shape), dtype
+
+    def read(self, name) -> np.ndarray:
+        """The array ``name`` (a key of ``headers``), read and checked against its CRC."""
+        try:
+            with self._zip.open(self._members[name]) as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+                f.read()  # to the member's end, where zipfile checks the CRC
+            return array
+        except READ_ERRORS as exc:
+            raise ValueError(f"{name}.npy is damaged ({exc})") from None
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -112,7 +112,12 @@ def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: s
 
 
 def _check_values(Y: np.ndarray, loss: Loss, argument: str) -> None:
-    if loss.name == "perceptron" and not np.all(np.abs(Y) == 1):
-        raise ValueError(f"{argument}: the perceptron loss needs labels −1 and +1")
-    if loss.name in ("bce", "cross_entropy") and (Y.min(initial=0) < 0 or Y.max(initial=0) > 1):
-        raise ValueError(f"{argument}: {loss.name} targets must lie in [0, 1]")
+    """The targets' values the loss allows; an error names the first value that is not."""
+    if loss.name == "perceptron":
+        bad = Y[np.abs(Y) != 1]
+        if bad.size:
+            raise ValueError(f"{argument}: the perceptron loss needs labels −1 and +1, got {bad[0]:g}")
+    if loss.name in ("bce", "cross_entropy"):
+        bad = Y[(Y < 0) | (Y > 1)]
+        if bad.size:
+            raise ValueError(f"{argument}: {loss.name} targets must lie in [0, 1], got {bad[0]:g}")

@@ -10,36 +10,49 @@ import json
 import math
 import os
 import tempfile
-import zipfile
 from numbers import Integral, Real
 
 import numpy as np
 
 from .. import backends
 from .activations import ACTIVATIONS, check_activation
-from .arrays import cast_finite, real_array
+from .arrays import NpzArrays, cast_finite, real_array
 from .losses import check_loss, encode_targets
 from .training import Buffers, History, Plan, Trainer
 
 FORMAT = "deltaprop-mlp"
 FORMAT_VERSION = 1
+CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
+MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
 EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
 
 
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
 def check_dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    """The model dtype named by ``dtype``: the strings "float32" or "float64", np.float32 or np.float64, or
+    their np.dtype. Anything else, None and NumPy's aliases ("f4", "float", "single") included, is refused
+    by name: np.dtype() would turn some of them into float64 without a word."""
+    if isinstance(dtype, str):
+        found = DTYPES.get(dtype)
+    elif isinstance(dtype, np.dtype):
+        found = DTYPES.get(dtype.name) if dtype.isnative and dtype in DTYPES.values() else None
+    elif isinstance(dtype, type) and dtype in (np.float32, np.float64):
+        found = np.dtype(dtype)
+    else:
+        found = None
+    if found is None:
         raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
-    return dt
+    return found
 
 
 class MLP:
     """A multi-layer perceptron trained by backprop on the chosen backend.
 
     layer_sizes: [n_in, hidden..., n_out]. activation: one name, or one per hidden layer.
+    dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
+    anything else, None included, raises ValueError.
     Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
     starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
     tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
@@ -421,6 +434,7 @@ class MLP:
     # ------------------------------------------------------------- files
     def save(self, path) -> None:
         """Write the model to ``path`` (.npz, no pickle) atomically: a temporary file renamed into place."""
+        path = _file_path(path)
         config = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -437,7 +451,6 @@ class MLP:
         if self._velocity is not None:
             for l, (vW, vb) in enumerate(self._velocity):
                 arrays[f"vW{l}"], arrays[f"vb{l}"] = self.backend.to_numpy(vW), self.backend.to_numpy(vb)
-        path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise ValueError(f"path: the folder {folder} does not exist")
@@ -455,44 +468,40 @@ class MLP:
 
     @classmethod
     def load(cls, path, backend="auto") -> "MLP":
-        """Read a model written by ``save`` onto ``backend``; a file that is not one raises ValueError."""
+        """Read a model written by ``save`` onto ``backend``.
+
+        The file's config is checked against the shapes its arrays are stored with (the zip's directory
+        and the .npy headers) before anything is read or allocated from its claims; a file that is not a
+        deltaprop model, or a damaged one, raises one ValueError naming the file and what is wrong.
+        """
+        path = _file_path(path)
         backends.select(backend)  # a bad name is the argument's fault, not the file's
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"path: {path!s} is not a readable deltaprop model ({exc})") from exc
-        try:
-            config = json.loads(str(arrays["config"]))
-            if not isinstance(config, dict) or config.get("format") != FORMAT:
-                raise ValueError("not a deltaprop model file")
-            if config.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format version {config.get('version')}, this deltaprop reads {FORMAT_VERSION}")
-            sizes = config["layer_sizes"]
-            hidden = config["activations"][:-1]
-            model = cls(
-                sizes,
-                activation=hidden if hidden else "relu",
-                output_activation=config["activations"][-1],
-                loss=config["loss"],
-                backend=backend,
-                dtype=config["dtype"],
-                seed=config["seed"],
-            )
-            L = len(sizes) - 1
-            model.set_weights([(arrays[f"W{l}"], arrays[f"b{l}"]) for l in range(L)])
-            if "vW0" in arrays:
-                velocity = model._check_weights([(arrays[f"vW{l}"], arrays[f"vb{l}"]) for l in range(L)], "velocity")
-                bk = model.backend
-                model._velocity = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in velocity]
-            epochs = config["epochs_trained"]
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-                raise ValueError(f"epochs_trained: expected an integer ≥ 0, got {epochs!r}")
-            model.epochs_trained = epochs
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"path: {path!s} is a damaged deltaprop model (missing or bad {exc})") from exc
+            f = NpzArrays(path)
         except ValueError as exc:
-            raise ValueError(f"path: {path!s} is not a valid deltaprop model: {exc}") from exc
+            raise ValueError(f"path: {path} is not a readable deltaprop model: {exc}") from None
+        try:
+            with f:
+                config = _file_config(f)
+                velocity = _check_stored_arrays(config, f.headers)
+                model = cls(
+                    config["layer_sizes"],
+                    activation=list(config["activations"][:-1]),
+                    output_activation=config["activations"][-1],
+                    loss=config["loss"],
+                    backend=backend,
+                    dtype=config["dtype"],
+                    seed=config["seed"],
+                )
+                L = model.n_layers
+                model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])
+                if velocity:
+                    vs = model._check_weights([(f.read(f"vW{l}"), f.read(f"vb{l}")) for l in range(L)], "velocity")
+                    bk = model.backend
+                    model._velocity = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in vs]
+                model.epochs_trained = config["epochs_trained"]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"path: {path} is not a valid deltaprop model: {exc}") from None
         return model
 
 
@@ -508,6 +517,69 @@ def _check_layer_sizes(layer_sizes) -> tuple:
         if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
             raise ValueError(f"layer_sizes: entry {i} must be a positive integer, got {n!r}")
     return tuple(int(n) for n in sizes)
+
+
+def _file_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _file_config(f: NpzArrays) -> dict:
+    """The config of a model file, every entry checked for its type (the constructor checks the values)."""
+    if "config" not in f.headers:
+        raise ValueError(f"no 'config' array (it holds {', '.join(f.headers) or 'no arrays'}); a damaged model or another kind of file")
+    shape, dtype = f.headers["config"]
+    if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_CONFIG_BYTES:
+        raise ValueError(f"config: expected one JSON string, got {dtype} {shape}")
+    try:
+        config = json.loads(str(f.read("config")))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError("not a deltaprop model file")
+    if config.get("version") != FORMAT_VERSION:
+        raise ValueError(f"format version {config.get('version')!r}, this deltaprop reads {FORMAT_VERSION}")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config: no {', '.join(missing)}; the file is damaged")
+    sizes, names = config["layer_sizes"], config["activations"]
+    if not isinstance(sizes, list):
+        raise ValueError(f"layer_sizes: expected a list of layer widths, got {sizes!r}")
+    config["layer_sizes"] = _check_layer_sizes(sizes)
+    if not isinstance(names, list) or len(names) != len(sizes) - 1 or not all(isinstance(a, str) for a in names):
+        raise ValueError(f"activations: expected {len(sizes) - 1} names, one per layer of {sizes}, got {names!r}")
+    for key in ("seed", "epochs_trained"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key}: expected an integer ≥ 0, got {value!r}")
+    return config
+
+
+def _check_stored_arrays(config: dict, headers: dict) -> bool:
+    """That the file holds the weights its config describes, of those shapes, and nothing else; whether it
+    holds momentum buffers too (all of them or none)."""
+    sizes = config["layer_sizes"]
+    shapes = {}  # name: (shape, what an error calls it)
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for prefix, kind in (("", "weights"), ("v", "velocity")):
+            shapes[f"{prefix}W{l}"] = ((n_in, n_out), f"{kind}[{l}] W")
+            shapes[f"{prefix}b{l}"] = ((n_out,), f"{kind}[{l}] b")
+    unexpected = [name for name in headers if name != "config" and name not in shapes]
+    if unexpected:
+        raise ValueError(f"holds {', '.join(map(repr, unexpected))}, which a model {list(sizes)} has not")
+    velocity = any(name.startswith("v") for name in headers)
+    for name, (shape, argument) in shapes.items():
+        if name not in headers:
+            if velocity or not name.startswith("v"):
+                raise ValueError(f"no array {name!r}, which a model {list(sizes)} has; the file is damaged")
+            continue
+        stored, dtype = headers[name]
+        if stored != shape:
+            raise ValueError(f"{argument}: expected shape {shape} for the layers {list(sizes)}, the file stores {stored}")
+        if dtype not in DTYPES.values():
+            raise ValueError(f"{argument}: stored as {dtype}, expected float32 or float64")
+    return velocity
 
 
 def _check_int(value, argument: str, lo: int) -> int:
