@@ -231,6 +231,24 @@ def test_a_run_stopped_early_resumes_to_its_best_weights_and_trains_no_more(tmp_
     assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
 
 
+@pytest.mark.parametrize("lr, patience", [(0.3, 2), (0.1, 3)])  # stops at epoch 3; runs all 6, best at 5
+def test_early_stopping_of_the_command_keeps_the_weights_mlp_fit_keeps(tmp_path, mnist_dir, capsys, lr, patience):
+    """The command stops early itself (so that a resume can carry on its count), by MLP.fit's rule."""
+    from deltaprop.data import load_dataset
+
+    rc, out, err = run(capsys, "train", "--data-dir", mnist_dir, "--epochs", 6, *SMALL, "--lr", lr,
+                       "--early-stopping", patience, "--save", tmp_path / "cli.npz", "--metrics-out", tmp_path / "m.json")
+    assert rc == 0, err
+    data = load_dataset("mnist", 0.1, 0, data_dir=mnist_dir)
+    model = MLP([784, 16, 10], backend="numpy", seed=0)
+    history = model.fit(data.X_train, data.y_train, epochs=6, batch_size=64, lr=lr, momentum=0.9,
+                        validation_data=(data.X_val, data.y_val), early_stopping=patience)
+    assert_same_model(model, MLP.load(tmp_path / "cli.npz"))
+    metrics = json.loads((tmp_path / "m.json").read_text())["history"]
+    assert (metrics["best_epoch"], metrics["stopped_early"]) == (history.best_epoch, history.stopped_early)
+    assert metrics["val_loss"] == history.val_loss
+
+
 def _edit_manifest(ck, edit):
     record = json.loads((ck / "checkpoint.json").read_text())
     edit(record)
