@@ -1,24 +1,90 @@
-"""Atomic file writes: a temporary file in the same folder, renamed into place, so a reader never sees half a file."""
+"""Atomic file writes: a temporary file in the same folder, renamed into place, so a reader never sees half a file.
+
+The temporary file is created with mode 0666 less the umask (as ``open`` would make it), not
+mkstemp's 0600, so a shared cache or volume stays readable by whom the user's umask allows.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+import secrets
+
+TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 
 
 def atomic_write(path, write, binary=True) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".deltaprop-", suffix=".tmp", dir=folder)
+    fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _create_temp(folder: str):
+    """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def check_writable(path, flag: str) -> None:
+    """Raise ValueError naming ``flag`` unless a file can be written at ``path``: its folder exists and a
+    file can really be made in it (a probe file, removed again), and its name is a file name the folder allows."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if not name or path.endswith(("/", os.sep)):
+        raise ValueError(f"{flag}: {path} ends with a separator; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a directory")
+    check_folder_writable(folder, flag)
+    check_name(folder, name, flag)
+
+
+def check_folder_writable(folder: str, flag: str) -> None:
+    """Raise ValueError naming ``flag`` unless a file can be made in the existing ``folder`` (tried, not guessed:
+    os.access says yes to root on a read-only mount point such as /proc)."""
+    try:
+        fd, tmp = _create_temp(folder)
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_name(folder: str, name: str, flag: str) -> None:
+    """Raise ValueError naming ``flag`` if ``name`` is longer than the file system under ``folder`` allows."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(name)) > limit:
+        raise ValueError(f"{flag}: the name {name[:40]}... is longer than the {limit} bytes a file name may have here")
+
+
+def sha256(path) -> str:
+    """The SHA-256 of the file at ``path``, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def json_safe(obj):

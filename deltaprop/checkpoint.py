@@ -1,73 +1,187 @@
-"""Training checkpoints: a folder with ``model.npz`` (``MLP.save``: weights, momentum buffers,
-epochs_trained) and ``run.json`` (the run's settings and its history so far).
+"""Training checkpoints: one consistent unit per epoch, committed by renaming its manifest into place.
 
-Both are written atomically each epoch, run.json first: if the process dies between the two,
-run.json holds one epoch more than model.npz, and ``read`` cuts the history back to the model's
-epochs. Because the epoch's sample order is drawn from (seed, epochs_trained), training the
-loaded model for the remaining epochs ends with the weights of an uninterrupted run.
+A checkpoint folder holds ``checkpoint.json`` (the manifest: the run's settings, its history and
+the names and SHA-256 of its model files) and the model files it names, ``model-NNNN.npz``
+(``MLP.save`` after epoch NNNN: weights, momentum buffers, epochs_trained): the last epoch's
+and, under early stopping, the best epoch's. Each epoch writes its model file under a new name,
+then the manifest (atomically, the commit), then removes the files the manifest no longer names.
+A process killed at any point leaves the previous epoch's checkpoint whole, or none before the
+first, and ``read`` checks that the parts belong together before anything is resumed.
+
+Because an epoch's sample order is drawn from (seed, epochs_trained), training the last epoch's
+model for the remaining epochs ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from numbers import Real
 
-from ._files import atomic_write, json_safe
+from ._files import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, json_safe, sha256
 from .mlp import MLP
 
-MODEL, RUN = "model.npz", "run.json"
-FORMAT = "deltaprop-checkpoint"
+MANIFEST = "checkpoint.json"
+FORMAT, VERSION = "deltaprop-checkpoint", 2
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
+LEGACY = ("model.npz", "run.json")  # the format before VERSION 2: two files, no manifest
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or made by a different run."""
 
 
+def best_epoch(val_loss) -> int | None:
+    """The 1-based epoch of the first strictly lowest validation loss, None before a finite one
+    (NaN, None and Inf never improve): the rule of MLP.fit's early stopping."""
+    best, best_score = None, math.inf
+    for epoch, score in enumerate(val_loss, 1):
+        if score is not None and score < best_score:
+            best, best_score = epoch, score
+    return best
+
+
+def stopped_early(val_loss, patience) -> bool:
+    """Whether early stopping with ``patience`` ends the run after these epochs."""
+    return bool(patience) and len(val_loss) - (best_epoch(val_loss) or 0) >= patience
+
+
 class Checkpoint:
     def __init__(self, folder):
         self.folder = os.fspath(folder)
-        self.model_path = os.path.join(self.folder, MODEL)
-        self.run_path = os.path.join(self.folder, RUN)
+        self.manifest_path = os.path.join(self.folder, MANIFEST)
+        self._named = None  # {"model": {...}, "best": {...} or None} of the last manifest read or written
 
     def exists(self) -> bool:
-        return os.path.exists(self.model_path) or os.path.exists(self.run_path)
+        """Whether the folder holds a committed checkpoint (or one of the older format)."""
+        return any(os.path.exists(os.path.join(self.folder, f)) for f in (MANIFEST, *LEGACY))
 
-    def write(self, model: MLP, settings: dict, history: dict, complete: bool = False) -> None:
-        record = {"format": FORMAT, "settings": settings, "history": history, "complete": complete}
-        text = json.dumps(json_safe(record), indent=1)
+    def interrupted_before_first(self) -> bool:
+        """Whether a run left model files here but was stopped before its first checkpoint was committed."""
+        return not self.exists() and os.path.isdir(self.folder) and any(
+            MODEL_FILE.fullmatch(f) for f in os.listdir(self.folder))
+
+    def write(self, model: MLP, settings: dict, history: dict, best: int | None = None) -> None:
+        """Commit the checkpoint after epoch ``model.epochs_trained``; ``best``: the 1-based best epoch under
+        early stopping (this one, or the one of the manifest written before), None without."""
+        epoch = model.epochs_trained
+        name = f"model-{epoch:04d}.npz"
         os.makedirs(self.folder, exist_ok=True)
-        atomic_write(self.run_path, lambda f: f.write(text), binary=False)
-        model.save(self.model_path)
+        path = os.path.join(self.folder, name)
+        model.save(path)
+        current = {"file": name, "sha256": sha256(path), "epoch": epoch}
+        if best is None:
+            best_entry = None
+        elif best == epoch:
+            best_entry = current
+        else:
+            best_entry = (self._named or {}).get("best")
+            if best_entry is None or best_entry["epoch"] != best:
+                raise AssertionError(f"checkpoint: best epoch {best} is not the one checkpointed before")
+        record = {"format": FORMAT, "version": VERSION, "settings": settings, "history": history,
+                  "model": current, "best": best_entry}
+        text = json.dumps(json_safe(record), indent=1)
+        atomic_write(self.manifest_path, lambda f: f.write(text + "\n"), binary=False)
+        self._named = {"model": current, "best": best_entry}
+        self.remove_unnamed()
+
+    def remove_unnamed(self) -> None:
+        """Remove the model files the manifest does not name and the temporary files of killed writes."""
+        keep = {entry["file"] for entry in self._named.values() if entry}
+        for f in os.listdir(self.folder):
+            stale = MODEL_FILE.fullmatch(f) and f not in keep
+            if stale or (f.startswith(TEMP_PREFIX) and f.endswith(TEMP_SUFFIX)):
+                try:
+                    os.remove(os.path.join(self.folder, f))
+                except FileNotFoundError:
+                    pass
 
     def read(self, backend="auto"):
-        """(model, settings, history, complete); raises CheckpointError saying what is wrong."""
-        for path in (self.run_path, self.model_path):
-            if not os.path.exists(path):
-                raise CheckpointError(f"checkpoint: {path} is missing; the checkpoint in {self.folder} is incomplete")
+        """(model, settings, history, best): the last epoch's model, the run's settings and history, and the
+        best epoch's model under early stopping (None without, or before a finite validation loss).
+        Raises CheckpointError saying what is wrong."""
+        if not os.path.exists(self.manifest_path):
+            if any(os.path.exists(os.path.join(self.folder, f)) for f in LEGACY):
+                raise CheckpointError(f"checkpoint: {self.folder} holds a checkpoint of an older deltaprop (model.npz and "
+                                      "run.json, no checkpoint.json), which cannot be checked; start a new run in another folder")
+            raise CheckpointError(f"checkpoint: {self.manifest_path} is missing")
         try:
-            with open(self.run_path, encoding="utf-8") as f:
+            with open(self.manifest_path, encoding="utf-8") as f:
                 record = json.load(f)
-            if record.get("format") != FORMAT:
-                raise ValueError("not a deltaprop checkpoint")
-            settings, history, complete = record["settings"], record["history"], bool(record["complete"])
-            lengths = {len(history[k]) for k in HISTORY_KEYS}
-            if not isinstance(settings, dict) or len(lengths) != 1:
-                raise ValueError("inconsistent settings or history")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"checkpoint: {self.run_path} is damaged ({exc})") from None
+            settings, history, current, best = _check_record(record)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint: {self.manifest_path} is damaged ({exc})") from None
+        model = self._load(current, settings, backend)
+        best_model = None
+        if best is not None:
+            best_model = model if best["file"] == current["file"] else self._load(best, settings, backend)
+        self._named = {"model": current, "best": best}
+        return model, settings, history, best_model
+
+    def _load(self, entry: dict, settings: dict, backend) -> MLP:
+        """The model file ``entry`` names, checked against its hash and the run's settings."""
+        path = os.path.join(self.folder, entry["file"])
         try:
-            model = MLP.load(self.model_path, backend=backend)
+            digest = sha256(path)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint: {path}, named by {MANIFEST}, cannot be read ({exc.strerror or exc})") from None
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"checkpoint: {path} is not the file {MANIFEST} names (its SHA-256 differs): "
+                                  "it was changed, or copied from another run")
+        try:
+            model = MLP.load(path, backend=backend)
         except ValueError as exc:
             raise CheckpointError(f"checkpoint: {exc}") from None
-        epochs = model.epochs_trained
-        if lengths.pop() < epochs:
-            raise CheckpointError(
-                f"checkpoint: {self.run_path} records fewer epochs than {self.model_path} ({epochs}); the checkpoint is damaged"
-            )
-        history = {k: [_nan(v) for v in history[k][:epochs]] for k in HISTORY_KEYS}
-        return model, settings, history, complete
+        found = {"epochs_trained": model.epochs_trained, "seed": model.seed, "dtype": model.dtype.name,
+                 "layer_sizes": list(model.layer_sizes), "loss": model.loss}
+        wanted = {"epochs_trained": entry["epoch"], **{k: settings[k] for k in ("seed", "dtype", "layer_sizes", "loss")}}
+        differ = [f"{k} {found[k]!r}, expected {wanted[k]!r}" for k in wanted if found[k] != wanted[k]]
+        if differ:
+            raise CheckpointError(f"checkpoint: {path} does not belong to this checkpoint ({'; '.join(differ)})")
+        return model
 
 
-def _nan(v):
-    return float("nan") if v is None else v
+def _check_record(record):
+    """(settings, history, model entry, best entry) of a manifest, every part checked; ValueError if not."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError("not a deltaprop checkpoint manifest")
+    if record.get("version") != VERSION:
+        raise ValueError(f"format version {record.get('version')!r}, this deltaprop reads {VERSION}")
+    settings, history = record.get("settings"), record.get("history")
+    if not isinstance(settings, dict):
+        raise ValueError("settings: expected an object")
+    for key, kind in (("seed", int), ("dtype", str), ("loss", str), ("layer_sizes", list)):
+        if not isinstance(settings.get(key), kind) or isinstance(settings.get(key), bool):
+            raise ValueError(f"settings: {key} is missing or not a {kind.__name__}")
+    if not isinstance(history, dict):
+        raise ValueError("history: expected an object")
+    current = _check_entry(record.get("model"), "model")
+    epochs = current["epoch"]
+    for key in HISTORY_KEYS:
+        values = history.get(key)
+        if not isinstance(values, list) or len(values) != epochs:
+            raise ValueError(f"history: {key} must list one value per epoch ({epochs})")
+        for i, v in enumerate(values):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, Real)):
+                raise ValueError(f"history: {key}[{i}] is {v!r}, not a number")
+    history = {k: [math.nan if v is None else float(v) for v in history[k]] for k in HISTORY_KEYS}
+    best = None if record.get("best") is None else _check_entry(record["best"], "best")
+    expected = best_epoch(history["val_loss"]) if settings.get("early_stopping") else None
+    if (best and best["epoch"]) != expected:
+        raise ValueError(f"best: names epoch {best and best['epoch']}, the history's best epoch is {expected}")
+    return settings, history, current, best
+
+
+def _check_entry(entry, what: str) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{what}: expected an object")
+    name, digest, epoch = entry.get("file"), entry.get("sha256"), entry.get("epoch")
+    match = MODEL_FILE.fullmatch(name) if isinstance(name, str) else None
+    if match is None or isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1 or int(match[1]) != epoch:
+        raise ValueError(f"{what}: file {name!r} and epoch {epoch!r} do not name a model-NNNN.npz of that epoch")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise ValueError(f"{what}: sha256 {digest!r} is not a SHA-256 in hex")
+    return {"file": name, "sha256": digest, "epoch": epoch}

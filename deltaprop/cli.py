@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import __version__, backends, precompile
-from ._files import atomic_write
+from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
 from .backends import BackendUnavailable
-from ._files import json_safe
-from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError
+from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
@@ -61,7 +60,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        hint = " (resume with --resume)" if getattr(args, "checkpoint", None) else ""
+        hint = ""
+        if getattr(args, "checkpoint", None):
+            hint = (" (resume with --resume)" if Checkpoint(args.checkpoint).exists() else
+                    " before the first checkpoint: nothing to resume yet; run again without --resume")
         print(f"deltaprop: interrupted{hint}", file=sys.stderr)
         return 130
     except (CLIError, CheckpointError, DataUnavailable, BackendUnavailable, TrainingDiverged, ValueError, TypeError, OSError) as exc:
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
     g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}")
     g = t.add_argument_group("output")
-    g.add_argument("--quiet", action="store_true", help="no progress bar (there is none either when stderr is not a terminal)")
+    g.add_argument("--quiet", action="store_true", help="no header line and no progress bar on stderr (there is no bar either when stderr is not "
+                   "a terminal); the result line, what --resume resumes, and errors are still printed")
     g.add_argument("--metrics-out", metavar="FILE.json", help="write history, test accuracy, timings, backend, device and versions")
     g.add_argument("--save", metavar="MODEL.npz", help="save the trained model (load it with MLP.load)")
     g.add_argument("--plot", metavar="CURVES.png", help="plot loss and accuracy per epoch (needs matplotlib: deltaprop[plot])")
@@ -128,22 +131,26 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     commit = git_commit()  # of the code that runs, before anyone commits during a long run
     settings = _settings(args)
+    _check_inputs(args)
     _check_outputs(args)
     ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
-    data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
-    n_in, n_out = data.X_train.shape[1], n_classes(data)
+    try:
+        data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
+        n_in, n_out = data.X_train.shape[1], n_classes(data)
+    except (ValueError, DataUnavailable, CLIError) as exc:
+        raise CLIError(_as_option(str(exc), args)) from None
     if settings["layer_sizes"] is None:
         settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
     if resumed is not None:
-        model, prior, complete = resumed
+        model, prior, best = resumed
         if list(model.layer_sizes) != settings["layer_sizes"]:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
                     loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed)
-        prior, complete = {k: [] for k in HISTORY_KEYS}, False
+        prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = device_description(model.backend)
     if not args.quiet:
         val = f", {len(data.y_val)} validation" if data.y_val is not None else ""
@@ -151,14 +158,17 @@ def cmd_train(args) -> int:
         print(f"deltaprop: {data.name}: {len(data.y_train)} training{val}{test} samples; MLP {list(model.layer_sizes)} "
               f"{args.activation}/{args.loss}; backend {model.selection.describe()} on {device}", file=sys.stderr)
 
-    remaining = 0 if complete else settings["epochs"] - model.epochs_trained
-    history = _fit(model, data, settings, args, ckpt, prior, remaining) if remaining > 0 else None
-    new = history.to_dict() if history else {k: [] for k in HISTORY_KEYS}
-    combined = {k: prior[k] + new[k] for k in HISTORY_KEYS}
-    combined["stopped_early"] = bool(history and history.stopped_early)
-    combined["best_epoch"] = None if not (history and history.best_epoch is not None) else len(prior["loss"]) + history.best_epoch
-    if ckpt:
-        ckpt.write(model, settings, combined, complete=True)
+    done = len(prior["loss"])
+    stopped = stopped_early(prior["val_loss"], settings["early_stopping"])
+    remaining = 0 if stopped else settings["epochs"] - done
+    combined, best = _fit(model, data, settings, args, ckpt, prior, best, remaining) if remaining > 0 else (prior, best)
+    if best is not None:  # early stopping keeps the best epoch's weights
+        model.set_weights(best)
+    new = {k: combined[k][done:] for k in HISTORY_KEYS}
+    combined = dict(combined)
+    combined["stopped_early"] = stopped_early(combined["val_loss"], settings["early_stopping"])
+    b = best_epoch(combined["val_loss"]) if settings["early_stopping"] else None
+    combined["best_epoch"] = None if b is None else b - 1  # 0-based, as History.best_epoch
 
     test = model.evaluate(data.X_test, data.y_test) if data.y_test is not None else None
     train_seconds = float(sum(new["seconds"]))
@@ -231,8 +241,8 @@ def _settings(args) -> dict:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
     try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written
         backends.get(args.backend)
-    except BackendUnavailable as exc:
-        raise CLIError(f"--backend: {exc}") from None
+    except (BackendUnavailable, ValueError, TypeError) as exc:
+        raise CLIError(f"{_backend_source(args)}: {_without_prefix(str(exc))}") from None
     return {
         "dataset": "npz" if args.data else args.dataset,
         "data": os.path.abspath(args.data) if args.data else None,
@@ -252,55 +262,131 @@ def _settings(args) -> dict:
     }
 
 
+def _backend_source(args) -> str:
+    """The option that chose the backend: --backend, or $DELTAPROP_BACKEND behind --backend auto."""
+    env = os.environ.get(backends.ENV_VAR, "").strip()
+    if env and args.backend.strip().lower() == "auto":
+        return f"{backends.ENV_VAR}={env}"
+    return "--backend"
+
+
+def _without_prefix(message: str) -> str:
+    """A backend error without the 'DELTAPROP_BACKEND=...: ' and 'backend: ' it starts with (the CLI names its own)."""
+    if message.startswith(backends.ENV_VAR + "="):
+        message = message.split(": ", 1)[-1]
+    return message.removeprefix("backend: ")
+
+
+# a data loader's argument name -> the option (or variable) that sets it
+DATA_OPTIONS = {"data": "--data", "data_dir": "--data-dir", "validation_split": "--val-split"}
+
+
+def _as_option(message: str, args) -> str:
+    """A data loader's message with the argument it names ('data_dir: ...') replaced by the option the user gave."""
+    name, sep, rest = message.partition(": ")
+    if not sep or name not in DATA_OPTIONS:
+        return message
+    option = DATA_OPTIONS[name]
+    if name == "data_dir" and not args.data_dir:
+        option = f"{DATA_ENV}={os.environ.get(DATA_ENV, '')}"
+    return f"{option}: {rest}"
+
+
+def _check_inputs(args) -> None:
+    """--data names an .npz file (a zip archive, as numpy.savez writes), told apart before NumPy reads it."""
+    if not args.data:
+        return
+    path = args.data
+    if not os.path.isfile(path):
+        raise CLIError(f"--data: {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise CLIError(f"--data: cannot read {path} ({exc.strerror or exc})") from None
+    if head == b"\x93NUMPY":
+        raise CLIError(f"--data: {path} is a .npy file (one array), not an .npz file; "
+                       "write X_train and y_train into one with numpy.savez")
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise CLIError(f"--data: {path} is not an .npz file (numpy.savez writes one, with X_train and y_train)")
+
+
 def _check_outputs(args) -> None:
+    """Every file the run will write can be written: checked by making a file where it will be, before training."""
     for flag, path in (("--save", args.save), ("--metrics-out", args.metrics_out), ("--plot", args.plot)):
         if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise CLIError(f"{flag}: the folder {folder} does not exist")
-            if os.path.isdir(path):
-                raise CLIError(f"{flag}: {path} is a directory")
-            if not os.access(folder, os.W_OK):
-                raise CLIError(f"{flag}: the folder {folder} is not writable")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
+            check_writable(path, flag)
+    if args.plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
+        plot_format(args.plot)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
     if args.checkpoint:  # checked here, made by the first checkpoint written
         if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
             raise CLIError(f"--checkpoint: {args.checkpoint} exists and is not a directory")
-        existing = os.path.abspath(args.checkpoint)
+        existing, new = os.path.abspath(args.checkpoint), []
         while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
+            existing, name = os.path.split(existing)
+            new.append(name)
         if not os.path.isdir(existing):
             raise CLIError(f"--checkpoint: cannot make {args.checkpoint} inside {existing}, which is not a directory")
-        if not os.access(existing, os.W_OK):
-            raise CLIError(f"--checkpoint: {existing} is not writable")
+        check_folder_writable(existing, "--checkpoint")
+        for name in new:
+            check_name(existing, name, "--checkpoint")
 
 
 def _resume(args, ckpt: Checkpoint, settings: dict):
-    """The checkpointed (model, history, complete) for --resume, None for a fresh run; errors for a mismatch."""
+    """The checkpointed (model, history, best weights or None) for --resume, None for a fresh run; errors for a
+    mismatch, or for --epochs fewer than the checkpoint has trained. Says what it resumes."""
     if not args.resume:
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
                            "or choose another folder")
         return None
     if not ckpt.exists():
+        if ckpt.interrupted_before_first():
+            raise CLIError(f"--resume: nothing to resume in {ckpt.folder} yet: its run was stopped before its first "
+                           "checkpoint; run without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
-    model, saved, history, complete = ckpt.read(backend=args.backend)
+    model, saved, history, best = ckpt.read(backend=args.backend)
     differ = [k for k in RESUME_KEYS if saved.get(k) != settings[k]]
     if differ:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in differ)
         raise CLIError(f"--resume: the checkpoint in {ckpt.folder} was made with other settings ({detail})")
-    settings["layer_sizes"] = saved.get("layer_sizes")
-    return model, history, complete
+    settings["layer_sizes"] = saved["layer_sizes"]
+    ckpt.remove_unnamed()  # what a kill left behind
+    done, epochs = model.epochs_trained, settings["epochs"]
+    if epochs < done:
+        raise CLIError(f"--epochs: {epochs} is fewer than the {done} epochs the checkpoint in {ckpt.folder} has "
+                       f"trained; give --epochs {done} or more, or start a new run in another folder")
+    if stopped_early(history["val_loss"], settings["early_stopping"]):
+        note = (f"{ckpt.folder} stopped early after epoch {done} (best epoch {best_epoch(history['val_loss'])}); "
+                "nothing more to train")
+    elif done == epochs:
+        note = f"{ckpt.folder} has trained all {epochs} epochs; nothing more to train"
+    else:
+        note = f"resuming {ckpt.folder} at epoch {done + 1} of {epochs}"
+    print(f"deltaprop: {note}", file=sys.stderr)
+    return model, history, None if best is None else best.get_weights()
 
 
-def _fit(model, data, settings, args, ckpt, prior, remaining):
+class _EarlyStop(Exception):
+    """Raised by the epoch callback when early stopping ends the run."""
+
+
+def _fit(model, data, settings, args, ckpt, prior, best, remaining):
+    """Train ``remaining`` epochs, checkpointing each; (the whole run's history, the best epoch's weights or None).
+
+    Early stopping is done here rather than by MLP.fit, by its rule (``checkpoint.best_epoch``), so that its
+    state (the best epoch and its weights, the epochs waited since) is in the history and the checkpoint, and a
+    resumed run stops where an uninterrupted one would."""
     from tqdm import tqdm  # imported when a run starts, never at `import deltaprop`
 
     n = len(data.y_train)
+    patience = settings["early_stopping"]
     bar = tqdm(total=remaining, unit="epoch", desc="train", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
+    run = {"history": prior, "best": best}
 
     def after_epoch(epoch, history):
         postfix = {"loss": f"{history.loss[-1]:.4f}"}
@@ -309,17 +395,38 @@ def _fit(model, data, settings, args, ckpt, prior, remaining):
         postfix["samples/s"] = f"{n / history.seconds[-1]:,.0f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
+        so_far = {k: prior[k] + list(getattr(history, k)) for k in HISTORY_KEYS}
+        b = best_epoch(so_far["val_loss"]) if patience else None
+        if b is not None and b == len(so_far["loss"]):
+            run["best"] = model.get_weights()
+        run["history"] = so_far
         if ckpt:
-            so_far = {k: prior[k] + list(getattr(history, k)) for k in HISTORY_KEYS}
-            ckpt.write(model, settings, so_far)
+            ckpt.write(model, settings, so_far, best=b)
+        if stopped_early(so_far["val_loss"], patience):
+            raise _EarlyStop
 
     validation = (data.X_val, data.y_val) if data.y_val is not None else None
     try:
-        return model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"], lr=settings["lr"],
-                         momentum=settings["momentum"], weight_decay=settings["weight_decay"], validation_data=validation,
-                         early_stopping=settings["early_stopping"], callback=after_epoch)
+        model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"], lr=settings["lr"],
+                  momentum=settings["momentum"], weight_decay=settings["weight_decay"], validation_data=validation,
+                  callback=after_epoch)
+    except _EarlyStop:
+        pass
     finally:
         bar.close()
+    return run["history"], run["best"]
+
+
+def plot_format(path) -> str:
+    """The image format of a --plot file, from its extension; CLIError unless matplotlib writes it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if ext not in supported:
+        what = f".{ext} is not an image type matplotlib writes" if ext else "the name has no extension"
+        raise CLIError(f"--plot: {path}: {what}; end it with one of {', '.join('.' + e for e in sorted(supported))}")
+    return ext
 
 
 def n_classes(data) -> int:
@@ -359,7 +466,7 @@ def plot_history(history: dict, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format=plot_format(path))
     plt.close(fig)
 
 

@@ -65,6 +65,7 @@ def test_progress_bar_only_on_a_terminal(mnist_dir, capsys, monkeypatch):
     args = ["train", "--data-dir", mnist_dir, "--epochs", 2, *SMALL[:-1]]
     rc, _, err = run(capsys, *args)
     assert rc == 0 and "samples/s" not in err  # captured stderr is not a terminal
+    assert err.startswith("deltaprop: mnist: 540 training, 60 validation, 200 test samples; MLP [784, 16, 10]")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, _, err = run(capsys, *args)
     assert rc == 0 and "2/2" in err and "val_acc=" in err and "samples/s=" in err and "loss=" in err
@@ -104,13 +105,13 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, mon
     monkeypatch.setattr(Checkpoint, "write", write_then_die)
     ck = tmp_path / "ck"
     rc, _, err = run(capsys, *common, "--checkpoint", ck)
-    assert rc == 130 and "--resume" in err
-    assert MLP.load(ck / "model.npz").epochs_trained == 2
+    assert rc == 130 and "(resume with --resume)" in err
+    assert MLP.load(ck / "model-0002.npz").epochs_trained == 2
     monkeypatch.setattr(Checkpoint, "write", write)
 
     rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume", "--save", tmp_path / "resumed.npz",
                      "--metrics-out", tmp_path / "resumed.json")
-    assert rc == 0, err
+    assert rc == 0 and f"deltaprop: resuming {ck} at epoch 3 of 4\n" in err, err
     a, b = (MLP.load(tmp_path / f, backend="numpy") for f in ("straight.npz", "resumed.npz"))  # host arrays
     assert b.epochs_trained == 4
     for (Wa, ba), (Wb, bb) in zip(a.get_weights(), b.get_weights()):
@@ -122,41 +123,173 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, mon
     ha = json.loads((tmp_path / "straight.json").read_text())["history"]
     hb = json.loads((tmp_path / "resumed.json").read_text())["history"]
     assert ha["loss"] == hb["loss"] and ha["val_accuracy"] == hb["val_accuracy"]
-    # a finished run resumed again trains nothing more
+    # a finished run resumed again trains nothing more, and says so
     rc, out, err = run(capsys, *common, "--checkpoint", ck, "--resume")
-    assert rc == 0 and "for 0 epochs" in out
+    assert rc == 0 and "for 0 epochs" in out and f"{ck} has trained all 4 epochs; nothing more to train" in err
 
 
-def test_checkpoint_written_between_the_two_files_is_read_back(tmp_path, mnist_dir, capsys):
+# A run whose validation loss is best at epoch 5 of 6 (patience 3 does not stop it): its result is epoch 5's weights.
+EARLY = ["--epochs", 6, *SMALL, "--early-stopping", 3]
+
+
+def assert_same_model(a, b):
+    for (Wa, ba), (Wb, bb) in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(Wa, Wb)
+        np.testing.assert_array_equal(ba, bb)
+    assert a.epochs_trained == b.epochs_trained
+
+
+def die(folder):
+    """A kill in the middle of a write: a half-written temporary file is left behind."""
+    with open(os.path.join(folder, ".deltaprop-killed.tmp"), "wb") as f:
+        f.write(b"PK\x03\x04half")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("point, epoch", [("model", 1), ("manifest", 1), ("cleanup", 1), ("model", 4),
+                                          ("manifest", 6), ("cleanup", 6)])
+def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_run(
+        tmp_path, mnist_dir, capsys, monkeypatch, point, epoch):
+    from deltaprop import checkpoint
+
+    common = ["train", "--data-dir", mnist_dir, *EARLY]
+    rc, _, err = run(capsys, *common, "--save", tmp_path / "straight.npz", "--metrics-out", tmp_path / "straight.json")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "straight.json").read_text())["history"]["best_epoch"] == 4  # 0-based: epoch 5
+
     ck = tmp_path / "ck"
-    assert run(capsys, "train", "--data-dir", mnist_dir, "--epochs", 2, *SMALL, "--checkpoint", ck)[0] == 0
-    record = json.loads((ck / "run.json").read_text())
-    record["complete"] = False
-    for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
-        record["history"][k].append(0.5)  # run.json one epoch ahead of model.npz, as after a crash between them
-    (ck / "run.json").write_text(json.dumps(record))
-    model, settings, history, complete = Checkpoint(ck).read("numpy")
-    assert len(history["loss"]) == model.epochs_trained == 2 and not complete
+    save, write, remove = MLP.save, checkpoint.atomic_write, Checkpoint.remove_unnamed
+    manifests = []
+
+    def save_or_die(self, path):
+        if os.path.basename(path) == f"model-{epoch:04d}.npz":
+            die(ck)
+        save(self, path)
+
+    def write_or_die(path, *args, **kwargs):
+        manifests.append(path)
+        if len(manifests) == epoch:
+            die(ck)
+        write(path, *args, **kwargs)
+
+    def remove_or_die(self):
+        manifests.append(1)
+        if len(manifests) == epoch:
+            die(ck)
+        remove(self)
+
+    patch = {"model": (MLP, "save", save_or_die), "manifest": (checkpoint, "atomic_write", write_or_die),
+             "cleanup": (Checkpoint, "remove_unnamed", remove_or_die)}[point]
+    monkeypatch.setattr(*patch)
+    rc, _, err = run(capsys, *common, "--checkpoint", ck)
+    monkeypatch.setattr(*patch[:2], {"model": save, "manifest": write, "cleanup": remove}[point])
+    committed = epoch > 1 or point == "cleanup"
+    assert rc == 130, err
+    assert err.endswith("(resume with --resume)\n" if committed else "nothing to resume yet; run again without --resume\n")
+
+    outputs = ["--save", tmp_path / "resumed.npz", "--metrics-out", tmp_path / "resumed.json"]
+    if committed:
+        rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume", *outputs)
+        done = epoch - (point != "cleanup")  # the epochs the checkpoint holds
+        says = f"{ck} has trained all 6 epochs" if done == 6 else f"resuming {ck} at epoch {done + 1} of 6"
+        assert rc == 0 and says in err, err
+    else:  # nothing was committed: --resume says so, and a fresh run takes the folder
+        rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume")
+        assert rc == 1 and "run without --resume" in err
+        rc, _, err = run(capsys, *common, "--checkpoint", ck, *outputs)
+        assert rc == 0, err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
+    ha, hb = (json.loads((tmp_path / f).read_text())["history"] for f in ("straight.json", "resumed.json"))
+    assert ha["loss"] == hb["loss"] and ha["val_loss"] == hb["val_loss"] and ha["best_epoch"] == hb["best_epoch"]
+    # the last epoch's model and the best one; no stray files
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0005.npz", "model-0006.npz"]
+
+
+def test_resume_with_more_epochs_trains_them_and_with_fewer_is_refused(tmp_path, mnist_dir, capsys):
+    common = ["train", "--data-dir", mnist_dir, *SMALL]
+    assert run(capsys, *common, "--epochs", 5, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "ck"
+    assert run(capsys, *common, "--epochs", 3, "--checkpoint", ck)[0] == 0
+    rc, out, err = run(capsys, *common, "--epochs", 5, "--checkpoint", ck, "--resume", "--save", tmp_path / "more.npz")
+    assert rc == 0 and f"resuming {ck} at epoch 4 of 5" in err and "for 2 epochs" in out
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "more.npz"))
+    before = (ck / "checkpoint.json").read_bytes()
+    rc, out, err = run(capsys, *common, "--epochs", 2, "--checkpoint", ck, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: --epochs: 2 is fewer than the 5 epochs the checkpoint in {ck} has "
+                               "trained; give --epochs 5 or more, or start a new run in another folder\n")
+    assert (ck / "checkpoint.json").read_bytes() == before
+
+
+def test_a_run_stopped_early_resumes_to_its_best_weights_and_trains_no_more(tmp_path, mnist_dir, capsys):
+    common = ["train", "--data-dir", mnist_dir, *SMALL, "--lr", 0.3, "--early-stopping", 2, "--checkpoint", tmp_path / "ck"]
+    rc, out, err = run(capsys, *common, "--epochs", 6, "--save", tmp_path / "straight.npz", "--metrics-out", tmp_path / "m.json")
+    history = json.loads((tmp_path / "m.json").read_text())["history"]
+    assert rc == 0 and "for 3 epochs" in out and history["stopped_early"] and history["best_epoch"] == 0
+    rc, out, err = run(capsys, *common, "--epochs", 10, "--resume", "--save", tmp_path / "resumed.npz")
+    assert rc == 0 and "for 0 epochs" in out, err
+    assert f"{tmp_path / 'ck'} stopped early after epoch 3 (best epoch 1); nothing more to train" in err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
+
+
+@pytest.mark.parametrize("lr, patience", [(0.3, 2), (0.1, 3)])  # stops at epoch 3; runs all 6, best at 5
+def test_early_stopping_of_the_command_keeps_the_weights_mlp_fit_keeps(tmp_path, mnist_dir, capsys, lr, patience):
+    """The command stops early itself (so that a resume can carry on its count), by MLP.fit's rule."""
+    from deltaprop.data import load_dataset
+
+    rc, out, err = run(capsys, "train", "--data-dir", mnist_dir, "--epochs", 6, *SMALL, "--lr", lr,
+                       "--early-stopping", patience, "--save", tmp_path / "cli.npz", "--metrics-out", tmp_path / "m.json")
+    assert rc == 0, err
+    data = load_dataset("mnist", 0.1, 0, data_dir=mnist_dir)
+    model = MLP([784, 16, 10], backend="numpy", seed=0)
+    history = model.fit(data.X_train, data.y_train, epochs=6, batch_size=64, lr=lr, momentum=0.9,
+                        validation_data=(data.X_val, data.y_val), early_stopping=patience)
+    assert_same_model(model, MLP.load(tmp_path / "cli.npz"))
+    metrics = json.loads((tmp_path / "m.json").read_text())["history"]
+    assert (metrics["best_epoch"], metrics["stopped_early"]) == (history.best_epoch, history.stopped_early)
+    assert metrics["val_loss"] == history.val_loss
+
+
+def _edit_manifest(ck, edit):
+    record = json.loads((ck / "checkpoint.json").read_text())
+    edit(record)
+    (ck / "checkpoint.json").write_text(json.dumps(record))
+
+
+def _other_seeds_model(ck, rehash):
+    """model-0002.npz replaced by the one of a run with another seed (and, with ``rehash``, the manifest's hash too)."""
+    other = ck.parent / "other"
+    assert cli.main(["train", "--dataset", "xor", "--backend", "numpy", "--epochs", "2", "--quiet", "--seed", "1",
+                     "--checkpoint", str(other)]) == 0
+    (ck / "model-0002.npz").write_bytes((other / "model-0002.npz").read_bytes())
+    if rehash:
+        from deltaprop._files import sha256
+
+        _edit_manifest(ck, lambda r: r["model"].update(sha256=sha256(ck / "model-0002.npz")))
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda ck: (ck / "model.npz").write_bytes((ck / "model.npz").read_bytes()[:300]), "model.npz is not a readable deltaprop model"),
-    (lambda ck: (ck / "run.json").write_text("{not json"), "run.json is damaged"),
-    (lambda ck: (ck / "run.json").unlink(), "run.json is missing"),
-    (lambda ck: (ck / "run.json").write_text(json.dumps({"format": "deltaprop-checkpoint", "settings": {}, "complete": False,
-                                                          "history": {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")}})),
-     "records fewer epochs"),
+    (lambda ck: (ck / "model-0002.npz").write_bytes((ck / "model-0002.npz").read_bytes()[:300]), "SHA-256 differs"),
+    (lambda ck: (ck / "model-0002.npz").unlink(), "model-0002.npz, named by checkpoint.json, cannot be read"),
+    (lambda ck: _other_seeds_model(ck, rehash=False), "copied from another run"),
+    (lambda ck: _other_seeds_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
+    (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].pop()), "seconds must list one value per epoch (2)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="../model-0002.npz")), "do not name a model-NNNN.npz"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="model-0001.npz", epoch=1)), "one value per epoch (1)"),
+    (lambda ck: [(ck / "checkpoint.json").rename(ck / "run.json"), (ck / "model-0002.npz").rename(ck / "model.npz")],
+     "holds a checkpoint of an older deltaprop"),
 ])
-def test_damaged_checkpoint_is_a_clear_error(tmp_path, mnist_dir, capsys, damage, message):
+def test_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, damage, message):
     ck = tmp_path / "ck"
-    args = ["train", "--data-dir", mnist_dir, "--epochs", 2, *SMALL, "--checkpoint", ck]
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
     assert run(capsys, *args)[0] == 0
     damage(ck)
-    before = sorted(os.listdir(ck))
+    before = {f: (ck / f).read_bytes() for f in os.listdir(ck)}
     rc, out, err = run(capsys, *args, "--resume")
     assert rc == 1 and err.startswith("deltaprop: error: checkpoint") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert sorted(os.listdir(ck)) == before
+    assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
 
 
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
@@ -165,12 +298,12 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     rc, _, err = run(capsys, *args, "--resume")
     assert rc == 1 and "--resume: no checkpoint in" in err
     assert run(capsys, *args)[0] == 0
-    stamp = (ck / "model.npz").stat().st_mtime_ns
+    stamp = (ck / "model-0001.npz").stat().st_mtime_ns
     rc, _, err = run(capsys, *args)
     assert rc == 1 and "already holds a checkpoint; add --resume" in err
     rc, _, err = run(capsys, *args, "--resume", "--lr", "0.2")
     assert rc == 1 and "lr: checkpoint 0.1, now 0.2" in err
-    assert (ck / "model.npz").stat().st_mtime_ns == stamp
+    assert (ck / "model-0001.npz").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -183,15 +316,23 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--seed", "-3"], "--seed: must be ≥ 0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
-    (["--backend", "tpu"], "backend: unknown backend 'tpu'"),
+    (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
     (["--save", "{tmp}/no/such/dir/m.npz"], "--save: the folder"),
     (["--metrics-out", "{tmp}"], "--metrics-out: {tmp} is a directory"),
-    (["--data", "{tmp}/missing.npz"], "data: {tmp}/missing.npz is not a readable .npz"),
-    (["--data-dir", "{tmp}"], "data_dir: {tmp} has no train-images-idx3-ubyte.gz"),
+    (["--data", "{tmp}/missing.npz"], "--data: {tmp}/missing.npz does not exist"),
+    (["--data-dir", "{tmp}"], "--data-dir: {tmp} has no train-images-idx3-ubyte.gz"),
     (["--dataset", "xor", "--data-dir", "{tmp}"], "--data-dir: only for --dataset mnist"),
-    (["--checkpoint", "{tmp}/ck", "--data-dir", "{tmp}"], "data_dir: {tmp} has no train-images"),  # no ck/ left
+    (["--checkpoint", "{tmp}/ck", "--data-dir", "{tmp}"], "--data-dir: {tmp} has no train-images"),  # no ck/ left
     (["--checkpoint", "{tmp}/a/b", "--dataset", "xor", "--lr", "-1"], "--lr: must be > 0"),
+    # outputs that could not be written are found before training, by the option's name
+    (["--plot", "{tmp}/curves.xyz", "--save", "{tmp}/m.npz"], "--plot: {tmp}/curves.xyz: .xyz is not an image type"),
+    (["--plot", "{tmp}/curves"], "--plot: {tmp}/curves: the name has no extension; end it with one of"),
+    (["--save", "{tmp}/m.npz/"], "--save: {tmp}/m.npz/ ends with a separator; give a file name"),
+    (["--metrics-out", "{tmp}/" + "m" * 300 + ".json"], "--metrics-out: the name mmm"),
+    (["--checkpoint", "{tmp}/" + "c" * 300 + "/run"], "--checkpoint: the name ccc"),
+    *([(["--save", "/proc/m.npz"], "--save: cannot write in the folder /proc"),
+       (["--checkpoint", "/proc/runs/a"], "--checkpoint: cannot write in the folder /proc")] if os.path.isdir("/proc/self") else []),
 ])
 def test_bad_arguments_give_one_line_and_change_nothing(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -199,6 +340,56 @@ def test_bad_arguments_give_one_line_and_change_nothing(tmp_path, capsys, argv, 
     assert rc == 1 and err.startswith("deltaprop: error: ") and message.replace("{tmp}", str(tmp_path)) in err
     assert err.count("\n") == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_quiet_is_documented_as_hiding_the_header(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "--quiet no header line and no progress bar on stderr" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("env, argv, message", [
+    ({"DELTAPROP_BACKEND": "tpu"}, [], "DELTAPROP_BACKEND=tpu: unknown backend 'tpu'; choose one of"),
+    ({"DELTAPROP_DATA": "{tmp}/idx"}, [], "DELTAPROP_DATA={tmp}/idx: {tmp}/idx has no train-images-idx3-ubyte.gz"),
+    ({}, ["--data", "{tmp}/own.txt"], "--data: {tmp}/own.txt is not an .npz file (numpy.savez writes one"),
+    ({}, ["--data", "{tmp}/own.npy"], "--data: {tmp}/own.npy is a .npy file (one array), not an .npz file"),
+    ({}, ["--data", "{tmp}/idx"], "--data: {tmp}/idx is a directory"),
+    ({}, ["--data", "{tmp}/three.npz", "--val-split", "0.1"], "--val-split: 0.1 of 3 samples leaves 0 for validation"),
+])
+def test_errors_name_the_option_or_variable_that_was_used(tmp_path, capsys, monkeypatch, env, argv, message):
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "own.txt").write_text("1,2,3\n")
+    np.save(tmp_path / "own.npy", np.zeros(3))
+    np.savez(tmp_path / "three.npz", X_train=np.zeros((3, 2)), y_train=np.array([0, 1, 1]))
+    before = sorted(os.listdir(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("{tmp}", str(tmp_path)))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    rc, out, err = run(capsys, "train", "--quiet", *argv)
+    assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert err.count("\n") == 1 and "allow_pickle" not in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_written_files_get_the_permissions_of_the_umask(tmp_path, capsys, umask):
+    from deltaprop.data import mnist
+
+    (tmp_path / "m.npz").write_bytes(b"")
+    os.chmod(tmp_path / "m.npz", 0o644)  # overwritten below
+    old = os.umask(umask)
+    try:
+        rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                           "--save", tmp_path / "m.npz", "--metrics-out", tmp_path / "m.json", "--plot", tmp_path / "c.png",
+                           "--checkpoint", tmp_path / "ck")
+        assert rc == 0, err
+        mnist.write_cache(tmp_path / "cache" / "mnist.npz", {k: v[:2] for k, v in mf.subset(2, 2).items()})
+    finally:
+        os.umask(old)
+    files = [tmp_path / f for f in ("m.npz", "m.json", "ck/checkpoint.json", "ck/model-0002.npz", "cache/mnist.npz")]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: oct(0o666 & ~umask) for f in files}
+    # the plot is matplotlib's own file, made by open(): the same rule
+    assert oct((tmp_path / "c.png").stat().st_mode & 0o777) == oct(0o666 & ~umask)
 
 
 def test_a_backend_that_cannot_run_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
@@ -211,13 +402,16 @@ def test_a_backend_that_cannot_run_is_refused_before_anything_is_written(tmp_pat
     rc, out, err = run(capsys, "train", "--quiet", "--dataset", "xor", "--backend", "numba-cuda",
                        "--checkpoint", tmp_path / "ck", "--save", tmp_path / "m.npz")
     assert rc == 1 and err == "deltaprop: error: --backend: backend 'numba-cuda' cannot run here: no CUDA device\n"
+    monkeypatch.setenv("DELTAPROP_BACKEND", "numba-cuda")
+    rc, out, err = run(capsys, "train", "--quiet", "--dataset", "xor", "--checkpoint", tmp_path / "ck")
+    assert rc == 1 and err == "deltaprop: error: DELTAPROP_BACKEND=numba-cuda: backend 'numba-cuda' cannot run here: no CUDA device\n"
     assert os.listdir(tmp_path) == []
 
 
 def test_checkpoint_folder_is_made_by_the_first_checkpoint(tmp_path, capsys):
     ck = tmp_path / "runs" / "a"
     assert run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck)[0] == 0
-    assert sorted(os.listdir(ck)) == ["model.npz", "run.json"]
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0002.npz"]
     (tmp_path / "file").write_text("")
     rc, _, err = run(capsys, "train", "--dataset", "xor", "--quiet", "--checkpoint", tmp_path / "file" / "ck")
     assert rc == 1 and "--checkpoint: cannot make" in err and "not a directory" in err

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from numbers import Integral, Real
 
 import numpy as np
 
 from .. import backends
+from .._files import atomic_write
 from .activations import ACTIVATIONS, check_activation
 from .arrays import NpzArrays, cast_finite, real_array
 from .losses import check_loss, encode_targets
@@ -456,15 +456,7 @@ class MLP:
             raise ValueError(f"path: the folder {folder} does not exist")
         if os.path.isdir(path):
             raise ValueError(f"path: {path} is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=".deltaprop-", suffix=".npz.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path, backend="auto") -> "MLP":
