@@ -27,6 +27,7 @@ from .backends import BackendUnavailable
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
+from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -487,6 +488,13 @@ def cmd_info(args) -> int:
     else:
         print("GPU: none found (nvidia-smi is not installed or lists no device)")
     print(f"MNIST cache: {default_cache_dir()}" + (f"; {DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else ""))
+    files = numba_cache.store()
+    if files is None:
+        print(f"numba-cuda kernel cache: off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r})")
+    else:
+        on_disk = files.summary()
+        print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "
+              f"{on_disk['bytes'] / 1e6:.1f} MB; fill it with deltaprop compile)")
     return 0
 
 
