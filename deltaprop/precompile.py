@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
                    help="training samples before the validation split, which set the last batch (default: 60000)")
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
     c.add_argument("--test-samples", type=int, default=10000, metavar="N", help="samples evaluated after the fit (default: 10000)")
+    c.add_argument("--every-kernel", action="store_true",
+                   help="instead of one net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
+                        "update, tiling, offset width; float32 and float64): what the test suite runs; minutes")
+    c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (with --cc only; default: 1)")
     c.set_defaults(run=run)
 
 
@@ -64,7 +68,10 @@ def run(args) -> int:
     net = _net(args)
     if args.backend == "cupy":
         return _cupy(cc, net)
-    return _numba(cc, args.multiprocessors, net)
+    if args.jobs < 1 or (args.jobs > 1 and cc is None):
+        raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
+                           if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
+    return _numba(cc, args.multiprocessors, None if args.every_kernel else net, args.jobs)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -121,7 +128,8 @@ def _describe(net: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- numba-cuda
-def _numba(cc, multiprocessors, net) -> int:
+def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
+    """Compile the kernels of ``net`` (None: every kernel variant) for ``cc`` (None: this GPU) into the cache."""
     from .backends import compat
 
     probe = compat.probe_numba_cuda()
@@ -147,23 +155,99 @@ def _numba(cc, multiprocessors, net) -> int:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
 
     start = time.perf_counter()
-    launches = record(net, recorder(multiprocessors))
+    launches = record(net, recorder(multiprocessors)) if net is not None else sweep(recorder(multiprocessors))
     target = numba_cache.arch(cc)
-    print(f"numba-cuda kernels for {_describe(net)}; compute capability {numba_cache.arch_name(target)}, "
+    what = _describe(net) if net is not None else "every kernel variant"
+    print(f"numba-cuda kernels for {what}; compute capability {numba_cache.arch_name(target)}, "
           f"{multiprocessors} multiprocessors: {len(launches)} kernels, cache {files.root}", flush=True)
     compiled = found = 0
-    for kernel, argtypes in launches:
-        t0 = time.perf_counter()
-        if numba_cache.compile_for(kernel, argtypes, cc, files):
+    for was_compiled, seconds, kernel, argtypes in _compile_all(launches, cc, files, jobs):
+        if was_compiled:
             compiled += 1
             types = ", ".join(str(t) for t in argtypes)
-            print(f"  compiled {kernel._cache.variant} for ({types}) in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(f"  compiled {kernel._cache.variant} for ({types}) in {seconds:.1f} s", flush=True)
         else:
             found += 1
     if files.unwritable is not None:
         raise CompileError(f"the kernel cache {files.root} cannot be written: {files.unwritable}")
     print(f"{compiled} compiled, {found} found in the cache, in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+_PENDING: list = []  # what the forked workers of _compile_all compile, by index
+
+
+def _compile_one(i: int):
+    kernel, argtypes, cc = _PENDING[i]
+    files = numba_cache.store()
+    t0 = time.perf_counter()
+    was_compiled = numba_cache.compile_for(kernel, argtypes, cc, files)
+    return i, was_compiled, time.perf_counter() - t0, files.unwritable is not None
+
+
+def _compile_all(launches, cc, files, jobs: int):
+    """(compiled?, seconds, kernel, argtypes) for each launch, compiled in ``jobs`` forked processes."""
+    if jobs == 1 or len(launches) < 2:
+        for kernel, argtypes in launches:
+            t0 = time.perf_counter()
+            was_compiled = numba_cache.compile_for(kernel, argtypes, cc, files)
+            yield was_compiled, time.perf_counter() - t0, kernel, argtypes
+        return
+    import multiprocessing
+
+    _PENDING[:] = [(kernel, argtypes, cc) for kernel, argtypes in launches]
+    try:
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(launches))) as pool:
+            for i, was_compiled, seconds, unwritable in pool.imap_unordered(_compile_one, range(len(launches))):
+                files.count(hit=not was_compiled, seconds=seconds)
+                if unwritable and files.unwritable is None:
+                    files.unwritable = OSError(f"a worker could not write to {files.root}")
+                yield was_compiled, seconds, *launches[i]
+    finally:
+        _PENDING.clear()
+
+
+def sweep(stand_in) -> list:
+    """[(kernel, argtypes)] of every kernel variant, float32 and float64: each method of the contract called on
+    ``stand_in`` (a ``recorder``) for each activation, loss, accuracy rule and update, with each tiling a GEMM can
+    take and both offset widths; and a small fit for the graph replay's kernels. What the test suite launches."""
+    from .backends.base import ACCURACY_RULES
+    from .kernels import numba_gemm
+    from .mlp.activations import ACTIVATIONS
+    from .mlp.losses import LOSSES
+
+    B, K, N = 5, 3, 2  # rows, inputs and outputs of the stand-in layer
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        def S(*shape, dt=dtype):  # noqa: N802
+            return _Shape(shape, dt)
+
+        takeable = [t for t in numba_gemm.GPU_TILES if t.tm * t.tn * dtype.itemsize <= numba_gemm.ACC_BYTES]
+        for tiles in takeable:
+            for wide in (False, True):
+                stand_in.tilings, stand_in.wide_from = (tiles,), 1 if wide else numba_gemm.WIDE
+                for act in ACTIVATIONS:
+                    for n in (N, tiles.bn + 1) if act == "softmax" else (N,):  # fused in one tile, or row-wise after
+                        for a in (S(B, n), None):
+                            stand_in.forward(S(B, K), S(K, n), S(n), act, S(B, n), a)
+                    try:
+                        stand_in.hidden_delta(S(B, N), S(K, N), S(B, K), act, S(B, K))
+                    except ValueError:  # no elementwise derivative (softmax)
+                        pass
+                stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
+                for momentum in (0.0, 0.9):
+                    stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0)
+        stand_in.tilings, stand_in.wide_from = numba_gemm.GPU_TILES, numba_gemm.WIDE
+        for loss in LOSSES.values():
+            for act in loss.outputs:
+                stand_in.output_delta(S(B, N), S(B, N), S(B, N), act, loss.name, S(B, N))
+            for rule in ACCURACY_RULES:
+                stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64))
+        stand_in.gather(S(B, K), S(B, dt=np.int64), S(B, K))
+        stand_in.all_finite([S(B, K)])
+        net = dict(sizes=[K, 4, N], activation="relu", output="softmax", loss="cross_entropy", dtype=dtype.name,
+                   batch_size=B, momentum=0.9, train=2 * B + 1, val=3, test=4)
+        record(net, stand_in)  # the graph replay's window kernels, the fills of int64 and float64 buffers
+    return list(stand_in.launched)
 
 
 def _check_importable() -> None:

@@ -271,6 +271,8 @@ class KernelCache:
             argtypes, key = self._key(sig, target)
             found = files.read(key)
             kernel = None if found is None else _rebuild(found[0], found[1], argtypes, target)
+            if kernel is not None:
+                kernel.bind()  # loads the cubin into this context now: one this driver refuses is a miss
         except Exception:  # noqa: BLE001 - a cache that cannot answer is a miss, never a failed fit
             kernel = None
         if kernel is not None:

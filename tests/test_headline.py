@@ -1,0 +1,107 @@
+"""tools/headline.py, the GPU session's record, run on the CPU (the numpy backend) so that it cannot rot.
+
+The record's keys are the project's headline format (written out here, as a reader of the files expects them):
+every key present, a figure not measured null, and no CPU figure in a GPU backend's place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("headline", os.path.join(HERE, "..", "tools", "headline.py"))
+headline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(headline)
+
+PEERS = ["torch_eager", "torch_graph", "torch_compile", "jax_jit"]
+FORMAT = {
+    "device": None, "driver": None, "cuda_runtime": None, "commit": None, "date": None,
+    "versions": ["python", "numpy", "numba", "numba-cuda", "cupy", "torch", "jax"],
+    "reference_epoch_s": {"fp32": ["cupy", "numba-cuda", *PEERS], "tf32": ["cupy", *PEERS[1:]], "bf16": ["cupy", *PEERS[1:]]},
+    "small_epoch_s": {"fp32": ["cupy", "numba-cuda", *PEERS]},
+    "speedup_over_best_peer": {"reference": ["fp32", "tf32", "bf16"], "small": ["fp32"]},
+    "cold_start_s": {"numba-cuda": ["empty_cache", "warm_cache"], "cupy": ["empty_cache", "warm_cache"]},
+    "accuracy": ["reference_fp32_10_epochs", "reference_tf32_10_epochs", "reference_bf16_10_epochs"],
+    "tests": ["command", "passed", "failed", "skipped", "seconds"],
+    "sanitizer": {t: ["cupy", "numba-cuda"] for t in ("memcheck", "racecheck", "synccheck", "initcheck")},
+}
+
+
+def keys_of(record, form, path=""):
+    """The mismatches between ``record``'s keys and ``form`` (dicts nest; lists are leaf keys)."""
+    if form is None:
+        return []
+    want = list(form) if isinstance(form, (dict, list)) else []
+    if not isinstance(record, dict) or sorted(record) != sorted(want):
+        return [f"{path or 'record'}: {sorted(record) if isinstance(record, dict) else record!r} != {sorted(want)}"]
+    if isinstance(form, dict):
+        return [m for k in form for m in keys_of(record[k], form[k], f"{path}.{k}")]
+    return []
+
+
+def leaves(record):
+    for v in record.values():
+        if isinstance(v, dict):
+            yield from leaves(v)
+        else:
+            yield v
+
+
+def test_tests_summary_reads_pytest_closing_line(tmp_path):
+    log = tmp_path / "t.log"
+    log.write_text("$ python -m pytest -q --require-gpu\n....\nFAILED x\n= 1940 passed, 2 failed, 10 skipped, 2 xfailed in 207.31s (0:03:27) =\n")
+    assert headline.tests_summary(str(log)) == {"command": "python -m pytest -q --require-gpu", "passed": 1940,
+                                                "failed": 2, "skipped": 10, "seconds": 207.31}
+    log.write_text("$ pytest\ncrashed\n")
+    assert headline.tests_summary(str(log))["passed"] is None
+
+
+def test_the_record_has_every_key_and_null_for_what_was_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_COMMIT", "f" * 40)
+    record = headline.headline(None, None, None, "f" * 40)
+    assert keys_of(record, FORMAT) == []
+    figures = [record[k] for k in ("reference_epoch_s", "small_epoch_s", "speedup_over_best_peer", "cold_start_s", "accuracy",
+                                   "tests", "sanitizer")]
+    assert all(v is None for f in figures for v in leaves(f))
+    assert record["commit"] == "f" * 40
+
+
+@pytest.mark.slow
+def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
+    """epochs, cold-start and assemble end to end on the numpy backend (and PyTorch's CPU where installed)."""
+    peers = "torch_eager" if importlib.util.find_spec("torch") else ""
+    monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", str(tmp_path / "kernels"))
+    e, c, h, t = (str(tmp_path / n) for n in ("e.json", "c.json", "h.json", "t.log"))
+    assert headline.main(["epochs", "--backends", "numpy", "--peers", peers, "--samples", "300", "--epochs", "2",
+                          "--accuracy", "", "--out", e]) == 0
+    assert headline.main(["cold-start", "--backends", "numpy", "--out", c]) == 0
+    with open(t, "w") as f:
+        f.write("$ pytest -q\n3 passed in 0.5s\n")
+    assert headline.main(["assemble", "--epochs", e, "--cold", c, "--tests", t, "--out", h]) == 0
+    epochs = json.load(open(e))
+    for net in ("reference", "small"):
+        row = epochs["nets"][net]["numpy"]
+        assert row["epoch_s"] > 0 and len(row["seconds"]) == 3 and row["loss"][-1] < row["loss"][0]
+        if peers:
+            assert epochs["nets"][net]["torch_eager"]["epoch_s"] > 0
+    cold = json.load(open(c))["numpy"]
+    assert 0 < cold["empty_cache"]["seconds"] < 120 and cold["warm_cache"]["seconds"] > 0
+    record = json.load(open(h))
+    assert keys_of(record, FORMAT) == []
+    assert record["tests"] == {"command": "pytest -q", "passed": 3, "failed": 0, "skipped": 0, "seconds": 0.5}
+    # numpy is not a headline backend: its figures stay out of the GPU rows; PyTorch's CPU figure is not a GPU one
+    assert record["reference_epoch_s"]["fp32"]["cupy"] is None and record["cold_start_s"]["cupy"]["empty_cache"] is None
+    assert record["reference_epoch_s"]["fp32"]["torch_eager"] is None and record["small_epoch_s"]["fp32"]["torch_eager"] is None
+
+
+def test_a_learner_that_does_not_learn_is_not_timed():
+    with pytest.raises(SystemExit, match="does not learn"):
+        headline._learns([1.0, 1.2, 1.3], "x")
+    with pytest.raises(SystemExit, match="does not learn"):
+        headline._learns([1.0, float("nan")], "x")

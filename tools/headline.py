@@ -1,0 +1,321 @@
+"""The GPU headline record (bench/results/<date>-<gpu>-headline.json) and the measurements behind it.
+
+    python tools/headline.py epochs --out E.json          # epoch times and accuracies, one process
+    python tools/headline.py cold-start --out C.json      # fresh processes to the end of a first training step
+    python tools/headline.py assemble --epochs E.json --cold C.json --tests T.log --out bench/results/...-headline.json
+
+``epochs`` times, in one process, the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD
+with momentum 0.9, lr 0.05, batch 128) and the small net (784-30-10, sigmoid + mse, plain SGD lr 3.0, batch
+10) on 60,000 random samples of MNIST's shape (an epoch's time does not depend on the values) on each
+backend asked and PyTorch eager: the median of ``--epochs`` timed epochs after a warm-up epoch, each
+learner checked to learn (its loss falls) before it is timed; and, with MNIST at hand, the reference net's
+test accuracy after 10 epochs per precision. ``cold-start`` starts a fresh ``python`` for each backend, with
+every compile cache emptied and then right after (warm), and with a cache given (``--carried``: one compiled
+without a GPU by ``deltaprop compile --cc``), and reads the time from its start to the end of its first
+training step. ``assemble`` writes the record with exactly the keys of the project's headline format:
+a figure not measured here is null (PyTorch with CUDA graphs or torch.compile and JAX are not timed by
+this tree yet, so neither is the speed-up over the best of them). On a machine without a GPU, every part
+runs on the numpy backend and PyTorch's CPU (tests/test_headline.py), so the script cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+# name: (sizes, hidden activation, output activation, loss, lr, momentum, batch)
+NETS = {
+    "reference": ([784, 1024, 1024, 10], "relu", "softmax", "cross_entropy", 0.05, 0.9, 128),
+    "small": ([784, 30, 10], "sigmoid", "sigmoid", "mse", 3.0, 0.0, 10),
+}
+PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "numpy": "fp32"}
+PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
+
+
+def _data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def _learns(losses, who: str) -> None:
+    if not (np.all(np.isfinite(losses)) and losses[-1] < losses[0]):
+        raise SystemExit(f"headline: {who} does not learn (losses {losses}); not timed")
+
+
+def deltaprop_epochs(backend: str, net: str, X, y, epochs: int) -> dict:
+    from deltaprop import MLP
+
+    sizes, act, out, loss, lr, momentum, batch = NETS[net]
+    model = MLP(sizes, activation=act, output_activation=out, loss=loss, backend=backend, seed=0)
+    history = model.fit(X, y, epochs=epochs + 1, batch_size=batch, lr=lr, momentum=momentum)
+    _learns(history.loss, f"{backend} on the {net} net")
+    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss}
+
+
+def torch_eager_epochs(net: str, X, y, epochs: int) -> dict:
+    """The same net, optimizer, data and batch in a plain PyTorch loop, data on the device; a permutation per
+    epoch on the device and one read-back of the loss per epoch, as deltaprop's loop."""
+    import torch
+
+    sizes, act, out, loss, lr, momentum, batch = NETS[net]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    Xd, yd = torch.as_tensor(X, device=dev), torch.as_tensor(y, device=dev)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU() if act == "relu" else torch.nn.Sigmoid())
+    model = torch.nn.Sequential(*layers).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    onehot = torch.nn.functional.one_hot(yd, sizes[-1]).to(Xd.dtype)
+
+    def batch_loss(rows):
+        logits = model(Xd[rows])
+        if loss == "cross_entropy":
+            return torch.nn.functional.cross_entropy(logits, yd[rows], reduction="sum")
+        return 0.5 * ((torch.sigmoid(logits) - onehot[rows]) ** 2).sum()  # mse on sigmoid outputs: ½Σ(z − y)²
+
+    times, losses, n = [], [], X.shape[0]
+    for _ in range(epochs + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        order = torch.randperm(n, device=dev)
+        total = torch.zeros((), device=dev, dtype=torch.float64)
+        for s in range(0, n, batch):
+            rows = order[s:s + batch]
+            opt.zero_grad(set_to_none=True)
+            e = batch_loss(rows)
+            (e / rows.shape[0]).backward()
+            opt.step()
+            total += e.detach()
+        losses.append(total.item() / n)  # the one read-back, which also waits for the device
+        times.append(time.perf_counter() - start)
+    _learns(losses, f"torch_eager on the {net} net")
+    return {"epoch_s": statistics.median(times[1:]), "seconds": times, "loss": losses, "device": str(dev)}
+
+
+def accuracy_10_epochs(backend: str, epochs: int = 10):
+    """Test accuracy of the reference net after ``epochs`` epochs on MNIST (None without MNIST here)."""
+    from deltaprop import MLP
+    from deltaprop.data import DataUnavailable, load_mnist
+
+    try:
+        data = load_mnist(validation_split=0.0, download=False)
+    except (DataUnavailable, TypeError):
+        return None
+    sizes, act, out, loss, lr, momentum, batch = NETS["reference"]
+    model = MLP(sizes, activation=act, output_activation=out, loss=loss, backend=backend, seed=0)
+    model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=batch, lr=lr, momentum=momentum)
+    return float(model.score(data.X_test, data.y_test))
+
+
+def cmd_epochs(a) -> dict:
+    X, y = _data(a.samples)
+    result = {"samples": a.samples, "timed_epochs": a.epochs, "nets": {}, "accuracy": {}}
+    for net in NETS:
+        rows = result["nets"][net] = {}
+        for backend in a.backends:
+            if net == "small" and PRECISION[backend] != "fp32":
+                continue  # the headline has no tf32 row for the small net
+            rows[backend] = deltaprop_epochs(backend, net, X, y, a.epochs)
+            print(f"{net} {backend}: {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
+        if "torch_eager" in a.peers:
+            rows["torch_eager"] = torch_eager_epochs(net, X, y, a.epochs)
+            print(f"{net} torch_eager: {rows['torch_eager']['epoch_s']:.4f} s per epoch", flush=True)
+    for backend in a.accuracy:
+        result["accuracy"][backend] = acc = accuracy_10_epochs(backend, a.accuracy_epochs)
+        print(f"accuracy {backend}: {acc}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------- cold start
+FIRST_STEP = r"""
+import json, sys, time
+import numpy as np
+from deltaprop import MLP
+from deltaprop.kernels import numba_cache
+backend = sys.argv[1]
+model = MLP([784, 1024, 1024, 10], backend=backend, seed=0)
+X = np.random.default_rng(0).random((128, 784), dtype=np.float32)
+model.fit(X, np.arange(128) % 10, epochs=1, batch_size=128, lr=0.05, momentum=0.9)  # one training step
+model.backend.synchronize()
+end = time.time()
+files = numba_cache.store()
+print(json.dumps({"end": end, "kernel_cache_hits": files.hits if files else None,
+                  "kernel_cache_misses": files.misses if files else None}))
+"""
+
+
+def first_step(backend: str, env: dict) -> dict:
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", FIRST_STEP, backend], env=env, capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"headline: the first step on {backend} failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["seconds"] = row.pop("end") - start
+    return row
+
+
+def cmd_cold_start(a) -> dict:
+    result = {}
+    for backend in a.backends:
+        with tempfile.TemporaryDirectory() as empty:
+            env = {**os.environ, "DELTAPROP_KERNEL_CACHE": os.path.join(empty, "numba-cuda"),
+                   "CUPY_CACHE_DIR": os.path.join(empty, "cupy"), "CUDA_CACHE_DISABLE": "1"}
+            rows = result[backend] = {"empty_cache": first_step(backend, env), "warm_cache": first_step(backend, env)}
+            if a.carried and backend == "numba-cuda":
+                rows["carried_cache"] = first_step(backend, {**env, "DELTAPROP_KERNEL_CACHE": os.path.abspath(a.carried)})
+        print(backend, json.dumps(rows), flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------- the record
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "numba", "numba-cuda", "cupy", "torch", "jax"):
+        for dist in ((name,) if name != "cupy" else ("cupy-cuda13x", "cupy-cuda12x", "cupy")):
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                out[name] = None
+    return out
+
+
+def _device() -> dict:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+        name, driver = (x.strip() for x in done.stdout.splitlines()[0].split(","))
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        name, driver = platform.processor() or platform.machine(), None
+    runtime = None
+    try:
+        import cupy
+
+        v = cupy.cuda.runtime.runtimeGetVersion()
+        runtime = f"{v // 1000}.{(v % 1000) // 10}"
+    except Exception:  # noqa: BLE001 - no CuPy or no GPU: not known
+        pass
+    return {"device": name, "driver": driver, "cuda_runtime": runtime}
+
+
+def tests_summary(path) -> dict | None:
+    """{command, passed, failed, skipped, seconds} from a pytest log's first line (the command) and closing line."""
+    if not path:
+        return None
+    with open(path) as f:
+        lines = f.read().splitlines()
+    command = lines[0][2:] if lines and lines[0].startswith("$ ") else None
+    for line in reversed(lines):
+        if re.search(r"\d+ (passed|failed)", line) and " in " in line:
+            counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line)}
+            seconds = re.search(r" in ([\d.]+)s", line)
+            return {"command": command, "passed": counts.get("passed", 0),
+                    "failed": counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0),
+                    "skipped": counts.get("skipped", 0), "seconds": float(seconds.group(1)) if seconds else None}
+    return {"command": command, "passed": None, "failed": None, "skipped": None, "seconds": None}
+
+
+def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None) -> dict:
+    """The record, every key of the format present: what these measurements hold, null for the rest."""
+    nets = (epochs or {}).get("nets", {})
+
+    def epoch(net, who):  # a peer's figure only from the GPU (a CPU run of this script times PyTorch's CPU)
+        row = nets.get(net, {}).get(who)
+        return None if row is None or not row.get("device", "cuda").startswith("cuda") else row["epoch_s"]
+
+    record = {**_device(), "commit": commit, "date": datetime.date.today().isoformat(), "versions": _versions()}
+    record["reference_epoch_s"] = {
+        "fp32": {"cupy": epoch("reference", "cupy"), "numba-cuda": epoch("reference", "numba-cuda"),
+                 **{p: epoch("reference", p) for p in PEERS}},
+        "tf32": {"cupy": epoch("reference", "cupy-tf32"), **{p: None for p in PEERS[1:]}},
+        "bf16": {"cupy": None, **{p: None for p in PEERS[1:]}},
+    }
+    record["small_epoch_s"] = {"fp32": {"cupy": epoch("small", "cupy"), "numba-cuda": epoch("small", "numba-cuda"),
+                                        **{p: epoch("small", p) for p in PEERS}}}
+
+    def speedup(row):  # over the best of the strong peers, only when all of them were timed
+        strong = [row.get(p) for p in PEERS[1:]]
+        ours = [v for k, v in row.items() if k not in PEERS and v is not None]
+        return None if None in strong or not ours else min(strong) / min(ours)
+
+    record["speedup_over_best_peer"] = {
+        "reference": {p: speedup(record["reference_epoch_s"][p]) for p in ("fp32", "tf32", "bf16")},
+        "small": {"fp32": speedup(record["small_epoch_s"]["fp32"])},
+    }
+    cold = cold or {}
+    record["cold_start_s"] = {
+        b: {k: (cold.get(b, {}).get(k) or {}).get("seconds") for k in ("empty_cache", "warm_cache")}
+        for b in ("numba-cuda", "cupy")
+    }
+    acc = (epochs or {}).get("accuracy", {})
+    record["accuracy"] = {"reference_fp32_10_epochs": acc.get("cupy", acc.get("numba-cuda")),
+                          "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": None}
+    record["tests"] = tests or {"command": None, "passed": None, "failed": None, "skipped": None, "seconds": None}
+    record["sanitizer"] = {tool: {"cupy": None, "numba-cuda": None} for tool in ("memcheck", "racecheck", "synccheck", "initcheck")}
+    return record
+
+
+def cmd_assemble(a) -> dict:
+    def read(path):
+        if not path:
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    from deltaprop.cli import git_commit
+
+    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), git_commit())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("epochs", help="epoch times and accuracies, one process")
+    e.add_argument("--backends", default="cupy,numba-cuda,cupy-tf32", type=lambda s: s.split(","))
+    e.add_argument("--peers", default="torch_eager", type=lambda s: [x for x in s.split(",") if x])
+    e.add_argument("--samples", type=int, default=60000)
+    e.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default: 3)")
+    e.add_argument("--accuracy", default="cupy,cupy-tf32", type=lambda s: [x for x in s.split(",") if x],
+                   help="backends whose 10-epoch MNIST accuracy is measured (needs the MNIST cache)")
+    e.add_argument("--accuracy-epochs", type=int, default=10)
+    c = sub.add_parser("cold-start", help="fresh processes to the end of a first training step")
+    c.add_argument("--backends", default="numba-cuda,cupy", type=lambda s: s.split(","))
+    c.add_argument("--carried", metavar="DIR", help="a numba-cuda kernel cache compiled beforehand, timed too")
+    s = sub.add_parser("assemble", help="the headline record from the parts")
+    s.add_argument("--epochs", metavar="E.json")
+    s.add_argument("--cold", metavar="C.json")
+    s.add_argument("--tests", metavar="LOG", help="a pytest log whose first line is '$ <command>'")
+    for q in (e, c, s):
+        q.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print("wrote", a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
