@@ -1,6 +1,7 @@
-"""Fits running at once in threads of one process, on each backend under test: every fit ends with the
-weights and history of the same fit run alone, bit for bit (the models share their backend object).
-Also scikit-learn's GridSearchCV under joblib's threading backend against the sequential search."""
+"""Work running at once in threads of one process, on each backend under test: fits (eager and graphed),
+predictions and evaluations give, bit for bit, what the same calls give alone (the models share their
+backend object); scikit-learn's GridSearchCV under joblib's threading backend gives the sequential
+search's scores. The GPU backends take turns under one lock: checked on their classes too."""
 
 import sys
 import threading
@@ -11,7 +12,11 @@ import pytest
 from sklearn.model_selection import GridSearchCV, KFold
 
 from deltaprop import MLP
+from deltaprop.backends.base import Backend
+from deltaprop.backends.cupy_backend import CupyBackend, CupyTF32Backend
+from deltaprop.backends.numba_cuda import NumbaCudaBackend
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
+from test_graphs import graph_backend  # noqa: F401  (the fixture: graphs on, stand-ins under the simulator)
 
 THREADS = 4
 
@@ -91,15 +96,22 @@ def test_fits_in_threads_match_fits_alone(backend, rng):
             assert_same_fit(got, expected)
 
 
+def test_graphed_fits_in_threads_match_fits_alone(graph_backend, rng):  # noqa: F811
+    """The same with the step recorded and replayed (each thread its own recording)."""
+    test_fits_in_threads_match_fits_alone(graph_backend, rng)
+    assert graph_backend.capture_error is None
+
+
 def test_predictions_in_threads_match_predictions_alone(backend, rng):
     """predict_proba and evaluate (what a search's scoring runs) while other threads do the same."""
-    n, repeats = (9, 1) if small(backend) else (60, 20)
+    n, repeats = (9, 1) if small(backend) else (100, 150)
     X, y = rng.normal(size=(n, 5)), rng.integers(0, 3, n)
     models = [MLP([5, 8, 3], activation="leaky_relu", backend=backend.name, dtype=d, seed=i)
               for i, d in enumerate(["float32", "float64"] * (THREADS // 2))]  # fmt: skip
 
     def predictions(model):
-        return [(model.predict_proba(X[: n - r]), model.evaluate(X[r:], y[r:])) for r in range(repeats)]
+        cuts = [r % (n // 2) for r in range(repeats)]  # batches of many sizes
+        return [(model.predict_proba(X[: n - r]), model.evaluate(X[r:], y[r:])) for r in cuts]
 
     calls = [lambda m=m: predictions(m) for m in models]
     alone = [call() for call in calls]
@@ -116,10 +128,11 @@ def test_grid_search_with_threads_matches_the_sequential_search(backend, rng, es
     TrainingDiverged would raise (error_score="raise")."""
     n = 24 if small(backend) else 120
     X = rng.normal(size=(n, 4))
-    y = X @ rng.normal(size=4) if estimator is MLPRegressor else rng.integers(0, 2, n)
+    w = rng.normal(size=4)
+    y = X @ (w / np.linalg.norm(w)) if estimator is MLPRegressor else rng.integers(0, 2, n)  # targets of variance 1
     base = estimator(hidden_layer_sizes=(6,), batch_size=4, max_iter=2 if small(backend) else 5,
                      random_state=0, backend=backend.name)  # fmt: skip
-    grid = {"learning_rate_init": [0.01, 0.03], "dtype": ["float32", "float64"]}
+    grid = {"learning_rate_init": [0.005, 0.02], "dtype": ["float32", "float64"]}
     scoring = "r2" if estimator is MLPRegressor else "neg_log_loss"
 
     def search(n_jobs):
@@ -132,3 +145,13 @@ def test_grid_search_with_threads_matches_the_sequential_search(backend, rng, es
     assert splits
     for key in splits:
         np.testing.assert_array_equal(threaded[key], sequential[key], err_msg=key)
+
+
+@pytest.mark.parametrize("cls", [NumbaCudaBackend, CupyBackend, CupyTF32Backend])
+def test_every_method_of_a_gpu_backend_holds_the_device_lock(cls):
+    """What serialises the GPU backends' threads, checked on the classes (no GPU needed)."""
+    assert not cls.thread_safe
+    contract = [name for name, fn in vars(Backend).items() if callable(fn) and not name.startswith("_")]
+    assert "run_steps" in contract and "forward" in contract
+    for name in contract:
+        assert getattr(getattr(cls, name), "holds_device_lock", False), f"{cls.__name__}.{name}"
