@@ -18,12 +18,21 @@ allocates nothing once the scratch has grown to the batch's size. A backend
 overrides only what it accelerates; ``tests/test_backends.py`` checks that every
 override keeps the signature below.
 
-A backend object is shared by all models that use it and is not thread-safe.
+A backend object is shared by all models that use it, and threads may use it at once: fits,
+predictions and evaluations of different models running concurrently in threads give, bit for bit,
+what each gives alone (one model must not be used by two threads at once: its weights are one).
+The scratch space, and a GPU backend's recorded steps, belong to the calling thread. A backend class
+that leaves ``thread_safe`` False (the GPU backends: a stream being captured, a cuBLAS handle and its
+workspace, flags and counters belong to the device) has every method of the contract hold
+``DEVICE_LOCK``, one lock for all such backends: their threads take turns, one call at a time
+(a ``run_steps`` call: an epoch's steps).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numpy as np
 
@@ -34,6 +43,28 @@ LOSSES = ("mse", "cross_entropy", "bce", "perceptron")
 ACCURACY_RULES = (None, "argmax", "threshold")
 LEAKY_SLOPE = 0.1
 
+#: held by every method of the contract of a backend that is not ``thread_safe``: one for all of them,
+#: as they share the device (a kernel on the legacy stream breaks another thread's stream capture)
+DEVICE_LOCK = threading.RLock()
+
+
+class _PerThread(threading.local):
+    """What a backend object keeps for each thread that uses it."""
+
+    def __init__(self):
+        self.scratch_space: dict = {}  # (slot, dtype) -> buffer
+        self.scratch_views: dict = {}  # (slot, shape, dtype) -> the view _scratch returned last time
+
+
+def _holding_device_lock(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with DEVICE_LOCK:
+            return method(self, *args, **kwargs)
+
+    locked.holds_device_lock = True
+    return locked
+
 
 class Backend:
     """Base class of the backends. Subclasses set ``name`` and ``xp`` and may override any method."""
@@ -41,10 +72,21 @@ class Backend:
     name: str = "base"
     xp = None  # the array module the default methods use
     device: str = "CPU"  # a description of what runs the kernels
+    #: whether threads may call the contract's methods at once; False: they hold DEVICE_LOCK (see the module)
+    thread_safe: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.thread_safe:
+            return
+        for name, method in vars(Backend).items():
+            if callable(method) and not name.startswith("_"):  # the contract
+                method = getattr(cls, name)
+                if not getattr(method, "holds_device_lock", False):
+                    setattr(cls, name, _holding_device_lock(method))
 
     def __init__(self):
-        self._scratch_space: dict = {}
-        self._scratch_views: dict = {}  # (slot, shape, dtype) -> the view _scratch returned last time
+        self._local = _PerThread()  # this thread's scratch space (and a GPU backend's recording)
 
     def __repr__(self) -> str:
         return f"<deltaprop backend {self.name!r} on {self.device}>"
@@ -81,21 +123,23 @@ class Backend:
         """Wait until the device has finished the work queued so far."""
 
     def _scratch(self, slot: str, shape, dtype):
-        """A cached work buffer; it grows when needed and is otherwise reused."""
+        """A cached work buffer of the calling thread; it grows when needed and is otherwise reused."""
         key = (slot, tuple(shape), dtype)
-        view = self._scratch_views.get(key)  # the common case: one dict lookup
+        views = self._local.scratch_views  # this thread's
+        view = views.get(key)  # the common case: one dict lookup
         if view is not None:
             return view
         dtype = np.dtype(dtype)
         size = math.prod(shape)
-        buf = self._scratch_space.get((slot, dtype))
+        space = self._local.scratch_space
+        buf = space.get((slot, dtype))
         if buf is None or buf.size < size:
             buf = self.xp.empty(size, dtype=dtype)
-            self._scratch_space[(slot, dtype)] = buf
-            self._scratch_views.clear()  # drop the views of the smaller buffer
-        if len(self._scratch_views) > 256:  # many shapes (evaluations of many sizes): start afresh
-            self._scratch_views.clear()
-        view = self._scratch_views[key] = buf[:size].reshape(shape)
+            space[(slot, dtype)] = buf
+            views.clear()  # drop the views of the smaller buffer
+        if len(views) > 256:  # many shapes (evaluations of many sizes): start afresh
+            views.clear()
+        view = views[key] = buf[:size].reshape(shape)
         return view
 
     # ------------------------------------------------------------ hot loops

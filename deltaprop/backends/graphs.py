@@ -7,7 +7,8 @@ small net. ``GraphSteps.run_steps`` runs the first step of a batch shape eagerly
 kernels and grows the scratch space, so that a capture allocates nothing), captures the second as a
 graph, and replays that graph for every later step of the shape: one host call per step.
 
-A graph replays the same kernels on the same buffers, so the step runs on a recording's buffers:
+A graph replays the same kernels on the same buffers, so the step runs on a recording's buffers (each
+thread has its own recording, in the backend's per-thread ``_local``, so that fits in threads keep theirs):
 ``order`` (the epoch's sample order, copied in once per ``run_steps``), ``rows`` (this step's sample
 indices) and ``sums`` (this step's loss and correct count). A counter on the device, ``step_no``,
 moves the window: before the step a kernel copies rows ← order[step_no·B : step_no·B + rows], after
@@ -48,7 +49,6 @@ class GraphSteps:
 
     graphs = True
     capture_error = None  # why the last capture failed, if it did
-    _recording = None
 
     def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
         rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
@@ -75,14 +75,14 @@ class GraphSteps:
         if not (self._recordable(idx) and self._recordable(metrics)):
             return None
         key = (idx.shape[0], batch_size, id(metrics))
-        rec = self._recording
+        rec = getattr(self._local, "recording", None)  # the calling thread's last one
         if rec is not None and rec.step() is step and rec.key == key:
             return rec
         try:
             ref = weakref.ref(step)
         except TypeError:
             return None
-        self._recording = rec = Recording(
+        self._local.recording = rec = Recording(
             step=ref, key=key, metrics=metrics, order=self.empty(idx.shape[0], np.int64),
             rows=self.empty(batch_size, np.int64), sums=self.zeros(2, np.float64), step_no=self.zeros(1, np.int64),
         )  # fmt: skip

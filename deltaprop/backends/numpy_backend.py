@@ -25,6 +25,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
     device = "CPU (NumPy)"
+    thread_safe = True  # its only state is the per-thread scratch space
 
     @staticmethod
     def probe() -> Probe:
