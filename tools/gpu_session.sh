@@ -1,24 +1,59 @@
 #!/usr/bin/env bash
-# What a session with a GPU runs (issues 4, 5, 6), in one call of the device tool:
-#   bash tools/gpu_session.sh [STEP ...]     steps: env tests gputests repeat bench-numba bench-cupy sweep
-#                                            bench-all bench-train bench-peers bench-kernels bench-tta
-# Logs go to $OUT (or .gpu/out here); the summary of each step is printed last.
-# The MNIST cache travels as .xdg/deltaprop/mnist.npz (carry .xdg): the device has no network.
-# The device's copy of .git can be stale: put DELTAPROP_COMMIT=<hash of HEAD here> in the command itself,
-# so that the results name the commit that ran (git rev-parse on the device named an older one, 2026-11-22).
+# What a session with a GPU runs, in one call of the device tool:
+#   bash tools/gpu_session.sh prepare               HERE, before the call (no GPU): the carried folders, below
+#   bash tools/gpu_session.sh check                 ON THE GPU: every check that needs one, in under 10 minutes
+#   bash tools/gpu_session.sh [STEP ...]            single steps: env tests gputests repeat bench-numba bench-cupy
+#                                                   sweep bench-all bench-train bench-peers bench-kernels bench-tta
+#
+# prepare fills three ignored folders that the call carries (carry: [".whl", ".kc", ".xdg"], under 64 MiB with
+# the tree): .whl, wheels of this machine's NumPy, numba and numba-cuda for the device's Python 3.12 (numba-cuda
+# cannot compile under the image's NumPy 2.5, and the kernel cache's keys name the numba and numba-cuda
+# versions: the same ones must run there); .kc, every numba-cuda kernel variant compiled here for compute
+# capability 9.0 (deltaprop compile --cc 9.0 --every-kernel), so that the GPU starts warm; .xdg/deltaprop/mnist.npz,
+# the MNIST cache (the device has no network).
+#
+# check, on the GPU (the command of the call: DELTAPROP_COMMIT=<hash of HEAD here> PACK=1 bash tools/gpu_session.sh
+# check, timeout_s 600; the device's copy of .git can be stale, so the commit is passed): the environment; whether
+# the carried kernels are the ones this GPU would compile (deltaprop compile finds them all); cold starts of
+# both GPU backends (a fresh process to the end of its first training step: with every compile cache emptied,
+# warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
+# copy of the carried cache; the epoch times and accuracies of the headline; and the headline record itself,
+# $OUT/<date>-<gpu>-headline.json (tools/headline.py). PACK=1 packs $OUT into one file (the device returns 8).
+# GPU_SESSION_DRY=1 runs check on a machine without a GPU: the numpy backend, small sizes, no --require-gpu,
+# so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
 set -u
 OUT=${OUT:-.gpu/out}; mkdir -p "$OUT"
 BACKENDS=${BACKENDS:-numba-cuda,cupy}
-export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=$PWD/.xdg CUPY_CACHE_DIR=/tmp/cupy-cache
+export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=$PWD/.xdg CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupy-cache}
 PY=${PY:-python3}
-# Wheels carried in .whl (e.g. a NumPy that numba-cuda supports) go first on the path.
-if compgen -G ".whl/*.whl" >/dev/null; then
+DRY=${GPU_SESSION_DRY:-}
+
+if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
+    set -e
+    rm -rf .whl && mkdir -p .whl
+    versions=$($PY -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in ("numpy", "numba", "numba-cuda")))')
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $versions
+    rm -rf .kc
+    DELTAPROP_KERNEL_CACHE=$PWD/.kc $PY -m deltaprop compile --cc 9.0 --every-kernel --jobs "${JOBS:-2}" | tail -n 1
+    DELTAPROP_KERNEL_CACHE=$PWD/.kc $PY -m deltaprop compile --cc 9.0 | tail -n 1  # the reference net: all found
+    [[ -f .xdg/deltaprop/mnist.npz ]] || $PY -c 'from deltaprop.data import load_mnist; load_mnist()'
+    du -sh .whl .kc .xdg
+    echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$(git rev-parse HEAD) PACK=1 bash tools/gpu_session.sh check"
+    exit 0
+fi
+
+# Wheels carried in .whl (a NumPy that numba-cuda supports, the numba that compiled .kc) go first on the path.
+if [[ -z $DRY ]] && compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >"$OUT/wheels.log" 2>&1
     export PYTHONPATH=/tmp/site
 fi
-$PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+if [[ -z $DRY ]]; then
+    $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+fi
 summary=()
-DEADLINE=${DEADLINE:-540}  # seconds for the whole script: a step gets what is left, at most its own limit
+DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
 step() {  # step NAME SECONDS CMD...
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - SECONDS))
@@ -28,7 +63,37 @@ step() {  # step NAME SECONDS CMD...
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
     summary+=("$name: rc=$rc, $((SECONDS - t0)) s :: $(grep -v '^wrote' "$OUT/$name.log" | tail -n 1)")
 }
+pytest_logged() {  # pytest_logged LOG ARGS...: the log's first line is the command (tools/headline.py reads it)
+    local log=$1; shift
+    echo "\$ pytest $*" >"$log"
+    $PY -m pytest "$@" >>"$log" 2>&1; local rc=$?
+    tail -n 1 "$log"
+    return $rc
+}
+export -f pytest_logged
+export PY
+
+check() {
+    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
+    local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
+    if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
+        gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_headline.py)
+        epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
+    fi
+    local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
+    rm -rf "$kc"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi
+    step env 60 bash -c "nvidia-smi; $PY -m deltaprop info"
+    [[ -z $DRY ]] && step carried 120 env DELTAPROP_KERNEL_CACHE="$kc" $PY -m deltaprop compile
+    step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
+    step tests 330 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
+        bash -c 'pytest_logged "$0" "$@"' "$OUT/tests-pytest.log" "${tests[@]}" ${PYTEST_ARGS:-}
+    step epochs 240 $PY tools/headline.py epochs "${epochs[@]}" --out "$OUT/epochs.json"
+    step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \
+        --tests "$OUT/tests-pytest.log" --out "$OUT/$(date +%F)-$gpu-headline.json"
+}
+
 for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
+  check) check ;;
   env) step env 60 bash -c "nvidia-smi; $PY -c 'import numpy, numba, cupy, torch; from numba import cuda; import importlib.metadata as m; print(\"numpy\", numpy.__version__, \"numba\", numba.__version__, \"numba-cuda\", m.version(\"numba-cuda\"), \"cupy\", cupy.__version__, \"torch\", torch.__version__, \"cuda runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion()); from deltaprop import backends; print(backends.available())'" ;;
   tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-15} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
   gputests) step gputests 300 $PY -m pytest -q -p no:cacheprovider --require-gpu -m gpu -rfEs --timeout=120 ${PYTEST_ARGS:-} ;;

@@ -1,0 +1,31 @@
+"""tools/gpu_session.sh check, dry (GPU_SESSION_DRY=1: the numpy backend, small sizes): every step's plumbing,
+so that a GPU session's one call does not fail on a typo. What it measures on a GPU is its own business."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_check_runs_every_step_dry(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_SESSION_DRY": "1", "PY": sys.executable,
+           "PYTHONPATH": os.path.abspath(ROOT)}
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "check"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["env", "cold-start", "tests", "epochs", "headline"], summary
+    assert all(": rc=0," in line for line in summary), summary
+    (record,) = tmp_path.glob("*-cpu-dry-headline.json")
+    record = json.loads(record.read_text())
+    assert record["tests"]["passed"] > 0 and record["tests"]["failed"] == 0
+    assert set(json.loads((tmp_path / "cold-start.json").read_text())) == {"numpy"}
