@@ -62,7 +62,7 @@ def test_unknown_name_and_unusable_backend():
 
 def test_import_is_light_and_touches_no_gpu_package():
     code = (
-        "import sys, deltaprop; from deltaprop import backends; "
+        "import sys, deltaprop, deltaprop.cli; from deltaprop import backends; "
         "heavy = [m for m in ('cupy', 'numba', 'numba_cuda', 'torch', 'sklearn', 'matplotlib') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

@@ -405,3 +405,18 @@ def test_gpu_fit_hits_a_compiled_cache(tmp_path):
     assert run.returncode == 0, run.stderr
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["misses"] == 0 and counts["hits"] > 5, counts
+
+
+@pytest.mark.gpu
+def test_gpu_compile_fills_cupys_cache(tmp_path):
+    """On the GPU, ``deltaprop compile --backend cupy`` compiles the CUDA C kernels into CuPy's cache."""
+    from deltaprop.backends import compat
+
+    if not compat.probe_cupy().usable:
+        pytest.skip(f"CuPy is not usable here: {compat.probe_cupy().reason}")
+    env = {**os.environ, "CUPY_CACHE_DIR": str(tmp_path / "cupy")}
+    done = subprocess.run([sys.executable, "-m", "deltaprop", "compile", "--backend", "cupy"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "kernels (float32) compiled or found" in done.stdout
+    assert any((tmp_path / "cupy").iterdir())  # CuPy wrote its cache there
