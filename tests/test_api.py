@@ -236,7 +236,7 @@ def test_load_checks_the_config_against_the_stored_arrays_before_allocating(tmp_
     ({"layer_sizes": [2, 0, 2]}, "layer_sizes: entry 1 must be a positive integer, got 0"),
     ({"loss": None}, "loss: unknown loss None"),
     ({"layer_sizes": None}, "layer_sizes: expected a list"),
-    ({"version": 2}, "format version 2, this deltaprop reads 1"),
+    ({"version": 3}, "format version 3, this deltaprop reads 1 and 2"),
 ])
 def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change, match):
     _, _, arrays, config = saved_model(tmp_path)
@@ -247,20 +247,27 @@ def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change
 
 
 def test_load_refuses_missing_and_stray_arrays(tmp_path):
-    _, _, arrays, _ = saved_model(tmp_path)
+    _, _, arrays, config = saved_model(tmp_path)
     for name, kept, match in (
         ("nob1.npz", {k: v for k, v in arrays.items() if k != "b1"}, "no array 'b1', which a model [2, 3, 2] has"),
         ("novb0.npz", {k: v for k, v in arrays.items() if k != "vb0"}, "no array 'vb0'"),
         ("stray.npz", {**arrays, "W2": np.zeros((2, 2), np.float32)}, "holds 'W2', which a model [2, 3, 2] has not"),
         ("ints.npz", {**arrays, "W0": np.zeros((2, 3), np.int64)}, "weights[0] W: stored as int64, expected float32 or float64"),
-        ("vshape.npz", {**arrays, "vW1": np.zeros((2, 3), np.float32)}, "velocity[1] W: expected shape (3, 2)"),
+        ("vshape.npz", {**arrays, "vW1": np.zeros((2, 3), np.float32)}, "optimizer state 'v'[1] W: expected shape (3, 2)"),
     ):
         np.savez(tmp_path / name, **kept)
         with pytest.raises(ValueError, match=re.escape(match)):
             MLP.load(tmp_path / name)
-    # without momentum buffers at all, it loads
-    np.savez(tmp_path / "plain.npz", **{k: v for k, v in arrays.items() if not k.startswith("v")})
-    assert MLP.load(tmp_path / "plain.npz", backend="numpy")._velocity is None
+    # a file whose config names no optimizer, without momentum buffers at all, loads
+    plain = {k: v for k, v in arrays.items() if not k.startswith("v")}
+    plain["config"] = np.array(json.dumps({k: v for k, v in config.items() if k != "optimizer"}))
+    np.savez(tmp_path / "plain.npz", **plain)
+    loaded = MLP.load(tmp_path / "plain.npz", backend="numpy")
+    assert loaded._optimizer is None and loaded._slots == {}
+    # while a config that names one needs its state
+    np.savez(tmp_path / "stateless.npz", **{k: v for k, v in arrays.items() if not k.startswith("v")})
+    with pytest.raises(ValueError, match=re.escape("no array 'vW0'")):
+        MLP.load(tmp_path / "stateless.npz")
 
 
 def test_load_says_what_a_file_is_when_it_is_not_a_model(tmp_path):

@@ -134,7 +134,7 @@ class Backend:
         space = self._local.scratch_space
         buf = space.get((slot, dtype))
         if buf is None or buf.size < size:
-            buf = self.xp.empty(size, dtype=dtype)
+            buf = self.empty(size, dtype)
             space[(slot, dtype)] = buf
             views.clear()  # drop the views of the smaller buffer
         if len(views) > 256:  # many shapes (evaluations of many sizes): start afresh
@@ -191,10 +191,12 @@ class Backend:
         delta.sum(axis=0, out=db)  # the array's method: no Python wrapper around it
         db *= scale
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
-        """SGD step in place: g = ∂E/∂W + λ·W; v ← μ·v + g; W ← W − η·v (and b, without decay).
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+        """SGD step in place: g = ∂E/∂W + λ·W; v ← μ·v + g; W ← W − η·v, or W ← W − η·(g + μ·v) with
+        ``nesterov`` (and b alike, without decay).
 
-        vW and vb are the momentum buffers (shapes of W and b); they may be None when μ = 0.
+        vW and vb are the momentum buffers (shapes of W and b); they may be None when μ = 0. ``lr`` is a
+        number, or a one-element array of this backend holding it (a schedule's: a recorded step reads it).
         Call it only after every δ that needs this layer's old W has been computed.
         """
         xp = self.xp
@@ -209,10 +211,99 @@ class Backend:
             if momentum:
                 v *= momentum
                 v += g
+                if nesterov:  # g + μ·v
+                    step = self._scratch("nesterov", v.shape, v.dtype)
+                    xp.multiply(v, momentum, out=step)
+                    g += step
+                else:
+                    xp.copyto(g, v)
+            g *= lr
+            p -= g
+
+    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
+                    weight_decay: float, decoupled: bool) -> None:
+        """Adam step in place (deltaprop.optim: Adam, or AdamW when ``decoupled``), W and b alike, b without decay:
+        m ← β₁·m + (1 − β₁)·g, s ← β₂·s + (1 − β₂)·g², p ← p − η·(m / (1 − β₁ᵗ)) / (√(s / (1 − β₂ᵗ)) + ε).
+
+        mW, mb, sW, sb: the first and second moments (shapes of W and b); ``t``: this step's count, a
+        one-element int64 array of this backend, ≥ 1 (``count_step`` advances it); ``lr`` as in sgd_update.
+        """
+        xp = self.xp
+        gW = self._scratch("gW", W.shape, W.dtype)
+        gb = self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        rate = self._adam_rates(t, lr, beta_1, beta_2, W.dtype)  # [η / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ)]
+        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
+            tmp = self._scratch("adam", p.shape, p.dtype)
+            if decay and decoupled:  # p ← p·(1 − η·λ)
+                xp.multiply(p, lr, out=tmp)
+                tmp *= decay
+                p -= tmp
+            elif decay:
+                xp.multiply(p, decay, out=tmp)
+                g += tmp
+            m *= beta_1
+            xp.multiply(g, 1.0 - beta_1, out=tmp)
+            m += tmp
+            s *= beta_2
+            xp.multiply(g, g, out=tmp)
+            tmp *= 1.0 - beta_2
+            s += tmp
+            xp.sqrt(s, out=tmp)  # √(s / c₂) + ε
+            tmp *= rate[1:2]
+            tmp += epsilon
+            xp.divide(m, tmp, out=tmp)
+            tmp *= rate[0:1]
+            p -= tmp
+
+    def _adam_rates(self, t, lr, beta_1, beta_2, dtype):
+        """[η / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ)] as a two-element array of ``dtype``, computed on the device from ``t``."""
+        xp = self.xp
+        c = self._scratch("adam_c", (2,), np.float64)
+        xp.power(beta_1, t, out=c[0:1])
+        xp.power(beta_2, t, out=c[1:2])
+        xp.subtract(1.0, c, out=c)
+        xp.sqrt(c[1:2], out=c[1:2])
+        xp.divide(1.0, c, out=c)
+        c[0:1] *= lr
+        out = self._scratch("adam_r", (2,), dtype)
+        out[...] = c
+        return out
+
+    def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
+                       weight_decay: float) -> None:
+        """RMSprop step in place (W and b alike, b without decay): g ← g + λ·W, s ← ρ·s + (1 − ρ)·g²,
+        u = g / (√s + ε), v ← μ·v + u, p ← p − η·(v if μ else u).
+
+        sW, sb: the mean squares; vW, vb: the momentum buffers (None when μ = 0); ``lr`` as in sgd_update.
+        """
+        xp = self.xp
+        gW = self._scratch("gW", W.shape, W.dtype)
+        gb = self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
+            tmp = self._scratch("rmsprop", p.shape, p.dtype)
+            if decay:
+                xp.multiply(p, decay, out=tmp)
+                g += tmp
+            s *= rho
+            xp.multiply(g, g, out=tmp)
+            tmp *= 1.0 - rho
+            s += tmp
+            xp.sqrt(s, out=tmp)
+            tmp += epsilon
+            xp.divide(g, tmp, out=g)  # u
+            if momentum:
+                v *= momentum
+                v += g
                 xp.multiply(v, lr, out=g)
             else:
                 g *= lr
             p -= g
+
+    def count_step(self, t) -> None:
+        """t ← t + 1: the step count of an optimizer that keeps one (Adam), a one-element int64 array."""
+        t += 1
 
     # --------------------------------------------- what a device loop needs
     def gather(self, src, idx, out) -> None:

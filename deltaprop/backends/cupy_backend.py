@@ -202,10 +202,12 @@ class CupyBackend(GraphSteps, Backend):
         self._gemm(z_prev, delta, dW, trans_a=True, alpha=scale)
         self._bias_grad(delta, db, scale, 0.0)
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
         arrays = (z_prev, delta, W, b) + ((vW, vb) if momentum else ())
-        if (momentum and (vW is None or vb is None)) or not self._ok(*arrays):
-            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay)
+        # the fused path takes the rate as a kernel argument: a schedule's device array, and Nesterov, take the default
+        scheduled = not isinstance(lr, (float, int, np.floating))
+        if scheduled or nesterov or (momentum and (vW is None or vb is None)) or not self._ok(*arrays):
+            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov)
         scale = 1.0 / delta.shape[0]
         t = W.dtype.type
         if momentum:  # v ← μ·v + z_prevᵀ·δ/B (GEMM), then v ← v + λ·W, W ← W − η·v (kernel); b alike

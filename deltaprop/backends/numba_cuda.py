@@ -163,13 +163,51 @@ class NumbaCudaBackend(GraphSteps, Backend):
         kernel = self._gemm.grad(kind, t, self._wide(z_prev=z_prev, delta=delta))
         self._launch(kernel, grid, t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
         (t, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
-        kernel = self._gemm.sgd(bool(momentum), kind, t, self._wide(z_prev=z_prev, delta=delta))
+        kernel = self._gemm.sgd(bool(momentum), kind, t, self._wide(z_prev=z_prev, delta=delta), bool(nesterov and momentum))
         if not momentum:
             vW, vb = W, b  # unused by that kernel
-        scalars = (kind(lr), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, *scalars)
+        scalars = (kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, self._rate(lr, kind), *scalars)
+
+    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
+                    weight_decay: float, decoupled: bool) -> None:
+        kind = self._kind(W)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)  # the gradient GEMM, then one pass over W and one over b
+        kernel, rate = self._ew.adam(kind, bool(decoupled)), self._rate(lr, kind)
+        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
+            flat = [x.reshape(p.size) for x in (p, g, m, s)]
+            self._launch_1d(kernel, p.size, *flat, t, rate, kind(beta_1), kind(beta_2), kind(epsilon), kind(decay))
+
+    def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
+                       weight_decay: float) -> None:
+        kind = self._kind(W)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        kernel, rate = self._ew.rmsprop(kind, bool(momentum)), self._rate(lr, kind)
+        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
+            flat = [x.reshape(p.size) for x in (p, g, s, v if momentum else p)]  # v unused without momentum
+            self._launch_1d(kernel, p.size, *flat, rate, kind(rho), kind(epsilon), kind(momentum), kind(decay))
+
+    def count_step(self, t) -> None:
+        self._launch(self._ew.count(), 1, 1, t)
+
+    def _rate(self, lr, kind):
+        """η as a one-element device array: a schedule's as it is; for a number, this thread's array of that
+        value, filled once when it is first asked for (a step launches nothing more for it: a recorded step
+        was run eagerly first)."""
+        if not isinstance(lr, (float, int, np.floating)):
+            return lr
+        rates = self._local.__dict__.setdefault("rates", {})  # (value, kind) -> array
+        rate = rates.get((float(lr), kind))
+        if rate is None:
+            if len(rates) > 64:  # many rates (a search over them): start afresh
+                rates.clear()
+            rate = rates[(float(lr), kind)] = self.empty(1, kind)
+            self._launch_1d(self._ew.fill(), 1, rate, kind(lr))
+        return rate
 
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)

@@ -36,7 +36,9 @@ class NumpyBackend(Backend):
         # The rows named by idx are always in range here (a permutation of the samples).
         src.take(idx, axis=0, out=out, mode="clip")
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr: float, momentum: float, weight_decay: float) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+        if nesterov:
+            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov)
         # The same update as the default, with the scale 1/B (and η, for plain SGD) applied to whichever of
         # δ (B, n_out) and z_prevᵀ·δ (n_in, n_out) is smaller: one pass over B·n_out values instead of two
         # passes over the weights at small batches. Results differ from the default's by rounding only.

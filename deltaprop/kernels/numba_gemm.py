@@ -26,8 +26,9 @@ Epilogues, each its own kernel:
                               and fused when the whole row is in one tile (N ≤ BN), else z = a here;
   hidden(A, B, z, delta)      delta = (A·Bᵀ) ⊙ φ'(z);
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
-  sgd(A, B, W, b, vW, vb, lr, momentum, decay, scale)
-                              g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= lr·v, likewise b (no decay).
+  sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
+                              g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
+                              device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay).
 Kernels are built per (epilogue, activation, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
@@ -420,20 +421,23 @@ def grad(kind, tiles: Tiles, wide: bool = False):
 
 @persistent
 @functools.cache
-def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False):
-    """Kernel (A, B, W, b, vW, vb, lr, mu, decay, scale): the SGD step from the gradient tile.
+def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool = False):
+    """Kernel (A, B, W, b, vW, vb, rate, mu, decay, scale): the SGD step from the gradient tile.
 
     g = scale·AᵀB + decay·W (b: no decay); v = mu·v + g (or v = g when not ``momentum``: vW, vb unused);
-    W −= lr·v. Every element of W, b, vW, vb is read and written by one thread only.
+    W −= η·v, or W −= η·(g + mu·v) when ``nesterov``. η = rate[0]: a one-element device array, so that a
+    recorded graph reads a schedule's new rate. Every element of W, b, vW, vb is read and written by one
+    thread only.
     """
     mainloop = _mainloop("tn", True, kind, tiles, wide)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
-    def kernel(A, B, W, b, vW, vb, lr, mu, decay, scale):
+    def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
+        lr = rate[0]
         M, N = A.shape[1], B.shape[1]
         for i in range(TM):
             for j in range(TN):
@@ -441,14 +445,16 @@ def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False):
                 if m < M and n < N:
                     g = acc[i, j] * scale + decay * W[m, n]
                     if momentum:
-                        g += mu * vW[m, n]
-                        vW[m, n] = g
+                        v = mu * vW[m, n] + g
+                        vW[m, n] = v
+                        g = g + mu * v if nesterov else v
                     W[m, n] -= lr * g
                 elif m == M and n < N:
                     g = acc[i, j] * scale
                     if momentum:
-                        g += mu * vb[n]
-                        vb[n] = g
+                        v = mu * vb[n] + g
+                        vb[n] = v
+                        g = g + mu * v if nesterov else v
                     b[n] -= lr * g
 
     return kernel

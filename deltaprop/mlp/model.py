@@ -13,7 +13,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from .. import backends
+from .. import backends, optim
 from .._files import atomic_write
 from .activations import ACTIVATIONS, check_activation
 from .arrays import NpzArrays, cast_finite, real_array
@@ -21,7 +21,7 @@ from .losses import check_loss, encode_targets
 from .training import Buffers, History, Plan, Trainer
 
 FORMAT = "deltaprop-mlp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optimizer and its state; version 1 files (SGD momentum buffers at most) still load
 CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
 MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
 EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
@@ -109,7 +109,9 @@ class MLP:
         self.loss = loss_spec.name
         self.seed = int(seed)
         self.epochs_trained = 0
-        self._velocity = None  # momentum buffers [(vW, vb)], made by the first fit with momentum
+        self._optimizer = None  # the optimizer whose state is kept (the last fit's), and that state:
+        self._slots = {}  # slot name -> [(W-shaped, b-shaped)] per layer (SGD's "v"; Adam's "m" and "s"; ...)
+        self._t = None  # the step count, for an optimizer that keeps one (a one-element int64 backend array)
         self._set_params(self._initial_weights())
 
     # ------------------------------------------------------------ properties
@@ -138,9 +140,11 @@ class MLP:
         y,
         epochs=10,
         batch_size=32,
-        lr=0.01,
-        momentum=0.0,
-        weight_decay=0.0,
+        lr=None,
+        momentum=None,
+        weight_decay=None,
+        optimizer=None,
+        lr_schedule=None,
         validation_data=None,
         validation_split=0.0,
         early_stopping=None,
@@ -148,8 +152,15 @@ class MLP:
         verbose=0,
         callback=None,
     ) -> History:
-        """Train by mini-batch SGD; returns the per-epoch History.
+        """Train by mini-batch gradient descent; returns the per-epoch History.
 
+        optimizer: None or "sgd" (SGD, plain or with momentum), "adam", "adamw", "rmsprop", or a
+        ``deltaprop.optim`` optimizer; lr, momentum and weight_decay, where given, are its parameters (by
+        name, with the optimizer's defaults for the rest: SGD's lr 0.01, Adam's 1e-3); with an optimizer
+        object they must be left out. lr_schedule: None (constant), a name of ``deltaprop.optim.schedules``
+        ("invscaling", "adaptive", "step", "exponential", "cosine"), a Schedule or a callable epoch → lr;
+        the rate is set once per epoch, counted from this call. The optimizer's state (momentum, moments,
+        step count) is kept for the next fit with an optimizer of the same kind, and saved with the model.
         batch_size=1 is the Widrow–Hoff online rule, batch_size=None full-batch gradient descent.
         early_stopping: a patience in epochs on the validation loss (the training loss without
         validation data); the best weights are restored at the end. validation_split takes a
@@ -163,9 +174,9 @@ class MLP:
         epochs = _check_int(epochs, "epochs", 1)
         if batch_size is not None:
             batch_size = _check_int(batch_size, "batch_size", 1)
-        lr = _check_real(lr, "lr", lo=0.0, lo_open=True)
-        momentum = _check_real(momentum, "momentum", lo=0.0, hi=1.0)
-        weight_decay = _check_real(weight_decay, "weight_decay", lo=0.0)
+        given = {k: v for k, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)) if v is not None}
+        opt = optim.get("sgd" if optimizer is None else optimizer, **given)
+        schedule = optim.schedules.get(lr_schedule)
         validation_split = _check_real(validation_split, "validation_split", lo=0.0, hi=1.0)
         if early_stopping is not None:
             early_stopping = _check_int(early_stopping, "early_stopping", 1)
@@ -199,29 +210,31 @@ class MLP:
             X, targets = X[ti], _take_targets(targets, ti)
 
         n = X.shape[0]
+        schedule.check(opt.lr, epochs, n)
         plan = Plan(
             epochs=epochs,
             batch_size=n if batch_size is None else min(batch_size, n),
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
+            optimizer=opt,
+            schedule=schedule,
             early_stopping=early_stopping,
             shuffle=bool(shuffle),
             verbose=int(verbose),
         )
         return Trainer(self, X, targets, plan, val, callback).run()
 
-    def _train_step(self, buf: Buffers, lr, momentum, weight_decay, metrics, accuracy) -> None:
-        """One SGD step on the batch in buf.x, buf.y; adds its loss and correct count to ``metrics``."""
+    def _train_step(self, buf: Buffers, opt, lr, metrics, accuracy) -> None:
+        """One step of ``opt`` at rate ``lr`` (a number or a one-element device array) on the batch in buf.x,
+        buf.y; adds its loss and correct count to ``metrics``. The state is the model's (``_ensure_state``)."""
         self._forward(buf)
         bk = self.backend
         bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics)
-        velocity = self._velocity if momentum else None
+        if opt.counts_steps:
+            bk.count_step(self._t)
 
-        def update(l):  # W_l ← W_l − η·v_l, once δ_{l-1} has used the old W_l
-            vW, vb = velocity[l] if velocity else (None, None)
+        def update(l):  # W_l's step, once δ_{l-1} has used the old W_l
             W, b = self._params[l]
-            bk.sgd_update(buf.z[l], buf.delta[l], W, b, vW, vb, lr, momentum, weight_decay)
+            state = {slot: pairs[l] for slot, pairs in self._slots.items()}
+            opt.update(bk, buf.z[l], buf.delta[l], W, b, state, self._t, lr)
 
         self._backprop(buf, update)
 
@@ -351,9 +364,9 @@ class MLP:
         return [(self.backend.to_numpy(W), self.backend.to_numpy(b)) for W, b in self._params]
 
     def set_weights(self, weights) -> None:
-        """Replace all weights by [(W_l, b_l)] of the model's shapes; momentum buffers are reset."""
+        """Replace all weights by [(W_l, b_l)] of the model's shapes; the optimizer's state is reset."""
         self._set_params(self._check_weights(weights, "weights"))
-        self._velocity = None
+        self._optimizer, self._slots, self._t = None, {}, None
 
     def _check_weights(self, weights, argument):
         try:
@@ -391,15 +404,25 @@ class MLP:
         bk = self.backend
         self._params = [(bk.asarray(W, self.dtype), bk.asarray(b, self.dtype)) for W, b in weights]
 
-    def _ensure_velocity(self) -> None:
-        if self._velocity is None:
-            bk = self.backend
-            self._velocity = [(bk.zeros(W.shape, self.dtype), bk.zeros(b.shape, self.dtype)) for W, b in self._params]
+    def _ensure_state(self, opt) -> None:
+        """The state buffers of ``opt``: the ones kept when the last optimizer was of the same kind (name and
+        slots), else zeros (and a step count of 0)."""
+        if self._optimizer is not None and (self._optimizer.name, self._optimizer.slots) == (opt.name, opt.slots):
+            self._optimizer = opt
+            return
+        bk = self.backend
+        self._slots = {slot: [(bk.zeros(W.shape, self.dtype), bk.zeros(b.shape, self.dtype)) for W, b in self._params]
+                       for slot in opt.slots}
+        self._t = bk.zeros(1, np.int64) if opt.counts_steps else None
+        self._optimizer = opt
 
-    def _state_arrays(self, velocity=True) -> list:
+    def _state_arrays(self, state=True, counter=True) -> list:
+        """The weights, then (``state``) the optimizer's buffers, then (``counter``) its step count."""
         arrays = [x for pair in self._params for x in pair]
-        if velocity and self._velocity is not None:
-            arrays += [x for pair in self._velocity for x in pair]
+        if state:
+            arrays += [x for slot in sorted(self._slots) for pair in self._slots[slot] for x in pair]
+            if counter and self._t is not None:
+                arrays.append(self._t)
         return arrays
 
     def _state_copy(self, into=None) -> list:
@@ -445,12 +468,16 @@ class MLP:
             "seed": self.seed,
             "epochs_trained": self.epochs_trained,
         }
+        if self._optimizer is not None:
+            config["optimizer"] = self._optimizer.config()
         arrays = {"config": np.array(json.dumps(config))}
         for l, (W, b) in enumerate(self.get_weights()):
             arrays[f"W{l}"], arrays[f"b{l}"] = W, b
-        if self._velocity is not None:
-            for l, (vW, vb) in enumerate(self._velocity):
-                arrays[f"vW{l}"], arrays[f"vb{l}"] = self.backend.to_numpy(vW), self.backend.to_numpy(vb)
+        for slot, pairs in self._slots.items():
+            for l, (sW, sb) in enumerate(pairs):
+                arrays[f"{slot}W{l}"], arrays[f"{slot}b{l}"] = self.backend.to_numpy(sW), self.backend.to_numpy(sb)
+        if self._t is not None:
+            arrays["t"] = self.backend.to_numpy(self._t)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise ValueError(f"path: the folder {folder} does not exist")
@@ -475,7 +502,7 @@ class MLP:
         try:
             with f:
                 config = _file_config(f)
-                velocity = _check_stored_arrays(config, f.headers)
+                opt = _check_stored_arrays(config, f.headers)
                 model = cls(
                     config["layer_sizes"],
                     activation=list(config["activations"][:-1]),
@@ -487,10 +514,15 @@ class MLP:
                 )
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])
-                if velocity:
-                    vs = model._check_weights([(f.read(f"vW{l}"), f.read(f"vb{l}")) for l in range(L)], "velocity")
+                if opt is not None:
                     bk = model.backend
-                    model._velocity = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in vs]
+                    for slot in opt.slots:
+                        pairs = model._check_weights([(f.read(f"{slot}W{l}"), f.read(f"{slot}b{l}")) for l in range(L)],
+                                                     f"optimizer state {slot!r}")
+                        model._slots[slot] = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in pairs]
+                    if opt.counts_steps:
+                        model._t = bk.asarray(_step_count(f.read("t")), np.int64)
+                    model._optimizer = opt
                 model.epochs_trained = config["epochs_trained"]
         except (ValueError, TypeError) as exc:
             raise ValueError(f"path: {path} is not a valid deltaprop model: {exc}") from None
@@ -530,8 +562,10 @@ def _file_config(f: NpzArrays) -> dict:
         raise ValueError(f"config: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError("not a deltaprop model file")
-    if config.get("version") != FORMAT_VERSION:
-        raise ValueError(f"format version {config.get('version')!r}, this deltaprop reads {FORMAT_VERSION}")
+    if config.get("version") not in (1, FORMAT_VERSION):
+        raise ValueError(f"format version {config.get('version')!r}, this deltaprop reads 1 and {FORMAT_VERSION}")
+    if "optimizer" in config:
+        config["optimizer"] = optim.from_config(config["optimizer"])
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"config: no {', '.join(missing)}; the file is damaged")
@@ -548,30 +582,44 @@ def _file_config(f: NpzArrays) -> dict:
     return config
 
 
-def _check_stored_arrays(config: dict, headers: dict) -> bool:
-    """That the file holds the weights its config describes, of those shapes, and nothing else; whether it
-    holds momentum buffers too (all of them or none)."""
+def _check_stored_arrays(config: dict, headers: dict):
+    """That the file holds the weights its config describes, of those shapes, and the state of its optimizer
+    (all of it), and nothing else; the optimizer whose state it holds, or None. A version 1 file names no
+    optimizer: its momentum buffers, if any (all or none), are SGD's."""
     sizes = config["layer_sizes"]
+    opt = config.get("optimizer")
+    if opt is None and any(name.startswith("v") for name in headers):
+        opt = optim.SGD(momentum=0.9)  # the buffers' rule; a fit sets its own hyperparameters
+    slots = {"": "weights", **{slot: f"optimizer state {slot!r}" for slot in (opt.slots if opt else ())}}
     shapes = {}  # name: (shape, what an error calls it)
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        for prefix, kind in (("", "weights"), ("v", "velocity")):
+        for prefix, kind in slots.items():
             shapes[f"{prefix}W{l}"] = ((n_in, n_out), f"{kind}[{l}] W")
             shapes[f"{prefix}b{l}"] = ((n_out,), f"{kind}[{l}] b")
-    unexpected = [name for name in headers if name != "config" and name not in shapes]
+    counts = opt is not None and opt.counts_steps
+    unexpected = [name for name in headers if name != "config" and name not in shapes and not (counts and name == "t")]
     if unexpected:
         raise ValueError(f"holds {', '.join(map(repr, unexpected))}, which a model {list(sizes)} has not")
-    velocity = any(name.startswith("v") for name in headers)
     for name, (shape, argument) in shapes.items():
         if name not in headers:
-            if velocity or not name.startswith("v"):
-                raise ValueError(f"no array {name!r}, which a model {list(sizes)} has; the file is damaged")
-            continue
+            raise ValueError(f"no array {name!r}, which a model {list(sizes)} has; the file is damaged")
         stored, dtype = headers[name]
         if stored != shape:
             raise ValueError(f"{argument}: expected shape {shape} for the layers {list(sizes)}, the file stores {stored}")
         if dtype not in DTYPES.values():
             raise ValueError(f"{argument}: stored as {dtype}, expected float32 or float64")
-    return velocity
+    if counts:
+        if "t" not in headers:
+            raise ValueError(f"no array 't', the step count of {opt.name}; the file is damaged")
+        if headers["t"][0] != (1,) or headers["t"][1] != np.dtype(np.int64):
+            raise ValueError(f"t: expected one int64 step count, the file stores {headers['t'][1]} {headers['t'][0]}")
+    return opt
+
+
+def _step_count(t: np.ndarray) -> np.ndarray:
+    if int(t[0]) < 0:
+        raise ValueError(f"t: a step count must be ≥ 0, got {int(t[0])}")
+    return t
 
 
 def _check_int(value, argument: str, lo: int) -> int:

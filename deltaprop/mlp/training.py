@@ -79,9 +79,8 @@ class Plan:
 
     epochs: int
     batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
+    optimizer: object  # a deltaprop.optim.Optimizer
+    schedule: object  # a deltaprop.optim.schedules.Schedule
     early_stopping: int | None
     shuffle: bool
     verbose: int
@@ -106,8 +105,10 @@ class Trainer:
         self.full = Buffers(bk, model.layer_sizes, B, model.dtype)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
-        if plan.momentum:
-            model._ensure_velocity()
+        model._ensure_state(plan.optimizer)
+        # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
+        # step reads (set before each epoch: a schedule never forces a new recording)
+        self.lr = plan.optimizer.lr if plan.schedule.constant else bk.zeros(1, model.dtype)
         self.snapshot = model._state_copy()  # the state at the start of the epoch, for a divergence
         self.step = self._new_step()
 
@@ -124,11 +125,14 @@ class Trainer:
             start = time.perf_counter()
             order = model._epoch_order(self.n, plan.shuffle)
             idx = bk.asarray(order)
+            if not plan.schedule.constant:
+                rate = plan.schedule.rate(plan.optimizer.lr, epoch, history.loss, self.n)
+                bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
             model._state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
             self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
-            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(model._state_arrays(velocity=False))):
+            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(model._state_arrays(state=False))):
                 self._diverged(epoch, idx, sums)
             loss = float(sums[:, 0].sum() / self.n)
             acc = float(sums[:, 1].sum() / self.n) if self.accuracy else math.nan
@@ -146,8 +150,7 @@ class Trainer:
                 self._report(epoch, history)
             if self.callback is not None:
                 self.callback(epoch, history)
-                if plan.momentum:  # set_weights in the callback resets the momentum buffers
-                    model._ensure_velocity()
+                model._ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
                 self.step = self._new_step()  # the callback may have replaced the model's arrays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
@@ -178,7 +181,7 @@ class Trainer:
             buf = self.full if rows.shape[0] == plan.batch_size else self.tail
             bk.gather(self.X, rows, buf.x)
             bk.gather(self.Y, rows, buf.y)
-            model._train_step(buf, plan.lr, plan.momentum, plan.weight_decay, out, self.accuracy)
+            model._train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
 
         return step
 
@@ -191,7 +194,7 @@ class Trainer:
         for last in (step, step - 1):
             model._state_restore(self.snapshot)
             self._steps(idx, 0, max(last, 0))
-            if self.bk.all_finite(model._state_arrays(velocity=True)):
+            if self.bk.all_finite(model._state_arrays(counter=False)):
                 break
         else:
             model._state_restore(self.snapshot)

@@ -1,0 +1,186 @@
+"""Learning-rate schedules: the rate of each epoch, from the initial rate and what the fit has seen so far.
+
+A schedule is a pure function of (lr₀, epoch e counted from 0, the training losses of the epochs before e,
+the samples per epoch), so a resumed run (``resumed``) continues exactly where it stopped. The rate is set
+once per epoch; scikit-learn's schedules change theirs once per epoch too.
+
+    constant                 lr₀
+    invscaling(power_t)      lr₀ / (e·n + 1)^power_t                   (scikit-learn's, n: samples per epoch)
+    adaptive(...)            lr₀, divided by ``factor`` each time the loss has not improved by ``tol`` for more
+                             than ``patience`` epochs in a row (scikit-learn's: factor 5, patience 10, tol 1e-4)
+    step(step_size, gamma)   lr₀·gamma^⌊e / step_size⌋
+    exponential(gamma)       lr₀·gamma^e
+    cosine(epochs, min_lr)   min_lr + (lr₀ − min_lr)·(1 + cos(π·min(e, epochs)/epochs))/2
+    a callable               epoch → lr
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+__all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
+
+
+def _positive(value, argument: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{argument}: expected a finite number {'≥' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+class Schedule:
+    name = ""
+    constant = False  # the rate never changes: the backend gets a number, not a device array
+
+    def rate(self, lr0: float, epoch: int, losses, samples: int) -> float:
+        raise NotImplementedError
+
+    def check(self, lr0: float, epochs: int, samples: int) -> None:
+        """ValueError naming lr_schedule unless every epoch's rate is a finite number ≥ 0 (asked before a fit
+        changes anything; a rate that depends on the losses is checked with none)."""
+        for epoch in range(epochs):
+            lr = self.rate(lr0, epoch, [], samples)
+            if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+                raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
+
+    def config(self) -> dict:
+        return {"name": self.name, **getattr(self, "params", {})}
+
+    def resumed(self, losses) -> "Schedule":
+        """This schedule continued after the epochs whose training losses are ``losses``."""
+        return _Continued(self, list(losses)) if losses else self
+
+    def __eq__(self, other):
+        return isinstance(other, Schedule) and type(self) is type(other) and self.config() == other.config()
+
+    def __hash__(self):
+        return hash(repr(self.config()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
+
+
+class Constant(Schedule):
+    name = "constant"
+    constant = True
+
+    def rate(self, lr0, epoch, losses, samples):
+        return lr0
+
+
+class InvScaling(Schedule):
+    name = "invscaling"
+
+    def __init__(self, power_t=0.5):
+        self.params = {"power_t": _positive(power_t, "power_t", allow_zero=True)}
+
+    def rate(self, lr0, epoch, losses, samples):
+        return lr0 / (epoch * samples + 1) ** self.params["power_t"]
+
+
+class Adaptive(Schedule):
+    name = "adaptive"
+
+    def __init__(self, factor=5.0, patience=10, tol=1e-4):
+        if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
+            raise ValueError(f"patience: expected an integer ≥ 0, got {patience!r}")
+        if _positive(factor, "factor") <= 1:
+            raise ValueError(f"factor: must be > 1, got {factor!r}")
+        self.params = {"factor": float(factor), "patience": int(patience), "tol": _positive(tol, "tol", allow_zero=True)}
+
+    def rate(self, lr0, epoch, losses, samples):
+        p = self.params
+        lr, best, bad = lr0, math.inf, 0
+        for loss in list(losses)[:epoch]:
+            bad = bad + 1 if loss > best - p["tol"] else 0
+            best = min(best, loss)
+            if bad > p["patience"]:
+                lr, bad = lr / p["factor"], 0
+        return lr
+
+
+class Step(Schedule):
+    name = "step"
+
+    def __init__(self, step_size=10, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, Integral) or step_size < 1:
+            raise ValueError(f"step_size: expected an integer ≥ 1, got {step_size!r}")
+        self.params = {"step_size": int(step_size), "gamma": _positive(gamma, "gamma")}
+
+    def rate(self, lr0, epoch, losses, samples):
+        return lr0 * self.params["gamma"] ** (epoch // self.params["step_size"])
+
+
+class Exponential(Schedule):
+    name = "exponential"
+
+    def __init__(self, gamma=0.9):
+        self.params = {"gamma": _positive(gamma, "gamma")}
+
+    def rate(self, lr0, epoch, losses, samples):
+        return lr0 * self.params["gamma"] ** epoch
+
+
+class Cosine(Schedule):
+    name = "cosine"
+
+    def __init__(self, epochs=10, min_lr=0.0):
+        if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
+            raise ValueError(f"epochs: expected an integer ≥ 1, got {epochs!r}")
+        self.params = {"epochs": int(epochs), "min_lr": _positive(min_lr, "min_lr", allow_zero=True)}
+
+    def rate(self, lr0, epoch, losses, samples):
+        e, lo = min(epoch, self.params["epochs"]), self.params["min_lr"]
+        return lo + (lr0 - lo) * (1 + math.cos(math.pi * e / self.params["epochs"])) / 2
+
+
+class _Function(Schedule):
+    name = "callable"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def rate(self, lr0, epoch, losses, samples):
+        lr = self.fn(epoch)
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"lr_schedule: the callable gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
+        return float(lr)
+
+    def config(self) -> dict:
+        raise ValueError("lr_schedule: a callable schedule cannot be saved; use a named one")
+
+
+class _Continued(Schedule):
+    def __init__(self, inner: Schedule, before: list):
+        self.inner, self.before = inner, before
+        self.constant, self.name = inner.constant, inner.name
+
+    def rate(self, lr0, epoch, losses, samples):
+        return self.inner.rate(lr0, len(self.before) + epoch, self.before + list(losses), samples)
+
+    def config(self) -> dict:
+        return self.inner.config()
+
+
+NAMES = {cls.name: cls for cls in (Constant, InvScaling, Adaptive, Step, Exponential, Cosine)}
+
+
+def get(spec) -> Schedule:
+    """A schedule from a name, a Schedule, a config dict (a file's) or a callable epoch → lr; None is constant."""
+    if spec is None:
+        return Constant()
+    if isinstance(spec, Schedule):
+        return spec
+    if isinstance(spec, dict):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if name not in NAMES:
+            raise ValueError(f"lr_schedule: unknown schedule {name!r}; choose one of {', '.join(NAMES)}")
+        return NAMES[name](**params)
+    if isinstance(spec, str):
+        if spec.strip().lower() not in NAMES:
+            raise ValueError(f"lr_schedule: unknown schedule {spec!r}; choose one of {', '.join(NAMES)}, or pass a callable")
+        return NAMES[spec.strip().lower()]()
+    if callable(spec):
+        return _Function(spec)
+    raise TypeError(f"lr_schedule: expected a name, a Schedule or a callable epoch -> lr, got {type(spec).__name__}")

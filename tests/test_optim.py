@@ -1,0 +1,264 @@
+"""The optimizers and schedules of deltaprop.optim: every backend's update against a float64 reference written
+here, over several steps with the rate as a number and as a device array; whole fits against torch.optim where
+PyTorch is installed; schedules; the state in save/load; bad parameters named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deltaprop import MLP, optim
+from deltaprop.optim import schedules
+from helpers import assert_close
+
+CONFIGS = [
+    optim.SGD(lr=0.3, momentum=0.9, nesterov=True, weight_decay=1e-2),
+    optim.SGD(lr=0.3, momentum=0.5),
+    optim.Adam(lr=0.01),
+    optim.Adam(lr=0.02, beta_1=0.5, beta_2=0.9, epsilon=1e-6, weight_decay=1e-2),
+    optim.AdamW(lr=0.01, weight_decay=0.1),
+    optim.RMSprop(lr=0.01),
+    optim.RMSprop(lr=0.01, rho=0.5, momentum=0.9, weight_decay=1e-2),
+]
+SHAPES = [(1, 7, 33), (33, 65, 7), (7, 1, 1)]
+
+
+def reference_step(opt, p, g, state, t, lr, decay):
+    """One step of ``opt`` on the float64 parameter p with gradient g (the module docstring's rules, written
+    out again); ``decay`` False for a bias. Returns the new p and updates ``state`` (a dict of arrays)."""
+    q = opt.params
+    lam = q.get("weight_decay", 0.0) if decay else 0.0
+    if opt.name == "sgd":
+        g = g + lam * p
+        if q["momentum"]:
+            state["v"] = q["momentum"] * state["v"] + g
+            g = g + q["momentum"] * state["v"] if q["nesterov"] else state["v"]
+        return p - lr * g
+    if opt.name in ("adam", "adamw"):
+        if opt.name == "adamw":
+            p = p * (1 - lr * lam)
+        else:
+            g = g + lam * p
+        state["m"] = q["beta_1"] * state["m"] + (1 - q["beta_1"]) * g
+        state["s"] = q["beta_2"] * state["s"] + (1 - q["beta_2"]) * g * g
+        m_hat = state["m"] / (1 - q["beta_1"] ** t)
+        s_hat = state["s"] / (1 - q["beta_2"] ** t)
+        return p - lr * m_hat / (np.sqrt(s_hat) + q["epsilon"])
+    g = g + lam * p  # rmsprop
+    state["s"] = q["rho"] * state["s"] + (1 - q["rho"]) * g * g
+    u = g / (np.sqrt(state["s"]) + q["epsilon"])
+    if q["momentum"]:
+        state["v"] = q["momentum"] * state["v"] + u
+        u = state["v"]
+    return p - lr * u
+
+
+@pytest.mark.parametrize("opt", CONFIGS, ids=repr)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_each_update_against_the_float64_reference(backend, dtype, rng, opt, shape):
+    B, n_in, n_out = shape
+    W, b = rng.normal(size=(n_in, n_out)), rng.normal(size=n_out)
+    Wd, bd = backend.asarray(W, dtype), backend.asarray(b, dtype)
+    W, b = W.astype(dtype).astype(np.float64), b.astype(dtype).astype(np.float64)
+    dev = {s: (backend.zeros(W.shape, dtype), backend.zeros(b.shape, dtype)) for s in opt.slots}
+    ref = {s: (np.zeros(W.shape), np.zeros(b.shape)) for s in opt.slots}
+    t = backend.zeros(1, np.int64) if opt.counts_steps else None
+    rate = backend.zeros(1, dtype)
+    for step in range(1, 4):
+        z_prev = rng.normal(size=(B, n_in)).astype(dtype)
+        delta = rng.normal(size=(B, n_out)).astype(dtype)
+        lr = opt.lr * (1.0 if step < 3 else 0.5)
+        if step == 2:  # the rate as a schedule gives it: a device array
+            backend.copy_(rate, backend.asarray(np.array([lr]), dtype))
+        if t is not None:
+            backend.count_step(t)
+        opt.update(backend, backend.asarray(z_prev), backend.asarray(delta), Wd, bd, dev, t, rate if step == 2 else lr)
+        z64, d64 = z_prev.astype(np.float64), delta.astype(np.float64)
+        gW, gb = z64.T @ d64 / B, d64.mean(axis=0)
+        sW = {s: pair[0] for s, pair in ref.items()}
+        sb = {s: pair[1] for s, pair in ref.items()}
+        lr_ref = float(np.float64(np.dtype(dtype).type(lr))) if step == 2 else lr
+        W = reference_step(opt, W, gW, sW, step, lr_ref, True)
+        b = reference_step(opt, b, gb, sb, step, lr_ref, False)
+        ref = {s: (sW[s], sb[s]) for s in ref}
+    assert_close(backend.to_numpy(Wd), W, dtype)
+    assert_close(backend.to_numpy(bd), b, dtype)
+    for s in opt.slots:
+        assert_close(backend.to_numpy(dev[s][0]), ref[s][0], dtype)
+        assert_close(backend.to_numpy(dev[s][1]), ref[s][1], dtype)
+    if t is not None:
+        assert int(backend.to_numpy(t)[0]) == 3
+
+
+# ------------------------------------------------------------------ whole fits against torch.optim
+def _torch_fit(opt, weights, X, y, epochs, batch):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    params = []
+    for W, b in weights:
+        params += [torch.tensor(W.T.copy(), dtype=torch.float64, requires_grad=True),
+                   torch.tensor(b.copy(), dtype=torch.float64, requires_grad=True)]
+    q = opt.params
+    if opt.name == "sgd":
+        o = torch.optim.SGD(params, lr=opt.lr, momentum=q["momentum"], nesterov=q["nesterov"])
+    elif opt.name == "adam":
+        o = torch.optim.Adam(params, lr=opt.lr, betas=(q["beta_1"], q["beta_2"]), eps=q["epsilon"])
+    elif opt.name == "adamw":
+        o = torch.optim.AdamW(params, lr=opt.lr, betas=(q["beta_1"], q["beta_2"]), eps=q["epsilon"], weight_decay=0.0)
+    else:
+        o = torch.optim.RMSprop(params, lr=opt.lr, alpha=q["rho"], eps=q["epsilon"], momentum=q["momentum"])
+    Xt, yt = torch.tensor(X, dtype=torch.float64), torch.tensor(y)
+    for _ in range(epochs):
+        for s in range(0, len(X), batch):
+            h = Xt[s:s + batch]
+            for i in range(0, len(params), 2):
+                h = h @ params[i].T + params[i + 1]
+                if i < len(params) - 2:
+                    h = torch.tanh(h)
+            loss = torch.nn.functional.cross_entropy(h, yt[s:s + batch])
+            o.zero_grad()
+            loss.backward()
+            o.step()
+    return [(params[i].detach().numpy().T, params[i + 1].detach().numpy()) for i in range(0, len(params), 2)]
+
+
+@pytest.mark.parametrize("opt", [optim.SGD(lr=0.1, momentum=0.9, nesterov=True), optim.Adam(lr=0.01),
+                                 optim.AdamW(lr=0.01, weight_decay=0.0), optim.RMSprop(lr=0.01, momentum=0.5)], ids=repr)
+def test_a_fit_matches_torch_optim(rng, opt):
+    X, y = rng.normal(size=(23, 4)), rng.integers(0, 3, 23)  # batches of 5: a partial last batch of 3
+    model = MLP([4, 6, 3], activation="tanh", backend="numpy", dtype="float64", seed=1)
+    start = model.get_weights()
+    model.fit(X, y, epochs=3, batch_size=5, optimizer=opt, shuffle=False)
+    expected = _torch_fit(opt, start, X, y, 3, 5)
+    for (W, b), (We, be) in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(W, We, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b, be, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_adam_learns_on_every_backend(backend):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)  # three classes, not linearly separable
+    model = MLP([5, 32, 3], backend=backend.name, seed=0)
+    history = model.fit(X, y, epochs=40, batch_size=32, optimizer="adam", lr=0.01)
+    assert history.loss[-1] < 0.5 * history.loss[0] and model.score(X, y) > 0.9
+
+
+# ------------------------------------------------------------------ schedules
+def test_the_schedules_rates():
+    lr0, n = 0.5, 100
+    assert [schedules.Constant().rate(lr0, e, [], n) for e in range(3)] == [lr0] * 3
+    assert schedules.InvScaling(0.25).rate(lr0, 3, [], n) == lr0 / (3 * n + 1) ** 0.25  # scikit-learn's rule
+    assert schedules.Step(2, 0.1).rate(lr0, 5, [], n) == lr0 * 0.1 ** 2
+    assert schedules.Exponential(0.9).rate(lr0, 4, [], n) == lr0 * 0.9**4
+    cos = schedules.Cosine(epochs=4, min_lr=0.1)
+    assert cos.rate(lr0, 0, [], n) == lr0 and cos.rate(lr0, 4, [], n) == pytest.approx(0.1)
+    assert cos.rate(lr0, 2, [], n) == pytest.approx(0.1 + (lr0 - 0.1) / 2)
+    ad = schedules.Adaptive(factor=5, patience=1, tol=0.01)
+    losses = [1.0, 0.5, 0.499, 0.498, 0.2, 0.2, 0.2]  # two epochs without a gain of tol, twice
+    assert [ad.rate(lr0, e, losses, n) for e in range(8)] == [lr0, lr0, lr0, lr0, lr0 / 5, lr0 / 5, lr0 / 5, lr0 / 25]
+    assert schedules.get(lambda e: 1.0 / (e + 1)).rate(lr0, 3, [], n) == 0.25
+    assert ad.resumed(losses[:4]).rate(lr0, 0, losses[4:5], n) == ad.rate(lr0, 4, losses, n)
+
+
+def test_a_schedule_sets_each_epochs_rate(rng):
+    """fit(epochs=3, lr_schedule=...) takes the steps of three one-epoch fits at the schedule's rates."""
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    a = MLP([3, 5, 2], backend="numpy", dtype="float64", seed=0)
+    b = MLP([3, 5, 2], backend="numpy", dtype="float64", seed=0)
+    a.fit(X, y, epochs=3, batch_size=7, lr=0.2, momentum=0.9, lr_schedule=schedules.Exponential(0.5))
+    for e in range(3):
+        b.fit(X, y, epochs=1, batch_size=7, lr=0.2 * 0.5**e, momentum=0.9)
+    for (Wa, ba), (Wb, bb) in zip(a.get_weights(), b.get_weights()):
+        assert_close(Wa, Wb, np.float64)
+        assert_close(ba, bb, np.float64)
+    c = MLP([3, 5, 2], backend="numpy", dtype="float64", seed=0)  # and a constant one does not
+    c.fit(X, y, epochs=3, batch_size=7, lr=0.2, momentum=0.9)
+    assert not np.allclose(c.get_weights()[0][0], a.get_weights()[0][0])
+
+
+# ------------------------------------------------------------------ state
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_the_state_is_saved_and_a_loaded_model_trains_on_exactly(tmp_path, rng, name):
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 2, 30)
+    kw = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    a = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    a.fit(X, y, epochs=2, batch_size=8, optimizer=name, lr=0.01, **kw)
+    a.save(tmp_path / "m.npz")
+    b = MLP.load(tmp_path / "m.npz", backend="numpy")
+    assert b._optimizer == a._optimizer
+    for model in (a, b):
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=name, lr=0.01, **kw)
+    for x, z in zip(a._state_arrays(), b._state_arrays()):
+        np.testing.assert_array_equal(x, z)
+
+
+def test_a_file_without_its_optimizers_state_is_refused(tmp_path, rng):
+    a = MLP([3, 4, 2], backend="numpy", seed=0)
+    a.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=1, optimizer="adam")
+    a.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    for drop, match in (("t", "no array 't'"), ("sW1", "no array 'sW1'")):
+        np.savez(tmp_path / "bad.npz", **{k: v for k, v in arrays.items() if k != drop})
+        with pytest.raises(ValueError, match=match):
+            MLP.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "neg.npz", **{**arrays, "t": np.array([-1], np.int64)})
+    with pytest.raises(ValueError, match="t: a step count must be ≥ 0"):
+        MLP.load(tmp_path / "neg.npz")
+
+
+def test_a_change_of_optimizer_starts_its_state_afresh(rng):
+    X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
+    m = MLP([3, 4, 2], backend="numpy", seed=0)
+    m.fit(X, y, epochs=1, batch_size=8, optimizer="adam")
+    assert sorted(m._slots) == ["m", "s"] and int(m._t[0]) == 3
+    m.fit(X, y, epochs=1, batch_size=8, optimizer="adam", lr=1e-2)  # the same kind: the moments and the count go on
+    assert int(m._t[0]) == 6
+    m.fit(X, y, epochs=1, momentum=0.9)
+    assert sorted(m._slots) == ["v"] and m._t is None
+
+
+# ------------------------------------------------------------------ bad parameters
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"optimizer": "adamx"}, ValueError, "optimizer: unknown optimizer 'adamx'"),
+    ({"optimizer": optim.Adam(), "lr": 0.1}, ValueError, "lr: given with an optimizer object"),
+    ({"optimizer": "adam", "momentum": 0.9}, ValueError, "momentum: not a parameter of Adam"),
+    ({"optimizer": 3}, ValueError, "optimizer: unknown optimizer 3"),
+    ({"lr_schedule": "bogus"}, ValueError, "lr_schedule: unknown schedule 'bogus'"),
+    ({"lr_schedule": 3}, TypeError, "lr_schedule: expected a name"),
+    ({"lr_schedule": lambda e: -1.0 if e == 1 else 0.1}, ValueError, "lr_schedule: the callable gives -1.0 for epoch 1"),
+    ({"lr_schedule": lambda e: float("nan")}, ValueError, "lr_schedule: the callable gives nan for epoch 0"),
+])
+def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
+    m = MLP([3, 4, 2], backend="numpy", seed=0)
+    before = m.get_weights()
+    with pytest.raises(error, match=match):
+        m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, **kwargs)
+    assert m._optimizer is None and m.epochs_trained == 0
+    for (W, b), (W0, b0) in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(W, W0)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: optim.Adam(beta_1=1.0), "beta_1: must be finite and ≥ 0.0 and < 1.0"),
+    (lambda: optim.Adam(epsilon=0), "epsilon: must be finite and > 0.0"),
+    (lambda: optim.RMSprop(rho=-0.1), "rho: must be finite and ≥ 0.0"),
+    (lambda: optim.SGD(nesterov=True), "nesterov: needs momentum > 0"),
+    (lambda: optim.SGD(lr=math.inf), "lr: must be finite and > 0.0"),
+    (lambda: schedules.Adaptive(factor=1), "factor: must be > 1"),
+    (lambda: schedules.Step(step_size=0), "step_size: expected an integer ≥ 1"),
+    (lambda: schedules.Cosine(epochs=2.5), "epochs: expected an integer ≥ 1"),
+])
+def test_bad_hyperparameters_are_named(make, match):
+    with pytest.raises(ValueError, match=re_escape(match)):
+        make()
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
