@@ -29,6 +29,7 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
 DEFAULTS = {
@@ -37,7 +38,6 @@ DEFAULTS = {
     "digits": dict(layers=[256], epochs=30, batch_size=32, lr=0.05),
     "npz": dict(layers=[256], epochs=10, batch_size=128, lr=0.05),
 }
-OUTPUT_FOR_LOSS = {"cross_entropy": "softmax", "mse": "sigmoid", "bce": "sigmoid"}
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
 RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "lr",
