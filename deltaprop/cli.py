@@ -25,6 +25,7 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+from .mlp.checks import DTYPES
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
     g.add_argument("--loss", choices=sorted(OUTPUT_FOR_LOSS), default="cross_entropy",
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
