@@ -1,11 +1,10 @@
-"""deltaprop.record, the one place that writes the run record, and deltaprop's import graph (no circles).
+"""deltaprop.record, the one place that writes the run record.
 
 The records' keys are formats that files and people read (--metrics-out, bench/results/*.json), so they are
 written out here."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import stat
@@ -23,99 +22,6 @@ MACHINE_KEYS = ["platform", "cpu", "cores", "gpus"]
 BENCH_KEYS = ["date", "git", "cpu", "cores", "load_average", "platform", "python", "versions", "blas", "backends", "gpu"]
 BENCH_VERSIONS = ["deltaprop", "numpy", "torch", "scikit-learn", "matplotlib", "cupy-cuda12x", "cupy-cuda13x", "numba",
                   "numba-cuda"]
-
-
-# ------------------------------------------------------------------ the import graph
-def _modules(root) -> dict:
-    """{dotted name: (path, is a package)} of every module of deltaprop in ``root``."""
-    found = {}
-    for folder, _, files in os.walk(os.path.join(root, "deltaprop")):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                parts = os.path.relpath(path, root)[:-3].split(os.sep)
-                package = parts[-1] == "__init__"
-                found[".".join(parts[:-1] if package else parts)] = (path, package)
-    return found
-
-
-def import_graph(root=ROOT) -> dict:
-    """{module: the deltaprop modules it imports}, from every import statement, at the top or in a function
-    (a lazy import closes a circle as surely: it only runs later). ``from P import x`` is an edge to P.x
-    where that is a module, else to P. An import of one of the module's own packages is left out: Python
-    imports a module's packages before the module itself, so that adds no order that was not there."""
-    modules = _modules(root)
-    graph = {}
-    for name, (path, package) in modules.items():
-        here = name if package else name.rpartition(".")[0]
-        edges = set()
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), path)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                edges.update(a.name for a in node.names if a.name in modules)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    parts = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    source = ".".join(parts + ([node.module] if node.module else []))
-                else:
-                    source = node.module or ""
-                for a in node.names:
-                    target = f"{source}.{a.name}"
-                    edges.add(target if target in modules else source)
-        graph[name] = {m for m in edges if m in modules and m != name and not name.startswith(m + ".")}
-    return graph
-
-
-def find_circle(graph: dict) -> list | None:
-    """One circle [a, b, ..., a] of ``graph``, or None (a depth-first search)."""
-    state, path = {}, []
-
-    def visit(node):
-        state[node] = "open"
-        path.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        state[node] = "done"
-        path.pop()
-        return None
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
-
-
-def test_the_import_graph_has_no_circle():
-    graph = import_graph()
-    assert find_circle(graph) is None, " -> ".join(find_circle(graph))
-    # the graph is read as meant: the edges that made the circles it had, and some that stay
-    assert {"deltaprop.bench", "deltaprop.precompile", "deltaprop.record"} <= graph["deltaprop.cli"]
-    assert "deltaprop.record" in graph["deltaprop.bench.measure"] and "deltaprop.cli" not in graph["deltaprop.bench.measure"]
-    assert "deltaprop.cli" not in graph["deltaprop.precompile"]
-    assert graph["deltaprop.record"] == set()  # imports nothing of deltaprop's but its package's version
-
-
-def test_find_circle():
-    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
-
-
-def test_a_lazy_import_counts(tmp_path):
-    """A circle made by an import inside a function (as cli -> bench -> cli was) is found."""
-    pkg = tmp_path / "deltaprop"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from . import b\n")
-    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
-    assert find_circle(import_graph(tmp_path)) == ["deltaprop.a", "deltaprop.b", "deltaprop.a"]
 
 
 def test_only_record_reads_the_facts():
