@@ -14,7 +14,6 @@ The full benchmark suite is issue 6; this is the CuPy backend's own check.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import statistics
@@ -23,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaprop import MLP, backends
+from deltaprop import MLP, backends, record
 from deltaprop.backends.cupy_backend import CupyBackend
 from deltaprop.bench.measure import require_gpu
-from deltaprop.cli import git_commit
 
 RUNS = {"reference": ([784, 1024, 1024, 10], "relu", 128), "small": ([784, 30, 10], "sigmoid", 10)}
 LR = 0.05
@@ -81,7 +79,7 @@ def environment():
     import cupy
 
     env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": record.date(),
         "device": backends.instance("cupy").device,
         "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
@@ -95,7 +93,7 @@ def environment():
         env["torch"] = torch.__version__
     except ImportError:
         env["torch"] = None
-    env["commit"] = git_commit()
+    env["commit"] = record.git_commit()
     return env
 
 

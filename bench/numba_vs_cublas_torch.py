@@ -20,7 +20,6 @@ Needs numba-cuda and CuPy (the cuda12/cuda13 extra); PyTorch only for its half o
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -149,9 +148,11 @@ def environment():
 
     import numba
 
+    from deltaprop import record
+
     dev = cuda.get_current_device()
     env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": record.date(),
         "device": dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name),
         "compute_capability": list(dev.compute_capability),
         "driver": cuda.cudadrv.driver.driver.get_version(),
@@ -164,9 +165,7 @@ def environment():
             env[pkg] = __import__(pkg).__version__
         except Exception as exc:  # noqa: BLE001
             env[pkg] = f"unavailable ({exc})"
-    from deltaprop.cli import git_commit
-
-    env["commit"] = git_commit()
+    env["commit"] = record.git_commit()
     return env
 
 

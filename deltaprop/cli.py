@@ -8,20 +8,16 @@ status 1 (2 for argparse's usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
-from . import __version__, backends, precompile
+from . import __version__, backends, precompile, record
 from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
 from .backends import BackendUnavailable
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
@@ -29,6 +25,8 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+from .mlp.checks import DTYPES
+from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
 DEFAULTS = {
@@ -37,13 +35,10 @@ DEFAULTS = {
     "digits": dict(layers=[256], epochs=30, batch_size=32, lr=0.05),
     "npz": dict(layers=[256], epochs=10, batch_size=128, lr=0.05),
 }
-OUTPUT_FOR_LOSS = {"cross_entropy": "softmax", "mse": "sigmoid", "bce": "sigmoid"}
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
 RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "lr",
                "momentum", "weight_decay", "val_split", "early_stopping")
-VERSION_PACKAGES = ("numpy", "tqdm", "matplotlib", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy",
-                    "scikit-learn")
 
 
 class CLIError(Exception):
@@ -90,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
     g.add_argument("--loss", choices=sorted(OUTPUT_FOR_LOSS), default="cross_entropy",
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
-    g.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
@@ -130,7 +125,7 @@ def _int_list(text: str) -> list:
 # ---------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     started = time.perf_counter()
-    commit = git_commit()  # of the code that runs, before anyone commits during a long run
+    commit = record.git_commit()  # of the code that runs, before anyone commits during a long run
     settings = _settings(args)
     _check_inputs(args)
     _check_outputs(args)
@@ -152,7 +147,7 @@ def cmd_train(args) -> int:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
                     loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed)
         prior, best = {k: [] for k in HISTORY_KEYS}, None
-    device = device_description(model.backend)
+    device = record.device_description(model.backend)
     if not args.quiet:
         val = f", {len(data.y_val)} validation" if data.y_val is not None else ""
         test = f", {len(data.y_test)} test" if data.y_test is not None else ", no test set"
@@ -191,10 +186,7 @@ def cmd_train(args) -> int:
         "backend": model.backend_name,
         "backend_selection": model.selection.describe(),
         "device": device,
-        "versions": versions(),
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": commit,
+        **record.train_record(commit),
     }
     if args.save:
         model.save(args.save)
@@ -474,14 +466,14 @@ def plot_history(history: dict, path) -> None:
 # ----------------------------------------------------------------------- info
 def cmd_info(args) -> int:
     print(f"deltaprop {__version__}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
-    m = machine()
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in record.versions().items()))
+    m = record.machine()
     print(f"machine: {m['platform']}; CPU {m['cpu']}, {m['cores']} cores")
     print("backends:")
     for name, (usable, reason) in backends.available().items():
         print(f"  {name:<11} {'usable' if usable else 'not usable'}: {reason}")
     print(f"auto picks: {backends.select('auto').describe()}")
-    gpus = nvidia_smi()
+    gpus = m["gpus"]
     if gpus:
         for gpu in gpus:
             print(f"GPU: {gpu}")
@@ -496,69 +488,6 @@ def cmd_info(args) -> int:
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "
               f"{on_disk['bytes'] / 1e6:.1f} MB; fill it with deltaprop compile)")
     return 0
-
-
-def versions() -> dict:
-    found = {"deltaprop": __version__, "python": platform.python_version()}
-    for dist in VERSION_PACKAGES:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"platform": platform.platform(), "cpu": cpu, "cores": cores, "gpus": nvidia_smi()}
-
-
-def nvidia_smi() -> list:
-    """['name, driver X, memory Y'] per GPU from nvidia-smi (no GPU package is imported); [] without one."""
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if done.returncode != 0:
-        return []
-    gpus = []
-    for line in done.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append(f"{parts[0]}, driver {parts[1]}, memory {parts[2]}")
-    return gpus
-
-
-def device_description(backend) -> str:
-    """What runs ``backend``'s kernels: the GPU's description, or the CPU's model and cores."""
-    if backend.name == "numpy":
-        m = machine()
-        return f"{backend.device}: {m['cpu']}, {m['cores']} cores"
-    return backend.device
-
-
-def git_commit() -> str | None:
-    """The commit of a git checkout that deltaprop runs from (an editable install), else None;
-    $DELTAPROP_COMMIT where that is set (a copy of the tree on another machine may carry a stale .git)."""
-    if os.environ.get("DELTAPROP_COMMIT"):
-        return os.environ["DELTAPROP_COMMIT"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ def _parse_cc(text: str) -> tuple:
 
 def _net(args) -> dict:
     """The net and the data shapes of the fit, checked as MLP and fit check them (each error names its option)."""
-    from .cli import OUTPUT_FOR_LOSS
     from .mlp import MLP
+    from .mlp.losses import OUTPUT_FOR_LOSS
 
     try:
         hidden = [int(v) for v in args.layers.split(",")] if args.layers else []

@@ -45,8 +45,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends
 from .mlp import MLP
-from .mlp.activations import check_activation
-from .mlp.model import _check_int, _check_real, check_dtype
+from .mlp.checks import check_activation, check_dtype, check_int, check_real
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -220,7 +219,7 @@ class _BaseMLP(BaseEstimator):
         if not (isinstance(batch_size, str) and batch_size == "auto"):
             if isinstance(batch_size, str):
                 raise ValueError(f"batch_size: expected 'auto' or an integer ≥ 1, got {batch_size!r}")
-            batch_size = _check_int(batch_size, "batch_size", 1)
+            batch_size = check_int(batch_size, "batch_size", 1)
         if not isinstance(self.verbose, (bool, np.bool_)) and not (isinstance(self.verbose, Integral) and self.verbose >= 0):
             raise TypeError(f"verbose: expected True, False or an integer ≥ 0, got {self.verbose!r}")
         for name in ("shuffle", "warm_start", "early_stopping"):
@@ -228,18 +227,18 @@ class _BaseMLP(BaseEstimator):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.early_stopping and incremental:
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
-        max_iter = _check_int(self.max_iter, "max_iter", 1)
+        max_iter = check_int(self.max_iter, "max_iter", 1)
         # scikit-learn's range is [0, 1); 0 holds nothing out, which only early stopping needs
-        validation_fraction = _check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0)
+        validation_fraction = check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0)
         if self.early_stopping and not validation_fraction:
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
         return {
             "hidden": [int(n) for n in hidden],
             "activation": activation,
-            "alpha": _check_real(self.alpha, "alpha", lo=0.0),
+            "alpha": check_real(self.alpha, "alpha", lo=0.0),
             "batch_size": batch_size,
-            "learning_rate_init": _check_real(self.learning_rate_init, "learning_rate_init", lo=0.0, lo_open=True),
-            "momentum": _check_real(self.momentum, "momentum", lo=0.0, hi=1.0),
+            "learning_rate_init": check_real(self.learning_rate_init, "learning_rate_init", lo=0.0, lo_open=True),
+            "momentum": check_real(self.momentum, "momentum", lo=0.0, hi=1.0),
             "max_iter": max_iter,
             "n_iter_no_change": _check_patience(self.n_iter_no_change, max_iter),
             "validation_fraction": validation_fraction,
@@ -327,7 +326,7 @@ def _check_patience(value, max_iter) -> int:
         if value == np.inf:
             return max_iter
         raise TypeError(f"n_iter_no_change: expected an integer ≥ 1 or np.inf, got {value!r}")
-    return _check_int(value, "n_iter_no_change", 1)
+    return check_int(value, "n_iter_no_change", 1)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

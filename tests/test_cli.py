@@ -417,17 +417,6 @@ def test_checkpoint_folder_is_made_by_the_first_checkpoint(tmp_path, capsys):
     assert rc == 1 and "--checkpoint: cannot make" in err and "not a directory" in err
 
 
-def test_device_description_of_a_backend_variant():
-    """A variant such as cupy-tf32 is not in backends.available(): the device comes from the backend itself."""
-    class Variant:
-        name, device = "cupy-tf32", "NVIDIA H100 80GB HBM3, TF32 GEMMs"
-
-    assert cli.device_description(Variant()) == Variant.device
-    from deltaprop import backends
-
-    assert cli.device_description(backends.get("numpy")).startswith("CPU (NumPy): ")
-
-
 def test_argparse_rejects_malformed_values(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--layers", "16,x"])

@@ -187,26 +187,19 @@ def cmd_cold_start(a) -> dict:
 
 # ---------------------------------------------------------------------------- the record
 def _versions() -> dict:
-    from importlib import metadata
+    from deltaprop import record
 
     out = {"python": platform.python_version()}
     for name in ("numpy", "numba", "numba-cuda", "cupy", "torch", "jax"):
-        for dist in ((name,) if name != "cupy" else ("cupy-cuda13x", "cupy-cuda12x", "cupy")):
-            try:
-                out[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                out[name] = None
+        out[name] = record.version(*((name,) if name != "cupy" else ("cupy-cuda13x", "cupy-cuda12x", "cupy")))
     return out
 
 
 def _device() -> dict:
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30)
-        name, driver = (x.strip() for x in done.stdout.splitlines()[0].split(","))
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        name, driver = platform.processor() or platform.machine(), None
+    from deltaprop import record
+
+    gpus = record.nvidia_smi("name", "driver_version")
+    name, driver = gpus[0] if gpus else (platform.processor() or platform.machine(), None)
     runtime = None
     try:
         import cupy
@@ -282,9 +275,9 @@ def cmd_assemble(a) -> dict:
         with open(path) as f:
             return json.load(f)
 
-    from deltaprop.cli import git_commit
+    from deltaprop import record
 
-    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), git_commit())
+    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), record.git_commit())
 
 
 def main(argv=None) -> int:

@@ -119,7 +119,9 @@ def probe_numba_cuda() -> Probe:
     except Exception as exc:  # e.g. a numba-cuda release that does not support the installed NumPy
         import numpy
 
-        versions = f"numba-cuda {_version('numba-cuda')} with NumPy {numpy.__version__}"
+        from ..record import version
+
+        versions = f"numba-cuda {version('numba-cuda') or '?'} with NumPy {numpy.__version__}"
         return Probe(None, f"numba-cuda could not compile and run a kernel ({versions}: {_first_line(exc)})", error=exc)
     return Probe(cuda, device=f"{name}, compute capability {cc[0]}.{cc[1]}")
 
@@ -176,15 +178,6 @@ def _run_numba_kernel(cuda):
     count[1, 32](out)
     if list(out.copy_to_host()) != [1.0, 2.0]:
         raise RuntimeError("a test kernel wrote wrong values")
-
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 def _no_driver_reason(exc: BaseException, driver_version=None):

@@ -12,7 +12,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
-from .. import backends
+from .. import backends, record
 from . import measure, suites
 from .measure import REFERENCE, SMALL, Net, progress
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
         progress("done")
 
-    info["load_average_at_end"] = measure._load()
+    info["load_average_at_end"] = record.load_average()
     from . import report
 
     os.makedirs(args.out, exist_ok=True)

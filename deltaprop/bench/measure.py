@@ -1,4 +1,4 @@
-"""What every suite shares: the nets, the data, the clock, and a description of the machine.
+"""What every suite shares: the nets, the data, the clock, and the record of the machine (``deltaprop.record``).
 
 Timing rules (README, "Benchmarks"): warm up first and report the first call on its own;
 wait for the device (``synchronize``) before reading the clock; repeat and report the
@@ -7,22 +7,14 @@ median with min and max; take every ratio from numbers of the same run.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
-import os
-import platform
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backends
-from ..cli import git_commit
+from .. import backends, record
 
 
 @dataclass(frozen=True)
@@ -162,70 +154,7 @@ def synthetic(n: int, n_test: int, seed: int = 0, learnable: bool = False):
 # --------------------------------------------------------------- machine
 def machine_info() -> dict:
     """The device, driver, CUDA and library versions, CPU model and cores, git commit and date of this run."""
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "load_average": _load(),  # other work on the machine distorts every timing: see it at the start and end
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {p: _version(p) for p in ("deltaprop", "numpy", "torch", "scikit-learn", "matplotlib",
-                                               "cupy-cuda12x", "cupy-cuda13x", "numba", "numba-cuda")},
-        "blas": _blas(),
-        "backends": {n: {"usable": a.usable, "detail": a.reason} for n, a in backends.available().items()},
-        "gpu": _nvidia_smi(),
-    }
-    return info
-
-
-def _load():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _blas():
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # older NumPy, or a build without the information
-        return None
-
-
-def _nvidia_smi():
-    """One line per GPU: name, driver, memory, max SM clock, and the CUDA version the driver supports."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    query = "--query-gpu=name,driver_version,memory.total,clocks.max.sm"
-    try:
-        out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        banner = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
-    suffix = f", CUDA {cuda.group(1)}" if cuda else ""
-    return [line.strip() + suffix for line in out.stdout.splitlines() if line.strip()] or None
+    return record.bench_record({n: {"usable": a.usable, "detail": a.reason} for n, a in backends.available().items()})
 
 
 # Datasheet FP32 and memory peaks (NVIDIA); a CPU has none here: its ceilings are measured.

@@ -40,6 +40,8 @@ LOSSES = {
     "bce": Loss("bce", ("sigmoid",), True),
     "perceptron": Loss("perceptron", ("identity", "step"), True),
 }
+# the losses that `deltaprop train` and `deltaprop compile` offer, and the output activation each pairs them with
+OUTPUT_FOR_LOSS = {"cross_entropy": "softmax", "mse": "sigmoid", "bce": "sigmoid"}
 
 
 def check_loss(name) -> Loss:

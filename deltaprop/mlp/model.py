@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 
@@ -17,6 +17,11 @@ from .. import backends, optim
 from .._files import atomic_write
 from .activations import ACTIVATIONS, check_activation
 from .arrays import NpzArrays, cast_finite, real_array
+from .checks import DTYPES, check_dtype
+from .checks import check_int as _check_int
+from .checks import check_layer_sizes as _check_layer_sizes
+from .checks import check_path as _file_path
+from .checks import check_real as _check_real
 from .losses import check_loss, encode_targets
 from .training import Buffers, History, Plan, Trainer
 
@@ -25,26 +30,6 @@ FORMAT_VERSION = 2  # 2: the optimizer and its state; version 1 files (SGD momen
 CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
 MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
 EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
-
-
-DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
-
-
-def check_dtype(dtype) -> np.dtype:
-    """The model dtype named by ``dtype``: the strings "float32" or "float64", np.float32 or np.float64, or
-    their np.dtype. Anything else, None and NumPy's aliases ("f4", "float", "single") included, is refused
-    by name: np.dtype() would turn some of them into float64 without a word."""
-    if isinstance(dtype, str):
-        found = DTYPES.get(dtype)
-    elif isinstance(dtype, np.dtype):
-        found = DTYPES.get(dtype.name) if dtype.isnative and dtype in DTYPES.values() else None
-    elif isinstance(dtype, type) and dtype in (np.float32, np.float64):
-        found = np.dtype(dtype)
-    else:
-        found = None
-    if found is None:
-        raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
-    return found
 
 
 class MLP:
@@ -530,25 +515,6 @@ class MLP:
 
 
 # ------------------------------------------------------------------ helpers
-def _check_layer_sizes(layer_sizes) -> tuple:
-    try:
-        sizes = list(layer_sizes)
-    except TypeError:
-        raise TypeError(f"layer_sizes: expected a list of layer widths, got {type(layer_sizes).__name__}") from None
-    if len(sizes) < 2:
-        raise ValueError(f"layer_sizes: need at least an input and an output size, got {sizes}")
-    for i, n in enumerate(sizes):
-        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
-            raise ValueError(f"layer_sizes: entry {i} must be a positive integer, got {n!r}")
-    return tuple(int(n) for n in sizes)
-
-
-def _file_path(path) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
-    return os.fspath(path)
-
-
 def _file_config(f: NpzArrays) -> dict:
     """The config of a model file, every entry checked for its type (the constructor checks the values)."""
     if "config" not in f.headers:
@@ -620,24 +586,6 @@ def _step_count(t: np.ndarray) -> np.ndarray:
     if int(t[0]) < 0:
         raise ValueError(f"t: a step count must be ≥ 0, got {int(t[0])}")
     return t
-
-
-def _check_int(value, argument: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{argument}: expected an integer, got {value!r}")
-    if value < lo:
-        raise ValueError(f"{argument}: must be ≥ {lo}, got {value}")
-    return int(value)
-
-
-def _check_real(value, argument: str, lo: float, hi: float | None = None, lo_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{argument}: expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value >= hi):
-        rng = f"{'>' if lo_open else '≥'} {lo}" + (f" and < {hi}" if hi is not None else "")
-        raise ValueError(f"{argument}: must be finite and {rng}, got {value}")
-    return value
 
 
 def _take_targets(t, idx):
