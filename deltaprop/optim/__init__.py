@@ -20,23 +20,10 @@ They are torch.optim's (SGD, Adam, AdamW, RMSprop without centering), which test
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
+from ..mlp.checks import check_real
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
-
-
-def _real(value, argument: str, lo: float, hi: float | None = None, lo_open: bool = False) -> float:
-    """A finite number in [lo, hi) ((lo, hi) with ``lo_open``), else TypeError or ValueError naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{argument}: expected a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value >= hi):
-        rng = f"{'>' if lo_open else '≥'} {lo}" + (f" and < {hi}" if hi is not None else "")
-        raise ValueError(f"{argument}: must be finite and {rng}, got {value}")
-    return value
 
 
 class Optimizer:
@@ -49,7 +36,7 @@ class Optimizer:
     defaults: dict = {}
 
     def __init__(self, **params):
-        self.lr = _real(params.pop("lr"), "lr", 0.0, lo_open=True)
+        self.lr = check_real(params.pop("lr"), "lr", 0.0, lo_open=True)
         self.params = params  # the checked hyperparameters other than lr
 
     @property
@@ -82,10 +69,10 @@ class SGD(Optimizer):
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         if not isinstance(nesterov, bool):
             raise TypeError(f"nesterov: expected True or False, got {nesterov!r}")
-        momentum = _real(momentum, "momentum", 0.0, 1.0)
+        momentum = check_real(momentum, "momentum", 0.0, 1.0)
         if nesterov and not momentum:
             raise ValueError("nesterov: needs momentum > 0")
-        super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=_real(weight_decay, "weight_decay", 0.0))
+        super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=check_real(weight_decay, "weight_decay", 0.0))
 
     @property
     def slots(self) -> tuple:
@@ -103,9 +90,9 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.0):
-        super().__init__(lr=lr, beta_1=_real(beta_1, "beta_1", 0.0, 1.0), beta_2=_real(beta_2, "beta_2", 0.0, 1.0),
-                         epsilon=_real(epsilon, "epsilon", 0.0, lo_open=True),
-                         weight_decay=_real(weight_decay, "weight_decay", 0.0))
+        super().__init__(lr=lr, beta_1=check_real(beta_1, "beta_1", 0.0, 1.0), beta_2=check_real(beta_2, "beta_2", 0.0, 1.0),
+                         epsilon=check_real(epsilon, "epsilon", 0.0, lo_open=True),
+                         weight_decay=check_real(weight_decay, "weight_decay", 0.0))
 
     @property
     def slots(self) -> tuple:
@@ -129,8 +116,8 @@ class RMSprop(Optimizer):
     name = family = "rmsprop"
 
     def __init__(self, lr=0.01, rho=0.9, epsilon=1e-8, momentum=0.0, weight_decay=0.0):
-        super().__init__(lr=lr, rho=_real(rho, "rho", 0.0, 1.0), epsilon=_real(epsilon, "epsilon", 0.0, lo_open=True),
-                         momentum=_real(momentum, "momentum", 0.0, 1.0), weight_decay=_real(weight_decay, "weight_decay", 0.0))
+        super().__init__(lr=lr, rho=check_real(rho, "rho", 0.0, 1.0), epsilon=check_real(epsilon, "epsilon", 0.0, lo_open=True),
+                         momentum=check_real(momentum, "momentum", 0.0, 1.0), weight_decay=check_real(weight_decay, "weight_decay", 0.0))
 
     @property
     def slots(self) -> tuple:
