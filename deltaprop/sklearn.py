@@ -3,9 +3,9 @@
 They take every constructor parameter of ``sklearn.neural_network``'s, with its meaning, plus
 ``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message. Training
-runs on the chosen backend one epoch at a time, so that scikit-learn's stopping rule (``tol``,
-``n_iter_no_change``; the validation *score* with ``early_stopping=True``, the training loss
-otherwise) decides when to stop. What differs from ``sklearn.neural_network``:
+is one ``MLP.fit`` on the chosen backend whose epoch callback applies scikit-learn's stopping rule
+(``tol``, ``n_iter_no_change``; the validation *score* with ``early_stopping=True``, the training
+loss otherwise), so the weights are bit for bit those of ``MLP.fit`` for as many epochs. What differs from ``sklearn.neural_network``:
 
 - Only ``solver="sgd"`` with ``learning_rate="constant"`` and plain (not Nesterov) momentum trains
   today; ``"adam"``, ``"lbfgs"``, ``"invscaling"``, ``"adaptive"`` and ``nesterovs_momentum=True``
@@ -275,21 +275,23 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch):
-        """scikit-learn's epoch loop (_fit_stochastic): one MLP.fit epoch at a time, its loss as scikit-learn
-        records it, then its stopping rule; ``state`` holds what carries over between calls."""
+        """scikit-learn's epoch loop (_fit_stochastic) over one MLP.fit: after each epoch its callback records the
+        loss as scikit-learn does and applies scikit-learn's stopping rule, and stops the fit by raising
+        _Stop; ``state`` holds what carries over between calls. One fit, so the data go to the device once
+        and the weights are bit for bit those of MLP.fit for as many epochs."""
         n = X.shape[0]
         steps = math.ceil(n / batch)
         alpha, tol, patience = params["alpha"], params["tol"], self.n_iter_no_change
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1  # scikit-learn averages over outputs
-        norm = _squared_norm(model) if alpha else 0.0
-        for _ in range(1 if incremental else params["max_iter"]):
-            history = model.fit(X, Y, epochs=1, batch_size=batch, shuffle=params["shuffle"], verbose=0, **optimizer)
+        norm = [_squared_norm(model) if alpha else 0.0]  # Σ‖W‖² at the start of the epoch
+
+        def after_epoch(epoch, history):
             penalty = 0.0
             if alpha:  # scikit-learn adds ½α‖W‖²/n for each step's weights; ‖W‖² is interpolated within the epoch
                 end = _squared_norm(model)
-                penalty = 0.5 * alpha * (steps * norm + (end - norm) * (steps - 1) / 2) / n
-                norm = end
-            loss = history.loss[0] / per_output + penalty
+                penalty = 0.5 * alpha * (steps * norm[0] + (end - norm[0]) * (steps - 1) / 2) / n
+                norm[0] = end
+            loss = history.loss[-1] / per_output + penalty
             state["n_iter"] += 1
             state["t"] += n
             state["loss"] = loss
@@ -319,16 +321,19 @@ class _BaseMLP(BaseEstimator):
                 if params["verbose"]:
                     what = "Validation score" if validation is not None else "Training loss"
                     print(f"{what} did not improve more than tol={tol:f} for {patience} consecutive epochs. Stopping.")
-                break
-            if incremental:
-                break
-            if state["n_iter"] == params["max_iter"]:
+                raise _Stop
+
+        epochs = 1 if incremental else params["max_iter"]
+        try:
+            model.fit(X, Y, epochs=epochs, batch_size=batch, shuffle=params["shuffle"], verbose=0, callback=after_epoch, **optimizer)
+            if not incremental:
                 warnings.warn(
-                    f"Stochastic Optimizer: Maximum iterations ({params['max_iter']}) reached and the optimization "
-                    "hasn't converged yet.",
+                    f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the optimization hasn't converged yet.",
                     ConvergenceWarning,
                     stacklevel=4,
                 )
+        except _Stop:
+            pass
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
 
@@ -480,6 +485,10 @@ class _BaseMLP(BaseEstimator):
                     f.write(state["model_"])
                 state["model_"] = MLP.load(path, backend=state.get("backend", "auto"))
         super().__setstate__(state)
+
+
+class _Stop(Exception):
+    """Raised by the epoch callback to end MLP.fit where scikit-learn's stopping rule ends training."""
 
 
 def _fresh_progress(model, early_stopping) -> dict:

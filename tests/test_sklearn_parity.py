@@ -165,8 +165,9 @@ def test_verbose_prints_scikit_learns_lines(capsys):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_one_epoch_at_a_time_is_bit_for_bit_one_fit_of_the_mlp(iris):
-    """The estimator drives MLP.fit one epoch at a time; without stopping that is the MLP's own multi-epoch fit."""
+def test_the_stopping_rule_over_one_mlp_fit_is_bit_for_bit_mlp_fit(iris):
+    """The estimator runs one MLP.fit whose epoch callback applies scikit-learn's rule: without stopping, that is
+    the MLP's own fit of max_iter epochs."""
     X, y = iris
     clf = MLPClassifier((8, 6), activation="tanh", alpha=1e-3, batch_size=32, learning_rate_init=0.05, momentum=0.9,
                         max_iter=25, n_iter_no_change=np.inf, random_state=4).fit(X, y)  # fmt: skip
@@ -177,6 +178,13 @@ def test_one_epoch_at_a_time_is_bit_for_bit_one_fit_of_the_mlp(iris):
         np.testing.assert_array_equal(b, c)
     assert clf.n_iter_ == 25 and net.epochs_trained == clf.model_.epochs_trained == 25
     assert np.all(np.array(clf.loss_curve_) > np.array(history.loss))  # the penalty term is added
+    # stopped by the rule (the epoch callback ends MLP.fit): the weights of MLP.fit for as many epochs
+    stopped = MLPClassifier((10,), tol=0.01, n_iter_no_change=2, max_iter=3000, random_state=1).fit(X_binary, y_binary)
+    assert stopped._no_improvement_count == 3 and stopped.n_iter_ < 3000
+    net = MLP([64, 10, 1], output_activation="sigmoid", loss="bce", dtype="float64", seed=stopped.model_.seed)
+    net.fit(X_binary, y_binary, epochs=stopped.n_iter_, batch_size=100, lr=0.001, momentum=0.9, weight_decay=1e-4 / 100)
+    for (W, _), a in zip(net.get_weights(), stopped.coefs_):
+        np.testing.assert_array_equal(W, a)
 
 
 # ------------------------------------------------------------- kinds of target
