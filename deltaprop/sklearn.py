@@ -1,21 +1,33 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
-They take scikit-learn's parameter names where deltaprop has the same thing, and train with
-deltaprop's SGD with momentum on the chosen backend (``backend``, ``dtype``). What differs from
-``sklearn.neural_network``:
+They take every constructor parameter of ``sklearn.neural_network``'s, with its meaning, plus
+``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
+(``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message. Training
+is one ``MLP.fit`` on the chosen backend whose epoch callback applies scikit-learn's stopping rule
+(``tol``, ``n_iter_no_change``; the validation *score* with ``early_stopping=True``, the training
+loss otherwise), so the weights are bit for bit those of ``MLP.fit`` for as many epochs. What differs from ``sklearn.neural_network``:
 
-- SGD with plain momentum only: no ``solver``, ``learning_rate`` schedule, Nesterov momentum,
-  ``tol`` or ``sample_weight``. Classes are one softmax output each (two for a binary problem);
-  multilabel targets are not supported.
+- Only ``solver="sgd"`` with ``learning_rate="constant"`` and plain (not Nesterov) momentum trains
+  today; ``"adam"``, ``"lbfgs"``, ``"invscaling"``, ``"adaptive"`` and ``nesterovs_momentum=True``
+  (with momentum > 0) are accepted as parameters and refused at fit by name, until deltaprop has its
+  optimizer seam. So the defaults are ``solver="sgd"`` and ``nesterovs_momentum=False`` where
+  scikit-learn's are ``"adam"`` and ``True``. ``beta_1``, ``beta_2``, ``epsilon``, ``power_t`` and
+  ``max_fun`` are validated but unused (they belong to the solvers that are not there yet).
+- ``MLPRegressor(loss="poisson")`` is refused (deltaprop has no exponential output).
+- No ``sample_weight``.
+- ``momentum`` must be < 1 (scikit-learn allows 1.0).
+- Weights start from deltaprop's initialisation (Glorot or He, normal), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: deltaprop's per-step weight decay is ``alpha / batch_size``,
-  which is the gradient ``α·W / batch`` scikit-learn adds. ``loss_curve_`` is the mean training loss
-  of each epoch, without the penalty term.
-- Stopping: the MLP layer's patience (``n_iter_no_change`` epochs) watches the *loss* and restores the
-  weights of the best epoch. With ``early_stopping=True`` it watches the validation loss on a
-  ``validation_fraction`` split (stratified for classifiers, as in scikit-learn), where scikit-learn
-  watches the validation score; ``validation_scores_`` still records that score (accuracy or R²) per
-  epoch. Without early stopping it watches the training loss. Any improvement counts (no ``tol``).
-  ``n_iter_no_change=np.inf`` never stops early (all ``max_iter`` epochs, the best weights kept).
+  the gradient ``α·W / batch`` scikit-learn adds, except on a smaller last batch (scikit-learn divides
+  by its rows). ``loss_curve_`` adds the penalty as scikit-learn does (``½·α·‖W‖² / n`` per step):
+  exact with one step an epoch; otherwise ‖W‖² at each step is interpolated between the epoch's
+  start and end.
+- With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
+  clears the momentum buffers (scikit-learn keeps its optimizer's).
+- A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged`` at once (scikit-learn
+  carries on with NaN validation scores and raises at the end).
+- Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
+  blocks of rows for prediction.
 - ``predict_proba`` and regression predictions are computed in ``dtype`` and returned as float64.
 
 scikit-learn (>= 1.6) is needed for this module only; ``import deltaprop`` does not import it.
@@ -23,19 +35,25 @@ scikit-learn (>= 1.6) is needed for this module only; ``import deltaprop`` does 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy import sparse
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin, RegressorMixin, clone
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
     from sklearn.model_selection import train_test_split
-    from sklearn.utils import check_random_state
-    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.preprocessing import label_binarize
+    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils._param_validation import Interval, Options, StrOptions
+    from sklearn.utils.metaestimators import available_if
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:  # validate_data is new in scikit-learn 1.6
     raise ImportError(
@@ -45,53 +63,111 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends
 from .mlp import MLP
-from .mlp.checks import check_activation, check_dtype, check_int, check_real
+from .mlp.activations import ACTIVATIONS
+from .mlp.checks import check_activation, check_dtype
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
 
 ACTIVATION_ALIASES = {"logistic": "sigmoid"}  # scikit-learn's name → deltaprop's
+HIDDEN_ACTIVATIONS = {"logistic", *(name for name, a in ACTIVATIONS.items() if a.hidden)}
 FEATURE_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
+SPARSE_DENSE_LIMIT = 1 << 30  # bytes: the largest sparse X that fit densifies (in the model's dtype)
+PREDICT_BLOCK_BYTES = 64 << 20  # bytes: sparse X is densified for prediction in blocks of rows this big
+
+# What each kind of target trains: (deltaprop output activation, loss, scikit-learn's out_activation_)
+OUTPUTS = {
+    "multiclass": ("softmax", "cross_entropy", "softmax"),
+    "binary": ("sigmoid", "bce", "logistic"),  # one logistic unit, as scikit-learn
+    "multilabel": ("sigmoid", "bce", "logistic"),
+    "regression": ("identity", "mse", "identity"),
+}
 
 
 class _BaseMLP(BaseEstimator):
-    """What the classifier and the regressor share: parameters, fit, partial_fit, pickling."""
+    """What the classifier and the regressor share: parameters, fit, the epoch loop, pickling."""
 
-    _output_activation = _loss = None  # set by the subclasses
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(HIDDEN_ACTIVATIONS), "array-like"],  # also one name per hidden layer
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="left")],  # scikit-learn: closed="both"
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "backend": "no_validation",  # checked by deltaprop.backends.select, by name
+        "dtype": "no_validation",  # checked by deltaprop's check_dtype
+    }
+
+    _classifier = False
 
     def __init__(
         self,
         hidden_layer_sizes=(100,),
         activation="relu",
         *,
+        solver="sgd",
         alpha=0.0001,
         batch_size="auto",
+        learning_rate="constant",
         learning_rate_init=0.001,
-        momentum=0.9,
+        power_t=0.5,
         max_iter=200,
         shuffle=True,
         random_state=None,
+        tol=1e-4,
         verbose=False,
         warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=False,
         early_stopping=False,
         validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
         n_iter_no_change=10,
+        max_fun=15000,
         backend="auto",
         dtype="float64",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
-        self.momentum = momentum
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
+        self.tol = tol
         self.verbose = verbose
         self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
 
@@ -110,25 +186,41 @@ class _BaseMLP(BaseEstimator):
         """The bias vectors b_l, as NumPy copies."""
         return [b for _, b in self._fitted_model().get_weights()]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def _check_solver(self) -> bool:
+        """partial_fit exists for the stochastic solvers only, as in scikit-learn."""
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not stochastic.")
+        return True
+
     # ----------------------------------------------------------- training
     def _fit(self, X, y, incremental, classes=None):
         """Check everything, train ``model_`` (a new MLP or the fitted one), then set the fitted attributes.
 
         Nothing on self changes until the MLP layer has trained; bad input raises before that.
         """
+        self._validate_params()  # scikit-learn's checks and messages, by _parameter_constraints
         params = self._checked_params(incremental)
         reuse = hasattr(self, "model_") and (incremental or self.warm_start)
         # validate_data records n_features_in_ / feature_names_in_ when reset: on a clone, copied on success.
         holder = self if reuse else clone(self)
         X, y = validate_data(
-            holder, X, y, reset=not reuse, dtype=(np.float64, np.float32), multi_output=self._multi_output, y_numeric=not self._classifier
-        )
+            holder, X, y, reset=not reuse, accept_sparse=("csr", "csc"), dtype=(np.float64, np.float32),
+            multi_output=True, y_numeric=not self._classifier,
+        )  # fmt: skip
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
         if self._classifier:
-            classes_, Y = self._encode_labels(y, classes, reuse, incremental)
-            n_out = len(classes_)
+            classes_, kind, Y = self._encode_labels(y, classes, reuse, incremental)
         else:
-            classes_, Y = None, np.asarray(y, np.float64)
-            n_out = 1 if Y.ndim == 1 else Y.shape[1]
+            classes_, kind, Y = None, "regression", np.asarray(y, np.float64)
+        n_out = Y.shape[1] if Y.ndim == 2 else (1 if kind in ("binary", "regression") else len(classes_))
+        output, loss, _ = OUTPUTS[kind]
+        X = _dense(X, params["dtype"])
         try:
             rng = check_random_state(self.random_state)
         except ValueError as exc:
@@ -136,39 +228,35 @@ class _BaseMLP(BaseEstimator):
         sizes = [X.shape[1], *params["hidden"], n_out]
         if reuse:
             model = self.model_
-            self._check_same_network(model, sizes, params)
+            self._check_same_network(model, sizes, params, output)
         else:
             model = MLP(
                 sizes,
                 activation=params["activation"],
-                output_activation=self._output_activation,
-                loss=self._loss,
+                output_activation=output,
+                loss=loss,
                 backend=self.backend,
                 dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
             )
 
         validation = None
-        if self.early_stopping and not incremental:
-            X, Xv, Y, Yv = self._split(X, Y, rng)
-            validation = (Xv, Yv)
-        batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], X.shape[0])
-        scores = []  # R² per epoch; a classifier's accuracy is in the History already
-        history = model.fit(
-            X,
-            Y,
-            epochs=1 if incremental else params["max_iter"],
-            batch_size=batch,
-            lr=params["learning_rate_init"],
-            momentum=params["momentum"],
-            weight_decay=params["alpha"] / batch,
-            validation_data=validation,
-            early_stopping=None if incremental else params["n_iter_no_change"],
-            shuffle=params["shuffle"],
-            verbose=int(params["verbose"]),
-            callback=None if validation is None or self._classifier else (lambda epoch, h: scores.append(model.score(*validation))),
-        )
-
+        if self.early_stopping:
+            X, Y, y, validation = self._split(X, Y, y, kind, classes_, rng)
+        n = X.shape[0]
+        batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], n)
+        if params["batch_size"] != "auto" and params["batch_size"] > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3)
+        optimizer = self._optimizer_args(params, batch)  # raises for a solver that is not there yet
+        if reuse and not incremental:
+            model.set_weights(model.get_weights())  # a new fit starts a new optimizer (no momentum), as scikit-learn
+        state = self._progress() if reuse else _fresh_progress(model, validation is not None)
+        state["n_iter"] = 0
+        try:
+            self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes_, incremental, batch)
+        finally:
+            if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
+                self._set_progress(state)
         # Trained: now the fitted attributes change, all together.
         if not reuse:
             for name in FEATURE_ATTRIBUTES:
@@ -176,88 +264,138 @@ class _BaseMLP(BaseEstimator):
                     setattr(self, name, getattr(holder, name))
                 elif hasattr(self, name):
                     delattr(self, name)
-            self.loss_curve_, self.n_iter_ = [], 0
-            self.validation_scores_ = [] if validation is not None else None
+            self._set_progress(state)
         self.model_ = model
         if classes_ is not None:
             self.classes_ = classes_
+        self._target_kind = kind
         self.n_outputs_ = n_out
-        self.loss_curve_ = self.loss_curve_ + list(history.loss)
-        self.n_iter_ += history.epochs
-        if validation is not None:
-            scores = list(history.val_accuracy) if self._classifier else scores
-            self.validation_scores_ = (self.validation_scores_ or []) + scores
-        if not incremental and not history.stopped_early:
-            warnings.warn(
-                f"max_iter: reached {params['max_iter']} epochs and the loss was still improving "
-                f"within the last n_iter_no_change={self.n_iter_no_change}; the model may not have converged",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        self.n_layers_ = len(sizes)
+        self.out_activation_ = OUTPUTS[kind][2]
         return self
 
-    def _checked_params(self, incremental) -> dict:
-        """The hyperparameters, checked; every error names the parameter (no state changes here)."""
-        sizes = self.hidden_layer_sizes
-        hidden = [sizes] if isinstance(sizes, Integral) and not isinstance(sizes, bool) else sizes
+    def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch):
+        """scikit-learn's epoch loop (_fit_stochastic) over one MLP.fit: after each epoch its callback records the
+        loss as scikit-learn does and applies scikit-learn's stopping rule, and stops the fit by raising
+        _Stop; ``state`` holds what carries over between calls. One fit, so the data go to the device once
+        and the weights are bit for bit those of MLP.fit for as many epochs."""
+        n = X.shape[0]
+        steps = math.ceil(n / batch)
+        alpha, tol, patience = params["alpha"], params["tol"], self.n_iter_no_change
+        per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1  # scikit-learn averages over outputs
+        norm = [_squared_norm(model) if alpha else 0.0]  # Σ‖W‖² at the start of the epoch
+
+        def after_epoch(epoch, history):
+            penalty = 0.0
+            if alpha:  # scikit-learn adds ½α‖W‖²/n for each step's weights; ‖W‖² is interpolated within the epoch
+                end = _squared_norm(model)
+                penalty = 0.5 * alpha * (steps * norm[0] + (end - norm[0]) * (steps - 1) / 2) / n
+                norm[0] = end
+            loss = history.loss[-1] / per_output + penalty
+            state["n_iter"] += 1
+            state["t"] += n
+            state["loss"] = loss
+            state["loss_curve"].append(loss)
+            if params["verbose"]:
+                print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
+            if validation is not None:
+                Xv, yv = validation
+                score = self._score_outputs(model.predict_proba(Xv).astype(np.float64), yv, kind, classes)
+                state["validation_scores"].append(score)
+                if params["verbose"]:
+                    print("Validation score: %f" % score)
+                if score < state["best_validation_score"] + tol:
+                    state["no_improvement"] += 1
+                else:
+                    state["no_improvement"] = 0
+                if score > state["best_validation_score"]:
+                    state["best_validation_score"] = score
+                    state["best_weights"] = model.get_weights()
+            else:
+                if loss > state["best_loss"] - tol:
+                    state["no_improvement"] += 1
+                else:
+                    state["no_improvement"] = 0
+                state["best_loss"] = min(state["best_loss"], loss)
+            if state["no_improvement"] > patience:
+                if params["verbose"]:
+                    what = "Validation score" if validation is not None else "Training loss"
+                    print(f"{what} did not improve more than tol={tol:f} for {patience} consecutive epochs. Stopping.")
+                raise _Stop
+
+        epochs = 1 if incremental else params["max_iter"]
         try:
-            hidden = list(hidden)
-        except TypeError:
-            raise TypeError(f"hidden_layer_sizes: expected an integer or a list of integers, got {sizes!r}") from None
+            model.fit(X, Y, epochs=epochs, batch_size=batch, shuffle=params["shuffle"], verbose=0, callback=after_epoch, **optimizer)
+            if not incremental:
+                warnings.warn(
+                    f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the optimization hasn't converged yet.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+        except _Stop:
+            pass
+        if validation is not None:  # the best epoch's weights, by validation score
+            model.set_weights(state["best_weights"])
+
+    def _optimizer_args(self, params, batch) -> dict:
+        """The MLP.fit arguments of the optimizer the parameters name: the one place where a solver is wired.
+
+        Until deltaprop's optimizer seam lands only SGD with constant learning rate and plain momentum
+        exists; the others are refused by name (before anything changes)."""
+        exists = "solver='sgd' with learning_rate='constant' and nesterovs_momentum=False (or momentum=0) is what exists"
+        if self.solver != "sgd":
+            raise ValueError(f"solver: {self.solver!r} is not available in deltaprop yet (it needs the optimizer seam); {exists}")
+        if self.learning_rate != "constant":
+            raise ValueError(f"learning_rate: {self.learning_rate!r} is not available in deltaprop yet; {exists}")
+        if self.nesterovs_momentum and params["momentum"]:
+            raise ValueError(f"nesterovs_momentum: Nesterov momentum is not available in deltaprop yet; {exists}")
+        return {"lr": params["learning_rate_init"], "momentum": params["momentum"], "weight_decay": params["alpha"] / batch}
+
+    def _checked_params(self, incremental) -> dict:
+        """The hyperparameters, after _validate_params: what deltaprop needs besides (no state changes here)."""
+        sizes = self.hidden_layer_sizes
+        hidden = [sizes] if isinstance(sizes, Integral) and not isinstance(sizes, bool) else list(sizes)
         for n in hidden:
             if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
                 raise ValueError(f"hidden_layer_sizes: every layer needs a positive integer width, got {sizes!r}")
-        names = [self.activation] * len(hidden) if isinstance(self.activation, str) else self.activation
-        try:
-            names = list(names)
-        except TypeError:
-            raise TypeError(f"activation: expected a name or a list of names, got {self.activation!r}") from None
+        names = [self.activation] * len(hidden) if isinstance(self.activation, str) else list(self.activation)
         if len(names) != len(hidden):
             raise ValueError(f"activation: got {len(names)} names for {len(hidden)} hidden layers")
-        activation = [check_activation(ACTIVATION_ALIASES.get(a, a) if isinstance(a, str) else a, "activation") for a in names]
-        batch_size = self.batch_size
-        if not (isinstance(batch_size, str) and batch_size == "auto"):
-            if isinstance(batch_size, str):
-                raise ValueError(f"batch_size: expected 'auto' or an integer ≥ 1, got {batch_size!r}")
-            batch_size = check_int(batch_size, "batch_size", 1)
-        if not isinstance(self.verbose, (bool, np.bool_)) and not (isinstance(self.verbose, Integral) and self.verbose >= 0):
-            raise TypeError(f"verbose: expected True, False or an integer ≥ 0, got {self.verbose!r}")
-        for name in ("shuffle", "warm_start", "early_stopping"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)) and getattr(self, name) not in (0, 1):
-                raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        for name in names:
+            if not isinstance(name, str) or name not in HIDDEN_ACTIVATIONS:
+                raise ValueError(f"activation: {name!r} is not a hidden-layer activation; choose from {sorted(HIDDEN_ACTIVATIONS)}")
+        activation = [check_activation(ACTIVATION_ALIASES.get(a, a), "activation") for a in names]
         if self.early_stopping and incremental:
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
-        max_iter = check_int(self.max_iter, "max_iter", 1)
-        # scikit-learn's range is [0, 1); 0 holds nothing out, which only early stopping needs
-        validation_fraction = check_real(self.validation_fraction, "validation_fraction", lo=0.0, hi=1.0)
-        if self.early_stopping and not validation_fraction:
+        if self.early_stopping and not self.validation_fraction:
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
+        if not self._classifier and self.loss != "squared_error":
+            raise ValueError(f"loss: {self.loss!r} is not available in deltaprop (no exponential output); 'squared_error' is")
         return {
             "hidden": [int(n) for n in hidden],
             "activation": activation,
-            "alpha": check_real(self.alpha, "alpha", lo=0.0),
-            "batch_size": batch_size,
-            "learning_rate_init": check_real(self.learning_rate_init, "learning_rate_init", lo=0.0, lo_open=True),
-            "momentum": check_real(self.momentum, "momentum", lo=0.0, hi=1.0),
-            "max_iter": max_iter,
-            "n_iter_no_change": _check_patience(self.n_iter_no_change, max_iter),
-            "validation_fraction": validation_fraction,
+            "alpha": float(self.alpha),
+            "batch_size": self.batch_size,
+            "learning_rate_init": float(self.learning_rate_init),
+            "momentum": float(self.momentum),
+            "max_iter": int(self.max_iter),
+            "tol": float(self.tol),
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
             "dtype": check_dtype(self.dtype),
         }
 
-    def _check_same_network(self, model, sizes, params) -> None:
+    def _check_same_network(self, model, sizes, params, output) -> None:
         """warm_start and partial_fit continue the fitted network: it must be the one the parameters describe."""
         if list(model.layer_sizes[1:-1]) != params["hidden"]:
             raise ValueError(
                 f"hidden_layer_sizes: {self.hidden_layer_sizes!r} differs from the fitted network's "
                 f"{tuple(model.layer_sizes[1:-1])}; set warm_start=False to start afresh"
             )
-        if model.layer_sizes[-1] != sizes[-1]:
+        if model.layer_sizes[-1] != sizes[-1] or model.output_activation != output:
             raise ValueError(
-                f"y: has {sizes[-1]} outputs but the fitted network has {model.layer_sizes[-1]}; "
-                "set warm_start=False to start afresh"
+                f"y: needs {sizes[-1]} {output} outputs but the fitted network has {model.layer_sizes[-1]} "
+                f"{model.output_activation} outputs; set warm_start=False to start afresh"
             )
         if list(model.activations[:-1]) != params["activation"]:
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
@@ -269,20 +407,45 @@ class _BaseMLP(BaseEstimator):
                 "set warm_start=False to start afresh"
             )
 
-    def _split(self, X, Y, rng):
-        """The early-stopping split, as scikit-learn makes it (stratified for classifiers)."""
+    def _split(self, X, Y, y, kind, classes, rng):
+        """The early-stopping split, as scikit-learn makes it: stratified on the binarized labels for a
+        classifier with one output (not for multilabel targets). Returns X, Y, y, (X_val, y_val)."""
+        stratify = label_binarize(y, classes=classes).astype(bool) if kind in ("binary", "multiclass") else None
         try:
-            X, Xv, Y, Yv = train_test_split(
-                X, Y, test_size=self.validation_fraction, random_state=rng, stratify=Y if self._classifier else None
-            )
+            X, Xv, Y, _, y, yv = train_test_split(X, Y, y, test_size=self.validation_fraction, random_state=rng, stratify=stratify)
         except ValueError as exc:
             raise ValueError(f"validation_fraction: cannot hold out {self.validation_fraction} of {X.shape[0]} samples: {exc}") from exc
         if Xv.shape[0] < 2:
             raise ValueError(
-                f"validation_fraction: {self.validation_fraction} of {X.shape[0] + Xv.shape[0]} samples "
-                f"leaves {Xv.shape[0]} for validation; early stopping needs at least 2"
+                f"validation_fraction: The validation set is too small: {self.validation_fraction} of "
+                f"{X.shape[0] + Xv.shape[0]} samples leaves {Xv.shape[0]} for validation; early stopping needs "
+                "at least 2. Increase 'validation_fraction' or the size of your dataset."
             )
-        return X, Xv, Y, Yv
+        return X, Y, y, (Xv, yv)
+
+    # ------------------------------------------------- progress between calls
+    def _progress(self) -> dict:
+        """What a continued fit carries over (scikit-learn keeps these across warm starts and partial_fit)."""
+        return {
+            "t": self.t_,
+            "loss": self.loss_,
+            "loss_curve": list(self.loss_curve_),
+            "validation_scores": list(self.validation_scores_ or []) if self.early_stopping else None,
+            "best_loss": self.best_loss_ if self.best_loss_ is not None else np.inf,
+            "best_validation_score": -np.inf if self.best_validation_score_ is None else self.best_validation_score_,
+            "best_weights": self._best_weights if self._best_weights is not None or not self.early_stopping else self.model_.get_weights(),
+            "no_improvement": self._no_improvement_count,
+        }
+
+    def _set_progress(self, state) -> None:
+        self.n_iter_, self.t_, self.loss_ = state["n_iter"], state["t"], state["loss"]
+        self.loss_curve_ = state["loss_curve"]
+        early = state["validation_scores"] is not None
+        self.validation_scores_ = state["validation_scores"]
+        self.best_loss_ = None if early else state["best_loss"]
+        self.best_validation_score_ = state["best_validation_score"] if early else None
+        self._best_weights = state["best_weights"]
+        self._no_improvement_count = state["no_improvement"]
 
     # ----------------------------------------------------------- inference
     def _fitted_model(self) -> MLP:
@@ -290,10 +453,15 @@ class _BaseMLP(BaseEstimator):
         return self.model_
 
     def _outputs(self, X) -> np.ndarray:
-        """The network's outputs z_L for X, as float64 (n, n_out)."""
+        """The network's outputs z_L for X, as float64 (n, n_out); sparse X is densified in blocks of rows."""
         model = self._fitted_model()
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return model.predict_proba(X).astype(np.float64)
+        X = validate_data(self, X, reset=False, accept_sparse=("csr", "csc"), dtype=(np.float64, np.float32))
+        if not sparse.issparse(X):
+            return model.predict_proba(X).astype(np.float64)
+        rows = max(1, PREDICT_BLOCK_BYTES // max(1, X.shape[1] * model.dtype.itemsize))
+        X = X.tocsr()
+        parts = [model.predict_proba(X[s : s + rows].toarray()).astype(np.float64) for s in range(0, X.shape[0], rows)]
+        return np.concatenate(parts) if parts else np.empty((0, model.layer_sizes[-1]))
 
     # ------------------------------------------------------------ pickling
     def __getstate__(self):
@@ -319,52 +487,117 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
 
 
-def _check_patience(value, max_iter) -> int:
-    """n_iter_no_change as the MLP layer's patience: an integer ≥ 1, or np.inf (never stop early, as in
-    scikit-learn), which is max_iter: more epochs than can pass without improvement in max_iter epochs."""
-    if isinstance(value, Real) and not isinstance(value, Integral):
-        if value == np.inf:
-            return max_iter
-        raise TypeError(f"n_iter_no_change: expected an integer ≥ 1 or np.inf, got {value!r}")
-    return check_int(value, "n_iter_no_change", 1)
+class _Stop(Exception):
+    """Raised by the epoch callback to end MLP.fit where scikit-learn's stopping rule ends training."""
+
+
+def _fresh_progress(model, early_stopping) -> dict:
+    """The progress of a first fit (scikit-learn's _initialize): the best weights start as the initial ones."""
+    return {
+        "t": 0,
+        "loss": None,
+        "loss_curve": [],
+        "validation_scores": [] if early_stopping else None,
+        "best_loss": np.inf,
+        "best_validation_score": -np.inf,
+        "best_weights": model.get_weights() if early_stopping else None,
+        "no_improvement": 0,
+    }
+
+
+def _squared_norm(model) -> float:
+    """Σ_l ‖W_l‖² (biases are not penalised), in float64."""
+    return float(sum(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)) for W, _ in model.get_weights()))
+
+
+def _dense(X, dtype):
+    """X as a dense array; a sparse X only up to SPARSE_DENSE_LIMIT bytes in ``dtype``, else refused by name."""
+    if not sparse.issparse(X):
+        return X
+    nbytes = X.shape[0] * X.shape[1] * np.dtype(dtype).itemsize
+    if nbytes > SPARSE_DENSE_LIMIT:
+        raise ValueError(
+            f"X: a sparse matrix of shape {X.shape} would take {nbytes / 2**30:.2f} GiB dense in {np.dtype(dtype).name}; "
+            f"deltaprop trains on dense arrays and densifies sparse input up to {SPARSE_DENSE_LIMIT / 2**30:g} GiB "
+            "(deltaprop.sklearn.SPARSE_DENSE_LIMIT); reduce the features or the samples"
+        )
+    return X.astype(dtype).toarray()
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """A multi-layer perceptron classifier trained by deltaprop: softmax outputs, cross-entropy loss.
+    """A multi-layer perceptron classifier trained by deltaprop.
 
-    Parameters as ``sklearn.neural_network.MLPClassifier`` where they exist (see the module
-    docstring for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy") and
-    ``dtype`` ("float32", "float64"). Fitted: ``classes_``, ``loss_curve_``, ``validation_scores_``
-    (accuracy per epoch, None without early stopping), ``n_iter_``, ``n_features_in_``,
-    ``n_outputs_``, ``model_`` (the ``deltaprop.MLP``), ``coefs_``, ``intercepts_``.
+    Softmax outputs and cross-entropy for several classes; one logistic output (bce) for two, with
+    ``predict_proba`` still of two columns; one logistic output per label for a 2-D 0/1 indicator y
+    (multilabel). Parameters as ``sklearn.neural_network.MLPClassifier`` (see the module docstring
+    for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy") and ``dtype``
+    ("float32", "float64"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
+    ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
+    ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).
     """
 
-    _output_activation, _loss = "softmax", "cross_entropy"
-    _classifier, _multi_output = True, False
+    _classifier = True
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y); ``classes`` (every label there will be) is needed on the first call."""
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict(self, X) -> np.ndarray:
         proba = self._outputs(X)  # checks that it is fitted
-        return self.classes_[np.argmax(proba, axis=1)]
+        kind = self._target_kind
+        if kind == "multilabel":
+            return (proba > 0.5).astype(np.intp)
+        return self.classes_[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
-        return self._outputs(X)
+        proba = self._outputs(X)
+        return np.column_stack([1 - proba[:, 0], proba[:, 0]]) if self._target_kind == "binary" else proba
 
     def predict_log_proba(self, X) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _score_outputs(self, proba, y, kind, classes) -> float:
+        """accuracy_score of the labels these outputs predict (scikit-learn's validation score)."""
+        if kind == "multilabel":
+            pred = (proba > 0.5).astype(np.intp)
+        else:
+            pred = classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
+        return float(accuracy_score(y, pred))
+
     def _encode_labels(self, y, classes, reuse, incremental):
-        """(classes_, y as indices into classes_); continuing, y may hold only the fitted classes."""
+        """(classes_, kind, targets for the MLP): labels become indices into classes_ (1-D), a 0/1 indicator
+        matrix stays one (multilabel). Continuing, y may hold only the fitted classes; warm_start, all of them."""
         check_classification_targets(y)
+        if y.ndim == 2:
+            if type_of_target(y) != "multilabel-indicator":
+                raise ValueError(
+                    f"y: a 2-D y must be a 0/1 indicator matrix (multilabel), got {type_of_target(y)!r}: "
+                    "Multioutput target data is not supported with label binarization"
+                )
+            known = np.arange(y.shape[1])
+            if reuse and self._target_kind != "multilabel":
+                raise ValueError("y: a multilabel indicator matrix, but the fitted network was trained on class labels")
+            return known, "multilabel", np.asarray(y, np.float64)
         if reuse:
             known = self.classes_
+            if self._target_kind == "multilabel":
+                raise ValueError("y: class labels, but the fitted network was trained on a multilabel indicator matrix")
             if classes is not None and not np.array_equal(np.unique(classes), known):
                 raise ValueError(f"classes: {np.unique(classes).tolist()} differs from the fitted classes_ {known.tolist()}")
+            if not incremental and not np.array_equal(np.unique(y), known):
+                raise ValueError(
+                    "y: warm_start can only be used where `y` has the same classes as in the previous call to fit. "
+                    f"Previously got {known}, `y` has {np.unique(y)}"
+                )
         elif incremental and classes is None:
             raise ValueError("classes: partial_fit needs, on its first call, every label there will be")
         else:
@@ -374,21 +607,79 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError(f"y: label {y[unseen][0].tolist()!r} is not among the classes {known.tolist()}")
         if len(known) < 2:
             raise ValueError(f"y: has 1 class ({known[0].tolist()!r}); a classifier needs samples of at least 2")
-        return known, np.searchsorted(known, y)
+        return known, "binary" if len(known) == 2 else "multiclass", np.searchsorted(known, y)
 
 
 class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
-    Parameters as ``sklearn.neural_network.MLPRegressor`` where they exist (see the module
-    docstring for the differences), plus ``backend`` and ``dtype``. Fitted: ``loss_curve_``,
-    ``validation_scores_`` (R² per epoch, None without early stopping), ``n_iter_``,
-    ``n_features_in_``, ``n_outputs_``, ``model_``, ``coefs_``, ``intercepts_``.
+    Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
+    module docstring for the differences), plus ``backend`` and ``dtype``. Fitted: as the classifier,
+    without ``classes_``; ``validation_scores_`` are R².
     """
 
-    _output_activation, _loss = "identity", "mse"
-    _classifier, _multi_output = False, True
+    _parameter_constraints: dict = {**_BaseMLP._parameter_constraints, "loss": [StrOptions({"squared_error", "poisson"})]}
 
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="sgd",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=False,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        backend="auto",
+        dtype="float64",
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            backend=backend,
+            dtype=dtype,
+        )
+        self.loss = loss
+
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y):
         """One epoch over (X, y), continuing the fitted network (or starting one)."""
         return self._fit(X, y, incremental=True)
@@ -397,3 +688,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         """(n_samples,) for one output, else (n_samples, n_outputs), as float64."""
         z = self._outputs(X)
         return z[:, 0] if z.shape[1] == 1 else z
+
+    def _score_outputs(self, z, y, kind, classes) -> float:
+        """r2_score of these outputs (scikit-learn's validation score)."""
+        return float(r2_score(y, z[:, 0] if z.shape[1] == 1 else z))

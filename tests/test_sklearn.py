@@ -87,11 +87,11 @@ def test_grid_search_picks_the_learning_rate_that_trains(iris):
 
 def test_cross_val_score_matches_a_hand_made_loop(regression):
     X, y = regression
-    est = MLPRegressor((16,), learning_rate_init=0.01, random_state=0)
+    est = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0)
     folds = KFold(4, shuffle=True, random_state=0)
     scores = cross_val_score(est, X, y, cv=folds)
     by_hand = [
-        MLPRegressor((16,), learning_rate_init=0.01, random_state=0).fit(X[tr], y[tr]).score(X[te], y[te])
+        MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=0.01, random_state=0).fit(X[tr], y[tr]).score(X[te], y[te])
         for tr, te in folds.split(X)
     ]
     np.testing.assert_allclose(scores, by_hand, rtol=1e-12)
@@ -101,19 +101,23 @@ def test_cross_val_score_matches_a_hand_made_loop(regression):
 # ------------------------------------------------------------- the mapping onto the MLP layer
 def test_training_matches_scikit_learns_sgd_step_for_step(regression):
     """alpha, learning_rate_init, momentum and batch_size mean what they mean in scikit-learn: from the
-    same weights, full-batch SGD with (non-Nesterov) momentum and an L2 penalty lands on the same weights."""
+    same weights, full-batch SGD with (non-Nesterov) momentum and an L2 penalty lands on the same weights,
+    and records the same loss curve, penalty term included. A warm-started fit starts a new optimizer
+    (no momentum) in both."""
     X, y = regression
-    settings = dict(hidden_layer_sizes=(5, 4), activation="tanh", alpha=0.5, learning_rate_init=0.01, momentum=0.9, batch_size=len(X), shuffle=False)
+    settings = dict(hidden_layer_sizes=(5, 4), activation="tanh", alpha=0.5, learning_rate_init=0.01, momentum=0.9,
+                    batch_size=len(X), shuffle=False, solver="sgd", nesterovs_momentum=False, tol=0.0)  # fmt: skip
     ours = MLPRegressor(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
-    theirs = skl.MLPRegressor(**settings, solver="sgd", nesterovs_momentum=False, learning_rate="constant", max_iter=1, warm_start=True, random_state=0)
+    theirs = skl.MLPRegressor(**settings, learning_rate="constant", max_iter=1, warm_start=True, random_state=0)
     theirs.fit(X, y)
     theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
-    ours.model_.set_weights(list(zip(ours.coefs_, ours.intercepts_)))  # fresh momentum, as scikit-learn's warm start
     ours.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
-    theirs.set_params(max_iter=20, n_iter_no_change=50, tol=0.0).fit(X, y)
+    theirs.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
     for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
         np.testing.assert_allclose(mine, sk, rtol=1e-9, atol=1e-12)
-    assert ours.n_iter_ == 21
+    np.testing.assert_allclose(ours.loss_curve_[1:], theirs.loss_curve_[1:], rtol=1e-10)
+    assert ours.n_iter_ == theirs.n_iter_ == 20 and len(ours.loss_curve_) == 21 and ours.t_ == theirs.t_ == 21 * len(X)
+    assert ours.loss_ == ours.loss_curve_[-1] and ours.best_loss_ == min(ours.loss_curve_)
 
 
 def test_predict_proba_columns_follow_classes_(rng):
@@ -137,7 +141,7 @@ def test_fitted_attributes(iris, regression):
     assert clf.n_features_in_ == 4 and clf.n_outputs_ == 3
     assert [W.shape for W in clf.coefs_] == [(4, 8), (8, 3)] and [b.shape for b in clf.intercepts_] == [(8,), (3,)]
     Xr, yr = regression
-    reg = MLPRegressor((8,), max_iter=15, random_state=0).fit(Xr, np.c_[yr, -yr])
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=15, random_state=0).fit(Xr, np.c_[yr, -yr])
     assert reg.n_outputs_ == 2 and reg.predict(Xr).shape == (len(Xr), 2)
 
 
@@ -145,7 +149,7 @@ def test_fitted_attributes(iris, regression):
 def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regression):
     X, y = iris if cls is MLPClassifier else regression
     X = StandardScaler().fit_transform(X)
-    est = cls((16,), learning_rate_init=0.1, early_stopping=True, n_iter_no_change=3, max_iter=2000, random_state=0)
+    est = cls(hidden_layer_sizes=(16,), learning_rate_init=0.1, early_stopping=True, n_iter_no_change=3, max_iter=2000, random_state=0)
     est.fit(X, y)
     assert est.n_iter_ < 2000 and len(est.validation_scores_) == est.n_iter_ == len(est.loss_curve_)
     # the score is accuracy or R², on the held-out 10%; the best weights (lowest validation loss) are kept
@@ -155,6 +159,8 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
 
 
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
+    """partial_fit continues the optimizer (its momentum): three calls are one fit of three epochs, bit for bit.
+    A warm-started fit starts a new optimizer, as in scikit-learn: the same as partial_fit without momentum."""
     X, y = iris
     X = StandardScaler().fit_transform(X)
     with pytest.raises(ValueError, match="classes: partial_fit needs"):
@@ -162,16 +168,23 @@ def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
     inc = MLPClassifier((8,), random_state=3)
     for _ in range(3):
         inc.partial_fit(X, y, classes=[0, 1, 2])
-    warm = MLPClassifier((8,), random_state=3, max_iter=1, warm_start=True)
-    for _ in range(3):
-        warm.fit(X, y)
-    assert inc.n_iter_ == warm.n_iter_ == 3 and len(inc.loss_curve_) == 3
-    np.testing.assert_array_equal(inc.loss_curve_, warm.loss_curve_)
-    for a, b in zip(inc.coefs_, warm.coefs_):
+    once = MLPClassifier((8,), random_state=3, max_iter=3, tol=0.0).fit(X, y)
+    assert inc.n_iter_ == 1 and once.n_iter_ == 3 and len(inc.loss_curve_) == 3 and inc.t_ == once.t_ == 3 * len(X)
+    np.testing.assert_array_equal(inc.loss_curve_, once.loss_curve_)
+    for a, b in zip(inc.coefs_, once.coefs_):
         np.testing.assert_array_equal(a, b)
+    for momentum, same in ((0.9, False), (0.0, True)):
+        inc = MLPClassifier((8,), random_state=3, momentum=momentum)
+        warm = MLPClassifier((8,), random_state=3, momentum=momentum, max_iter=1, warm_start=True)
+        for _ in range(3):
+            inc.partial_fit(X, y, classes=[0, 1, 2])
+            warm.fit(X, y)
+        assert np.array_equal(inc.coefs_[0], warm.coefs_[0]) == same, momentum
     inc.partial_fit(X[y < 2], y[y < 2])  # a batch need not hold every class
     with pytest.raises(ValueError, match="y: label 7 is not among the classes"):
         inc.partial_fit(X, np.where(y == 2, 7, y))
+    with pytest.raises(ValueError, match=r"warm_start can only be used where `y` has the same classes as in the previous call to fit\. Previously got \[0 1 2\], `y` has \[0 1\]"):
+        warm.fit(X[y < 2], y[y < 2])
     with pytest.raises(ValueError, match="early_stopping: partial_fit does not support"):
         MLPRegressor(early_stopping=True).partial_fit(X, y.astype(float))
 
@@ -181,7 +194,7 @@ def test_warm_start_continues_and_fit_without_it_starts_afresh(iris):
     clf = MLPClassifier((8,), max_iter=5, random_state=0, warm_start=True).fit(X, y)
     first = clf.coefs_
     clf.fit(X, y)
-    assert clf.n_iter_ == 10 and len(clf.loss_curve_) == 10
+    assert clf.n_iter_ == 5 and len(clf.loss_curve_) == 10  # n_iter_ counts this call's epochs, as scikit-learn
     assert not np.array_equal(first[0], clf.coefs_[0])
     clf.set_params(warm_start=False).fit(X, y)
     assert clf.n_iter_ == 5
@@ -248,16 +261,16 @@ def test_values_scikit_learn_accepts_are_accepted(cls, iris):
     sk = {MLPClassifier: skl.MLPClassifier, MLPRegressor: skl.MLPRegressor}[cls]
     for params in ({"n_iter_no_change": np.inf}, {"validation_fraction": 0.0}, {"n_iter_no_change": np.inf, "early_stopping": True}):
         sk(**params, max_iter=2)._validate_params()  # scikit-learn takes them
-    never = cls((8,), learning_rate_init=1e-5, n_iter_no_change=np.inf, max_iter=40, random_state=0).fit(X, y)
-    patient = cls((8,), learning_rate_init=1e-5, n_iter_no_change=40, max_iter=40, random_state=0).fit(X, y)
+    never = cls(hidden_layer_sizes=(8,), learning_rate_init=1e-5, n_iter_no_change=np.inf, max_iter=40, random_state=0).fit(X, y)
+    patient = cls(hidden_layer_sizes=(8,), learning_rate_init=1e-5, n_iter_no_change=40, max_iter=40, random_state=0).fit(X, y)
     assert never.n_iter_ == 40
     np.testing.assert_array_equal(never.coefs_[0], patient.coefs_[0])
     args = dict(learning_rate_init=0.1, early_stopping=True, max_iter=60, random_state=0)
-    assert cls((8,), n_iter_no_change=1, **args).fit(X, y).n_iter_ < 60  # these settings do stop early
-    kept = cls((8,), n_iter_no_change=np.inf, **args).fit(X, y)
+    assert cls(hidden_layer_sizes=(8,), n_iter_no_change=1, **args).fit(X, y).n_iter_ < 60  # these settings do stop early
+    kept = cls(hidden_layer_sizes=(8,), n_iter_no_change=np.inf, **args).fit(X, y)
     assert kept.n_iter_ == len(kept.validation_scores_) == 60
-    unused = cls((8,), validation_fraction=0.0, max_iter=3, random_state=0).fit(X, y)
-    np.testing.assert_array_equal(unused.coefs_[0], cls((8,), max_iter=3, random_state=0).fit(X, y).coefs_[0])
+    unused = cls(hidden_layer_sizes=(8,), validation_fraction=0.0, max_iter=3, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(unused.coefs_[0], cls(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y).coefs_[0])
     with pytest.raises(ValueError, match="validation_fraction: 0.0 holds out no validation data; early_stopping=True"):
         cls(validation_fraction=0.0, early_stopping=True).fit(X, y)
 
@@ -295,5 +308,5 @@ def test_without_scikit_learn_the_import_error_says_what_to_install():
 
 def test_convergence_warning_when_max_iter_runs_out(iris):
     X, y = iris
-    with pytest.warns(ConvergenceWarning, match="max_iter: reached 3 epochs"):
+    with pytest.warns(ConvergenceWarning, match=r"Stochastic Optimizer: Maximum iterations \(3\) reached"):
         MLPClassifier((4,), max_iter=3).fit(X, y)

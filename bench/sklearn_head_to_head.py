@@ -1,0 +1,201 @@
+"""deltaprop.sklearn.MLPClassifier against sklearn.neural_network.MLPClassifier, with the defaults, in one run.
+
+    python bench/sklearn_head_to_head.py     # writes bench/results/<date>-cpu-<n>core-sklearn.{json,md}
+
+Data, the same splits for every estimator: scikit-learn's digits (1,797 images / 16, a stratified
+80/20 split, random_state=0) and the MNIST images that exist here (tests/data/mnist_subset.npz:
+2,000 training and 500 test images / 255; the issue's 10,000 are not on this machine, and nothing is
+downloaded). Every estimator: hidden_layer_sizes=(100,), otherwise its defaults, on the CPU,
+float64, one fit per seed (--seeds).
+
+  deltaprop              deltaprop.sklearn's defaults: solver="sgd", nesterovs_momentum=False (it has no adam yet)
+  sklearn sgd            solver="sgd", nesterovs_momentum=False: the same rule as deltaprop's
+  sklearn sgd nesterov   solver="sgd": scikit-learn's own sgd default (Nesterov momentum)
+  sklearn adam           scikit-learn's real defaults (solver="adam")
+
+Reported per dataset and estimator: test accuracy, fit seconds (wall clock, the fit call alone) and
+epochs (n_iter_), the mean over seeds with every seed's figure. Then the cost of scikit-learn's
+stopping rule, applied by an epoch callback of the one MLP.fit the estimator runs (loss with its
+penalty term, the rule, the validation score): the estimator with n_iter_no_change=inf against a bare
+MLP.fit of as many epochs, same seed and weights (checked equal).
+The machine is shared: the load average is recorded at the start and the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HIDDEN = (100,)
+
+
+def datasets():
+    """{name: (X_train, y_train, X_test, y_test, note)}, float64 in [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.2, stratify=y, random_state=0)
+    out = {"digits": (Xtr, ytr, Xte, yte, "load_digits / 16, stratified 80/20 split, random_state=0")}
+    path = ROOT / "tests" / "data" / "mnist_subset.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            Xtr, ytr = f["x_train"].reshape(len(f["x_train"]), -1) / 255.0, f["y_train"].astype(np.int64)
+            Xte, yte = f["x_test"].reshape(len(f["x_test"]), -1) / 255.0, f["y_test"].astype(np.int64)
+        out["mnist-subset"] = (Xtr, ytr, Xte, yte, f"tests/data/mnist_subset.npz: {len(Xtr)} training, {len(Xte)} test images / 255 (not 10,000: not on this machine)")
+    return out
+
+
+def estimators(seed, max_iter):
+    """{label: a fresh estimator}, hidden layer 100, otherwise defaults."""
+    import sklearn.neural_network as skl
+
+    from deltaprop.sklearn import MLPClassifier
+
+    common = dict(hidden_layer_sizes=HIDDEN, random_state=seed, max_iter=max_iter)
+    return {
+        "deltaprop": MLPClassifier(**common, backend="numpy", dtype="float64"),
+        "sklearn sgd": skl.MLPClassifier(**common, solver="sgd", nesterovs_momentum=False),
+        "sklearn sgd nesterov": skl.MLPClassifier(**common, solver="sgd"),
+        "sklearn adam": skl.MLPClassifier(**common),
+    }
+
+
+def head_to_head(data, seeds, max_iter):
+    rows = []
+    for name, (Xtr, ytr, Xte, yte, _) in data.items():
+        for label in estimators(0, max_iter):
+            fits = []
+            for seed in seeds:
+                est = estimators(seed, max_iter)[label]
+                print(f"{name}: {label}, seed {seed}", file=sys.stderr, flush=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # ConvergenceWarning: recorded as epochs == max_iter
+                    start = time.perf_counter()
+                    est.fit(Xtr, ytr)
+                    seconds = time.perf_counter() - start
+                fits.append({"seed": seed, "accuracy": float(est.score(Xte, yte)), "seconds": seconds, "epochs": int(est.n_iter_)})
+            rows.append({
+                "dataset": name,
+                "estimator": label,
+                "accuracy": statistics.mean(f["accuracy"] for f in fits),
+                "seconds": statistics.mean(f["seconds"] for f in fits),
+                "epochs": statistics.mean(f["epochs"] for f in fits),
+                "fits": fits,
+            })  # fmt: skip
+    return rows
+
+
+def driving_cost(data, epochs, repeats=3):
+    """Seconds of the estimator (its stopping rule in an epoch callback) against a bare MLP.fit of as many epochs."""
+    from deltaprop import MLP
+    from deltaprop.sklearn import MLPClassifier
+
+    name = "mnist-subset" if "mnist-subset" in data else "digits"
+    Xtr, ytr = data[name][:2]
+    loop, once = [], []
+    for _ in range(repeats):
+        est = MLPClassifier(HIDDEN, max_iter=epochs, n_iter_no_change=np.inf, random_state=0, backend="numpy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            est.fit(Xtr, ytr)
+            loop.append(time.perf_counter() - start)
+        net = MLP([Xtr.shape[1], *HIDDEN, len(est.classes_)], dtype="float64", backend="numpy", seed=est.model_.seed)
+        start = time.perf_counter()
+        net.fit(Xtr, ytr, epochs=epochs, batch_size=200, lr=est.learning_rate_init, momentum=est.momentum, weight_decay=est.alpha / 200)
+        once.append(time.perf_counter() - start)
+        same = all(np.array_equal(W, c) for (W, _), c in zip(net.get_weights(), est.coefs_))
+        if not same:
+            raise SystemExit("error: the estimator and MLP.fit gave different weights")
+    loop_s, once_s = statistics.median(loop), statistics.median(once)
+    return {"dataset": name, "epochs": epochs, "repeats": repeats, "estimator_loop_s": loop_s, "mlp_fit_s": once_s,
+            "ratio": loop_s / once_s, "same_weights": True, "loop_all_s": loop, "mlp_fit_all_s": once}  # fmt: skip
+
+
+def markdown(record) -> str:
+    m = record["machine"]
+    lines = [
+        "# deltaprop.sklearn against scikit-learn: MLPClassifier, defaults, hidden layer 100",
+        "",
+        f"{m['date']}, commit {m['git']}. CPU: {m['cpu']}, {m['cores']} cores (shared with other work); "
+        f"scikit-learn {m['versions'].get('scikit-learn')}, numpy {m['versions'].get('numpy')}, BLAS {m['blas']}. "
+        f"Load average (1, 5, 15 min) {m['load_average']} at the start, {record['load_average_end']} at the end.",
+        "",
+        f"Seeds {record['seeds']}, max_iter {record['max_iter']}; figures are means over the seeds. deltaprop runs "
+        "solver='sgd' (it has no adam yet): compare it with 'sklearn sgd' (the same rule); 'sklearn adam' is "
+        "scikit-learn's real default, for reference.",
+        "",
+    ]
+    for name, note in record["datasets"].items():
+        lines += [f"## {name}", "", note, "", "| estimator | test accuracy | fit s | epochs | accuracy per seed |", "|---|---|---|---|---|"]
+        for r in (r for r in record["rows"] if r["dataset"] == name):
+            per = ", ".join(f"{f['accuracy']:.4f}" for f in r["fits"])
+            lines.append(f"| {r['estimator']} | {r['accuracy']:.4f} | {r['seconds']:.2f} | {r['epochs']:.1f} | {per} |")
+        by = {r["estimator"]: r for r in record["rows"] if r["dataset"] == name}
+        d, s, a = by["deltaprop"], by["sklearn sgd"], by["sklearn adam"]
+        lines += [
+            "",
+            f"deltaprop − sklearn sgd: {100 * (d['accuracy'] - s['accuracy']):+.2f} accuracy points, fit time × {d['seconds'] / s['seconds']:.2f}. "
+            f"deltaprop − sklearn adam: {100 * (d['accuracy'] - a['accuracy']):+.2f} points, × {d['seconds'] / a['seconds']:.2f}.",
+            "",
+        ]
+    c = record["driving_cost"]
+    lines += [
+        "## The cost of scikit-learn's stopping rule",
+        "",
+        f"{c['dataset']}, {c['epochs']} epochs, median of {c['repeats']}: the estimator (one MLP.fit, its epoch callback "
+        f"computing the loss with the penalty term and the rule) {c['estimator_loop_s']:.3f} s against a bare MLP.fit "
+        f"{c['mlp_fit_s']:.3f} s: "
+        f"× {c['ratio']:.3f}, with bit-identical weights.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="fits per estimator and dataset (seeds 0..N-1)")
+    parser.add_argument("--max-iter", type=int, default=200, help="max_iter of every estimator (scikit-learn's default 200)")
+    parser.add_argument("--cost-epochs", type=int, default=30, help="epochs of the driving-cost measurement")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if not args.out_dir.is_dir():
+        parser.error(f"--out-dir: {args.out_dir} is not a folder")
+    from deltaprop import record
+    from deltaprop.bench.measure import machine_info
+
+    machine = machine_info()
+    data = datasets()
+    seeds = list(range(args.seeds))
+    rows = head_to_head(data, seeds, args.max_iter)
+    cost = driving_cost(data, args.cost_epochs)
+    record = {
+        "machine": machine,
+        "seeds": seeds,
+        "max_iter": args.max_iter,
+        "hidden_layer_sizes": list(HIDDEN),
+        "datasets": {name: d[4] for name, d in data.items()},
+        "rows": rows,
+        "driving_cost": cost,
+        "load_average_end": record.load_average(),
+    }
+    stem = f"{datetime.date.today().isoformat()}-cpu-{os.cpu_count()}core-sklearn"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(markdown(record))
+    print(markdown(record))
+    print(f"wrote {args.out_dir / stem}.json and .md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""bench/sklearn_head_to_head.py: one short run writes its JSON and markdown with every estimator's figures."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "sklearn_head_to_head.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("sklearn_head_to_head", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_short_run_writes_both_files(tmp_path):
+    load_script().main(["--seeds", "1", "--max-iter", "2", "--cost-epochs", "2", "--out-dir", str(tmp_path)])
+    (json_file,) = tmp_path.glob("*-sklearn.json")
+    (md_file,) = tmp_path.glob("*-sklearn.md")
+    record = json.loads(json_file.read_text())
+    labels = {"deltaprop", "sklearn sgd", "sklearn sgd nesterov", "sklearn adam"}
+    for name in record["datasets"]:
+        rows = [r for r in record["rows"] if r["dataset"] == name]
+        assert {r["estimator"] for r in rows} == labels
+        assert all(r["epochs"] == 2 and 0 <= r["accuracy"] <= 1 and len(r["fits"]) == 1 for r in rows)
+    assert record["driving_cost"]["same_weights"] and record["machine"]["load_average"] is not None
+    text = md_file.read_text()
+    assert "deltaprop − sklearn sgd:" in text and "| sklearn adam |" in text
+
+
+def test_a_missing_output_folder_is_an_error(tmp_path):
+    with pytest.raises(SystemExit):
+        load_script().main(["--out-dir", str(tmp_path / "nowhere")])
