@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import __version__, backends, precompile, record
+from . import __version__, backends, optim, precompile, record
 from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
 from .backends import BackendUnavailable
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
@@ -37,8 +37,11 @@ DEFAULTS = {
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
-RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "lr",
-               "momentum", "weight_decay", "val_split", "early_stopping")
+RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
+               "lr_schedule", "val_split", "early_stopping")
+# the options of each optimizer, and the parameter each one sets (deltaprop.optim)
+OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
+                     "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
 
 
 class CLIError(Exception):
@@ -90,9 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (mnist default: 128)")
-    g.add_argument("--lr", type=float, help="learning rate (mnist default: 0.05)")
-    g.add_argument("--momentum", type=float, default=0.9, help="default: 0.9")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
+    g.add_argument("--optimizer", default="sgd", choices=sorted(optim.NAMES), help="default: sgd (with --momentum 0.9)")
+    g.add_argument("--lr", type=float, help="learning rate (default: mnist's 0.05 for sgd; the optimizer's otherwise: "
+                   "adam and adamw 0.001, rmsprop 0.01)")
+    g.add_argument("--lr-schedule", metavar="NAME[:K=V,...]",
+                   help=f"the rate per epoch: {', '.join(optim.schedules.NAMES)}, with parameters as in "
+                        "step:step_size=5,gamma=0.5 or cosine:epochs=10 (default: constant)")
+    g.add_argument("--momentum", type=float, help="sgd and rmsprop (default: 0.9 for sgd, 0 for rmsprop)")
+    g.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0; adamw: decoupled, 0.01)")
+    g.add_argument("--beta-1", type=float, help="adam, adamw (default: 0.9)")
+    g.add_argument("--beta-2", type=float, help="adam, adamw (default: 0.999)")
+    g.add_argument("--epsilon", type=float, help="adam, adamw, rmsprop (default: 1e-8)")
+    g.add_argument("--rho", type=float, help="rmsprop (default: 0.9)")
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
     g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}")
     g = t.add_argument_group("output")
@@ -206,8 +219,10 @@ def _settings(args) -> dict:
     """The run's settings, per-dataset defaults filled in and every value checked."""
     kind = "npz" if args.data else args.dataset
     for name, value in DEFAULTS[kind].items():
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and (name != "lr" or args.optimizer == "sgd"):  # the data set's rate is SGD's
             setattr(args, name, value)
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.9  # the reference configuration
     if args.data and args.dataset != "mnist":
         raise CLIError("--data and --dataset: give one or the other")
     if args.data_dir and (args.data or args.dataset != "mnist"):
@@ -219,13 +234,15 @@ def _settings(args) -> dict:
         raise CLIError(f"--early-stopping: must be ≥ 1, got {args.early_stopping}")
     if args.seed < 0:
         raise CLIError(f"--seed: must be ≥ 0, got {args.seed}")
-    checks = (("lr", args.lr > 0), ("momentum", 0 <= args.momentum < 1), ("weight_decay", args.weight_decay >= 0),
-              ("val_split", 0 <= args.val_split < 1))
-    for name, ok in checks:
+    rules = {"lr": (lambda v: v > 0, "> 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "weight_decay": (lambda v: v >= 0, "≥ 0"), "val_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "beta_1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta_2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+             "epsilon": (lambda v: v > 0, "> 0"), "rho": (lambda v: 0 <= v < 1, "in [0, 1)")}
+    for name, (ok, rule) in rules.items():
         value = getattr(args, name)
-        if not (ok and math.isfinite(value)):
-            rule = {"lr": "> 0", "momentum": "in [0, 1)", "weight_decay": "≥ 0", "val_split": "in [0, 1)"}[name]
+        if value is not None and not (math.isfinite(value) and ok(value)):
             raise CLIError(f"--{name.replace('_', '-')}: must be {rule}, got {value}")
+    opt, schedule = _optimizer(args), _schedule(args)
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
@@ -247,12 +264,50 @@ def _settings(args) -> dict:
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
+        "optimizer": opt.config(),
+        "lr_schedule": schedule.config(),
         "val_split": args.val_split,
         "early_stopping": args.early_stopping,
     }
+
+
+def _optimizer(args):
+    """The optimizer the options name, each option checked to be one of its parameters."""
+    params = {"lr": args.lr} if args.lr is not None else {}
+    for option, param in OPTIMIZER_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None or value is False:
+            continue
+        if param not in optim.NAMES[args.optimizer]().config():
+            raise CLIError(f"--{option.replace('_', '-')}: not an option of --optimizer {args.optimizer}")
+        params[param] = value
+    try:
+        return optim.get(args.optimizer, **params)
+    except (ValueError, TypeError) as exc:
+        name, _, rest = str(exc).partition(": ")
+        raise CLIError(f"--{name.replace('_', '-')}: {rest}") from None
+
+
+def _schedule(args):
+    """The schedule of --lr-schedule NAME[:K=V,...]."""
+    if not args.lr_schedule:
+        return optim.schedules.Constant()
+    name, _, rest = args.lr_schedule.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CLIError(f"--lr-schedule: expected NAME:KEY=VALUE,..., got {args.lr_schedule!r}")
+        try:
+            params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise CLIError(f"--lr-schedule: {key.strip()}={value!r} is not a number") from None
+    try:
+        return optim.schedules.get({"name": name.strip().lower(), **params})
+    except TypeError as exc:
+        raise CLIError(f"--lr-schedule: {name}: {exc}") from None
+    except ValueError as exc:
+        raise CLIError(f"--lr-schedule: {str(exc).removeprefix('lr_schedule: ')}") from None
 
 
 def _backend_source(args) -> str:
@@ -343,9 +398,16 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
                            "checkpoint; run without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
     model, saved, history, best = ckpt.read(backend=args.backend)
-    differ = [k for k in RESUME_KEYS if saved.get(k) != settings[k]]
+    differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
+    for k in RESUME_KEYS:
+        was, now = saved.get(k), settings[k]
+        if isinstance(was, dict) and isinstance(now, dict):
+            differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
+                       for i in dict.fromkeys([*was, *now]) if was.get(i) != now.get(i)]
+        elif was != now:
+            differ.append((k, was, now))
     if differ:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {settings[k]!r}" for k in differ)
+        detail = "; ".join(f"{k}: checkpoint {was!r}, now {now!r}" for k, was, now in differ)
         raise CLIError(f"--resume: the checkpoint in {ckpt.folder} was made with other settings ({detail})")
     settings["layer_sizes"] = saved["layer_sizes"]
     ckpt.remove_unnamed()  # what a kill left behind
@@ -400,8 +462,9 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
 
     validation = (data.X_val, data.y_val) if data.y_val is not None else None
     try:
-        model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"], lr=settings["lr"],
-                  momentum=settings["momentum"], weight_decay=settings["weight_decay"], validation_data=validation,
+        schedule = optim.schedules.get(settings["lr_schedule"]).resumed(prior["loss"])  # goes on where it stopped
+        model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"],
+                  optimizer=optim.from_config(settings["optimizer"]), lr_schedule=schedule, validation_data=validation,
                   callback=after_epoch)
     except _EarlyStop:
         pass

@@ -88,8 +88,13 @@ def test_xor_and_user_npz(tmp_path, capsys, rng):
     assert MLP.load(tmp_path / "own-model.npz").score(X[450:], y[450:]) > 0.85
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, monkeypatch):
-    common = ["train", "--data-dir", mnist_dir, "--epochs", 4, *SMALL, "--weight-decay", 1e-4]
+@pytest.mark.parametrize("optimizer", [
+    ["--weight-decay", 1e-4],
+    ["--optimizer", "adam", "--lr", 0.003, "--lr-schedule", "adaptive:patience=0,tol=0.5"],  # the rate falls every epoch
+    ["--optimizer", "rmsprop", "--momentum", 0.5, "--lr-schedule", "step:step_size=2,gamma=0.5"],
+], ids=["sgd", "adam-adaptive", "rmsprop-step"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, monkeypatch, optimizer):
+    common = ["train", "--data-dir", mnist_dir, "--epochs", 4, *SMALL, *optimizer]
     rc, _, err = run(capsys, *common, "--save", tmp_path / "straight.npz", "--metrics-out", tmp_path / "straight.json")
     assert rc == 0, err
 
@@ -312,6 +317,15 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--lr", "nan"], "--lr: must be > 0"),
     (["--momentum", "1"], "--momentum: must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay: must be ≥ 0"),
+    (["--optimizer", "adam", "--beta-1", "1.5"], "--beta-1: must be in [0, 1)"),
+    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum: not an option of --optimizer adam"),
+    (["--optimizer", "sgd", "--rho", "0.9"], "--rho: not an option of --optimizer sgd"),
+    (["--nesterov", "--momentum", "0"], "--nesterov: needs momentum > 0"),
+    (["--lr-schedule", "bogus"], "--lr-schedule: unknown schedule 'bogus'"),
+    (["--lr-schedule", "step:gamma"], "--lr-schedule: expected NAME:KEY=VALUE"),
+    (["--lr-schedule", "step:gamma=x"], "--lr-schedule: gamma='x' is not a number"),
+    (["--lr-schedule", "step:size=2"], "--lr-schedule: step:"),
+    (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be ≥ 0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
