@@ -49,7 +49,9 @@ def add_parser(sub) -> None:
     c.add_argument("--loss", default="cross_entropy", help="cross_entropy (softmax output), mse or bce (sigmoid); default: cross_entropy")
     c.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     c.add_argument("--batch-size", type=int, default=128, metavar="B", help="default: 128")
-    c.add_argument("--momentum", type=float, default=0.9, help="0 compiles the update without momentum (default: 0.9)")
+    c.add_argument("--optimizer", default="sgd", help="sgd (default), adam, adamw or rmsprop: the update's kernels")
+    c.add_argument("--momentum", type=float, default=0.9,
+                   help="sgd and rmsprop: 0 compiles the update without momentum (default: 0.9; not for adam)")
     c.add_argument("--samples", type=int, default=60000, metavar="N",
                    help="training samples before the validation split, which set the last batch (default: 60000)")
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
@@ -105,6 +107,12 @@ def _net(args) -> dict:
         raise CompileError(f"--val-split: must be in [0, 1), got {args.val_split}")
     if not (np.isfinite(args.momentum) and 0 <= args.momentum < 1):
         raise CompileError(f"--momentum: must be in [0, 1), got {args.momentum}")
+    from . import optim
+
+    if args.optimizer not in optim.NAMES:
+        raise CompileError(f"--optimizer: {args.optimizer!r} is not one of {', '.join(optim.NAMES)}")
+    takes_momentum = "momentum" in optim.NAMES[args.optimizer]().config()
+    opt = optim.get(args.optimizer, **({"momentum": args.momentum} if takes_momentum else {}))
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
@@ -117,13 +125,15 @@ def _net(args) -> dict:
     if args.samples - n_val < 1:
         raise CompileError(f"--samples: {args.samples} leave no training sample after --val-split {args.val_split}")
     return dict(sizes=sizes, activation=args.activation, output=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
-                dtype=args.dtype, batch_size=args.batch_size, momentum=args.momentum,
+                dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(),
                 train=args.samples - n_val, val=n_val, test=args.test_samples)
 
 
 def _describe(net: dict) -> str:
+    opt = ", ".join(f"{k} {v:g}" for k, v in net["optimizer"].items() if k not in ("name", "lr") and isinstance(v, float))
     return (f"{'-'.join(map(str, net['sizes']))} {net['activation']} {net['output']} + {net['loss']}, {net['dtype']}, "
-            f"batch {net['batch_size']}, momentum {net['momentum']:g}, {net['train']} + {net['val']} samples, "
+            f"batch {net['batch_size']}, {net['optimizer']['name']}{' (' + opt + ')' if opt else ''}, "
+            f"{net['train']} + {net['val']} samples, "
             f"{net['test']} evaluated")
 
 
@@ -234,18 +244,24 @@ def sweep(stand_in) -> list:
                     except ValueError:  # no elementwise derivative (softmax)
                         pass
                 stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
-                for momentum in (0.0, 0.9):
-                    stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0)
+                for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
+                    stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0, nesterov)
         stand_in.tilings, stand_in.wide_from = numba_gemm.GPU_TILES, numba_gemm.WIDE
         for loss in LOSSES.values():
             for act in loss.outputs:
                 stand_in.output_delta(S(B, N), S(B, N), S(B, N), act, loss.name, S(B, N))
             for rule in ACCURACY_RULES:
                 stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64))
+        t, pair = S(1, dt=np.int64), (S(K, N), S(N))
+        for decoupled in (False, True):
+            stand_in.adam_update(S(B, K), S(B, N), *pair, *pair, *pair, t, 0.1, 0.9, 0.999, 1e-8, 0.0, decoupled)
+        for momentum in (0.0, 0.9):
+            stand_in.rmsprop_update(S(B, K), S(B, N), *pair, *pair, *pair, 0.1, 0.9, 1e-8, momentum, 0.0)
+        stand_in.count_step(t)
         stand_in.gather(S(B, K), S(B, dt=np.int64), S(B, K))
         stand_in.all_finite([S(B, K)])
         net = dict(sizes=[K, 4, N], activation="relu", output="softmax", loss="cross_entropy", dtype=dtype.name,
-                   batch_size=B, momentum=0.9, train=2 * B + 1, val=3, test=4)
+                   batch_size=B, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=2 * B + 1, val=3, test=4)
         record(net, stand_in)  # the graph replay's window kernels, the fills of int64 and float64 buffers
     return list(stand_in.launched)
 
@@ -367,7 +383,9 @@ def record(net: dict, stand_in) -> list:
     dtype = np.dtype(net["dtype"])
     X, y = np.zeros((net["train"], n_in), dtype), np.arange(net["train"]) % n_out
     val = (np.zeros((net["val"], n_in), dtype), np.arange(net["val"]) % n_out) if net["val"] else None
-    model.fit(X, y, epochs=1, batch_size=net["batch_size"], lr=0.01, momentum=net["momentum"], validation_data=val)
+    from .optim import from_config
+
+    model.fit(X, y, epochs=1, batch_size=net["batch_size"], optimizer=from_config(net["optimizer"]), validation_data=val)
     if net["test"]:
         Xt, yt = np.zeros((net["test"], n_in), dtype), np.arange(net["test"]) % n_out
         model.evaluate(Xt, yt)

@@ -9,7 +9,7 @@ replay can get wrong (a graph replays its kernels with the arguments they were c
 import numpy as np
 import pytest
 
-from deltaprop import MLP
+from deltaprop import MLP, optim
 from deltaprop.backends.graphs import GraphSteps
 
 
@@ -28,7 +28,7 @@ def graph_backend(backend, monkeypatch):
 def fit_twice(backend, rng, **kw):
     """The same fit with graphs and with the Python loop: (model, history) of each."""
     X, y = rng.normal(size=(100, 6)), rng.integers(0, 3, 100)  # 6 steps of 16 and a tail of 4
-    kw = dict(epochs=3, batch_size=16, lr=0.05, **kw)
+    kw = dict(epochs=3, batch_size=16, **({} if "optimizer" in kw else {"lr": 0.05}), **kw)
     results = []
     for graphs in (True, False):
         backend.graphs = graphs
@@ -45,6 +45,34 @@ def test_replayed_steps_match_the_python_loop(graph_backend, rng, momentum, weig
         np.testing.assert_array_equal(W1, W2)
         np.testing.assert_array_equal(b1, b2)
     assert h1.loss == h2.loss and h1.accuracy == h2.accuracy  # the same sums, added in the same order
+
+
+@pytest.mark.parametrize("optimizer, schedule", [
+    (optim.Adam(lr=0.01), None),  # the step count advances on the device, inside the recording
+    (optim.RMSprop(lr=0.01, momentum=0.5), None),
+    (optim.SGD(lr=0.05, momentum=0.9, nesterov=True), "cosine"),
+    (optim.AdamW(lr=0.01), lambda e: 0.01 / (e + 1)),  # a new rate each epoch, read on the device
+], ids=["adam", "rmsprop", "sgd-nesterov-cosine", "adamw-callable"])
+def test_replayed_steps_match_the_python_loop_with_every_optimizer_and_a_changing_rate(graph_backend, rng, optimizer,
+                                                                                        schedule):
+    (graphed, h1), (plain, h2) = fit_twice(graph_backend, rng, optimizer=optimizer, lr_schedule=schedule)
+    assert graph_backend.capture_error is None
+    for (W1, b1), (W2, b2) in zip(graphed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    assert h1.loss == h2.loss
+
+
+def test_a_schedule_is_never_recorded_again(graph_backend, rng, monkeypatch):
+    """One recording per batch shape for the whole fit, though the rate changes every epoch."""
+    captures = []
+    capture = graph_backend._capture
+    monkeypatch.setattr(graph_backend, "_capture", lambda enqueue: captures.append(1) or capture(enqueue), raising=False)
+    graph_backend.graphs = True
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)  # steps of 16, 16 and a tail of 8
+    MLP([4, 5, 2], backend=graph_backend.name, seed=1).fit(X, y, epochs=4, batch_size=16, optimizer="adam",
+                                                         lr_schedule="exponential")
+    assert len(captures) == 2  # each batch shape once: the full batch at its second step, the tail in epoch 2
 
 
 def test_the_step_counter_moves_the_window(graph_backend, rng):

@@ -367,7 +367,7 @@ def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch):
 
     monkeypatch.setattr(type(sim), "_launch", spy)
     net = dict(sizes=[3, 9, 7, 2], activation="tanh", output="softmax", loss="cross_entropy", dtype="float64",
-               batch_size=8, momentum=0.9, train=37, val=5, test=11)
+               batch_size=8, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=37, val=5, test=11)
     stand_in = precompile.recorder(sim.multiprocessors)
     stand_in.tilings, stand_in.threads, stand_in.graphs = sim.tilings, sim.threads, sim.graphs
     recorded = precompile.record(net, stand_in)

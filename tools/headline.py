@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -134,7 +135,9 @@ def cmd_epochs(a) -> dict:
                 continue  # the headline has no tf32 row for the small net
             rows[backend] = deltaprop_epochs(backend, net, X, y, a.epochs)
             print(f"{net} {backend}: {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
-        if "torch_eager" in a.peers:
+        if "torch_eager" in a.peers and importlib.util.find_spec("torch") is None:
+            print(f"{net} torch_eager: not timed, PyTorch is not installed", flush=True)
+        elif "torch_eager" in a.peers:
             rows["torch_eager"] = torch_eager_epochs(net, X, y, a.epochs)
             print(f"{net} torch_eager: {rows['torch_eager']['epoch_s']:.4f} s per epoch", flush=True)
     for backend in a.accuracy:
