@@ -425,12 +425,14 @@ class _BaseMLP(BaseEstimator):
         # stochastic solvers' too): scipy gets the sum and that gradient, a consistent pair; loss_ is reported.
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1
         start = model.get_weights()
-        sizes = [(W.shape, b.shape) for W, b in start]
+        shapes = [W.shape for W, _ in start] + [b.shape for _, b in start]  # _pack's order: every W, then every b
 
-        def unpack(x):  # _pack's order: every W, then every b
-            ends = np.cumsum([math.prod(shape) for shape in [W for W, _ in sizes] + [b for _, b in sizes]])
-            parts = [x[end - math.prod(shape) : end].reshape(shape) for end, shape in zip(ends, [W for W, _ in sizes] + [b for _, b in sizes])]
-            return list(zip(parts[: len(sizes)], parts[len(sizes) :]))
+        def unpack(x):
+            parts, i = [], 0
+            for shape in shapes:
+                parts.append(x[i : i + math.prod(shape)].reshape(shape))
+                i += math.prod(shape)
+            return list(zip(parts[: len(start)], parts[len(start) :]))
 
         def penalty(weights) -> float:
             return 0.5 * alpha * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in weights) / n
