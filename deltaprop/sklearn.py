@@ -1,29 +1,49 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
-They take every constructor parameter of ``sklearn.neural_network``'s, with its meaning, plus
-``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
-(``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message. Training
-is one ``MLP.fit`` on the chosen backend whose epoch callback applies scikit-learn's stopping rule
-(``tol``, ``n_iter_no_change``; the validation *score* with ``early_stopping=True``, the training
-loss otherwise), so the weights are bit for bit those of ``MLP.fit`` for as many epochs. What differs from ``sklearn.neural_network``:
+They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
+plus ``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
+(``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
-- Only ``solver="sgd"`` with ``learning_rate="constant"`` and plain (not Nesterov) momentum trains
-  today; ``"adam"``, ``"lbfgs"``, ``"invscaling"``, ``"adaptive"`` and ``nesterovs_momentum=True``
-  (with momentum > 0) are accepted as parameters and refused at fit by name, until deltaprop has its
-  optimizer seam. So the defaults are ``solver="sgd"`` and ``nesterovs_momentum=False`` where
-  scikit-learn's are ``"adam"`` and ``True``. ``beta_1``, ``beta_2``, ``epsilon``, ``power_t`` and
-  ``max_fun`` are validated but unused (they belong to the solvers that are not there yet).
+- ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
+  ``deltaprop.optim.Adam`` (beta_1, beta_2, epsilon) or ``SGD`` (momentum, Nesterov's by default as in
+  scikit-learn), whose epoch callback applies scikit-learn's stopping rule (``tol``, ``n_iter_no_change``;
+  the validation *score* with ``early_stopping=True``, the training loss otherwise), so the weights are
+  bit for bit those of ``MLP.fit`` for as many epochs. ``learning_rate="invscaling"`` (power_t) and
+  ``"adaptive"`` (the rate divided by 5 where scikit-learn's rule would stop, until it is ≤ 1e-6) are
+  sgd's, as in scikit-learn.
+- ``solver="lbfgs"`` is scipy's L-BFGS-B (max_iter, max_fun, tol) on the full-batch loss and gradient
+  that the backend computes.
+
+What differs from ``sklearn.neural_network``:
+
+- Adam adds ``epsilon`` to √(s / (1 − β₂ᵗ)) (torch's placement), scikit-learn to √s: the same step but
+  for ε's weight. From the same weights, 20 epochs on iris differ by ~1e-5 (relative) in the weights with
+  the default ε = 1e-8, by ~1e-11 with ε = 1e-14.
+- The momentum's form: scikit-learn keeps v ← μ·v − η·g, p ← p + v; deltaprop v ← μ·v + g, p ← p − η·v
+  (Nesterov: p ← p − η·(g + μ·v)). The same steps for a constant rate; when ``invscaling`` or
+  ``adaptive`` changes the rate, deltaprop applies the new rate to the whole velocity at once where
+  scikit-learn's velocity keeps the steps taken at the old rate, so with momentum > 0 the two part after
+  the first change (invscaling's first is after epoch 1, by a factor (n + 1)^power_t). Without momentum
+  they are the same.
 - ``MLPRegressor(loss="poisson")`` is refused (deltaprop has no exponential output).
 - No ``sample_weight``.
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
 - Weights start from deltaprop's initialisation (Glorot or He, normal), not scikit-learn's uniform one.
-- ``alpha`` is scikit-learn's L2 penalty: deltaprop's per-step weight decay is ``alpha / batch_size``,
-  the gradient ``α·W / batch`` scikit-learn adds, except on a smaller last batch (scikit-learn divides
-  by its rows). ``loss_curve_`` adds the penalty as scikit-learn does (``½·α·‖W‖² / n`` per step):
-  exact with one step an epoch; otherwise ‖W‖² at each step is interpolated between the epoch's
-  start and end.
+- ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
+  gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn
+  adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
+  penalty as scikit-learn does (``½·α·‖W‖² / n`` per step): exact with one step an epoch; otherwise ‖W‖²
+  at each step is interpolated between the epoch's start and end.
 - With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
-  clears the momentum buffers (scikit-learn keeps its optimizer's).
+  resets the optimizer's state (scikit-learn keeps its optimizer's, which only a later ``partial_fit``
+  would continue).
+- lbfgs, multi-output regression: scikit-learn hands scipy the squared error averaged over the outputs
+  with the gradient of their sum; deltaprop hands it the sum with that gradient (a consistent pair, the
+  same gradient), and reports ``loss_`` averaged as scikit-learn does. With one output they are the same.
+- After an lbfgs fit the stochastic solvers' attributes (``loss_curve_``, ``best_loss_``,
+  ``validation_scores_``, ``best_validation_score_``) are absent, also after an earlier stochastic fit
+  (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
+  curve (scikit-learn raises AttributeError).
 - A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged`` at once (scikit-learn
   carries on with NaN validation scores and raises at the end).
 - Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
@@ -42,6 +62,8 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+import scipy
+import scipy.optimize
 from scipy import sparse
 
 try:
@@ -61,7 +83,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
         f"({exc}); install it with: pip install 'scikit-learn>=1.6'"
     ) from exc
 
-from . import backends
+from . import backends, optim
 from .mlp import MLP
 from .mlp.activations import ACTIVATIONS
 from .mlp.checks import check_activation, check_dtype
@@ -71,7 +93,14 @@ __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
 ACTIVATION_ALIASES = {"logistic": "sigmoid"}  # scikit-learn's name → deltaprop's
 HIDDEN_ACTIVATIONS = {"logistic", *(name for name, a in ACTIVATIONS.items() if a.hidden)}
 FEATURE_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
+# what only the stochastic solvers set (an lbfgs fit has none of them, as in scikit-learn)
+STOCHASTIC_ATTRIBUTES = ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_", "_best_weights",
+                         "_no_improvement_count", "_learning_rate")
 SPARSE_DENSE_LIMIT = 1 << 30  # bytes: the largest sparse X that fit densifies (in the model's dtype)
+NON_FINITE_WEIGHTS = (
+    "Solver produced non-finite parameter weights. The input data may contain large values and need to be preprocessed."
+)  # scikit-learn's words
+SCIPY_IGNORES_IPRINT = tuple(int(part) for part in scipy.__version__.split(".")[:2]) >= (1, 15)
 PREDICT_BLOCK_BYTES = 64 << 20  # bytes: sparse X is densified for prediction in blocks of rows this big
 
 # What each kind of target trains: (deltaprop output activation, loss, scikit-learn's out_activation_)
@@ -121,7 +150,7 @@ class _BaseMLP(BaseEstimator):
         hidden_layer_sizes=(100,),
         activation="relu",
         *,
-        solver="sgd",
+        solver="adam",
         alpha=0.0001,
         batch_size="auto",
         learning_rate="constant",
@@ -134,7 +163,7 @@ class _BaseMLP(BaseEstimator):
         verbose=False,
         warm_start=False,
         momentum=0.9,
-        nesterovs_momentum=False,
+        nesterovs_momentum=True,
         early_stopping=False,
         validation_fraction=0.1,
         beta_1=0.9,
@@ -240,23 +269,10 @@ class _BaseMLP(BaseEstimator):
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
             )
 
-        validation = None
-        if self.early_stopping:
-            X, Y, y, validation = self._split(X, Y, y, kind, classes_, rng)
-        n = X.shape[0]
-        batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], n)
-        if params["batch_size"] != "auto" and params["batch_size"] > n:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3)
-        optimizer = self._optimizer_args(params, batch)  # raises for a solver that is not there yet
-        if reuse and not incremental:
-            model.set_weights(model.get_weights())  # a new fit starts a new optimizer (no momentum), as scikit-learn
-        state = self._progress() if reuse else _fresh_progress(model, validation is not None)
-        state["n_iter"] = 0
-        try:
-            self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes_, incremental, batch)
-        finally:
-            if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
-                self._set_progress(state)
+        if self.solver == "lbfgs":
+            state = self._fit_lbfgs(model, X, Y, params, kind, reuse)
+        else:
+            state = self._fit_stochastic(model, X, Y, y, params, kind, classes_, incremental, reuse, rng)
         # Trained: now the fitted attributes change, all together.
         if not reuse:
             for name in FEATURE_ATTRIBUTES:
@@ -264,6 +280,7 @@ class _BaseMLP(BaseEstimator):
                     setattr(self, name, getattr(holder, name))
                 elif hasattr(self, name):
                     delattr(self, name)
+        if not reuse or self.solver == "lbfgs":
             self._set_progress(state)
         self.model_ = model
         if classes_ is not None:
@@ -273,6 +290,30 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(sizes)
         self.out_activation_ = OUTPUTS[kind][2]
         return self
+
+    def _fit_stochastic(self, model, X, Y, y, params, kind, classes, incremental, reuse, rng) -> dict:
+        """sgd and adam: the early-stopping split, the batch size, the optimizer, then the epochs. Returns the
+        progress to record (on failure, a continued fit records what its network did before raising)."""
+        validation = None
+        if self.early_stopping:
+            X, Y, y, validation = self._split(X, Y, y, kind, classes, rng)
+        n = X.shape[0]
+        batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], n)
+        if params["batch_size"] != "auto" and params["batch_size"] > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=4)
+        state = self._progress() if reuse else _fresh_progress(model, validation is not None)
+        state["n_iter"] = 0
+        if not incremental or state["lr"] is None:  # a new optimizer starts at learning_rate_init (scikit-learn's)
+            state["lr"] = params["learning_rate_init"]
+        optimizer = self._optimizer_args(params, batch, state)
+        if reuse and not incremental:
+            model.set_weights(model.get_weights())  # a new fit starts a new optimizer (no momentum), as scikit-learn
+        try:
+            self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch)
+        finally:
+            if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
+                self._set_progress(state)
+        return state
 
     def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch):
         """scikit-learn's epoch loop (_fit_stochastic) over one MLP.fit: after each epoch its callback records the
@@ -284,6 +325,8 @@ class _BaseMLP(BaseEstimator):
         alpha, tol, patience = params["alpha"], params["tol"], self.n_iter_no_change
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1  # scikit-learn averages over outputs
         norm = [_squared_norm(model) if alpha else 0.0]  # Σ‖W‖² at the start of the epoch
+        invscaling = self.solver == "sgd" and self.learning_rate == "invscaling"
+        adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
 
         def after_epoch(epoch, history):
             penalty = 0.0
@@ -317,11 +360,23 @@ class _BaseMLP(BaseEstimator):
                 else:
                     state["no_improvement"] = 0
                 state["best_loss"] = min(state["best_loss"], loss)
-            if state["no_improvement"] > patience:
+            if invscaling:  # scikit-learn's iteration_ends: the rate of the next epoch, from the samples seen
+                state["lr"] = params["learning_rate_init"] / (state["t"] + 1) ** params["power_t"]
+            if state["no_improvement"] > patience:  # scikit-learn's trigger_stopping
+                what = "Validation score" if validation is not None else "Training loss"
+                msg = f"{what} did not improve more than tol={tol:f} for {patience} consecutive epochs."
+                if not adaptive:
+                    if params["verbose"]:
+                        print(msg + " Stopping.")
+                    raise _Stop
+                if state["lr"] <= 1e-6:
+                    if params["verbose"]:
+                        print(msg + " Learning rate too small. Stopping.")
+                    raise _Stop
+                state["lr"] /= 5.0  # the next epoch's rate (the schedule reads it)
+                state["no_improvement"] = 0
                 if params["verbose"]:
-                    what = "Validation score" if validation is not None else "Training loss"
-                    print(f"{what} did not improve more than tol={tol:f} for {patience} consecutive epochs. Stopping.")
-                raise _Stop
+                    print(msg + " Setting learning rate to %f" % state["lr"])
 
         epochs = 1 if incremental else params["max_iter"]
         try:
@@ -330,26 +385,88 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(
                     f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the optimization hasn't converged yet.",
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         except _Stop:
             pass
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
 
-    def _optimizer_args(self, params, batch) -> dict:
-        """The MLP.fit arguments of the optimizer the parameters name: the one place where a solver is wired.
+    def _optimizer_args(self, params, batch, state) -> dict:
+        """The MLP.fit arguments of the stochastic solver the parameters name: the one place where one is wired.
 
-        Until deltaprop's optimizer seam lands only SGD with constant learning rate and plain momentum
-        exists; the others are refused by name (before anything changes)."""
-        exists = "solver='sgd' with learning_rate='constant' and nesterovs_momentum=False (or momentum=0) is what exists"
-        if self.solver != "sgd":
-            raise ValueError(f"solver: {self.solver!r} is not available in deltaprop yet (it needs the optimizer seam); {exists}")
-        if self.learning_rate != "constant":
-            raise ValueError(f"learning_rate: {self.learning_rate!r} is not available in deltaprop yet; {exists}")
-        if self.nesterovs_momentum and params["momentum"]:
-            raise ValueError(f"nesterovs_momentum: Nesterov momentum is not available in deltaprop yet; {exists}")
-        return {"lr": params["learning_rate_init"], "momentum": params["momentum"], "weight_decay": params["alpha"] / batch}
+        alpha is scikit-learn's L2 penalty: its gradient α·W/batch is deltaprop's coupled weight decay α/batch
+        (the rule's g ← g + λ·W), for Adam as for SGD. learning_rate="invscaling" or "adaptive" (sgd only, as in
+        scikit-learn, whose Adam ignores learning_rate) is a schedule that reads the rate the epoch callback
+        sets in ``state`` (scikit-learn's iteration_ends and trigger_stopping): scikit-learn counts the
+        invscaling rate from the samples seen over every call (t_), and an adaptive rate carries over
+        partial_fit calls, which deltaprop's own InvScaling and Adaptive (counted from each fit) do not."""
+        decay = params["alpha"] / batch
+        lr = params["learning_rate_init"]
+        if self.solver == "adam":
+            # scikit-learn's Adam adds ε to √s, deltaprop's (torch's placement) to √(s / (1 − β₂ᵗ)): the same
+            # step but for ε, which weighs √(1 − β₂ᵗ) times less in scikit-learn's (and the same for large t).
+            opt = optim.Adam(lr, beta_1=float(self.beta_1), beta_2=float(self.beta_2), epsilon=float(self.epsilon), weight_decay=decay)
+            return {"optimizer": opt}
+        momentum = params["momentum"]
+        opt = optim.SGD(lr, momentum=momentum, nesterov=bool(self.nesterovs_momentum) and momentum > 0, weight_decay=decay)
+        if self.learning_rate == "constant":
+            return {"optimizer": opt}
+        return {"optimizer": opt, "lr_schedule": lambda epoch: state["lr"]}
+
+    def _fit_lbfgs(self, model, X, Y, params, kind, reuse) -> dict:
+        """scikit-learn's _fit_lbfgs: scipy's L-BFGS-B (maxfun=max_fun, maxiter=max_iter, gtol=tol) on the full
+        batch, from the network's weights. The loss and gradient at the weights scipy asks about are the
+        backend's (MLP.evaluate and MLP.gradients), plus scikit-learn's penalty ½·α·Σ‖W‖²/n and its gradient
+        α·W/n. Returns the progress: n_iter_, loss_ (with the penalty), t_ (unchanged, as scikit-learn)."""
+        n, alpha = X.shape[0], params["alpha"]
+        X = np.ascontiguousarray(X, dtype=model.dtype)  # cast once, not at every evaluation
+        # scikit-learn reports the squared error averaged over the outputs, with the gradient of its sum (the
+        # stochastic solvers' too): scipy gets the sum and that gradient, a consistent pair; loss_ is reported.
+        per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1
+        start = model.get_weights()
+        shapes = [W.shape for W, _ in start] + [b.shape for _, b in start]  # _pack's order: every W, then every b
+
+        def unpack(x):
+            parts, i = [], 0
+            for shape in shapes:
+                parts.append(x[i : i + math.prod(shape)].reshape(shape))
+                i += math.prod(shape)
+            return list(zip(parts[: len(start)], parts[len(start) :]))
+
+        def penalty(weights) -> float:
+            return 0.5 * alpha * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in weights) / n
+
+        def loss_grad(x):
+            if not np.all(np.isfinite(x)):
+                raise ValueError(NON_FINITE_WEIGHTS)
+            weights = unpack(x)
+            model.set_weights(weights)
+            loss = model.evaluate(X, Y)["loss"] + penalty(weights)
+            grads = [(dW.astype(np.float64) + (alpha / n) * W, db.astype(np.float64)) for (dW, db), (W, _) in zip(model.gradients(X, Y), weights)]
+            return loss, _pack(grads)
+
+        options = {"maxfun": self.max_fun, "maxiter": params["max_iter"], "gtol": params["tol"]}
+        if not SCIPY_IGNORES_IPRINT:  # scipy >= 1.15 ignores iprint (and warns from 1.16): scikit-learn passes it before
+            options["iprint"] = 1 if params["verbose"] else -1
+        try:
+            result = scipy.optimize.minimize(loss_grad, _pack(start), method="L-BFGS-B", jac=True, options=options)
+            if not np.all(np.isfinite(result.x)):
+                raise ValueError(NON_FINITE_WEIGHTS)
+            weights = unpack(result.x)
+            model.set_weights(weights)
+        except BaseException:
+            model.set_weights(start)  # a failed fit leaves the network as it was
+            raise
+        n_iter = min(result.nit, params["max_iter"])
+        if result.status != 0:  # scikit-learn's _check_optimize_result, word for word
+            message = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
+            if n_iter == params["max_iter"]:
+                message += f"\nIncrease the number of iterations to improve the convergence (max_iter={params['max_iter']})."
+            message += "\nYou might also want to scale the data as shown in:\n    https://scikit-learn.org/stable/modules/preprocessing.html"
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
+        loss = penalty(weights) + (float(result.fun) - penalty(weights)) / per_output
+        return {"n_iter": n_iter, "t": self.t_ if reuse else 0, "loss": loss, "loss_curve": None}
 
     def _checked_params(self, incremental) -> dict:
         """The hyperparameters, after _validate_params: what deltaprop needs besides (no state changes here)."""
@@ -367,7 +484,7 @@ class _BaseMLP(BaseEstimator):
         activation = [check_activation(ACTIVATION_ALIASES.get(a, a), "activation") for a in names]
         if self.early_stopping and incremental:
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
-        if self.early_stopping and not self.validation_fraction:
+        if self.early_stopping and not self.validation_fraction and self.solver != "lbfgs":
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
         if not self._classifier and self.loss != "squared_error":
             raise ValueError(f"loss: {self.loss!r} is not available in deltaprop (no exponential output); 'squared_error' is")
@@ -377,6 +494,7 @@ class _BaseMLP(BaseEstimator):
             "alpha": float(self.alpha),
             "batch_size": self.batch_size,
             "learning_rate_init": float(self.learning_rate_init),
+            "power_t": float(self.power_t),
             "momentum": float(self.momentum),
             "max_iter": int(self.max_iter),
             "tol": float(self.tol),
@@ -426,6 +544,8 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------- progress between calls
     def _progress(self) -> dict:
         """What a continued fit carries over (scikit-learn keeps these across warm starts and partial_fit)."""
+        if not hasattr(self, "loss_curve_"):  # the last fit was lbfgs's, which keeps none of it
+            return {**_fresh_progress(self.model_, self.early_stopping), "t": self.t_}
         return {
             "t": self.t_,
             "loss": self.loss_,
@@ -435,10 +555,16 @@ class _BaseMLP(BaseEstimator):
             "best_validation_score": -np.inf if self.best_validation_score_ is None else self.best_validation_score_,
             "best_weights": self._best_weights if self._best_weights is not None or not self.early_stopping else self.model_.get_weights(),
             "no_improvement": self._no_improvement_count,
+            "lr": getattr(self, "_learning_rate", None),
         }
 
     def _set_progress(self, state) -> None:
         self.n_iter_, self.t_, self.loss_ = state["n_iter"], state["t"], state["loss"]
+        if state.get("loss_curve") is None:  # lbfgs: none of the stochastic solvers' attributes, as scikit-learn
+            for name in STOCHASTIC_ATTRIBUTES:
+                if hasattr(self, name):
+                    delattr(self, name)
+            return
         self.loss_curve_ = state["loss_curve"]
         early = state["validation_scores"] is not None
         self.validation_scores_ = state["validation_scores"]
@@ -446,6 +572,7 @@ class _BaseMLP(BaseEstimator):
         self.best_validation_score_ = state["best_validation_score"] if early else None
         self._best_weights = state["best_weights"]
         self._no_improvement_count = state["no_improvement"]
+        self._learning_rate = state["lr"]  # sgd's current rate (scikit-learn's _optimizer.learning_rate)
 
     # ----------------------------------------------------------- inference
     def _fitted_model(self) -> MLP:
@@ -502,7 +629,13 @@ def _fresh_progress(model, early_stopping) -> dict:
         "best_validation_score": -np.inf,
         "best_weights": model.get_weights() if early_stopping else None,
         "no_improvement": 0,
+        "lr": None,
     }
+
+
+def _pack(pairs) -> np.ndarray:
+    """[(W_l, b_l)] as one float64 vector: every W, then every b (scikit-learn's _pack)."""
+    return np.concatenate([W.ravel() for W, _ in pairs] + [b.ravel() for _, b in pairs]).astype(np.float64)
 
 
 def _squared_norm(model) -> float:
@@ -626,7 +759,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         hidden_layer_sizes=(100,),
         activation="relu",
         *,
-        solver="sgd",
+        solver="adam",
         alpha=0.0001,
         batch_size="auto",
         learning_rate="constant",
@@ -639,7 +772,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         verbose=False,
         warm_start=False,
         momentum=0.9,
-        nesterovs_momentum=False,
+        nesterovs_momentum=True,
         early_stopping=False,
         validation_fraction=0.1,
         beta_1=0.9,

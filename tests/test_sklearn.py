@@ -159,8 +159,9 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
 
 
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
-    """partial_fit continues the optimizer (its momentum): three calls are one fit of three epochs, bit for bit.
-    A warm-started fit starts a new optimizer, as in scikit-learn: the same as partial_fit without momentum."""
+    """partial_fit continues the optimizer (Adam's moments and step count, SGD's momentum): three calls are one
+    fit of three epochs, bit for bit. A warm-started fit starts a new optimizer, as in scikit-learn: the same as
+    partial_fit only for an optimizer without state (SGD without momentum)."""
     X, y = iris
     X = StandardScaler().fit_transform(X)
     with pytest.raises(ValueError, match="classes: partial_fit needs"):
@@ -173,13 +174,13 @@ def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
     np.testing.assert_array_equal(inc.loss_curve_, once.loss_curve_)
     for a, b in zip(inc.coefs_, once.coefs_):
         np.testing.assert_array_equal(a, b)
-    for momentum, same in ((0.9, False), (0.0, True)):
-        inc = MLPClassifier((8,), random_state=3, momentum=momentum)
-        warm = MLPClassifier((8,), random_state=3, momentum=momentum, max_iter=1, warm_start=True)
+    for solver, same in ((dict(solver="adam"), False), (dict(solver="sgd", momentum=0.9), False), (dict(solver="sgd", momentum=0.0), True)):
+        inc = MLPClassifier((8,), random_state=3, **solver)
+        warm = MLPClassifier((8,), random_state=3, max_iter=1, warm_start=True, **solver)
         for _ in range(3):
             inc.partial_fit(X, y, classes=[0, 1, 2])
             warm.fit(X, y)
-        assert np.array_equal(inc.coefs_[0], warm.coefs_[0]) == same, momentum
+        assert np.array_equal(inc.coefs_[0], warm.coefs_[0]) == same, solver
     inc.partial_fit(X[y < 2], y[y < 2])  # a batch need not hold every class
     with pytest.raises(ValueError, match="y: label 7 is not among the classes"):
         inc.partial_fit(X, np.where(y == 2, 7, y))

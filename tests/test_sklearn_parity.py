@@ -13,15 +13,13 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.estimator_checks import check_param_validation
 
 import deltaprop.sklearn as dsk
-from deltaprop import MLP
+from deltaprop import MLP, optim
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
 # Short fits run out of max_iter; the warning says so, as scikit-learn's does (the tests that are about it catch it).
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 PAIRS = [(MLPClassifier, skl.MLPClassifier), (MLPRegressor, skl.MLPRegressor)]
-# Where the defaults differ until deltaprop has its optimizer seam (adam, Nesterov momentum)
-DIFFERENT_DEFAULTS = {"solver": ("sgd", "adam"), "nesterovs_momentum": (False, True)}
 
 X_digits, y_digits = load_digits(n_class=2, return_X_y=True)
 X_binary, y_binary = MinMaxScaler().fit_transform(X_digits[:200])[:100], y_digits[:100]  # scikit-learn's test data
@@ -39,9 +37,8 @@ def test_every_parameter_of_scikit_learns_with_its_default(ours, theirs):
     mine, sk = ours().get_params(), theirs().get_params()
     assert set(mine) == set(sk) | {"backend", "dtype"}
     for name, value in sk.items():
-        expected = DIFFERENT_DEFAULTS[name][0] if name in DIFFERENT_DEFAULTS else value
-        assert mine[name] == expected, name
-    assert {n: v[1] for n, v in DIFFERENT_DEFAULTS.items()} == {n: sk[n] for n in DIFFERENT_DEFAULTS}
+        assert mine[name] == value, name
+    assert (mine["solver"], mine["nesterovs_momentum"]) == ("adam", True)
     # the same order, so that positional arguments mean the same (MLPRegressor's loss comes first)
     names = lambda cls: [p for p in inspect.signature(cls.__init__).parameters if p != "self"]  # noqa: E731
     assert names(ours)[: len(names(theirs))] == names(theirs)
@@ -72,34 +69,13 @@ def _sorted_options(message):
     return head + "{" + ", ".join(sorted(options.split(", "))) + "}" + tail
 
 
-SEAM = [
-    ("solver", "adam", {}),
-    ("solver", "lbfgs", {}),
-    ("learning_rate", "invscaling", {}),
-    ("learning_rate", "adaptive", {}),
-    ("nesterovs_momentum", True, {"momentum": 0.9}),
-]
-
-
-@pytest.mark.parametrize("name, value, extra", SEAM, ids=[f"{n}={v}" for n, v, _ in SEAM])
-def test_what_needs_the_optimizer_seam_is_refused_by_name_and_changes_nothing(name, value, extra, iris):
-    X, y = iris
-    clf = MLPClassifier((8,), max_iter=3, random_state=0).fit(X, y)
-    before = (clf.predict_proba(X), clf.loss_curve_, clf.model_)
-    clf.set_params(**{name: value}, **extra)
-    with pytest.raises(ValueError, match=rf"^{name}: .* is not available in deltaprop yet.*solver='sgd' with learning_rate='constant'"):
-        clf.fit(X, y)
-    with pytest.raises(ValueError, match=f"^{name}: "):
-        clf.set_params(warm_start=True).fit(X, y)
-    assert clf.loss_curve_ == before[1] and clf.model_ is before[2]
-    np.testing.assert_array_equal(clf.predict_proba(X), before[0])
-
-
 def test_nesterov_without_momentum_is_plain_sgd_and_lbfgs_has_no_partial_fit(iris):
     X, y = iris
-    a = MLPClassifier((8,), max_iter=5, momentum=0.0, nesterovs_momentum=True, random_state=0).fit(X, y)
-    b = MLPClassifier((8,), max_iter=5, momentum=0.0, nesterovs_momentum=False, random_state=0).fit(X, y)
+    a = MLPClassifier((8,), solver="sgd", max_iter=5, momentum=0.0, nesterovs_momentum=True, random_state=0).fit(X, y)
+    b = MLPClassifier((8,), solver="sgd", max_iter=5, momentum=0.0, nesterovs_momentum=False, random_state=0).fit(X, y)
     np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+    c = MLPClassifier((8,), solver="sgd", max_iter=5, momentum=0.9, nesterovs_momentum=False, random_state=0).fit(X, y)
+    assert not np.array_equal(a.coefs_[0], c.coefs_[0])  # the momentum is used
     assert hasattr(MLPClassifier(solver="adam"), "partial_fit")
     for cls in (MLPClassifier, MLPRegressor):
         assert not hasattr(cls(solver="lbfgs"), "partial_fit")  # as scikit-learn's classifier
@@ -107,7 +83,7 @@ def test_nesterov_without_momentum_is_plain_sgd_and_lbfgs_has_no_partial_fit(iri
         MLPRegressor(loss="poisson").fit(X, y.astype(float))
 
 
-# ------------------------------------------------------------- the stopping rule (scikit-learn's tests, with sgd)
+# ------------------------------------------------------------- the stopping rule (scikit-learn's tests)
 def test_n_iter_no_change_stops_after_that_many_epochs_without_tol_improvement():
     for n_iter_no_change in (2, 5, 10, 50):
         clf = MLPClassifier(tol=0.01, max_iter=3000, n_iter_no_change=n_iter_no_change, random_state=0).fit(X_binary, y_binary)
@@ -167,22 +143,23 @@ def test_verbose_prints_scikit_learns_lines(capsys):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_the_stopping_rule_over_one_mlp_fit_is_bit_for_bit_mlp_fit(iris):
     """The estimator runs one MLP.fit whose epoch callback applies scikit-learn's rule: without stopping, that is
-    the MLP's own fit of max_iter epochs."""
+    the MLP's own fit of max_iter epochs, with the optimizer the parameters name (sgd: Nesterov's momentum by
+    default; adam)."""
     X, y = iris
-    clf = MLPClassifier((8, 6), activation="tanh", alpha=1e-3, batch_size=32, learning_rate_init=0.05, momentum=0.9,
-                        max_iter=25, n_iter_no_change=np.inf, random_state=4).fit(X, y)  # fmt: skip
+    clf = MLPClassifier((8, 6), activation="tanh", solver="sgd", alpha=1e-3, batch_size=32, learning_rate_init=0.05,
+                        momentum=0.9, max_iter=25, n_iter_no_change=np.inf, random_state=4).fit(X, y)  # fmt: skip
     net = MLP([4, 8, 6, 3], activation="tanh", loss="cross_entropy", dtype="float64", seed=clf.model_.seed)
-    history = net.fit(X, y, epochs=25, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3 / 32)
+    history = net.fit(X, y, epochs=25, batch_size=32, optimizer=optim.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3 / 32))
     for (W, b), a, c in zip(net.get_weights(), clf.coefs_, clf.intercepts_):
         np.testing.assert_array_equal(W, a)
         np.testing.assert_array_equal(b, c)
     assert clf.n_iter_ == 25 and net.epochs_trained == clf.model_.epochs_trained == 25
     assert np.all(np.array(clf.loss_curve_) > np.array(history.loss))  # the penalty term is added
-    # stopped by the rule (the epoch callback ends MLP.fit): the weights of MLP.fit for as many epochs
+    # the defaults (adam), stopped by the rule (the epoch callback ends MLP.fit): the weights of MLP.fit for as many epochs
     stopped = MLPClassifier((10,), tol=0.01, n_iter_no_change=2, max_iter=3000, random_state=1).fit(X_binary, y_binary)
     assert stopped._no_improvement_count == 3 and stopped.n_iter_ < 3000
     net = MLP([64, 10, 1], output_activation="sigmoid", loss="bce", dtype="float64", seed=stopped.model_.seed)
-    net.fit(X_binary, y_binary, epochs=stopped.n_iter_, batch_size=100, lr=0.001, momentum=0.9, weight_decay=1e-4 / 100)
+    net.fit(X_binary, y_binary, epochs=stopped.n_iter_, batch_size=100, optimizer="adam", lr=0.001, weight_decay=1e-4 / 100)
     for (W, _), a in zip(net.get_weights(), stopped.coefs_):
         np.testing.assert_array_equal(W, a)
 
