@@ -232,40 +232,45 @@ class Backend:
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
         self.weight_grad(z_prev, delta, gW, gb)
-        rate = self._adam_rates(t, lr, beta_1, beta_2, W.dtype)  # [η / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ)]
+        rate = self._adam_rates(t, lr, beta_1, beta_2, epsilon, W.dtype)
         for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
-            tmp = self._scratch("adam", p.shape, p.dtype)
-            if decay and decoupled:  # p ← p·(1 − η·λ)
-                xp.multiply(p, lr, out=tmp)
-                tmp *= decay
-                p -= tmp
-            elif decay:
-                xp.multiply(p, decay, out=tmp)
-                g += tmp
-            m *= beta_1
-            xp.multiply(g, 1.0 - beta_1, out=tmp)
-            m += tmp
-            s *= beta_2
-            xp.multiply(g, g, out=tmp)
-            tmp *= 1.0 - beta_2
-            s += tmp
-            xp.sqrt(s, out=tmp)  # √(s / c₂) + ε
-            tmp *= rate[1:2]
-            tmp += epsilon
-            xp.divide(m, tmp, out=tmp)
-            tmp *= rate[0:1]
-            p -= tmp
+            self._adam_pass(p, g, m, s, rate, lr, beta_1, beta_2, decay, decoupled, self._scratch("adam", p.shape, p.dtype))
 
-    def _adam_rates(self, t, lr, beta_1, beta_2, dtype):
-        """[η / (1 − β₁ᵗ), 1 / √(1 − β₂ᵗ)] as a two-element array of ``dtype``, computed on the device from ``t``."""
+    def _adam_pass(self, p, g, m, s, rate, lr, beta_1, beta_2, decay, decoupled, tmp) -> None:
+        """One parameter's Adam step from its gradient g, with ``rate`` from _adam_rates and ``tmp`` of p's shape:
+        p ← p − a·m / (√s + e), a = η·√(1 − β₂ᵗ)/(1 − β₁ᵗ), e = ε·√(1 − β₂ᵗ) (the rule of adam_update, rearranged)."""
+        xp = self.xp
+        if decay and decoupled:  # p ← p·(1 − η·λ)
+            xp.multiply(p, lr, out=tmp)
+            tmp *= decay
+            p -= tmp
+        elif decay:
+            xp.multiply(p, decay, out=tmp)
+            g += tmp
+        m *= beta_1
+        xp.multiply(g, 1.0 - beta_1, out=tmp)
+        m += tmp
+        s *= beta_2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta_2
+        s += tmp
+        xp.sqrt(s, out=tmp)
+        tmp += rate[1:2]
+        xp.divide(m, tmp, out=tmp)
+        tmp *= rate[0:1]
+        p -= tmp
+
+    def _adam_rates(self, t, lr, beta_1, beta_2, epsilon, dtype):
+        """[η·√(1 − β₂ᵗ)/(1 − β₁ᵗ), ε·√(1 − β₂ᵗ)] as a two-element array of ``dtype``, computed on the device from t."""
         xp = self.xp
         c = self._scratch("adam_c", (2,), np.float64)
         xp.power(beta_1, t, out=c[0:1])
         xp.power(beta_2, t, out=c[1:2])
         xp.subtract(1.0, c, out=c)
-        xp.sqrt(c[1:2], out=c[1:2])
-        xp.divide(1.0, c, out=c)
+        xp.sqrt(c[1:2], out=c[1:2])  # [1 − β₁ᵗ, √(1 − β₂ᵗ)]
+        xp.divide(c[1:2], c[0:1], out=c[0:1])
         c[0:1] *= lr
+        c[1:2] *= epsilon
         out = self._scratch("adam_r", (2,), dtype)
         out[...] = c
         return out
