@@ -263,7 +263,7 @@ def test_load_refuses_missing_and_stray_arrays(tmp_path):
     plain["config"] = np.array(json.dumps({k: v for k, v in config.items() if k != "optimizer"}))
     np.savez(tmp_path / "plain.npz", **plain)
     loaded = MLP.load(tmp_path / "plain.npz", backend="numpy")
-    assert loaded._optimizer is None and loaded._slots == {}
+    assert loaded.network.optimizer is None and loaded.network.slots == {}
     # while a config that names one needs its state
     np.savez(tmp_path / "stateless.npz", **{k: v for k, v in arrays.items() if not k.startswith("v")})
     with pytest.raises(ValueError, match=re.escape("no array 'vW0'")):
