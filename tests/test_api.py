@@ -78,6 +78,29 @@ def test_load_moves_a_model_between_backends(backend, rng, tmp_path):
     np.testing.assert_allclose(moved.predict_proba(X), model.predict_proba(X), rtol=1e-12)
 
 
+def test_an_assigned_backend_runs_the_network(rng):
+    """``model.backend = other`` (precompile's stand-in device, the benchmarks' eager backend) makes ``other`` the
+    network's backend; set_weights moves the weights onto it, and the model computes the same there."""
+    from deltaprop.backends.numpy_backend import NumpyBackend
+
+    class Counting(NumpyBackend):
+        forwards = 0
+
+        def forward(self, *args, **kwargs):
+            Counting.forwards += 1
+            return super().forward(*args, **kwargs)
+
+    model = MLP([3, 4, 2], backend="numpy", seed=0)
+    X = rng.normal(size=(5, 3))
+    before = model.predict_proba(X)
+    other = Counting()
+    model.backend = other
+    model.set_weights(model.get_weights())
+    assert model.backend is other and model.network.backend is other and model.backend_name == "numpy"
+    np.testing.assert_array_equal(model.predict_proba(X), before)
+    assert Counting.forwards == model.n_layers  # it ran the forward pass, one launch a layer
+
+
 def test_load_rejects_bad_files_without_unpickling(tmp_path):
     bad = tmp_path / "pickled.npz"
     np.savez(bad, config=np.array([{"format": "deltaprop-mlp"}], dtype=object))
@@ -263,7 +286,7 @@ def test_load_refuses_missing_and_stray_arrays(tmp_path):
     plain["config"] = np.array(json.dumps({k: v for k, v in config.items() if k != "optimizer"}))
     np.savez(tmp_path / "plain.npz", **plain)
     loaded = MLP.load(tmp_path / "plain.npz", backend="numpy")
-    assert loaded._optimizer is None and loaded._slots == {}
+    assert loaded.network.optimizer is None and loaded.network.slots == {}
     # while a config that names one needs its state
     np.savez(tmp_path / "stateless.npz", **{k: v for k, v in arrays.items() if not k.startswith("v")})
     with pytest.raises(ValueError, match=re.escape("no array 'vW0'")):

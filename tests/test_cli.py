@@ -122,8 +122,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, mon
     for (Wa, ba), (Wb, bb) in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(Wa, Wb)
         np.testing.assert_array_equal(ba, bb)
-    assert a._optimizer == b._optimizer and len(a._state_arrays()) == len(b._state_arrays()) > len(a.get_weights()) * 2
-    for x, y in zip(a._state_arrays(), b._state_arrays()):  # the weights and the optimizer's state
+    sa, sb = a.network.state_arrays(), b.network.state_arrays()
+    assert a.network.optimizer == b.network.optimizer and len(sa) == len(sb) > len(a.get_weights()) * 2
+    for x, y in zip(sa, sb):  # the weights and the optimizer's state
         np.testing.assert_array_equal(x, y)
     ha = json.loads((tmp_path / "straight.json").read_text())["history"]
     hb = json.loads((tmp_path / "resumed.json").read_text())["history"]

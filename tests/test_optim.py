@@ -189,10 +189,10 @@ def test_the_state_is_saved_and_a_loaded_model_trains_on_exactly(tmp_path, rng, 
     a.fit(X, y, epochs=2, batch_size=8, optimizer=name, lr=0.01, **kw)
     a.save(tmp_path / "m.npz")
     b = MLP.load(tmp_path / "m.npz", backend="numpy")
-    assert b._optimizer == a._optimizer
+    assert b.network.optimizer == a.network.optimizer
     for model in (a, b):
         model.fit(X, y, epochs=2, batch_size=8, optimizer=name, lr=0.01, **kw)
-    for x, z in zip(a._state_arrays(), b._state_arrays()):
+    for x, z in zip(a.network.state_arrays(), b.network.state_arrays()):
         np.testing.assert_array_equal(x, z)
 
 
@@ -215,11 +215,11 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
     m = MLP([3, 4, 2], backend="numpy", seed=0)
     m.fit(X, y, epochs=1, batch_size=8, optimizer="adam")
-    assert sorted(m._slots) == ["m", "s"] and int(m._t[0]) == 3
+    assert sorted(m.network.slots) == ["m", "s"] and int(m.network.t[0]) == 3
     m.fit(X, y, epochs=1, batch_size=8, optimizer="adam", lr=1e-2)  # the same kind: the moments and the count go on
-    assert int(m._t[0]) == 6
+    assert int(m.network.t[0]) == 6
     m.fit(X, y, epochs=1, momentum=0.9)
-    assert sorted(m._slots) == ["v"] and m._t is None
+    assert sorted(m.network.slots) == ["v"] and m.network.t is None
 
 
 # ------------------------------------------------------------------ bad parameters
@@ -238,7 +238,7 @@ def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error
     before = m.get_weights()
     with pytest.raises(error, match=match):
         m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, **kwargs)
-    assert m._optimizer is None and m.epochs_trained == 0
+    assert m.network.optimizer is None and m.epochs_trained == 0
     for (W, b), (W0, b0) in zip(m.get_weights(), before):
         np.testing.assert_array_equal(W, W0)
 

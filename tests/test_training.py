@@ -7,6 +7,7 @@ import pytest
 
 import reference as ref
 from deltaprop import MLP
+from deltaprop.mlp.training import epoch_order
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
 XOR_Y = np.array([0, 1, 1, 0])
@@ -36,7 +37,7 @@ def test_mini_batch_epoch_matches_reference(backend, dtype, rng):
     Y = np.eye(3)[y]
     weights = [(W.astype(np.float64), b.astype(np.float64)) for W, b in model.get_weights()]
     velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
-    order = model._epoch_order(23, True)
+    order = epoch_order(model.seed, model.epochs_trained, 23, True)
     for s in range(0, 23, 6):
         rows = order[s : s + 6]
         grads = ref.gradients(weights, model.activations, "cross_entropy", X[rows], Y[rows])

@@ -77,7 +77,7 @@ def gradcheck(model, X, Y, eps: float = 1e-5) -> GradcheckResult:
 
     def loss() -> float:
         twin.set_weights(weights)
-        return twin._evaluate_device(Xd, Yd, None)[0]
+        return twin.network.evaluate(Xd, Yd, None)[0]
 
     numerical = []
     for W, b in weights:

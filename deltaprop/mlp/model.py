@@ -1,4 +1,4 @@
-"""The MLP: the public API over the backend contract.
+"""The MLP: the public API (argument checks, initial weights, the file format) over its ``Network``.
 
 Shapes, for a batch of B samples and layer sizes n_0, ..., n_L:
     X (B, n_0); W_l (n_{l-1}, n_l); b_l (n_l,); a_l, z_l (B, n_l); δ_l (B, n_l).
@@ -23,13 +23,13 @@ from .checks import check_layer_sizes as _check_layer_sizes
 from .checks import check_path as _file_path
 from .checks import check_real as _check_real
 from .losses import check_loss, encode_targets
-from .training import Buffers, History, Plan, Trainer
+from .network import Network
+from .training import History, Plan, Trainer
 
 FORMAT = "deltaprop-mlp"
 FORMAT_VERSION = 2  # 2: the optimizer and its state; version 1 files (SGD momentum buffers at most) still load
 CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
 MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
-EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
 
 
 class MLP:
@@ -81,25 +81,47 @@ class MLP:
             raise ValueError("output_activation: 'step' is allowed only in a single-layer perceptron (no hidden layers)")
         if out == "softmax" and sizes[-1] < 2:
             raise ValueError("layer_sizes: a softmax output needs at least 2 units")
-        self.dtype = check_dtype(dtype)
+        dtype = check_dtype(dtype)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**63)
         elif isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
             raise ValueError(f"seed: expected None or an integer ≥ 0, got {seed!r}")
         self.selection = backends.select(backend)
-        self.backend = backends.instance(self.selection.name)
-
-        self.layer_sizes = sizes
-        self.activations = (*hidden, out)  # one per layer, the output's last
-        self.loss = loss_spec.name
         self.seed = int(seed)
         self.epochs_trained = 0
-        self._optimizer = None  # the optimizer whose state is kept (the last fit's), and that state:
-        self._slots = {}  # slot name -> [(W-shaped, b-shaped)] per layer (SGD's "v"; Adam's "m" and "s"; ...)
-        self._t = None  # the step count, for an optimizer that keeps one (a one-element int64 backend array)
-        self._set_params(self._initial_weights())
+        activations = (*hidden, out)  # one per layer, the output's last
+        # the parameters, the optimizer's state and the passes over them, on the backend's device
+        self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
+                               _initial_weights(sizes, activations, dtype, self.seed))
 
     # ------------------------------------------------------------ properties
+    @property
+    def backend(self):
+        """The backend the network runs on; assigning one (a stand-in device) is followed by ``set_weights``
+        to move the weights onto it, unless it shares the old one's arrays."""
+        return self.network.backend
+
+    @backend.setter
+    def backend(self, backend) -> None:
+        self.network.backend = backend
+
+    @property
+    def layer_sizes(self) -> tuple:
+        return self.network.layer_sizes
+
+    @property
+    def activations(self) -> tuple:
+        """One name per layer, the output's last."""
+        return self.network.activations
+
+    @property
+    def loss(self) -> str:
+        return self.network.loss
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.network.dtype
+
     @property
     def n_layers(self) -> int:
         return len(self.layer_sizes) - 1
@@ -207,41 +229,6 @@ class MLP:
         )
         return Trainer(self, X, targets, plan, val, callback).run()
 
-    def _train_step(self, buf: Buffers, opt, lr, metrics, accuracy) -> None:
-        """One step of ``opt`` at rate ``lr`` (a number or a one-element device array) on the batch in buf.x,
-        buf.y; adds its loss and correct count to ``metrics``. The state is the model's (``_ensure_state``)."""
-        self._forward(buf)
-        bk = self.backend
-        bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics)
-        if opt.counts_steps:
-            bk.count_step(self._t)
-
-        def update(l):  # W_l's step, once δ_{l-1} has used the old W_l
-            W, b = self._params[l]
-            state = {slot: pairs[l] for slot, pairs in self._slots.items()}
-            opt.update(bk, buf.z[l], buf.delta[l], W, b, state, self._t, lr)
-
-        self._backprop(buf, update)
-
-    def _forward(self, buf: Buffers) -> None:
-        """a_l = z_{l-1}·W_l + b_l, z_l = φ_l(a_l), for l = 1..L; the output's a_L is kept in buf.a."""
-        last = self.n_layers - 1
-        for l, ((W, b), act) in enumerate(zip(self._params, self.activations)):
-            self.backend.forward(buf.z[l], W, b, act, buf.z[l + 1], a=buf.a if l == last else None)
-
-    def _backprop(self, buf: Buffers, visit) -> None:
-        """δ_L = ∂E/∂a_L, then δ_l = φ'_l(a_l) ⊙ (δ_{l+1}·W_{l+1}ᵀ) for l = L-1..1.
-
-        visit(l) is called for each layer, from the last, once buf.delta[l] is final and every δ
-        that needs W_l has been computed: it may update W_l in place.
-        """
-        bk = self.backend
-        bk.output_delta(buf.a, buf.z[-1], buf.y, self.output_activation, self.loss, buf.delta[-1])
-        for l in reversed(range(self.n_layers)):
-            if l > 0:
-                bk.hidden_delta(buf.delta[l], self._params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
-            visit(l)
-
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:
         """Class labels for classification losses (±1 for the perceptron, 0/1 for one sigmoid output);
@@ -267,7 +254,7 @@ class MLP:
         X = self._check_X(X, "X")
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
         bk = self.backend
-        loss, acc = self._evaluate_device(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)
+        loss, acc = self.network.evaluate(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)
         return {"loss": loss, "accuracy": acc}
 
     def score(self, X, y) -> float:
@@ -276,7 +263,7 @@ class MLP:
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
         if t.accuracy is not None:
             bk = self.backend
-            return self._evaluate_device(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)[1]
+            return self.network.evaluate(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)[1]
         z = self._outputs(X)[1].astype(np.float64)
         Y = t.Y.astype(np.float64)
         ss_res = ((Y - z) ** 2).sum(axis=0)
@@ -285,41 +272,9 @@ class MLP:
             r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
 
-    def _chunks(self, n):
-        for start in range(0, n, EVAL_ROWS):
-            yield start, min(start + EVAL_ROWS, n)
-
-    def _eval_buffers(self, rows: int) -> Buffers:
-        return Buffers(self.backend, self.layer_sizes, min(rows, EVAL_ROWS), self.dtype, train=False)
-
     def _outputs(self, X: np.ndarray):
         """(a_L, z_L) as NumPy arrays for host input X."""
-        bk = self.backend
-        n = X.shape[0]
-        Xd = bk.asarray(X, self.dtype)
-        buf = self._eval_buffers(n)
-        a = np.empty((n, self.layer_sizes[-1]), self.dtype)
-        z = np.empty_like(a)
-        for s, e in self._chunks(n):
-            part = buf.head(e - s)
-            part.z[0] = Xd[s:e]
-            self._forward(part)
-            a[s:e], z[s:e] = bk.to_numpy(part.a), bk.to_numpy(part.z[-1])
-        return a, z
-
-    def _evaluate_device(self, Xd, Yd, accuracy):
-        """(mean loss, accuracy or NaN) of device data; one read-back."""
-        bk = self.backend
-        n = Xd.shape[0]
-        buf = self._eval_buffers(n)
-        total = bk.zeros(2, np.float64)
-        for s, e in self._chunks(n):
-            part = buf.head(e - s)
-            part.z[0] = Xd[s:e]
-            self._forward(part)
-            bk.batch_metrics(part.a, part.z[-1], Yd[s:e], self.loss, accuracy, total)
-        loss, correct = bk.to_numpy(total)
-        return float(loss / n), (float(correct / n) if accuracy else math.nan)
+        return self.network.outputs(self.backend.asarray(X, self.dtype))
 
     # ---------------------------------------------------------- gradients
     def gradients(self, X, Y) -> list:
@@ -327,31 +282,17 @@ class MLP:
         X = self._check_X(X, "X")
         t = encode_targets(Y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "Y")
         bk = self.backend
-        n = X.shape[0]
-        buf = Buffers(bk, self.layer_sizes, n, self.dtype, train=False)
-        buf.z[0], buf.y = bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype)
-        buf.delta = [bk.empty((n, m), self.dtype) for m in self.layer_sizes[1:]]
-        self._forward(buf)
-        grads = [None] * self.n_layers
-
-        def take(l):
-            W, b = self._params[l]
-            dW, db = bk.empty(W.shape, self.dtype), bk.empty(b.shape, self.dtype)
-            bk.weight_grad(buf.z[l], buf.delta[l], dW, db)
-            grads[l] = (bk.to_numpy(dW), bk.to_numpy(db))
-
-        self._backprop(buf, take)
-        return grads
+        return self.network.gradients(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype))
 
     # ------------------------------------------------------------ weights
     def get_weights(self) -> list:
         """[(W_l, b_l)] as NumPy copies; W_l is (n_{l-1}, n_l)."""
-        return [(self.backend.to_numpy(W), self.backend.to_numpy(b)) for W, b in self._params]
+        return self.network.get_weights()
 
     def set_weights(self, weights) -> None:
         """Replace all weights by [(W_l, b_l)] of the model's shapes; the optimizer's state is reset."""
-        self._set_params(self._check_weights(weights, "weights"))
-        self._optimizer, self._slots, self._t = None, {}, None
+        self.network.set_params(self._check_weights(weights, "weights"))
+        self.network.reset_state()
 
     def _check_weights(self, weights, argument):
         try:
@@ -376,60 +317,6 @@ class MLP:
             out.append(tuple(arrays))
         return out
 
-    def _initial_weights(self):
-        rng = np.random.default_rng(self.seed)
-        weights = []
-        for n_in, n_out, act in zip(self.layer_sizes[:-1], self.layer_sizes[1:], self.activations):
-            var = 2.0 / n_in if ACTIVATIONS[act].init == "he" else 2.0 / (n_in + n_out)
-            W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
-            weights.append((W.astype(self.dtype), np.zeros(n_out, self.dtype)))
-        return weights
-
-    def _set_params(self, weights) -> None:
-        bk = self.backend
-        self._params = [(bk.asarray(W, self.dtype), bk.asarray(b, self.dtype)) for W, b in weights]
-
-    def _ensure_state(self, opt) -> None:
-        """The state buffers of ``opt``: the ones kept when the last optimizer was of the same kind (name and
-        slots), else zeros (and a step count of 0)."""
-        if self._optimizer is not None and (self._optimizer.name, self._optimizer.slots) == (opt.name, opt.slots):
-            self._optimizer = opt
-            return
-        bk = self.backend
-        self._slots = {slot: [(bk.zeros(W.shape, self.dtype), bk.zeros(b.shape, self.dtype)) for W, b in self._params]
-                       for slot in opt.slots}
-        self._t = bk.zeros(1, np.int64) if opt.counts_steps else None
-        self._optimizer = opt
-
-    def _state_arrays(self, state=True, counter=True) -> list:
-        """The weights, then (``state``) the optimizer's buffers, then (``counter``) its step count."""
-        arrays = [x for pair in self._params for x in pair]
-        if state:
-            arrays += [x for slot in sorted(self._slots) for pair in self._slots[slot] for x in pair]
-            if counter and self._t is not None:
-                arrays.append(self._t)
-        return arrays
-
-    def _state_copy(self, into=None) -> list:
-        """A device copy of the weights and momentum buffers (into ``into`` when given)."""
-        bk = self.backend
-        src = self._state_arrays()
-        if into is None:
-            into = [bk.empty(x.shape, x.dtype) for x in src]
-        for dst, x in zip(into, src):
-            bk.copy_(dst, x)
-        return into
-
-    def _state_restore(self, saved) -> None:
-        for dst, x in zip(self._state_arrays(), saved):
-            self.backend.copy_(dst, x)
-
-    def _epoch_order(self, n: int, shuffle: bool) -> np.ndarray:
-        """The sample order of the next epoch: a permutation drawn from (seed, epochs trained so far)."""
-        if not shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, 0, self.epochs_trained]).permutation(n)
-
     # ------------------------------------------------------------ checks
     def _check_X(self, X, argument: str) -> np.ndarray:
         X = real_array(X, argument)
@@ -453,16 +340,17 @@ class MLP:
             "seed": self.seed,
             "epochs_trained": self.epochs_trained,
         }
-        if self._optimizer is not None:
-            config["optimizer"] = self._optimizer.config()
+        net, bk = self.network, self.backend
+        if net.optimizer is not None:
+            config["optimizer"] = net.optimizer.config()
         arrays = {"config": np.array(json.dumps(config))}
         for l, (W, b) in enumerate(self.get_weights()):
             arrays[f"W{l}"], arrays[f"b{l}"] = W, b
-        for slot, pairs in self._slots.items():
+        for slot, pairs in net.slots.items():
             for l, (sW, sb) in enumerate(pairs):
-                arrays[f"{slot}W{l}"], arrays[f"{slot}b{l}"] = self.backend.to_numpy(sW), self.backend.to_numpy(sb)
-        if self._t is not None:
-            arrays["t"] = self.backend.to_numpy(self._t)
+                arrays[f"{slot}W{l}"], arrays[f"{slot}b{l}"] = bk.to_numpy(sW), bk.to_numpy(sb)
+        if net.t is not None:
+            arrays["t"] = bk.to_numpy(net.t)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise ValueError(f"path: the folder {folder} does not exist")
@@ -500,14 +388,10 @@ class MLP:
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])
                 if opt is not None:
-                    bk = model.backend
-                    for slot in opt.slots:
-                        pairs = model._check_weights([(f.read(f"{slot}W{l}"), f.read(f"{slot}b{l}")) for l in range(L)],
-                                                     f"optimizer state {slot!r}")
-                        model._slots[slot] = [(bk.asarray(v, model.dtype), bk.asarray(u, model.dtype)) for v, u in pairs]
-                    if opt.counts_steps:
-                        model._t = bk.asarray(_step_count(f.read("t")), np.int64)
-                    model._optimizer = opt
+                    slots = {slot: model._check_weights([(f.read(f"{slot}W{l}"), f.read(f"{slot}b{l}")) for l in range(L)],
+                                                        f"optimizer state {slot!r}") for slot in opt.slots}
+                    t = _step_count(f.read("t")) if opt.counts_steps else None
+                    model.network.set_state(opt, slots, t)
                 model.epochs_trained = config["epochs_trained"]
         except (ValueError, TypeError) as exc:
             raise ValueError(f"path: {path} is not a valid deltaprop model: {exc}") from None
@@ -515,6 +399,17 @@ class MLP:
 
 
 # ------------------------------------------------------------------ helpers
+def _initial_weights(sizes, activations, dtype, seed) -> list:
+    """[(W_l, b_l)] drawn on the host from ``seed``: Glorot or He normal W_l (see ``MLP``), zero b_l."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations):
+        var = 2.0 / n_in if ACTIVATIONS[act].init == "he" else 2.0 / (n_in + n_out)
+        W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+        weights.append((W.astype(dtype), np.zeros(n_out, dtype)))
+    return weights
+
+
 def _file_config(f: NpzArrays) -> dict:
     """The config of a model file, every entry checked for its type (the constructor checks the values)."""
     if "config" not in f.headers:

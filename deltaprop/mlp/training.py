@@ -1,6 +1,6 @@
-"""The device-resident training loop: buffers, one SGD step, epochs, validation, early stopping.
+"""The device-resident training loop: epochs of the network's steps, validation, early stopping.
 
-It calls only the backend contract, so every backend trains through this one loop.
+It calls only the ``Network``'s passes and the backend contract, so every backend trains through this one loop.
 Per epoch it copies one permutation to the device and reads back one array of
 per-step metrics; nothing else crosses between host and device.
 """
@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .network import Buffers
 
 
 class TrainingDiverged(FloatingPointError):
@@ -46,33 +48,6 @@ class History:
         }
 
 
-class Buffers:
-    """Device buffers for up to ``rows`` samples: z[0] = x (B, n_0), z[l] (B, n_l), the output's a (B, n_L),
-    y (B, n_L) and delta[l] (B, n_{l+1}).
-
-    With ``train=False`` only z[1:] and a are allocated: the caller points z[0] at its input.
-    """
-
-    def __init__(self, backend, sizes, rows, dtype, train=True):
-        self.rows = rows
-        if backend is None:  # filled in by head()
-            return
-        self.x = backend.empty((rows, sizes[0]), dtype) if train else None
-        self.y = backend.empty((rows, sizes[-1]), dtype) if train else None
-        self.z = [self.x] + [backend.empty((rows, n), dtype) for n in sizes[1:]]
-        self.a = backend.empty((rows, sizes[-1]), dtype)
-        self.delta = [backend.empty((rows, n), dtype) for n in sizes[1:]] if train else None
-
-    def head(self, rows: int) -> "Buffers":
-        """The same buffers cut to their first ``rows`` rows (views, no allocation)."""
-        cut = Buffers(None, None, rows, None)
-        first = lambda x: None if x is None else x[:rows]  # noqa: E731
-        cut.x, cut.y, cut.a = first(self.x), first(self.y), first(self.a)
-        cut.z = [first(x) for x in self.z]
-        cut.delta = None if self.delta is None else [first(x) for x in self.delta]
-        return cut
-
-
 @dataclass(frozen=True)
 class Plan:
     """The validated settings of one ``fit`` call."""
@@ -86,11 +61,21 @@ class Plan:
     verbose: int
 
 
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> np.ndarray:
+    """The sample order (n,) of a model's epoch number ``epoch`` (counted over all its fits): a permutation drawn
+    from (seed, epoch), or 0..n-1 without shuffling."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, 0, epoch]).permutation(n)
+
+
 class Trainer:
-    """Runs ``plan`` on ``model`` with training data (X, Y) and optional validation data, all already validated."""
+    """Runs ``plan`` on ``model`` (an MLP: its public attributes and its ``network``) with training data (X, Y)
+    and optional validation data, all already validated."""
 
     def __init__(self, model, X, targets, plan: Plan, val=None, callback=None):
         self.model, self.plan, self.callback = model, plan, callback
+        net = self.net = model.network
         bk = self.bk = model.backend
         self.n = X.shape[0]
         self.accuracy = targets.accuracy
@@ -105,11 +90,11 @@ class Trainer:
         self.full = Buffers(bk, model.layer_sizes, B, model.dtype)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
-        model._ensure_state(plan.optimizer)
+        net.ensure_state(plan.optimizer)
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
         self.lr = plan.optimizer.lr if plan.schedule.constant else bk.zeros(1, model.dtype)
-        self.snapshot = model._state_copy()  # the state at the start of the epoch, for a divergence
+        self.snapshot = net.state_copy()  # the state at the start of the epoch, for a divergence
         self.step = self._new_step()
 
     def run(self) -> "History":
@@ -118,28 +103,28 @@ class Trainer:
             return self._run()
 
     def _run(self) -> "History":
-        model, plan, bk = self.model, self.plan, self.bk
+        model, net, plan, bk = self.model, self.net, self.plan, self.bk
         history = History()
         best_score, best_state, waited = math.inf, None, 0
         for epoch in range(plan.epochs):
             start = time.perf_counter()
-            order = model._epoch_order(self.n, plan.shuffle)
+            order = epoch_order(model.seed, model.epochs_trained, self.n, plan.shuffle)
             idx = bk.asarray(order)
             if not plan.schedule.constant:
                 rate = plan.schedule.rate(plan.optimizer.lr, epoch, history.loss, self.n)
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
-            model._state_copy(into=self.snapshot)
+            net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
             self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
-            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(model._state_arrays(state=False))):
+            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(state=False))):
                 self._diverged(epoch, idx, sums)
             loss = float(sums[:, 0].sum() / self.n)
             acc = float(sums[:, 1].sum() / self.n) if self.accuracy else math.nan
             model.epochs_trained += 1
             val_loss = val_acc = math.nan
             if self.val is not None:
-                val_loss, val_acc = model._evaluate_device(*self.val)
+                val_loss, val_acc = net.evaluate(*self.val)
             bk.synchronize()
             history.loss.append(loss)
             history.accuracy.append(acc)
@@ -150,20 +135,20 @@ class Trainer:
                 self._report(epoch, history)
             if self.callback is not None:
                 self.callback(epoch, history)
-                model._ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
-                self.step = self._new_step()  # the callback may have replaced the model's arrays
+                net.ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
+                self.step = self._new_step()  # the callback may have replaced the network's arrays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
                 if score < best_score:
                     best_score, waited, history.best_epoch = score, 0, epoch
-                    best_state = model._state_copy(into=best_state)
+                    best_state = net.state_copy(into=best_state)
                 else:
                     waited += 1
                     if waited >= plan.early_stopping:
                         history.stopped_early = True
                         break
         if best_state is not None:
-            model._state_restore(best_state)
+            net.state_restore(best_state)
         return history
 
     def _steps(self, idx, first: int, stop: int) -> None:
@@ -175,29 +160,29 @@ class Trainer:
 
         The backend may replay a recording of it, so a new one is made whenever the model's
         arrays may have been replaced (after a callback)."""
-        model, plan, bk = self.model, self.plan, self.bk
+        net, plan, bk = self.net, self.plan, self.bk
 
         def step(rows, out):
             buf = self.full if rows.shape[0] == plan.batch_size else self.tail
             bk.gather(self.X, rows, buf.x)
             bk.gather(self.Y, rows, buf.y)
-            model._train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
+            net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
 
         return step
 
     def _diverged(self, epoch: int, idx, sums) -> None:
         """Leave the last finite weights in place and raise, naming the epoch and step."""
-        model = self.model
+        net = self.net
         bad = np.flatnonzero(~np.isfinite(sums[:, 0]))
         step = int(bad[0]) if bad.size else self.steps  # == steps: the epoch's last update overflowed
         # Replay the epoch up to the step before the failure, from its start.
         for last in (step, step - 1):
-            model._state_restore(self.snapshot)
+            net.state_restore(self.snapshot)
             self._steps(idx, 0, max(last, 0))
-            if self.bk.all_finite(model._state_arrays(counter=False)):
+            if self.bk.all_finite(net.state_arrays(counter=False)):
                 break
         else:
-            model._state_restore(self.snapshot)
+            net.state_restore(self.snapshot)
         what = f"step {step} (of {self.steps})" if step < self.steps else f"the update of step {self.steps - 1}"
         raise TrainingDiverged(
             f"training diverged: the loss became NaN or Inf at epoch {epoch}, {what}; "
