@@ -6,11 +6,9 @@ every key present, a figure not measured null, and no CPU figure in a GPU backen
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
-import sys
 
 import pytest
 

@@ -74,7 +74,7 @@ def check_command(tokens: list, capsys) -> None:
             assert cli.main(argv) == 0
         else:
             cli.build_parser().parse_args(argv)
-    except SystemExit as exc:
+    except SystemExit:
         raise AssertionError(f"{shlex.join(tokens)}: {capsys.readouterr().err.strip()}") from None
 
 

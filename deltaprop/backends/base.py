@@ -228,7 +228,6 @@ class Backend:
         mW, mb, sW, sb: the first and second moments (shapes of W and b); ``t``: this step's count, a
         one-element int64 array of this backend, ≥ 1 (``count_step`` advances it); ``lr`` as in sgd_update.
         """
-        xp = self.xp
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
         self.weight_grad(z_prev, delta, gW, gb)
