@@ -50,8 +50,9 @@ def add_parser(sub) -> None:
     c.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     c.add_argument("--batch-size", type=int, default=128, metavar="B", help="default: 128")
     c.add_argument("--optimizer", default="sgd", help="sgd (default), adam, adamw or rmsprop: the update's kernels")
-    c.add_argument("--momentum", type=float, default=0.9,
-                   help="sgd and rmsprop: 0 compiles the update without momentum (default: 0.9; not for adam)")
+    c.add_argument("--momentum", type=float,
+                   help="sgd and rmsprop: 0 compiles the update without momentum (default: as deltaprop train, 0.9 for "
+                        "sgd and 0 for rmsprop; not for adam)")
     c.add_argument("--samples", type=int, default=60000, metavar="N",
                    help="training samples before the validation split, which set the last batch (default: 60000)")
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
@@ -105,14 +106,17 @@ def _net(args) -> dict:
         raise CompileError(f"--dtype: {args.dtype!r} is not float32 or float64")
     if not 0 <= args.val_split < 1:
         raise CompileError(f"--val-split: must be in [0, 1), got {args.val_split}")
-    if not (np.isfinite(args.momentum) and 0 <= args.momentum < 1):
-        raise CompileError(f"--momentum: must be in [0, 1), got {args.momentum}")
     from . import optim
 
     if args.optimizer not in optim.NAMES:
         raise CompileError(f"--optimizer: {args.optimizer!r} is not one of {', '.join(optim.NAMES)}")
     takes_momentum = "momentum" in optim.NAMES[args.optimizer]().config()
-    opt = optim.get(args.optimizer, **({"momentum": args.momentum} if takes_momentum else {}))
+    if args.momentum is not None and not takes_momentum:
+        raise CompileError(f"--momentum: not an option of --optimizer {args.optimizer}")
+    momentum = args.momentum if args.momentum is not None else (0.9 if args.optimizer == "sgd" else 0.0)
+    if not (np.isfinite(momentum) and 0 <= momentum < 1):
+        raise CompileError(f"--momentum: must be in [0, 1), got {momentum}")
+    opt = optim.get(args.optimizer, **({"momentum": momentum} if takes_momentum else {}))
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,

@@ -322,6 +322,8 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--cc", "9.0", "--batch-size", "0"], "--batch-size"),
     (["--cc", "9.0", "--val-split", "1"], "--val-split"),
     (["--cc", "9.0", "--momentum", "1.5"], "--momentum"),
+    (["--cc", "9.0", "--optimizer", "adam", "--momentum", "0.9"], "--momentum: not an option of --optimizer adam"),
+    (["--cc", "9.0", "--optimizer", "lbfgs"], "--optimizer"),
 ])
 def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     if SIMULATED and option == "--cc":
