@@ -15,7 +15,6 @@ CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -417,10 +416,3 @@ def _cupy(cc, net) -> int:
     print(f"cupy: {len(compiled)} kernels ({net['dtype']}) compiled or found in CuPy's cache {where}, "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-def parse(argv) -> argparse.Namespace:
-    """The options of ``deltaprop compile`` (for tests and tools)."""
-    parser = argparse.ArgumentParser(prog="deltaprop")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["compile", *argv])

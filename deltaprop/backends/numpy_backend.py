@@ -39,23 +39,9 @@ class NumpyBackend(Backend):
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
         if nesterov:
             return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov)
-        # The same update as the default, with the scale 1/B (and η, for plain SGD) applied to whichever of
-        # δ (B, n_out) and z_prevᵀ·δ (n_in, n_out) is smaller: one pass over B·n_out values instead of two
-        # passes over the weights at small batches. Results differ from the default's by rounding only.
-        gW = self._scratch("gW", W.shape, W.dtype)
-        gb = self._scratch("gb", b.shape, b.dtype)
+        # The same update as the default, with the scale 1/B and η, for plain SGD, applied in _scaled_gradient.
         plain = not momentum and not weight_decay
-        scale = (lr if plain else 1.0) / delta.shape[0]
-        if delta.size < W.size:
-            scaled = self._scratch("delta", delta.shape, delta.dtype)
-            _multiply(delta, scale, out=scaled)
-            _matmul(z_prev.T, scaled, out=gW)
-            _add_reduce(scaled, axis=0, out=gb)
-        else:
-            _matmul(z_prev.T, delta, out=gW)
-            gW *= scale
-            _add_reduce(delta, axis=0, out=gb)
-            gb *= scale
+        gW, gb = self._scaled_gradient(z_prev, delta, W, b, (lr if plain else 1.0) / delta.shape[0])
         if weight_decay:
             decay = self._scratch("decay", W.shape, W.dtype)
             _multiply(W, weight_decay, out=decay)
@@ -73,21 +59,30 @@ class NumpyBackend(Backend):
         W -= gW
         b -= gb
 
-    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
-                    weight_decay: float, decoupled: bool) -> None:
-        # The default's rule with the 1/B of the gradient applied to δ where δ is the smaller (as sgd_update), and
-        # each parameter's dozen passes done in chunks of CHUNK elements while a chunk is in the cache: memory then
-        # sees about one read of g, m, s, p and one write of m, s, p. Chunks do not change any element's arithmetic.
+    def _scaled_gradient(self, z_prev, delta, W, b, scale):
+        """(scale·z_prevᵀ·δ, scale·Σ_rows δ) in this thread's scratch, the scale applied to whichever of δ (B, n_out)
+        and z_prevᵀ·δ (n_in, n_out) is smaller: one pass over B·n_out values instead of two passes over the weights
+        at small batches. Results differ from the default's by rounding only."""
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
-        scale = 1.0 / delta.shape[0]
         if delta.size < W.size:
             scaled = self._scratch("delta", delta.shape, delta.dtype)
             _multiply(delta, scale, out=scaled)
             _matmul(z_prev.T, scaled, out=gW)
             _add_reduce(scaled, axis=0, out=gb)
         else:
-            self.weight_grad(z_prev, delta, gW, gb)
+            _matmul(z_prev.T, delta, out=gW)
+            gW *= scale
+            _add_reduce(delta, axis=0, out=gb)
+            gb *= scale
+        return gW, gb
+
+    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
+                    weight_decay: float, decoupled: bool) -> None:
+        # The default's rule with the gradient from _scaled_gradient, and each parameter's dozen passes done in
+        # chunks of CHUNK elements while a chunk is in the cache: memory then sees about one read of g, m, s, p and
+        # one write of m, s, p. Chunks do not change any element's arithmetic.
+        gW, gb = self._scaled_gradient(z_prev, delta, W, b, 1.0 / delta.shape[0])
         rate = self._adam_rates(t, lr, beta_1, beta_2, epsilon, W.dtype)
         for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
             p, g, m, s = (x.reshape(-1) for x in (p, g, m, s))
