@@ -25,6 +25,7 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+from .mlp.arrays import file_kind
 from .mlp.checks import DTYPES
 from .mlp.losses import OUTPUT_FOR_LOSS
 
@@ -348,14 +349,13 @@ def _check_inputs(args) -> None:
     if not os.path.isfile(path):
         raise CLIError(f"--data: {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}")
     try:
-        with open(path, "rb") as f:
-            head = f.read(6)
+        kind = file_kind(path)
     except OSError as exc:
         raise CLIError(f"--data: cannot read {path} ({exc.strerror or exc})") from None
-    if head == b"\x93NUMPY":
+    if kind == "npy":
         raise CLIError(f"--data: {path} is a .npy file (one array), not an .npz file; "
                        "write X_train and y_train into one with numpy.savez")
-    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+    if kind != "zip":
         raise CLIError(f"--data: {path} is not an .npz file (numpy.savez writes one, with X_train and y_train)")
 
 

@@ -37,10 +37,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-# name: (sizes, hidden activation, output activation, loss, lr, momentum, batch)
+from deltaprop.bench.measure import Net  # noqa: E402
+from deltaprop.bench.peers import torch_eager  # noqa: E402
+
+# The nets of the headline format, with its hyperparameters; the batch of each
 NETS = {
-    "reference": ([784, 1024, 1024, 10], "relu", "softmax", "cross_entropy", 0.05, 0.9, 128),
-    "small": ([784, 30, 10], "sigmoid", "sigmoid", "mse", 3.0, 0.0, 10),
+    "reference": (Net("reference", (784, 1024, 1024, 10), "relu", "softmax", "cross_entropy", lr=0.05, momentum=0.9), 128),
+    "small": (Net("small", (784, 30, 10), "sigmoid", "sigmoid", "mse", lr=3.0, momentum=0.0), 10),
 }
 PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "numpy": "fp32"}
 PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
@@ -57,71 +60,36 @@ def _learns(losses, who: str) -> None:
 
 
 def deltaprop_epochs(backend: str, net: str, X, y, epochs: int) -> dict:
-    from deltaprop import MLP
-
-    sizes, act, out, loss, lr, momentum, batch = NETS[net]
-    model = MLP(sizes, activation=act, output_activation=out, loss=loss, backend=backend, seed=0)
-    history = model.fit(X, y, epochs=epochs + 1, batch_size=batch, lr=lr, momentum=momentum)
+    spec, batch = NETS[net]
+    history = spec.model(backend).fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
     _learns(history.loss, f"{backend} on the {net} net")
     return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss}
 
 
 def torch_eager_epochs(net: str, X, y, epochs: int) -> dict:
-    """The same net, optimizer, data and batch in a plain PyTorch loop, data on the device; a permutation per
-    epoch on the device and one read-back of the loss per epoch, as deltaprop's loop."""
+    """The same net, optimizer, data and batch in the peers suite's plain PyTorch loop (data on the device, a
+    permutation per epoch on the device, one read-back of the loss per epoch, as deltaprop's loop)."""
     import torch
 
-    sizes, act, out, loss, lr, momentum, batch = NETS[net]
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    Xd, yd = torch.as_tensor(X, device=dev), torch.as_tensor(y, device=dev)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU() if act == "relu" else torch.nn.Sigmoid())
-    model = torch.nn.Sequential(*layers).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    onehot = torch.nn.functional.one_hot(yd, sizes[-1]).to(Xd.dtype)
-
-    def batch_loss(rows):
-        logits = model(Xd[rows])
-        if loss == "cross_entropy":
-            return torch.nn.functional.cross_entropy(logits, yd[rows], reduction="sum")
-        return 0.5 * ((torch.sigmoid(logits) - onehot[rows]) ** 2).sum()  # mse on sigmoid outputs: ½Σ(z − y)²
-
-    times, losses, n = [], [], X.shape[0]
-    for _ in range(epochs + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        order = torch.randperm(n, device=dev)
-        total = torch.zeros((), device=dev, dtype=torch.float64)
-        for s in range(0, n, batch):
-            rows = order[s:s + batch]
-            opt.zero_grad(set_to_none=True)
-            e = batch_loss(rows)
-            (e / rows.shape[0]).backward()
-            opt.step()
-            total += e.detach()
-        losses.append(total.item() / n)  # the one read-back, which also waits for the device
-        times.append(time.perf_counter() - start)
+    spec, batch = NETS[net]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    losses = []
+    first, rest = torch_eager(spec, X, y, batch, epochs + 1, device, losses=losses)
     _learns(losses, f"torch_eager on the {net} net")
-    return {"epoch_s": statistics.median(times[1:]), "seconds": times, "loss": losses, "device": str(dev)}
+    return {"epoch_s": statistics.median(rest), "seconds": [first, *rest], "loss": losses, "device": device}
 
 
 def accuracy_10_epochs(backend: str, epochs: int = 10):
     """Test accuracy of the reference net after ``epochs`` epochs on MNIST (None without MNIST here)."""
-    from deltaprop import MLP
     from deltaprop.data import DataUnavailable, load_mnist
 
     try:
         data = load_mnist(validation_split=0.0, download=False)
     except (DataUnavailable, TypeError):
         return None
-    sizes, act, out, loss, lr, momentum, batch = NETS["reference"]
-    model = MLP(sizes, activation=act, output_activation=out, loss=loss, backend=backend, seed=0)
-    model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=batch, lr=lr, momentum=momentum)
+    spec, batch = NETS["reference"]
+    model = spec.model(backend)
+    model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
     return float(model.score(data.X_test, data.y_test))
 
 

@@ -54,12 +54,14 @@ class _Missing(Exception):
 
 
 def _peer_runners():
-    yield "torch-cpu", lambda *a: _torch(*a, device="cpu")
-    yield "torch-cuda", lambda *a: _torch(*a, device="cuda")
+    yield "torch-cpu", lambda *a: torch_eager(*a, device="cpu")
+    yield "torch-cuda", lambda *a: torch_eager(*a, device="cuda")
     yield "sklearn", _sklearn
 
 
-def _torch(net, X, y, batch, epochs, device):
+def torch_eager(net, X, y, batch, epochs, device, losses=None):
+    """PyTorch eager on ``net`` (a measure.Net): (the first epoch's seconds, the others'); with a list as
+    ``losses``, each epoch's summed batch losses are appended to it (tools/headline.py checks that they fall)."""
     try:
         import torch
     except ImportError:
@@ -102,8 +104,10 @@ def _torch(net, X, y, batch, epochs, device):
             loss.backward()
             opt.step()
             total += loss.detach()
-        float(total)  # the one read-back of the epoch
+        total = float(total)  # the one read-back of the epoch
         sync()
+        if losses is not None:
+            losses.append(total)
         seconds.append(time.perf_counter() - t)
     return seconds[0], seconds[1:]
 

@@ -74,11 +74,9 @@ def arch_name(target: tuple) -> str:
 @functools.cache
 def _compiler_identity() -> tuple:
     """(deltaprop, numba, numba-cuda versions, hash of the kernel sources): what every key holds."""
-    import importlib.metadata
-
     import numba
 
-    from .. import __version__
+    from .. import __version__, record
 
     digest = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -86,11 +84,7 @@ def _compiler_identity() -> tuple:
         if name.endswith(".py"):
             with open(os.path.join(here, name), "rb") as f:
                 digest.update(name.encode() + b"\0" + f.read() + b"\0")
-    try:
-        numba_cuda = importlib.metadata.version("numba-cuda")
-    except importlib.metadata.PackageNotFoundError:
-        numba_cuda = "unknown"
-    return __version__, numba.__version__, numba_cuda, digest.hexdigest()
+    return __version__, numba.__version__, record.version("numba-cuda") or "unknown", digest.hexdigest()
 
 
 def _canonical(value) -> str:

@@ -39,6 +39,15 @@ NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.forma
 READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
+def file_kind(path) -> str:
+    """"npy", "zip" (what numpy.savez writes) or "other", from a file's first bytes; OSError if it cannot be read."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        return "npy"
+    return "zip" if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") else "other"
+
+
 class NpzArrays:
     """The plain arrays of an .npz file, sized before any is read.
 
@@ -50,11 +59,10 @@ class NpzArrays:
 
     def __init__(self, path):
         try:
-            with open(path, "rb") as f:
-                magic = f.read(6)
+            kind = file_kind(path)
         except OSError as exc:
             raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
-        if magic == b"\x93NUMPY":
+        if kind == "npy":
             raise ValueError("not an .npz file: it is a .npy file (one array)")
         if not zipfile.is_zipfile(path):
             raise ValueError("not an .npz file (not a zip archive)")
