@@ -6,20 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deltaprop import MLP, backends
+from deltaprop import MLP
 
 pytestmark = pytest.mark.gpu
 MNIST = Path(__file__).parent / "data" / "mnist_subset.npz"
 
 
 @pytest.fixture
-def cupy_backend(request):
-    usable, reason = backends.available()["cupy"]
-    if not usable:
-        if request.config.getoption("--require-gpu"):
-            pytest.fail(f"--require-gpu: the cupy backend is not usable ({reason})")
-        pytest.skip(f"the cupy backend is not usable ({reason})")
-    return backends.instance("cupy")
+def cupy_backend(gpu_backend):
+    return gpu_backend("cupy")
 
 
 def eager(model):

@@ -46,7 +46,7 @@ NETS = {
     "reference": (Net("reference", (784, 1024, 1024, 10), "relu", "softmax", "cross_entropy", lr=0.05, momentum=0.9), 128),
     "small": (Net("small", (784, 30, 10), "sigmoid", "sigmoid", "mse", lr=3.0, momentum=0.0), 10),
 }
-PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "numpy": "fp32"}
+PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "cupy-bf16": "bf16", "numpy": "fp32"}
 PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
 
 
@@ -271,7 +271,7 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
     }
     acc = (epochs or {}).get("accuracy", {})
     record["accuracy"] = {"reference_fp32_10_epochs": acc.get("cupy", acc.get("numba-cuda")),
-                          "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": None}
+                          "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": acc.get("cupy-bf16")}
     record["tests"] = tests or {"command": None, "passed": None, "failed": None, "skipped": None, "seconds": None}
     record["sanitizer"] = {tool: {"cupy": None, "numba-cuda": None} for tool in ("memcheck", "racecheck", "synccheck", "initcheck")}
     return record
@@ -293,14 +293,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("epochs", help="epoch times and accuracies, one process")
-    e.add_argument("--backends", default="cupy,numba-cuda,cupy-tf32", type=lambda s: s.split(","))
+    e.add_argument("--backends", default="cupy,numba-cuda,cupy-tf32,cupy-bf16", type=lambda s: s.split(","))
     e.add_argument("--peers", default=",".join(PEERS), type=lambda s: [x for x in s.split(",") if x],
                    help=f"peers to time, of {', '.join(PEERS)} (default: all)")
     e.add_argument("--compile-modes", default="reduce-overhead,max-autotune", type=lambda s: s.split(","),
                    help="torch.compile modes to try; torch_compile keeps the fastest (default: reduce-overhead,max-autotune)")
     e.add_argument("--samples", type=int, default=60000)
     e.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default: 3)")
-    e.add_argument("--accuracy", default="cupy,cupy-tf32", type=lambda s: [x for x in s.split(",") if x],
+    e.add_argument("--accuracy", default="cupy,cupy-tf32,cupy-bf16", type=lambda s: [x for x in s.split(",") if x],
                    help="backends whose 10-epoch MNIST accuracy is measured (needs the MNIST cache)")
     e.add_argument("--accuracy-epochs", type=int, default=10)
     c = sub.add_parser("cold-start", help="fresh processes to the end of a first training step")

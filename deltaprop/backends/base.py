@@ -54,6 +54,7 @@ class _PerThread(threading.local):
     def __init__(self):
         self.scratch_space: dict = {}  # (slot, dtype) -> buffer
         self.scratch_views: dict = {}  # (slot, shape, dtype) -> the view _scratch returned last time
+        self.retired: list = []  # buffers that a larger one replaced: a recorded CUDA graph may still use them
 
 
 def _holding_device_lock(method):
@@ -134,6 +135,8 @@ class Backend:
         space = self._local.scratch_space
         buf = space.get((slot, dtype))
         if buf is None or buf.size < size:
+            if buf is not None:  # kept, not freed: a graph recorded with it writes there on every replay
+                self._local.retired.append(buf)
             buf = self.empty(size, dtype)
             space[(slot, dtype)] = buf
             views.clear()  # drop the views of the smaller buffer

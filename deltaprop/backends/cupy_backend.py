@@ -12,7 +12,8 @@
 * ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
   and replays it (``graphs.GraphSteps``, shared with the numba-cuda backend); where capture
   fails, the same step runs eagerly.
-* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores.
+* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores, and "cupy-bf16"
+  gives them bfloat16 inputs (float32 accumulation, outputs, weights and elementwise work).
 
 Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
 array, an unknown name) falls back to the contract's default method, which also raises its errors.
@@ -73,6 +74,7 @@ def _libcublas(major: int):
         "cublasSetWorkspace_v2": [P, P, ctypes.c_size_t],
         "cublasSgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
         "cublasDgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
+        "cublasGemmEx": [P, I, I, I, I, I, P, P, I, I, P, I, I, P, P, I, I, I, I],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
@@ -274,3 +276,43 @@ class CupyTF32Backend(CupyBackend):
 
     name = "cupy-tf32"
     tf32 = True
+
+
+CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType (library_types.h)
+CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
+
+
+class CupyBF16Backend(CupyBackend):
+    """The CuPy backend with bfloat16 GEMM inputs: each float32 GEMM rounds its two operands to bfloat16
+    (round to nearest even, deltaprop/kernels/bf16.py) and multiplies them on tensor cores with float32
+    accumulation (cuBLAS GemmEx, compute type 32F) into its float32 output. The weights (the master copy),
+    the optimizer's state, the bias, φ, δ's elementwise work and the update stay float32; float64 is
+    unchanged. A separate backend, as cupy-tf32."""
+
+    name = "cupy-bf16"
+
+    def __init__(self, graphs: bool = True):
+        super().__init__(graphs)
+        self.device += ", bfloat16 GEMM inputs"
+
+    def _bf16(self, x, slot: str):
+        """x (float32, C-contiguous) rounded to bfloat16, in this thread's scratch ``slot`` (uint16 bits)."""
+        from ..kernels import bf16
+
+        out = self._scratch(slot, x.shape, np.uint16)
+        self._launch(bf16.to_bf16_kernel(), _blocks(x.size, THREADS), THREADS, (x, out, i64(x.size)))
+        return out
+
+    def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
+        if C.dtype != np.float32:
+            return super()._gemm(A, B, C, trans_a, trans_b, alpha, beta)
+        lib, handle = self._cublas()
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
+        a16, b16 = self._bf16(A, "bf16_a"), self._bf16(B, "bf16_b")
+        p_alpha, p_beta = ctypes.pointer(ctypes.c_float(alpha)), ctypes.pointer(ctypes.c_float(beta))
+        status = lib.cublasGemmEx(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, b16.data.ptr, CUDA_R_16BF,
+                                  B.shape[1], a16.data.ptr, CUDA_R_16BF, A.shape[1], p_beta, C.data.ptr, CUDA_R_32F, N,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip  (as _gemm: B first)
+        _check(status, "cublasGemmEx (bfloat16)")
+        self.counts["gemm"] += 1
