@@ -135,9 +135,9 @@ class Backend:
         space = self._local.scratch_space
         buf = space.get((slot, dtype))
         if buf is None or buf.size < size:
-            if buf is not None:  # kept, not freed: a graph recorded with it writes there on every replay
-                self._local.retired.append(buf)
-            buf = self.empty(size, dtype)
+            if buf is not None:  # kept, not freed: a graph recorded with it writes there on every replay;
+                self._local.retired.append(buf)  # growth by doubling at least keeps them under the new one's size
+            buf = self.empty(size if buf is None else max(size, 2 * buf.size), dtype)
             space[(slot, dtype)] = buf
             views.clear()  # drop the views of the smaller buffer
         if len(views) > 256:  # many shapes (evaluations of many sizes): start afresh
