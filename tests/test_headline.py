@@ -107,6 +107,23 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
     assert all(record["small_epoch_s"]["fp32"][p] is None for p in PEERS)
 
 
+def test_sanitizer_counts_come_from_the_closing_summary(tmp_path):
+    ok = "sanitize_fit: cupy: every kernel and fit agreed with numpy\n"
+    (tmp_path / "sanitizer-memcheck-cupy.log").write_text("========= COMPUTE-SANITIZER\n" + ok + "========= ERROR SUMMARY: 0 errors\n")
+    (tmp_path / "sanitizer-racecheck-numba-cuda.log").write_text(
+        "========= Error: Race reported\n" + ok + "========= RACECHECK SUMMARY: 3 hazards displayed (3 errors, 0 warnings)\n"
+        "========= ERROR SUMMARY: 3 errors\n")
+    (tmp_path / "sanitizer-initcheck-cupy.log").write_text("Traceback ...\n========= ERROR SUMMARY: 0 errors\n")  # crashed
+    (tmp_path / "sanitizer-synccheck-cupy.log").write_text(ok)  # cut short: no summary
+    counts = headline.sanitizer_counts(str(tmp_path))
+    assert counts == {"memcheck": {"cupy": 0}, "racecheck": {"numba-cuda": 3}, "initcheck": {"cupy": None},
+                      "synccheck": {"cupy": None}}
+    record = headline.headline(None, None, None, "f" * 40, counts)
+    assert keys_of(record, FORMAT) == []
+    assert record["sanitizer"]["memcheck"] == {"cupy": 0, "numba-cuda": None}
+    assert record["sanitizer"]["racecheck"] == {"cupy": None, "numba-cuda": 3}
+
+
 def test_a_learner_that_does_not_learn_is_not_timed():
     with pytest.raises(SystemExit, match="does not learn"):
         headline._learns([1.0, 1.2, 1.3], "x")

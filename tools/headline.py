@@ -2,7 +2,7 @@
 
     python tools/headline.py epochs --out E.json          # epoch times and accuracies, one process
     python tools/headline.py cold-start --out C.json      # fresh processes to the end of a first training step
-    python tools/headline.py assemble --epochs E.json --cold C.json --tests T.log --out bench/results/...-headline.json
+    python tools/headline.py assemble --epochs E.json --cold C.json --tests T.log [--sanitizer DIR] --out bench/results/...-headline.json
 
 ``epochs`` times, in one process, the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD
 with momentum 0.9, lr 0.05, batch 128) and the small net (784-30-10, sigmoid + mse, plain SGD lr 3.0, batch
@@ -237,7 +237,7 @@ def tests_summary(path) -> dict | None:
     return {"command": command, "passed": None, "failed": None, "skipped": None, "seconds": None}
 
 
-def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None) -> dict:
+def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None, sanitizer=None) -> dict:
     """The record, every key of the format present: what these measurements hold, null for the rest."""
     nets = (epochs or {}).get("nets", {})
 
@@ -273,8 +273,32 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
     record["accuracy"] = {"reference_fp32_10_epochs": acc.get("cupy", acc.get("numba-cuda")),
                           "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": acc.get("cupy-bf16")}
     record["tests"] = tests or {"command": None, "passed": None, "failed": None, "skipped": None, "seconds": None}
-    record["sanitizer"] = {tool: {"cupy": None, "numba-cuda": None} for tool in ("memcheck", "racecheck", "synccheck", "initcheck")}
+    record["sanitizer"] = {tool: {b: (sanitizer or {}).get(tool, {}).get(b) for b in ("cupy", "numba-cuda")}
+                           for tool in SANITIZER_TOOLS}
     return record
+
+
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+
+
+def sanitizer_counts(folder) -> dict | None:
+    """{tool: {backend: errors}} from compute-sanitizer logs named sanitizer-<tool>-<backend>.log in ``folder``:
+    the count of the closing "ERROR SUMMARY: N errors" line, None where a log has no such line (the run failed
+    or was cut short) or where the checked program itself failed (its last line is not sanitize_fit's)."""
+    if not folder:
+        return None
+    counts = {}
+    for tool in SANITIZER_TOOLS:
+        for backend in ("cupy", "numba-cuda"):
+            path = os.path.join(folder, f"sanitizer-{tool}-{backend}.log")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                text = f.read()
+            found = re.findall(r"ERROR SUMMARY: (\d+) errors?", text)
+            ran = "every kernel and fit agreed with numpy" in text
+            counts.setdefault(tool, {})[backend] = int(found[-1]) if found and ran else None
+    return counts
 
 
 def cmd_assemble(a) -> dict:
@@ -286,7 +310,8 @@ def cmd_assemble(a) -> dict:
 
     from deltaprop import record
 
-    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), record.git_commit())
+    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), record.git_commit(),
+                    sanitizer_counts(a.sanitizer))
 
 
 def main(argv=None) -> int:
@@ -310,6 +335,7 @@ def main(argv=None) -> int:
     s.add_argument("--epochs", metavar="E.json")
     s.add_argument("--cold", metavar="C.json")
     s.add_argument("--tests", metavar="LOG", help="a pytest log whose first line is '$ <command>'")
+    s.add_argument("--sanitizer", metavar="DIR", help="a folder of compute-sanitizer logs, sanitizer-<tool>-<backend>.log")
     for q in (e, c, s):
         q.add_argument("--out", required=True)
     a = p.parse_args(argv)
