@@ -253,7 +253,10 @@ def sweep(stand_in) -> list:
             for act in loss.outputs:
                 stand_in.output_delta(S(B, N), S(B, N), S(B, N), act, loss.name, S(B, N))
             for rule in ACCURACY_RULES:
-                stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64))
+                for weights in (None, S(B, 1)):  # sample weights: a weighted variant
+                    stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64), weights)
+        stand_in.normalize_weights(S(B, 1))
+        stand_in.scale_rows(S(B, N), S(B, 1))
         t, pair = S(1, dt=np.int64), (S(K, N), S(N))
         for decoupled in (False, True):
             stand_in.adam_update(S(B, K), S(B, N), *pair, *pair, *pair, t, 0.1, 0.9, 0.999, 1e-8, 0.0, decoupled)

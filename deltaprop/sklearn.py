@@ -13,6 +13,11 @@ plus ``backend`` and ``dtype``; the parameters are validated by scikit-learn's o
   sgd's, as in scikit-learn.
 - ``solver="lbfgs"`` is scipy's L-BFGS-B (max_iter, max_fun, tol) on the full-batch loss and gradient
   that the backend computes.
+- ``fit(X, y, sample_weight)``, ``partial_fit`` and ``score`` take per-sample weights with scikit-learn's
+  meaning: each batch's loss is its weighted mean Σ w_i·E_i / Σ w_i (``MLP.fit(sample_weight=)``: the batch's
+  weights gathered and normalised on the device, in the recorded step), ``loss_curve_`` sums those means by rows,
+  the early-stopping split splits the weights and the validation score is weighted, and lbfgs minimises the
+  weighted full-batch loss with the penalty ½·α·‖W‖² / Σw.
 
 What differs from ``sklearn.neural_network``:
 
@@ -26,7 +31,10 @@ What differs from ``sklearn.neural_network``:
   the first change (invscaling's first is after epoch 1, by a factor (n + 1)^power_t). Without momentum
   they are the same.
 - ``MLPRegressor(loss="poisson")`` is refused (deltaprop has no exponential output).
-- No ``sample_weight``.
+- ``sample_weight``: ``alpha``'s decay per step is α / (batch_size · mean weight), where scikit-learn divides by
+  each batch's Σw (the same with one batch an epoch, and for weights constant within the batches; loss_curve_'s
+  penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
+  weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
 - Weights start from deltaprop's initialisation (Glorot or He, normal), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
