@@ -1,4 +1,5 @@
-"""sample_weight: the contract's weighted kernels against float64 references on every backend, MLP.fit's weighted
+"""sample_weight: the contract's weighted kernels against float64 references on every backend (batch_metrics's
+weighted variant: tests/test_kernels.py), MLP.fit's weighted
 step (zero weights remove, integer weights repeat), scikit-learn's estimators step for step against scikit-learn's
 own from the same weights (sgd, adam, lbfgs), and bad weights refused by name before anything changes."""
 
@@ -6,9 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-import reference as ref
 import sklearn.neural_network as skl
-from helpers import PAIRS, SHAPES, assert_close, away_from_kinks, targets
+from helpers import assert_close
 from sklearn.datasets import load_iris, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
@@ -56,38 +56,6 @@ def test_scale_rows(backend, dtype, rng, shape):
     d = dev(backend, x, dtype)
     backend.scale_rows(d, dev(backend, w, dtype))
     assert_close(backend.to_numpy(d), x.astype(np.float64) * w, dtype)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("out_act,loss", PAIRS)
-def test_weighted_batch_metrics(backend, dtype, rng, shape, out_act, loss):
-    B, _, n = shape
-    if out_act == "softmax" and n == 1:
-        n = 2
-    a = away_from_kinks(rng.normal(size=(B, n)), gap=0.05).astype(dtype)
-    Y = targets(rng, loss, B, n).astype(dtype)
-    z = ref.phi(out_act, a).astype(dtype)
-    w = weights(rng, B).astype(dtype)
-    if loss == "cross_entropy" or (loss == "mse" and n > 1):
-        rule = "argmax"
-        correct = np.argmax(z, axis=1) == np.argmax(Y, axis=1)
-    elif loss in ("bce", "perceptron"):
-        rule = "threshold"
-        Y = np.where(Y > 0.5, 1.0, -1.0 if loss == "perceptron" else 0.0).astype(dtype)
-        correct = np.all((a > 0) == (Y > 0.5), axis=1)
-    else:
-        rule, correct = None, np.zeros(B, bool)
-    start = rng.normal(size=2)
-    out = backend.asarray(start, np.float64)
-    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out, dev(backend, w.reshape(-1, 1), dtype))
-    got = backend.to_numpy(out)
-    per_row = ref.sample_loss(loss, out_act, a, Y)
-    expected = start[0] + np.dot(w.astype(np.float64), per_row)
-    assert_close(got[0], expected, dtype, scale=max(1.0, abs(expected)) * max(1, n) * 3)
-    if rule is None:
-        assert got[1] == start[1]
-    else:
-        assert_close(got[1], start[1] + np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
 
 
 # ------------------------------------------------------------- MLP.fit
