@@ -26,7 +26,7 @@ from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES
+from .mlp.checks import DTYPES, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -128,12 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _int_list(text: str) -> list:
     try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1024,1024, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"layer widths must be ≥ 1, got {text!r}")
-    return values
+        return parse_widths(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- train

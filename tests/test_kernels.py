@@ -102,7 +102,8 @@ def test_gather(backend, dtype, rng, rows, cols):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("out_act,loss", PAIRS)
-def test_batch_metrics(backend, dtype, rng, shape, out_act, loss):
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_batch_metrics(backend, dtype, rng, shape, out_act, loss, weighted):
     B, _, n = shape
     if out_act == "softmax" and n == 1:
         n = 2
@@ -120,11 +121,20 @@ def test_batch_metrics(backend, dtype, rng, shape, out_act, loss):
         correct = np.all((a > 0) == (Y > 0.5), axis=1)
     else:
         rule, correct = None, np.zeros(B, bool)
-    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out)
+    if not weighted:
+        backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out)
+        got = backend.to_numpy(out)
+        expected_loss = start[0] + ref.sample_loss(loss, out_act, a, Y).sum()
+        assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n))
+        assert got[1] == start[1] + correct.sum()
+        return
+    w = rng.uniform(0.0, 3.0, size=B).astype(dtype)  # sample weights, some 0
+    w[rng.random(B) < 0.3] = 0.0
+    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out, dev(backend, w.reshape(-1, 1), dtype))
     got = backend.to_numpy(out)
-    expected_loss = start[0] + ref.sample_loss(loss, out_act, a, Y).sum()
-    assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n))
-    assert got[1] == start[1] + correct.sum()
+    expected_loss = start[0] + np.dot(w.astype(np.float64), ref.sample_loss(loss, out_act, a, Y))
+    assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n) * 3)
+    assert_close(got[1], start[1] + np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
 
 
 @pytest.mark.parametrize("act", HIDDEN + ("step",))

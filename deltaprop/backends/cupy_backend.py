@@ -226,10 +226,11 @@ class CupyBackend(GraphSteps, Backend):
             return super().gather(src, idx, out)
         self._elementwise("gather_rows", out, src, idx, out, i64(idx.size), i64(out.shape[1]))
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         usable = out.dtype == np.float64 and out.flags.c_contiguous and out.size >= 2
-        if loss not in LOSS_CODES or accuracy not in ACCURACY_CODES or not (usable and self._ok(a, z, y)):
-            return super().batch_metrics(a, z, y, loss, accuracy, out)
+        known = loss in LOSS_CODES and accuracy in ACCURACY_CODES
+        if weights is not None or not known or not (usable and self._ok(a, z, y)):  # weighted: the contract's xp body
+            return super().batch_metrics(a, z, y, loss, accuracy, out, weights)
         rows, cols = a.shape
         codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
         kernel = cuda_source.kernels(a.dtype)["batch_metrics"]  # one block: sums in a fixed order, no atomics
