@@ -56,7 +56,7 @@ class Activation:
 
     name: str
     code: int  # its number in the CUDA C kernels (ACT_<NAME>); unique
-    init: str  # the initialisation init="auto" takes: "he" or "glorot"
+    init: str  # the initialisation init="auto" takes (normal): a key of INIT_VARIANCES, "he" or "glorot"
     hidden: bool  # allowed in a hidden layer
     output: bool  # allowed in the output layer (with the losses that name it, deltaprop.mlp.losses)
     form: str = "elementwise"
@@ -182,6 +182,36 @@ ACTIVATIONS = {
 }  # fmt: skip
 #: the activations whose φ acts on each element alone (every form of the table is set)
 ELEMENTWISE = tuple(name for name, spec in ACTIVATIONS.items() if spec.form == "elementwise")
+
+
+#: the initialisations of W_l (MLP(init=...)): the variance of its entries for a layer of n_in inputs and n_out units
+INIT_VARIANCES = {
+    "he": lambda n_in, n_out: 2.0 / n_in,
+    "glorot": lambda n_in, n_out: 2.0 / (n_in + n_out),
+    "lecun": lambda n_in, n_out: 1.0 / n_in,
+}
+#: every init name: "auto" (each layer its activation's ``init``, normal), SCHEME_normal and SCHEME_uniform
+#: (U(−√(3σ²), √(3σ²)): the same variance), and a bare SCHEME, which is SCHEME_normal
+INITS = ("auto", *(f"{scheme}_{law}" for scheme in INIT_VARIANCES for law in ("normal", "uniform")))
+
+
+def check_init(name, argument: str = "init") -> str:
+    """The canonical init name ("auto" or SCHEME_normal / SCHEME_uniform), or a ValueError naming ``argument``."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key in INIT_VARIANCES:
+        key += "_normal"
+    if key not in INITS:
+        raise ValueError(f"{argument}: unknown initialisation {name!r}; choose one of {', '.join(INITS)} "
+                         f"({', '.join(INIT_VARIANCES)} alone are normal)")  # fmt: skip
+    return key
+
+
+def init_rule(init: str, activation: str):
+    """(variance(n_in, n_out), "normal" or "uniform") of a layer of ``activation`` under the canonical ``init``."""
+    if init == "auto":
+        return INIT_VARIANCES[ACTIVATIONS[activation].init], "normal"
+    scheme, law = init.rsplit("_", 1)
+    return INIT_VARIANCES[scheme], law
 
 
 def check_activation(name, argument: str) -> str:
