@@ -38,11 +38,11 @@ def prelude() -> str:
     lines += [f"#define LOSS_{loss.name.upper()} {loss.code}" for loss in LOSSES.values()]
     lines += [f"#define ACCURACY_{str(rule).upper()} {code}" for rule, code in ACCURACY_CODES.items()]
     lines.append(f"#define LEAKY_SLOPE {LEAKY_SLOPE!r}")
-    for fn, arg, what in (("phi", "a", "c_phi"), ("dphi", "z", "c_dphi")):  # an unknown code: the identity's
+    # φ(a) and φ'(z); a code without a case (softmax's: its own kernel) gives the identity's
+    for fn, arg, form, default in (("phi", "a", "c_phi", "a"), ("dphi", "z", "c_dphi", "T(1)")):
         lines += ["template <typename T>", f"__device__ __forceinline__ T {fn}(T {arg}, int act) {{", "    switch (act) {"]
-        lines += [f"        case ACT_{a.name.upper()}: return {getattr(a, what)};" for a in ACTIVATIONS.values() if getattr(a, what)]
-        lines += [f"        default: return {ACTIVATIONS['identity'].c_phi if fn == 'phi' else ACTIVATIONS['identity'].c_dphi};",
-                  "    }", "}"]  # fmt: skip
+        lines += [f"        case ACT_{a.name.upper()}: return {getattr(a, form)};" for a in ACTIVATIONS.values() if getattr(a, form)]
+        lines += [f"        default: return {default};", "    }", "}"]
     return "\n".join(lines) + "\n"
 
 
