@@ -1,7 +1,7 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
 They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
-plus ``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
+plus ``backend``, ``dtype`` and ``init`` (the weights' initialisation, ``deltaprop.MLP``'s); the parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
 - ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
@@ -36,7 +36,8 @@ What differs from ``sklearn.neural_network``:
   penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
   weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
-- Weights start from deltaprop's initialisation (Glorot or He, normal), not scikit-learn's uniform one.
+- Weights start from deltaprop's initialisation (``init="auto"``: Glorot or He, normal; or ``init=`` one of
+  deltaprop.mlp.activations.INITS, e.g. "glorot_uniform"), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
   gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn
   adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
@@ -93,7 +94,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends, optim
 from .mlp import MLP
-from .mlp.activations import ACTIVATIONS
+from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS
 from .mlp.checks import check_activation, check_dtype
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
@@ -149,6 +150,7 @@ class _BaseMLP(BaseEstimator):
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "backend": "no_validation",  # checked by deltaprop.backends.select, by name
         "dtype": "no_validation",  # checked by deltaprop's check_dtype
+        "init": [StrOptions({*INITS, *INIT_VARIANCES})],
     }
 
     _classifier = False
@@ -181,6 +183,7 @@ class _BaseMLP(BaseEstimator):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        init="auto",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -207,6 +210,7 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
+        self.init = init
 
     # ------------------------------------------------------------ public
     def fit(self, X, y, sample_weight=None):
@@ -281,6 +285,7 @@ class _BaseMLP(BaseEstimator):
                 backend=self.backend,
                 dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
+                init=self.init,
             )
 
         if self.solver == "lbfgs":
@@ -691,8 +696,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Softmax outputs and cross-entropy for several classes; one logistic output (bce) for two, with
     ``predict_proba`` still of two columns; one logistic output per label for a 2-D 0/1 indicator y
     (multilabel). Parameters as ``sklearn.neural_network.MLPClassifier`` (see the module docstring
-    for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy") and ``dtype``
-    ("float32", "float64"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy"), ``dtype``
+    ("float32", "float64") and ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).
@@ -777,7 +782,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
-    module docstring for the differences), plus ``backend`` and ``dtype``. Fitted: as the classifier,
+    module docstring for the differences), plus ``backend``, ``dtype`` and ``init``. Fitted: as the classifier,
     without ``classes_``; ``validation_scores_`` are R².
     """
 
@@ -812,6 +817,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        init="auto",
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -839,6 +845,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
             max_fun=max_fun,
             backend=backend,
             dtype=dtype,
+            init=init,
         )
         self.loss = loss
 

@@ -10,7 +10,10 @@ Conventions (see README, "The math"):
 * φ' is taken from the layer's output ``z``: for every activation here it is a
   function of φ(a) alone (σ' = z(1 − z), tanh' = 1 − z², relu' = [z > 0],
   leaky_relu' = 1 if z > 0 else 0.1, identity' = 1), so hidden layers need not
-  keep ``a``.
+  keep ``a``;
+* the activations, the losses and the accuracy rules are those of the tables
+  ``deltaprop.mlp.activations.ACTIVATIONS`` and ``deltaprop.mlp.losses.LOSSES``; an
+  elementwise φ and φ' are the table's (its ``xp`` forms), softmax is row-wise here.
 
 The default methods are written against ``self.xp`` (NumPy or CuPy), with
 ``out=`` arguments and a cached scratch space, so that a training step
@@ -36,12 +39,11 @@ import threading
 
 import numpy as np
 
-#: φ for each activation name; "softmax" is row-wise.
-ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
-#: the losses and the accuracy rules understood by ``batch_metrics``.
-LOSSES = ("mse", "cross_entropy", "bce", "perceptron")
-ACCURACY_RULES = (None, "argmax", "threshold")
-LEAKY_SLOPE = 0.1
+from ..mlp.activations import ACTIVATIONS
+from ..mlp.losses import ACCURACY_CODES, LOSSES
+
+#: the accuracy rules understood by ``batch_metrics``
+ACCURACY_RULES = tuple(ACCURACY_CODES)
 
 #: held by every method of the contract of a backend that is not ``thread_safe``: one for all of them,
 #: as they share the device (a kernel on the legacy stream breaks another thread's stream capture)
@@ -173,7 +175,7 @@ class Backend:
         xp.subtract(z, y, out=delta)
         if loss == "mse":
             self._mul_derivative(z, activation, delta)
-        elif loss not in ("cross_entropy", "bce"):
+        elif loss not in LOSSES:
             raise ValueError(f"loss: unknown loss {loss!r}")
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
@@ -363,26 +365,11 @@ class Backend:
     # ------------------------------------------------------- elementwise
     def _activate(self, a, activation: str, z) -> None:
         """z = φ(a); ``a`` and ``z`` may be the same array."""
-        xp = self.xp
-        if activation == "identity":
-            if z is not a:
-                xp.copyto(z, a)
-        elif activation == "sigmoid":  # σ(a) = (1 + tanh(a/2)) / 2: no overflow for any a
-            xp.multiply(a, 0.5, out=z)
-            xp.tanh(z, out=z)
-            z *= 0.5
-            z += 0.5
-        elif activation == "tanh":
-            xp.tanh(a, out=z)
-        elif activation == "relu":
-            xp.maximum(a, 0, out=z)
-        elif activation == "leaky_relu":
-            tmp = self._scratch("act", a.shape, a.dtype)
-            xp.multiply(a, LEAKY_SLOPE, out=tmp)
-            xp.maximum(a, tmp, out=z)
-        elif activation == "step":  # Heaviside, H(0) = 0
-            xp.greater(a, 0, out=z)
+        spec = ACTIVATIONS.get(activation)
+        if spec is not None and spec.xp_phi is not None:
+            spec.xp_phi(self.xp, a, z, self._scratch("act", a.shape, a.dtype))
         elif activation == "softmax":
+            xp = self.xp
             rows = self._scratch("rows", (a.shape[0], 1), a.dtype)
             xp.max(a, axis=1, keepdims=True, out=rows)
             xp.subtract(a, rows, out=z)
@@ -394,27 +381,10 @@ class Backend:
 
     def _mul_derivative(self, z, activation: str, g) -> None:
         """g ⊙= φ'(a), with φ' expressed through z = φ(a)."""
-        xp = self.xp
-        if activation == "identity":
-            return
-        tmp = self._scratch("deriv", z.shape, z.dtype)
-        if activation == "sigmoid":  # σ(1 − σ)
-            xp.subtract(1, z, out=tmp)
-            tmp *= z
-        elif activation == "tanh":  # 1 − tanh²
-            xp.multiply(z, z, out=tmp)
-            xp.subtract(1, tmp, out=tmp)
-        elif activation == "relu":  # 1 for a > 0, 0 for a ≤ 0
-            xp.greater(z, 0, out=tmp)
-        elif activation == "leaky_relu":  # 1 for a > 0, 0.1 for a ≤ 0
-            xp.greater(z, 0, out=tmp)
-            tmp *= 1.0 - LEAKY_SLOPE
-            tmp += LEAKY_SLOPE
-        elif activation == "step":
-            tmp.fill(0)
-        else:
+        spec = ACTIVATIONS.get(activation)
+        if spec is None or spec.xp_mul_dphi is None:
             raise ValueError(f"activation: {activation!r} has no elementwise derivative")
-        g *= tmp
+        spec.xp_mul_dphi(self.xp, z, g, self._scratch("deriv", z.shape, z.dtype))
 
     def _loss_sum(self, a, z, y, loss: str):
         """Σ over the batch of the per-sample loss, as a scalar of ``xp`` (no wait for the device)."""

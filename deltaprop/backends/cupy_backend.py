@@ -28,13 +28,15 @@ import functools
 import numpy as np
 
 from ..kernels import cuda_source
+from ..mlp.activations import ACTIVATIONS
+from ..mlp.losses import ACCURACY_CODES, LOSSES
 from . import compat
 from .base import Backend
 from .graphs import GraphSteps
 
-ACTIVATION_CODES = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "leaky_relu": 5}
-LOSS_CODES = {"mse": 0, "cross_entropy": 1, "bce": 2, "perceptron": 3}
-ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
+# the codes of the kernels' prelude (cuda_source.prelude), from the tables: the activations with a CUDA C φ
+ACTIVATION_CODES = {name: a.code for name, a in ACTIVATIONS.items() if a.c_phi is not None}
+LOSS_CODES = {name: loss.code for name, loss in LOSSES.items()}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 THREADS = 256  # elementwise kernels
 ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..mlp.losses import LOSSES
 from .numba_activations import dphi
 from .numba_gemm import softmax_row
 from .numba_cache import persistent
@@ -22,7 +23,7 @@ from .numba_cache import persistent
 @functools.cache
 def output_delta(act: str, loss: str, kind):
     """Kernel (a, z, y, delta): δ_L for one (activation, loss) pair, element by element."""
-    if loss not in ("mse", "cross_entropy", "bce", "perceptron"):
+    if loss not in LOSSES:
         raise ValueError(f"loss: unknown loss {loss!r}")
     perceptron, mse = loss == "perceptron", loss == "mse"
     d = dphi(act if mse else "identity", kind)

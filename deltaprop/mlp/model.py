@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import backends, optim
 from .._files import atomic_write
-from .activations import ACTIVATIONS, check_activation
+from .activations import ACTIVATIONS, check_activation, check_init, init_rule
 from .arrays import NpzArrays, cast_finite, real_array
 from .checks import DTYPES, check_dtype
 from .checks import check_int as _check_int
@@ -40,9 +40,11 @@ class MLP:
     dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
     anything else, None included, raises ValueError.
     Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
-    starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
-    tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
-    biases start at 0.
+    starts from identical weights. ``init``: "auto" (the default) is Glorot (normal, σ² = 2/(n_in + n_out))
+    for sigmoid, tanh, identity, step and softmax layers and He (σ² = 2/n_in) for relu and leaky_relu
+    (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
+    with "_normal" or "_uniform" (U(−√(3σ²), √(3σ²)), the same variance) sets every layer; the bare
+    name is normal. Biases start at 0.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class MLP:
         backend="auto",
         dtype="float32",
         seed=None,
+        init="auto",
     ):
         sizes = _check_layer_sizes(layer_sizes)
+        init = check_init(init)
         n_hidden = len(sizes) - 2
         if isinstance(activation, str):
             hidden = [check_activation(activation, "activation")] * n_hidden
@@ -89,11 +93,12 @@ class MLP:
             raise ValueError(f"seed: expected None or an integer ≥ 0, got {seed!r}")
         self.selection = backends.select(backend)
         self.seed = int(seed)
+        self.init = init  # the canonical name: "auto", or SCHEME_normal / SCHEME_uniform
         self.epochs_trained = 0
         activations = (*hidden, out)  # one per layer, the output's last
         # the parameters, the optimizer's state and the passes over them, on the backend's device
         self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
-                               _initial_weights(sizes, activations, dtype, self.seed))
+                               _initial_weights(sizes, activations, dtype, self.seed, init))
 
     # ------------------------------------------------------------ properties
     @property
@@ -375,6 +380,7 @@ class MLP:
             "loss": self.loss,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "init": self.init,
             "epochs_trained": self.epochs_trained,
         }
         net, bk = self.network, self.backend
@@ -421,6 +427,7 @@ class MLP:
                     backend=backend,
                     dtype=config["dtype"],
                     seed=config["seed"],
+                    init=config.get("init", "auto"),  # a file from before init= was drawn as "auto"
                 )
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])
@@ -436,13 +443,18 @@ class MLP:
 
 
 # ------------------------------------------------------------------ helpers
-def _initial_weights(sizes, activations, dtype, seed) -> list:
-    """[(W_l, b_l)] drawn on the host from ``seed``: Glorot or He normal W_l (see ``MLP``), zero b_l."""
+def _initial_weights(sizes, activations, dtype, seed, init="auto") -> list:
+    """[(W_l, b_l)] drawn on the host from ``seed``: W_l by the canonical ``init`` (see ``MLP``), zero b_l."""
     rng = np.random.default_rng(seed)
     weights = []
     for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations):
-        var = 2.0 / n_in if ACTIVATIONS[act].init == "he" else 2.0 / (n_in + n_out)
-        W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+        variance, law = init_rule(init, act)
+        var = variance(n_in, n_out)
+        if law == "normal":
+            W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+        else:  # the same variance: U(−c, c) has c²/3
+            limit = math.sqrt(3.0 * var)
+            W = rng.uniform(-limit, limit, (n_in, n_out))
         weights.append((W.astype(dtype), np.zeros(n_out, dtype)))
     return weights
 
