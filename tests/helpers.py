@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -11,8 +12,21 @@ from deltaprop.mlp.losses import LOSSES
 HIDDEN = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)  # allowed in a hidden layer
 # every (output activation, loss) pair the MLP accepts
 PAIRS = [(out, loss) for loss, spec in LOSSES.items() for out in spec.outputs]
+
+
+def sweep_shapes():
+    """More test shapes (B, n_in, n_out) for the GPU session's randomized sweep (issue 23): with DELTAPROP_SWEEP=N,
+    N shapes of sizes 1..2048 drawn log-uniformly (from DELTAPROP_SWEEP_SEED, default 0), none a multiple of 8,
+    so none a multiple of any tile; none without it."""
+    n = int(os.environ.get("DELTAPROP_SWEEP", "0") or 0)
+    rng = np.random.default_rng(int(os.environ.get("DELTAPROP_SWEEP_SEED", "0")))
+    sizes = np.exp(rng.uniform(0, np.log(2048), (n, 3))).astype(int)
+    sizes += sizes % 8 == 0  # 8 | size -> size + 1
+    return [tuple(int(v) for v in row) for row in sizes]
+
+
 # (batch, n_in, n_out): every size of 1, 7, 33, 65 in every place, none a multiple of a tile
-SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)]
+SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)] + sweep_shapes()
 
 
 def tol(dtype):

@@ -17,7 +17,8 @@
 # the carried kernels are the ones this GPU would compile (deltaprop compile finds them all); cold starts of
 # both GPU backends (a fresh process to the end of its first training step: with every compile cache emptied,
 # warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
-# copy of the carried cache; compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend
+# copy of the carried cache; the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py
+# and tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend
 # (tools/sanitize_fit.py: every kernel alone, then short fits with each optimizer, checked against numpy);
 # the epoch times and accuracies of the headline; and the headline record itself,
 # $OUT/<date>-<gpu>-headline.json (tools/headline.py). PACK=1 packs $OUT into one file (the device returns 8).
@@ -82,8 +83,10 @@ export PY
 check() {
     local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
     local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
+    local sweep=(-q -n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfE --timeout=120)
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_headline.py)
+        sweep=(-q -p no:cacheprovider -k "sgd and not nesterov")
         epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
@@ -93,6 +96,8 @@ check() {
     step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
     step tests 330 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         bash -c 'pytest_logged "$0" "$@"' "$OUT/tests-pytest.log" "${tests[@]}" ${PYTEST_ARGS:-}
+    step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
+        DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
     sanitizer "$kc"
     step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
     step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \

@@ -173,23 +173,20 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
                     weight_decay: float, decoupled: bool) -> None:
-        kind = self._kind(W)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)  # the gradient GEMM, then one pass over W and one over b
-        kernel, rate = self._ew.adam(kind, bool(decoupled)), self._rate(lr, kind)
-        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
-            flat = [x.reshape(p.size) for x in (p, g, m, s)]
-            self._launch_1d(kernel, p.size, *flat, t, rate, kind(beta_1), kind(beta_2), kind(epsilon), kind(decay))
+        (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
+        kernel = self._gemm.adam(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(decoupled))
+        scalars = (kind(beta_1), kind(beta_2), kind(epsilon), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, mW, mb, sW, sb, t, self._rate(lr, kind), *scalars)
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
                        weight_decay: float) -> None:
-        kind = self._kind(W)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)
-        kernel, rate = self._ew.rmsprop(kind, bool(momentum)), self._rate(lr, kind)
-        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
-            flat = [x.reshape(p.size) for x in (p, g, s, v if momentum else p)]  # v unused without momentum
-            self._launch_1d(kernel, p.size, *flat, rate, kind(rho), kind(epsilon), kind(momentum), kind(decay))
+        (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
+        kernel = self._gemm.rmsprop(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(momentum))
+        if not momentum:
+            vW, vb = sW, sb  # unused by that kernel
+        rate = self._rate(lr, kind)  # also the kernel's unused step count: an array of its own
+        scalars = (kind(rho), kind(epsilon), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, sW, sb, vW, vb, rate, rate, *scalars)
 
     def count_step(self, t) -> None:
         self._launch(self._ew.count(), 1, 1, t)

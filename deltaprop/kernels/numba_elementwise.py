@@ -318,61 +318,6 @@ def window_out():
 
 @persistent
 @functools.cache
-def adam(kind, decoupled: bool):
-    """Kernel (p, g, m, s, t, rate, beta_1, beta_2, epsilon, decay): one Adam step on the 1-D p from its gradient g
-    (deltaprop.optim: coupled decay g + decay·p, or AdamW's p·(1 − η·decay) when ``decoupled``); η = rate[0] and the
-    step count t[0] are read on the device, so a recorded graph replays a schedule and the bias correction right."""
-    one = kind(1.0)
-
-    @cuda.jit
-    def kernel(p, g, m, s, t, rate, beta_1, beta_2, epsilon, decay):
-        i = cuda.grid(1)
-        if i < p.size:
-            lr = rate[0]
-            step = kind(t[0])
-            c1 = one - beta_1**step
-            c2 = one - beta_2**step
-            x = p[i]
-            gi = g[i]
-            if decoupled:
-                x -= lr * decay * x
-            else:
-                gi += decay * x
-            mi = beta_1 * m[i] + (one - beta_1) * gi
-            si = beta_2 * s[i] + (one - beta_2) * gi * gi
-            m[i] = mi
-            s[i] = si
-            p[i] = x - (lr / c1) * mi / (math.sqrt(si) / math.sqrt(c2) + epsilon)
-
-    return kernel
-
-
-@persistent
-@functools.cache
-def rmsprop(kind, momentum: bool):
-    """Kernel (p, g, s, v, rate, rho, epsilon, mu, decay): one RMSprop step on the 1-D p from its gradient g
-    (v unused without ``momentum``); η = rate[0], read on the device."""
-    one = kind(1.0)
-
-    @cuda.jit
-    def kernel(p, g, s, v, rate, rho, epsilon, mu, decay):
-        i = cuda.grid(1)
-        if i < p.size:
-            x = p[i]
-            gi = g[i] + decay * x
-            si = rho * s[i] + (one - rho) * gi * gi
-            s[i] = si
-            u = gi / (math.sqrt(si) + epsilon)
-            if momentum:
-                u += mu * v[i]
-                v[i] = u
-            p[i] = x - rate[0] * u
-
-    return kernel
-
-
-@persistent
-@functools.cache
 def count():
     """Kernel (t), one thread: t[0] += 1 (an optimizer's step count)."""
 
