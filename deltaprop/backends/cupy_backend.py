@@ -100,7 +100,8 @@ class CupyBackend(GraphSteps, Backend):
         self.xp = probe.require(self.name)
         self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
-        self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph", "fused"
+        self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
+        self.fused_epochs = 0  # run_epoch_fused calls so far
         self._lib = self._handle = None  # libcublas (ctypes) and this backend's handle, made on first use
         self._workspace = None
         self._stream = None
@@ -263,7 +264,7 @@ class CupyBackend(GraphSteps, Backend):
         args = (theta, vel, X, Y, idx, i64(idx.size), metrics, rate, i64(layout.batch), i64(first), i64(stop),
                 t(layout.momentum), t(layout.weight_decay))
         kernel((1,), (fused.THREADS,), args, shared_mem=layout.shared_bytes)
-        self.counts["fused"] += 1
+        self.fused_epochs += 1
         fused.unpack(self, theta, [x for pair in params for x in pair])
         if momentum:
             fused.unpack(self, vel, [x for pair in velocity for x in pair])
