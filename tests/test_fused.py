@@ -114,6 +114,12 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
         fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0, 0.9))
     with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: optimizer 'adam'"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.Adam())
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: sample weights: the fused epoch has none"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(),
+                     without="sample weights")
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    assert fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(),
+                        without="dropout") is None
     monkeypatch.setenv("DELTAPROP_FUSED", "yes")
     with pytest.raises(ValueError, match="DELTAPROP_FUSED='yes': choose auto, on or off"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd())

@@ -139,14 +139,17 @@ def check(sizes, activations, loss, accuracy, dtype, batch: int, optimizer, limi
     return fused, None
 
 
-def choose(backend, sizes, activations, loss, accuracy, dtype, batch: int, optimizer) -> Layout | None:
-    """The fused epoch a fit takes under ``DELTAPROP_FUSED``, or None for the step path; with "on", a ValueError
-    saying why it cannot be taken (call it before anything changes)."""
+def choose(backend, sizes, activations, loss, accuracy, dtype, batch: int, optimizer, without: str | None = None):
+    """The fused epoch (a Layout) a fit takes under ``DELTAPROP_FUSED``, or None for the step path; with "on", a
+    ValueError saying why it cannot be taken (call it before anything changes). ``without``: what the fit has that
+    the fused kernels do not do (for example "sample weights"), which keeps it on the step path."""
     asked = mode()
     if asked == "off":
         return None
     limit, auto = backend.fused_limit() or (None, False)
     fused, why = check(sizes, activations, loss, accuracy, dtype, batch, optimizer, limit)
+    if without is not None:
+        fused, why = None, f"{without}: the fused epoch has none"
     if asked == "on" and fused is None:
         raise ValueError(f"{ENV}=on: {backend.name}: {why}")
     return fused if (asked == "on" or auto) else None
