@@ -92,5 +92,8 @@ def rng(request):
 
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
-    """No test sees the user's DELTAPROP_BACKEND unless it sets one itself."""
+    """No test sees the user's DELTAPROP_BACKEND unless it sets one itself; fits take the step path (the CUDA graph
+    of each step, what the tests of the graphs, launches and kernels are about) unless a test asks for the fused
+    epoch (tests/test_fused.py) through DELTAPROP_FUSED."""
     monkeypatch.delenv("DELTAPROP_BACKEND", raising=False)
+    monkeypatch.setenv("DELTAPROP_FUSED", "off")

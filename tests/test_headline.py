@@ -129,3 +129,16 @@ def test_a_learner_that_does_not_learn_is_not_timed():
         headline._learns([1.0, 1.2, 1.3], "x")
     with pytest.raises(SystemExit, match="does not learn"):
         headline._learns([1.0, float("nan")], "x")
+
+
+def test_a_row_says_which_path_ran_and_the_step_path_rows_stay_out_of_the_record():
+    """The small net with the fused epoch asked for (auto) and off: the numpy backend has none ("steps"), the
+    environment is put back; a "<backend>:steps" row of the epochs JSON is no figure of the record."""
+    X, y = headline._data(300)
+    assert headline.deltaprop_epochs("numpy", "small", X, y, 1, fused="auto")["path"] == "steps"
+    assert os.environ["DELTAPROP_FUSED"] == "off"  # conftest's, put back
+    epochs = {"nets": {"small": {"cupy": {"epoch_s": 0.02, "path": "fused"},
+                                 "cupy" + headline.STEP_PATH: {"epoch_s": 0.2, "path": "steps"}}}}
+    record = headline.headline(epochs, None, None, "f" * 40)
+    assert keys_of(record, FORMAT) == []
+    assert record["small_epoch_s"]["fp32"]["cupy"] == 0.02

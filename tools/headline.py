@@ -8,7 +8,9 @@
 with momentum 0.9, lr 0.05, batch 128) and the small net (784-30-10, sigmoid + mse, plain SGD lr 3.0, batch
 10) on 60,000 random samples of MNIST's shape (an epoch's time does not depend on the values) on each
 backend asked and PyTorch eager: the median of ``--epochs`` timed epochs after a warm-up epoch, each
-learner checked to learn (its loss falls) before it is timed; and, with MNIST at hand, the reference net's
+learner checked to learn (its loss falls) before it is timed (each deltaprop row says which path ran: "fused",
+the whole epoch in one launch, which the small net takes where it fits, or "steps"; ``--step-path`` times the
+small net on the step path too, as rows "<backend>:steps", outside the record's keys); and, with MNIST at hand, the reference net's
 test accuracy after 10 epochs per precision. ``cold-start`` starts a fresh ``python`` for each backend, with
 every compile cache emptied and then right after (warm), and with a cache given (``--carried``: one compiled
 without a GPU by ``deltaprop compile --cc``), and reads the time from its start to the end of its first
@@ -48,6 +50,9 @@ NETS = {
 }
 PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "cupy-bf16": "bf16", "numpy": "fp32"}
 PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
+#: the suffix of a backend's small-net row timed on the step path (DELTAPROP_FUSED=off): beside its own row, which
+#: takes the fused epoch when the net fits (the headline's figure), and outside the headline record's keys
+STEP_PATH = ":steps"
 
 
 def _data(n: int, seed: int = 0):
@@ -60,11 +65,25 @@ def _learns(losses, who: str) -> None:
         raise SystemExit(f"headline: {who} does not learn (losses {losses}); not timed")
 
 
-def deltaprop_epochs(backend: str, net: str, X, y, epochs: int) -> dict:
+def deltaprop_epochs(backend: str, net: str, X, y, epochs: int, fused: str = "auto") -> dict:
+    """A backend's epochs, with DELTAPROP_FUSED=``fused`` ("auto": the fused epoch where the net fits, as a user
+    gets it; "off": the step path); the row says which path ran ("fused" or "steps")."""
     spec, batch = NETS[net]
-    history = spec.model(backend).fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
+    saved = os.environ.get("DELTAPROP_FUSED")
+    os.environ["DELTAPROP_FUSED"] = fused
+    try:
+        model = spec.model(backend)
+        before = getattr(model.backend, "fused_epochs", 0)
+        history = model.fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
+        path = "fused" if getattr(model.backend, "fused_epochs", 0) > before else "steps"
+    finally:
+        if saved is None:
+            del os.environ["DELTAPROP_FUSED"]
+        else:
+            os.environ["DELTAPROP_FUSED"] = saved
     _learns(history.loss, f"{backend} on the {net} net")
-    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss}
+    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss,
+            "path": path}
 
 
 def peer_epochs(peer: str, net: str, X, y, epochs: int, precision: str = "fp32", compile_modes=("reduce-overhead",)) -> dict:
@@ -127,8 +146,13 @@ def cmd_epochs(a) -> dict:
             if net == "small" and PRECISION[backend] != "fp32":
                 continue  # the headline has no tf32 row for the small net
             rows[backend] = deltaprop_epochs(backend, net, X, y, a.epochs)
-            print(f"{net} {backend}: {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
+            print(f"{net} {backend} ({rows[backend]['path']}): {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
             save()
+            if net == "small" and backend in a.step_path:  # the same with the fused epoch off, for comparison
+                key = backend + STEP_PATH
+                rows[key] = deltaprop_epochs(backend, net, X, y, a.epochs, fused="off")
+                print(f"{net} {key}: {rows[key]['epoch_s']:.4f} s per epoch", flush=True)
+                save()
     for backend in a.accuracy:
         result["accuracy"][backend] = acc = accuracy_10_epochs(backend, a.accuracy_epochs)
         print(f"accuracy {backend}: {acc}", flush=True)
@@ -328,6 +352,9 @@ def main(argv=None) -> int:
     e.add_argument("--accuracy", default="cupy,cupy-tf32,cupy-bf16", type=lambda s: [x for x in s.split(",") if x],
                    help="backends whose 10-epoch MNIST accuracy is measured (needs the MNIST cache)")
     e.add_argument("--accuracy-epochs", type=int, default=10)
+    e.add_argument("--step-path", default="cupy,numba-cuda", type=lambda s: [x for x in s.split(",") if x],
+                   help="backends whose small-net epoch is timed on the step path too (DELTAPROP_FUSED=off), as rows "
+                        "'<backend>:steps' of the epochs JSON (default: cupy,numba-cuda)")
     c = sub.add_parser("cold-start", help="fresh processes to the end of a first training step")
     c.add_argument("--backends", default="numba-cuda,cupy", type=lambda s: s.split(","))
     c.add_argument("--carried", metavar="DIR", help="a numba-cuda kernel cache compiled beforehand, timed too")

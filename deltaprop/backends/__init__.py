@@ -61,6 +61,11 @@ class Selection:
             how += ")"
         elif self.requested != self.name:
             how += f" (from {self.requested!r})"
+        built = _instances.get(self.name)  # the fused epoch's limit, once the backend is built (a model has it)
+        limit = built.fused_limit() if built is not None else None
+        if limit is not None:
+            how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
+                    + ("" if limit[1] else " when forced (DELTAPROP_FUSED=on)"))
         return how
 
 

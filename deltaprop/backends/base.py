@@ -362,6 +362,18 @@ class Backend:
         for s in range(first, stop):
             step(idx[s * batch_size : (s + 1) * batch_size], metrics[s])
 
+    def fused_limit(self) -> tuple | None:
+        """(bytes, auto): the shared memory one thread block may use for ``run_epoch_fused``, and whether
+        DELTAPROP_FUSED=auto takes that path; None (the default): this backend has no fused epoch."""
+        return None
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        """Steps first..stop-1 of an epoch in one launch (deltaprop.backends.fused): what ``run_steps`` does with
+        the network's SGD step, on the parameters params [(W_l, b_l)] and the momentum velocity [(vW_l, vb_l)]
+        (None without momentum), the data X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and
+        the rate ``lr`` as sgd_update takes it. ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
+        raise NotImplementedError(f"backend {self.name!r} has no fused epoch")
+
     # ------------------------------------------------------- elementwise
     def _activate(self, a, activation: str, z) -> None:
         """z = φ(a); ``a`` and ``z`` may be the same array."""

@@ -30,7 +30,7 @@ import numpy as np
 from ..kernels import cuda_source
 from ..mlp.activations import ACTIVATIONS
 from ..mlp.losses import ACCURACY_CODES, LOSSES
-from . import compat
+from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
 
@@ -43,6 +43,7 @@ ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the
 METRICS_WARPS = 8  # batch_metrics: the warps of its one block (METRICS_WARPS in the .cu)
 MAX_BLOCKS = 8192  # the kernels loop over grid strides
 i64, i32 = np.int64, np.int32
+SHARED_OPTIN_ATTRIBUTE = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin: a block's shared memory, opted in
 
 
 def _blocks(n: int, per_block: int) -> int:
@@ -104,6 +105,7 @@ class CupyBackend(GraphSteps, Backend):
         self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
+        self.fused_epochs = 0  # run_epoch_fused calls so far
         self._lib = self._handle = None  # libcublas (ctypes) and this backend's handle, made on first use
         self._workspace = None
         self._stream = None
@@ -237,6 +239,40 @@ class CupyBackend(GraphSteps, Backend):
         codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
         kernel = cuda_source.kernels(a.dtype)["batch_metrics"]  # one block: sums in a fixed order, no atomics
         self._launch(kernel, 1, 32 * METRICS_WARPS, (a, z, y, out, i64(rows), i64(cols), *codes))
+
+    # ------------------------------------------------------- the fused epoch (backends/fused.py)
+    def fused_limit(self) -> tuple | None:
+        runtime = self.xp.cuda.runtime
+        if runtime.is_hip:
+            return None
+        return int(runtime.deviceGetAttribute(SHARED_OPTIN_ATTRIBUTE, self.xp.cuda.Device().id)), True
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        from ..kernels import fused_source
+
+        if idx.dtype != np.int64 or not self._ok(X, Y):
+            raise TypeError("cupy backend: the fused epoch takes C-contiguous X, Y of the model's dtype and an int64 idx")
+        t = X.dtype.type
+        momentum = bool(layout.momentum)
+        kernel = fused_source.kernel(layout, fused.THREADS)
+        kernel.max_dynamic_shared_size_bytes = layout.shared_bytes  # above 48 KB a kernel must opt in
+        theta = self._scratch("fused_theta", (layout.params,), X.dtype)
+        fused.pack(self, [x for pair in params for x in pair], theta)
+        vel = theta  # unused without momentum
+        if momentum:
+            vel = self._scratch("fused_vel", (layout.params,), X.dtype)
+            fused.pack(self, [x for pair in velocity for x in pair], vel)
+        rate = lr
+        if isinstance(lr, (float, int, np.floating)):
+            rate = self._scratch("fused_rate", (1,), X.dtype)
+            rate.fill(lr)
+        args = (theta, vel, X, Y, idx, i64(idx.size), metrics, rate, i64(layout.batch), i64(first), i64(stop),
+                t(layout.momentum), t(layout.weight_decay))
+        kernel((1,), (fused.THREADS,), args, shared_mem=layout.shared_bytes)
+        self.fused_epochs += 1
+        fused.unpack(self, theta, [x for pair in params for x in pair])
+        if momentum:
+            fused.unpack(self, vel, [x for pair in velocity for x in pair])
 
     # ------------------------------------------------------- CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

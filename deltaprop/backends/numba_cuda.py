@@ -26,7 +26,7 @@ import weakref
 
 import numpy as np
 
-from . import compat
+from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
 
@@ -57,6 +57,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
+        self.fused_epochs = 0  # run_epoch_fused calls so far
         self.graphs = not simulated  # False: the contract's Python loop
         self._simulated = simulated
         self._flag = None
@@ -64,7 +65,8 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._capture_stream = None
 
     # ------------------------------------------------------------------ launching
-    def _launch(self, kernel, grid, block, *args) -> None:
+    def _launch(self, kernel, grid, block, *args, shared: int = 0) -> None:
+        """kernel[grid, block](*args) on this backend's stream, with ``shared`` bytes of dynamic shared memory."""
         for x in args:
             if isinstance(x, np.ndarray):
                 raise TypeError("numba-cuda backend: a NumPy array was passed to a kernel (a hidden copy each way)")
@@ -76,9 +78,9 @@ class NumbaCudaBackend(GraphSteps, Backend):
             # np.errstate: honour the caller's "ignore overflow" there, as a GPU silently would.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                kernel[grid, block](*args)
+                kernel[grid, block, 0, shared](*args)
         else:
-            kernel[grid, block, self._stream](*args)
+            kernel[grid, block, self._stream, shared](*args)
 
     def _launch_1d(self, kernel, n: int, *args) -> None:
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
@@ -222,6 +224,37 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def scale_rows(self, x, w) -> None:
         self._launch_1d(self._ew.scale_rows(), x.size, x, w)
+
+    # ------------------------------------------------------------------ the fused epoch (backends/fused.py)
+    def fused_limit(self) -> tuple | None:
+        if self.cuda is None:  # a stand-in for a GPU that is not here (deltaprop compile): the step path
+            return None
+        if self._simulated:  # it runs there when forced, under an H100's limit
+            return fused.SIMULATOR_SHARED, False
+        return int(self.cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), True
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        from ..kernels import numba_fused
+
+        kind = self._kind(X)
+        momentum = bool(layout.momentum)
+        threads = self.threads if self._simulated else fused.THREADS
+        kernel = numba_fused.epoch(layout.sizes, fused.codes(layout.activations), layout.loss, layout.accuracy, momentum,
+                                   momentum and layout.nesterov, kind, threads)
+        theta = self._scratch("fused_theta", (layout.params,), kind)
+        fused.pack(self, [x for pair in params for x in pair], theta)
+        vel = theta  # unused without momentum
+        if momentum:
+            vel = self._scratch("fused_vel", (layout.params,), kind)
+            fused.pack(self, [x for pair in velocity for x in pair], vel)
+        args = (theta, vel, X, Y, idx, metrics, self._rate(lr, kind), np.int64(layout.batch), np.int64(first),
+                np.int64(stop), kind(layout.momentum), kind(layout.weight_decay))
+        numba_fused.opt_in(kernel, args, layout.shared_bytes)
+        self._launch(kernel, 1, threads, *args, shared=layout.shared_bytes)
+        self.fused_epochs += 1
+        fused.unpack(self, theta, [x for pair in params for x in pair])
+        if momentum:
+            fused.unpack(self, vel, [x for pair in velocity for x in pair])
 
     # ------------------------------------------------------------------ CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

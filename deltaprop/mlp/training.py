@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends import fused
 from .network import Buffers
 
 
@@ -79,6 +80,11 @@ class Trainer:
         self.model, self.plan, self.callback = model, plan, callback
         net = self.net = model.network
         bk = self.bk = model.backend
+        # the whole epoch in one launch when the net fits on chip (backends/fused.py), else None: step by step;
+        # chosen first, as DELTAPROP_FUSED=on refuses a net that does not fit before anything changes
+        self.fused = fused.choose(bk, net.layer_sizes, net.activations, net.loss, targets.accuracy, net.dtype,
+                                  plan.batch_size, plan.optimizer,
+                                  without="sample weights" if weights is not None else None)
         self.n = X.shape[0]
         self.accuracy = targets.accuracy
         self.X = bk.asarray(X, model.dtype)
@@ -125,7 +131,11 @@ class Trainer:
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
-            self._steps(idx, 0, self.steps)
+            if self.fused is not None:
+                bk.run_epoch_fused(self.fused, net.params, net.slots.get("v"), self.X, self.Y, idx, self.metrics, self.lr,
+                                   0, self.steps)
+            else:
+                self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
             if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(state=False))):
                 self._diverged(epoch, idx, sums)
