@@ -225,6 +225,44 @@ class CupyBackend(GraphSteps, Backend):
             self._gemm(z_prev, delta, W, trans_a=True, alpha=-lr * scale, beta=1.0 - lr * weight_decay)
             self._bias_grad(delta, b, -lr * scale, 1.0)
 
+    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
+                    weight_decay: float, decoupled: bool) -> None:
+        counted = isinstance(t, self.xp.ndarray) and t.dtype == np.int64
+        if not (counted and self._ok(z_prev, delta, W, b, mW, mb, sW, sb)):
+            return super().adam_update(z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1, beta_2, epsilon, weight_decay,
+                                       decoupled)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)  # GEMM and bias sums, then one pass over W and one over b
+        rate, k = self._rate(lr, W.dtype), W.dtype.type
+        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
+            self._elementwise("adam_step", p, p, g, m, s, t, rate, i64(p.size), k(beta_1), k(beta_2), k(epsilon), k(decay),
+                              i32(bool(decoupled)))
+
+    def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
+                       weight_decay: float) -> None:
+        if not self._ok(z_prev, delta, W, b, sW, sb, *((vW, vb) if momentum else ())):
+            return super().rmsprop_update(z_prev, delta, W, b, sW, sb, vW, vb, lr, rho, epsilon, momentum, weight_decay)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        rate, k = self._rate(lr, W.dtype), W.dtype.type
+        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
+            self._elementwise("rmsprop_step", p, p, g, s, v if momentum else s, rate, i64(p.size), k(rho), k(epsilon),
+                              k(momentum), k(decay), i32(bool(momentum)))  # v unused without momentum
+
+    def _rate(self, lr, dtype):
+        """η as a one-element array of ``dtype``: a schedule's as it is (the Trainer's, of the model's dtype); for a
+        number, this thread's array of that value, made the first time it is asked for (a fill kernel: a recorded
+        step was run eagerly first)."""
+        if not isinstance(lr, (float, int, np.floating)):
+            return lr
+        rates = self._local.__dict__.setdefault("rates", {})  # (value, dtype) -> array
+        key = (float(lr), np.dtype(dtype))
+        if key not in rates:
+            if len(rates) > 64:  # many rates (a search over them): start afresh
+                rates.clear()
+            rates[key] = self.xp.full(1, lr, dtype=dtype)
+        return rates[key]
+
     def gather(self, src, idx, out) -> None:
         if not (self._ok(src, out) and idx.dtype == np.int64 and idx.flags.c_contiguous and out.shape[0] == idx.size):
             return super().gather(src, idx, out)

@@ -62,6 +62,47 @@ __global__ void momentum_step(T* w, T* v, long long n, T lr, T decay) {
     }
 }
 
+// One Adam step over n elements of p from their gradient g (deltaprop.optim; the contract's adam_update):
+// coupled decay g + decay·p, or AdamW's p·(1 − η·decay) when decoupled; m, s the moments. η = rate[0] and the
+// step count t[0] are read on the device, so that a recorded graph replays a schedule and the bias corrections.
+template <typename T>
+__global__ void adam_step(T* p, const T* g, T* m, T* s, const long long* t, const T* rate, long long n, T beta_1,
+                          T beta_2, T epsilon, T decay, int decoupled) {
+    const T lr = rate[0], step = T(t[0]);
+    const T c1 = T(1) - pow(beta_1, step), c2 = T(1) - pow(beta_2, step);
+    GRID_STRIDE(i, n) {
+        T x = p[i], gi = g[i];
+        if (decoupled)
+            x -= lr * decay * x;
+        else
+            gi += decay * x;
+        const T mi = beta_1 * m[i] + (T(1) - beta_1) * gi;
+        const T si = beta_2 * s[i] + (T(1) - beta_2) * gi * gi;
+        m[i] = mi;
+        s[i] = si;
+        p[i] = x - (lr / c1) * mi / (sqrt(si) / sqrt(c2) + epsilon);
+    }
+}
+
+// One RMSprop step over n elements of p from their gradient g: g + decay·p, s ← ρ·s + (1 − ρ)·g²,
+// u = g / (√s + ε), with momentum v ← μ·v + u and u = v; p ← p − η·u, η = rate[0] (v unused without momentum).
+template <typename T>
+__global__ void rmsprop_step(T* p, const T* g, T* s, T* v, const T* rate, long long n, T rho, T epsilon, T mu,
+                             T decay, int momentum) {
+    const T lr = rate[0];
+    GRID_STRIDE(i, n) {
+        const T x = p[i], gi = g[i] + decay * x;
+        const T si = rho * s[i] + (T(1) - rho) * gi * gi;
+        s[i] = si;
+        T u = gi / (sqrt(si) + epsilon);
+        if (momentum) {
+            u += mu * v[i];
+            v[i] = u;
+        }
+        p[i] = x - lr * u;
+    }
+}
+
 // out[c] ← alpha·Σ_r delta[r, c] + beta·out[c] (out is not read when beta = 0).
 // Blocks of 32 × 8 threads: x walks the columns, y the rows; a fixed-order tree sums the 8 parts.
 template <typename T>
@@ -240,6 +281,8 @@ void deltaprop_instantiate() {
     (void)&mul_dphi<T>;
     (void)&output_delta<T>;
     (void)&momentum_step<T>;
+    (void)&adam_step<T>;
+    (void)&rmsprop_step<T>;
     (void)&bias_grad<T>;
     (void)&bias_softmax<T>;
     (void)&batch_metrics<T>;
