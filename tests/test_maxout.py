@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from deltaprop import MLP, cli
 
 
@@ -76,7 +76,7 @@ def test_training_on_each_backend_follows_numpy(backend, rng):
     """A few SGD steps of a maxout net (k = 3, two maxout layers of odd widths) on the backend under test end where
     NumPy's end, in float64."""
     X, y = rng.normal(size=(23, 5)), rng.integers(0, 3, 23)
-    kw = dict(activation="maxout", maxout_pieces=3, dtype="float64", seed=int(rng.integers(2**31)))
+    kw = {"activation": "maxout", "maxout_pieces": 3, "dtype": "float64", "seed": int(rng.integers(2**31))}
     runs = []
     for name in ("numpy", backend.name):
         model = MLP([5, 7, 3, 3], backend=name, **kw)

@@ -52,7 +52,7 @@ def maxout_winner(a, m, j, k):
     best, win = a[m, j * k], 0
     for p in range(1, k):
         v = a[m, j * k + p]
-        if best == best and not v <= best:  # v > best, or v is NaN and best is not
+        if not math.isnan(best) and not v <= best:  # v > best, or v is NaN and best is not
             best, win = v, p
     return best, win
 
