@@ -22,6 +22,7 @@ from numbers import Real
 
 from ._files import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, json_safe, sha256
 from .mlp import MLP
+from .mlp.activations import MAXOUT_PIECES
 
 MANIFEST = "checkpoint.json"
 FORMAT, VERSION = "deltaprop-checkpoint", 2
@@ -136,8 +137,9 @@ class Checkpoint:
         except ValueError as exc:
             raise CheckpointError(f"checkpoint: {exc}") from None
         found = {"epochs_trained": model.epochs_trained, "seed": model.seed, "dtype": model.dtype.name,
-                 "layer_sizes": list(model.layer_sizes), "loss": model.loss}
-        wanted = {"epochs_trained": entry["epoch"], **{k: settings[k] for k in ("seed", "dtype", "layer_sizes", "loss")}}
+                 "layer_sizes": list(model.layer_sizes), "loss": model.loss, "maxout_pieces": model.maxout_pieces}
+        wanted = {"epochs_trained": entry["epoch"], **{k: settings[k] for k in ("seed", "dtype", "layer_sizes", "loss")},
+                  "maxout_pieces": settings.get("maxout_pieces", MAXOUT_PIECES)}  # a checkpoint from before maxout: 2
         differ = [f"{k} {found[k]!r}, expected {wanted[k]!r}" for k in wanted if found[k] != wanted[k]]
         if differ:
             raise CheckpointError(f"checkpoint: {path} does not belong to this checkpoint ({'; '.join(differ)})")

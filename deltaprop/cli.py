@@ -25,7 +25,7 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
-from .mlp.activations import INIT_VARIANCES, INITS, check_init
+from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
 from .mlp.checks import DTYPES, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
@@ -40,8 +40,8 @@ DEFAULTS = {
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
 RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
-               "lr_schedule", "val_split", "early_stopping", "init")
-RESUME_DEFAULTS = {"init": "auto"}  # what a checkpoint from before the setting was made with
+               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces")
+RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
                      "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("model")
     g.add_argument("--layers", type=_int_list, metavar="N,N,...", help="hidden layer widths (mnist default: 1024,1024)")
     g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
+    g.add_argument("--maxout-pieces", type=int, metavar="K",
+                   help=f"with --activation maxout: the affine pieces of each unit, ≥ 2 (default: {MAXOUT_PIECES})")
     g.add_argument("--loss", choices=sorted(OUTPUT_FOR_LOSS), default="cross_entropy",
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
@@ -161,7 +163,8 @@ def cmd_train(args) -> int:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
-                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"])
+                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
+                    maxout_pieces=settings["maxout_pieces"])
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:
@@ -237,6 +240,10 @@ def _settings(args) -> dict:
         raise CLIError(f"--early-stopping: must be ≥ 1, got {args.early_stopping}")
     if args.seed < 0:
         raise CLIError(f"--seed: must be ≥ 0, got {args.seed}")
+    if args.maxout_pieces is not None and args.activation != "maxout":
+        raise CLIError(f"--maxout-pieces: only with --activation maxout, not {args.activation}")
+    if args.maxout_pieces is not None and args.maxout_pieces < 2:
+        raise CLIError(f"--maxout-pieces: must be ≥ 2, got {args.maxout_pieces}")
     rules = {"lr": (lambda v: v > 0, "> 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
              "weight_decay": (lambda v: v >= 0, "≥ 0"), "val_split": (lambda v: 0 <= v < 1, "in [0, 1)"),
              "beta_1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta_2": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -266,6 +273,7 @@ def _settings(args) -> dict:
         "dtype": args.dtype,
         "seed": args.seed,
         "init": check_init(args.init),
+        "maxout_pieces": MAXOUT_PIECES if args.maxout_pieces is None else args.maxout_pieces,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "optimizer": opt.config(),

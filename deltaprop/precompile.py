@@ -238,6 +238,10 @@ def sweep(stand_in) -> list:
             for wide in (False, True):
                 stand_in.tilings, stand_in.wide_from = (tiles,), 1 if wide else numba_gemm.WIDE
                 for act in ACTIVATIONS:
+                    if ACTIVATIONS[act].form == "pieces":  # maxout (2 pieces): a (B, 2·n) kept, z (B, n), δ (B, 2·n)
+                        stand_in.forward(S(B, K), S(K, 2 * N), S(2 * N), act, S(B, N), S(B, 2 * N))
+                        stand_in.hidden_delta(S(B, N), S(K, N), S(B, 2 * K), act, S(B, 2 * K))
+                        continue
                     for n in (N, tiles.bn + 1) if act == "softmax" else (N,):  # fused in one tile, or row-wise after
                         for a in (S(B, n), None):
                             stand_in.forward(S(B, K), S(K, n), S(n), act, S(B, n), a)

@@ -1,7 +1,7 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
 They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
-plus ``backend``, ``dtype`` and ``init`` (the weights' initialisation, ``deltaprop.MLP``'s); the parameters are validated by scikit-learn's own machinery
+plus ``backend``, ``dtype``, ``init`` (the weights' initialisation, ``deltaprop.MLP``'s) and ``maxout_pieces``; the parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
 - ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
@@ -36,6 +36,9 @@ What differs from ``sklearn.neural_network``:
   penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
   weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
+- ``activation="maxout"`` (deltaprop's only, not scikit-learn's): each hidden unit is the max of ``maxout_pieces``
+  (default 2) affine pieces; a maxout layer's ``coefs_`` entry is (n_in, k·n) and its ``intercepts_`` (k·n,), the k
+  pieces of unit j in the columns j·k .. j·k + k − 1 (``deltaprop.MLP``'s layout).
 - Weights start from deltaprop's initialisation (``init="auto"``: Glorot or He, normal; or ``init=`` one of
   deltaprop.mlp.activations.INITS, e.g. "glorot_uniform"), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
@@ -94,7 +97,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends, optim
 from .mlp import MLP
-from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS
+from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
 from .mlp.checks import check_activation, check_dtype
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
@@ -151,6 +154,7 @@ class _BaseMLP(BaseEstimator):
         "backend": "no_validation",  # checked by deltaprop.backends.select, by name
         "dtype": "no_validation",  # checked by deltaprop's check_dtype
         "init": [StrOptions({*INITS, *INIT_VARIANCES})],
+        "maxout_pieces": [Interval(Integral, 2, None, closed="left")],
     }
 
     _classifier = False
@@ -184,6 +188,7 @@ class _BaseMLP(BaseEstimator):
         backend="auto",
         dtype="float64",
         init="auto",
+        maxout_pieces=MAXOUT_PIECES,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -211,6 +216,7 @@ class _BaseMLP(BaseEstimator):
         self.backend = backend
         self.dtype = dtype
         self.init = init
+        self.maxout_pieces = maxout_pieces
 
     # ------------------------------------------------------------ public
     def fit(self, X, y, sample_weight=None):
@@ -220,7 +226,7 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self) -> list:
-        """The weight matrices W_l, (n_{l-1}, n_l) each, as NumPy copies."""
+        """The weight matrices W_l, (n_{l-1}, n_l) each ((n_{l-1}, k·n_l) for a maxout layer), as NumPy copies."""
         return [W for W, _ in self._fitted_model().get_weights()]
 
     @property
@@ -286,6 +292,7 @@ class _BaseMLP(BaseEstimator):
                 dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
                 init=self.init,
+                maxout_pieces=self.maxout_pieces,
             )
 
         if self.solver == "lbfgs":
@@ -543,6 +550,8 @@ class _BaseMLP(BaseEstimator):
             )
         if list(model.activations[:-1]) != params["activation"]:
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
+        if "maxout" in params["activation"] and self.maxout_pieces != model.maxout_pieces:
+            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}")
         if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
         if backends.select(self.backend).name != model.backend_name:
@@ -697,7 +706,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``predict_proba`` still of two columns; one logistic output per label for a 2-D 0/1 indicator y
     (multilabel). Parameters as ``sklearn.neural_network.MLPClassifier`` (see the module docstring
     for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy"), ``dtype``
-    ("float32", "float64") and ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    ("float32", "float64"), ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform") and
+    ``maxout_pieces`` (with ``activation="maxout"``, deltaprop's only: k ≥ 2 pieces a unit; ``coefs_`` (n_in, k·n)). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).
@@ -782,7 +792,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
-    module docstring for the differences), plus ``backend``, ``dtype`` and ``init``. Fitted: as the classifier,
+    module docstring for the differences), plus ``backend``, ``dtype``, ``init`` and ``maxout_pieces``. Fitted: as the classifier,
     without ``classes_``; ``validation_scores_`` are R².
     """
 
@@ -818,6 +828,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         backend="auto",
         dtype="float64",
         init="auto",
+        maxout_pieces=MAXOUT_PIECES,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -846,6 +857,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
             backend=backend,
             dtype=dtype,
             init=init,
+            maxout_pieces=maxout_pieces,
         )
         self.loss = loss
 

@@ -47,6 +47,48 @@ def dphi(name, a):
     raise KeyError(name)
 
 
+def maxout(a, k):
+    """z (B, n) of a maxout layer: unit j is the max of its k pieces, the columns j·k .. j·k + k − 1 of a (B, k·n)."""
+    a = np.asarray(a, np.float64)
+    n = a.shape[1] // k
+    return np.stack([a[:, j * k : (j + 1) * k].max(axis=1) for j in range(n)], axis=1).reshape(a.shape[0], n)
+
+
+def maxout_winners(a, k):
+    """(B, n): the piece p < k of each unit that wins, the first of the maxima."""
+    a = np.asarray(a, np.float64)
+    win = np.zeros((a.shape[0], a.shape[1] // k), np.int64)
+    for i in range(a.shape[0]):
+        for j in range(win.shape[1]):
+            best = 0
+            for p in range(1, k):
+                if a[i, j * k + p] > a[i, j * k + best]:
+                    best = p
+            win[i, j] = best
+    return win
+
+
+def maxout_delta(a, k, g):
+    """δ (B, k·n) of a maxout layer with pre-activations a (B, k·n): g (B, n) on each unit's winning piece, else 0."""
+    g = np.asarray(g, np.float64)
+    win = maxout_winners(a, k)
+    delta = np.zeros(np.shape(a))
+    for p in range(k):
+        delta[:, p::k] = np.where(win == p, g, 0.0)
+    return delta
+
+
+def maxout_gap(a, k):
+    """The least gap, over samples and units, between a unit's largest piece and its second (0 at a tie)."""
+    a = np.sort(np.asarray(a, np.float64).reshape(np.shape(a)[0], -1, k), axis=2)
+    return float((a[:, :, -1] - a[:, :, -2]).min())
+
+
+def pieces_of(weights, l):
+    """k of a maxout layer l: the columns of its W over the rows of the next layer's (maxout is never the output)."""
+    return np.shape(weights[l][0])[1] // np.shape(weights[l + 1][0])[0]
+
+
 def sample_loss(loss, out_act, a, y):
     """E per sample (one value per row) as a function of the output pre-activation a."""
     a, y = np.asarray(a, np.float64), np.asarray(y, np.float64)
@@ -80,9 +122,9 @@ def forward(weights, acts, X):
     """[(a_l, z_l)] for every layer, z_0 = X."""
     z = np.asarray(X, np.float64)
     out = []
-    for (W, b), act in zip(weights, acts):
+    for l, ((W, b), act) in enumerate(zip(weights, acts)):
         a = z @ np.asarray(W, np.float64) + np.asarray(b, np.float64)
-        z = phi(act, a)
+        z = maxout(a, pieces_of(weights, l)) if act == "maxout" else phi(act, a)
         out.append((a, z))
     return out
 
@@ -98,7 +140,8 @@ def gradients(weights, acts, loss, X, Y):
         z_prev = X if l == 0 else layers[l - 1][1]
         grads[l] = (z_prev.T @ delta / B, delta.mean(axis=0))
         if l > 0:
-            delta = dphi(acts[l - 1], layers[l - 1][0]) * (delta @ np.asarray(weights[l][0], np.float64).T)
+            g, a = delta @ np.asarray(weights[l][0], np.float64).T, layers[l - 1][0]
+            delta = maxout_delta(a, pieces_of(weights, l - 1), g) if acts[l - 1] == "maxout" else dphi(acts[l - 1], a) * g
     return grads
 
 

@@ -1,5 +1,6 @@
 """Every CUDA C source under deltaprop/kernels compiles with nvcc to PTX for sm_80 and sm_90, for float
-and double, without a GPU (mlp_kernels.cu as NVRTC gets it: after the prelude written from the tables).
+and double, without a GPU (mlp_kernels.cu as NVRTC gets it: after the prelude written from the tables); the
+maxout winner's rule, compiled for the host, against the reference.
 nvcc missing: skipped, or a failure when DELTAPROP_REQUIRE_NVCC=1 (CI sets it)."""
 
 import os
@@ -8,8 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import reference as ref
 from deltaprop.kernels import cuda_source
 from deltaprop.mlp.activations import ACTIVATIONS, LEAKY_SLOPE
 from deltaprop.mlp.losses import ACCURACY_CODES, LOSSES
@@ -101,3 +104,48 @@ def test_an_activation_added_to_the_table_reaches_the_compiled_kernels(tmp_path,
     done = nvcc_ptx(cuda_source.SOURCE, "80", tmp_path / "k.ptx")
     assert done.returncode == 0, done.stderr
     assert "softsign" not in cuda_source.SOURCE.read_text()
+
+
+MAXOUT_HOST = r"""
+#include <cstdio>
+#include "SOURCE"
+int main() {  // stdin: k (int32), then units·k float64 pieces; stdout: each unit's winner (int32)
+    int k;
+    if (fread(&k, 4, 1, stdin) != 1) return 1;
+    double p[16];
+    while (fread(p, 8, k, stdin) == (size_t)k) {
+        int w = maxout_winner(p, k);
+        fwrite(&w, 4, 1, stdout);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_the_cuda_c_maxout_winner_is_the_first_maximum(k, rng, tmp_path):
+    """maxout_winner, the rule of the CuPy backend's bias_maxout and maxout_scatter, compiled for the host with nvcc
+    from what NVRTC gets: the first maximum (ties to the lowest piece) on pieces with many ties, and the first NaN."""
+    if NVCC is None:
+        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
+            pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
+        pytest.skip("nvcc is not installed")
+    source = tmp_path / "kernels.cu"
+    source.write_text(cuda_source.source())
+    program = tmp_path / "host.cu"
+    program.write_text(MAXOUT_HOST.replace("SOURCE", str(source)))
+    built = subprocess.run([NVCC, *cuda_source.OPTIONS, "-o", str(tmp_path / "host"), str(program)], capture_output=True,
+                           text=True, timeout=300, check=False)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    a = rng.integers(-1, 2, size=(300, k)).astype(np.float64)  # ties in most units
+    a[:100] = rng.normal(size=(100, k))
+    a[0] = 1.0  # all tied: piece 0
+    nan = a[200:300].copy()
+    nan[np.arange(100), rng.integers(0, k, 100)] = np.nan  # one NaN piece a unit: it wins
+    ran = subprocess.run([str(tmp_path / "host")], input=np.int32(k).tobytes() + np.concatenate([a[:200], nan]).tobytes(),
+                         capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    got = np.frombuffer(ran.stdout, np.int32)
+    np.testing.assert_array_equal(got[:200], ref.maxout_winners(a[:200].reshape(1, -1), k)[0])
+    np.testing.assert_array_equal(got[200:], np.argmax(np.isnan(nan), axis=1))
+    assert got[0] == 0 and len(got) == 300

@@ -13,11 +13,11 @@ SIZES = {1: [5], 2: [5, 6], 3: [5, 6, 4], 4: [5, 4, 6, 3]}  # hidden/input sizes
 KINK = 1e-3  # finite differences step up to 2e-5 in a weight: stay this far from relu's and the perceptron's kinks
 
 
-def make(backend, depth, hidden, out_act, loss, rng, dtype="float64"):
+def make(backend, depth, hidden, out_act, loss, rng, dtype="float64", pieces=2):
     n_out = 1 if out_act == "step" else 3
     sizes = SIZES[depth] + [n_out]
     model = MLP(sizes, activation=hidden, output_activation=out_act, loss=loss, backend=backend.name, dtype=dtype,
-                seed=int(rng.integers(2**31)))
+                seed=int(rng.integers(2**31)), maxout_pieces=pieces)
     X = rng.normal(size=(7, sizes[0]))
     Y = targets(rng, loss, 7, n_out)
     while True:  # non-zero biases, so that a bias bug shows; redrawn until no pre-activation sits on a kink
@@ -26,7 +26,9 @@ def make(backend, depth, hidden, out_act, loss, rng, dtype="float64"):
         kinked = [a for (a, _), act in zip(layers, model.activations) if act in ("relu", "leaky_relu")]
         if loss == "perceptron":
             kinked.append(Y * layers[-1][0])
-        if all(np.abs(a).min() > KINK for a in kinked):
+        # maxout's kink: a tie between a unit's two largest pieces
+        gaps = [ref.maxout_gap(a, pieces) for (a, _), act in zip(layers, model.activations) if act == "maxout"]
+        if all(np.abs(a).min() > KINK for a in kinked) and all(g > KINK for g in gaps):
             model.set_weights(weights)
             return model, X, Y
 
@@ -41,6 +43,21 @@ def test_backprop_matches_numerical_gradient(backend, rng, depth, hidden, out_ac
     model, X, Y = make(backend, depth, hidden, out_act, loss, rng)
     result = gradcheck(model, X, Y)
     assert result.max_rel_error <= 1e-6, result.errors
+
+
+@pytest.mark.parametrize("pieces", [2, 3, 4])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_maxout_backprop_matches_numerical_gradient_and_the_reference(backend, rng, depth, pieces):
+    """A maxout net of k pieces (odd widths: 5, 6 → k·n columns) by finite differences, away from ties, and against
+    the float64 reference's backprop."""
+    model, X, Y = make(backend, depth, "maxout", "softmax", "cross_entropy", rng, pieces=pieces)
+    assert model.get_weights()[0][0].shape == (5, pieces * SIZES[depth][1])
+    result = gradcheck(model, X, Y)
+    assert result.max_rel_error <= 1e-6, result.errors
+    expected = ref.gradients(model.get_weights(), model.activations, model.loss, X, Y)
+    for (gW, gb), (eW, eb) in zip(model.gradients(X, Y), expected):
+        np.testing.assert_allclose(gW, eW, rtol=1e-11, atol=1e-11 * max(1, np.abs(eW).max()))
+        np.testing.assert_allclose(gb, eb, rtol=1e-11, atol=1e-11 * max(1, np.abs(eb).max()))
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

@@ -27,7 +27,7 @@ def auto_weights_as_before(sizes, activations, seed, dtype):
     return out
 
 
-@pytest.mark.parametrize("act", HIDDEN)
+@pytest.mark.parametrize("act", [name for name in HIDDEN if name != "maxout"])  # maxout is new: below
 def test_auto_draws_the_weights_of_before_bit_for_bit(act, dtype, rng):
     seed = int(rng.integers(2**31))
     model = MLP([5, 9, 4, 3], activation=act, seed=seed, dtype=dtype, backend="numpy")
@@ -39,6 +39,22 @@ def test_auto_draws_the_weights_of_before_bit_for_bit(act, dtype, rng):
     explicit = MLP([5, 9, 4, 3], activation=act, seed=seed, dtype=dtype, backend="numpy", init="auto")
     for (W, _), E in zip(explicit.get_weights(), expected):
         np.testing.assert_array_equal(W, E)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("init", ["auto", "glorot_uniform"])
+def test_a_maxout_layer_draws_k_pieces_per_unit_with_its_variance(init, k, rng):
+    """auto: LeCun normal (σ² = 1/n_in) over W (n_in, k·n); an explicit scheme counts the k·n columns as n_out."""
+    n_in, n = 300, 101
+    model = MLP([n_in, n, 7], activation="maxout", maxout_pieces=k, seed=int(rng.integers(2**31)), backend="numpy", init=init)
+    (W, b), (W2, b2) = model.get_weights()
+    assert W.shape == (n_in, k * n) and b.shape == (k * n,) and W2.shape == (n, 7) and b2.shape == (7,)
+    np.testing.assert_array_equal(b, 0)
+    var = 1 / n_in if init == "auto" else VARIANCE["glorot"](n_in, k * n)
+    w = W.astype(np.float64).ravel()
+    sd = math.sqrt(2 / w.size) if init == "auto" else math.sqrt(0.8 / w.size)  # of the mean of w²: normal, uniform
+    assert abs(np.mean(w * w) / var - 1) < SIGMAS * sd
+    assert ACTIVATIONS["maxout"].init == "lecun"
 
 
 @pytest.mark.parametrize("init", INITS[1:])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from deltaprop.mlp.activations import ACTIVATIONS
+from deltaprop.mlp.activations import ACTIVATIONS, PIECES
 from helpers import ELEMENTWISE, PAIRS, SHAPES, SOFTSIGN, SOFTSIGN_REFERENCE, assert_close, away_from_kinks, targets
 
 
@@ -15,7 +15,7 @@ def dev(backend, x, dtype):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("act", [name for name in ACTIVATIONS if name not in PIECES])  # maxout: its own tests below
 @pytest.mark.parametrize("keep_a", [True, False], ids=["a+z", "z"])
 def test_forward(backend, dtype, rng, shape, act, keep_a):
     B, n_in, n_out = shape
@@ -60,6 +60,44 @@ def test_hidden_delta(backend, dtype, rng, shape, act):
     backend.hidden_delta(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, z, dtype), act, delta)
     expected = ref.dphi(act, a) * (d_next.astype(np.float64) @ W_next.T)
     assert_close(backend.to_numpy(delta), expected, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_maxout_forward(backend, dtype, rng, shape, k):
+    """a = X·W + b (B, k·n) kept, z (B, n) the max of each unit's k adjacent pieces; n odd or 1, k·n no tile multiple."""
+    B, n_in, n = shape
+    X, W, b = rng.normal(size=(B, n_in)), rng.normal(size=(n_in, k * n)), rng.normal(size=k * n)
+    X, W, b = (x.astype(dtype) for x in (X, W, b))
+    a_ref = X.astype(np.float64) @ W + b
+    z, a = backend.empty((B, n), dtype), backend.empty((B, k * n), dtype)
+    backend.forward(dev(backend, X, dtype), dev(backend, W, dtype), dev(backend, b, dtype), "maxout", z, a)
+    assert_close(backend.to_numpy(a), a_ref, dtype)
+    assert_close(backend.to_numpy(z), ref.maxout(a_ref, k), dtype)
+    # z is exactly the max of the pieces the backend kept, whatever their rounding
+    np.testing.assert_array_equal(backend.to_numpy(z), ref.maxout(backend.to_numpy(a), k).astype(dtype))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("ties", [False, True], ids=["", "ties"])
+def test_maxout_hidden_delta(backend, dtype, rng, shape, k, ties):
+    """δ (B, k·n) = (δ_next·W_nextᵀ) on each unit's winning piece (the first maximum: ties to the lowest p), else 0."""
+    B, n, n_next = shape
+    # ties: pieces from {−1, 0, 1}, so that many units have two or more equal maxima
+    a = (rng.integers(-1, 2, size=(B, k * n)) if ties else rng.normal(size=(B, k * n))).astype(dtype)
+    if ties:  # and for sure: the first unit's k pieces all equal (piece 0 wins), the last unit's last two above the rest
+        a[0, :k] = 1
+        a[-1, -2:] = 2
+    d_next, W_next = rng.normal(size=(B, n_next)).astype(dtype), rng.normal(size=(n, n_next)).astype(dtype)
+    delta = backend.empty((B, k * n), dtype)
+    backend.hidden_delta(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, a, dtype), "maxout", delta)
+    expected = ref.maxout_delta(a, k, d_next.astype(np.float64) @ W_next.T)
+    got = backend.to_numpy(delta)
+    assert_close(got, expected, dtype)
+    np.testing.assert_array_equal(got != 0, expected != 0)  # the same piece of every unit, and only it
+    if ties:
+        assert np.all((got[0, :k] != 0) == (np.arange(k) == 0)) and got[-1, -2] != 0 and got[-1, -1] == 0
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

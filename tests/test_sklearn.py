@@ -46,6 +46,8 @@ ESTIMATORS = [
     for name in backend_names()
     for dtype in ("float64", "float32")
     for cls in (MLPClassifier, MLPRegressor)
+] + [  # deltaprop's own activation, narrower: its checks fit for 200 epochs
+    cls(hidden_layer_sizes=(15,), activation="maxout", maxout_pieces=3, backend="numpy") for cls in (MLPClassifier, MLPRegressor)
 ]
 
 

@@ -7,10 +7,17 @@ Conventions (see README, "The math"):
 * ``a = z_prev·W + b`` is the pre-activation, ``z = φ(a)`` the output;
 * every array argument is an array of this backend (``asarray`` makes one);
   outputs are written into the buffers given, nothing is returned;
-* φ' is taken from the layer's output ``z``: for every activation here it is a
-  function of φ(a) alone (σ' = z(1 − z), tanh' = 1 − z², relu' = [z > 0],
+* φ' is taken from the layer's output ``z``: for every elementwise activation here
+  it is a function of φ(a) alone (σ' = z(1 − z), tanh' = 1 − z², relu' = [z > 0],
   leaky_relu' = 1 if z > 0 else 0.1, identity' = 1), so hidden layers need not
   keep ``a``;
+* maxout (the table's "pieces" form) is the exception: a layer of n units with k
+  pieces has W (n_in, k·n), b (k·n,), pre-activations a (B, k·n), unit-major (the
+  pieces of unit j are the columns j·k .. j·k + k − 1), and z (B, n), the max per
+  unit. Its φ' is not a function of z: ``forward`` must be given ``a`` and keeps it,
+  and ``hidden_delta`` takes that ``a`` where it takes z for the others and writes
+  δ (B, k·n): the unit's error on its winning piece (the first maximum: ties go to
+  the lowest p), 0 on the others. k is read from the shapes (a.shape[1] // z.shape[1]);
 * the activations, the losses and the accuracy rules are those of the tables
   ``deltaprop.mlp.activations.ACTIVATIONS`` and ``deltaprop.mlp.losses.LOSSES``; an
   elementwise φ and φ' are the table's (its ``xp`` forms), softmax is row-wise here.
@@ -151,13 +158,17 @@ class Backend:
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
         """One layer: a = z_prev·W + b, z = φ(a); ``a`` is stored only when given.
 
-        z_prev (B, n_in), W (n_in, n_out), b (n_out,), z and a (B, n_out).
+        z_prev (B, n_in), W (n_in, n_out), b (n_out,), z and a (B, n_out). "maxout": W (n_in, k·n), b (k·n,),
+        a (B, k·n) is required (the pieces, kept for hidden_delta), z (B, n) = the max of each unit's k pieces.
         """
         xp = self.xp
         pre = z if a is None else a
         xp.matmul(z_prev, W, out=pre)
         pre += b
-        self._activate(pre, activation, z)
+        if activation == "maxout":
+            self._maxout(pre, z)
+        else:
+            self._activate(pre, activation, z)
 
     def output_delta(self, a, z, y, activation: str, loss: str, delta) -> None:
         """δ_L = ∂E/∂a_L for one sample per row; a, z, y, delta (B, n_out).
@@ -182,8 +193,14 @@ class Backend:
         """δ = φ'(a) ⊙ (δ_next·W_nextᵀ), with φ' taken from z = φ(a).
 
         delta_next (B, n_next), W_next (n, n_next) as it was before this step's update,
-        z and delta (B, n).
+        z and delta (B, n). "maxout": ``z`` is the layer's a (B, k·n) (its pieces, from forward), delta is
+        (B, k·n): g = δ_next·W_nextᵀ (B, n) on each unit's winning piece, 0 on its other pieces.
         """
+        if activation == "maxout":
+            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
+            self.xp.matmul(delta_next, W_next.T, out=g)
+            self._maxout_scatter(g, z, delta)
+            return
         self.xp.matmul(delta_next, W_next.T, out=delta)
         self._mul_derivative(z, activation, delta)
 
@@ -390,6 +407,25 @@ class Backend:
             z /= rows
         else:
             raise ValueError(f"activation: unknown activation {activation!r}")
+
+    def _maxout(self, a, z) -> None:
+        """z (B, n) = the max of each unit's k pieces in a (B, k·n), unit-major (a NaN piece gives NaN)."""
+        rows, n = z.shape
+        a.reshape(rows, n, a.shape[1] // n).max(axis=2, out=z)
+
+    def _maxout_scatter(self, g, a, delta) -> None:
+        """delta (B, k·n) = g (B, n) on each unit's winning piece of a (B, k·n), the first maximum, else 0 (g times
+        1 or 0: a NaN in g stays NaN, as in the other derivatives)."""
+        xp = self.xp
+        rows, n = g.shape
+        k = a.shape[1] // n
+        win = self._scratch("maxout_win", (rows, n), np.intp)
+        hit = self._scratch("maxout_hit", (rows, n), np.bool_)
+        a.reshape(rows, n, k).argmax(axis=2, out=win)  # the first maximum (NumPy's and CuPy's rule)
+        out = delta.reshape(rows, n, k)
+        for p in range(k):
+            xp.equal(win, p, out=hit)
+            xp.multiply(g, hit, out=out[:, :, p])
 
     def _mul_derivative(self, z, activation: str, g) -> None:
         """g ⊙= φ'(a), with φ' expressed through z = φ(a)."""

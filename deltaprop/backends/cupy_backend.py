@@ -8,7 +8,9 @@
   is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
   Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
 * The elementwise and row-wise work is in deltaprop/kernels/mlp_kernels.cu, compiled for the
-  dtype on first use (``deltaprop.kernels.cuda_source``); nothing is compiled at import.
+  dtype on first use (``deltaprop.kernels.cuda_source``); nothing is compiled at import. A maxout
+  layer is the GEMM into its pieces, then one kernel (bias + the max per unit, the pieces kept),
+  and its δ the GEMM into g, then one kernel that routes g to the winning pieces.
 * ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
   and replays it (``graphs.GraphSteps``, shared with the numba-cuda backend); where capture
   fails, the same step runs eagerly.
@@ -177,6 +179,10 @@ class CupyBackend(GraphSteps, Backend):
 
     # ------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
+        if activation == "maxout" and a is not None and self._ok(z_prev, W, b, z, a):  # the GEMM, then bias + max
+            self._gemm(z_prev, W, a)
+            self._elementwise("bias_maxout", z, a, z, b, i64(z.size), i64(z.shape[1]), i32(a.shape[1] // z.shape[1]))
+            return
         pre = z if a is None else a
         if not (activation in ACTIVATION_CODES or activation == "softmax") or not self._ok(z_prev, W, b, z, pre):
             return super().forward(z_prev, W, b, activation, z, a)
@@ -195,6 +201,11 @@ class CupyBackend(GraphSteps, Backend):
         self._elementwise("output_delta", delta, a, z, y, delta, i64(delta.size), i32(act), i32(LOSS_CODES[loss]))
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        if activation == "maxout" and self._ok(delta_next, W_next, z, delta):  # z: the pieces a; g, then its scatter
+            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
+            self._gemm(delta_next, W_next, g, trans_b=True)
+            self._elementwise("maxout_scatter", g, g, z, delta, i64(g.size), i32(z.shape[1] // g.shape[1]))
+            return
         if activation not in ACTIVATION_CODES or not self._ok(delta_next, W_next, z, delta):
             return super().hidden_delta(delta_next, W_next, z, activation, delta)
         self._gemm(delta_next, W_next, delta, trans_b=True)

@@ -1,6 +1,8 @@
 """The Numba-CUDA backend: every method of the contract, run by the ``@cuda.jit`` kernels of deltaprop/kernels.
 
-A training step of an L-layer net launches 3·L + 3 kernels: per layer one forward GEMM (bias and
+A training step of an L-layer net launches 3·L + 3 kernels (and two more per maxout layer: the max over its
+pieces after the forward GEMM, which writes the pieces with their bias, and the scatter of δ to the winning
+pieces after the hidden-δ GEMM; the max is not fused into the GEMM epilogue yet): per layer one forward GEMM (bias and
 activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
 of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
 step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them (a captured
@@ -142,6 +144,12 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     # ------------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
+        if activation == "maxout":  # the GEMM with the bias into the pieces a (B, k·n), then their max per unit into z
+            (t, grid), kind = self._tiling(*a.shape, a.dtype), self._kind(a)
+            kernel = self._gemm.forward("identity", False, False, kind, t, self._wide(z_prev=z_prev, W=W))
+            self._launch(kernel, grid, t.block, z_prev, W, b, a, a)
+            self._launch_1d(self._ew.maxout_rows(), z.size, a, z)
+            return
         rows, cols = z.shape
         (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
         fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
@@ -155,6 +163,15 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.output_delta(activation, loss, self._kind(delta)), delta.size, a, z, y, delta)
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        if activation == "maxout":  # z is the layer's a (B, k·n): g = δ_next·W_nextᵀ (B, n), then scattered by the winner
+            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
+            self._hidden_gemm(delta_next, W_next, g, "identity", g)  # φ' = 1: g read as "z", unused
+            self._launch_1d(self._ew.maxout_scatter(self._kind(delta)), g.size, g, z, delta)
+            return
+        self._hidden_gemm(delta_next, W_next, z, activation, delta)
+
+    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta) -> None:
+        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z), in one GEMM."""
         t, grid = self._tiling(*delta.shape, delta.dtype)
         wide = self._wide(delta_next=delta_next, W_next=W_next)
         kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)

@@ -22,7 +22,7 @@ SOURCE = Path(__file__).with_name("mlp_kernels.cu")
 #: the templated kernels, instantiated for float and double
 TEMPLATES = (
     "bias_act", "mul_dphi", "output_delta", "momentum_step", "bias_grad", "bias_softmax", "batch_metrics", "gather_rows",
-    "adam_step", "rmsprop_step",
+    "adam_step", "rmsprop_step", "bias_maxout", "maxout_scatter",
 )
 #: the kernels that do not depend on the dtype (extern "C")
 PLAIN = ("window_in", "window_out")

@@ -32,6 +32,39 @@ __global__ void bias_act(T* pre, T* z, const T* b, long long n, long long cols, 
     }
 }
 
+// Maxout: a layer of n units with k pieces each has rows × k·n pre-activations, unit-major: the pieces of
+// unit j of a row are its columns j·k .. j·k + k − 1, so unit i = r·n + j of the rows × n output has its
+// pieces at p[i·k .. i·k + k − 1]. The winner is the first maximum, and a NaN piece wins (the first NaN),
+// as NumPy's max and argmax have it.
+template <typename T>
+__host__ __device__ __forceinline__ int maxout_winner(const T* p, int k) {
+    int win = 0;
+    for (int q = 1; q < k; ++q)
+        if (!isnan(p[win]) && !(p[q] <= p[win])) win = q;  // p[q] > the best so far, or p[q] is NaN
+    return win;
+}
+
+// pre ← pre + b (the pieces with their bias, kept), z[i] ← the max of unit i's k pieces; units = rows·n.
+template <typename T>
+__global__ void bias_maxout(T* pre, T* z, const T* b, long long units, long long n, int k) {
+    GRID_STRIDE(i, units) {
+        T* p = pre + i * k;
+        const T* bj = b + (i % n) * k;
+        for (int q = 0; q < k; ++q) p[q] += bj[q];
+        z[i] = p[maxout_winner(p, k)];
+    }
+}
+
+// The maxout δ after the GEMM g = δ_next·W_nextᵀ (rows × n): delta[i·k + q] ← g[i] on unit i's winning piece
+// of a (rows × k·n), 0 on the others (g times 1 or 0: a NaN in g stays NaN, as in mul_dphi).
+template <typename T>
+__global__ void maxout_scatter(const T* g, const T* a, T* delta, long long units, int k) {
+    GRID_STRIDE(i, units) {
+        int win = maxout_winner(a + i * k, k);
+        for (int q = 0; q < k; ++q) delta[i * k + q] = g[i] * (q == win ? T(1) : T(0));
+    }
+}
+
 // g ← g ⊙ φ'(z): the hidden δ after the GEMM δ_next·W_nextᵀ.
 template <typename T>
 __global__ void mul_dphi(T* g, const T* z, long long n, int act) {
@@ -279,6 +312,8 @@ template <typename T>
 void deltaprop_instantiate() {
     (void)&bias_act<T>;
     (void)&mul_dphi<T>;
+    (void)&bias_maxout<T>;
+    (void)&maxout_scatter<T>;
     (void)&output_delta<T>;
     (void)&momentum_step<T>;
     (void)&adam_step<T>;

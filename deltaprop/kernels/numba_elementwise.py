@@ -1,4 +1,4 @@
-"""The small kernels around the GEMMs: output δ, row softmax, loss/accuracy sums, gather, fill, finiteness.
+"""The small kernels around the GEMMs: output δ, row softmax, maxout, loss/accuracy sums, gather, fill, finiteness.
 
 Each is one thread per element (or per row), launched on a 1-D grid; each is built on first use
 for its (loss, activation, ...) and cached. Loss and accuracy are summed per row in float64
@@ -41,6 +41,55 @@ def output_delta(act: str, loss: str, kind):
                 delta[m, n] = (z[m, n] - y[m, n]) * d(z[m, n])
             else:  # softmax + cross-entropy, sigmoid + bce
                 delta[m, n] = z[m, n] - y[m, n]
+
+    return kernel
+
+
+@cuda.jit(device=True)
+def maxout_winner(a, m, j, k):
+    """(the max, its piece p) of unit j's k pieces a[m, j·k .. j·k + k − 1]: the first maximum, and a NaN piece wins
+    (the first NaN), as NumPy's max and argmax have it."""
+    best, win = a[m, j * k], 0
+    for p in range(1, k):
+        v = a[m, j * k + p]
+        if not math.isnan(best) and not v <= best:  # v > best, or v is NaN and best is not
+            best, win = v, p
+    return best, win
+
+
+@persistent
+@functools.cache
+def maxout_rows():
+    """Kernel (a, z): z[m, j] = the max of unit j's k pieces a[m, j·k + p], p < k, for a (B, k·n), z (B, n)."""
+
+    @cuda.jit
+    def kernel(a, z):
+        i = cuda.grid(1)
+        n = z.shape[1]
+        if i < z.size:
+            m, j = i // n, i % n
+            z[m, j] = maxout_winner(a, m, j, a.shape[1] // n)[0]
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def maxout_scatter(kind):
+    """Kernel (g, a, delta): delta[m, j·k + p] = g[m, j] on unit j's winning piece of a (maxout_winner), else 0
+    (g times 1 or 0, as the NumPy body: a NaN in g stays NaN); g (B, n), a and delta (B, k·n). A thread a unit."""
+    zero, one = kind(0.0), kind(1.0)
+
+    @cuda.jit
+    def kernel(g, a, delta):
+        i = cuda.grid(1)
+        n = g.shape[1]
+        if i < g.size:
+            m, j = i // n, i % n
+            k = a.shape[1] // n
+            win = maxout_winner(a, m, j, k)[1]
+            for p in range(k):
+                delta[m, j * k + p] = g[m, j] * (one if p == win else zero)
 
     return kernel
 

@@ -13,7 +13,20 @@ relu        max(a, 0)                                      1 if a > 0,  He
 leaky_relu  a if a > 0 else 0.1·a                          1 if a > 0,  He
                                                            0.1 if a ≤ 0
 softmax     e^a_k / Σ_j e^a_j (row-wise)                   (output only, with cross_entropy: δ = z − y)
+maxout      z_j = max over p < k of a[j·k + p]             1 for the    LeCun
+            (k pieces per unit, hidden only)               winning
+                                                           piece (the
+                                                           first max),
+                                                           else 0
 =========== ============================================== ============ =============
+
+maxout (Goodfellow et al., 2013) is hidden only: a layer of n units with k = ``maxout_pieces`` pieces has
+W (n_in, k·n) and b (k·n,); its k·n pre-activations a are laid out unit-major (the k pieces of unit j are
+the adjacent columns j·k .. j·k + k − 1) and z (B, n) is their max per unit. Backprop sends δ to the winning
+piece only, the first maximum (ties to the lowest p) on every backend. Its φ' is not a function of z, so
+a maxout layer keeps its a; the backend contract says how (``deltaprop.backends.base``). Its default
+initialisation is LeCun (σ² = 1/n_in): for k = 2 zero-mean symmetric pieces of variance σ², E[max²] = σ²,
+so the second moment of z is that of a piece, as He's 2/n_in keeps it for relu (E[relu(a)²] = σ²/2).
 
 step has a zero derivative, so backprop cannot train through it: it is allowed only
 as the output of a single-layer perceptron, trained with the "perceptron" loss
@@ -34,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 
 LEAKY_SLOPE = 0.1  # leaky_relu's φ(a) = LEAKY_SLOPE·a for a ≤ 0
 
@@ -43,8 +57,9 @@ class Activation:
     """One activation: where it may be used, its initialisation, its device code, and φ, φ' in each form.
 
     φ' is written through z = φ(a) (the backend contract keeps z, not a). ``form``: "elementwise" (φ acts on
-    each a alone: the forms below are set) or "rows" (softmax: φ of a whole row, with kernels of its own in
-    each backend; the forms are None). The forms:
+    each a alone: the forms below are set), "rows" (softmax: φ of a whole row, with kernels of its own in
+    each backend; the forms are None) or "pieces" (maxout: each unit the max of k adjacent pre-activations,
+    which the layer keeps; kernels of its own in each backend, the forms are None). The forms:
 
     * ``xp_phi(xp, a, z, tmp)``: z = φ(a) with the array module ``xp``; a and z may be one array, tmp is a
       scratch array of a's shape and dtype;
@@ -56,7 +71,7 @@ class Activation:
 
     name: str
     code: int  # its number in the CUDA C kernels (ACT_<NAME>); unique
-    init: str  # the initialisation init="auto" takes (normal): a key of INIT_VARIANCES, "he" or "glorot"
+    init: str  # the initialisation init="auto" takes (normal): a key of INIT_VARIANCES
     hidden: bool  # allowed in a hidden layer
     output: bool  # allowed in the output layer (with the losses that name it, deltaprop.mlp.losses)
     form: str = "elementwise"
@@ -179,9 +194,12 @@ ACTIVATIONS = {
     "leaky_relu": _elementwise("leaky_relu", 5, "he", True, _leaky_relu_xp, _leaky_relu_dphi_xp, _leaky_relu_device,
                                "a > T(0) ? a : T(LEAKY_SLOPE) * a", "z > T(0) ? T(1) : T(LEAKY_SLOPE)"),
     "softmax": Activation("softmax", 6, "glorot", hidden=False, output=True, form="rows"),
+    "maxout": Activation("maxout", 7, "lecun", hidden=True, output=False, form="pieces"),
 }  # fmt: skip
 #: the activations whose φ acts on each element alone (every form of the table is set)
 ELEMENTWISE = tuple(name for name, spec in ACTIVATIONS.items() if spec.form == "elementwise")
+#: the activations whose units are the max of k pieces (maxout): a layer of n units has k·n pre-activations
+PIECES = tuple(name for name, spec in ACTIVATIONS.items() if spec.form == "pieces")
 
 
 #: the initialisations of W_l (MLP(init=...)): the variance of its entries for a layer of n_in inputs and n_out units
@@ -219,3 +237,19 @@ def check_activation(name, argument: str) -> str:
     if not isinstance(name, str) or name.strip().lower() not in ACTIVATIONS:
         raise ValueError(f"{argument}: unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return name.strip().lower()
+
+
+MAXOUT_PIECES = 2  # the default k of a maxout layer
+
+
+def check_pieces(k, argument: str = "maxout_pieces") -> int:
+    """k as an int, or a ValueError naming ``argument``: a maxout unit is the max of k ≥ 2 pieces (an int)."""
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 2:
+        raise ValueError(f"{argument}: expected an integer ≥ 2 (the pieces of each maxout unit), got {k!r}")
+    return int(k)
+
+
+def layer_pieces(activations, k: int) -> tuple:
+    """The pieces of each layer of ``activations`` (one name per layer): k for a maxout layer, else 1; the layer's
+    W then has k·n columns for its n units."""
+    return tuple(k if ACTIVATIONS[name].form == "pieces" else 1 for name in activations)

@@ -69,6 +69,7 @@ def gradcheck(model, X, Y, eps: float = 1e-5) -> GradcheckResult:
         backend="numpy",
         dtype="float64",
         seed=0,
+        maxout_pieces=model.maxout_pieces,
     )
     weights = [(W.astype(np.float64), b.astype(np.float64)) for W, b in model.get_weights()]
     t = encode_targets(Y, check_loss(model.loss), model.layer_sizes[-1], np.float64, X.shape[0], "Y")

@@ -1,7 +1,8 @@
 """The MLP: the public API (argument checks, initial weights, the file format) over its ``Network``.
 
 Shapes, for a batch of B samples and layer sizes n_0, ..., n_L:
-    X (B, n_0); W_l (n_{l-1}, n_l); b_l (n_l,); a_l, z_l (B, n_l); δ_l (B, n_l).
+    X (B, n_0); W_l (n_{l-1}, n_l); b_l (n_l,); a_l, z_l (B, n_l); δ_l (B, n_l);
+    a maxout layer of k = maxout_pieces: W_l (n_{l-1}, k·n_l), b_l, a_l, δ_l of k·n_l columns, z_l (B, n_l).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import numpy as np
 
 from .. import backends, optim
 from .._files import atomic_write
-from .activations import ACTIVATIONS, check_activation, check_init, init_rule
+from .activations import (
+    ACTIVATIONS,
+    MAXOUT_PIECES,
+    check_activation,
+    check_init,
+    check_pieces,
+    init_rule,
+    layer_pieces,
+)
 from .arrays import NpzArrays, cast_finite, real_array
 from .checks import DTYPES, check_dtype
 from .checks import check_int as _check_int
@@ -45,6 +54,10 @@ class MLP:
     (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
     with "_normal" or "_uniform" (U(−√(3σ²), √(3σ²)), the same variance) sets every layer; the bare
     name is normal. Biases start at 0.
+    ``activation="maxout"`` (hidden layers only): each unit is the max of ``maxout_pieces`` = k ≥ 2 affine pieces;
+    layer_sizes count units, and a maxout layer's W is (n_in, k·n), b (k·n,), unit-major (the k pieces of unit j
+    are the columns j·k .. j·k + k − 1); "auto" draws it LeCun normal (σ² = 1/n_in), and glorot takes
+    n_out = k·n, the columns of W.
     """
 
     def __init__(
@@ -57,9 +70,11 @@ class MLP:
         dtype="float32",
         seed=None,
         init="auto",
+        maxout_pieces=MAXOUT_PIECES,
     ):
         sizes = _check_layer_sizes(layer_sizes)
         init = check_init(init)
+        pieces = check_pieces(maxout_pieces)
         n_hidden = len(sizes) - 2
         if isinstance(activation, str):
             hidden = [check_activation(activation, "activation")] * n_hidden
@@ -76,6 +91,8 @@ class MLP:
                 why = "zero derivative: backprop cannot train through it" if name == "step" else "output only"
                 raise ValueError(f"activation: {name!r} cannot be used in hidden layer {i} ({why})")
         out = check_activation(output_activation, "output_activation")
+        if not ACTIVATIONS[out].output:
+            raise ValueError(f"output_activation: {out!r} is a hidden-layer activation only; it cannot be the output's")
         loss_spec = check_loss(loss)
         if out not in loss_spec.outputs:
             raise ValueError(
@@ -94,11 +111,13 @@ class MLP:
         self.selection = backends.select(backend)
         self.seed = int(seed)
         self.init = init  # the canonical name: "auto", or SCHEME_normal / SCHEME_uniform
+        self.maxout_pieces = pieces  # k of every maxout layer (kept, and saved, when there is none)
         self.epochs_trained = 0
         activations = (*hidden, out)  # one per layer, the output's last
+        per_layer = layer_pieces(activations, pieces)
         # the parameters, the optimizer's state and the passes over them, on the backend's device
         self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
-                               _initial_weights(sizes, activations, dtype, self.seed, init))
+                               _initial_weights(sizes, activations, dtype, self.seed, init, per_layer), per_layer)
 
     # ------------------------------------------------------------ properties
     @property
@@ -328,7 +347,7 @@ class MLP:
 
     # ------------------------------------------------------------ weights
     def get_weights(self) -> list:
-        """[(W_l, b_l)] as NumPy copies; W_l is (n_{l-1}, n_l)."""
+        """[(W_l, b_l)] as NumPy copies; W_l is (n_{l-1}, n_l), (n_{l-1}, k·n_l) for a maxout layer of k pieces."""
         return self.network.get_weights()
 
     def set_weights(self, weights) -> None:
@@ -349,7 +368,8 @@ class MLP:
                 W, b = pair
             except (TypeError, ValueError):
                 raise TypeError(f"{argument}[{l}]: expected a pair (W, b)") from None
-            shapes = ((self.layer_sizes[l], self.layer_sizes[l + 1]), (self.layer_sizes[l + 1],))
+            cols = self.network.pieces[l] * self.layer_sizes[l + 1]  # k·n for maxout
+            shapes = ((self.layer_sizes[l], cols), (cols,))
             arrays = []
             for name, x, shape in (("W", W, shapes[0]), ("b", b, shapes[1])):
                 x = real_array(x, f"{argument}[{l}] {name}")
@@ -381,6 +401,7 @@ class MLP:
             "dtype": self.dtype.name,
             "seed": self.seed,
             "init": self.init,
+            "maxout_pieces": self.maxout_pieces,
             "epochs_trained": self.epochs_trained,
         }
         net, bk = self.network, self.backend
@@ -428,6 +449,7 @@ class MLP:
                     dtype=config["dtype"],
                     seed=config["seed"],
                     init=config.get("init", "auto"),  # a file from before init= was drawn as "auto"
+                    maxout_pieces=config["maxout_pieces"],
                 )
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])
@@ -443,11 +465,13 @@ class MLP:
 
 
 # ------------------------------------------------------------------ helpers
-def _initial_weights(sizes, activations, dtype, seed, init="auto") -> list:
-    """[(W_l, b_l)] drawn on the host from ``seed``: W_l by the canonical ``init`` (see ``MLP``), zero b_l."""
+def _initial_weights(sizes, activations, dtype, seed, init="auto", pieces=None) -> list:
+    """[(W_l, b_l)] drawn on the host from ``seed``: W_l by the canonical ``init`` (see ``MLP``), zero b_l; a layer of
+    k ``pieces`` (maxout) has k·n_l columns."""
     rng = np.random.default_rng(seed)
     weights = []
-    for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations):
+    for n_in, n_out, act, k in zip(sizes[:-1], sizes[1:], activations, pieces or (1,) * len(activations)):
+        n_out *= k
         variance, law = init_rule(init, act)
         var = variance(n_in, n_out)
         if law == "normal":
@@ -489,6 +513,11 @@ def _file_config(f: NpzArrays) -> dict:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key}: expected an integer ≥ 0, got {value!r}")
+    # files from before maxout have none (and no maxout layer): the default
+    config["maxout_pieces"] = check_pieces(config.get("maxout_pieces", MAXOUT_PIECES))
+    unknown = [a for a in names if a.strip().lower() not in ACTIVATIONS]
+    if unknown:  # before _check_stored_arrays reads the layers' shapes from the names
+        raise ValueError(f"activations: unknown activation {unknown[0]!r}")
     return config
 
 
@@ -497,12 +526,14 @@ def _check_stored_arrays(config: dict, headers: dict):
     (all of it), and nothing else; the optimizer whose state it holds, or None. A version 1 file names no
     optimizer: its momentum buffers, if any (all or none), are SGD's."""
     sizes = config["layer_sizes"]
+    per_layer = layer_pieces([a.strip().lower() for a in config["activations"]], config["maxout_pieces"])
     opt = config.get("optimizer")
     if opt is None and any(name.startswith("v") for name in headers):
         opt = optim.SGD(momentum=0.9)  # the buffers' rule; a fit sets its own hyperparameters
     slots = {"": "weights", **{slot: f"optimizer state {slot!r}" for slot in (opt.slots if opt else ())}}
     shapes = {}  # name: (shape, what an error calls it)
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        n_out *= per_layer[l]  # k·n for a maxout layer
         for prefix, kind in slots.items():
             shapes[f"{prefix}W{l}"] = ((n_in, n_out), f"{kind}[{l}] W")
             shapes[f"{prefix}b{l}"] = ((n_out,), f"{kind}[{l}] b")

@@ -5,6 +5,8 @@ data, the trainer runs the epochs; both call these methods. Shapes, for a batch 
 sizes n_0, ..., n_L (layer l = 1..L is index l-1 of the lists):
     x = z_0 (B, n_0); W_l (n_{l-1}, n_l); b_l (n_l,); a_l, z_l, δ_l (B, n_l);
     a_l = z_{l-1}·W_l + b_l,  z_l = φ_l(a_l);  δ_l = ∂E/∂a_l.
+A maxout layer of k_l pieces (``pieces``) has W_l (n_{l-1}, k_l·n_l), b_l, a_l and δ_l of k_l·n_l columns, and
+z_l (B, n_l); its a_l is kept (buf.pieces), since its δ needs it (``deltaprop.backends.base``).
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ EVAL_ROWS = 4096  # rows per chunk when predicting or evaluating
 
 class Buffers:
     """Device buffers for up to ``rows`` samples: z[0] = x (B, n_0), z[l] (B, n_l), the output's a (B, n_L),
-    y (B, n_L) and delta[l] (B, n_{l+1}).
+    y (B, n_L) and delta[l] (B, k·n_{l+1}); pieces[l] (B, k·n_{l+1}), the a of a maxout layer of k pieces (None
+    for the other layers; ``pieces``: k per layer, 1 but for maxout).
 
-    With ``train=False`` only z[1:] and a are allocated: the caller points z[0] at its input.
+    With ``train=False`` only z[1:], a and pieces are allocated: the caller points z[0] at its input.
     """
 
-    def __init__(self, backend, sizes, rows, dtype, train=True):
+    def __init__(self, backend, sizes, rows, dtype, train=True, pieces=None):
         self.rows = rows
         if backend is None:  # filled in by head()
             return
+        pieces = pieces or (1,) * (len(sizes) - 1)
         self.x = backend.empty((rows, sizes[0]), dtype) if train else None
         self.y = backend.empty((rows, sizes[-1]), dtype) if train else None
         self.z = [self.x] + [backend.empty((rows, n), dtype) for n in sizes[1:]]
         self.a = backend.empty((rows, sizes[-1]), dtype)
-        self.delta = [backend.empty((rows, n), dtype) for n in sizes[1:]] if train else None
+        self.pieces = [backend.empty((rows, k * n), dtype) if k > 1 else None for n, k in zip(sizes[1:], pieces)]
+        self.delta = [backend.empty((rows, k * n), dtype) for n, k in zip(sizes[1:], pieces)] if train else None
 
     def head(self, rows: int) -> "Buffers":
         """The same buffers cut to their first ``rows`` rows (views, no allocation)."""
@@ -39,6 +44,7 @@ class Buffers:
         first = lambda x: None if x is None else x[:rows]  # noqa: E731
         cut.x, cut.y, cut.a = first(self.x), first(self.y), first(self.a)
         cut.z = [first(x) for x in self.z]
+        cut.pieces = [first(x) for x in self.pieces]
         cut.delta = None if self.delta is None else [first(x) for x in self.delta]
         return cut
 
@@ -50,12 +56,14 @@ class Network:
     (the last fit's), or None; slots: {slot name: [(W_l-shaped, b_l-shaped)] per layer} (SGD's "v", Adam's
     "m" and "s", ...); t: the step count, a one-element int64 device array, for an optimizer that keeps one,
     else None. ``backend`` may be replaced (a stand-in device); ``set_params`` then moves weights onto it.
+    pieces: k_l per layer (1 but for a maxout layer), or None: all 1.
     """
 
-    def __init__(self, backend, layer_sizes, activations, loss, dtype, weights):
+    def __init__(self, backend, layer_sizes, activations, loss, dtype, weights, pieces=None):
         self.backend = backend
         self.layer_sizes = tuple(layer_sizes)  # (n_0, ..., n_L)
         self.activations = tuple(activations)  # φ_1..φ_L, the output's last
+        self.pieces = tuple(pieces or (1,) * len(self.activations))  # k_l: W_l has k_l·n_l columns
         self.loss = loss
         self.dtype = np.dtype(dtype)
         self.set_params(weights)
@@ -133,7 +141,7 @@ class Network:
         the output's a_L (B, n_L) is kept in buf.a."""
         last = self.n_layers - 1
         for l, ((W, b), act) in enumerate(zip(self.params, self.activations)):
-            self.backend.forward(buf.z[l], W, b, act, buf.z[l + 1], a=buf.a if l == last else None)
+            self.backend.forward(buf.z[l], W, b, act, buf.z[l + 1], a=buf.a if l == last else buf.pieces[l])
 
     def backprop(self, buf: Buffers, visit, weights=None) -> None:
         """δ_L = ∂E/∂a_L, then δ_l = φ'_l(a_l) ⊙ (δ_{l+1}·W_{l+1}ᵀ) for l = L-1..1, into buf.delta (B, n_l each),
@@ -149,7 +157,8 @@ class Network:
             bk.scale_rows(buf.delta[-1], weights)
         for l in reversed(range(self.n_layers)):
             if l > 0:
-                bk.hidden_delta(buf.delta[l], self.params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
+                kept = buf.z[l] if buf.pieces[l - 1] is None else buf.pieces[l - 1]  # maxout: its a
+                bk.hidden_delta(buf.delta[l], self.params[l][0], kept, self.activations[l - 1], buf.delta[l - 1])
             visit(l)
 
     def train_step(self, buf: Buffers, optimizer, lr, metrics, accuracy, weights=None) -> None:
@@ -176,9 +185,9 @@ class Network:
         sample weights (not normalised: a normalised copy is used)."""
         bk = self.backend
         n = Xd.shape[0]
-        buf = Buffers(bk, self.layer_sizes, n, self.dtype, train=False)
+        buf = Buffers(bk, self.layer_sizes, n, self.dtype, train=False, pieces=self.pieces)
         buf.z[0], buf.y = Xd, Yd
-        buf.delta = [bk.empty((n, m), self.dtype) for m in self.layer_sizes[1:]]
+        buf.delta = [bk.empty((n, k * m), self.dtype) for m, k in zip(self.layer_sizes[1:], self.pieces)]
         self.forward(buf)
         grads = [None] * self.n_layers
         if weights is not None:
@@ -231,7 +240,7 @@ class Network:
         return float(loss / n), (float(correct / n) if accuracy else math.nan)
 
     def _eval_buffers(self, rows: int) -> Buffers:
-        return Buffers(self.backend, self.layer_sizes, min(rows, EVAL_ROWS), self.dtype, train=False)
+        return Buffers(self.backend, self.layer_sizes, min(rows, EVAL_ROWS), self.dtype, train=False, pieces=self.pieces)
 
 
 def _chunks(n):

@@ -95,7 +95,7 @@ class Trainer:
             self.val = (bk.asarray(Xv, model.dtype), bk.asarray(tv.Y, model.dtype), tv.accuracy)
         B = plan.batch_size
         self.steps = math.ceil(self.n / B)
-        self.full = Buffers(bk, model.layer_sizes, B, model.dtype)
+        self.full = Buffers(bk, model.layer_sizes, B, model.dtype, pieces=model.network.pieces)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
         self.weights = self.val_weights = None
