@@ -6,19 +6,24 @@ backend: the clusters start once for the module (a few seconds)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import pickle
+import sys
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
-
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
+from threadpoolctl import threadpool_limits
 
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
 distributed = pytest.importorskip("distributed")  # the test extra brings it
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [  # short fits do not converge; float32 probabilities sum to 1 only to float32's precision
     pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
@@ -35,7 +40,7 @@ def problem(seed=0, n=60, features=6):
 
 
 def start(**kwargs):
-    cluster = distributed.LocalCluster(dashboard_address=None, silence_logs=40, **kwargs)  # 40: errors only
+    cluster = distributed.LocalCluster(dashboard_address=":0", silence_logs=40, **kwargs)  # 40: errors only
     return cluster, distributed.Client(cluster)
 
 
@@ -66,9 +71,10 @@ def test_a_search_on_dask_gives_the_sequential_scores(client, kind):
     else:
         base, scoring = MLPRegressor(hidden_layer_sizes=(8,), batch_size=8, max_iter=4, random_state=0, backend="numpy"), "r2"
         y = X[:, 0] - 0.5 * X[:, 1]
-    sequential = search(base, X, y, None, scoring)
-    with joblib.parallel_config(backend="dask"):
-        on_dask = search(base, X, y, -1, scoring)
+    with threadpool_limits(1):  # as the worker processes' BLAS (distributed's default): GEMMs split over threads round otherwise
+        sequential = search(base, X, y, None, scoring)
+        with joblib.parallel_config(backend="dask"):
+            on_dask = search(base, X, y, -1, scoring)
     ran = client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count)
     assert sum(ran.values()) > 0, "the workers ran nothing"
     keys = [k for k in sequential.cv_results_ if k.startswith("split") and k.endswith("_test_score")] + ["mean_test_score"]
@@ -104,3 +110,30 @@ def test_estimators_travel_to_the_workers_and_back(client):
     again = pickle.loads(pickle.dumps(here))
     np.testing.assert_array_equal(again.predict_proba(X), here.predict_proba(X))
     assert again.loss_curve_ == here.loss_curve_ and again.get_params() == here.get_params()
+
+
+# ------------------------------------------------------------------ bench/sweep.py at tiny sizes
+def test_the_sweep_bench_runs_at_tiny_sizes(tmp_path):
+    """Both measurements of bench/sweep.py, so that their code cannot rot (their figures are their own business):
+    the search on a 2-worker cluster (scores checked equal by the bench itself) and the fits at once, here on
+    the NumPy backend (the GPU figure needs a GPU: python bench/sweep.py --gpu --backend cupy,numba-cuda)."""
+    sweep = load_bench()
+    assert sweep.main(["--samples", "90", "--max-iter", "1", "--repeats", "1", "--machine", "test",
+                       "--out-dir", str(tmp_path)]) == 0  # fmt: skip
+    (found,) = tmp_path.glob("*-test-sweep.json")
+    result = json.loads(found.read_text())["sweep"]
+    assert result["scores_identical"] and result["candidates"] == 16 and result["folds"] == 3
+    assert all(n == 1 for threads in result["blas_threads_workers"].values() for _, n in threads)  # 1 BLAS thread a worker
+    assert "Dask / the faster sequential" in found.with_suffix(".md").read_text()
+
+    gpu = sweep.gpu_concurrency("numpy", fits=2, samples=128, epochs=1, net=[64, 8, 10])
+    assert gpu["threads_match_alone"] and gpu["processes_match_alone"]
+    assert set(gpu["seconds"]) == {"in_a_row", "threads", "processes"} and all(v > 0 for v in gpu["seconds"].values())
+    assert "| threads (one backend object, DEVICE_LOCK) |" in sweep.markdown({**json.loads(found.read_text()), "gpu": [gpu]})
+
+
+def load_bench():
+    """bench/sweep.py as the module bench.sweep (its process pool's children import it by that name)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("bench.sweep")
