@@ -1,4 +1,5 @@
-"""The ``deltaprop`` command: ``train`` (MNIST by default, on the best backend) and ``info``.
+"""The ``deltaprop`` command: ``train`` (MNIST by default, on the best backend), ``info``, and ``compile`` and
+``sweep`` (deltaprop/precompile.py, deltaprop/sweep.py).
 
 Every argument is checked, and files are checked for being writable, before any data is loaded
 or any model built; a bad one ends the command with one ``deltaprop: error: ...`` line and exit
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import __version__, backends, optim, precompile, record
+from . import __version__, backends, optim, precompile, record, sweep
 from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
 from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, backends (usable or why not), GPU", description="Versions, backends and GPU of this machine.")
     i.set_defaults(run=cmd_info)
     precompile.add_parser(sub)
+    sweep.add_parser(sub)
     # listed for --help only: main() hands "bench ..." to deltaprop.bench before parsing
     sub.add_parser("bench", add_help=False, help="the CPU-vs-GPU benchmarks (deltaprop bench --help)")
     return parser

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pickle
 import sys
 import warnings
@@ -23,6 +24,8 @@ from threadpoolctl import threadpool_limits
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
 distributed = pytest.importorskip("distributed")  # the test extra brings it
+import dask  # distributed's dependency
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [  # short fits do not converge; float32 probabilities sum to 1 only to float32's precision
@@ -137,3 +140,89 @@ def load_bench():
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     return importlib.import_module("bench.sweep")
+
+
+# ------------------------------------------------------------------ deltaprop sweep
+SWEEP = {"params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
+         "grid": {"hidden_layer_sizes": [[6], [9]], "alpha": [1e-4, 1e-1]}, "dataset": "digits", "samples": 120,
+         "cv": 3, "scoring": "neg_log_loss"}  # fmt: skip
+
+
+def grid_search_scores(config):
+    """mean_test_score of GridSearchCV on the sweep's problem, sequential, one BLAS thread (as the workers)."""
+    from deltaprop.data import load_digits
+
+    data = load_digits()
+    X, y = data.X_train[: config["samples"]], data.y_train[: config["samples"]]
+    est = MLPClassifier(**config["params"])
+    with threadpool_limits(1):
+        s = GridSearchCV(est, config["grid"], cv=config["cv"], scoring=config["scoring"], error_score="raise").fit(X, y)
+    return s.cv_results_["mean_test_score"], s.cv_results_["params"]
+
+
+def test_deltaprop_sweep_on_a_scheduler_gives_the_grid_searchs_scores(client, tmp_path, capsys):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    with threadpool_limits(1):  # an in-process cluster's worker threads: the BLAS of this process
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), "--scheduler", client.scheduler.address,
+                       "--out", str(tmp_path / "r.json")])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    expected, params = grid_search_scores(SWEEP)
+    rows = result["candidates"]
+    assert [{k: r["params"][k] for k in SWEEP["grid"]} for r in rows] == [
+        {k: list(p[k]) if k == "hidden_layer_sizes" else p[k] for k in SWEEP["grid"]} for p in params
+    ]
+    np.testing.assert_array_equal([r["mean_test_score"] for r in rows], expected)
+    assert all(len(r["test_scores"]) == 3 and r["epochs"] == [2, 2, 2] and r["max_iter"] == 2 for r in rows)
+    assert err.count("mean test score") == 4 and "[4/4]" in err and "best:" in out
+
+
+def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
+    from deltaprop import cli
+
+    config = {**SWEEP, "grid": {"alpha": [1e-4, 1e-1]}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["where"] == "a local cluster of 1 worker processes" and len(result["candidates"]) == 2
+    np.testing.assert_array_equal([r["mean_test_score"] for r in result["candidates"]], grid_search_scores(config)[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grids": {}}, "config: unknown key(s) 'grids'"),
+    ({"grid": {}}, "config: grid: expected an object of non-empty lists"),
+    ({"grid": {"alpha": []}}, "config: grid: expected an object of non-empty lists"),
+    ({"grid": {"alphas": [1.0]}}, "config: Invalid parameter 'alphas'"),
+    ({"params": {"backend": "numpy:1"}}, "config: backend: 'numpy:1': 'numpy' takes no device index"),
+    ({"data": "x.npz"}, "config: give one of dataset (mnist, xor, digits) and data (FILE.npz)"),
+    ({"cv": 1}, "config: cv: expected a number of folds ≥ 2"),
+    ({"estimator": "SVC"}, "config: estimator: expected one of MLPClassifier, MLPRegressor"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, **change}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == ["c.json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--processes", "0"], "--processes: must be ≥ 1, got 0"),
+    (["--scheduler", "tcp://127.0.0.1:1", "--out", "{tmp}/r.json"], "--scheduler: cannot reach tcp://127.0.0.1:1"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, message):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert os.listdir(tmp_path) == ["c.json"]
