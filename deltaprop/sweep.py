@@ -130,11 +130,9 @@ def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
 
 
 def run(args) -> int:
-    from .cli import CLIError
-
     config = read_config(args.config)
     if args.processes is not None and args.processes < 1:
-        raise CLIError(f"--processes: must be ≥ 1, got {args.processes}")
+        raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
     check_writable(args.out, "--out")
     try:
         import distributed
@@ -142,7 +140,7 @@ def run(args) -> int:
         from sklearn.base import is_classifier
         from sklearn.model_selection import check_cv
     except ImportError as exc:
-        raise CLIError(f"deltaprop sweep needs Dask's distributed and scikit-learn ({exc}): "
+        raise SweepError(f"deltaprop sweep needs Dask's distributed and scikit-learn ({exc}): "
                        "pip install 'distributed>=2024.1' 'scikit-learn>=1.6'") from None  # fmt: skip
     from . import record
     from . import sklearn as estimators
@@ -163,7 +161,7 @@ def run(args) -> int:
     try:
         client = distributed.Client(cluster if cluster is not None else args.scheduler)
     except OSError as exc:
-        raise CLIError(f"--scheduler: cannot reach {args.scheduler}: {exc}") from None
+        raise SweepError(f"--scheduler: cannot reach {args.scheduler}: {exc}") from None
     print(f"deltaprop sweep: {len(grid)} candidates × {len(splits)} folds on {where}", file=sys.stderr)
     results = [None] * len(grid)
     try:
