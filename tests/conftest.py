@@ -61,6 +61,22 @@ def backend(request):
     return backends.instance(request.param)
 
 
+@pytest.fixture
+def gpu_backend(request):
+    """gpu_backend(name, probe="cupy"): the backend ``name`` (a variant of ``probe``) when ``probe`` is usable
+    here; else the test is skipped, or fails under --require-gpu."""
+
+    def get(name, probe="cupy"):
+        usable, reason = backends.available()[probe]
+        if not usable:
+            if request.config.getoption("--require-gpu"):
+                pytest.fail(f"--require-gpu: the {probe} backend is not usable ({reason})")
+            pytest.skip(f"the {probe} backend is not usable ({reason})")
+        return backends.instance(name)
+
+    return get
+
+
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)

@@ -37,13 +37,17 @@ _REGISTRY = {
 }
 NAMES = tuple(_REGISTRY)
 #: variants of a registered backend, usable by name but not listed by available() nor taken by "auto"
-VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend")}
+VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend"),
+            "cupy-bf16": ("deltaprop.backends.cupy_backend", "CupyBF16Backend")}
 #: the order in which "auto" tries the backends: fastest first.
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"
 
-#: the GPU library that numbers the devices of each backend that runs on one (see compat.device_count)
-DEVICE_LIBRARY = {"cupy": "cupy", "cupy-tf32": "cupy", "numba-cuda": "numba-cuda"}
+#: the GPU library that numbers the devices of each backend that runs on one (see compat.device_count),
+#: by the backend's module: a variant in a GPU backend's module runs on a device too
+_MODULE_LIBRARY = {"deltaprop.backends.cupy_backend": "cupy", "deltaprop.backends.numba_cuda": "numba-cuda"}
+DEVICE_LIBRARY = {name: _MODULE_LIBRARY[module] for name, (module, _) in {**_REGISTRY, **VARIANTS}.items()
+                  if module in _MODULE_LIBRARY}  # fmt: skip
 
 _instances: dict[tuple, Backend] = {}  # (name, device index or None) -> the shared instance
 _instances_lock = threading.Lock()  # threads that ask at once get one instance

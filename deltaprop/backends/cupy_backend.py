@@ -12,7 +12,8 @@
 * ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
   and replays it (``graphs.GraphSteps``, shared with the numba-cuda backend); where capture
   fails, the same step runs eagerly.
-* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores.
+* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores, and "cupy-bf16"
+  gives them bfloat16 inputs (float32 accumulation, outputs, weights and elementwise work).
 
 Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
 array, an unknown name) falls back to the contract's default method, which also raises its errors.
@@ -27,13 +28,15 @@ import functools
 import numpy as np
 
 from ..kernels import cuda_source
+from ..mlp.activations import ACTIVATIONS
+from ..mlp.losses import ACCURACY_CODES, LOSSES
 from . import compat
 from .base import Backend
 from .graphs import GraphSteps
 
-ACTIVATION_CODES = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "leaky_relu": 5}
-LOSS_CODES = {"mse": 0, "cross_entropy": 1, "bce": 2, "perceptron": 3}
-ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
+# the codes of the kernels' prelude (cuda_source.prelude), from the tables: the activations with a CUDA C φ
+ACTIVATION_CODES = {name: a.code for name, a in ACTIVATIONS.items() if a.c_phi is not None}
+LOSS_CODES = {name: loss.code for name, loss in LOSSES.items()}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 THREADS = 256  # elementwise kernels
 ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)
@@ -73,6 +76,7 @@ def _libcublas(major: int):
         "cublasSetWorkspace_v2": [P, P, ctypes.c_size_t],
         "cublasSgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
         "cublasDgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
+        "cublasGemmEx": [P, I, I, I, I, I, P, P, I, I, P, I, I, P, P, I, I, I, I],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
@@ -230,10 +234,11 @@ class CupyBackend(GraphSteps, Backend):
             return super().gather(src, idx, out)
         self._elementwise("gather_rows", out, src, idx, out, i64(idx.size), i64(out.shape[1]))
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         usable = out.dtype == np.float64 and out.flags.c_contiguous and out.size >= 2
-        if loss not in LOSS_CODES or accuracy not in ACCURACY_CODES or not (usable and self._ok(a, z, y)):
-            return super().batch_metrics(a, z, y, loss, accuracy, out)
+        known = loss in LOSS_CODES and accuracy in ACCURACY_CODES
+        if weights is not None or not known or not (usable and self._ok(a, z, y)):  # weighted: the contract's xp body
+            return super().batch_metrics(a, z, y, loss, accuracy, out, weights)
         rows, cols = a.shape
         codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
         kernel = cuda_source.kernels(a.dtype)["batch_metrics"]  # one block: sums in a fixed order, no atomics
@@ -280,3 +285,43 @@ class CupyTF32Backend(CupyBackend):
 
     name = "cupy-tf32"
     tf32 = True
+
+
+CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType (library_types.h)
+CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
+
+
+class CupyBF16Backend(CupyBackend):
+    """The CuPy backend with bfloat16 GEMM inputs: each float32 GEMM rounds its two operands to bfloat16
+    (round to nearest even, deltaprop/kernels/bf16.py) and multiplies them on tensor cores with float32
+    accumulation (cuBLAS GemmEx, compute type 32F) into its float32 output. The weights (the master copy),
+    the optimizer's state, the bias, φ, δ's elementwise work and the update stay float32; float64 is
+    unchanged. A separate backend, as cupy-tf32."""
+
+    name = "cupy-bf16"
+
+    def __init__(self, graphs: bool = True, device_index: int | None = None):
+        super().__init__(graphs, device_index)
+        self.device += ", bfloat16 GEMM inputs"
+
+    def _bf16(self, x, slot: str):
+        """x (float32, C-contiguous) rounded to bfloat16, in this thread's scratch ``slot`` (uint16 bits)."""
+        from ..kernels import bf16
+
+        out = self._scratch(slot, x.shape, np.uint16)
+        self._launch(bf16.to_bf16_kernel(), _blocks(x.size, THREADS), THREADS, (x, out, i64(x.size)))
+        return out
+
+    def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
+        if C.dtype != np.float32:
+            return super()._gemm(A, B, C, trans_a, trans_b, alpha, beta)
+        lib, handle = self._cublas()
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
+        a16, b16 = self._bf16(A, "bf16_a"), self._bf16(B, "bf16_b")
+        p_alpha, p_beta = ctypes.pointer(ctypes.c_float(alpha)), ctypes.pointer(ctypes.c_float(beta))
+        status = lib.cublasGemmEx(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, b16.data.ptr, CUDA_R_16BF,
+                                  B.shape[1], a16.data.ptr, CUDA_R_16BF, A.shape[1], p_beta, C.data.ptr, CUDA_R_32F, N,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip  (as _gemm: B first)
+        _check(status, "cublasGemmEx (bfloat16)")
+        self.counts["gemm"] += 1

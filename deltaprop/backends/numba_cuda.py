@@ -220,9 +220,19 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
-        kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
-        self._launch(kernel, 1, self.threads, a, z, y, out)
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
+        if weights is None:
+            kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
+            self._launch(kernel, 1, self.threads, a, z, y, out)
+        else:
+            kernel = self._ew.batch_metrics(loss, accuracy, self.threads, weighted=True)
+            self._launch(kernel, 1, self.threads, a, z, y, weights, out)
+
+    def normalize_weights(self, w) -> None:
+        self._launch(self._ew.normalize_weights(self.threads), 1, self.threads, w)
+
+    def scale_rows(self, x, w) -> None:
+        self._launch_1d(self._ew.scale_rows(), x.size, x, w)
 
     # ------------------------------------------------------------------ CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

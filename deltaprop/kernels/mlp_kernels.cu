@@ -3,39 +3,14 @@
 // Compiled lazily by NVRTC through cupy.RawModule, one module per dtype, with name expressions
 // such as "bias_act<float>". Every kernel uses grid-stride loops, so any launch size is correct.
 // Rows are samples; arrays are C-contiguous; n counts elements, rows x cols a matrix.
-// Codes (kept in step with cupy_backend.py):
-//   activation: 0 identity, 1 step, 2 sigmoid, 3 tanh, 4 relu, 5 leaky_relu (softmax has its own kernel)
-//   loss: 0 mse, 1 cross_entropy, 2 bce, 3 perceptron;  accuracy: 0 none, 1 argmax, 2 threshold
+// Compiled after the prelude that deltaprop/kernels/cuda_source.py writes from the tables of
+// deltaprop/mlp/activations.py and losses.py: the codes ACT_<NAME> (an activation), LOSS_<NAME> and
+// ACCURACY_<RULE> (NONE, ARGMAX, THRESHOLD), LEAKY_SLOPE, and phi(a, act), dphi(z, act): φ and φ'
+// (written through z = φ(a)) of the elementwise activations. Softmax has its own kernel.
 
-#define LEAKY_SLOPE 0.1
 #define FULL_MASK 0xffffffffu
 #define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
 #define METRICS_WARPS 8    // batch_metrics: one block of 256 threads
-
-template <typename T>
-__device__ __forceinline__ T phi(T a, int act) {
-    switch (act) {
-        case 1: return a > T(0) ? T(1) : T(0);
-        case 2: return T(0.5) + T(0.5) * tanh(T(0.5) * a);  // σ without overflow for any a
-        case 3: return tanh(a);
-        case 4: return a > T(0) ? a : T(0);
-        case 5: return a > T(0) ? a : T(LEAKY_SLOPE) * a;
-        default: return a;
-    }
-}
-
-// φ'(a) written through z = φ(a).
-template <typename T>
-__device__ __forceinline__ T dphi(T z, int act) {
-    switch (act) {
-        case 1: return T(0);
-        case 2: return z * (T(1) - z);
-        case 3: return T(1) - z * z;
-        case 4: return z > T(0) ? T(1) : T(0);
-        case 5: return z > T(0) ? T(1) : T(LEAKY_SLOPE);
-        default: return T(1);
-    }
-}
 
 template <typename T>
 __device__ __forceinline__ T neg_inf();
@@ -68,11 +43,11 @@ __global__ void mul_dphi(T* g, const T* z, long long n, int act) {
 template <typename T>
 __global__ void output_delta(const T* a, const T* z, const T* y, T* delta, long long n, int act, int loss) {
     GRID_STRIDE(i, n) {
-        if (loss == 3) {
+        if (loss == LOSS_PERCEPTRON) {
             delta[i] = y[i] * a[i] <= T(0) ? -y[i] : T(0);
         } else {
             T d = z[i] - y[i];
-            delta[i] = loss == 0 ? d * dphi(z[i], act) : d;
+            delta[i] = loss == LOSS_MSE ? d * dphi(z[i], act) : d;
         }
     }
 }
@@ -177,7 +152,7 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
         const T* zr = z + r * cols;
         const T* yr = y + r * cols;
         double row = 0.0;
-        if (loss == 1) {  // −Σ y·log softmax(a) = Σy·log Σ exp(a − m) − Σ y·(a − m)
+        if (loss == LOSS_CROSS_ENTROPY) {  // −Σ y·log softmax(a) = Σy·log Σ exp(a − m) − Σ y·(a − m)
             double m = neg_inf<double>();
             for (long long k = lane; k < cols; k += 32) m = fmax(m, (double)ar[k]);
             m = warp_max(m);
@@ -192,21 +167,21 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
         } else {
             for (long long k = lane; k < cols; k += 32) {
                 double av = ar[k], yv = yr[k];
-                if (loss == 0) {
+                if (loss == LOSS_MSE) {
                     double d = (double)zr[k] - yv;
                     row += 0.5 * d * d;
-                } else if (loss == 2) {  // softplus(a) − y·a
+                } else if (loss == LOSS_BCE) {  // softplus(a) − y·a
                     row += fmax(av, 0.0) + log1p(exp(-fabs(av))) - yv * av;
-                } else {
+                } else {  // LOSS_PERCEPTRON
                     row += fmax(0.0, -yv * av);
                 }
             }
             row = warp_sum(row);
         }
         my_loss += row;
-        if (accuracy == 1) {
+        if (accuracy == ACCURACY_ARGMAX) {
             my_correct += warp_argmax(zr, cols, lane) == warp_argmax(yr, cols, lane) ? 1.0 : 0.0;
-        } else if (accuracy == 2) {
+        } else if (accuracy == ACCURACY_THRESHOLD) {
             bool ok = true;
             for (long long k = lane; k < cols; k += 32) ok = ok && ((ar[k] > T(0)) == (yr[k] > T(0.5)));
             my_correct += __all_sync(FULL_MASK, ok) ? 1.0 : 0.0;
@@ -224,7 +199,7 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
             c += warp_correct[w];
         }
         out[0] += l;
-        if (accuracy != 0) out[1] += c;
+        if (accuracy != ACCURACY_NONE) out[1] += c;
     }
 }
 

@@ -71,9 +71,11 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> np.ndarray:
 
 class Trainer:
     """Runs ``plan`` on ``model`` (an MLP: its public attributes and its ``network``) with training data (X, Y)
-    and optional validation data, all already validated."""
+    and optional validation data, all already validated. ``weights``: None, or the sample weights (n,) of the
+    training data and those of the validation data (or None), host arrays of the model's dtype, ≥ 0, with a
+    positive sum each: each step gathers its batch's weights on the device and normalises them there."""
 
-    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None):
+    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None, weights=None):
         self.model, self.plan, self.callback = model, plan, callback
         net = self.net = model.network
         bk = self.bk = model.backend
@@ -90,6 +92,14 @@ class Trainer:
         self.full = Buffers(bk, model.layer_sizes, B, model.dtype)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
+        self.weights = self.val_weights = None
+        if weights is not None:  # the samples' weights (n, 1), and one batch's: gathered and normalised by each step
+            w, wv = weights
+            self.weights = bk.asarray(w.reshape(-1, 1), model.dtype)
+            self.w_full = bk.empty((B, 1), model.dtype)
+            self.w_tail = self.w_full[: self.tail.rows]
+            if wv is not None and self.val is not None:
+                self.val_weights = (bk.asarray(wv.reshape(-1, 1), model.dtype), float(wv.sum(dtype=np.float64)))
         net.ensure_state(plan.optimizer)
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
@@ -124,7 +134,7 @@ class Trainer:
             model.epochs_trained += 1
             val_loss = val_acc = math.nan
             if self.val is not None:
-                val_loss, val_acc = net.evaluate(*self.val)
+                val_loss, val_acc = net.evaluate(*self.val, weights=self.val_weights)
             bk.synchronize()
             history.loss.append(loss)
             history.accuracy.append(acc)
@@ -163,10 +173,17 @@ class Trainer:
         net, plan, bk = self.net, self.plan, self.bk
 
         def step(rows, out):
-            buf = self.full if rows.shape[0] == plan.batch_size else self.tail
+            full = rows.shape[0] == plan.batch_size
+            buf = self.full if full else self.tail
             bk.gather(self.X, rows, buf.x)
             bk.gather(self.Y, rows, buf.y)
-            net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
+            if self.weights is None:
+                net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
+                return
+            w = self.w_full if full else self.w_tail
+            bk.gather(self.weights, rows, w)
+            bk.normalize_weights(w)  # w·B/Σw, on the device
+            net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy, weights=w)
 
         return step
 
