@@ -114,7 +114,9 @@ def test_one_backend_object_per_device_and_the_default_is_the_current_device(fak
     assert backends.get("cupy") is zero  # the current device: 0
     fake_cupy.current = 1  # what cupy.cuda.Device(1).use() does
     assert backends.get("cupy") is one and backends.instance("cupy") is one
-    assert backends.get("cupy-tf32:1") is not one  # another backend on the device: its own object
+    for variant in ("cupy-tf32", "cupy-bf16"):  # another backend on the device: its own object, bound there too
+        other = backends.get(f"{variant}:1")
+        assert other is not one and other.name == variant and other.device_index == 1
     assert "Fake GPU B (device 1), compute capability 9.0, 80.0 GiB" in one.device
     assert zero.device.startswith("Fake GPU A (device 0), compute capability 8.0, 40.0 GiB")
 
