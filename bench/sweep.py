@@ -38,6 +38,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
@@ -286,9 +287,9 @@ def markdown(record) -> str:
             f"Net {g['net']}, {g['samples']} samples, {g['epochs']} epochs, batch {g['batch_size']}, SGD with momentum 0.9.", "",
             "| way | seconds | × in a row | weights = the fit alone |", "|---|---|---|---|",
             f"| in a row | {sec['in_a_row']:.3f} | 1.00 | yes |",
-            f"| threads (one backend object, DEVICE_LOCK) | {sec['threads']:.3f} | {g['ratio_threads_over_in_a_row']:.2f} | "
+            f"| threads (one backend object; a GPU backend's calls take turns under DEVICE_LOCK) | {sec['threads']:.3f} | {g['ratio_threads_over_in_a_row']:.2f} | "
             f"{'yes' if g['threads_match_alone'] else 'NO'} |",
-            f"| processes (one CUDA context each) | {sec['processes']:.3f} | {g['ratio_processes_over_in_a_row']:.2f} | "
+            f"| processes (on a GPU, a CUDA context each) | {sec['processes']:.3f} | {g['ratio_processes_over_in_a_row']:.2f} | "
             f"{'yes' if g['processes_match_alone'] else 'NO'} |", "",
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -325,7 +326,7 @@ def main(argv=None) -> int:
         parser.error(f"--backend: {exc}")
     machine = machine_info()
     if args.gpu:
-        label = args.machine or used[0].device.split(" (device")[0].split(",")[0].replace(" ", "-").lower()
+        label = args.machine or re.sub(r"[^a-z0-9]+", "-", used[0].device.split(" (device")[0].split(",")[0].lower()).strip("-")
         result = {"title": f"{args.fits} fits at once on one device against {args.fits} in a row", "machine": machine,
                   "gpu": [gpu_concurrency(n, args.fits, args.gpu_samples, args.epochs) for n in names]}  # fmt: skip
         stem = f"{datetime.date.today().isoformat()}-{label}-gpu-sweep"

@@ -132,7 +132,7 @@ def test_the_sweep_bench_runs_at_tiny_sizes(tmp_path):
     gpu = sweep.gpu_concurrency("numpy", fits=2, samples=128, epochs=1, net=[64, 8, 10])
     assert gpu["threads_match_alone"] and gpu["processes_match_alone"]
     assert set(gpu["seconds"]) == {"in_a_row", "threads", "processes"} and all(v > 0 for v in gpu["seconds"].values())
-    assert "| threads (one backend object, DEVICE_LOCK) |" in sweep.markdown({**json.loads(found.read_text()), "gpu": [gpu]})
+    assert "| threads (one backend object; a GPU backend's calls take turns under DEVICE_LOCK) |" in sweep.markdown({**json.loads(found.read_text()), "gpu": [gpu]})
 
 
 def load_bench():
