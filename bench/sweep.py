@@ -326,7 +326,8 @@ def main(argv=None) -> int:
         parser.error(f"--backend: {exc}")
     machine = machine_info()
     if args.gpu:
-        label = args.machine or re.sub(r"[^a-z0-9]+", "-", used[0].device.split(" (device")[0].split(",")[0].lower()).strip("-")
+        name = used[0].device.split(" (device")[0].split(",")[0].lower()  # "nvidia h200"
+        label = args.machine or re.sub(r"[^a-z0-9]+", "-", name).strip("-")
         result = {"title": f"{args.fits} fits at once on one device against {args.fits} in a row", "machine": machine,
                   "gpu": [gpu_concurrency(n, args.fits, args.gpu_samples, args.epochs) for n in names]}  # fmt: skip
         stem = f"{datetime.date.today().isoformat()}-{label}-gpu-sweep"
