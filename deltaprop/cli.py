@@ -1,4 +1,5 @@
-"""The ``deltaprop`` command: ``train`` (MNIST by default, on the best backend) and ``info``.
+"""The ``deltaprop`` command: ``train`` (MNIST by default, on the best backend), ``info``, and ``compile`` and
+``sweep`` (deltaprop/precompile.py, deltaprop/sweep.py).
 
 Every argument is checked, and files are checked for being writable, before any data is loaded
 or any model built; a bad one ends the command with one ``deltaprop: error: ...`` line and exit
@@ -17,9 +18,9 @@ import time
 
 import numpy as np
 
-from . import __version__, backends, optim, precompile, record
+from . import __version__, backends, optim, precompile, record, sweep
 from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
-from .backends import BackendUnavailable
+from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epsilon", type=float, help="adam, adamw, rmsprop (default: 1e-8)")
     g.add_argument("--rho", type=float, help="rmsprop (default: 0.9)")
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
-    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}")
+    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}; "
+                   "a GPU backend may name its device, as in cupy:1 (default: device 0; deltaprop info lists them)")
     g = t.add_argument_group("output")
     g.add_argument("--quiet", action="store_true", help="no header line and no progress bar on stderr (there is no bar either when stderr is not "
                    "a terminal); the result line, what --resume resumes, and errors are still printed")
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, backends (usable or why not), GPU", description="Versions, backends and GPU of this machine.")
     i.set_defaults(run=cmd_info)
     precompile.add_parser(sub)
+    sweep.add_parser(sub)
     # listed for --help only: main() hands "bench ..." to deltaprop.bench before parsing
     sub.add_parser("bench", add_help=False, help="the CPU-vs-GPU benchmarks (deltaprop bench --help)")
     return parser
@@ -547,6 +550,7 @@ def cmd_info(args) -> int:
     for name, (usable, reason) in backends.available().items():
         print(f"  {name:<11} {'usable' if usable else 'not usable'}: {reason}")
     print(f"auto picks: {backends.select('auto').describe()}")
+    _print_devices()
     gpus = m["gpus"]
     if gpus:
         for gpu in gpus:
@@ -562,6 +566,20 @@ def cmd_info(args) -> int:
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "
               f"{on_disk['bytes'] / 1e6:.1f} MB; fill it with deltaprop compile)")
     return 0
+
+
+def _print_devices() -> None:
+    """Every CUDA device a usable GPU backend sees: what --backend NAME:INDEX can name."""
+    found = backends.available()
+    for library in compat.LIBRARIES:
+        if found[library].usable:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            after = f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+            print(f"CUDA devices, as {library} numbers them (--backend {library}:INDEX{after}):")
+            for index in range(compat.device_count(library)):
+                print(f"  {index}: {compat.device(library, index).describe()}")
+            return
+    print("CUDA devices: none usable (see the backends above)")
 
 
 if __name__ == "__main__":

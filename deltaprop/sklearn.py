@@ -554,9 +554,13 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}")
         if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
-        if backends.select(self.backend).name != model.backend_name:
+        fitted = model.backend  # the same name on another device (cupy:1 after cupy:0) would be other arrays
+        if backends.select(self.backend).name != fitted.name or (
+            fitted.device_index is not None and backends.get(self.backend).device_index != fitted.device_index
+        ):
+            where = "" if fitted.device_index is None else f" on device {fitted.device_index}"
             raise ValueError(
-                f"backend: {self.backend!r} differs from the fitted network's {model.backend_name!r}; "
+                f"backend: {self.backend!r} differs from the fitted network's {model.backend_name!r}{where}; "
                 "set warm_start=False to start afresh"
             )
 

@@ -410,7 +410,7 @@ def test_written_files_get_the_permissions_of_the_umask(tmp_path, capsys, umask)
 def test_a_backend_that_cannot_run_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     from deltaprop import backends
 
-    def unusable(name):
+    def unusable(name, device=None):
         raise backends.BackendUnavailable(f"backend {name!r} cannot run here: no CUDA device")
 
     monkeypatch.setattr(backends, "instance", unusable)

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
         cupy.cuda.set_allocator(None)
         cupy.cuda.set_pinned_memory_allocator(None)
-    bk, ref = backends.instance(backends.select(a.backend).name), backends.instance("numpy")
+    bk, ref = backends.get(a.backend), backends.instance("numpy")  # get: with the device a name such as cupy:1 names
     rng = np.random.default_rng(0)
     for dtype in ("float32", "float64"):
         kernels_alone(bk, ref, np.dtype(dtype), rng)

@@ -6,6 +6,11 @@ and, if not, why. "auto" takes the first usable one of ``AUTO_ORDER`` (the
 environment variable DELTAPROP_BACKEND, when set, replaces "auto" by a name),
 and ``select`` records why it passed over the others.
 
+A GPU backend's name may name its device: "cupy:1", "numba-cuda:0" (the CUDA driver's numbering of the
+devices this process sees, so after ``CUDA_VISIBLE_DEVICES``); without one it runs on the calling thread's
+current device (device 0 unless the caller selected another). There is one backend object per (name,
+device); "numpy" and "auto" take no device index.
+
 Nothing here imports a GPU package: ``compat`` does, lazily, the first time a
 GPU backend is probed.
 """
@@ -14,13 +19,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import compat
 from .base import Backend
 from .compat import BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "NAMES", "AUTO_ORDER", "available", "get", "select", "Selection"]
+__all__ = ["Backend", "BackendUnavailable", "NAMES", "AUTO_ORDER", "available", "get", "parse", "select", "Selection"]
 
 # name -> (module, class); the modules are imported only when the name is probed.
 _REGISTRY = {
@@ -36,7 +43,14 @@ VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend"),
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"
 
-_instances: dict[str, Backend] = {}
+#: the GPU library that numbers the devices of each backend that runs on one (see compat.device_count),
+#: by the backend's module: a variant in a GPU backend's module runs on a device too
+_MODULE_LIBRARY = {"deltaprop.backends.cupy_backend": "cupy", "deltaprop.backends.numba_cuda": "numba-cuda"}
+DEVICE_LIBRARY = {name: _MODULE_LIBRARY[module] for name, (module, _) in {**_REGISTRY, **VARIANTS}.items()
+                  if module in _MODULE_LIBRARY}  # fmt: skip
+
+_instances: dict[tuple, Backend] = {}  # (name, device index or None) -> the shared instance
+_instances_lock = threading.Lock()  # threads that ask at once get one instance
 
 
 class Availability(NamedTuple):
@@ -51,9 +65,15 @@ class Selection:
     requested: str
     name: str
     passed_over: dict = field(default_factory=dict)  # name -> reason it was not taken
+    device: int | None = None  # the device index the request named; None: the current device (or the CPU)
+
+    @property
+    def spec(self) -> str:
+        """The backend as a name: "cupy:1", or "cupy" for the current device."""
+        return self.name if self.device is None else f"{self.name}:{self.device}"
 
     def describe(self) -> str:
-        how = f"{self.name!r}"
+        how = f"{self.spec!r}"
         if self.requested == "auto":
             how += " (auto"
             if self.passed_over:
@@ -74,14 +94,25 @@ def _backend_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def _check_name(name) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"backend: expected a name (str), got {type(name).__name__}")
-    key = name.strip().lower().replace("_", "-")
-    key = {"numba": "numba-cuda"}.get(key, key)
+def parse(spec) -> tuple[str, int | None]:
+    """(name, device index or None) of a backend spec such as "cupy", "cupy:1" or "auto"; raises naming ``backend``."""
+    if not isinstance(spec, str):
+        raise TypeError(f"backend: expected a name (str), got {type(spec).__name__}")
+    key, colon, index = spec.strip().lower().replace("_", "-").partition(":")
+    key = {"numba": "numba-cuda"}.get(key.strip(), key.strip())
     if key != "auto" and key not in _REGISTRY and key not in VARIANTS:
-        raise ValueError(f"backend: unknown backend {name!r}; choose one of {', '.join(NAMES + ('auto',))}")
-    return key
+        raise ValueError(f"backend: unknown backend {spec!r}; choose one of {', '.join(NAMES + ('auto',))}"
+                         " (a GPU backend may name its device, as in cupy:1)")
+    if not colon:
+        return key, None
+    if key not in DEVICE_LIBRARY:
+        what = "runs on the CPU" if key == "numpy" else "picks a backend, and runs on the current device"
+        raise ValueError(f"backend: {spec!r}: {key!r} takes no device index ({key} {what}); "
+                         f"name a GPU backend's device, as in cupy:1 or numba-cuda:0")
+    index = index.strip()
+    if not (index.isascii() and index.isdigit()):
+        raise ValueError(f"backend: {spec!r}: the device index after ':' must be a number ≥ 0, as in {key}:1")
+    return key, int(index)
 
 
 def available() -> dict[str, Availability]:
@@ -99,18 +130,18 @@ def available() -> dict[str, Availability]:
 
 
 def select(name: str = "auto") -> Selection:
-    """Resolve a name ("auto" included) to the backend that will run, without building it."""
-    requested = _check_name(name)
+    """Resolve a name ("auto" included, "cupy:1" too) to the backend that will run, without building it."""
+    requested, device = parse(name)
     if requested == "auto" and os.environ.get(ENV_VAR, "").strip():
         env_name = os.environ[ENV_VAR]
         try:
-            resolved = _check_name(env_name)
+            resolved, device = parse(env_name)
         except ValueError as exc:
             raise ValueError(f"{ENV_VAR}={env_name!r}: {exc}") from None
         if resolved != "auto":
-            return Selection("auto", resolved, {"auto": f"{ENV_VAR}={env_name} overrides it"})
+            return Selection("auto", resolved, {"auto": f"{ENV_VAR}={env_name} overrides it"}, device)
     if requested != "auto":
-        return Selection(requested, requested)
+        return Selection(requested, requested, device=device)
     passed = {}
     for candidate in AUTO_ORDER:
         probe = _backend_class(candidate).probe()
@@ -124,14 +155,33 @@ def select(name: str = "auto") -> Selection:
 
 
 def get(name: str = "auto") -> Backend:
-    """The backend called ``name`` ("auto" picks the best usable one); raises ``BackendUnavailable`` if it can't run."""
-    return instance(select(name).name)
+    """The backend called ``name`` ("auto" picks the best usable one; "cupy:1" names the device); raises
+    ``BackendUnavailable`` if it can't run, and where the device named does not exist."""
+    selection = select(name)
+    return instance(selection.name, selection.device)
 
 
-def instance(name: str) -> Backend:
-    """The shared instance of the registered backend ``name``."""
-    if name not in _instances:
-        cls = _backend_class(name)
+def instance(name: str, device: int | None = None) -> Backend:
+    """The shared instance of the registered backend ``name`` on device index ``device`` (a GPU backend's;
+    None: the calling thread's current device), built on first use."""
+    cls = _backend_class(name)
+    library = DEVICE_LIBRARY.get(name)
+    if library is None:
+        if device is not None:
+            raise ValueError(f"backend: {name!r} takes no device index (it runs on the CPU)")
+    else:
         cls.probe().require(name)
-        _instances[name] = cls()
-    return _instances[name]
+        count = compat.device_count(library)
+        device = compat.current_device(library) if device is None else device
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < count:
+            seen = f"devices 0 to {count - 1}" if count > 1 else "device 0"
+            raise BackendUnavailable(
+                f"backend: {name}:{device}: there is no CUDA device {device}; {library} sees {count} "
+                f"({seen}, numbered after CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})"
+            )
+    key = (name, device)
+    with _instances_lock:
+        if key not in _instances:
+            cls.probe().require(name)
+            _instances[key] = cls() if library is None else cls(device_index=device)
+        return _instances[key]

@@ -35,11 +35,13 @@ The scratch space, and a GPU backend's recorded steps, belong to the calling thr
 that leaves ``thread_safe`` False (the GPU backends: a stream being captured, a cuBLAS handle and its
 workspace, flags and counters belong to the device) has every method of the contract hold
 ``DEVICE_LOCK``, one lock for all such backends: their threads take turns, one call at a time
-(a ``run_steps`` call: an epoch's steps).
+(a ``run_steps`` call: an epoch's steps), with the backend's device current (``_on_device``: a backend
+object is bound to one device, ``device_index``, and its arrays live there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -67,9 +69,11 @@ class _PerThread(threading.local):
 
 
 def _holding_device_lock(method):
+    """``method`` run holding DEVICE_LOCK, with the backend's device current (``_on_device``)."""
+
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with DEVICE_LOCK:
+        with DEVICE_LOCK, self._on_device():
             return method(self, *args, **kwargs)
 
     locked.holds_device_lock = True
@@ -84,6 +88,8 @@ class Backend:
     device: str = "CPU"  # a description of what runs the kernels
     #: whether threads may call the contract's methods at once; False: they hold DEVICE_LOCK (see the module)
     thread_safe: bool = False
+    #: the CUDA device a GPU backend is bound to (its arrays live there); None: the CPU
+    device_index: int | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -100,6 +106,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<deltaprop backend {self.name!r} on {self.device}>"
+
+    def _on_device(self):
+        """A context manager that makes this backend's device current: every contract method of a backend that
+        is not ``thread_safe`` runs in it (a GPU backend's binds ``device_index``); none on the CPU."""
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ memory
     def asarray(self, x, dtype=None):

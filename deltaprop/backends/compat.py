@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 
 INSTALL_HINT = (
@@ -124,6 +125,63 @@ def probe_numba_cuda() -> Probe:
         versions = f"numba-cuda {version('numba-cuda') or '?'} with NumPy {numpy.__version__}"
         return Probe(None, f"numba-cuda could not compile and run a kernel ({versions}: {_first_line(exc)})", error=exc)
     return Probe(cuda, device=f"{name}, compute capability {cc[0]}.{cc[1]}")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One CUDA device, numbered as the CUDA driver numbers the devices this process sees (after
+    ``CUDA_VISIBLE_DEVICES``: with CUDA_VISIBLE_DEVICES=2,3, device 0 is the machine's GPU 2)."""
+
+    index: int
+    name: str
+    compute_capability: tuple  # (major, minor)
+    memory: int | None  # bytes in all; None where unknown (the simulator)
+
+    def describe(self) -> str:
+        cc = f"compute capability {self.compute_capability[0]}.{self.compute_capability[1]}"
+        memory = "" if self.memory is None else f", {self.memory / 2**30:.1f} GiB"
+        return f"{self.name} (device {self.index}), {cc}{memory}"
+
+
+#: the GPU libraries that number devices
+LIBRARIES = ("cupy", "numba-cuda")
+
+
+def _library(library: str):
+    """The module of ``library`` (cupy, or numba.cuda), which must be usable (``Probe.require``)."""
+    if library not in LIBRARIES:
+        raise ValueError(f"library: expected one of {', '.join(LIBRARIES)}, got {library!r}")
+    return (probe_cupy() if library == "cupy" else probe_numba_cuda()).require(library)
+
+
+def device_count(library: str) -> int:
+    """How many CUDA devices ``library`` ("cupy" or "numba-cuda") sees; it must be usable."""
+    module = _library(library)
+    return module.cuda.runtime.getDeviceCount() if library == "cupy" else len(module.gpus)
+
+
+def current_device(library: str) -> int:
+    """The calling thread's current CUDA device of ``library``: the one it selected, else device 0."""
+    module = _library(library)
+    if library == "cupy":
+        return module.cuda.runtime.getDevice()
+    current = module.gpus.current  # None where this thread has no CUDA context yet
+    return 0 if current is None else int(current.id)
+
+
+def device(library: str, index: int) -> Device:
+    """Device ``index`` (< ``device_count``) as ``library`` sees it; numba-cuda makes its context to read the memory."""
+    module = _library(library)
+    if library == "cupy":
+        props = module.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return Device(index, name, (int(props["major"]), int(props["minor"])), int(props["totalGlobalMem"]))
+    gpu = module.gpus[index]
+    name = getattr(gpu, "name", "CUDA simulator")  # the simulator's devices have no name
+    with gpu:
+        total = module.current_context().get_memory_info().total
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return Device(index, name, tuple(gpu.compute_capability), None if math.isinf(total) else int(total))
 
 
 def _serialise_simulator_shared_arrays() -> None:

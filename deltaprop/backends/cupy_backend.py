@@ -100,17 +100,23 @@ class CupyBackend(GraphSteps, Backend):
     def probe() -> compat.Probe:
         return compat.probe_cupy()
 
-    def __init__(self, graphs: bool = True):
+    def __init__(self, graphs: bool = True, device_index: int | None = None):
+        """The backend on CUDA device ``device_index`` (None: the current device); every contract call runs
+        with it current, and the cuBLAS handle, streams and arrays are made there."""
         super().__init__()
         probe = self.probe()
         self.xp = probe.require(self.name)
-        self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
+        self.device_index = compat.current_device("cupy") if device_index is None else device_index
+        self.device = compat.device("cupy", self.device_index).describe() + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
         self.fused_epochs = 0  # run_epoch_fused calls so far
         self._lib = self._handle = None  # libcublas (ctypes) and this backend's handle, made on first use
         self._workspace = None
         self._stream = None
+
+    def _on_device(self):
+        return self.xp.cuda.Device(self.device_index)
 
     def to_numpy(self, x) -> np.ndarray:
         return self.xp.asnumpy(x)
@@ -379,8 +385,8 @@ class CupyBF16Backend(CupyBackend):
 
     name = "cupy-bf16"
 
-    def __init__(self, graphs: bool = True):
-        super().__init__(graphs)
+    def __init__(self, graphs: bool = True, device_index: int | None = None):
+        super().__init__(graphs, device_index)
         self.device += ", bfloat16 GEMM inputs"
 
     def _bf16(self, x, slot: str):

@@ -21,6 +21,7 @@ tiles and several tiles per axis.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -40,13 +41,17 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def probe() -> compat.Probe:
         return compat.probe_numba_cuda()
 
-    def __init__(self, target: int | None = None):
-        """The backend on this machine's GPU; with ``target``, a number of multiprocessors, the kernel choices
-        of a GPU that is not here, for a subclass that launches nothing (``deltaprop compile``'s recorder)."""
+    def __init__(self, target: int | None = None, device_index: int | None = None):
+        """The backend on this machine's CUDA device ``device_index`` (None: the current device), which every
+        contract call makes current; with ``target``, a number of multiprocessors, the kernel choices of a GPU
+        that is not here, for a subclass that launches nothing (``deltaprop compile``'s recorder)."""
         super().__init__()
         if target is None:
             probe = self.probe()
-            self.cuda, self.device, simulated = probe.require(self.name), probe.device, probe.simulated
+            self.cuda, simulated = probe.require(self.name), probe.simulated
+            self.device_index = compat.current_device("numba-cuda") if device_index is None else device_index
+            found = compat.device("numba-cuda", self.device_index)
+            self.device = f"{probe.device} (device {found.index})" if simulated else found.describe()
         else:
             self.cuda, self.device, simulated = None, f"a GPU of {target} multiprocessors, not here", False
         from ..kernels import numba_elementwise, numba_gemm
@@ -54,7 +59,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._gemm, self._ew = numba_gemm, numba_elementwise
         # the GEMM tilings, largest first: each GEMM takes the largest that gives every multiprocessor a block
         self.tilings = numba_gemm.SIM_TILES if simulated else numba_gemm.GPU_TILES
-        self.multiprocessors = target or (4 if simulated else self.cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        self.multiprocessors = target or (4 if simulated else self.cuda.gpus[self.device_index].MULTIPROCESSOR_COUNT)
         self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
@@ -65,6 +70,9 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._flag = None
         self._stream = 0  # where kernels are launched: the default stream, or the capture stream
         self._capture_stream = None
+
+    def _on_device(self):
+        return self.cuda.gpus[self.device_index] if self.cuda is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ launching
     def _launch(self, kernel, grid, block, *args, shared: int = 0) -> None:

@@ -35,9 +35,11 @@ def rounded(x) -> np.ndarray:
 
 
 def to_bf16_kernel():
-    """cupy.RawKernel to_bf16(x float32*, out uint16*, n int64), compiled on first use."""
-    if "to_bf16" not in _cache:
-        import cupy
+    """cupy.RawKernel to_bf16(x float32*, out uint16*, n int64) on the current device, compiled on first use
+    (a loaded module's functions launch on its device only)."""
+    import cupy
 
-        _cache["to_bf16"] = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",)).get_function("to_bf16")
-    return _cache["to_bf16"]
+    key = ("to_bf16", cupy.cuda.runtime.getDevice())
+    if key not in _cache:
+        _cache[key] = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",)).get_function("to_bf16")
+    return _cache[key]

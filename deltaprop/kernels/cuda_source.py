@@ -29,7 +29,7 @@ PLAIN = ("window_in", "window_out")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 OPTIONS = ("--std=c++17",)
 
-_cache: dict = {}
+_cache: dict = {}  # (C type, CUDA device) -> kernels: a loaded module's functions launch on its device only
 
 
 def prelude() -> str:
@@ -53,19 +53,23 @@ def source() -> str:
 
 
 def kernels(dtype) -> dict:
-    """{name: cupy.RawKernel} for ``dtype`` (float32 or float64), compiled on first use."""
-    ctype = CTYPES[np.dtype(dtype)]
-    if ctype not in _cache:
-        import cupy
+    """{name: cupy.RawKernel} for ``dtype`` (float32 or float64) on the current device, compiled on first use."""
+    import cupy
 
-        names = [f"{k}<{ctype}>" for k in TEMPLATES]
+    key = (CTYPES[np.dtype(dtype)], cupy.cuda.runtime.getDevice())
+    if key not in _cache:
+        names = [f"{k}<{key[0]}>" for k in TEMPLATES]
         module = cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
         found = {k: module.get_function(n) for k, n in zip(TEMPLATES, names)}
         found.update({k: module.get_function(k) for k in PLAIN})
-        _cache[ctype] = found
-    return _cache[ctype]
+        _cache[key] = found
+    return _cache[key]
 
 
 def plain_kernels() -> dict:
-    """The module of whichever dtype is compiled already (float32 when none is): for the PLAIN kernels."""
-    return next(iter(_cache.values())) if _cache else kernels(np.float32)
+    """The module of whichever dtype is compiled already on the current device (float32 when none is): for the
+    PLAIN kernels."""
+    import cupy
+
+    here = cupy.cuda.runtime.getDevice()
+    return next((found for (_, device), found in _cache.items() if device == here), None) or kernels(np.float32)

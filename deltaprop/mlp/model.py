@@ -116,8 +116,9 @@ class MLP:
         activations = (*hidden, out)  # one per layer, the output's last
         per_layer = layer_pieces(activations, pieces)
         # the parameters, the optimizer's state and the passes over them, on the backend's device
-        self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
-                               _initial_weights(sizes, activations, dtype, self.seed, init, per_layer), per_layer)
+        self.network = Network(backends.instance(self.selection.name, self.selection.device), sizes, activations,
+                               loss_spec.name, dtype, _initial_weights(sizes, activations, dtype, self.seed, init, per_layer),
+                               per_layer)
 
     # ------------------------------------------------------------ properties
     @property
@@ -128,6 +129,12 @@ class MLP:
 
     @backend.setter
     def backend(self, backend) -> None:
+        here, there = self.network.backend.device_index, backend.device_index
+        if None not in (here, there) and here != there:  # the weights and the optimizer's state live on one GPU
+            raise ValueError(
+                f"backend: {backend!r} is on device {there}, the model's arrays on device {here}; to move a model to "
+                "another GPU, build one there and set_weights(model.get_weights()), or save it and MLP.load(path, backend=...)"
+            )
         self.network.backend = backend
 
     @property

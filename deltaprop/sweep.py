@@ -1,0 +1,196 @@
+"""``deltaprop sweep CONFIG.json``: a grid of deltaprop.sklearn estimators, cross-validated on a Dask cluster
+(``--scheduler ADDRESS``) or on local worker processes (``--processes N``), written as one JSON file.
+
+Each candidate of the grid is one task: its cross-validation (scikit-learn's ``cross_validate`` on the
+splits of ``check_cv``, as GridSearchCV makes them), run on a worker; a line on stderr as each finishes.
+The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, the rest optional):
+
+    {"estimator": "MLPClassifier",                      # or "MLPRegressor"
+     "params": {"max_iter": 30, "backend": "numpy"},    # the estimator's fixed parameters
+     "grid": {"hidden_layer_sizes": [[64], [128]], "learning_rate_init": [0.001, 0.003]},  # or a list of such
+     "dataset": "digits",                               # or "data": "FILE.npz" (X_train, y_train), as train
+     "samples": 1000,                                   # the first N training samples only
+     "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
+
+Everything is checked (the config, the parameter names, the backend's name, the output file) before the
+cluster starts. The scores are those of GridSearchCV with the same estimator, grid, cv and scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+
+from ._files import atomic_write, check_writable, json_safe
+
+KEYS = ("estimator", "params", "grid", "dataset", "data", "samples", "cv", "scoring")
+ESTIMATORS = ("MLPClassifier", "MLPRegressor")
+
+
+class SweepError(ValueError):
+    """A bad config or option of ``deltaprop sweep``; the message names it."""
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="cross-validate a grid of estimators on a Dask cluster or local processes",
+                       description="Cross-validate every candidate of a grid (a JSON config: see deltaprop/sweep.py) "
+                                   "on a Dask cluster or on local worker processes; write the scores as JSON.")  # fmt: skip
+    s.add_argument("config", metavar="CONFIG.json", help="the estimator, its fixed parameters, the grid and the data")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--processes", type=int, metavar="N", help="a local cluster of N worker processes of one thread "
+                       "(default: one per core)")  # fmt: skip
+    s.add_argument("--out", metavar="RESULTS.json", default="sweep.json", help="where the results go (default: sweep.json)")
+    s.set_defaults(run=run)
+
+
+def read_config(path) -> dict:
+    """The config at ``path``, every key checked for its type (scikit-learn checks the parameters' values)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read((1 << 20) + 1)
+    except OSError as exc:
+        raise SweepError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+    if len(text) > 1 << 20:
+        raise SweepError(f"config: {path} is over 1 MiB; a sweep's config is a few lines")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SweepError(f"config: {path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise SweepError(f"config: {path} must hold a JSON object")
+    unknown = [k for k in config if k not in KEYS]
+    if unknown:
+        raise SweepError(f"config: unknown key(s) {', '.join(map(repr, unknown))}; the keys are {', '.join(KEYS)}")
+    config = {"estimator": "MLPClassifier", "params": {}, "cv": 3, "scoring": None, **config}
+    if config["estimator"] not in ESTIMATORS:
+        raise SweepError(f"config: estimator: expected one of {', '.join(ESTIMATORS)}, got {config['estimator']!r}")
+    if not isinstance(config["params"], dict):
+        raise SweepError("config: params: expected an object of the estimator's parameters")
+    grids = config.get("grid")
+    grids = [grids] if isinstance(grids, dict) else grids
+    if not isinstance(grids, list) or not grids or not all(
+        isinstance(g, dict) and g and all(isinstance(v, list) and v for v in g.values()) for g in grids
+    ):
+        raise SweepError("config: grid: expected an object of non-empty lists ({name: [values]}), or a list of such")
+    config["grid"] = grids
+    if ("dataset" in config) == ("data" in config):
+        raise SweepError("config: give one of dataset (mnist, xor, digits) and data (FILE.npz)")
+    cv, samples = config["cv"], config.get("samples")
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise SweepError(f"config: cv: expected a number of folds ≥ 2, got {cv!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2 * cv):
+        raise SweepError(f"config: samples: expected an integer ≥ 2·cv = {2 * cv}, got {samples!r}")
+    if config["scoring"] is not None and not isinstance(config["scoring"], str):
+        raise SweepError(f"config: scoring: expected a scorer's name or null, got {config['scoring']!r}")
+    return config
+
+
+def candidates(config) -> list:
+    """The grid's parameter sets, in ParameterGrid's order, each checked against the estimator's parameters."""
+    from sklearn.model_selection import ParameterGrid
+
+    from . import backends
+    from . import sklearn as estimators
+
+    base = getattr(estimators, config["estimator"])()
+    out = []
+    for params in ParameterGrid(config["grid"]):
+        params = {**config["params"], **params}
+        try:
+            base.set_params(**params)
+        except ValueError as exc:  # an unknown name
+            raise SweepError(f"config: {exc}") from None
+        if "backend" in params:
+            try:
+                backends.parse(params["backend"])  # the name only: the workers' machines may have other devices
+            except (ValueError, TypeError) as exc:
+                raise SweepError(f"config: {exc}") from None
+        out.append(params)
+    return out
+
+
+def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
+    """On a worker: one candidate's cross-validation; its test scores, fit times and each fold's epochs (n_iter_:
+    max_iter where scikit-learn would warn that it did not converge; the warning is not printed by every worker)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import cross_validate
+
+    from . import sklearn as estimators
+
+    est = getattr(estimators, estimator_name)(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        done = cross_validate(est, X, y, cv=cv, scoring=scoring, error_score="raise", return_estimator=True)
+    return {"test_scores": done["test_score"].tolist(), "fit_seconds": done["fit_time"].tolist(),
+            "epochs": [int(e.n_iter_) for e in done["estimator"]], "max_iter": est.max_iter}  # fmt: skip
+
+
+def run(args) -> int:
+    config = read_config(args.config)
+    if args.processes is not None and args.processes < 1:
+        raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
+    check_writable(args.out, "--out")
+    try:
+        import distributed
+        import joblib
+        from sklearn.base import is_classifier
+        from sklearn.model_selection import check_cv
+    except ImportError as exc:
+        raise SweepError(f"deltaprop sweep needs Dask's distributed and scikit-learn ({exc}): "
+                       "pip install 'distributed>=2024.1' 'scikit-learn>=1.6'") from None  # fmt: skip
+    from . import record
+    from . import sklearn as estimators
+    from .data import load_dataset
+
+    grid = candidates(config)
+    data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
+    X, y = data.X_train[: config.get("samples")], data.y_train[: config.get("samples")]
+    cv = check_cv(config["cv"], y, classifier=is_classifier(getattr(estimators, config["estimator"])()))
+    splits = list(cv.split(X, y))  # fixed here: every worker gets the same folds
+    start = time.perf_counter()
+    if args.scheduler:
+        cluster, where = None, args.scheduler
+    else:
+        n = args.processes or os.cpu_count() or 1
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0", silence_logs=40)
+        where = f"a local cluster of {n} worker processes"
+    try:
+        client = distributed.Client(cluster if cluster is not None else args.scheduler)
+    except OSError as exc:
+        raise SweepError(f"--scheduler: cannot reach {args.scheduler}: {exc}") from None
+    print(f"deltaprop sweep: {len(grid)} candidates × {len(splits)} folds on {where}", file=sys.stderr)
+    results = [None] * len(grid)
+    try:
+        with joblib.parallel_config(backend="dask"):
+            tasks = joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(
+                joblib.delayed(_indexed)(i, config["estimator"], params, X, y, splits, config["scoring"])
+                for i, params in enumerate(grid)
+            )  # fmt: skip
+            varying = {k for g in config["grid"] for k in g}  # what the progress lines show of each candidate
+            for done, (i, result) in enumerate(tasks, 1):
+                results[i] = result
+                mean = sum(result["test_scores"]) / len(result["test_scores"])
+                shown = {k: v for k, v in grid[i].items() if k in varying}
+                print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: mean test score {mean:.4f} "
+                      f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)  # fmt: skip
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
+            for params, r in zip(grid, results)]  # fmt: skip
+    best = max(range(len(rows)), key=lambda i: rows[i]["mean_test_score"])
+    out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
+           "best": rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
+    atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)
+    print(f"best: {json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}; "
+          f"wrote {args.out}")  # fmt: skip
+    return 0
+
+
+def _indexed(i, *args):
+    return i, cross_validate_one(*args)

@@ -1,0 +1,228 @@
+"""Sweeps on Dask: scikit-learn's GridSearchCV over deltaprop's estimators under
+``joblib.parallel_config(backend="dask")`` gives, score for score, the sequential search, on a
+``distributed.LocalCluster`` of worker processes and on one of worker threads; the estimators travel to
+the workers and back by pickle, fitted or not. Small nets on generated data (no download), on the NumPy
+backend: the clusters start once for the module (a few seconds)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import sys
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, KFold
+from threadpoolctl import threadpool_limits
+
+from deltaprop.sklearn import MLPClassifier, MLPRegressor
+
+distributed = pytest.importorskip("distributed")  # the test extra brings it
+import dask  # distributed's dependency
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [  # short fits do not converge; float32 probabilities sum to 1 only to float32's precision
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+    pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one:UserWarning"),
+]
+
+
+def problem(seed=0, n=60, features=6):
+    """A 3-class problem of n samples whose labels depend on X (so the candidates' scores differ)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features))
+    y = np.argmax(X[:, :3] + 0.5 * rng.normal(size=(n, 3)), axis=1)
+    return X, y
+
+
+def start(**kwargs):
+    cluster = distributed.LocalCluster(dashboard_address=":0", silence_logs=40, **kwargs)  # 40: errors only
+    return cluster, distributed.Client(cluster)
+
+
+@pytest.fixture(scope="module", params=["processes", "threads"])
+def client(request):
+    """A cluster of 2 single-threaded worker processes, or of one in-process worker with 2 threads."""
+    if request.param == "processes":
+        cluster, client = start(n_workers=2, threads_per_worker=1, processes=True)
+    else:
+        cluster, client = start(n_workers=1, threads_per_worker=2, processes=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def search(estimator, X, y, n_jobs, scoring):
+    grid = {"learning_rate_init": [0.003, 0.03], "alpha": [1e-4, 1e-2], "dtype": ["float32", "float64"]}
+    return GridSearchCV(estimator, grid, cv=KFold(3, shuffle=True, random_state=0), scoring=scoring, n_jobs=n_jobs,
+                        error_score="raise").fit(X, y)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_a_search_on_dask_gives_the_sequential_scores(client, kind):
+    """Continuous scores (log-loss, R²), so that any difference in the weights shows; bit for bit."""
+    X, y = problem()
+    if kind == "classifier":
+        base, scoring = MLPClassifier(hidden_layer_sizes=(8,), batch_size=8, max_iter=4, random_state=0, backend="numpy"), "neg_log_loss"
+    else:
+        base, scoring = MLPRegressor(hidden_layer_sizes=(8,), batch_size=8, max_iter=4, random_state=0, backend="numpy"), "r2"
+        y = X[:, 0] - 0.5 * X[:, 1]
+    with threadpool_limits(1):  # as the worker processes' BLAS (distributed's default): GEMMs split over threads round otherwise
+        sequential = search(base, X, y, None, scoring)
+        with joblib.parallel_config(backend="dask"):
+            on_dask = search(base, X, y, -1, scoring)
+    ran = client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count)
+    assert sum(ran.values()) > 0, "the workers ran nothing"
+    keys = [k for k in sequential.cv_results_ if k.startswith("split") and k.endswith("_test_score")] + ["mean_test_score"]
+    assert len(keys) == 4 and len(set(sequential.cv_results_["mean_test_score"])) > 1
+    for key in keys:
+        np.testing.assert_array_equal(on_dask.cv_results_[key], sequential.cv_results_[key], err_msg=key)
+    assert on_dask.best_params_ == sequential.best_params_
+    np.testing.assert_array_equal(on_dask.predict(X), sequential.predict(X))
+
+
+def fit_on_worker(estimator, X, y):
+    return estimator.fit(X, y)
+
+
+def predict_on_worker(estimator, X):
+    return estimator.predict_proba(X)
+
+
+def test_estimators_travel_to_the_workers_and_back(client):
+    """An unfitted estimator fitted on a worker comes back fitted with the weights of a local fit; a fitted one
+    sent to a worker predicts there what it predicts here; and a pickle round trip keeps its predictions."""
+    X, y = problem(seed=1)
+    est = MLPClassifier(hidden_layer_sizes=(7,), batch_size=8, max_iter=3, random_state=2, backend="numpy", solver="sgd",
+                        momentum=0.9)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        here = pickle.loads(pickle.dumps(est)).fit(X, y)
+    there = client.submit(fit_on_worker, est, X, y, pure=False).result()
+    assert there is not here and there.n_iter_ == here.n_iter_ == 3
+    for W, W0 in zip(there.coefs_ + there.intercepts_, here.coefs_ + here.intercepts_):
+        np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(client.submit(predict_on_worker, here, X, pure=False).result(), here.predict_proba(X))
+    again = pickle.loads(pickle.dumps(here))
+    np.testing.assert_array_equal(again.predict_proba(X), here.predict_proba(X))
+    assert again.loss_curve_ == here.loss_curve_ and again.get_params() == here.get_params()
+
+
+# ------------------------------------------------------------------ bench/sweep.py at tiny sizes
+def test_the_sweep_bench_runs_at_tiny_sizes(tmp_path):
+    """Both measurements of bench/sweep.py, so that their code cannot rot (their figures are their own business):
+    the search on a 2-worker cluster (scores checked equal by the bench itself) and the fits at once, here on
+    the NumPy backend (the GPU figure needs a GPU: python bench/sweep.py --gpu --backend cupy,numba-cuda)."""
+    sweep = load_bench()
+    assert sweep.main(["--samples", "90", "--max-iter", "1", "--repeats", "1", "--machine", "test",
+                       "--out-dir", str(tmp_path)]) == 0  # fmt: skip
+    (found,) = tmp_path.glob("*-test-sweep.json")
+    result = json.loads(found.read_text())["sweep"]
+    assert result["scores_identical"] and result["candidates"] == 16 and result["folds"] == 3
+    assert all(n == 1 for threads in result["blas_threads_workers"].values() for _, n in threads)  # 1 BLAS thread a worker
+    assert "Dask / the faster sequential" in found.with_suffix(".md").read_text()
+
+    gpu = sweep.gpu_concurrency("numpy", fits=2, samples=128, epochs=1, net=[64, 8, 10])
+    assert gpu["threads_match_alone"] and gpu["processes_match_alone"]
+    assert set(gpu["seconds"]) == {"in_a_row", "threads", "processes"} and all(v > 0 for v in gpu["seconds"].values())
+    assert "| threads (one backend object; a GPU backend's calls take turns under DEVICE_LOCK) |" in sweep.markdown({**json.loads(found.read_text()), "gpu": [gpu]})
+
+
+def load_bench():
+    """bench/sweep.py as the module bench.sweep (its process pool's children import it by that name)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("bench.sweep")
+
+
+# ------------------------------------------------------------------ deltaprop sweep
+SWEEP = {"params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
+         "grid": {"hidden_layer_sizes": [[6], [9]], "alpha": [1e-4, 1e-1]}, "dataset": "digits", "samples": 120,
+         "cv": 3, "scoring": "neg_log_loss"}  # fmt: skip
+
+
+def grid_search_scores(config):
+    """mean_test_score of GridSearchCV on the sweep's problem, sequential, one BLAS thread (as the workers)."""
+    from deltaprop.data import load_digits
+
+    data = load_digits()
+    X, y = data.X_train[: config["samples"]], data.y_train[: config["samples"]]
+    est = MLPClassifier(**config["params"])
+    with threadpool_limits(1):
+        s = GridSearchCV(est, config["grid"], cv=config["cv"], scoring=config["scoring"], error_score="raise").fit(X, y)
+    return s.cv_results_["mean_test_score"], s.cv_results_["params"]
+
+
+def test_deltaprop_sweep_on_a_scheduler_gives_the_grid_searchs_scores(client, tmp_path, capsys):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    with threadpool_limits(1):  # an in-process cluster's worker threads: the BLAS of this process
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), "--scheduler", client.scheduler.address,
+                       "--out", str(tmp_path / "r.json")])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    expected, params = grid_search_scores(SWEEP)
+    rows = result["candidates"]
+    assert [{k: r["params"][k] for k in SWEEP["grid"]} for r in rows] == [
+        {k: list(p[k]) if k == "hidden_layer_sizes" else p[k] for k in SWEEP["grid"]} for p in params
+    ]
+    np.testing.assert_array_equal([r["mean_test_score"] for r in rows], expected)
+    assert all(len(r["test_scores"]) == 3 and r["epochs"] == [2, 2, 2] and r["max_iter"] == 2 for r in rows)
+    assert err.count("mean test score") == 4 and "[4/4]" in err and "best:" in out
+
+
+def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
+    from deltaprop import cli
+
+    config = {**SWEEP, "grid": {"alpha": [1e-4, 1e-1]}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["where"] == "a local cluster of 1 worker processes" and len(result["candidates"]) == 2
+    np.testing.assert_array_equal([r["mean_test_score"] for r in result["candidates"]], grid_search_scores(config)[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grids": {}}, "config: unknown key(s) 'grids'"),
+    ({"grid": {}}, "config: grid: expected an object of non-empty lists"),
+    ({"grid": {"alpha": []}}, "config: grid: expected an object of non-empty lists"),
+    ({"grid": {"alphas": [1.0]}}, "config: Invalid parameter 'alphas'"),
+    ({"params": {"backend": "numpy:1"}}, "config: backend: 'numpy:1': 'numpy' takes no device index"),
+    ({"data": "x.npz"}, "config: give one of dataset (mnist, xor, digits) and data (FILE.npz)"),
+    ({"cv": 1}, "config: cv: expected a number of folds ≥ 2"),
+    ({"estimator": "SVC"}, "config: estimator: expected one of MLPClassifier, MLPRegressor"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, **change}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == ["c.json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--processes", "0"], "--processes: must be ≥ 1, got 0"),
+    (["--scheduler", "tcp://127.0.0.1:1", "--out", "{tmp}/r.json"], "--scheduler: cannot reach tcp://127.0.0.1:1"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, message):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert os.listdir(tmp_path) == ["c.json"]
