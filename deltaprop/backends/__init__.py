@@ -81,7 +81,9 @@ class Selection:
             how += ")"
         elif self.requested != self.name:
             how += f" (from {self.requested!r})"
-        built = _instances.get(self.name)  # the fused epoch's limit, once the backend is built (a model has it)
+        # the fused epoch's limit, once the backend is built (a model has it): on the device named, or any
+        built = next((b for (name, device), b in list(_instances.items())
+                      if name == self.name and self.device in (None, device)), None)
         limit = built.fused_limit() if built is not None else None
         if limit is not None:
             how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
