@@ -14,6 +14,7 @@ from numbers import Integral
 import numpy as np
 
 from .. import backends, optim
+from .. import random as masks
 from .._files import atomic_write
 from .activations import ACTIVATIONS, check_activation
 from .arrays import NpzArrays, cast_finite, real_array
@@ -42,6 +43,12 @@ class MLP:
     starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
     tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
     biases start at 0.
+    dropout: inverted dropout in training steps (never in predict, evaluate, score or gradients): one rate for
+    every hidden layer's output, or a sequence of one rate per layer input (the network's input first, then
+    each hidden layer's output); each in [0, 1), 0 for none. The masks are drawn on the device from
+    (seed, epoch, step, layer, row, column) by deltaprop.random's rule: the same on every backend.
+    max_norm: None, or c > 0: after every update each unit's incoming weight vector (a column of W_l) is
+    rescaled to a norm of at most c (Srivastava et al. 2014); biases are left alone.
     """
 
     def __init__(
@@ -53,8 +60,12 @@ class MLP:
         backend="auto",
         dtype="float32",
         seed=None,
+        dropout=0.0,
+        max_norm=None,
     ):
         sizes = _check_layer_sizes(layer_sizes)
+        rates = masks.check_rates(dropout, len(sizes) - 1)
+        max_norm = masks.check_max_norm(max_norm)
         n_hidden = len(sizes) - 2
         if isinstance(activation, str):
             hidden = [check_activation(activation, "activation")] * n_hidden
@@ -93,6 +104,7 @@ class MLP:
         # the parameters, the optimizer's state and the passes over them, on the backend's device
         self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
                                _initial_weights(sizes, activations, dtype, self.seed))
+        self.network.set_regularisation(rates, max_norm, self.seed)
 
     # ------------------------------------------------------------ properties
     @property
@@ -125,6 +137,16 @@ class MLP:
     @property
     def n_layers(self) -> int:
         return len(self.layer_sizes) - 1
+
+    @property
+    def dropout(self) -> tuple:
+        """The dropout rate of each layer input (the network's input first), 0.0 where there is none."""
+        return self.network.dropout or (0.0,) * self.n_layers
+
+    @property
+    def max_norm(self):
+        """The bound on each unit's incoming weight vector, or None."""
+        return self.network.max_norm
 
     @property
     def output_activation(self) -> str:
@@ -339,6 +361,8 @@ class MLP:
             "dtype": self.dtype.name,
             "seed": self.seed,
             "epochs_trained": self.epochs_trained,
+            "dropout": list(self.dropout),
+            "max_norm": self.max_norm,
         }
         net, bk = self.network, self.backend
         if net.optimizer is not None:
@@ -384,6 +408,8 @@ class MLP:
                     backend=backend,
                     dtype=config["dtype"],
                     seed=config["seed"],
+                    dropout=config.get("dropout"),  # files before dropout and max-norm: none
+                    max_norm=config.get("max_norm"),
                 )
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])

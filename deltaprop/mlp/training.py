@@ -87,7 +87,7 @@ class Trainer:
             self.val = (bk.asarray(Xv, model.dtype), bk.asarray(tv.Y, model.dtype), tv.accuracy)
         B = plan.batch_size
         self.steps = math.ceil(self.n / B)
-        self.full = Buffers(bk, model.layer_sizes, B, model.dtype)
+        self.full = Buffers(bk, model.layer_sizes, B, model.dtype, rates=net.dropout)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
         net.ensure_state(plan.optimizer)
@@ -95,6 +95,7 @@ class Trainer:
         # step reads (set before each epoch: a schedule never forces a new recording)
         self.lr = plan.optimizer.lr if plan.schedule.constant else bk.zeros(1, model.dtype)
         self.snapshot = net.state_copy()  # the state at the start of the epoch, for a divergence
+        net.new_counter()  # dropout's [epoch, step], read by the recorded steps
         self.step = self._new_step()
 
     def run(self) -> "History":
@@ -115,6 +116,7 @@ class Trainer:
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
+            net.start_epoch(model.epochs_trained)
             self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
             if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(state=False))):
@@ -178,6 +180,7 @@ class Trainer:
         # Replay the epoch up to the step before the failure, from its start.
         for last in (step, step - 1):
             net.state_restore(self.snapshot)
+            net.start_epoch(self.model.epochs_trained)
             self._steps(idx, 0, max(last, 0))
             if self.bk.all_finite(net.state_arrays(counter=False)):
                 break
