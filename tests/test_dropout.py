@@ -1,4 +1,4 @@
-"""Dropout and max-norm: the masks' rule (deltaprop.random), every backend's masks bit for bit, training
+"""Dropout and max-norm: the masks' rule (deltaprop.kernels.masks), every backend's masks bit for bit, training
 against a float64 reference written here, the gradient through a fixed mask, resume, and the checks."""
 
 import json
@@ -10,7 +10,7 @@ import reference as ref
 from helpers import assert_close
 
 from deltaprop import MLP
-from deltaprop import random as masks
+from deltaprop.kernels import masks
 from deltaprop.mlp.network import Buffers
 
 M32 = 0xFFFFFFFF
@@ -18,7 +18,7 @@ M32 = 0xFFFFFFFF
 
 # ------------------------------------------------------------------ the rule
 def philox_int(ctr, key):
-    """Philox4x32-10 in Python integers (Random123's philox.h), independent of deltaprop.random."""
+    """Philox4x32-10 in Python integers (Random123's philox.h), independent of deltaprop.kernels.masks."""
     c, k = list(ctr), list(key)
     for i in range(10):
         if i:

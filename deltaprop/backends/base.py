@@ -36,7 +36,7 @@ import threading
 
 import numpy as np
 
-from .. import random
+from ..kernels import masks
 
 #: φ for each activation name; "softmax" is row-wise.
 ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
@@ -315,7 +315,7 @@ class Backend:
     def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
         """Inverted dropout of one layer input z (B, n): mask ← keep / (1 − p), out ← z ⊙ mask (mask and out (B, n)).
 
-        keep is deltaprop.random's rule on (seed, epoch = counter[0], step = counter[1], layer, row, column):
+        keep is deltaprop.kernels.masks's rule on (seed, epoch = counter[0], step = counter[1], layer, row, column):
         ``counter`` is a (2,) int64 array of this backend, read on the device (a recorded step replays right);
         0 ≤ rate < 1 (checked by the caller). Every backend draws the same masks.
         """
@@ -324,17 +324,17 @@ class Backend:
         words = self._scratch("drop_ctr", (2,), np.int64)
         xp.bitwise_and(counter, 0xFFFFFFFF, out=words)
         words = words.view(np.uint64)
-        lo, hi = random.seed_words(seed)
+        lo, hi = masks.seed_words(seed)
         r0 = self._scratch("drop_rows", (rows, 1), np.uint32)
-        r0[:, 0] = random.row_word(lo, hi, words[0:1], words[1:2], np.uint64(layer), xp.arange(rows, dtype=np.uint64))
+        r0[:, 0] = masks.row_word(lo, hi, words[0:1], words[1:2], np.uint64(layer), xp.arange(rows, dtype=np.uint64))
         columns = xp.arange(cols, dtype=np.uint32)
-        columns *= np.uint32(random.WEYL)
+        columns *= np.uint32(masks.WEYL)
         bits = self._scratch("drop_bits", z.shape, np.uint32)
         xp.bitwise_xor(r0, columns, out=bits)
-        random.fmix32_(bits, self._scratch("drop_tmp", z.shape, np.uint32), xp)
+        masks.fmix32_(bits, self._scratch("drop_tmp", z.shape, np.uint32), xp)
         keep = self._scratch("drop_keep", z.shape, np.bool_)
-        xp.greater_equal(bits, np.uint32(random.threshold(rate)), out=keep)
-        xp.multiply(keep, mask.dtype.type(random.keep_scale(rate)), out=mask)
+        xp.greater_equal(bits, np.uint32(masks.threshold(rate)), out=keep)
+        xp.multiply(keep, mask.dtype.type(masks.keep_scale(rate)), out=mask)
         xp.multiply(z, mask, out=out)
 
     def mask_delta(self, delta, mask) -> None:

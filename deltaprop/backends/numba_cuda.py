@@ -26,6 +26,7 @@ import weakref
 
 import numpy as np
 
+from ..kernels import masks
 from . import compat
 from .base import Backend
 from .graphs import GraphSteps
@@ -193,6 +194,19 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def count_step(self, t) -> None:
         self._launch(self._ew.count(), 1, 1, t)
+
+    def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
+        kind = self._kind(z)
+        lo, hi = masks.seed_words(seed)
+        scalars = (lo, hi, np.uint64(layer), np.uint64(masks.threshold(rate)), kind(masks.keep_scale(rate)))
+        self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
+
+    def mask_delta(self, delta, mask) -> None:
+        self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))
+
+    def max_norm(self, W, c: float) -> None:
+        kind = self._kind(W)
+        self._launch_1d(self._ew.max_norm(kind), W.shape[1], W, kind(c))
 
     def _rate(self, lr, kind):
         """η as a one-element device array: a schedule's as it is; for a number, this thread's array of that

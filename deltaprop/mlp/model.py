@@ -14,7 +14,7 @@ from numbers import Integral
 import numpy as np
 
 from .. import backends, optim
-from .. import random as masks
+from ..kernels import masks
 from .._files import atomic_write
 from .activations import ACTIVATIONS, check_activation
 from .arrays import NpzArrays, cast_finite, real_array
@@ -46,7 +46,7 @@ class MLP:
     dropout: inverted dropout in training steps (never in predict, evaluate, score or gradients): one rate for
     every hidden layer's output, or a sequence of one rate per layer input (the network's input first, then
     each hidden layer's output); each in [0, 1), 0 for none. The masks are drawn on the device from
-    (seed, epoch, step, layer, row, column) by deltaprop.random's rule: the same on every backend.
+    (seed, epoch, step, layer, row, column) by deltaprop.kernels.masks's rule: the same on every backend.
     max_norm: None, or c > 0: after every update each unit's incoming weight vector (a column of W_l) is
     rescaled to a norm of at most c (Srivastava et al. 2014); biases are left alone.
     """

@@ -15,7 +15,7 @@ Random123's known-answer vectors. It runs once per row; each column then costs o
 the CPU's cost per element is a few 32-bit passes. The columns of a row are distinct bijective images, so
 a row never repeats an element's input. Every product is of two 32-bit numbers, exact in uint64, so the
 functions below are the rule itself in three places: NumPy runs them on uint64 arrays, numba-cuda compiles
-them as device functions (kernels/numba_elementwise.py), and kernels/dropout.cu is their transcription
+them as device functions (numba_elementwise.py), and dropout.cu is their transcription
 for the CuPy backend (tested bit for bit against these by compiling it for the host with nvcc).
 Epoch, step and row enter as their low 32 bits: masks repeat after 2³² epochs.
 """
