@@ -23,7 +23,7 @@ from .backends import BackendUnavailable
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
-from .kernels import numba_cache
+from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.arrays import file_kind
 from .mlp.checks import DTYPES
@@ -38,7 +38,7 @@ DEFAULTS = {
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
-RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
+RESUME_KEYS = ("dropout", "max_norm", "dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
                "lr_schedule", "val_split", "early_stopping")
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
+    g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "
+                   "one rate per layer input, the input's first (default: none)")
+    g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (mnist default: 128)")
@@ -126,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rates(text: str):
+    """--dropout: one number, or comma-separated numbers (checked against the layers in _settings)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate such as 0.5 or comma-separated rates such as 0.2,0.5,0.5, got {text!r}") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 def _int_list(text: str) -> list:
     try:
         values = [int(v) for v in text.split(",")]
@@ -159,7 +171,8 @@ def cmd_train(args) -> int:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
-                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed)
+                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed,
+                    dropout=settings["dropout"], max_norm=settings["max_norm"])
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:
@@ -244,6 +257,11 @@ def _settings(args) -> dict:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise CLIError(f"--{name.replace('_', '-')}: must be {rule}, got {value}")
     opt, schedule = _optimizer(args), _schedule(args)
+    try:
+        rates = masks.check_rates(args.dropout, len(args.layers) + 1)
+        max_norm = masks.check_max_norm(args.max_norm)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)) from None
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
@@ -269,6 +287,8 @@ def _settings(args) -> dict:
         "lr_schedule": schedule.config(),
         "val_split": args.val_split,
         "early_stopping": args.early_stopping,
+        "dropout": list(rates) if any(rates) else None,
+        "max_norm": max_norm,
     }
 
 
