@@ -1,7 +1,8 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
 They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
-plus ``backend`` and ``dtype``; the parameters are validated by scikit-learn's own machinery
+plus ``backend`` and ``dtype``, and ``dropout`` (0.0: none) and ``max_norm`` (None: none) as ``MLP``'s, for the
+stochastic solvers; the parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
 - ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
@@ -84,6 +85,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
     ) from exc
 
 from . import backends, optim
+from .kernels import masks
 from .mlp import MLP
 from .mlp.activations import ACTIVATIONS
 from .mlp.checks import check_activation, check_dtype
@@ -141,6 +143,8 @@ class _BaseMLP(BaseEstimator):
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "backend": "no_validation",  # checked by deltaprop.backends.select, by name
         "dtype": "no_validation",  # checked by deltaprop's check_dtype
+        "dropout": "no_validation",  # checked by deltaprop.kernels.masks, by name (a rate or one per layer input)
+        "max_norm": "no_validation",
     }
 
     _classifier = False
@@ -173,6 +177,8 @@ class _BaseMLP(BaseEstimator):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        dropout=0.0,
+        max_norm=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -199,6 +205,8 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
+        self.dropout = dropout
+        self.max_norm = max_norm
 
     # ------------------------------------------------------------ public
     def fit(self, X, y):
@@ -267,6 +275,8 @@ class _BaseMLP(BaseEstimator):
                 backend=self.backend,
                 dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
+                dropout=params["dropout"],
+                max_norm=params["max_norm"],
             )
 
         if self.solver == "lbfgs":
@@ -486,6 +496,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
         if self.early_stopping and not self.validation_fraction and self.solver != "lbfgs":
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
+        dropout = masks.check_rates(self.dropout, len(hidden) + 1)
+        max_norm = masks.check_max_norm(self.max_norm)
+        if self.solver == "lbfgs" and (any(dropout) or max_norm is not None):
+            raise ValueError(f"{'dropout' if any(dropout) else 'max_norm'}: only for the stochastic solvers (sgd, adam), not lbfgs")
         if not self._classifier and self.loss != "squared_error":
             raise ValueError(f"loss: {self.loss!r} is not available in deltaprop (no exponential output); 'squared_error' is")
         return {
@@ -501,6 +515,8 @@ class _BaseMLP(BaseEstimator):
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
             "dtype": check_dtype(self.dtype),
+            "dropout": dropout,
+            "max_norm": max_norm,
         }
 
     def _check_same_network(self, model, sizes, params, output) -> None:
@@ -517,6 +533,10 @@ class _BaseMLP(BaseEstimator):
             )
         if list(model.activations[:-1]) != params["activation"]:
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
+        for name, fitted in (("dropout", model.dropout), ("max_norm", model.max_norm)):
+            if params[name] != fitted:
+                raise ValueError(f"{name}: {getattr(self, name)!r} differs from the fitted network's {fitted!r}; "
+                                 "set warm_start=False to start afresh")
         if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
         if backends.select(self.backend).name != model.backend_name:
@@ -782,6 +802,8 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        dropout=0.0,
+        max_norm=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -809,6 +831,8 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
             max_fun=max_fun,
             backend=backend,
             dtype=dtype,
+            dropout=dropout,
+            max_norm=max_norm,
         )
         self.loss = loss
 
