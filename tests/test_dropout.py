@@ -315,3 +315,62 @@ def test_dropout_without_hidden_layers_needs_the_input_rate():
         MLP([4, 2], backend="numpy", seed=0, dropout=0.5)
     assert MLP([4, 2], backend="numpy", seed=0, dropout=[0.5]).dropout == (0.5,)
     assert MLP([4, 2], backend="numpy", seed=0, dropout=0).dropout == (0.0,)
+
+
+# ------------------------------------------------------------------ the CUDA C transcription (CuPy)
+HOST_PROGRAM = r"""
+#include <cstdio>
+#include "%s"
+int main() {
+    const long long epochs[] = {3, (1LL << 33) + 3}, steps[] = {17, 4000000000LL};
+    const long long rows[] = {0, 1, 2, 9, 127, 65535, 2147483653LL}, cols[] = {0, 1, 2, 31, 32, 1023, 4294967301LL};
+    for (int e = 0; e < 2; ++e) for (int s = 0; s < 2; ++s) for (unsigned layer = 0; layer < 3; ++layer)
+        for (long long r : rows) for (long long c : cols)
+            printf("%%u\n", dp_mask_bits(epochs[e], steps[s], layer, r, c, %uu, %uu));
+    return 0;
+}
+"""
+
+
+def test_the_cuda_c_rule_is_the_python_rule_bit_for_bit(tmp_path):
+    """dropout.cu's hash functions, compiled for the host by nvcc, against masks.py (the CuPy path without a GPU)."""
+    import subprocess
+
+    from test_cuda_sources import NVCC
+
+    if NVCC is None:
+        pytest.skip("nvcc is not installed")
+    seed = 2**40 + 12345
+    lo, hi = masks.seed_words(seed)
+    source = tmp_path / "rule.cu"
+    source.write_text(HOST_PROGRAM % (masks.__file__.replace("masks.py", "dropout.cu"), int(lo), int(hi)))
+    done = subprocess.run([NVCC, "--std=c++17", "-o", str(tmp_path / "rule"), str(source)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = [int(v) for v in subprocess.run([str(tmp_path / "rule")], capture_output=True, text=True, check=True,
+                                          timeout=60).stdout.split()]
+    want = []
+    U = np.uint64
+    for epoch in (3, 2**33 + 3):
+        for step in (17, 4000000000):
+            for layer in range(3):
+                for row in (0, 1, 2, 9, 127, 65535, 2147483653):
+                    r0 = masks.row_word(lo, hi, U(epoch & M32), U(step & M32), U(layer), U(row & M32))
+                    want += [int(masks.element_bits(r0, U(c & M32))) for c in (0, 1, 2, 31, 32, 1023, 4294967301)]
+    assert len(got) == len(want) == 2 * 2 * 3 * 7 * 7
+    assert got == want
+    assert len(set(got)) > 0.99 * len(got) / 2  # not a constant (epoch 2³³ + 3 is epoch 3: its low 32 bits)
+
+
+def test_every_dropout_kernel_the_loader_asks_for_is_compiled(tmp_path):
+    from test_cuda_sources import MANGLED, nvcc_ptx
+
+    from deltaprop.kernels import cuda_source
+
+    out = tmp_path / "d.ptx"
+    done = nvcc_ptx(cuda_source.DROPOUT_SOURCE, "80", out)
+    assert done.returncode == 0, done.stderr
+    entries = [line for line in out.read_text().splitlines() if ".entry" in line]
+    for name in cuda_source.DROPOUT_TEMPLATES:
+        for ctype in cuda_source.CTYPES.values():
+            assert any(f"{len(name)}{name}I{MANGLED[ctype]}E" in e for e in entries), f"{name}<{ctype}>"

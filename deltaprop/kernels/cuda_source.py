@@ -40,3 +40,21 @@ def kernels(dtype) -> dict:
 def plain_kernels() -> dict:
     """The module of whichever dtype is compiled already (float32 when none is): for the PLAIN kernels."""
     return next(iter(_cache.values())) if _cache else kernels(np.float32)
+
+
+DROPOUT_SOURCE = SOURCE.with_name("dropout.cu")
+#: the templated kernels of dropout.cu (dropout masks, δ ⊙ mask, max-norm), instantiated for float and double
+DROPOUT_TEMPLATES = ("dropout_mask", "mul_mask", "max_norm_cols")
+_dropout_cache: dict = {}
+
+
+def dropout_kernels(dtype) -> dict:
+    """{name: cupy.RawKernel} of dropout.cu for ``dtype`` (float32 or float64), compiled on first use."""
+    ctype = CTYPES[np.dtype(dtype)]
+    if ctype not in _dropout_cache:
+        import cupy
+
+        names = [f"{k}<{ctype}>" for k in DROPOUT_TEMPLATES]
+        module = cupy.RawModule(code=DROPOUT_SOURCE.read_text(), options=OPTIONS, name_expressions=names)
+        _dropout_cache[ctype] = {k: module.get_function(n) for k, n in zip(DROPOUT_TEMPLATES, names)}
+    return _dropout_cache[ctype]
