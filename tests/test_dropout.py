@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
-from helpers import assert_close
+from helpers import HIDDEN, SHAPES, assert_close, away_from_kinks
 
 from deltaprop import MLP
 from deltaprop.kernels import masks
@@ -126,6 +126,21 @@ def test_mask_delta_and_max_norm_against_float64(backend, dtype, rng, shape):
     got = backend.to_numpy(Wd)
     assert_close(got, want, dtype)
     assert np.all(np.linalg.norm(got.astype(np.float64), axis=0) <= c * (1 + 10 * np.finfo(dtype).eps))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("act", HIDDEN)
+def test_hidden_delta_masked_against_float64(backend, dtype, rng, shape, act):
+    B, n, n_next = shape
+    a = away_from_kinks(rng.normal(size=(B, n)))
+    z = ref.phi(act, a).astype(dtype)
+    d_next, W_next = rng.normal(size=(B, n_next)).astype(dtype), rng.normal(size=(n, n_next)).astype(dtype)
+    mask = ((rng.random((B, n)) < 0.6) / 0.6).astype(dtype)
+    delta = backend.empty((B, n), dtype)
+    backend.hidden_delta_masked(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, z, dtype), act,
+                                delta, dev(backend, mask, dtype))
+    expected = ref.dphi(act, a) * mask * (d_next.astype(np.float64) @ W_next.T)
+    assert_close(backend.to_numpy(delta), expected, dtype)
 
 
 def reference_fit(weights, acts, X, Y, rates, seed, epochs, batch, lr, momentum, max_norm, epoch0=0):

@@ -341,6 +341,12 @@ class Backend:
         """δ ⊙= mask (both (B, n)): backprop through a dropped layer input, after ``hidden_delta``."""
         delta *= mask
 
+    def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
+        """δ = φ'(a) ⊙ mask ⊙ (δ_next·W_nextᵀ): ``hidden_delta`` then ``mask_delta`` (a GPU backend fuses them);
+        z is the layer's output before dropout, mask (B, n) its dropout mask."""
+        self.hidden_delta(delta_next, W_next, z, activation, delta)
+        self.mask_delta(delta, mask)
+
     def max_norm(self, W, c: float) -> None:
         """W[:, j] ← W[:, j] · min(1, c / ‖W[:, j]‖) for every column j of W (n_in, n_out): each unit's incoming
         weight vector rescaled to a norm of at most c > 0 (a zero column is left as it is)."""

@@ -3,8 +3,9 @@
 A training step of an L-layer net launches 3·L + 3 kernels: per layer one forward GEMM (bias and
 activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
 of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
-step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them (a captured
-launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per dropped layer
+input (its mask and product) and one that advances the step counter (the δ's mask is fused into the
+hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
 driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
 kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
 counts the replays; the simulator has no graphs and runs every step eagerly.
@@ -157,7 +158,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         t, grid = self._tiling(*delta.shape, delta.dtype)
         wide = self._wide(delta_next=delta_next, W_next=W_next)
         kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta)  # no mask: not read
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
@@ -200,6 +201,12 @@ class NumbaCudaBackend(GraphSteps, Backend):
         lo, hi = masks.seed_words(seed)
         scalars = (lo, hi, np.uint64(layer), np.uint64(masks.threshold(rate)), kind(masks.keep_scale(rate)))
         self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
+
+    def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
+        t, grid = self._tiling(*delta.shape, delta.dtype)
+        wide = self._wide(delta_next=delta_next, W_next=W_next)
+        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, True)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
 
     def mask_delta(self, delta, mask) -> None:
         self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))

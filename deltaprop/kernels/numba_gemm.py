@@ -374,15 +374,16 @@ def softmax_row(z, m, N, one):
 
 @persistent
 @functools.cache
-def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
-    """Kernel (A, B, z, delta): delta = (A·Bᵀ) ⊙ φ'(z)."""
+def hidden(act: str, kind, tiles: Tiles, wide: bool = False, masked: bool = False):
+    """Kernel (A, B, z, delta, mask): delta = (A·Bᵀ) ⊙ φ'(z), ⊙ mask when ``masked`` (a dropped layer output's
+    δ; else mask is not read)."""
     mainloop = _mainloop("nt", False, kind, tiles, wide)
     d = dphi(act, kind)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
-    def kernel(A, B, z, delta):
+    def kernel(A, B, z, delta, mask):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[0]
@@ -390,7 +391,10 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
             for j in range(TN):
                 m, n = coords(i, j)
                 if m < M and n < N:
-                    delta[m, n] = acc[i, j] * d(z[m, n])
+                    if masked:
+                        delta[m, n] = acc[i, j] * d(z[m, n]) * mask[m, n]
+                    else:
+                        delta[m, n] = acc[i, j] * d(z[m, n])
 
     return kernel
 

@@ -183,9 +183,11 @@ class Network:
         bk.output_delta(buf.a, buf.z[-1], buf.y, self.activations[-1], self.loss, buf.delta[-1])
         for l in reversed(range(self.n_layers)):
             if l > 0:
-                bk.hidden_delta(buf.delta[l], self.params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
+                args = (buf.delta[l], self.params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
                 if rates and rates[l]:
-                    bk.mask_delta(buf.delta[l - 1], buf.mask[l])
+                    bk.hidden_delta_masked(*args, buf.mask[l])
+                else:
+                    bk.hidden_delta(*args)
             visit(l)
 
     def train_step(self, buf: Buffers, optimizer, lr, metrics, accuracy) -> None:
