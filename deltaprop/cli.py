@@ -25,8 +25,9 @@ from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
+from .mlp.activations import INIT_VARIANCES, INITS, check_init
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES
+from .mlp.checks import DTYPES, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -38,8 +39,9 @@ DEFAULTS = {
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
-RESUME_KEYS = ("dropout", "max_norm", "dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
-               "lr_schedule", "val_split", "early_stopping")
+RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
+               "lr_schedule", "val_split", "early_stopping", "init", "dropout", "max_norm")
+RESUME_DEFAULTS = {"init": "auto"}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
                      "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
+    g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
+                   help=f"initial weights: auto (default: He for relu-like, Glorot otherwise, normal) or {', '.join(INITS[1:])}; "
+                        "he, glorot and lecun alone are normal")  # fmt: skip
     g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "
                    "one rate per layer input, the input's first (default: none)")
     g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
@@ -140,12 +145,9 @@ def _rates(text: str):
 
 def _int_list(text: str) -> list:
     try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1024,1024, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"layer widths must be ≥ 1, got {text!r}")
-    return values
+        return parse_widths(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- train
@@ -171,7 +173,7 @@ def cmd_train(args) -> int:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
-                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed,
+                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
                     dropout=settings["dropout"], max_norm=settings["max_norm"])
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
@@ -281,6 +283,7 @@ def _settings(args) -> dict:
         "loss": args.loss,
         "dtype": args.dtype,
         "seed": args.seed,
+        "init": check_init(args.init),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "optimizer": opt.config(),
@@ -420,7 +423,7 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     model, saved, history, best = ckpt.read(backend=args.backend)
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
     for k in RESUME_KEYS:
-        was, now = saved.get(k), settings[k]
+        was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
                        for i in dict.fromkeys([*was, *now]) if was.get(i) != now.get(i)]

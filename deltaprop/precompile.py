@@ -87,18 +87,17 @@ def _parse_cc(text: str) -> tuple:
 def _net(args) -> dict:
     """The net and the data shapes of the fit, checked as MLP and fit check them (each error names its option)."""
     from .mlp import MLP
+    from .mlp.checks import parse_widths
     from .mlp.losses import OUTPUT_FOR_LOSS
 
     try:
-        hidden = [int(v) for v in args.layers.split(",")] if args.layers else []
-    except ValueError:
-        raise CompileError(f"--layers: expected comma-separated integers such as 1024,1024, got {args.layers!r}") from None
+        hidden = parse_widths(args.layers) if args.layers else []
+    except ValueError as exc:
+        raise CompileError(f"--layers: {exc}") from None
     for name, value, low in (("--inputs", args.inputs, 1), ("--outputs", args.outputs, 1), ("--batch-size", args.batch_size, 1),
                              ("--samples", args.samples, 1), ("--test-samples", args.test_samples, 0)):
         if value < low:
             raise CompileError(f"{name}: must be ≥ {low}, got {value}")
-    if any(h < 1 for h in hidden):
-        raise CompileError(f"--layers: widths must be ≥ 1, got {args.layers!r}")
     if args.loss not in OUTPUT_FOR_LOSS:
         raise CompileError(f"--loss: {args.loss!r} is not one of {', '.join(sorted(OUTPUT_FOR_LOSS))}")
     if args.dtype not in ("float32", "float64"):
@@ -255,7 +254,10 @@ def sweep(stand_in) -> list:
             for act in loss.outputs:
                 stand_in.output_delta(S(B, N), S(B, N), S(B, N), act, loss.name, S(B, N))
             for rule in ACCURACY_RULES:
-                stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64))
+                for weights in (None, S(B, 1)):  # sample weights: a weighted variant
+                    stand_in.batch_metrics(S(B, N), S(B, N), S(B, N), loss.name, rule, S(2, dt=np.float64), weights)
+        stand_in.normalize_weights(S(B, 1))
+        stand_in.scale_rows(S(B, N), S(B, 1))
         t, pair = S(1, dt=np.int64), (S(K, N), S(N))
         for decoupled in (False, True):
             stand_in.adam_update(S(B, K), S(B, N), *pair, *pair, *pair, t, 0.1, 0.9, 0.999, 1e-8, 0.0, decoupled)

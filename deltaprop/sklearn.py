@@ -1,8 +1,8 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
 They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
-plus ``backend`` and ``dtype``, and ``dropout`` (0.0: none) and ``max_norm`` (None: none) as ``MLP``'s, for the
-stochastic solvers; the parameters are validated by scikit-learn's own machinery
+plus ``backend``, ``dtype`` and ``init`` (the weights' initialisation, ``deltaprop.MLP``'s), and ``dropout``
+(0.0: none) and ``max_norm`` (None: none) as ``MLP``'s, for the stochastic solvers; the parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
 - ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
@@ -14,6 +14,11 @@ stochastic solvers; the parameters are validated by scikit-learn's own machinery
   sgd's, as in scikit-learn.
 - ``solver="lbfgs"`` is scipy's L-BFGS-B (max_iter, max_fun, tol) on the full-batch loss and gradient
   that the backend computes.
+- ``fit(X, y, sample_weight)``, ``partial_fit`` and ``score`` take per-sample weights with scikit-learn's
+  meaning: each batch's loss is its weighted mean Σ w_i·E_i / Σ w_i (``MLP.fit(sample_weight=)``: the batch's
+  weights gathered and normalised on the device, in the recorded step), ``loss_curve_`` sums those means by rows,
+  the early-stopping split splits the weights and the validation score is weighted, and lbfgs minimises the
+  weighted full-batch loss with the penalty ½·α·‖W‖² / Σw.
 
 What differs from ``sklearn.neural_network``:
 
@@ -27,9 +32,13 @@ What differs from ``sklearn.neural_network``:
   the first change (invscaling's first is after epoch 1, by a factor (n + 1)^power_t). Without momentum
   they are the same.
 - ``MLPRegressor(loss="poisson")`` is refused (deltaprop has no exponential output).
-- No ``sample_weight``.
+- ``sample_weight``: ``alpha``'s decay per step is α / (batch_size · mean weight), where scikit-learn divides by
+  each batch's Σw (the same with one batch an epoch, and for weights constant within the batches; loss_curve_'s
+  penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
+  weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
-- Weights start from deltaprop's initialisation (Glorot or He, normal), not scikit-learn's uniform one.
+- Weights start from deltaprop's initialisation (``init="auto"``: Glorot or He, normal; or ``init=`` one of
+  deltaprop.mlp.activations.INITS, e.g. "glorot_uniform"), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
   gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn
   adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
@@ -77,7 +86,7 @@ try:
     from sklearn.utils._param_validation import Interval, Options, StrOptions
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as exc:  # validate_data is new in scikit-learn 1.6
     raise ImportError(
         "deltaprop.sklearn needs scikit-learn >= 1.6, which is not installed here "
@@ -87,7 +96,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 from . import backends, optim
 from .kernels import masks
 from .mlp import MLP
-from .mlp.activations import ACTIVATIONS
+from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS
 from .mlp.checks import check_activation, check_dtype
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
@@ -143,6 +152,7 @@ class _BaseMLP(BaseEstimator):
         "max_fun": [Interval(Integral, 1, None, closed="left")],
         "backend": "no_validation",  # checked by deltaprop.backends.select, by name
         "dtype": "no_validation",  # checked by deltaprop's check_dtype
+        "init": [StrOptions({*INITS, *INIT_VARIANCES})],
         "dropout": "no_validation",  # checked by deltaprop.kernels.masks, by name (a rate or one per layer input)
         "max_norm": "no_validation",
     }
@@ -177,6 +187,7 @@ class _BaseMLP(BaseEstimator):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        init="auto",
         dropout=0.0,
         max_norm=None,
     ):
@@ -205,13 +216,15 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.backend = backend
         self.dtype = dtype
+        self.init = init
         self.dropout = dropout
         self.max_norm = max_norm
 
     # ------------------------------------------------------------ public
-    def fit(self, X, y):
-        """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``); returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``); returns self. ``sample_weight``
+        (n_samples,) weighs each sample's loss, as scikit-learn's does (see the module docstring)."""
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     @property
     def coefs_(self) -> list:
@@ -235,7 +248,7 @@ class _BaseMLP(BaseEstimator):
         return True
 
     # ----------------------------------------------------------- training
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Check everything, train ``model_`` (a new MLP or the fitted one), then set the fitted attributes.
 
         Nothing on self changes until the MLP layer has trained; bad input raises before that.
@@ -251,6 +264,11 @@ class _BaseMLP(BaseEstimator):
         )  # fmt: skip
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        sw = None
+        if sample_weight is not None:  # scikit-learn's checks and messages, and no negative weight
+            sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+            if not np.any(sw > 0):
+                raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
         if self._classifier:
             classes_, kind, Y = self._encode_labels(y, classes, reuse, incremental)
         else:
@@ -275,14 +293,15 @@ class _BaseMLP(BaseEstimator):
                 backend=self.backend,
                 dtype=params["dtype"],
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
+                init=self.init,
                 dropout=params["dropout"],
                 max_norm=params["max_norm"],
             )
 
         if self.solver == "lbfgs":
-            state = self._fit_lbfgs(model, X, Y, params, kind, reuse)
+            state = self._fit_lbfgs(model, X, Y, params, kind, reuse, sw)
         else:
-            state = self._fit_stochastic(model, X, Y, y, params, kind, classes_, incremental, reuse, rng)
+            state = self._fit_stochastic(model, X, Y, y, params, kind, classes_, incremental, reuse, rng, sw)
         # Trained: now the fitted attributes change, all together.
         if not reuse:
             for name in FEATURE_ATTRIBUTES:
@@ -301,12 +320,14 @@ class _BaseMLP(BaseEstimator):
         self.out_activation_ = OUTPUTS[kind][2]
         return self
 
-    def _fit_stochastic(self, model, X, Y, y, params, kind, classes, incremental, reuse, rng) -> dict:
+    def _fit_stochastic(self, model, X, Y, y, params, kind, classes, incremental, reuse, rng, sw) -> dict:
         """sgd and adam: the early-stopping split, the batch size, the optimizer, then the epochs. Returns the
         progress to record (on failure, a continued fit records what its network did before raising)."""
         validation = None
         if self.early_stopping:
-            X, Y, y, validation = self._split(X, Y, y, kind, classes, rng)
+            X, Y, y, sw, validation = self._split(X, Y, y, kind, classes, rng, sw)
+        # alpha's penalty is ½·α·‖W‖² / Σw per batch in scikit-learn: with weights of mean w̄, α / (batch·w̄)
+        mean_weight = 1.0 if sw is None else float(np.mean(sw))
         n = X.shape[0]
         batch = min(200 if params["batch_size"] == "auto" else params["batch_size"], n)
         if params["batch_size"] != "auto" and params["batch_size"] > n:
@@ -315,17 +336,17 @@ class _BaseMLP(BaseEstimator):
         state["n_iter"] = 0
         if not incremental or state["lr"] is None:  # a new optimizer starts at learning_rate_init (scikit-learn's)
             state["lr"] = params["learning_rate_init"]
-        optimizer = self._optimizer_args(params, batch, state)
+        optimizer = self._optimizer_args(params, batch * mean_weight, state)
         if reuse and not incremental:
             model.set_weights(model.get_weights())  # a new fit starts a new optimizer (no momentum), as scikit-learn
         try:
-            self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch)
+            self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch, sw)
         finally:
             if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
                 self._set_progress(state)
         return state
 
-    def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch):
+    def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch, sw):
         """scikit-learn's epoch loop (_fit_stochastic) over one MLP.fit: after each epoch its callback records the
         loss as scikit-learn does and applies scikit-learn's stopping rule, and stops the fit by raising
         _Stop; ``state`` holds what carries over between calls. One fit, so the data go to the device once
@@ -335,6 +356,7 @@ class _BaseMLP(BaseEstimator):
         alpha, tol, patience = params["alpha"], params["tol"], self.n_iter_no_change
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1  # scikit-learn averages over outputs
         norm = [_squared_norm(model) if alpha else 0.0]  # Σ‖W‖² at the start of the epoch
+        weight_sum = n if sw is None else float(np.sum(sw))  # scikit-learn divides the penalty by each batch's Σw
         invscaling = self.solver == "sgd" and self.learning_rate == "invscaling"
         adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
 
@@ -342,7 +364,7 @@ class _BaseMLP(BaseEstimator):
             penalty = 0.0
             if alpha:  # scikit-learn adds ½α‖W‖²/n for each step's weights; ‖W‖² is interpolated within the epoch
                 end = _squared_norm(model)
-                penalty = 0.5 * alpha * (steps * norm[0] + (end - norm[0]) * (steps - 1) / 2) / n
+                penalty = 0.5 * alpha * (steps * norm[0] + (end - norm[0]) * (steps - 1) / 2) / weight_sum
                 norm[0] = end
             loss = history.loss[-1] / per_output + penalty
             state["n_iter"] += 1
@@ -352,8 +374,8 @@ class _BaseMLP(BaseEstimator):
             if params["verbose"]:
                 print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
             if validation is not None:
-                Xv, yv = validation
-                score = self._score_outputs(model.predict_proba(Xv).astype(np.float64), yv, kind, classes)
+                Xv, yv, wv = validation
+                score = self._score_outputs(model.predict_proba(Xv).astype(np.float64), yv, kind, classes, wv)
                 state["validation_scores"].append(score)
                 if params["verbose"]:
                     print("Validation score: %f" % score)
@@ -390,7 +412,8 @@ class _BaseMLP(BaseEstimator):
 
         epochs = 1 if incremental else params["max_iter"]
         try:
-            model.fit(X, Y, epochs=epochs, batch_size=batch, shuffle=params["shuffle"], verbose=0, callback=after_epoch, **optimizer)
+            model.fit(X, Y, epochs=epochs, batch_size=batch, shuffle=params["shuffle"], verbose=0, callback=after_epoch,
+                      sample_weight=sw, **optimizer)
             if not incremental:
                 warnings.warn(
                     f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the optimization hasn't converged yet.",
@@ -402,11 +425,12 @@ class _BaseMLP(BaseEstimator):
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
 
-    def _optimizer_args(self, params, batch, state) -> dict:
+    def _optimizer_args(self, params, batch: float, state) -> dict:
         """The MLP.fit arguments of the stochastic solver the parameters name: the one place where one is wired.
 
         alpha is scikit-learn's L2 penalty: its gradient α·W/batch is deltaprop's coupled weight decay α/batch
-        (the rule's g ← g + λ·W), for Adam as for SGD. learning_rate="invscaling" or "adaptive" (sgd only, as in
+        (the rule's g ← g + λ·W), for Adam as for SGD; ``batch`` is the batch's weight, its rows times the mean
+        sample weight (scikit-learn divides by each batch's Σw). learning_rate="invscaling" or "adaptive" (sgd only, as in
         scikit-learn, whose Adam ignores learning_rate) is a schedule that reads the rate the epoch callback
         sets in ``state`` (scikit-learn's iteration_ends and trigger_stopping): scikit-learn counts the
         invscaling rate from the samples seen over every call (t_), and an adaptive rate carries over
@@ -424,12 +448,13 @@ class _BaseMLP(BaseEstimator):
             return {"optimizer": opt}
         return {"optimizer": opt, "lr_schedule": lambda epoch: state["lr"]}
 
-    def _fit_lbfgs(self, model, X, Y, params, kind, reuse) -> dict:
+    def _fit_lbfgs(self, model, X, Y, params, kind, reuse, sw) -> dict:
         """scikit-learn's _fit_lbfgs: scipy's L-BFGS-B (maxfun=max_fun, maxiter=max_iter, gtol=tol) on the full
         batch, from the network's weights. The loss and gradient at the weights scipy asks about are the
-        backend's (MLP.evaluate and MLP.gradients), plus scikit-learn's penalty ½·α·Σ‖W‖²/n and its gradient
-        α·W/n. Returns the progress: n_iter_, loss_ (with the penalty), t_ (unchanged, as scikit-learn)."""
-        n, alpha = X.shape[0], params["alpha"]
+        backend's (MLP.evaluate and MLP.gradients, weighted by ``sw`` when given), plus scikit-learn's penalty
+        ½·α·Σ‖W‖²/n and its gradient α·W/n (n: Σ sw with weights). Returns the progress: n_iter_, loss_ (with the
+        penalty), t_ (unchanged, as scikit-learn)."""
+        n, alpha = (X.shape[0] if sw is None else float(np.sum(sw))), params["alpha"]
         X = np.ascontiguousarray(X, dtype=model.dtype)  # cast once, not at every evaluation
         # scikit-learn reports the squared error averaged over the outputs, with the gradient of its sum (the
         # stochastic solvers' too): scipy gets the sum and that gradient, a consistent pair; loss_ is reported.
@@ -452,8 +477,9 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(NON_FINITE_WEIGHTS)
             weights = unpack(x)
             model.set_weights(weights)
-            loss = model.evaluate(X, Y)["loss"] + penalty(weights)
-            grads = [(dW.astype(np.float64) + (alpha / n) * W, db.astype(np.float64)) for (dW, db), (W, _) in zip(model.gradients(X, Y), weights)]
+            loss = model.evaluate(X, Y, sample_weight=sw)["loss"] + penalty(weights)
+            grads = [(dW.astype(np.float64) + (alpha / n) * W, db.astype(np.float64))
+                     for (dW, db), (W, _) in zip(model.gradients(X, Y, sample_weight=sw), weights)]
             return loss, _pack(grads)
 
         options = {"maxfun": self.max_fun, "maxiter": params["max_iter"], "gtol": params["tol"]}
@@ -545,12 +571,15 @@ class _BaseMLP(BaseEstimator):
                 "set warm_start=False to start afresh"
             )
 
-    def _split(self, X, Y, y, kind, classes, rng):
+    def _split(self, X, Y, y, kind, classes, rng, sw):
         """The early-stopping split, as scikit-learn makes it: stratified on the binarized labels for a
-        classifier with one output (not for multilabel targets). Returns X, Y, y, (X_val, y_val)."""
+        classifier with one output (not for multilabel targets); the sample weights ``sw`` (or None) split alike.
+        Returns X, Y, y, sw, (X_val, y_val, sw_val)."""
         stratify = label_binarize(y, classes=classes).astype(bool) if kind in ("binary", "multiclass") else None
+        arrays = (X, Y, y) if sw is None else (X, Y, y, sw)
         try:
-            X, Xv, Y, _, y, yv = train_test_split(X, Y, y, test_size=self.validation_fraction, random_state=rng, stratify=stratify)
+            X, Xv, Y, _, y, yv, *weights = train_test_split(*arrays, test_size=self.validation_fraction, random_state=rng,
+                                                            stratify=stratify)
         except ValueError as exc:
             raise ValueError(f"validation_fraction: cannot hold out {self.validation_fraction} of {X.shape[0]} samples: {exc}") from exc
         if Xv.shape[0] < 2:
@@ -559,7 +588,11 @@ class _BaseMLP(BaseEstimator):
                 f"{X.shape[0] + Xv.shape[0]} samples leaves {Xv.shape[0]} for validation; early stopping needs "
                 "at least 2. Increase 'validation_fraction' or the size of your dataset."
             )
-        return X, Y, y, (Xv, yv)
+        sw, sv = weights if weights else (None, None)
+        if sw is not None and not np.any(sw > 0):
+            raise ValueError("sample_weight: every weight of the samples left for training after the early-stopping "
+                             "split is 0; Sample weights must contain at least one non-zero number.")
+        return X, Y, y, sw, (Xv, yv, sv)
 
     # ------------------------------------------------- progress between calls
     def _progress(self) -> dict:
@@ -683,8 +716,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Softmax outputs and cross-entropy for several classes; one logistic output (bce) for two, with
     ``predict_proba`` still of two columns; one logistic output per label for a 2-D 0/1 indicator y
     (multilabel). Parameters as ``sklearn.neural_network.MLPClassifier`` (see the module docstring
-    for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy") and ``dtype``
-    ("float32", "float64"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy"), ``dtype``
+    ("float32", "float64") and ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform"). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).
@@ -693,9 +726,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     _classifier = True
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y); ``classes`` (every label there will be) is needed on the first call."""
-        return self._fit(X, y, incremental=True, classes=classes)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y), weighted by ``sample_weight`` when given; ``classes`` (every label there will be)
+        is needed on the first call. The parameters' order is scikit-learn's."""
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
         proba = self._outputs(X)  # checks that it is fitted
@@ -718,13 +752,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tags.classifier_tags.multi_label = True
         return tags
 
-    def _score_outputs(self, proba, y, kind, classes) -> float:
-        """accuracy_score of the labels these outputs predict (scikit-learn's validation score)."""
+    def _score_outputs(self, proba, y, kind, classes, sample_weight=None) -> float:
+        """accuracy_score of the labels these outputs predict (scikit-learn's validation score), weighted by
+        ``sample_weight`` when given."""
         if kind == "multilabel":
             pred = (proba > 0.5).astype(np.intp)
         else:
             pred = classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
-        return float(accuracy_score(y, pred))
+        return float(accuracy_score(y, pred, sample_weight=sample_weight))
 
     def _encode_labels(self, y, classes, reuse, incremental):
         """(classes_, kind, targets for the MLP): labels become indices into classes_ (1-D), a 0/1 indicator
@@ -767,7 +802,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
-    module docstring for the differences), plus ``backend`` and ``dtype``. Fitted: as the classifier,
+    module docstring for the differences), plus ``backend``, ``dtype`` and ``init``. Fitted: as the classifier,
     without ``classes_``; ``validation_scores_`` are R².
     """
 
@@ -802,6 +837,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         max_fun=15000,
         backend="auto",
         dtype="float64",
+        init="auto",
         dropout=0.0,
         max_norm=None,
     ):
@@ -831,21 +867,23 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
             max_fun=max_fun,
             backend=backend,
             dtype=dtype,
+            init=init,
             dropout=dropout,
             max_norm=max_norm,
         )
         self.loss = loss
 
     @available_if(lambda est: est._check_solver())
-    def partial_fit(self, X, y):
-        """One epoch over (X, y), continuing the fitted network (or starting one)."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), weighted by ``sample_weight`` when given, continuing the fitted network (or
+        starting one)."""
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
         """(n_samples,) for one output, else (n_samples, n_outputs), as float64."""
         z = self._outputs(X)
         return z[:, 0] if z.shape[1] == 1 else z
 
-    def _score_outputs(self, z, y, kind, classes) -> float:
-        """r2_score of these outputs (scikit-learn's validation score)."""
-        return float(r2_score(y, z[:, 0] if z.shape[1] == 1 else z))
+    def _score_outputs(self, z, y, kind, classes, sample_weight=None) -> float:
+        """r2_score of these outputs (scikit-learn's validation score), weighted by ``sample_weight`` when given."""
+        return float(r2_score(y, z[:, 0] if z.shape[1] == 1 else z, sample_weight=sample_weight))

@@ -61,6 +61,22 @@ def backend(request):
     return backends.instance(request.param)
 
 
+@pytest.fixture
+def gpu_backend(request):
+    """gpu_backend(name, probe="cupy"): the backend ``name`` (a variant of ``probe``) when ``probe`` is usable
+    here; else the test is skipped, or fails under --require-gpu."""
+
+    def get(name, probe="cupy"):
+        usable, reason = backends.available()[probe]
+        if not usable:
+            if request.config.getoption("--require-gpu"):
+                pytest.fail(f"--require-gpu: the {probe} backend is not usable ({reason})")
+            pytest.skip(f"the {probe} backend is not usable ({reason})")
+        return backends.instance(name)
+
+    return get
+
+
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)
@@ -76,5 +92,8 @@ def rng(request):
 
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
-    """No test sees the user's DELTAPROP_BACKEND unless it sets one itself."""
+    """No test sees the user's DELTAPROP_BACKEND unless it sets one itself; fits take the step path (the CUDA graph
+    of each step, what the tests of the graphs, launches and kernels are about) unless a test asks for the fused
+    epoch (tests/test_fused.py) through DELTAPROP_FUSED."""
     monkeypatch.delenv("DELTAPROP_BACKEND", raising=False)
+    monkeypatch.setenv("DELTAPROP_FUSED", "off")

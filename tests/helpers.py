@@ -1,15 +1,32 @@
 """Small helpers shared by the tests."""
 
+import dataclasses
+import os
+
 import numpy as np
 
+from deltaprop.mlp.activations import ACTIVATIONS, ELEMENTWISE  # noqa: F401  (ELEMENTWISE: for the tests)
 from deltaprop.mlp.losses import LOSSES
 
-HIDDEN = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
-ELEMENTWISE = HIDDEN + ("step",)
+# from the tables, so that an activation or a loss added there is tested everywhere (ELEMENTWISE: the table's)
+HIDDEN = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)  # allowed in a hidden layer
 # every (output activation, loss) pair the MLP accepts
 PAIRS = [(out, loss) for loss, spec in LOSSES.items() for out in spec.outputs]
+
+
+def sweep_shapes():
+    """More test shapes (B, n_in, n_out) for the GPU session's randomized sweep (issue 23): with DELTAPROP_SWEEP=N,
+    N shapes of sizes 1..2048 drawn log-uniformly (from DELTAPROP_SWEEP_SEED, default 0), none a multiple of 8,
+    so none a multiple of any tile; none without it."""
+    n = int(os.environ.get("DELTAPROP_SWEEP", "0") or 0)
+    rng = np.random.default_rng(int(os.environ.get("DELTAPROP_SWEEP_SEED", "0")))
+    sizes = np.exp(rng.uniform(0, np.log(2048), (n, 3))).astype(int)
+    sizes += sizes % 8 == 0  # 8 | size -> size + 1
+    return [tuple(int(v) for v in row) for row in sizes]
+
+
 # (batch, n_in, n_out): every size of 1, 7, 33, 65 in every place, none a multiple of a tile
-SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)]
+SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)] + sweep_shapes()
 
 
 def tol(dtype):
@@ -44,3 +61,32 @@ def targets(rng, loss, B, n):
     if loss == "bce":
         return rng.uniform(0, 1, size=(B, n))
     return rng.normal(size=(B, n))
+
+
+# ---------------------------------------------------------------- an activation that is not in the table
+def _softsign_xp(xp, a, z, tmp):  # a / (1 + |a|)
+    xp.abs(a, out=tmp)
+    tmp += 1
+    xp.divide(a, tmp, out=z)
+
+
+def _softsign_dphi_xp(xp, z, g, tmp):  # 1 / (1 + |a|)² = (1 − |z|)²
+    xp.abs(z, out=tmp)
+    xp.subtract(1, tmp, out=tmp)
+    tmp *= tmp
+    g *= tmp
+
+
+def _softsign_device(kind):
+    one = kind(1.0)
+    return (lambda a: a / (one + abs(a))), (lambda z: (one - abs(z)) * (one - abs(z)))
+
+
+#: softsign, φ(a) = a / (1 + |a|), written once as a table entry: a test adds it to the table (monkeypatch.setitem)
+#: to show that an entry reaches every backend; SOFTSIGN_REFERENCE is its float64 (φ(a), φ'(a))
+SOFTSIGN = dataclasses.replace(
+    ACTIVATIONS["tanh"], name="softsign", code=max(a.code for a in ACTIVATIONS.values()) + 1, xp_phi=_softsign_xp,
+    xp_mul_dphi=_softsign_dphi_xp, device=_softsign_device, c_phi="a / (T(1) + fabs(a))",
+    c_dphi="(T(1) - fabs(z)) * (T(1) - fabs(z))",
+)  # fmt: skip
+SOFTSIGN_REFERENCE = (lambda a: a / (1 + np.abs(a))), (lambda a: 1 / (1 + np.abs(a)) ** 2)

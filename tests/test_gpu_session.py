@@ -23,7 +23,8 @@ def test_the_check_runs_every_step_dry(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = done.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["env", "cold-start", "tests", "epochs", "headline"], summary
+    assert [line.split(":")[0] for line in summary] == ["env", "cold-start", "tests", "kernel-sweep", "sanitizer-memcheck-numba-cuda",
+                                                        "sanitizer-memcheck-cupy", "epochs", "headline"], summary
     assert all(": rc=0," in line for line in summary), summary
     (record,) = tmp_path.glob("*-cpu-dry-headline.json")
     record = json.loads(record.read_text())

@@ -64,15 +64,39 @@ def test_replayed_steps_match_the_python_loop_with_every_optimizer_and_a_changin
 
 
 def test_a_schedule_is_never_recorded_again(graph_backend, rng, monkeypatch):
-    """One recording per batch shape for the whole fit, though the rate changes every epoch."""
-    captures = []
-    capture = graph_backend._capture
+    """One recording per batch shape, and one of the epoch's full steps, for the whole fit, though the rate
+    changes every epoch; from epoch 2 on an epoch is two replays: its full steps, then its tail."""
+    captures, replays = [], []
+    capture, replay = graph_backend._capture, graph_backend._replay
     monkeypatch.setattr(graph_backend, "_capture", lambda enqueue: captures.append(1) or capture(enqueue), raising=False)
+    monkeypatch.setattr(graph_backend, "_replay", lambda graph: replays.append(1) or replay(graph), raising=False)
     graph_backend.graphs = True
     X, y = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)  # steps of 16, 16 and a tail of 8
     MLP([4, 5, 2], backend=graph_backend.name, seed=1).fit(X, y, epochs=4, batch_size=16, optimizer="adam",
                                                          lr_schedule="exponential")
-    assert len(captures) == 2  # each batch shape once: the full batch at its second step, the tail in epoch 2
+    # the full batch at its second step; in epoch 2 the run of both full steps, and the tail
+    assert len(captures) == 3
+    assert len(replays) == 1 + 3 * 2  # epoch 1: step 1 (step 0 and the tail run eagerly); then 2 per epoch
+
+
+def test_a_failed_capture_of_the_run_keeps_the_one_step_graphs(graph_backend, rng, monkeypatch):
+    """A run of steps that cannot be recorded as one graph (too large, say) is replayed a step at a time."""
+    capture = graph_backend._capture
+    monkeypatch.setattr(graph_backend, "run_capture_error", None, raising=False)
+
+    def no_runs(enqueue):
+        if getattr(enqueue, "func", None) is None:  # the run's enqueue is a closure, a step's a partial
+            graph_backend.capture_error = "RuntimeError: too large"
+            return None
+        return capture(enqueue)
+
+    monkeypatch.setattr(graph_backend, "_capture", no_runs, raising=False)
+    (graphed, h1), (plain, h2) = fit_twice(graph_backend, rng, momentum=0.9)
+    assert graph_backend.run_capture_error == "RuntimeError: too large" and graph_backend.capture_error is None
+    for (W1, b1), (W2, b2) in zip(graphed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    assert h1.loss == h2.loss
 
 
 def test_the_step_counter_moves_the_window(graph_backend, rng):

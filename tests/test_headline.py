@@ -72,12 +72,14 @@ def test_the_record_has_every_key_and_null_for_what_was_not_measured(tmp_path, m
 
 @pytest.mark.slow
 def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
-    """epochs, cold-start and assemble end to end on the numpy backend (and PyTorch's CPU where installed)."""
-    peers = "torch_eager" if importlib.util.find_spec("torch") else ""
+    """epochs, cold-start and assemble end to end on the numpy backend (and PyTorch's and JAX's CPU where installed)."""
+    have = [p for p, package in (("torch_eager", "torch"), ("torch_graph", "torch"), ("torch_compile", "torch"),
+                                 ("jax_jit", "jax")) if importlib.util.find_spec(package)]
+    peers = ",".join(have)
     monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", str(tmp_path / "kernels"))
     e, c, h, t = (str(tmp_path / n) for n in ("e.json", "c.json", "h.json", "t.log"))
     assert headline.main(["epochs", "--backends", "numpy", "--peers", peers, "--samples", "300", "--epochs", "2",
-                          "--accuracy", "", "--out", e]) == 0
+                          "--accuracy", "", "--compile-modes", "default", "--out", e]) == 0
     assert headline.main(["cold-start", "--backends", "numpy", "--out", c]) == 0
     with open(t, "w") as f:
         f.write("$ pytest -q\n3 passed in 0.5s\n")
@@ -86,8 +88,14 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
     for net in ("reference", "small"):
         row = epochs["nets"][net]["numpy"]
         assert row["epoch_s"] > 0 and len(row["seconds"]) == 3 and row["loss"][-1] < row["loss"][0]
-        if peers:
-            assert epochs["nets"][net]["torch_eager"]["epoch_s"] > 0
+        for peer in have:
+            if peer == "torch_graph":  # CUDA only: not timed on the CPU
+                assert peer not in epochs["nets"][net]
+                continue
+            for precision in ("fp32", "tf32", "bf16") if net == "reference" and peer != "torch_eager" else ("fp32",):
+                row = epochs["nets"][net][peer if precision == "fp32" else f"{peer}:{precision}"]
+                assert row["epoch_s"] > 0 and row["loss"][-1] < row["loss"][0] and row["device"] == "cpu"
+    assert epochs["errors"] == []
     cold = json.load(open(c))["numpy"]
     assert 0 < cold["empty_cache"]["seconds"] < 120 and cold["warm_cache"]["seconds"] > 0
     record = json.load(open(h))
@@ -95,7 +103,25 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
     assert record["tests"] == {"command": "pytest -q", "passed": 3, "failed": 0, "skipped": 0, "seconds": 0.5}
     # numpy is not a headline backend: its figures stay out of the GPU rows; PyTorch's CPU figure is not a GPU one
     assert record["reference_epoch_s"]["fp32"]["cupy"] is None and record["cold_start_s"]["cupy"]["empty_cache"] is None
-    assert record["reference_epoch_s"]["fp32"]["torch_eager"] is None and record["small_epoch_s"]["fp32"]["torch_eager"] is None
+    assert all(v is None for precision in record["reference_epoch_s"].values() for k, v in precision.items() if k in PEERS)
+    assert all(record["small_epoch_s"]["fp32"][p] is None for p in PEERS)
+
+
+def test_sanitizer_counts_come_from_the_closing_summary(tmp_path):
+    ok = "sanitize_fit: cupy: every kernel and fit agreed with numpy\n"
+    (tmp_path / "sanitizer-memcheck-cupy.log").write_text("========= COMPUTE-SANITIZER\n" + ok + "========= ERROR SUMMARY: 0 errors\n")
+    (tmp_path / "sanitizer-racecheck-numba-cuda.log").write_text(
+        "========= Error: Race reported\n" + ok + "========= RACECHECK SUMMARY: 3 hazards displayed (3 errors, 0 warnings)\n"
+        "========= ERROR SUMMARY: 3 errors\n")
+    (tmp_path / "sanitizer-initcheck-cupy.log").write_text("Traceback ...\n========= ERROR SUMMARY: 0 errors\n")  # crashed
+    (tmp_path / "sanitizer-synccheck-cupy.log").write_text(ok)  # cut short: no summary
+    counts = headline.sanitizer_counts(str(tmp_path))
+    assert counts == {"memcheck": {"cupy": 0}, "racecheck": {"numba-cuda": 3}, "initcheck": {"cupy": None},
+                      "synccheck": {"cupy": None}}
+    record = headline.headline(None, None, None, "f" * 40, counts)
+    assert keys_of(record, FORMAT) == []
+    assert record["sanitizer"]["memcheck"] == {"cupy": 0, "numba-cuda": None}
+    assert record["sanitizer"]["racecheck"] == {"cupy": None, "numba-cuda": 3}
 
 
 def test_a_learner_that_does_not_learn_is_not_timed():
@@ -103,3 +129,16 @@ def test_a_learner_that_does_not_learn_is_not_timed():
         headline._learns([1.0, 1.2, 1.3], "x")
     with pytest.raises(SystemExit, match="does not learn"):
         headline._learns([1.0, float("nan")], "x")
+
+
+def test_a_row_says_which_path_ran_and_the_step_path_rows_stay_out_of_the_record():
+    """The small net with the fused epoch asked for (auto) and off: the numpy backend has none ("steps"), the
+    environment is put back; a "<backend>:steps" row of the epochs JSON is no figure of the record."""
+    X, y = headline._data(300)
+    assert headline.deltaprop_epochs("numpy", "small", X, y, 1, fused="auto")["path"] == "steps"
+    assert os.environ["DELTAPROP_FUSED"] == "off"  # conftest's, put back
+    epochs = {"nets": {"small": {"cupy": {"epoch_s": 0.02, "path": "fused"},
+                                 "cupy" + headline.STEP_PATH: {"epoch_s": 0.2, "path": "steps"}}}}
+    record = headline.headline(epochs, None, None, "f" * 40)
+    assert keys_of(record, FORMAT) == []
+    assert record["small_epoch_s"]["fp32"]["cupy"] == 0.02

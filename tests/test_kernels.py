@@ -1,11 +1,13 @@
 """Every hot loop of every backend against the float64 reference, on fresh random data,
-on shapes that are not multiples of a tile, in float32 and float64."""
+on shapes that are not multiples of a tile, in float32 and float64. The activations and losses are
+those of the tables (deltaprop.mlp.activations, deltaprop.mlp.losses): every entry on every backend."""
 
 import numpy as np
 import pytest
 
 import reference as ref
-from helpers import ELEMENTWISE, HIDDEN, PAIRS, SHAPES, assert_close, away_from_kinks, targets
+from deltaprop.mlp.activations import ACTIVATIONS
+from helpers import ELEMENTWISE, PAIRS, SHAPES, SOFTSIGN, SOFTSIGN_REFERENCE, assert_close, away_from_kinks, targets
 
 
 def dev(backend, x, dtype):
@@ -13,7 +15,7 @@ def dev(backend, x, dtype):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("act", ELEMENTWISE + ("softmax",))
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
 @pytest.mark.parametrize("keep_a", [True, False], ids=["a+z", "z"])
 def test_forward(backend, dtype, rng, shape, act, keep_a):
     B, n_in, n_out = shape
@@ -102,7 +104,8 @@ def test_gather(backend, dtype, rng, rows, cols):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("out_act,loss", PAIRS)
-def test_batch_metrics(backend, dtype, rng, shape, out_act, loss):
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_batch_metrics(backend, dtype, rng, shape, out_act, loss, weighted):
     B, _, n = shape
     if out_act == "softmax" and n == 1:
         n = 2
@@ -120,14 +123,23 @@ def test_batch_metrics(backend, dtype, rng, shape, out_act, loss):
         correct = np.all((a > 0) == (Y > 0.5), axis=1)
     else:
         rule, correct = None, np.zeros(B, bool)
-    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out)
+    if not weighted:
+        backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out)
+        got = backend.to_numpy(out)
+        expected_loss = start[0] + ref.sample_loss(loss, out_act, a, Y).sum()
+        assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n))
+        assert got[1] == start[1] + correct.sum()
+        return
+    w = rng.uniform(0.0, 3.0, size=B).astype(dtype)  # sample weights, some 0
+    w[rng.random(B) < 0.3] = 0.0
+    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, rule, out, dev(backend, w.reshape(-1, 1), dtype))
     got = backend.to_numpy(out)
-    expected_loss = start[0] + ref.sample_loss(loss, out_act, a, Y).sum()
-    assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n))
-    assert got[1] == start[1] + correct.sum()
+    expected_loss = start[0] + np.dot(w.astype(np.float64), ref.sample_loss(loss, out_act, a, Y))
+    assert_close(got[0], expected_loss, dtype, scale=max(1.0, abs(expected_loss)) * max(1, n) * 3)
+    assert_close(got[1], start[1] + np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
 
 
-@pytest.mark.parametrize("act", HIDDEN + ("step",))
+@pytest.mark.parametrize("act", ELEMENTWISE)
 def test_activation_derivative_by_finite_differences(backend, rng, act):
     """The backend's φ' (through hidden_delta with W = I, δ_next = 1) against central differences of its φ."""
     B, n, h = 3, 4, 1e-6
@@ -176,3 +188,23 @@ def test_output_delta_by_finite_differences(backend, rng, out_act, loss):
     backend.output_delta(*outputs(a), Yd, out_act, loss, delta)
     np.testing.assert_allclose(backend.to_numpy(delta), numerical, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(ref.output_delta(loss, out_act, a, Y), numerical, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=str)
+def test_an_activation_added_to_the_table_reaches_every_backend(backend, dtype, rng, shape, monkeypatch):
+    """softsign, written once as a table entry (tests/helpers.py), runs forward and hidden δ on every backend:
+    through its xp forms on NumPy, its device forms compiled into numba-cuda's GEMM epilogues; CuPy, whose kernel
+    codes are read from the table at import, takes the contract's default (its CUDA C form: test_cuda_sources)."""
+    monkeypatch.setitem(ACTIVATIONS, "softsign", SOFTSIGN)
+    phi, dphi = SOFTSIGN_REFERENCE
+    B, n_in, n_out = shape
+    X, W, b = (rng.normal(size=s).astype(dtype) for s in ((B, n_in), (n_in, n_out), (n_out,)))
+    a = X.astype(np.float64) @ W + b
+    z = backend.empty((B, n_out), dtype)
+    backend.forward(dev(backend, X, dtype), dev(backend, W, dtype), dev(backend, b, dtype), "softsign", z)
+    assert_close(backend.to_numpy(z), phi(a), dtype)
+    d_next = rng.normal(size=(B, n_in)).astype(dtype)
+    delta = backend.empty((B, n_out), dtype)
+    backend.hidden_delta(dev(backend, d_next, dtype), dev(backend, W.T.copy(), dtype), dev(backend, phi(a).astype(dtype), dtype),
+                         "softsign", delta)  # fmt: skip
+    assert_close(backend.to_numpy(delta), dphi(a) * (d_next.astype(np.float64) @ W), dtype)

@@ -11,7 +11,7 @@ import pytest
 
 from deltaprop import MLP, optim
 from deltaprop.optim import schedules
-from helpers import assert_close
+from helpers import assert_close, sweep_shapes
 
 CONFIGS = [
     optim.SGD(lr=0.3, momentum=0.9, nesterov=True, weight_decay=1e-2),
@@ -22,7 +22,7 @@ CONFIGS = [
     optim.RMSprop(lr=0.01),
     optim.RMSprop(lr=0.01, rho=0.5, momentum=0.9, weight_decay=1e-2),
 ]
-SHAPES = [(1, 7, 33), (33, 65, 7), (7, 1, 1)]
+SHAPES = [(1, 7, 33), (33, 65, 7), (7, 1, 1)] + sweep_shapes()  # DELTAPROP_SWEEP: the GPU sweep's
 
 
 def reference_step(opt, p, g, state, t, lr, decay):

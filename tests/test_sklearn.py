@@ -28,9 +28,17 @@ FLOAT32_ROUNDING = (
 )
 
 
+FLOAT32_WEIGHTS = (
+    "dtype='float32': a weighted sum and the sum over repeated rows round differently (~1e-7 relative a step), and "
+    "200 epochs of adam take that beyond the check's rtol of 1e-7; the float64 default passes it."
+)
+
+
 def expected_failed_checks(estimator):
     if estimator.dtype == "float32":
-        return {"check_methods_subset_invariance": FLOAT32_ROUNDING}
+        return {"check_methods_subset_invariance": FLOAT32_ROUNDING,
+                "check_sample_weight_equivalence_on_dense_data": FLOAT32_WEIGHTS,
+                "check_sample_weight_equivalence_on_sparse_data": FLOAT32_WEIGHTS}
     return {}
 
 

@@ -260,11 +260,11 @@ def test_a_failed_lbfgs_fit_leaves_the_network_as_it_was(monkeypatch):
     before = (clf.predict_proba(X), clf.n_iter_, clf.loss_)
     calls = []
 
-    def failing(*args):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) > 3:
             raise RuntimeError("the device went away")
-        return gradients(*args)
+        return gradients(*args, **kwargs)
 
     gradients = clf.model_.gradients
     monkeypatch.setattr(clf.model_, "gradients", failing)

@@ -3,7 +3,7 @@
 #   bash tools/gpu_session.sh prepare               HERE, before the call (no GPU): the carried folders, below
 #   bash tools/gpu_session.sh check                 ON THE GPU: every check that needs one, in under 10 minutes
 #   bash tools/gpu_session.sh [STEP ...]            single steps: env tests gputests repeat bench-numba bench-cupy
-#                                                   sweep bench-all bench-train bench-peers bench-kernels bench-tta
+#                                                   sweep sanitizer bench-all bench-train bench-peers bench-kernels bench-tta
 #
 # prepare fills three ignored folders that the call carries (carry: [".whl", ".kc", ".xdg"], under 64 MiB with
 # the tree): .whl, wheels of this machine's NumPy, numba and numba-cuda for the device's Python 3.12 (numba-cuda
@@ -17,7 +17,10 @@
 # the carried kernels are the ones this GPU would compile (deltaprop compile finds them all); cold starts of
 # both GPU backends (a fresh process to the end of its first training step: with every compile cache emptied,
 # warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
-# copy of the carried cache; the epoch times and accuracies of the headline; and the headline record itself,
+# copy of the carried cache; the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py
+# and tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend
+# (tools/sanitize_fit.py: every kernel alone, then short fits with each optimizer, checked against numpy);
+# the epoch times and accuracies of the headline; and the headline record itself,
 # $OUT/<date>-<gpu>-headline.json (tools/headline.py). PACK=1 packs $OUT into one file (the device returns 8).
 # GPU_SESSION_DRY=1 runs check on a machine without a GPU: the numpy backend, small sizes, no --require-gpu,
 # so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
@@ -80,8 +83,10 @@ export PY
 check() {
     local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
     local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
+    local sweep=(-q -n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfE --timeout=120)
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_headline.py)
+        sweep=(-q -p no:cacheprovider -k "sgd and not nesterov")
         epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
@@ -91,15 +96,35 @@ check() {
     step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
     step tests 330 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         bash -c 'pytest_logged "$0" "$@"' "$OUT/tests-pytest.log" "${tests[@]}" ${PYTEST_ARGS:-}
-    step epochs 240 $PY tools/headline.py epochs "${epochs[@]}" --out "$OUT/epochs.json"
+    step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
+        DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
+    sanitizer "$kc"
+    step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
     step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \
-        --tests "$OUT/tests-pytest.log" --out "$OUT/$(date +%F)-$gpu-headline.json"
+        --tests "$OUT/tests-pytest.log" --sanitizer "$OUT" --out "$OUT/$(date +%F)-$gpu-headline.json"
+}
+
+sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools/sanitize_fit.py, each GPU backend
+    local tool backend
+    local tools=${SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}
+    [[ -n $DRY ]] && tools=memcheck
+    for tool in $tools; do
+        for backend in ${BACKENDS//,/ }; do
+            if [[ -n $DRY ]]; then  # no GPU and no compute-sanitizer here: the checked program alone, on numpy
+                step "sanitizer-$tool-$backend" 60 $PY tools/sanitize_fit.py --backend numpy
+            else
+                step "sanitizer-$tool-$backend" "${SANITIZER_SECONDS:-45}" env DELTAPROP_KERNEL_CACHE="$1" \
+                    compute-sanitizer --tool "$tool" --print-limit 20 $PY tools/sanitize_fit.py --backend "$backend"
+            fi
+        done
+    done
 }
 
 for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   check) check ;;
   env) step env 60 bash -c "nvidia-smi; $PY -c 'import numpy, numba, cupy, torch; from numba import cuda; import importlib.metadata as m; print(\"numpy\", numpy.__version__, \"numba\", numba.__version__, \"numba-cuda\", m.version(\"numba-cuda\"), \"cupy\", cupy.__version__, \"torch\", torch.__version__, \"cuda runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion()); from deltaprop import backends; print(backends.available())'" ;;
   tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-15} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
+  sanitizer) sanitizer /tmp/deltaprop-kernels ;;
   gputests) step gputests 300 $PY -m pytest -q -p no:cacheprovider --require-gpu -m gpu -rfEs --timeout=120 ${PYTEST_ARGS:-} ;;
   repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs ${RUNS:-200}; done ;;
   bench-numba) step bench-numba 120 $PY bench/numba_vs_cublas_torch.py --out "$OUT" ;;

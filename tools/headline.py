@@ -2,19 +2,22 @@
 
     python tools/headline.py epochs --out E.json          # epoch times and accuracies, one process
     python tools/headline.py cold-start --out C.json      # fresh processes to the end of a first training step
-    python tools/headline.py assemble --epochs E.json --cold C.json --tests T.log --out bench/results/...-headline.json
+    python tools/headline.py assemble --epochs E.json --cold C.json --tests T.log [--sanitizer DIR] --out bench/results/...-headline.json
 
 ``epochs`` times, in one process, the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD
 with momentum 0.9, lr 0.05, batch 128) and the small net (784-30-10, sigmoid + mse, plain SGD lr 3.0, batch
 10) on 60,000 random samples of MNIST's shape (an epoch's time does not depend on the values) on each
 backend asked and PyTorch eager: the median of ``--epochs`` timed epochs after a warm-up epoch, each
-learner checked to learn (its loss falls) before it is timed; and, with MNIST at hand, the reference net's
+learner checked to learn (its loss falls) before it is timed (each deltaprop row says which path ran: "fused",
+the whole epoch in one launch, which the small net takes where it fits, or "steps"; ``--step-path`` times the
+small net on the step path too, as rows "<backend>:steps", outside the record's keys); and, with MNIST at hand, the reference net's
 test accuracy after 10 epochs per precision. ``cold-start`` starts a fresh ``python`` for each backend, with
 every compile cache emptied and then right after (warm), and with a cache given (``--carried``: one compiled
 without a GPU by ``deltaprop compile --cc``), and reads the time from its start to the end of its first
 training step. ``assemble`` writes the record with exactly the keys of the project's headline format:
-a figure not measured here is null (PyTorch with CUDA graphs or torch.compile and JAX are not timed by
-this tree yet, so neither is the speed-up over the best of them). On a machine without a GPU, every part
+a figure not measured here is null. The peers: PyTorch eager, PyTorch's whole step captured in a CUDA graph
+(torch_graph), torch.compile (torch_compile, the fastest of ``--compile-modes``) and JAX (jax_jit, the faster
+of a jitted step and a jitted epoch under lax.scan), at fp32 and, on the reference net, tf32 and bf16. On a machine without a GPU, every part
 runs on the numpy backend and PyTorch's CPU (tests/test_headline.py), so the script cannot rot.
 """
 
@@ -38,15 +41,18 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from deltaprop.bench.measure import Net  # noqa: E402
-from deltaprop.bench.peers import torch_eager  # noqa: E402
+from deltaprop.bench.peers import Missing, jax_train, torch_train  # noqa: E402
 
 # The nets of the headline format, with its hyperparameters; the batch of each
 NETS = {
     "reference": (Net("reference", (784, 1024, 1024, 10), "relu", "softmax", "cross_entropy", lr=0.05, momentum=0.9), 128),
     "small": (Net("small", (784, 30, 10), "sigmoid", "sigmoid", "mse", lr=3.0, momentum=0.0), 10),
 }
-PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "numpy": "fp32"}
+PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "cupy-bf16": "bf16", "numpy": "fp32"}
 PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
+#: the suffix of a backend's small-net row timed on the step path (DELTAPROP_FUSED=off): beside its own row, which
+#: takes the fused epoch when the net fits (the headline's figure), and outside the headline record's keys
+STEP_PATH = ":steps"
 
 
 def _data(n: int, seed: int = 0):
@@ -59,24 +65,58 @@ def _learns(losses, who: str) -> None:
         raise SystemExit(f"headline: {who} does not learn (losses {losses}); not timed")
 
 
-def deltaprop_epochs(backend: str, net: str, X, y, epochs: int) -> dict:
+def deltaprop_epochs(backend: str, net: str, X, y, epochs: int, fused: str = "auto") -> dict:
+    """A backend's epochs, with DELTAPROP_FUSED=``fused`` ("auto": the fused epoch where the net fits, as a user
+    gets it; "off": the step path); the row says which path ran ("fused" or "steps")."""
     spec, batch = NETS[net]
-    history = spec.model(backend).fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
+    saved = os.environ.get("DELTAPROP_FUSED")
+    os.environ["DELTAPROP_FUSED"] = fused
+    try:
+        model = spec.model(backend)
+        before = getattr(model.backend, "fused_epochs", 0)
+        history = model.fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
+        path = "fused" if getattr(model.backend, "fused_epochs", 0) > before else "steps"
+    finally:
+        if saved is None:
+            del os.environ["DELTAPROP_FUSED"]
+        else:
+            os.environ["DELTAPROP_FUSED"] = saved
     _learns(history.loss, f"{backend} on the {net} net")
-    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss}
+    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss,
+            "path": path}
 
 
-def torch_eager_epochs(net: str, X, y, epochs: int) -> dict:
-    """The same net, optimizer, data and batch in the peers suite's plain PyTorch loop (data on the device, a
-    permutation per epoch on the device, one read-back of the loss per epoch, as deltaprop's loop)."""
-    import torch
-
+def peer_epochs(peer: str, net: str, X, y, epochs: int, precision: str = "fp32", compile_modes=("reduce-overhead",)) -> dict:
+    """One peer (PEERS) on the same net, optimizer, data and batch, as the peers suite runs it (data on the
+    device, a permutation per epoch on the device, one read-back of the loss per epoch, as deltaprop's loop),
+    checked to learn before it is timed. torch_compile runs once per mode in ``compile_modes`` and jax_jit
+    both as a jitted step and as a jitted epoch (lax.scan); each keeps its fastest, and says which ("how")."""
     spec, batch = NETS[net]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    losses = []
-    first, rest = torch_eager(spec, X, y, batch, epochs + 1, device, losses=losses)
-    _learns(losses, f"torch_eager on the {net} net")
-    return {"epoch_s": statistics.median(rest), "seconds": [first, *rest], "loss": losses, "device": device}
+    if peer == "jax_jit":
+        import jax
+
+        device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+        hows = [(how, lambda L, how=how: jax_train(spec, X, y, batch, epochs + 1, how, precision, L)) for how in ("step", "scan")]
+    else:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        kind = peer.split("_", 1)[1]  # eager, graph or compile
+        modes = compile_modes if kind == "compile" else [None]
+        hows = [(kind if m is None else f"compile mode={m}",
+                 lambda L, m=m: torch_train(spec, X, y, batch, epochs + 1, device, kind, precision, L, compile_mode=m))
+                for m in modes]
+    best = None
+    for how, run in hows:
+        losses = []
+        first, rest = run(losses)
+        _learns(losses, f"{peer} ({how}, {precision}) on the {net} net")
+        row = {"epoch_s": statistics.median(rest), "seconds": [first, *rest], "loss": losses, "device": device,
+               "how": how, "precision": precision}
+        print(f"{net} {peer} {precision} ({how}): {row['epoch_s']:.4f} s per epoch", flush=True)
+        if best is None or row["epoch_s"] < best["epoch_s"]:
+            best = row
+    return best
 
 
 def accuracy_10_epochs(backend: str, epochs: int = 10):
@@ -94,23 +134,45 @@ def accuracy_10_epochs(backend: str, epochs: int = 10):
 
 
 def cmd_epochs(a) -> dict:
+    """deltaprop's backends, then the accuracies, then the peers (the slowest to set up last); the record is
+    written to ``a.out`` after every figure, so that a run cut short by its time limit keeps what it measured."""
     X, y = _data(a.samples)
-    result = {"samples": a.samples, "timed_epochs": a.epochs, "nets": {}, "accuracy": {}}
+    result = {"samples": a.samples, "timed_epochs": a.epochs, "nets": {net: {} for net in NETS}, "accuracy": {},
+              "errors": []}
+    save = lambda: _write(a.out, result)  # noqa: E731
     for net in NETS:
-        rows = result["nets"][net] = {}
+        rows = result["nets"][net]
         for backend in a.backends:
             if net == "small" and PRECISION[backend] != "fp32":
                 continue  # the headline has no tf32 row for the small net
             rows[backend] = deltaprop_epochs(backend, net, X, y, a.epochs)
-            print(f"{net} {backend}: {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
-        if "torch_eager" in a.peers and importlib.util.find_spec("torch") is None:
-            print(f"{net} torch_eager: not timed, PyTorch is not installed", flush=True)
-        elif "torch_eager" in a.peers:
-            rows["torch_eager"] = torch_eager_epochs(net, X, y, a.epochs)
-            print(f"{net} torch_eager: {rows['torch_eager']['epoch_s']:.4f} s per epoch", flush=True)
+            print(f"{net} {backend} ({rows[backend]['path']}): {rows[backend]['epoch_s']:.4f} s per epoch", flush=True)
+            save()
+            if net == "small" and backend in a.step_path:  # the same with the fused epoch off, for comparison
+                key = backend + STEP_PATH
+                rows[key] = deltaprop_epochs(backend, net, X, y, a.epochs, fused="off")
+                print(f"{net} {key}: {rows[key]['epoch_s']:.4f} s per epoch", flush=True)
+                save()
     for backend in a.accuracy:
         result["accuracy"][backend] = acc = accuracy_10_epochs(backend, a.accuracy_epochs)
         print(f"accuracy {backend}: {acc}", flush=True)
+        save()
+    for peer in a.peers:
+        package = "jax" if peer == "jax_jit" else "torch"
+        for net in NETS:
+            for precision in ("fp32", "tf32", "bf16") if net == "reference" and peer != "torch_eager" else ("fp32",):
+                key = peer if precision == "fp32" else f"{peer}:{precision}"
+                if importlib.util.find_spec(package) is None:
+                    print(f"{net} {key}: not timed, {package} is not installed", flush=True)
+                    continue
+                try:
+                    result["nets"][net][key] = peer_epochs(peer, net, X, y, a.epochs, precision, a.compile_modes)
+                except Missing as exc:
+                    print(f"{net} {key}: not timed, {exc}", flush=True)
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - one peer's failure leaves the others' figures
+                    result["errors"].append(f"{net} {key}: {type(exc).__name__}: {exc}")
+                    print(f"{net} {key}: FAILED, {type(exc).__name__}: {exc}", flush=True)
+                save()
     return result
 
 
@@ -199,7 +261,7 @@ def tests_summary(path) -> dict | None:
     return {"command": command, "passed": None, "failed": None, "skipped": None, "seconds": None}
 
 
-def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None) -> dict:
+def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None, sanitizer=None) -> dict:
     """The record, every key of the format present: what these measurements hold, null for the rest."""
     nets = (epochs or {}).get("nets", {})
 
@@ -211,8 +273,8 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
     record["reference_epoch_s"] = {
         "fp32": {"cupy": epoch("reference", "cupy"), "numba-cuda": epoch("reference", "numba-cuda"),
                  **{p: epoch("reference", p) for p in PEERS}},
-        "tf32": {"cupy": epoch("reference", "cupy-tf32"), **{p: None for p in PEERS[1:]}},
-        "bf16": {"cupy": None, **{p: None for p in PEERS[1:]}},
+        "tf32": {"cupy": epoch("reference", "cupy-tf32"), **{p: epoch("reference", f"{p}:tf32") for p in PEERS[1:]}},
+        "bf16": {"cupy": epoch("reference", "cupy-bf16"), **{p: epoch("reference", f"{p}:bf16") for p in PEERS[1:]}},
     }
     record["small_epoch_s"] = {"fp32": {"cupy": epoch("small", "cupy"), "numba-cuda": epoch("small", "numba-cuda"),
                                         **{p: epoch("small", p) for p in PEERS}}}
@@ -233,10 +295,34 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
     }
     acc = (epochs or {}).get("accuracy", {})
     record["accuracy"] = {"reference_fp32_10_epochs": acc.get("cupy", acc.get("numba-cuda")),
-                          "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": None}
+                          "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": acc.get("cupy-bf16")}
     record["tests"] = tests or {"command": None, "passed": None, "failed": None, "skipped": None, "seconds": None}
-    record["sanitizer"] = {tool: {"cupy": None, "numba-cuda": None} for tool in ("memcheck", "racecheck", "synccheck", "initcheck")}
+    record["sanitizer"] = {tool: {b: (sanitizer or {}).get(tool, {}).get(b) for b in ("cupy", "numba-cuda")}
+                           for tool in SANITIZER_TOOLS}
     return record
+
+
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+
+
+def sanitizer_counts(folder) -> dict | None:
+    """{tool: {backend: errors}} from compute-sanitizer logs named sanitizer-<tool>-<backend>.log in ``folder``:
+    the count of the closing "ERROR SUMMARY: N errors" line, None where a log has no such line (the run failed
+    or was cut short) or where the checked program itself failed (its last line is not sanitize_fit's)."""
+    if not folder:
+        return None
+    counts = {}
+    for tool in SANITIZER_TOOLS:
+        for backend in ("cupy", "numba-cuda"):
+            path = os.path.join(folder, f"sanitizer-{tool}-{backend}.log")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                text = f.read()
+            found = re.findall(r"ERROR SUMMARY: (\d+) errors?", text)
+            ran = "every kernel and fit agreed with numpy" in text
+            counts.setdefault(tool, {})[backend] = int(found[-1]) if found and ran else None
+    return counts
 
 
 def cmd_assemble(a) -> dict:
@@ -248,20 +334,27 @@ def cmd_assemble(a) -> dict:
 
     from deltaprop import record
 
-    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), record.git_commit())
+    return headline(read(a.epochs), read(a.cold), tests_summary(a.tests), record.git_commit(),
+                    sanitizer_counts(a.sanitizer))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("epochs", help="epoch times and accuracies, one process")
-    e.add_argument("--backends", default="cupy,numba-cuda,cupy-tf32", type=lambda s: s.split(","))
-    e.add_argument("--peers", default="torch_eager", type=lambda s: [x for x in s.split(",") if x])
+    e.add_argument("--backends", default="cupy,numba-cuda,cupy-tf32,cupy-bf16", type=lambda s: s.split(","))
+    e.add_argument("--peers", default=",".join(PEERS), type=lambda s: [x for x in s.split(",") if x],
+                   help=f"peers to time, of {', '.join(PEERS)} (default: all)")
+    e.add_argument("--compile-modes", default="reduce-overhead,max-autotune", type=lambda s: s.split(","),
+                   help="torch.compile modes to try; torch_compile keeps the fastest (default: reduce-overhead,max-autotune)")
     e.add_argument("--samples", type=int, default=60000)
     e.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default: 3)")
-    e.add_argument("--accuracy", default="cupy,cupy-tf32", type=lambda s: [x for x in s.split(",") if x],
+    e.add_argument("--accuracy", default="cupy,cupy-tf32,cupy-bf16", type=lambda s: [x for x in s.split(",") if x],
                    help="backends whose 10-epoch MNIST accuracy is measured (needs the MNIST cache)")
     e.add_argument("--accuracy-epochs", type=int, default=10)
+    e.add_argument("--step-path", default="cupy,numba-cuda", type=lambda s: [x for x in s.split(",") if x],
+                   help="backends whose small-net epoch is timed on the step path too (DELTAPROP_FUSED=off), as rows "
+                        "'<backend>:steps' of the epochs JSON (default: cupy,numba-cuda)")
     c = sub.add_parser("cold-start", help="fresh processes to the end of a first training step")
     c.add_argument("--backends", default="numba-cuda,cupy", type=lambda s: s.split(","))
     c.add_argument("--carried", metavar="DIR", help="a numba-cuda kernel cache compiled beforehand, timed too")
@@ -269,16 +362,22 @@ def main(argv=None) -> int:
     s.add_argument("--epochs", metavar="E.json")
     s.add_argument("--cold", metavar="C.json")
     s.add_argument("--tests", metavar="LOG", help="a pytest log whose first line is '$ <command>'")
+    s.add_argument("--sanitizer", metavar="DIR", help="a folder of compute-sanitizer logs, sanitizer-<tool>-<backend>.log")
     for q in (e, c, s):
         q.add_argument("--out", required=True)
     a = p.parse_args(argv)
     result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    _write(a.out, result)
     print("wrote", a.out)
     return 0
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "step")
 
 
 def variants(kernel: str, kind, tiles, wide: bool = False):
     """(name, kernel) for the forms of one epilogue: every activation and flag, or the usual one."""
     from deltaprop.kernels import numba_gemm as g
+    from deltaprop.mlp.activations import ACTIVATIONS, ELEMENTWISE
 
     if kernel == "forward":
         yield "forward relu", g.forward("relu", True, False, kind, tiles, wide)
@@ -44,11 +44,11 @@ def variants(kernel: str, kind, tiles, wide: bool = False):
     elif kernel == "sgd":
         yield "sgd momentum", g.sgd(True, kind, tiles, wide)
     else:  # "all"
-        for act in ACTIVATIONS + ("softmax",):
+        for act in ELEMENTWISE + ("softmax",):
             for store_a in (True, False):
                 yield f"forward {act} store_a={store_a}", g.forward(act, store_a, act == "softmax", kind, tiles, wide)
         yield "forward softmax unfused", g.forward("softmax", True, False, kind, tiles, wide)
-        for act in ACTIVATIONS[:-1]:  # no δ through a step
+        for act in (a for a in ELEMENTWISE if ACTIVATIONS[a].hidden):  # no δ through a step
             yield f"hidden {act}", g.hidden(act, kind, tiles, wide)
         yield "grad", g.grad(kind, tiles, wide)
         for momentum in (True, False):

@@ -30,7 +30,8 @@ _REGISTRY = {
 }
 NAMES = tuple(_REGISTRY)
 #: variants of a registered backend, usable by name but not listed by available() nor taken by "auto"
-VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend")}
+VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend"),
+            "cupy-bf16": ("deltaprop.backends.cupy_backend", "CupyBF16Backend")}
 #: the order in which "auto" tries the backends: fastest first.
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"
@@ -60,6 +61,11 @@ class Selection:
             how += ")"
         elif self.requested != self.name:
             how += f" (from {self.requested!r})"
+        built = _instances.get(self.name)  # the fused epoch's limit, once the backend is built (a model has it)
+        limit = built.fused_limit() if built is not None else None
+        if limit is not None:
+            how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
+                    + ("" if limit[1] else " when forced (DELTAPROP_FUSED=on)"))
         return how
 
 

@@ -10,7 +10,10 @@ Conventions (see README, "The math"):
 * φ' is taken from the layer's output ``z``: for every activation here it is a
   function of φ(a) alone (σ' = z(1 − z), tanh' = 1 − z², relu' = [z > 0],
   leaky_relu' = 1 if z > 0 else 0.1, identity' = 1), so hidden layers need not
-  keep ``a``.
+  keep ``a``;
+* the activations, the losses and the accuracy rules are those of the tables
+  ``deltaprop.mlp.activations.ACTIVATIONS`` and ``deltaprop.mlp.losses.LOSSES``; an
+  elementwise φ and φ' are the table's (its ``xp`` forms), softmax is row-wise here.
 
 The default methods are written against ``self.xp`` (NumPy or CuPy), with
 ``out=`` arguments and a cached scratch space, so that a training step
@@ -37,13 +40,11 @@ import threading
 import numpy as np
 
 from ..kernels import masks
+from ..mlp.activations import ACTIVATIONS
+from ..mlp.losses import ACCURACY_CODES, LOSSES
 
-#: φ for each activation name; "softmax" is row-wise.
-ACTIVATIONS = ("identity", "step", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
-#: the losses and the accuracy rules understood by ``batch_metrics``.
-LOSSES = ("mse", "cross_entropy", "bce", "perceptron")
-ACCURACY_RULES = (None, "argmax", "threshold")
-LEAKY_SLOPE = 0.1
+#: the accuracy rules understood by ``batch_metrics``
+ACCURACY_RULES = tuple(ACCURACY_CODES)
 
 #: held by every method of the contract of a backend that is not ``thread_safe``: one for all of them,
 #: as they share the device (a kernel on the legacy stream breaks another thread's stream capture)
@@ -56,6 +57,7 @@ class _PerThread(threading.local):
     def __init__(self):
         self.scratch_space: dict = {}  # (slot, dtype) -> buffer
         self.scratch_views: dict = {}  # (slot, shape, dtype) -> the view _scratch returned last time
+        self.retired: list = []  # buffers that a larger one replaced: a recorded CUDA graph may still use them
 
 
 def _holding_device_lock(method):
@@ -136,7 +138,9 @@ class Backend:
         space = self._local.scratch_space
         buf = space.get((slot, dtype))
         if buf is None or buf.size < size:
-            buf = self.empty(size, dtype)
+            if buf is not None:  # kept, not freed: a graph recorded with it writes there on every replay;
+                self._local.retired.append(buf)  # growth by doubling at least keeps them under the new one's size
+            buf = self.empty(size if buf is None else max(size, 2 * buf.size), dtype)
             space[(slot, dtype)] = buf
             views.clear()  # drop the views of the smaller buffer
         if len(views) > 256:  # many shapes (evaluations of many sizes): start afresh
@@ -172,7 +176,7 @@ class Backend:
         xp.subtract(z, y, out=delta)
         if loss == "mse":
             self._mul_derivative(z, activation, delta)
-        elif loss not in ("cross_entropy", "bce"):
+        elif loss not in LOSSES:
             raise ValueError(f"loss: unknown loss {loss!r}")
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
@@ -365,15 +369,35 @@ class Backend:
         """out = src[idx]: the rows of ``src`` named by the integer array ``idx``."""
         self.xp.take(src, idx, axis=0, out=out)
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         """Adds the batch's summed per-sample loss to out[0] and its count of correct samples to out[1].
 
         ``out`` is a float64 array of 2 elements. ``accuracy``: "argmax" (argmax z = argmax y, each the first maximum of its row),
-        "threshold" (every output: a > 0 exactly where y > 0.5), or None (out[1] unchanged).
+        "threshold" (every output: a > 0 exactly where y > 0.5), or None (out[1] unchanged). ``weights`` (B, 1), when
+        given: each row's loss and correct count weighted by its row of ``weights`` (Σ_i w_i·E_i, Σ_i w_i·[correct_i]).
         """
+        if weights is not None:
+            return self._weighted_metrics(a, z, y, loss, accuracy, out, weights)
         out[0] += self._loss_sum(a, z, y, loss)
         if accuracy is not None:
             out[1] += self._correct_count(a, z, y, accuracy)
+
+    def normalize_weights(self, w) -> None:
+        """w ← w·B/Σw in place, for per-row weights w (B, 1), all ≥ 0: they then sum to B, the batch's rows (the
+        batch's weighted mean loss is Σ_i w_i·E_i / B); all 0 when Σw = 0 (a batch of zero weights counts for nothing).
+        Computed on the device: a recorded step gathers and normalises each batch's weights."""
+        xp = self.xp
+        total = self._scratch("wsum", (1, 1), w.dtype)
+        empty = self._scratch("wsum2", (1, 1), w.dtype)
+        xp.sum(w, axis=0, keepdims=True, out=total)
+        xp.equal(total, 0, out=empty)
+        total += empty  # Σw, or 1 where Σw = 0 (w is all 0 there)
+        xp.divide(w.shape[0], total, out=total)
+        w *= total
+
+    def scale_rows(self, x, w) -> None:
+        """x ← x ⊙ w row by row: x (B, n), w (B, 1) (δ_L by the batch's normalised sample weights)."""
+        x *= w
 
     def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
         """Training steps first..stop-1 of an epoch, in order: step(rows, out) with rows = idx[s·B : s·B + B],
@@ -388,29 +412,26 @@ class Backend:
         for s in range(first, stop):
             step(idx[s * batch_size : (s + 1) * batch_size], metrics[s])
 
+    def fused_limit(self) -> tuple | None:
+        """(bytes, auto): the shared memory one thread block may use for ``run_epoch_fused``, and whether
+        DELTAPROP_FUSED=auto takes that path; None (the default): this backend has no fused epoch."""
+        return None
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        """Steps first..stop-1 of an epoch in one launch (deltaprop.backends.fused): what ``run_steps`` does with
+        the network's SGD step, on the parameters params [(W_l, b_l)] and the momentum velocity [(vW_l, vb_l)]
+        (None without momentum), the data X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and
+        the rate ``lr`` as sgd_update takes it. ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
+        raise NotImplementedError(f"backend {self.name!r} has no fused epoch")
+
     # ------------------------------------------------------- elementwise
     def _activate(self, a, activation: str, z) -> None:
         """z = φ(a); ``a`` and ``z`` may be the same array."""
-        xp = self.xp
-        if activation == "identity":
-            if z is not a:
-                xp.copyto(z, a)
-        elif activation == "sigmoid":  # σ(a) = (1 + tanh(a/2)) / 2: no overflow for any a
-            xp.multiply(a, 0.5, out=z)
-            xp.tanh(z, out=z)
-            z *= 0.5
-            z += 0.5
-        elif activation == "tanh":
-            xp.tanh(a, out=z)
-        elif activation == "relu":
-            xp.maximum(a, 0, out=z)
-        elif activation == "leaky_relu":
-            tmp = self._scratch("act", a.shape, a.dtype)
-            xp.multiply(a, LEAKY_SLOPE, out=tmp)
-            xp.maximum(a, tmp, out=z)
-        elif activation == "step":  # Heaviside, H(0) = 0
-            xp.greater(a, 0, out=z)
+        spec = ACTIVATIONS.get(activation)
+        if spec is not None and spec.xp_phi is not None:
+            spec.xp_phi(self.xp, a, z, self._scratch("act", a.shape, a.dtype))
         elif activation == "softmax":
+            xp = self.xp
             rows = self._scratch("rows", (a.shape[0], 1), a.dtype)
             xp.max(a, axis=1, keepdims=True, out=rows)
             xp.subtract(a, rows, out=z)
@@ -422,27 +443,10 @@ class Backend:
 
     def _mul_derivative(self, z, activation: str, g) -> None:
         """g ⊙= φ'(a), with φ' expressed through z = φ(a)."""
-        xp = self.xp
-        if activation == "identity":
-            return
-        tmp = self._scratch("deriv", z.shape, z.dtype)
-        if activation == "sigmoid":  # σ(1 − σ)
-            xp.subtract(1, z, out=tmp)
-            tmp *= z
-        elif activation == "tanh":  # 1 − tanh²
-            xp.multiply(z, z, out=tmp)
-            xp.subtract(1, tmp, out=tmp)
-        elif activation == "relu":  # 1 for a > 0, 0 for a ≤ 0
-            xp.greater(z, 0, out=tmp)
-        elif activation == "leaky_relu":  # 1 for a > 0, 0.1 for a ≤ 0
-            xp.greater(z, 0, out=tmp)
-            tmp *= 1.0 - LEAKY_SLOPE
-            tmp += LEAKY_SLOPE
-        elif activation == "step":
-            tmp.fill(0)
-        else:
+        spec = ACTIVATIONS.get(activation)
+        if spec is None or spec.xp_mul_dphi is None:
             raise ValueError(f"activation: {activation!r} has no elementwise derivative")
-        g *= tmp
+        spec.xp_mul_dphi(self.xp, z, g, self._scratch("deriv", z.shape, z.dtype))
 
     def _loss_sum(self, a, z, y, loss: str):
         """Σ over the batch of the per-sample loss, as a scalar of ``xp`` (no wait for the device)."""
@@ -462,14 +466,8 @@ class Backend:
             xp.log(rows, out=rows)  # log Σ exp(a − max)
             xp.sum(y, axis=1, keepdims=True, out=ysum)
             return xp.vdot(rows, ysum) - y_dot
-        if loss == "bce":  # softplus(a) − y·a = max(a, 0) + log1p(exp(−|a|)) − y·a
-            rest = self._scratch("loss2", a.shape, a.dtype)
-            xp.abs(a, out=tmp)
-            xp.negative(tmp, out=tmp)
-            xp.exp(tmp, out=tmp)
-            xp.log1p(tmp, out=tmp)
-            xp.maximum(a, 0, out=rest)
-            tmp += rest
+        if loss == "bce":  # softplus(a) − y·a
+            self._softplus(a, tmp, self._scratch("loss2", a.shape, a.dtype))
             return tmp.sum(dtype=np.float64) - xp.vdot(y, a)
         if loss == "perceptron":  # max(0, −y·a)
             xp.multiply(y, a, out=tmp)
@@ -477,7 +475,21 @@ class Backend:
             return -tmp.sum(dtype=np.float64)
         raise ValueError(f"loss: unknown loss {loss!r}")
 
+    def _softplus(self, a, out, tmp) -> None:
+        """out = softplus(a) = max(a, 0) + log1p(exp(−|a|)), without overflow; ``tmp`` of a's shape is overwritten."""
+        xp = self.xp
+        xp.abs(a, out=out)
+        xp.negative(out, out=out)
+        xp.exp(out, out=out)
+        xp.log1p(out, out=out)
+        xp.maximum(a, 0, out=tmp)
+        out += tmp
+
     def _correct_count(self, a, z, y, accuracy: str):
+        return self.xp.count_nonzero(self._correct_rows(a, z, y, accuracy))
+
+    def _correct_rows(self, a, z, y, accuracy: str):
+        """Whether each row is classified right, a (B,) bool array in this thread's scratch."""
         xp = self.xp
         rows = a.shape[0]
         if accuracy == "argmax":
@@ -487,7 +499,7 @@ class Backend:
             z.argmax(axis=1, out=pred)
             y.argmax(axis=1, out=true)
             xp.equal(pred, true, out=same)
-            return xp.count_nonzero(same)
+            return same
         if accuracy == "threshold":
             pos = self._scratch("pos", a.shape, np.bool_)
             true = self._scratch("pos2", a.shape, np.bool_)
@@ -496,5 +508,48 @@ class Backend:
             xp.equal(pos, true, out=pos)
             same = self._scratch("same", (rows,), np.bool_)
             xp.all(pos, axis=1, out=same)
-            return xp.count_nonzero(same)
+            return same
         raise ValueError(f"accuracy: unknown rule {accuracy!r}")
+
+    def _weighted_metrics(self, a, z, y, loss: str, accuracy, out, w) -> None:
+        """batch_metrics with per-row weights w (B, 1): each row's loss (the per-sample E of _loss_sum, row by row)
+        and correct count, weighted, summed into out[0] and out[1]."""
+        xp = self.xp
+        rows = self._scratch("wrows", w.shape, a.dtype)  # (B, 1): the loss of each row
+        tmp = self._scratch("loss", a.shape, a.dtype)
+        if loss == "mse":  # ½ Σ_k (z_k − y_k)²
+            xp.subtract(z, y, out=tmp)
+            tmp *= tmp
+            xp.sum(tmp, axis=1, keepdims=True, out=rows)
+            rows *= 0.5
+        elif loss == "cross_entropy":  # Σ_k y_k · log Σ exp(a − max) − Σ_k y_k·(a_k − max)
+            ysum = self._scratch("rows2", w.shape, a.dtype)
+            xp.max(a, axis=1, keepdims=True, out=rows)
+            xp.subtract(a, rows, out=tmp)
+            xp.sum(y, axis=1, keepdims=True, out=ysum)
+            rest = self._scratch("loss2", a.shape, a.dtype)
+            xp.multiply(y, tmp, out=rest)
+            xp.exp(tmp, out=tmp)
+            xp.sum(tmp, axis=1, keepdims=True, out=rows)
+            xp.log(rows, out=rows)
+            rows *= ysum
+            xp.sum(rest, axis=1, keepdims=True, out=ysum)
+            rows -= ysum
+        elif loss == "bce":  # Σ_k softplus(a_k) − y_k·a_k
+            rest = self._scratch("loss2", a.shape, a.dtype)
+            self._softplus(a, tmp, rest)
+            xp.multiply(y, a, out=rest)
+            tmp -= rest
+            xp.sum(tmp, axis=1, keepdims=True, out=rows)
+        elif loss == "perceptron":  # Σ_k max(0, −y_k·a_k)
+            xp.multiply(y, a, out=tmp)
+            xp.minimum(tmp, 0, out=tmp)
+            xp.sum(tmp, axis=1, keepdims=True, out=rows)
+            xp.negative(rows, out=rows)
+        else:
+            raise ValueError(f"loss: unknown loss {loss!r}")
+        out[0] += xp.vdot(rows, w)
+        if accuracy is not None:
+            same = self._correct_rows(a, z, y, accuracy)
+            xp.multiply(same.reshape(w.shape), w, out=rows)
+            out[1] += rows.sum(dtype=np.float64)

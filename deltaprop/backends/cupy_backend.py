@@ -12,7 +12,8 @@
 * ``run_steps`` records one training step per batch shape as a CUDA graph (CuPy stream capture)
   and replays it (``graphs.GraphSteps``, shared with the numba-cuda backend); where capture
   fails, the same step runs eagerly.
-* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores.
+* float32 by default; the "cupy-tf32" backend runs float32 GEMMs on TF32 tensor cores, and "cupy-bf16"
+  gives them bfloat16 inputs (float32 accumulation, outputs, weights and elementwise work).
 
 Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
 array, an unknown name) falls back to the contract's default method, which also raises its errors.
@@ -27,19 +28,22 @@ import functools
 import numpy as np
 
 from ..kernels import cuda_source, masks
-from . import compat
+from ..mlp.activations import ACTIVATIONS
+from ..mlp.losses import ACCURACY_CODES, LOSSES
+from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
 
-ACTIVATION_CODES = {"identity": 0, "step": 1, "sigmoid": 2, "tanh": 3, "relu": 4, "leaky_relu": 5}
-LOSS_CODES = {"mse": 0, "cross_entropy": 1, "bce": 2, "perceptron": 3}
-ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
+# the codes of the kernels' prelude (cuda_source.prelude), from the tables: the activations with a CUDA C φ
+ACTIVATION_CODES = {name: a.code for name, a in ACTIVATIONS.items() if a.c_phi is not None}
+LOSS_CODES = {name: loss.code for name, loss in LOSSES.items()}
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 THREADS = 256  # elementwise kernels
 ROWS_PER_BLOCK = 4  # row-wise kernels: one warp per row (WARPS_PER_BLOCK in the .cu)
 METRICS_WARPS = 8  # batch_metrics: the warps of its one block (METRICS_WARPS in the .cu)
 MAX_BLOCKS = 8192  # the kernels loop over grid strides
 i64, i32 = np.int64, np.int32
+SHARED_OPTIN_ATTRIBUTE = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin: a block's shared memory, opted in
 
 
 def _blocks(n: int, per_block: int) -> int:
@@ -73,6 +77,7 @@ def _libcublas(major: int):
         "cublasSetWorkspace_v2": [P, P, ctypes.c_size_t],
         "cublasSgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
         "cublasDgemm_v2": [P, I, I, I, I, I, P, P, I, P, I, P, P, I],
+        "cublasGemmEx": [P, I, I, I, I, I, P, P, I, I, P, I, I, P, P, I, I, I, I],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
@@ -100,6 +105,7 @@ class CupyBackend(GraphSteps, Backend):
         self.device = probe.device + (", TF32 GEMMs" if self.tf32 else "")
         self.graphs = graphs  # False: run_steps is the contract's Python loop
         self.counts = collections.Counter()  # host-side enqueues: "kernel", "gemm", "graph"
+        self.fused_epochs = 0  # run_epoch_fused calls so far
         self._lib = self._handle = None  # libcublas (ctypes) and this backend's handle, made on first use
         self._workspace = None
         self._stream = None
@@ -219,6 +225,44 @@ class CupyBackend(GraphSteps, Backend):
             self._gemm(z_prev, delta, W, trans_a=True, alpha=-lr * scale, beta=1.0 - lr * weight_decay)
             self._bias_grad(delta, b, -lr * scale, 1.0)
 
+    def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
+                    weight_decay: float, decoupled: bool) -> None:
+        counted = isinstance(t, self.xp.ndarray) and t.dtype == np.int64
+        if not (counted and self._ok(z_prev, delta, W, b, mW, mb, sW, sb)):
+            return super().adam_update(z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1, beta_2, epsilon, weight_decay,
+                                       decoupled)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)  # GEMM and bias sums, then one pass over W and one over b
+        rate, k = self._rate(lr, W.dtype), W.dtype.type
+        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
+            self._elementwise("adam_step", p, p, g, m, s, t, rate, i64(p.size), k(beta_1), k(beta_2), k(epsilon), k(decay),
+                              i32(bool(decoupled)))
+
+    def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
+                       weight_decay: float) -> None:
+        if not self._ok(z_prev, delta, W, b, sW, sb, *((vW, vb) if momentum else ())):
+            return super().rmsprop_update(z_prev, delta, W, b, sW, sb, vW, vb, lr, rho, epsilon, momentum, weight_decay)
+        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
+        rate, k = self._rate(lr, W.dtype), W.dtype.type
+        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
+            self._elementwise("rmsprop_step", p, p, g, s, v if momentum else s, rate, i64(p.size), k(rho), k(epsilon),
+                              k(momentum), k(decay), i32(bool(momentum)))  # v unused without momentum
+
+    def _rate(self, lr, dtype):
+        """η as a one-element array of ``dtype``: a schedule's as it is (the Trainer's, of the model's dtype); for a
+        number, this thread's array of that value, made the first time it is asked for (a fill kernel: a recorded
+        step was run eagerly first)."""
+        if not isinstance(lr, (float, int, np.floating)):
+            return lr
+        rates = self._local.__dict__.setdefault("rates", {})  # (value, dtype) -> array
+        key = (float(lr), np.dtype(dtype))
+        if key not in rates:
+            if len(rates) > 64:  # many rates (a search over them): start afresh
+                rates.clear()
+            rates[key] = self.xp.full(1, lr, dtype=dtype)
+        return rates[key]
+
     def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
         usable = isinstance(counter, self.xp.ndarray) and counter.dtype == np.int64 and counter.flags.c_contiguous
         if not (usable and self._ok(z, out, mask)):
@@ -246,14 +290,49 @@ class CupyBackend(GraphSteps, Backend):
             return super().gather(src, idx, out)
         self._elementwise("gather_rows", out, src, idx, out, i64(idx.size), i64(out.shape[1]))
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         usable = out.dtype == np.float64 and out.flags.c_contiguous and out.size >= 2
-        if loss not in LOSS_CODES or accuracy not in ACCURACY_CODES or not (usable and self._ok(a, z, y)):
-            return super().batch_metrics(a, z, y, loss, accuracy, out)
+        known = loss in LOSS_CODES and accuracy in ACCURACY_CODES
+        if weights is not None or not known or not (usable and self._ok(a, z, y)):  # weighted: the contract's xp body
+            return super().batch_metrics(a, z, y, loss, accuracy, out, weights)
         rows, cols = a.shape
         codes = i32(LOSS_CODES[loss]), i32(ACCURACY_CODES[accuracy])
         kernel = cuda_source.kernels(a.dtype)["batch_metrics"]  # one block: sums in a fixed order, no atomics
         self._launch(kernel, 1, 32 * METRICS_WARPS, (a, z, y, out, i64(rows), i64(cols), *codes))
+
+    # ------------------------------------------------------- the fused epoch (backends/fused.py)
+    def fused_limit(self) -> tuple | None:
+        runtime = self.xp.cuda.runtime
+        if runtime.is_hip:
+            return None
+        return int(runtime.deviceGetAttribute(SHARED_OPTIN_ATTRIBUTE, self.xp.cuda.Device().id)), True
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        from ..kernels import fused_source
+
+        if idx.dtype != np.int64 or not self._ok(X, Y):
+            raise TypeError("cupy backend: the fused epoch takes C-contiguous X, Y of the model's dtype and an int64 idx")
+        t = X.dtype.type
+        momentum = bool(layout.momentum)
+        kernel = fused_source.kernel(layout, fused.THREADS)
+        kernel.max_dynamic_shared_size_bytes = layout.shared_bytes  # above 48 KB a kernel must opt in
+        theta = self._scratch("fused_theta", (layout.params,), X.dtype)
+        fused.pack(self, [x for pair in params for x in pair], theta)
+        vel = theta  # unused without momentum
+        if momentum:
+            vel = self._scratch("fused_vel", (layout.params,), X.dtype)
+            fused.pack(self, [x for pair in velocity for x in pair], vel)
+        rate = lr
+        if isinstance(lr, (float, int, np.floating)):
+            rate = self._scratch("fused_rate", (1,), X.dtype)
+            rate.fill(lr)
+        args = (theta, vel, X, Y, idx, i64(idx.size), metrics, rate, i64(layout.batch), i64(first), i64(stop),
+                t(layout.momentum), t(layout.weight_decay))
+        kernel((1,), (fused.THREADS,), args, shared_mem=layout.shared_bytes)
+        self.fused_epochs += 1
+        fused.unpack(self, theta, [x for pair in params for x in pair])
+        if momentum:
+            fused.unpack(self, vel, [x for pair in velocity for x in pair])
 
     # ------------------------------------------------------- CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:
@@ -296,3 +375,43 @@ class CupyTF32Backend(CupyBackend):
 
     name = "cupy-tf32"
     tf32 = True
+
+
+CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType (library_types.h)
+CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
+
+
+class CupyBF16Backend(CupyBackend):
+    """The CuPy backend with bfloat16 GEMM inputs: each float32 GEMM rounds its two operands to bfloat16
+    (round to nearest even, deltaprop/kernels/bf16.py) and multiplies them on tensor cores with float32
+    accumulation (cuBLAS GemmEx, compute type 32F) into its float32 output. The weights (the master copy),
+    the optimizer's state, the bias, φ, δ's elementwise work and the update stay float32; float64 is
+    unchanged. A separate backend, as cupy-tf32."""
+
+    name = "cupy-bf16"
+
+    def __init__(self, graphs: bool = True):
+        super().__init__(graphs)
+        self.device += ", bfloat16 GEMM inputs"
+
+    def _bf16(self, x, slot: str):
+        """x (float32, C-contiguous) rounded to bfloat16, in this thread's scratch ``slot`` (uint16 bits)."""
+        from ..kernels import bf16
+
+        out = self._scratch(slot, x.shape, np.uint16)
+        self._launch(bf16.to_bf16_kernel(), _blocks(x.size, THREADS), THREADS, (x, out, i64(x.size)))
+        return out
+
+    def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
+        if C.dtype != np.float32:
+            return super()._gemm(A, B, C, trans_a, trans_b, alpha, beta)
+        lib, handle = self._cublas()
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
+        a16, b16 = self._bf16(A, "bf16_a"), self._bf16(B, "bf16_b")
+        p_alpha, p_beta = ctypes.pointer(ctypes.c_float(alpha)), ctypes.pointer(ctypes.c_float(beta))
+        status = lib.cublasGemmEx(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, b16.data.ptr, CUDA_R_16BF,
+                                  B.shape[1], a16.data.ptr, CUDA_R_16BF, A.shape[1], p_beta, C.data.ptr, CUDA_R_32F, N,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip  (as _gemm: B first)
+        _check(status, "cublasGemmEx (bfloat16)")
+        self.counts["gemm"] += 1

@@ -5,7 +5,10 @@ for every GPU backend (CuPy's and numba-cuda's).
 every kernel of the step again; on a GPU the launches, not the arithmetic, then set the pace of a
 small net. ``GraphSteps.run_steps`` runs the first step of a batch shape eagerly (it compiles the
 kernels and grows the scratch space, so that a capture allocates nothing), captures the second as a
-graph, and replays that graph for every later step of the shape: one host call per step.
+graph, and replays that graph for every later step of the shape: one host call per step. Once the
+one-step graph exists, a later call records all its full steps (an epoch's, but the last partial one)
+as one graph of that many steps, and replays it: one host call per epoch, and one more for the
+partial step.
 
 A graph replays the same kernels on the same buffers, so the step runs on a recording's buffers (each
 thread has its own recording, in the backend's per-thread ``_local``, so that fits in threads keep theirs):
@@ -49,6 +52,9 @@ class GraphSteps:
 
     graphs = True
     capture_error = None  # why the last capture failed, if it did
+    run_capture_error = None  # why the last capture of a run of steps failed, if it did
+    #: from this many full steps on, a run_steps call records its full steps as one graph (2: an epoch of 2 or more)
+    run_from = 2
 
     def run_steps(self, step, idx, metrics, batch_size: int, first: int, stop: int) -> None:
         rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
@@ -57,7 +63,16 @@ class GraphSteps:
         self.copy_(rec.order, idx)
         self.copy_(rec.step_no, self.asarray(np.array([first], np.int64)))  # once per epoch
         n = idx.shape[0]
-        for s in range(first, stop):
+        s = first
+        run = min(stop, n // batch_size) - first  # the full steps from ``first`` on
+        if run >= self.run_from and rec.graphs.get(batch_size) is not None:  # the step records: record the run
+            graph = rec.graphs.get(("run", run))
+            if ("run", run) not in rec.graphs:
+                graph = rec.graphs[("run", run)] = self._capture_run(rec, step, batch_size, run)
+            if graph is not None:
+                self._replay(graph)
+                s += run
+        for s in range(s, stop):
             rows = min(batch_size, n - s * batch_size)
             graph = rec.graphs.get(rows)
             if graph is None and rows in rec.seen and self.capture_error is None:
@@ -67,6 +82,20 @@ class GraphSteps:
             else:
                 self._window_step(rec, step, rows)
                 rec.seen.add(rows)
+
+    def _capture_run(self, rec: Recording, step, batch_size: int, run: int):
+        """One graph of ``run`` window steps of ``batch_size`` rows (the step counter on the device moves the
+        window from each to the next), or None; a failure here leaves the one-step graphs in use."""
+        error = self.capture_error
+
+        def enqueue():
+            for _ in range(run):
+                self._window_step(rec, step, batch_size)
+
+        graph = self._capture(enqueue)
+        if graph is None:
+            self.run_capture_error, self.capture_error = self.capture_error, error
+        return graph
 
     def _recording_for(self, step, idx, metrics, batch_size):
         """The recording of ``step`` on these buffers: the last one, or a new one (None: cannot record)."""

@@ -28,7 +28,7 @@ import weakref
 import numpy as np
 
 from ..kernels import masks
-from . import compat
+from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
 
@@ -59,6 +59,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
+        self.fused_epochs = 0  # run_epoch_fused calls so far
         self.graphs = not simulated  # False: the contract's Python loop
         self._simulated = simulated
         self._flag = None
@@ -66,7 +67,8 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._capture_stream = None
 
     # ------------------------------------------------------------------ launching
-    def _launch(self, kernel, grid, block, *args) -> None:
+    def _launch(self, kernel, grid, block, *args, shared: int = 0) -> None:
+        """kernel[grid, block](*args) on this backend's stream, with ``shared`` bytes of dynamic shared memory."""
         for x in args:
             if isinstance(x, np.ndarray):
                 raise TypeError("numba-cuda backend: a NumPy array was passed to a kernel (a hidden copy each way)")
@@ -78,9 +80,9 @@ class NumbaCudaBackend(GraphSteps, Backend):
             # np.errstate: honour the caller's "ignore overflow" there, as a GPU silently would.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                kernel[grid, block](*args)
+                kernel[grid, block, 0, shared](*args)
         else:
-            kernel[grid, block, self._stream](*args)
+            kernel[grid, block, self._stream, shared](*args)
 
     def _launch_1d(self, kernel, n: int, *args) -> None:
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
@@ -175,23 +177,20 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
                     weight_decay: float, decoupled: bool) -> None:
-        kind = self._kind(W)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)  # the gradient GEMM, then one pass over W and one over b
-        kernel, rate = self._ew.adam(kind, bool(decoupled)), self._rate(lr, kind)
-        for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
-            flat = [x.reshape(p.size) for x in (p, g, m, s)]
-            self._launch_1d(kernel, p.size, *flat, t, rate, kind(beta_1), kind(beta_2), kind(epsilon), kind(decay))
+        (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
+        kernel = self._gemm.adam(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(decoupled))
+        scalars = (kind(beta_1), kind(beta_2), kind(epsilon), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, mW, mb, sW, sb, t, self._rate(lr, kind), *scalars)
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
                        weight_decay: float) -> None:
-        kind = self._kind(W)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)
-        kernel, rate = self._ew.rmsprop(kind, bool(momentum)), self._rate(lr, kind)
-        for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
-            flat = [x.reshape(p.size) for x in (p, g, s, v if momentum else p)]  # v unused without momentum
-            self._launch_1d(kernel, p.size, *flat, rate, kind(rho), kind(epsilon), kind(momentum), kind(decay))
+        (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
+        kernel = self._gemm.rmsprop(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(momentum))
+        if not momentum:
+            vW, vb = sW, sb  # unused by that kernel
+        rate = self._rate(lr, kind)  # also the kernel's unused step count: an array of its own
+        scalars = (kind(rho), kind(epsilon), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, sW, sb, vW, vb, rate, rate, *scalars)
 
     def count_step(self, t) -> None:
         self._launch(self._ew.count(), 1, 1, t)
@@ -233,9 +232,50 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)
 
-    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out) -> None:
-        kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
-        self._launch(kernel, 1, self.threads, a, z, y, out)
+    def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
+        if weights is None:
+            kernel = self._ew.batch_metrics(loss, accuracy, self.threads)
+            self._launch(kernel, 1, self.threads, a, z, y, out)
+        else:
+            kernel = self._ew.batch_metrics(loss, accuracy, self.threads, weighted=True)
+            self._launch(kernel, 1, self.threads, a, z, y, weights, out)
+
+    def normalize_weights(self, w) -> None:
+        self._launch(self._ew.normalize_weights(self.threads), 1, self.threads, w)
+
+    def scale_rows(self, x, w) -> None:
+        self._launch_1d(self._ew.scale_rows(), x.size, x, w)
+
+    # ------------------------------------------------------------------ the fused epoch (backends/fused.py)
+    def fused_limit(self) -> tuple | None:
+        if self.cuda is None:  # a stand-in for a GPU that is not here (deltaprop compile): the step path
+            return None
+        if self._simulated:  # it runs there when forced, under an H100's limit
+            return fused.SIMULATOR_SHARED, False
+        return int(self.cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), True
+
+    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+        from ..kernels import numba_fused
+
+        kind = self._kind(X)
+        momentum = bool(layout.momentum)
+        threads = self.threads if self._simulated else fused.THREADS
+        kernel = numba_fused.epoch(layout.sizes, fused.codes(layout.activations), layout.loss, layout.accuracy, momentum,
+                                   momentum and layout.nesterov, kind, threads)
+        theta = self._scratch("fused_theta", (layout.params,), kind)
+        fused.pack(self, [x for pair in params for x in pair], theta)
+        vel = theta  # unused without momentum
+        if momentum:
+            vel = self._scratch("fused_vel", (layout.params,), kind)
+            fused.pack(self, [x for pair in velocity for x in pair], vel)
+        args = (theta, vel, X, Y, idx, metrics, self._rate(lr, kind), np.int64(layout.batch), np.int64(first),
+                np.int64(stop), kind(layout.momentum), kind(layout.weight_decay))
+        numba_fused.opt_in(kernel, args, layout.shared_bytes)
+        self._launch(kernel, 1, threads, *args, shared=layout.shared_bytes)
+        self.fused_epochs += 1
+        fused.unpack(self, theta, [x for pair in params for x in pair])
+        if momentum:
+            fused.unpack(self, vel, [x for pair in velocity for x in pair])
 
     # ------------------------------------------------------------------ CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

@@ -92,7 +92,7 @@ def markdown(result, plots=()) -> str:
     return "\n".join(lines) + "\n"
 
 
-PEERS = ("torch-cpu", "torch-cuda", "sklearn")
+PEERS = ("torch-cpu", "torch-cuda", "torch-cuda-graph", "torch-compile-cpu", "torch-compile-cuda", "jax", "sklearn")
 CPU_PEERS = ("torch-cpu", "sklearn")
 GOALS = {"reference": 1.0, "small": 2.0}  # NumPy's speed-up over the CPU peers that the project aims for
 

@@ -2,6 +2,11 @@
 
 Nothing is compiled at import: ``kernels(dtype)`` compiles the source for one dtype the first
 time it is asked (NVRTC, through CuPy's on-disk kernel cache) and keeps the module.
+
+mlp_kernels.cu holds no activation or loss of its own: what NVRTC compiles is ``source()``, the file
+after a prelude written from the tables (``deltaprop.mlp.activations``, ``deltaprop.mlp.losses``): the
+codes ACT_<NAME>, LOSS_<NAME> and ACCURACY_<RULE>, LEAKY_SLOPE, and phi(a, act) and dphi(z, act), a
+switch over the table's elementwise activations with its CUDA C forms of φ and φ'.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..mlp.activations import ACTIVATIONS, LEAKY_SLOPE
+from ..mlp.losses import ACCURACY_CODES, LOSSES
+
 SOURCE = Path(__file__).with_name("mlp_kernels.cu")
 #: the templated kernels, instantiated for float and double
 TEMPLATES = (
     "bias_act", "mul_dphi", "output_delta", "momentum_step", "bias_grad", "bias_softmax", "batch_metrics", "gather_rows",
+    "adam_step", "rmsprop_step",
 )
 #: the kernels that do not depend on the dtype (extern "C")
 PLAIN = ("window_in", "window_out")
@@ -23,6 +32,26 @@ OPTIONS = ("--std=c++17",)
 _cache: dict = {}
 
 
+def prelude() -> str:
+    """The CUDA C that mlp_kernels.cu is compiled after: the tables' codes and the switches over φ and φ'."""
+    lines = ["// Written by deltaprop/kernels/cuda_source.py from deltaprop/mlp/activations.py and losses.py."]
+    lines += [f"#define ACT_{a.name.upper()} {a.code}" for a in ACTIVATIONS.values()]
+    lines += [f"#define LOSS_{loss.name.upper()} {loss.code}" for loss in LOSSES.values()]
+    lines += [f"#define ACCURACY_{str(rule).upper()} {code}" for rule, code in ACCURACY_CODES.items()]
+    lines.append(f"#define LEAKY_SLOPE {LEAKY_SLOPE!r}")
+    # φ(a) and φ'(z); a code without a case (softmax's: its own kernel) gives the identity's
+    for fn, arg, form, default in (("phi", "a", "c_phi", "a"), ("dphi", "z", "c_dphi", "T(1)")):
+        lines += ["template <typename T>", f"__device__ __forceinline__ T {fn}(T {arg}, int act) {{", "    switch (act) {"]
+        lines += [f"        case ACT_{a.name.upper()}: return {getattr(a, form)};" for a in ACTIVATIONS.values() if getattr(a, form)]
+        lines += [f"        default: return {default};", "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def source() -> str:
+    """What NVRTC compiles: the prelude, then mlp_kernels.cu (its own line numbers in messages)."""
+    return prelude() + f'#line 1 "{SOURCE.name}"\n' + SOURCE.read_text()
+
+
 def kernels(dtype) -> dict:
     """{name: cupy.RawKernel} for ``dtype`` (float32 or float64), compiled on first use."""
     ctype = CTYPES[np.dtype(dtype)]
@@ -30,7 +59,7 @@ def kernels(dtype) -> dict:
         import cupy
 
         names = [f"{k}<{ctype}>" for k in TEMPLATES]
-        module = cupy.RawModule(code=SOURCE.read_text(), options=OPTIONS, name_expressions=names)
+        module = cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
         found = {k: module.get_function(n) for k, n in zip(TEMPLATES, names)}
         found.update({k: module.get_function(k) for k in PLAIN})
         _cache[ctype] = found

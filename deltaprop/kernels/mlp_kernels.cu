@@ -3,39 +3,14 @@
 // Compiled lazily by NVRTC through cupy.RawModule, one module per dtype, with name expressions
 // such as "bias_act<float>". Every kernel uses grid-stride loops, so any launch size is correct.
 // Rows are samples; arrays are C-contiguous; n counts elements, rows x cols a matrix.
-// Codes (kept in step with cupy_backend.py):
-//   activation: 0 identity, 1 step, 2 sigmoid, 3 tanh, 4 relu, 5 leaky_relu (softmax has its own kernel)
-//   loss: 0 mse, 1 cross_entropy, 2 bce, 3 perceptron;  accuracy: 0 none, 1 argmax, 2 threshold
+// Compiled after the prelude that deltaprop/kernels/cuda_source.py writes from the tables of
+// deltaprop/mlp/activations.py and losses.py: the codes ACT_<NAME> (an activation), LOSS_<NAME> and
+// ACCURACY_<RULE> (NONE, ARGMAX, THRESHOLD), LEAKY_SLOPE, and phi(a, act), dphi(z, act): φ and φ'
+// (written through z = φ(a)) of the elementwise activations. Softmax has its own kernel.
 
-#define LEAKY_SLOPE 0.1
 #define FULL_MASK 0xffffffffu
 #define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
 #define METRICS_WARPS 8    // batch_metrics: one block of 256 threads
-
-template <typename T>
-__device__ __forceinline__ T phi(T a, int act) {
-    switch (act) {
-        case 1: return a > T(0) ? T(1) : T(0);
-        case 2: return T(0.5) + T(0.5) * tanh(T(0.5) * a);  // σ without overflow for any a
-        case 3: return tanh(a);
-        case 4: return a > T(0) ? a : T(0);
-        case 5: return a > T(0) ? a : T(LEAKY_SLOPE) * a;
-        default: return a;
-    }
-}
-
-// φ'(a) written through z = φ(a).
-template <typename T>
-__device__ __forceinline__ T dphi(T z, int act) {
-    switch (act) {
-        case 1: return T(0);
-        case 2: return z * (T(1) - z);
-        case 3: return T(1) - z * z;
-        case 4: return z > T(0) ? T(1) : T(0);
-        case 5: return z > T(0) ? T(1) : T(LEAKY_SLOPE);
-        default: return T(1);
-    }
-}
 
 template <typename T>
 __device__ __forceinline__ T neg_inf();
@@ -68,11 +43,11 @@ __global__ void mul_dphi(T* g, const T* z, long long n, int act) {
 template <typename T>
 __global__ void output_delta(const T* a, const T* z, const T* y, T* delta, long long n, int act, int loss) {
     GRID_STRIDE(i, n) {
-        if (loss == 3) {
+        if (loss == LOSS_PERCEPTRON) {
             delta[i] = y[i] * a[i] <= T(0) ? -y[i] : T(0);
         } else {
             T d = z[i] - y[i];
-            delta[i] = loss == 0 ? d * dphi(z[i], act) : d;
+            delta[i] = loss == LOSS_MSE ? d * dphi(z[i], act) : d;
         }
     }
 }
@@ -84,6 +59,47 @@ __global__ void momentum_step(T* w, T* v, long long n, T lr, T decay) {
         T vi = v[i] + decay * w[i];
         v[i] = vi;
         w[i] -= lr * vi;
+    }
+}
+
+// One Adam step over n elements of p from their gradient g (deltaprop.optim; the contract's adam_update):
+// coupled decay g + decay·p, or AdamW's p·(1 − η·decay) when decoupled; m, s the moments. η = rate[0] and the
+// step count t[0] are read on the device, so that a recorded graph replays a schedule and the bias corrections.
+template <typename T>
+__global__ void adam_step(T* p, const T* g, T* m, T* s, const long long* t, const T* rate, long long n, T beta_1,
+                          T beta_2, T epsilon, T decay, int decoupled) {
+    const T lr = rate[0], step = T(t[0]);
+    const T c1 = T(1) - pow(beta_1, step), c2 = T(1) - pow(beta_2, step);
+    GRID_STRIDE(i, n) {
+        T x = p[i], gi = g[i];
+        if (decoupled)
+            x -= lr * decay * x;
+        else
+            gi += decay * x;
+        const T mi = beta_1 * m[i] + (T(1) - beta_1) * gi;
+        const T si = beta_2 * s[i] + (T(1) - beta_2) * gi * gi;
+        m[i] = mi;
+        s[i] = si;
+        p[i] = x - (lr / c1) * mi / (sqrt(si) / sqrt(c2) + epsilon);
+    }
+}
+
+// One RMSprop step over n elements of p from their gradient g: g + decay·p, s ← ρ·s + (1 − ρ)·g²,
+// u = g / (√s + ε), with momentum v ← μ·v + u and u = v; p ← p − η·u, η = rate[0] (v unused without momentum).
+template <typename T>
+__global__ void rmsprop_step(T* p, const T* g, T* s, T* v, const T* rate, long long n, T rho, T epsilon, T mu,
+                             T decay, int momentum) {
+    const T lr = rate[0];
+    GRID_STRIDE(i, n) {
+        const T x = p[i], gi = g[i] + decay * x;
+        const T si = rho * s[i] + (T(1) - rho) * gi * gi;
+        s[i] = si;
+        T u = gi / (sqrt(si) + epsilon);
+        if (momentum) {
+            u += mu * v[i];
+            v[i] = u;
+        }
+        p[i] = x - lr * u;
     }
 }
 
@@ -177,7 +193,7 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
         const T* zr = z + r * cols;
         const T* yr = y + r * cols;
         double row = 0.0;
-        if (loss == 1) {  // −Σ y·log softmax(a) = Σy·log Σ exp(a − m) − Σ y·(a − m)
+        if (loss == LOSS_CROSS_ENTROPY) {  // −Σ y·log softmax(a) = Σy·log Σ exp(a − m) − Σ y·(a − m)
             double m = neg_inf<double>();
             for (long long k = lane; k < cols; k += 32) m = fmax(m, (double)ar[k]);
             m = warp_max(m);
@@ -192,21 +208,21 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
         } else {
             for (long long k = lane; k < cols; k += 32) {
                 double av = ar[k], yv = yr[k];
-                if (loss == 0) {
+                if (loss == LOSS_MSE) {
                     double d = (double)zr[k] - yv;
                     row += 0.5 * d * d;
-                } else if (loss == 2) {  // softplus(a) − y·a
+                } else if (loss == LOSS_BCE) {  // softplus(a) − y·a
                     row += fmax(av, 0.0) + log1p(exp(-fabs(av))) - yv * av;
-                } else {
+                } else {  // LOSS_PERCEPTRON
                     row += fmax(0.0, -yv * av);
                 }
             }
             row = warp_sum(row);
         }
         my_loss += row;
-        if (accuracy == 1) {
+        if (accuracy == ACCURACY_ARGMAX) {
             my_correct += warp_argmax(zr, cols, lane) == warp_argmax(yr, cols, lane) ? 1.0 : 0.0;
-        } else if (accuracy == 2) {
+        } else if (accuracy == ACCURACY_THRESHOLD) {
             bool ok = true;
             for (long long k = lane; k < cols; k += 32) ok = ok && ((ar[k] > T(0)) == (yr[k] > T(0.5)));
             my_correct += __all_sync(FULL_MASK, ok) ? 1.0 : 0.0;
@@ -224,7 +240,7 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
             c += warp_correct[w];
         }
         out[0] += l;
-        if (accuracy != 0) out[1] += c;
+        if (accuracy != ACCURACY_NONE) out[1] += c;
     }
 }
 
@@ -265,6 +281,8 @@ void deltaprop_instantiate() {
     (void)&mul_dphi<T>;
     (void)&output_delta<T>;
     (void)&momentum_step<T>;
+    (void)&adam_step<T>;
+    (void)&rmsprop_step<T>;
     (void)&bias_grad<T>;
     (void)&bias_softmax<T>;
     (void)&batch_metrics<T>;

@@ -9,7 +9,8 @@ named by the SHA-256 of its key and holding the key itself:
     the signature     the numba types of the arguments (dtype, dimensions, layout)
     the target        the compute capability the cubin is for (numba's arch: "9.0a" on Hopper)
     the compiler      the kernel's jit options; the versions of deltaprop, numba and numba-cuda; and a
-                      hash of deltaprop/kernels/*.py, so that a changed kernel source is a miss too
+                      hash of deltaprop/kernels/*.py and deltaprop/mlp/activations.py (φ and φ'), so that a
+                      changed kernel source is a miss too
 
 An entry is written to a temporary file and renamed into place, so a reader sees a whole entry or none,
 and two processes filling the cache at once each write whole entries. Reading checks the file's size
@@ -80,10 +81,11 @@ def _compiler_identity() -> tuple:
 
     digest = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    sources = [os.path.join(here, name) for name in sorted(os.listdir(here)) if name.endswith(".py")]
+    sources.append(os.path.join(os.path.dirname(here), "mlp", "activations.py"))  # the device forms of φ, φ'
+    for path in sources:
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read() + b"\0")
     return __version__, numba.__version__, record.version("numba-cuda") or "unknown", digest.hexdigest()
 
 

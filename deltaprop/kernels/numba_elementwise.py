@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..mlp.losses import LOSSES
 from . import masks
 from .numba_activations import dphi
 from .numba_gemm import softmax_row
@@ -23,7 +24,7 @@ from .numba_cache import persistent
 @functools.cache
 def output_delta(act: str, loss: str, kind):
     """Kernel (a, z, y, delta): δ_L for one (activation, loss) pair, element by element."""
-    if loss not in ("mse", "cross_entropy", "bce", "perceptron"):
+    if loss not in LOSSES:
         raise ValueError(f"loss: unknown loss {loss!r}")
     perceptron, mse = loss == "perceptron", loss == "mse"
     d = dphi(act if mse else "identity", kind)
@@ -138,25 +139,13 @@ def _row_correct(rule):
     return cuda.jit(device=True)(f)
 
 
-@persistent
 @functools.cache
-def batch_metrics(loss: str, rule, threads: int):
-    """Kernel (a, z, y, out), one block of ``threads`` (a power of 2): out[0] += Σ_rows loss, out[1] += Σ_rows correct.
+def _tree_sum(threads: int):
+    """Device function (part, t) for a block of ``threads`` (a power of 2): part[:, 0] ← Σ_t part[:, t] for the
+    (2, threads) float64 shared array ``part``, by a tree in a fixed order; every thread may read part[:, 0] after."""
 
-    One block, each thread taking every threads-th row, then a tree in shared memory: one addition to
-    each of out[0] and out[1], in a fixed order (no atomics), as the NumPy backend does.
-    """
-    row_loss, row_correct = _row_loss(loss), _row_correct(rule)
-    count = rule is not None
-
-    @cuda.jit
-    def kernel(a, z, y, out):
-        part = cuda.shared.array((2, threads), np.float64)
-        t = cuda.threadIdx.x
-        part[0, t] = part[1, t] = 0.0
-        for m in range(t, a.shape[0], threads):
-            part[0, t] += row_loss(a, z, y, m)
-            part[1, t] += row_correct(a, z, y, m)
+    @cuda.jit(device=True)
+    def reduce(part, t):
         cuda.syncthreads()
         step = threads // 2
         while step > 0:
@@ -165,10 +154,89 @@ def batch_metrics(loss: str, rule, threads: int):
                 part[1, t] += part[1, t + step]
             cuda.syncthreads()
             step //= 2
+
+    return reduce
+
+
+@persistent
+@functools.cache
+def batch_metrics(loss: str, rule, threads: int, weighted: bool = False):
+    """Kernel (a, z, y, out), one block of ``threads`` (a power of 2): out[0] += Σ_rows loss, out[1] += Σ_rows correct;
+    with ``weighted``, kernel (a, z, y, w, out): each row's loss and correct count times its weight w[m, 0].
+
+    One block, each thread taking every threads-th row, then a tree in shared memory: one addition to
+    each of out[0] and out[1], in a fixed order (no atomics), as the NumPy backend does.
+    """
+    row_loss, row_correct = _row_loss(loss), _row_correct(rule)
+    count = rule is not None
+    reduce = _tree_sum(threads)
+
+    @cuda.jit(device=True)
+    def add(a, z, y, w, out, part, t):  # w: read only when weighted (×1.0 otherwise: the same bits)
+        part[0, t] = part[1, t] = 0.0
+        for m in range(t, a.shape[0], threads):
+            weight = float(w[m, 0]) if weighted else 1.0
+            part[0, t] += weight * row_loss(a, z, y, m)
+            part[1, t] += weight * row_correct(a, z, y, m)
+        reduce(part, t)
         if t == 0:
             out[0] += part[0, 0]
             if count:
                 out[1] += part[1, 0]
+
+    if weighted:
+
+        @cuda.jit
+        def kernel(a, z, y, w, out):
+            add(a, z, y, w, out, cuda.shared.array((2, threads), np.float64), cuda.threadIdx.x)
+
+        return kernel
+
+    @cuda.jit
+    def kernel(a, z, y, out):
+        add(a, z, y, a, out, cuda.shared.array((2, threads), np.float64), cuda.threadIdx.x)
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def normalize_weights(threads: int):
+    """Kernel (w), one block of ``threads`` (a power of 2): w ← w·B/Σw for the (B, 1) weights w, all 0 when Σw = 0.
+
+    Σw is summed in float64 as batch_metrics sums (each thread every threads-th row, then a tree), so every replay
+    of a step gives the same bits."""
+    reduce = _tree_sum(threads)
+
+    @cuda.jit
+    def kernel(w):
+        part = cuda.shared.array((2, threads), np.float64)
+        t = cuda.threadIdx.x
+        rows = w.shape[0]
+        part[0, t] = part[1, t] = 0.0
+        for m in range(t, rows, threads):
+            part[0, t] += float(w[m, 0])
+        reduce(part, t)
+        total = part[0, 0]
+        scale = rows / total if total > 0.0 else 0.0
+        for m in range(t, rows, threads):
+            w[m, 0] = float(w[m, 0]) * scale
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def scale_rows():
+    """Kernel (x, w): x[m, n] ← x[m, n]·w[m, 0], for x (B, n) and the (B, 1) weights w."""
+
+    @cuda.jit
+    def kernel(x, w):
+        i = cuda.grid(1)
+        N = x.shape[1]
+        if i < x.size:
+            m, n = i // N, i % N
+            x[m, n] *= w[m, 0]
 
     return kernel
 
@@ -245,61 +313,6 @@ def window_out():
             sums[0] = 0.0
             sums[1] = 0.0
             step_no[0] = s + 1
-
-    return kernel
-
-
-@persistent
-@functools.cache
-def adam(kind, decoupled: bool):
-    """Kernel (p, g, m, s, t, rate, beta_1, beta_2, epsilon, decay): one Adam step on the 1-D p from its gradient g
-    (deltaprop.optim: coupled decay g + decay·p, or AdamW's p·(1 − η·decay) when ``decoupled``); η = rate[0] and the
-    step count t[0] are read on the device, so a recorded graph replays a schedule and the bias correction right."""
-    one = kind(1.0)
-
-    @cuda.jit
-    def kernel(p, g, m, s, t, rate, beta_1, beta_2, epsilon, decay):
-        i = cuda.grid(1)
-        if i < p.size:
-            lr = rate[0]
-            step = kind(t[0])
-            c1 = one - beta_1**step
-            c2 = one - beta_2**step
-            x = p[i]
-            gi = g[i]
-            if decoupled:
-                x -= lr * decay * x
-            else:
-                gi += decay * x
-            mi = beta_1 * m[i] + (one - beta_1) * gi
-            si = beta_2 * s[i] + (one - beta_2) * gi * gi
-            m[i] = mi
-            s[i] = si
-            p[i] = x - (lr / c1) * mi / (math.sqrt(si) / math.sqrt(c2) + epsilon)
-
-    return kernel
-
-
-@persistent
-@functools.cache
-def rmsprop(kind, momentum: bool):
-    """Kernel (p, g, s, v, rate, rho, epsilon, mu, decay): one RMSprop step on the 1-D p from its gradient g
-    (v unused without ``momentum``); η = rate[0], read on the device."""
-    one = kind(1.0)
-
-    @cuda.jit
-    def kernel(p, g, s, v, rate, rho, epsilon, mu, decay):
-        i = cuda.grid(1)
-        if i < p.size:
-            x = p[i]
-            gi = g[i] + decay * x
-            si = rho * s[i] + (one - rho) * gi * gi
-            s[i] = si
-            u = gi / (math.sqrt(si) + epsilon)
-            if momentum:
-                u += mu * v[i]
-                v[i] = u
-            p[i] = x - rate[0] * u
 
     return kernel
 

@@ -28,7 +28,8 @@ Epilogues, each its own kernel:
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
-                              device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay).
+                              device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay);
+  adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules).
 Kernels are built per (epilogue, activation, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
@@ -44,6 +45,7 @@ from numba import config, cuda
 
 from .numba_activations import device_inline, dphi, phi
 from .numba_cache import persistent
+from .numba_optim import adam_rule, corrections, rmsprop_rule
 
 U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
 # shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
@@ -462,6 +464,60 @@ def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool =
                     b[n] -= lr * g
 
     return kernel
+
+
+def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w: bool):
+    """Kernel (A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale): an optimizer's step from the gradient
+    tile g = scale·AᵀB, with two state slots u and w of W's and b's shapes:
+    (p, u, w) ← rule(p, g, u, w, η, k1, k2, h1, h2, h3, decay) for each element, b without decay, where
+    (k1, k2) = per_thread(t, h1, h2) once per thread and η = rate[0] (both read on the device: a recorded graph
+    replays a schedule and a step count right). w is written only when ``writes_w``. Every element of W, b and
+    their slots is read and written by one thread only."""
+    mainloop = _mainloop("tn", True, kind, tiles, wide)
+    TM, TN = tiles.tm, tiles.tn
+    coords = _coords(tiles)
+    zero = kind(0.0)
+
+    @_jit(tiles)
+    def kernel(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale):
+        acc = cuda.local.array((TM, TN), kind)
+        mainloop(A, B, acc)
+        lr = rate[0]
+        k1, k2 = per_thread(t, h1, h2)
+        M, N = A.shape[1], B.shape[1]
+        for i in range(TM):
+            for j in range(TN):
+                m, n = coords(i, j)
+                if m < M and n < N:
+                    x, u, w = rule(W[m, n], acc[i, j] * scale, uW[m, n], wW[m, n] if writes_w else zero, lr, k1, k2,
+                                   h1, h2, h3, decay)
+                    W[m, n], uW[m, n] = x, u
+                    if writes_w:
+                        wW[m, n] = w
+                elif m == M and n < N:
+                    x, u, w = rule(b[n], acc[i, j] * scale, ub[n], wb[n] if writes_w else zero, lr, k1, k2, h1, h2, h3,
+                                   zero)
+                    b[n], ub[n] = x, u
+                    if writes_w:
+                        wb[n] = w
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def adam(kind, tiles: Tiles, wide: bool = False, decoupled: bool = False):
+    """Kernel (A, B, W, b, mW, mb, sW, sb, t, rate, beta_1, beta_2, epsilon, decay, scale): the Adam step from the
+    gradient tile (numba_optim.adam_rule; the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ from the device's step count t)."""
+    return _two_slot_update(kind, tiles, wide, adam_rule(kind, decoupled), corrections(kind, True), True)
+
+
+@persistent
+@functools.cache
+def rmsprop(kind, tiles: Tiles, wide: bool = False, momentum: bool = False):
+    """Kernel (A, B, W, b, sW, sb, vW, vb, t, rate, rho, epsilon, mu, decay, scale): the RMSprop step from the
+    gradient tile (numba_optim.rmsprop_rule; t unused; vW, vb unused without ``momentum``)."""
+    return _two_slot_update(kind, tiles, wide, rmsprop_rule(kind, momentum), corrections(kind, False), momentum)
 
 
 def dtype_kind(dtype):

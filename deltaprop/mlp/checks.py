@@ -18,7 +18,7 @@ from .activations import check_activation
 from .losses import check_loss
 
 __all__ = ["DTYPES", "check_activation", "check_dtype", "check_int", "check_layer_sizes", "check_loss", "check_path",
-           "check_real"]
+           "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -52,6 +52,49 @@ def check_layer_sizes(layer_sizes) -> tuple:
         if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
             raise ValueError(f"layer_sizes: entry {i} must be a positive integer, got {n!r}")
     return tuple(int(n) for n in sizes)
+
+
+def parse_widths(text: str) -> list:
+    """Layer widths written as comma-separated integers ("1024,1024"), each ≥ 1; ValueError saying what is wrong
+    (the command line's ``--layers``: the caller names the option)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers such as 1024,1024, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"layer widths must be ≥ 1, got {text!r}")
+    return values
+
+
+def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_weight"):
+    """Per-sample weights for n samples: None (no weights) stays None; a number is that weight for every sample;
+    otherwise a 1-D array of n finite weights ≥ 0, not all 0, returned as a (n,) array of ``dtype``. The errors
+    name the argument and carry scikit-learn's words where its checks match on them."""
+    from .arrays import cast_finite, real_array
+
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
+        sample_weight = np.full(n, float(sample_weight))
+    w = real_array(sample_weight, argument)
+    if w.ndim != 1:
+        raise ValueError(f"{argument}: Sample weights must be 1D array or scalar, got {w.ndim}D array. "
+                         f"Expected either a scalar value or a 1D array of length {n}.")
+    if w.shape[0] != n:
+        raise ValueError(f"{argument}: got {w.shape[0]} weights for {n} samples (sample_weight.shape == {w.shape}, "
+                         f"expected {(n,)})")
+    w = cast_finite(w, dtype, argument)
+    if np.any(w < 0):
+        i = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(f"{argument}: weights must be ≥ 0, got {w[i]} at index {i}")
+    if not np.any(w > 0):
+        raise ValueError(f"{argument}: Sample weights must contain at least one non-zero number; all {n} are 0 "
+                         f"(as {np.dtype(dtype).name})")
+    with np.errstate(over="ignore"):
+        total = w.sum(dtype=dtype)
+    if not np.isfinite(total):
+        raise ValueError(f"{argument}: the weights' sum overflows {np.dtype(dtype).name}; scale them down")
+    return w
 
 
 def check_int(value, argument: str, lo: int) -> int:

@@ -16,6 +16,10 @@ perceptron    max(0, −y·a), labels ±1               identity, step      −y
 Targets are either integer class labels (1-D), which become one-hot rows (or a
 single 0/1 or ±1 column when there is one output), or float arrays of the
 output's shape.
+
+``LOSSES`` is the one table of the losses' rules: the names the model accepts, the output activations
+each pairs with, and the code of each (and of each accuracy rule, ``ACCURACY_CODES``) in the CUDA C
+kernels, which ``deltaprop.kernels.cuda_source`` writes into their prelude (LOSS_<NAME>, ACCURACY_<RULE>).
 """
 
 from __future__ import annotations
@@ -24,22 +28,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .activations import ACTIVATIONS
 from .arrays import cast_finite, real_array
 
 
 @dataclass(frozen=True)
 class Loss:
     name: str
+    code: int  # its number in the CUDA C kernels (LOSS_<NAME>); unique
     outputs: tuple  # the output activations it pairs with
     classification: bool  # predict() returns labels
 
 
+# mse pairs with every elementwise output that backprop trains through (the ones allowed in hidden layers: not step)
+_MSE_OUTPUTS = tuple(name for name, a in ACTIVATIONS.items() if a.form == "elementwise" and a.output and a.hidden)
 LOSSES = {
-    "mse": Loss("mse", ("identity", "sigmoid", "tanh", "relu", "leaky_relu"), False),
-    "cross_entropy": Loss("cross_entropy", ("softmax",), True),
-    "bce": Loss("bce", ("sigmoid",), True),
-    "perceptron": Loss("perceptron", ("identity", "step"), True),
+    "mse": Loss("mse", 0, _MSE_OUTPUTS, False),
+    "cross_entropy": Loss("cross_entropy", 1, ("softmax",), True),
+    "bce": Loss("bce", 2, ("sigmoid",), True),
+    "perceptron": Loss("perceptron", 3, ("identity", "step"), True),
 }
+#: the accuracy rules (Targets.accuracy; None: regression, no accuracy) and their codes in the CUDA C kernels
+ACCURACY_CODES = {None: 0, "argmax": 1, "threshold": 2}
 # the losses that `deltaprop train` and `deltaprop compile` offer, and the output activation each pairs them with
 OUTPUT_FOR_LOSS = {"cross_entropy": "softmax", "mse": "sigmoid", "bce": "sigmoid"}
 

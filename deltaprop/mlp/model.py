@@ -16,13 +16,14 @@ import numpy as np
 from .. import backends, optim
 from ..kernels import masks
 from .._files import atomic_write
-from .activations import ACTIVATIONS, check_activation
+from .activations import ACTIVATIONS, check_activation, check_init, init_rule
 from .arrays import NpzArrays, cast_finite, real_array
 from .checks import DTYPES, check_dtype
 from .checks import check_int as _check_int
 from .checks import check_layer_sizes as _check_layer_sizes
 from .checks import check_path as _file_path
 from .checks import check_real as _check_real
+from .checks import check_sample_weight as _check_sample_weight
 from .losses import check_loss, encode_targets
 from .network import Network
 from .training import History, Plan, Trainer
@@ -40,9 +41,11 @@ class MLP:
     dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
     anything else, None included, raises ValueError.
     Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
-    starts from identical weights: Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid,
-    tanh, identity, step and softmax layers; He (σ² = 2/n_in) for relu and leaky_relu;
-    biases start at 0.
+    starts from identical weights. ``init``: "auto" (the default) is Glorot (normal, σ² = 2/(n_in + n_out))
+    for sigmoid, tanh, identity, step and softmax layers and He (σ² = 2/n_in) for relu and leaky_relu
+    (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
+    with "_normal" or "_uniform" (U(−√(3σ²), √(3σ²)), the same variance) sets every layer; the bare
+    name is normal. Biases start at 0.
     dropout: inverted dropout in training steps (never in predict, evaluate, score or gradients): one rate for
     every hidden layer's output, or a sequence of one rate per layer input (the network's input first, then
     each hidden layer's output); each in [0, 1), 0 for none. The masks are drawn on the device from
@@ -60,10 +63,12 @@ class MLP:
         backend="auto",
         dtype="float32",
         seed=None,
+        init="auto",
         dropout=0.0,
         max_norm=None,
     ):
         sizes = _check_layer_sizes(layer_sizes)
+        init = check_init(init)
         rates = masks.check_rates(dropout, len(sizes) - 1)
         max_norm = masks.check_max_norm(max_norm)
         n_hidden = len(sizes) - 2
@@ -99,11 +104,12 @@ class MLP:
             raise ValueError(f"seed: expected None or an integer ≥ 0, got {seed!r}")
         self.selection = backends.select(backend)
         self.seed = int(seed)
+        self.init = init  # the canonical name: "auto", or SCHEME_normal / SCHEME_uniform
         self.epochs_trained = 0
         activations = (*hidden, out)  # one per layer, the output's last
         # the parameters, the optimizer's state and the passes over them, on the backend's device
         self.network = Network(backends.instance(self.selection.name), sizes, activations, loss_spec.name, dtype,
-                               _initial_weights(sizes, activations, dtype, self.seed))
+                               _initial_weights(sizes, activations, dtype, self.seed, init))
         self.network.set_regularisation(rates, max_norm, self.seed)
 
     # ------------------------------------------------------------ properties
@@ -180,6 +186,7 @@ class MLP:
         shuffle=True,
         verbose=0,
         callback=None,
+        sample_weight=None,
     ) -> History:
         """Train by mini-batch gradient descent; returns the per-epoch History.
 
@@ -195,11 +202,17 @@ class MLP:
         validation data); the best weights are restored at the end. validation_split takes a
         random fraction of (X, y), drawn from the model's seed, as validation data.
         callback(epoch, history), if given, is called after each epoch.
+        sample_weight: None, or a weight ≥ 0 per sample of (X, y) (a number: the same for all), not all 0: each
+        step then follows the batch's weighted mean loss Σ w_i·E_i / Σ w_i (the batch's weights are normalised to sum
+        to its rows, on the device), a batch whose weights are all 0 contributes no gradient, and the reported
+        loss and accuracy are the batches' weighted means, averaged by rows; validation_split's held-out samples keep
+        their weights for the validation metrics. The weight decay is not scaled by the weights.
         Every argument is checked before anything changes; if the loss becomes NaN or Inf,
         ``TrainingDiverged`` is raised and the last finite weights stay in place.
         """
         X = self._check_X(X, "X")
         targets = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
+        weights = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
         epochs = _check_int(epochs, "epochs", 1)
         if batch_size is not None:
             batch_size = _check_int(batch_size, "batch_size", 1)
@@ -237,6 +250,15 @@ class MLP:
             vi, ti = order[:n_val], order[n_val:]
             val = (X[vi], _take_targets(targets, vi))
             X, targets = X[ti], _take_targets(targets, ti)
+            if weights is not None:
+                weights, held_out = weights[ti], weights[vi]
+                for part, what in ((weights, "training"), (held_out, "validation")):
+                    if not np.any(part > 0):
+                        raise ValueError(f"sample_weight: every weight of the {what} samples that validation_split "
+                                         "leaves is 0; their weighted mean is undefined")
+                weights = (weights, held_out)
+        elif weights is not None:
+            weights = (weights, None)
 
         n = X.shape[0]
         schedule.check(opt.lr, epochs, n)
@@ -249,7 +271,7 @@ class MLP:
             shuffle=bool(shuffle),
             verbose=int(verbose),
         )
-        return Trainer(self, X, targets, plan, val, callback).run()
+        return Trainer(self, X, targets, plan, val, callback, weights).run()
 
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:
@@ -271,25 +293,32 @@ class MLP:
         X = self._check_X(X, "X")
         return self._outputs(X)[1]
 
-    def evaluate(self, X, y) -> dict:
-        """{"loss": mean loss, "accuracy": fraction correct, NaN for regression targets}."""
+    def evaluate(self, X, y, sample_weight=None) -> dict:
+        """{"loss": mean loss, "accuracy": fraction correct, NaN for regression targets}; with ``sample_weight``
+        (as in fit), the weighted means Σ w_i·E_i / Σ w_i and Σ w_i·[correct_i] / Σ w_i."""
         X = self._check_X(X, "X")
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
-        bk = self.backend
-        loss, acc = self.network.evaluate(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)
+        w = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        loss, acc = self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))
         return {"loss": loss, "accuracy": acc}
 
-    def score(self, X, y) -> float:
-        """Accuracy for classification targets; R² (averaged over outputs) for regression."""
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy for classification targets; R² (averaged over outputs) for regression; weighted by
+        ``sample_weight`` (as in fit) when given, as scikit-learn's accuracy_score and r2_score weigh."""
         X = self._check_X(X, "X")
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
+        w = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
         if t.accuracy is not None:
-            bk = self.backend
-            return self.network.evaluate(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype), t.accuracy)[1]
+            return self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))[1]
         z = self._outputs(X)[1].astype(np.float64)
         Y = t.Y.astype(np.float64)
-        ss_res = ((Y - z) ** 2).sum(axis=0)
-        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+        if w is not None:  # scikit-learn's weighted R²: weighted sums of squares about the weighted mean
+            w = w.astype(np.float64)[:, None]
+            ss_res = (w * (Y - z) ** 2).sum(axis=0)
+            ss_tot = (w * (Y - (w * Y).sum(axis=0) / w.sum()) ** 2).sum(axis=0)
+        else:
+            ss_res = ((Y - z) ** 2).sum(axis=0)
+            ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
         return float(r2.mean())
@@ -298,13 +327,26 @@ class MLP:
         """(a_L, z_L) as NumPy arrays for host input X."""
         return self.network.outputs(self.backend.asarray(X, self.dtype))
 
+    def _device_data(self, X, Y):
+        """Checked host X and targets Y as device arrays of the model's dtype."""
+        bk = self.backend
+        return bk.asarray(X, self.dtype), bk.asarray(Y, self.dtype)
+
+    def _device_weights(self, w):
+        """Checked host sample weights (n,) or None as Network.evaluate takes them: (device (n, 1), Σw) or None."""
+        if w is None:
+            return None
+        return self.backend.asarray(w.reshape(-1, 1), self.dtype), float(w.sum(dtype=np.float64))
+
     # ---------------------------------------------------------- gradients
-    def gradients(self, X, Y) -> list:
-        """∂E/∂W_l and ∂E/∂b_l of the batch-mean loss on (X, Y), without weight decay, as NumPy arrays."""
+    def gradients(self, X, Y, sample_weight=None) -> list:
+        """∂E/∂W_l and ∂E/∂b_l of the batch-mean loss on (X, Y) (the weighted mean Σ w_i·E_i / Σ w_i with
+        ``sample_weight``, as in fit), without weight decay, as NumPy arrays."""
         X = self._check_X(X, "X")
         t = encode_targets(Y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "Y")
-        bk = self.backend
-        return self.network.gradients(bk.asarray(X, self.dtype), bk.asarray(t.Y, self.dtype))
+        w = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        weights = None if w is None else self.backend.asarray(w.reshape(-1, 1), self.dtype)
+        return self.network.gradients(*self._device_data(X, t.Y), weights)
 
     # ------------------------------------------------------------ weights
     def get_weights(self) -> list:
@@ -360,6 +402,7 @@ class MLP:
             "loss": self.loss,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "init": self.init,
             "epochs_trained": self.epochs_trained,
             "dropout": list(self.dropout),
             "max_norm": self.max_norm,
@@ -408,6 +451,7 @@ class MLP:
                     backend=backend,
                     dtype=config["dtype"],
                     seed=config["seed"],
+                    init=config.get("init", "auto"),  # a file from before init= was drawn as "auto"
                     dropout=config.get("dropout"),  # files before dropout and max-norm: none
                     max_norm=config.get("max_norm"),
                 )
@@ -425,13 +469,18 @@ class MLP:
 
 
 # ------------------------------------------------------------------ helpers
-def _initial_weights(sizes, activations, dtype, seed) -> list:
-    """[(W_l, b_l)] drawn on the host from ``seed``: Glorot or He normal W_l (see ``MLP``), zero b_l."""
+def _initial_weights(sizes, activations, dtype, seed, init="auto") -> list:
+    """[(W_l, b_l)] drawn on the host from ``seed``: W_l by the canonical ``init`` (see ``MLP``), zero b_l."""
     rng = np.random.default_rng(seed)
     weights = []
     for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations):
-        var = 2.0 / n_in if ACTIVATIONS[act].init == "he" else 2.0 / (n_in + n_out)
-        W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+        variance, law = init_rule(init, act)
+        var = variance(n_in, n_out)
+        if law == "normal":
+            W = rng.standard_normal((n_in, n_out)) * math.sqrt(var)
+        else:  # the same variance: U(−c, c) has c²/3
+            limit = math.sqrt(3.0 * var)
+            W = rng.uniform(-limit, limit, (n_in, n_out))
         weights.append((W.astype(dtype), np.zeros(n_out, dtype)))
     return weights
 

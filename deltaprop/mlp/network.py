@@ -170,9 +170,10 @@ class Network:
                 bk.dropout(buf.z[l], x, buf.mask[l], rates[l], self.seed, self.counter, l)
             bk.forward(x, W, b, act, buf.z[l + 1], a=buf.a if l == last else None)
 
-    def backprop(self, buf: Buffers, visit, train=False) -> None:
+    def backprop(self, buf: Buffers, visit, weights=None, train=False) -> None:
         """δ_L = ∂E/∂a_L, then δ_l = φ'_l(a_l) ⊙ (δ_{l+1}·W_{l+1}ᵀ) for l = L-1..1, into buf.delta (B, n_l each),
-        after ``forward`` on the same buffers, with the targets in buf.y (B, n_L).
+        after ``forward`` on the same buffers, with the targets in buf.y (B, n_L). ``weights`` (B, 1), normalised
+        sample weights (``Backend.normalize_weights``), scale δ_L's rows: the δ of the weighted mean loss.
 
         visit(l) is called for each layer, from the last, once buf.delta[l] is final and every δ
         that needs W_l has been computed: it may update W_l in place. With ``train``, after ``forward(buf,
@@ -181,6 +182,8 @@ class Network:
         bk = self.backend
         rates = self.dropout if train else ()
         bk.output_delta(buf.a, buf.z[-1], buf.y, self.activations[-1], self.loss, buf.delta[-1])
+        if weights is not None:
+            bk.scale_rows(buf.delta[-1], weights)
         for l in reversed(range(self.n_layers)):
             if l > 0:
                 args = (buf.delta[l], self.params[l][0], buf.z[l], self.activations[l - 1], buf.delta[l - 1])
@@ -190,14 +193,16 @@ class Network:
                     bk.hidden_delta(*args)
             visit(l)
 
-    def train_step(self, buf: Buffers, optimizer, lr, metrics, accuracy) -> None:
+    def train_step(self, buf: Buffers, optimizer, lr, metrics, accuracy, weights=None) -> None:
         """One step of ``optimizer`` at rate ``lr`` (a number or a one-element device array) on the batch in
         buf.x (B, n_0), buf.y (B, n_L); adds its loss and correct count to ``metrics`` (2,). The state is the
         network's: call ``ensure_state(optimizer)`` first, and with dropout ``start_epoch``; the buffers must
-        have been made with the dropout rates. Max-norm follows each layer's update."""
+        have been made with the dropout rates. Max-norm follows each layer's update. ``weights`` (B, 1): the
+        batch's sample weights, normalised to sum to B; the step is then that of the weighted mean loss, and the
+        metrics are weighted."""
         self.forward(buf, train=True)
         bk = self.backend
-        bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics)
+        bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics, weights)
         if optimizer.counts_steps:
             bk.count_step(self.t)
 
@@ -208,13 +213,14 @@ class Network:
             if self.max_norm is not None:
                 bk.max_norm(W, self.max_norm)
 
-        self.backprop(buf, update, train=True)
+        self.backprop(buf, update, weights, train=True)
         if self.dropout:
             bk.count_step(self.counter[1:2])  # the next step's masks
 
-    def gradients(self, Xd, Yd) -> list:
+    def gradients(self, Xd, Yd, weights=None) -> list:
         """[(∂E/∂W_l, ∂E/∂b_l)] of the batch-mean loss on device data Xd (n, n_0), Yd (n, n_L), without weight
-        decay, as NumPy arrays of W_l's and b_l's shapes."""
+        decay, as NumPy arrays of W_l's and b_l's shapes; of the weighted mean loss with ``weights`` (n, 1), device
+        sample weights (not normalised: a normalised copy is used)."""
         bk = self.backend
         n = Xd.shape[0]
         buf = Buffers(bk, self.layer_sizes, n, self.dtype, train=False)
@@ -222,6 +228,11 @@ class Network:
         buf.delta = [bk.empty((n, m), self.dtype) for m in self.layer_sizes[1:]]
         self.forward(buf)
         grads = [None] * self.n_layers
+        if weights is not None:
+            normalised = bk.empty(weights.shape, weights.dtype)
+            bk.copy_(normalised, weights)
+            bk.normalize_weights(normalised)
+            weights = normalised
 
         def take(l):
             W, b = self.params[l]
@@ -229,7 +240,7 @@ class Network:
             bk.weight_grad(buf.z[l], buf.delta[l], dW, db)
             grads[l] = (bk.to_numpy(dW), bk.to_numpy(db))
 
-        self.backprop(buf, take)
+        self.backprop(buf, take, weights)
         return grads
 
     # -------------------------------------------------------- inference
@@ -247,9 +258,10 @@ class Network:
             a[s:e], z[s:e] = bk.to_numpy(part.a), bk.to_numpy(part.z[-1])
         return a, z
 
-    def evaluate(self, Xd, Yd, accuracy):
+    def evaluate(self, Xd, Yd, accuracy, weights=None):
         """(mean loss, accuracy or NaN) on device data Xd (n, n_0), Yd (n, n_L); one read-back.
-        ``accuracy`` is the rule of the targets (None for regression)."""
+        ``accuracy`` is the rule of the targets (None for regression). ``weights``: (device sample weights (n, 1),
+        their sum Σw > 0 as a float), for the weighted means Σ w_i·E_i / Σw and Σ w_i·[correct_i] / Σw."""
         bk = self.backend
         n = Xd.shape[0]
         buf = self._eval_buffers(n)
@@ -258,8 +270,11 @@ class Network:
             part = buf.head(e - s)
             part.z[0] = Xd[s:e]
             self.forward(part)
-            bk.batch_metrics(part.a, part.z[-1], Yd[s:e], self.loss, accuracy, total)
+            bk.batch_metrics(part.a, part.z[-1], Yd[s:e], self.loss, accuracy, total,
+                             None if weights is None else weights[0][s:e])
         loss, correct = bk.to_numpy(total)
+        if weights is not None:
+            n = weights[1]
         return float(loss / n), (float(correct / n) if accuracy else math.nan)
 
     def _eval_buffers(self, rows: int) -> Buffers:

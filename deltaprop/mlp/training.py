@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends import fused
 from .network import Buffers
 
 
@@ -69,14 +70,28 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, 0, epoch]).permutation(n)
 
 
+def _without(weights, net) -> str | None:
+    """What the fit has that the fused epoch does not do, which keeps it on the step path (backends/fused.py)."""
+    parts = [what for what, has in (("sample weights", weights is not None), ("dropout", bool(net.dropout)),
+                                    ("max-norm", net.max_norm is not None)) if has]
+    return ", ".join(parts) or None
+
+
 class Trainer:
     """Runs ``plan`` on ``model`` (an MLP: its public attributes and its ``network``) with training data (X, Y)
-    and optional validation data, all already validated."""
+    and optional validation data, all already validated. ``weights``: None, or the sample weights (n,) of the
+    training data and those of the validation data (or None), host arrays of the model's dtype, ≥ 0, with a
+    positive sum each: each step gathers its batch's weights on the device and normalises them there."""
 
-    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None):
+    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None, weights=None):
         self.model, self.plan, self.callback = model, plan, callback
         net = self.net = model.network
         bk = self.bk = model.backend
+        # the whole epoch in one launch when the net fits on chip (backends/fused.py), else None: step by step;
+        # chosen first, as DELTAPROP_FUSED=on refuses a net that does not fit before anything changes
+        self.fused = fused.choose(bk, net.layer_sizes, net.activations, net.loss, targets.accuracy, net.dtype,
+                                  plan.batch_size, plan.optimizer,
+                                  without=_without(weights, net))
         self.n = X.shape[0]
         self.accuracy = targets.accuracy
         self.X = bk.asarray(X, model.dtype)
@@ -90,6 +105,14 @@ class Trainer:
         self.full = Buffers(bk, model.layer_sizes, B, model.dtype, rates=net.dropout)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
+        self.weights = self.val_weights = None
+        if weights is not None:  # the samples' weights (n, 1), and one batch's: gathered and normalised by each step
+            w, wv = weights
+            self.weights = bk.asarray(w.reshape(-1, 1), model.dtype)
+            self.w_full = bk.empty((B, 1), model.dtype)
+            self.w_tail = self.w_full[: self.tail.rows]
+            if wv is not None and self.val is not None:
+                self.val_weights = (bk.asarray(wv.reshape(-1, 1), model.dtype), float(wv.sum(dtype=np.float64)))
         net.ensure_state(plan.optimizer)
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
@@ -117,7 +140,11 @@ class Trainer:
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
             net.start_epoch(model.epochs_trained)
-            self._steps(idx, 0, self.steps)
+            if self.fused is not None:
+                bk.run_epoch_fused(self.fused, net.params, net.slots.get("v"), self.X, self.Y, idx, self.metrics, self.lr,
+                                   0, self.steps)
+            else:
+                self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
             if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(state=False))):
                 self._diverged(epoch, idx, sums)
@@ -126,7 +153,7 @@ class Trainer:
             model.epochs_trained += 1
             val_loss = val_acc = math.nan
             if self.val is not None:
-                val_loss, val_acc = net.evaluate(*self.val)
+                val_loss, val_acc = net.evaluate(*self.val, weights=self.val_weights)
             bk.synchronize()
             history.loss.append(loss)
             history.accuracy.append(acc)
@@ -165,10 +192,17 @@ class Trainer:
         net, plan, bk = self.net, self.plan, self.bk
 
         def step(rows, out):
-            buf = self.full if rows.shape[0] == plan.batch_size else self.tail
+            full = rows.shape[0] == plan.batch_size
+            buf = self.full if full else self.tail
             bk.gather(self.X, rows, buf.x)
             bk.gather(self.Y, rows, buf.y)
-            net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
+            if self.weights is None:
+                net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy)
+                return
+            w = self.w_full if full else self.w_tail
+            bk.gather(self.weights, rows, w)
+            bk.normalize_weights(w)  # w·B/Σw, on the device
+            net.train_step(buf, plan.optimizer, self.lr, out, self.accuracy, weights=w)
 
         return step
 

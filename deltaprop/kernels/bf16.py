@@ -1,0 +1,43 @@
+"""bfloat16 for the "cupy-bf16" backend: the rounding rule in NumPy, and its CUDA C kernel (bf16.cu) compiled lazily.
+
+bfloat16 keeps float32's sign and 8-bit exponent and the top 7 of its 23 mantissa bits. A float32 x becomes
+the bfloat16 nearest to it, ties to the even one (IEEE round to nearest): add 0x7FFF plus the lowest kept bit
+to its bits and drop the low 16; a NaN becomes the canonical NaN 0x7FFF (as CUDA's __float2bfloat16_rn). ``round_bits`` is the rule; bf16.cu's ``bf16_rne`` is the same
+arithmetic on the device (tests/test_bf16.py compiles it for the host and compares).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("bf16.cu")
+_cache: dict = {}
+
+
+def round_bits(x) -> np.ndarray:
+    """The bfloat16 bits (uint16) nearest to each element of ``x`` (converted to float32 first)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    return np.where(nan, np.uint16(0x7FFF), rounded)
+
+
+def from_bits(bits) -> np.ndarray:
+    """float32 values of bfloat16 bits (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def rounded(x) -> np.ndarray:
+    """x rounded to bfloat16, as float32: what a bf16 GEMM input holds."""
+    return from_bits(round_bits(x))
+
+
+def to_bf16_kernel():
+    """cupy.RawKernel to_bf16(x float32*, out uint16*, n int64), compiled on first use."""
+    if "to_bf16" not in _cache:
+        import cupy
+
+        _cache["to_bf16"] = cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",)).get_function("to_bf16")
+    return _cache["to_bf16"]

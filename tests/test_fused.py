@@ -1,0 +1,408 @@
+"""The fused epoch (deltaprop/backends/fused.py): the fit-on-chip rule on the CPU; the numba-cuda kernel against a
+float64 NumPy reference over whole epochs and against the step path (on the CUDA simulator, or a GPU); the CUDA C
+kernel compiled with nvcc for sm_80 and sm_90 with its shared memory checked against the rule; and on a GPU the
+CuPy kernel. The suite's fits take the step path (conftest.py sets DELTAPROP_FUSED=off); these tests set it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from test_cuda_sources import NVCC, nvcc_ptx
+
+from deltaprop import MLP, TrainingDiverged, backends, optim
+from deltaprop.backends import fused
+from deltaprop.kernels import fused_source
+from deltaprop.mlp.training import epoch_order
+
+H100, A100 = fused.SHARED_PER_BLOCK["H100/H200 (9.0)"], fused.SHARED_PER_BLOCK["A100 (8.0)"]
+NIELSEN = (784, 30, 10)
+
+
+def sgd(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0):
+    return optim.SGD(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+def nielsen(dtype="float32", batch=10, opt=None):
+    return fused.layout(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", dtype, batch, opt or sgd(3.0))
+
+
+# ------------------------------------------------------------------------- the fit-on-chip rule (CPU)
+def test_nielsens_net_needs_its_parameters_momentum_and_a_batch_of_activations():
+    params = 784 * 30 + 30 + 30 * 10 + 10
+    assert params == 23_860 == nielsen().params
+    rows = 10 * ((30 + 10) + 10 + 10 + (30 + 10))  # z_1, z_2; a_2; y; δ_1, δ_2: of 10 rows
+    assert nielsen().shared_bytes == 16 * 10 + 4 * (params + rows)  # 2 float64 per row, then float32
+    assert nielsen(opt=sgd(3.0, momentum=0.9)).shared_bytes == 16 * 10 + 4 * (2 * params + rows)
+    assert nielsen("float64").shared_bytes == 16 * 10 + 8 * (params + rows)
+
+
+@pytest.mark.parametrize("dtype, momentum, h100, a100", [
+    ("float32", 0.0, True, True),     # 99,600 bytes
+    ("float32", 0.9, True, False),    # 195,040: tight on an H100, over an A100's 166,912
+    ("float64", 0.0, True, False),    # 199,040
+    ("float64", 0.9, False, False),   # 389,920
+])
+def test_nielsens_net_fits_an_h100_and_an_a100_as_the_readme_says(dtype, momentum, h100, a100):
+    for limit, fits in ((H100, h100), (A100, a100)):
+        layout, why = fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", dtype, 10, sgd(3.0, momentum), limit)
+        assert (layout is not None) == fits, why
+        if not fits:
+            assert "does not fit on chip" in why and f"{limit:,}" in why
+
+
+def test_the_limit_is_inclusive_and_largest_batch_is_its_boundary():
+    sizes, acts = (9, 4, 4, 2), ("tanh", "relu", "softmax")
+    for momentum in (0.0, 0.9):
+        need = fused.layout(sizes, acts, "cross_entropy", "argmax", "float32", 7, sgd(momentum=momentum)).shared_bytes
+        assert fused.check(sizes, acts, "cross_entropy", "argmax", "float32", 7, sgd(momentum=momentum), need)[0] is not None
+        assert fused.check(sizes, acts, "cross_entropy", "argmax", "float32", 7, sgd(momentum=momentum), need - 1)[0] is None
+        top = fused.largest_batch(sizes, "float32", momentum > 0, need)
+        assert top == 7
+        assert fused.largest_batch(sizes, "float32", momentum > 0, need - 1) == 6
+    assert fused.largest_batch(NIELSEN, "float32", True, 1000) == 0  # not even the weights
+    top = fused.largest_batch(NIELSEN, "float32", True, H100)  # the README's: Nielsen's net with momentum on an H100
+    assert top == 99
+    for batch, fits in ((top, True), (top + 1, False)):
+        assert (nielsen(batch=batch, opt=sgd(3.0, 0.9)).shared_bytes <= H100) == fits
+    assert fused.largest_batch(NIELSEN, "float32", False, A100) == 171
+
+
+@pytest.mark.parametrize("sizes, acts, loss, opt, why", [
+    (NIELSEN, ("sigmoid", "sigmoid"), "mse", optim.Adam(), "optimizer 'adam'"),
+    (NIELSEN, ("sigmoid", "sigmoid"), "mse", optim.RMSprop(), "optimizer 'rmsprop'"),
+    ((3, 1), ("identity",), "perceptron", sgd(), "loss 'perceptron'"),
+    ((3, 2, 2), ("sigmoid", "sigmoid"), "cross_entropy", sgd(), "output 'sigmoid' + loss 'cross_entropy'"),
+])
+def test_what_the_fused_kernels_do_not_do_takes_the_step_path(sizes, acts, loss, opt, why):
+    layout, reason = fused.check(sizes, acts, loss, None, "float32", 4, opt, H100)
+    assert layout is None and why in reason
+
+
+class Stand:
+    """A stand-in backend: its name and the limit it reports."""
+
+    def __init__(self, limit):
+        self.name, self.limit = "stand-in", limit
+
+    def fused_limit(self):
+        return self.limit
+
+
+@pytest.mark.parametrize("env, limit, chosen", [
+    (None, (H100, True), True), ("auto", (H100, True), True), ("off", (H100, True), False),
+    ("auto", (H100, False), False), ("on", (H100, False), True),  # the simulator: only when forced
+    ("auto", (1000, True), False), ("auto", None, False),  # does not fit; no fused epoch (NumPy)
+])
+def test_choose_follows_deltaprop_fused(monkeypatch, env, limit, chosen):
+    if env is None:
+        monkeypatch.delenv("DELTAPROP_FUSED")
+    else:
+        monkeypatch.setenv("DELTAPROP_FUSED", env)
+    got = fused.choose(Stand(limit), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0))
+    assert (got is not None) == chosen
+    if chosen:
+        assert got == nielsen()
+
+
+def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
+                                         r"float32, batch 10, momentum needs 195,040 bytes .* the device has 166,912"):
+        fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0, 0.9))
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: optimizer 'adam'"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.Adam())
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: sample weights: the fused epoch has none"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(),
+                     without="sample weights")
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    assert fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(),
+                        without="dropout") is None
+    monkeypatch.setenv("DELTAPROP_FUSED", "yes")
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED='yes': choose auto, on or off"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd())
+
+
+def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, rng):
+    X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
+    model = MLP([7, 5, 3], activation="tanh", backend="numpy", seed=0)
+    assert model.backend.fused_limit() is None
+    assert "shared memory" not in model.selection.describe()
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    model.fit(X, y, epochs=1, batch_size=3, lr=0.1)  # the step path
+    before = [x.copy() for pair in model.get_weights() for x in pair]
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numpy: this backend has no fused epoch"):
+        model.fit(X, y, epochs=1, batch_size=3, lr=0.1, momentum=0.9)
+    assert model.epochs_trained == 1 and model.network.optimizer.params["momentum"] == 0.0  # no momentum buffers made
+    for x, was in zip((x for pair in model.get_weights() for x in pair), before):
+        np.testing.assert_array_equal(x, was)
+
+
+# ------------------------------------------------------------------------- the CUDA C kernel (nvcc)
+CU_CASES = {  # name: (layout, limit it must fit, or None: it must not fit A100's)
+    "nielsen-f32-sgd": (nielsen(), H100),
+    "nielsen-f32-momentum": (nielsen(opt=sgd(3.0, 0.9)), H100),
+    "tiny-f64-nesterov-softmax": (fused.layout((9, 4, 4, 2), ("tanh", "relu", "softmax"), "cross_entropy", "argmax",
+                                               "float64", 3, sgd(momentum=0.9, nesterov=True)), A100),
+    "tiny-f32-bce": (fused.layout((7, 5, 3), ("leaky_relu", "sigmoid"), "bce", "threshold", "float32", 3, sgd()), A100),
+    "deep-f32-identity": (fused.layout((5, 4, 3, 3, 2), ("identity", "sigmoid", "tanh", "identity"), "mse", None,
+                                       "float32", 4, sgd(momentum=0.5)), A100),
+}
+
+
+def compile_fused(tmp_path, text, arch):
+    source = tmp_path / f"fused-{arch}.cu"
+    source.write_text(text + fused_source.SOURCE.read_text())
+    return nvcc_ptx(source, arch, tmp_path / f"fused-{arch}.ptx")
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.parametrize("case", list(CU_CASES))
+def test_the_cuda_c_kernel_compiles_and_needs_what_the_rule_says(tmp_path, case, arch):
+    """static_assert in the source: its shared_bytes(batch) equals the rule's and fits the limit."""
+    layout, limit = CU_CASES[case]
+    done = compile_fused(tmp_path, fused_source.defines(layout, fused.THREADS, check=limit), arch)
+    assert done.returncode == 0, done.stderr
+    ptx = (tmp_path / f"fused-{arch}.ptx").read_text()
+    assert f".target sm_{arch}" in ptx and ".entry fused_epoch(" in ptx
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_the_budget_check_can_fail(tmp_path):
+    layout = nielsen(opt=sgd(3.0, 0.9))
+    wrong = fused_source.defines(layout, fused.THREADS).replace("#define DP_MOMENTUM 1", "#define DP_MOMENTUM 0")
+    done = compile_fused(tmp_path, wrong + f"#define DP_CHECK_BATCH 10\n#define DP_EXPECT_BYTES {layout.shared_bytes}\n"
+                                           f"#define DP_LIMIT_BYTES {H100}\n", "90")
+    assert done.returncode != 0 and "differs from the fit-on-chip rule" in done.stderr
+    done = compile_fused(tmp_path, fused_source.defines(layout, fused.THREADS, check=A100), "80")
+    assert done.returncode != 0 and "does not fit the device's shared memory" in done.stderr
+
+
+# ------------------------------------------------------------------------- the kernels, run
+def _usable(name):
+    return backends.available()[name].usable
+
+
+numba_only = pytest.mark.skipif(not _usable("numba-cuda"), reason=f"numba-cuda: {backends.available()['numba-cuda'].reason}")
+
+#: (sizes, hidden activations, output, loss, targets, optimizer, schedule)
+NETS = {
+    "softmax-momentum-decay": ((7, 5, 3), "tanh", "softmax", "cross_entropy", "labels", sgd(0.3, 0.9, weight_decay=0.01), None),
+    "mse-labels-sgd": ((9, 4, 4, 2), ["relu", "sigmoid"], "sigmoid", "mse", "labels", sgd(0.5), None),
+    "bce-nesterov": ((7, 5, 3), "leaky_relu", "sigmoid", "bce", "multilabel", sgd(0.2, 0.5, nesterov=True), None),
+    "regression-schedule": ((9, 4, 4, 2), ["identity", "tanh"], "identity", "mse", "real", sgd(0.05, 0.3),
+                            lambda e: 0.05 / (e + 1)),
+}
+
+
+def data(rng, sizes, targets, n=10):
+    X = rng.normal(size=(n, sizes[0]))
+    if targets == "labels":
+        return X, rng.integers(0, sizes[-1], n)
+    if targets == "multilabel":
+        return X, (rng.random((n, sizes[-1])) < 0.5).astype(float)
+    return X, rng.normal(size=(n, sizes[-1]))
+
+
+def model_of(spec, backend, dtype, seed=3):
+    sizes, hidden, out, loss = spec[:4]
+    return MLP(list(sizes), activation=hidden, output_activation=out, loss=loss, backend=backend, dtype=dtype, seed=seed)
+
+
+def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
+    """Float64 SGD over whole epochs in the Trainer's sample order: (weights, per-step [loss sum, correct] per epoch)."""
+    acts, loss, p = model.activations, model.loss, opt.params
+    weights = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights]
+    velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
+    sums = []
+    for epoch in range(epochs):
+        lr = opt.lr if schedule is None else schedule(epoch)
+        order = epoch_order(model.seed, epoch, X.shape[0], True)
+        steps = []
+        for s in range(math.ceil(X.shape[0] / batch)):
+            rows = order[s * batch : (s + 1) * batch]
+            a, z = ref.forward(weights, acts, X[rows])[-1]
+            y = Y[rows]
+            right = 0.0
+            if accuracy == "argmax":
+                right = float(np.sum(z.argmax(axis=1) == y.argmax(axis=1)))
+            elif accuracy == "threshold":
+                right = float(np.sum(np.all((a > 0) == (y > 0.5), axis=1)))
+            steps.append((ref.sample_loss(loss, acts[-1], a, y).sum(), right))
+            grads = ref.gradients(weights, acts, loss, X[rows], y)
+            new_w, new_v = [], []
+            for (W, b), (gW, gb), (vW, vb) in zip(weights, grads, velocity):
+                gW = gW + p["weight_decay"] * W
+                vW, vb = p["momentum"] * vW + gW, p["momentum"] * vb + gb
+                stepW, stepb = (gW + p["momentum"] * vW, gb + p["momentum"] * vb) if p["nesterov"] else (vW, vb)
+                new_w.append((W - lr * stepW, b - lr * stepb))
+                new_v.append((vW, vb))
+            weights, velocity = new_w, new_v
+        sums.append(np.array(steps))
+    return weights, sums
+
+
+def fused_fit(monkeypatch, model, X, y, **kw):
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    before = model.backend.fused_epochs
+    history = model.fit(X, y, **kw)
+    assert model.backend.fused_epochs - before == history.epochs  # one launch per epoch
+    return history
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("net", list(NETS))
+def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
+    """Two epochs of 4 steps (batch 3 of 10 samples: a last step of 1), weights and each step's sums."""
+    spec = NETS[net]
+    X, y = data(rng, spec[0], spec[4])
+    model = model_of(spec, "numba-cuda", dtype)
+    start = model.get_weights()
+    opt, schedule = spec[5], spec[6]
+    history = fused_fit(monkeypatch, model, X, y, epochs=2, batch_size=3, optimizer=opt, lr_schedule=schedule)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss(model.loss), spec[0][-1], np.float64, 10)
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, schedule, 3, 2)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 10 for s in sums], rtol=tol)
+    if targets.accuracy:
+        assert history.accuracy == [s[:, 1].sum() / 10 for s in sums]
+    # each step's sums, from one more epoch run straight through the contract
+    bk, net_ = model.backend, model.network
+    layout, _ = fused.check(model.layer_sizes, model.activations, model.loss, targets.accuracy, model.dtype, 3, opt, H100)
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, schedule, 3, 3)
+    idx = bk.asarray(epoch_order(model.seed, 2, 10, True))
+    metrics = bk.zeros((4, 2), np.float64)
+    lr = opt.lr if schedule is None else bk.asarray(np.array([schedule(2)]), model.dtype)
+    bk.run_epoch_fused(layout, net_.params, net_.slots.get("v"), bk.asarray(X, model.dtype),
+                       bk.asarray(targets.Y, model.dtype), idx, metrics, lr, 0, 4)
+    got = bk.to_numpy(metrics)
+    np.testing.assert_allclose(got[:, 0], sums[2][:, 0], rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got[:, 1], sums[2][:, 1] if targets.accuracy else 0)
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+
+
+@numba_only
+def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypatch, rng):
+    """float32, momentum, a partial last batch; auto on the simulator takes the step path."""
+    spec = NETS["softmax-momentum-decay"]
+    X, y = data(rng, spec[0], spec[4], n=11)
+    Xv, yv = data(rng, spec[0], spec[4], n=5)
+    kw = {"epochs": 3, "batch_size": 4, "optimizer": spec[5], "validation_data": (Xv, yv), "early_stopping": 1}
+    runs = []
+    for env in ("auto", "on"):
+        monkeypatch.setenv("DELTAPROP_FUSED", env)
+        model = model_of(spec, "numba-cuda", "float32")
+        before = model.backend.fused_epochs
+        runs.append((model, model.fit(X, y, **kw)))
+        fused_runs = model.backend.fused_epochs - before
+        assert fused_runs == (0 if env == "auto" and "simulator" in model.backend.device else runs[-1][1].epochs)
+    (steps, h1), (one, h2) = runs
+    for (W1, b1), (W2, b2) in zip(steps.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(W1, W2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
+    for (v1, u1), (v2, u2) in zip(steps.network.slots["v"], one.network.slots["v"]):
+        np.testing.assert_allclose(steps.backend.to_numpy(v1), one.backend.to_numpy(v2), rtol=1e-5, atol=1e-6)
+    for key in ("loss", "val_loss", "val_accuracy", "accuracy"):
+        np.testing.assert_allclose(getattr(h1, key), getattr(h2, key), rtol=1e-5)
+    assert (h1.best_epoch, h1.stopped_early) == (h2.best_epoch, h2.stopped_early)
+
+
+@numba_only
+def test_divergence_is_found_at_the_same_step_on_both_paths(monkeypatch, rng):
+    X = rng.normal(size=(12, 9)) * 10
+    y = rng.normal(size=(12, 2)) * 1e3
+    found = []
+    for env in ("off", "on"):
+        monkeypatch.setenv("DELTAPROP_FUSED", env)
+        model = MLP([9, 4, 4, 2], activation="relu", output_activation="identity", loss="mse", backend="numba-cuda",
+                    dtype="float32", seed=1)
+        model.fit(X[:3], y[:3], epochs=1, batch_size=3, lr=1e-6)  # a first, finite epoch
+        with pytest.raises(TrainingDiverged) as info:
+            model.fit(X, y, epochs=2, batch_size=3, lr=1e3)
+        found.append((str(info.value), model.get_weights()))
+    (m1, w1), (m2, w2) = found
+    assert m1 == m2 and "step" in m1
+    for (W1, b1), (W2, b2) in zip(w1, w2):  # the last finite weights: both replayed by the step path
+        assert np.all(np.isfinite(W2))
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+
+
+@numba_only
+def test_sample_weights_take_the_step_path_and_forcing_the_fused_epoch_is_refused(monkeypatch, rng):
+    X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
+    w = rng.random(10) + 0.5
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    model = MLP([7, 5, 3], activation="tanh", backend="numba-cuda", seed=1)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="sample weights"):
+        model.fit(X, y, epochs=1, batch_size=3, lr=0.1, sample_weight=w)
+    for (W1, b1), (W2, b2) in zip(before, model.get_weights()):  # nothing changed
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    fused_before = model.backend.fused_epochs
+    model.fit(X, y, epochs=1, batch_size=3, lr=0.1, sample_weight=w)
+    assert model.backend.fused_epochs == fused_before
+
+
+@numba_only
+def test_a_fused_fit_resumes_where_it_stopped(monkeypatch, rng):
+    """Two fits of 1 and 2 epochs give the three-epoch fit: the order comes from epochs_trained, the momentum is kept."""
+    spec = NETS["bce-nesterov"]
+    X, y = data(rng, spec[0], spec[4])
+    whole, parts = model_of(spec, "numba-cuda", "float64"), model_of(spec, "numba-cuda", "float64")
+    fused_fit(monkeypatch, whole, X, y, epochs=3, batch_size=3, optimizer=spec[5])
+    fused_fit(monkeypatch, parts, X, y, epochs=1, batch_size=3, optimizer=spec[5])
+    fused_fit(monkeypatch, parts, X, y, epochs=2, batch_size=3, optimizer=spec[5])
+    for (W1, b1), (W2, b2) in zip(whole.get_weights(), parts.get_weights()):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+
+
+@numba_only
+def test_the_selection_shows_the_limit():
+    model = MLP([3, 2], output_activation="sigmoid", loss="bce", backend="numba-cuda", seed=0)
+    limit, auto = model.backend.fused_limit()
+    text = model.selection.describe()
+    assert f"within {limit:,} bytes of shared memory per block" in text
+    assert ("when forced" in text) == (not auto) == ("simulator" in model.backend.device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend_name", ["numba-cuda", "cupy"])
+def test_on_a_gpu_auto_fuses_nielsens_net_and_matches_the_step_path(monkeypatch, backend_name):
+    """784-30-10 at batch 10, plain SGD and momentum: one launch per epoch under auto where it fits (both on an
+    H100), the step path's results."""
+    if not _usable(backend_name):
+        pytest.skip(f"{backend_name}: {backends.available()[backend_name].reason}")
+    bk = backends.instance(backend_name)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((1000, 784)), rng.integers(0, 10, 1000)
+    for momentum in (0.0, 0.9):
+        results = []
+        for env in ("off", "auto"):
+            monkeypatch.setenv("DELTAPROP_FUSED", env)
+            model = MLP(list(NIELSEN), activation="sigmoid", output_activation="sigmoid", loss="mse", backend=backend_name,
+                        seed=1)
+            fits = fused.check(NIELSEN, model.activations, "mse", "argmax", model.dtype, 10, sgd(0.5, momentum),
+                               bk.fused_limit()[0])[0] is not None  # with momentum, not on an A100
+            before = bk.fused_epochs
+            history = model.fit(X, y, epochs=2, batch_size=10, lr=0.5, momentum=momentum)
+            assert bk.fused_epochs - before == (2 if env == "auto" and fits else 0)  # one launch per epoch
+            results.append((model.get_weights(), history.loss))
+        (w_steps, l_steps), (w_fused, l_fused) = results
+        np.testing.assert_allclose(l_steps, l_fused, rtol=1e-4)
+        for (W1, b1), (W2, b2) in zip(w_steps, w_fused):
+            np.testing.assert_allclose(W1, W2, rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(b1, b2, rtol=1e-3, atol=1e-5)
