@@ -24,7 +24,7 @@ Layouts (no transpose is ever materialised, the loader reads the operand as it l
 Epilogues, each its own kernel:
   forward(A, B, bias, z, a)   a = A·B + bias (stored when STORE_A), z = φ(a); "softmax" is row-wise
                               and fused when the whole row is in one tile (N ≤ BN), else z = a here;
-  hidden(A, B, z, delta)      delta = (A·Bᵀ) ⊙ φ'(z);
+  hidden(A, B, z, delta, mask) delta = (A·Bᵀ) ⊙ φ'(z), ⊙ mask for a dropped layer output;
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
