@@ -24,7 +24,7 @@ from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
-from .kernels import numba_cache
+from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
@@ -41,7 +41,7 @@ DEFAULTS = {
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
 RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
-               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces")
+               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm")
 RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
                    help=f"initial weights: auto (default: He for relu-like, Glorot otherwise, normal) or {', '.join(INITS[1:])}; "
                         "he, glorot and lecun alone are normal")  # fmt: skip
+    g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "
+                   "one rate per layer input, the input's first (default: none)")
+    g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (mnist default: 128)")
@@ -136,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rates(text: str):
+    """--dropout: one number, or comma-separated numbers (checked against the layers in _settings)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate such as 0.5 or comma-separated rates such as 0.2,0.5,0.5, got {text!r}") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 def _int_list(text: str) -> list:
     try:
         return parse_widths(text)
@@ -167,7 +179,7 @@ def cmd_train(args) -> int:
     else:
         model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
                     loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
-                    maxout_pieces=settings["maxout_pieces"])
+                    maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:
@@ -256,6 +268,11 @@ def _settings(args) -> dict:
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise CLIError(f"--{name.replace('_', '-')}: must be {rule}, got {value}")
     opt, schedule = _optimizer(args), _schedule(args)
+    try:
+        rates = masks.check_rates(args.dropout, len(args.layers) + 1)
+        max_norm = masks.check_max_norm(args.max_norm)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)) from None
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
@@ -283,6 +300,8 @@ def _settings(args) -> dict:
         "lr_schedule": schedule.config(),
         "val_split": args.val_split,
         "early_stopping": args.early_stopping,
+        "dropout": list(rates) if any(rates) else None,
+        "max_norm": max_norm,
     }
 
 

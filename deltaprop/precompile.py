@@ -247,6 +247,7 @@ def sweep(stand_in) -> list:
                             stand_in.forward(S(B, K), S(K, n), S(n), act, S(B, n), a)
                     try:
                         stand_in.hidden_delta(S(B, N), S(K, N), S(B, K), act, S(B, K))
+                        stand_in.hidden_delta_masked(S(B, N), S(K, N), S(B, K), act, S(B, K), S(B, K))  # dropout
                     except ValueError:  # no elementwise derivative (softmax)
                         pass
                 stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
@@ -267,6 +268,9 @@ def sweep(stand_in) -> list:
         for momentum in (0.0, 0.9):
             stand_in.rmsprop_update(S(B, K), S(B, N), *pair, *pair, *pair, 0.1, 0.9, 1e-8, momentum, 0.0)
         stand_in.count_step(t)
+        stand_in.dropout(S(B, K), S(B, K), S(B, K), 0.5, 0, S(2, dt=np.int64), 1)
+        stand_in.mask_delta(S(B, K), S(B, K))
+        stand_in.max_norm(S(K, N), 1.0)
         stand_in.gather(S(B, K), S(B, dt=np.int64), S(B, K))
         stand_in.all_finite([S(B, K)])
         net = dict(sizes=[K, 4, N], activation="relu", output="softmax", loss="cross_entropy", dtype=dtype.name,

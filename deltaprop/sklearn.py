@@ -1,7 +1,9 @@
 """scikit-learn estimators over the MLP layer: ``MLPClassifier`` and ``MLPRegressor``.
 
 They take every constructor parameter of ``sklearn.neural_network``'s, with its default and meaning,
-plus ``backend``, ``dtype``, ``init`` (the weights' initialisation, ``deltaprop.MLP``'s) and ``maxout_pieces``; the parameters are validated by scikit-learn's own machinery
+plus ``backend``, ``dtype``, ``init`` (the weights' initialisation, ``deltaprop.MLP``'s), ``maxout_pieces``,
+and ``dropout`` (0.0: none) and ``max_norm`` (None: none) as ``MLP``'s, for the stochastic solvers; the
+parameters are validated by scikit-learn's own machinery
 (``_parameter_constraints``), so a bad one raises its ``InvalidParameterError`` and message.
 
 - ``solver="adam"`` (the default) and ``"sgd"`` are one ``MLP.fit`` on the chosen backend with
@@ -96,6 +98,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
     ) from exc
 
 from . import backends, optim
+from .kernels import masks
 from .mlp import MLP
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
 from .mlp.checks import check_activation, check_dtype
@@ -155,6 +158,8 @@ class _BaseMLP(BaseEstimator):
         "dtype": "no_validation",  # checked by deltaprop's check_dtype
         "init": [StrOptions({*INITS, *INIT_VARIANCES})],
         "maxout_pieces": [Interval(Integral, 2, None, closed="left")],
+        "dropout": "no_validation",  # checked by deltaprop.kernels.masks, by name (a rate or one per layer input)
+        "max_norm": "no_validation",
     }
 
     _classifier = False
@@ -189,6 +194,8 @@ class _BaseMLP(BaseEstimator):
         dtype="float64",
         init="auto",
         maxout_pieces=MAXOUT_PIECES,
+        dropout=0.0,
+        max_norm=None,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -217,6 +224,8 @@ class _BaseMLP(BaseEstimator):
         self.dtype = dtype
         self.init = init
         self.maxout_pieces = maxout_pieces
+        self.dropout = dropout
+        self.max_norm = max_norm
 
     # ------------------------------------------------------------ public
     def fit(self, X, y, sample_weight=None):
@@ -293,6 +302,8 @@ class _BaseMLP(BaseEstimator):
                 seed=int(rng.randint(np.iinfo(np.int32).max)),
                 init=self.init,
                 maxout_pieces=self.maxout_pieces,
+                dropout=params["dropout"],
+                max_norm=params["max_norm"],
             )
 
         if self.solver == "lbfgs":
@@ -519,6 +530,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
         if self.early_stopping and not self.validation_fraction and self.solver != "lbfgs":
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
+        dropout = masks.check_rates(self.dropout, len(hidden) + 1)
+        max_norm = masks.check_max_norm(self.max_norm)
+        if self.solver == "lbfgs" and (any(dropout) or max_norm is not None):
+            raise ValueError(f"{'dropout' if any(dropout) else 'max_norm'}: only for the stochastic solvers (sgd, adam), not lbfgs")
         if not self._classifier and self.loss != "squared_error":
             raise ValueError(f"loss: {self.loss!r} is not available in deltaprop (no exponential output); 'squared_error' is")
         return {
@@ -534,6 +549,8 @@ class _BaseMLP(BaseEstimator):
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
             "dtype": check_dtype(self.dtype),
+            "dropout": dropout,
+            "max_norm": max_norm,
         }
 
     def _check_same_network(self, model, sizes, params, output) -> None:
@@ -552,6 +569,10 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
         if "maxout" in params["activation"] and self.maxout_pieces != model.maxout_pieces:
             raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}")
+        for name, fitted in (("dropout", model.dropout), ("max_norm", model.max_norm)):
+            if params[name] != fitted:
+                raise ValueError(f"{name}: {getattr(self, name)!r} differs from the fitted network's {fitted!r}; "
+                                 "set warm_start=False to start afresh")
         if params["dtype"] != model.dtype:
             raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
         fitted = model.backend  # the same name on another device (cupy:1 after cupy:0) would be other arrays
@@ -796,7 +817,7 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
-    module docstring for the differences), plus ``backend``, ``dtype``, ``init`` and ``maxout_pieces``. Fitted: as the classifier,
+    module docstring for the differences), plus ``backend``, ``dtype``, ``init``, ``maxout_pieces``, ``dropout`` and ``max_norm``. Fitted: as the classifier,
     without ``classes_``; ``validation_scores_`` are R².
     """
 
@@ -833,6 +854,8 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
         dtype="float64",
         init="auto",
         maxout_pieces=MAXOUT_PIECES,
+        dropout=0.0,
+        max_norm=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -862,6 +885,8 @@ class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
             dtype=dtype,
             init=init,
             maxout_pieces=maxout_pieces,
+            dropout=dropout,
+            max_norm=max_norm,
         )
         self.loss = loss
 

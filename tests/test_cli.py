@@ -92,7 +92,8 @@ def test_xor_and_user_npz(tmp_path, capsys, rng):
     ["--weight-decay", 1e-4],
     ["--optimizer", "adam", "--lr", 0.003, "--lr-schedule", "adaptive:patience=0,tol=0.5"],  # the rate falls every epoch
     ["--optimizer", "rmsprop", "--momentum", 0.5, "--lr-schedule", "step:step_size=2,gamma=0.5"],
-], ids=["sgd", "adam-adaptive", "rmsprop-step"])
+    ["--dropout", "0.2,0.5", "--max-norm", 1.5],  # the masks of epochs 3 and 4 are those of the straight run
+], ids=["sgd", "adam-adaptive", "rmsprop-step", "dropout-max-norm"])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, mnist_dir, capsys, monkeypatch, optimizer):
     common = ["train", "--data-dir", mnist_dir, "--epochs", 4, *SMALL, *optimizer]
     rc, _, err = run(capsys, *common, "--save", tmp_path / "straight.npz", "--metrics-out", tmp_path / "straight.json")
@@ -329,6 +330,10 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be ≥ 0"),
+    (["--dropout", "1"], "--dropout: a dropout rate must be in [0, 1), got 1.0"),
+    (["--dropout", "0.2,0.5"], "--dropout: got 2 rates for 3 layer inputs"),  # mnist's default layers: 1024,1024
+    (["--layers", "8", "--dropout", "0.2,nan"], "--dropout[1]: a dropout rate must be in [0, 1), got nan"),
+    (["--max-norm", "0"], "--max-norm: expected None or a finite number > 0, got 0.0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),

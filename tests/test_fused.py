@@ -406,3 +406,21 @@ def test_on_a_gpu_auto_fuses_nielsens_net_and_matches_the_step_path(monkeypatch,
         for (W1, b1), (W2, b2) in zip(w_steps, w_fused):
             np.testing.assert_allclose(W1, W2, rtol=1e-3, atol=1e-5)
             np.testing.assert_allclose(b1, b2, rtol=1e-3, atol=1e-5)
+
+
+@numba_only
+@pytest.mark.parametrize("kw", [{"dropout": [0.2, 0.5]}, {"max_norm": 2.0}], ids=["dropout", "max-norm"])
+def test_dropout_and_max_norm_take_the_step_path_and_forcing_the_fused_epoch_is_refused(monkeypatch, rng, kw):
+    X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    model = MLP([7, 5, 3], activation="tanh", backend="numba-cuda", seed=1, **kw)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="dropout" if "dropout" in kw else "max-norm"):
+        model.fit(X, y, epochs=1, batch_size=3, lr=0.1)
+    for (W1, b1), (W2, b2) in zip(before, model.get_weights()):  # nothing changed
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    fused_before = model.backend.fused_epochs
+    model.fit(X, y, epochs=1, batch_size=3, lr=0.1)
+    assert model.backend.fused_epochs == fused_before

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -247,6 +248,11 @@ BAD_PARAMS = [
     ("dtype", None, ValueError),
     ("dtype", 3, ValueError),
     ("backend", "tpu", ValueError),
+    ("dropout", 1.0, ValueError),
+    ("dropout", [0.2, 0.5, 0.5], ValueError),  # 3 rates for the 2 layer inputs of (8,)
+    ("dropout", "0.5", TypeError),
+    ("max_norm", 0.0, ValueError),
+    ("max_norm", "3", TypeError),
 ]
 
 
@@ -321,3 +327,16 @@ def test_convergence_warning_when_max_iter_runs_out(iris):
     X, y = iris
     with pytest.warns(ConvergenceWarning, match=r"Stochastic Optimizer: Maximum iterations \(3\) reached"):
         MLPClassifier((4,), max_iter=3).fit(X, y)
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_dropout_and_max_norm_reach_the_network(cls, iris):
+    X, y = iris
+    est = cls(hidden_layer_sizes=(8,), solver="sgd", max_iter=3, random_state=0, dropout=[0.1, 0.5], max_norm=2.0).fit(X, y)
+    assert est.model_.dropout == (0.1, 0.5) and est.model_.max_norm == 2.0
+    assert clone(est).get_params()["dropout"] == [0.1, 0.5] and clone(est).get_params()["max_norm"] == 2.0
+    assert all(np.linalg.norm(W, axis=0).max() <= 2.0 * (1 + 1e-9) for W in est.coefs_)
+    with pytest.raises(ValueError, match="dropout: only for the stochastic solvers"):
+        cls(hidden_layer_sizes=(8,), solver="lbfgs", dropout=0.5).fit(X, y)
+    with pytest.raises(ValueError, match="max_norm: 3.0 differs from the fitted network's 2.0"):
+        est.set_params(warm_start=True, max_norm=3.0).fit(X, y)

@@ -35,7 +35,8 @@ def iris():
 @pytest.mark.parametrize("ours, theirs", PAIRS)
 def test_every_parameter_of_scikit_learns_with_its_default(ours, theirs):
     mine, sk = ours().get_params(), theirs().get_params()
-    assert set(mine) == set(sk) | {"backend", "dtype", "init", "maxout_pieces"}
+    assert set(mine) == set(sk) | {"backend", "dtype", "init", "maxout_pieces", "dropout", "max_norm"}
+    assert (mine["dropout"], mine["max_norm"]) == (0.0, None)  # none: as scikit-learn
     for name, value in sk.items():
         assert mine[name] == value, name
     assert (mine["solver"], mine["nesterovs_momentum"]) == ("adam", True)

@@ -48,6 +48,7 @@ import threading
 
 import numpy as np
 
+from ..kernels import masks
 from ..mlp.activations import ACTIVATIONS
 from ..mlp.losses import ACCURACY_CODES, LOSSES
 
@@ -341,6 +342,55 @@ class Backend:
     def count_step(self, t) -> None:
         """t ← t + 1: the step count of an optimizer that keeps one (Adam), a one-element int64 array."""
         t += 1
+
+    # ------------------------------------------------ dropout and max-norm
+    def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
+        """Inverted dropout of one layer input z (B, n): mask ← keep / (1 − p), out ← z ⊙ mask (mask and out (B, n)).
+
+        keep is deltaprop.kernels.masks's rule on (seed, epoch = counter[0], step = counter[1], layer, row, column):
+        ``counter`` is a (2,) int64 array of this backend, read on the device (a recorded step replays right);
+        0 ≤ rate < 1 (checked by the caller). Every backend draws the same masks.
+        """
+        xp = self.xp
+        rows, cols = z.shape
+        words = self._scratch("drop_ctr", (2,), np.int64)
+        xp.bitwise_and(counter, 0xFFFFFFFF, out=words)
+        words = words.view(np.uint64)
+        lo, hi = masks.seed_words(seed)
+        r0 = self._scratch("drop_rows", (rows, 1), np.uint32)
+        r0[:, 0] = masks.row_word(lo, hi, words[0:1], words[1:2], np.uint64(layer), xp.arange(rows, dtype=np.uint64))
+        columns = xp.arange(cols, dtype=np.uint32)
+        columns *= np.uint32(masks.WEYL)
+        bits = self._scratch("drop_bits", z.shape, np.uint32)
+        xp.bitwise_xor(r0, columns, out=bits)
+        masks.fmix32_(bits, self._scratch("drop_tmp", z.shape, np.uint32), xp)
+        keep = self._scratch("drop_keep", z.shape, np.bool_)
+        xp.greater_equal(bits, np.uint32(masks.threshold(rate)), out=keep)
+        xp.multiply(keep, mask.dtype.type(masks.keep_scale(rate)), out=mask)
+        xp.multiply(z, mask, out=out)
+
+    def mask_delta(self, delta, mask) -> None:
+        """δ ⊙= mask (both (B, n)): backprop through a dropped layer input, after ``hidden_delta``."""
+        delta *= mask
+
+    def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
+        """δ = φ'(a) ⊙ mask ⊙ (δ_next·W_nextᵀ): ``hidden_delta`` then ``mask_delta`` (a GPU backend fuses them);
+        z is the layer's output before dropout, mask (B, n) its dropout mask."""
+        self.hidden_delta(delta_next, W_next, z, activation, delta)
+        self.mask_delta(delta, mask)
+
+    def max_norm(self, W, c: float) -> None:
+        """W[:, j] ← W[:, j] · min(1, c / ‖W[:, j]‖) for every column j of W (n_in, n_out): each unit's incoming
+        weight vector rescaled to a norm of at most c > 0 (a zero column is left as it is)."""
+        xp = self.xp
+        norms = self._scratch("max_norm", (W.shape[1],), W.dtype)
+        squares = self._scratch("max_norm_sq", W.shape, W.dtype)
+        xp.multiply(W, W, out=squares)
+        squares.sum(axis=0, out=norms)
+        xp.sqrt(norms, out=norms)
+        xp.maximum(norms, c, out=norms)  # min(1, c/‖w‖) = c / max(‖w‖, c): no division by zero
+        xp.divide(c, norms, out=norms)
+        W *= norms
 
     # --------------------------------------------- what a device loop needs
     def gather(self, src, idx, out) -> None:

@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from ..kernels import cuda_source
+from ..kernels import cuda_source, masks
 from ..mlp.activations import ACTIVATIONS
 from ..mlp.losses import ACCURACY_CODES, LOSSES
 from . import compat, fused
@@ -279,6 +279,28 @@ class CupyBackend(GraphSteps, Backend):
                 rates.clear()
             rates[key] = self.xp.full(1, lr, dtype=dtype)
         return rates[key]
+
+    def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
+        usable = isinstance(counter, self.xp.ndarray) and counter.dtype == np.int64 and counter.flags.c_contiguous
+        if not (usable and self._ok(z, out, mask)):
+            return super().dropout(z, out, mask, rate, seed, counter, layer)
+        lo, hi = masks.seed_words(seed)
+        words = (np.uint32(lo), np.uint32(hi), np.uint32(layer), np.uint32(masks.threshold(rate)))
+        kernel = cuda_source.dropout_kernels(z.dtype)["dropout_mask"]
+        args = (z, out, mask, counter, i64(z.shape[0]), i64(z.shape[1]), *words, z.dtype.type(masks.keep_scale(rate)))
+        self._launch(kernel, _blocks(z.size, THREADS), THREADS, args)
+
+    def mask_delta(self, delta, mask) -> None:
+        if not self._ok(delta, mask):
+            return super().mask_delta(delta, mask)
+        kernel = cuda_source.dropout_kernels(delta.dtype)["mul_mask"]
+        self._launch(kernel, _blocks(delta.size, THREADS), THREADS, (delta, mask, i64(delta.size)))
+
+    def max_norm(self, W, c: float) -> None:
+        if not self._ok(W):
+            return super().max_norm(W, c)
+        kernel = cuda_source.dropout_kernels(W.dtype)["max_norm_cols"]
+        self._launch(kernel, _blocks(W.shape[1], THREADS), THREADS, (W, i64(W.shape[0]), i64(W.shape[1]), W.dtype.type(c)))
 
     def gather(self, src, idx, out) -> None:
         if not (self._ok(src, out) and idx.dtype == np.int64 and idx.flags.c_contiguous and out.shape[0] == idx.size):

@@ -5,8 +5,9 @@ pieces after the forward GEMM, which writes the pieces with their bias, and the 
 pieces after the hidden-δ GEMM; the max is not fused into the GEMM epilogue yet): per layer one forward GEMM (bias and
 activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
 of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
-step two gathers, the output δ and the loss/accuracy sums. ``launches`` counts them (a captured
-launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per dropped layer
+input (its mask and product) and one that advances the step counter (the δ's mask is fused into the
+hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
 driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
 kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
 counts the replays; the simulator has no graphs and runs every step eagerly.
@@ -29,6 +30,7 @@ import weakref
 
 import numpy as np
 
+from ..kernels import masks
 from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
@@ -183,7 +185,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         t, grid = self._tiling(*delta.shape, delta.dtype)
         wide = self._wide(delta_next=delta_next, W_next=W_next)
         kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta)  # no mask: not read
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
@@ -217,6 +219,25 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     def count_step(self, t) -> None:
         self._launch(self._ew.count(), 1, 1, t)
+
+    def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
+        kind = self._kind(z)
+        lo, hi = masks.seed_words(seed)
+        scalars = (lo, hi, np.uint64(layer), np.uint64(masks.threshold(rate)), kind(masks.keep_scale(rate)))
+        self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
+
+    def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
+        t, grid = self._tiling(*delta.shape, delta.dtype)
+        wide = self._wide(delta_next=delta_next, W_next=W_next)
+        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, True)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
+
+    def mask_delta(self, delta, mask) -> None:
+        self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))
+
+    def max_norm(self, W, c: float) -> None:
+        kind = self._kind(W)
+        self._launch_1d(self._ew.max_norm(kind), W.shape[1], W, kind(c))
 
     def _rate(self, lr, kind):
         """η as a one-element device array: a schedule's as it is; for a number, this thread's array of that

@@ -73,3 +73,22 @@ def plain_kernels() -> dict:
 
     here = cupy.cuda.runtime.getDevice()
     return next((found for (_, device), found in _cache.items() if device == here), None) or kernels(np.float32)
+
+
+DROPOUT_SOURCE = SOURCE.with_name("dropout.cu")
+#: the templated kernels of dropout.cu (dropout masks, δ ⊙ mask, max-norm), instantiated for float and double
+DROPOUT_TEMPLATES = ("dropout_mask", "mul_mask", "max_norm_cols")
+_dropout_cache: dict = {}
+
+
+def dropout_kernels(dtype) -> dict:
+    """{name: cupy.RawKernel} of dropout.cu for ``dtype`` (float32 or float64) on the current device, compiled on
+    first use."""
+    import cupy
+
+    key = (CTYPES[np.dtype(dtype)], cupy.cuda.runtime.getDevice())
+    if key not in _dropout_cache:
+        names = [f"{k}<{key[0]}>" for k in DROPOUT_TEMPLATES]
+        module = cupy.RawModule(code=DROPOUT_SOURCE.read_text(), options=OPTIONS, name_expressions=names)
+        _dropout_cache[key] = {k: module.get_function(n) for k, n in zip(DROPOUT_TEMPLATES, names)}
+    return _dropout_cache[key]

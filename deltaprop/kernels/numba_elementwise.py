@@ -14,6 +14,7 @@ import numpy as np
 from numba import cuda
 
 from ..mlp.losses import LOSSES
+from . import masks
 from .numba_activations import dphi
 from .numba_gemm import softmax_row
 from .numba_cache import persistent
@@ -374,5 +375,70 @@ def count():
     def kernel(t):
         if cuda.grid(1) == 0:
             t[0] += 1
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def dropout(kind):
+    """Kernel (z, out, mask, counter, seed_lo, seed_hi, layer, threshold, scale): inverted dropout of z (B, n),
+    mask ← keep·scale, out ← z ⊙ mask, keep by masks' rule (the same device functions: one thread per element
+    runs its row's Philox and its fmix32). counter = [epoch, step] (int64) is read on the device."""
+    philox = cuda.jit(device=True)(masks.philox4x32_10)
+    fmix = cuda.jit(device=True)(masks.fmix32)
+    mask32, weyl = masks.MASK32, masks.WEYL
+    zero = kind(0.0)
+
+    @cuda.jit
+    def kernel(z, out, mask, counter, seed_lo, seed_hi, layer, threshold, scale):
+        i = cuda.grid(1)
+        N = z.shape[1]
+        if i < z.size:
+            m, n = i // N, i % N
+            epoch = np.uint64(counter[0]) & mask32
+            step = np.uint64(counter[1]) & mask32
+            r0 = philox(np.uint64(m), step, epoch, layer, seed_lo, seed_hi)[0]  # masks.row_word
+            bits = fmix(r0 ^ ((np.uint64(n) * weyl) & mask32))  # masks.element_bits
+            k = scale if bits >= threshold else zero
+            mask[m, n] = k
+            out[m, n] = z[m, n] * k
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def multiply():
+    """Kernel (x, y): x ← x ⊙ y, for 1-D x and y of one size (a δ by its dropout mask)."""
+
+    @cuda.jit
+    def kernel(x, y):
+        i = cuda.grid(1)
+        if i < x.size:
+            x[i] *= y[i]
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def max_norm(kind):
+    """Kernel (W, c): W[:, j] ← W[:, j]·min(1, c/‖W[:, j]‖), one thread per column j looping over the rows
+    (neighbouring threads read neighbouring elements of a row: coalesced)."""
+    zero = kind(0.0)
+
+    @cuda.jit
+    def kernel(W, c):
+        j = cuda.grid(1)
+        if j < W.shape[1]:
+            s = zero
+            for i in range(W.shape[0]):
+                s += W[i, j] * W[i, j]
+            norm = math.sqrt(s)
+            if norm > c:
+                f = c / norm
+                for i in range(W.shape[0]):
+                    W[i, j] *= f
 
     return kernel

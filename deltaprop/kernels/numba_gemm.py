@@ -24,7 +24,7 @@ Layouts (no transpose is ever materialised, the loader reads the operand as it l
 Epilogues, each its own kernel:
   forward(A, B, bias, z, a)   a = A·B + bias (stored when STORE_A), z = φ(a); "softmax" is row-wise
                               and fused when the whole row is in one tile (N ≤ BN), else z = a here;
-  hidden(A, B, z, delta)      delta = (A·Bᵀ) ⊙ φ'(z);
+  hidden(A, B, z, delta, mask) delta = (A·Bᵀ) ⊙ φ'(z), ⊙ mask for a dropped layer output;
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
@@ -376,15 +376,16 @@ def softmax_row(z, m, N, one):
 
 @persistent
 @functools.cache
-def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
-    """Kernel (A, B, z, delta): delta = (A·Bᵀ) ⊙ φ'(z)."""
+def hidden(act: str, kind, tiles: Tiles, wide: bool = False, masked: bool = False):
+    """Kernel (A, B, z, delta, mask): delta = (A·Bᵀ) ⊙ φ'(z), ⊙ mask when ``masked`` (a dropped layer output's
+    δ; else mask is not read)."""
     mainloop = _mainloop("nt", False, kind, tiles, wide)
     d = dphi(act, kind)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
-    def kernel(A, B, z, delta):
+    def kernel(A, B, z, delta, mask):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[0]
@@ -392,7 +393,10 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False):
             for j in range(TN):
                 m, n = coords(i, j)
                 if m < M and n < N:
-                    delta[m, n] = acc[i, j] * d(z[m, n])
+                    if masked:
+                        delta[m, n] = acc[i, j] * d(z[m, n]) * mask[m, n]
+                    else:
+                        delta[m, n] = acc[i, j] * d(z[m, n])
 
     return kernel
 

@@ -15,6 +15,7 @@ from numbers import Integral
 import numpy as np
 
 from .. import backends, optim
+from ..kernels import masks
 from .._files import atomic_write
 from .activations import (
     ACTIVATIONS,
@@ -58,6 +59,12 @@ class MLP:
     layer_sizes count units, and a maxout layer's W is (n_in, k·n), b (k·n,), unit-major (the k pieces of unit j
     are the columns j·k .. j·k + k − 1); "auto" draws it LeCun normal (σ² = 1/n_in), and glorot takes
     n_out = k·n, the columns of W.
+    dropout: inverted dropout in training steps (never in predict, evaluate, score or gradients): one rate for
+    every hidden layer's output, or a sequence of one rate per layer input (the network's input first, then
+    each hidden layer's output); each in [0, 1), 0 for none. The masks are drawn on the device from
+    (seed, epoch, step, layer, row, column) by deltaprop.kernels.masks's rule: the same on every backend.
+    max_norm: None, or c > 0: after every update each unit's incoming weight vector (a column of W_l) is
+    rescaled to a norm of at most c (Srivastava et al. 2014); biases are left alone.
     """
 
     def __init__(
@@ -71,10 +78,14 @@ class MLP:
         seed=None,
         init="auto",
         maxout_pieces=MAXOUT_PIECES,
+        dropout=0.0,
+        max_norm=None,
     ):
         sizes = _check_layer_sizes(layer_sizes)
         init = check_init(init)
         pieces = check_pieces(maxout_pieces)
+        rates = masks.check_rates(dropout, len(sizes) - 1)
+        max_norm = masks.check_max_norm(max_norm)
         n_hidden = len(sizes) - 2
         if isinstance(activation, str):
             hidden = [check_activation(activation, "activation")] * n_hidden
@@ -90,6 +101,9 @@ class MLP:
             if not ACTIVATIONS[name].hidden:
                 why = "zero derivative: backprop cannot train through it" if name == "step" else "output only"
                 raise ValueError(f"activation: {name!r} cannot be used in hidden layer {i} ({why})")
+            if ACTIVATIONS[name].form == "pieces" and rates[i + 1]:  # δ would need the mask before the scatter
+                raise ValueError(f"dropout: a rate on the output of maxout hidden layer {i} (dropout[{i + 1}] = "
+                                 f"{rates[i + 1]}) is not supported yet; dropout on the input and on other layers is")
         out = check_activation(output_activation, "output_activation")
         if not ACTIVATIONS[out].output:
             raise ValueError(f"output_activation: {out!r} is a hidden-layer activation only; it cannot be the output's")
@@ -119,6 +133,7 @@ class MLP:
         self.network = Network(backends.instance(self.selection.name, self.selection.device), sizes, activations,
                                loss_spec.name, dtype, _initial_weights(sizes, activations, dtype, self.seed, init, per_layer),
                                per_layer)
+        self.network.set_regularisation(rates, max_norm, self.seed)
 
     # ------------------------------------------------------------ properties
     @property
@@ -157,6 +172,16 @@ class MLP:
     @property
     def n_layers(self) -> int:
         return len(self.layer_sizes) - 1
+
+    @property
+    def dropout(self) -> tuple:
+        """The dropout rate of each layer input (the network's input first), 0.0 where there is none."""
+        return self.network.dropout or (0.0,) * self.n_layers
+
+    @property
+    def max_norm(self):
+        """The bound on each unit's incoming weight vector, or None."""
+        return self.network.max_norm
 
     @property
     def output_activation(self) -> str:
@@ -410,6 +435,8 @@ class MLP:
             "init": self.init,
             "maxout_pieces": self.maxout_pieces,
             "epochs_trained": self.epochs_trained,
+            "dropout": list(self.dropout),
+            "max_norm": self.max_norm,
         }
         net, bk = self.network, self.backend
         if net.optimizer is not None:
@@ -457,6 +484,8 @@ class MLP:
                     seed=config["seed"],
                     init=config.get("init", "auto"),  # a file from before init= was drawn as "auto"
                     maxout_pieces=config["maxout_pieces"],
+                    dropout=config.get("dropout"),  # files before dropout and max-norm: none
+                    max_norm=config.get("max_norm"),
                 )
                 L = model.n_layers
                 model.set_weights([(f.read(f"W{l}"), f.read(f"b{l}")) for l in range(L)])

@@ -23,10 +23,12 @@ class Buffers:
     y (B, n_L) and delta[l] (B, k·n_{l+1}); pieces[l] (B, k·n_{l+1}), the a of a maxout layer of k pieces (None
     for the other layers; ``pieces``: k per layer, 1 but for maxout).
 
-    With ``train=False`` only z[1:], a and pieces are allocated: the caller points z[0] at its input.
+    With ``train=False`` only z[1:], a and pieces are allocated: the caller points z[0] at its input. With
+    dropout ``rates`` (one per layer input), inputs[l] is layer l's input (B, n_l): z[l] itself at rate 0, else
+    the dropped copy z[l] ⊙ mask[l], in a buffer of its own (φ' is taken from the undropped z[l]).
     """
 
-    def __init__(self, backend, sizes, rows, dtype, train=True, pieces=None):
+    def __init__(self, backend, sizes, rows, dtype, train=True, pieces=None, rates=()):
         self.rows = rows
         if backend is None:  # filled in by head()
             return
@@ -37,6 +39,9 @@ class Buffers:
         self.a = backend.empty((rows, sizes[-1]), dtype)
         self.pieces = [backend.empty((rows, k * n), dtype) if k > 1 else None for n, k in zip(sizes[1:], pieces)]
         self.delta = [backend.empty((rows, k * n), dtype) for n, k in zip(sizes[1:], pieces)] if train else None
+        rates = tuple(rates) or (0.0,) * (len(sizes) - 1)
+        self.mask = [backend.empty((rows, n), dtype) if p else None for n, p in zip(sizes, rates)]
+        self.inputs = [backend.empty((rows, n), dtype) if p else z for n, p, z in zip(sizes, rates, self.z)]
 
     def head(self, rows: int) -> "Buffers":
         """The same buffers cut to their first ``rows`` rows (views, no allocation)."""
@@ -46,6 +51,7 @@ class Buffers:
         cut.z = [first(x) for x in self.z]
         cut.pieces = [first(x) for x in self.pieces]
         cut.delta = None if self.delta is None else [first(x) for x in self.delta]
+        cut.mask, cut.inputs = [first(x) for x in self.mask], [first(x) for x in self.inputs]
         return cut
 
 
@@ -56,8 +62,16 @@ class Network:
     (the last fit's), or None; slots: {slot name: [(W_l-shaped, b_l-shaped)] per layer} (SGD's "v", Adam's
     "m" and "s", ...); t: the step count, a one-element int64 device array, for an optimizer that keeps one,
     else None. ``backend`` may be replaced (a stand-in device); ``set_params`` then moves weights onto it.
-    pieces: k_l per layer (1 but for a maxout layer), or None: all 1.
+    pieces: k_l per layer (1 but for a maxout layer), or None: all 1. dropout: one rate per layer input (see
+    ``Buffers``), 0 for none; max_norm: the bound on each unit's incoming weight vector, or None; seed: the
+    masks' (``set_regularisation``). counter: [epoch, step], a (2,) int64 device array the masks are keyed on,
+    set by the trainer (``start_epoch``) and advanced by each training step on the device.
     """
+
+    dropout: tuple = ()
+    max_norm = None
+    seed = 0
+    counter = None
 
     def __init__(self, backend, layer_sizes, activations, loss, dtype, weights, pieces=None):
         self.backend = backend
@@ -72,6 +86,20 @@ class Network:
     @property
     def n_layers(self) -> int:
         return len(self.layer_sizes) - 1
+
+    def set_regularisation(self, dropout: tuple, max_norm, seed: int) -> None:
+        """Dropout rates (one per layer input, checked), the max-norm bound (None or > 0) and the masks' seed."""
+        self.dropout = tuple(dropout) if any(dropout) else ()
+        self.max_norm, self.seed = max_norm, seed
+
+    def new_counter(self) -> None:
+        """A new [epoch, step] counter on the backend (None without dropout), for a fit's steps to record."""
+        self.counter = self.backend.zeros(2, np.int64) if self.dropout else None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Key the next step's masks on (epoch, step 0), in the counter of ``new_counter``."""
+        if self.dropout:
+            self.backend.copy_(self.counter, self.backend.asarray(np.array([epoch, 0], np.int64)))
 
     # ------------------------------------------------------- parameters
     def set_params(self, weights) -> None:
@@ -136,37 +164,51 @@ class Network:
             self.backend.copy_(dst, x)
 
     # ------------------------------------------------------- the passes
-    def forward(self, buf: Buffers) -> None:
+    def forward(self, buf: Buffers, train=False) -> None:
         """a_l = z_{l-1}·W_l + b_l, z_l = φ_l(a_l), for l = 1..L, from buf.z[0] (B, n_0) into buf.z[l] (B, n_l);
-        the output's a_L (B, n_L) is kept in buf.a."""
-        last = self.n_layers - 1
+        the output's a_L (B, n_L) is kept in buf.a. With ``train``, the dropout of a training step: layer l reads
+        buf.inputs[l] = buf.z[l] ⊙ buf.mask[l] (buffers made with the rates)."""
+        last, bk = self.n_layers - 1, self.backend
+        rates = self.dropout if train else ()
         for l, ((W, b), act) in enumerate(zip(self.params, self.activations)):
-            self.backend.forward(buf.z[l], W, b, act, buf.z[l + 1], a=buf.a if l == last else buf.pieces[l])
+            x = buf.z[l]
+            if rates and rates[l]:
+                x = buf.inputs[l]
+                bk.dropout(buf.z[l], x, buf.mask[l], rates[l], self.seed, self.counter, l)
+            bk.forward(x, W, b, act, buf.z[l + 1], a=buf.a if l == last else buf.pieces[l])
 
-    def backprop(self, buf: Buffers, visit, weights=None) -> None:
+    def backprop(self, buf: Buffers, visit, weights=None, train=False) -> None:
         """δ_L = ∂E/∂a_L, then δ_l = φ'_l(a_l) ⊙ (δ_{l+1}·W_{l+1}ᵀ) for l = L-1..1, into buf.delta (B, n_l each),
         after ``forward`` on the same buffers, with the targets in buf.y (B, n_L). ``weights`` (B, 1), normalised
         sample weights (``Backend.normalize_weights``), scale δ_L's rows: the δ of the weighted mean loss.
 
         visit(l) is called for each layer, from the last, once buf.delta[l] is final and every δ
-        that needs W_l has been computed: it may update W_l in place.
+        that needs W_l has been computed: it may update W_l in place. With ``train``, after ``forward(buf,
+        train=True)``: δ_l ⊙= mask_l where layer l's output was dropped.
         """
         bk = self.backend
+        rates = self.dropout if train else ()
         bk.output_delta(buf.a, buf.z[-1], buf.y, self.activations[-1], self.loss, buf.delta[-1])
         if weights is not None:
             bk.scale_rows(buf.delta[-1], weights)
         for l in reversed(range(self.n_layers)):
             if l > 0:
                 kept = buf.z[l] if buf.pieces[l - 1] is None else buf.pieces[l - 1]  # maxout: its a
-                bk.hidden_delta(buf.delta[l], self.params[l][0], kept, self.activations[l - 1], buf.delta[l - 1])
+                args = (buf.delta[l], self.params[l][0], kept, self.activations[l - 1], buf.delta[l - 1])
+                if rates and rates[l]:
+                    bk.hidden_delta_masked(*args, buf.mask[l])
+                else:
+                    bk.hidden_delta(*args)
             visit(l)
 
     def train_step(self, buf: Buffers, optimizer, lr, metrics, accuracy, weights=None) -> None:
         """One step of ``optimizer`` at rate ``lr`` (a number or a one-element device array) on the batch in
         buf.x (B, n_0), buf.y (B, n_L); adds its loss and correct count to ``metrics`` (2,). The state is the
-        network's: call ``ensure_state(optimizer)`` first. ``weights`` (B, 1): the batch's sample weights,
-        normalised to sum to B; the step is then that of the weighted mean loss, and the metrics are weighted."""
-        self.forward(buf)
+        network's: call ``ensure_state(optimizer)`` first, and with dropout ``start_epoch``; the buffers must
+        have been made with the dropout rates. Max-norm follows each layer's update. ``weights`` (B, 1): the
+        batch's sample weights, normalised to sum to B; the step is then that of the weighted mean loss, and the
+        metrics are weighted."""
+        self.forward(buf, train=True)
         bk = self.backend
         bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics, weights)
         if optimizer.counts_steps:
@@ -175,9 +217,13 @@ class Network:
         def update(l):  # W_l's step, once δ_{l-1} has used the old W_l
             W, b = self.params[l]
             state = {slot: pairs[l] for slot, pairs in self.slots.items()}
-            optimizer.update(bk, buf.z[l], buf.delta[l], W, b, state, self.t, lr)
+            optimizer.update(bk, buf.inputs[l], buf.delta[l], W, b, state, self.t, lr)
+            if self.max_norm is not None:
+                bk.max_norm(W, self.max_norm)
 
-        self.backprop(buf, update, weights)
+        self.backprop(buf, update, weights, train=True)
+        if self.dropout:
+            bk.count_step(self.counter[1:2])  # the next step's masks
 
     def gradients(self, Xd, Yd, weights=None) -> list:
         """[(∂E/∂W_l, ∂E/∂b_l)] of the batch-mean loss on device data Xd (n, n_0), Yd (n, n_L), without weight

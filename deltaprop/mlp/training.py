@@ -70,6 +70,13 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, 0, epoch]).permutation(n)
 
 
+def _without(weights, net) -> str | None:
+    """What the fit has that the fused epoch does not do, which keeps it on the step path (backends/fused.py)."""
+    parts = [what for what, has in (("sample weights", weights is not None), ("dropout", bool(net.dropout)),
+                                    ("max-norm", net.max_norm is not None)) if has]
+    return ", ".join(parts) or None
+
+
 class Trainer:
     """Runs ``plan`` on ``model`` (an MLP: its public attributes and its ``network``) with training data (X, Y)
     and optional validation data, all already validated. ``weights``: None, or the sample weights (n,) of the
@@ -84,7 +91,7 @@ class Trainer:
         # chosen first, as DELTAPROP_FUSED=on refuses a net that does not fit before anything changes
         self.fused = fused.choose(bk, net.layer_sizes, net.activations, net.loss, targets.accuracy, net.dtype,
                                   plan.batch_size, plan.optimizer,
-                                  without="sample weights" if weights is not None else None)
+                                  without=_without(weights, net))
         self.n = X.shape[0]
         self.accuracy = targets.accuracy
         self.X = bk.asarray(X, model.dtype)
@@ -95,7 +102,7 @@ class Trainer:
             self.val = (bk.asarray(Xv, model.dtype), bk.asarray(tv.Y, model.dtype), tv.accuracy)
         B = plan.batch_size
         self.steps = math.ceil(self.n / B)
-        self.full = Buffers(bk, model.layer_sizes, B, model.dtype, pieces=model.network.pieces)
+        self.full = Buffers(bk, model.layer_sizes, B, model.dtype, pieces=net.pieces, rates=net.dropout)
         self.tail = self.full.head(self.n - (self.steps - 1) * B)
         self.metrics = bk.zeros((self.steps, 2), np.float64)
         self.weights = self.val_weights = None
@@ -111,6 +118,7 @@ class Trainer:
         # step reads (set before each epoch: a schedule never forces a new recording)
         self.lr = plan.optimizer.lr if plan.schedule.constant else bk.zeros(1, model.dtype)
         self.snapshot = net.state_copy()  # the state at the start of the epoch, for a divergence
+        net.new_counter()  # dropout's [epoch, step], read by the recorded steps
         self.step = self._new_step()
 
     def run(self) -> "History":
@@ -131,6 +139,7 @@ class Trainer:
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
+            net.start_epoch(model.epochs_trained)
             if self.fused is not None:
                 bk.run_epoch_fused(self.fused, net.params, net.slots.get("v"), self.X, self.Y, idx, self.metrics, self.lr,
                                    0, self.steps)
@@ -205,6 +214,7 @@ class Trainer:
         # Replay the epoch up to the step before the failure, from its start.
         for last in (step, step - 1):
             net.state_restore(self.snapshot)
+            net.start_epoch(self.model.epochs_trained)
             self._steps(idx, 0, max(last, 0))
             if self.bk.all_finite(net.state_arrays(counter=False)):
                 break

@@ -1,0 +1,135 @@
+"""Dropout's step cost against the same net without it, and the dropout net's accuracy on MNIST, on each backend asked.
+
+    python bench/dropout.py [--backends numpy,numba-cuda,cupy] [--epochs 20] [--out bench/results]
+
+Step cost: the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD with momentum 0.9) at batch 128
+on random data of MNIST's shape, without dropout, with dropout (0.2 on the input, 0.5 on the hidden layers) and
+with dropout and max-norm; ``--repeats`` rounds after a warm-up one, each running one epoch of ``--steps`` steps of
+every variant in turn, so that a shared machine's load falls on all alike; the ratios of the medians and of the
+minima (the least disturbed epoch) to none's (the issue's goal: dropout ≤ 1.15×).
+Accuracy: the reference net with that dropout, max-norm ``--max-norm``, SGD (``--lr``, momentum 0.9, cosine-annealed
+to 0 over the run) for ``--epochs`` epochs on MNIST (``deltaprop.data.load_mnist``, the cache or a folder; never
+downloaded here), its test accuracy after each epoch (the CPU goal: ≥ 98.5% in 20). Writes
+<date>-<machine>-dropout.json and .md; ``--steps 0`` or ``--epochs 0`` skip a part and keep what an earlier run of
+the day wrote for it there (the two parts can run apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deltaprop import MLP, record  # noqa: E402
+
+SIZES = [784, 1024, 1024, 10]
+DROPOUT = (0.2, 0.5, 0.5)  # the input, then each hidden layer's output
+VARIANTS = {  # name: the model's arguments
+    "none": {},
+    "dropout": {"dropout": DROPOUT},
+    "dropout+max-norm": {"dropout": DROPOUT, "max_norm": 3.5},
+}
+
+
+def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict:
+    X = np.random.default_rng(0).random((steps * batch, SIZES[0]), dtype=np.float32)
+    y = np.arange(len(X)) % SIZES[-1]
+    models = {name: MLP(SIZES, backend=backend, seed=0, **kw) for name, kw in VARIANTS.items()}
+    seconds = {name: [] for name in VARIANTS}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, model in models.items():
+            seconds[name] += model.fit(X, y, epochs=1, batch_size=batch, lr=0.05, momentum=0.9).seconds
+    out = {name: {"step_ms": statistics.median(s[1:]) / steps * 1e3, "min_step_ms": min(s[1:]) / steps * 1e3,
+                  "epochs_s": s} for name, s in seconds.items()}
+    for row in out.values():
+        row["over_none"] = row["step_ms"] / out["none"]["step_ms"]
+        row["min_over_none"] = row["min_step_ms"] / out["none"]["min_step_ms"]
+    return out
+
+
+def dropout_accuracy(backend: str, epochs: int, lr: float, max_norm: float) -> dict:
+    from deltaprop import optim
+    from deltaprop.data import DataUnavailable, load_mnist
+
+    try:
+        data = load_mnist(download=False)
+    except DataUnavailable as exc:
+        return {"skipped": f"no MNIST here ({str(exc).splitlines()[0]})"}
+    settings = {"layers": SIZES, "dropout": list(DROPOUT), "max_norm": max_norm, "optimizer": "sgd", "lr": lr,
+                "momentum": 0.9, "lr_schedule": f"cosine:epochs={epochs}", "batch_size": 128, "epochs": epochs, "seed": 0}
+    model = MLP(SIZES, backend=backend, seed=0, dropout=DROPOUT, max_norm=max_norm)
+    accuracies = []
+    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=128, lr=lr, momentum=0.9,
+                        lr_schedule=optim.schedules.Cosine(epochs=epochs),
+                        callback=lambda e, h: accuracies.append(float(model.score(data.X_test, data.y_test))))
+    return {"settings": settings, "test_accuracy_per_epoch": accuracies, "final_test_accuracy": accuracies[-1],
+            "train_seconds": float(sum(history.seconds)),
+            "first_epoch_at_98.5": next((i + 1 for i, a in enumerate(accuracies) if a >= 0.985), None)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="numpy", type=lambda s: s.split(","))
+    p.add_argument("--steps", type=int, default=10, help="steps per timed epoch (default: 10; 0: no step costs)")
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds after the warm-up (default: 30)")
+    p.add_argument("--epochs", type=int, default=20, help="MNIST epochs of the dropout net (default: 20; 0: none)")
+    p.add_argument("--lr", type=float, default=0.2, help="its SGD rate, cosine-annealed over the run (default: 0.2)")
+    p.add_argument("--max-norm", type=float, default=3.5, help="its max-norm bound (default: 3.5)")
+    p.add_argument("--machine", default=f"cpu-{record.cores()}core")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    a = p.parse_args(argv)
+    from deltaprop.bench.measure import machine_info
+
+    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-dropout"
+    earlier = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
+    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
+              "load_average_start": record.load_average(), "steps": a.steps, "repeats": a.repeats, "backends": {}}
+    for backend in a.backends:
+        row = result["backends"][backend] = dict(earlier.get("backends", {}).get(backend, {}))
+        if a.steps:
+            row["step_costs"] = step_costs(backend, a.steps, a.repeats)
+            row["step_costs_commit"] = result["commit"]
+            for name, cost in row["step_costs"].items():
+                print(f"{backend} {name}: {cost['step_ms']:.2f} ms per step (median), {cost['over_none']:.3f}× none; "
+                      f"minima {cost['min_over_none']:.3f}× none", flush=True)
+        if a.epochs:
+            row["mnist"] = dropout_accuracy(backend, a.epochs, a.lr, a.max_norm)
+            row["mnist_commit"] = result["commit"]
+            print(f"{backend} dropout on MNIST: {row['mnist']}", flush=True)
+    result["load_average_end"] = record.load_average()
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# Dropout, {a.machine}, {result['date']} (commit {result['commit']})", "",
+             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             f"Reference net 784-1024-1024-10 at batch 128, SGD with momentum 0.9, dropout {DROPOUT} (input, hidden), "
+             "rounds of one epoch per variant, interleaved, after a warm-up (see bench/dropout.py).", "",
+             "| backend | variant | ms per step (median) | × none | ms per step (min) | × none |", "|---|---|---|---|---|---|"]
+    for backend, row in result["backends"].items():
+        for name, cost in row.get("step_costs", {}).items():
+            lines.append(f"| {backend} | {name} | {cost['step_ms']:.2f} | {cost['over_none']:.3f} | "
+                         f"{cost['min_step_ms']:.2f} | {cost['min_over_none']:.3f} |")
+    for backend, row in result["backends"].items():
+        mnist = row.get("mnist")
+        if mnist is None:
+            continue
+        if "skipped" in mnist:
+            lines += ["", f"MNIST, {backend}: {mnist['skipped']}"]
+            continue
+        accs = ", ".join(f"{x:.4f}" for x in mnist["test_accuracy_per_epoch"])
+        lines += ["", f"MNIST, {backend}, settings {json.dumps(mnist['settings'])}: test accuracy "
+                  f"{mnist['final_test_accuracy']:.4f} after {len(mnist['test_accuracy_per_epoch'])} epochs "
+                  f"({mnist['train_seconds']:.0f} s of training); per epoch: {accs}"]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("wrote", stem.with_suffix(".json"), "and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""bench/dropout.py at tiny sizes: every code path, so that it cannot rot (figures are its own business)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("bench_dropout", os.path.join(HERE, "..", "bench", "dropout.py"))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_the_dropout_bench_runs_writes_its_tables_and_keeps_the_part_it_skips(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))  # no MNIST: the accuracy row says so
+    common = ["--machine", "test", "--out", str(tmp_path)]
+    assert bench.main(["--steps", "2", "--repeats", "1", "--epochs", "1", *common]) == 0
+    (found,) = tmp_path.glob("*-test-dropout.json")
+    result = json.loads(found.read_text())
+    costs = result["backends"]["numpy"]["step_costs"]
+    assert set(costs) == set(bench.VARIANTS) and costs["none"]["over_none"] == costs["none"]["min_over_none"] == 1.0
+    assert all(row["step_ms"] > 0 and len(row["epochs_s"]) == 2 for row in costs.values())
+    assert "no MNIST here" in result["backends"]["numpy"]["mnist"]["skipped"]
+    assert found.with_suffix(".md").read_text().count("| numpy |") == len(bench.VARIANTS)
+    # a run of one part keeps the other's figures
+    assert bench.main(["--steps", "0", "--epochs", "1", *common]) == 0
+    assert json.loads(found.read_text())["backends"]["numpy"]["step_costs"] == costs
+
+
+def test_the_accuracy_run_records_its_settings_and_every_epoch(tmp_path, monkeypatch):
+    import types
+
+    import numpy as np
+
+    import deltaprop.data
+
+    rng = np.random.default_rng(0)
+    fake = types.SimpleNamespace(X_train=rng.random((300, 784), dtype=np.float32), y_train=rng.integers(0, 10, 300),
+                                 X_test=rng.random((50, 784), dtype=np.float32), y_test=rng.integers(0, 10, 50))
+    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
+    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
+    out = bench.dropout_accuracy("numpy", 2, 0.05, 3.0)
+    assert out["settings"]["dropout"] == list(bench.DROPOUT) and out["settings"]["max_norm"] == 3.0
+    assert len(out["test_accuracy_per_epoch"]) == 2 and out["final_test_accuracy"] == out["test_accuracy_per_epoch"][-1]
