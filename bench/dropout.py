@@ -7,8 +7,8 @@ on random data of MNIST's shape, without dropout, with dropout (0.2 on the input
 with dropout and max-norm; ``--repeats`` rounds after a warm-up one, each running one epoch of ``--steps`` steps of
 every variant in turn, so that a shared machine's load falls on all alike; the ratios of the medians and of the
 minima (the least disturbed epoch) to none's (the issue's goal: dropout ≤ 1.15×).
-Accuracy: the reference net with that dropout, max-norm ``--max-norm``, SGD (``--lr``, momentum 0.9, cosine-annealed
-to 0 over the run) for ``--epochs`` epochs on MNIST (``deltaprop.data.load_mnist``, the cache or a folder; never
+Accuracy: the reference net with that dropout, max-norm ``--max-norm`` (0: none), Adam or SGD with momentum 0.9
+(``--optimizer``, ``--lr``, cosine-annealed to 0 over the run) for ``--epochs`` epochs on MNIST (``deltaprop.data.load_mnist``, the cache or a folder; never
 downloaded here), its test accuracy after each epoch (the CPU goal: ≥ 98.5% in 20). Writes
 <date>-<machine>-dropout.json and .md; ``--steps 0`` or ``--epochs 0`` skip a part and keep what an earlier run of
 the day wrote for it there (the two parts can run apart).
@@ -54,7 +54,7 @@ def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict
     return out
 
 
-def dropout_accuracy(backend: str, epochs: int, lr: float, max_norm: float) -> dict:
+def dropout_accuracy(backend: str, epochs: int, lr: float, max_norm, optimizer: str = "sgd") -> dict:
     from deltaprop import optim
     from deltaprop.data import DataUnavailable, load_mnist
 
@@ -62,11 +62,13 @@ def dropout_accuracy(backend: str, epochs: int, lr: float, max_norm: float) -> d
         data = load_mnist(download=False)
     except DataUnavailable as exc:
         return {"skipped": f"no MNIST here ({str(exc).splitlines()[0]})"}
-    settings = {"layers": SIZES, "dropout": list(DROPOUT), "max_norm": max_norm, "optimizer": "sgd", "lr": lr,
-                "momentum": 0.9, "lr_schedule": f"cosine:epochs={epochs}", "batch_size": 128, "epochs": epochs, "seed": 0}
+    rule = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr, momentum=0.9)
+    settings = {"layers": SIZES, "dropout": list(DROPOUT), "max_norm": max_norm, "optimizer": optimizer, "lr": lr,
+                **({"momentum": 0.9} if optimizer == "sgd" else {}), "lr_schedule": f"cosine:epochs={epochs}",
+                "batch_size": 128, "epochs": epochs, "seed": 0}
     model = MLP(SIZES, backend=backend, seed=0, dropout=DROPOUT, max_norm=max_norm)
     accuracies = []
-    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=128, lr=lr, momentum=0.9,
+    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=128, optimizer=rule,
                         lr_schedule=optim.schedules.Cosine(epochs=epochs),
                         callback=lambda e, h: accuracies.append(float(model.score(data.X_test, data.y_test))))
     return {"settings": settings, "test_accuracy_per_epoch": accuracies, "final_test_accuracy": accuracies[-1],
@@ -80,8 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps per timed epoch (default: 10; 0: no step costs)")
     p.add_argument("--repeats", type=int, default=30, help="timed rounds after the warm-up (default: 30)")
     p.add_argument("--epochs", type=int, default=20, help="MNIST epochs of the dropout net (default: 20; 0: none)")
-    p.add_argument("--lr", type=float, default=0.2, help="its SGD rate, cosine-annealed over the run (default: 0.2)")
-    p.add_argument("--max-norm", type=float, default=3.5, help="its max-norm bound (default: 3.5)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="the dropout net's optimizer: adam (default) or sgd with momentum 0.9")
+    p.add_argument("--lr", type=float, default=None,
+                   help="its rate, cosine-annealed over the run (default: 1e-3 for adam, 0.05 for sgd)")
+    p.add_argument("--max-norm", type=float, default=0.0, help="its max-norm bound (default: 0, none)")
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args(argv)
@@ -100,7 +105,8 @@ def main(argv=None) -> int:
                 print(f"{backend} {name}: {cost['step_ms']:.2f} ms per step (median), {cost['over_none']:.3f}× none; "
                       f"minima {cost['min_over_none']:.3f}× none", flush=True)
         if a.epochs:
-            row["mnist"] = dropout_accuracy(backend, a.epochs, a.lr, a.max_norm)
+            lr = a.lr if a.lr is not None else (1e-3 if a.optimizer == "adam" else 0.05)
+            row["mnist"] = dropout_accuracy(backend, a.epochs, lr, a.max_norm or None, a.optimizer)
             row["mnist_commit"] = result["commit"]
             print(f"{backend} dropout on MNIST: {row['mnist']}", flush=True)
     result["load_average_end"] = record.load_average()
