@@ -147,3 +147,24 @@ def test_dropout_on_a_maxout_layers_output_is_refused_by_name_and_on_its_input_t
     history = model.fit(X, y, epochs=3, batch_size=8, lr=0.1)
     assert np.all(np.isfinite(history.loss))
     assert all(np.linalg.norm(W, axis=0).max() <= 2.0 + 1e-12 for W, _ in model.get_weights())
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_the_numpy_max_and_scatter_follow_argmax_on_ties_and_nans(k):
+    """The strided-maximum path against NumPy's max and argmax (the first maximum; the first NaN where any)."""
+    from deltaprop.backends.numpy_backend import NumpyBackend
+
+    bk, rng = NumpyBackend(), np.random.default_rng(k)
+    for _ in range(40):
+        rows, n = (int(v) for v in rng.integers(1, 9, 2))
+        a = rng.integers(-2, 3, (rows, n * k)).astype(np.float64)  # many ties
+        a[rng.random(a.shape) < 0.1] = np.nan
+        g = rng.normal(size=(rows, n))
+        z, delta = np.empty((rows, n)), np.empty_like(a)
+        bk._maxout(a, z)
+        bk._maxout_scatter(g, a, delta)
+        pieces = a.reshape(rows, n, k)
+        np.testing.assert_array_equal(z, pieces.max(axis=2))
+        want = np.zeros((rows, n, k))
+        np.put_along_axis(want, pieces.argmax(axis=2)[:, :, None], g[:, :, None], axis=2)
+        np.testing.assert_array_equal(delta.reshape(rows, n, k), want)

@@ -470,22 +470,34 @@ class Backend:
             raise ValueError(f"activation: unknown activation {activation!r}")
 
     def _maxout(self, a, z) -> None:
-        """z (B, n) = the max of each unit's k pieces in a (B, k·n), unit-major (a NaN piece gives NaN)."""
+        """z (B, n) = the max of each unit's k pieces in a (B, k·n), unit-major (a NaN piece gives NaN): an
+        elementwise maximum over the k strided views (a reduction over an axis of 2 or 3 is ~50× slower)."""
         rows, n = z.shape
-        a.reshape(rows, n, a.shape[1] // n).max(axis=2, out=z)
+        v = a.reshape(rows, n, a.shape[1] // n)
+        self.xp.maximum(v[:, :, 0], v[:, :, 1], out=z)
+        for p in range(2, v.shape[2]):
+            self.xp.maximum(z, v[:, :, p], out=z)
 
     def _maxout_scatter(self, g, a, delta) -> None:
-        """delta (B, k·n) = g (B, n) on each unit's winning piece of a (B, k·n), the first maximum, else 0 (g times
-        1 or 0: a NaN in g stays NaN, as in the other derivatives)."""
+        """delta (B, k·n) = g (B, n) on each unit's winning piece of a (B, k·n), the first maximum (the first NaN
+        where there is one: NumPy's argmax), else 0 (g times 1 or 0: a NaN in g stays NaN, as in the other
+        derivatives)."""
         xp = self.xp
         rows, n = g.shape
-        k = a.shape[1] // n
-        win = self._scratch("maxout_win", (rows, n), np.intp)
+        v = a.reshape(rows, n, a.shape[1] // n)
+        top = self._scratch("maxout_top", (rows, n), a.dtype)
         hit = self._scratch("maxout_hit", (rows, n), np.bool_)
-        a.reshape(rows, n, k).argmax(axis=2, out=win)  # the first maximum (NumPy's and CuPy's rule)
-        out = delta.reshape(rows, n, k)
-        for p in range(k):
-            xp.equal(win, p, out=hit)
+        nan = self._scratch("maxout_nan", (rows, n), np.bool_)
+        free = self._scratch("maxout_free", (rows, n), np.bool_)  # no earlier piece of the unit has won
+        self._maxout(a, top)
+        free.fill(True)
+        out = delta.reshape(rows, n, v.shape[2])
+        for p in range(v.shape[2]):
+            xp.equal(v[:, :, p], top, out=hit)
+            xp.not_equal(v[:, :, p], v[:, :, p], out=nan)  # a NaN piece: the max is NaN, and the first one wins
+            hit |= nan
+            hit &= free
+            xp.greater(free, hit, out=free)  # free and not hit
             xp.multiply(g, hit, out=out[:, :, p])
 
     def _mul_derivative(self, z, activation: str, g) -> None:
