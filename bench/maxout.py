@@ -1,7 +1,7 @@
 """Maxout on MNIST: test accuracy per epoch, and the step time against a ReLU net of the same units, in one run.
 
     python bench/maxout.py [--backends numpy] [--sizes 784,240,240,10] [--pieces 2] [--epochs 4] [--out bench/results]
-    python bench/maxout.py --backends cupy --goal       # the issue's GPU goal (needs MLP's dropout and max_norm)
+    python bench/maxout.py --backends cupy --goal       # the issue's GPU goal (needs dropout on maxout outputs: not yet)
 
 Both nets (maxout with ``--pieces`` k, and ReLU; ``--sizes`` counts units, so the maxout net's hidden GEMMs are k
 times wider) train from seed 0 with SGD (lr 0.05, momentum 0.9, batch 128) on MNIST's 60,000 training images
@@ -9,7 +9,8 @@ times wider) train from seed 0 with SGD (lr 0.05, momentum 0.9, batch 128) on MN
 after every epoch. A step's time is the median epoch's seconds over its steps (the first epoch, which compiles on a
 GPU, left out when there are more). ``--goal`` is Goodfellow et al.'s MNIST maxout MLP with Srivastava's dropout:
 [784, 240, 240, 10], 5 pieces, dropout 0.2 on the input and 0.5 on the hidden layers, max-norm 1.9365, 100 epochs
-(the issue asks ≥ 98.8% on a GPU backend); it passes ``dropout`` and ``max_norm`` to ``MLP`` and says so by name
+(the issue asks ≥ 98.8% on a GPU backend); MLP refuses it by name until dropout on a maxout layer's output exists,
+and it passes ``dropout`` and ``max_norm`` to ``MLP`` and says so by name
 where this deltaprop has no such parameter. Writes <date>-<machine>-maxout.json and .md.
 """
 
