@@ -132,6 +132,25 @@ class Backend:
         """x ← 0."""
         x.fill(0)
 
+    def _fill(self, x, value) -> None:
+        """x ← value, on the device (a kernel, not a copy from the host: a recording may hold x)."""
+        x.fill(value)
+
+    def _rate(self, lr, dtype):
+        """η as a one-element array of ``dtype``: a schedule's (the Trainer's array, of the model's dtype) as it is;
+        for a number, this thread's array of that value, made and filled the first time it is asked for (a
+        recorded step was run eagerly first, so a replay launches nothing for it)."""
+        if not isinstance(lr, (float, int, np.floating)):
+            return lr
+        rates = self._local.__dict__.setdefault("rates", {})  # (value, dtype) -> array
+        key = (float(lr), np.dtype(dtype))
+        if key not in rates:
+            if len(rates) > 64:  # many rates (a search over them): start afresh
+                rates.clear()
+            rates[key] = self.empty(1, key[1])
+            self._fill(rates[key], key[1].type(lr))
+        return rates[key]
+
     def copy_(self, dst, src) -> None:
         """dst ← src, both backend arrays of one shape."""
         self.xp.copyto(dst, src)

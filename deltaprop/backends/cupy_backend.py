@@ -266,20 +266,6 @@ class CupyBackend(GraphSteps, Backend):
             self._elementwise("rmsprop_step", p, p, g, s, v if momentum else s, rate, i64(p.size), k(rho), k(epsilon),
                               k(momentum), k(decay), i32(bool(momentum)))  # v unused without momentum
 
-    def _rate(self, lr, dtype):
-        """η as a one-element array of ``dtype``: a schedule's as it is (the Trainer's, of the model's dtype); for a
-        number, this thread's array of that value, made the first time it is asked for (a fill kernel: a recorded
-        step was run eagerly first)."""
-        if not isinstance(lr, (float, int, np.floating)):
-            return lr
-        rates = self._local.__dict__.setdefault("rates", {})  # (value, dtype) -> array
-        key = (float(lr), np.dtype(dtype))
-        if key not in rates:
-            if len(rates) > 64:  # many rates (a search over them): start afresh
-                rates.clear()
-            rates[key] = self.xp.full(1, lr, dtype=dtype)
-        return rates[key]
-
     def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
         usable = isinstance(counter, self.xp.ndarray) and counter.dtype == np.int64 and counter.flags.c_contiguous
         if not (usable and self._ok(z, out, mask)):
@@ -339,11 +325,7 @@ class CupyBackend(GraphSteps, Backend):
         if momentum:
             vel = self._scratch("fused_vel", (layout.params,), X.dtype)
             fused.pack(self, [x for pair in velocity for x in pair], vel)
-        rate = lr
-        if isinstance(lr, (float, int, np.floating)):
-            rate = self._scratch("fused_rate", (1,), X.dtype)
-            rate.fill(lr)
-        args = (theta, vel, X, Y, idx, i64(idx.size), metrics, rate, i64(layout.batch), i64(first), i64(stop),
+        args = (theta, vel, X, Y, idx, i64(idx.size), metrics, self._rate(lr, X.dtype), i64(layout.batch), i64(first), i64(stop),
                 t(layout.momentum), t(layout.weight_decay))
         kernel((1,), (fused.THREADS,), args, shared_mem=layout.shared_bytes)
         self.fused_epochs += 1

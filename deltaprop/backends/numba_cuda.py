@@ -136,7 +136,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
         return x
 
     def zero_(self, x) -> None:
-        self._launch_1d(self._ew.fill(), x.size, x.reshape(x.size), x.dtype.type(0))
+        self._fill(x, x.dtype.type(0))
+
+    def _fill(self, x, value) -> None:
+        self._launch_1d(self._ew.fill(), x.size, x.reshape(x.size), value)
 
     def copy_(self, dst, src) -> None:
         dst.copy_to_device(src)
@@ -238,21 +241,6 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def max_norm(self, W, c: float) -> None:
         kind = self._kind(W)
         self._launch_1d(self._ew.max_norm(kind), W.shape[1], W, kind(c))
-
-    def _rate(self, lr, kind):
-        """η as a one-element device array: a schedule's as it is; for a number, this thread's array of that
-        value, filled once when it is first asked for (a step launches nothing more for it: a recorded step
-        was run eagerly first)."""
-        if not isinstance(lr, (float, int, np.floating)):
-            return lr
-        rates = self._local.__dict__.setdefault("rates", {})  # (value, kind) -> array
-        rate = rates.get((float(lr), kind))
-        if rate is None:
-            if len(rates) > 64:  # many rates (a search over them): start afresh
-                rates.clear()
-            rate = rates[(float(lr), kind)] = self.empty(1, kind)
-            self._launch_1d(self._ew.fill(), 1, rate, kind(lr))
-        return rate
 
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)

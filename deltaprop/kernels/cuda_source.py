@@ -52,18 +52,24 @@ def source() -> str:
     return prelude() + f'#line 1 "{SOURCE.name}"\n' + SOURCE.read_text()
 
 
-def kernels(dtype) -> dict:
-    """{name: cupy.RawKernel} for ``dtype`` (float32 or float64) on the current device, compiled on first use."""
+def _compiled(cache: dict, code, templates, plain, dtype) -> dict:
+    """{name: cupy.RawKernel} of the source ``code()`` for ``dtype`` on the current device, compiled on first use
+    and kept in ``cache``: the templates instantiated for the dtype's C type, and the ``plain`` (extern "C") ones."""
     import cupy
 
     key = (CTYPES[np.dtype(dtype)], cupy.cuda.runtime.getDevice())
-    if key not in _cache:
-        names = [f"{k}<{key[0]}>" for k in TEMPLATES]
-        module = cupy.RawModule(code=source(), options=OPTIONS, name_expressions=names)
-        found = {k: module.get_function(n) for k, n in zip(TEMPLATES, names)}
-        found.update({k: module.get_function(k) for k in PLAIN})
-        _cache[key] = found
-    return _cache[key]
+    if key not in cache:
+        names = [f"{k}<{key[0]}>" for k in templates]
+        module = cupy.RawModule(code=code(), options=OPTIONS, name_expressions=names)
+        found = {k: module.get_function(n) for k, n in zip(templates, names)}
+        found.update({k: module.get_function(k) for k in plain})
+        cache[key] = found
+    return cache[key]
+
+
+def kernels(dtype) -> dict:
+    """{name: cupy.RawKernel} of mlp_kernels.cu for ``dtype`` (float32 or float64) on the current device."""
+    return _compiled(_cache, source, TEMPLATES, PLAIN, dtype)
 
 
 def plain_kernels() -> dict:
@@ -82,13 +88,5 @@ _dropout_cache: dict = {}
 
 
 def dropout_kernels(dtype) -> dict:
-    """{name: cupy.RawKernel} of dropout.cu for ``dtype`` (float32 or float64) on the current device, compiled on
-    first use."""
-    import cupy
-
-    key = (CTYPES[np.dtype(dtype)], cupy.cuda.runtime.getDevice())
-    if key not in _dropout_cache:
-        names = [f"{k}<{key[0]}>" for k in DROPOUT_TEMPLATES]
-        module = cupy.RawModule(code=DROPOUT_SOURCE.read_text(), options=OPTIONS, name_expressions=names)
-        _dropout_cache[key] = {k: module.get_function(n) for k, n in zip(DROPOUT_TEMPLATES, names)}
-    return _dropout_cache[key]
+    """{name: cupy.RawKernel} of dropout.cu for ``dtype`` (float32 or float64) on the current device."""
+    return _compiled(_dropout_cache, DROPOUT_SOURCE.read_text, DROPOUT_TEMPLATES, (), dtype)
