@@ -7,10 +7,8 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 import deltaprop.data
-from deltaprop import MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("bench_maxout", os.path.join(HERE, "..", "bench", "maxout.py"))
@@ -32,11 +30,16 @@ def test_the_maxout_bench_runs_and_writes_its_tables(tmp_path, monkeypatch):
     assert "| numpy | maxout k=3 |" in text and "| numpy | relu |" in text
 
 
-def test_the_goal_says_what_this_deltaprop_lacks(tmp_path, capsys):
-    import inspect
-
-    missing = [k for k in ("dropout", "max_norm") if k not in inspect.signature(MLP).parameters]
-    if not missing:
-        pytest.skip("MLP has dropout and max_norm: the goal would train for 100 epochs")
-    assert bench.main(["--goal", "--out", str(tmp_path)]) == 1
-    assert f"--goal needs MLP({', '.join(missing)}=...)" in capsys.readouterr().err
+def test_the_goal_runs_maxout_with_dropout_and_max_norm(tmp_path, monkeypatch):
+    """--goal's net (dropout on every layer's input, the maxout outputs' included), at 1 epoch on stand-in data."""
+    rng = np.random.default_rng(1)
+    X, y = rng.random((300, 784), dtype=np.float32), np.arange(300) % 10
+    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda **kw: deltaprop.data.Dataset(X[:200], y[:200], X[200:], y[200:], name="t"))
+    assert bench.main(["--goal", "--no-relu", "--epochs", "1", "--optimizer", "adam", "--machine", "test",
+                       "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*-test-maxout-goal.json")).read_text())
+    assert result["extra"] == {"dropout": bench.GOAL["dropout"], "max_norm": bench.GOAL["max_norm"]}
+    assert result["fit"]["optimizer"] == "adam" and result["fit"]["lr_schedule"] == "cosine:epochs=1"
+    row = result["backends"]["numpy"]["maxout"]
+    assert row["pieces"] == 5 and row["sizes"] == bench.GOAL["sizes"] and len(row["test_accuracy_per_epoch"]) == 1
+    assert "relu" not in result["backends"]["numpy"]

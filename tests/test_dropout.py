@@ -129,7 +129,7 @@ def test_mask_delta_and_max_norm_against_float64(backend, dtype, rng, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("act", [a for a in HIDDEN if a in ELEMENTWISE])  # maxout's output takes no dropout yet
+@pytest.mark.parametrize("act", [a for a in HIDDEN if a in ELEMENTWISE])  # maxout: test_maxout_hidden_delta_masked_against_float64
 def test_hidden_delta_masked_against_float64(backend, dtype, rng, shape, act):
     B, n, n_next = shape
     a = away_from_kinks(rng.normal(size=(B, n)))
@@ -140,6 +140,21 @@ def test_hidden_delta_masked_against_float64(backend, dtype, rng, shape, act):
     backend.hidden_delta_masked(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, z, dtype), act,
                                 delta, dev(backend, mask, dtype))
     expected = ref.dphi(act, a) * mask * (d_next.astype(np.float64) @ W_next.T)
+    assert_close(backend.to_numpy(delta), expected, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("k", [2, 3])
+def test_maxout_hidden_delta_masked_against_float64(backend, dtype, rng, shape, k):
+    """A dropped maxout output: the unit's g = δ_next·W_nextᵀ is masked, then goes to its winning piece."""
+    B, n, n_next = shape
+    a = rng.normal(size=(B, k * n)).astype(dtype)  # ties have probability 0
+    d_next, W_next = rng.normal(size=(B, n_next)).astype(dtype), rng.normal(size=(n, n_next)).astype(dtype)
+    mask = ((rng.random((B, n)) < 0.6) / 0.6).astype(dtype)
+    delta = backend.empty((B, k * n), dtype)
+    backend.hidden_delta_masked(dev(backend, d_next, dtype), dev(backend, W_next, dtype), dev(backend, a, dtype), "maxout",
+                                delta, dev(backend, mask, dtype))
+    expected = ref.maxout_delta(a, k, mask * (d_next.astype(np.float64) @ W_next.T))
     assert_close(backend.to_numpy(delta), expected, dtype)
 
 
@@ -160,13 +175,17 @@ def reference_fit(weights, acts, X, Y, rates, seed, epochs, batch, lr, momentum,
             for l, ((w, b), act) in enumerate(zip(W, acts)):
                 inputs.append(z * ms[l])
                 pre.append(inputs[-1] @ w + b)
-                z = ref.phi(act, pre[-1])
+                z = ref.maxout(pre[-1], ref.pieces_of(W, l)) if act == "maxout" else ref.phi(act, pre[-1])
             delta = z - y  # softmax + cross-entropy
             grads = [None] * len(W)
             for l in reversed(range(len(W))):
                 grads[l] = (inputs[l].T @ delta / B, delta.mean(axis=0))
-                if l:  # ∂E/∂a_{l-1}: φ'(a_{l-1}) ⊙ m_l ⊙ (δ_l·W_lᵀ)
-                    delta = ref.dphi(acts[l - 1], pre[l - 1]) * ms[l] * (delta @ W[l][0].T)
+                if l:  # ∂E/∂a_{l-1}: φ'(a_{l-1}) ⊙ m_l ⊙ (δ_l·W_lᵀ); maxout: m_l ⊙ (δ_l·W_lᵀ) on the winning pieces
+                    g = ms[l] * (delta @ W[l][0].T)
+                    if acts[l - 1] == "maxout":
+                        delta = ref.maxout_delta(pre[l - 1], ref.pieces_of(W, l - 1), g)
+                    else:
+                        delta = ref.dphi(acts[l - 1], pre[l - 1]) * g
             W, V = ref.sgd(W, grads, V, lr, momentum, 0.0)
             if max_norm is not None:
                 rescaled += sum(int((np.linalg.norm(w, axis=0) > max_norm).sum()) for w, _ in W)
@@ -195,13 +214,28 @@ def test_a_fit_with_dropout_matches_the_float64_reference(backend, dtype, rng, m
         assert rescaled > 0  # the bound was active
 
 
-def test_backprop_through_a_fixed_mask_is_the_gradient(backend, rng):
+def test_a_maxout_fit_with_dropout_on_every_layer_matches_the_float64_reference(backend, rng):
+    """Dropout on the input and on the outputs of two maxout layers (k = 3, odd widths), max-norm on."""
+    X, y = rng.normal(size=(29, 5)), rng.integers(0, 3, 29)  # 3 steps of 8 and a tail of 5
+    rates = (0.2, 0.5, 0.3)
+    model = MLP([5, 7, 3, 3], activation="maxout", maxout_pieces=3, backend=backend.name, dtype="float64", seed=7,
+                dropout=rates, max_norm=1.5)
+    start = model.get_weights()
+    model.fit(X, y, epochs=2, batch_size=8, lr=0.1, momentum=0.5, shuffle=False)
+    want, _ = reference_fit(start, model.activations, X, one_hot(y, 3), rates, 7, 2, 8, 0.1, 0.5, 1.5)
+    for (W, b), (Wr, br) in zip(model.get_weights(), want):
+        np.testing.assert_allclose(W, Wr, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(b, br, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("act", ["tanh", "maxout"])
+def test_backprop_through_a_fixed_mask_is_the_gradient(backend, rng, act):
     """With the masks of one step held fixed, the δ of the training pass give ∂E/∂W by finite differences."""
     sizes, rates = (5, 8, 6, 3), (0.3, 0.5, 0.4)
-    model = MLP(list(sizes), activation="tanh", backend=backend.name, dtype="float64", seed=3, dropout=rates)
+    model = MLP(list(sizes), activation=act, backend=backend.name, dtype="float64", seed=3, dropout=rates)
     net, bk = model.network, model.backend
     X, Y = rng.normal(size=(7, 5)), one_hot(rng.integers(0, 3, 7), 3)
-    buf = Buffers(bk, sizes, 7, np.float64, rates=rates)
+    buf = Buffers(bk, sizes, 7, np.float64, rates=rates, pieces=net.pieces)
     bk.copy_(buf.x, bk.asarray(X, np.float64))
     bk.copy_(buf.y, bk.asarray(Y, np.float64))
     net.new_counter()
@@ -221,8 +255,9 @@ def test_backprop_through_a_fixed_mask_is_the_gradient(backend, rng):
 
     def loss(ws):
         z = X
-        for (W, b), act, m in zip(ws, model.activations, ms):
-            z = ref.phi(act, (z * m) @ W + b)
+        for l, ((W, b), name, m) in enumerate(zip(ws, model.activations, ms)):
+            a = (z * m) @ W + b
+            z = ref.maxout(a, ref.pieces_of(ws, l)) if name == "maxout" else ref.phi(name, a)
         return -np.sum(Y * np.log(z)) / 7
 
     for l in range(3):

@@ -137,9 +137,7 @@ def test_the_estimators_take_maxout_pieces():
             cls(activation="maxout", maxout_pieces=1).fit(X, y)
 
 
-def test_dropout_on_a_maxout_layers_output_is_refused_by_name_and_on_its_input_trains():
-    with pytest.raises(ValueError, match=r"dropout: a rate on the output of maxout hidden layer 0 \(dropout\[1\]"):
-        MLP([4, 6, 3], activation="maxout", dropout=0.5, seed=0)
+def test_dropout_on_a_maxout_layers_input_trains():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
     model = MLP([4, 6, 3], activation="maxout", maxout_pieces=3, dropout=[0.2, 0.0], max_norm=2.0, seed=0,

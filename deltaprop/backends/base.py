@@ -228,10 +228,7 @@ class Backend:
         (B, k·n): g = δ_next·W_nextᵀ (B, n) on each unit's winning piece, 0 on its other pieces.
         """
         if activation == "maxout":
-            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
-            self.xp.matmul(delta_next, W_next.T, out=g)
-            self._maxout_scatter(g, z, delta)
-            return
+            return self._maxout_delta(delta_next, W_next, z, delta)
         self.xp.matmul(delta_next, W_next.T, out=delta)
         self._mul_derivative(z, activation, delta)
 
@@ -394,7 +391,11 @@ class Backend:
 
     def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
         """δ = φ'(a) ⊙ mask ⊙ (δ_next·W_nextᵀ): ``hidden_delta`` then ``mask_delta`` (a GPU backend fuses them);
-        z is the layer's output before dropout, mask (B, n) its dropout mask."""
+        z is the layer's output before dropout, mask (B, n) its dropout mask. "maxout": z is the layer's a (B, k·n)
+        and delta (B, k·n), as in ``hidden_delta``; mask (B, n) is that of the units' outputs, applied to g =
+        δ_next·W_nextᵀ (B, n) before g goes to each unit's winning piece."""
+        if activation == "maxout":
+            return self._maxout_delta(delta_next, W_next, z, delta, mask)
         self.hidden_delta(delta_next, W_next, z, activation, delta)
         self.mask_delta(delta, mask)
 
@@ -496,6 +497,15 @@ class Backend:
         self.xp.maximum(v[:, :, 0], v[:, :, 1], out=z)
         for p in range(2, v.shape[2]):
             self.xp.maximum(z, v[:, :, p], out=z)
+
+    def _maxout_delta(self, delta_next, W_next, a, delta, mask=None) -> None:
+        """δ (B, k·n) of a maxout layer with pieces a (B, k·n): g = δ_next·W_nextᵀ (B, n), ⊙ mask (B, n) when the
+        layer's output was dropped, on each unit's winning piece (``_maxout_scatter``)."""
+        g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
+        self.xp.matmul(delta_next, W_next.T, out=g)
+        if mask is not None:
+            self.mask_delta(g, mask)
+        self._maxout_scatter(g, a, delta)
 
     def _maxout_scatter(self, g, a, delta) -> None:
         """delta (B, k·n) = g (B, n) on each unit's winning piece of a (B, k·n), the first maximum (the first NaN

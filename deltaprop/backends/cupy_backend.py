@@ -207,16 +207,20 @@ class CupyBackend(GraphSteps, Backend):
         self._elementwise("output_delta", delta, a, z, y, delta, i64(delta.size), i32(act), i32(LOSS_CODES[loss]))
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
-        if activation == "maxout" and self._ok(delta_next, W_next, z, delta):  # z: the pieces a; g, then its scatter
-            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
-            self._gemm(delta_next, W_next, g, trans_b=True)
-            self._elementwise("maxout_scatter", g, g, z, delta, i64(g.size), i32(z.shape[1] // g.shape[1]))
-            return
         if activation not in ACTIVATION_CODES or not self._ok(delta_next, W_next, z, delta):
             return super().hidden_delta(delta_next, W_next, z, activation, delta)
         self._gemm(delta_next, W_next, delta, trans_b=True)
         if activation != "identity":
             self._elementwise("mul_dphi", delta, delta, z, i64(delta.size), i32(ACTIVATION_CODES[activation]))
+
+    def _maxout_delta(self, delta_next, W_next, a, delta, mask=None) -> None:
+        if not self._ok(delta_next, W_next, a, delta, *(() if mask is None else (mask,))):
+            return super()._maxout_delta(delta_next, W_next, a, delta, mask)
+        g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)  # g, masked, then its scatter
+        self._gemm(delta_next, W_next, g, trans_b=True)
+        if mask is not None:
+            self.mask_delta(g, mask)
+        self._elementwise("maxout_scatter", g, g, a, delta, i64(g.size), i32(a.shape[1] // g.shape[1]))
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         if not self._ok(z_prev, delta, dW, db):

@@ -176,19 +176,22 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.output_delta(activation, loss, self._kind(delta)), delta.size, a, z, y, delta)
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
-        if activation == "maxout":  # z is the layer's a (B, k·n): g = δ_next·W_nextᵀ (B, n), then scattered by the winner
-            g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
-            self._hidden_gemm(delta_next, W_next, g, "identity", g)  # φ' = 1: g read as "z", unused
-            self._launch_1d(self._ew.maxout_scatter(self._kind(delta)), g.size, g, z, delta)
-            return
+        if activation == "maxout":
+            return self._maxout_delta(delta_next, W_next, z, delta)
         self._hidden_gemm(delta_next, W_next, z, activation, delta)
 
-    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta) -> None:
-        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z), in one GEMM."""
+    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask=None) -> None:
+        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z) (⊙ mask when given), in one GEMM."""
         t, grid = self._tiling(*delta.shape, delta.dtype)
         wide = self._wide(delta_next=delta_next, W_next=W_next)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta)  # no mask: not read
+        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, mask is not None)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta if mask is None else mask)  # unmasked: not read
+
+    def _maxout_delta(self, delta_next, W_next, a, delta, mask=None) -> None:
+        """g = δ_next·W_nextᵀ (⊙ mask) (B, n) in one GEMM (φ' = 1: g passed as its "z", unread), then its scatter."""
+        g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
+        self._hidden_gemm(delta_next, W_next, g, "identity", g, mask)
+        self._launch_1d(self._ew.maxout_scatter(self._kind(delta)), g.size, g, a, delta)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
@@ -230,10 +233,9 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
 
     def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
-        t, grid = self._tiling(*delta.shape, delta.dtype)
-        wide = self._wide(delta_next=delta_next, W_next=W_next)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, True)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
+        if activation == "maxout":
+            return self._maxout_delta(delta_next, W_next, z, delta, mask)
+        self._hidden_gemm(delta_next, W_next, z, activation, delta, mask)
 
     def mask_delta(self, delta, mask) -> None:
         self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))

@@ -101,9 +101,6 @@ class MLP:
             if not ACTIVATIONS[name].hidden:
                 why = "zero derivative: backprop cannot train through it" if name == "step" else "output only"
                 raise ValueError(f"activation: {name!r} cannot be used in hidden layer {i} ({why})")
-            if ACTIVATIONS[name].form == "pieces" and rates[i + 1]:  # δ would need the mask before the scatter
-                raise ValueError(f"dropout: a rate on the output of maxout hidden layer {i} (dropout[{i + 1}] = "
-                                 f"{rates[i + 1]}) is not supported yet; dropout on the input and on other layers is")
         out = check_activation(output_activation, "output_activation")
         if not ACTIVATIONS[out].output:
             raise ValueError(f"output_activation: {out!r} is a hidden-layer activation only; it cannot be the output's")
