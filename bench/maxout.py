@@ -44,8 +44,13 @@ def run(backend: str, sizes, activation: str, pieces: int, epochs: int, data, ex
     """One net's fit: test accuracy after each epoch, seconds per epoch, ms per step."""
     model = MLP(sizes, activation=activation, maxout_pieces=pieces, backend=backend, seed=0, **extra)
     accuracies = []
-    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=BATCH, **fit,
-                        callback=lambda e, h: accuracies.append(float(model.score(data.X_test, data.y_test))))
+
+    def scored(epoch, history):  # the test accuracy after each epoch, shown as it comes (a --goal run is long)
+        accuracies.append(float(model.score(data.X_test, data.y_test)))
+        print(f"{backend} {activation} epoch {epoch + 1}/{epochs}: {history.seconds[-1]:.1f} s, test accuracy "
+              f"{accuracies[-1]:.4f}", flush=True)
+
+    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=BATCH, **fit, callback=scored)
     steps = -(-len(data.y_train) // BATCH)
     timed = history.seconds[1:] or history.seconds
     return {"activation": activation, "pieces": pieces if activation == "maxout" else None, "sizes": list(sizes),
