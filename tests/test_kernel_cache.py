@@ -222,6 +222,26 @@ def test_two_processes_fill_one_cache_at_once(toolkit, cache_dir):
     assert f"0 compiled, {n} found in the cache" in again.stdout
 
 
+@needs_compiler
+def test_the_fused_maxout_kernels_compile_and_are_keyed_by_their_pieces(toolkit, cache_dir):
+    """numba types and compiles them for sm_90 (the simulator runs them as Python and types nothing); k is in the key."""
+    from numba import from_dtype
+
+    from deltaprop.kernels import numba_gemm as g
+
+    files = numba_cache.store()
+    t = from_dtype(np.dtype(np.float32))
+    sig = (t[:, ::1], t[:, ::1], t[::1], t[:, ::1], t[:, ::1])
+    tiles = g.GPU_TILES[-1]
+    forward = g.maxout_forward(3, np.float32, tiles, False)
+    assert forward._cache.variant.startswith("numba_gemm.maxout_forward(3,float32,")
+    assert numba_cache.compile_for(forward, sig, (9, 0), files) is True
+    assert numba_cache.compile_for(g.maxout_hidden(3, np.float32, tiles, False, True), (t[:, ::1],) * 5, (9, 0), files)
+    assert numba_cache.compile_for(forward, sig, (9, 0), files) is False  # found
+    assert not g.maxout_forward(2, np.float32, tiles, False)._cache.has(sig, numba_cache.arch((9, 0)), files)
+    assert len(_entries(cache_dir)) == 2
+
+
 def test_an_unwritable_directory_warns_once_and_writes_nothing(tmp_path, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("not a directory")
