@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     c.add_argument("--inputs", type=int, default=784, metavar="N", help="input width (default: 784, MNIST)")
     c.add_argument("--outputs", type=int, default=10, metavar="N", help="output width (default: 10)")
     c.add_argument("--activation", default="relu", help="hidden activation (default: relu)")
+    c.add_argument("--maxout-pieces", type=int, metavar="K",
+                   help="with --activation maxout: the pieces of each unit, ≥ 2, which its kernels are built for "
+                        "(default: 2)")
     c.add_argument("--loss", default="cross_entropy", help="cross_entropy (softmax output), mse or bce (sigmoid); default: cross_entropy")
     c.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     c.add_argument("--batch-size", type=int, default=128, metavar="B", help="default: 128")
@@ -87,6 +90,7 @@ def _parse_cc(text: str) -> tuple:
 def _net(args) -> dict:
     """The net and the data shapes of the fit, checked as MLP and fit check them (each error names its option)."""
     from .mlp import MLP
+    from .mlp.activations import MAXOUT_PIECES
     from .mlp.checks import parse_widths
     from .mlp.losses import OUTPUT_FOR_LOSS
 
@@ -102,6 +106,9 @@ def _net(args) -> dict:
         raise CompileError(f"--loss: {args.loss!r} is not one of {', '.join(sorted(OUTPUT_FOR_LOSS))}")
     if args.dtype not in ("float32", "float64"):
         raise CompileError(f"--dtype: {args.dtype!r} is not float32 or float64")
+    if args.maxout_pieces is not None and args.activation != "maxout":
+        raise CompileError(f"--maxout-pieces: only with --activation maxout, not {args.activation}")
+    pieces = MAXOUT_PIECES if args.maxout_pieces is None else args.maxout_pieces
     if not 0 <= args.val_split < 1:
         raise CompileError(f"--val-split: must be in [0, 1), got {args.val_split}")
     from . import optim
@@ -118,22 +125,23 @@ def _net(args) -> dict:
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
-            backend="numpy", dtype=args.dtype, seed=0)
+            backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces)
     except (ValueError, TypeError) as exc:
         arg = str(exc).split(":")[0]
-        option = {"activation": "--activation", "layer_sizes": "--layers"}.get(arg)
+        option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces"}.get(arg)
         raise CompileError(f"{option}: {str(exc).split(':', 1)[1].strip()}" if option else str(exc)) from None
     n_val = int(round(args.samples * args.val_split))
     if args.samples - n_val < 1:
         raise CompileError(f"--samples: {args.samples} leave no training sample after --val-split {args.val_split}")
-    return dict(sizes=sizes, activation=args.activation, output=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
-                dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(),
+    return dict(sizes=sizes, activation=args.activation, maxout_pieces=pieces, output=OUTPUT_FOR_LOSS[args.loss],
+                loss=args.loss, dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(),
                 train=args.samples - n_val, val=n_val, test=args.test_samples)
 
 
 def _describe(net: dict) -> str:
     opt = ", ".join(f"{k} {v:g}" for k, v in net["optimizer"].items() if k not in ("name", "lr") and isinstance(v, float))
-    return (f"{'-'.join(map(str, net['sizes']))} {net['activation']} {net['output']} + {net['loss']}, {net['dtype']}, "
+    act = f"maxout (k = {net['maxout_pieces']})" if net["activation"] == "maxout" else net["activation"]
+    return (f"{'-'.join(map(str, net['sizes']))} {act} {net['output']} + {net['loss']}, {net['dtype']}, "
             f"batch {net['batch_size']}, {net['optimizer']['name']}{' (' + opt + ')' if opt else ''}, "
             f"{net['train']} + {net['val']} samples, "
             f"{net['test']} evaluated")
@@ -238,9 +246,13 @@ def sweep(stand_in) -> list:
             for wide in (False, True):
                 stand_in.tilings, stand_in.wide_from = (tiles,), 1 if wide else numba_gemm.WIDE
                 for act in ACTIVATIONS:
-                    if ACTIVATIONS[act].form == "pieces":  # maxout (2 pieces): a (B, 2·n) kept, z (B, n), δ (B, 2·n)
-                        stand_in.forward(S(B, K), S(K, 2 * N), S(2 * N), act, S(B, N), S(B, 2 * N))
-                        stand_in.hidden_delta(S(B, N), S(K, N), S(B, 2 * K), act, S(B, 2 * K))
+                    if ACTIVATIONS[act].form == "pieces":  # maxout, k pieces: a (B, k·n) kept, z (B, n), δ (B, k·n)
+                        for k in (2, 3, 4):  # a kernel per k: the tests' (and the issue's); others compile on first use
+                            stand_in.forward(S(B, K), S(K, k * N), S(k * N), act, S(B, N), S(B, k * N))
+                            stand_in.hidden_delta(S(B, N), S(K, N), S(B, k * K), act, S(B, k * K))
+                            stand_in.hidden_delta_masked(S(B, N), S(K, N), S(B, k * K), act, S(B, k * K), S(B, K))
+                        k = tiles.bn + 1  # a unit wider than a tile: the GEMM, then the max per unit
+                        stand_in.forward(S(B, K), S(K, k * N), S(k * N), act, S(B, N), S(B, k * N))
                         continue
                     for n in (N, tiles.bn + 1) if act == "softmax" else (N,):  # fused in one tile, or row-wise after
                         for a in (S(B, n), None):
@@ -386,9 +398,10 @@ def record(net: dict, stand_in) -> list:
     """[(kernel, argtypes)] that a fit of ``net``, an evaluation and a prediction launch on the ``recorder``
     ``stand_in``, in the order of their first launch, each once."""
     from .mlp import MLP
+    from .mlp.activations import MAXOUT_PIECES
 
     model = MLP(net["sizes"], activation=net["activation"], output_activation=net["output"], loss=net["loss"],
-                backend="numpy", dtype=net["dtype"], seed=0)
+                backend="numpy", dtype=net["dtype"], seed=0, maxout_pieces=net.get("maxout_pieces", MAXOUT_PIECES))
     weights = model.get_weights()
     model.backend = stand_in  # the same model on the stand-in device
     model.set_weights(weights)

@@ -222,6 +222,26 @@ def test_two_processes_fill_one_cache_at_once(toolkit, cache_dir):
     assert f"0 compiled, {n} found in the cache" in again.stdout
 
 
+@needs_compiler
+def test_the_fused_maxout_kernels_compile_and_are_keyed_by_their_pieces(toolkit, cache_dir):
+    """numba types and compiles them for sm_90 (the simulator runs them as Python and types nothing); k is in the key."""
+    from numba import from_dtype
+
+    from deltaprop.kernels import numba_gemm as g
+
+    files = numba_cache.store()
+    t = from_dtype(np.dtype(np.float32))
+    sig = (t[:, ::1], t[:, ::1], t[::1], t[:, ::1], t[:, ::1])
+    tiles = g.GPU_TILES[-1]
+    forward = g.maxout_forward(3, np.float32, tiles, False)
+    assert forward._cache.variant.startswith("numba_gemm.maxout_forward(3,float32,")
+    assert numba_cache.compile_for(forward, sig, (9, 0), files) is True
+    assert numba_cache.compile_for(g.maxout_hidden(3, np.float32, tiles, False, True), (t[:, ::1],) * 5, (9, 0), files)
+    assert numba_cache.compile_for(forward, sig, (9, 0), files) is False  # found
+    assert not g.maxout_forward(2, np.float32, tiles, False)._cache.has(sig, numba_cache.arch((9, 0)), files)
+    assert len(_entries(cache_dir)) == 2
+
+
 def test_an_unwritable_directory_warns_once_and_writes_nothing(tmp_path, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("not a directory")
@@ -317,6 +337,8 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--cc", "9.0", "--layers", "a,b"], "--layers"),
     (["--cc", "9.0", "--activation", "softmax"], "--activation"),
     (["--cc", "9.0", "--activation", "swish"], "--activation"),
+    (["--cc", "9.0", "--maxout-pieces", "3"], "--maxout-pieces: only with --activation maxout"),
+    (["--cc", "9.0", "--activation", "maxout", "--maxout-pieces", "1"], "--maxout-pieces"),
     (["--cc", "9.0", "--loss", "hinge"], "--loss"),
     (["--cc", "9.0", "--dtype", "float16"], "--dtype"),
     (["--cc", "9.0", "--batch-size", "0"], "--batch-size"),
@@ -356,7 +378,8 @@ def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
 
 # ------------------------------------------------------------------ the recorder is the backend
 @pytest.mark.skipif(not SIMULATED, reason="compares with the simulator's real launches (the simulator run)")
-def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch):
+@pytest.mark.parametrize("act", ["tanh", "maxout"])
+def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act):
     from deltaprop import backends
 
     sim = backends.instance("numba-cuda")
@@ -368,21 +391,40 @@ def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch):
         return real(self, kernel, grid, block, *args)
 
     monkeypatch.setattr(type(sim), "_launch", spy)
-    net = dict(sizes=[3, 9, 7, 2], activation="tanh", output="softmax", loss="cross_entropy", dtype="float64",
-               batch_size=8, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=37, val=5, test=11)
+    net = dict(sizes=[3, 9, 7, 2], activation=act, maxout_pieces=3, output="softmax", loss="cross_entropy",
+               dtype="float64", batch_size=8, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=37, val=5,
+               test=11)
     stand_in = precompile.recorder(sim.multiprocessors)
     stand_in.tilings, stand_in.threads, stand_in.graphs = sim.tilings, sim.threads, sim.graphs
     recorded = precompile.record(net, stand_in)
 
     from deltaprop import MLP
 
-    model = MLP(net["sizes"], activation="tanh", backend="numba-cuda", dtype="float64", seed=0)
+    model = MLP(net["sizes"], activation=act, maxout_pieces=3, backend="numba-cuda", dtype="float64", seed=0)
     X, y = np.zeros((37, 3)), np.arange(37) % 2
     model.fit(X, y, epochs=1, batch_size=8, momentum=0.9, validation_data=(np.zeros((5, 3)), np.arange(5) % 2))
     model.evaluate(np.zeros((11, 3)), np.arange(11) % 2)
     model.predict(np.zeros((11, 3)))
     assert {k for k, _ in recorded} == launched
     assert len(launched) >= 8
+
+
+def test_the_recorder_builds_a_maxout_nets_kernels_for_its_pieces():
+    """``deltaprop compile --activation maxout --maxout-pieces 3``'s kernels: the fused maxout GEMMs of k = 3 (a kernel
+    per k), no other k's, and no kernel for the max or the scatter beside them."""
+    pytest.importorskip("numba.cuda")
+    from deltaprop.kernels import numba_elementwise, numba_gemm
+
+    net = precompile._net(cli.build_parser().parse_args(["compile", "--activation", "maxout", "--maxout-pieces", "3",
+                                                         *SMALL, "--layers", "5,6"]))
+    assert net["maxout_pieces"] == 3 and "maxout (k = 3)" in precompile._describe(net)
+    kernels = {k for k, _ in precompile.record(net, precompile.recorder(132))}
+    assert numba_elementwise.maxout_rows() not in kernels
+    for t in numba_gemm.GPU_TILES:  # float32, the command's default; as the backend asks (functools.cache's keys)
+        assert numba_gemm.maxout_forward(2, np.float32, t, False) not in kernels
+        assert numba_gemm.maxout_forward(4, np.float32, t, False) not in kernels
+    assert any(numba_gemm.maxout_forward(3, np.float32, t, False) in kernels for t in numba_gemm.GPU_TILES)
+    assert any(numba_gemm.maxout_hidden(3, np.float32, t, False, False) in kernels for t in numba_gemm.GPU_TILES)
 
 
 # ------------------------------------------------------------------ on a GPU

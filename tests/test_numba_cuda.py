@@ -44,8 +44,9 @@ def test_a_training_step_launches_three_kernels_per_layer_plus_three(nb, rng, mo
     assert per_step == 3 * model.n_layers + 3  # 2 gathers, L forward, metrics, output δ, L − 1 hidden δ, L updates
 
 
-def test_a_maxout_layer_adds_two_kernels_to_a_step(nb, rng, monkeypatch):
-    """Its forward GEMM writes the pieces, one kernel takes their max; its δ GEMM writes g, one kernel scatters it."""
+def test_a_maxout_layer_adds_no_kernel_to_a_step(nb, rng, monkeypatch):
+    """Its forward GEMM writes the pieces and their max; its δ GEMM writes δ of every piece (the max and the scatter
+    fused into the GEMMs)."""
     monkeypatch.setattr(nb, "graphs", False)
     X, y = rng.normal(size=(12, 5)), rng.integers(0, 3, 12)
     model = MLP([5, 7, 6, 3], activation=["maxout", "relu"], maxout_pieces=3, backend="numba-cuda", seed=0)
@@ -54,7 +55,117 @@ def test_a_maxout_layer_adds_two_kernels_to_a_step(nb, rng, monkeypatch):
         before = nb.launches
         model.fit(X, y, epochs=1, batch_size=batch, lr=0.1, momentum=0.9, shuffle=False)
         counts.append(nb.launches - before)
-    assert counts[2] - counts[1] == 3 * model.n_layers + 3 + 2
+    assert counts[2] - counts[1] == 3 * model.n_layers + 3
+
+
+# ------------------------------------------------------------------ maxout fused into the GEMMs
+MAXOUT_SHAPES = [(1, 1), (7, 33), (33, 7), (1, 7), (33, 1)]  # (batch, units): 1, 7 and 33 in each place
+
+
+def _winners(a, k):
+    """(B, n, k): True on each unit's winning piece of a (B, k·n), the first maximum, the first NaN where any
+    (NumPy's argmax)."""
+    pieces = a.reshape(a.shape[0], -1, k)
+    return np.arange(k) == pieces.argmax(axis=2)[:, :, None]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_maxout_forward_is_one_gemm_with_the_max_fused(nb, rng, which, k, dtype, monkeypatch):
+    """Each tiling forced (column tiles of (BN // k)·k columns: units never straddle them; k = 3 leaves BN − 3·⌊BN/3⌋
+    columns of each tile unstored): a (B, k·n) and z (B, n) in one launch. Small integers give exact sums, many ties
+    and NaN pieces (the max is NaN), against float64 exactly; normal data against float64, and bit for bit against
+    the old two kernels' result (the GEMM with the bias, then the max of what it wrote)."""
+    monkeypatch.setattr(nb, "tilings", (nb.tilings[which],))
+    dt = np.dtype(dtype)
+    for B, n in MAXOUT_SHAPES:
+        X, W, b = rng.integers(-1, 2, (B, 5)), rng.integers(-1, 2, (5, k * n)).astype(float), rng.integers(-1, 2, k * n)
+        W[0, rng.random(k * n) < 0.15] = np.nan  # NaN columns of a
+        integers = (X.astype(dt), W.astype(dt), b.astype(dt))
+        normal = tuple(rng.normal(size=s).astype(dt) for s in ((B, 5), (5, k * n), (k * n,)))
+        for X, W, b in (integers, normal):
+            a_ref = _f64(X) @ W + b
+            z, a = nb.empty((B, n), dt), nb.empty((B, k * n), dt)
+            before = nb.launches
+            nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), "maxout", z, a)
+            assert nb.launches - before == 1
+            got_a, got_z = nb.to_numpy(a), nb.to_numpy(z)
+            old = nb.empty((B, k * n), dt)
+            nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), "identity", old)
+            np.testing.assert_array_equal(got_a, nb.to_numpy(old))
+            np.testing.assert_array_equal(got_z, got_a.reshape(B, n, k).max(axis=2))
+            if X is integers[0]:
+                np.testing.assert_array_equal(got_a, a_ref)
+                np.testing.assert_array_equal(got_z, a_ref.reshape(B, n, k).max(axis=2))
+            else:
+                assert_close(got_a, a_ref, dt, scale=np.sqrt(5))
+                assert_close(got_z, ref.maxout(a_ref, k), dt, scale=np.sqrt(5))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True], ids=["", "masked"])
+def test_the_maxout_delta_is_one_gemm_with_the_scatter_fused(nb, rng, which, k, dtype, masked, monkeypatch):
+    """Each tiling forced: δ (B, k·n) of a maxout layer in one launch, g = δ_next·W_nextᵀ (⊙ the dropout mask (B, n)
+    of its output when ``masked``: hidden_delta_masked) on each unit's winning piece, the first maximum or the first
+    NaN, 0 on the others; against float64, and bit for bit against the old two kernels' result (the GEMM into g,
+    then its scatter)."""
+    monkeypatch.setattr(nb, "tilings", (nb.tilings[which],))
+    dt = np.dtype(dtype)
+    for B, n in MAXOUT_SHAPES:
+        a = rng.integers(-1, 2, (B, k * n)).astype(dt)  # many ties
+        a[rng.random(a.shape) < 0.1] = np.nan
+        a[-1, -k:] = [*[0] * (k - 2), np.nan, np.nan]  # two NaNs: the first wins
+        a[0, :k] = 1  # a tie of all k: piece 0 wins (the same unit when B = n = 1)
+        D, W_next = rng.normal(size=(B, 5)).astype(dt), rng.normal(size=(n, 5)).astype(dt)
+        mask = rng.choice([0.0, 2.0], (B, n)).astype(dt)  # kept with 1/(1 − 0.5), or dropped
+        mask[0, 0] = mask[-1, -1] = 2
+        args = (nb.asarray(D), nb.asarray(W_next), nb.asarray(a), "maxout")
+        delta, g = nb.empty((B, k * n), dt), nb.empty((B, n), dt)
+        before = nb.launches
+        if masked:
+            nb.hidden_delta_masked(*args, delta, nb.asarray(mask))
+            nb.hidden_delta_masked(*args[:2], g, "identity", g, nb.asarray(mask))  # the old path's GEMM: g ⊙ mask
+        else:
+            nb.hidden_delta(*args, delta)
+            nb.hidden_delta(*args[:2], g, "identity", g)  # φ' = 1: g read as "z", unused
+        assert nb.launches - before == 2
+        got, win = nb.to_numpy(delta), _winners(a, k)
+        np.testing.assert_array_equal(got, (nb.to_numpy(g)[:, :, None] * win).reshape(B, k * n))
+        g64 = (_f64(D) @ _f64(W_next).T) * (mask if masked else 1)
+        assert_close(got, (g64[:, :, None] * win).reshape(B, k * n), dt, scale=np.sqrt(5))
+        np.testing.assert_array_equal(got.reshape(B, n, k) != 0, win & (g64 != 0)[:, :, None])
+        assert np.all((got[0, :k] != 0) == (np.arange(k) == 0))
+        assert B * n == 1 or (got[-1, -2] != 0 and got[-1, -1] == 0)
+
+
+def test_a_unit_wider_than_a_tile_takes_its_max_after_the_gemm(nb, rng, monkeypatch):
+    """k > BN: no tile holds a whole unit; the GEMM with the bias, then a kernel for the max (and δ, from the
+    (B, n) tile, is one GEMM still). The fused kernel refuses such a k by name."""
+    from deltaprop.kernels import numba_gemm
+
+    tiles = nb.tilings[-1]
+    monkeypatch.setattr(nb, "tilings", (tiles,))
+    k, B, n = tiles.bn + 1, 7, 3
+    with pytest.raises(ValueError, match=f"maxout_forward: {k} pieces a unit do not fit the {tiles.bn} columns"):
+        numba_gemm.maxout_forward(k, np.float32, tiles)
+    X, W, b = rng.integers(-1, 2, (B, 5)), rng.integers(-2, 3, (5, k * n)).astype(float), rng.integers(-1, 2, k * n)
+    W[0, 1] = np.nan
+    a_ref = _f64(X) @ W + b
+    z, a = nb.empty((B, n), np.float32), nb.empty((B, k * n), np.float32)
+    before = nb.launches
+    nb.forward(*(nb.asarray(x, np.float32) for x in (X, W, b)), "maxout", z, a)
+    assert nb.launches - before == 2
+    np.testing.assert_array_equal(nb.to_numpy(a), a_ref)
+    np.testing.assert_array_equal(nb.to_numpy(z), a_ref.reshape(B, n, k).max(axis=2))
+    D, W_next = rng.normal(size=(B, 4)), rng.normal(size=(n, 4))
+    delta = nb.empty((B, k * n), np.float64)
+    nb.hidden_delta(nb.asarray(D), nb.asarray(W_next), nb.asarray(a_ref), "maxout", delta)
+    assert nb.launches - before == 3
+    g = (D @ W_next.T)[:, :, None] * _winners(a_ref, k)
+    assert_close(nb.to_numpy(delta), g.reshape(B, k * n), np.float64)
 
 
 def test_a_numpy_array_never_reaches_a_kernel(nb):

@@ -4,6 +4,7 @@ memory, and the instruction mix of its main loop (FFMA share, shared-memory load
     python tools/sass_stats.py                       # every GPU tiling, forward kernel, float32
     python tools/sass_stats.py --tiles 64 64 16 4 4 --kernel sgd --dtype float64
     python tools/sass_stats.py --kernel all --dtype float64   # every kernel compiles, and fits?
+    python tools/sass_stats.py --kernel maxout       # the fused maxout GEMMs (k = 2, 3, 4) beside forward, hidden
     python tools/sass_stats.py --tiles 128 128 8 8 8 2 --wide # launch bounds for 2 blocks; 64-bit offsets
 
 Needs libnvvm (the CUDA toolkit), NVRTC, ptxas and cuobjdump: on a machine without them,
@@ -43,6 +44,13 @@ def variants(kernel: str, kind, tiles, wide: bool = False):
         yield "hidden relu", g.hidden("relu", kind, tiles, wide)
     elif kernel == "sgd":
         yield "sgd momentum", g.sgd(True, kind, tiles, wide)
+    elif kernel == "maxout":  # the fused maxout GEMMs beside the plain ones they extend
+        yield "forward relu", g.forward("relu", True, False, kind, tiles, wide)
+        yield "hidden relu", g.hidden("relu", kind, tiles, wide)
+        for k in (2, 3, 4):
+            yield f"forward maxout k={k}", g.maxout_forward(k, kind, tiles, wide)
+            yield f"hidden maxout k={k}", g.maxout_hidden(k, kind, tiles, wide)
+            yield f"hidden maxout masked k={k}", g.maxout_hidden(k, kind, tiles, wide, True)
     else:  # "all"
         for act in ELEMENTWISE + ("softmax",):
             for store_a in (True, False):
@@ -62,7 +70,7 @@ def compile_kernel(name: str, k, dtype, cc):
     m, v = t[:, ::1], t[::1]
     sig = {
         "forward": (m, m, v, m, m),
-        "hidden": (m, m, m, m),
+        "hidden": (m, m, m, m, m),
         "grad": (m, m, m, v, t),
         "sgd": (m, m, m, v, m, v, t, t, t, t),
     }
@@ -136,7 +144,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, nargs="+", metavar="N", help="BM BN BK TM TN [BLOCKS] (default: GPU_TILES)")
     p.add_argument("--wide", action="store_true", help="the kernels with 64-bit offsets (operands of 2^32 elements)")
-    p.add_argument("--kernel", choices=("forward", "hidden", "sgd", "all"), default="forward",
+    p.add_argument("--kernel", choices=("forward", "hidden", "sgd", "maxout", "all"), default="forward",
                    help="all: every epilogue, activation and flag (registers and spills only; minutes)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cc", type=int, nargs=2, default=(9, 0))

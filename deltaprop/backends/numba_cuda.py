@@ -1,13 +1,13 @@
 """The Numba-CUDA backend: every method of the contract, run by the ``@cuda.jit`` kernels of deltaprop/kernels.
 
-A training step of an L-layer net launches 3·L + 3 kernels (and two more per maxout layer: the max over its
-pieces after the forward GEMM, which writes the pieces with their bias, and the scatter of δ to the winning
-pieces after the hidden-δ GEMM; the max is not fused into the GEMM epilogue yet): per layer one forward GEMM (bias and
-activation fused, softmax too when the output fits one tile), one hidden-δ GEMM (⊙ φ' fused; L − 1
-of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
-step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per dropped layer
-input (its mask and product) and one that advances the step counter (the δ's mask is fused into the
-hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+A training step of an L-layer net launches 3·L + 3 kernels, maxout layers included: per layer one forward GEMM
+(bias and activation fused, softmax too when the output fits one tile; a maxout layer's writes its pieces with
+their bias and their max per unit, and only a unit of more pieces than a tile has columns takes a kernel more
+for the max), one hidden-δ GEMM (⊙ φ' fused; a maxout layer's writes δ of every piece: the product on the
+winner, 0 on the others; L − 1 of them) and one gradient GEMM that writes the SGD update of W and b straight
+from its tiles; per step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per
+dropped layer input (its mask and product) and one that advances the step counter (the δ's mask is fused into
+the hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
 driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
 kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
 counts the replays; the simulator has no graphs and runs every step eagerly.
@@ -157,11 +157,15 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     # ------------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
-        if activation == "maxout":  # the GEMM with the bias into the pieces a (B, k·n), then their max per unit into z
-            (t, grid), kind = self._tiling(*a.shape, a.dtype), self._kind(a)
-            kernel = self._gemm.forward("identity", False, False, kind, t, self._wide(z_prev=z_prev, W=W))
-            self._launch(kernel, grid, t.block, z_prev, W, b, a, a)
-            self._launch_1d(self._ew.maxout_rows(), z.size, a, z)
+        if activation == "maxout":  # the pieces a (B, k·n) with their bias, and their max per unit z (B, n), in one GEMM
+            (t, grid), kind, k = self._tiling(*a.shape, a.dtype), self._kind(a), a.shape[1] // z.shape[1]
+            wide = self._wide(z_prev=z_prev, W=W)
+            if k <= t.bn:  # column tiles of whole units
+                grid = (math.ceil(a.shape[1] / self._gemm.unit_columns(t, k)), grid[1])
+                self._launch(self._gemm.maxout_forward(k, kind, t, wide), grid, t.block, z_prev, W, b, z, a)
+            else:  # a unit wider than a tile: the GEMM with the bias into a, then the max per unit
+                self._launch(self._gemm.forward("identity", False, False, kind, t, wide), grid, t.block, z_prev, W, b, a, a)
+                self._launch_1d(self._ew.maxout_rows(), z.size, a, z)
             return
         rows, cols = z.shape
         (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
@@ -176,22 +180,18 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.output_delta(activation, loss, self._kind(delta)), delta.size, a, z, y, delta)
 
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
+        self._hidden_gemm(delta_next, W_next, z, activation, delta, None)
+
+    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
+        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z) (⊙ mask, unless None), in one GEMM of a (B, n) output; maxout: z is the
+        layer's a (B, k·n), and that product goes to each unit's winning piece of delta (B, k·n), 0 to the others."""
+        t, grid = self._tiling(delta.shape[0], W_next.shape[0], delta.dtype)
+        wide, kind = self._wide(delta_next=delta_next, W_next=W_next), self._kind(delta)
         if activation == "maxout":
-            return self._maxout_delta(delta_next, W_next, z, delta)
-        self._hidden_gemm(delta_next, W_next, z, activation, delta)
-
-    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask=None) -> None:
-        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z) (⊙ mask when given), in one GEMM."""
-        t, grid = self._tiling(*delta.shape, delta.dtype)
-        wide = self._wide(delta_next=delta_next, W_next=W_next)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, mask is not None)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta if mask is None else mask)  # unmasked: not read
-
-    def _maxout_delta(self, delta_next, W_next, a, delta, mask=None) -> None:
-        """g = δ_next·W_nextᵀ (⊙ mask) (B, n) in one GEMM (φ' = 1: g passed as its "z", unread), then its scatter."""
-        g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
-        self._hidden_gemm(delta_next, W_next, g, "identity", g, mask)
-        self._launch_1d(self._ew.maxout_scatter(self._kind(delta)), g.size, g, a, delta)
+            kernel = self._gemm.maxout_hidden(z.shape[1] // W_next.shape[0], kind, t, wide, mask is not None)
+        else:
+            kernel = self._gemm.hidden(activation, kind, t, wide, mask is not None)
+        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta if mask is None else mask)  # None: not read
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
@@ -233,8 +233,6 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
 
     def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
-        if activation == "maxout":
-            return self._maxout_delta(delta_next, W_next, z, delta, mask)
         self._hidden_gemm(delta_next, W_next, z, activation, delta, mask)
 
     def mask_delta(self, delta, mask) -> None:

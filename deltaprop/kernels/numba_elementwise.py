@@ -1,4 +1,5 @@
-"""The small kernels around the GEMMs: output δ, row softmax, maxout, loss/accuracy sums, gather, fill, finiteness.
+"""The small kernels around the GEMMs: output δ, row softmax, a wide maxout's max, loss/accuracy sums, gather, fill,
+finiteness.
 
 Each is one thread per element (or per row), launched on a 1-D grid; each is built on first use
 for its (loss, activation, ...) and cached. Loss and accuracy are summed per row in float64
@@ -16,8 +17,8 @@ from numba import cuda
 from ..mlp.losses import LOSSES
 from . import masks
 from .numba_activations import dphi
-from .numba_gemm import softmax_row
 from .numba_cache import persistent
+from .numba_gemm import maxout_winner, softmax_row
 
 
 @persistent
@@ -46,22 +47,11 @@ def output_delta(act: str, loss: str, kind):
     return kernel
 
 
-@cuda.jit(device=True)
-def maxout_winner(a, m, j, k):
-    """(the max, its piece p) of unit j's k pieces a[m, j·k .. j·k + k − 1]: the first maximum, and a NaN piece wins
-    (the first NaN), as NumPy's max and argmax have it."""
-    best, win = a[m, j * k], 0
-    for p in range(1, k):
-        v = a[m, j * k + p]
-        if not math.isnan(best) and not v <= best:  # v > best, or v is NaN and best is not
-            best, win = v, p
-    return best, win
-
-
 @persistent
 @functools.cache
 def maxout_rows():
-    """Kernel (a, z): z[m, j] = the max of unit j's k pieces a[m, j·k + p], p < k, for a (B, k·n), z (B, n)."""
+    """Kernel (a, z): z[m, j] = the max of unit j's k pieces a[m, j·k + p], p < k, for a (B, k·n), z (B, n): for a unit
+    of more pieces than a forward GEMM tile has columns (numba_gemm.maxout_forward fuses the max for the others)."""
 
     @cuda.jit
     def kernel(a, z):
@@ -70,27 +60,6 @@ def maxout_rows():
         if i < z.size:
             m, j = i // n, i % n
             z[m, j] = maxout_winner(a, m, j, a.shape[1] // n)[0]
-
-    return kernel
-
-
-@persistent
-@functools.cache
-def maxout_scatter(kind):
-    """Kernel (g, a, delta): delta[m, j·k + p] = g[m, j] on unit j's winning piece of a (maxout_winner), else 0
-    (g times 1 or 0, as the NumPy body: a NaN in g stays NaN); g (B, n), a and delta (B, k·n). A thread a unit."""
-    zero, one = kind(0.0), kind(1.0)
-
-    @cuda.jit
-    def kernel(g, a, delta):
-        i = cuda.grid(1)
-        n = g.shape[1]
-        if i < g.size:
-            m, j = i // n, i % n
-            k = a.shape[1] // n
-            win = maxout_winner(a, m, j, k)[1]
-            for p in range(k):
-                delta[m, j * k + p] = g[m, j] * (one if p == win else zero)
 
     return kernel
 

@@ -25,12 +25,19 @@ Epilogues, each its own kernel:
   forward(A, B, bias, z, a)   a = A·B + bias (stored when STORE_A), z = φ(a); "softmax" is row-wise
                               and fused when the whole row is in one tile (N ≤ BN), else z = a here;
   hidden(A, B, z, delta, mask) delta = (A·Bᵀ) ⊙ φ'(z), ⊙ mask for a dropped layer output;
+  maxout_forward(A, B, bias, z, a)
+                              a maxout layer of k pieces: a = A·B + bias (stored), z = the max of each unit's k
+                              pieces; a block's column tile holds whole units ((BN // k)·k columns), and its
+                              threads take the max once the tile of a is written (read back after a syncthreads);
+  maxout_hidden(A, B, a, delta, mask)
+                              g = A·Bᵀ (⊙ mask for a dropped output) on each unit's winning piece of a, 0 on the
+                              other k − 1: δ (M, k·n) from the (M, n) tile;
   grad(A, B, dW, db, scale)   dW = scale·AᵀB, db = scale·Σ_rows B;
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
                               device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay);
   adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules).
-Kernels are built per (epilogue, activation, dtype, tiling, offset width), on first use, and cached;
+Kernels are built per (epilogue, activation or maxout's k, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
 
@@ -223,8 +230,11 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offse
 
 
 @functools.cache
-def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
+def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, stride: int | None = None):
     """The device function that accumulates one tile of C into ``acc`` (TM × TN).
+
+    Block x's tile starts at column x·``stride`` of C (None: BN; a maxout forward's tiles are (BN // k)·k apart,
+    whole units each: ``unit_columns``), block y's at row y·BM.
 
     Thread (tx, ty) owns rows  (i // V)·BM/G + ty·V + i % V  and the columns likewise (``_coords``):
     groups of V ≤ 4 consecutive rows, so that one step of k reads a thread's operands from shared
@@ -238,6 +248,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
     TA, TB = layout == "tn", layout == "nt"  # A read as (K, M); B read as (N, K)
+    SN = BN if stride is None else stride
     zero = kind(0.0)
     PAD = 4  # keeps rows 16-byte aligned; the transposing stores see at most 2-way bank conflicts
     A_SHAPE, B_SHAPE = (BK, BM + PAD), (BK, BN + PAD)
@@ -275,7 +286,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool):
         br = cuda.local.array(TN, kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         t = ty * TX + tx
-        m0, n0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        m0, n0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * SN
         M = A.shape[1] if TA else A.shape[0]
         K = A.shape[0] if TA else A.shape[1]
         N = B.shape[0] if TB else B.shape[1]
@@ -309,16 +320,18 @@ def _jit(tiles: Tiles):
 
 
 @functools.cache
-def _coords(tiles: Tiles):
-    """Device function (i, j) → (m, n): the row and column of C that a thread's acc[i, j] holds."""
+def _coords(tiles: Tiles, stride: int | None = None):
+    """Device function (i, j) → (m, n): the row and column of C that a thread's acc[i, j] holds (``stride``: the
+    columns between two blocks' tiles, as the main loop's)."""
     BM, BN, _, TM, TN = tiles[:5]
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
+    SN = BN if stride is None else stride
 
     @device_inline
     def coords(i, j):
         m = cuda.blockIdx.y * BM + (i // VM) * (BM // GM) + cuda.threadIdx.y * VM + i % VM
-        n = cuda.blockIdx.x * BN + (j // VN) * (BN // GN) + cuda.threadIdx.x * VN + j % VN
+        n = cuda.blockIdx.x * SN + (j // VN) * (BN // GN) + cuda.threadIdx.x * VN + j % VN
         return m, n
 
     return coords
@@ -374,6 +387,60 @@ def softmax_row(z, m, N, one):
         z[m, n] *= inv
 
 
+@cuda.jit(device=True)
+def maxout_winner(a, m, j, k):
+    """(the max, its piece p) of unit j's k pieces a[m, j·k .. j·k + k − 1]: the first maximum, and a NaN piece wins
+    (the first NaN), as NumPy's max and argmax have it."""
+    best, win = a[m, j * k], 0
+    for p in range(1, k):
+        v = a[m, j * k + p]
+        if not math.isnan(best) and not v <= best:  # v > best, or v is NaN and best is not
+            best, win = v, p
+    return best, win
+
+
+def unit_columns(tiles: Tiles, k: int) -> int:
+    """The columns of a maxout forward's column tile: (BN // k)·k, the pieces of BN // k whole units (0: k > BN)."""
+    return tiles.bn // k * k
+
+
+@persistent
+@functools.cache
+def maxout_forward(k: int, kind, tiles: Tiles, wide: bool = False):
+    """Kernel (A, B, bias, z, a) of a maxout layer of k ≤ BN pieces: a = A·B + bias (M, k·n), stored, and z (M, n) = the
+    max of each unit's k pieces (``maxout_winner``). Block x computes columns x·W .. x·W + W − 1 of a, W =
+    ``unit_columns`` (whole units; its tile's last BN − W columns are not stored), then, once they are written
+    (a block's global writes are visible to it after a syncthreads), z of its (BM rows × W / k units), a thread per
+    (row, unit) reading the unit's pieces back, consecutive threads consecutive units (coalesced writes of z)."""
+    W = unit_columns(tiles, k)
+    if W == 0:
+        raise ValueError(f"maxout_forward: {k} pieces a unit do not fit the {tiles.bn} columns of tiles {tuple(tiles)}")
+    mainloop = _mainloop("nn", False, kind, tiles, wide, W)
+    coords = _coords(tiles, W)
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
+    TX, TY = tiles.block
+    UNITS = W // k
+
+    @_jit(tiles)
+    def kernel(A, B, bias, z, a):
+        acc = cuda.local.array((TM, TN), kind)
+        mainloop(A, B, acc)
+        M, N = A.shape[0], B.shape[1]
+        end = min(N, cuda.blockIdx.x * W + W)  # where this block's columns end
+        for i in range(TM):
+            for j in range(TN):
+                m, n = coords(i, j)
+                if m < M and n < end:
+                    a[m, n] = acc[i, j] + bias[n]
+        cuda.syncthreads()
+        for r in range(cuda.threadIdx.y * TX + cuda.threadIdx.x, BM * UNITS, TX * TY):
+            m, u = cuda.blockIdx.y * BM + r // UNITS, cuda.blockIdx.x * UNITS + r % UNITS
+            if m < M and u < z.shape[1]:
+                z[m, u] = maxout_winner(a, m, u, k)[0]
+
+    return kernel
+
+
 @persistent
 @functools.cache
 def hidden(act: str, kind, tiles: Tiles, wide: bool = False, masked: bool = False):
@@ -397,6 +464,35 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False, masked: bool = Fals
                         delta[m, n] = acc[i, j] * d(z[m, n]) * mask[m, n]
                     else:
                         delta[m, n] = acc[i, j] * d(z[m, n])
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def maxout_hidden(k: int, kind, tiles: Tiles, wide: bool = False, masked: bool = False):
+    """Kernel (A, B, a, delta, mask) of a maxout layer of k pieces: g = A·Bᵀ (M, n), ⊙ mask (M, n) when ``masked`` (a
+    dropped maxout output's δ; else mask is not read), on each unit's winning piece of its pieces a (M, k·n)
+    (``maxout_winner``), 0 on the others, into delta (M, k·n): g times 1 or 0, as the NumPy body (a NaN in g stays
+    NaN). A thread writes the k pieces of each unit it holds."""
+    mainloop = _mainloop("nt", False, kind, tiles, wide)
+    TM, TN = tiles.tm, tiles.tn
+    coords = _coords(tiles)
+    zero, one = kind(0.0), kind(1.0)
+
+    @_jit(tiles)
+    def kernel(A, B, a, delta, mask):
+        acc = cuda.local.array((TM, TN), kind)
+        mainloop(A, B, acc)
+        M, N = A.shape[0], B.shape[0]
+        for i in range(TM):
+            for j in range(TN):
+                m, n = coords(i, j)
+                if m < M and n < N:
+                    g = acc[i, j] * mask[m, n] if masked else acc[i, j]
+                    win = maxout_winner(a, m, n, k)[1]
+                    for p in range(k):
+                        delta[m, n * k + p] = g * (one if p == win else zero)
 
     return kernel
 
