@@ -106,6 +106,22 @@ def test_an_activation_added_to_the_table_reaches_the_compiled_kernels(tmp_path,
     assert "softsign" not in cuda_source.SOURCE.read_text()
 
 
+def host_program(text: str, tmp_path: Path) -> None:
+    """``text`` (a C++ main that includes "SOURCE") built for the host with nvcc into tmp_path/host, SOURCE being what
+    NVRTC gets (the prelude and mlp_kernels.cu); skipped without nvcc (a failure under DELTAPROP_REQUIRE_NVCC=1)."""
+    if NVCC is None:
+        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
+            pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
+        pytest.skip("nvcc is not installed")
+    source = tmp_path / "kernels.cu"
+    source.write_text(cuda_source.source())
+    program = tmp_path / "host.cu"
+    program.write_text(text.replace("SOURCE", str(source)))
+    built = subprocess.run([NVCC, *cuda_source.OPTIONS, "-o", str(tmp_path / "host"), str(program)], capture_output=True,
+                           text=True, timeout=300, check=False)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+
+
 MAXOUT_HOST = r"""
 #include <cstdio>
 #include "SOURCE"
@@ -126,17 +142,7 @@ int main() {  // stdin: k (int32), then units·k float64 pieces; stdout: each un
 def test_the_cuda_c_maxout_winner_is_the_first_maximum(k, rng, tmp_path):
     """maxout_winner, the rule of the CuPy backend's bias_maxout and maxout_scatter, compiled for the host with nvcc
     from what NVRTC gets: the first maximum (ties to the lowest piece) on pieces with many ties, and the first NaN."""
-    if NVCC is None:
-        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
-            pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
-        pytest.skip("nvcc is not installed")
-    source = tmp_path / "kernels.cu"
-    source.write_text(cuda_source.source())
-    program = tmp_path / "host.cu"
-    program.write_text(MAXOUT_HOST.replace("SOURCE", str(source)))
-    built = subprocess.run([NVCC, *cuda_source.OPTIONS, "-o", str(tmp_path / "host"), str(program)], capture_output=True,
-                           text=True, timeout=300, check=False)  # fmt: skip
-    assert built.returncode == 0, built.stderr
+    host_program(MAXOUT_HOST, tmp_path)
     a = rng.integers(-1, 2, size=(300, k)).astype(np.float64)  # ties in most units
     a[:100] = rng.normal(size=(100, k))
     a[0] = 1.0  # all tied: piece 0
@@ -149,3 +155,59 @@ def test_the_cuda_c_maxout_winner_is_the_first_maximum(k, rng, tmp_path):
     np.testing.assert_array_equal(got[:200], ref.maxout_winners(a[:200].reshape(1, -1), k)[0])
     np.testing.assert_array_equal(got[200:], np.argmax(np.isnan(nan), axis=1))
     assert got[0] == 0 and len(got) == 300
+
+
+NORM_HOST = r"""
+#include <cstdio>
+#include "SOURCE"
+int main() {  // stdin: tiles, cols (int64), c, then tiles × cols float64 partial sums; stdout: each column's factor
+    long long dims[2];
+    double c;
+    if (fread(dims, 8, 2, stdin) != 2 || fread(&c, 8, 1, stdin) != 1) return 1;
+    static double part[1 << 16];
+    if (dims[0] * dims[1] > (1 << 16) || fread(part, 8, dims[0] * dims[1], stdin) != (size_t)(dims[0] * dims[1])) return 1;
+    for (long long col = 0; col < dims[1]; ++col) {
+        double f = norm_factor(part, dims[0], dims[1], col, c);
+        fwrite(&f, 8, 1, stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_the_cuda_c_max_norm_factor_adds_the_tiles_in_order(rng, tmp_path):
+    """norm_factor, max_norm_scale's rule, compiled for the host with nvcc from what NVRTC gets: c / max(‖w‖, c) with
+    ‖w‖² the column's partial sums added in the order of the tiles, bit for bit; exactly 1 for a zero column and for
+    one within the bound (so that max_norm_scale leaves it alone)."""
+    host_program(NORM_HOST, tmp_path)
+    tiles, cols, c = 17, 9, 1.5
+    part = rng.random((tiles, cols)) * rng.choice([1e-3, 0.1, 1.0], size=cols)  # some columns within c, some above
+    part[:, 0] = 0  # a zero column
+    ran = subprocess.run([str(tmp_path / "host")], input=np.array([tiles, cols], np.int64).tobytes() +
+                         np.float64(c).tobytes() + part.tobytes(), capture_output=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    got = np.frombuffer(ran.stdout, np.float64)
+    want = []
+    for col in range(cols):
+        s = 0.0
+        for t in range(tiles):
+            s += float(part[t, col])
+        want.append(c / max(np.sqrt(s), c))
+    np.testing.assert_array_equal(got, want)
+    assert got[0] == 1.0 and (got == 1.0).sum() > 1 and (got < 1.0).any()
+
+
+def test_the_max_norm_grid_covers_w_and_matches_the_kernels_constants():
+    """cupy_backend.norm_grid, the host side of max-norm's kernels: its blocks cover every column and row tile of W
+    (the grid's y capped at CUDA's 65535, the kernels loop over the rest), and its block sizes are mlp_kernels.cu's."""
+    from deltaprop.backends import cupy_backend as cb
+
+    text = cuda_source.SOURCE.read_text()
+    for name in ("NORM_WIDTH", "NORM_HEIGHT", "NORM_ROWS"):
+        assert re.search(rf"#define {name} (\d+)", text).group(1) == str(getattr(cb, name)), name
+    for rows in (1, 63, 64, 65, 1000, 64 * 65535 + 1):
+        for cols in (1, 31, 32, 33):
+            (gx, gy), tiles = cb.norm_grid(rows, cols)
+            assert (tiles - 1) * cb.NORM_ROWS < rows <= tiles * cb.NORM_ROWS
+            assert (gx - 1) * cb.NORM_WIDTH < cols <= gx * cb.NORM_WIDTH
+            assert gy == min(tiles, 65535)
