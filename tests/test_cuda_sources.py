@@ -211,3 +211,78 @@ def test_the_max_norm_grid_covers_w_and_matches_the_kernels_constants():
             assert (tiles - 1) * cb.NORM_ROWS < rows <= tiles * cb.NORM_ROWS
             assert (gx - 1) * cb.NORM_WIDTH < cols <= gx * cb.NORM_WIDTH
             assert gy == min(tiles, 65535)
+
+
+def kernel_parameters(name: str) -> list:
+    """The parameter types of mlp_kernels.cu's kernel ``name`` ("T*", "long long", "int", "T", ...), const dropped."""
+    found = re.search(rf"__global__ void(?: __launch_bounds__\([^)]*\))?\s+{name}\(([^)]*)\)", cuda_source.source())
+    assert found, name
+    return [p.replace("const ", "").rsplit(None, 1)[0].strip() for p in found.group(1).split(",")]
+
+
+def matches(parameter: str, arg, dtype) -> bool:
+    """Whether a launch's argument is what a kernel parameter of this C type takes, T being ``dtype``'s C type."""
+    if parameter.endswith("*"):
+        want = {"T*": dtype, "long long*": np.dtype(np.int64), "double*": np.dtype(np.float64)}[parameter]
+        return isinstance(arg, np.ndarray) and arg.dtype == want and arg.flags.c_contiguous
+    return type(arg) is {"T": dtype.type, "long long": np.int64, "int": np.int32}[parameter]
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)], ids=str)
+def test_the_cupy_max_norm_launches_match_the_kernels_parameters(dtype, rng, monkeypatch):
+    """The CuPy backend's max-norm paths, run on a stand-in (NumPy arrays, kernels that record their launches, no
+    cuBLAS): every kernel launched gets the arguments its CUDA C signature declares, in order, and max-norm's kernels
+    their grid (``norm_grid``); each update launches its fused first pass on W and then the scale kernel."""
+    import collections
+    import contextlib
+
+    from deltaprop.backends import cupy_backend as cb
+    from deltaprop.backends.base import Backend
+
+    launched = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, args):
+            params = kernel_parameters(self.name)
+            assert len(args) == len(params), (self.name, len(args), params)
+            for i, (p, a) in enumerate(zip(params, args)):
+                assert matches(p, a, dtype), (self.name, i, p, type(a), getattr(a, "dtype", None))
+            assert all(isinstance(n, int) and n > 0 for n in (*grid, *block)), (self.name, grid, block)
+            launched.append((self.name, grid, block))
+
+    bk = object.__new__(cb.CupyBackend)
+    Backend.__init__(bk)
+    bk.xp, bk.counts, bk._on_device = np, collections.Counter(), contextlib.nullcontext
+    bk._gemm = lambda *args, **kwargs: None  # cuBLAS: not here
+    kernels = {name: Kernel(name) for name in cuda_source.TEMPLATES}
+    B, n_in, n_out = 7, 65, 33
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    z, d = rng.normal(size=(B, n_in)).astype(dtype), rng.normal(size=(B, n_out)).astype(dtype)
+
+    def pair():
+        return np.zeros_like(W), np.zeros_like(b)
+
+    grid = cb.norm_grid(n_in, n_out)[0]
+    updates = {
+        "momentum_step_norm": lambda: bk.sgd_update(z, d, W, b, *pair(), 0.1, 0.9, 1e-3, max_norm=1.0),
+        "max_norm_partials": lambda: bk.sgd_update(z, d, W, b, None, None, 0.1, 0.0, 0.0, max_norm=1.0),
+        "adam_step_norm": lambda: bk.adam_update(z, d, W, b, *pair(), *pair(), np.ones(1, np.int64), 0.1, 0.9, 0.999,
+                                                 1e-8, 0.0, True, max_norm=1.0),
+        "rmsprop_step_norm": lambda: bk.rmsprop_update(z, d, W, b, *pair(), *pair(), 0.1, 0.9, 1e-8, 0.9, 0.0,
+                                                       max_norm=1.0),
+    }
+    monkeypatch.setattr(cuda_source, "kernels", lambda _dtype: kernels)
+    for first, update in updates.items():
+        launched.clear()
+        update()
+        names = [name for name, _, _ in launched]
+        assert names.count(first) == 1 and names[-1] == "max_norm_scale", names
+        for name, g, block in launched:
+            if name in (first, "max_norm_scale"):
+                assert g == grid and block == (cb.NORM_WIDTH, cb.NORM_HEIGHT), (name, g, block)
+    launched.clear()
+    bk.max_norm(W, 1.0)
+    assert [name for name, _, _ in launched] == ["max_norm_partials", "max_norm_scale"]

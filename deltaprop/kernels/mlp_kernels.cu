@@ -133,7 +133,7 @@ __device__ __forceinline__ void norm_partials(long long rows, long long cols, T*
 
 // part ← the partial sums of squares of W's columns (norm_partials), for max_norm_scale.
 template <typename T>
-__global__ void max_norm_partials(const T* w, T* part, long long rows, long long cols) {
+__global__ void max_norm_partials(const T* w, long long rows, long long cols, T* part) {
     norm_partials<T>(rows, cols, part, [=](long long i) { return w[i]; });
 }
 
