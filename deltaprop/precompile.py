@@ -55,6 +55,8 @@ def add_parser(sub) -> None:
     c.add_argument("--momentum", type=float,
                    help="sgd and rmsprop: 0 compiles the update without momentum (default: as deltaprop train, 0.9 for "
                         "sgd and 0 for rmsprop; not for adam)")
+    c.add_argument("--max-norm", type=float, metavar="C",
+                   help="the net's max-norm bound, as deltaprop train's: compiles the updates with its fused epilogue")
     c.add_argument("--samples", type=int, default=60000, metavar="N",
                    help="training samples before the validation split, which set the last batch (default: 60000)")
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
@@ -122,6 +124,12 @@ def _net(args) -> dict:
     if not (np.isfinite(momentum) and 0 <= momentum < 1):
         raise CompileError(f"--momentum: must be in [0, 1), got {momentum}")
     opt = optim.get(args.optimizer, **({"momentum": momentum} if takes_momentum else {}))
+    from .kernels import masks
+
+    try:
+        max_norm = masks.check_max_norm(args.max_norm)
+    except (ValueError, TypeError) as exc:
+        raise CompileError(str(exc).replace("max_norm", "--max-norm", 1)) from None
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
@@ -134,15 +142,16 @@ def _net(args) -> dict:
     if args.samples - n_val < 1:
         raise CompileError(f"--samples: {args.samples} leave no training sample after --val-split {args.val_split}")
     return dict(sizes=sizes, activation=args.activation, maxout_pieces=pieces, output=OUTPUT_FOR_LOSS[args.loss],
-                loss=args.loss, dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(),
+                loss=args.loss, dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(), max_norm=max_norm,
                 train=args.samples - n_val, val=n_val, test=args.test_samples)
 
 
 def _describe(net: dict) -> str:
     opt = ", ".join(f"{k} {v:g}" for k, v in net["optimizer"].items() if k not in ("name", "lr") and isinstance(v, float))
     act = f"maxout (k = {net['maxout_pieces']})" if net["activation"] == "maxout" else net["activation"]
+    norm = "" if net.get("max_norm") is None else f"max-norm {net['max_norm']:g}, "
     return (f"{'-'.join(map(str, net['sizes']))} {act} {net['output']} + {net['loss']}, {net['dtype']}, "
-            f"batch {net['batch_size']}, {net['optimizer']['name']}{' (' + opt + ')' if opt else ''}, "
+            f"batch {net['batch_size']}, {net['optimizer']['name']}{' (' + opt + ')' if opt else ''}, {norm}"
             f"{net['train']} + {net['val']} samples, "
             f"{net['test']} evaluated")
 
@@ -264,7 +273,9 @@ def sweep(stand_in) -> list:
                         pass
                 stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
                 for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
-                    stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0, nesterov)
+                    for max_norm in (None, 1.0):  # max-norm: the update with its epilogue, and the scale kernel
+                        stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0, nesterov,
+                                            max_norm)
         stand_in.tilings, stand_in.wide_from = numba_gemm.GPU_TILES, numba_gemm.WIDE
         for loss in LOSSES.values():
             for act in loss.outputs:
@@ -275,10 +286,12 @@ def sweep(stand_in) -> list:
         stand_in.normalize_weights(S(B, 1))
         stand_in.scale_rows(S(B, N), S(B, 1))
         t, pair = S(1, dt=np.int64), (S(K, N), S(N))
-        for decoupled in (False, True):
-            stand_in.adam_update(S(B, K), S(B, N), *pair, *pair, *pair, t, 0.1, 0.9, 0.999, 1e-8, 0.0, decoupled)
-        for momentum in (0.0, 0.9):
-            stand_in.rmsprop_update(S(B, K), S(B, N), *pair, *pair, *pair, 0.1, 0.9, 1e-8, momentum, 0.0)
+        for max_norm in (None, 1.0):
+            for decoupled in (False, True):
+                stand_in.adam_update(S(B, K), S(B, N), *pair, *pair, *pair, t, 0.1, 0.9, 0.999, 1e-8, 0.0, decoupled,
+                                     max_norm)
+            for momentum in (0.0, 0.9):
+                stand_in.rmsprop_update(S(B, K), S(B, N), *pair, *pair, *pair, 0.1, 0.9, 1e-8, momentum, 0.0, max_norm)
         stand_in.count_step(t)
         stand_in.dropout(S(B, K), S(B, K), S(B, K), 0.5, 0, S(2, dt=np.int64), 1)
         stand_in.mask_delta(S(B, K), S(B, K))
@@ -401,7 +414,8 @@ def record(net: dict, stand_in) -> list:
     from .mlp.activations import MAXOUT_PIECES
 
     model = MLP(net["sizes"], activation=net["activation"], output_activation=net["output"], loss=net["loss"],
-                backend="numpy", dtype=net["dtype"], seed=0, maxout_pieces=net.get("maxout_pieces", MAXOUT_PIECES))
+                backend="numpy", dtype=net["dtype"], seed=0, maxout_pieces=net.get("maxout_pieces", MAXOUT_PIECES),
+                max_norm=net.get("max_norm"))
     weights = model.get_weights()
     model.backend = stand_in  # the same model on the stand-in device
     model.set_weights(weights)

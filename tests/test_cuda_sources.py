@@ -106,6 +106,22 @@ def test_an_activation_added_to_the_table_reaches_the_compiled_kernels(tmp_path,
     assert "softsign" not in cuda_source.SOURCE.read_text()
 
 
+def host_program(text: str, tmp_path: Path) -> None:
+    """``text`` (a C++ main that includes "SOURCE") built for the host with nvcc into tmp_path/host, SOURCE being what
+    NVRTC gets (the prelude and mlp_kernels.cu); skipped without nvcc (a failure under DELTAPROP_REQUIRE_NVCC=1)."""
+    if NVCC is None:
+        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
+            pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
+        pytest.skip("nvcc is not installed")
+    source = tmp_path / "kernels.cu"
+    source.write_text(cuda_source.source())
+    program = tmp_path / "host.cu"
+    program.write_text(text.replace("SOURCE", str(source)))
+    built = subprocess.run([NVCC, *cuda_source.OPTIONS, "-o", str(tmp_path / "host"), str(program)], capture_output=True,
+                           text=True, timeout=300, check=False)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+
+
 MAXOUT_HOST = r"""
 #include <cstdio>
 #include "SOURCE"
@@ -126,17 +142,7 @@ int main() {  // stdin: k (int32), then units·k float64 pieces; stdout: each un
 def test_the_cuda_c_maxout_winner_is_the_first_maximum(k, rng, tmp_path):
     """maxout_winner, the rule of the CuPy backend's bias_maxout and maxout_scatter, compiled for the host with nvcc
     from what NVRTC gets: the first maximum (ties to the lowest piece) on pieces with many ties, and the first NaN."""
-    if NVCC is None:
-        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
-            pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
-        pytest.skip("nvcc is not installed")
-    source = tmp_path / "kernels.cu"
-    source.write_text(cuda_source.source())
-    program = tmp_path / "host.cu"
-    program.write_text(MAXOUT_HOST.replace("SOURCE", str(source)))
-    built = subprocess.run([NVCC, *cuda_source.OPTIONS, "-o", str(tmp_path / "host"), str(program)], capture_output=True,
-                           text=True, timeout=300, check=False)  # fmt: skip
-    assert built.returncode == 0, built.stderr
+    host_program(MAXOUT_HOST, tmp_path)
     a = rng.integers(-1, 2, size=(300, k)).astype(np.float64)  # ties in most units
     a[:100] = rng.normal(size=(100, k))
     a[0] = 1.0  # all tied: piece 0
@@ -149,3 +155,134 @@ def test_the_cuda_c_maxout_winner_is_the_first_maximum(k, rng, tmp_path):
     np.testing.assert_array_equal(got[:200], ref.maxout_winners(a[:200].reshape(1, -1), k)[0])
     np.testing.assert_array_equal(got[200:], np.argmax(np.isnan(nan), axis=1))
     assert got[0] == 0 and len(got) == 300
+
+
+NORM_HOST = r"""
+#include <cstdio>
+#include "SOURCE"
+int main() {  // stdin: tiles, cols (int64), c, then tiles × cols float64 partial sums; stdout: each column's factor
+    long long dims[2];
+    double c;
+    if (fread(dims, 8, 2, stdin) != 2 || fread(&c, 8, 1, stdin) != 1) return 1;
+    static double part[1 << 16];
+    if (dims[0] * dims[1] > (1 << 16) || fread(part, 8, dims[0] * dims[1], stdin) != (size_t)(dims[0] * dims[1])) return 1;
+    for (long long col = 0; col < dims[1]; ++col) {
+        double f = norm_factor(part, dims[0], dims[1], col, c);
+        fwrite(&f, 8, 1, stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_the_cuda_c_max_norm_factor_adds_the_tiles_in_order(rng, tmp_path):
+    """norm_factor, max_norm_scale's rule, compiled for the host with nvcc from what NVRTC gets: c / max(‖w‖, c) with
+    ‖w‖² the column's partial sums added in the order of the tiles, bit for bit; exactly 1 for a zero column and for
+    one within the bound (so that max_norm_scale leaves it alone)."""
+    host_program(NORM_HOST, tmp_path)
+    tiles, cols, c = 17, 9, 1.5
+    part = rng.random((tiles, cols)) * rng.choice([1e-3, 0.1, 1.0], size=cols)  # some columns within c, some above
+    part[:, 0] = 0  # a zero column
+    ran = subprocess.run([str(tmp_path / "host")], input=np.array([tiles, cols], np.int64).tobytes() +
+                         np.float64(c).tobytes() + part.tobytes(), capture_output=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    got = np.frombuffer(ran.stdout, np.float64)
+    want = []
+    for col in range(cols):
+        s = 0.0
+        for t in range(tiles):
+            s += float(part[t, col])
+        want.append(c / max(np.sqrt(s), c))
+    np.testing.assert_array_equal(got, want)
+    assert got[0] == 1.0 and (got == 1.0).sum() > 1 and (got < 1.0).any()
+
+
+def test_the_max_norm_grid_covers_w_and_matches_the_kernels_constants():
+    """cupy_backend.norm_grid, the host side of max-norm's kernels: its blocks cover every column and row tile of W
+    (the grid's y capped at CUDA's 65535, the kernels loop over the rest), and its block sizes are mlp_kernels.cu's."""
+    from deltaprop.backends import cupy_backend as cb
+
+    text = cuda_source.SOURCE.read_text()
+    for name in ("NORM_WIDTH", "NORM_HEIGHT", "NORM_ROWS"):
+        assert re.search(rf"#define {name} (\d+)", text).group(1) == str(getattr(cb, name)), name
+    for rows in (1, 63, 64, 65, 1000, 64 * 65535 + 1):
+        for cols in (1, 31, 32, 33):
+            (gx, gy), tiles = cb.norm_grid(rows, cols)
+            assert (tiles - 1) * cb.NORM_ROWS < rows <= tiles * cb.NORM_ROWS
+            assert (gx - 1) * cb.NORM_WIDTH < cols <= gx * cb.NORM_WIDTH
+            assert gy == min(tiles, 65535)
+
+
+def kernel_parameters(name: str) -> list:
+    """The parameter types of mlp_kernels.cu's kernel ``name`` ("T*", "long long", "int", "T", ...), const dropped."""
+    found = re.search(rf"__global__ void(?: __launch_bounds__\([^)]*\))?\s+{name}\(([^)]*)\)", cuda_source.source())
+    assert found, name
+    return [p.replace("const ", "").rsplit(None, 1)[0].strip() for p in found.group(1).split(",")]
+
+
+def matches(parameter: str, arg, dtype) -> bool:
+    """Whether a launch's argument is what a kernel parameter of this C type takes, T being ``dtype``'s C type."""
+    if parameter.endswith("*"):
+        want = {"T*": dtype, "long long*": np.dtype(np.int64), "double*": np.dtype(np.float64)}[parameter]
+        return isinstance(arg, np.ndarray) and arg.dtype == want and arg.flags.c_contiguous
+    return type(arg) is {"T": dtype.type, "long long": np.int64, "int": np.int32}[parameter]
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)], ids=str)
+def test_the_cupy_max_norm_launches_match_the_kernels_parameters(dtype, rng, monkeypatch):
+    """The CuPy backend's max-norm paths, run on a stand-in (NumPy arrays, kernels that record their launches, no
+    cuBLAS): every kernel launched gets the arguments its CUDA C signature declares, in order, and max-norm's kernels
+    their grid (``norm_grid``); each update launches its fused first pass on W and then the scale kernel."""
+    import collections
+    import contextlib
+
+    from deltaprop.backends import cupy_backend as cb
+    from deltaprop.backends.base import Backend
+
+    launched = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, args):
+            params = kernel_parameters(self.name)
+            assert len(args) == len(params), (self.name, len(args), params)
+            for i, (p, a) in enumerate(zip(params, args)):
+                assert matches(p, a, dtype), (self.name, i, p, type(a), getattr(a, "dtype", None))
+            assert all(isinstance(n, int) and n > 0 for n in (*grid, *block)), (self.name, grid, block)
+            launched.append((self.name, grid, block))
+
+    bk = object.__new__(cb.CupyBackend)
+    Backend.__init__(bk)
+    bk.xp, bk.counts, bk._on_device = np, collections.Counter(), contextlib.nullcontext
+    bk._gemm = lambda *args, **kwargs: None  # cuBLAS: not here
+    kernels = {name: Kernel(name) for name in cuda_source.TEMPLATES}
+    B, n_in, n_out = 7, 65, 33
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    z, d = rng.normal(size=(B, n_in)).astype(dtype), rng.normal(size=(B, n_out)).astype(dtype)
+
+    def pair():
+        return np.zeros_like(W), np.zeros_like(b)
+
+    grid = cb.norm_grid(n_in, n_out)[0]
+    updates = {
+        "momentum_step_norm": lambda: bk.sgd_update(z, d, W, b, *pair(), 0.1, 0.9, 1e-3, max_norm=1.0),
+        "max_norm_partials": lambda: bk.sgd_update(z, d, W, b, None, None, 0.1, 0.0, 0.0, max_norm=1.0),
+        "adam_step_norm": lambda: bk.adam_update(z, d, W, b, *pair(), *pair(), np.ones(1, np.int64), 0.1, 0.9, 0.999,
+                                                 1e-8, 0.0, True, max_norm=1.0),
+        "rmsprop_step_norm": lambda: bk.rmsprop_update(z, d, W, b, *pair(), *pair(), 0.1, 0.9, 1e-8, 0.9, 0.0,
+                                                       max_norm=1.0),
+    }
+    monkeypatch.setattr(cuda_source, "kernels", lambda _dtype: kernels)
+    for first, update in updates.items():
+        launched.clear()
+        update()
+        names = [name for name, _, _ in launched]
+        assert names.count(first) == 1 and names[-1] == "max_norm_scale", names
+        for name, g, block in launched:
+            if name in (first, "max_norm_scale"):
+                assert g == grid and block == (cb.NORM_WIDTH, cb.NORM_HEIGHT), (name, g, block)
+    launched.clear()
+    bk.max_norm(W, 1.0)
+    assert [name for name, _, _ in launched] == ["max_norm_partials", "max_norm_scale"]

@@ -322,6 +322,9 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     assert rc == 0 and out.strip().splitlines()[-1].startswith(f"0 compiled, {n} found"), out
     rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--momentum", "0")  # another update kernel
     assert rc == 0 and out.strip().splitlines()[-1].startswith("1 compiled"), out
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--max-norm", "2")  # the update with max-norm, its scale
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("2 compiled"), out
+    assert "max-norm 2," in out and "numba_gemm.sgd(True," in out and "numba_elementwise.max_norm_scale(" in out
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -346,6 +349,8 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--cc", "9.0", "--momentum", "1.5"], "--momentum"),
     (["--cc", "9.0", "--optimizer", "adam", "--momentum", "0.9"], "--momentum: not an option of --optimizer adam"),
     (["--cc", "9.0", "--optimizer", "lbfgs"], "--optimizer"),
+    (["--cc", "9.0", "--max-norm", "0"], "--max-norm"),
+    (["--cc", "9.0", "--max-norm", "nan"], "--max-norm"),
 ])
 def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     if SIMULATED and option == "--cc":
@@ -378,8 +383,12 @@ def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
 
 # ------------------------------------------------------------------ the recorder is the backend
 @pytest.mark.skipif(not SIMULATED, reason="compares with the simulator's real launches (the simulator run)")
-@pytest.mark.parametrize("act", ["tanh", "maxout"])
-def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act):
+@pytest.mark.parametrize("act, optimizer, max_norm", [
+    ("tanh", {"name": "sgd", "lr": 0.01, "momentum": 0.9}, None),
+    ("maxout", {"name": "sgd", "lr": 0.01, "momentum": 0.9}, None),
+    ("tanh", {"name": "sgd", "lr": 0.01, "momentum": 0.9}, 1.0),
+    ("tanh", {"name": "adam", "lr": 0.01}, 1.0)], ids=["sgd", "maxout", "sgd-max-norm", "adam-max-norm"])
+def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act, optimizer, max_norm):
     from deltaprop import backends
 
     sim = backends.instance("numba-cuda")
@@ -392,17 +401,19 @@ def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act):
 
     monkeypatch.setattr(type(sim), "_launch", spy)
     net = dict(sizes=[3, 9, 7, 2], activation=act, maxout_pieces=3, output="softmax", loss="cross_entropy",
-               dtype="float64", batch_size=8, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=37, val=5,
-               test=11)
+               dtype="float64", batch_size=8, optimizer=optimizer, max_norm=max_norm, train=37, val=5, test=11)
     stand_in = precompile.recorder(sim.multiprocessors)
     stand_in.tilings, stand_in.threads, stand_in.graphs = sim.tilings, sim.threads, sim.graphs
+    stand_in.norm_block = sim.norm_block
     recorded = precompile.record(net, stand_in)
 
-    from deltaprop import MLP
+    from deltaprop import MLP, optim
 
-    model = MLP(net["sizes"], activation=act, maxout_pieces=3, backend="numba-cuda", dtype="float64", seed=0)
+    model = MLP(net["sizes"], activation=act, maxout_pieces=3, backend="numba-cuda", dtype="float64", seed=0,
+                max_norm=max_norm)
     X, y = np.zeros((37, 3)), np.arange(37) % 2
-    model.fit(X, y, epochs=1, batch_size=8, momentum=0.9, validation_data=(np.zeros((5, 3)), np.arange(5) % 2))
+    model.fit(X, y, epochs=1, batch_size=8, optimizer=optim.from_config(optimizer),
+              validation_data=(np.zeros((5, 3)), np.arange(5) % 2))
     model.evaluate(np.zeros((11, 3)), np.arange(11) % 2)
     model.predict(np.zeros((11, 3)))
     assert {k for k, _ in recorded} == launched

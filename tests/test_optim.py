@@ -92,6 +92,105 @@ def test_each_update_against_the_float64_reference(backend, dtype, rng, opt, sha
         assert int(backend.to_numpy(t)[0]) == 3
 
 
+# ------------------------------------------------------------------ max-norm after each update
+NORM_CONFIGS = [optim.SGD(lr=0.3), optim.SGD(lr=0.3, weight_decay=1e-2)] + CONFIGS  # plain SGD: no slot at all
+NORM_SHAPES = [(7, 65, 33), (33, 7, 65), (1, 33, 7), (7, 1, 1)]  # (B, n_in, n_out): 1, 7, 33, 65 rows and columns
+
+
+def rescaled(W, c):
+    """W (float64) with each column rescaled to a norm of at most c (a zero column left as it is)."""
+    norms = np.linalg.norm(W, axis=0)
+    return W * np.minimum(1.0, c / np.where(norms > 0, norms, 1.0))
+
+
+def norm_steps(backend, opt, dtype, W, b, batches, c, runs=1):
+    """``runs`` times, from W, b (host) and fresh state: opt's steps on ``batches`` [(z_prev, δ)] with max-norm c,
+    the rate as a number and as a device array; each run's (W, b, slots) as NumPy arrays."""
+    out = []
+    for _ in range(runs):
+        Wd, bd = backend.asarray(W, dtype), backend.asarray(b, dtype)
+        state = {s: (backend.zeros(W.shape, dtype), backend.zeros(b.shape, dtype)) for s in opt.slots}
+        t = backend.zeros(1, np.int64) if opt.counts_steps else None
+        rate = backend.asarray(np.array([opt.lr]), dtype)
+        for step, (z_prev, delta) in enumerate(batches):
+            if t is not None:
+                backend.count_step(t)
+            lr = rate if step == 1 else opt.lr
+            opt.update(backend, backend.asarray(z_prev, dtype), backend.asarray(delta, dtype), Wd, bd, state, t, lr,
+                       max_norm=c)
+        out.append((backend.to_numpy(Wd), backend.to_numpy(bd), {s: [backend.to_numpy(x) for x in pair]
+                                                               for s, pair in state.items()}))
+    return out
+
+
+def norm_problem(rng, dtype, shape, steps=3):
+    """W, b and the batches of a max-norm test: column 0 of W and of every δ zero when there are 3 columns or
+    more (a zero column, which stays zero); values exact in ``dtype``."""
+    B, n_in, n_out = shape
+    W, b = rng.normal(size=(n_in, n_out)), rng.normal(size=n_out)
+    batches = [(rng.normal(size=(B, n_in)), rng.normal(size=(B, n_out))) for _ in range(steps)]
+    if n_out >= 3:
+        W[:, 0] = 0
+        for _, delta in batches:
+            delta[:, 0] = 0
+    def cast(x):
+        return x.astype(dtype).astype(np.float64)
+
+    return cast(W), cast(b), [(cast(z), cast(d)) for z, d in batches]
+
+
+@pytest.mark.parametrize("opt", NORM_CONFIGS, ids=repr)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+def test_each_update_with_max_norm_against_the_float64_reference(backend, dtype, rng, opt, shape):
+    """Max-norm after every step (fused into the update on the GPUs) against "update, then rescale the columns" in
+    float64, with a bound c that some columns exceed and others do not, and a zero column."""
+    W, b, batches = norm_problem(rng, dtype, shape)
+    B, _, n_out = shape
+    W1 = reference_step(opt, W.copy(), batches[0][0].T @ batches[0][1] / B,
+                        {s: np.zeros(W.shape) for s in opt.slots}, 1, opt.lr, True)
+    norms = np.linalg.norm(W1, axis=0)
+    c = float(np.median(norms[norms > 0])) if n_out > 1 else 0.7 * float(norms[0])  # some columns above, some below
+    assert (norms > c).any() and (n_out < 3 or (norms[norms > 0] < c).any())
+    (got_W, got_b, got_slots), = norm_steps(backend, opt, dtype, W, b, batches, c)
+    ref_W, ref_b = W, b
+    state_W = {s: np.zeros(W.shape) for s in opt.slots}
+    state_b = {s: np.zeros(b.shape) for s in opt.slots}
+    lr1 = float(np.float64(np.dtype(dtype).type(opt.lr)))  # step 2's rate: the device array's
+    for step, (z_prev, delta) in enumerate(batches, 1):
+        lr = lr1 if step == 2 else opt.lr
+        ref_W = rescaled(reference_step(opt, ref_W, z_prev.T @ delta / B, state_W, step, lr, True), c)
+        ref_b = reference_step(opt, ref_b, delta.mean(axis=0), state_b, step, lr, False)  # b: no bound
+    assert_close(got_W, ref_W, dtype)
+    assert_close(got_b, ref_b, dtype)
+    for s in opt.slots:
+        assert_close(got_slots[s][0], state_W[s], dtype)
+        assert_close(got_slots[s][1], state_b[s], dtype)
+    got_norms = np.linalg.norm(got_W.astype(np.float64), axis=0)
+    assert np.all(got_norms <= c * (1 + 10 * np.finfo(dtype).eps))
+    if n_out >= 3:
+        assert np.all(got_W[:, 0] == 0)  # a zero column stays zero (no 0/0)
+
+
+@pytest.mark.parametrize("opt", NORM_CONFIGS, ids=repr)
+def test_updates_with_max_norm_are_bit_identical_run_to_run(backend, rng, opt):
+    """The column sums of squares are added in a fixed order (no atomics): two runs give the same bits."""
+    W, b, batches = norm_problem(rng, np.float32, (33, 65, 33))
+    first, second = norm_steps(backend, opt, np.float32, W, b, batches, 0.8, runs=2)
+    for x, y in zip(first[:2], second[:2]):
+        np.testing.assert_array_equal(x, y)
+    assert np.linalg.norm(first[0].astype(np.float64), axis=0).max() <= 0.8 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_the_norms_hold_after_a_fit_with_each_optimizer(backend, rng, name):
+    X, y = rng.normal(size=(50, 6)), rng.integers(0, 3, 50)
+    model = MLP([6, 9, 7, 3], backend=backend.name, seed=3, max_norm=0.5)
+    model.fit(X, y, epochs=2, batch_size=16, optimizer=name, lr=0.05)
+    for W, _ in model.get_weights():
+        norms = np.linalg.norm(W.astype(np.float64), axis=0)
+        assert norms.max() <= 0.5 * (1 + 1e-5) and norms.min() > 0
+
+
 # ------------------------------------------------------------------ whole fits against torch.optim
 def _torch_fit(opt, weights, X, y, epochs, batch):
     torch = pytest.importorskip("torch")

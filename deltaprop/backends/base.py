@@ -241,13 +241,15 @@ class Backend:
         delta.sum(axis=0, out=db)  # the array's method: no Python wrapper around it
         db *= scale
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False,
+                   max_norm=None) -> None:
         """SGD step in place: g = ∂E/∂W + λ·W; v ← μ·v + g; W ← W − η·v, or W ← W − η·(g + μ·v) with
         ``nesterov`` (and b alike, without decay).
 
         vW and vb are the momentum buffers (shapes of W and b); they may be None when μ = 0. ``lr`` is a
         number, or a one-element array of this backend holding it (a schedule's: a recorded step reads it).
-        Call it only after every δ that needs this layer's old W has been computed.
+        ``max_norm``: None, or c > 0: then ``max_norm(W, c)`` follows the step (a GPU backend fuses it; every
+        update method takes it). Call it only after every δ that needs this layer's old W has been computed.
         """
         xp = self.xp
         gW = self._scratch("gW", W.shape, W.dtype)
@@ -269,14 +271,17 @@ class Backend:
                     xp.copyto(g, v)
             g *= lr
             p -= g
+        if max_norm is not None:
+            self.max_norm(W, max_norm)
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
-                    weight_decay: float, decoupled: bool) -> None:
+                    weight_decay: float, decoupled: bool, max_norm=None) -> None:
         """Adam step in place (deltaprop.optim: Adam, or AdamW when ``decoupled``), W and b alike, b without decay:
         m ← β₁·m + (1 − β₁)·g, s ← β₂·s + (1 − β₂)·g², p ← p − η·(m / (1 − β₁ᵗ)) / (√(s / (1 − β₂ᵗ)) + ε).
 
         mW, mb, sW, sb: the first and second moments (shapes of W and b); ``t``: this step's count, a
-        one-element int64 array of this backend, ≥ 1 (``count_step`` advances it); ``lr`` as in sgd_update.
+        one-element int64 array of this backend, ≥ 1 (``count_step`` advances it); ``lr`` and ``max_norm`` as in
+        sgd_update.
         """
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
@@ -284,6 +289,8 @@ class Backend:
         rate = self._adam_rates(t, lr, beta_1, beta_2, epsilon, W.dtype)
         for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
             self._adam_pass(p, g, m, s, rate, lr, beta_1, beta_2, decay, decoupled, self._scratch("adam", p.shape, p.dtype))
+        if max_norm is not None:
+            self.max_norm(W, max_norm)
 
     def _adam_pass(self, p, g, m, s, rate, lr, beta_1, beta_2, decay, decoupled, tmp) -> None:
         """One parameter's Adam step from its gradient g, with ``rate`` from _adam_rates and ``tmp`` of p's shape:
@@ -325,11 +332,12 @@ class Backend:
         return out
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
-                       weight_decay: float) -> None:
+                       weight_decay: float, max_norm=None) -> None:
         """RMSprop step in place (W and b alike, b without decay): g ← g + λ·W, s ← ρ·s + (1 − ρ)·g²,
         u = g / (√s + ε), v ← μ·v + u, p ← p − η·(v if μ else u).
 
-        sW, sb: the mean squares; vW, vb: the momentum buffers (None when μ = 0); ``lr`` as in sgd_update.
+        sW, sb: the mean squares; vW, vb: the momentum buffers (None when μ = 0); ``lr`` and ``max_norm`` as in
+        sgd_update.
         """
         xp = self.xp
         gW = self._scratch("gW", W.shape, W.dtype)
@@ -354,6 +362,8 @@ class Backend:
             else:
                 g *= lr
             p -= g
+        if max_norm is not None:
+            self.max_norm(W, max_norm)
 
     def count_step(self, t) -> None:
         """t ← t + 1: the step count of an optimizer that keeps one (Adam), a one-element int64 array."""

@@ -7,6 +7,9 @@
   column-major: a C-contiguous (r, c) matrix is, to it, the (c, r) matrix Xᵀ, so C = op(A)·op(B)
   is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
   Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
+* Max-norm: the elementwise step of W (momentum, Adam, RMSprop) runs on a 2-D grid that also writes W's column
+  sums of squares per row tile (plain SGD, a pure GEMM: a pass of its own), then one kernel adds them in a fixed
+  order and rescales the columns above the bound: two passes, no atomics, bit-reproducible.
 * The elementwise and row-wise work is in deltaprop/kernels/mlp_kernels.cu, compiled for the
   dtype on first use (``deltaprop.kernels.cuda_source``); nothing is compiled at import. A maxout
   layer is the GEMM into its pieces, then one kernel (bias + the max per unit, the pieces kept),
@@ -50,6 +53,18 @@ SHARED_OPTIN_ATTRIBUTE = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin: a block'
 
 def _blocks(n: int, per_block: int) -> int:
     return max(1, min(-(-n // per_block), MAX_BLOCKS))
+
+
+NORM_WIDTH, NORM_HEIGHT, NORM_ROWS = 32, 8, 64  # max-norm's blocks (NORM_* in mlp_kernels.cu)
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's y: max-norm's kernels loop over more row tiles
+
+
+def norm_grid(rows: int, cols: int):
+    """(grid, tiles) of max-norm's kernels on W (rows × cols): a block per NORM_WIDTH columns and row tile of NORM_ROWS
+    rows (at most MAX_GRID_Y in y, the kernels loop over the others), and the number of row tiles, the rows of the
+    workspace of partial sums (tiles × cols)."""
+    tiles = -(-rows // NORM_ROWS)
+    return (-(-cols // NORM_WIDTH), min(tiles, MAX_GRID_Y)), tiles
 
 
 CUBLAS_WORKSPACE = 32 << 20  # bytes; NVIDIA's advice for Hopper
@@ -133,7 +148,7 @@ class CupyBackend(GraphSteps, Backend):
         )
 
     def _launch(self, kernel, blocks, threads, args) -> None:
-        kernel((blocks,), threads if isinstance(threads, tuple) else (threads,), args)
+        kernel(blocks if isinstance(blocks, tuple) else (blocks,), threads if isinstance(threads, tuple) else (threads,), args)
         self.counts["kernel"] += 1
 
     def _elementwise(self, name, x, *args) -> None:
@@ -229,46 +244,81 @@ class CupyBackend(GraphSteps, Backend):
         self._gemm(z_prev, delta, dW, trans_a=True, alpha=scale)
         self._bias_grad(delta, db, scale, 0.0)
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False,
+                   max_norm=None) -> None:
         arrays = (z_prev, delta, W, b) + ((vW, vb) if momentum else ())
         # the fused path takes the rate as a kernel argument: a schedule's device array, and Nesterov, take the default
         scheduled = not isinstance(lr, (float, int, np.floating))
         if scheduled or nesterov or (momentum and (vW is None or vb is None)) or not self._ok(*arrays):
-            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov)
+            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov, max_norm)
         scale = 1.0 / delta.shape[0]
         t = W.dtype.type
+        rows, cols = W.shape
         if momentum:  # v ← μ·v + z_prevᵀ·δ/B (GEMM), then v ← v + λ·W, W ← W − η·v (kernel); b alike
             self._gemm(z_prev, delta, vW, trans_a=True, alpha=scale, beta=momentum)
-            self._elementwise("momentum_step", W, W, vW, i64(W.size), t(lr), t(weight_decay))
+            if max_norm is None:
+                self._elementwise("momentum_step", W, W, vW, i64(W.size), t(lr), t(weight_decay))
+            else:  # the same step, on max-norm's grid, with W's column sums of squares
+                self._norm_pass("momentum_step_norm", W, W, vW, i64(rows), i64(cols), t(lr), t(weight_decay))
             self._bias_grad(delta, vb, scale, momentum)
             self._elementwise("momentum_step", b, b, vb, i64(b.size), t(lr), t(0))
         else:  # one GEMM into W, one kernel into b
             self._gemm(z_prev, delta, W, trans_a=True, alpha=-lr * scale, beta=1.0 - lr * weight_decay)
             self._bias_grad(delta, b, -lr * scale, 1.0)
+            if max_norm is not None:  # a pure GEMM: W's column sums of squares in a pass of their own
+                self._norm_pass("max_norm_partials", W, W, i64(rows), i64(cols))
+        if max_norm is not None:
+            self._norm_scale(W, max_norm)
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
-                    weight_decay: float, decoupled: bool) -> None:
+                    weight_decay: float, decoupled: bool, max_norm=None) -> None:
         counted = isinstance(t, self.xp.ndarray) and t.dtype == np.int64
         if not (counted and self._ok(z_prev, delta, W, b, mW, mb, sW, sb)):
             return super().adam_update(z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1, beta_2, epsilon, weight_decay,
-                                       decoupled)
+                                       decoupled, max_norm)
         gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
         self.weight_grad(z_prev, delta, gW, gb)  # GEMM and bias sums, then one pass over W and one over b
         rate, k = self._rate(lr, W.dtype), W.dtype.type
         for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
-            self._elementwise("adam_step", p, p, g, m, s, t, rate, i64(p.size), k(beta_1), k(beta_2), k(epsilon), k(decay),
-                              i32(bool(decoupled)))
+            hyper = (k(beta_1), k(beta_2), k(epsilon), k(decay), i32(bool(decoupled)))
+            if p is W and max_norm is not None:  # on max-norm's grid, with W's column sums of squares
+                self._norm_pass("adam_step_norm", W, W, g, m, s, t, rate, i64(W.shape[0]), i64(W.shape[1]), *hyper)
+            else:
+                self._elementwise("adam_step", p, p, g, m, s, t, rate, i64(p.size), *hyper)
+        if max_norm is not None:
+            self._norm_scale(W, max_norm)
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
-                       weight_decay: float) -> None:
+                       weight_decay: float, max_norm=None) -> None:
         if not self._ok(z_prev, delta, W, b, sW, sb, *((vW, vb) if momentum else ())):
-            return super().rmsprop_update(z_prev, delta, W, b, sW, sb, vW, vb, lr, rho, epsilon, momentum, weight_decay)
+            return super().rmsprop_update(z_prev, delta, W, b, sW, sb, vW, vb, lr, rho, epsilon, momentum, weight_decay,
+                                          max_norm)
         gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
         self.weight_grad(z_prev, delta, gW, gb)
         rate, k = self._rate(lr, W.dtype), W.dtype.type
         for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
-            self._elementwise("rmsprop_step", p, p, g, s, v if momentum else s, rate, i64(p.size), k(rho), k(epsilon),
-                              k(momentum), k(decay), i32(bool(momentum)))  # v unused without momentum
+            hyper = (k(rho), k(epsilon), k(momentum), k(decay), i32(bool(momentum)))
+            v = v if momentum else s  # unused without momentum
+            if p is W and max_norm is not None:  # on max-norm's grid, with W's column sums of squares
+                self._norm_pass("rmsprop_step_norm", W, W, g, s, v, rate, i64(W.shape[0]), i64(W.shape[1]), *hyper)
+            else:
+                self._elementwise("rmsprop_step", p, p, g, s, v, rate, i64(p.size), *hyper)
+        if max_norm is not None:
+            self._norm_scale(W, max_norm)
+
+    def _norm_pass(self, name, W, *args) -> None:
+        """The kernel ``name`` of max-norm's first pass over W (rows × cols), on max-norm's grid (``norm_grid``), with
+        ``args`` and then the workspace of W's column sums of squares per row tile, for ``_norm_scale``."""
+        grid, tiles = norm_grid(*W.shape)
+        part = self._scratch("max_norm_part", (tiles, W.shape[1]), W.dtype)
+        self._launch(cuda_source.kernels(W.dtype)[name], grid, (NORM_WIDTH, NORM_HEIGHT), (*args, part))
+
+    def _norm_scale(self, W, c: float) -> None:
+        """W's columns rescaled to norms of at most c, from the sums of the last ``_norm_pass`` over W."""
+        grid, tiles = norm_grid(*W.shape)
+        part = self._scratch("max_norm_part", (tiles, W.shape[1]), W.dtype)
+        args = (W, part, i64(W.shape[0]), i64(W.shape[1]), i64(tiles), W.dtype.type(c))
+        self._launch(cuda_source.kernels(W.dtype)["max_norm_scale"], grid, (NORM_WIDTH, NORM_HEIGHT), args)
 
     def dropout(self, z, out, mask, rate: float, seed: int, counter, layer: int) -> None:
         usable = isinstance(counter, self.xp.ndarray) and counter.dtype == np.int64 and counter.flags.c_contiguous
@@ -289,8 +339,8 @@ class CupyBackend(GraphSteps, Backend):
     def max_norm(self, W, c: float) -> None:
         if not self._ok(W):
             return super().max_norm(W, c)
-        kernel = cuda_source.dropout_kernels(W.dtype)["max_norm_cols"]
-        self._launch(kernel, _blocks(W.shape[1], THREADS), THREADS, (W, i64(W.shape[0]), i64(W.shape[1]), W.dtype.type(c)))
+        self._norm_pass("max_norm_partials", W, W, i64(W.shape[0]), i64(W.shape[1]))
+        self._norm_scale(W, c)
 
     def gather(self, src, idx, out) -> None:
         if not (self._ok(src, out) and idx.dtype == np.int64 and idx.flags.c_contiguous and out.shape[0] == idx.size):

@@ -7,7 +7,9 @@ for the max), one hidden-δ GEMM (⊙ φ' fused; a maxout layer's writes δ of e
 winner, 0 on the others; L − 1 of them) and one gradient GEMM that writes the SGD update of W and b straight
 from its tiles; per step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per
 dropped layer input (its mask and product) and one that advances the step counter (the δ's mask is fused into
-the hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+the hidden-δ GEMM); max-norm one per layer (the update GEMM writes its columns' partial sums of squares, one
+parallel kernel adds them in a fixed order and rescales W: bit-reproducible, no atomics). ``launches`` counts
+them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
 driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
 kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
 counts the replays; the simulator has no graphs and runs every step eagerly.
@@ -34,6 +36,8 @@ from ..kernels import masks
 from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
+
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's y dimension: the max-norm kernels loop over more row tiles
 
 
 class NumbaCudaBackend(GraphSteps, Backend):
@@ -64,6 +68,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self.multiprocessors = target or (4 if simulated else self.cuda.gpus[self.device_index].MULTIPROCESSOR_COUNT)
         self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
+        self.norm_block = numba_elementwise.SIM_NORM_BLOCK if simulated else numba_elementwise.NORM_BLOCK  # max-norm's
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
         self.fused_epochs = 0  # run_epoch_fused calls so far
@@ -198,30 +203,57 @@ class NumbaCudaBackend(GraphSteps, Backend):
         kernel = self._gemm.grad(kind, t, self._wide(z_prev=z_prev, delta=delta))
         self._launch(kernel, grid, t.block, z_prev, delta, dW, db, kind(1.0 / delta.shape[0]))
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False,
+                   max_norm=None) -> None:
         (t, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
-        kernel = self._gemm.sgd(bool(momentum), kind, t, self._wide(z_prev=z_prev, delta=delta), bool(nesterov and momentum))
+        norm = max_norm is not None
+        kernel = self._gemm.sgd(bool(momentum), kind, t, self._wide(z_prev=z_prev, delta=delta), bool(nesterov and momentum),
+                                norm)
         if not momentum:
             vW, vb = W, b  # unused by that kernel
         scalars = (kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, self._rate(lr, kind), *scalars)
+        part = self._norm_partials(W, grid, norm)
+        self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, self._rate(lr, kind), *scalars, *part)
+        self._norm_scale(W, part, max_norm)
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
-                    weight_decay: float, decoupled: bool) -> None:
+                    weight_decay: float, decoupled: bool, max_norm=None) -> None:
         (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
-        kernel = self._gemm.adam(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(decoupled))
+        norm = max_norm is not None
+        kernel = self._gemm.adam(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(decoupled), norm)
         scalars = (kind(beta_1), kind(beta_2), kind(epsilon), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, mW, mb, sW, sb, t, self._rate(lr, kind), *scalars)
+        part = self._norm_partials(W, grid, norm)
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, mW, mb, sW, sb, t, self._rate(lr, kind), *scalars,
+                     *part)
+        self._norm_scale(W, part, max_norm)
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
-                       weight_decay: float) -> None:
+                       weight_decay: float, max_norm=None) -> None:
         (tiles, grid), kind = self._tiling(W.shape[0] + 1, W.shape[1], W.dtype), self._kind(W)  # + the bias row
-        kernel = self._gemm.rmsprop(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(momentum))
+        norm = max_norm is not None
+        kernel = self._gemm.rmsprop(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(momentum), norm)
         if not momentum:
             vW, vb = sW, sb  # unused by that kernel
         rate = self._rate(lr, kind)  # also the kernel's unused step count: an array of its own
         scalars = (kind(rho), kind(epsilon), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, sW, sb, vW, vb, rate, rate, *scalars)
+        part = self._norm_partials(W, grid, norm)
+        self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, sW, sb, vW, vb, rate, rate, *scalars, *part)
+        self._norm_scale(W, part, max_norm)
+
+    def _norm_partials(self, W, grid, norm: bool) -> tuple:
+        """(part,): the workspace (grid rows, N) for an update kernel's max-norm epilogue, its column sums of squares
+        per row tile of ``grid`` (the update GEMM's); () without max-norm."""
+        return (self._scratch("max_norm_part", (grid[1], W.shape[1]), W.dtype),) if norm else ()
+
+    def _norm_scale(self, W, part: tuple, c) -> None:
+        """W's columns rescaled to norms ≤ c from their partial sums of squares, part = (array (T, N),); nothing
+        when part is () (no max-norm)."""
+        if not part:
+            return
+        width, height, rows = self.norm_block
+        kind = self._kind(W)
+        grid = (math.ceil(W.shape[1] / width), min(math.ceil(W.shape[0] / rows), MAX_GRID_Y))
+        self._launch(self._ew.max_norm_scale(kind, width, height), grid, (width, height), W, part[0], kind(c))
 
     def count_step(self, t) -> None:
         self._launch(self._ew.count(), 1, 1, t)
@@ -239,8 +271,12 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))
 
     def max_norm(self, W, c: float) -> None:
-        kind = self._kind(W)
-        self._launch_1d(self._ew.max_norm(kind), W.shape[1], W, kind(c))
+        width, height, rows = self.norm_block
+        tiles = math.ceil(W.shape[0] / rows)
+        part = self._scratch("max_norm_part", (tiles, W.shape[1]), W.dtype)
+        grid = (math.ceil(W.shape[1] / width), min(tiles, MAX_GRID_Y))
+        self._launch(self._ew.max_norm_partials(self._kind(W), width, height, rows), grid, (width, height), W, part)
+        self._norm_scale(W, (part,), c)
 
     def gather(self, src, idx, out) -> None:
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)

@@ -36,9 +36,10 @@ class NumpyBackend(Backend):
         # The rows named by idx are always in range here (a permutation of the samples).
         src.take(idx, axis=0, out=out, mode="clip")
 
-    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False) -> None:
+    def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False,
+                   max_norm=None) -> None:
         if nesterov:
-            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov)
+            return super().sgd_update(z_prev, delta, W, b, vW, vb, lr, momentum, weight_decay, nesterov, max_norm)
         # The same update as the default, with the scale 1/B and η, for plain SGD, applied in _scaled_gradient.
         plain = not momentum and not weight_decay
         gW, gb = self._scaled_gradient(z_prev, delta, W, b, (lr if plain else 1.0) / delta.shape[0])
@@ -58,6 +59,8 @@ class NumpyBackend(Backend):
             gb *= lr
         W -= gW
         b -= gb
+        if max_norm is not None:
+            self.max_norm(W, max_norm)
 
     def _scaled_gradient(self, z_prev, delta, W, b, scale):
         """(scale·z_prevᵀ·δ, scale·Σ_rows δ) in this thread's scratch, the scale applied to whichever of δ (B, n_out)
@@ -78,7 +81,7 @@ class NumpyBackend(Backend):
         return gW, gb
 
     def adam_update(self, z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1: float, beta_2: float, epsilon: float,
-                    weight_decay: float, decoupled: bool) -> None:
+                    weight_decay: float, decoupled: bool, max_norm=None) -> None:
         # The default's rule with the gradient from _scaled_gradient, and each parameter's dozen passes done in
         # chunks of CHUNK elements while a chunk is in the cache: memory then sees about one read of g, m, s, p and
         # one write of m, s, p. Chunks do not change any element's arithmetic.
@@ -90,6 +93,8 @@ class NumpyBackend(Backend):
             for i in range(0, p.size, CHUNK):
                 j = min(i + CHUNK, p.size)
                 self._adam_pass(p[i:j], g[i:j], m[i:j], s[i:j], rate, lr, beta_1, beta_2, decay, decoupled, tmp[: j - i])
+        if max_norm is not None:
+            self.max_norm(W, max_norm)
 
 
 CHUNK = 1 << 15  # elements of a chunk of adam_update: 128 KB of float32 per array, five arrays in a 1 MB L2

@@ -22,7 +22,8 @@ SOURCE = Path(__file__).with_name("mlp_kernels.cu")
 #: the templated kernels, instantiated for float and double
 TEMPLATES = (
     "bias_act", "mul_dphi", "output_delta", "momentum_step", "bias_grad", "bias_softmax", "batch_metrics", "gather_rows",
-    "adam_step", "rmsprop_step", "bias_maxout", "maxout_scatter",
+    "adam_step", "rmsprop_step", "bias_maxout", "maxout_scatter", "max_norm_partials", "max_norm_scale",
+    "momentum_step_norm", "adam_step_norm", "rmsprop_step_norm",
 )
 #: the kernels that do not depend on the dtype (extern "C")
 PLAIN = ("window_in", "window_out")
@@ -82,8 +83,9 @@ def plain_kernels() -> dict:
 
 
 DROPOUT_SOURCE = SOURCE.with_name("dropout.cu")
-#: the templated kernels of dropout.cu (dropout masks, δ ⊙ mask, max-norm), instantiated for float and double
-DROPOUT_TEMPLATES = ("dropout_mask", "mul_mask", "max_norm_cols")
+#: the templated kernels of dropout.cu (dropout masks, δ ⊙ mask), instantiated for float and double (max-norm's are
+#: in mlp_kernels.cu, fused into the optimizers' steps)
+DROPOUT_TEMPLATES = ("dropout_mask", "mul_mask")
 _dropout_cache: dict = {}
 
 

@@ -1,4 +1,4 @@
-// Dropout and max-norm for the CuPy backend (deltaprop/backends/cupy_backend.py), compiled by NVRTC through
+// Dropout for the CuPy backend (deltaprop/backends/cupy_backend.py), compiled by NVRTC through
 // cupy.RawModule (deltaprop/kernels/cuda_source.py: dropout_kernels), one module per dtype.
 //
 // The mask rule is deltaprop/kernels/masks.py's, transcribed: Philox4x32-10 of (row, step, epoch, layer) under
@@ -77,27 +77,12 @@ __global__ void mul_mask(T* x, const T* y, long long n) {
     DP_GRID_STRIDE(i, n) { x[i] *= y[i]; }
 }
 
-// W[:, j] ← W[:, j]·min(1, c/‖W[:, j]‖) for W (rows, cols): one thread per column, neighbours reading neighbours.
-template <typename T>
-__global__ void max_norm_cols(T* W, long long rows, long long cols, T c) {
-    DP_GRID_STRIDE(j, cols) {
-        T s = T(0);
-        for (long long i = 0; i < rows; ++i) s += W[i * cols + j] * W[i * cols + j];
-        T norm = sqrt(s);
-        if (norm > c) {
-            T f = c / norm;
-            for (long long i = 0; i < rows; ++i) W[i * cols + j] *= f;
-        }
-    }
-}
-
 #ifdef DELTAPROP_INSTANTIATE
 // For the offline nvcc check (tests/test_cuda_sources.py): instantiate every template as the loader asks for it.
 template <typename T>
 void deltaprop_instantiate_dropout() {
     (void)&dropout_mask<T>;
     (void)&mul_mask<T>;
-    (void)&max_norm_cols<T>;
 }
 template void deltaprop_instantiate_dropout<float>();
 template void deltaprop_instantiate_dropout<double>();

@@ -85,55 +85,167 @@ __global__ void output_delta(const T* a, const T* z, const T* y, T* delta, long 
     }
 }
 
-// SGD with momentum after the GEMM v ← μ·v + z_prevᵀ·δ/B: v ← v + λ·W, W ← W − η·v.
+// Max-norm: each column of W (rows × cols) rescaled to a norm of at most c, in two parallel passes, no atomics.
+// Blocks of NORM_WIDTH × NORM_HEIGHT threads take NORM_WIDTH columns and row tiles of NORM_ROWS rows (grid-strided
+// over the tiles by gridDim.y): thread y of a column adds the squares of rows y, y + NORM_HEIGHT, ... of a tile, and
+// one thread adds the NORM_HEIGHT sums in the order of y into part[tile·cols + column] (norm_partials; the update
+// kernels *_norm write the new W and these sums in one pass); max_norm_scale then adds a column's tiles in order.
+// The same sums in the same order on every run: bit-reproducible under graph replay and concurrency.
+#define NORM_WIDTH 32
+#define NORM_HEIGHT 8
+#define NORM_ROWS 64
+
+// c / max(‖w‖, c) = min(1, c/‖w‖) (1 for a zero column) for column col, ‖w‖² = Σ_t part[t·cols + col] in order of t.
 template <typename T>
-__global__ void momentum_step(T* w, T* v, long long n, T lr, T decay) {
-    GRID_STRIDE(i, n) {
-        T vi = v[i] + decay * w[i];
-        v[i] = vi;
-        w[i] -= lr * vi;
+__host__ __device__ __forceinline__ T norm_factor(const T* part, long long tiles, long long cols, long long col, T c) {
+    T s = T(0);
+    for (long long t = 0; t < tiles; ++t) s += part[t * cols + col];
+    const T norm = sqrt(s);
+    return c / (norm > c ? norm : c);
+}
+
+// For each element i = r·cols + col of this block's columns and row tiles: x = step(i), the element's value (after
+// step has written it), and each tile's Σ x² per column into part (tiles × cols), tiles = ⌈rows / NORM_ROWS⌉.
+template <typename T, typename Step>
+__device__ __forceinline__ void norm_partials(long long rows, long long cols, T* part, Step step) {
+    __shared__ T sums[NORM_HEIGHT][NORM_WIDTH + 1];
+    const long long col = blockIdx.x * (long long)NORM_WIDTH + threadIdx.x;
+    const long long tiles = (rows + NORM_ROWS - 1) / NORM_ROWS;
+    for (long long tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
+        T s = T(0);
+        if (col < cols) {
+            const long long end = min(rows, (tile + 1) * NORM_ROWS);
+            for (long long r = tile * NORM_ROWS + threadIdx.y; r < end; r += NORM_HEIGHT) {
+                const T x = step(r * cols + col);
+                s += x * x;
+            }
+        }
+        sums[threadIdx.y][threadIdx.x] = s;
+        __syncthreads();
+        if (threadIdx.y == 0 && col < cols) {
+            T total = T(0);
+            for (int y = 0; y < NORM_HEIGHT; ++y) total += sums[y][threadIdx.x];
+            part[tile * cols + col] = total;
+        }
+        __syncthreads();
     }
 }
 
-// One Adam step over n elements of p from their gradient g (deltaprop.optim; the contract's adam_update):
-// coupled decay g + decay·p, or AdamW's p·(1 − η·decay) when decoupled; m, s the moments. η = rate[0] and the
-// step count t[0] are read on the device, so that a recorded graph replays a schedule and the bias corrections.
+// part ← the partial sums of squares of W's columns (norm_partials), for max_norm_scale.
+template <typename T>
+__global__ void max_norm_partials(const T* w, long long rows, long long cols, T* part) {
+    norm_partials<T>(rows, cols, part, [=](long long i) { return w[i]; });
+}
+
+// W[:, col] ← W[:, col]·norm_factor(col) from the partial sums part (tiles × cols), on max-norm's blocks: the first
+// row of threads computes the block's factors; a column within the bound (factor 1) is neither read nor written.
+template <typename T>
+__global__ void max_norm_scale(T* w, const T* part, long long rows, long long cols, long long tiles, T c) {
+    __shared__ T factor[NORM_WIDTH];
+    const long long col = blockIdx.x * (long long)NORM_WIDTH + threadIdx.x;
+    if (threadIdx.y == 0) factor[threadIdx.x] = col < cols ? norm_factor(part, tiles, cols, col, c) : T(1);
+    __syncthreads();
+    const T f = factor[threadIdx.x];
+    if (col < cols && f < T(1))
+        for (long long r = blockIdx.y * (long long)NORM_HEIGHT + threadIdx.y; r < rows; r += (long long)gridDim.y * NORM_HEIGHT)
+            w[r * cols + col] *= f;
+}
+
+// SGD with momentum after the GEMM v ← μ·v + z_prevᵀ·δ/B: v ← v + λ·W, W ← W − η·v, for element i; its new W.
+template <typename T>
+__device__ __forceinline__ T momentum_rule(T* w, T* v, long long i, T lr, T decay) {
+    const T vi = v[i] + decay * w[i];
+    v[i] = vi;
+    const T x = w[i] - lr * vi;
+    w[i] = x;
+    return x;
+}
+
+template <typename T>
+__global__ void momentum_step(T* w, T* v, long long n, T lr, T decay) {
+    GRID_STRIDE(i, n) { momentum_rule(w, v, i, lr, decay); }
+}
+
+// momentum_step over W (rows × cols), and max-norm's partial sums of the new W into part: on max-norm's grid.
+template <typename T>
+__global__ void momentum_step_norm(T* w, T* v, long long rows, long long cols, T lr, T decay, T* part) {
+    norm_partials<T>(rows, cols, part, [=](long long i) { return momentum_rule(w, v, i, lr, decay); });
+}
+
+// One Adam step of element i of p from its gradient g (deltaprop.optim; the contract's adam_update): coupled decay
+// g + decay·p, or AdamW's p·(1 − η·decay) when decoupled; m, s the moments, c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ; the new p.
+template <typename T>
+__device__ __forceinline__ T adam_rule(T* p, const T* g, T* m, T* s, long long i, T lr, T c1, T c2, T beta_1, T beta_2,
+                                       T epsilon, T decay, int decoupled) {
+    T x = p[i], gi = g[i];
+    if (decoupled)
+        x -= lr * decay * x;
+    else
+        gi += decay * x;
+    const T mi = beta_1 * m[i] + (T(1) - beta_1) * gi;
+    const T si = beta_2 * s[i] + (T(1) - beta_2) * gi * gi;
+    m[i] = mi;
+    s[i] = si;
+    x = x - (lr / c1) * mi / (sqrt(si) / sqrt(c2) + epsilon);
+    p[i] = x;
+    return x;
+}
+
+// adam_rule over n elements of p. η = rate[0] and the step count t[0] are read on the device, so that a recorded
+// graph replays a schedule and the bias corrections.
 template <typename T>
 __global__ void adam_step(T* p, const T* g, T* m, T* s, const long long* t, const T* rate, long long n, T beta_1,
                           T beta_2, T epsilon, T decay, int decoupled) {
     const T lr = rate[0], step = T(t[0]);
     const T c1 = T(1) - pow(beta_1, step), c2 = T(1) - pow(beta_2, step);
-    GRID_STRIDE(i, n) {
-        T x = p[i], gi = g[i];
-        if (decoupled)
-            x -= lr * decay * x;
-        else
-            gi += decay * x;
-        const T mi = beta_1 * m[i] + (T(1) - beta_1) * gi;
-        const T si = beta_2 * s[i] + (T(1) - beta_2) * gi * gi;
-        m[i] = mi;
-        s[i] = si;
-        p[i] = x - (lr / c1) * mi / (sqrt(si) / sqrt(c2) + epsilon);
-    }
+    GRID_STRIDE(i, n) { adam_rule(p, g, m, s, i, lr, c1, c2, beta_1, beta_2, epsilon, decay, decoupled); }
 }
 
-// One RMSprop step over n elements of p from their gradient g: g + decay·p, s ← ρ·s + (1 − ρ)·g²,
-// u = g / (√s + ε), with momentum v ← μ·v + u and u = v; p ← p − η·u, η = rate[0] (v unused without momentum).
+// adam_step over W (rows × cols), and max-norm's partial sums of the new W into part: on max-norm's grid.
+template <typename T>
+__global__ void adam_step_norm(T* p, const T* g, T* m, T* s, const long long* t, const T* rate, long long rows,
+                               long long cols, T beta_1, T beta_2, T epsilon, T decay, int decoupled, T* part) {
+    const T lr = rate[0], step = T(t[0]);
+    const T c1 = T(1) - pow(beta_1, step), c2 = T(1) - pow(beta_2, step);
+    norm_partials<T>(rows, cols, part, [=](long long i) {
+        return adam_rule(p, g, m, s, i, lr, c1, c2, beta_1, beta_2, epsilon, decay, decoupled);
+    });
+}
+
+// One RMSprop step of element i of p from its gradient g: g + decay·p, s ← ρ·s + (1 − ρ)·g², u = g / (√s + ε), with
+// momentum v ← μ·v + u and u = v; p ← p − η·u (v unused without momentum); the new p.
+template <typename T>
+__device__ __forceinline__ T rmsprop_rule(T* p, const T* g, T* s, T* v, long long i, T lr, T rho, T epsilon, T mu,
+                                          T decay, int momentum) {
+    const T x = p[i], gi = g[i] + decay * x;
+    const T si = rho * s[i] + (T(1) - rho) * gi * gi;
+    s[i] = si;
+    T u = gi / (sqrt(si) + epsilon);
+    if (momentum) {
+        u += mu * v[i];
+        v[i] = u;
+    }
+    const T y = x - lr * u;
+    p[i] = y;
+    return y;
+}
+
+// rmsprop_rule over n elements of p, η = rate[0].
 template <typename T>
 __global__ void rmsprop_step(T* p, const T* g, T* s, T* v, const T* rate, long long n, T rho, T epsilon, T mu,
                              T decay, int momentum) {
     const T lr = rate[0];
-    GRID_STRIDE(i, n) {
-        const T x = p[i], gi = g[i] + decay * x;
-        const T si = rho * s[i] + (T(1) - rho) * gi * gi;
-        s[i] = si;
-        T u = gi / (sqrt(si) + epsilon);
-        if (momentum) {
-            u += mu * v[i];
-            v[i] = u;
-        }
-        p[i] = x - lr * u;
-    }
+    GRID_STRIDE(i, n) { rmsprop_rule(p, g, s, v, i, lr, rho, epsilon, mu, decay, momentum); }
+}
+
+// rmsprop_step over W (rows × cols), and max-norm's partial sums of the new W into part: on max-norm's grid.
+template <typename T>
+__global__ void rmsprop_step_norm(T* p, const T* g, T* s, T* v, const T* rate, long long rows, long long cols, T rho,
+                                  T epsilon, T mu, T decay, int momentum, T* part) {
+    const T lr = rate[0];
+    norm_partials<T>(rows, cols, part, [=](long long i) {
+        return rmsprop_rule(p, g, s, v, i, lr, rho, epsilon, mu, decay, momentum);
+    });
 }
 
 // out[c] ← alpha·Σ_r delta[r, c] + beta·out[c] (out is not read when beta = 0).
@@ -318,6 +430,11 @@ void deltaprop_instantiate() {
     (void)&momentum_step<T>;
     (void)&adam_step<T>;
     (void)&rmsprop_step<T>;
+    (void)&max_norm_partials<T>;
+    (void)&max_norm_scale<T>;
+    (void)&momentum_step_norm<T>;
+    (void)&adam_step_norm<T>;
+    (void)&rmsprop_step_norm<T>;
     (void)&bias_grad<T>;
     (void)&bias_softmax<T>;
     (void)&batch_metrics<T>;

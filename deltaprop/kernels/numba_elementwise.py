@@ -390,24 +390,75 @@ def multiply():
     return kernel
 
 
+#: max-norm's blocks, (width, height, rows): width × height threads, a block per width columns and rows rows (a
+#: row tile) of W; on the simulator, small ones, so that tiny shapes cover several tiles
+NORM_BLOCK = (32, 8, 64)
+SIM_NORM_BLOCK = (4, 2, 4)
+
+
 @persistent
 @functools.cache
-def max_norm(kind):
-    """Kernel (W, c): W[:, j] ← W[:, j]·min(1, c/‖W[:, j]‖), one thread per column j looping over the rows
-    (neighbouring threads read neighbouring elements of a row: coalesced)."""
+def max_norm_partials(kind, width: int, height: int, rows: int):
+    """Kernel (W, part): part[t, n] = Σ W[m, n]² over the rows m of row tile t (t·rows ≤ m < t·rows + rows), for
+    W (M, N) and part (ceil(M / rows), N); blocks of width × height threads, one per width columns, looping over the
+    row tiles by the grid's height. Thread y of a column sums rows y, y + height, ... of the tile (a warp reads
+    consecutive elements of a row), and one thread adds the height sums in the order of y: no atomics, the same
+    sums on every run. The partials of the update kernels' max-norm epilogue (numba_gemm) are the same sums over
+    their own row tiles; ``max_norm_scale`` takes either."""
     zero = kind(0.0)
 
     @cuda.jit
-    def kernel(W, c):
-        j = cuda.grid(1)
-        if j < W.shape[1]:
+    def kernel(W, part):
+        sums = cuda.shared.array((height, width), kind)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        n = cuda.blockIdx.x * width + tx
+        M, N = W.shape
+        for t in range(cuda.blockIdx.y, part.shape[0], cuda.gridDim.y):
             s = zero
-            for i in range(W.shape[0]):
-                s += W[i, j] * W[i, j]
-            norm = math.sqrt(s)
-            if norm > c:
-                f = c / norm
-                for i in range(W.shape[0]):
-                    W[i, j] *= f
+            if n < N:
+                for m in range(t * rows + ty, min(t * rows + rows, M), height):
+                    s += W[m, n] * W[m, n]
+            sums[ty, tx] = s
+            cuda.syncthreads()
+            if ty == 0 and n < N:
+                total = zero
+                for y in range(height):
+                    total += sums[y, tx]
+                part[t, n] = total
+            cuda.syncthreads()
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def max_norm_scale(kind, width: int, height: int):
+    """Kernel (W, part, c): W[:, n] ← W[:, n]·c / max(‖W[:, n]‖, c) (= min(1, c / ‖W[:, n]‖), and 1 for a zero
+    column), ‖W[:, n]‖² = Σ_t part[t, n] added in the order of t, for W (M, N) and the partial sums part (T, N) of
+    ``max_norm_partials`` or of an update kernel's epilogue. Blocks of width × height threads: the first row of
+    threads computes its columns' factors once, then every thread scales rows of its column, the grid's rows of
+    threads striding down W (coalesced). A column within the bound (factor 1) is neither read nor written."""
+    zero, one = kind(0.0), kind(1.0)
+
+    @cuda.jit
+    def kernel(W, part, c):
+        factor = cuda.shared.array(width, kind)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        n = cuda.blockIdx.x * width + tx
+        M, N = W.shape
+        if ty == 0:
+            f = one
+            if n < N:
+                s = zero
+                for t in range(part.shape[0]):
+                    s += part[t, n]
+                norm = math.sqrt(s)
+                f = c / max(norm, c)
+            factor[tx] = f
+        cuda.syncthreads()
+        f = factor[tx]
+        if n < N and f < one:
+            for m in range(cuda.blockIdx.y * height + ty, M, cuda.gridDim.y * height):
+                W[m, n] *= f
 
     return kernel

@@ -36,7 +36,9 @@ Epilogues, each its own kernel:
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
                               device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay);
-  adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules).
+  adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules);
+  the update kernels' max-norm epilogue (``max_norm``): each block also writes, per column, the sum of squares of
+                              the new W over its rows (``_column_partials``), for numba_elementwise.max_norm_scale.
 Kernels are built per (epilogue, activation or maxout's k, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
@@ -521,24 +523,62 @@ def grad(kind, tiles: Tiles, wide: bool = False):
     return kernel
 
 
+@functools.cache
+def _column_partials(kind, tiles: Tiles):
+    """Device function (sq, part, N), the max-norm epilogue of the update kernels: part[blockIdx.y, n] = the sum of
+    the block's threads' sq for each column n < N of the block's tile, where ``sq`` (TN) holds a thread's sums of
+    squares of the new W in its columns (``_coords``' order; 0 for rows past W's, and the bias row). The threads'
+    sums go through shared memory and one thread per column adds them in the order of threadIdx.y: the same sums
+    in the same order on every run (no atomics). Every thread of the block must call it (a barrier)."""
+    BN, TN = tiles.bn, tiles.tn
+    TX, TY = tiles.block
+    GN, VN = _groups(TN)
+    zero = kind(0.0)
+
+    @device_inline
+    def partials(sq, part, N):
+        sums = cuda.shared.array((TY, BN), kind)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        for j in range(TN):
+            sums[U(ty), U((j // VN) * (BN // GN) + tx * VN + j % VN)] = sq[j]
+        cuda.syncthreads()
+        n0 = cuda.blockIdx.x * BN
+        for c in range(ty * TX + tx, BN, TX * TY):
+            if n0 + c < N:
+                total = zero
+                for y in range(TY):
+                    total += sums[U(y), U(c)]
+                part[cuda.blockIdx.y, n0 + c] = total
+
+    return partials
+
+
 @persistent
 @functools.cache
-def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool = False):
+def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool = False, max_norm: bool = False):
     """Kernel (A, B, W, b, vW, vb, rate, mu, decay, scale): the SGD step from the gradient tile.
 
     g = scale·AᵀB + decay·W (b: no decay); v = mu·v + g (or v = g when not ``momentum``: vW, vb unused);
     W −= η·v, or W −= η·(g + mu·v) when ``nesterov``. η = rate[0]: a one-element device array, so that a
     recorded graph reads a schedule's new rate. Every element of W, b, vW, vb is read and written by one
-    thread only.
+    thread only. With ``max_norm`` the kernel takes an 11th argument, part (grid rows, N): each block writes its
+    row tile's sums of squares of the new W's columns there (``_column_partials``), for
+    ``numba_elementwise.max_norm_scale``; without, it is the kernel it was before max-norm.
     """
     mainloop = _mainloop("tn", True, kind, tiles, wide)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
+    partials = _column_partials(kind, tiles)
+    zero = kind(0.0)
 
-    @_jit(tiles)
-    def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale):
+    @device_inline
+    def body(A, B, W, b, vW, vb, rate, mu, decay, scale, part):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
+        sq = cuda.local.array(TN, kind)  # max-norm: this thread's Σ W² per column
+        if max_norm:
+            for j in range(TN):
+                sq[j] = zero
         lr = rate[0]
         M, N = A.shape[1], B.shape[1]
         for i in range(TM):
@@ -550,7 +590,12 @@ def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool =
                         v = mu * vW[m, n] + g
                         vW[m, n] = v
                         g = g + mu * v if nesterov else v
-                    W[m, n] -= lr * g
+                    if max_norm:
+                        x = W[m, n] - lr * g
+                        W[m, n] = x
+                        sq[j] += x * x
+                    else:
+                        W[m, n] -= lr * g
                 elif m == M and n < N:
                     g = acc[i, j] * scale
                     if momentum:
@@ -558,26 +603,42 @@ def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool =
                         vb[n] = v
                         g = g + mu * v if nesterov else v
                     b[n] -= lr * g
+        if max_norm:
+            partials(sq, part, N)
+
+    if max_norm:
+        @_jit(tiles)
+        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale, part):
+            body(A, B, W, b, vW, vb, rate, mu, decay, scale, part)
+    else:
+        @_jit(tiles)
+        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale):
+            body(A, B, W, b, vW, vb, rate, mu, decay, scale, W)  # no part: W stands in, unused
 
     return kernel
 
 
-def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w: bool):
+def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w: bool, max_norm: bool):
     """Kernel (A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale): an optimizer's step from the gradient
     tile g = scale·AᵀB, with two state slots u and w of W's and b's shapes:
     (p, u, w) ← rule(p, g, u, w, η, k1, k2, h1, h2, h3, decay) for each element, b without decay, where
     (k1, k2) = per_thread(t, h1, h2) once per thread and η = rate[0] (both read on the device: a recorded graph
     replays a schedule and a step count right). w is written only when ``writes_w``. Every element of W, b and
-    their slots is read and written by one thread only."""
+    their slots is read and written by one thread only. ``max_norm``: a 16th argument, part, as in ``sgd``."""
     mainloop = _mainloop("tn", True, kind, tiles, wide)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
+    partials = _column_partials(kind, tiles)
     zero = kind(0.0)
 
-    @_jit(tiles)
-    def kernel(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale):
+    @device_inline
+    def body(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, part):
         acc = cuda.local.array((TM, TN), kind)
         mainloop(A, B, acc)
+        sq = cuda.local.array(TN, kind)  # max-norm: this thread's Σ W² per column
+        if max_norm:
+            for j in range(TN):
+                sq[j] = zero
         lr = rate[0]
         k1, k2 = per_thread(t, h1, h2)
         M, N = A.shape[1], B.shape[1]
@@ -590,30 +651,46 @@ def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w:
                     W[m, n], uW[m, n] = x, u
                     if writes_w:
                         wW[m, n] = w
+                    if max_norm:
+                        sq[j] += x * x
                 elif m == M and n < N:
                     x, u, w = rule(b[n], acc[i, j] * scale, ub[n], wb[n] if writes_w else zero, lr, k1, k2, h1, h2, h3,
                                    zero)
                     b[n], ub[n] = x, u
                     if writes_w:
                         wb[n] = w
+        if max_norm:
+            partials(sq, part, N)
+
+    if max_norm:
+        @_jit(tiles)
+        def kernel(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, part):
+            body(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, part)
+    else:
+        @_jit(tiles)
+        def kernel(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale):
+            body(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, W)  # no part: W stands in, unused
 
     return kernel
 
 
 @persistent
 @functools.cache
-def adam(kind, tiles: Tiles, wide: bool = False, decoupled: bool = False):
-    """Kernel (A, B, W, b, mW, mb, sW, sb, t, rate, beta_1, beta_2, epsilon, decay, scale): the Adam step from the
-    gradient tile (numba_optim.adam_rule; the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ from the device's step count t)."""
-    return _two_slot_update(kind, tiles, wide, adam_rule(kind, decoupled), corrections(kind, True), True)
+def adam(kind, tiles: Tiles, wide: bool = False, decoupled: bool = False, max_norm: bool = False):
+    """Kernel (A, B, W, b, mW, mb, sW, sb, t, rate, beta_1, beta_2, epsilon, decay, scale[, part]): the Adam step from
+    the gradient tile (numba_optim.adam_rule; the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ from the device's step count t);
+    part with ``max_norm``, as in ``sgd``."""
+    return _two_slot_update(kind, tiles, wide, adam_rule(kind, decoupled), corrections(kind, True), True, max_norm)
 
 
 @persistent
 @functools.cache
-def rmsprop(kind, tiles: Tiles, wide: bool = False, momentum: bool = False):
-    """Kernel (A, B, W, b, sW, sb, vW, vb, t, rate, rho, epsilon, mu, decay, scale): the RMSprop step from the
-    gradient tile (numba_optim.rmsprop_rule; t unused; vW, vb unused without ``momentum``)."""
-    return _two_slot_update(kind, tiles, wide, rmsprop_rule(kind, momentum), corrections(kind, False), momentum)
+def rmsprop(kind, tiles: Tiles, wide: bool = False, momentum: bool = False, max_norm: bool = False):
+    """Kernel (A, B, W, b, sW, sb, vW, vb, t, rate, rho, epsilon, mu, decay, scale[, part]): the RMSprop step from the
+    gradient tile (numba_optim.rmsprop_rule; t unused; vW, vb unused without ``momentum``); part with ``max_norm``,
+    as in ``sgd``."""
+    return _two_slot_update(kind, tiles, wide, rmsprop_rule(kind, momentum), corrections(kind, False), momentum,
+                            max_norm)
 
 
 def dtype_kind(dtype):

@@ -205,7 +205,7 @@ class Network:
         """One step of ``optimizer`` at rate ``lr`` (a number or a one-element device array) on the batch in
         buf.x (B, n_0), buf.y (B, n_L); adds its loss and correct count to ``metrics`` (2,). The state is the
         network's: call ``ensure_state(optimizer)`` first, and with dropout ``start_epoch``; the buffers must
-        have been made with the dropout rates. Max-norm follows each layer's update. ``weights`` (B, 1): the
+        have been made with the dropout rates. Max-norm follows each layer's update (fused into it on the GPUs). ``weights`` (B, 1): the
         batch's sample weights, normalised to sum to B; the step is then that of the weighted mean loss, and the
         metrics are weighted."""
         self.forward(buf, train=True)
@@ -217,9 +217,7 @@ class Network:
         def update(l):  # W_l's step, once δ_{l-1} has used the old W_l
             W, b = self.params[l]
             state = {slot: pairs[l] for slot, pairs in self.slots.items()}
-            optimizer.update(bk, buf.inputs[l], buf.delta[l], W, b, state, self.t, lr)
-            if self.max_norm is not None:
-                bk.max_norm(W, self.max_norm)
+            optimizer.update(bk, buf.inputs[l], buf.delta[l], W, b, state, self.t, lr, max_norm=self.max_norm)
 
         self.backprop(buf, update, weights, train=True)
         if self.dropout:

@@ -56,10 +56,12 @@ class Optimizer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
-    def update(self, backend, z_prev, delta, W, b, state: dict, t, lr) -> None:
+    def update(self, backend, z_prev, delta, W, b, state: dict, t, lr, max_norm=None) -> None:
         """One step of this rule on one layer: ``state`` maps each slot to its (W-shaped, b-shaped) pair;
         ``t`` is the step counter (a one-element device array, already advanced) when ``counts_steps``;
-        ``lr`` the learning rate of this epoch (a number, or a one-element device array)."""
+        ``lr`` the learning rate of this epoch (a number, or a one-element device array); ``max_norm``: None, or
+        the bound c > 0 that each column of W is rescaled to after the step (``Backend.max_norm``, fused into
+        the update where a backend can)."""
         raise NotImplementedError
 
 
@@ -78,10 +80,11 @@ class SGD(Optimizer):
     def slots(self) -> tuple:
         return ("v",) if self.params["momentum"] else ()
 
-    def update(self, backend, z_prev, delta, W, b, state, t, lr) -> None:
+    def update(self, backend, z_prev, delta, W, b, state, t, lr, max_norm=None) -> None:
         v = state.get("v", (None, None))
         p = self.params
-        backend.sgd_update(z_prev, delta, W, b, *v, lr, p["momentum"], p["weight_decay"], nesterov=p["nesterov"])
+        backend.sgd_update(z_prev, delta, W, b, *v, lr, p["momentum"], p["weight_decay"], nesterov=p["nesterov"],
+                           max_norm=max_norm)
 
 
 class Adam(Optimizer):
@@ -98,10 +101,10 @@ class Adam(Optimizer):
     def slots(self) -> tuple:
         return ("m", "s")
 
-    def update(self, backend, z_prev, delta, W, b, state, t, lr) -> None:
+    def update(self, backend, z_prev, delta, W, b, state, t, lr, max_norm=None) -> None:
         p = self.params
         backend.adam_update(z_prev, delta, W, b, *state["m"], *state["s"], t, lr, p["beta_1"], p["beta_2"],
-                            p["epsilon"], p["weight_decay"], self.decoupled)
+                            p["epsilon"], p["weight_decay"], self.decoupled, max_norm=max_norm)
 
 
 class AdamW(Adam):
@@ -123,11 +126,11 @@ class RMSprop(Optimizer):
     def slots(self) -> tuple:
         return ("s", "v") if self.params["momentum"] else ("s",)
 
-    def update(self, backend, z_prev, delta, W, b, state, t, lr) -> None:
+    def update(self, backend, z_prev, delta, W, b, state, t, lr, max_norm=None) -> None:
         p = self.params
         v = state.get("v", (None, None))
         backend.rmsprop_update(z_prev, delta, W, b, *state["s"], *v, lr, p["rho"], p["epsilon"], p["momentum"],
-                               p["weight_decay"])
+                               p["weight_decay"], max_norm=max_norm)
 
 
 #: the optimizers by name (tiny-cuda-nn's factory by name): deltaprop.optim.get("adam", lr=1e-3)
