@@ -62,7 +62,7 @@ def compile_kernel(name: str, k, dtype, cc):
     m, v = t[:, ::1], t[::1]
     sig = {
         "forward": (m, m, v, m, m),
-        "hidden": (m, m, m, m),
+        "hidden": (m, m, m, m, m),
         "grad": (m, m, m, v, t),
         "sgd": (m, m, m, v, m, v, t, t, t, t),
     }

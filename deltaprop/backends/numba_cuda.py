@@ -63,6 +63,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self.tilings = numba_gemm.SIM_TILES if simulated else numba_gemm.GPU_TILES
         self.multiprocessors = target or (4 if simulated else self.cuda.gpus[self.device_index].MULTIPROCESSOR_COUNT)
         self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
+        self.split_k = numba_gemm.split_mode()  # DELTAPROP_SPLIT_K, once: "auto", "off" or a forced S
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.launches = 0  # kernels launched so far (captured into a graph or not)
         self.replays = 0  # graph replays so far
@@ -101,6 +102,18 @@ class NumbaCudaBackend(GraphSteps, Backend):
         """The tiling a GEMM with a (rows × cols) output takes, and its grid."""
         t = self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
         return t, t.grid(rows, cols)
+
+    def _splits(self, tiles, rows: int, cols: int, depth: int) -> int:
+        """S, the splits of the K axis (``depth``) of a forward or hidden-δ GEMM (numba_gemm.splits)."""
+        return self._gemm.splits(tiles, rows, cols, depth, self.multiprocessors, self.split_k)
+
+    def _partials(self, layout: str, A, B, out, tiles, grid, s: int, wide: bool):
+        """Split-K's ``s`` partial products of A·B ("nn") or A·Bᵀ ("nt") into this thread's scratch (s, *out.shape):
+        the same buffer for every GEMM of a step (each reduced before the next), grown in the eager first step of
+        a recorded one, so that its graph replays on it."""
+        P = self._scratch("split_k", (s, *out.shape), out.dtype)
+        self._launch(self._gemm.partial(layout, self._kind(out), tiles, wide), (*grid, s), tiles.block, A, B, P)
+        return P
 
     def _wide(self, **operands) -> bool:
         """Whether the GEMM operands A and B (by name) need 64-bit offsets; the kernels read them as flat
@@ -158,17 +171,26 @@ class NumbaCudaBackend(GraphSteps, Backend):
     # ------------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
         if activation == "maxout":  # the GEMM with the bias into the pieces a (B, k·n), then their max per unit into z
-            (t, grid), kind = self._tiling(*a.shape, a.dtype), self._kind(a)
-            kernel = self._gemm.forward("identity", False, False, kind, t, self._wide(z_prev=z_prev, W=W))
-            self._launch(kernel, grid, t.block, z_prev, W, b, a, a)
+            self._forward_gemm(z_prev, W, b, "identity", a, None)
             self._launch_1d(self._ew.maxout_rows(), z.size, a, z)
             return
+        self._forward_gemm(z_prev, W, b, activation, z, a)
+
+    def _forward_gemm(self, z_prev, W, b, activation: str, z, a) -> None:
+        """a = z_prev·W + b (stored when given), z = φ(a): one GEMM, or split-K's partials and their reduction."""
         rows, cols = z.shape
         (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
         fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
+        softmax = activation == "softmax" and fuse
         wide = self._wide(z_prev=z_prev, W=W)
-        kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t, wide)
-        self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
+        s = self._splits(t, rows, cols, z_prev.shape[1])
+        if s == 1:
+            kernel = self._gemm.forward(activation, a is not None, softmax, kind, t, wide)
+            self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
+        else:
+            P = self._partials("nn", z_prev, W, z, t, grid, s, wide)
+            kernel = self._gemm.forward_reduce(activation, a is not None, softmax, kind)
+            self._launch_1d(kernel, rows if softmax else z.size, P, b, z, z if a is None else a)
         if not fuse:
             self._launch_1d(self._ew.softmax_rows(kind), rows, z)
 
@@ -183,12 +205,19 @@ class NumbaCudaBackend(GraphSteps, Backend):
             return
         self._hidden_gemm(delta_next, W_next, z, activation, delta)
 
-    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta) -> None:
-        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z), in one GEMM."""
+    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask=None) -> None:
+        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z), ⊙ mask when given: one GEMM, or split-K's partials and their reduction."""
         t, grid = self._tiling(*delta.shape, delta.dtype)
         wide = self._wide(delta_next=delta_next, W_next=W_next)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta)  # no mask: not read
+        kind, masked = self._kind(delta), mask is not None
+        mask = delta if mask is None else mask  # no mask: not read
+        s = self._splits(t, *delta.shape, delta_next.shape[1])
+        if s == 1:
+            kernel = self._gemm.hidden(activation, kind, t, wide, masked)
+            self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
+        else:
+            P = self._partials("nt", delta_next, W_next, delta, t, grid, s, wide)
+            self._launch_1d(self._gemm.hidden_reduce(activation, kind, masked), delta.size, P, z, delta, mask)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row
@@ -230,10 +259,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch_1d(self._ew.dropout(kind), z.size, z, out, mask, counter, *scalars)
 
     def hidden_delta_masked(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
-        t, grid = self._tiling(*delta.shape, delta.dtype)
-        wide = self._wide(delta_next=delta_next, W_next=W_next)
-        kernel = self._gemm.hidden(activation, self._kind(delta), t, wide, True)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
+        self._hidden_gemm(delta_next, W_next, z, activation, delta, mask)
 
     def mask_delta(self, delta, mask) -> None:
         self._launch_1d(self._ew.multiply(), delta.size, delta.reshape(delta.size), mask.reshape(mask.size))
