@@ -7,10 +7,13 @@ activation fused, softmax too when the output fits one tile), one hidden-δ GEMM
 of them) and one gradient GEMM that writes the SGD update of W and b straight from its tiles; per
 step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per dropped layer
 input (its mask and product) and one that advances the step counter (the δ's mask is fused into the
-hidden-δ GEMM); max-norm one per layer. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
-driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
-kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
-counts the replays; the simulator has no graphs and runs every step eagerly.
+hidden-δ GEMM); max-norm one per layer. A forward or hidden-δ GEMM whose output leaves multiprocessors idle is
+split along K (numba_gemm.splits; ``DELTAPROP_SPLIT_K`` = auto, off or a number of splits, read once per backend
+into ``split_k``): then two kernels, the partial products and their reduction with the epilogue (the softmax
+too, or the row softmax after it as unsplit). ``launches`` counts them (a captured launch too). On a GPU,
+``fit`` records the step of each batch shape as a CUDA graph through the driver's stream capture and replays
+it (``graphs.GraphSteps``, as the CuPy backend does): a numba kernel launch costs tens of microseconds of
+Python, a graph replay one driver call. ``replays`` counts the replays; the simulator has no graphs and runs every step eagerly.
 
 Nothing is compiled or allocated at import: numba is imported by ``compat`` when the backend is
 probed, the kernel modules when it is built, and each kernel on its first use. Arguments of a kernel

@@ -30,6 +30,12 @@ Epilogues, each its own kernel:
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
                               device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay);
   adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules).
+
+Split-K (forward and hidden δ only: the gradient GEMMs have K = batch and many tiles): when an output's grid
+leaves multiprocessors idle (``splits``: at batch 128, the 128 × 10 output is 4 blocks walking K = 1024),
+``partial`` runs S blocks per tile, block z summing the z-th of S ranges of K into P[z] of a (S, M, N)
+workspace, and ``forward_reduce`` / ``hidden_reduce`` sum P over z in a fixed order and apply the epilogue
+above: no atomics, the same bits every run (and between a graph replay and an eager step).
 Kernels are built per (epilogue, activation, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
