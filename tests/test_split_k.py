@@ -116,6 +116,19 @@ def test_split_hidden_delta_against_float64_and_unsplit(nb, rng, i, act, masked)
     np.testing.assert_array_equal(_hidden(nb, D, W, Z, act, S, mask), split)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_split_maxout_delta_against_float64(nb, rng, dtype):
+    """A maxout layer's δ: g = δ_next·W_nextᵀ (B, n) split, then scattered to each unit's winning piece of a."""
+    dt, (B, n, K), k = np.dtype(dtype), (7, 5, 33), 3
+    D, W, A = (rng.normal(size=s).astype(dt) for s in ((B, K), (n, K), (B, k * n)))
+    want = ref.maxout_delta(A, k, D.astype(np.float64) @ W.astype(np.float64).T)
+    for split in (3, "off"):
+        nb.split_k = split
+        delta = nb.empty((B, k * n), dt)
+        nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(A), "maxout", delta)
+        assert_close(nb.to_numpy(delta), want, dt, scale=np.sqrt(K))
+
+
 @pytest.mark.parametrize("K", [1, 5, 9, 23])
 def test_splits_past_k_add_nothing(nb, rng, K):
     """K < S·BK (or not a multiple of it): the splits past K sum nothing, the others their whole stages."""
