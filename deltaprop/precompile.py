@@ -6,8 +6,14 @@ picks a fit's kernels (an epilogue per activation, a tiling per output size) is 
 they are: nothing is listed twice. Each is then compiled for the compute capability asked (``--cc``, no GPU
 needed) or the GPU's into ``kernels.numba_cache``, or found there. A tiling depends on the number of
 multiprocessors too: ``--multiprocessors`` (by default the GPU's, or the usual count for ``--cc``'s
-datacenter part). A fit of other shapes (another batch size, a last batch or an evaluation chunk that picks
-another tiling) compiles what it lacks at its first use, and caches it.
+datacenter part). A forward or hidden-δ GEMM that the multiprocessors leave partly idle is split along K
+(numba_gemm.splits), which launches two other kernels, the same for every number of splits S (S is the grid's
+z and the partials' first axis, not a kernel variant). With ``--cc`` and no ``--multiprocessors`` the GPU's
+count is a guess (a PCIe part or a MIG slice of that compute capability has fewer), so the split kernels of
+every forward and hidden-δ GEMM of the fit are compiled too, whether the usual count splits it or not: a few
+small kernels more, and no fit compiles at its first step for want of them. DELTAPROP_SPLIT_K=off compiles no
+split kernel, a number S splits every such GEMM. A fit of other shapes (another batch size, a last batch or an
+evaluation chunk that picks another tiling) compiles what it lacks at its first use, and caches it.
 
 CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
 (``CUPY_CACHE_DIR``); with a GPU the command compiles them there, without one it says that it cannot.
@@ -15,6 +21,7 @@ CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -173,18 +180,20 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
     else:
         _check_importable()
     _check_target(cc)
+    every_split = multiprocessors is None  # the count guessed from --cc: the split kernels too (the module's docstring)
     if multiprocessors is None:
         if cc not in MULTIPROCESSORS:
             raise CompileError(f"--multiprocessors: not known for --cc {cc[0]}.{cc[1]}; give the GPU's count")
         multiprocessors = MULTIPROCESSORS[cc]
     if multiprocessors < 1:
         raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
+    stand_in = recorder(multiprocessors)  # DELTAPROP_SPLIT_K read (a bad value refused) before anything is written
     files = numba_cache.store()
     if files is None:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
 
     start = time.perf_counter()
-    launches = record(net, recorder(multiprocessors)) if net is not None else sweep(recorder(multiprocessors))
+    launches = record(net, stand_in, every_split) if net is not None else sweep(stand_in)
     target = numba_cache.arch(cc)
     what = _describe(net) if net is not None else "every kernel variant"
     print(f"numba-cuda kernels for {what}; compute capability {numba_cache.arch_name(target)}, "
@@ -239,21 +248,24 @@ def _compile_all(launches, cc, files, jobs: int):
 def sweep(stand_in) -> list:
     """[(kernel, argtypes)] of every kernel variant, float32 and float64: each method of the contract called on
     ``stand_in`` (a ``recorder``) for each activation, loss, accuracy rule and update, with each tiling a GEMM can
-    take and both offset widths; and a small fit for the graph replay's kernels. What the test suite launches."""
+    take and both offset widths, the forward and hidden-δ GEMMs unsplit and split; and a small fit for the graph
+    replay's kernels. What the test suite launches."""
     from .backends.base import ACCURACY_RULES
     from .kernels import numba_gemm
     from .mlp.activations import ACTIVATIONS
     from .mlp.losses import LOSSES
 
     B, K, N = 5, 3, 2  # rows, inputs and outputs of the stand-in layer
+    mode = stand_in.split_k
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         def S(*shape, dt=dtype):  # noqa: N802
             return _Shape(shape, dt)
 
         takeable = [t for t in numba_gemm.GPU_TILES if t.tm * t.tn * dtype.itemsize <= numba_gemm.ACC_BYTES]
-        for tiles in takeable:
-            for wide in (False, True):
-                stand_in.tilings, stand_in.wide_from = (tiles,), 1 if wide else numba_gemm.WIDE
+        for tiles, wide in itertools.product(takeable, (False, True)):
+            stand_in.tilings, stand_in.wide_from = (tiles,), 1 if wide else numba_gemm.WIDE
+            for split in ("off", 2):  # unsplit, and split-K's two kernels (the same for every S > 1)
+                stand_in.split_k = split
                 for act in ACTIVATIONS:
                     if ACTIVATIONS[act].form == "pieces":  # maxout, k pieces: a (B, k·n) kept, z (B, n), δ (B, k·n)
                         for k in (2, 3, 4):  # a kernel per k: the tests' (and the issue's); others compile on first use
@@ -271,11 +283,12 @@ def sweep(stand_in) -> list:
                         stand_in.hidden_delta_masked(S(B, N), S(K, N), S(B, K), act, S(B, K), S(B, K))  # dropout
                     except ValueError:  # no elementwise derivative (softmax)
                         pass
-                stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
-                for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
-                    for max_norm in (None, 1.0):  # max-norm: the update with its epilogue, and the scale kernel
-                        stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0, nesterov,
-                                            max_norm)
+            stand_in.split_k = mode
+            stand_in.weight_grad(S(B, K), S(B, N), S(K, N), S(N))
+            for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
+                for max_norm in (None, 1.0):  # max-norm: the update with its epilogue, and the scale kernel
+                    stand_in.sgd_update(S(B, K), S(B, N), S(K, N), S(N), S(K, N), S(N), 0.1, momentum, 0.0, nesterov,
+                                        max_norm)
         stand_in.tilings, stand_in.wide_from = numba_gemm.GPU_TILES, numba_gemm.WIDE
         for loss in LOSSES.values():
             for act in loss.outputs:
@@ -407,9 +420,17 @@ def recorder(multiprocessors: int):
     return Recorder()
 
 
-def record(net: dict, stand_in) -> list:
+def record(net: dict, stand_in, every_split: bool = False) -> list:
     """[(kernel, argtypes)] that a fit of ``net``, an evaluation and a prediction launch on the ``recorder``
-    ``stand_in``, in the order of their first launch, each once."""
+    ``stand_in``, in the order of their first launch, each once. ``every_split``: with DELTAPROP_SPLIT_K=auto,
+    those of the same run with every forward and hidden-δ GEMM split too (any S > 1 launches the same kernels)."""
+    if every_split and stand_in.split_k == "auto":
+        record(net, stand_in)
+        stand_in.split_k = 2
+        try:
+            return record(net, stand_in)
+        finally:
+            stand_in.split_k = "auto"
     from .mlp import MLP
     from .mlp.activations import MAXOUT_PIECES
 

@@ -24,9 +24,12 @@ def test_the_check_runs_every_step_dry(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = done.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in summary] == ["env", "cold-start", "tests", "kernel-sweep", "sanitizer-memcheck-numba-cuda",
-                                                        "sanitizer-memcheck-cupy", "epochs", "headline"], summary
+                                                        "sanitizer-memcheck-cupy", "epochs", "split-k", "headline"], summary
     assert all(": rc=0," in line for line in summary), summary
     (record,) = tmp_path.glob("*-cpu-dry-headline.json")
     record = json.loads(record.read_text())
     assert record["tests"]["passed"] > 0 and record["tests"]["failed"] == 0
     assert set(json.loads((tmp_path / "cold-start.json").read_text())) == {"numpy"}
+    split = json.loads((tmp_path / "split-k.json").read_text())  # on the simulator: its first GEMM splits
+    assert split["splits"]["forward 1"] > 1 and set(split["modes"]) == {"off", "auto"}
+    assert split["off_epoch_s"] > 0 and split["auto_epoch_s"] > 0 and split["loss_max_relative_difference"] < 1e-5

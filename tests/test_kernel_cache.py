@@ -92,6 +92,11 @@ def test_each_kernel_variant_has_its_own_key():
         g.forward("relu", True, False, np.float64, t32), g.forward("relu", True, False, np.float32, t64),
         g.forward("relu", True, False, np.float32, t32, True), g.forward("relu", True, False, np.float32, t32._replace(blocks=2)),
         g.hidden("relu", np.float32, t32), g.sgd(True, np.float32, t32), g.sgd(False, np.float32, t32), g.grad(np.float32, t32),
+        g.partial("nn", np.float32, t32), g.partial("nt", np.float32, t32), g.partial("nn", np.float64, t32),
+        g.partial("nn", np.float32, t64), g.partial("nn", np.float32, t32, True),  # split-K's: S is not a variant
+        g.forward_reduce("relu", True, False, np.float32), g.forward_reduce("relu", False, False, np.float32),
+        g.forward_reduce("softmax", True, True, np.float32), g.forward_reduce("relu", True, False, np.float64),
+        g.hidden_reduce("relu", np.float32), g.hidden_reduce("relu", np.float32, True), g.hidden_reduce("tanh", np.float32),
     ]
     variants = [k._cache.variant for k in kernels]
     assert len(set(variants)) == len(variants), variants
@@ -436,6 +441,29 @@ def test_the_recorder_builds_a_maxout_nets_kernels_for_its_pieces():
         assert numba_gemm.maxout_forward(4, np.float32, t, False) not in kernels
     assert any(numba_gemm.maxout_forward(3, np.float32, t, False) in kernels for t in numba_gemm.GPU_TILES)
     assert any(numba_gemm.maxout_hidden(3, np.float32, t, False, False) in kernels for t in numba_gemm.GPU_TILES)
+
+
+def test_the_recorder_adds_every_split_kernel_when_the_count_is_a_guess(monkeypatch):
+    """With --cc and no --multiprocessors, the split-K kernels of every forward and hidden-δ GEMM of the fit too
+    (their S is a launch parameter: one pair of kernels for all); DELTAPROP_SPLIT_K=off records none."""
+    pytest.importorskip("numba")
+    from deltaprop.kernels import numba_gemm as g
+
+    net = dict(sizes=[300, 40, 10], activation="relu", output="softmax", loss="cross_entropy", dtype="float32",
+               batch_size=16, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9}, train=40, val=0, test=0)
+    monkeypatch.delenv(g.SPLIT_ENV, raising=False)
+    auto = {k for k, _ in precompile.record(net, precompile.recorder(132))}
+    every = {k for k, _ in precompile.record(net, precompile.recorder(132), every_split=True)}
+    t32 = g.GPU_TILES[2]
+    assert g.partial("nn", np.float32, t32, False) in auto  # forward 1: 2 tiles on 132 SMs, K = 300: split
+    assert g.hidden("relu", np.float32, t32, False, False) in auto  # hidden δ 1: K = 10, one stage: not split
+    assert g.forward("softmax", True, True, np.float32, t32, False) in auto  # forward 2: K = 40, 3 stages: not split
+    added = every - auto
+    assert added == {g.partial("nt", np.float32, t32, False), g.hidden_reduce("relu", np.float32, False),
+                     g.forward_reduce("softmax", True, True, np.float32)}
+    monkeypatch.setenv(g.SPLIT_ENV, "off")
+    off = {k for k, _ in precompile.record(net, precompile.recorder(132), every_split=True)}
+    assert not any(k in off for k in (g.partial("nn", np.float32, t32, False), g.partial("nt", np.float32, t32, False)))
 
 
 # ------------------------------------------------------------------ on a GPU

@@ -3,7 +3,7 @@
 #   bash tools/gpu_session.sh prepare               HERE, before the call (no GPU): the carried folders, below
 #   bash tools/gpu_session.sh check                 ON THE GPU: every check that needs one, in under 10 minutes
 #   bash tools/gpu_session.sh [STEP ...]            single steps: env tests gputests repeat bench-numba bench-cupy
-#                                                   sweep sanitizer bench-all bench-train bench-peers bench-kernels bench-tta
+#                                                   sweep sanitizer split-k bench-all bench-train bench-peers bench-kernels bench-tta
 #
 # prepare fills three ignored folders that the call carries (carry: [".whl", ".kc", ".xdg"], under 64 MiB with
 # the tree): .whl, wheels of this machine's NumPy, numba and numba-cuda for the device's Python 3.12 (numba-cuda
@@ -20,7 +20,8 @@
 # copy of the carried cache; the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py
 # and tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend
 # (tools/sanitize_fit.py: every kernel alone, then short fits with each optimizer, checked against numpy);
-# the epoch times and accuracies of the headline; and the headline record itself,
+# the epoch times and accuracies of the headline; numba-cuda's reference-net epoch with split-K off and auto, in one
+# process ($OUT/split-k.json, tools/split_k_epochs.py); and the headline record itself,
 # $OUT/<date>-<gpu>-headline.json (tools/headline.py). PACK=1 packs $OUT into one file (the device returns 8).
 # GPU_SESSION_DRY=1 runs check on a machine without a GPU: the numpy backend, small sizes, no --require-gpu,
 # so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
@@ -81,13 +82,14 @@ export -f pytest_logged
 export PY
 
 check() {
-    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
+    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=() split=($PY tools/split_k_epochs.py)
     local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
     local sweep=(-q -n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfE --timeout=120)
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_headline.py)
         sweep=(-q -p no:cacheprovider -k "sgd and not nesterov")
         epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
+        split=(env NUMBA_ENABLE_CUDASIM=1 $PY tools/split_k_epochs.py --sizes 40,3,2 --batch-size 8 --samples 24 --epochs 1 --rounds 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
     rm -rf "$kc"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi
@@ -100,6 +102,7 @@ check() {
         DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
     sanitizer "$kc"
     step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
+    step split-k 90 "${split[@]}" --out "$OUT/split-k.json"  # numba-cuda's reference epoch, DELTAPROP_SPLIT_K off and auto
     step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \
         --tests "$OUT/tests-pytest.log" --sanitizer "$OUT" --out "$OUT/$(date +%F)-$gpu-headline.json"
 }
@@ -128,6 +131,7 @@ for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   gputests) step gputests 300 $PY -m pytest -q -p no:cacheprovider --require-gpu -m gpu -rfEs --timeout=120 ${PYTEST_ARGS:-} ;;
   repeat) for b in ${BACKENDS//,/ }; do step "repeat-$b" 60 $PY tools/repeat_fit.py --backend "$b" --runs ${RUNS:-200}; done ;;
   bench-numba) step bench-numba 120 $PY bench/numba_vs_cublas_torch.py --out "$OUT" ;;
+  split-k) step split-k 90 $PY tools/split_k_epochs.py --out "$OUT/split-k.json" ;;
   bench-cupy) step bench-cupy 120 $PY bench/cupy_vs_torch.py --out "$OUT" ;;
   sweep) IFS=, read -ra tiles <<<"${TILES:-128 128 8 8 8,128 128 8 8 8 2,64 64 16 4 4,64 64 16 4 4 3,128 128 16 8 8,128 64 8 8 4,32 32 16 2 2}"
          for t in "${tiles[@]}"; do

@@ -42,6 +42,9 @@ def variants(kernel: str, kind, tiles, wide: bool = False):
         yield "forward relu", g.forward("relu", True, False, kind, tiles, wide)
     elif kernel == "hidden":
         yield "hidden relu", g.hidden("relu", kind, tiles, wide)
+    elif kernel == "partial":  # split-K's partial products (forward's layout, and hidden δ's)
+        yield "partial nn", g.partial("nn", kind, tiles, wide)
+        yield "partial nt", g.partial("nt", kind, tiles, wide)
     elif kernel == "sgd":
         yield "sgd momentum", g.sgd(True, kind, tiles, wide)
     elif kernel == "maxout":  # the fused maxout GEMMs beside the plain ones they extend
@@ -59,6 +62,7 @@ def variants(kernel: str, kind, tiles, wide: bool = False):
         for act in (a for a in ELEMENTWISE if ACTIVATIONS[a].hidden):  # no δ through a step
             yield f"hidden {act}", g.hidden(act, kind, tiles, wide)
         yield "grad", g.grad(kind, tiles, wide)
+        yield from variants("partial", kind, tiles, wide)
         for momentum in (True, False):
             yield f"sgd momentum={momentum}", g.sgd(momentum, kind, tiles, wide)
 
@@ -72,7 +76,8 @@ def compile_kernel(name: str, k, dtype, cc):
         "forward": (m, m, v, m, m),
         "hidden": (m, m, m, m, m),
         "grad": (m, m, m, v, t),
-        "sgd": (m, m, m, v, m, v, t, t, t, t),
+        "sgd": (m, m, m, v, m, v, v, t, t, t),  # rate: a one-element device array
+        "partial": (m, m, t[:, :, ::1]),
     }
     bounds = k.targetoptions.get("launch_bounds")  # Tiles.blocks > 1
     ptx, _ = cuda.compile_ptx(k.py_func, sig[name.split()[0]], cc=cc, launch_bounds=bounds)
@@ -144,7 +149,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, nargs="+", metavar="N", help="BM BN BK TM TN [BLOCKS] (default: GPU_TILES)")
     p.add_argument("--wide", action="store_true", help="the kernels with 64-bit offsets (operands of 2^32 elements)")
-    p.add_argument("--kernel", choices=("forward", "hidden", "sgd", "maxout", "all"), default="forward",
+    p.add_argument("--kernel", choices=("forward", "hidden", "partial", "sgd", "maxout", "all"), default="forward",
                    help="all: every epilogue, activation and flag (registers and spills only; minutes)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--cc", type=int, nargs=2, default=(9, 0))

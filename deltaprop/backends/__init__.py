@@ -88,6 +88,9 @@ class Selection:
         if limit is not None:
             how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
                     + ("" if limit[1] else " when forced (DELTAPROP_FUSED=on)"))
+        split = getattr(built, "split_k", None)  # numba-cuda's split-K of the skinny GEMMs
+        if split is not None:
+            how += f"; split-K GEMMs: {split} (DELTAPROP_SPLIT_K)"
         return how
 
 

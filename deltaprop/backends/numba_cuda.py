@@ -8,8 +8,11 @@ winner, 0 on the others; L − 1 of them) and one gradient GEMM that writes the 
 from its tiles; per step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per
 dropped layer input (its mask and product) and one that advances the step counter (the δ's mask is fused into
 the hidden-δ GEMM); max-norm one per layer (the update GEMM writes its columns' partial sums of squares, one
-parallel kernel adds them in a fixed order and rescales W: bit-reproducible, no atomics). ``launches`` counts
-them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
+parallel kernel adds them in a fixed order and rescales W: bit-reproducible, no atomics). A forward or
+hidden-δ GEMM whose output leaves multiprocessors idle is split along K (numba_gemm.splits; ``DELTAPROP_SPLIT_K``
+= auto, off or a number of splits, read once per backend into ``split_k``): then two kernels, the partial products
+and their reduction with the epilogue (the softmax too, or the row softmax after it as unsplit); a maxout layer's
+fused GEMMs are never split. ``launches`` counts them (a captured launch too). On a GPU, ``fit`` records the step of each batch shape as a CUDA graph through the
 driver's stream capture and replays it (``graphs.GraphSteps``, as the CuPy backend does): a numba
 kernel launch costs tens of microseconds of Python, a graph replay one driver call. ``replays``
 counts the replays; the simulator has no graphs and runs every step eagerly.
@@ -67,6 +70,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self.tilings = numba_gemm.SIM_TILES if simulated else numba_gemm.GPU_TILES
         self.multiprocessors = target or (4 if simulated else self.cuda.gpus[self.device_index].MULTIPROCESSOR_COUNT)
         self.wide_from = numba_gemm.WIDE  # GEMM operands of this many elements take 64-bit offsets
+        self.split_k = numba_gemm.split_mode()  # DELTAPROP_SPLIT_K, once: "auto", "off" or a forced S
         self.threads = 8 if simulated else 256  # per block, for the 1-D kernels (a power of 2)
         self.norm_block = numba_elementwise.SIM_NORM_BLOCK if simulated else numba_elementwise.NORM_BLOCK  # max-norm's
         self.launches = 0  # kernels launched so far (captured into a graph or not)
@@ -106,6 +110,18 @@ class NumbaCudaBackend(GraphSteps, Backend):
         """The tiling a GEMM with a (rows × cols) output takes, and its grid."""
         t = self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
         return t, t.grid(rows, cols)
+
+    def _splits(self, tiles, rows: int, cols: int, depth: int) -> int:
+        """S, the splits of the K axis (``depth``) of a forward or hidden-δ GEMM (numba_gemm.splits)."""
+        return self._gemm.splits(tiles, rows, cols, depth, self.multiprocessors, self.split_k)
+
+    def _partials(self, layout: str, A, B, out, tiles, grid, s: int, wide: bool):
+        """Split-K's ``s`` partial products of A·B ("nn") or A·Bᵀ ("nt") into this thread's scratch (s, *out.shape):
+        the same buffer for every GEMM of a step (each reduced before the next), grown in the eager first step of
+        a recorded one, so that its graph replays on it."""
+        P = self._scratch("split_k", (s, *out.shape), out.dtype)
+        self._launch(self._gemm.partial(layout, self._kind(out), tiles, wide), (*grid, s), tiles.block, A, B, P)
+        return P
 
     def _wide(self, **operands) -> bool:
         """Whether the GEMM operands A and B (by name) need 64-bit offsets; the kernels read them as flat
@@ -169,15 +185,26 @@ class NumbaCudaBackend(GraphSteps, Backend):
                 grid = (math.ceil(a.shape[1] / self._gemm.unit_columns(t, k)), grid[1])
                 self._launch(self._gemm.maxout_forward(k, kind, t, wide), grid, t.block, z_prev, W, b, z, a)
             else:  # a unit wider than a tile: the GEMM with the bias into a, then the max per unit
-                self._launch(self._gemm.forward("identity", False, False, kind, t, wide), grid, t.block, z_prev, W, b, a, a)
+                self._forward_gemm(z_prev, W, b, "identity", a, None)
                 self._launch_1d(self._ew.maxout_rows(), z.size, a, z)
             return
+        self._forward_gemm(z_prev, W, b, activation, z, a)
+
+    def _forward_gemm(self, z_prev, W, b, activation: str, z, a) -> None:
+        """a = z_prev·W + b (stored when given), z = φ(a): one GEMM, or split-K's partials and their reduction."""
         rows, cols = z.shape
         (t, grid), kind = self._tiling(rows, cols, z.dtype), self._kind(z)
         fuse = activation != "softmax" or cols <= t.bn  # softmax: the whole row in one block
+        softmax = activation == "softmax" and fuse
         wide = self._wide(z_prev=z_prev, W=W)
-        kernel = self._gemm.forward(activation, a is not None, activation == "softmax" and fuse, kind, t, wide)
-        self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
+        s = self._splits(t, rows, cols, z_prev.shape[1])
+        if s == 1:
+            kernel = self._gemm.forward(activation, a is not None, softmax, kind, t, wide)
+            self._launch(kernel, grid, t.block, z_prev, W, b, z, z if a is None else a)
+        else:
+            P = self._partials("nn", z_prev, W, z, t, grid, s, wide)
+            kernel = self._gemm.forward_reduce(activation, a is not None, softmax, kind)
+            self._launch_1d(kernel, rows if softmax else z.size, P, b, z, z if a is None else a)
         if not fuse:
             self._launch_1d(self._ew.softmax_rows(kind), rows, z)
 
@@ -187,16 +214,25 @@ class NumbaCudaBackend(GraphSteps, Backend):
     def hidden_delta(self, delta_next, W_next, z, activation: str, delta) -> None:
         self._hidden_gemm(delta_next, W_next, z, activation, delta, None)
 
-    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask) -> None:
-        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z) (⊙ mask, unless None), in one GEMM of a (B, n) output; maxout: z is the
-        layer's a (B, k·n), and that product goes to each unit's winning piece of delta (B, k·n), 0 to the others."""
-        t, grid = self._tiling(delta.shape[0], W_next.shape[0], delta.dtype)
-        wide, kind = self._wide(delta_next=delta_next, W_next=W_next), self._kind(delta)
+    def _hidden_gemm(self, delta_next, W_next, z, activation: str, delta, mask=None) -> None:
+        """delta = (δ_next·W_nextᵀ) ⊙ φ'(z), ⊙ mask when given: one GEMM of a (B, n) output, or split-K's partials
+        and their reduction. Maxout: z is the layer's a (B, k·n), and that product goes to each unit's winning piece
+        of delta (B, k·n), 0 to the others, in one GEMM (never split)."""
+        rows, n = delta.shape[0], W_next.shape[0]
+        t, grid = self._tiling(rows, n, delta.dtype)
+        wide = self._wide(delta_next=delta_next, W_next=W_next)
+        kind, masked = self._kind(delta), mask is not None
+        mask = delta if mask is None else mask  # no mask: not read
         if activation == "maxout":
-            kernel = self._gemm.maxout_hidden(z.shape[1] // W_next.shape[0], kind, t, wide, mask is not None)
+            kernel = self._gemm.maxout_hidden(z.shape[1] // n, kind, t, wide, masked)
+            return self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
+        s = self._splits(t, rows, n, delta_next.shape[1])
+        if s == 1:
+            kernel = self._gemm.hidden(activation, kind, t, wide, masked)
+            self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, mask)
         else:
-            kernel = self._gemm.hidden(activation, kind, t, wide, mask is not None)
-        self._launch(kernel, grid, t.block, delta_next, W_next, z, delta, delta if mask is None else mask)  # None: not read
+            P = self._partials("nt", delta_next, W_next, delta, t, grid, s, wide)
+            self._launch_1d(self._gemm.hidden_reduce(activation, kind, masked), delta.size, P, z, delta, mask)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         (t, grid), kind = self._tiling(dW.shape[0] + 1, dW.shape[1], dW.dtype), self._kind(dW)  # + the bias row

@@ -39,6 +39,12 @@ Epilogues, each its own kernel:
   adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules);
   the update kernels' max-norm epilogue (``max_norm``): each block also writes, per column, the sum of squares of
                               the new W over its rows (``_column_partials``), for numba_elementwise.max_norm_scale.
+
+Split-K (forward and hidden δ only: the gradient GEMMs have K = batch and many tiles): when an output's grid
+leaves multiprocessors idle (``splits``: at batch 128, the 128 × 10 output is 4 blocks walking K = 1024),
+``partial`` runs S blocks per tile, block z summing the z-th of S ranges of K into P[z] of a (S, M, N)
+workspace, and ``forward_reduce`` / ``hidden_reduce`` sum P over z in a fixed order and apply the epilogue
+above: no atomics, the same bits every run (and between a graph replay and an eager step).
 Kernels are built per (epilogue, activation or maxout's k, dtype, tiling, offset width), on first use, and cached;
 accumulators have the array dtype (float32 for float32).
 """
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -159,6 +166,53 @@ def pick(candidates, rows: int, cols: int, multiprocessors: int, itemsize: int =
     return fitting[-1]
 
 
+SPLIT_ENV = "DELTAPROP_SPLIT_K"
+MAX_SPLIT = 8  # splits of K the rule chooses at most
+MIN_STAGES = 4  # BK stages each split keeps at least (the rule's cap)
+MAX_FORCED = 64  # splits that DELTAPROP_SPLIT_K may force at most
+
+
+def split_mode(value: str | None = None):
+    """DELTAPROP_SPLIT_K (or ``value``): "auto" (unset or empty: the rule of ``splits``), "off" (S = 1 always) or
+    a number S of splits forced for every forward and hidden-δ GEMM (1 ≤ S ≤ MAX_FORCED); a ValueError naming the
+    variable for anything else."""
+    raw = os.environ.get(SPLIT_ENV, "") if value is None else value
+    text = raw.strip().lower() or "auto"
+    if text in ("auto", "off"):
+        return text
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_FORCED:
+        raise ValueError(f"{SPLIT_ENV}={raw!r}: choose auto, off or a number of splits from 1 to {MAX_FORCED}")
+    return int(text)
+
+
+def split_depth(tiles: Tiles, depth: int, s: int) -> int:
+    """Kc: the k of one of ``s`` splits of a K axis of ``depth``, whole BK stages (what the main loop computes)."""
+    return math.ceil(math.ceil(depth / tiles.bk) / s) * tiles.bk
+
+
+def splits(tiles: Tiles, rows: int, cols: int, depth: int, multiprocessors: int, mode="auto") -> int:
+    """S, the splits of the K axis (``depth``) of a GEMM with a (rows × cols) output in ``tiles`` (``split_mode``).
+
+    "auto": 1 when the output's grid gives every multiprocessor a block; else the smallest S whose S·grid blocks
+    do, at most MAX_SPLIT and at most a split per MIN_STAGES stages of BK, lowered to the fewest splits of the
+    same Kc (``split_depth``: none left empty). At batch 128 on 132 multiprocessors: the 128 × 1024 outputs
+    (128 tiles of 32 × 32) take S = 2, the 128 × 10 output (4 tiles, K = 1024) S = 8.
+    """
+    if mode == "off":
+        return 1
+    if mode != "auto":
+        return int(mode)
+    gx, gy = tiles.grid(rows, cols)
+    blocks = gx * gy
+    if blocks == 0 or blocks >= multiprocessors:
+        return 1
+    stages = math.ceil(depth / tiles.bk)
+    s = min(math.ceil(multiprocessors / blocks), MAX_SPLIT, stages // MIN_STAGES)
+    if s < 2:
+        return 1
+    return math.ceil(depth / split_depth(tiles, depth, s))
+
+
 def _groups(t: int):
     """A thread's ``t`` rows (or columns) as G groups of V consecutive ones: (G, V)."""
     v = min(t, 4)
@@ -178,8 +232,8 @@ def _twice(step, width: int):
 
 def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offset):
     """Device functions that move one operand's (BK × BP) stage: ``start`` sets each of a thread's
-    elements' flat offset at k = 0, ``fetch`` global → registers, ``put`` registers → shared memory,
-    stored as (k, p); and L, the elements of a stage per thread.
+    elements' flat offset at k = k0 (the block's first k: 0, or its split's), ``fetch`` global → registers,
+    ``put`` registers → shared memory, stored as (k, p); and L, the elements of a stage per thread.
 
     The operand X is (K, P) when ``k_major``, else (P, K). Consecutive threads take consecutive
     elements along X's rows (coalesced reads). An element is read at its offset in the flat array
@@ -199,11 +253,11 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offse
         return e % BK, e // BK
 
     @device_inline
-    def start(X, off, t, p0):
+    def start(X, off, t, p0, k0):
         ld = X.shape[1]
         for r in range(L):
             kk, pp = where(t + r * NT)
-            off[r] = offset(kk * ld + p0 + pp if k_major else (p0 + pp) * ld + kk)
+            off[r] = offset((k0 + kk) * ld + p0 + pp if k_major else (p0 + pp) * ld + k0 + kk)
 
     @device_inline
     def fetch(X, reg, off, t, p0, depth, P):
@@ -232,11 +286,13 @@ def _stage(BP: int, BK: int, NT: int, k_major: bool, ones_row: bool, kind, offse
 
 
 @functools.cache
-def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, stride: int | None = None):
+def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, stride: int | None = None, split: bool = False):
     """The device function that accumulates one tile of C into ``acc`` (TM × TN).
 
     Block x's tile starts at column x·``stride`` of C (None: BN; a maxout forward's tiles are (BN // k)·k apart,
-    whole units each: ``unit_columns``), block y's at row y·BM.
+    whole units each: ``unit_columns``), block y's at row y·BM. With ``split`` (split-K), block z of gridDim.z = S
+    sums k in [z·Kc, min(K, (z + 1)·Kc)) only, Kc being ⌈⌈K / BK⌉ / S⌉ stages of BK (``split_depth``): a split past
+    K sums nothing (acc = 0). Without, k in [0, K).
 
     Thread (tx, ty) owns rows  (i // V)·BM/G + ty·V + i % V  and the columns likewise (``_coords``):
     groups of V ≤ 4 consecutive rows, so that one step of k reads a thread's operands from shared
@@ -276,6 +332,14 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, strid
     while BK % (2 * UNROLL) == 0:
         steps, UNROLL = _twice(steps, UNROLL), 2 * UNROLL
 
+    @device_inline
+    def k_span(K):
+        """(first k, number of k) of this block's split: blockIdx.z of gridDim.z, at most Kc of them (≤ 0 past K)."""
+        per = (K + BK - 1) // BK
+        per = (per + cuda.gridDim.z - 1) // cuda.gridDim.z * BK
+        first = cuda.blockIdx.z * per
+        return first, min(K - first, per)
+
     @cuda.jit(device=True)  # NVVM inlines it unasked; forcing it reorders the SASS of some kernels, untimed
     def mainloop(A, B, acc):
         As = cuda.shared.array(A_SHAPE, kind, alignment=ALIGN)
@@ -292,11 +356,14 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, strid
         M = A.shape[1] if TA else A.shape[0]
         K = A.shape[0] if TA else A.shape[1]
         N = B.shape[0] if TB else B.shape[1]
+        first = 0
+        if split:  # a constant: numba prunes the branch, the unsplit kernel compiles as it did before split-K
+            first, K = k_span(K)  # from here on, k counts from the split's first
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = zero
-        start_a(A, oa, t, m0)
-        start_b(B, ob, t, n0)
+        start_a(A, oa, t, m0, first)
+        start_b(B, ob, t, n0, first)
         depth = np.int32(min(K, BK))
         fetch_a(A, ra, oa, t, m0, depth, M)
         fetch_b(B, rb, ob, t, n0, depth, N)
@@ -495,6 +562,92 @@ def maxout_hidden(k: int, kind, tiles: Tiles, wide: bool = False, masked: bool =
                     win = maxout_winner(a, m, n, k)[1]
                     for p in range(k):
                         delta[m, n * k + p] = g * (one if p == win else zero)
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def partial(layout: str, kind, tiles: Tiles, wide: bool = False):
+    """Kernel (A, B, P): split-K's partial products, P[s] = split s's share of A·B ("nn") or A·Bᵀ ("nt"), s the
+    block's z of a grid of (x, y, S); P is (S, M, N), every element written (an empty split's as 0). The sum over
+    s and the epilogue are ``forward_reduce``'s or ``hidden_reduce``'s."""
+    mainloop = _mainloop(layout, False, kind, tiles, wide, split=True)
+    TM, TN = tiles.tm, tiles.tn
+    coords = _coords(tiles)
+
+    @_jit(tiles)
+    def kernel(A, B, P):
+        acc = cuda.local.array((TM, TN), kind)
+        mainloop(A, B, acc)
+        s = cuda.blockIdx.z
+        M, N = P.shape[1], P.shape[2]
+        for i in range(TM):
+            for j in range(TN):
+                m, n = coords(i, j)
+                if m < M and n < N:
+                    P[s, m, n] = acc[i, j]
+
+    return kernel
+
+
+@cuda.jit(device=True)
+def _total(P, m, n):
+    """Σ_s P[s, m, n], in the order s = 0, 1, ..., S − 1: the same sum every run (no atomics)."""
+    t = P[0, m, n]
+    for s in range(1, P.shape[0]):
+        t += P[s, m, n]
+    return t
+
+
+@persistent
+@functools.cache
+def forward_reduce(act: str, store_a: bool, fuse_softmax: bool, kind):
+    """Kernel (P, bias, z, a): ``forward``'s epilogue on the sum of split-K's partials P (S, M, N): a = ΣP + bias
+    (stored when STORE_A), z = φ(a), a thread per element; with ``fuse_softmax`` a thread per row, which then takes
+    the row's softmax (launch M threads, else M·N)."""
+    f = phi(act, kind)
+    one = kind(1.0)
+
+    @cuda.jit
+    def kernel(P, bias, z, a):
+        i = cuda.grid(1)
+        M, N = z.shape
+        if fuse_softmax:
+            if i < M:
+                for n in range(N):
+                    pre = _total(P, i, n) + bias[n]
+                    if store_a:
+                        a[i, n] = pre
+                    z[i, n] = f(pre)
+                softmax_row(z, i, N, one)
+        elif i < z.size:
+            m, n = i // N, i % N
+            pre = _total(P, m, n) + bias[n]
+            if store_a:
+                a[m, n] = pre
+            z[m, n] = f(pre)
+
+    return kernel
+
+
+@persistent
+@functools.cache
+def hidden_reduce(act: str, kind, masked: bool = False):
+    """Kernel (P, z, delta, mask): ``hidden``'s epilogue on the sum of split-K's partials P (S, M, N):
+    delta = ΣP ⊙ φ'(z), ⊙ mask when ``masked`` (else mask is not read); a thread per element."""
+    d = dphi(act, kind)
+
+    @cuda.jit
+    def kernel(P, z, delta, mask):
+        i = cuda.grid(1)
+        N = delta.shape[1]
+        if i < delta.size:
+            m, n = i // N, i % N
+            if masked:
+                delta[m, n] = _total(P, m, n) * d(z[m, n]) * mask[m, n]
+            else:
+                delta[m, n] = _total(P, m, n) * d(z[m, n])
 
     return kernel
 
