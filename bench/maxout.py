@@ -10,8 +10,8 @@ images (``deltaprop.data.load_mnist``: the cache or a folder, never downloaded h
 test images after every epoch. A step's time is the median epoch's seconds over its steps (the first epoch, which
 compiles on a GPU, left out when there are more). ``--goal`` is Goodfellow et al.'s MNIST maxout MLP with
 Srivastava's dropout: [784, 240, 240, 10], 5 pieces, dropout 0.2 on the input and 0.5 on the hidden layers' outputs,
-max-norm 1.9365, 100 epochs (``--epochs`` still changes it), cosine-annealed. Writes <date>-<machine>-maxout.json
-and .md (with ``--goal``: -maxout-goal).
+max-norm 1.9365, 100 epochs (``--epochs`` still changes it), Adam (``--optimizer`` still changes it) cosine-annealed.
+Writes <date>-<machine>-maxout.json and .md (with ``--goal``: -maxout-goal).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deltaprop import MLP, record  # noqa: E402
 
-GOAL = {"sizes": [784, 240, 240, 10], "pieces": 5, "epochs": 100, "dropout": [0.2, 0.5, 0.5], "max_norm": 1.9365}
+GOAL = {"sizes": [784, 240, 240, 10], "pieces": 5, "epochs": 100, "dropout": [0.2, 0.5, 0.5], "max_norm": 1.9365,
+        "optimizer": "adam"}  # SGD (0.05, momentum 0.9, cosine) ends at 98.74% on the CPU, Adam at 98.83%
 BATCH = 128
 LR = {"sgd": 0.05, "adam": 1e-3}  # the default rate of each --optimizer
 
@@ -64,7 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="784,240,240,10", type=lambda s: [int(n) for n in s.split(",")])
     p.add_argument("--pieces", type=int, default=2, help="maxout pieces per unit (default: 2)")
     p.add_argument("--epochs", type=int, default=None, help="default: 4 (--goal: 100)")
-    p.add_argument("--optimizer", choices=tuple(LR), default="sgd", help="sgd (momentum 0.9, the default) or adam")
+    p.add_argument("--optimizer", choices=tuple(LR), default=None,
+                   help="sgd (momentum 0.9; the default) or adam (--goal's default)")
     p.add_argument("--lr", type=float, default=None, help="the learning rate (default: 0.05 for sgd, 1e-3 for adam)")
     p.add_argument("--cosine", action="store_true", help="anneal the rate to 0 over the epochs (--goal does)")
     p.add_argument("--goal", action="store_true", help="the GPU goal's settings (see above) in place of --sizes, --pieces")
@@ -76,8 +78,10 @@ def main(argv=None) -> int:
     if a.goal:
         a.sizes, a.pieces, a.cosine = GOAL["sizes"], GOAL["pieces"], True
         a.epochs = GOAL["epochs"] if a.epochs is None else a.epochs
+        a.optimizer = a.optimizer or GOAL["optimizer"]
         extra = {"dropout": GOAL["dropout"], "max_norm": GOAL["max_norm"]}
     a.epochs = 4 if a.epochs is None else a.epochs
+    a.optimizer = a.optimizer or "sgd"
     if a.epochs < 1:
         p.error(f"--epochs: must be ≥ 1, got {a.epochs}")
     a.lr = LR[a.optimizer] if a.lr is None else a.lr
