@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What a session with a GPU runs, in one call of the device tool:
 #   bash tools/gpu_session.sh prepare               HERE, before the call (no GPU): the carried folders, below
-#   bash tools/gpu_session.sh check                 ON THE GPU: every check that needs one, in under 10 minutes
+#   bash tools/gpu_session.sh check                 ON THE GPU, the first call: suite, cold starts, epochs, headline
+#   bash tools/gpu_session.sh more                  ON THE GPU, right after (the machine still warm), if time is left:
+#                                                   kernel sweep, compute-sanitizer, split-K, profile, accuracy goals
 #   bash tools/gpu_session.sh [STEP ...]            single steps: env tests gputests repeat bench-numba bench-cupy
 #                                                   sweep sanitizer split-k bench-all bench-train bench-peers bench-kernels bench-tta
 #
@@ -17,14 +19,19 @@
 # the carried kernels are the ones this GPU would compile (deltaprop compile finds them all); cold starts of
 # both GPU backends (a fresh process to the end of its first training step: with every compile cache emptied,
 # warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
-# copy of the carried cache; the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py
-# and tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend
-# (tools/sanitize_fit.py: every kernel alone, then short fits with each optimizer, checked against numpy);
-# the epoch times and accuracies of the headline; numba-cuda's reference-net epoch with split-K off and auto, in one
-# process ($OUT/split-k.json, tools/split_k_epochs.py); and the headline record itself,
-# $OUT/<date>-<gpu>-headline.json (tools/headline.py). PACK=1 packs $OUT into one file (the device returns 8).
-# GPU_SESSION_DRY=1 runs check on a machine without a GPU: the numpy backend, small sizes, no --require-gpu,
-# so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
+# copy of the carried cache; the epoch times and accuracies of the headline; and the headline record itself,
+# $OUT/<date>-<gpu>-headline.json (tools/headline.py). Every step gets what is left of DEADLINE at most, less
+# RESERVED seconds kept for the headline.
+# more, the second call if the session has time for it (the same command with more for check, at once: the machine
+# stays warm 30 s): the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py and
+# tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's
+# memcheck, racecheck, synccheck and initcheck on each backend (tools/sanitize_fit.py: every kernel alone, then
+# short fits with each optimizer, checked against numpy); numba-cuda's reference-net epoch with split-K off and
+# auto ($OUT/split-k.json, tools/split_k_epochs.py); each step's kernels, one by one (tools/profile_step.py);
+# the accuracy goals on GOAL_BACKEND (bench/maxout.py --goal, bench/dropout.py); and the headline again, with the
+# sanitizer's counts. PACK=1 packs $OUT into one file (the device returns 8).
+# GPU_SESSION_DRY=1 runs check or more on a machine without a GPU: the numpy backend, small sizes, no
+# --require-gpu, so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
 set -u
 OUT=${OUT:-.gpu/out}; mkdir -p "$OUT"
 BACKENDS=${BACKENDS:-numba-cuda,cupy}
@@ -49,6 +56,7 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     du -sh .whl .kc .xdg
     du -sch --exclude=.git . | tail -n 1  # the tree and the carried folders: under 64 MiB
     echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$(git rev-parse HEAD) PACK=1 bash tools/gpu_session.sh check"
+    echo "then, at once if time is left, the same carry and command with more for check"
     exit 0
 fi
 
@@ -60,11 +68,13 @@ fi
 if [[ -z $DRY ]]; then
     $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 fi
+KEPT=${KEPT:-.gpu/kept}
+[[ -d $KEPT ]] && cp -rn "$KEPT"/. "$OUT"/  # what an earlier call on this machine wrote (check's, for more)
 summary=()
 DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
-step() {  # step NAME SECONDS CMD...
+step() {  # step NAME SECONDS CMD...: RESERVED seconds of the deadline are kept for the headline's assembly
     local name=$1 limit=$2; shift 2
-    local left=$((DEADLINE - SECONDS))
+    local left=$((DEADLINE - ${RESERVED:-40} - SECONDS))
     if ((left < 15)); then summary+=("$name: skipped, past the deadline"); return; fi
     ((limit > left)) && limit=$left
     local t0=$SECONDS
@@ -81,15 +91,12 @@ pytest_logged() {  # pytest_logged LOG ARGS...: the log's first line is the comm
 export -f pytest_logged
 export PY
 
-check() {
-    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=() split=($PY tools/split_k_epochs.py)
+check() {  # the first call: what the headline needs, the suite first (a changed kernel is checked before it is timed)
+    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
     local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
-    local sweep=(-q -n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfE --timeout=120)
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_headline.py)
-        sweep=(-q -p no:cacheprovider -k "sgd and not nesterov")
         epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
-        split=(env NUMBA_ENABLE_CUDASIM=1 $PY tools/split_k_epochs.py --sizes 40,3,2 --batch-size 8 --samples 24 --epochs 1 --rounds 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
     rm -rf "$kc"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi
@@ -98,13 +105,43 @@ check() {
     step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
     step tests 330 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         bash -c 'pytest_logged "$0" "$@"' "$OUT/tests-pytest.log" "${tests[@]}" ${PYTEST_ARGS:-}
+    step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
+    headline "$gpu"
+}
+
+more() {  # the second call, on the same warm machine right after check (its $OUT and kernel copy are still there)
+    local gpu=h200 test_backends=$BACKENDS split=($PY tools/split_k_epochs.py) goal=${GOAL_BACKEND:-cupy}
+    local sweep=(-q -n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfE --timeout=120)
+    local profile=($PY tools/profile_step.py --backends numba-cuda,cupy,cupy-tf32,cupy-bf16 --optimizers sgd,adam --small
+                   --case-timeout 60)
+    if [[ -n $DRY ]]; then
+        gpu=cpu-dry test_backends=numpy sweep=(-q -p no:cacheprovider -k "sgd and not nesterov")
+        split=(env NUMBA_ENABLE_CUDASIM=1 $PY tools/split_k_epochs.py --sizes 40,3,2 --batch-size 8 --samples 24 --epochs 1 --rounds 1)
+        profile=($PY tools/profile_step.py --dry --small)
+    fi
+    local kc=/tmp/deltaprop-kernels
+    [[ -d $kc ]] || { if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi; }
     step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
     sanitizer "$kc"
-    step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
     step split-k 90 "${split[@]}" --out "$OUT/split-k.json"  # numba-cuda's reference epoch, DELTAPROP_SPLIT_K off and auto
-    step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \
-        --tests "$OUT/tests-pytest.log" --sanitizer "$OUT" --out "$OUT/$(date +%F)-$gpu-headline.json"
+    if [[ -n $DRY ]] && ! $PY -c 'import torch' 2>/dev/null; then
+        summary+=("profile: skipped, no PyTorch here (tests/test_profile_step.py runs it where there is)")
+    else
+        step profile 200 env DELTAPROP_KERNEL_CACHE="$kc" "${profile[@]}" --out "$OUT"  # kernel by kernel, per step
+    fi
+    if [[ -n $DRY ]]; then  # they train on MNIST; tests/test_bench_maxout.py and test_bench_dropout.py run them small
+        summary+=("goals: skipped, dry")
+    else  # the issues' accuracy goals on a GPU backend: maxout + dropout >= 98.8%, the dropout net >= 98.6%
+        step goals-maxout 150 $PY bench/maxout.py --goal --no-relu --backends "$goal" --machine "$gpu" --out "$OUT"
+        step goals-dropout 90 $PY bench/dropout.py --backends "$goal" --steps 10 --repeats 10 --epochs 20 --machine "$gpu" --out "$OUT"
+    fi
+    headline "$gpu"
+}
+
+headline() {  # headline GPU: the record from what this machine's $OUT holds so far (check's, and more's sanitizer logs)
+    RESERVED=0 step headline 60 $PY tools/headline.py assemble --epochs "$OUT/epochs.json" --cold "$OUT/cold-start.json" \
+        --tests "$OUT/tests-pytest.log" --sanitizer "$OUT" --out "$OUT/$(date +%F)-$1-headline.json"
 }
 
 sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools/sanitize_fit.py, each GPU backend
@@ -125,6 +162,7 @@ sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools
 
 for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   check) check ;;
+  more) more ;;
   env) step env 60 bash -c "nvidia-smi; $PY -c 'import numpy, numba, cupy, torch; from numba import cuda; import importlib.metadata as m; print(\"numpy\", numpy.__version__, \"numba\", numba.__version__, \"numba-cuda\", m.version(\"numba-cuda\"), \"cupy\", cupy.__version__, \"torch\", torch.__version__, \"cuda runtime\", cupy.cuda.runtime.runtimeGetVersion(), \"driver\", cupy.cuda.runtime.driverGetVersion()); from deltaprop import backends; print(backends.available())'" ;;
   tests) step tests 330 env DELTAPROP_TEST_BACKENDS=${BACKENDS:-numba-cuda,cupy} $PY -m pytest -v -n ${JOBS:-15} -p no:cacheprovider --require-gpu -rfEs --durations=10 --timeout=120 ${PYTEST_ARGS:-} ;;
   sanitizer) sanitizer /tmp/deltaprop-kernels ;;
@@ -143,4 +181,7 @@ for s in "${@:-env tests repeat}"; do for s in $s; do case $s in
   *) echo "unknown step $s"; exit 2 ;;
 esac; done; done
 printf '%s\n' "${summary[@]}"
+# KEPT: a copy of $OUT that outlives the call (the device empties $OUT before each command, and keeps ignored folders
+# of the tree while the machine stays warm): more's headline reads check's files from it.
+mkdir -p "$KEPT" && cp -r "$OUT"/. "$KEPT"/
 if [[ -n ${PACK:-} ]]; then (cd "$OUT" && tar czf gpu-session.tgz --remove-files -- *); fi  # one file: the device returns 8
