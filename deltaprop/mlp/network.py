@@ -205,9 +205,9 @@ class Network:
         """One step of ``optimizer`` at rate ``lr`` (a number or a one-element device array) on the batch in
         buf.x (B, n_0), buf.y (B, n_L); adds its loss and correct count to ``metrics`` (2,). The state is the
         network's: call ``ensure_state(optimizer)`` first, and with dropout ``start_epoch``; the buffers must
-        have been made with the dropout rates. Max-norm follows each layer's update (fused into it on the GPUs). ``weights`` (B, 1): the
-        batch's sample weights, normalised to sum to B; the step is then that of the weighted mean loss, and the
-        metrics are weighted."""
+        have been made with the dropout rates. Max-norm follows each layer's update (fused into it on the GPUs).
+        ``weights`` (B, 1): the batch's sample weights, normalised to sum to B; the step is then that of the
+        weighted mean loss, and the metrics are weighted."""
         self.forward(buf, train=True)
         bk = self.backend
         bk.batch_metrics(buf.a, buf.z[-1], buf.y, self.loss, accuracy, metrics, weights)
