@@ -70,8 +70,37 @@ def test_the_limit_is_inclusive_and_largest_batch_is_its_boundary():
     assert fused.largest_batch(NIELSEN, "float32", False, A100) == 171
 
 
+def test_adam_keeps_two_moments_per_parameter_and_nielsens_net_then_fits_no_block():
+    params, rows = 23_860, 10 * ((30 + 10) + 10 + 10 + (30 + 10))
+    for opt in (optim.Adam(), optim.AdamW()):
+        layout = nielsen(opt=opt)
+        assert layout.slots == ("m", "s") and layout.counts_steps and layout.rule == opt.name
+        assert layout.hyper == (0.9, 0.999, 1e-8) and layout.weight_decay == opt.params["weight_decay"]
+        assert layout.shared_bytes == 16 * 10 + 4 * (3 * params + rows) == 290_480  # SGD + momentum: 195,040
+        for limit in (H100, A100):
+            got, why = fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, opt, limit)
+            assert got is None and f"784-30-10, float32, batch 10, {opt.name} needs 290,480 bytes" in why
+    assert 3 * params * 4 > H100  # the weights and moments alone: not even one row fits
+    assert fused.largest_batch(NIELSEN, "float32", 2, H100) == 0
+    assert nielsen(opt=sgd(3.0, 0.9)).slots == ("v",) and nielsen().slots == () and not nielsen().counts_steps
+
+
+@pytest.mark.parametrize("opt", [optim.Adam(lr=0.01), optim.AdamW(lr=0.01, weight_decay=0.1)], ids=["adam", "adamw"])
+def test_adams_limit_is_inclusive_and_largest_batch_is_its_boundary(opt):
+    sizes, acts = (9, 4, 4, 2), ("tanh", "relu", "softmax")
+    for dtype in ("float32", "float64"):
+        need = fused.layout(sizes, acts, "cross_entropy", "argmax", dtype, 7, opt).shared_bytes
+        momentum = fused.layout(sizes, acts, "cross_entropy", "argmax", dtype, 7, sgd(momentum=0.9)).shared_bytes
+        P = (9 + 1) * 4 + (4 + 1) * 4 + (4 + 1) * 2
+        assert need - momentum == P * np.dtype(dtype).itemsize  # one more state array of P
+        assert fused.check(sizes, acts, "cross_entropy", "argmax", dtype, 7, opt, need)[0] is not None
+        layout, why = fused.check(sizes, acts, "cross_entropy", "argmax", dtype, 7, opt, need - 1)
+        assert layout is None and f"needs {need:,} bytes" in why and f"has {need - 1:,}" in why
+        assert fused.largest_batch(sizes, dtype, 2, need) == 7
+        assert fused.largest_batch(sizes, dtype, 2, need - 1) == 6
+
+
 @pytest.mark.parametrize("sizes, acts, loss, opt, why", [
-    (NIELSEN, ("sigmoid", "sigmoid"), "mse", optim.Adam(), "optimizer 'adam'"),
     (NIELSEN, ("sigmoid", "sigmoid"), "mse", optim.RMSprop(), "optimizer 'rmsprop'"),
     ((3, 1), ("identity",), "perceptron", sgd(), "loss 'perceptron'"),
     ((3, 2, 2), ("sigmoid", "sigmoid"), "cross_entropy", sgd(), "output 'sigmoid' + loss 'cross_entropy'"),
@@ -112,7 +141,11 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
                                          r"float32, batch 10, momentum needs 195,040 bytes .* the device has 166,912"):
         fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0, 0.9))
-    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: optimizer 'adam'"):
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: optimizer 'rmsprop': the fused epoch does sgd, "
+                                         "adam, adamw only"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.RMSprop())
+    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
+                                         r"float32, batch 10, adam needs 290,480 bytes .* the device has 232,448"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.Adam())
     with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: sample weights: the fused epoch has none"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(),
@@ -150,6 +183,12 @@ CU_CASES = {  # name: (layout, limit it must fit, or None: it must not fit A100'
     "tiny-f32-bce": (fused.layout((7, 5, 3), ("leaky_relu", "sigmoid"), "bce", "threshold", "float32", 3, sgd()), A100),
     "deep-f32-identity": (fused.layout((5, 4, 3, 3, 2), ("identity", "sigmoid", "tanh", "identity"), "mse", None,
                                        "float32", 4, sgd(momentum=0.5)), A100),
+    "tiny-f32-adam-softmax": (fused.layout((9, 4, 4, 2), ("tanh", "relu", "softmax"), "cross_entropy", "argmax",
+                                           "float32", 3, optim.Adam(weight_decay=0.01)), A100),
+    "tiny-f64-adamw-bce": (fused.layout((7, 5, 3), ("sigmoid", "sigmoid"), "bce", "threshold", "float64", 3,
+                                        optim.AdamW()), A100),
+    "wide-f32-adam": (fused.layout((784, 16, 10), ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10,
+                                   optim.Adam()), H100),  # 12,730 parameters: 3·P·4 = 152,760 bytes and a batch
 }
 
 
@@ -179,6 +218,10 @@ def test_the_budget_check_can_fail(tmp_path):
     assert done.returncode != 0 and "differs from the fit-on-chip rule" in done.stderr
     done = compile_fused(tmp_path, fused_source.defines(layout, fused.THREADS, check=A100), "80")
     assert done.returncode != 0 and "does not fit the device's shared memory" in done.stderr
+    adam = CU_CASES["tiny-f32-adam-softmax"][0]  # Adam's second moment counted by the kernel: SGD's size is wrong
+    wrong = fused_source.defines(adam, fused.THREADS, check=A100).replace("#define DP_RULE 1", "#define DP_RULE 0")
+    done = compile_fused(tmp_path, wrong, "80")
+    assert done.returncode != 0 and "differs from the fit-on-chip rule" in done.stderr
 
 
 # ------------------------------------------------------------------------- the kernels, run
@@ -195,7 +238,12 @@ NETS = {
     "bce-nesterov": ((7, 5, 3), "leaky_relu", "sigmoid", "bce", "multilabel", sgd(0.2, 0.5, nesterov=True), None),
     "regression-schedule": ((9, 4, 4, 2), ["identity", "tanh"], "identity", "mse", "real", sgd(0.05, 0.3),
                             lambda e: 0.05 / (e + 1)),
+    "softmax-adam-decay": ((7, 5, 3), "tanh", "softmax", "cross_entropy", "labels", optim.Adam(0.01, weight_decay=0.05),
+                           None),
+    "bce-adamw-schedule": ((9, 4, 4, 3), ["sigmoid", "tanh"], "sigmoid", "bce", "multilabel",
+                           optim.AdamW(0.02, beta_1=0.8, beta_2=0.99, weight_decay=0.1), lambda e: 0.02 / (e + 1)),
 }
+ADAMS = ["softmax-adam-decay", "bce-adamw-schedule"]
 
 
 def data(rng, sizes, targets, n=10):
@@ -212,11 +260,34 @@ def model_of(spec, backend, dtype, seed=3):
     return MLP(list(sizes), activation=hidden, output_activation=out, loss=loss, backend=backend, dtype=dtype, seed=seed)
 
 
+def adam_reference(opt, weights, grads, moments, t, lr):
+    """One float64 step of Adam or AdamW (deltaprop.optim's rule, biases without decay) at step count t (from 1):
+    (weights, moments), moments [((mW, sW), (mb, sb))] per layer."""
+    p = opt.params
+    b1, b2, eps, lam = p["beta_1"], p["beta_2"], p["epsilon"], p["weight_decay"]
+    new_w, new_m = [], []
+    for (W, b), (gW, gb), pair in zip(weights, grads, moments):
+        out = []
+        for x, g, (m, s), decay in ((W, gW, pair[0], lam), (b, gb, pair[1], 0.0)):
+            if opt.decoupled:
+                x = x * (1 - lr * decay)
+            else:
+                g = g + decay * x
+            m, s = b1 * m + (1 - b1) * g, b2 * s + (1 - b2) * g * g
+            out.append((x - lr * (m / (1 - b1**t)) / (np.sqrt(s / (1 - b2**t)) + eps), (m, s)))
+        new_w.append((out[0][0], out[1][0]))
+        new_m.append((out[0][1], out[1][1]))
+    return new_w, new_m
+
+
 def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
-    """Float64 SGD over whole epochs in the Trainer's sample order: (weights, per-step [loss sum, correct] per epoch)."""
+    """Float64 SGD, Adam or AdamW over whole epochs in the Trainer's sample order: (weights, per-step [loss sum,
+    correct] per epoch)."""
     acts, loss, p = model.activations, model.loss, opt.params
     weights = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights]
     velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
+    moments = [((np.zeros_like(W),) * 2, (np.zeros_like(b),) * 2) for W, b in weights]
+    t = 0
     sums = []
     for epoch in range(epochs):
         lr = opt.lr if schedule is None else schedule(epoch)
@@ -233,6 +304,10 @@ def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epoch
                 right = float(np.sum(np.all((a > 0) == (y > 0.5), axis=1)))
             steps.append((ref.sample_loss(loss, acts[-1], a, y).sum(), right))
             grads = ref.gradients(weights, acts, loss, X[rows], y)
+            if opt.family == "adam":
+                t += 1
+                weights, moments = adam_reference(opt, weights, grads, moments, t, lr)
+                continue
             new_w, new_v = [], []
             for (W, b), (gW, gb), (vW, vb) in zip(weights, grads, velocity):
                 gW = gW + p["weight_decay"] * W
@@ -275,6 +350,8 @@ def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
     np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 10 for s in sums], rtol=tol)
     if targets.accuracy:
         assert history.accuracy == [s[:, 1].sum() / 10 for s in sums]
+    if opt.counts_steps:  # Adam's step count: advanced once per step, as the step path's count_step
+        assert model.backend.to_numpy(model.network.t).tolist() == [8]
     # each step's sums, from one more epoch run straight through the contract
     bk, net_ = model.backend, model.network
     layout, _ = fused.check(model.layer_sizes, model.activations, model.loss, targets.accuracy, model.dtype, 3, opt, H100)
@@ -282,13 +359,16 @@ def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
     idx = bk.asarray(epoch_order(model.seed, 2, 10, True))
     metrics = bk.zeros((4, 2), np.float64)
     lr = opt.lr if schedule is None else bk.asarray(np.array([schedule(2)]), model.dtype)
-    bk.run_epoch_fused(layout, net_.params, net_.slots.get("v"), bk.asarray(X, model.dtype),
+    bk.run_epoch_fused(layout, net_.params, net_.slots, net_.t, bk.asarray(X, model.dtype),
                        bk.asarray(targets.Y, model.dtype), idx, metrics, lr, 0, 4)
     got = bk.to_numpy(metrics)
     np.testing.assert_allclose(got[:, 0], sums[2][:, 0], rtol=tol, atol=tol)
     np.testing.assert_array_equal(got[:, 1], sums[2][:, 1] if targets.accuracy else 0)
     for (W, b), (rW, rb) in zip(model.get_weights(), weights):
         np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    if opt.counts_steps:
+        assert bk.to_numpy(net_.t).tolist() == [12]
 
 
 @numba_only
@@ -315,6 +395,59 @@ def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypat
     for key in ("loss", "val_loss", "val_accuracy", "accuracy"):
         np.testing.assert_allclose(getattr(h1, key), getattr(h2, key), rtol=1e-5)
     assert (h1.best_epoch, h1.stopped_early) == (h2.best_epoch, h2.stopped_early)
+
+
+def _state(model):
+    """The weights, every state slot and the step count of ``model``, as NumPy arrays."""
+    net, bk = model.network, model.backend
+    arrays = [x for pair in model.get_weights() for x in pair]
+    arrays += [bk.to_numpy(x) for name in sorted(net.slots) for pair in net.slots[name] for x in pair]
+    return arrays + ([bk.to_numpy(net.t)] if net.t is not None else [])
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("net", ADAMS)
+def test_adam_fused_and_step_paths_agree_and_a_step_path_epoch_continues_a_fused_one(monkeypatch, rng, net, dtype):
+    """Two epochs (batch 3 of 10: a last step of 1): fused against the step path, weights, moments and t; then a
+    fused epoch followed by a step-path epoch against two step-path epochs (the same t, within rounding)."""
+    spec = NETS[net]
+    X, y = data(rng, spec[0], spec[4])
+    kw = {"batch_size": 3, "optimizer": spec[5], "lr_schedule": spec[6]}
+    tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
+    steps, one, mixed = (model_of(spec, "numba-cuda", dtype) for _ in range(3))
+    monkeypatch.setenv("DELTAPROP_FUSED", "off")
+    h_steps = steps.fit(X, y, epochs=2, **kw)
+    h_one = fused_fit(monkeypatch, one, X, y, epochs=2, **kw)
+    fused_fit(monkeypatch, mixed, X, y, epochs=1, **kw)
+    monkeypatch.setenv("DELTAPROP_FUSED", "off")
+    before = mixed.backend.fused_epochs
+    later = None if spec[6] is None else (lambda e: spec[6](e + 1))  # a fit's schedule counts its own epochs
+    h_mixed = mixed.fit(X, y, epochs=1, **{**kw, "lr_schedule": later})
+    assert mixed.backend.fused_epochs == before  # the second epoch on the step path
+    assert [int(m.backend.to_numpy(m.network.t)[0]) for m in (steps, one, mixed)] == [8, 8, 8]
+    for other in (one, mixed):
+        assert sorted(other.network.slots) == ["m", "s"]
+        for a, b in zip(_state(steps), _state(other)):
+            np.testing.assert_allclose(b, a, **tol)
+    np.testing.assert_allclose(h_one.loss, h_steps.loss, rtol=tol["rtol"])
+    np.testing.assert_allclose(h_mixed.loss, h_steps.loss[1:], rtol=tol["rtol"])
+    assert h_one.accuracy == h_steps.accuracy
+
+
+@numba_only
+def test_forcing_the_fused_epoch_with_an_optimizer_it_lacks_is_refused_by_name(monkeypatch, rng):
+    X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
+    model = MLP([7, 5, 3], activation="tanh", backend="numba-cuda", seed=1)
+    before = model.get_weights()
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numba-cuda: optimizer 'rmsprop': the fused epoch does "
+                                         "sgd, adam, adamw only"):
+        model.fit(X, y, epochs=1, batch_size=3, optimizer="rmsprop")
+    assert model.epochs_trained == 0 and model.network.t is None
+    for (W1, b1), (W2, b2) in zip(before, model.get_weights()):  # nothing changed
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
 
 
 @numba_only

@@ -475,11 +475,13 @@ class Backend:
         DELTAPROP_FUSED=auto takes that path; None (the default): this backend has no fused epoch."""
         return None
 
-    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+    def run_epoch_fused(self, layout, params, slots, t, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
         """Steps first..stop-1 of an epoch in one launch (deltaprop.backends.fused): what ``run_steps`` does with
-        the network's SGD step, on the parameters params [(W_l, b_l)] and the momentum velocity [(vW_l, vb_l)]
-        (None without momentum), the data X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and
-        the rate ``lr`` as sgd_update takes it. ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
+        the network's step of SGD, Adam or AdamW, on the parameters params [(W_l, b_l)], the optimizer's state
+        slots (the network's: name -> [(W-shaped, b-shaped)], those of layout.slots used) and step count t (a
+        one-element int64 array, advanced once per step as ``count_step`` does; None for SGD), the data
+        X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and the rate ``lr`` as sgd_update takes it.
+        ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
         raise NotImplementedError(f"backend {self.name!r} has no fused epoch")
 
     # ------------------------------------------------------- elementwise

@@ -364,28 +364,25 @@ class CupyBackend(GraphSteps, Backend):
             return None
         return int(runtime.deviceGetAttribute(SHARED_OPTIN_ATTRIBUTE, self.xp.cuda.Device().id)), True
 
-    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+    def run_epoch_fused(self, layout, params, slots, t, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
         from ..kernels import fused_source
 
         if idx.dtype != np.int64 or not self._ok(X, Y):
             raise TypeError("cupy backend: the fused epoch takes C-contiguous X, Y of the model's dtype and an int64 idx")
-        t = X.dtype.type
-        momentum = bool(layout.momentum)
+        groups, t = fused.state_of(layout, params, slots, t)
+        k = X.dtype.type
         kernel = fused_source.kernel(layout, fused.THREADS)
         kernel.max_dynamic_shared_size_bytes = layout.shared_bytes  # above 48 KB a kernel must opt in
-        theta = self._scratch("fused_theta", (layout.params,), X.dtype)
-        fused.pack(self, [x for pair in params for x in pair], theta)
-        vel = theta  # unused without momentum
-        if momentum:
-            vel = self._scratch("fused_vel", (layout.params,), X.dtype)
-            fused.pack(self, [x for pair in velocity for x in pair], vel)
-        args = (theta, vel, X, Y, idx, i64(idx.size), metrics, self._rate(lr, X.dtype), i64(layout.batch), i64(first), i64(stop),
-                t(layout.momentum), t(layout.weight_decay))
+        flats = [self._scratch(f"fused_{name}", (layout.params,), X.dtype) for name in ("theta",) + layout.slots]
+        for flat, arrays in zip(flats, groups):
+            fused.pack(self, arrays, flat)
+        theta, u, q = (flats + [flats[0]] * 2)[:3]  # a state the rule has not: unused, theta stands in
+        args = (theta, u, q, idx if t is None else t, X, Y, idx, i64(idx.size), metrics, self._rate(lr, X.dtype),
+                i64(layout.batch), i64(first), i64(stop), *(k(h) for h in fused.hyper(layout)), k(layout.weight_decay))
         kernel((1,), (fused.THREADS,), args, shared_mem=layout.shared_bytes)
         self.fused_epochs += 1
-        fused.unpack(self, theta, [x for pair in params for x in pair])
-        if momentum:
-            fused.unpack(self, vel, [x for pair in velocity for x in pair])
+        for flat, arrays in zip(flats, groups):
+            fused.unpack(self, flat, arrays)
 
     # ------------------------------------------------------- CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

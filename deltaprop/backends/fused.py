@@ -2,7 +2,7 @@
 
 A small net's step is a few microseconds of arithmetic and tens of microseconds of launches. The fused epoch
 (``Backend.run_epoch_fused``: deltaprop/kernels/numba_fused.py and fused_epoch.cu) runs every step of an epoch
-in one thread block that keeps the weights, the momentum and a batch's activations in shared memory. This
+in one thread block that keeps the weights, the optimizer's state and a batch's activations in shared memory. This
 module says whether a net fits, in plain Python (no GPU needed), and lays out that shared memory; both
 kernels follow the same layout (tests/test_fused.py compiles the CUDA C with the rule's byte count).
 
@@ -10,14 +10,18 @@ The shared memory of one block, for layer sizes n_0..n_L, batch B and elements o
 
     2·B float64            each row's loss and correct count (summed into the step's metrics)
     P·s                    the parameters W_1, b_1, ..., W_L, b_L, P = Σ (n_{l-1} + 1)·n_l
-    P·s                    SGD's momentum, when μ > 0
+    k·P·s                  the optimizer's state: k = 0 for plain SGD, 1 for SGD's momentum (μ > 0), 2 for
+                           Adam's and AdamW's moments m and s
     B·(2·Σ n_l + 2·n_L)·s  z_1..z_L, the output's a_L, the batch's targets y, δ_1..δ_L (l = 1..L)
 
 The batch's inputs are read from global memory. It fits when that is at most the device's shared memory per
-block (its opt-in maximum: 227 KB on an H100 or H200, 163 KB on an A100). What the kernels do: SGD (plain,
-momentum, Nesterov; weight decay), hidden activations identity, sigmoid, tanh, relu and leaky_relu, and the
+block (its opt-in maximum: 227 KB on an H100 or H200, 163 KB on an A100). So Adam needs P·s more than SGD
+with momentum: Nielsen's 784-30-10 in float32 (P = 23,860) needs 290,480 bytes at batch 10, and its 3·P·4 =
+286,320 bytes of weights and moments alone fit neither. What the kernels do: SGD (plain, momentum, Nesterov;
+weight decay), Adam and AdamW (the step path's rules, numba_optim.adam_rule, with the step count t advanced once
+per step as ``count_step`` does and written back at the end), hidden activations identity, sigmoid, tanh, relu and leaky_relu, and the
 outputs sigmoid, tanh, identity, relu or leaky_relu + mse, softmax + cross_entropy and sigmoid + bce; a
-constant rate or a schedule's. Anything else (Adam, RMSprop, the perceptron) takes the step path.
+constant rate or a schedule's. Anything else (RMSprop, the perceptron) takes the step path.
 
 Which path a fit takes: ``DELTAPROP_FUSED`` = ``auto`` (the default: fused when it fits, on a GPU; the CUDA
 simulator, which can run it, takes it only when forced), ``on`` (fused, or a ValueError saying why not, before
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 ENV = "DELTAPROP_FUSED"
+#: the optimizers the kernels run, by their rule code in both kernels: "sgd" 0, "adam" 1, "adamw" 2
+RULES = ("sgd", "adam", "adamw")
 MODES = ("auto", "on", "off")
 KB = 1024
 #: the opt-in shared memory per block of the datacenter GPUs, bytes (CUDA's programming guide, compute capabilities)
@@ -58,8 +64,9 @@ def mode() -> str:
 class Layout:
     """A fused epoch's shapes and its shared memory, in elements of its dtype (the float64 scratch in bytes).
 
-    sizes (n_0..n_L); activations φ_1..φ_L, the output's last; batch B; momentum/nesterov: the SGD variant;
-    params P; offsets: where W_l (n_{l-1}, n_l, row-major) starts in the flat parameters, b_l right after it.
+    sizes (n_0..n_L); activations φ_1..φ_L, the output's last; batch B; rule: one of RULES; momentum/nesterov:
+    the SGD variant (0 and False for Adam); hyper: Adam's (β₁, β₂, ε), () for SGD; params P; offsets: where W_l
+    (n_{l-1}, n_l, row-major) starts in the flat parameters, b_l right after it.
     """
 
     sizes: tuple
@@ -71,6 +78,20 @@ class Layout:
     momentum: float
     nesterov: bool
     weight_decay: float
+    rule: str = "sgd"
+    hyper: tuple = ()
+
+    @property
+    def slots(self) -> tuple:
+        """The network's state slots the kernel keeps in shared memory, in its order (each P elements)."""
+        if self.rule != "sgd":
+            return ("m", "s")
+        return ("v",) if self.momentum else ()
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the rule reads and advances the step count t (Adam's bias corrections)."""
+        return self.rule != "sgd"
 
     @property
     def params(self) -> int:
@@ -93,8 +114,7 @@ class Layout:
     @property
     def shared_bytes(self) -> int:
         """Bytes of shared memory one block needs: the layout of the module's docstring."""
-        slots = 2 if self.momentum else 1
-        return 16 * self.batch + (slots * self.params + self.activation_elements) * self.dtype.itemsize
+        return 16 * self.batch + ((1 + len(self.slots)) * self.params + self.activation_elements) * self.dtype.itemsize
 
     def describe(self, limit: int) -> str:
         return f"fused epoch: {self.shared_bytes:,} of {limit:,} bytes of shared memory per block"
@@ -107,8 +127,8 @@ def codes(activations) -> tuple:
 
 def unsupported(sizes, activations, loss, optimizer) -> str | None:
     """Why the fused kernels cannot run this net and optimizer, or None when they can."""
-    if optimizer.family != "sgd":
-        return f"optimizer {optimizer.name!r}: the fused epoch does SGD only"
+    if optimizer.name not in RULES:
+        return f"optimizer {optimizer.name!r}: the fused epoch does {', '.join(RULES)} only"
     for l, act in enumerate(activations[:-1]):
         if act not in HIDDEN:
             return f"activation {act!r} of hidden layer {l}: the fused epoch takes {', '.join(HIDDEN)}"
@@ -118,10 +138,13 @@ def unsupported(sizes, activations, loss, optimizer) -> str | None:
 
 
 def layout(sizes, activations, loss, accuracy, dtype, batch: int, optimizer) -> Layout:
-    """The fused epoch of this net and SGD ``optimizer`` (check ``unsupported`` first)."""
+    """The fused epoch of this net and ``optimizer``, one of RULES (check ``unsupported`` first)."""
     p = optimizer.params
-    return Layout(tuple(int(n) for n in sizes), tuple(activations), loss, accuracy, np.dtype(dtype), int(batch),
-                  float(p["momentum"]), bool(p["nesterov"]), float(p["weight_decay"]))
+    shape = (tuple(int(n) for n in sizes), tuple(activations), loss, accuracy, np.dtype(dtype), int(batch))
+    if optimizer.name == "sgd":
+        return Layout(*shape, float(p["momentum"]), bool(p["nesterov"]), float(p["weight_decay"]))
+    return Layout(*shape, 0.0, False, float(p["weight_decay"]), optimizer.name,
+                  (float(p["beta_1"]), float(p["beta_2"]), float(p["epsilon"])))
 
 
 def check(sizes, activations, loss, accuracy, dtype, batch: int, optimizer, limit) -> tuple:
@@ -134,7 +157,8 @@ def check(sizes, activations, loss, accuracy, dtype, batch: int, optimizer, limi
         return None, why
     fused = layout(sizes, activations, loss, accuracy, dtype, batch, optimizer)
     if fused.shared_bytes > limit:
-        what = f"{'-'.join(map(str, fused.sizes))}, {fused.dtype.name}, batch {batch}" + (", momentum" if fused.momentum else "")
+        state = {"sgd": ", momentum" if fused.momentum else "", "adam": ", adam", "adamw": ", adamw"}[fused.rule]
+        what = f"{'-'.join(map(str, fused.sizes))}, {fused.dtype.name}, batch {batch}{state}"
         return None, f"the net does not fit on chip: {what} needs {fused.shared_bytes:,} bytes of shared memory per block, the device has {limit:,}"
     return fused, None
 
@@ -155,12 +179,29 @@ def choose(backend, sizes, activations, loss, accuracy, dtype, batch: int, optim
     return fused if (asked == "on" or auto) else None
 
 
-def largest_batch(sizes, dtype, momentum: bool, limit: int) -> int:
-    """The largest batch whose fused epoch fits ``limit`` bytes (0: not even one row), for a description."""
-    one = Layout(tuple(sizes), (), "mse", None, np.dtype(dtype), 1, float(momentum), False, 0.0)
-    fixed = (2 if momentum else 1) * one.params * one.dtype.itemsize
+def largest_batch(sizes, dtype, slots: int, limit: int) -> int:
+    """The largest batch whose fused epoch fits ``limit`` bytes (0: not even one row), for a description; ``slots``:
+    the optimizer's state arrays (Layout.slots: 0 plain SGD, 1 momentum, 2 Adam; a bool: momentum or not)."""
+    one = Layout(tuple(sizes), (), "mse", None, np.dtype(dtype), 1, 0.0, False, 0.0)
+    fixed = (1 + int(slots)) * one.params * one.dtype.itemsize
     per_row = 16 + (one.activation_elements * one.dtype.itemsize)
     return max(0, (limit - fixed) // per_row) if limit >= fixed else 0
+
+
+def state_of(layout: Layout, params, slots, t) -> tuple:
+    """([params as one list, then each of layout.slots's], the step count t or None): the arrays a fused epoch
+    flattens, W_1, b_1, ... in order. ``slots``: the network's state, slot name -> [(W-shaped, b-shaped)]; ``t``
+    its step count (a one-element int64 device array; needed when layout.counts_steps)."""
+    missing = [name for name in layout.slots if name not in slots]
+    if missing or (layout.counts_steps and t is None):
+        raise ValueError(f"fused epoch ({layout.rule}): the network has no {', '.join(missing) or 'step count t'}")
+    groups = [[x for pair in params for x in pair]] + [[x for pair in slots[name] for x in pair] for name in layout.slots]
+    return groups, (t if layout.counts_steps else None)
+
+
+def hyper(layout: Layout) -> tuple:
+    """The kernels' (h1, h2, h3): (μ, 0, 0) for SGD, (β₁, β₂, ε) for Adam and AdamW."""
+    return layout.hyper if layout.counts_steps else (layout.momentum, 0.0, 0.0)
 
 
 def pack(backend, arrays, flat) -> None:

@@ -339,28 +339,26 @@ class NumbaCudaBackend(GraphSteps, Backend):
             return fused.SIMULATOR_SHARED, False
         return int(self.cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), True
 
-    def run_epoch_fused(self, layout, params, velocity, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
+    def run_epoch_fused(self, layout, params, slots, t, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
         from ..kernels import numba_fused
 
         kind = self._kind(X)
+        groups, t = fused.state_of(layout, params, slots, t)
         momentum = bool(layout.momentum)
         threads = self.threads if self._simulated else fused.THREADS
         kernel = numba_fused.epoch(layout.sizes, fused.codes(layout.activations), layout.loss, layout.accuracy, momentum,
-                                   momentum and layout.nesterov, kind, threads)
-        theta = self._scratch("fused_theta", (layout.params,), kind)
-        fused.pack(self, [x for pair in params for x in pair], theta)
-        vel = theta  # unused without momentum
-        if momentum:
-            vel = self._scratch("fused_vel", (layout.params,), kind)
-            fused.pack(self, [x for pair in velocity for x in pair], vel)
-        args = (theta, vel, X, Y, idx, metrics, self._rate(lr, kind), np.int64(layout.batch), np.int64(first),
-                np.int64(stop), kind(layout.momentum), kind(layout.weight_decay))
+                                   momentum and layout.nesterov, kind, threads, layout.rule)
+        flats = [self._scratch(f"fused_{name}", (layout.params,), kind) for name in ("theta",) + layout.slots]
+        for flat, arrays in zip(flats, groups):
+            fused.pack(self, arrays, flat)
+        theta, u, q = (flats + [flats[0]] * 2)[:3]  # a state the rule has not: unused, theta stands in
+        args = (theta, u, q, idx if t is None else t, X, Y, idx, metrics, self._rate(lr, kind), np.int64(layout.batch),
+                np.int64(first), np.int64(stop), *(kind(h) for h in fused.hyper(layout)), kind(layout.weight_decay))
         numba_fused.opt_in(kernel, args, layout.shared_bytes)
         self._launch(kernel, 1, threads, *args, shared=layout.shared_bytes)
         self.fused_epochs += 1
-        fused.unpack(self, theta, [x for pair in params for x in pair])
-        if momentum:
-            fused.unpack(self, vel, [x for pair in velocity for x in pair])
+        for flat, arrays in zip(flats, groups):
+            fused.unpack(self, flat, arrays)
 
     # ------------------------------------------------------------------ CUDA graphs (graphs.GraphSteps)
     def _recordable(self, x) -> bool:

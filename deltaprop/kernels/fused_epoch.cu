@@ -10,15 +10,17 @@
 //   DP_LOSS     0 mse, 1 cross_entropy (softmax output), 2 bce (sigmoid output)
 //   DP_ACCURACY 0 none, 1 argmax, 2 threshold
 //   DP_MOMENTUM, DP_NESTEROV  0 or 1: SGD's variant
+//   DP_RULE     the optimizer: 0 SGD, 1 Adam, 2 AdamW (decoupled decay); Adam's moments m, s after the parameters
 //   DP_THREADS  the block's threads
 // Without them it is Nielsen's net (784-30-10, sigmoid, mse, plain SGD, float), as the offline nvcc check compiles it.
 // With DP_CHECK_BATCH, DP_EXPECT_BYTES and DP_LIMIT_BYTES, static asserts check the shared memory of that batch.
 //
-// The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (W_l row-major (n_{l-1}, n_l)) and the momentum
-// into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows idx[s·B ...] of X and Y
+// The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (W_l row-major (n_{l-1}, n_l)) and the optimizer's
+// state (SGD's momentum, or Adam's m and s) into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows idx[s·B ...] of X and Y
 // (global memory), forward (a thread per element), targets and softmax, each row's loss and correct count in double
 // (summed in row order into metrics[s]), the output δ, the hidden δ from the last layer down (W before the update),
-// then the SGD update (a thread per parameter). Barriers separate the phases.
+// then the update (a thread per parameter: SGD, or the step path's Adam/AdamW, mlp_kernels.cu's adam_rule, with the
+// bias corrections of the step count t + 1, t + 2, ...; t is written back at the end). Barriers separate the phases.
 
 #ifndef DP_T
 #define DP_T float
@@ -30,6 +32,9 @@
 #define DP_MOMENTUM 0
 #define DP_NESTEROV 0
 #define DP_THREADS 1024
+#endif
+#ifndef DP_RULE
+#define DP_RULE 0
 #endif
 #define DP_LEAKY_SLOPE 0.1
 
@@ -56,10 +61,11 @@ constexpr long long SUMN = offset_z(L);
 constexpr int NL = NET.n[L];
 constexpr int OUT_CODE = NET.code[L - 1];
 constexpr long long PER64 = 8 / sizeof(T);  // elements of T per double
+constexpr int SLOTS = DP_RULE != 0 ? 2 : (DP_MOMENTUM ? 1 : 0);  // state arrays of P elements after the parameters
 
-// Bytes of shared memory for a batch of B rows: 2·B doubles, the parameters (and momentum), z, a_L, y and δ.
+// Bytes of shared memory for a batch of B rows: 2·B doubles, the parameters and the state, z, a_L, y and δ.
 __host__ __device__ constexpr long long shared_bytes(long long B) {
-    return 16 * B + ((DP_MOMENTUM ? 2 : 1) * P + B * (2 * SUMN + 2 * NL)) * (long long)sizeof(T);
+    return 16 * B + ((1 + SLOTS) * P + B * (2 * SUMN + 2 * NL)) * (long long)sizeof(T);
 }
 #ifdef DP_CHECK_BATCH
 static_assert(shared_bytes(DP_CHECK_BATCH) == DP_EXPECT_BYTES, "the kernel's shared memory differs from the fit-on-chip rule's");
@@ -139,12 +145,25 @@ __device__ __forceinline__ void hidden(const Step& s) {
     }
 }
 
-// The SGD update of layers l.. L-1, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v.
+// Adam's step of one parameter x from g (mlp_kernels.cu's adam_rule, the step path's): coupled decay g + λ·x, or
+// AdamW's x·(1 − η·λ); the moments m, s; c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ.
+__device__ __forceinline__ void adam(T& x, T g, T& m, T& s, T lr, T c1, T c2, T beta_1, T beta_2, T epsilon, T decay) {
+    if (DP_RULE == 2)
+        x -= lr * decay * x;
+    else
+        g += decay * x;
+    m = beta_1 * m + (T(1) - beta_1) * g;
+    s = beta_2 * s + (T(1) - beta_2) * g * g;
+    x = x - (lr / c1) * m / (sqrt(s) / sqrt(c2) + epsilon);
+}
+
+// The update of layers l.. L-1, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v for
+// SGD (h1 = μ); Adam's with (h1, h2, h3) = (β₁, β₂, ε) and the corrections c1, c2 (biases without decay).
 template <int l>
-__device__ __forceinline__ void update(const Step& s, T lr, T mu, T decay) {
+__device__ __forceinline__ void update(const Step& s, T lr, T h1, T h2, T h3, T decay, T c1, T c2) {
     constexpr int nin = NET.n[l], nout = NET.n[l + 1];
     T* w = s.sh + s.w0 + offset_w(l);
-    T* v = s.sh + s.v0 + offset_w(l);
+    T* v = s.sh + s.v0 + offset_w(l);  // Adam's m; its s at v + P
     const T* dl = s.sh + s.d0 + s.B * offset_z(l);
     const T* zin = s.sh + s.z0 + s.B * offset_z(l > 0 ? l - 1 : 0);
     T scale = T(1) / T(s.rows);
@@ -159,15 +178,19 @@ __device__ __forceinline__ void update(const Step& s, T lr, T mu, T decay) {
             for (int r = 0; r < s.rows; ++r) acc += zin[r * nin + i] * dl[r * nout + j];
         }
         T g = acc * scale;
+        if constexpr (DP_RULE != 0) {
+            adam(w[e], g, v[e], v[P + e], lr, c1, c2, h1, h2, h3, i < nin ? decay : T(0));
+            continue;
+        }
         if (i < nin) g += decay * w[e];
         if (DP_MOMENTUM) {
-            T u = mu * v[e] + g;
+            T u = h1 * v[e] + g;
             v[e] = u;
-            g = DP_NESTEROV ? g + mu * u : u;
+            g = DP_NESTEROV ? g + h1 * u : u;
         }
         w[e] -= lr * g;
     }
-    if constexpr (l + 1 < L) update<l + 1>(s, lr, mu, decay);
+    if constexpr (l + 1 < L) update<l + 1>(s, lr, h1, h2, h3, decay, c1, c2);
 }
 
 // One row's loss (Backend.batch_metrics's formulas, in double) and whether it is classified right.
@@ -215,12 +238,14 @@ __device__ __forceinline__ double row_correct(const T* a, const T* z, const T* y
     return right;
 }
 
-// Steps first..stop-1 of the epoch whose sample order is idx (n,): theta (P,) the parameters, vel (P,) the
-// momentum (unused without DP_MOMENTUM), X (n, n_0) and Y (n, n_L) the data, metrics (steps, 2) the sums,
-// rate[0] the learning rate. Launched as one block of DP_THREADS with shared_bytes(batch) of dynamic shared memory.
+// Steps first..stop-1 of the epoch whose sample order is idx (n,): theta (P,) the parameters; u (P,) the momentum
+// (unused without DP_MOMENTUM) or Adam's m, q (P,) Adam's s, t[0] Adam's step count (q and t unused by SGD);
+// X (n, n_0) and Y (n, n_L) the data, metrics (steps, 2) the sums, rate[0] the learning rate; h1 = μ for SGD,
+// (h1, h2, h3) = (β₁, β₂, ε) for Adam; λ = decay. Launched as one block of DP_THREADS with shared_bytes(batch) of
+// dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(DP_THREADS)
-fused_epoch(T* theta, T* vel, const T* X, const T* Y, const long long* idx, long long n, double* metrics,
-            const T* rate, long long batch, long long first, long long stop, T mu, T decay) {
+fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const long long* idx, long long n,
+            double* metrics, const T* rate, long long batch, long long first, long long stop, T h1, T h2, T h3, T decay) {
     extern __shared__ double smem[];
     double* rowsum = smem;  // [0, B): each row's loss, [B, 2B): its correct count
     T* sh = reinterpret_cast<T*>(smem);
@@ -232,14 +257,16 @@ fused_epoch(T* theta, T* vel, const T* X, const T* Y, const long long* idx, long
     s.idx = idx;
     s.w0 = 2 * B * PER64;
     s.v0 = s.w0 + P;
-    s.z0 = s.v0 + (DP_MOMENTUM ? P : 0);
+    s.z0 = s.v0 + SLOTS * P;
     s.a0 = s.z0 + B * SUMN;
     s.y0 = s.a0 + B * NL;
     s.d0 = s.y0 + B * NL;
     for (long long i = threadIdx.x; i < P; i += DP_THREADS) {
         sh[s.w0 + i] = theta[i];
-        if (DP_MOMENTUM) sh[s.v0 + i] = vel[i];
+        if (SLOTS > 0) sh[s.v0 + i] = u[i];
+        if (SLOTS > 1) sh[s.v0 + P + i] = q[i];
     }
+    const long long t0 = DP_RULE != 0 ? t[0] : 0;  // the step count before the first step, read before it is written
     __syncthreads();
     const T lr = rate[0];
     T* zL = sh + s.z0 + B * offset_z(L - 1);
@@ -287,11 +314,19 @@ fused_epoch(T* theta, T* vel, const T* X, const T* Y, const long long* idx, long
             if (DP_ACCURACY != 0) metrics[2 * step + 1] += correct;
         }
         hidden<L - 2>(s);
-        update<0>(s, lr, mu, decay);
+        T c1 = T(0), c2 = T(0);
+        if (DP_RULE != 0) {  // the bias corrections of step t0 + (step − first) + 1, as after count_step
+            const T k = T(t0 + (step - first) + 1);
+            c1 = T(1) - pow(h1, k);
+            c2 = T(1) - pow(h2, k);
+        }
+        update<0>(s, lr, h1, h2, h3, decay, c1, c2);
         __syncthreads();
     }
     for (long long i = threadIdx.x; i < P; i += DP_THREADS) {
         theta[i] = sh[s.w0 + i];
-        if (DP_MOMENTUM) vel[i] = sh[s.v0 + i];
+        if (SLOTS > 0) u[i] = sh[s.v0 + i];
+        if (SLOTS > 1) q[i] = sh[s.v0 + P + i];
     }
+    if (DP_RULE != 0 && threadIdx.x == 0) t[0] = t0 + (stop - first);  // count_step once per step
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.fused import ACCURACY_CODES, LOSS_CODES, codes
+from ..backends.fused import ACCURACY_CODES, LOSS_CODES, RULES, codes
 
 SOURCE = Path(__file__).with_name("fused_epoch.cu")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -30,6 +30,7 @@ def defines(layout, threads: int, check: int | None = None) -> str:
         "DP_ACCURACY": ACCURACY_CODES[layout.accuracy],
         "DP_MOMENTUM": int(bool(layout.momentum)),
         "DP_NESTEROV": int(bool(layout.momentum and layout.nesterov)),
+        "DP_RULE": RULES.index(layout.rule),
         "DP_THREADS": int(threads),
     }
     if check is not None:

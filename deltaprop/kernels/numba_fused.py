@@ -1,18 +1,20 @@
 """The fused epoch for numba-cuda: every training step of an epoch in one launch of one thread block.
 
-The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (and SGD's momentum, same layout) into shared
-memory once, runs the steps first..stop-1 of the epoch, and writes them back at the end. A step: the batch's
+The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (and the optimizer's state, same layout: SGD's
+momentum, or Adam's moments m and s) into shared memory once, runs the steps first..stop-1 of the epoch, and writes them back at the end. A step: the batch's
 rows idx[s·B : s·B + B] (the last may have fewer) are read from X (n, n_0) and Y (n, n_L) in global memory;
 forward layer by layer (one thread per output element), the targets and the softmax, each row's loss and
 correct count (float64, summed in row order into metrics[s], as ``Backend.batch_metrics`` adds them), the output
-δ, the hidden δ from the last layer down (each from the W of before the update), then the SGD update of every
-parameter (one thread per element: the gradient over the batch's rows, weight decay, momentum). Barriers
+δ, the hidden δ from the last layer down (each from the W of before the update), then the update of every
+parameter (one thread per element: the gradient over the batch's rows, then SGD's weight decay and momentum, or
+numba_optim.adam_rule, the step path's Adam and AdamW, with the bias corrections of step t + 1, t + 2, ...: the
+step count t is read at the start, advanced once per step as ``count_step`` does, and written back at the end). Barriers
 separate the phases. The shared memory follows ``deltaprop.backends.fused`` (its docstring has the layout);
 its size is the launch's dynamic shared memory.
 
-The net's sizes, activations, loss, accuracy rule and SGD variant are compile-time constants of the kernel
-(the factory's arguments); the batch size, the rate (a one-element device array: a schedule's or a constant's),
-μ and λ are arguments. fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
+The net's sizes, activations, loss, accuracy rule and optimizer (SGD's variant, Adam or AdamW) are compile-time
+constants of the kernel (the factory's arguments); the batch size, the rate (a one-element device array: a
+schedule's or a constant's), the hyperparameters (μ, or β₁, β₂, ε) and λ are arguments. fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from numba import config, cuda, from_dtype, types
 from ..backends.fused import HIDDEN
 from .numba_activations import device_inline, dphi, phi
 from .numba_cache import persistent
+from .numba_optim import adam_rule, bias_corrections
 
 
 @functools.cache
@@ -107,13 +110,17 @@ def _jit(threads: int):
 
 @persistent
 @functools.cache
-def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov: bool, kind, threads: int):
-    """Kernel (theta, vel, X, Y, idx, metrics, rate, batch, first, stop, mu, decay), one block of ``threads``:
-    steps first..stop-1 of the epoch whose sample order is idx (n,) on the parameters theta (P,) and momentum
-    vel (P,; unused without ``momentum``), adding each step's loss and correct count to metrics[s] (steps, 2).
+def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov: bool, kind, threads: int,
+          optimizer: str = "sgd"):
+    """Kernel (theta, u, q, t, X, Y, idx, metrics, rate, batch, first, stop, h1, h2, h3, decay), one block of
+    ``threads``: steps first..stop-1 of the epoch whose sample order is idx (n,) on the parameters theta (P,),
+    adding each step's loss and correct count to metrics[s] (steps, 2).
 
     sizes (n_0..n_L); codes: the activation code (HIDDEN) of each layer, the output's last (0 for softmax);
-    loss "mse", "cross_entropy" (softmax output) or "bce" (sigmoid output); rule None, "argmax" or "threshold".
+    loss "mse", "cross_entropy" (softmax output) or "bce" (sigmoid output); rule None, "argmax" or "threshold";
+    optimizer (fused.RULES): "sgd", u (P,) the momentum (unused without ``momentum``), h1 = μ, q, t, h2 and h3
+    unused; or "adam" / "adamw" (decoupled decay), u and q (P,) the moments m and s, t (1,) int64 the step count,
+    (h1, h2, h3) = (β₁, β₂, ε). λ = decay (no decay on biases).
     """
     L = len(sizes) - 1
     SIZES, CODES = tuple(sizes), tuple(codes)
@@ -132,23 +139,31 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
     row_loss, row_correct = _row_metrics(loss, rule, NL)
     zero, one = kind(0.0), kind(1.0)
     F64, KIND = types.float64, from_dtype(np.dtype(kind))  # numba types: the simulator's dynamic arrays need them
+    adam = optimizer != "sgd"
+    SLOTS = 2 if adam else int(momentum)  # the state arrays of P elements after the parameters
+    step_rule = adam_rule(kind, optimizer == "adamw")
+    bias = bias_corrections(kind)
 
     @_jit(threads)
-    def kernel(theta, vel, X, Y, idx, metrics, rate, batch, first, stop, mu, decay):
+    def kernel(theta, u, q, t, X, Y, idx, metrics, rate, batch, first, stop, h1, h2, h3, decay):
         rowsum = cuda.shared.array(0, F64)  # [0, B): each row's loss, [B, 2B): its correct count
         sh = cuda.shared.array(0, KIND)  # the same memory: the rest of the layout, after the float64 scratch
-        t = cuda.threadIdx.x
+        tx = cuda.threadIdx.x
         B = batch
         w0 = 2 * B * PER64
-        v0 = w0 + P
-        z0 = v0 + P if momentum else v0
+        v0 = w0 + P  # momentum, or Adam's m; Adam's s at q0
+        q0 = v0 + P
+        z0 = v0 + SLOTS * P
         a0 = z0 + B * SUMN
         y0 = a0 + B * NL
         d0 = y0 + B * NL
-        for i in range(t, P, threads):
+        for i in range(tx, P, threads):
             sh[w0 + i] = theta[i]
-            if momentum:
-                sh[v0 + i] = vel[i]
+            if SLOTS > 0:
+                sh[v0 + i] = u[i]
+            if SLOTS > 1:
+                sh[q0 + i] = q[i]
+        t0 = t[0] if adam else 0  # the step count before the first step, read before thread 0 writes it back
         cuda.syncthreads()
         lr = rate[0]
         n = idx.shape[0]
@@ -161,7 +176,7 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                 nin, nout, code = SIZES[l], SIZES[l + 1], CODES[l]
                 w = w0 + OFFW[l]
                 zin, zout = z0 + B * ZPREV[l], z0 + B * ZOFF[l]
-                for e in range(t, rows * nout, threads):
+                for e in range(tx, rows * nout, threads):
                     r = e // nout
                     j = e - r * nout
                     acc = zero
@@ -178,11 +193,11 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                     sh[zout + e] = act(acc, code)
                 cuda.syncthreads()
             # the batch's targets; the softmax, a thread per row
-            for e in range(t, rows * NL, threads):
+            for e in range(tx, rows * NL, threads):
                 r = e // NL
                 sh[y0 + e] = Y[idx[start + r], e - r * NL]
             if softmax:
-                for r in range(t, rows, threads):
+                for r in range(tx, rows, threads):
                     z = zL + r * NL
                     top = sh[z]
                     for j in range(1, NL):
@@ -197,14 +212,14 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                         sh[z + j] *= inv
             cuda.syncthreads()
             # each row's loss and correct count; the output δ: z − y, ⊙ φ'(z) for mse
-            for r in range(t, rows, threads):
+            for r in range(tx, rows, threads):
                 rowsum[r] = row_loss(sh, a0 + r * NL, zL + r * NL, y0 + r * NL)
                 rowsum[B + r] = row_correct(sh, a0 + r * NL, zL + r * NL, y0 + r * NL)
-            for e in range(t, rows * NL, threads):
+            for e in range(tx, rows * NL, threads):
                 g = sh[zL + e] - sh[y0 + e]
                 sh[dL + e] = g * deriv(sh[zL + e], OUT) if mse else g
             cuda.syncthreads()
-            if t == 0:  # the step's sums, in row order
+            if tx == 0:  # the step's sums, in row order
                 total64 = correct64 = 0.0
                 for r in range(rows):
                     total64 += rowsum[r]
@@ -218,7 +233,7 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                 nl, nn, code = SIZES[l + 1], SIZES[l + 2], CODES[l]
                 w = w0 + OFFW[l + 1]
                 dn, dl, zl = d0 + B * ZOFF[l + 1], d0 + B * ZOFF[l], z0 + B * ZOFF[l]
-                for e in range(t, rows * nl, threads):
+                for e in range(tx, rows * nl, threads):
                     r = e // nl
                     i = e - r * nl
                     acc = zero
@@ -226,13 +241,14 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                         acc += sh[dn + r * nn + j] * sh[w + i * nn + j]
                     sh[dl + e] = acc * deriv(sh[zl + e], code)
                 cuda.syncthreads()
-            # the update, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v
+            # the update, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v; or Adam's
             scale = one / kind(rows)
+            c1, c2 = bias(t0 + (s - first) + 1, h1, h2) if adam else (zero, zero)  # as after count_step
             for l in range(L):
                 nin, nout = SIZES[l], SIZES[l + 1]
                 w, v = w0 + OFFW[l], v0 + OFFW[l]
                 dl, zin = d0 + B * ZOFF[l], z0 + B * ZPREV[l]
-                for e in range(t, (nin + 1) * nout, threads):
+                for e in range(tx, (nin + 1) * nout, threads):
                     i = e // nout
                     j = e - i * nout
                     acc = zero
@@ -246,18 +262,27 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                         for r in range(rows):
                             acc += sh[zin + r * nin + i] * sh[dl + r * nout + j]
                     g = acc * scale
+                    if adam:  # the step path's rule, biases without decay
+                        x, m, s2 = step_rule(sh[w + e], g, sh[v + e], sh[v + P + e], lr, c1, c2, h1, h2, h3,
+                                             decay if i < nin else zero)
+                        sh[w + e], sh[v + e], sh[v + P + e] = x, m, s2
+                        continue
                     if i < nin:
                         g += decay * sh[w + e]
                     if momentum:
-                        u = mu * sh[v + e] + g
-                        sh[v + e] = u
-                        g = g + mu * u if nesterov else u
+                        vu = h1 * sh[v + e] + g
+                        sh[v + e] = vu
+                        g = g + h1 * vu if nesterov else vu
                     sh[w + e] -= lr * g
             cuda.syncthreads()
-        for i in range(t, P, threads):
+        for i in range(tx, P, threads):
             theta[i] = sh[w0 + i]
-            if momentum:
-                vel[i] = sh[v0 + i]
+            if SLOTS > 0:
+                u[i] = sh[v0 + i]
+            if SLOTS > 1:
+                q[i] = sh[q0 + i]
+        if adam and tx == 0:  # count_step once per step
+            t[0] = t0 + (stop - first)
 
     return kernel
 

@@ -53,18 +53,31 @@ def rmsprop_rule(kind, momentum: bool):
     return rule
 
 
+@functools.cache
+def bias_corrections(kind):
+    """(step, β₁, β₂) -> (1 − β₁ᵗ, 1 − β₂ᵗ), t = step (an integer) in ``kind``: Adam's, for a step count that the
+    caller holds (``corrections`` reads it from t; the fused epoch counts its steps itself)."""
+    one = kind(1.0)
+
+    @device_inline
+    def c(step, beta_1, beta_2):
+        t = kind(step)
+        return one - beta_1**t, one - beta_2**t
+
+    return c
+
 
 @functools.cache
 def corrections(kind, bias_corrected: bool):
     """per_thread(t, β₁, β₂) -> (1 − β₁ᵗ, 1 − β₂ᵗ) for Adam (``bias_corrected``; t a one-element step count),
     else -> (0, 0), unused."""
-    one, zero = kind(1.0), kind(0.0)
+    zero = kind(0.0)
+    bias = bias_corrections(kind)
 
     @device_inline
     def per_thread(t, beta_1, beta_2):
         if bias_corrected:
-            step = kind(t[0])
-            return one - beta_1**step, one - beta_2**step
+            return bias(t[0], beta_1, beta_2)
         return zero, zero
 
     return per_thread

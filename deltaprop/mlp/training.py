@@ -141,7 +141,7 @@ class Trainer:
             bk.zero_(self.metrics)
             net.start_epoch(model.epochs_trained)
             if self.fused is not None:
-                bk.run_epoch_fused(self.fused, net.params, net.slots.get("v"), self.X, self.Y, idx, self.metrics, self.lr,
+                bk.run_epoch_fused(self.fused, net.params, net.slots, net.t, self.X, self.Y, idx, self.metrics, self.lr,
                                    0, self.steps)
             else:
                 self._steps(idx, 0, self.steps)
