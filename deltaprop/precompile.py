@@ -15,6 +15,11 @@ small kernels more, and no fit compiles at its first step for want of them. DELT
 split kernel, a number S splits every such GEMM. A fit of other shapes (another batch size, a last batch or an
 evaluation chunk that picks another tiling) compiles what it lacks at its first use, and caches it.
 
+A net that fits on chip trains by the fused epoch (backends/fused.py: one kernel per epoch, SGD, Adam or AdamW):
+the stand-in reports the target's shared memory per block (the GPU's, or for --cc 8.0 and 9.0 the A100's and
+the H100's, ``SHARED_PER_BLOCK``; another --cc: none, the step path's kernels), so under DELTAPROP_FUSED=auto
+the fit records that kernel, of its optimizer, in place of the step's.
+
 CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
 (``CUPY_CACHE_DIR``); with a GPU the command compiles them there, without one it says that it cannot.
 """
@@ -27,11 +32,14 @@ import time
 
 import numpy as np
 
+from .backends import fused
 from .kernels import numba_cache
 
 # Multiprocessors of the usual datacenter GPU of a compute capability, for --cc without --multiprocessors.
 MULTIPROCESSORS = {(7, 0): 80, (8, 0): 108, (9, 0): 132, (10, 0): 148}
 BACKENDS = ("numba-cuda", "cupy")
+# The opt-in shared memory per block of a compute capability's datacenter GPU, for the fused epoch under --cc.
+SHARED_PER_BLOCK = {(8, 0): fused.SHARED_PER_BLOCK["A100 (8.0)"], (9, 0): fused.SHARED_PER_BLOCK["H100/H200 (9.0)"]}
 
 
 class CompileError(ValueError):
@@ -169,12 +177,14 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
     from .backends import compat
 
     probe = compat.probe_numba_cuda()
+    shared = None  # the fused epoch's shared memory per block: the GPU's, or SHARED_PER_BLOCK's for --cc
     if cc is None:
         if not probe.usable:
             raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
         device = probe.require("numba-cuda").get_current_device()
         cc = device.compute_capability
         multiprocessors = multiprocessors or device.MULTIPROCESSOR_COUNT
+        shared = int(device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
     elif probe.simulated:
         raise CompileError("--cc: NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
     else:
@@ -187,7 +197,9 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
         multiprocessors = MULTIPROCESSORS[cc]
     if multiprocessors < 1:
         raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
-    stand_in = recorder(multiprocessors)  # DELTAPROP_SPLIT_K read (a bad value refused) before anything is written
+    if shared is None:
+        shared = SHARED_PER_BLOCK.get(tuple(cc))
+    stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before anything is written
     files = numba_cache.store()
     if files is None:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
@@ -377,8 +389,9 @@ class _Shape:
         return np.zeros(self.shape, self.dtype)
 
 
-def recorder(multiprocessors: int):
-    """A stand-in numba-cuda backend for a GPU of ``multiprocessors``: it records launches and runs nothing."""
+def recorder(multiprocessors: int, shared: int | None = None):
+    """A stand-in numba-cuda backend for a GPU of ``multiprocessors``: it records launches and runs nothing.
+    ``shared``: the GPU's shared memory per block, bytes, for the fused epoch (None: it has none: the step path)."""
     from .backends.numba_cuda import NumbaCudaBackend
 
     class Recorder(NumbaCudaBackend):
@@ -388,11 +401,14 @@ def recorder(multiprocessors: int):
             super().__init__(target=multiprocessors)
             self.launched = {}  # (kernel, argtypes) -> None, in the order of their first launch
 
-        def _launch(self, kernel, grid, block, *args) -> None:
+        def _launch(self, kernel, grid, block, *args, shared: int = 0) -> None:
             from numba import typeof
 
             self.launches += 1
             self.launched.setdefault((kernel, tuple(typeof(x) for x in args)), None)
+
+        def fused_limit(self):
+            return None if shared is None else (int(shared), True)
 
         def asarray(self, x, dtype=None):
             x = np.asarray(x)

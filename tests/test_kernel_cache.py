@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from deltaprop import cli, precompile
+from deltaprop import cli, optim, precompile
 from deltaprop.kernels import numba_cache
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -228,6 +228,22 @@ def test_two_processes_fill_one_cache_at_once(toolkit, cache_dir):
 
 
 @needs_compiler
+def test_the_fused_adam_epoch_compiles_for_sm_90_and_is_keyed_by_its_optimizer(toolkit, cache_dir, monkeypatch):
+    """numba types and compiles the recorded fused Adam epoch (the simulator types nothing); SGD's is another entry."""
+    from deltaprop.backends import fused
+
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    files = numba_cache.store()
+    recorded = precompile.record(_fused_net({"name": "adam", "lr": 0.01}),
+                                 precompile.recorder(132, fused.SHARED_PER_BLOCK["H100/H200 (9.0)"]))
+    [(kernel, sig)] = [(k, s) for k, s in recorded if k is _fused_epoch("adam")]
+    assert numba_cache.compile_for(kernel, sig, (9, 0), files) is True
+    assert numba_cache.compile_for(kernel, sig, (9, 0), files) is False  # found
+    assert not _fused_epoch("sgd")._cache.has(sig, numba_cache.arch((9, 0)), files)
+    assert len(_entries(cache_dir)) == 1
+
+
+@needs_compiler
 def test_the_fused_maxout_kernels_compile_and_are_keyed_by_their_pieces(toolkit, cache_dir):
     """numba types and compiles them for sm_90 (the simulator runs them as Python and types nothing); k is in the key."""
     from numba import from_dtype
@@ -423,6 +439,43 @@ def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act, optimi
     model.predict(np.zeros((11, 3)))
     assert {k for k, _ in recorded} == launched
     assert len(launched) >= 8
+
+
+def _fused_net(optimizer):
+    return {"sizes": [3, 5, 2], "activation": "tanh", "output": "softmax", "loss": "cross_entropy", "dtype": "float32",
+            "batch_size": 8, "optimizer": optimizer, "train": 37, "val": 5, "test": 11}
+
+
+def _fused_epoch(name):
+    """The fused epoch kernel of _fused_net with optimizer ``name``, as the backend asks for it."""
+    from deltaprop.backends import fused
+    from deltaprop.kernels import numba_fused
+
+    return numba_fused.epoch((3, 5, 2), (2, 0), "cross_entropy", "argmax", False, False, np.float32, fused.THREADS, name)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_the_recorder_records_the_fused_epoch_of_a_net_that_fits(monkeypatch, name):
+    """Under DELTAPROP_FUSED=auto, a stand-in with the target's shared memory records the fit's fused epoch of its
+    optimizer (a variant of its own in the kernel cache) in place of the step's update; without it, the step's."""
+    pytest.importorskip("numba")
+    from deltaprop.backends import fused
+    from deltaprop.kernels import numba_gemm
+
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    net = _fused_net({"name": name, "lr": 0.01})
+    chip = {k for k, _ in precompile.record(net, precompile.recorder(132, fused.SHARED_PER_BLOCK["H100/H200 (9.0)"]))}
+    steps = {k for k, _ in precompile.record(net, precompile.recorder(132))}
+    kernel = _fused_epoch(name)
+    assert kernel in chip and kernel not in steps
+    updates = {numba_gemm.adam(np.float32, t, w, name == "adamw", False) for t in numba_gemm.GPU_TILES for w in (0, 1)}
+    assert not chip & updates and steps & updates
+    assert kernel._cache.variant == (f"numba_fused.epoch((3,5,2),(2,0),'cross_entropy','argmax',False,False,float32,"
+                                     f"{fused.THREADS},'{name}')")
+    assert len({_fused_epoch(n)._cache.variant for n in ("sgd", "adam", "adamw")}) == 3
+    small = precompile.record(net, precompile.recorder(132, fused.layout(
+        (3, 5, 2), ("tanh", "softmax"), "cross_entropy", "argmax", "float32", 8, optim.get(name, lr=0.01)).shared_bytes - 1))
+    assert kernel not in {k for k, _ in small}  # one byte short: the step path
 
 
 def test_the_recorder_builds_a_maxout_nets_kernels_for_its_pieces():

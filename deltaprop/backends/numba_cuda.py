@@ -87,13 +87,18 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
     # ------------------------------------------------------------------ launching
     def _launch(self, kernel, grid, block, *args, shared: int = 0) -> None:
-        """kernel[grid, block](*args) on this backend's stream, with ``shared`` bytes of dynamic shared memory."""
+        """kernel[grid, block](*args) on this backend's stream, with ``shared`` bytes of dynamic shared memory (the
+        kernel opted in to them: numba_fused.opt_in)."""
         for x in args:
             if isinstance(x, np.ndarray):
                 raise TypeError("numba-cuda backend: a NumPy array was passed to a kernel (a hidden copy each way)")
         if (grid if isinstance(grid, int) else min(grid)) == 0:
             return  # nothing to compute
         self.launches += 1
+        if shared:
+            from ..kernels import numba_fused
+
+            numba_fused.opt_in(kernel, args, shared)
         if self._simulated and np.geterr()["over"] == "ignore":
             # The simulator's threads compute with NumPy scalars but do not inherit the caller's
             # np.errstate: honour the caller's "ignore overflow" there, as a GPU silently would.
@@ -354,7 +359,6 @@ class NumbaCudaBackend(GraphSteps, Backend):
         theta, u, q = (flats + [flats[0]] * 2)[:3]  # a state the rule has not: unused, theta stands in
         args = (theta, u, q, idx if t is None else t, X, Y, idx, metrics, self._rate(lr, kind), np.int64(layout.batch),
                 np.int64(first), np.int64(stop), *(kind(h) for h in fused.hyper(layout)), kind(layout.weight_decay))
-        numba_fused.opt_in(kernel, args, layout.shared_bytes)
         self._launch(kernel, 1, threads, *args, shared=layout.shared_bytes)
         self.fused_epochs += 1
         for flat, arrays in zip(flats, groups):
