@@ -25,6 +25,12 @@ def sgd(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0):
     return optim.SGD(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
+class Lion(optim.SGD):
+    """An optimizer class of its own (a subclass may change the rule): the fused epoch does not run it."""
+
+    name = "lion"
+
+
 def nielsen(dtype="float32", batch=10, opt=None):
     return fused.layout(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", dtype, batch, opt or sgd(3.0))
 
@@ -85,6 +91,21 @@ def test_adam_keeps_two_moments_per_parameter_and_nielsens_net_then_fits_no_bloc
     assert nielsen(opt=sgd(3.0, 0.9)).slots == ("v",) and nielsen().slots == () and not nielsen().counts_steps
 
 
+@pytest.mark.parametrize("momentum, slots", [(0.0, ("s",)), (0.9, ("s", "v"))])
+def test_rmsprop_keeps_its_mean_square_and_with_momentum_its_velocity(momentum, slots):
+    params, rows = 23_860, 10 * ((30 + 10) + 10 + 10 + (30 + 10))
+    layout = nielsen(opt=optim.RMSprop(rho=0.8, epsilon=1e-6, momentum=momentum, weight_decay=0.01))
+    assert layout.slots == slots and not layout.counts_steps and layout.hyper == (0.8, 1e-6, momentum)
+    assert fused.hyper(layout) == (0.8, 1e-6, momentum) and fused.hyper(nielsen(opt=sgd(3.0, 0.5))) == (0.5, 0.0, 0.0)
+    need = 16 * 10 + 4 * ((1 + len(slots)) * params + rows)
+    assert layout.shared_bytes == need  # 195,040 without momentum (as SGD's momentum), 290,480 with it
+    assert fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, optim.RMSprop(momentum=momentum),
+                       need)[0] is not None
+    _, why = fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, optim.RMSprop(momentum=momentum),
+                         need - 1)
+    assert f"batch 10, rmsprop needs {need:,} bytes" in why
+
+
 @pytest.mark.parametrize("opt", [optim.Adam(lr=0.01), optim.AdamW(lr=0.01, weight_decay=0.1)], ids=["adam", "adamw"])
 def test_adams_limit_is_inclusive_and_largest_batch_is_its_boundary(opt):
     sizes, acts = (9, 4, 4, 2), ("tanh", "relu", "softmax")
@@ -101,7 +122,7 @@ def test_adams_limit_is_inclusive_and_largest_batch_is_its_boundary(opt):
 
 
 @pytest.mark.parametrize("sizes, acts, loss, opt, why", [
-    (NIELSEN, ("sigmoid", "sigmoid"), "mse", optim.RMSprop(), "optimizer 'rmsprop'"),
+    (NIELSEN, ("sigmoid", "sigmoid"), "mse", Lion(), "optimizer 'lion' (Lion)"),
     ((3, 1), ("identity",), "perceptron", sgd(), "loss 'perceptron'"),
     ((3, 2, 2), ("sigmoid", "sigmoid"), "cross_entropy", sgd(), "output 'sigmoid' + loss 'cross_entropy'"),
 ])
@@ -141,9 +162,9 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
                                          r"float32, batch 10, momentum needs 195,040 bytes .* the device has 166,912"):
         fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0, 0.9))
-    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: stand-in: optimizer 'rmsprop': the fused epoch does sgd, "
-                                         "adam, adamw only"):
-        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.RMSprop())
+    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: optimizer 'lion' \(Lion\): the fused epoch does "
+                                         "deltaprop.optim's sgd, adam, adamw, rmsprop only"):
+        fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, Lion())
     with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
                                          r"float32, batch 10, adam needs 290,480 bytes .* the device has 232,448"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, optim.Adam())
@@ -187,6 +208,10 @@ CU_CASES = {  # name: (layout, limit it must fit, or None: it must not fit A100'
                                            "float32", 3, optim.Adam(weight_decay=0.01)), A100),
     "tiny-f64-adamw-bce": (fused.layout((7, 5, 3), ("sigmoid", "sigmoid"), "bce", "threshold", "float64", 3,
                                         optim.AdamW()), A100),
+    "tiny-f32-rmsprop-momentum": (fused.layout((9, 4, 4, 2), ("relu", "tanh", "identity"), "mse", None, "float32", 3,
+                                               optim.RMSprop(momentum=0.9, weight_decay=0.01)), A100),
+    "tiny-f64-rmsprop": (fused.layout((7, 5, 3), ("tanh", "softmax"), "cross_entropy", "argmax", "float64", 3,
+                                      optim.RMSprop()), A100),
     "wide-f32-adam": (fused.layout((784, 16, 10), ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10,
                                    optim.Adam()), H100),  # 12,730 parameters: 3·P·4 = 152,760 bytes and a batch
 }
@@ -242,8 +267,12 @@ NETS = {
                            None),
     "bce-adamw-schedule": ((9, 4, 4, 3), ["sigmoid", "tanh"], "sigmoid", "bce", "multilabel",
                            optim.AdamW(0.02, beta_1=0.8, beta_2=0.99, weight_decay=0.1), lambda e: 0.02 / (e + 1)),
+    "softmax-rmsprop-momentum": ((7, 5, 3), "sigmoid", "softmax", "cross_entropy", "labels",
+                                 optim.RMSprop(0.01, rho=0.8, momentum=0.5, weight_decay=0.05), None),
+    "regression-rmsprop-schedule": ((9, 4, 4, 2), ["tanh", "identity"], "identity", "mse", "real",
+                                    optim.RMSprop(0.005, epsilon=1e-6), lambda e: 0.005 / (e + 1)),
 }
-ADAMS = ["softmax-adam-decay", "bce-adamw-schedule"]
+ADAPTIVE = ["softmax-adam-decay", "bce-adamw-schedule", "softmax-rmsprop-momentum", "regression-rmsprop-schedule"]
 
 
 def data(rng, sizes, targets, n=10):
@@ -260,28 +289,56 @@ def model_of(spec, backend, dtype, seed=3):
     return MLP(list(sizes), activation=hidden, output_activation=out, loss=loss, backend=backend, dtype=dtype, seed=seed)
 
 
+def each_parameter(weights, grads, state, lam, step):
+    """``step(x, g, (u, w), decay) -> (x', (u', w'))`` on W (decay λ = ``lam``) and b (none) of each layer:
+    (weights, state), state [((uW, wW), (ub, wb))] per layer."""
+    new_w, new_s = [], []
+    for (W, b), (gW, gb), pair in zip(weights, grads, state):
+        (W2, sW), (b2, sb) = step(W, gW, pair[0], lam), step(b, gb, pair[1], 0.0)
+        new_w.append((W2, b2))
+        new_s.append((sW, sb))
+    return new_w, new_s
+
+
 def adam_reference(opt, weights, grads, moments, t, lr):
     """One float64 step of Adam or AdamW (deltaprop.optim's rule, biases without decay) at step count t (from 1):
     (weights, moments), moments [((mW, sW), (mb, sb))] per layer."""
     p = opt.params
-    b1, b2, eps, lam = p["beta_1"], p["beta_2"], p["epsilon"], p["weight_decay"]
-    new_w, new_m = [], []
-    for (W, b), (gW, gb), pair in zip(weights, grads, moments):
-        out = []
-        for x, g, (m, s), decay in ((W, gW, pair[0], lam), (b, gb, pair[1], 0.0)):
-            if opt.decoupled:
-                x = x * (1 - lr * decay)
-            else:
-                g = g + decay * x
-            m, s = b1 * m + (1 - b1) * g, b2 * s + (1 - b2) * g * g
-            out.append((x - lr * (m / (1 - b1**t)) / (np.sqrt(s / (1 - b2**t)) + eps), (m, s)))
-        new_w.append((out[0][0], out[1][0]))
-        new_m.append((out[0][1], out[1][1]))
-    return new_w, new_m
+    b1, b2, eps = p["beta_1"], p["beta_2"], p["epsilon"]
+
+    def step(x, g, ms, decay):
+        m, s = ms
+        if opt.decoupled:
+            x = x * (1 - lr * decay)
+        else:
+            g = g + decay * x
+        m, s = b1 * m + (1 - b1) * g, b2 * s + (1 - b2) * g * g
+        return x - lr * (m / (1 - b1**t)) / (np.sqrt(s / (1 - b2**t)) + eps), (m, s)
+
+    return each_parameter(weights, grads, moments, p["weight_decay"], step)
+
+
+def rmsprop_reference(opt, weights, grads, state, lr):
+    """One float64 RMSprop step (deltaprop.optim's rule, biases without decay): (weights, state), state
+    [((sW, vW), (sb, vb))] per layer."""
+    p = opt.params
+    rho, eps, mu = p["rho"], p["epsilon"], p["momentum"]
+
+    def step(x, g, sv, decay):
+        s, v = sv
+        g = g + decay * x
+        s = rho * s + (1 - rho) * g * g
+        u = g / (np.sqrt(s) + eps)
+        if mu:
+            v = mu * v + u
+            u = v
+        return x - lr * u, (s, v)
+
+    return each_parameter(weights, grads, state, p["weight_decay"], step)
 
 
 def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
-    """Float64 SGD, Adam or AdamW over whole epochs in the Trainer's sample order: (weights, per-step [loss sum,
+    """Float64 SGD, Adam, AdamW or RMSprop over whole epochs in the Trainer's sample order: (weights, per-step [loss sum,
     correct] per epoch)."""
     acts, loss, p = model.activations, model.loss, opt.params
     weights = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights]
@@ -307,6 +364,9 @@ def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epoch
             if opt.family == "adam":
                 t += 1
                 weights, moments = adam_reference(opt, weights, grads, moments, t, lr)
+                continue
+            if opt.family == "rmsprop":
+                weights, moments = rmsprop_reference(opt, weights, grads, moments, lr)
                 continue
             new_w, new_v = [], []
             for (W, b), (gW, gb), (vW, vb) in zip(weights, grads, velocity):
@@ -407,10 +467,11 @@ def _state(model):
 
 @numba_only
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("net", ADAMS)
-def test_adam_fused_and_step_paths_agree_and_a_step_path_epoch_continues_a_fused_one(monkeypatch, rng, net, dtype):
-    """Two epochs (batch 3 of 10: a last step of 1): fused against the step path, weights, moments and t; then a
-    fused epoch followed by a step-path epoch against two step-path epochs (the same t, within rounding)."""
+@pytest.mark.parametrize("net", ADAPTIVE)
+def test_adaptive_fused_and_step_paths_agree_and_a_step_path_epoch_continues_a_fused_one(monkeypatch, rng, net, dtype):
+    """Adam, AdamW, RMSprop: two epochs (batch 3 of 10: a last step of 1), fused against the step path: weights,
+    state slots and Adam's t; then a fused epoch followed by a step-path epoch against two step-path epochs (the same
+    t, within rounding)."""
     spec = NETS[net]
     X, y = data(rng, spec[0], spec[4])
     kw = {"batch_size": 3, "optimizer": spec[5], "lr_schedule": spec[6]}
@@ -425,9 +486,10 @@ def test_adam_fused_and_step_paths_agree_and_a_step_path_epoch_continues_a_fused
     later = None if spec[6] is None else (lambda e: spec[6](e + 1))  # a fit's schedule counts its own epochs
     h_mixed = mixed.fit(X, y, epochs=1, **{**kw, "lr_schedule": later})
     assert mixed.backend.fused_epochs == before  # the second epoch on the step path
-    assert [int(m.backend.to_numpy(m.network.t)[0]) for m in (steps, one, mixed)] == [8, 8, 8]
+    if spec[5].counts_steps:
+        assert [int(m.backend.to_numpy(m.network.t)[0]) for m in (steps, one, mixed)] == [8, 8, 8]
     for other in (one, mixed):
-        assert sorted(other.network.slots) == ["m", "s"]
+        assert sorted(other.network.slots) == sorted(spec[5].slots)
         for a, b in zip(_state(steps), _state(other)):
             np.testing.assert_allclose(b, a, **tol)
     np.testing.assert_allclose(h_one.loss, h_steps.loss, rtol=tol["rtol"])
@@ -441,9 +503,9 @@ def test_forcing_the_fused_epoch_with_an_optimizer_it_lacks_is_refused_by_name(m
     model = MLP([7, 5, 3], activation="tanh", backend="numba-cuda", seed=1)
     before = model.get_weights()
     monkeypatch.setenv("DELTAPROP_FUSED", "on")
-    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numba-cuda: optimizer 'rmsprop': the fused epoch does "
-                                         "sgd, adam, adamw only"):
-        model.fit(X, y, epochs=1, batch_size=3, optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: numba-cuda: optimizer 'lion' \(Lion\): the fused epoch "
+                                         "does deltaprop.optim's sgd, adam, adamw, rmsprop only"):
+        model.fit(X, y, epochs=1, batch_size=3, optimizer=Lion(momentum=0.9))
     assert model.epochs_trained == 0 and model.network.t is None
     for (W1, b1), (W2, b2) in zip(before, model.get_weights()):  # nothing changed
         np.testing.assert_array_equal(W1, W2)

@@ -454,7 +454,7 @@ def _fused_epoch(name):
     return numba_fused.epoch((3, 5, 2), (2, 0), "cross_entropy", "argmax", False, False, np.float32, fused.THREADS, name)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop"])
 def test_the_recorder_records_the_fused_epoch_of_a_net_that_fits(monkeypatch, name):
     """Under DELTAPROP_FUSED=auto, a stand-in with the target's shared memory records the fit's fused epoch of its
     optimizer (a variant of its own in the kernel cache) in place of the step's update; without it, the step's."""
@@ -468,11 +468,13 @@ def test_the_recorder_records_the_fused_epoch_of_a_net_that_fits(monkeypatch, na
     steps = {k for k, _ in precompile.record(net, precompile.recorder(132))}
     kernel = _fused_epoch(name)
     assert kernel in chip and kernel not in steps
-    updates = {numba_gemm.adam(np.float32, t, w, name == "adamw", False) for t in numba_gemm.GPU_TILES for w in (0, 1)}
+    update = (lambda t, w: numba_gemm.rmsprop(np.float32, t, w, False, False)) if name == "rmsprop" else (
+        lambda t, w: numba_gemm.adam(np.float32, t, w, name == "adamw", False))
+    updates = {update(t, w) for t in numba_gemm.GPU_TILES for w in (False, True)}
     assert not chip & updates and steps & updates
     assert kernel._cache.variant == (f"numba_fused.epoch((3,5,2),(2,0),'cross_entropy','argmax',False,False,float32,"
                                      f"{fused.THREADS},'{name}')")
-    assert len({_fused_epoch(n)._cache.variant for n in ("sgd", "adam", "adamw")}) == 3
+    assert len({_fused_epoch(n)._cache.variant for n in fused.RULES}) == 4
     small = precompile.record(net, precompile.recorder(132, fused.layout(
         (3, 5, 2), ("tanh", "softmax"), "cross_entropy", "argmax", "float32", 8, optim.get(name, lr=0.01)).shared_bytes - 1))
     assert kernel not in {k for k, _ in small}  # one byte short: the step path

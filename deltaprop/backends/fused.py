@@ -11,7 +11,7 @@ The shared memory of one block, for layer sizes n_0..n_L, batch B and elements o
     2·B float64            each row's loss and correct count (summed into the step's metrics)
     P·s                    the parameters W_1, b_1, ..., W_L, b_L, P = Σ (n_{l-1} + 1)·n_l
     k·P·s                  the optimizer's state: k = 0 for plain SGD, 1 for SGD's momentum (μ > 0), 2 for
-                           Adam's and AdamW's moments m and s
+                           Adam's and AdamW's moments m and s, 1 for RMSprop's mean square s (2 with μ > 0: v)
     B·(2·Σ n_l + 2·n_L)·s  z_1..z_L, the output's a_L, the batch's targets y, δ_1..δ_L (l = 1..L)
 
 The batch's inputs are read from global memory. It fits when that is at most the device's shared memory per
@@ -19,9 +19,9 @@ block (its opt-in maximum: 227 KB on an H100 or H200, 163 KB on an A100). So Ada
 with momentum: Nielsen's 784-30-10 in float32 (P = 23,860) needs 290,480 bytes at batch 10, and its 3·P·4 =
 286,320 bytes of weights and moments alone fit neither. What the kernels do: SGD (plain, momentum, Nesterov;
 weight decay), Adam and AdamW (the step path's rules, numba_optim.adam_rule, with the step count t advanced once
-per step as ``count_step`` does and written back at the end), hidden activations identity, sigmoid, tanh, relu and leaky_relu, and the
+per step as ``count_step`` does and written back at the end), RMSprop (with or without momentum), hidden activations identity, sigmoid, tanh, relu and leaky_relu, and the
 outputs sigmoid, tanh, identity, relu or leaky_relu + mse, softmax + cross_entropy and sigmoid + bce; a
-constant rate or a schedule's. Anything else (RMSprop, the perceptron) takes the step path.
+constant rate or a schedule's. Anything else (another Optimizer class, the perceptron) takes the step path.
 
 Which path a fit takes: ``DELTAPROP_FUSED`` = ``auto`` (the default: fused when it fits, on a GPU; the CUDA
 simulator, which can run it, takes it only when forced), ``on`` (fused, or a ValueError saying why not, before
@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 ENV = "DELTAPROP_FUSED"
-#: the optimizers the kernels run, by their rule code in both kernels: "sgd" 0, "adam" 1, "adamw" 2
-RULES = ("sgd", "adam", "adamw")
+#: the optimizers the kernels run (deltaprop.optim's classes of these names), by their rule code in both kernels:
+#: "sgd" 0, "adam" 1, "adamw" 2, "rmsprop" 3
+RULES = ("sgd", "adam", "adamw", "rmsprop")
 MODES = ("auto", "on", "off")
 KB = 1024
 #: the opt-in shared memory per block of the datacenter GPUs, bytes (CUDA's programming guide, compute capabilities)
@@ -65,7 +66,8 @@ class Layout:
     """A fused epoch's shapes and its shared memory, in elements of its dtype (the float64 scratch in bytes).
 
     sizes (n_0..n_L); activations φ_1..φ_L, the output's last; batch B; rule: one of RULES; momentum/nesterov:
-    the SGD variant (0 and False for Adam); hyper: Adam's (β₁, β₂, ε), () for SGD; params P; offsets: where W_l
+    the SGD variant (RMSprop's μ and False; 0 and False for Adam); hyper: Adam's (β₁, β₂, ε), RMSprop's (ρ, ε, μ),
+    () for SGD; params P; offsets: where W_l
     (n_{l-1}, n_l, row-major) starts in the flat parameters, b_l right after it.
     """
 
@@ -84,14 +86,16 @@ class Layout:
     @property
     def slots(self) -> tuple:
         """The network's state slots the kernel keeps in shared memory, in its order (each P elements)."""
-        if self.rule != "sgd":
+        if self.counts_steps:
             return ("m", "s")
+        if self.rule == "rmsprop":
+            return ("s", "v") if self.momentum else ("s",)
         return ("v",) if self.momentum else ()
 
     @property
     def counts_steps(self) -> bool:
         """Whether the rule reads and advances the step count t (Adam's bias corrections)."""
-        return self.rule != "sgd"
+        return self.rule in ("adam", "adamw")
 
     @property
     def params(self) -> int:
@@ -127,8 +131,11 @@ def codes(activations) -> tuple:
 
 def unsupported(sizes, activations, loss, optimizer) -> str | None:
     """Why the fused kernels cannot run this net and optimizer, or None when they can."""
-    if optimizer.name not in RULES:
-        return f"optimizer {optimizer.name!r}: the fused epoch does {', '.join(RULES)} only"
+    from .. import optim
+
+    if type(optimizer) not in (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop):  # a subclass may change the rule
+        return (f"optimizer {optimizer.name!r} ({type(optimizer).__name__}): the fused epoch does deltaprop.optim's "
+                f"{', '.join(RULES)} only")
     for l, act in enumerate(activations[:-1]):
         if act not in HIDDEN:
             return f"activation {act!r} of hidden layer {l}: the fused epoch takes {', '.join(HIDDEN)}"
@@ -143,6 +150,9 @@ def layout(sizes, activations, loss, accuracy, dtype, batch: int, optimizer) -> 
     shape = (tuple(int(n) for n in sizes), tuple(activations), loss, accuracy, np.dtype(dtype), int(batch))
     if optimizer.name == "sgd":
         return Layout(*shape, float(p["momentum"]), bool(p["nesterov"]), float(p["weight_decay"]))
+    if optimizer.name == "rmsprop":
+        return Layout(*shape, float(p["momentum"]), False, float(p["weight_decay"]), "rmsprop",
+                      (float(p["rho"]), float(p["epsilon"]), float(p["momentum"])))
     return Layout(*shape, 0.0, False, float(p["weight_decay"]), optimizer.name,
                   (float(p["beta_1"]), float(p["beta_2"]), float(p["epsilon"])))
 
@@ -157,7 +167,7 @@ def check(sizes, activations, loss, accuracy, dtype, batch: int, optimizer, limi
         return None, why
     fused = layout(sizes, activations, loss, accuracy, dtype, batch, optimizer)
     if fused.shared_bytes > limit:
-        state = {"sgd": ", momentum" if fused.momentum else "", "adam": ", adam", "adamw": ", adamw"}[fused.rule]
+        state = (", momentum" if fused.momentum else "") if fused.rule == "sgd" else f", {fused.rule}"
         what = f"{'-'.join(map(str, fused.sizes))}, {fused.dtype.name}, batch {batch}{state}"
         return None, f"the net does not fit on chip: {what} needs {fused.shared_bytes:,} bytes of shared memory per block, the device has {limit:,}"
     return fused, None
@@ -181,7 +191,7 @@ def choose(backend, sizes, activations, loss, accuracy, dtype, batch: int, optim
 
 def largest_batch(sizes, dtype, slots: int, limit: int) -> int:
     """The largest batch whose fused epoch fits ``limit`` bytes (0: not even one row), for a description; ``slots``:
-    the optimizer's state arrays (Layout.slots: 0 plain SGD, 1 momentum, 2 Adam; a bool: momentum or not)."""
+    the optimizer's state arrays (len(Layout.slots): 0 plain SGD, 1 momentum, 2 Adam; a bool: momentum or not)."""
     one = Layout(tuple(sizes), (), "mse", None, np.dtype(dtype), 1, 0.0, False, 0.0)
     fixed = (1 + int(slots)) * one.params * one.dtype.itemsize
     per_row = 16 + (one.activation_elements * one.dtype.itemsize)
@@ -200,8 +210,8 @@ def state_of(layout: Layout, params, slots, t) -> tuple:
 
 
 def hyper(layout: Layout) -> tuple:
-    """The kernels' (h1, h2, h3): (μ, 0, 0) for SGD, (β₁, β₂, ε) for Adam and AdamW."""
-    return layout.hyper if layout.counts_steps else (layout.momentum, 0.0, 0.0)
+    """The kernels' (h1, h2, h3): (μ, 0, 0) for SGD, (β₁, β₂, ε) for Adam and AdamW, (ρ, ε, μ) for RMSprop."""
+    return (layout.momentum, 0.0, 0.0) if layout.rule == "sgd" else layout.hyper
 
 
 def pack(backend, arrays, flat) -> None:

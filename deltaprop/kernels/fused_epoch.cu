@@ -9,18 +9,20 @@
 //               0 identity, 1 sigmoid, 2 tanh, 3 relu, 4 leaky_relu (a softmax output: 0, with DP_LOSS 1)
 //   DP_LOSS     0 mse, 1 cross_entropy (softmax output), 2 bce (sigmoid output)
 //   DP_ACCURACY 0 none, 1 argmax, 2 threshold
-//   DP_MOMENTUM, DP_NESTEROV  0 or 1: SGD's variant
-//   DP_RULE     the optimizer: 0 SGD, 1 Adam, 2 AdamW (decoupled decay); Adam's moments m, s after the parameters
+//   DP_MOMENTUM, DP_NESTEROV  0 or 1: SGD's variant (DP_MOMENTUM: RMSprop's too)
+//   DP_RULE     the optimizer: 0 SGD, 1 Adam, 2 AdamW (decoupled decay), 3 RMSprop; the state after the parameters:
+//               SGD's momentum v, Adam's moments m and s, RMSprop's mean square s and momentum v
 //   DP_THREADS  the block's threads
 // Without them it is Nielsen's net (784-30-10, sigmoid, mse, plain SGD, float), as the offline nvcc check compiles it.
 // With DP_CHECK_BATCH, DP_EXPECT_BYTES and DP_LIMIT_BYTES, static asserts check the shared memory of that batch.
 //
 // The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (W_l row-major (n_{l-1}, n_l)) and the optimizer's
-// state (SGD's momentum, or Adam's m and s) into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows idx[s·B ...] of X and Y
+// state into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows idx[s·B ...] of X and Y
 // (global memory), forward (a thread per element), targets and softmax, each row's loss and correct count in double
 // (summed in row order into metrics[s]), the output δ, the hidden δ from the last layer down (W before the update),
 // then the update (a thread per parameter: SGD, or the step path's Adam/AdamW, mlp_kernels.cu's adam_rule, with the
-// bias corrections of the step count t + 1, t + 2, ...; t is written back at the end). Barriers separate the phases.
+// bias corrections of the step count t + 1, t + 2, ...; t is written back at the end; or its rmsprop_rule). Barriers
+// separate the phases.
 
 #ifndef DP_T
 #define DP_T float
@@ -61,7 +63,8 @@ constexpr long long SUMN = offset_z(L);
 constexpr int NL = NET.n[L];
 constexpr int OUT_CODE = NET.code[L - 1];
 constexpr long long PER64 = 8 / sizeof(T);  // elements of T per double
-constexpr int SLOTS = DP_RULE != 0 ? 2 : (DP_MOMENTUM ? 1 : 0);  // state arrays of P elements after the parameters
+constexpr bool ADAM = DP_RULE == 1 || DP_RULE == 2;
+constexpr int SLOTS = ADAM ? 2 : (DP_RULE == 3) + (DP_MOMENTUM ? 1 : 0);  // state arrays of P after the parameters
 
 // Bytes of shared memory for a batch of B rows: 2·B doubles, the parameters and the state, z, a_L, y and δ.
 __host__ __device__ constexpr long long shared_bytes(long long B) {
@@ -157,13 +160,27 @@ __device__ __forceinline__ void adam(T& x, T g, T& m, T& s, T lr, T c1, T c2, T 
     x = x - (lr / c1) * m / (sqrt(s) / sqrt(c2) + epsilon);
 }
 
+// RMSprop's step of one parameter x from g (mlp_kernels.cu's rmsprop_rule): g + λ·x, s ← ρ·s + (1 − ρ)·g²,
+// u = g / (√s + ε), with momentum v ← μ·v + u and u = v; x ← x − η·u.
+__device__ __forceinline__ void rmsprop(T& x, T g, T& s, T& v, T lr, T rho, T epsilon, T mu, T decay) {
+    g += decay * x;
+    s = rho * s + (T(1) - rho) * g * g;
+    T u = g / (sqrt(s) + epsilon);
+    if (DP_MOMENTUM) {
+        u += mu * v;
+        v = u;
+    }
+    x = x - lr * u;
+}
+
 // The update of layers l.. L-1, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v for
-// SGD (h1 = μ); Adam's with (h1, h2, h3) = (β₁, β₂, ε) and the corrections c1, c2 (biases without decay).
+// SGD (h1 = μ); Adam's with (h1, h2, h3) = (β₁, β₂, ε) and the corrections c1, c2; RMSprop's with (ρ, ε, μ)
+// (biases without decay).
 template <int l>
 __device__ __forceinline__ void update(const Step& s, T lr, T h1, T h2, T h3, T decay, T c1, T c2) {
     constexpr int nin = NET.n[l], nout = NET.n[l + 1];
     T* w = s.sh + s.w0 + offset_w(l);
-    T* v = s.sh + s.v0 + offset_w(l);  // Adam's m; its s at v + P
+    T* v = s.sh + s.v0 + offset_w(l);  // Adam's m (its s at v + P), RMSprop's s (its v at v + P)
     const T* dl = s.sh + s.d0 + s.B * offset_z(l);
     const T* zin = s.sh + s.z0 + s.B * offset_z(l > 0 ? l - 1 : 0);
     T scale = T(1) / T(s.rows);
@@ -178,8 +195,13 @@ __device__ __forceinline__ void update(const Step& s, T lr, T h1, T h2, T h3, T 
             for (int r = 0; r < s.rows; ++r) acc += zin[r * nin + i] * dl[r * nout + j];
         }
         T g = acc * scale;
-        if constexpr (DP_RULE != 0) {
+        if constexpr (ADAM) {
             adam(w[e], g, v[e], v[P + e], lr, c1, c2, h1, h2, h3, i < nin ? decay : T(0));
+            continue;
+        }
+        if constexpr (DP_RULE == 3) {
+            T unused = T(0);
+            rmsprop(w[e], g, v[e], SLOTS > 1 ? v[P + e] : unused, lr, h1, h2, h3, i < nin ? decay : T(0));
             continue;
         }
         if (i < nin) g += decay * w[e];
@@ -238,10 +260,10 @@ __device__ __forceinline__ double row_correct(const T* a, const T* z, const T* y
     return right;
 }
 
-// Steps first..stop-1 of the epoch whose sample order is idx (n,): theta (P,) the parameters; u (P,) the momentum
-// (unused without DP_MOMENTUM) or Adam's m, q (P,) Adam's s, t[0] Adam's step count (q and t unused by SGD);
-// X (n, n_0) and Y (n, n_L) the data, metrics (steps, 2) the sums, rate[0] the learning rate; h1 = μ for SGD,
-// (h1, h2, h3) = (β₁, β₂, ε) for Adam; λ = decay. Launched as one block of DP_THREADS with shared_bytes(batch) of
+// Steps first..stop-1 of the epoch whose sample order is idx (n,): theta (P,) the parameters; u (P,) SGD's momentum
+// (unused without DP_MOMENTUM), Adam's m or RMSprop's s; q (P,) Adam's s or RMSprop's v; t[0] Adam's step count
+// (q, t unused where the rule has none); X (n, n_0) and Y (n, n_L) the data, metrics (steps, 2) the sums, rate[0]
+// the learning rate; (h1, h2, h3) = (μ, -, -) for SGD, (β₁, β₂, ε) for Adam, (ρ, ε, μ) for RMSprop; λ = decay. Launched as one block of DP_THREADS with shared_bytes(batch) of
 // dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(DP_THREADS)
 fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const long long* idx, long long n,
@@ -266,7 +288,7 @@ fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const lo
         if (SLOTS > 0) sh[s.v0 + i] = u[i];
         if (SLOTS > 1) sh[s.v0 + P + i] = q[i];
     }
-    const long long t0 = DP_RULE != 0 ? t[0] : 0;  // the step count before the first step, read before it is written
+    const long long t0 = ADAM ? t[0] : 0;  // the step count before the first step, read before it is written
     __syncthreads();
     const T lr = rate[0];
     T* zL = sh + s.z0 + B * offset_z(L - 1);
@@ -315,7 +337,7 @@ fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const lo
         }
         hidden<L - 2>(s);
         T c1 = T(0), c2 = T(0);
-        if (DP_RULE != 0) {  // the bias corrections of step t0 + (step − first) + 1, as after count_step
+        if (ADAM) {  // the bias corrections of step t0 + (step − first) + 1, as after count_step
             const T k = T(t0 + (step - first) + 1);
             c1 = T(1) - pow(h1, k);
             c2 = T(1) - pow(h2, k);
@@ -328,5 +350,5 @@ fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const lo
         if (SLOTS > 0) u[i] = sh[s.v0 + i];
         if (SLOTS > 1) q[i] = sh[s.v0 + P + i];
     }
-    if (DP_RULE != 0 && threadIdx.x == 0) t[0] = t0 + (stop - first);  // count_step once per step
+    if (ADAM && threadIdx.x == 0) t[0] = t0 + (stop - first);  // count_step once per step
 }

@@ -1,20 +1,21 @@
 """The fused epoch for numba-cuda: every training step of an epoch in one launch of one thread block.
 
 The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (and the optimizer's state, same layout: SGD's
-momentum, or Adam's moments m and s) into shared memory once, runs the steps first..stop-1 of the epoch, and writes them back at the end. A step: the batch's
+momentum, Adam's moments m and s, or RMSprop's s and v) into shared memory once, runs the steps first..stop-1 of the epoch, and writes them back at the end. A step: the batch's
 rows idx[s·B : s·B + B] (the last may have fewer) are read from X (n, n_0) and Y (n, n_L) in global memory;
 forward layer by layer (one thread per output element), the targets and the softmax, each row's loss and
 correct count (float64, summed in row order into metrics[s], as ``Backend.batch_metrics`` adds them), the output
 δ, the hidden δ from the last layer down (each from the W of before the update), then the update of every
 parameter (one thread per element: the gradient over the batch's rows, then SGD's weight decay and momentum, or
 numba_optim.adam_rule, the step path's Adam and AdamW, with the bias corrections of step t + 1, t + 2, ...: the
-step count t is read at the start, advanced once per step as ``count_step`` does, and written back at the end). Barriers
+step count t is read at the start, advanced once per step as ``count_step`` does, and written back at the end;
+or numba_optim.rmsprop_rule). Barriers
 separate the phases. The shared memory follows ``deltaprop.backends.fused`` (its docstring has the layout);
 its size is the launch's dynamic shared memory.
 
-The net's sizes, activations, loss, accuracy rule and optimizer (SGD's variant, Adam or AdamW) are compile-time
-constants of the kernel (the factory's arguments); the batch size, the rate (a one-element device array: a
-schedule's or a constant's), the hyperparameters (μ, or β₁, β₂, ε) and λ are arguments. fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
+The net's sizes, activations, loss, accuracy rule and optimizer (SGD's or RMSprop's variant, Adam or AdamW) are
+compile-time constants of the kernel (the factory's arguments); the batch size, the rate (a one-element device
+array: a schedule's or a constant's), the hyperparameters (μ; β₁, β₂, ε; or ρ, ε, μ) and λ are arguments. fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from numba import config, cuda, from_dtype, types
 from ..backends.fused import HIDDEN
 from .numba_activations import device_inline, dphi, phi
 from .numba_cache import persistent
-from .numba_optim import adam_rule, bias_corrections
+from .numba_optim import adam_rule, bias_corrections, rmsprop_rule
 
 
 @functools.cache
@@ -120,7 +121,8 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
     loss "mse", "cross_entropy" (softmax output) or "bce" (sigmoid output); rule None, "argmax" or "threshold";
     optimizer (fused.RULES): "sgd", u (P,) the momentum (unused without ``momentum``), h1 = μ, q, t, h2 and h3
     unused; or "adam" / "adamw" (decoupled decay), u and q (P,) the moments m and s, t (1,) int64 the step count,
-    (h1, h2, h3) = (β₁, β₂, ε). λ = decay (no decay on biases).
+    (h1, h2, h3) = (β₁, β₂, ε); or "rmsprop", u and q (P,) the mean square s and the momentum v (unused without
+    ``momentum``), (h1, h2, h3) = (ρ, ε, μ), t unused. λ = decay (no decay on biases).
     """
     L = len(sizes) - 1
     SIZES, CODES = tuple(sizes), tuple(codes)
@@ -139,9 +141,9 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
     row_loss, row_correct = _row_metrics(loss, rule, NL)
     zero, one = kind(0.0), kind(1.0)
     F64, KIND = types.float64, from_dtype(np.dtype(kind))  # numba types: the simulator's dynamic arrays need them
-    adam = optimizer != "sgd"
-    SLOTS = 2 if adam else int(momentum)  # the state arrays of P elements after the parameters
-    step_rule = adam_rule(kind, optimizer == "adamw")
+    adam, rms = optimizer in ("adam", "adamw"), optimizer == "rmsprop"
+    SLOTS = 2 if adam else int(rms) + int(momentum)  # the state arrays of P elements after the parameters
+    step_rule = adam_rule(kind, optimizer == "adamw") if adam else rmsprop_rule(kind, momentum)
     bias = bias_corrections(kind)
 
     @_jit(threads)
@@ -262,10 +264,12 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                         for r in range(rows):
                             acc += sh[zin + r * nin + i] * sh[dl + r * nout + j]
                     g = acc * scale
-                    if adam:  # the step path's rule, biases without decay
-                        x, m, s2 = step_rule(sh[w + e], g, sh[v + e], sh[v + P + e], lr, c1, c2, h1, h2, h3,
-                                             decay if i < nin else zero)
-                        sh[w + e], sh[v + e], sh[v + P + e] = x, m, s2
+                    if adam or rms:  # the step path's rule, biases without decay
+                        x, m, s2 = step_rule(sh[w + e], g, sh[v + e], sh[v + P + e] if SLOTS > 1 else zero, lr, c1, c2,
+                                             h1, h2, h3, decay if i < nin else zero)
+                        sh[w + e], sh[v + e] = x, m
+                        if SLOTS > 1:
+                            sh[v + P + e] = s2
                         continue
                     if i < nin:
                         g += decay * sh[w + e]
