@@ -199,7 +199,7 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
         raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
-    stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before anything is written
+    stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
     files = numba_cache.store()
     if files is None:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")

@@ -99,10 +99,9 @@ def test_rmsprop_keeps_its_mean_square_and_with_momentum_its_velocity(momentum, 
     assert fused.hyper(layout) == (0.8, 1e-6, momentum) and fused.hyper(nielsen(opt=sgd(3.0, 0.5))) == (0.5, 0.0, 0.0)
     need = 16 * 10 + 4 * ((1 + len(slots)) * params + rows)
     assert layout.shared_bytes == need  # 195,040 without momentum (as SGD's momentum), 290,480 with it
-    assert fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, optim.RMSprop(momentum=momentum),
-                       need)[0] is not None
-    _, why = fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, optim.RMSprop(momentum=momentum),
-                         need - 1)
+    opt = optim.RMSprop(momentum=momentum)
+    assert fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, opt, need)[0] is not None
+    _, why = fused.check(NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", "float32", 10, opt, need - 1)
     assert f"batch 10, rmsprop needs {need:,} bytes" in why
 
 
@@ -162,8 +161,8 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
                                          r"float32, batch 10, momentum needs 195,040 bytes .* the device has 166,912"):
         fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(3.0, 0.9))
-    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: optimizer 'lion' \(Lion\): the fused epoch does "
-                                         "deltaprop.optim's sgd, adam, adamw, rmsprop only"):
+    with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: optimizer 'lion' \(Lion\): the fused epoch "
+                                         "does deltaprop.optim's sgd, adam, adamw, rmsprop only"):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, Lion())
     with pytest.raises(ValueError, match=r"DELTAPROP_FUSED=on: stand-in: the net does not fit on chip: 784-30-10, "
                                          r"float32, batch 10, adam needs 290,480 bytes .* the device has 232,448"):
@@ -338,8 +337,8 @@ def rmsprop_reference(opt, weights, grads, state, lr):
 
 
 def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
-    """Float64 SGD, Adam, AdamW or RMSprop over whole epochs in the Trainer's sample order: (weights, per-step [loss sum,
-    correct] per epoch)."""
+    """Float64 SGD, Adam, AdamW or RMSprop over whole epochs in the Trainer's sample order: (weights, per-step
+    [loss sum, correct] per epoch)."""
     acts, loss, p = model.activations, model.loss, opt.params
     weights = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights]
     velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]

@@ -15,13 +15,14 @@ The shared memory of one block, for layer sizes n_0..n_L, batch B and elements o
     B·(2·Σ n_l + 2·n_L)·s  z_1..z_L, the output's a_L, the batch's targets y, δ_1..δ_L (l = 1..L)
 
 The batch's inputs are read from global memory. It fits when that is at most the device's shared memory per
-block (its opt-in maximum: 227 KB on an H100 or H200, 163 KB on an A100). So Adam needs P·s more than SGD
+block (its opt-in maximum: 227 KB on an H100 or H200, 163 KB on an A100). Adam needs P·s more than SGD
 with momentum: Nielsen's 784-30-10 in float32 (P = 23,860) needs 290,480 bytes at batch 10, and its 3·P·4 =
 286,320 bytes of weights and moments alone fit neither. What the kernels do: SGD (plain, momentum, Nesterov;
 weight decay), Adam and AdamW (the step path's rules, numba_optim.adam_rule, with the step count t advanced once
-per step as ``count_step`` does and written back at the end), RMSprop (with or without momentum), hidden activations identity, sigmoid, tanh, relu and leaky_relu, and the
-outputs sigmoid, tanh, identity, relu or leaky_relu + mse, softmax + cross_entropy and sigmoid + bce; a
-constant rate or a schedule's. Anything else (another Optimizer class, the perceptron) takes the step path.
+per step as ``count_step`` does and written back at the end), RMSprop (with or without momentum), hidden
+activations identity, sigmoid, tanh, relu and leaky_relu, and the outputs sigmoid, tanh, identity, relu or
+leaky_relu + mse, softmax + cross_entropy and sigmoid + bce; a constant rate or a schedule's. Anything else
+(another Optimizer class, the perceptron) takes the step path.
 
 Which path a fit takes: ``DELTAPROP_FUSED`` = ``auto`` (the default: fused when it fits, on a GPU; the CUDA
 simulator, which can run it, takes it only when forced), ``on`` (fused, or a ValueError saying why not, before
@@ -67,8 +68,8 @@ class Layout:
 
     sizes (n_0..n_L); activations φ_1..φ_L, the output's last; batch B; rule: one of RULES; momentum/nesterov:
     the SGD variant (RMSprop's μ and False; 0 and False for Adam); hyper: Adam's (β₁, β₂, ε), RMSprop's (ρ, ε, μ),
-    () for SGD; params P; offsets: where W_l
-    (n_{l-1}, n_l, row-major) starts in the flat parameters, b_l right after it.
+    () for SGD; params P; offsets: where W_l (n_{l-1}, n_l, row-major) starts in the flat parameters, b_l right
+    after it.
     """
 
     sizes: tuple
@@ -205,7 +206,7 @@ def state_of(layout: Layout, params, slots, t) -> tuple:
     missing = [name for name in layout.slots if name not in slots]
     if missing or (layout.counts_steps and t is None):
         raise ValueError(f"fused epoch ({layout.rule}): the network has no {', '.join(missing) or 'step count t'}")
-    groups = [[x for pair in params for x in pair]] + [[x for pair in slots[name] for x in pair] for name in layout.slots]
+    groups = [[x for pair in pairs for x in pair] for pairs in [params] + [slots[name] for name in layout.slots]]
     return groups, (t if layout.counts_steps else None)
 
 

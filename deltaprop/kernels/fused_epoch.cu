@@ -16,13 +16,13 @@
 // Without them it is Nielsen's net (784-30-10, sigmoid, mse, plain SGD, float), as the offline nvcc check compiles it.
 // With DP_CHECK_BATCH, DP_EXPECT_BYTES and DP_LIMIT_BYTES, static asserts check the shared memory of that batch.
 //
-// The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (W_l row-major (n_{l-1}, n_l)) and the optimizer's
-// state into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows idx[s·B ...] of X and Y
-// (global memory), forward (a thread per element), targets and softmax, each row's loss and correct count in double
-// (summed in row order into metrics[s]), the output δ, the hidden δ from the last layer down (W before the update),
-// then the update (a thread per parameter: SGD, or the step path's Adam/AdamW, mlp_kernels.cu's adam_rule, with the
-// bias corrections of the step count t + 1, t + 2, ...; t is written back at the end; or its rmsprop_rule). Barriers
-// separate the phases.
+// The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (W_l row-major (n_{l-1}, n_l)) and the
+// optimizer's state into shared memory once, runs steps first..stop-1 and writes them back. A step: the rows
+// idx[s·B ...] of X and Y (global memory), forward (a thread per element), targets and softmax, each row's loss
+// and correct count in double (summed in row order into metrics[s]), the output δ, the hidden δ from the last
+// layer down (W before the update), then the update (a thread per parameter: SGD, or the step path's Adam/AdamW,
+// mlp_kernels.cu's adam_rule, with the bias corrections of the step count t + 1, t + 2, ...; t is written back at
+// the end; or its rmsprop_rule). Barriers separate the phases.
 
 #ifndef DP_T
 #define DP_T float
@@ -263,11 +263,12 @@ __device__ __forceinline__ double row_correct(const T* a, const T* z, const T* y
 // Steps first..stop-1 of the epoch whose sample order is idx (n,): theta (P,) the parameters; u (P,) SGD's momentum
 // (unused without DP_MOMENTUM), Adam's m or RMSprop's s; q (P,) Adam's s or RMSprop's v; t[0] Adam's step count
 // (q, t unused where the rule has none); X (n, n_0) and Y (n, n_L) the data, metrics (steps, 2) the sums, rate[0]
-// the learning rate; (h1, h2, h3) = (μ, -, -) for SGD, (β₁, β₂, ε) for Adam, (ρ, ε, μ) for RMSprop; λ = decay. Launched as one block of DP_THREADS with shared_bytes(batch) of
-// dynamic shared memory.
+// the learning rate; (h1, h2, h3) = (μ, -, -) for SGD, (β₁, β₂, ε) for Adam, (ρ, ε, μ) for RMSprop; λ = decay.
+// Launched as one block of DP_THREADS with shared_bytes(batch) of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(DP_THREADS)
 fused_epoch(T* theta, T* u, T* q, long long* t, const T* X, const T* Y, const long long* idx, long long n,
-            double* metrics, const T* rate, long long batch, long long first, long long stop, T h1, T h2, T h3, T decay) {
+            double* metrics, const T* rate, long long batch, long long first, long long stop, T h1, T h2, T h3,
+            T decay) {
     extern __shared__ double smem[];
     double* rowsum = smem;  // [0, B): each row's loss, [B, 2B): its correct count
     T* sh = reinterpret_cast<T*>(smem);

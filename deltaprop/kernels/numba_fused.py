@@ -1,21 +1,22 @@
 """The fused epoch for numba-cuda: every training step of an epoch in one launch of one thread block.
 
 The block loads the flat parameters [W_1, b_1, ..., W_L, b_L] (and the optimizer's state, same layout: SGD's
-momentum, Adam's moments m and s, or RMSprop's s and v) into shared memory once, runs the steps first..stop-1 of the epoch, and writes them back at the end. A step: the batch's
-rows idx[s·B : s·B + B] (the last may have fewer) are read from X (n, n_0) and Y (n, n_L) in global memory;
-forward layer by layer (one thread per output element), the targets and the softmax, each row's loss and
-correct count (float64, summed in row order into metrics[s], as ``Backend.batch_metrics`` adds them), the output
-δ, the hidden δ from the last layer down (each from the W of before the update), then the update of every
-parameter (one thread per element: the gradient over the batch's rows, then SGD's weight decay and momentum, or
-numba_optim.adam_rule, the step path's Adam and AdamW, with the bias corrections of step t + 1, t + 2, ...: the
-step count t is read at the start, advanced once per step as ``count_step`` does, and written back at the end;
-or numba_optim.rmsprop_rule). Barriers
-separate the phases. The shared memory follows ``deltaprop.backends.fused`` (its docstring has the layout);
-its size is the launch's dynamic shared memory.
+momentum, Adam's moments m and s, or RMSprop's s and v) into shared memory once, runs the steps first..stop-1
+of the epoch, and writes them back at the end. A step: the batch's rows idx[s·B : s·B + B] (the last may have
+fewer) are read from X (n, n_0) and Y (n, n_L) in global memory; forward layer by layer (one thread per output
+element), the targets and the softmax, each row's loss and correct count (float64, summed in row order into
+metrics[s], as ``Backend.batch_metrics`` adds them), the output δ, the hidden δ from the last layer down (each
+from the W of before the update), then the update of every parameter (one thread per element: the gradient over
+the batch's rows, then SGD's weight decay and momentum, or numba_optim.adam_rule, the step path's Adam and AdamW,
+with the bias corrections of step t + 1, t + 2, ...: the step count t is read at the start, advanced once per
+step as ``count_step`` does, and written back at the end; or numba_optim.rmsprop_rule). Barriers separate the
+phases. The shared memory follows ``deltaprop.backends.fused`` (its docstring has the layout); its size is the
+launch's dynamic shared memory.
 
 The net's sizes, activations, loss, accuracy rule and optimizer (SGD's or RMSprop's variant, Adam or AdamW) are
 compile-time constants of the kernel (the factory's arguments); the batch size, the rate (a one-element device
-array: a schedule's or a constant's), the hyperparameters (μ; β₁, β₂, ε; or ρ, ε, μ) and λ are arguments. fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
+array: a schedule's or a constant's), the hyperparameters (μ; β₁, β₂, ε; or ρ, ε, μ) and λ are arguments.
+fused_epoch.cu is the same kernel in CUDA C for the CuPy backend.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
         tx = cuda.threadIdx.x
         B = batch
         w0 = 2 * B * PER64
-        v0 = w0 + P  # momentum, or Adam's m; Adam's s at q0
+        v0 = w0 + P  # SGD's momentum, Adam's m or RMSprop's s; Adam's s or RMSprop's v at q0
         q0 = v0 + P
         z0 = v0 + SLOTS * P
         a0 = z0 + B * SUMN
