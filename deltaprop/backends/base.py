@@ -477,11 +477,11 @@ class Backend:
 
     def run_epoch_fused(self, layout, params, slots, t, X, Y, idx, metrics, lr, first: int, stop: int) -> None:
         """Steps first..stop-1 of an epoch in one launch (deltaprop.backends.fused): what ``run_steps`` does with
-        the network's step of SGD, Adam or AdamW, on the parameters params [(W_l, b_l)], the optimizer's state
-        slots (the network's: name -> [(W-shaped, b-shaped)], those of layout.slots used) and step count t (a
-        one-element int64 array, advanced once per step as ``count_step`` does; None for SGD), the data
-        X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and the rate ``lr`` as sgd_update takes it.
-        ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
+        the network's step of SGD, Adam, AdamW or RMSprop, on the parameters params [(W_l, b_l)], the optimizer's
+        state slots (the network's: name -> [(W-shaped, b-shaped)], those of layout.slots used) and step count t
+        (a one-element int64 array, advanced once per step as ``count_step`` does, when the optimizer counts
+        steps), the data X (n, n_0), Y (n, n_L), the order idx (n,), metrics (steps, 2) and the rate ``lr`` as
+        sgd_update takes it. ``layout`` is what ``fused.check`` gave within ``fused_limit``."""
         raise NotImplementedError(f"backend {self.name!r} has no fused epoch")
 
     # ------------------------------------------------------- elementwise
