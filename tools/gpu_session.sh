@@ -28,8 +28,10 @@
 # memcheck, racecheck, synccheck and initcheck on each backend (tools/sanitize_fit.py: every kernel alone, then
 # short fits with each optimizer, checked against numpy); numba-cuda's reference-net epoch with split-K off and
 # auto ($OUT/split-k.json, tools/split_k_epochs.py); each step's kernels, one by one (tools/profile_step.py);
-# the accuracy goals on GOAL_BACKEND (bench/maxout.py --goal, bench/dropout.py); and the headline again, with the
-# sanitizer's counts. PACK=1 packs $OUT into one file (the device returns 8).
+# the accuracy goals on GOAL_BACKEND (bench/maxout.py --goal, bench/dropout.py), Adam's step cost and accuracy
+# (bench/optimizers.py) and 4 fits at once on the GPU (bench/sweep.py --gpu) on both backends; then the other
+# three sanitizer tools (memcheck ran first; SANITIZER_TOOLS chooses them all at once instead); and the headline
+# again, with the sanitizer's counts. Steps that the deadline leaves no time for are skipped, in this order. PACK=1 packs $OUT into one file (the device returns 8).
 # GPU_SESSION_DRY=1 runs check or more on a machine without a GPU: the numpy backend, small sizes, no
 # --require-gpu, so that every step's plumbing is tried before device time is spent (tests/test_gpu_session.py).
 set -u
@@ -123,7 +125,7 @@ more() {  # the second call, on the same warm machine right after check (its $OU
     [[ -d $kc ]] || { if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi; }
     step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
-    sanitizer "$kc"
+    SANITIZER_TOOLS=${SANITIZER_TOOLS:-memcheck} sanitizer "$kc"  # the other three tools last, if time is left
     step split-k 90 "${split[@]}" --out "$OUT/split-k.json"  # numba-cuda's reference epoch, DELTAPROP_SPLIT_K off and auto
     if [[ -n $DRY ]] && ! $PY -c 'import torch' 2>/dev/null; then
         summary+=("profile: skipped, no PyTorch here (tests/test_profile_step.py runs it where there is)")
@@ -135,7 +137,11 @@ more() {  # the second call, on the same warm machine right after check (its $OU
     else  # the issues' accuracy goals on a GPU backend: maxout + dropout >= 98.8%, the dropout net >= 98.6%
         step goals-maxout 150 $PY bench/maxout.py --goal --no-relu --backends "$goal" --machine "$gpu" --out "$OUT"
         step goals-dropout 90 $PY bench/dropout.py --backends "$goal" --steps 10 --repeats 10 --epochs 20 --machine "$gpu" --out "$OUT"
+        # Adam's step against SGD's and its 10 epochs (issue 18), and 4 fits at once against 4 in a row (issue 22)
+        step goals-optimizers 120 $PY bench/optimizers.py --backends "$BACKENDS" --machine "$gpu" --out "$OUT"
+        step goals-sweep 90 $PY bench/sweep.py --gpu --backend "$BACKENDS" --out-dir "$OUT"
     fi
+    [[ -z $DRY && -z ${SANITIZER_TOOLS:-} ]] && SANITIZER_TOOLS="racecheck synccheck initcheck" sanitizer "$kc"
     headline "$gpu"
 }
 
