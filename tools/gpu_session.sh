@@ -71,7 +71,6 @@ if [[ -z $DRY ]]; then
     $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 fi
 KEPT=${KEPT:-.gpu/kept}
-[[ -d $KEPT ]] && cp -rn "$KEPT"/. "$OUT"/  # what an earlier call on this machine wrote (check's, for more)
 summary=()
 DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
 step() {  # step NAME SECONDS CMD...: RESERVED seconds of the deadline are kept for the headline's assembly
@@ -101,7 +100,7 @@ check() {  # the first call: what the headline needs, the suite first (a changed
         epochs=(--backends numpy --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
-    rm -rf "$kc"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi
+    rm -rf "$kc" "$KEPT"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi  # KEPT: this check's only
     step env 60 bash -c "nvidia-smi; $PY -m deltaprop info"
     [[ -z $DRY ]] && step carried 120 env DELTAPROP_KERNEL_CACHE="$kc" $PY -m deltaprop compile
     step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
@@ -123,6 +122,7 @@ more() {  # the second call, on the same warm machine right after check (its $OU
     fi
     local kc=/tmp/deltaprop-kernels
     [[ -d $kc ]] || { if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi; }
+    [[ -d $KEPT ]] && cp -rn "$KEPT"/. "$OUT"/  # what check wrote in the call before, on this machine
     step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
     SANITIZER_TOOLS=${SANITIZER_TOOLS:-memcheck} sanitizer "$kc"  # the other three tools last, if time is left
