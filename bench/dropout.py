@@ -55,21 +55,19 @@ def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict
 
 
 def dropout_accuracy(backend: str, epochs: int, lr: float, max_norm, optimizer: str = "sgd") -> dict:
-    from deltaprop import optim
+    from deltaprop.bench.measure import fit_options
     from deltaprop.data import DataUnavailable, load_mnist
 
     try:
         data = load_mnist(download=False)
     except DataUnavailable as exc:
         return {"skipped": f"no MNIST here ({str(exc).splitlines()[0]})"}
-    rule = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr, momentum=0.9)
-    settings = {"layers": SIZES, "dropout": list(DROPOUT), "max_norm": max_norm, "optimizer": optimizer, "lr": lr,
-                **({"momentum": 0.9} if optimizer == "sgd" else {}), "lr_schedule": f"cosine:epochs={epochs}",
-                "batch_size": 128, "epochs": epochs, "seed": 0}
+    fit, chosen = fit_options(optimizer, lr, epochs)
+    settings = {"layers": SIZES, "dropout": list(DROPOUT), "max_norm": max_norm, **chosen, "batch_size": 128,
+                "epochs": epochs, "seed": 0}
     model = MLP(SIZES, backend=backend, seed=0, dropout=DROPOUT, max_norm=max_norm)
     accuracies = []
-    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=128, optimizer=rule,
-                        lr_schedule=optim.schedules.Cosine(epochs=epochs),
+    history = model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=128, **fit,
                         callback=lambda e, h: accuracies.append(float(model.score(data.X_test, data.y_test))))
     return {"settings": settings, "test_accuracy_per_epoch": accuracies, "final_test_accuracy": accuracies[-1],
             "train_seconds": float(sum(history.seconds)),

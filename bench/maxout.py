@@ -26,19 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deltaprop import MLP, record  # noqa: E402
+from deltaprop.bench.measure import fit_options, machine_info  # noqa: E402
 
 GOAL = {"sizes": [784, 240, 240, 10], "pieces": 5, "epochs": 100, "dropout": [0.2, 0.5, 0.5], "max_norm": 1.9365,
         "optimizer": "adam"}  # SGD (0.05, momentum 0.9, cosine) ends at 98.74% on the CPU, Adam at 98.83%
 BATCH = 128
 LR = {"sgd": 0.05, "adam": 1e-3}  # the default rate of each --optimizer
-
-
-def fit_options(optimizer: str, lr: float, cosine: bool, epochs: int) -> dict:
-    """MLP.fit's optimizer and schedule arguments for the command line's choice."""
-    from deltaprop import optim
-
-    rule = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr, momentum=0.9)
-    return {"optimizer": rule, **({"lr_schedule": optim.schedules.Cosine(epochs=epochs)} if cosine else {})}
 
 
 def run(backend: str, sizes, activation: str, pieces: int, epochs: int, data, extra: dict, fit: dict) -> dict:
@@ -85,11 +78,8 @@ def main(argv=None) -> int:
     if a.epochs < 1:
         p.error(f"--epochs: must be ≥ 1, got {a.epochs}")
     a.lr = LR[a.optimizer] if a.lr is None else a.lr
-    fit = fit_options(a.optimizer, a.lr, a.cosine, a.epochs)
-    settings = {"batch_size": BATCH, "optimizer": a.optimizer, "lr": a.lr,
-                **({"momentum": 0.9} if a.optimizer == "sgd" else {}),
-                "lr_schedule": f"cosine:epochs={a.epochs}" if a.cosine else "constant"}
-    from deltaprop.bench.measure import machine_info
+    fit, chosen = fit_options(a.optimizer, a.lr, a.epochs, a.cosine)
+    settings = {"batch_size": BATCH, **chosen}
     from deltaprop.data import DataUnavailable, load_mnist
 
     try:

@@ -151,6 +151,18 @@ def synthetic(n: int, n_test: int, seed: int = 0, learnable: bool = False):
     return X[:n], y[:n], X[n:], y[n:]
 
 
+def fit_options(optimizer: str, lr: float, epochs: int, cosine: bool = True) -> tuple[dict, dict]:
+    """MLP.fit's optimizer and schedule arguments for a benchmark's choice, "sgd" (momentum 0.9) or "adam" at rate
+    ``lr``, cosine-annealed to 0 over ``epochs`` or constant; and the settings that say so in its results."""
+    from .. import optim
+
+    rule = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr, momentum=0.9)
+    kwargs = {"optimizer": rule, **({"lr_schedule": optim.schedules.Cosine(epochs=epochs)} if cosine else {})}
+    settings = {"optimizer": optimizer, "lr": lr, **({"momentum": 0.9} if optimizer == "sgd" else {}),
+                "lr_schedule": f"cosine:epochs={epochs}" if cosine else "constant"}
+    return kwargs, settings
+
+
 # --------------------------------------------------------------- machine
 def machine_info() -> dict:
     """The device, driver, CUDA and library versions, CPU model and cores, git commit and date of this run."""
