@@ -38,7 +38,8 @@ _REGISTRY = {
 NAMES = tuple(_REGISTRY)
 #: variants of a registered backend, usable by name but not listed by available() nor taken by "auto"
 VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend"),
-            "cupy-bf16": ("deltaprop.backends.cupy_backend", "CupyBF16Backend")}
+            "cupy-bf16": ("deltaprop.backends.cupy_backend", "CupyBF16Backend"),
+            "numpy-bf16": ("deltaprop.backends.numpy_backend", "NumpyBF16Backend")}
 #: the order in which "auto" tries the backends: fastest first.
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"
@@ -111,7 +112,7 @@ def parse(spec) -> tuple[str, int | None]:
     if not colon:
         return key, None
     if key not in DEVICE_LIBRARY:
-        what = "runs on the CPU" if key == "numpy" else "picks a backend, and runs on the current device"
+        what = "runs on the CPU" if key.startswith("numpy") else "picks a backend, and runs on the current device"
         raise ValueError(f"backend: {spec!r}: {key!r} takes no device index ({key} {what}); "
                          f"name a GPU backend's device, as in cupy:1 or numba-cuda:0")
     index = index.strip()

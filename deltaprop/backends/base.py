@@ -59,6 +59,21 @@ ACCURACY_RULES = tuple(ACCURACY_CODES)
 #: as they share the device (a kernel on the legacy stream breaks another thread's stream capture)
 DEVICE_LOCK = threading.RLock()
 
+#: The arguments that each method of the contract writes, by parameter name: it only reads the others (asarray,
+#: empty and zeros make new arrays). A backend that keeps copies derived from arrays between calls (the bf16
+#: backends' rounded GEMM operands, deltaprop.backends.rounding) drops a copy when its array is written; after a
+#: method that is not here (run_steps, run_epoch_fused) it drops them all. tests/test_backends.py checks the table
+#: against the contract and the NumPy bodies.
+WRITES = {
+    "asarray": (), "to_numpy": (), "empty": (), "zeros": (), "all_finite": (), "synchronize": (), "fused_limit": (),
+    "zero_": ("x",), "copy_": ("dst",),
+    "forward": ("z", "a"), "output_delta": ("delta",), "hidden_delta": ("delta",), "weight_grad": ("dW", "db"),
+    "sgd_update": ("W", "b", "vW", "vb"), "adam_update": ("W", "b", "mW", "mb", "sW", "sb"),
+    "rmsprop_update": ("W", "b", "sW", "sb", "vW", "vb"), "count_step": ("t",),
+    "dropout": ("out", "mask"), "mask_delta": ("delta",), "hidden_delta_masked": ("delta",), "max_norm": ("W",),
+    "gather": ("out",), "batch_metrics": ("out",), "normalize_weights": ("w",), "scale_rows": ("x",),
+}  # fmt: skip
+
 
 class _PerThread(threading.local):
     """What a backend object keeps for each thread that uses it."""
@@ -185,6 +200,10 @@ class Backend:
         view = views[key] = buf[:size].reshape(shape)
         return view
 
+    def _matmul(self, a, b, out) -> None:
+        """out ← a·b, out being neither a nor b (either may be a transposed view): every GEMM of the default bodies."""
+        self.xp.matmul(a, b, out=out)
+
     # ------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
         """One layer: a = z_prev·W + b, z = φ(a); ``a`` is stored only when given.
@@ -192,9 +211,8 @@ class Backend:
         z_prev (B, n_in), W (n_in, n_out), b (n_out,), z and a (B, n_out). "maxout": W (n_in, k·n), b (k·n,),
         a (B, k·n) is required (the pieces, kept for hidden_delta), z (B, n) = the max of each unit's k pieces.
         """
-        xp = self.xp
         pre = z if a is None else a
-        xp.matmul(z_prev, W, out=pre)
+        self._matmul(z_prev, W, pre)
         pre += b
         if activation == "maxout":
             self._maxout(pre, z)
@@ -229,14 +247,13 @@ class Backend:
         """
         if activation == "maxout":
             return self._maxout_delta(delta_next, W_next, z, delta)
-        self.xp.matmul(delta_next, W_next.T, out=delta)
+        self._matmul(delta_next, W_next.T, delta)
         self._mul_derivative(z, activation, delta)
 
     def weight_grad(self, z_prev, delta, dW, db) -> None:
         """∂E/∂W = z_prevᵀ·δ / B into dW (n_in, n_out); ∂E/∂b = column mean of δ into db (n_out,)."""
-        xp = self.xp
         scale = 1.0 / delta.shape[0]
-        xp.matmul(z_prev.T, delta, out=dW)
+        self._matmul(z_prev.T, delta, dW)
         dW *= scale
         delta.sum(axis=0, out=db)  # the array's method: no Python wrapper around it
         db *= scale
@@ -468,7 +485,12 @@ class Backend:
         changed. The default is a Python loop.
         """
         for s in range(first, stop):
-            step(idx[s * batch_size : (s + 1) * batch_size], metrics[s])
+            self._run_step(step, idx[s * batch_size : (s + 1) * batch_size], metrics[s])
+
+    def _run_step(self, step, rows, out) -> None:
+        """step(rows, out): one step of ``run_steps`` (every backend's loop runs its steps through here, where a
+        backend may mark where a step starts and ends: deltaprop.backends.rounding)."""
+        step(rows, out)
 
     def fused_limit(self) -> tuple | None:
         """(bytes, auto): the shared memory one thread block may use for ``run_epoch_fused``, and whether
@@ -514,7 +536,7 @@ class Backend:
         """δ (B, k·n) of a maxout layer with pieces a (B, k·n): g = δ_next·W_nextᵀ (B, n), ⊙ mask (B, n) when the
         layer's output was dropped, on each unit's winning piece (``_maxout_scatter``)."""
         g = self._scratch("maxout_g", (delta.shape[0], W_next.shape[0]), delta.dtype)
-        self.xp.matmul(delta_next, W_next.T, out=g)
+        self._matmul(delta_next, W_next.T, g)
         if mask is not None:
             self.mask_delta(g, mask)
         self._maxout_scatter(g, a, delta)

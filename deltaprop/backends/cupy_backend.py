@@ -38,6 +38,7 @@ from ..mlp.losses import ACCURACY_CODES, LOSSES
 from . import compat, fused
 from .base import Backend
 from .graphs import GraphSteps
+from .rounding import RoundOnce
 
 # the codes of the kernels' prelude (cuda_source.prelude), from the tables: the activations with a CUDA C φ
 ACTIVATION_CODES = {name: a.code for name, a in ACTIVATIONS.items() if a.c_phi is not None}
@@ -197,6 +198,15 @@ class CupyBackend(GraphSteps, Backend):
                       p_beta, C.data.ptr, N)  # fmt: skip  (CUBLAS_OP_N = 0, CUBLAS_OP_T = 1)
         _check(status, "cublas gemm")
         self.counts["gemm"] += 1
+
+    def _matmul(self, a, b, out) -> None:
+        """The default bodies' GEMMs (a fallback's) through ``_gemm`` too, in this backend's math mode (TF32 or
+        bf16 inputs): a transposed view of a C-contiguous array goes as that array, transposed by cuBLAS."""
+        ta, tb = not a.flags.c_contiguous, not b.flags.c_contiguous
+        A, B = (a.T if ta else a), (b.T if tb else b)
+        if not (self._ok(A, B, out) and A.flags.c_contiguous and B.flags.c_contiguous):
+            return super()._matmul(a, b, out)
+        self._gemm(A, B, out, trans_a=ta, trans_b=tb)
 
     # ------------------------------------------------------------ hot loops
     def forward(self, z_prev, W, b, activation: str, z, a=None) -> None:
@@ -426,17 +436,23 @@ class CupyTF32Backend(CupyBackend):
     name = "cupy-tf32"
     tf32 = True
 
+    def fused_limit(self) -> tuple | None:
+        """None: the fused epoch multiplies in plain float32 (CUDA cores), so a fit here takes the step path, whose
+        GEMMs are the TF32 ones asked for (likewise cupy-bf16)."""
+        return None
+
 
 CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType (library_types.h)
 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
 
 
-class CupyBF16Backend(CupyBackend):
-    """The CuPy backend with bfloat16 GEMM inputs: each float32 GEMM rounds its two operands to bfloat16
-    (round to nearest even, deltaprop/kernels/bf16.py) and multiplies them on tensor cores with float32
-    accumulation (cuBLAS GemmEx, compute type 32F) into its float32 output. The weights (the master copy),
-    the optimizer's state, the bias, φ, δ's elementwise work and the update stay float32; float64 is
-    unchanged. A separate backend, as cupy-tf32."""
+class CupyBF16Backend(RoundOnce, CupyBackend):
+    """The CuPy backend with bfloat16 GEMM inputs: each float32 GEMM reads its two operands rounded to bfloat16
+    (round to nearest even, deltaprop/kernels/bf16.py), each rounded once a training step (``RoundOnce``: 9
+    rounding kernels a step for 3 layers, not 16), and multiplies them on tensor cores with float32 accumulation
+    (cuBLAS GemmEx, compute type 32F) into its float32 output. The weights (the master copy), the optimizer's state,
+    the bias, φ, δ's elementwise work and the update stay float32; float64 is unchanged. A separate backend, as
+    cupy-tf32; numpy-bf16 is its emulation on the CPU."""
 
     name = "cupy-bf16"
 
@@ -444,7 +460,9 @@ class CupyBF16Backend(CupyBackend):
         super().__init__(graphs, device_index)
         self.device += ", bfloat16 GEMM inputs"
 
-    def _bf16(self, x, slot: str):
+    fused_limit = CupyTF32Backend.fused_limit
+
+    def _round(self, x, slot: str):
         """x (float32, C-contiguous) rounded to bfloat16, in this thread's scratch ``slot`` (uint16 bits)."""
         from ..kernels import bf16
 
@@ -458,10 +476,11 @@ class CupyBF16Backend(CupyBackend):
         lib, handle = self._cublas()
         M, N = C.shape
         K = A.shape[0] if trans_a else A.shape[1]
-        a16, b16 = self._bf16(A, "bf16_a"), self._bf16(B, "bf16_b")
+        a16, b16 = self._operand(A, "bf16_a"), self._operand(B, "bf16_b")
         p_alpha, p_beta = ctypes.pointer(ctypes.c_float(alpha)), ctypes.pointer(ctypes.c_float(beta))
         status = lib.cublasGemmEx(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, b16.data.ptr, CUDA_R_16BF,
                                   B.shape[1], a16.data.ptr, CUDA_R_16BF, A.shape[1], p_beta, C.data.ptr, CUDA_R_32F, N,
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)  # fmt: skip  (as _gemm: B first)
         _check(status, "cublasGemmEx (bfloat16)")
         self.counts["gemm"] += 1
+        self._written(C)

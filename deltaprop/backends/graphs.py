@@ -120,5 +120,5 @@ class GraphSteps:
     def _window_step(self, rec: Recording, step, rows: int) -> None:
         """One step through the recording's buffers: rows ← order[step_no·B:], step, metrics[step_no] += sums."""
         self._window_in(rec, rows)
-        step(rec.rows[:rows], rec.sums)
+        self._run_step(step, rec.rows[:rows], rec.sums)
         self._window_out(rec)

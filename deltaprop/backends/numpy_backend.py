@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import bf16
 from .base import Backend
 from .compat import Probe
+from .rounding import RoundOnce
 
 _add_reduce = np.add.reduce
-_matmul = np.matmul
 _multiply = np.multiply
 
 
@@ -26,6 +27,7 @@ class NumpyBackend(Backend):
     xp = np
     device = "CPU (NumPy)"
     thread_safe = True  # its only state is the per-thread scratch space
+    scales_delta = True  # _scaled_gradient may scale δ before its GEMM (numpy-bf16: never, as cupy-bf16)
 
     @staticmethod
     def probe() -> Probe:
@@ -68,13 +70,13 @@ class NumpyBackend(Backend):
         at small batches. Results differ from the default's by rounding only."""
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
-        if delta.size < W.size:
+        if delta.size < W.size and self.scales_delta:
             scaled = self._scratch("delta", delta.shape, delta.dtype)
             _multiply(delta, scale, out=scaled)
-            _matmul(z_prev.T, scaled, out=gW)
+            self._matmul(z_prev.T, scaled, gW)
             _add_reduce(scaled, axis=0, out=gb)
         else:
-            _matmul(z_prev.T, delta, out=gW)
+            self._matmul(z_prev.T, delta, gW)
             gW *= scale
             _add_reduce(delta, axis=0, out=gb)
             gb *= scale
@@ -98,3 +100,29 @@ class NumpyBackend(Backend):
 
 
 CHUNK = 1 << 15  # elements of a chunk of adam_update: 128 KB of float32 per array, five arrays in a 1 MB L2
+
+
+class NumpyBF16Backend(RoundOnce, NumpyBackend):
+    """NumPy with cupy-bf16's numerics: each float32 GEMM reads its operands rounded to bfloat16 (round to nearest
+    even, deltaprop.kernels.bf16), each once a step (``RoundOnce``), and multiplies them in float32; the weights,
+    the optimizer's state, the bias sums, φ, δ's elementwise work and the update stay float32, and float64 is
+    unchanged. An emulation, for measuring bf16's effect on accuracy without a GPU (the products are exact in
+    float32, the sums are NumPy's: the same inputs as cuBLAS's, another order of addition); slower than "numpy"."""
+
+    name = "numpy-bf16"
+    device = "CPU (NumPy), bfloat16 GEMM inputs emulated"
+    scales_delta = False  # cupy-bf16's GEMM rounds δ and applies 1/B as its alpha: so here
+
+    def _matmul(self, a, b, out) -> None:
+        if out.dtype != np.float32:
+            return super()._matmul(a, b, out)
+        np.matmul(self._operand(a, "bf16_a"), self._operand(b, "bf16_b"), out=out)
+        self._written(out)
+
+    def _round(self, x, slot: str):
+        out = self._scratch(slot, x.shape, np.float32)
+        bf16.round_into(x, out)
+        return out
+
+    def _address(self, x) -> int:
+        return x.__array_interface__["data"][0]

@@ -34,6 +34,17 @@ def rounded(x) -> np.ndarray:
     return from_bits(round_bits(x))
 
 
+def round_into(x, out) -> None:
+    """out ← x rounded to bfloat16, as float32 (``rounded``'s values), for float32 arrays x and out of one shape."""
+    u, o = x.view(np.uint32), out.view(np.uint32)
+    np.right_shift(u, np.uint32(16), out=o)
+    o &= np.uint32(1)
+    o += np.uint32(0x7FFF)
+    o += u  # modulo 2^32: only a NaN's bits can pass 2^32, and a NaN is set below
+    o &= np.uint32(0xFFFF0000)
+    np.putmask(o, (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000), np.uint32(0x7FFF0000))
+
+
 def to_bf16_kernel():
     """cupy.RawKernel to_bf16(x float32*, out uint16*, n int64) on the current device, compiled on first use
     (a loaded module's functions launch on its device only)."""
