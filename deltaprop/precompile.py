@@ -178,6 +178,8 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
 
     probe = compat.probe_numba_cuda()
     shared = None  # the fused epoch's shared memory per block: the GPU's, or SHARED_PER_BLOCK's for --cc
+    if probe.simulated:  # with or without --cc: the simulator's "GPU" has no compiler and no compute capability
+        raise CompileError("NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
     if cc is None:
         if not probe.usable:
             raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
@@ -185,8 +187,6 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
         cc = device.compute_capability
         multiprocessors = multiprocessors or device.MULTIPROCESSOR_COUNT
         shared = int(device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-    elif probe.simulated:
-        raise CompileError("--cc: NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
     else:
         _check_importable()
     _check_target(cc)

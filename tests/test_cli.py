@@ -25,7 +25,7 @@ def mnist_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
+def offline(monkeypatch, tmp_path, tmp_path_factory):
     from deltaprop.data import mnist
 
     def refuse(*args):
@@ -35,6 +35,8 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(mnist, "pip_download", refuse)
     monkeypatch.delenv("DELTAPROP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # matplotlib, when --plot imports it first, makes its cache where this says, or else under XDG_CACHE_HOME
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.getbasetemp() / "matplotlib"))
 
 
 def run(capsys, *argv):

@@ -108,7 +108,8 @@ def parse(spec) -> tuple[str, int | None]:
     key = {"numba": "numba-cuda"}.get(key.strip(), key.strip())
     if key != "auto" and key not in _REGISTRY and key not in VARIANTS:
         raise ValueError(f"backend: unknown backend {spec!r}; choose one of {', '.join(NAMES + ('auto',))}"
-                         " (a GPU backend may name its device, as in cupy:1)")
+                         f" or a precision variant ({', '.join(VARIANTS)}); a GPU backend may name its device, as in"
+                         " cupy:1")
     if not colon:
         return key, None
     if key not in DEVICE_LIBRARY:

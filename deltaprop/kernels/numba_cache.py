@@ -345,21 +345,29 @@ def _rebuild(meta: dict, cubin: bytes, argtypes, target):
 
 def persistent(factory):
     """Decorator of a kernel factory (a ``functools.cache`` function returning a ``cuda.jit`` kernel):
-    the kernel it returns is cached on disk under the factory's name and arguments. The simulator's
-    kernels are Python and are not cached."""
+    the kernel it returns is cached on disk under the factory's name and arguments. Arguments given by keyword
+    or left to their defaults are bound first, so that every way of asking for a variant gets the one kernel
+    object. The simulator's kernels are Python and are not cached."""
     from numba import config
 
     signature = inspect.signature(factory)
     name = f"{factory.__module__.rsplit('.', 1)[-1]}.{factory.__name__}"
 
+    calls: dict = {}  # (args, keyword items) as called -> the kernel: a backend asks once per launch
+
     @functools.wraps(factory)
     def make(*args, **kwargs):
-        kernel = factory(*args, **kwargs)
+        key = (args, tuple(kwargs.items()))
+        kernel = calls.get(key)
+        if kernel is not None:
+            return kernel
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()  # one call form per variant: the factory's functools.cache keeps one kernel for it
+        kernel = factory(*bound.args, **bound.kwargs)
         if not config.ENABLE_CUDASIM and not isinstance(getattr(kernel, "_cache", None), KernelCache):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
             variant = name + "(" + ",".join(_canonical(v) for v in bound.arguments.values()) + ")"
             kernel._cache = KernelCache(variant, kernel.targetoptions)
+        calls[key] = kernel
         return kernel
 
     return make

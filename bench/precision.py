@@ -1,0 +1,86 @@
+"""What the GEMM precision does to accuracy: the reference net trained the same way on each backend asked, its MNIST
+test accuracy after every epoch, and each backend's difference to the first one's.
+
+    python bench/precision.py [--backends numpy,numpy-bf16] [--epochs 10] [--out bench/results]
+
+The net and its training are those of the headline's accuracy figures (tools/headline.py): 784-1024-1024-10, ReLU,
+softmax + cross-entropy, SGD at rate 0.05 with momentum 0.9, batch 128, seed 0, the whole MNIST training set
+(``deltaprop.data.load_mnist``, the cache or a folder; never downloaded here). On the CPU the default compares
+"numpy" (float32) with "numpy-bf16", the emulation of cupy-bf16's numerics (GEMM inputs rounded to bfloat16); on a
+GPU, ``--backends cupy,cupy-tf32,cupy-bf16`` (the issue's goal: bf16 and tf32 within 0.2 points of fp32 after 10
+epochs). Writes <date>-<machine>-precision.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deltaprop import MLP, record  # noqa: E402
+
+SIZES = [784, 1024, 1024, 10]
+TRAINING = {"lr": 0.05, "momentum": 0.9, "batch_size": 128}  # tools/headline.py's reference net
+SEED = 0
+
+
+def accuracy_per_epoch(backend: str, epochs: int, data) -> dict:
+    model = MLP(SIZES, backend=backend, seed=SEED)
+    accuracies = []
+    history = model.fit(data.X_train, data.y_train, epochs=epochs, **TRAINING,
+                        callback=lambda e, h: accuracies.append(float(model.score(data.X_test, data.y_test))))
+    return {"test_accuracy_per_epoch": accuracies, "final_test_accuracy": accuracies[-1],
+            "train_seconds": float(sum(history.seconds)), "device": model.selection.describe()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="numpy,numpy-bf16", type=lambda s: s.split(","),
+                   help="the backends, the first the one the others are compared with (default: numpy,numpy-bf16)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
+    p.add_argument("--machine", default=f"cpu-{record.cores()}core")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    a = p.parse_args(argv)
+    from deltaprop.bench.measure import machine_info
+    from deltaprop.data import DataUnavailable, load_mnist
+
+    try:
+        data = load_mnist(download=False)
+    except DataUnavailable as exc:
+        print(f"error: no MNIST here ({str(exc).splitlines()[0]})", file=sys.stderr)
+        return 2
+    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
+              "load_average_start": record.load_average(),
+              "settings": {"layers": SIZES, **TRAINING, "optimizer": "sgd", "epochs": a.epochs, "seed": SEED},
+              "backends": {}}
+    for backend in a.backends:
+        row = result["backends"][backend] = accuracy_per_epoch(backend, a.epochs, data)
+        print(f"{backend}: {row['final_test_accuracy']:.4f} after {a.epochs} epochs ({row['train_seconds']:.0f} s)",
+              flush=True)
+    first = result["backends"][a.backends[0]]
+    for row in result["backends"].values():
+        row["points_from_first"] = 100 * (row["final_test_accuracy"] - first["final_test_accuracy"])
+    result["load_average_end"] = record.load_average()
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-precision"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# GEMM precision and accuracy, {a.machine}, {result['date']} (commit {result['commit']})", "",
+             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             f"Settings {json.dumps(result['settings'])} (see bench/precision.py).", "",
+             f"| backend | test accuracy after {a.epochs} epochs | points from {a.backends[0]} | training s | "
+             "per epoch |", "|---|---|---|---|---|"]
+    for backend, row in result["backends"].items():
+        accs = ", ".join(f"{x:.4f}" for x in row["test_accuracy_per_epoch"])
+        lines.append(f"| {backend} | {row['final_test_accuracy']:.4f} | {row['points_from_first']:+.2f} | "
+                     f"{row['train_seconds']:.0f} | {accs} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("wrote", stem.with_suffix(".json"), "and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""bench/precision.py at tiny sizes: every code path, so that it cannot rot (figures are its own business)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import types
+
+import numpy as np
+
+import deltaprop.data
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location("bench_precision", os.path.join(HERE, "..", "bench", "precision.py"))
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_the_precision_bench_compares_each_backend_with_the_first(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 300)
+    X = rng.random((300, 784), dtype=np.float32) + np.eye(10, 784, dtype=np.float32)[y]
+    fake = types.SimpleNamespace(X_train=X[:250], y_train=y[:250], X_test=X[250:], y_test=y[250:])
+    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
+    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
+    assert bench.main(["--epochs", "2", "--machine", "test", "--out", str(tmp_path)]) == 0
+    (found,) = tmp_path.glob("*-test-precision.json")
+    result = json.loads(found.read_text())
+    assert list(result["backends"]) == ["numpy", "numpy-bf16"] and result["settings"]["epochs"] == 2
+    rows = result["backends"]
+    assert rows["numpy"]["points_from_first"] == 0.0
+    assert all(len(r["test_accuracy_per_epoch"]) == 2 for r in rows.values())
+    assert rows["numpy-bf16"]["points_from_first"] == 100 * (rows["numpy-bf16"]["final_test_accuracy"]
+                                                           - rows["numpy"]["final_test_accuracy"])
+    assert found.with_suffix(".md").read_text().count("| numpy") == 2
+
+
+def test_without_mnist_it_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("DELTAPROP_DATA", raising=False)
+    assert bench.main(["--out", str(tmp_path)]) == 2
+    assert "error: no MNIST here" in capsys.readouterr().err and not list(tmp_path.glob("*.json"))
