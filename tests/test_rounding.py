@@ -388,3 +388,47 @@ def test_the_precision_variants_take_the_step_path(variant, monkeypatch):
     monkeypatch.setenv(fused.ENV, "on")
     with pytest.raises(ValueError, match=f"{fused.ENV}=on: {bk.name}: this backend has no fused epoch"):
         fused.choose(bk, **nielsen)
+
+
+def fake_gemm(dtype):
+    """cublasSgemm_v2 / cublasDgemm_v2 reading and writing the raw pointers they are given (column-major)."""
+
+    def gemm(handle, transa, transb, m, n, k, p_alpha, A, lda, B, ldb, p_beta, C, ldc):
+        a = host_view(A, dtype, k if transa else m, m if transa else k, lda)
+        b = host_view(B, dtype, n if transb else k, k if transb else n, ldb)
+        c = host_view(C, dtype, m, n, ldc)
+        alpha, beta = (dtype(p.contents.value) for p in (p_alpha, p_beta))
+        c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + (beta * c if beta else 0)
+        return 0
+
+    return gemm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_default_bodies_gemms_go_through_cublas_on_the_cupy_backend(rng, dtype):
+    """A fallback's GEMMs (Backend._matmul) reach the backend's own cuBLAS call, transposed views as their arrays
+    transposed by cuBLAS: the same products, in the backend's math mode."""
+    from deltaprop.backends import cupy_backend as cb
+
+    bk = object.__new__(cb.CupyBackend)
+    Backend.__init__(bk)
+    bk.xp, bk.counts, bk._on_device = DevNumpy(), collections.Counter(), contextlib.nullcontext
+    lib = types.SimpleNamespace(cublasSgemm_v2=fake_gemm(np.float32), cublasDgemm_v2=fake_gemm(np.float64))
+    bk._cublas = lambda: (lib, None)
+    dev = lambda *shape: bk.asarray(rng.normal(size=shape), dtype)  # noqa: E731
+    for M, N, K in [(1, 1, 1), (7, 5, 33), (65, 17, 7)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = dev(K, M).T if ta else dev(M, K)
+                b = dev(N, K).T if tb else dev(K, N)
+                out = bk.empty((M, N), dtype)
+                before = bk.counts["gemm"]
+                bk._matmul(a, b, out)
+                assert bk.counts["gemm"] == before + 1
+                np.testing.assert_allclose(out, np.asarray(a, np.float64) @ np.asarray(b, np.float64), rtol=1e-5,
+                                           atol=1e-5 * np.sqrt(K))
+    a = dev(7, 66)[:, ::2]  # neither contiguous nor a transposed contiguous array: NumPy's matmul
+    out = bk.empty((7, 5), dtype)
+    before = bk.counts["gemm"]
+    bk._matmul(a, dev(33, 5), out)
+    assert bk.counts["gemm"] == before

@@ -62,7 +62,7 @@ DEVICE_LOCK = threading.RLock()
 #: The arguments that each method of the contract writes, by parameter name: it only reads the others (asarray,
 #: empty and zeros make new arrays). A backend that keeps copies derived from arrays between calls (the bf16
 #: backends' rounded GEMM operands, deltaprop.backends.rounding) drops a copy when its array is written; after a
-#: method that is not here (run_steps, run_epoch_fused) it drops them all. tests/test_backends.py checks the table
+#: method that is not here (run_steps, run_epoch_fused) it drops them all. tests/test_rounding.py checks the table
 #: against the contract and the NumPy bodies.
 WRITES = {
     "asarray": (), "to_numpy": (), "empty": (), "zeros": (), "all_finite": (), "synchronize": (), "fused_limit": (),
