@@ -24,13 +24,15 @@ def test_the_precision_bench_compares_each_backend_with_the_first(tmp_path, monk
     fake = types.SimpleNamespace(X_train=X[:250], y_train=y[:250], X_test=X[250:], y_test=y[250:])
     monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
     monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
-    assert bench.main(["--epochs", "2", "--machine", "test", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--epochs", "2", "--seeds", "2", "--machine", "test", "--out", str(tmp_path)]) == 0
     (found,) = tmp_path.glob("*-test-precision.json")
     result = json.loads(found.read_text())
     assert list(result["backends"]) == ["numpy", "numpy-bf16"] and result["settings"]["epochs"] == 2
     rows = result["backends"]
     assert rows["numpy"]["points_from_first"] == 0.0
-    assert all(len(r["test_accuracy_per_epoch"]) == 2 for r in rows.values())
+    assert all(len(f["test_accuracy_per_epoch"]) == 2 for r in rows.values() for f in r["fits"])
+    assert [f["seed"] for f in rows["numpy"]["fits"]] == [0, 1] and result["settings"]["seeds"] == [0, 1]
+    assert all(r["final_test_accuracy"] == sum(r["final_per_seed"]) / 2 for r in rows.values())
     assert rows["numpy-bf16"]["points_from_first"] == 100 * (rows["numpy-bf16"]["final_test_accuracy"]
                                                            - rows["numpy"]["final_test_accuracy"])
     assert found.with_suffix(".md").read_text().count("| numpy") == 2
