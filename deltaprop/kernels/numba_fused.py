@@ -7,9 +7,9 @@ fewer) are read from X (n, n_0) and Y (n, n_L) in global memory; forward layer b
 element), the targets and the softmax, each row's loss and correct count (float64, summed in row order into
 metrics[s], as ``Backend.batch_metrics`` adds them), the output δ, the hidden δ from the last layer down (each
 from the W of before the update), then the update of every parameter (one thread per element: the gradient over
-the batch's rows, then SGD's weight decay and momentum, or numba_optim.adam_rule, the step path's Adam and AdamW,
+the batch's rows, then the step path's rule: numba_optim.sgd_rule, rmsprop_rule, or adam_rule for Adam and AdamW,
 with the bias corrections of step t + 1, t + 2, ...: the step count t is read at the start, advanced once per
-step as ``count_step`` does, and written back at the end; or numba_optim.rmsprop_rule). Barriers separate the
+step as ``count_step`` does, and written back at the end). Barriers separate the
 phases. The shared memory follows ``deltaprop.backends.fused`` (its docstring has the layout); its size is the
 launch's dynamic shared memory.
 
@@ -31,7 +31,7 @@ from numba import config, cuda, from_dtype, types
 from ..backends.fused import HIDDEN
 from .numba_activations import device_inline, dphi, phi
 from .numba_cache import persistent
-from .numba_optim import adam_rule, bias_corrections, rmsprop_rule
+from .numba_optim import adam_rule, bias_corrections, rmsprop_rule, sgd_rule
 
 
 @functools.cache
@@ -144,7 +144,8 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
     F64, KIND = types.float64, from_dtype(np.dtype(kind))  # numba types: the simulator's dynamic arrays need them
     adam, rms = optimizer in ("adam", "adamw"), optimizer == "rmsprop"
     SLOTS = 2 if adam else int(rms) + int(momentum)  # the state arrays of P elements after the parameters
-    step_rule = adam_rule(kind, optimizer == "adamw") if adam else rmsprop_rule(kind, momentum)
+    step_rule = (adam_rule(kind, optimizer == "adamw") if adam else rmsprop_rule(kind, momentum) if rms
+                 else sgd_rule(kind, momentum, nesterov))
     bias = bias_corrections(kind)
 
     @_jit(threads)
@@ -244,7 +245,7 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                         acc += sh[dn + r * nn + j] * sh[w + i * nn + j]
                     sh[dl + e] = acc * deriv(sh[zl + e], code)
                 cuda.syncthreads()
-            # the update, a thread per parameter: g = z_prevᵀ·δ / rows (+ λ·W), v = μ·v + g, W −= η·v; or Adam's
+            # the update, a thread per parameter: g = z_prevᵀ·δ / rows, then the optimizer's rule
             scale = one / kind(rows)
             c1, c2 = bias(t0 + (s - first) + 1, h1, h2) if adam else (zero, zero)  # as after count_step
             for l in range(L):
@@ -264,21 +265,15 @@ def epoch(sizes: tuple, codes: tuple, loss: str, rule, momentum: bool, nesterov:
                     else:
                         for r in range(rows):
                             acc += sh[zin + r * nin + i] * sh[dl + r * nout + j]
-                    g = acc * scale
-                    if adam or rms:  # the step path's rule, biases without decay
-                        x, m, s2 = step_rule(sh[w + e], g, sh[v + e], sh[v + P + e] if SLOTS > 1 else zero, lr, c1, c2,
-                                             h1, h2, h3, decay if i < nin else zero)
-                        sh[w + e], sh[v + e] = x, m
-                        if SLOTS > 1:
-                            sh[v + P + e] = s2
-                        continue
-                    if i < nin:
-                        g += decay * sh[w + e]
-                    if momentum:
-                        vu = h1 * sh[v + e] + g
-                        sh[v + e] = vu
-                        g = g + h1 * vu if nesterov else vu
-                    sh[w + e] -= lr * g
+                    # the step path's rule (numba_optim), biases without decay; a slot the rule has not is not read
+                    x, m, s2 = step_rule(sh[w + e], acc * scale, sh[v + e] if SLOTS > 0 else zero,
+                                         sh[v + P + e] if SLOTS > 1 else zero, lr, c1, c2, h1, h2, h3,
+                                         decay if i < nin else zero)
+                    sh[w + e] = x
+                    if SLOTS > 0:
+                        sh[v + e] = m
+                    if SLOTS > 1:
+                        sh[v + P + e] = s2
             cuda.syncthreads()
         for i in range(tx, P, threads):
             theta[i] = sh[w0 + i]

@@ -36,7 +36,8 @@ Epilogues, each its own kernel:
   sgd(A, B, W, b, vW, vb, rate, momentum, decay, scale)
                               g = scale·AᵀB (+ decay·W), v = momentum·v + g, W −= η·v (η = rate[0], on the
                               device; Nesterov: W −= η·(g + momentum·v)), likewise b (no decay);
-  adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile (numba_optim's rules);
+  adam(...), rmsprop(...)     Adam's and RMSprop's steps from the same gradient tile; every update is ``_update``'s
+                              loop over the tile with numba_optim's rule of its optimizer;
   the update kernels' max-norm epilogue (``max_norm``): each block also writes, per column, the sum of squares of
                               the new W over its rows (``_column_partials``), for numba_elementwise.max_norm_scale.
 
@@ -61,7 +62,7 @@ from numba import config, cuda
 
 from .numba_activations import device_inline, dphi, phi
 from .numba_cache import persistent
-from .numba_optim import adam_rule, corrections, rmsprop_rule
+from .numba_optim import adam_rule, corrections, rmsprop_rule, sgd_rule
 
 U = np.uint64  # indices cast to it: numba wraps a signed index around (a compare and a select per access)
 # shared tiles on 16 bytes, for the vector loads (the simulator takes no alignment)
@@ -706,78 +707,16 @@ def _column_partials(kind, tiles: Tiles):
     return partials
 
 
-@persistent
 @functools.cache
-def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool = False, max_norm: bool = False):
-    """Kernel (A, B, W, b, vW, vb, rate, mu, decay, scale): the SGD step from the gradient tile.
-
-    g = scale·AᵀB + decay·W (b: no decay); v = mu·v + g (or v = g when not ``momentum``: vW, vb unused);
-    W −= η·v, or W −= η·(g + mu·v) when ``nesterov``. η = rate[0]: a one-element device array, so that a
-    recorded graph reads a schedule's new rate. Every element of W, b, vW, vb is read and written by one
-    thread only. With ``max_norm`` the kernel takes an 11th argument, part (grid rows, N): each block writes its
-    row tile's sums of squares of the new W's columns there (``_column_partials``), for
-    ``numba_elementwise.max_norm_scale``; without, it is the kernel it was before max-norm.
-    """
-    mainloop = _mainloop("tn", True, kind, tiles, wide)
-    TM, TN = tiles.tm, tiles.tn
-    coords = _coords(tiles)
-    partials = _column_partials(kind, tiles)
-    zero = kind(0.0)
-
-    @device_inline
-    def body(A, B, W, b, vW, vb, rate, mu, decay, scale, part):
-        acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
-        sq = cuda.local.array(TN, kind)  # max-norm: this thread's Σ W² per column
-        if max_norm:
-            for j in range(TN):
-                sq[j] = zero
-        lr = rate[0]
-        M, N = A.shape[1], B.shape[1]
-        for i in range(TM):
-            for j in range(TN):
-                m, n = coords(i, j)
-                if m < M and n < N:
-                    g = acc[i, j] * scale + decay * W[m, n]
-                    if momentum:
-                        v = mu * vW[m, n] + g
-                        vW[m, n] = v
-                        g = g + mu * v if nesterov else v
-                    if max_norm:
-                        x = W[m, n] - lr * g
-                        W[m, n] = x
-                        sq[j] += x * x
-                    else:
-                        W[m, n] -= lr * g
-                elif m == M and n < N:
-                    g = acc[i, j] * scale
-                    if momentum:
-                        v = mu * vb[n] + g
-                        vb[n] = v
-                        g = g + mu * v if nesterov else v
-                    b[n] -= lr * g
-        if max_norm:
-            partials(sq, part, N)
-
-    if max_norm:
-        @_jit(tiles)
-        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale, part):
-            body(A, B, W, b, vW, vb, rate, mu, decay, scale, part)
-    else:
-        @_jit(tiles)
-        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale):
-            body(A, B, W, b, vW, vb, rate, mu, decay, scale, W)  # no part: W stands in, unused
-
-    return kernel
-
-
-def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w: bool, max_norm: bool):
-    """Kernel (A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale): an optimizer's step from the gradient
-    tile g = scale·AᵀB, with two state slots u and w of W's and b's shapes:
-    (p, u, w) ← rule(p, g, u, w, η, k1, k2, h1, h2, h3, decay) for each element, b without decay, where
-    (k1, k2) = per_thread(t, h1, h2) once per thread and η = rate[0] (both read on the device: a recorded graph
-    replays a schedule and a step count right). w is written only when ``writes_w``. Every element of W, b and
-    their slots is read and written by one thread only. ``max_norm``: a 16th argument, part, as in ``sgd``."""
+def _update(kind, tiles: Tiles, wide: bool, rule, per_thread, slots: int, max_norm: bool):
+    """Device function (A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, part): an optimizer's step from
+    the gradient tile g = scale·AᵀB, with ``slots`` state slots (0, 1 or 2: u, then w, of W's and b's shapes; the
+    others are neither read nor written): (p, u, w) ← rule(p, g, u, w, η, k1, k2, h1, h2, h3, decay) for each element
+    (numba_optim's rules), b without decay, where (k1, k2) = per_thread(t, h1, h2) once per thread and η = rate[0]
+    (both read on the device: a recorded graph replays a schedule and a step count right). Every element of W, b and
+    their slots is read and written by one thread only. With ``max_norm``, each block writes its row tile's sums of
+    squares of the new W's columns into part (grid rows, N) (``_column_partials``), for
+    ``numba_elementwise.max_norm_scale``; without, part is not touched."""
     mainloop = _mainloop("tn", True, kind, tiles, wide)
     TM, TN = tiles.tm, tiles.tn
     coords = _coords(tiles)
@@ -799,21 +738,56 @@ def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w:
             for j in range(TN):
                 m, n = coords(i, j)
                 if m < M and n < N:
-                    x, u, w = rule(W[m, n], acc[i, j] * scale, uW[m, n], wW[m, n] if writes_w else zero, lr, k1, k2,
-                                   h1, h2, h3, decay)
-                    W[m, n], uW[m, n] = x, u
-                    if writes_w:
+                    x, u, w = rule(W[m, n], acc[i, j] * scale, uW[m, n] if slots > 0 else zero,
+                                   wW[m, n] if slots > 1 else zero, lr, k1, k2, h1, h2, h3, decay)
+                    W[m, n] = x
+                    if slots > 0:
+                        uW[m, n] = u
+                    if slots > 1:
                         wW[m, n] = w
                     if max_norm:
                         sq[j] += x * x
                 elif m == M and n < N:
-                    x, u, w = rule(b[n], acc[i, j] * scale, ub[n], wb[n] if writes_w else zero, lr, k1, k2, h1, h2, h3,
-                                   zero)
-                    b[n], ub[n] = x, u
-                    if writes_w:
+                    x, u, w = rule(b[n], acc[i, j] * scale, ub[n] if slots > 0 else zero, wb[n] if slots > 1 else zero,
+                                   lr, k1, k2, h1, h2, h3, zero)
+                    b[n] = x
+                    if slots > 0:
+                        ub[n] = u
+                    if slots > 1:
                         wb[n] = w
         if max_norm:
             partials(sq, part, N)
+
+    return body
+
+
+@persistent
+@functools.cache
+def sgd(momentum: bool, kind, tiles: Tiles, wide: bool = False, nesterov: bool = False, max_norm: bool = False):
+    """Kernel (A, B, W, b, vW, vb, rate, mu, decay, scale[, part]): the SGD step from the gradient tile
+    (numba_optim.sgd_rule): g = scale·AᵀB + decay·W (b: no decay); v = mu·v + g (vW, vb unused without
+    ``momentum``); W −= η·v, or W −= η·(g + mu·v) when ``nesterov``. η = rate[0]: a one-element device array, so that
+    a recorded graph reads a schedule's new rate. part with ``max_norm``, as in ``_update``."""
+    body = _update(kind, tiles, wide, sgd_rule(kind, momentum, nesterov), corrections(kind, False), int(momentum),
+                   max_norm)
+    zero = kind(0.0)
+
+    if max_norm:
+        @_jit(tiles)
+        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale, part):
+            body(A, B, W, b, vW, vb, vW, vb, rate, rate, mu, zero, zero, decay, scale, part)  # t: unused
+    else:
+        @_jit(tiles)
+        def kernel(A, B, W, b, vW, vb, rate, mu, decay, scale):
+            body(A, B, W, b, vW, vb, vW, vb, rate, rate, mu, zero, zero, decay, scale, W)  # no part: W stands in, unused
+
+    return kernel
+
+
+def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, slots: int, max_norm: bool):
+    """Kernel (A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale[, part]): ``_update``'s step with its
+    arguments as they come (Adam's, RMSprop's)."""
+    body = _update(kind, tiles, wide, rule, per_thread, slots, max_norm)
 
     if max_norm:
         @_jit(tiles)
@@ -832,8 +806,8 @@ def _two_slot_update(kind, tiles: Tiles, wide: bool, rule, per_thread, writes_w:
 def adam(kind, tiles: Tiles, wide: bool = False, decoupled: bool = False, max_norm: bool = False):
     """Kernel (A, B, W, b, mW, mb, sW, sb, t, rate, beta_1, beta_2, epsilon, decay, scale[, part]): the Adam step from
     the gradient tile (numba_optim.adam_rule; the bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ from the device's step count t);
-    part with ``max_norm``, as in ``sgd``."""
-    return _two_slot_update(kind, tiles, wide, adam_rule(kind, decoupled), corrections(kind, True), True, max_norm)
+    part with ``max_norm``, as in ``_update``."""
+    return _two_slot_update(kind, tiles, wide, adam_rule(kind, decoupled), corrections(kind, True), 2, max_norm)
 
 
 @persistent
@@ -841,8 +815,8 @@ def adam(kind, tiles: Tiles, wide: bool = False, decoupled: bool = False, max_no
 def rmsprop(kind, tiles: Tiles, wide: bool = False, momentum: bool = False, max_norm: bool = False):
     """Kernel (A, B, W, b, sW, sb, vW, vb, t, rate, rho, epsilon, mu, decay, scale[, part]): the RMSprop step from the
     gradient tile (numba_optim.rmsprop_rule; t unused; vW, vb unused without ``momentum``); part with ``max_norm``,
-    as in ``sgd``."""
-    return _two_slot_update(kind, tiles, wide, rmsprop_rule(kind, momentum), corrections(kind, False), momentum,
+    as in ``_update``."""
+    return _two_slot_update(kind, tiles, wide, rmsprop_rule(kind, momentum), corrections(kind, False), 1 + momentum,
                             max_norm)
 
 

@@ -1,6 +1,7 @@
 """The optimizers' per-element rules as numba-cuda device functions (deltaprop.optim's, as the contract's NumPy
-bodies in deltaprop/backends/base.py state them), used by the gradient GEMM's epilogues (numba_gemm.adam and
-numba_gemm.rmsprop): each update is one pass, fused with the GEMM that computes its gradient.
+bodies in deltaprop/backends/base.py state them), used by the gradient GEMM's epilogues (numba_gemm.sgd, adam and
+rmsprop: each update is one pass, fused with the GEMM that computes its gradient) and by the fused epoch
+(numba_fused.epoch).
 
 A rule is (x, g, u, w, lr, k1, k2, h1, h2, h3, decay) -> (x', u', w'): the parameter x, its gradient g, its two
 state slots, the rate, two constants that ``per_thread(t, h1, h2)`` computes once per thread from the step count
@@ -12,6 +13,23 @@ import functools
 import math
 
 from .numba_activations import device_inline
+
+
+@functools.cache
+def sgd_rule(kind, momentum: bool, nesterov: bool):
+    """One SGD step of x from g with momentum buffer v and μ (h1): g ← g + decay·x, v ← μ·v + g, x − η·v, or
+    x − η·(g + μ·v) with ``nesterov``; without ``momentum``, x − η·g and v returned unchanged (w, k1, k2, h2, h3
+    unused)."""
+
+    @device_inline
+    def rule(x, g, v, w, lr, k1, k2, mu, h2, h3, decay):
+        g += decay * x
+        if momentum:
+            v = mu * v + g
+            g = g + mu * v if nesterov else v
+        return x - lr * g, v, w
+
+    return rule
 
 
 @functools.cache
