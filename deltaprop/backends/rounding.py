@@ -15,7 +15,9 @@ A copy is kept only
   scratch arrays are rounded at each use;
 and it is dropped as soon as anything writes over its array's memory: a GEMM (its output), or a method of the
 contract that writes the array (``base.WRITES``; after a method that is not there, every copy is dropped). A copy
-holds its array, so that the array's memory is not reused by another while the copy is kept.
+holds its array, so that the array's memory is not reused by another while the copy is kept. A method's writes are
+dropped when it returns, so no method may write an argument (other than by a GEMM) and then multiply it in the
+same call: none does (tests/test_rounding.py runs every path of a step with the copies kept and without).
 
 A backend mixes ``RoundOnce`` in before its base class and provides ``_round(x, slot)`` (x rounded into its scratch
 ``slot``, which stays the copy's until the step ends; the same sequence of slots every step, so a captured step
