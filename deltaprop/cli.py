@@ -568,6 +568,8 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (usable, reason) in backends.available().items():
         print(f"  {name:<11} {'usable' if usable else 'not usable'}: {reason}")
+    print("precision variants, by name ('auto' takes none): "
+          + ", ".join(f"{name} (of {base})" for name, base in backends.variants().items()))
     print(f"auto picks: {backends.select('auto').describe()}")
     _print_devices()
     gpus = m["gpus"]

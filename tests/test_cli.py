@@ -451,6 +451,8 @@ def test_info(capsys):
     assert f"numpy {np.__version__}" in out and "numpy       usable: CPU (NumPy)" in out
     for line in ("numba-cuda", "cupy", "auto picks:", "GPU:"):
         assert line in out
+    assert ("precision variants, by name ('auto' takes none): cupy-tf32 (of cupy), cupy-bf16 (of cupy), "
+            "numpy-bf16 (of numpy)\n") in out
 
 
 def test_console_entry_points_and_a_light_import():

@@ -27,7 +27,8 @@ from . import compat
 from .base import Backend
 from .compat import BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "NAMES", "AUTO_ORDER", "available", "get", "parse", "select", "Selection"]
+__all__ = ["Backend", "BackendUnavailable", "NAMES", "AUTO_ORDER", "available", "get", "parse", "select", "Selection",
+           "variants"]
 
 # name -> (module, class); the modules are imported only when the name is probed.
 _REGISTRY = {
@@ -93,6 +94,12 @@ class Selection:
         if split is not None:
             how += f"; split-K GEMMs: {split} (DELTAPROP_SPLIT_K)"
         return how
+
+
+def variants() -> dict[str, str]:
+    """Every variant's name -> the name of the registered backend it is a variant of (the one of its module)."""
+    of = {module: name for name, (module, _) in _REGISTRY.items()}
+    return {name: of[module] for name, (module, _) in VARIANTS.items()}
 
 
 def _backend_class(name: str):
