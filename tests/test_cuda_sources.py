@@ -25,16 +25,20 @@ MANGLED = {"float": "f", "double": "d"}  # template argument in the Itanium mang
 
 
 def nvcc_ptx(source: Path, arch: str, out: Path):
-    """``source`` compiled to PTX; the kernel source is compiled as the backend gives it to NVRTC."""
-    if source == cuda_source.SOURCE:
-        source = out.with_suffix(".cu")
-        source.write_text(cuda_source.source())
+    """``source`` compiled to PTX; a templated source as the backend gives it to NVRTC, with every kernel the loader
+    asks for instantiated for float and double (``cuda_source.instantiation``)."""
+    templates = {cuda_source.SOURCE: cuda_source.TEMPLATES, cuda_source.DROPOUT_SOURCE: cuda_source.DROPOUT_TEMPLATES}
+    if source in templates:
+        text = cuda_source.source() if source == cuda_source.SOURCE else source.read_text()
+        with_instances = out.with_suffix(".cu")
+        with_instances.write_text(text + cuda_source.instantiation(templates[source]))
+        source = with_instances
     if NVCC is None:
         if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
             pytest.fail("DELTAPROP_REQUIRE_NVCC=1 but nvcc is not on PATH")
         pytest.skip("nvcc is not installed")
-    cmd = [NVCC, "-ptx", f"-arch=compute_{arch}", *cuda_source.OPTIONS, "-DDELTAPROP_INSTANTIATE",
-           "-Werror", "all-warnings", str(source), "-o", str(out)]  # fmt: skip
+    cmd = [NVCC, "-ptx", f"-arch=compute_{arch}", *cuda_source.OPTIONS, "-Werror", "all-warnings", str(source), "-o",
+           str(out)]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -50,11 +54,13 @@ def test_cuda_source_compiles_for_float_and_double(source, arch, tmp_path):
     assert done.returncode == 0, done.stderr
     ptx = out.read_text()
     assert f".target sm_{arch}" in ptx
-    if source == cuda_source.SOURCE:  # every kernel the loader asks for is in the PTX, for both types
-        entries = [line for line in ptx.splitlines() if ".entry" in line]
-        for name in cuda_source.TEMPLATES:
+    entries = [line for line in ptx.splitlines() if ".entry" in line]
+    loaded = {cuda_source.SOURCE: cuda_source.TEMPLATES, cuda_source.DROPOUT_SOURCE: cuda_source.DROPOUT_TEMPLATES}
+    if source in loaded:  # every kernel the loader asks for is in the PTX, for both types
+        for name in loaded[source]:
             for ctype in cuda_source.CTYPES.values():
                 assert any(f"{len(name)}{name}I{MANGLED[ctype]}E" in e for e in entries), f"{name}<{ctype}>"
+    if source == cuda_source.SOURCE:
         for name in cuda_source.PLAIN:
             assert any(f" {name}(" in e for e in entries), name
 
@@ -62,8 +68,9 @@ def test_cuda_source_compiles_for_float_and_double(source, arch, tmp_path):
 def test_a_type_error_fails_the_compile(tmp_path):
     """The check above can fail: a float* initialised from a double is rejected."""
     bad = tmp_path / "bad.cu"
-    bad.write_text(cuda_source.source().replace("T v = pre[i] + b[i % cols];", "T* v = 1.0;", 1))
-    assert bad.read_text() != cuda_source.source()
+    broken = cuda_source.source().replace("T v = pre[i] + b[i % cols];", "T* v = 1.0;", 1)
+    assert broken != cuda_source.source()
+    bad.write_text(broken + cuda_source.instantiation(cuda_source.TEMPLATES))
     done = nvcc_ptx(bad, "80", tmp_path / "bad.ptx")
     assert done.returncode != 0
 

@@ -6,7 +6,9 @@
   (the handle gets a workspace of its own, so that a captured call allocates nothing). cuBLAS is
   column-major: a C-contiguous (r, c) matrix is, to it, the (c, r) matrix Xᵀ, so C = op(A)·op(B)
   is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
-  Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ.
+  Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ. With momentum, Adam or
+  RMSprop it is the gradient's GEMM and then one kernel that steps W and b, b's sums of δ in the same launch
+  (``_w_and_b``).
 * Max-norm: the elementwise step of W (momentum, Adam, RMSprop) runs on a 2-D grid that also writes W's column
   sums of squares per row tile (plain SGD, a pure GEMM: a pass of its own), then one kernel adds them in a fixed
   order and rescales the columns above the bound: two passes, no atomics, bit-reproducible.
@@ -266,12 +268,13 @@ class CupyBackend(GraphSteps, Backend):
         rows, cols = W.shape
         if momentum:  # v ← μ·v + z_prevᵀ·δ/B (GEMM), then v ← v + λ·W, W ← W − η·v (kernel); b alike
             self._gemm(z_prev, delta, vW, trans_a=True, alpha=scale, beta=momentum)
-            if max_norm is None:
-                self._elementwise("momentum_step", W, W, vW, i64(W.size), t(lr), t(weight_decay))
+            if max_norm is None:  # W's step and b's (its sums of δ too) in one launch
+                self._w_and_b("momentum_update", W, delta, W, vW, b, vb, delta, t(lr), t(weight_decay), t(momentum),
+                              t(scale))
             else:  # the same step, on max-norm's grid, with W's column sums of squares
                 self._norm_pass("momentum_step_norm", W, W, vW, i64(rows), i64(cols), t(lr), t(weight_decay))
-            self._bias_grad(delta, vb, scale, momentum)
-            self._elementwise("momentum_step", b, b, vb, i64(b.size), t(lr), t(0))
+                self._bias_grad(delta, vb, scale, momentum)
+                self._elementwise("momentum_step", b, b, vb, i64(b.size), t(lr), t(0))
         else:  # one GEMM into W, one kernel into b
             self._gemm(z_prev, delta, W, trans_a=True, alpha=-lr * scale, beta=1.0 - lr * weight_decay)
             self._bias_grad(delta, b, -lr * scale, 1.0)
@@ -286,35 +289,57 @@ class CupyBackend(GraphSteps, Backend):
         if not (counted and self._ok(z_prev, delta, W, b, mW, mb, sW, sb)):
             return super().adam_update(z_prev, delta, W, b, mW, mb, sW, sb, t, lr, beta_1, beta_2, epsilon, weight_decay,
                                        decoupled, max_norm)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)  # GEMM and bias sums, then one pass over W and one over b
         rate, k = self._rate(lr, W.dtype), W.dtype.type
+        gW = self._scratch("gW", W.shape, W.dtype)
+        if max_norm is None:  # the GEMM, then W's step and b's (its sums of δ too) in one launch
+            self._gemm(z_prev, delta, gW, trans_a=True, alpha=1.0 / delta.shape[0])
+            self._w_and_b("adam_update", W, delta, W, gW, mW, sW, b, mb, sb, delta, t, rate, k(beta_1), k(beta_2),
+                          k(epsilon), k(weight_decay), i32(bool(decoupled)), k(1.0 / delta.shape[0]))
+            return
+        gb = self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)  # GEMM and bias sums, then one pass over W and one over b
         for p, g, m, s, decay in ((W, gW, mW, sW, weight_decay), (b, gb, mb, sb, 0.0)):
             hyper = (k(beta_1), k(beta_2), k(epsilon), k(decay), i32(bool(decoupled)))
-            if p is W and max_norm is not None:  # on max-norm's grid, with W's column sums of squares
+            if p is W:  # on max-norm's grid, with W's column sums of squares
                 self._norm_pass("adam_step_norm", W, W, g, m, s, t, rate, i64(W.shape[0]), i64(W.shape[1]), *hyper)
             else:
                 self._elementwise("adam_step", p, p, g, m, s, t, rate, i64(p.size), *hyper)
-        if max_norm is not None:
-            self._norm_scale(W, max_norm)
+        self._norm_scale(W, max_norm)
 
     def rmsprop_update(self, z_prev, delta, W, b, sW, sb, vW, vb, lr, rho: float, epsilon: float, momentum: float,
                        weight_decay: float, max_norm=None) -> None:
         if not self._ok(z_prev, delta, W, b, sW, sb, *((vW, vb) if momentum else ())):
             return super().rmsprop_update(z_prev, delta, W, b, sW, sb, vW, vb, lr, rho, epsilon, momentum, weight_decay,
                                           max_norm)
-        gW, gb = self._scratch("gW", W.shape, W.dtype), self._scratch("gb", b.shape, b.dtype)
-        self.weight_grad(z_prev, delta, gW, gb)
         rate, k = self._rate(lr, W.dtype), W.dtype.type
+        gW = self._scratch("gW", W.shape, W.dtype)
+        if not momentum:
+            vW, vb = sW, sb  # unused without momentum
+        if max_norm is None:  # the GEMM, then W's step and b's (its sums of δ too) in one launch
+            self._gemm(z_prev, delta, gW, trans_a=True, alpha=1.0 / delta.shape[0])
+            self._w_and_b("rmsprop_update", W, delta, W, gW, sW, vW, b, sb, vb, delta, rate, k(rho), k(epsilon),
+                          k(momentum), k(weight_decay), i32(bool(momentum)), k(1.0 / delta.shape[0]))
+            return
+        gb = self._scratch("gb", b.shape, b.dtype)
+        self.weight_grad(z_prev, delta, gW, gb)
         for p, g, s, v, decay in ((W, gW, sW, vW, weight_decay), (b, gb, sb, vb, 0.0)):
             hyper = (k(rho), k(epsilon), k(momentum), k(decay), i32(bool(momentum)))
-            v = v if momentum else s  # unused without momentum
-            if p is W and max_norm is not None:  # on max-norm's grid, with W's column sums of squares
+            if p is W:  # on max-norm's grid, with W's column sums of squares
                 self._norm_pass("rmsprop_step_norm", W, W, g, s, v, rate, i64(W.shape[0]), i64(W.shape[1]), *hyper)
             else:
                 self._elementwise("rmsprop_step", p, p, g, s, v, rate, i64(p.size), *hyper)
-        if max_norm is not None:
-            self._norm_scale(W, max_norm)
+        self._norm_scale(W, max_norm)
+
+    def _w_and_b(self, name, W, delta, *args) -> None:
+        """Launch the update kernel ``name`` (``w_and_b`` in the .cu): ``args`` up to the arrays, then n, rows, cols and
+        the W part's blocks, then the rest of ``args`` from the first scalar on; blocks of 32 × 8 threads, first the
+        W part's (a grid-stride loop over W's elements), then one a 32 columns of b (at most MAX_BLOCKS in all)."""
+        w_blocks = _blocks(W.size, THREADS)
+        b_blocks = max(1, min(-(-W.shape[1] // 32), MAX_BLOCKS - w_blocks))
+        split = next(i for i, a in enumerate(args) if not isinstance(a, self.xp.ndarray))
+        sizes = (i64(W.size), i64(delta.shape[0]), i64(delta.shape[1]), i64(w_blocks))
+        self._launch(cuda_source.kernels(W.dtype)[name], w_blocks + b_blocks, (32, 8), (*args[:split], *sizes,
+                                                                                        *args[split:]))
 
     def _norm_pass(self, name, W, *args) -> None:
         """The kernel ``name`` of max-norm's first pass over W (rows × cols), on max-norm's grid (``norm_grid``), with

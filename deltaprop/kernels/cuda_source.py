@@ -23,7 +23,7 @@ SOURCE = Path(__file__).with_name("mlp_kernels.cu")
 TEMPLATES = (
     "bias_act", "mul_dphi", "output_delta", "momentum_step", "bias_grad", "bias_softmax", "batch_metrics", "gather_rows",
     "adam_step", "rmsprop_step", "bias_maxout", "maxout_scatter", "max_norm_partials", "max_norm_scale",
-    "momentum_step_norm", "adam_step_norm", "rmsprop_step_norm",
+    "momentum_step_norm", "adam_step_norm", "rmsprop_step_norm", "momentum_update", "adam_update", "rmsprop_update",
 )
 #: the kernels that do not depend on the dtype (extern "C")
 PLAIN = ("window_in", "window_out")
@@ -46,6 +46,15 @@ def prelude() -> str:
         lines += [f"        case ACT_{a.name.upper()}: return {getattr(a, form)};" for a in ACTIVATIONS.values() if getattr(a, form)]
         lines += [f"        default: return {default};", "    }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def instantiation(templates) -> str:
+    """C++ that takes the address of each kernel of ``templates`` for float and double, as NVRTC's name expressions
+    instantiate them: appended to a source, it makes nvcc type-check the code the backend compiles from it
+    (tests/test_cuda_sources.py). Written from the lists the loader uses, so that no kernel goes unchecked."""
+    body = "".join(f"    (void)&{name}<T>;\n" for name in templates)
+    return ("\ntemplate <typename T>\nvoid deltaprop_instantiate() {\n" + body + "}\n"
+            + "".join(f"template void deltaprop_instantiate<{c}>();\n" for c in CTYPES.values()))
 
 
 def source() -> str:

@@ -77,15 +77,4 @@ __global__ void mul_mask(T* x, const T* y, long long n) {
     DP_GRID_STRIDE(i, n) { x[i] *= y[i]; }
 }
 
-#ifdef DELTAPROP_INSTANTIATE
-// For the offline nvcc check (tests/test_cuda_sources.py): instantiate every template as the loader asks for it.
-template <typename T>
-void deltaprop_instantiate_dropout() {
-    (void)&dropout_mask<T>;
-    (void)&mul_mask<T>;
-}
-template void deltaprop_instantiate_dropout<float>();
-template void deltaprop_instantiate_dropout<double>();
-#endif
-
 #endif  // DELTAPROP_DROPOUT_CU

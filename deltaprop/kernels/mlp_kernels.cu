@@ -175,9 +175,9 @@ __global__ void momentum_step_norm(T* w, T* v, long long rows, long long cols, T
 // One Adam step of element i of p from its gradient g (deltaprop.optim; the contract's adam_update): coupled decay
 // g + decay·p, or AdamW's p·(1 − η·decay) when decoupled; m, s the moments, c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ; the new p.
 template <typename T>
-__device__ __forceinline__ T adam_rule(T* p, const T* g, T* m, T* s, long long i, T lr, T c1, T c2, T beta_1, T beta_2,
-                                       T epsilon, T decay, int decoupled) {
-    T x = p[i], gi = g[i];
+__device__ __forceinline__ T adam_apply(T* p, T gi, T* m, T* s, long long i, T lr, T c1, T c2, T beta_1, T beta_2,
+                                        T epsilon, T decay, int decoupled) {
+    T x = p[i];
     if (decoupled)
         x -= lr * decay * x;
     else
@@ -189,6 +189,13 @@ __device__ __forceinline__ T adam_rule(T* p, const T* g, T* m, T* s, long long i
     x = x - (lr / c1) * mi / (sqrt(si) / sqrt(c2) + epsilon);
     p[i] = x;
     return x;
+}
+
+// adam_apply with the gradient of element i read from g.
+template <typename T>
+__device__ __forceinline__ T adam_rule(T* p, const T* g, T* m, T* s, long long i, T lr, T c1, T c2, T beta_1, T beta_2,
+                                       T epsilon, T decay, int decoupled) {
+    return adam_apply(p, g[i], m, s, i, lr, c1, c2, beta_1, beta_2, epsilon, decay, decoupled);
 }
 
 // adam_rule over n elements of p. η = rate[0] and the step count t[0] are read on the device, so that a recorded
@@ -215,9 +222,9 @@ __global__ void adam_step_norm(T* p, const T* g, T* m, T* s, const long long* t,
 // One RMSprop step of element i of p from its gradient g: g + decay·p, s ← ρ·s + (1 − ρ)·g², u = g / (√s + ε), with
 // momentum v ← μ·v + u and u = v; p ← p − η·u (v unused without momentum); the new p.
 template <typename T>
-__device__ __forceinline__ T rmsprop_rule(T* p, const T* g, T* s, T* v, long long i, T lr, T rho, T epsilon, T mu,
-                                          T decay, int momentum) {
-    const T x = p[i], gi = g[i] + decay * x;
+__device__ __forceinline__ T rmsprop_apply(T* p, T g_i, T* s, T* v, long long i, T lr, T rho, T epsilon, T mu,
+                                           T decay, int momentum) {
+    const T x = p[i], gi = g_i + decay * x;
     const T si = rho * s[i] + (T(1) - rho) * gi * gi;
     s[i] = si;
     T u = gi / (sqrt(si) + epsilon);
@@ -228,6 +235,13 @@ __device__ __forceinline__ T rmsprop_rule(T* p, const T* g, T* s, T* v, long lon
     const T y = x - lr * u;
     p[i] = y;
     return y;
+}
+
+// rmsprop_apply with the gradient of element i read from g.
+template <typename T>
+__device__ __forceinline__ T rmsprop_rule(T* p, const T* g, T* s, T* v, long long i, T lr, T rho, T epsilon, T mu,
+                                          T decay, int momentum) {
+    return rmsprop_apply(p, g[i], s, v, i, lr, rho, epsilon, mu, decay, momentum);
 }
 
 // rmsprop_rule over n elements of p, η = rate[0].
@@ -248,12 +262,13 @@ __global__ void rmsprop_step_norm(T* p, const T* g, T* s, T* v, const T* rate, l
     });
 }
 
-// out[c] ← alpha·Σ_r delta[r, c] + beta·out[c] (out is not read when beta = 0).
-// Blocks of 32 × 8 threads: x walks the columns, y the rows; a fixed-order tree sums the 8 parts.
-template <typename T>
-__global__ void bias_grad(const T* delta, T* out, long long rows, long long cols, T alpha, T beta) {
+// For each column c of delta (rows × cols): each(c, Σ_r delta[r, c]), on blocks of 32 × 8 threads from block
+// ``first`` of the grid on: x walks the columns, y the rows; a fixed-order tree sums the 8 parts (the same bits
+// whichever blocks run it). Every thread of those blocks must call it (barriers).
+template <typename T, typename Each>
+__device__ __forceinline__ void column_sums(const T* delta, long long rows, long long cols, long long first, Each each) {
     __shared__ T part[8][33];
-    for (long long c0 = blockIdx.x * 32LL; c0 < cols; c0 += gridDim.x * 32LL) {
+    for (long long c0 = (blockIdx.x - first) * 32LL; c0 < cols; c0 += (gridDim.x - first) * 32LL) {
         long long c = c0 + threadIdx.x;
         T s = T(0);
         if (c < cols)
@@ -263,10 +278,74 @@ __global__ void bias_grad(const T* delta, T* out, long long rows, long long cols
         if (threadIdx.y == 0 && c < cols) {
             T total = T(0);
             for (int k = 0; k < 8; ++k) total += part[k][threadIdx.x];
-            out[c] = beta == T(0) ? alpha * total : alpha * total + beta * out[c];
+            each(c, total);
         }
         __syncthreads();
     }
+}
+
+// out[c] ← alpha·Σ_r delta[r, c] + beta·out[c] (out is not read when beta = 0). Blocks of 32 × 8 threads.
+template <typename T>
+__global__ void bias_grad(const T* delta, T* out, long long rows, long long cols, T alpha, T beta) {
+    column_sums(delta, rows, cols, 0, [=](long long c, T total) {
+        out[c] = beta == T(0) ? alpha * total : alpha * total + beta * out[c];
+    });
+}
+
+// An update's W part and bias part in one launch of blocks of 32 × 8 threads, after the GEMM of W's gradient:
+// blocks [0, w_blocks) run w_step(i) for every element i < n of W (a grid-stride loop over those blocks), the
+// others sum δ's columns (column_sums: bias_grad's sums, the same bits) and run b_step(c, Σ_r δ[r, c]). The two
+// parts touch different arrays, so the order in which the blocks run does not matter.
+template <typename T, typename WStep, typename BStep>
+__device__ __forceinline__ void w_and_b(long long n, long long w_blocks, const T* delta, long long rows, long long cols,
+                                        WStep w_step, BStep b_step) {
+    if (blockIdx.x < w_blocks) {  // the whole block takes this branch: no barrier is split
+        const long long threads = 32LL * 8;
+        for (long long i = blockIdx.x * threads + threadIdx.y * 32 + threadIdx.x; i < n; i += w_blocks * threads)
+            w_step(i);
+        return;
+    }
+    column_sums(delta, rows, cols, w_blocks, b_step);
+}
+
+// SGD with momentum after the GEMM vW ← μ·vW + z_prevᵀ·δ·scale: momentum_step on W, and on b with
+// vb ← μ·vb + scale·Σ_r δ (bias_grad's, with alpha = scale, beta = μ) and no decay: what momentum_step(W),
+// bias_grad(vb) and momentum_step(b) do, in one launch.
+template <typename T>
+__global__ void momentum_update(T* w, T* v, T* b, T* vb, const T* delta, long long n, long long rows, long long cols,
+                                long long w_blocks, T lr, T decay, T mu, T scale) {
+    w_and_b(n, w_blocks, delta, rows, cols, [=](long long i) { momentum_rule(w, v, i, lr, decay); },
+            [=](long long c, T total) {
+                vb[c] = mu == T(0) ? scale * total : scale * total + mu * vb[c];
+                momentum_rule(b, vb, c, lr, T(0));
+            });
+}
+
+// Adam after the GEMM g ← z_prevᵀ·δ·scale: adam_step on W, and on b with its gradient scale·Σ_r δ (bias_grad's,
+// beta = 0) and no decay, in one launch.
+template <typename T>
+__global__ void adam_update(T* p, const T* g, T* m, T* s, T* b, T* mb, T* sb, const T* delta, const long long* t,
+                            const T* rate, long long n, long long rows, long long cols, long long w_blocks, T beta_1,
+                            T beta_2, T epsilon, T decay, int decoupled, T scale) {
+    const T lr = rate[0], step = T(t[0]);
+    const T c1 = T(1) - pow(beta_1, step), c2 = T(1) - pow(beta_2, step);
+    w_and_b(n, w_blocks, delta, rows, cols,
+            [=](long long i) { adam_rule(p, g, m, s, i, lr, c1, c2, beta_1, beta_2, epsilon, decay, decoupled); },
+            [=](long long c, T total) {
+                adam_apply(b, scale * total, mb, sb, c, lr, c1, c2, beta_1, beta_2, epsilon, T(0), decoupled);
+            });
+}
+
+// RMSprop after the GEMM g ← z_prevᵀ·δ·scale: rmsprop_step on W, and on b with its gradient scale·Σ_r δ and no
+// decay, in one launch (v, vb unused without momentum).
+template <typename T>
+__global__ void rmsprop_update(T* p, const T* g, T* s, T* v, T* b, T* sb, T* vb, const T* delta, const T* rate,
+                               long long n, long long rows, long long cols, long long w_blocks, T rho, T epsilon, T mu,
+                               T decay, int momentum, T scale) {
+    const T lr = rate[0];
+    w_and_b(n, w_blocks, delta, rows, cols,
+            [=](long long i) { rmsprop_rule(p, g, s, v, i, lr, rho, epsilon, mu, decay, momentum); },
+            [=](long long c, T total) { rmsprop_apply(b, scale * total, sb, vb, c, lr, rho, epsilon, mu, T(0), momentum); });
 }
 
 template <typename T>
@@ -416,30 +495,3 @@ extern "C" __global__ void window_out(double* metrics, double* sums, long long* 
         *step = s + 1;
     }
 }
-
-#ifdef DELTAPROP_INSTANTIATE
-// For the offline nvcc check (tests/test_cuda_sources.py): instantiate every template as
-// RawModule's name expressions do, so that nvcc type-checks the float and double code.
-template <typename T>
-void deltaprop_instantiate() {
-    (void)&bias_act<T>;
-    (void)&mul_dphi<T>;
-    (void)&bias_maxout<T>;
-    (void)&maxout_scatter<T>;
-    (void)&output_delta<T>;
-    (void)&momentum_step<T>;
-    (void)&adam_step<T>;
-    (void)&rmsprop_step<T>;
-    (void)&max_norm_partials<T>;
-    (void)&max_norm_scale<T>;
-    (void)&momentum_step_norm<T>;
-    (void)&adam_step_norm<T>;
-    (void)&rmsprop_step_norm<T>;
-    (void)&bias_grad<T>;
-    (void)&bias_softmax<T>;
-    (void)&batch_metrics<T>;
-    (void)&gather_rows<T>;
-}
-template void deltaprop_instantiate<float>();
-template void deltaprop_instantiate<double>();
-#endif
