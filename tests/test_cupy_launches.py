@@ -12,44 +12,21 @@ and the fused epoch. What the kernels compute is the GPU run's business (tests/t
 from __future__ import annotations
 
 import collections
-import contextlib
-import re
-import types
 
 import numpy as np
 import pytest
 
 from deltaprop import MLP, optim
-from deltaprop.backends.base import Backend
 from deltaprop.kernels import bf16, cuda_source, fused_source
 
-from test_rounding import DevArray, DevNumpy, fake_gemm, fake_gemm_ex
+from emulated_cuda import check_argument, parameters, stand_in_backend
 
 SOURCES = [cuda_source.SOURCE, cuda_source.DROPOUT_SOURCE, bf16.SOURCE, fused_source.SOURCE]
-SIGNATURE = re.compile(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)")
 
 
 def signatures() -> dict:
-    """kernel name -> [(C type without const and qualifiers, written)] of its parameters, from the .cu sources."""
-    found = {}
-    for path in SOURCES:
-        for name, params in SIGNATURE.findall(path.read_text()):
-            kinds = []
-            for p in params.split(","):
-                words = [w for w in p.replace("*", " * ").split() if w not in ("const", "__restrict__")][:-1]
-                kinds.append((" ".join(words).replace(" *", "*"), "*" in p and "const" not in p))
-            found[name] = kinds
-    return found
-
-
-def check_argument(ctype: str, arg, T) -> bool:
-    """Whether ``arg`` is what CuPy must be given for a parameter of C type ``ctype``, T being the kernel's type."""
-    pointers = {"T*": T, "long long*": np.dtype(np.int64), "double*": np.dtype(np.float64),
-                "float*": np.dtype(np.float32), "unsigned short*": np.dtype(np.uint16)}
-    if ctype.endswith("*"):
-        return isinstance(arg, DevArray) and arg.dtype == pointers[ctype] and arg.flags.c_contiguous
-    scalars = {"T": T.type, "long long": np.int64, "int": np.int32, "unsigned int": np.uint32, "double": np.float64}
-    return type(arg) is scalars[ctype]
+    """kernel name -> [(C type, written)] of its parameters, from all the .cu sources."""
+    return {k: v for path in SOURCES for k, v in parameters(path.read_text()).items()}
 
 
 class Launches:
@@ -80,23 +57,10 @@ class Launches:
         return launch
 
 
-class Graph:
-    """A stand-in CUDA graph: a replay runs the captured Python again (the same launches, checked again)."""
-
-    def __init__(self, enqueue):
-        self.enqueue = enqueue
-        enqueue()
-
-    def launch(self):
-        self.enqueue()
-
-
 @pytest.fixture
 def stand_in(monkeypatch):
     """stand_in(cls, graphs=False, fused=None): a CuPy backend of class ``cls`` on the stand-in device; ``fused``:
     the shared memory its fused_limit reports (None: the class's own answer)."""
-    from deltaprop.backends import cupy_backend as cb
-
     launches = Launches()
     monkeypatch.setattr(cuda_source, "kernels", lambda dtype: {n: launches.kernel(n, dtype) for n in launches.table})
     monkeypatch.setattr(cuda_source, "dropout_kernels",
@@ -107,17 +71,7 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(fused_source, "kernel", lambda layout, threads: launches.kernel("fused_epoch", layout.dtype))
 
     def make(cls, graphs=False, fused=None):
-        bk = object.__new__(cls)
-        Backend.__init__(bk)
-        xp = DevNumpy()
-        xp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(is_hip=False),
-                                        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
-        bk.xp, bk.counts, bk.graphs, bk._on_device = xp, collections.Counter(), graphs, contextlib.nullcontext
-        bk.fused_epochs, bk._stream = 0, None
-        lib = types.SimpleNamespace(cublasSgemm_v2=fake_gemm(np.float32), cublasDgemm_v2=fake_gemm(np.float64),
-                                    cublasGemmEx=fake_gemm_ex)
-        bk._cublas = lambda: (lib, None)
-        bk._capture = lambda enqueue: Graph(enqueue)
+        bk = stand_in_backend(cls, graphs)
         if fused is not None:
             bk.fused_limit = lambda: (fused, True)
         return bk

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import inspect
-import re
 import types
 
 import numpy as np
@@ -22,6 +20,7 @@ from deltaprop.backends import get
 from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
 
+from emulated_cuda import DevNumpy, fake_gemm, fake_gemm_ex, writable_parameters
 from test_bf16 import bits_under_test
 
 CONTRACT = [name for name, fn in vars(Backend).items() if callable(fn) and not name.startswith("_")]
@@ -194,65 +193,6 @@ def test_copies_are_kept_only_within_a_step(rng):
 
 
 # ------------------------------------------------------------------------------------- cupy-bf16 on a stand-in
-class DevArray(np.ndarray):
-    """A NumPy array with CuPy's ``data.ptr``: host memory standing in for device memory."""
-
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
-
-
-class DevNumpy:
-    """NumPy as the stand-in's ``xp``, making DevArrays (its ndarray: a host array is not one, as under CuPy)."""
-
-    ndarray = DevArray
-    cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
-
-    @staticmethod
-    def asnumpy(x):
-        return np.array(x)
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    def empty(self, shape, dtype=float):
-        return np.empty(shape, dtype).view(DevArray)
-
-    def zeros(self, shape, dtype=float):
-        return np.zeros(shape, dtype).view(DevArray)
-
-    def array(self, x, dtype=None, copy=True, order="C"):
-        return np.array(x, dtype=dtype, copy=True, order="C").view(DevArray)
-
-
-def writable_parameters(code: str) -> dict:
-    """kernel name -> the indices of its parameters that it may write: pointers that are not const."""
-    found = {}
-    for name, params in re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)", code):
-        found[name] = [i for i, p in enumerate(params.split(",")) if "*" in p and "const" not in p]
-    return found
-
-
-def host_view(ptr: int, dtype, rows: int, cols: int, ld: int):
-    """What cuBLAS reads at ``ptr``: a column-major rows × cols matrix of leading dimension ld, as a NumPy view."""
-    dtype = np.dtype(dtype)
-    buf = (ctypes.c_char * (dtype.itemsize * ld * cols)).from_address(ptr)
-    return np.frombuffer(buf, dtype).reshape(cols, ld).T[:rows]
-
-
-def fake_gemm_ex(handle, transa, transb, m, n, k, p_alpha, A, a_type, lda, B, b_type, ldb, p_beta, C, c_type, ldc,
-                 compute, algo):
-    from deltaprop.backends import cupy_backend as cb
-
-    assert (a_type, b_type, c_type, compute) == (cb.CUDA_R_16BF, cb.CUDA_R_16BF, cb.CUDA_R_32F, cb.CUBLAS_COMPUTE_32F)
-    a = bf16.from_bits(host_view(A, np.uint16, k if transa else m, m if transa else k, lda))
-    b = bf16.from_bits(host_view(B, np.uint16, n if transb else k, k if transb else n, ldb))
-    c = host_view(C, np.float32, m, n, ldc)
-    alpha, beta = (np.float32(p.contents.value) for p in (p_alpha, p_beta))
-    c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + (beta * c if beta else 0)
-    return 0
-
-
 @pytest.fixture
 def cupy_bf16_stand_in(monkeypatch):
     """CupyBF16Backend on a stand-in device. Each kernel writes noise into every array its CUDA C signature lets it
@@ -279,6 +219,7 @@ def cupy_bf16_stand_in(monkeypatch):
     kernels = {name: Kernel(name) for name in writes}
     monkeypatch.setattr(cuda_source, "kernels", lambda _dtype: kernels)
     monkeypatch.setattr(cuda_source, "dropout_kernels", lambda _dtype: kernels)
+    monkeypatch.setattr(cuda_source, "plain_kernels", lambda: kernels)
     monkeypatch.setattr(bf16, "to_bf16_kernel", lambda: to_bf16)
     bk = object.__new__(cb.CupyBF16Backend)
     Backend.__init__(bk)
@@ -388,20 +329,6 @@ def test_the_precision_variants_take_the_step_path(variant, monkeypatch):
     monkeypatch.setenv(fused.ENV, "on")
     with pytest.raises(ValueError, match=f"{fused.ENV}=on: {bk.name}: this backend has no fused epoch"):
         fused.choose(bk, **nielsen)
-
-
-def fake_gemm(dtype):
-    """cublasSgemm_v2 / cublasDgemm_v2 reading and writing the raw pointers they are given (column-major)."""
-
-    def gemm(handle, transa, transb, m, n, k, p_alpha, A, lda, B, ldb, p_beta, C, ldc):
-        a = host_view(A, dtype, k if transa else m, m if transa else k, lda)
-        b = host_view(B, dtype, n if transb else k, k if transb else n, ldb)
-        c = host_view(C, dtype, m, n, ldc)
-        alpha, beta = (dtype(p.contents.value) for p in (p_alpha, p_beta))
-        c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + (beta * c if beta else 0)
-        return 0
-
-    return gemm
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

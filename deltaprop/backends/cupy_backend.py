@@ -341,6 +341,11 @@ class CupyBackend(GraphSteps, Backend):
         self._launch(cuda_source.kernels(W.dtype)[name], w_blocks + b_blocks, (32, 8), (*args[:split], *sizes,
                                                                                         *args[split:]))
 
+    def count_step(self, t) -> None:
+        if not (isinstance(t, self.xp.ndarray) and t.dtype == np.int64 and t.flags.c_contiguous):
+            return super().count_step(t)
+        self._launch(cuda_source.plain_kernels()["count_step"], 1, 1, (t,))
+
     def _norm_pass(self, name, W, *args) -> None:
         """The kernel ``name`` of max-norm's first pass over W (rows × cols), on max-norm's grid (``norm_grid``), with
         ``args`` and then the workspace of W's column sums of squares per row tile, for ``_norm_scale``."""

@@ -26,7 +26,7 @@ TEMPLATES = (
     "momentum_step_norm", "adam_step_norm", "rmsprop_step_norm", "momentum_update", "adam_update", "rmsprop_update",
 )
 #: the kernels that do not depend on the dtype (extern "C")
-PLAIN = ("window_in", "window_out")
+PLAIN = ("window_in", "window_out", "count_step")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 OPTIONS = ("--std=c++17",)
 

@@ -484,6 +484,11 @@ extern "C" __global__ void window_in(const long long* order, long long* rows, co
     GRID_STRIDE(i, count) { rows[i] = order[*step * batch + i]; }
 }
 
+// t[0] ← t[0] + 1: an optimizer's step count, or dropout's step counter (a single thread).
+extern "C" __global__ void count_step(long long* t) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) t[0] += 1;
+}
+
 // after it, metrics[step] += sums, sums ← 0, step ← step + 1 (a single thread).
 extern "C" __global__ void window_out(double* metrics, double* sums, long long* step) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {

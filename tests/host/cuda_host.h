@@ -1,23 +1,25 @@
-// Host emulation of the CUDA C of deltaprop/kernels/mlp_kernels.cu, for tests/test_cuda_host.py: kernels compiled as
-// plain C++ (g++ -std=c++20), each launch run one block at a time, the block's threads as std::threads that meet at
-// __syncthreads() (a std::barrier). Shared arrays are statics: one block runs at a time. Warp intrinsics are not
-// emulated (the kernels that use them are not instantiated here). A model of the CUDA semantics these kernels rely
-// on (a block's threads, its barriers, grid-stride loops), not of a GPU's memory model or timing.
+// Host emulation of the CUDA C of deltaprop/kernels (mlp_kernels.cu, dropout.cu), for tests/test_cuda_host.py and
+// tests/emulated_cuda.py: kernels compiled as plain C++ (g++ -std=c++20, POSIX ucontext), each launch run one block
+// at a time, the block's threads as fibers run in thread order by one scheduler: __syncthreads() parks a fiber until
+// every live fiber of the block is parked there, a warp shuffle until the 32 lanes of its warp are. Shared arrays are
+// statics: one block runs at a time. A model of the CUDA semantics these kernels rely on (a block's threads, its
+// barriers, warp shuffles, grid-stride loops), not of a GPU's memory model, its libm or its timing.
 #pragma once
-#include <barrier>
+#include <ucontext.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <thread>
 #include <vector>
 
 struct dp_dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-inline thread_local dp_dim3 threadIdx, blockIdx;
+inline dp_dim3 threadIdx, blockIdx;  // the running fiber's (the scheduler sets them before it resumes one)
 inline dp_dim3 blockDim, gridDim;
-inline std::barrier<>* dp_block_barrier = nullptr;
 
 #define __global__
 #define __device__
@@ -26,35 +28,114 @@ inline std::barrier<>* dp_block_barrier = nullptr;
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __restrict__
-inline void __syncthreads() { dp_block_barrier->arrive_and_wait(); }
+
+enum DpPark { DP_RUN, DP_BLOCK, DP_WARP, DP_DONE };
+struct DpFiber {
+    ucontext_t context;
+    std::vector<char> stack;
+    DpPark park = DP_RUN;
+};
+inline std::vector<DpFiber> dp_fibers;
+inline ucontext_t dp_scheduler;
+inline unsigned dp_flat = 0;  // the running fiber's index in its block
+inline const std::function<void()>* dp_kernel = nullptr;
+
+inline void dp_park(DpPark how) {
+    dp_fibers[dp_flat].park = how;
+    swapcontext(&dp_fibers[dp_flat].context, &dp_scheduler);
+}
+inline void dp_fiber_main() {
+    (*dp_kernel)();
+    dp_fibers[dp_flat].park = DP_DONE;  // then back to the scheduler through uc_link
+}
+
+inline void __syncthreads() { dp_park(DP_BLOCK); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
 template <typename A, typename B>
 inline auto min(A a, B b) { return b < a ? b : a; }  // CUDA's integer and float overloads, as one template
 template <typename A, typename B>
 inline auto max(A a, B b) { return a < b ? b : a; }
-[[noreturn]] inline void dp_not_emulated() { std::abort(); }
-template <typename T>
-inline T __shfl_xor_sync(unsigned, T, int) { dp_not_emulated(); }  // warps are not emulated
-inline bool __all_sync(unsigned, int) { dp_not_emulated(); }
-using std::exp; using std::fmax; using std::log; using std::log1p; using std::pow; using std::sqrt; using std::tanh;
 
-// kernel() run on a grid of grid.x × grid.y blocks of block.x × block.y threads.
+// Warps: the 32 fibers of a warp (consecutive in the block's thread order) exchange values through slots, parked
+// after writing and after reading; every lane of the warp must take part (FULL_MASK), as in these kernels.
+inline unsigned char dp_warp_slot[32][32][8];
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+    const unsigned warp = dp_flat / 32, lane = dp_flat % 32;
+    std::memcpy(dp_warp_slot[warp][lane], &v, sizeof(T));
+    dp_park(DP_WARP);
+    T other;
+    std::memcpy(&other, dp_warp_slot[warp][lane ^ unsigned(lane_mask)], sizeof(T));
+    dp_park(DP_WARP);
+    return other;
+}
+inline bool __all_sync(unsigned, int predicate) {
+    int all = predicate != 0;
+    for (int o = 16; o > 0; o >>= 1) all &= __shfl_xor_sync(0xffffffffu, all, o);
+    return all;
+}
+using std::exp; using std::expm1; using std::fabs; using std::fmax; using std::fmin; using std::isinf;  // NOLINT
+using std::isnan; using std::log; using std::log1p; using std::pow; using std::sqrt; using std::tanh;  // NOLINT
+
+// kernel() run on a grid of grid.x × grid.y blocks of block.x × block.y threads (block.x·block.y a multiple of 32
+// when the kernel uses warp shuffles), one block at a time. Not reentrant: one launch at a time, from one thread.
 inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = block;
     const unsigned n = block.x * block.y;
+    dp_kernel = &kernel;
+    dp_fibers.resize(n);
     for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
-            std::barrier<> barrier(n);
-            dp_block_barrier = &barrier;
-            std::vector<std::thread> threads;
-            for (unsigned t = 0; t < n; ++t)
-                threads.emplace_back([&, t] {
-                    blockIdx = {bx, by, 1};
+            blockIdx = {bx, by, 1};
+            for (unsigned t = 0; t < n; ++t) {
+                DpFiber& f = dp_fibers[t];
+                f.stack.resize(1 << 16);
+                f.park = DP_RUN;
+                getcontext(&f.context);
+                f.context.uc_stack.ss_sp = f.stack.data();
+                f.context.uc_stack.ss_size = f.stack.size();
+                f.context.uc_link = &dp_scheduler;
+                makecontext(&f.context, dp_fiber_main, 0);
+            }
+            for (;;) {  // every runnable fiber to its next park, then release the barriers that are complete
+                bool ran = false;
+                for (unsigned t = 0; t < n; ++t) {
+                    if (dp_fibers[t].park != DP_RUN) continue;
+                    dp_flat = t;
                     threadIdx = {t % block.x, t / block.x, 1};
-                    kernel();
-                });
-            for (auto& th : threads) th.join();
+                    swapcontext(&dp_scheduler, &dp_fibers[t].context);
+                    ran = true;
+                }
+                unsigned live = 0, at_block = 0;
+                for (const auto& f : dp_fibers) {
+                    live += f.park != DP_DONE;
+                    at_block += f.park == DP_BLOCK;
+                }
+                if (live == 0) break;
+                bool released = false;
+                if (at_block == live) {
+                    for (auto& f : dp_fibers)
+                        if (f.park == DP_BLOCK) f.park = DP_RUN;
+                    released = true;
+                }
+                for (unsigned w = 0; 32 * w < n; ++w) {
+                    const unsigned end = std::min(n, 32 * w + 32);
+                    unsigned lanes = 0, parked = 0;
+                    for (unsigned t = 32 * w; t < end; ++t) {
+                        lanes += dp_fibers[t].park != DP_DONE;
+                        parked += dp_fibers[t].park == DP_WARP;
+                    }
+                    if (parked && parked == lanes) {
+                        for (unsigned t = 32 * w; t < end; ++t) dp_fibers[t].park = DP_RUN;
+                        released = true;
+                    }
+                }
+                if (!ran && !released) {
+                    std::fprintf(stderr, "cuda_host: deadlock: fibers park at barriers that cannot complete\n");
+                    std::abort();
+                }
+            }
         }
 }

@@ -1,0 +1,263 @@
+"""The CuPy backend's CUDA C run on the host, for tests: mlp_kernels.cu and dropout.cu (as the backend gives them to
+NVRTC) compiled as C++ against tests/host/cuda_host.h (a block's threads as std::threads, its barriers and warp
+shuffles emulated) into a shared library, with a C entry point per kernel and type written from the kernels'
+signatures in the sources; ``kernels(dtype)`` gives stand-ins for ``cuda_source.kernels`` that check each launch
+against its signature and then run it there on the arrays' memory. Together with tests/test_rounding.py's stand-in
+device (host memory, a cuBLAS that multiplies at raw pointers), the CuPy backend's own code runs end to end on the
+CPU: what it computes can be compared with the NumPy backend's."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import functools
+import re
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+from deltaprop.kernels import bf16, cuda_source
+
+HOST = Path(__file__).parent / "host"
+CXX = shutil.which("g++") or shutil.which("clang++")
+SIGNATURE = re.compile(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)")
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+UNITS = {  # the sources compiled as the backend compiles them: (text, its templated kernels, its plain ones)
+    "mlp": (cuda_source.source, cuda_source.TEMPLATES, cuda_source.PLAIN),
+    "dropout": (cuda_source.DROPOUT_SOURCE.read_text, cuda_source.DROPOUT_TEMPLATES, ()),
+}
+
+
+def parameters(text: str) -> dict:
+    """kernel name -> [(C type without const and qualifiers, written)] of its parameters."""
+    found = {}
+    for name, params in SIGNATURE.findall(text):
+        kinds = []
+        for p in params.split(","):
+            words = [w for w in p.replace("*", " * ").split() if w not in ("const", "__restrict__")][:-1]
+            kinds.append((" ".join(words).replace(" *", "*"), "*" in p and "const" not in p))
+        found[name] = kinds
+    return found
+
+
+def check_argument(ctype: str, arg, T) -> bool:
+    """Whether ``arg`` is what CuPy must be given for a parameter of C type ``ctype``, T being the kernel's type."""
+    pointers = {"T*": T, "long long*": np.dtype(np.int64), "double*": np.dtype(np.float64),
+                "float*": np.dtype(np.float32), "unsigned short*": np.dtype(np.uint16)}
+    if ctype.endswith("*"):
+        return isinstance(arg, np.ndarray) and arg.dtype == pointers[ctype] and arg.flags.c_contiguous
+    scalars = {"T": T.type, "long long": np.int64, "int": np.int32, "unsigned int": np.uint32, "double": np.float64}
+    return type(arg) is scalars[ctype]
+
+
+def _entry(name: str, ctype: str | None, params) -> str:
+    """The C entry point that launches kernel ``name`` (of type ``ctype``; None: not a template)."""
+    typed = [(p.replace("T", ctype) if ctype and (p == "T" or p == "T*") else p) for p, _ in params]
+    args = ", ".join(f"{t} a{i}" for i, t in enumerate(typed))
+    call = f"{name}<{ctype}>" if ctype else name
+    values = ", ".join(f"a{i}" for i in range(len(typed)))
+    return (f'extern "C" void dp_{name}{"_" + ctype if ctype else ""}(unsigned gx, unsigned gy, unsigned bx, '
+            f"unsigned by, {args}) {{ dp_launch({{gx, gy}}, {{bx, by}}, [&] {{ {call}({values}); }}); }}\n")
+
+
+@functools.cache
+def library() -> dict:
+    """unit -> (ctypes.CDLL, its kernels' parameters), built once per process (None without a C++ compiler)."""
+    if CXX is None:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="deltaprop-emulated-"))
+    built = {}
+    for unit, (text, templates, plain) in UNITS.items():
+        code = text()
+        params = {k: v for k, v in parameters(code).items() if k in templates or k in plain}
+        entries = "".join(_entry(k, c, params[k]) for k in templates for c in CTYPES.values())
+        entries += "".join(_entry(k, None, params[k]) for k in plain)
+        src = out / f"{unit}.cpp"
+        src.write_text('#include "cuda_host.h"\n' + code + "\n" + entries)
+        so = out / f"{unit}.so"
+        done = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++",
+                               str(src), "-o", str(so)], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the emulated {unit} kernels failed:\n{done.stderr[-4000:]}")
+        built[unit] = (ctypes.CDLL(str(so)), params)
+    return built
+
+
+# ---------------------------------------------------------------------------------------------- the stand-in device
+CAPTURE: list | None = None  # while a stand-in graph is captured: the device work enqueued, not run (as CUDA does)
+
+
+def device_work(run) -> None:
+    """Run ``run()`` now, or record it when a stand-in graph is being captured (its replay runs it)."""
+    if CAPTURE is None:
+        run()
+    else:
+        CAPTURE.append(run)
+
+
+class DevArray(np.ndarray):
+    """A NumPy array with CuPy's ``data.ptr``: host memory standing in for device memory."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+class DevNumpy:
+    """NumPy as the stand-in's ``xp``, making DevArrays (its ndarray: a host array is not one, as under CuPy)."""
+
+    ndarray = DevArray
+    cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+
+    @staticmethod
+    def asnumpy(x):
+        return np.array(x)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=float):
+        return np.empty(shape, dtype).view(DevArray)
+
+    def zeros(self, shape, dtype=float):
+        return np.zeros(shape, dtype).view(DevArray)
+
+    def array(self, x, dtype=None, copy=True, order="C"):
+        return np.array(x, dtype=dtype, copy=True, order="C").view(DevArray)
+
+
+def writable_parameters(code: str) -> dict:
+    """kernel name -> the indices of its parameters that it may write: pointers that are not const."""
+    found = {}
+    for name, params in re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)", code):
+        found[name] = [i for i, p in enumerate(params.split(",")) if "*" in p and "const" not in p]
+    return found
+
+
+def host_view(ptr: int, dtype, rows: int, cols: int, ld: int):
+    """What cuBLAS reads at ``ptr``: a column-major rows × cols matrix of leading dimension ld, as a NumPy view."""
+    dtype = np.dtype(dtype)
+    buf = (ctypes.c_char * (dtype.itemsize * ld * cols)).from_address(ptr)
+    return np.frombuffer(buf, dtype).reshape(cols, ld).T[:rows]
+
+
+def fake_gemm(dtype):
+    """cublasSgemm_v2 / cublasDgemm_v2 reading and writing the raw pointers they are given (column-major)."""
+
+    def gemm(handle, transa, transb, m, n, k, p_alpha, A, lda, B, ldb, p_beta, C, ldc):
+        alpha, beta = (dtype(p.contents.value) for p in (p_alpha, p_beta))  # host pointer mode: read at the call
+
+        def run():
+            a = host_view(A, dtype, k if transa else m, m if transa else k, lda)
+            b = host_view(B, dtype, n if transb else k, k if transb else n, ldb)
+            c = host_view(C, dtype, m, n, ldc)
+            c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + (beta * c if beta else 0)
+
+        device_work(run)
+        return 0
+
+    return gemm
+
+
+def fake_gemm_ex(handle, transa, transb, m, n, k, p_alpha, A, a_type, lda, B, b_type, ldb, p_beta, C, c_type, ldc,
+                 compute, algo):
+    from deltaprop.backends import cupy_backend as cb
+
+    assert (a_type, b_type, c_type, compute) == (cb.CUDA_R_16BF, cb.CUDA_R_16BF, cb.CUDA_R_32F, cb.CUBLAS_COMPUTE_32F)
+    alpha, beta = (np.float32(p.contents.value) for p in (p_alpha, p_beta))
+
+    def run():
+        a = bf16.from_bits(host_view(A, np.uint16, k if transa else m, m if transa else k, lda))
+        b = bf16.from_bits(host_view(B, np.uint16, n if transb else k, k if transb else n, ldb))
+        c = host_view(C, np.float32, m, n, ldc)
+        c[...] = alpha * ((a.T if transa else a) @ (b.T if transb else b)) + (beta * c if beta else 0)
+
+    device_work(run)
+    return 0
+
+
+def stand_in_backend(cls, graphs: bool = False):
+    """A CuPy backend of class ``cls`` on the stand-in device: host memory (DevNumpy), the raw-pointer cuBLAS above,
+    no device to ask (``_on_device`` a no-op), and with ``graphs`` a stand-in capture (``Graph``). Its kernels are whatever cuda_source gives (patch it first)."""
+    from deltaprop.backends.base import Backend
+
+    bk = object.__new__(cls)
+    Backend.__init__(bk)
+    xp = DevNumpy()
+    runtime = types.SimpleNamespace(is_hip=False, deviceGetAttribute=lambda attribute, device: 232448)  # an H100's
+    xp.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda *device: types.SimpleNamespace(id=0),
+                                    get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    bk.xp, bk.counts, bk.graphs, bk._on_device = xp, collections.Counter(), graphs, contextlib.nullcontext
+    bk.fused_epochs, bk._stream = 0, None
+    lib = types.SimpleNamespace(cublasSgemm_v2=fake_gemm(np.float32), cublasDgemm_v2=fake_gemm(np.float64),
+                                cublasGemmEx=fake_gemm_ex)
+    bk._cublas = lambda: (lib, None)
+    bk._capture = lambda enqueue: Graph(enqueue)
+    return bk
+
+
+class Graph:
+    """A stand-in CUDA graph: capturing runs the Python of ``enqueue`` with the device work it enqueues recorded, not
+    run (``device_work``: the emulated kernels, the GEMMs), as a stream capture does; a replay runs that work, with
+    the arguments of the capture. Work that does not go through device_work (a test's own stand-in kernels) runs at
+    the capture and is not replayed."""
+
+    def __init__(self, enqueue):
+        global CAPTURE
+        CAPTURE = []
+        try:
+            enqueue()
+        finally:
+            self.work, CAPTURE = CAPTURE, None
+
+    def launch(self):
+        for run in self.work:
+            run()
+
+
+_C = {"long long": ctypes.c_longlong, "int": ctypes.c_int, "unsigned int": ctypes.c_uint, "double": ctypes.c_double}
+
+
+class Kernel:
+    """A stand-in for a cupy.RawKernel: checks a launch against the kernel's signature, then runs it on the host."""
+
+    launches: list = []  # (name, grid, block) of every launch, for the tests to look at
+
+    def __init__(self, unit: str, name: str, dtype):
+        lib, params = library()[unit]
+        self.name, self.params = name, params[name]
+        self.T = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+        ctype = CTYPES.get(self.T) if dtype is not None else None
+        self.fn = getattr(lib, f"dp_{name}_{ctype}" if ctype else f"dp_{name}")
+        scalar = ctypes.c_float if self.T == np.float32 else ctypes.c_double
+        self.fn.argtypes = [ctypes.c_uint] * 4 + [
+            ctypes.c_void_p if p.endswith("*") else (scalar if p == "T" else _C[p]) for p, _ in self.params]
+        self.fn.restype = None
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert len(args) == len(self.params), (self.name, len(args), self.params)
+        for i, ((ctype, _), arg) in enumerate(zip(self.params, args)):
+            assert check_argument(ctype, arg, self.T), (self.name, i, ctype, type(arg), getattr(arg, "dtype", None))
+        grid, block = tuple(grid) + (1,) * (2 - len(grid)), tuple(block) + (1,) * (2 - len(block))
+        assert all(isinstance(n, int) and n > 0 for n in (*grid, *block)) and block[0] * block[1] <= 1024
+        Kernel.launches.append((self.name, grid, block))
+        values = [a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.item() for a in args]
+        device_work(lambda: self.fn(*grid, *block, *values))
+
+
+def kernels(dtype) -> dict:
+    """Stand-ins for cuda_source.kernels(dtype): mlp_kernels.cu's templated kernels, emulated."""
+    return {name: Kernel("mlp", name, dtype) for name in cuda_source.TEMPLATES}
+
+
+def dropout_kernels(dtype) -> dict:
+    return {name: Kernel("dropout", name, dtype) for name in cuda_source.DROPOUT_TEMPLATES}
+
+
+def plain_kernels() -> dict:
+    return {name: Kernel("mlp", name, None) for name in cuda_source.PLAIN}

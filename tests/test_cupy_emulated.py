@@ -1,0 +1,146 @@
+"""The CuPy backend end to end on the CPU: its own Python, its CUDA C run on the host (tests/emulated_cuda.py: the
+kernels compiled as C++ against an emulation of a block's threads, barriers and warp shuffles) and a cuBLAS that
+multiplies at raw pointers, against the NumPy backend: every method of the contract on fresh data, and whole fits
+with every activation, loss, optimizer, dropout, maxout, max-norm, sample weights and a schedule, step by step and
+through the recorded graph (a stand-in capture, ``emulated_cuda.Graph``); cupy-bf16 against numpy-bf16. float64 must agree to rounding (1e-9 after a fit: the two
+sum in other orders), float32 to float32's. What a GPU does differently (its memory model, its libm, timing) is the
+GPU run's business (tests/test_cupy.py)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+import emulated_cuda
+from deltaprop import MLP
+from deltaprop.backends import get
+from deltaprop.backends.base import WRITES, Backend
+from deltaprop.kernels import bf16, cuda_source
+
+from test_cupy_launches import CASES
+from test_rounding import contract_calls
+
+TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """emulated(cls=None, graphs=False): a CuPy backend (CupyBackend by default) whose kernels run on the host."""
+    from deltaprop.backends import cupy_backend as cb
+
+    if emulated_cuda.library() is None:
+        if os.environ.get("DELTAPROP_REQUIRE_NVCC") == "1":
+            pytest.fail("no C++ compiler (g++ or clang++) on PATH")
+        pytest.skip("no C++ compiler")
+    monkeypatch.setattr(cuda_source, "kernels", emulated_cuda.kernels)
+    monkeypatch.setattr(cuda_source, "dropout_kernels", emulated_cuda.dropout_kernels)
+    monkeypatch.setattr(cuda_source, "plain_kernels", emulated_cuda.plain_kernels)
+
+    def to_bf16(grid, block, args):  # the rule, checked against bf16.cu by tests/test_bf16.py
+        x, out, n = args
+        emulated_cuda.device_work(lambda: out.__setitem__(Ellipsis, bf16.round_bits(x)))
+
+    monkeypatch.setattr(bf16, "to_bf16_kernel", lambda: to_bf16)
+    emulated_cuda.Kernel.launches.clear()
+    return lambda cls=cb.CupyBackend, graphs=False: emulated_cuda.stand_in_backend(cls, graphs)
+
+
+def on(bk, x):
+    """x (a host array) as an array of backend ``bk``; other values as they are."""
+    return bk.asarray(x) if isinstance(x, np.ndarray) else ([on(bk, v) for v in x] if isinstance(x, list) else x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_contract_method_computes_what_numpy_computes(rng, emulated, dtype):
+    bk, ref = emulated(), get("numpy")
+    for label, make in contract_calls(rng, dtype).items():
+        name = label.split()[0]
+        args = make()
+        mine, theirs = [on(bk, a) for a in args], [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        got, want = getattr(bk, name)(*mine), getattr(ref, name)(*theirs)
+        params = list(inspect.signature(getattr(Backend, name)).parameters)[1:]
+        for i, (x, y) in enumerate(zip(mine, theirs)):
+            if isinstance(y, np.ndarray):
+                np.testing.assert_allclose(np.asarray(x), y, **TOLERANCE[dtype], err_msg=f"{label}: {params[i]}")
+        if name in ("to_numpy", "all_finite"):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=label)
+    launched = {name for name, _, _ in emulated_cuda.Kernel.launches}
+    assert {"bias_act", "bias_maxout", "output_delta", "mul_dphi", "dropout_mask", "gather_rows",
+            "adam_step_norm", "rmsprop_step_norm", "max_norm_partials", "max_norm_scale"} <= launched, launched
+
+
+def fit(bk_or_name, case, dtype, epochs=2):
+    rng = np.random.default_rng(5)
+    sizes, mlp_kw, fit_kw = CASES[case]
+    n = 150
+    X = rng.random((n, sizes[0]))
+    loss = mlp_kw.get("loss", "cross_entropy")
+    y = rng.random((n, sizes[-1])) if loss == "mse" else (
+        rng.integers(0, 2, (n, sizes[-1])) if loss == "bce" else rng.integers(0, sizes[-1], n))
+    kw = dict(fit_kw)
+    if kw.pop("weighted", False):
+        kw["sample_weight"] = rng.random(n)
+    name = bk_or_name if isinstance(bk_or_name, str) else "numpy"
+    model = MLP(sizes, backend=name, seed=1, dtype=dtype, **mlp_kw)
+    if not isinstance(bk_or_name, str):
+        model.network.backend = bk_or_name
+        model.network.set_params(model.get_weights())
+    history = model.fit(X, y, epochs=epochs, batch_size=32, **kw)
+    return model.get_weights(), history.loss, model.predict_proba(X[:9]) if loss != "mse" else model.predict(X[:9])
+
+
+# The stand-in capture records the kernels and GEMMs a step enqueues; CuPy's own array operations, which a real
+# capture records too, run at the capture instead. So the graph path is compared for the steps that are all kernels
+# and GEMMs: not Nesterov (the contract's NumPy body, run by CuPy) nor sample weights (their normalisation).
+XP_IN_THE_STEP = {"nesterov, schedule", "sample weights"}
+FITS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case not in XP_IN_THE_STEP]
+
+
+@pytest.mark.parametrize("case, graphs", FITS, ids=[f"{c}-{'graph' if g else 'steps'}" for c, g in FITS])
+def test_a_fit_on_emulated_cupy_is_the_numpy_fit(emulated, case, graphs):
+    weights, losses, out = fit(emulated(graphs=graphs), case, "float64")
+    ref_weights, ref_losses, ref_out = fit("numpy", case, "float64")
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-9)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
+    for (W, b), (W0, b0) in zip(weights, ref_weights):
+        np.testing.assert_allclose(W, W0, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b, b0, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["relu softmax sgd", "sigmoid bce adam", "dropout maxout max-norm adamw"])
+def test_float32_fits_agree_to_float32s_rounding(emulated, case):
+    weights, losses, _ = fit(emulated(), case, "float32")
+    ref_weights, ref_losses, _ = fit("numpy", case, "float32")
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for (W, b), (W0, b0) in zip(weights, ref_weights):
+        np.testing.assert_allclose(W, W0, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["relu softmax sgd", "sigmoid bce adam"])
+def test_cupy_bf16_is_numpy_bf16(emulated, case):
+    from deltaprop.backends import cupy_backend as cb
+
+    weights, losses, _ = fit(emulated(cb.CupyBF16Backend), case, "float32")
+    ref_weights, ref_losses, _ = fit("numpy-bf16", case, "float32")
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for (W, b), (W0, b0) in zip(weights, ref_weights):
+        np.testing.assert_allclose(W, W0, rtol=1e-3, atol=1e-5)
+    exact, _, _ = fit("numpy", case, "float32")
+    assert not all(np.allclose(W, W0, rtol=1e-6, atol=0) for (W, _), (W0, _) in zip(weights, exact))  # bf16 in use
+
+
+def test_the_table_of_writes_holds_for_the_cupy_bodies_too(rng, emulated):
+    """base.WRITES against the CuPy backend's own methods, as test_rounding checks it against NumPy's."""
+    bk = emulated()
+    for label, make in contract_calls(rng, np.float64).items():
+        name = label.split()[0]
+        args = [on(bk, a) for a in make()]
+        params = list(inspect.signature(getattr(Backend, name)).parameters)[1:]
+        before = [np.array(a) if isinstance(a, np.ndarray) else None for a in args]
+        getattr(bk, name)(*args)
+        changed = {params[i] for i, (x, was) in enumerate(zip(args, before))
+                   if was is not None and not np.array_equal(np.asarray(x), was, equal_nan=True)}
+        assert changed <= set(WRITES[name]), (label, changed - set(WRITES[name]))
