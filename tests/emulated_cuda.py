@@ -1,10 +1,10 @@
 """The CuPy backend's CUDA C run on the host, for tests: mlp_kernels.cu and dropout.cu (as the backend gives them to
-NVRTC) compiled as C++ against tests/host/cuda_host.h (a block's threads as std::threads, its barriers and warp
-shuffles emulated) into a shared library, with a C entry point per kernel and type written from the kernels'
-signatures in the sources; ``kernels(dtype)`` gives stand-ins for ``cuda_source.kernels`` that check each launch
-against its signature and then run it there on the arrays' memory. Together with tests/test_rounding.py's stand-in
-device (host memory, a cuBLAS that multiplies at raw pointers), the CuPy backend's own code runs end to end on the
-CPU: what it computes can be compared with the NumPy backend's."""
+NVRTC) compiled as C++ against tests/host/cuda_host.h (a block's threads as fibers, with their barriers and warp
+shuffles) into a shared library, with a C entry point per kernel and type written from the kernels' signatures in
+the sources; ``kernels(dtype)`` gives stand-ins for ``cuda_source.kernels`` that check each launch against its
+signature and then run it there on the arrays' memory. With the stand-in device below (host memory, a cuBLAS that
+multiplies at raw pointers, a graph capture that records the device work and replays it), the CuPy backend's own
+code runs end to end on the CPU: what it computes can be compared with the NumPy backend's."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def library() -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"building the emulated {unit} kernels failed:\n{done.stderr[-4000:]}")
         built[unit] = (ctypes.CDLL(str(so)), params)
+    shutil.rmtree(out, ignore_errors=True)  # the libraries stay mapped
     return built
 
 
