@@ -221,6 +221,54 @@ class Graph:
             run()
 
 
+@functools.cache
+def _fused_library(text: str):
+    """(ctypes function dp_fused_epoch, its parameters) for the fused epoch source ``text`` (defines + source)."""
+    out = Path(tempfile.mkdtemp(prefix="deltaprop-emulated-"))
+    params = parameters(text)["fused_epoch"]
+    shared = "extern __shared__ double smem[];"
+    assert text.count(shared) == 1
+    code = text.replace(shared, "double* smem = dp_dynamic_shared.data();")  # the launch's, sized by shared_mem
+    args = ", ".join(f"{p} a{i}" for i, (p, _) in enumerate(params))
+    values = ", ".join(f"a{i}" for i in range(len(params)))
+    entry = (f'extern "C" void dp_fused_epoch(unsigned gx, unsigned gy, unsigned bx, unsigned by, long long bytes, '
+             f"{args}) {{ dp_dynamic_shared.assign((bytes + 7) / 8, 0.0); "
+             f"dp_launch({{gx, gy}}, {{bx, by}}, [&] {{ fused_epoch({values}); }}); }}\n")
+    src, so = out / "fused.cpp", out / "fused.so"
+    src.write_text('#include "cuda_host.h"\n' + code + "\n" + entry)
+    done = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++", str(src),
+                           "-o", str(so)], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the emulated fused epoch failed:\n{done.stderr[-4000:]}")
+    fn = ctypes.CDLL(str(so)).dp_fused_epoch
+    shutil.rmtree(out, ignore_errors=True)
+    return fn, params
+
+
+class FusedKernel:
+    """A stand-in for fused_source.kernel(layout, threads): the CUDA C fused epoch for that net, run on the host."""
+
+    def __init__(self, layout, threads: int):
+        from deltaprop.kernels import fused_source
+
+        self.fn, self.params = _fused_library(fused_source.defines(layout, threads) + fused_source.SOURCE.read_text())
+        self.T = np.dtype(layout.dtype)
+        scalar = ctypes.c_float if self.T == np.float32 else ctypes.c_double
+        self.fn.argtypes = [ctypes.c_uint] * 4 + [ctypes.c_longlong] + [
+            ctypes.c_void_p if p.endswith("*") else (scalar if p == "T" else _C[p]) for p, _ in self.params]
+        self.max_dynamic_shared_size_bytes = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert len(args) == len(self.params)
+        for i, ((ctype, _), arg) in enumerate(zip(self.params, args)):
+            assert check_argument(ctype, arg, self.T), ("fused_epoch", i, ctype, type(arg))
+        assert shared_mem <= self.max_dynamic_shared_size_bytes, "the launch must opt in to its shared memory"
+        grid, block = tuple(grid) + (1,) * (2 - len(grid)), tuple(block) + (1,) * (2 - len(block))
+        values = [a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.item() for a in args]
+        Kernel.launches.append(("fused_epoch", grid, block))
+        device_work(lambda: self.fn(*grid, *block, shared_mem, *values))
+
+
 _C = {"long long": ctypes.c_longlong, "int": ctypes.c_int, "unsigned int": ctypes.c_uint, "double": ctypes.c_double}
 
 

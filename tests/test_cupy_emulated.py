@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import emulated_cuda
-from deltaprop import MLP
+from deltaprop import MLP, optim
 from deltaprop.backends import get
 from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
@@ -144,3 +144,38 @@ def test_the_table_of_writes_holds_for_the_cupy_bodies_too(rng, emulated):
         changed = {params[i] for i, (x, was) in enumerate(zip(args, before))
                    if was is not None and not np.array_equal(np.asarray(x), was, equal_nan=True)}
         assert changed <= set(WRITES[name]), (label, changed - set(WRITES[name]))
+
+
+FUSED = {"sgd": dict(lr=0.5), "momentum": dict(lr=0.5, momentum=0.9, weight_decay=1e-3),
+         "nesterov": dict(optimizer=optim.SGD(0.5, momentum=0.9, nesterov=True)), "adam": dict(optimizer="adam"),
+         "adamw": dict(optimizer=optim.AdamW(1e-2, weight_decay=1e-2)), "rmsprop": dict(optimizer=optim.RMSprop(1e-3)),
+         "rmsprop-momentum": dict(optimizer=optim.RMSprop(1e-3, momentum=0.9))}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(FUSED))
+def test_the_cuda_c_fused_epoch_is_the_step_path(emulated, monkeypatch, name, dtype):
+    """fused_epoch.cu (one block of 1024 threads running a whole epoch, the weights in shared memory), run on the
+    host, against the NumPy backend's step path: a partial last batch, two epochs."""
+    from deltaprop.backends import fused
+    from deltaprop.kernels import fused_source
+
+    monkeypatch.setattr(fused_source, "kernel", emulated_cuda.FusedKernel)
+    rng = np.random.default_rng(2)
+    X, y = rng.random((55, 13)), rng.integers(0, 4, 55)  # 5 full batches of 10 and one of 5
+    fits = {}
+    for where, mode in (("cupy", "on"), ("numpy", "off")):
+        monkeypatch.setenv(fused.ENV, mode)
+        model = MLP([13, 9, 4], activation="tanh", backend="numpy", seed=1, dtype=dtype)
+        if where == "cupy":
+            bk = emulated()
+            model.network.backend = bk
+            model.network.set_params(model.get_weights())
+        history = model.fit(X, y, epochs=2, batch_size=10, **FUSED[name])
+        fits[where] = (model.get_weights(), history.loss)
+    assert bk.fused_epochs == 2
+    tight = dtype == "float64"
+    np.testing.assert_allclose(fits["cupy"][1], fits["numpy"][1], rtol=1e-9 if tight else 1e-4)
+    for (W, b), (W0, b0) in zip(fits["cupy"][0], fits["numpy"][0]):
+        np.testing.assert_allclose(W, W0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
+        np.testing.assert_allclose(b, b0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)

@@ -50,6 +50,7 @@ inline void dp_fiber_main() {
 }
 
 inline void __syncthreads() { dp_park(DP_BLOCK); }
+inline std::vector<double> dp_dynamic_shared;  // a launch's dynamic shared memory (extern __shared__), doubles
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
 template <typename A, typename B>
