@@ -134,10 +134,7 @@ class DevNumpy:
 
 def writable_parameters(code: str) -> dict:
     """kernel name -> the indices of its parameters that it may write: pointers that are not const."""
-    found = {}
-    for name, params in re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)", code):
-        found[name] = [i for i, p in enumerate(params.split(",")) if "*" in p and "const" not in p]
-    return found
+    return {name: [i for i, (_, written) in enumerate(params) if written] for name, params in parameters(code).items()}
 
 
 def host_view(ptr: int, dtype, rows: int, cols: int, ld: int):
