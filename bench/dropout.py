@@ -17,7 +17,6 @@ the day wrote for it there (the two parts can run apart).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -88,12 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args(argv)
-    from deltaprop.bench.measure import machine_info
+    from deltaprop.bench.measure import end_record, result_stem, run_record, save_record
 
-    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-dropout"
+    stem = result_stem(a.out, a.machine, "dropout")
     earlier = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
-    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
-              "load_average_start": record.load_average(), "steps": a.steps, "repeats": a.repeats, "backends": {}}
+    result = run_record(steps=a.steps, repeats=a.repeats, backends={})
     for backend in a.backends:
         row = result["backends"][backend] = dict(earlier.get("backends", {}).get(backend, {}))
         if a.steps:
@@ -107,11 +105,9 @@ def main(argv=None) -> int:
             row["mnist"] = dropout_accuracy(backend, a.epochs, lr, a.max_norm or None, a.optimizer)
             row["mnist_commit"] = result["commit"]
             print(f"{backend} dropout on MNIST: {row['mnist']}", flush=True)
-    result["load_average_end"] = record.load_average()
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    loads = end_record(result)
     lines = [f"# Dropout, {a.machine}, {result['date']} (commit {result['commit']})", "",
-             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             loads +
              f"Reference net 784-1024-1024-10 at batch 128, SGD with momentum 0.9, dropout {DROPOUT} (input, hidden), "
              "rounds of one epoch per variant, interleaved, after a warm-up (see bench/dropout.py).", "",
              "| backend | variant | ms per step (median) | × none | ms per step (min) | × none |", "|---|---|---|---|---|---|"]
@@ -130,8 +126,7 @@ def main(argv=None) -> int:
         lines += ["", f"MNIST, {backend}, settings {json.dumps(mnist['settings'])}: test accuracy "
                   f"{mnist['final_test_accuracy']:.4f} after {len(mnist['test_accuracy_per_epoch'])} epochs "
                   f"({mnist['train_seconds']:.0f} s of training); per epoch: {accs}"]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("wrote", stem.with_suffix(".json"), "and .md")
+    save_record(stem, result, lines)
     return 0
 
 

@@ -17,7 +17,6 @@ Writes <date>-<machine>-maxout.json and .md (with ``--goal``: -maxout-goal).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deltaprop import MLP, record  # noqa: E402
-from deltaprop.bench.measure import fit_options, machine_info  # noqa: E402
+from deltaprop.bench.measure import end_record, fit_options, result_stem, run_record, save_record  # noqa: E402
 
 GOAL = {"sizes": [784, 240, 240, 10], "pieces": 5, "epochs": 100, "dropout": [0.2, 0.5, 0.5], "max_norm": 1.9365,
         "optimizer": "adam"}  # SGD (0.05, momentum 0.9, cosine) ends at 98.74% on the CPU, Adam at 98.83%
@@ -87,9 +86,7 @@ def main(argv=None) -> int:
     except DataUnavailable as exc:
         print(f"bench/maxout.py: no MNIST here ({str(exc).splitlines()[0]})", file=sys.stderr)
         return 1
-    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
-              "load_average_start": record.load_average(), "fit": settings, "epochs": a.epochs,
-              "extra": extra, "backends": {}}
+    result = run_record(fit=settings, epochs=a.epochs, extra=extra, backends={})
     for backend in a.backends:
         rows = result["backends"][backend] = {"maxout": run(backend, a.sizes, "maxout", a.pieces, a.epochs, data, extra, fit)}
         if not a.no_relu:
@@ -99,12 +96,10 @@ def main(argv=None) -> int:
             if name in rows:
                 print(f"{backend} {name}: {rows[name]['step_ms']:.2f} ms per step, test accuracy "
                       f"{rows[name]['test_accuracy_per_epoch']}", flush=True)
-    result["load_average_end"] = record.load_average()
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-maxout{'-goal' if a.goal else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    loads = end_record(result)
+    stem = result_stem(a.out, a.machine, f"maxout{'-goal' if a.goal else ''}")
     lines = [f"# Maxout on MNIST, {a.machine}, {result['date']} (commit {result['commit']})", "",
-             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             loads +
              f"Net {a.sizes} (units), {json.dumps(settings)}, "
              f"{a.epochs} epochs, seed 0{', ' + json.dumps(extra) if extra else ''}; "
              f"command: python bench/maxout.py {' '.join(argv if argv is not None else sys.argv[1:])}", "",
@@ -118,8 +113,7 @@ def main(argv=None) -> int:
                 lines.append(f"| {backend} | {net} | {r['step_ms']:.2f} | {accs} | {max(r['test_accuracy_per_epoch']):.4f} |")
         if "maxout_over_relu_step" in rows:
             lines += ["", f"{backend}: a maxout step costs {rows['maxout_over_relu_step']:.2f}× the ReLU net's."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("wrote", stem.with_suffix(".json"), "and .md")
+    save_record(stem, result, lines)
     return 0
 
 

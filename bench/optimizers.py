@@ -13,8 +13,6 @@ epoch (the goal: ≥ 98% within 10). Writes <date>-<machine>-optimizers.json and
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -81,10 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args(argv)
-    from deltaprop.bench.measure import machine_info
+    from deltaprop.bench.measure import end_record, result_stem, run_record, save_record
 
-    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
-              "load_average_start": record.load_average(), "steps": a.steps, "repeats": a.repeats, "backends": {}}
+    result = run_record(steps=a.steps, repeats=a.repeats, backends={})
     for backend in a.backends:
         row = result["backends"][backend] = {"step_costs": step_costs(backend, a.steps, a.repeats)}
         for name, cost in row["step_costs"].items():
@@ -92,12 +89,10 @@ def main(argv=None) -> int:
         if a.epochs:
             row["adam_mnist"] = adam_accuracy(backend, a.epochs)
             print(f"{backend} adam on MNIST: {row['adam_mnist']}", flush=True)
-    result["load_average_end"] = record.load_average()
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-optimizers"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    loads = end_record(result)
+    stem = result_stem(a.out, a.machine, "optimizers")
     lines = [f"# Optimizers, {a.machine}, {result['date']} (commit {result['commit']})", "",
-             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             loads +
              f"Reference net 784-1024-1024-10 at batch 128, median of {a.repeats} epochs of {a.steps} steps after a warm-up.", "",
              "| backend | optimizer | ms per step | × SGD+momentum |", "|---|---|---|---|"]
     for backend, row in result["backends"].items():
@@ -106,8 +101,7 @@ def main(argv=None) -> int:
     for backend, row in result["backends"].items():
         if "adam_mnist" in row:
             lines += ["", f"Adam (lr 1e-3) on MNIST, {backend}: {row['adam_mnist']}"]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("wrote", stem.with_suffix(".json"), "and .md")
+    save_record(stem, result, lines)
     return 0
 
 

@@ -15,7 +15,6 @@ epochs). Writes <date>-<machine>-precision.json and .md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args(argv)
-    from deltaprop.bench.measure import machine_info
+    from deltaprop.bench.measure import end_record, result_stem, run_record, save_record
     from deltaprop.data import DataUnavailable, load_mnist
 
     try:
@@ -55,11 +54,8 @@ def main(argv=None) -> int:
     except DataUnavailable as exc:
         print(f"error: no MNIST here ({str(exc).splitlines()[0]})", file=sys.stderr)
         return 2
-    result = {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
-              "load_average_start": record.load_average(),
-              "settings": {"layers": SIZES, **TRAINING, "optimizer": "sgd", "epochs": a.epochs,
-                           "seeds": list(range(a.seeds))},
-              "backends": {}}
+    result = run_record(settings={"layers": SIZES, **TRAINING, "optimizer": "sgd", "epochs": a.epochs,
+                                  "seeds": list(range(a.seeds))}, backends={})
     for backend in a.backends:
         fits = [accuracy_per_epoch(backend, a.epochs, data, seed) for seed in range(a.seeds)]
         finals = [f["final_test_accuracy"] for f in fits]
@@ -71,12 +67,10 @@ def main(argv=None) -> int:
     first = result["backends"][a.backends[0]]
     for row in result["backends"].values():
         row["points_from_first"] = 100 * (row["final_test_accuracy"] - first["final_test_accuracy"])
-    result["load_average_end"] = record.load_average()
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{datetime.date.today().isoformat()}-{a.machine}-precision"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    loads = end_record(result)
+    stem = result_stem(a.out, a.machine, "precision")
     lines = [f"# GEMM precision and accuracy, {a.machine}, {result['date']} (commit {result['commit']})", "",
-             f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+             loads +
              f"Settings {json.dumps(result['settings'])} (see bench/precision.py).", "",
              f"| backend | test accuracy after {a.epochs} epochs (mean) | points from {a.backends[0]} | per seed | "
              "training s a fit | seed 0 per epoch |", "|---|---|---|---|---|---|"]
@@ -85,8 +79,7 @@ def main(argv=None) -> int:
         seeds = ", ".join(f"{x:.4f}" for x in row["final_per_seed"])
         lines.append(f"| {backend} | {row['final_test_accuracy']:.4f} | {row['points_from_first']:+.2f} | {seeds} | "
                      f"{row['train_seconds']:.0f} | {accs} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("wrote", stem.with_suffix(".json"), "and .md")
+    save_record(stem, result, lines)
     return 0
 
 

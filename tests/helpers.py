@@ -1,6 +1,7 @@
 """Small helpers shared by the tests."""
 
 import dataclasses
+import importlib.util
 import os
 
 import numpy as np
@@ -90,3 +91,13 @@ SOFTSIGN = dataclasses.replace(
     c_dphi="(T(1) - fabs(z)) * (T(1) - fabs(z))",
 )  # fmt: skip
 SOFTSIGN_REFERENCE = (lambda a: a / (1 + np.abs(a))), (lambda a: 1 / (1 + np.abs(a)) ** 2)
+
+
+def script(path: str):
+    """The repository's script ``path`` (as "bench/maxout.py" or "tools/headline.py") loaded as a module, under the
+    name of its file: the bench and tool scripts are not a package."""
+    full = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

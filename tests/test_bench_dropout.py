@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("bench_dropout", os.path.join(HERE, "..", "bench", "dropout.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import script
+
+bench = script("bench/dropout.py")
 
 
 def test_the_dropout_bench_runs_writes_its_tables_and_keeps_the_part_it_skips(tmp_path, monkeypatch):

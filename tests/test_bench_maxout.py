@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 
 import deltaprop.data
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("bench_maxout", os.path.join(HERE, "..", "bench", "maxout.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import script
+
+bench = script("bench/maxout.py")
 
 
 def test_the_maxout_bench_runs_and_writes_its_tables(tmp_path, monkeypatch):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("bench_optimizers", os.path.join(HERE, "..", "bench", "optimizers.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import script
+
+bench = script("bench/optimizers.py")
 
 
 def test_the_optimizer_bench_runs_and_writes_its_tables(tmp_path, monkeypatch):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import types
 
 import numpy as np
 
 import deltaprop.data
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("bench_precision", os.path.join(HERE, "..", "bench", "precision.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from helpers import script
+
+bench = script("bench/precision.py")
 
 
 def test_the_precision_bench_compares_each_backend_with_the_first(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from deltaprop.backends import get
 from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
 
-from test_cupy_launches import CASES
+from test_cupy_launches import CASES, fit_on
 from test_rounding import contract_calls
 
 TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
@@ -73,23 +73,9 @@ def test_every_contract_method_computes_what_numpy_computes(rng, emulated, dtype
 
 
 def fit(bk_or_name, case, dtype, epochs=2):
-    rng = np.random.default_rng(5)
-    sizes, mlp_kw, fit_kw = CASES[case]
-    n = 150
-    X = rng.random((n, sizes[0]))
-    loss = mlp_kw.get("loss", "cross_entropy")
-    y = rng.random((n, sizes[-1])) if loss == "mse" else (
-        rng.integers(0, 2, (n, sizes[-1])) if loss == "bce" else rng.integers(0, sizes[-1], n))
-    kw = dict(fit_kw)
-    if kw.pop("weighted", False):
-        kw["sample_weight"] = rng.random(n)
-    name = bk_or_name if isinstance(bk_or_name, str) else "numpy"
-    model = MLP(sizes, backend=name, seed=1, dtype=dtype, **mlp_kw)
-    if not isinstance(bk_or_name, str):
-        model.network.backend = bk_or_name
-        model.network.set_params(model.get_weights())
-    history = model.fit(X, y, epochs=epochs, batch_size=32, **kw)
-    return model.get_weights(), history.loss, model.predict_proba(X[:9]) if loss != "mse" else model.predict(X[:9])
+    """(weights, losses, outputs) of the fit of ``case`` on a backend object or name (test_cupy_launches.fit_on)."""
+    model, history, out = fit_on(bk_or_name, *CASES[case], dtype, epochs=epochs, seed=5)
+    return model.get_weights(), history.loss, out
 
 
 # The stand-in capture records the kernels and GEMMs a step enqueues; CuPy's own array operations, which a real

@@ -80,22 +80,26 @@ def stand_in(monkeypatch):
     return make
 
 
-def fit_on(bk, sizes, mlp_kw, fit_kw, dtype="float32", n=150, batch=32, epochs=2):
-    rng = np.random.default_rng(0)
+def fit_on(bk, sizes, mlp_kw, fit_kw, dtype="float32", n=150, batch=32, epochs=2, seed=0):
+    """(the model, its history, its outputs for 9 samples) of a fit on backend ``bk`` (an object, put in place of
+    the model's NumPy backend; or a name) on fresh data for the loss of ``mlp_kw``; ``fit_kw`` "weighted": random
+    sample weights."""
+    rng = np.random.default_rng(seed)
     X = rng.random((n, sizes[0]))
     loss = mlp_kw.get("loss", "cross_entropy")
     y = rng.random((n, sizes[-1])) if loss == "mse" else (
         rng.integers(0, 2, (n, sizes[-1])) if loss == "bce" else rng.integers(0, sizes[-1], n))
-    model = MLP(sizes, backend="numpy", seed=1, dtype=dtype, **mlp_kw)
-    model.network.backend = bk
-    model.network.set_params(model.get_weights())
+    model = MLP(sizes, backend=bk if isinstance(bk, str) else "numpy", seed=1, dtype=dtype, **mlp_kw)
+    if not isinstance(bk, str):
+        model.network.backend = bk
+        model.network.set_params(model.get_weights())
     kw = dict(fit_kw)
     if kw.pop("weighted", False):
         kw["sample_weight"] = rng.random(n)
     with np.errstate(all="ignore"):
-        model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
-        model.predict(X[:7])
-    return model
+        history = model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
+        out = model.predict(X[:9]) if loss == "mse" else model.predict_proba(X[:9])
+    return model, history, out
 
 
 CASES = {  # name: (layer sizes, MLP arguments, fit arguments)

@@ -12,10 +12,9 @@ import os
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("headline", os.path.join(HERE, "..", "tools", "headline.py"))
-headline = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(headline)
+from helpers import script
+
+headline = script("tools/headline.py")
 
 PEERS = ["torch_eager", "torch_graph", "torch_compile", "jax_jit"]
 FORMAT = {

@@ -5,18 +5,15 @@ installed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shlex
 import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("profile_step", os.path.join(HERE, "..", "tools", "profile_step.py"))
-ps = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ps)
+from helpers import script
+
+ps = script("tools/profile_step.py")
 
 # numba-cuda's names of deltaprop's output_delta kernel (cuda.compile_ptx for sm_90, then c++filt)
 ARRAY = "Array<float, 2, C, mutable, aligned>"

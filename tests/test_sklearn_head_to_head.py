@@ -1,19 +1,14 @@
 """bench/sklearn_head_to_head.py: one short run writes its JSON and markdown with every estimator's figures."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "sklearn_head_to_head.py"
+from helpers import script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("sklearn_head_to_head", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("bench/sklearn_head_to_head.py")
 
 
 def test_a_short_run_writes_both_files(tmp_path):

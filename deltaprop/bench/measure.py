@@ -7,10 +7,13 @@ median with min and max; take every ratio from numbers of the same run.
 
 from __future__ import annotations
 
+import datetime
+import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -167,6 +170,32 @@ def fit_options(optimizer: str, lr: float, epochs: int, cosine: bool = True) -> 
 def machine_info() -> dict:
     """The device, driver, CUDA and library versions, CPU model and cores, git commit and date of this run."""
     return record.bench_record({n: {"usable": a.usable, "detail": a.reason} for n, a in backends.available().items()})
+
+
+# ---------------------------------------------------- a bench script's result files
+def run_record(**fields) -> dict:
+    """The start of a bench script's result: the machine, date, commit and load average of the run, then ``fields``."""
+    return {"machine": machine_info(), "date": record.date(), "commit": record.git_commit(),
+            "load_average_start": record.load_average(), **fields}
+
+
+def result_stem(out, machine: str, name: str):
+    """out/<date>-<machine>-<name>: where a bench script writes its .json and .md."""
+    return Path(out) / f"{datetime.date.today().isoformat()}-{machine}-{name}"
+
+
+def end_record(result: dict) -> str:
+    """Records the load average at the end in ``result``; the sentence of both for the .md."""
+    result["load_average_end"] = record.load_average()
+    return f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
+
+
+def save_record(stem, result: dict, lines) -> None:
+    """``result`` as stem.json and the markdown ``lines`` as stem.md (the folder made if need be)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("wrote", stem.with_suffix(".json"), "and .md")
 
 
 # Datasheet FP32 and memory peaks (NVIDIA); a CPU has none here: its ceilings are measured.
