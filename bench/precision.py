@@ -1,13 +1,14 @@
 """What the GEMM precision does to accuracy: the reference net trained the same way on each backend asked, its MNIST
 test accuracy after every epoch, and each backend's difference to the first one's.
 
-    python bench/precision.py [--backends numpy,numpy-bf16] [--epochs 10] [--out bench/results]
+    python bench/precision.py [--backends numpy,numpy-tf32,numpy-bf16] [--epochs 10] [--out bench/results]
 
 The net and its training are those of the headline's accuracy figures (tools/headline.py): 784-1024-1024-10, ReLU,
 softmax + cross-entropy, SGD at rate 0.05 with momentum 0.9, batch 128, seeds 0 .. ``--seeds`` − 1 (the initial
 weights and the sample order; the mean over them is what is compared), the whole MNIST training set
 (``deltaprop.data.load_mnist``, the cache or a folder; never downloaded here). On the CPU the default compares
-"numpy" (float32) with "numpy-bf16", the emulation of cupy-bf16's numerics (GEMM inputs rounded to bfloat16); on a
+"numpy" (float32) with "numpy-tf32" and "numpy-bf16", the emulations of cupy-tf32's and cupy-bf16's numerics (GEMM
+inputs rounded to TF32 or bfloat16); on a
 GPU, ``--backends cupy,cupy-tf32,cupy-bf16`` (the issue's goal: bf16 and tf32 within 0.2 points of fp32 after 10
 epochs). Writes <date>-<machine>-precision.json and .md.
 """
@@ -39,8 +40,8 @@ def accuracy_per_epoch(backend: str, epochs: int, data, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", default="numpy,numpy-bf16", type=lambda s: s.split(","),
-                   help="the backends, the first the one the others are compared with (default: numpy,numpy-bf16)")
+    p.add_argument("--backends", default="numpy,numpy-tf32,numpy-bf16", type=lambda s: s.split(","),
+                   help="the backends, the first the one the others are compared with (default: numpy,numpy-tf32,numpy-bf16)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default: 10)")
     p.add_argument("--seeds", type=int, default=1, help="fits per backend, seeds 0, 1, ... (default: 1)")
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")

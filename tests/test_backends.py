@@ -51,7 +51,7 @@ def test_names_are_forgiving_about_case_and_underscores():
 
 def test_unknown_name_and_unusable_backend():
     with pytest.raises(ValueError, match="backend: unknown backend 'gpu'; choose one of numpy, numba-cuda, cupy, auto or a "
-                                         r"precision variant \(cupy-tf32, cupy-bf16, numpy-bf16\)"):
+                                         r"precision variant \(cupy-tf32, cupy-bf16, numpy-bf16, numpy-tf32\)"):
         backends.get("gpu")
     assert backends.get("NumPy_BF16").name == "numpy-bf16"  # a variant by name, forgiving as the others
     with pytest.raises(ValueError, match="'numpy-bf16' takes no device index \\(numpy-bf16 runs on the CPU\\)"):

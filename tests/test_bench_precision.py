@@ -24,7 +24,7 @@ def test_the_precision_bench_compares_each_backend_with_the_first(tmp_path, monk
     assert bench.main(["--epochs", "2", "--seeds", "2", "--machine", "test", "--out", str(tmp_path)]) == 0
     (found,) = tmp_path.glob("*-test-precision.json")
     result = json.loads(found.read_text())
-    assert list(result["backends"]) == ["numpy", "numpy-bf16"] and result["settings"]["epochs"] == 2
+    assert list(result["backends"]) == ["numpy", "numpy-tf32", "numpy-bf16"] and result["settings"]["epochs"] == 2
     rows = result["backends"]
     assert rows["numpy"]["points_from_first"] == 0.0
     assert all(len(f["test_accuracy_per_epoch"]) == 2 for r in rows.values() for f in r["fits"])
@@ -32,7 +32,7 @@ def test_the_precision_bench_compares_each_backend_with_the_first(tmp_path, monk
     assert all(r["final_test_accuracy"] == sum(r["final_per_seed"]) / 2 for r in rows.values())
     assert rows["numpy-bf16"]["points_from_first"] == 100 * (rows["numpy-bf16"]["final_test_accuracy"]
                                                            - rows["numpy"]["final_test_accuracy"])
-    assert found.with_suffix(".md").read_text().count("| numpy") == 2
+    assert found.with_suffix(".md").read_text().count("| numpy") == 3
 
 
 def test_without_mnist_it_says_so(tmp_path, monkeypatch, capsys):

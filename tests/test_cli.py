@@ -452,7 +452,7 @@ def test_info(capsys):
     for line in ("numba-cuda", "cupy", "auto picks:", "GPU:"):
         assert line in out
     assert ("precision variants, by name ('auto' takes none): cupy-tf32 (of cupy), cupy-bf16 (of cupy), "
-            "numpy-bf16 (of numpy)\n") in out
+            "numpy-bf16 (of numpy), numpy-tf32 (of numpy)\n") in out
 
 
 def test_console_entry_points_and_a_light_import():

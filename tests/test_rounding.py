@@ -35,6 +35,36 @@ def test_round_into_is_the_rule(rng):
     np.testing.assert_array_equal(out.view(np.uint32), bf16.rounded(u.view(np.float32)).view(np.uint32))
 
 
+def nearest_tf32_reference(u):
+    """The float32 with 10 mantissa bits (TF32) nearest each float32 (bits ``u``), by comparing the two candidates
+    around it in float64, ties to the even one; NaN -> 0x7FFFE000, and past the largest by half a step -> ±inf."""
+    with np.errstate(invalid="ignore"):
+        x = u.view(np.float32).astype(np.float64)
+    low = u & np.uint32(0xFFFFE000)  # truncation: toward zero
+    high = low + np.uint32(0x2000)
+
+    def as64(bits):  # the step past the largest finite one counts as ±2^128
+        v = bits.view(np.float32).astype(np.float64)
+        return np.where(np.isinf(v), np.copysign(2.0**128, v), v)
+
+    with np.errstate(invalid="ignore"):
+        d_low, d_high = np.abs(x - as64(low)), np.abs(as64(high) - x)
+    odd = (low >> np.uint32(13)) % 2 == 1
+    out = np.where((d_high < d_low) | ((d_high == d_low) & odd & (d_low > 0)), high, low)
+    out[np.isnan(x)] = 0x7FFFE000
+    return out
+
+
+def test_the_tf32_rule_is_round_to_nearest_even(rng):
+    u = bits_under_test(rng)
+    u = np.concatenate([u, np.uint32([0x3F801000, 0x3F803000, 0x3F800FFF, 0x3F801001, 0x7F7FF000, 0x00001000])])  # ties, near ties, overflow, a subnormal tie
+    out = np.empty(u.size, np.float32)
+    with np.errstate(invalid="ignore"):
+        bf16.round_into(u.view(np.float32), out, bf16.TF32_DROPPED)
+    np.testing.assert_array_equal(out.view(np.uint32), nearest_tf32_reference(u))
+    assert list(out[-6:].view(np.uint32)) == [0x3F800000, 0x3F804000, 0x3F800000, 0x3F802000, 0x7F800000, 0]
+
+
 def test_the_table_names_every_method_of_the_contract_and_only_its_parameters():
     assert set(WRITES) == set(CONTRACT) - UNLISTED
     for name, written in WRITES.items():
@@ -101,13 +131,23 @@ def test_each_method_writes_only_what_the_table_says(rng):
 
 
 # ------------------------------------------------------------------------------------------------- numpy-bf16
+EMULATIONS = {"numpy-bf16": bf16.BF16_DROPPED, "numpy-tf32": bf16.TF32_DROPPED}
+
+
+def rounded(x, dropped):
+    out = np.empty(np.shape(x), np.float32)
+    bf16.round_into(np.ascontiguousarray(x, np.float32), out, dropped)
+    return out.astype(np.float64)
+
+
+@pytest.mark.parametrize("variant", list(EMULATIONS))
 @pytest.mark.parametrize("B,n_in,n_out", [(1, 1, 1), (7, 33, 5), (65, 130, 17)])
-def test_emulated_gemms_multiply_the_rounded_inputs(rng, B, n_in, n_out):
-    bk = get("numpy-bf16")
+def test_emulated_gemms_multiply_the_rounded_inputs(rng, B, n_in, n_out, variant):
+    bk = get(variant)
     z, W, b, d = rng.normal(size=(B, n_in)), rng.normal(size=(n_in, n_out)), rng.normal(size=n_out), rng.normal(
         size=(B, n_out))
     f = lambda x: np.ascontiguousarray(x, np.float32)  # noqa: E731
-    r = lambda x: bf16.rounded(x).astype(np.float64)  # noqa: E731
+    r = lambda x: rounded(x, EMULATIONS[variant])  # noqa: E731
     out = np.empty((B, n_out), np.float32)
     bk.forward(f(z), f(W), f(b), "identity", out)
     np.testing.assert_allclose(out, r(z) @ r(W) + f(b), rtol=1e-5, atol=1e-5 * np.sqrt(n_in))
@@ -119,7 +159,7 @@ def test_emulated_gemms_multiply_the_rounded_inputs(rng, B, n_in, n_out):
     np.testing.assert_allclose(dW, r(z).T @ r(d) / B, rtol=1e-5, atol=1e-5 * np.sqrt(B) / B)
     np.testing.assert_allclose(db, f(d).astype(np.float64).sum(0) / B, rtol=1e-5, atol=1e-6)  # no rounding
     if n_in > 1:
-        assert not np.allclose(out, f(z) @ f(W) + f(b), rtol=1e-6, atol=0)  # bfloat16 is in use
+        assert not np.allclose(out, f(z) @ f(W) + f(b), rtol=1e-6, atol=0)  # the rounding is in use
 
 
 def learnable(rng, n=300, d=33, k=5):
@@ -167,13 +207,14 @@ def test_keeping_the_copies_changes_no_bit_and_rounds_each_operand_once_a_step(r
     assert counts[True] == steps * 3 * L + extra, counts  # z_{l-1}, W_l and δ_l, once each
 
 
-def test_emulated_bf16_learns_like_float32_and_leaves_float64_alone(rng):
+@pytest.mark.parametrize("variant", list(EMULATIONS))
+def test_the_emulations_learn_like_float32_and_leave_float64_alone(rng, variant):
     data = learnable(rng, n=600)
     exact = fit("numpy", data, {}, dict(lr=0.05, momentum=0.9), epochs=4)
-    fast = fit("numpy-bf16", data, {}, dict(lr=0.05, momentum=0.9), epochs=4)
+    fast = fit(variant, data, {}, dict(lr=0.05, momentum=0.9), epochs=4)
     assert abs(exact.score(*data) - fast.score(*data)) <= 0.05
-    assert not np.array_equal(fast.get_weights()[0][0], exact.get_weights()[0][0])  # bfloat16 in use
-    f64 = fit("numpy-bf16", data, dict(dtype="float64"), dict(lr=0.05, momentum=0.9))
+    assert not np.array_equal(fast.get_weights()[0][0], exact.get_weights()[0][0])  # the rounding is in use
+    f64 = fit(variant, data, dict(dtype="float64"), dict(lr=0.05, momentum=0.9))
     ref = fit("numpy", data, dict(dtype="float64"), dict(lr=0.05, momentum=0.9))
     for (W1, b1), (W2, b2) in zip(f64.get_weights(), ref.get_weights()):
         np.testing.assert_array_equal(W1, W2)

@@ -40,7 +40,8 @@ NAMES = tuple(_REGISTRY)
 #: variants of a registered backend, usable by name but not listed by available() nor taken by "auto"
 VARIANTS = {"cupy-tf32": ("deltaprop.backends.cupy_backend", "CupyTF32Backend"),
             "cupy-bf16": ("deltaprop.backends.cupy_backend", "CupyBF16Backend"),
-            "numpy-bf16": ("deltaprop.backends.numpy_backend", "NumpyBF16Backend")}
+            "numpy-bf16": ("deltaprop.backends.numpy_backend", "NumpyBF16Backend"),
+            "numpy-tf32": ("deltaprop.backends.numpy_backend", "NumpyTF32Backend")}
 #: the order in which "auto" tries the backends: fastest first.
 AUTO_ORDER = ("cupy", "numba-cuda", "numpy")
 ENV_VAR = "DELTAPROP_BACKEND"

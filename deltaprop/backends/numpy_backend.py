@@ -112,17 +112,28 @@ class NumpyBF16Backend(RoundOnce, NumpyBackend):
     name = "numpy-bf16"
     device = "CPU (NumPy), bfloat16 GEMM inputs emulated"
     scales_delta = False  # cupy-bf16's GEMM rounds δ and applies 1/B as its alpha: so here
+    dropped = bf16.BF16_DROPPED  # the float32 mantissa bits the GEMMs' inputs lose
 
     def _matmul(self, a, b, out) -> None:
         if out.dtype != np.float32:
             return super()._matmul(a, b, out)
-        np.matmul(self._operand(a, "bf16_a"), self._operand(b, "bf16_b"), out=out)
+        np.matmul(self._operand(a, "round_a"), self._operand(b, "round_b"), out=out)
         self._written(out)
 
     def _round(self, x, slot: str):
         out = self._scratch(slot, x.shape, np.float32)
-        bf16.round_into(x, out)
+        bf16.round_into(x, out, self.dropped)
         return out
 
     def _address(self, x) -> int:
         return x.__array_interface__["data"][0]
+
+
+class NumpyTF32Backend(NumpyBF16Backend):
+    """NumPy with cupy-tf32's numerics: numpy-bf16 with TF32's 10-bit mantissa (13 bits dropped, to nearest even)
+    for the float32 GEMMs' inputs. cuBLAS rounds TF32 inputs inside each GEMM and scales δ's GEMM by its alpha, as
+    cupy-bf16 does; rounding once a step gives the same values. An emulation, as numpy-bf16."""
+
+    name = "numpy-tf32"
+    device = "CPU (NumPy), TF32 GEMM inputs emulated"
+    dropped = bf16.TF32_DROPPED

@@ -4,6 +4,10 @@ bfloat16 keeps float32's sign and 8-bit exponent and the top 7 of its 23 mantiss
 the bfloat16 nearest to it, ties to the even one (IEEE round to nearest): add 0x7FFF plus the lowest kept bit
 to its bits and drop the low 16; a NaN becomes the canonical NaN 0x7FFF (as CUDA's __float2bfloat16_rn). ``round_bits`` is the rule; bf16.cu's ``bf16_rne`` is the same
 arithmetic on the device (tests/test_bf16.py compiles it for the host and compares).
+
+TF32 (cupy-tf32's tensor-core inputs) keeps 10 mantissa bits: the same rule with 13 bits dropped instead of 16
+(``round_into(x, out, TF32_DROPPED)``, for numpy-tf32). cuBLAS does not document how its TF32 kernels convert
+float32 inputs (to nearest, or by dropping the bits); numpy-tf32 takes the nearest, the smaller error.
 """
 
 from __future__ import annotations
@@ -34,15 +38,20 @@ def rounded(x) -> np.ndarray:
     return from_bits(round_bits(x))
 
 
-def round_into(x, out) -> None:
-    """out ← x rounded to bfloat16, as float32 (``rounded``'s values), for float32 arrays x and out of one shape."""
+BF16_DROPPED, TF32_DROPPED = 16, 13  # float32 mantissa bits that bfloat16 and TF32 do not keep
+
+
+def round_into(x, out, dropped: int = BF16_DROPPED) -> None:
+    """out ← x rounded to bfloat16 (``rounded``'s values), or with another number of low bits ``dropped`` (13: TF32),
+    as float32, ties to even, a NaN the canonical one; for float32 arrays x and out of one shape."""
     u, o = x.view(np.uint32), out.view(np.uint32)
-    np.right_shift(u, np.uint32(16), out=o)
+    keep = np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF)
+    np.right_shift(u, np.uint32(dropped), out=o)
     o &= np.uint32(1)
-    o += np.uint32(0x7FFF)
+    o += np.uint32((1 << (dropped - 1)) - 1)
     o += u  # modulo 2^32: only a NaN's bits can pass 2^32, and a NaN is set below
-    o &= np.uint32(0xFFFF0000)
-    np.putmask(o, (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000), np.uint32(0x7FFF0000))
+    o &= keep
+    np.putmask(o, (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000), np.uint32(0x7FFFFFFF) & keep)
 
 
 def to_bf16_kernel():
