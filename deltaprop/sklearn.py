@@ -70,8 +70,6 @@ scikit-learn (>= 1.6) is needed for this module only; ``import deltaprop`` does 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from numbers import Integral, Real
 
@@ -659,25 +657,17 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------ pickling
     def __getstate__(self):
-        """The network travels as deltaprop's .npz bytes (weights and momentum, no device arrays)."""
+        """The network travels as deltaprop's .npz bytes (MLP.to_bytes: weights and optimizer state, no device
+        arrays)."""
         state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
         if "model_" in state:
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "model.npz")
-                state["model_"].save(path)
-                with open(path, "rb") as f:
-                    state["model_"] = f.read()
+            state["model_"] = state["model_"].to_bytes()
         return state
 
     def __setstate__(self, state):
         """Rebuilds the network on this estimator's ``backend`` (``"auto"``: the best one here)."""
         if isinstance(state.get("model_"), bytes):
-            state = dict(state)
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "model.npz")
-                with open(path, "wb") as f:
-                    f.write(state["model_"])
-                state["model_"] = MLP.load(path, backend=state.get("backend", "auto"))
+            state = dict(state, model_=MLP.from_bytes(state["model_"], backend=state.get("backend", "auto")))
         super().__setstate__(state)
 
 

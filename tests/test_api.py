@@ -1,5 +1,6 @@
 """The public API: predict, predict_proba, score, evaluate, weights, save and load."""
 
+import copy
 import io
 import json
 import os
@@ -76,6 +77,49 @@ def test_load_moves_a_model_between_backends(backend, rng, tmp_path):
     assert moved.backend is backend
     X = rng.normal(size=(5, 3))
     np.testing.assert_allclose(moved.predict_proba(X), model.predict_proba(X), rtol=1e-12)
+
+
+def test_a_pickled_model_is_the_model(backend, dtype, rng):
+    """pickle (and copy.deepcopy) carry the model as MLP.to_bytes and rebuild it on the backend it was asked on: the
+    same predictions, and the optimizer's state too (a further epoch goes the same way on both), no shared arrays."""
+    model = MLP([4, 6, 3], backend=backend.name, dtype=dtype.name, seed=8, dropout=0.2)
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    model.fit(X, y, epochs=2, batch_size=5, optimizer="adam")
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert (twin.backend.name, twin.dtype, twin.epochs_trained, twin.dropout) == (
+            backend.name, dtype, 2, model.dropout)
+        np.testing.assert_array_equal(twin.predict_proba(X), model.predict_proba(X))
+        twin.fit(X, y, epochs=1, batch_size=5, optimizer="adam")
+        assert twin.epochs_trained == 3 and model.epochs_trained == 2  # nothing shared
+    model.fit(X, y, epochs=1, batch_size=5, optimizer="adam")
+    for (W0, b0), (W1, b1) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W0, W1)
+        np.testing.assert_array_equal(b0, b1)
+
+
+def test_from_bytes_checks_what_it_is_given(monkeypatch):
+    model = MLP([3, 2], backend="numpy", seed=1)
+    data = model.to_bytes()
+    assert data[:4] == b"PK\x03\x04" and MLP.from_bytes(data).layer_sizes == (3, 2)
+    with pytest.raises(TypeError, match="data: expected the bytes of MLP.to_bytes, got str"):
+        MLP.from_bytes("model.npz")
+    with pytest.raises(ValueError, match=r"^data: is not a readable deltaprop model: not an .npz file"):
+        MLP.from_bytes(b"not a model")
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        arrays = dict(f)
+    arrays["config"] = np.array(json.dumps({**json.loads(str(arrays["config"])), "seed": -1}))
+    bad = io.BytesIO()
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match=r"^data: is not a valid deltaprop model: seed: expected an integer ≥ 0, got -1"):
+        MLP.from_bytes(bad.getvalue())
+    with pytest.raises(ValueError, match="backend: unknown backend 'gpu'"):
+        MLP.from_bytes(data, backend="gpu")
+    monkeypatch.setenv("DELTAPROP_BACKEND", "numpy-bf16")  # "auto" is chosen again where it is unpickled
+    assert pickle.loads(pickle.dumps(model)).backend.name == "numpy"  # asked by name: kept
+    monkeypatch.delenv("DELTAPROP_BACKEND")
+    auto = MLP([3, 2], seed=1)
+    monkeypatch.setenv("DELTAPROP_BACKEND", "numpy-bf16")
+    assert pickle.loads(pickle.dumps(auto)).backend.name == "numpy-bf16"
 
 
 def test_an_assigned_backend_runs_the_network(rng):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from numbers import Integral
 
 import numpy as np
@@ -496,6 +497,39 @@ class MLP:
             raise ValueError(f"path: {path} is not a valid deltaprop model: {exc}") from None
         return model
 
+
+    def to_bytes(self) -> bytes:
+        """The model as the bytes of the .npz file ``save`` writes (weights, optimizer state, config; no pickle)."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.npz")
+            self.save(path)
+            with open(path, "rb") as f:
+                return f.read()
+
+    @classmethod
+    def from_bytes(cls, data, backend="auto") -> "MLP":
+        """The model that ``to_bytes`` gave ``data``, on ``backend``: ``load``'s checks, a damaged model refused."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expected the bytes of MLP.to_bytes, got {type(data).__name__}")
+        backends.select(backend)  # a bad name is the argument's fault, not the data's
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.npz")
+            with open(path, "wb") as f:
+                f.write(data)
+            try:
+                return cls.load(path, backend=backend)
+            except ValueError as exc:
+                raise ValueError("data: " + str(exc).replace(f"path: {path} ", "", 1)) from None
+
+    # ------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        """Pickled as ``to_bytes`` (no device arrays) and the backend asked for: unpickling rebuilds the model on it
+        ("auto": the best backend where it is unpickled)."""
+        asked = self.selection.requested if self.selection.requested == "auto" else self.selection.spec
+        return {"model": self.to_bytes(), "backend": asked}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(MLP.from_bytes(state["model"], backend=state["backend"]).__dict__)
 
 # ------------------------------------------------------------------ helpers
 def _initial_weights(sizes, activations, dtype, seed, init="auto", pieces=None) -> list:
