@@ -12,6 +12,7 @@ import collections
 import contextlib
 import ctypes
 import functools
+import operator
 import re
 import shutil
 import subprocess
@@ -102,11 +103,109 @@ def device_work(run) -> None:
 
 
 class DevArray(np.ndarray):
-    """A NumPy array with CuPy's ``data.ptr``: host memory standing in for device memory."""
+    """A NumPy array with CuPy's ``data.ptr``: host memory standing in for device memory. As under CuPy, its
+    operations are device work: while a stand-in graph is captured (``CAPTURE``) each one is recorded, not run
+    (a result it makes is allocated then and filled at each replay; a view is a view), and reading a value on
+    the host (``float(x)``, ``bool(x)``, ``item``, ``asnumpy``) raises, as CuPy's synchronous transfers do in a
+    capture. And as under CuPy, an element or a reduction to one is a 0-d array, not a NumPy scalar."""
 
     @property
     def data(self):
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        if out is not None:
+            kwargs["out"] = tuple(_host(x) for x in out)
+        return _device_op(getattr(ufunc, method), inputs, kwargs, out)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        written = (args[0],) if func in _WRITES_FIRST else None
+        if "out" in kwargs and kwargs["out"] is not None:
+            written = kwargs["out"] if isinstance(kwargs["out"], tuple) else (kwargs["out"],)
+        return _device_op(func, args, kwargs, written)
+
+    def __getitem__(self, key):
+        got = np.ndarray.__getitem__(self.view(np.ndarray), key)
+        if not isinstance(got, np.ndarray):  # an element: a 0-d view, as CuPy's
+            key = key if isinstance(key, tuple) else (key,)
+            got = np.ndarray.__getitem__(self.view(np.ndarray), (*key, Ellipsis))
+        if np.may_share_memory(got, self):
+            return got.view(DevArray)
+        return _device_op(np.ndarray.__getitem__, (self, key), {}, None)  # fancy indexing: a copy, device work
+
+    def __setitem__(self, key, value):
+        _device_op(np.ndarray.__setitem__, (self, key, value), {}, (self,))
+
+    def argmax(self, axis=None, out=None, **kwargs):
+        return _device_op(np.ndarray.argmax, (self,), dict(axis=axis, out=None if out is None else _host(out), **kwargs),
+                          None if out is None else (out,))
+
+    def fill(self, value):
+        _device_op(np.ndarray.fill, (self, value), {}, (self,))
+
+    def astype(self, dtype, *args, **kwargs):
+        return _device_op(np.ndarray.astype, (self, dtype, *args), kwargs, None)
+
+    def copy(self, order="C"):
+        return _device_op(np.ndarray.copy, (self, order), {}, None)
+
+    def _on_host(self, convert):
+        if CAPTURE is not None:
+            raise RuntimeError("the current stream is capturing, so synchronous API calls are not allowed (stand-in)")
+        return convert(self.view(np.ndarray))
+
+    def __float__(self):
+        return self._on_host(float)
+
+    def __int__(self):
+        return self._on_host(int)
+
+    def __index__(self):
+        return self._on_host(operator.index)
+
+    def __bool__(self):
+        return self._on_host(bool)
+
+    def item(self, *args):
+        return self._on_host(lambda x: x.item(*args))
+
+    def tolist(self):
+        return self._on_host(np.ndarray.tolist)
+
+
+_WRITES_FIRST = {np.copyto, np.putmask, np.put, np.place}  # functions that write their first argument
+_METADATA = {np.ndim, np.size, np.shape, np.result_type, np.may_share_memory, np.shares_memory}  # read no values
+
+
+def _host(x):
+    """x with every DevArray in it (in a list or tuple too) as a plain ndarray of the same memory."""
+    if isinstance(x, DevArray):
+        return x.view(np.ndarray)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_host(v) for v in x)
+    return x
+
+
+def _device_op(fn, args, kwargs, written):
+    """fn(*args, **kwargs) as device work. ``written``: the arrays it writes in place (its out), returned as its
+    result; None when it writes none and returns a new array, or a view of an argument."""
+    run = functools.partial(fn, *_host(args), **{k: _host(v) for k, v in kwargs.items()})
+    if written is not None:
+        if CAPTURE is None:
+            run()
+        else:
+            CAPTURE.append(run)
+        return written[0] if len(written) == 1 else written
+    got = run()  # now: in a capture, on whatever the arrays hold then, only for its shape and dtype
+    if fn in _METADATA or not isinstance(got, (np.ndarray, np.generic, bool, int, float)):
+        return got
+    got = np.asarray(got)
+    if any(isinstance(a, np.ndarray) and np.may_share_memory(got, a) for a in _host(args)):
+        return got.view(DevArray)  # a view
+    result = got.view(DevArray)
+    if CAPTURE is not None:
+        CAPTURE.append(lambda: result.view(np.ndarray).__setitem__(Ellipsis, run()))
+    return result
 
 
 class DevNumpy:
@@ -117,6 +216,8 @@ class DevNumpy:
 
     @staticmethod
     def asnumpy(x):
+        if CAPTURE is not None:
+            raise RuntimeError("the current stream is capturing, so D2H transfers are not allowed (stand-in)")
         return np.array(x)
 
     def __getattr__(self, name):
@@ -201,9 +302,9 @@ def stand_in_backend(cls, graphs: bool = False):
 
 class Graph:
     """A stand-in CUDA graph: capturing runs the Python of ``enqueue`` with the device work it enqueues recorded, not
-    run (``device_work``: the emulated kernels, the GEMMs), as a stream capture does; a replay runs that work, with
-    the arguments of the capture. Work that does not go through device_work (a test's own stand-in kernels) runs at
-    the capture and is not replayed."""
+    run (``device_work``: the emulated kernels, the GEMMs, the DevArrays' operations), as a stream capture does; a
+    replay runs that work, with the arguments of the capture. Work that does not go through device_work (a test's
+    own stand-in kernels) runs at the capture and is not replayed."""
 
     def __init__(self, enqueue):
         global CAPTURE

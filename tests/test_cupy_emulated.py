@@ -48,6 +48,37 @@ def emulated(monkeypatch):
     return lambda cls=cb.CupyBackend, graphs=False: emulated_cuda.stand_in_backend(cls, graphs)
 
 
+def test_the_stand_in_capture_records_array_operations_as_a_stream_capture_does():
+    """CuPy's array operations in a capture are recorded and run at each replay, not at the capture; a view stays a
+    view, an element is a 0-d array, a gather makes an array filled at each replay, and a read on the host raises."""
+    xp = emulated_cuda.DevNumpy()
+    a, out, idx = xp.array([1.0, 2.0, 3.0]), xp.zeros(2), xp.array([2, 0])
+    made = {}
+
+    def step():
+        xp.multiply(a, 2.0, out=a)
+        made["gathered"] = a[idx]
+        out[0] += xp.vdot(a, a)
+        tail = a[1:]
+        tail += 1.0
+        out[1] += a.sum()
+        made["count"] = xp.count_nonzero(a > 3.0)
+        with pytest.raises(RuntimeError, match="capturing"):
+            float(out[0])
+        with pytest.raises(RuntimeError, match="capturing"):
+            xp.asnumpy(a)
+
+    graph = emulated_cuda.Graph(step)
+    assert a.tolist() == [1.0, 2.0, 3.0] and out.tolist() == [0.0, 0.0]  # nothing ran at the capture
+    graph.launch()
+    assert a.tolist() == [2.0, 5.0, 7.0] and out.tolist() == [56.0, 14.0]
+    assert made["gathered"].tolist() == [6.0, 2.0] and int(made["count"]) == 2
+    graph.launch()
+    assert a.tolist() == [4.0, 11.0, 15.0] and out.tolist() == [56.0 + 312.0, 14.0 + 30.0]
+    assert made["gathered"].tolist() == [14.0, 4.0] and int(made["count"]) == 3
+    assert isinstance(out[0], emulated_cuda.DevArray) and out[0].shape == ()
+
+
 def on(bk, x):
     """x (a host array) as an array of backend ``bk``; other values as they are."""
     return bk.asarray(x) if isinstance(x, np.ndarray) else ([on(bk, v) for v in x] if isinstance(x, list) else x)
@@ -78,16 +109,17 @@ def fit(bk_or_name, case, dtype, epochs=2):
     return model.get_weights(), history.loss, out
 
 
-# The stand-in capture records the kernels and GEMMs a step enqueues; CuPy's own array operations, which a real
-# capture records too, run at the capture instead. So the graph path is compared for the steps that are all kernels
-# and GEMMs: not Nesterov (the contract's NumPy body, run by CuPy) nor sample weights (their normalisation).
-XP_IN_THE_STEP = {"nesterov, schedule", "sample weights"}
-FITS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case not in XP_IN_THE_STEP]
+FITS = [(case, graphs) for case in CASES for graphs in (False, True)]
 
 
 @pytest.mark.parametrize("case, graphs", FITS, ids=[f"{c}-{'graph' if g else 'steps'}" for c, g in FITS])
 def test_a_fit_on_emulated_cupy_is_the_numpy_fit(emulated, case, graphs):
-    weights, losses, out = fit(emulated(graphs=graphs), case, "float64")
+    """Step by step, and through the stand-in capture (the kernels, the GEMMs and CuPy's own array operations
+    recorded, as a stream capture records them, and replayed): the graphs must have been taken, not fallen back."""
+    bk = emulated(graphs=graphs)
+    weights, losses, out = fit(bk, case, "float64")
+    if graphs:
+        assert (bk.capture_error, bk.run_capture_error) == (None, None) and bk.counts["graph"] > 0, bk.counts
     ref_weights, ref_losses, ref_out = fit("numpy", case, "float64")
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-9)
     np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-12)
