@@ -87,6 +87,30 @@ def test_tf32_stays_close_to_float32(cupy_backend):
     np.testing.assert_allclose(f64.predict_proba(Xt), ref.predict_proba(Xt), rtol=1e-10, atol=1e-12)  # float64: no TF32
 
 
+def test_tf32_gemms_read_their_inputs_rounded_to_nearest_as_numpy_tf32_assumes(gpu_backend, rng):
+    """cuBLAS does not document how its TF32 kernels convert float32 inputs; numpy-tf32, the emulation that measures
+    TF32's accuracy on the CPU, rounds them to nearest. A GEMM by the identity on cupy-tf32 gives back its input
+    as the tensor cores read it: it must be that rounding (no ties here: the dropped 13 bits are 0x1FFF, 0x1800,
+    0x0800 or 0x0001, so rounding away from zero agrees; dropping the bits would give the lower value for the first
+    two), which says that numpy-tf32 emulates cupy-tf32."""
+    from deltaprop.kernels import bf16
+
+    bk = gpu_backend("cupy-tf32")
+    n = 256
+    u = rng.integers(0x3E800000, 0x40800000, (n, n), dtype=np.uint32)  # values of both signs in [0.25, 4)
+    u = (u & np.uint32(0xFFFFE000)) | rng.choice(np.uint32([0x1FFF, 0x1800, 0x0800, 0x0001]), (n, n))
+    u |= rng.integers(0, 2, (n, n), dtype=np.uint32) << np.uint32(31)
+    A = u.view(np.float32)
+    nearest, dropped = np.empty_like(A), (u & np.uint32(0xFFFFE000)).view(np.float32)
+    bf16.round_into(A, nearest, bf16.TF32_DROPPED)
+    out = bk.empty((n, n), np.float32)
+    bk.forward(bk.asarray(A), bk.asarray(np.eye(n, dtype=np.float32)), bk.zeros(n, np.float32), "identity", out)
+    got = bk.to_numpy(out)
+    shares = {what: float(np.mean(got == ref)) for what, ref in (("nearest", nearest), ("bits dropped", dropped),
+                                                                  ("float32 unrounded", A))}
+    assert np.array_equal(got, nearest), f"the share of outputs equal to each reading of the inputs: {shares}"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_softmax_and_cross_entropy_at_extreme_logits(cupy_backend, dtype):
     bk = cupy_backend
