@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 import operator
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from deltaprop.kernels import bf16, cuda_source
 
 HOST = Path(__file__).parent / "host"
 CXX = shutil.which("g++") or shutil.which("clang++")
+#: extra flags for every host build of the kernels, e.g. "-fsanitize=address,undefined" (tools/host_sanitize.sh)
+CXXFLAGS = os.environ.get("DELTAPROP_HOST_CXXFLAGS", "").split()
 SIGNATURE = re.compile(r"__global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)")
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 UNITS = {  # the sources compiled as the backend compiles them: (text, its templated kernels, its plain ones)
@@ -81,8 +84,8 @@ def library() -> dict:
         src = out / f"{unit}.cpp"
         src.write_text('#include "cuda_host.h"\n' + code + "\n" + entries)
         so = out / f"{unit}.so"
-        done = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++",
-                               str(src), "-o", str(so)], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x",
+                               "c++", str(src), "-o", str(so)], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"building the emulated {unit} kernels failed:\n{done.stderr[-4000:]}")
         built[unit] = (ctypes.CDLL(str(so)), params)
@@ -326,15 +329,16 @@ def _fused_library(text: str):
     params = parameters(text)["fused_epoch"]
     shared = "extern __shared__ double smem[];"
     assert text.count(shared) == 1
-    code = text.replace(shared, "double* smem = dp_dynamic_shared.data();")  # the launch's, sized by shared_mem
+    # the launch's, sized by shared_mem, and NaN, as CUDA's is not zeroed: a read before a write shows
+    code = text.replace(shared, "double* smem = dp_dynamic_shared.data();")
     args = ", ".join(f"{p} a{i}" for i, (p, _) in enumerate(params))
     values = ", ".join(f"a{i}" for i in range(len(params)))
     entry = (f'extern "C" void dp_fused_epoch(unsigned gx, unsigned gy, unsigned bx, unsigned by, long long bytes, '
-             f"{args}) {{ dp_dynamic_shared.assign((bytes + 7) / 8, 0.0); "
+             f"{args}) {{ dp_dynamic_shared.assign((bytes + 7) / 8, __builtin_nan(\"\")); "
              f"dp_launch({{gx, gy}}, {{bx, by}}, [&] {{ fused_epoch({values}); }}); }}\n")
     src, so = out / "fused.cpp", out / "fused.so"
     src.write_text('#include "cuda_host.h"\n' + code + "\n" + entry)
-    done = subprocess.run([CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++", str(src),
+    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++", str(src),
                            "-o", str(so)], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"building the emulated fused epoch failed:\n{done.stderr[-4000:]}")

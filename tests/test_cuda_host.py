@@ -6,7 +6,6 @@ adam_step and rmsprop_step on no GPU yet. Needs a C++20 compiler."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 
 from deltaprop.kernels import cuda_source
 
-HOST = Path(__file__).parent / "host"
-CXX = shutil.which("g++") or shutil.which("clang++")
+from emulated_cuda import CXX, CXXFLAGS, HOST
 
 
 def build(program: Path, tmp_path: Path) -> Path:
@@ -26,7 +24,7 @@ def build(program: Path, tmp_path: Path) -> Path:
     kernels = tmp_path / "kernels.cu"
     kernels.write_text(cuda_source.source())
     exe = tmp_path / program.stem
-    cmd = [CXX, "-std=c++20", "-O1", "-pthread", f"-I{HOST}", f'-DKERNELS="{kernels}"', "-x", "c++", str(program),
+    cmd = [CXX, "-std=c++20", "-O1", *CXXFLAGS, "-pthread", f"-I{HOST}", f'-DKERNELS="{kernels}"', "-x", "c++", str(program),
            "-o", str(exe)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -38,3 +36,53 @@ def test_the_fused_updates_are_the_kernels_they_replace(tmp_path):
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0 and "FAIL" not in ran.stdout, ran.stdout[-4000:] + ran.stderr[-2000:]
     assert ", 0 failures" in ran.stdout and int(ran.stdout.split()[-4]) >= 300, ran.stdout
+
+
+ORDER_PROGRAM = r"""
+#include "cuda_host.h"
+// Each thread writes its slot of a shared array and reads its neighbour's: with the barrier the neighbour's value,
+// in any order; without it, whatever the order of the fibers left there.
+__global__ void neighbours(int* out, int barrier) {
+    __shared__ int slot[64];
+    slot[threadIdx.x] = (int)threadIdx.x + 100 * (int)blockIdx.x;
+    if (barrier) __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = slot[(threadIdx.x + 1) % 64];
+    __syncthreads();
+    slot[threadIdx.x] = -1;
+}
+int main() {
+    std::vector<int> out(3 * 64);
+    for (int barrier = 0; barrier < 2; ++barrier) {
+        dp_launch({3, 1}, {64, 1}, [&] { neighbours(out.data(), barrier); });
+        long sum = 0;
+        for (int v : out) sum += v;
+        std::printf("%ld ", sum);
+    }
+    return 0;
+}
+"""
+
+
+def test_the_scheduler_order_reveals_a_missing_barrier(tmp_path):
+    """DELTAPROP_HOST_ORDER: with the barrier, every order gives the neighbours' values; without it, the reverse
+    and shuffled orders give other results than the forward one (which is how tools/host_sanitize.sh finds a race)."""
+    if CXX is None:
+        pytest.skip("no C++ compiler")
+    program = tmp_path / "order.cpp"
+    program.write_text(ORDER_PROGRAM)
+    exe = tmp_path / "order"
+    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, f"-I{HOST}", str(program), "-o", str(exe)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    sums = {}
+    for order in ("forward", "reverse", "shuffle"):
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DELTAPROP_HOST_ORDER": order})
+        assert ran.returncode == 0, ran.stderr
+        sums[order] = [int(v) for v in ran.stdout.split()]
+    right = 3 * sum(range(64)) + 64 * 100 * (0 + 1 + 2)
+    assert all(with_barrier == right for _, with_barrier in sums.values()), sums
+    assert len({without for without, _ in sums.values()}) == 3, sums  # the race shows, differently in each order
+    bad = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DELTAPROP_HOST_ORDER": "sideways"})
+    assert bad.returncode != 0 and "DELTAPROP_HOST_ORDER=sideways: expected forward, reverse or shuffle" in bad.stderr

@@ -4,6 +4,10 @@
 // every live fiber of the block is parked there, a warp shuffle until the 32 lanes of its warp are. Shared arrays are
 // statics: one block runs at a time. A model of the CUDA semantics these kernels rely on (a block's threads, its
 // barriers, warp shuffles, grid-stride loops), not of a GPU's memory model, its libm or its timing.
+// DELTAPROP_HOST_ORDER sets the order in which the scheduler runs a block's runnable fibers, and the blocks:
+// "forward" (the default), "reverse", or "shuffle" (a fresh permutation every round, from a fixed seed). CUDA
+// promises no order, and these kernels use no atomics: a result that changes with it is a race (a missing barrier,
+// a block reading another's output); tools/host_sanitize.sh runs the emulated tests in all three.
 #pragma once
 #include <ucontext.h>
 
@@ -13,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <vector>
 
 struct dp_dim3 {
@@ -79,6 +85,25 @@ inline bool __all_sync(unsigned, int predicate) {
 using std::exp; using std::expm1; using std::fabs; using std::fmax; using std::fmin; using std::isinf;  // NOLINT
 using std::isnan; using std::log; using std::log1p; using std::pow; using std::sqrt; using std::tanh;  // NOLINT
 
+enum DpOrder { DP_FORWARD, DP_REVERSE, DP_SHUFFLE };
+inline DpOrder dp_order() {  // DELTAPROP_HOST_ORDER, read once; an unknown value stops the program
+    static const DpOrder order = [] {
+        const char* s = std::getenv("DELTAPROP_HOST_ORDER");
+        if (s == nullptr || !*s || !std::strcmp(s, "forward")) return DP_FORWARD;
+        if (!std::strcmp(s, "reverse")) return DP_REVERSE;
+        if (!std::strcmp(s, "shuffle")) return DP_SHUFFLE;
+        std::fprintf(stderr, "cuda_host: DELTAPROP_HOST_ORDER=%s: expected forward, reverse or shuffle\n", s);
+        std::abort();
+    }();
+    return order;
+}
+inline std::mt19937 dp_shuffler(20261201u);
+inline void dp_arrange(std::vector<unsigned>& items) {  // 0, 1, ... in the order DELTAPROP_HOST_ORDER asks
+    std::iota(items.begin(), items.end(), 0u);
+    if (dp_order() == DP_REVERSE) std::reverse(items.begin(), items.end());
+    if (dp_order() == DP_SHUFFLE) std::shuffle(items.begin(), items.end(), dp_shuffler);
+}
+
 // kernel() run on a grid of grid.x × grid.y blocks of block.x × block.y threads (block.x·block.y a multiple of 32
 // when the kernel uses warp shuffles), one block at a time. Not reentrant: one launch at a time, from one thread.
 inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& kernel) {
@@ -87,56 +112,58 @@ inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& 
     const unsigned n = block.x * block.y;
     dp_kernel = &kernel;
     dp_fibers.resize(n);
-    for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-            blockIdx = {bx, by, 1};
-            for (unsigned t = 0; t < n; ++t) {
-                DpFiber& f = dp_fibers[t];
-                f.stack.resize(1 << 16);
-                f.park = DP_RUN;
-                getcontext(&f.context);
-                f.context.uc_stack.ss_sp = f.stack.data();
-                f.context.uc_stack.ss_size = f.stack.size();
-                f.context.uc_link = &dp_scheduler;
-                makecontext(&f.context, dp_fiber_main, 0);
+    std::vector<unsigned> blocks(grid.x * grid.y), order(n);
+    dp_arrange(blocks);
+    for (unsigned b : blocks) {
+        blockIdx = {b % grid.x, b / grid.x, 1};
+        for (unsigned t = 0; t < n; ++t) {
+            DpFiber& f = dp_fibers[t];
+            f.stack.resize(1 << 16);
+            f.park = DP_RUN;
+            getcontext(&f.context);
+            f.context.uc_stack.ss_sp = f.stack.data();
+            f.context.uc_stack.ss_size = f.stack.size();
+            f.context.uc_link = &dp_scheduler;
+            makecontext(&f.context, dp_fiber_main, 0);
+        }
+        for (;;) {  // every runnable fiber to its next park, then release the barriers that are complete
+            bool ran = false;
+            dp_arrange(order);
+            for (unsigned t : order) {
+                if (dp_fibers[t].park != DP_RUN) continue;
+                dp_flat = t;
+                threadIdx = {t % block.x, t / block.x, 1};
+                swapcontext(&dp_scheduler, &dp_fibers[t].context);
+                ran = true;
             }
-            for (;;) {  // every runnable fiber to its next park, then release the barriers that are complete
-                bool ran = false;
-                for (unsigned t = 0; t < n; ++t) {
-                    if (dp_fibers[t].park != DP_RUN) continue;
-                    dp_flat = t;
-                    threadIdx = {t % block.x, t / block.x, 1};
-                    swapcontext(&dp_scheduler, &dp_fibers[t].context);
-                    ran = true;
+            unsigned live = 0, at_block = 0;
+            for (const auto& f : dp_fibers) {
+                live += f.park != DP_DONE;
+                at_block += f.park == DP_BLOCK;
+            }
+            if (live == 0) break;
+            bool released = false;
+            if (at_block == live) {
+                for (auto& f : dp_fibers)
+                    if (f.park == DP_BLOCK) f.park = DP_RUN;
+                released = true;
+            }
+            for (unsigned w = 0; 32 * w < n; ++w) {
+                const unsigned end = std::min(n, 32 * w + 32);
+                unsigned lanes = 0, parked = 0;
+                for (unsigned t = 32 * w; t < end; ++t) {
+                    lanes += dp_fibers[t].park != DP_DONE;
+                    parked += dp_fibers[t].park == DP_WARP;
                 }
-                unsigned live = 0, at_block = 0;
-                for (const auto& f : dp_fibers) {
-                    live += f.park != DP_DONE;
-                    at_block += f.park == DP_BLOCK;
-                }
-                if (live == 0) break;
-                bool released = false;
-                if (at_block == live) {
-                    for (auto& f : dp_fibers)
-                        if (f.park == DP_BLOCK) f.park = DP_RUN;
+                if (parked && parked == lanes) {
+                    for (unsigned t = 32 * w; t < end; ++t) dp_fibers[t].park = DP_RUN;
                     released = true;
                 }
-                for (unsigned w = 0; 32 * w < n; ++w) {
-                    const unsigned end = std::min(n, 32 * w + 32);
-                    unsigned lanes = 0, parked = 0;
-                    for (unsigned t = 32 * w; t < end; ++t) {
-                        lanes += dp_fibers[t].park != DP_DONE;
-                        parked += dp_fibers[t].park == DP_WARP;
-                    }
-                    if (parked && parked == lanes) {
-                        for (unsigned t = 32 * w; t < end; ++t) dp_fibers[t].park = DP_RUN;
-                        released = true;
-                    }
-                }
-                if (!ran && !released) {
-                    std::fprintf(stderr, "cuda_host: deadlock: fibers park at barriers that cannot complete\n");
-                    std::abort();
-                }
+            }
+            if (!ran && !released) {
+                std::fprintf(stderr, "cuda_host: deadlock: fibers park at barriers that cannot complete\n");
+                std::abort();
             }
         }
+    }
 }
