@@ -59,6 +59,18 @@ def check_argument(ctype: str, arg, T) -> bool:
     return type(arg) is scalars[ctype]
 
 
+SHARED = re.compile(r"(?<!extern )__shared__ [\w:]+ ([^;]+);")
+
+
+def poison_shared(code: str) -> str:
+    """``code`` with DP_POISON_SHARED(its arrays) after each static __shared__ declaration (tests/host/cuda_host.h)."""
+    def poisoned(m):
+        names = ", ".join(re.findall(r"(\w+)\s*\[", m.group(1)))
+        return f"{m.group(0)} DP_POISON_SHARED({names});"
+
+    return SHARED.sub(poisoned, code)
+
+
 def _entry(name: str, ctype: str | None, params) -> str:
     """The C entry point that launches kernel ``name`` (of type ``ctype``; None: not a template)."""
     typed = [(p.replace("T", ctype) if ctype and (p == "T" or p == "T*") else p) for p, _ in params]
@@ -77,7 +89,7 @@ def library() -> dict:
     out = Path(tempfile.mkdtemp(prefix="deltaprop-emulated-"))
     built = {}
     for unit, (text, templates, plain) in UNITS.items():
-        code = text()
+        code = poison_shared(text())
         params = {k: v for k, v in parameters(code).items() if k in templates or k in plain}
         entries = "".join(_entry(k, c, params[k]) for k in templates for c in CTYPES.values())
         entries += "".join(_entry(k, None, params[k]) for k in plain)

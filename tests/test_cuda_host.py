@@ -86,3 +86,42 @@ def test_the_scheduler_order_reveals_a_missing_barrier(tmp_path):
     bad = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "DELTAPROP_HOST_ORDER": "sideways"})
     assert bad.returncode != 0 and "DELTAPROP_HOST_ORDER=sideways: expected forward, reverse or shuffle" in bad.stderr
+
+
+POISON_PROGRAM = r"""
+#include "cuda_host.h"
+// Adds to a shared accumulator it never cleared: NaN in every block, as CUDA promises nothing there.
+__global__ void unclear(float* out) {
+    __shared__ float acc[32], unused[2][3];
+    acc[threadIdx.x] += 1.0f;
+    __syncthreads();
+    out[blockIdx.x * 32 + threadIdx.x] = acc[threadIdx.x];
+}
+int main() {
+    std::vector<float> out(2 * 32, 0.0f);
+    dp_launch({2, 1}, {32, 1}, [&] { unclear(out.data()); });
+    int nan = 0;
+    for (float v : out) nan += std::isnan(v);
+    std::printf("%d\n", nan);
+    return 0;
+}
+"""
+
+
+def test_shared_arrays_start_each_block_poisoned(tmp_path):
+    """emulated_cuda.poison_shared marks each static __shared__ declaration; every block then starts with its
+    shared arrays full of NaN bytes, so a read before a write shows (in both blocks, not only the first)."""
+    if CXX is None:
+        pytest.skip("no C++ compiler")
+    from emulated_cuda import poison_shared
+
+    code = poison_shared(POISON_PROGRAM)
+    assert "__shared__ float acc[32], unused[2][3]; DP_POISON_SHARED(acc, unused);" in code
+    program = tmp_path / "poison.cpp"
+    program.write_text(code)
+    exe = tmp_path / "poison"
+    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, f"-I{HOST}", str(program), "-o", str(exe)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.split() == ["64"], (ran.stdout, ran.stderr)

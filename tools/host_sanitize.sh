@@ -7,6 +7,7 @@
 #      blocks, in reverse order;
 #   2. racecheck, in part: again with a fresh shuffled order every round (no sanitizer): the kernels use no atomics,
 #      so a result that depends on the order is a race (a missing barrier), and the tests' comparisons fail.
+# initcheck's part is in every run of the emulation: shared memory starts each block as NaN bytes.
 # Before 1, a canary: an out-of-bounds read that the sanitizer must catch, or the run would prove nothing.
 #   bash tools/host_sanitize.sh [pytest arguments]          (CI runs it; about a minute on 2 cores; needs g++)
 set -euo pipefail
@@ -15,6 +16,9 @@ PY=${PY:-python}
 CXX=$(command -v g++) || { echo "host_sanitize: needs g++ (its AddressSanitizer runtime)" >&2; exit 1; }
 TESTS=(tests/test_cuda_host.py tests/test_cupy_emulated.py)
 preload="$($CXX -print-file-name=libasan.so) $($CXX -print-file-name=libubsan.so)"
+for lib in $preload; do
+    [[ -f $lib ]] || { echo "host_sanitize: g++ has no $lib (its sanitizer runtimes: libasan, libubsan)" >&2; exit 1; }
+done
 sanitized=(env DELTAPROP_HOST_CXXFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
            LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)

@@ -56,6 +56,19 @@ inline void dp_fiber_main() {
 }
 
 inline void __syncthreads() { dp_park(DP_BLOCK); }
+
+// Shared arrays start each block filled with 0xFF bytes (NaN, or −1), as CUDA's shared memory is not initialised: a
+// read before a write shows. tests/emulated_cuda.py puts DP_POISON_SHARED(names) after each __shared__ declaration;
+// the first thread of a block to reach it fills them (before any thread can have written them).
+inline unsigned dp_block_generation = 0;  // advanced at the start of every block
+template <typename... A>
+inline void dp_poison_all(A&... arrays) { (std::memset(&arrays, 0xFF, sizeof arrays), ...); }
+#define DP_POISON_SHARED(...)                                                   \
+    do {                                                                        \
+        static unsigned dp_poisoned_in = ~0u;                                   \
+        if (dp_poisoned_in != dp_block_generation) dp_poison_all(__VA_ARGS__);  \
+        dp_poisoned_in = dp_block_generation;                                   \
+    } while (0)
 inline std::vector<double> dp_dynamic_shared;  // a launch's dynamic shared memory (extern __shared__), doubles
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
@@ -116,6 +129,7 @@ inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& 
     dp_arrange(blocks);
     for (unsigned b : blocks) {
         blockIdx = {b % grid.x, b / grid.x, 1};
+        ++dp_block_generation;
         for (unsigned t = 0; t < n; ++t) {
             DpFiber& f = dp_fibers[t];
             f.stack.resize(1 << 16);
