@@ -355,6 +355,29 @@ def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
     assert pick(GPU_TILES, rows, cols, 132, itemsize=8) == GPU_TILES[max(want, 1)]  # no 8×8 float64 accumulators
 
 
+def test_simulator_shared_memory_starts_as_0xff_bytes(nb):
+    """Under the simulator a launch's shared memory, static and dynamic, starts as 0xFF bytes (compat), as a GPU's
+    is not initialised: a kernel that adds to an accumulator it never cleared reads NaN, not the 1 that zeros give."""
+    if "simulator" not in nb.device:
+        pytest.skip("the CUDA simulator's shared arrays (a real device's are uninitialised already)")
+    global cuda  # the kernel must find cuda among its globals: the simulator swaps it there for its own module
+    from numba import cuda, int32
+
+    @cuda.jit
+    def unclear(out):
+        acc = cuda.shared.array(4, np.float64)
+        dynamic = cuda.shared.array(0, int32)
+        i = cuda.threadIdx.x
+        acc[i] += 1.0
+        out[i] = acc[i]
+        out[4 + i] = dynamic[i]
+
+    out = cuda.to_device(np.zeros(8))
+    unclear[1, 4, 0, 16](out)
+    got = out.copy_to_host()
+    assert np.isnan(got[:4]).all() and (got[4:] == -1).all(), got
+
+
 def test_simulator_shared_arrays_are_shared(nb):
     """Under the simulator, every thread of a block gets the same shared array (deltaprop's compat makes
     the simulator's allocation thread-safe; unpatched, threads that ask together can each get their own)."""

@@ -193,6 +193,11 @@ def _serialise_simulator_shared_arrays() -> None:
     never read. A kernel with shared memory then computes garbage about once in a few hundred
     launches (tests/test_numba_cuda.py::test_simulator_shared_arrays_are_shared counts it). Here the
     look-up and the insert happen under one lock; the caller's (file, line) is the key, as before.
+
+    And a launch's shared memory, static and dynamic, starts as 0xFF bytes (NaN, or −1), not as np.empty's or
+    np.zeros's bytes: a GPU leaves it uninitialised, so a kernel that reads it before writing it fails on the
+    simulator too, where zeros could hide it (the arrays live for the launch: its later blocks see the bytes the
+    earlier ones left, as they may on a GPU).
     """
     import sys
     import threading
@@ -205,7 +210,11 @@ def _serialise_simulator_shared_arrays() -> None:
     shared = kernelapi.FakeCUDAShared
     if getattr(shared.array, "deltaprop_locked", False):
         return
-    unlocked, lock = shared.array, threading.Lock()
+    unlocked, lock, zeroed = shared.array, threading.Lock(), shared.__init__
+
+    def __init__(self, dynshared_size):
+        zeroed(self, dynshared_size)
+        self._dynshared.fill(-1)  # 0xFF bytes
 
     def array(self, shape, dtype, alignment=None):
         if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer), or the simulator's error
@@ -217,10 +226,11 @@ def _serialise_simulator_shared_arrays() -> None:
             if found is None:
                 dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
                 found = self._allocations[key] = np.empty(shape, dtype)
+                found.view(np.uint8).fill(0xFF)
         return found
 
     array.deltaprop_locked = True
-    shared.array = array
+    shared.array, shared.__init__ = array, __init__
 
 
 def _run_numba_kernel(cuda):
