@@ -238,8 +238,10 @@ class DevNumpy:
     def __getattr__(self, name):
         return getattr(np, name)
 
-    def empty(self, shape, dtype=float):
-        return np.empty(shape, dtype).view(DevArray)
+    def empty(self, shape, dtype=float):  # 0xFF bytes (NaN, −1), as a GPU's new memory holds garbage, not zeros
+        x = np.empty(shape, dtype)
+        x.reshape(-1).view(np.uint8).fill(0xFF)
+        return x.view(DevArray)
 
     def zeros(self, shape, dtype=float):
         return np.zeros(shape, dtype).view(DevArray)

@@ -355,9 +355,10 @@ def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
     assert pick(GPU_TILES, rows, cols, 132, itemsize=8) == GPU_TILES[max(want, 1)]  # no 8×8 float64 accumulators
 
 
-def test_simulator_shared_memory_starts_as_0xff_bytes(nb):
-    """Under the simulator a launch's shared memory, static and dynamic, starts as 0xFF bytes (compat), as a GPU's
-    is not initialised: a kernel that adds to an accumulator it never cleared reads NaN, not the 1 that zeros give."""
+def test_simulator_memory_starts_as_0xff_bytes(nb):
+    """Under the simulator a launch's shared memory, static and dynamic, starts as 0xFF bytes (compat), and so does
+    the backend's ``empty``, as a GPU's new memory is garbage: a kernel that adds to an accumulator it never cleared
+    reads NaN, not the 1 that zeros give."""
     if "simulator" not in nb.device:
         pytest.skip("the CUDA simulator's shared arrays (a real device's are uninitialised already)")
     global cuda  # the kernel must find cuda among its globals: the simulator swaps it there for its own module
@@ -376,6 +377,9 @@ def test_simulator_shared_memory_starts_as_0xff_bytes(nb):
     unclear[1, 4, 0, 16](out)
     got = out.copy_to_host()
     assert np.isnan(got[:4]).all() and (got[4:] == -1).all(), got
+    # and the backend's new arrays likewise: a kernel that leaves part of its output unwritten shows
+    assert np.isnan(nb.to_numpy(nb.empty((3, 5), np.float32))).all()
+    assert (nb.to_numpy(nb.empty(4, np.int64)) == -1).all() and (nb.to_numpy(nb.zeros(4, np.int64)) == 0).all()
 
 
 def test_simulator_shared_arrays_are_shared(nb):

@@ -226,7 +226,7 @@ def _serialise_simulator_shared_arrays() -> None:
             if found is None:
                 dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
                 found = self._allocations[key] = np.empty(shape, dtype)
-                found.view(np.uint8).fill(0xFF)
+                found.reshape(-1).view(np.uint8).fill(0xFF)
         return found
 
     array.deltaprop_locked = True

@@ -154,6 +154,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
         return x.copy_to_host()
 
     def empty(self, shape, dtype):
+        if self._simulated:  # 0xFF bytes (NaN, −1), not np.empty's (often zeros): a GPU's new memory is garbage
+            poison = np.empty(shape, np.dtype(dtype))
+            poison.reshape(-1).view(np.uint8).fill(0xFF)
+            return self.cuda.to_device(poison)
         return self.cuda.device_array(shape, dtype=np.dtype(dtype))
 
     def zeros(self, shape, dtype):
