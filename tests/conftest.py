@@ -22,6 +22,26 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     sys.setswitchinterval(5e-5)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _new_arrays_hold_garbage():
+    """In the tests the NumPy backend's new arrays (``empty``: its scratch space, outputs) hold 0xFF bytes (NaN, −1),
+    as the GPU backends' do on a GPU and on their CPU stand-ins: np.empty's fresh pages are zeros, which would hide
+    a path that reads scratch before writing it or leaves part of an output unwritten."""
+    from deltaprop.backends.base import Backend
+
+    unpoisoned = Backend.empty
+
+    def empty(self, shape, dtype):
+        x = unpoisoned(self, shape, dtype)
+        if self.xp is np:
+            x.reshape(-1).view(np.uint8).fill(0xFF)
+        return x
+
+    Backend.empty = empty
+    yield
+    Backend.empty = unpoisoned
+
+
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true", help="fail, rather than skip, tests that need a GPU")
 
