@@ -497,7 +497,6 @@ class MLP:
             raise ValueError(f"path: {path} is not a valid deltaprop model: {exc}") from None
         return model
 
-
     def to_bytes(self) -> bytes:
         """The model as the bytes of the .npz file ``save`` writes (weights, optimizer state, config; no pickle)."""
         with tempfile.TemporaryDirectory() as folder:
@@ -530,6 +529,7 @@ class MLP:
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(MLP.from_bytes(state["model"], backend=state["backend"]).__dict__)
+
 
 # ------------------------------------------------------------------ helpers
 def _initial_weights(sizes, activations, dtype, seed, init="auto", pieces=None) -> list:
