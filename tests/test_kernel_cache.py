@@ -460,6 +460,29 @@ def test_the_recorder_lists_every_kernel_a_fit_launches(monkeypatch, act, optimi
     assert len(launched) >= 8
 
 
+@needs_compiler
+def test_every_kernel_holds_what_the_step_path_of_each_net_launches(monkeypatch):
+    """``deltaprop compile --every-kernel`` (precompile.sweep, as tools/gpu_session.sh prepare fills the GPU's cache)
+    holds every kernel that the step path of these fits launches: before, it missed the graph replay's window
+    kernels (its small net took the fused epoch) and Adam's and RMSprop's updates at the tilings of wide layers. A
+    fused epoch is built for its net's sizes: such a net is compiled by name."""
+    import argparse
+
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")  # as where the command runs (the tests' default is off)
+    shared = precompile.SHARED_PER_BLOCK[(9, 0)]
+    every = {(k, tuple(map(str, a))) for k, a in precompile.sweep(precompile.recorder(132, shared))}
+    parser = argparse.ArgumentParser()
+    precompile.add_parser(parser.add_subparsers())
+    for options in ([], ["--optimizer", "adam"], ["--optimizer", "adamw", "--max-norm", "2"], ["--dtype", "float64"],
+                    ["--optimizer", "rmsprop", "--momentum", "0.9", "--activation", "maxout", "--maxout-pieces", "2"],
+                    ["--loss", "bce", "--momentum", "0"], ["--layers", "2048", "--batch-size", "1024", "--optimizer", "adam"],
+                    ["--layers", "100,100,100", "--batch-size", "32", "--loss", "mse", "--activation", "tanh"]):
+        net = precompile._net(parser.parse_args(["compile", "--cc", "9.0", *options]))
+        fit = {(k, tuple(map(str, a))) for k, a in precompile.record(net, precompile.recorder(132, shared), True)}
+        missing = sorted(k.py_func.__qualname__ for k, _ in fit - every)
+        assert not missing, (options, missing)
+
+
 def _fused_net(optimizer):
     return {"sizes": [3, 5, 2], "activation": "tanh", "output": "softmax", "loss": "cross_entropy", "dtype": "float32",
             "batch_size": 8, "optimizer": optimizer, "train": 37, "val": 5, "test": 11}
