@@ -194,17 +194,17 @@ def _serialise_simulator_shared_arrays() -> None:
     launches (tests/test_numba_cuda.py::test_simulator_shared_arrays_are_shared counts it). Here the
     look-up and the insert happen under one lock; the caller's (file, line) is the key, as before.
 
-    And each block's shared memory, static and dynamic, starts as 0xFF bytes (NaN, or −1), not as np.empty's or
-    np.zeros's bytes, nor as what the launch's previous block left there (the simulator keeps one set of arrays per
-    launch): a GPU gives a block shared memory of its own, uninitialised, so a kernel that reads it before writing
-    it fails on the simulator too.
+    And a launch's shared memory, static and dynamic, starts as 0xFF bytes (NaN, or −1), not as np.empty's or
+    np.zeros's bytes: a GPU leaves it uninitialised, so a kernel that reads it before writing it fails on the
+    simulator too, where zeros could hide it (the arrays live for the launch: its later blocks see the bytes the
+    earlier ones left, as they may on a GPU).
     """
     import sys
     import threading
 
     import numpy as np
     from numba.core import types
-    from numba.cuda.simulator import kernel, kernelapi
+    from numba.cuda.simulator import kernelapi
     from numba.np import numpy_support
 
     shared = kernelapi.FakeCUDAShared
@@ -229,17 +229,8 @@ def _serialise_simulator_shared_arrays() -> None:
                 found.reshape(-1).view(np.uint8).fill(0xFF)
         return found
 
-    blocks = kernel.BlockManager
-    run_block = blocks.run
-
-    def run(self, grid_point, *args):  # each block: fresh arrays, poisoned as they are made; the dynamic buffer too
-        launch = kernel._get_kernel_context()._shared
-        launch._allocations.clear()
-        launch._dynshared.fill(-1)
-        return run_block(self, grid_point, *args)
-
     array.deltaprop_locked = True
-    shared.array, shared.__init__, blocks.run = array, __init__, run
+    shared.array, shared.__init__ = array, __init__
 
 
 def _run_numba_kernel(cuda):
