@@ -2,14 +2,13 @@
 # compute-sanitizer's questions asked of the CuPy backend's CUDA C without a GPU: the kernels run on the host
 # emulation (tests/emulated_cuda.py, tests/host/cuda_host.h) through the emulated tests (the kernels against their
 # replacements, every contract method, whole fits step by step and through the recorded graph, the fused epoch).
-#   1. memcheck: built with AddressSanitizer and UndefinedBehaviorSanitizer (an out-of-bounds or misaligned access,
-#      an overflow, a use after free stops the run), and with the scheduler running each block's fibers, and the
-#      blocks, in reverse order;
-#   2. racecheck, in part: again with a fresh shuffled order every round (no sanitizer): the kernels use no atomics,
-#      so a result that depends on the order is a race (a missing barrier), and the tests' comparisons fail.
-# initcheck's part is in every run of the emulation: shared memory starts each block as NaN bytes.
-# Before 1, a canary: an out-of-bounds read that the sanitizer must catch, or the run would prove nothing.
-#   bash tools/host_sanitize.sh [pytest arguments]          (CI runs it; about a minute on 2 cores; needs g++)
+# They run once, built with AddressSanitizer and UndefinedBehaviorSanitizer (memcheck: an out-of-bounds or misaligned
+# access, an overflow, a use after free stops the run), with the scheduler running each block's fibers, and the
+# blocks, in a fresh shuffled order every round (racecheck, in part: the kernels use no atomics, so a result that
+# depends on the order is a race, a missing barrier, and the tests' comparisons fail). initcheck's part is in every
+# run of the emulation: shared memory starts each block as NaN bytes.
+# First a canary: an out-of-bounds read that the sanitizer must catch, or the run would prove nothing.
+#   bash tools/host_sanitize.sh [pytest arguments]          (CI runs it; under a minute on 2 cores; needs g++)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -32,8 +31,6 @@ if grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" <<<"$caught"; then
 else
     echo "host_sanitize: AddressSanitizer missed the canary: this run would prove nothing" >&2; exit 1
 fi
-echo "host_sanitize: AddressSanitizer and UndefinedBehaviorSanitizer, reverse order"
-"${sanitized[@]}" DELTAPROP_HOST_ORDER=reverse "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@" 2>&1 \
+echo "host_sanitize: AddressSanitizer and UndefinedBehaviorSanitizer, shuffled order"
+"${sanitized[@]}" DELTAPROP_HOST_ORDER=shuffle "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@" 2>&1 \
     | grep -v "ASan doesn't fully support makecontext"
-echo "host_sanitize: shuffled order"
-DELTAPROP_HOST_ORDER=shuffle "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" "$@"
