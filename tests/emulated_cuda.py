@@ -81,6 +81,15 @@ def _entry(name: str, ctype: str | None, params) -> str:
             f"unsigned by, {args}) {{ dp_launch({{gx, gy}}, {{bx, by}}, [&] {{ {call}({values}); }}); }}\n")
 
 
+def _shared_library(src: Path, so: Path, what: str) -> ctypes.CDLL:
+    """The C++ source ``src`` against cuda_host.h, built (with CXXFLAGS) into ``so`` and loaded."""
+    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++",
+                           str(src), "-o", str(so)], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"building {what} failed:\n{done.stderr[-4000:]}")
+    return ctypes.CDLL(str(so))
+
+
 @functools.cache
 def library() -> dict:
     """unit -> (ctypes.CDLL, its kernels' parameters), built once per process (None without a C++ compiler)."""
@@ -96,11 +105,7 @@ def library() -> dict:
         src = out / f"{unit}.cpp"
         src.write_text('#include "cuda_host.h"\n' + code + "\n" + entries)
         so = out / f"{unit}.so"
-        done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x",
-                               "c++", str(src), "-o", str(so)], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"building the emulated {unit} kernels failed:\n{done.stderr[-4000:]}")
-        built[unit] = (ctypes.CDLL(str(so)), params)
+        built[unit] = (_shared_library(src, so, f"the emulated {unit} kernels"), params)
     shutil.rmtree(out, ignore_errors=True)  # the libraries stay mapped
     return built
 
@@ -352,11 +357,7 @@ def _fused_library(text: str):
              f"dp_launch({{gx, gy}}, {{bx, by}}, [&] {{ fused_epoch({values}); }}); }}\n")
     src, so = out / "fused.cpp", out / "fused.so"
     src.write_text('#include "cuda_host.h"\n' + code + "\n" + entry)
-    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, "-shared", "-fPIC", "-pthread", f"-I{HOST}", "-x", "c++", str(src),
-                           "-o", str(so)], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the emulated fused epoch failed:\n{done.stderr[-4000:]}")
-    fn = ctypes.CDLL(str(so)).dp_fused_epoch
+    fn = _shared_library(src, so, "the emulated fused epoch").dp_fused_epoch
     shutil.rmtree(out, ignore_errors=True)
     return fn, params
 

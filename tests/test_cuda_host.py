@@ -31,6 +31,13 @@ def build(program: Path, tmp_path: Path) -> Path:
     return exe
 
 
+def build_text(code: str, name: str, tmp_path: Path) -> Path:
+    """``build`` of a program given as text (written to tmp_path/name.cpp)."""
+    program = tmp_path / f"{name}.cpp"
+    program.write_text(code)
+    return build(program, tmp_path)
+
+
 def test_the_fused_updates_are_the_kernels_they_replace(tmp_path):
     exe = build(HOST / "fused_updates.cpp", tmp_path)
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
@@ -66,14 +73,7 @@ int main() {
 def test_the_scheduler_order_reveals_a_missing_barrier(tmp_path):
     """DELTAPROP_HOST_ORDER: with the barrier, every order gives the neighbours' values; without it, the reverse
     and shuffled orders give other results than the forward one (which is how tools/host_sanitize.sh finds a race)."""
-    if CXX is None:
-        pytest.skip("no C++ compiler")
-    program = tmp_path / "order.cpp"
-    program.write_text(ORDER_PROGRAM)
-    exe = tmp_path / "order"
-    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, f"-I{HOST}", str(program), "-o", str(exe)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    exe = build_text(ORDER_PROGRAM, "order", tmp_path)
     sums = {}
     for order in ("forward", "reverse", "shuffle"):
         ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
@@ -111,17 +111,10 @@ int main() {
 def test_shared_arrays_start_each_block_poisoned(tmp_path):
     """emulated_cuda.poison_shared marks each static __shared__ declaration; every block then starts with its
     shared arrays full of NaN bytes, so a read before a write shows (in both blocks, not only the first)."""
-    if CXX is None:
-        pytest.skip("no C++ compiler")
     from emulated_cuda import poison_shared
 
     code = poison_shared(POISON_PROGRAM)
     assert "__shared__ float acc[32], unused[2][3]; DP_POISON_SHARED(acc, unused);" in code
-    program = tmp_path / "poison.cpp"
-    program.write_text(code)
-    exe = tmp_path / "poison"
-    done = subprocess.run([CXX, "-std=c++20", "-O1", *CXXFLAGS, f"-I{HOST}", str(program), "-o", str(exe)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    exe = build_text(code, "poison", tmp_path)
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and ran.stdout.split() == ["64"], (ran.stdout, ran.stderr)
