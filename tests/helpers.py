@@ -30,6 +30,11 @@ def sweep_shapes():
 SHAPES = [(1, 7, 33), (7, 1, 65), (33, 65, 7), (65, 33, 1), (7, 7, 7)] + sweep_shapes()
 
 
+def simulated(backend) -> bool:
+    """Whether ``backend`` runs on numba's CUDA simulator, which runs each GPU thread in Python: tests shrink there."""
+    return "simulator" in backend.device
+
+
 def tol(dtype):
     return 3e-5 if np.dtype(dtype) == np.float32 else 1e-11
 

@@ -15,11 +15,13 @@ import pytest
 
 import reference as ref
 from deltaprop import MLP
+from deltaprop.mlp import network
 
 
-def test_predict_and_proba_follow_the_forward_pass(backend, dtype, rng):
+def test_predict_and_proba_follow_the_forward_pass(backend, dtype, rng, monkeypatch):
+    monkeypatch.setattr(network, "EVAL_ROWS", 64)  # chunks of 64 rows (4096 by default)
     model = MLP([6, 7, 4], activation="leaky_relu", backend=backend.name, dtype=dtype.name, seed=5)
-    X = rng.normal(size=(4100, 6))  # more rows than one evaluation chunk
+    X = rng.normal(size=(161, 6))  # two full evaluation chunks and a tail of 33
     proba = model.predict_proba(X)
     expected = ref.forward(model.get_weights(), model.activations, X.astype(dtype))[-1][1]
     r = 1e-5 if dtype == np.float32 else 1e-12

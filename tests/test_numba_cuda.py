@@ -406,3 +406,66 @@ def test_simulator_shared_arrays_are_shared(nb):
             t.join()
         split += len({id(x) for x in got}) > 1
     assert split == 0, f"in {split} of {rounds} blocks the threads got different 'shared' arrays"
+
+
+def test_simulator_blocks_keep_the_barrier_rules_without_polling(nb, rng):
+    """Under the simulator, compat's block scheduler (each thread tells its block when it waits at a barrier or
+    ends, instead of the simulator's busy-wait): a reduction across barriers, threads that end before a barrier,
+    syncthreads_count, and a thread's exception, raised with its thread and block, after which launches still work."""
+    if "simulator" not in nb.device:
+        pytest.skip("the CUDA simulator's block scheduler (a real device has its own)")
+    global cuda  # as above: the simulator swaps the kernels' global cuda for its own module
+    from numba import cuda
+    from numba.cuda.simulator import kernel
+
+    assert getattr(kernel.BlockManager.run, "deltaprop_events", False), (
+        "compat left the simulator's polling scheduler in place: its classes changed; check the patch against them")
+    threads = 33
+
+    @cuda.jit
+    def block_sums(x, out):  # a tree over shared memory, a barrier at each level
+        sh = cuda.shared.array(64, np.float64)
+        t, b = cuda.threadIdx.x, cuda.blockIdx.x
+        sh[t] = x[b, t]
+        if t + 32 < 64:
+            sh[t + 32] = x[b, t + 32] if t + 32 < x.shape[1] else 0.0
+        cuda.syncthreads()
+        step = 32
+        while step > 0:
+            if t < step:
+                sh[t] += sh[t + step]
+            cuda.syncthreads()
+            step //= 2
+        if t == 0:
+            out[b] = sh[0]
+
+    x = rng.normal(size=(3, 64))
+    x[:, threads + 32:] = 0  # the columns no thread reads
+    out = cuda.device_array(3, np.float64)
+    block_sums[3, threads](cuda.to_device(x), out)
+    np.testing.assert_allclose(out.copy_to_host(), x.sum(axis=1), rtol=1e-12)
+
+    @cuda.jit
+    def early_exits(out):  # threads 5.. end at once: the barrier holds only the five that still run
+        sh = cuda.shared.array(5, np.int64)
+        t = cuda.threadIdx.x
+        if t >= 5:
+            return
+        sh[t] = 10 * t
+        cuda.syncthreads()
+        out[t] = sh[(t + 1) % 5] + cuda.syncthreads_count(t % 2 == 0)
+
+    got = cuda.device_array(5, np.int64)
+    early_exits[1, 7](got)
+    assert got.copy_to_host().tolist() == [10 + 3, 20 + 3, 30 + 3, 40 + 3, 0 + 3]
+
+    @cuda.jit
+    def one_fails(out):
+        cuda.syncthreads()
+        i = cuda.grid(1)
+        out[i + (100 if i == 9 else 0)] = 1.0  # thread 1 of block 1 indexes past the end
+
+    with pytest.raises(IndexError, match=r"tid=\[1, 0, 0\] ctaid=\[1, 0, 0\]"):
+        one_fails[2, 8](cuda.device_array(16, np.float64))
+    block_sums[3, threads](cuda.to_device(x), out)  # nothing of the failed launch is left waiting
+    np.testing.assert_allclose(out.copy_to_host(), x.sum(axis=1), rtol=1e-12)

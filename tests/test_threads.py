@@ -16,6 +16,7 @@ from deltaprop.backends.base import Backend
 from deltaprop.backends.cupy_backend import CupyBackend, CupyTF32Backend
 from deltaprop.backends.numba_cuda import NumbaCudaBackend
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
+from helpers import simulated
 from test_graphs import graph_backend  # noqa: F401  (the fixture: graphs on, stand-ins under the simulator)
 
 THREADS = 4
@@ -30,8 +31,7 @@ def _switch_often():
     sys.setswitchinterval(before)
 
 
-def small(backend) -> bool:
-    return "simulator" in backend.device  # numba's CUDA simulator runs each GPU thread in Python: tiny fits
+small = simulated  # numba's CUDA simulator runs each GPU thread in Python: tiny fits
 
 
 def jobs(backend, rng):
@@ -132,7 +132,7 @@ def test_grid_search_with_threads_matches_the_sequential_search(backend, rng, es
     y = X @ (w / np.linalg.norm(w)) if estimator is MLPRegressor else rng.integers(0, 2, n)  # targets of variance 1
     base = estimator(hidden_layer_sizes=(6,), batch_size=4, max_iter=2 if small(backend) else 5,
                      random_state=0, backend=backend.name)  # fmt: skip
-    grid = {"learning_rate_init": [0.005, 0.02], "dtype": ["float32", "float64"]}
+    grid = {"learning_rate_init": [0.02] if small(backend) else [0.005, 0.02], "dtype": ["float32", "float64"]}
     scoring = "r2" if estimator is MLPRegressor else "neg_log_loss"
 
     def search(n_jobs):

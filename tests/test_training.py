@@ -128,9 +128,9 @@ def test_regression_with_mse(backend, rng):
     X = rng.uniform(-1, 1, size=(64, 2))
     y = X @ np.array([0.5, -0.3]) + 0.2
     model = MLP([2, 1], output_activation="identity", loss="mse", backend=backend.name, dtype="float64", seed=0)
-    h = model.fit(X, y, epochs=300, batch_size=None, lr=0.5, shuffle=False)
+    h = model.fit(X, y, epochs=60, batch_size=None, lr=0.5, shuffle=False)  # R² above 1 − 1e-6 by 60 epochs here
     assert model.predict(X).shape == (64,)
-    assert model.score(X, y) > 0.999
+    assert model.score(X, y) > 0.9999
     assert np.isnan(h.accuracy[-1])
 
 
