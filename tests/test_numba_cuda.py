@@ -356,9 +356,9 @@ def test_a_gemm_picks_the_largest_tiling_that_fills_the_gpu(rows, cols, want):
 
 
 def test_simulator_memory_starts_as_0xff_bytes(nb):
-    """Under the simulator a launch's shared memory, static and dynamic, starts as 0xFF bytes (compat), and so does
-    the backend's ``empty``, as a GPU's new memory is garbage: a kernel that adds to an accumulator it never cleared
-    reads NaN, not the 1 that zeros give."""
+    """Under the simulator each block's shared memory, static and dynamic, starts as 0xFF bytes (compat), and so
+    does the backend's ``empty``, as a GPU's new memory is garbage: a kernel that adds to an accumulator it never
+    cleared reads NaN, not the 1 that zeros give, and a block does not see what the block before it left."""
     if "simulator" not in nb.device:
         pytest.skip("the CUDA simulator's shared arrays (a real device's are uninitialised already)")
     global cuda  # the kernel must find cuda among its globals: the simulator swaps it there for its own module
@@ -373,10 +373,24 @@ def test_simulator_memory_starts_as_0xff_bytes(nb):
         out[i] = acc[i]
         out[4 + i] = dynamic[i]
 
+    @cuda.jit
+    def leftover(out):  # block 0 writes its shared array; block 1 reads its own, which it never wrote
+        left = cuda.shared.array(4, np.float64)
+        dynamic = cuda.shared.array(0, int32)
+        i = cuda.threadIdx.x
+        if cuda.blockIdx.x == 0:
+            left[i], dynamic[i] = 7.0, 7
+        cuda.syncthreads()
+        out[cuda.blockIdx.x, i], out[cuda.blockIdx.x, 4 + i] = left[i], dynamic[i]
+
     out = cuda.to_device(np.zeros(8))
     unclear[1, 4, 0, 16](out)
     got = out.copy_to_host()
     assert np.isnan(got[:4]).all() and (got[4:] == -1).all(), got
+    out = cuda.to_device(np.zeros((2, 8)))
+    leftover[2, 4, 0, 16](out)
+    got = out.copy_to_host()
+    assert (got[0] == 7).all() and np.isnan(got[1, :4]).all() and (got[1, 4:] == -1).all(), got  # each block its own
     # and the backend's new arrays likewise: a kernel that leaves part of its output unwritten shows
     assert np.isnan(nb.to_numpy(nb.empty((3, 5), np.float32))).all()
     assert (nb.to_numpy(nb.empty(4, np.int64)) == -1).all() and (nb.to_numpy(nb.zeros(4, np.int64)) == 0).all()
@@ -418,7 +432,7 @@ def test_simulator_blocks_keep_the_barrier_rules_without_polling(nb, rng):
     from numba import cuda
     from numba.cuda.simulator import kernel
 
-    assert getattr(kernel.BlockManager.run, "deltaprop_events", False), (
+    assert getattr(kernel.BlockThread.syncthreads, "deltaprop_events", False), (
         "compat left the simulator's polling scheduler in place: its classes changed; check the patch against them")
     threads = 33
 

@@ -100,8 +100,8 @@ def probe_numba_cuda() -> Probe:
     if config.ENABLE_CUDASIM:
         from numba import cuda
 
-        _serialise_simulator_shared_arrays()
         _wake_simulator_blocks_on_events()
+        _serialise_simulator_shared_arrays()  # after: its fresh shared memory per block wraps the block's run
         return Probe(cuda, device="CUDA simulator (NUMBA_ENABLE_CUDASIM=1)", simulated=True)
     if importlib.util.find_spec("numba_cuda") is None:
         return Probe(None, "numba-cuda is not installed (numba's built-in CUDA target is deprecated)")
@@ -195,17 +195,17 @@ def _serialise_simulator_shared_arrays() -> None:
     launches (tests/test_numba_cuda.py::test_simulator_shared_arrays_are_shared counts it). Here the
     look-up and the insert happen under one lock; the caller's (file, line) is the key, as before.
 
-    And a launch's shared memory, static and dynamic, starts as 0xFF bytes (NaN, or −1), not as np.empty's or
-    np.zeros's bytes: a GPU leaves it uninitialised, so a kernel that reads it before writing it fails on the
-    simulator too, where zeros could hide it (the arrays live for the launch: its later blocks see the bytes the
-    earlier ones left, as they may on a GPU).
+    And each block's shared memory, static and dynamic, starts as 0xFF bytes (NaN, or −1), not as np.empty's or
+    np.zeros's bytes, nor as what the launch's previous block left there (the simulator keeps one set of arrays per
+    launch): a GPU gives a block shared memory of its own, uninitialised, so a kernel that reads it before writing
+    it fails on the simulator too.
     """
     import sys
     import threading
 
     import numpy as np
     from numba.core import types
-    from numba.cuda.simulator import kernelapi
+    from numba.cuda.simulator import kernel, kernelapi
     from numba.np import numpy_support
 
     shared = kernelapi.FakeCUDAShared
@@ -230,8 +230,17 @@ def _serialise_simulator_shared_arrays() -> None:
                 found.reshape(-1).view(np.uint8).fill(0xFF)
         return found
 
+    blocks = kernel.BlockManager
+    run_block = blocks.run
+
+    def run(self, grid_point, *args):  # each block: fresh arrays, poisoned as they are made; the dynamic buffer too
+        launch = kernel._get_kernel_context()._shared
+        launch._allocations.clear()
+        launch._dynshared.fill(-1)
+        return run_block(self, grid_point, *args)
+
     array.deltaprop_locked = True
-    shared.array, shared.__init__ = array, __init__
+    shared.array, shared.__init__, blocks.run = array, __init__, run
 
 
 def _wake_simulator_blocks_on_events() -> None:
@@ -252,7 +261,7 @@ def _wake_simulator_blocks_on_events() -> None:
     from numba.cuda.simulator import kernel
 
     thread, block = kernel.BlockThread, kernel.BlockManager
-    if getattr(block.run, "deltaprop_events", False):
+    if getattr(thread.syncthreads, "deltaprop_events", False):
         return
     expected = ["self", "f", "manager", "blockIdx", "threadIdx", "debug"]
     if list(inspect.signature(thread.__init__).parameters) != expected or not hasattr(thread, "syncthreads"):
@@ -314,7 +323,7 @@ def _wake_simulator_blocks_on_events() -> None:
         for t in threads:
             t.join()
 
-    run_block.deltaprop_events = True
+    syncthreads.deltaprop_events = True
     thread.run, thread.syncthreads, block.run = run, syncthreads, run_block
 
 
