@@ -138,6 +138,14 @@ def test_shell_block_parses(line, code, capsys):
         check_pip(tokens)
 
 
+def test_ci_runs_the_readmes_test_command():
+    """The pytest line of the README's install-and-test block is a command of .ci/run, as it is."""
+    (tests,) = [code for _, code in blocks(README, SHELL_FENCES) if 'pip install -e ".[test]"' in code]
+    (command,) = [line for line in tests.splitlines() if "pytest" in line]
+    ci = [line.split("#")[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command.strip() in ci, f"{command!r} is not a line of .ci/run"
+
+
 # The checks above, on broken blocks: each must fail.
 @pytest.mark.parametrize("code", [
     "deltaprop train --dataset xor | --dataset digits | --data mine.npz",
