@@ -437,12 +437,11 @@ def test_simulator_blocks_keep_the_barrier_rules_without_polling(nb, rng):
     threads = 33
 
     @cuda.jit
-    def block_sums(x, out):  # a tree over shared memory, a barrier at each level
+    def block_sums(x, out):  # a row's 64 values into shared memory, then a tree over it, a barrier at each level
         sh = cuda.shared.array(64, np.float64)
         t, b = cuda.threadIdx.x, cuda.blockIdx.x
-        sh[t] = x[b, t]
-        if t + 32 < 64:
-            sh[t + 32] = x[b, t + 32] if t + 32 < x.shape[1] else 0.0
+        for e in range(t, 64, cuda.blockDim.x):
+            sh[e] = x[b, e]
         cuda.syncthreads()
         step = 32
         while step > 0:
@@ -454,7 +453,6 @@ def test_simulator_blocks_keep_the_barrier_rules_without_polling(nb, rng):
             out[b] = sh[0]
 
     x = rng.normal(size=(3, 64))
-    x[:, threads + 32:] = 0  # the columns no thread reads
     out = cuda.device_array(3, np.float64)
     block_sums[3, threads](cuda.to_device(x), out)
     np.testing.assert_allclose(out.copy_to_host(), x.sum(axis=1), rtol=1e-12)
