@@ -12,6 +12,7 @@ from helpers import ELEMENTWISE, HIDDEN, SHAPES, assert_close, away_from_kinks
 from deltaprop import MLP
 from deltaprop.kernels import masks
 from deltaprop.mlp.network import Buffers
+from test_graphs import graph_backend  # noqa: F401  (the fixture: graphs on, stand-ins under the simulator)
 
 M32 = 0xFFFFFFFF
 
@@ -285,16 +286,8 @@ def test_no_dropout_at_predict_evaluate_score_gradients_or_validation(backend, r
         np.testing.assert_array_equal(gb, pb)
 
 
-def test_replay_with_dropout_and_max_norm_matches_the_python_loop(backend, rng, monkeypatch):
-    from deltaprop.backends.graphs import GraphSteps
-
-    if not isinstance(backend, GraphSteps):
-        pytest.skip(f"{backend.name} replays no graphs")
-    monkeypatch.setattr(backend, "graphs", True)
-    if "simulator" in backend.device:  # as tests/test_graphs.py: a replay re-runs the captured callable
-        monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
-        monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
-    monkeypatch.setattr(backend, "capture_error", None, raising=False)
+def test_replay_with_dropout_and_max_norm_matches_the_python_loop(graph_backend, rng):  # noqa: F811
+    backend = graph_backend  # graphs on, stand-ins under the simulator (tests/test_graphs.py)
     X, y = rng.normal(size=(22, 6)), rng.integers(0, 3, 22)  # 2 steps of 9 and a tail of 4
     results = []
     for graphs in (True, False):

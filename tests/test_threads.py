@@ -31,13 +31,10 @@ def _switch_often():
     sys.setswitchinterval(before)
 
 
-small = simulated  # numba's CUDA simulator runs each GPU thread in Python: tiny fits
-
-
 def jobs(backend, rng):
     """THREADS fits (seeds, dtypes, activations, batch sizes, momentum and validation differ), as closures
     returning (weights, history); each builds its model on the backend under test."""
-    n, epochs = (24, 2) if small(backend) else (120, 4)
+    n, epochs = (24, 2) if simulated(backend) else (120, 4)
     X = rng.normal(size=(n, 5))
     y = rng.integers(0, 3, n)
     specs = [  # (hidden activation, dtype, batch size, momentum, weight decay, validation)
@@ -91,7 +88,7 @@ def assert_same_fit(got, expected):
 def test_fits_in_threads_match_fits_alone(backend, rng):
     fits = jobs(backend, rng)
     alone = [fit() for fit in fits]
-    for _ in range(1 if small(backend) else 5):  # the race of a shared scratch space lost every time here
+    for _ in range(1 if simulated(backend) else 5):  # the race of a shared scratch space lost every time here
         for got, expected in zip(run_in_threads(fits), alone):
             assert_same_fit(got, expected)
 
@@ -104,7 +101,7 @@ def test_graphed_fits_in_threads_match_fits_alone(graph_backend, rng):  # noqa: 
 
 def test_predictions_in_threads_match_predictions_alone(backend, rng):
     """predict_proba and evaluate (what a search's scoring runs) while other threads do the same."""
-    n, repeats = (9, 1) if small(backend) else (100, 150)
+    n, repeats = (9, 1) if simulated(backend) else (100, 150)
     X, y = rng.normal(size=(n, 5)), rng.integers(0, 3, n)
     models = [MLP([5, 8, 3], activation="leaky_relu", backend=backend.name, dtype=d, seed=i)
               for i, d in enumerate(["float32", "float64"] * (THREADS // 2))]  # fmt: skip
@@ -126,17 +123,17 @@ def test_predictions_in_threads_match_predictions_alone(backend, rng):
 def test_grid_search_with_threads_matches_the_sequential_search(backend, rng, estimator):
     """Continuous scores (R², log-loss), so that any difference in the weights shows; a spurious
     TrainingDiverged would raise (error_score="raise")."""
-    n = 24 if small(backend) else 120
+    n = 24 if simulated(backend) else 120
     X = rng.normal(size=(n, 4))
     w = rng.normal(size=4)
     y = X @ (w / np.linalg.norm(w)) if estimator is MLPRegressor else rng.integers(0, 2, n)  # targets of variance 1
-    base = estimator(hidden_layer_sizes=(6,), batch_size=4, max_iter=2 if small(backend) else 5,
+    base = estimator(hidden_layer_sizes=(6,), batch_size=4, max_iter=2 if simulated(backend) else 5,
                      random_state=0, backend=backend.name)  # fmt: skip
-    grid = {"learning_rate_init": [0.02] if small(backend) else [0.005, 0.02], "dtype": ["float32", "float64"]}
+    grid = {"learning_rate_init": [0.02] if simulated(backend) else [0.005, 0.02], "dtype": ["float32", "float64"]}
     scoring = "r2" if estimator is MLPRegressor else "neg_log_loss"
 
     def search(n_jobs):
-        s = GridSearchCV(base, grid, cv=KFold(2 if small(backend) else 3), scoring=scoring, n_jobs=n_jobs, error_score="raise")
+        s = GridSearchCV(base, grid, cv=KFold(2 if simulated(backend) else 3), scoring=scoring, n_jobs=n_jobs, error_score="raise")
         with joblib.parallel_backend("threading"):
             return s.fit(X, y).cv_results_
 

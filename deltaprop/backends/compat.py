@@ -263,8 +263,7 @@ def _wake_simulator_blocks_on_events() -> None:
     thread, block = kernel.BlockThread, kernel.BlockManager
     if getattr(thread.syncthreads, "deltaprop_events", False):
         return
-    expected = ["self", "f", "manager", "blockIdx", "threadIdx", "debug"]
-    if list(inspect.signature(thread.__init__).parameters) != expected or not hasattr(thread, "syncthreads"):
+    if list(inspect.signature(thread.__init__).parameters) != ["self", "f", "manager", "blockIdx", "threadIdx", "debug"]:
         return
     polled_run = thread.run
 
@@ -296,11 +295,11 @@ def _wake_simulator_blocks_on_events() -> None:
         self.deltaprop_ended = self.deltaprop_waiting = 0
         self.deltaprop_failed = False
         threads = []
+
+        def target():
+            self._f(*args)
+
         for block_point in np.ndindex(*self._block_dim):
-
-            def target():
-                self._f(*args)
-
             threads.append(kernel.BlockThread(target, self, grid_point, block_point, self._debug))
             threads[-1].start()
         with changed:
