@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
+from helpers import simulated
 from test_cuda_sources import NVCC, nvcc_ptx
 
 from deltaprop import MLP, TrainingDiverged, backends, optim
@@ -444,7 +445,7 @@ def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypat
         before = model.backend.fused_epochs
         runs.append((model, model.fit(X, y, **kw)))
         fused_runs = model.backend.fused_epochs - before
-        assert fused_runs == (0 if env == "auto" and "simulator" in model.backend.device else runs[-1][1].epochs)
+        assert fused_runs == (0 if env == "auto" and simulated(model.backend) else runs[-1][1].epochs)
     (steps, h1), (one, h2) = runs
     for (W1, b1), (W2, b2) in zip(steps.get_weights(), one.get_weights()):
         np.testing.assert_allclose(W1, W2, rtol=1e-5, atol=1e-6)
@@ -573,7 +574,7 @@ def test_the_selection_shows_the_limit():
     limit, auto = model.backend.fused_limit()
     text = model.selection.describe()
     assert f"within {limit:,} bytes of shared memory per block" in text
-    assert ("when forced" in text) == (not auto) == ("simulator" in model.backend.device)
+    assert ("when forced" in text) == (not auto) == (simulated(model.backend))
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@ replay can get wrong (a graph replays its kernels with the arguments they were c
 
 import numpy as np
 import pytest
+from helpers import simulated
 
 from deltaprop import MLP, optim
 from deltaprop.backends.graphs import GraphSteps
@@ -18,7 +19,7 @@ def graph_backend(backend, monkeypatch):
     if not isinstance(backend, GraphSteps):
         pytest.skip(f"{backend.name} replays no graphs")
     monkeypatch.setattr(backend, "graphs", True)  # the tests switch it; teardown puts back the shared instance's
-    if "simulator" in backend.device:  # a replay re-runs the captured callable, with the arguments of its capture
+    if simulated(backend):  # a replay re-runs the captured callable, with the arguments of its capture
         monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
         monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
     monkeypatch.setattr(backend, "capture_error", None, raising=False)

@@ -9,7 +9,7 @@ import pytest
 
 from deltaprop import MLP, backends
 import reference as ref
-from helpers import ELEMENTWISE, HIDDEN, assert_close
+from helpers import ELEMENTWISE, HIDDEN, assert_close, simulated
 
 if not backends.available()["numba-cuda"].usable:
     pytest.skip(f"numba-cuda: {backends.available()['numba-cuda'].reason}", allow_module_level=True)
@@ -217,7 +217,7 @@ def test_every_tiling_against_float64(nb, rng, which, dtype, wide, monkeypatch):
         monkeypatch.setattr(nb, "wide_from", 0)
     chosen, choose = [], nb._wide
     monkeypatch.setattr(nb, "_wide", lambda **operands: chosen.append(choose(**operands)) or chosen[-1])
-    if "simulator" in nb.device:
+    if simulated(nb):
         B, n_in, n_out = tiles.bm + 3, 2 * tiles.bk + 1, tiles.bn + 5  # two tiles a side, K past a stage
     else:
         B, n_in, n_out = 2 * tiles.bm + 1, 33 * tiles.bk + 3, 3 * tiles.bn - 7

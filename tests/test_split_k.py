@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
-from helpers import ELEMENTWISE, HIDDEN, SHAPES, assert_close
+from helpers import ELEMENTWISE, HIDDEN, SHAPES, assert_close, simulated
 
 from deltaprop import MLP, backends
 
@@ -205,7 +205,7 @@ def test_a_replayed_split_step_equals_the_eager_one_and_allocates_nothing(nb, rn
     for graphs in (True, False):
         with monkeypatch.context() as m:
             m.setattr(nb, "graphs", graphs)
-            if "simulator" in nb.device:
+            if simulated(nb):
                 m.setattr(nb, "_capture", lambda enqueue: enqueue, raising=False)
                 m.setattr(nb, "_replay", replay, raising=False)
             model = MLP([21, 13, 3], activation="relu", backend="numba-cuda", dtype="float32", seed=4)
