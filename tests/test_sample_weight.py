@@ -165,6 +165,44 @@ def test_validation_split_keeps_the_held_out_weights(rng):
     assert expected["loss"] != pytest.approx(model.evaluate(X[held], y[held])["loss"], rel=1e-6)  # the weights count
 
 
+@pytest.mark.parametrize("train_weighted", [True, False], ids=["weighted-fit", "unweighted-fit"])
+@pytest.mark.parametrize("rows", [2, 40])  # 2: an unpacking of the weights' array would have taken it for the pair
+def test_validation_data_is_scored_with_its_own_weights_or_none(rng, train_weighted, rows):
+    X, y = data(rng, n=rows)
+    Xv, yv = data(rng, n=13)
+    w, wv = weights(rng, rows, zeros=False), weights(rng, 13, zeros=False)
+    sw = w if train_weighted else None
+    alone = MLP([5, 7, 3], backend="numpy", dtype="float64", seed=4)
+    alone.fit(X, y, epochs=2, batch_size=8, sample_weight=sw)
+    for extra in ((), (wv,)):
+        model = MLP([5, 7, 3], backend="numpy", dtype="float64", seed=4)
+        history = model.fit(X, y, epochs=2, batch_size=8, sample_weight=sw, validation_data=(Xv, yv, *extra))
+        assert same(model, alone)  # validation scores the epochs, and changes no step
+        expected = model.evaluate(Xv, yv, sample_weight=extra[0] if extra else None)
+        assert history.val_loss[-1] == pytest.approx(expected["loss"], rel=1e-12)
+        assert history.val_accuracy[-1] == pytest.approx(expected["accuracy"], rel=1e-12)
+    assert expected["loss"] != pytest.approx(model.evaluate(Xv, yv)["loss"], rel=1e-6)  # the weights count
+
+
+@pytest.mark.parametrize("validation_data, error, message", [
+    (lambda Xv, yv: (Xv, yv, np.ones(13), None), TypeError, r"validation_data: expected \(X_val, y_val\) or"),
+    (lambda Xv, yv: (Xv,), TypeError, r"validation_data: expected \(X_val, y_val\) or"),
+    (lambda Xv, yv: (Xv, yv, np.ones(12)), ValueError, "validation_data\\[2\\]: got 12 weights for 13 samples"),
+    (lambda Xv, yv: (Xv, yv, -np.ones(13)), ValueError, "validation_data\\[2\\]: weights must be ≥ 0"),
+], ids=["four", "one", "short-weights", "negative-weights"])
+def test_bad_validation_data_is_refused_by_name_before_anything_changes(rng, validation_data, error, message):
+    X, y = data(rng, n=40)
+    Xv, yv = data(rng, n=13)
+    model = MLP([5, 7, 3], backend="numpy", seed=5)
+    before = model.get_weights()
+    with pytest.raises(error, match=message):
+        model.fit(X, y, epochs=1, sample_weight=weights(rng, 40), validation_data=validation_data(Xv, yv))
+    assert model.epochs_trained == 0
+    for (W, b), (W0, b0) in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+
+
 def test_regression_score_is_scikit_learns_weighted_r2(rng):
     X = rng.normal(size=(30, 3))
     Y = np.column_stack([X @ rng.normal(size=3), X[:, 0] ** 2])

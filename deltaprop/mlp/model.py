@@ -233,7 +233,9 @@ class MLP:
         step then follows the batch's weighted mean loss Σ w_i·E_i / Σ w_i (the batch's weights are normalised to sum
         to its rows, on the device), a batch whose weights are all 0 contributes no gradient, and the reported
         loss and accuracy are the batches' weighted means, averaged by rows; validation_split's held-out samples keep
-        their weights for the validation metrics. The weight decay is not scaled by the weights.
+        their weights for the validation metrics, and validation_data takes its own as a third element (X_val, y_val,
+        sample_weight_val; without it the validation metrics are unweighted). The weight decay is not scaled by the
+        weights.
         Every argument is checked before anything changes; if the loss becomes NaN or Inf,
         ``TrainingDiverged`` is raised and the last finite weights stay in place.
         """
@@ -258,14 +260,18 @@ class MLP:
         if validation_data is not None and validation_split:
             raise ValueError("validation_data, validation_split: give one or the other, not both")
 
-        val = None
+        val = val_weights = None
         if validation_data is not None:
             try:
-                Xv, yv = validation_data
+                Xv, yv, *wv = validation_data
+                if len(wv) > 1:
+                    raise ValueError
             except (TypeError, ValueError):
-                raise TypeError("validation_data: expected a pair (X_val, y_val)") from None
+                raise TypeError("validation_data: expected (X_val, y_val) or (X_val, y_val, sample_weight_val)") from None
             Xv = self._check_X(Xv, "validation_data[0]")
             val = (Xv, encode_targets(yv, check_loss(self.loss), self.layer_sizes[-1], self.dtype, Xv.shape[0], "validation_data[1]"))
+            if wv:
+                val_weights = _check_sample_weight(wv[0], Xv.shape[0], self.dtype, "validation_data[2]")
         elif validation_split:
             n_val = int(round(validation_split * X.shape[0]))
             if n_val < 1 or n_val >= X.shape[0]:
@@ -283,9 +289,7 @@ class MLP:
                     if not np.any(part > 0):
                         raise ValueError(f"sample_weight: every weight of the {what} samples that validation_split "
                                          "leaves is 0; their weighted mean is undefined")
-                weights = (weights, held_out)
-        elif weights is not None:
-            weights = (weights, None)
+                val_weights = held_out
 
         n = X.shape[0]
         schedule.check(opt.lr, epochs, n)
@@ -298,7 +302,7 @@ class MLP:
             shuffle=bool(shuffle),
             verbose=int(verbose),
         )
-        return Trainer(self, X, targets, plan, val, callback, weights).run()
+        return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
 
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:

@@ -79,11 +79,11 @@ def _without(weights, net) -> str | None:
 
 class Trainer:
     """Runs ``plan`` on ``model`` (an MLP: its public attributes and its ``network``) with training data (X, Y)
-    and optional validation data, all already validated. ``weights``: None, or the sample weights (n,) of the
-    training data and those of the validation data (or None), host arrays of the model's dtype, ≥ 0, with a
-    positive sum each: each step gathers its batch's weights on the device and normalises them there."""
+    and optional validation data, all already validated. ``weights``, ``val_weights``: None, or the sample weights
+    (n,) of the training data, of the validation data, host arrays of the model's dtype, ≥ 0, with a positive sum
+    each: each step gathers its batch's weights on the device and normalises them there."""
 
-    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None, weights=None):
+    def __init__(self, model, X, targets, plan: Plan, val=None, callback=None, weights=None, val_weights=None):
         self.model, self.plan, self.callback = model, plan, callback
         net = self.net = model.network
         bk = self.bk = model.backend
@@ -107,12 +107,12 @@ class Trainer:
         self.metrics = bk.zeros((self.steps, 2), np.float64)
         self.weights = self.val_weights = None
         if weights is not None:  # the samples' weights (n, 1), and one batch's: gathered and normalised by each step
-            w, wv = weights
-            self.weights = bk.asarray(w.reshape(-1, 1), model.dtype)
+            self.weights = bk.asarray(weights.reshape(-1, 1), model.dtype)
             self.w_full = bk.empty((B, 1), model.dtype)
             self.w_tail = self.w_full[: self.tail.rows]
-            if wv is not None and self.val is not None:
-                self.val_weights = (bk.asarray(wv.reshape(-1, 1), model.dtype), float(wv.sum(dtype=np.float64)))
+        if val_weights is not None and self.val is not None:
+            self.val_weights = (bk.asarray(val_weights.reshape(-1, 1), model.dtype),
+                                float(val_weights.sum(dtype=np.float64)))
         net.ensure_state(plan.optimizer)
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
