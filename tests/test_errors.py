@@ -110,7 +110,7 @@ BAD_FIT = [
     ({"validation_split": 0.2, "validation_data": (X, y)}, ValueError, "give one or the other"),
     ({"validation_data": (X[:, :2], y)}, ValueError, r"validation_data\[0\]: expected shape"),
     ({"validation_data": (X, y[:5])}, ValueError, r"validation_data\[1\]: has 5 rows"),
-    ({"validation_data": X}, TypeError, "validation_data: expected a pair"),
+    ({"validation_data": X}, TypeError, r"validation_data: expected \(X_val, y_val\)"),
     ({"early_stopping": 0}, ValueError, "early_stopping"),
     ({"shuffle": "yes"}, TypeError, "shuffle"),
     ({"callback": 3}, TypeError, "callback"),
@@ -132,6 +132,10 @@ def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     "model_args,y_bad,match",
     [
         ({"output_activation": "sigmoid", "loss": "bce"}, np.full((10, 3), 2.0), r"y: bce targets must lie in \[0, 1\]"),
+        # softmax + cross_entropy's δ = z − y holds only for rows that sum to 1: others are refused, not trained wrong
+        ({}, np.tile([1.0, 1.0, 0.0], (10, 1)), "y: cross_entropy targets must be distributions whose rows sum to 1; row 0 sums to 2$"),
+        ({}, np.r_[np.eye(3)[y[:9]], [[0.0, 0.0, 0.0]]], "y: cross_entropy targets .* row 9 sums to 0$"),
+        ({}, np.r_[np.eye(3)[y[:9]], [[0.5, 0.0, 0.5005]]], "y: cross_entropy targets .* row 9 sums to 1.0005"),
         ({"layer_sizes": [3, 1], "output_activation": "identity", "loss": "perceptron"}, np.arange(10) % 2, "y: the perceptron loss needs labels −1 and \\+1"),
     ],
 )

@@ -45,6 +45,15 @@ def test_backprop_matches_numerical_gradient(backend, rng, depth, hidden, out_ac
     assert result.max_rel_error <= 1e-6, result.errors
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_cross_entropy_targets_train_the_loss_they_report(backend, rng, dtype):
+    """Rows that are distributions (label smoothing, a teacher's softmax) rounded to the dtype are taken, and backprop's
+    δ = z − y is their loss's gradient (rows that do not sum to 1 are refused: tests/test_errors.py)."""
+    model, X, _ = make(backend, 2, "tanh", "softmax", "cross_entropy", rng)
+    Y = rng.dirichlet(np.ones(model.layer_sizes[-1]), size=X.shape[0]).astype(dtype)
+    assert gradcheck(model, X, Y).max_rel_error <= 1e-6
+
+
 @pytest.mark.parametrize("pieces", [2, 3, 4])
 @pytest.mark.parametrize("depth", [2, 3])
 def test_maxout_backprop_matches_numerical_gradient_and_the_reference(backend, rng, depth, pieces):

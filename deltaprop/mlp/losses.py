@@ -15,7 +15,7 @@ perceptron    max(0, −y·a), labels ±1               identity, step      −y
 
 Targets are either integer class labels (1-D), which become one-hot rows (or a
 single 0/1 or ±1 column when there is one output), or float arrays of the
-output's shape.
+output's shape (for cross_entropy, rows that sum to 1: its δ is z − y only there).
 
 ``LOSSES`` is the one table of the losses' rules: the names the model accepts, the output activations
 each pairs with, and the code of each (and of each accuracy rule, ``ACCURACY_CODES``) in the CUDA C
@@ -88,6 +88,7 @@ def encode_targets(y, loss: Loss, n_out: int, dtype, n_samples: int, argument: s
         Y = cast_finite(y, dtype, argument)
         _check_values(Y, loss, argument)
         if loss.name == "cross_entropy":
+            _check_distributions(Y, y.dtype, argument)
             rule = "argmax"
         elif loss.name in ("bce", "perceptron"):
             rule = "threshold"
@@ -133,3 +134,16 @@ def _check_values(Y: np.ndarray, loss: Loss, argument: str) -> None:
         bad = Y[(Y < 0) | (Y > 1)]
         if bad.size:
             raise ValueError(f"{argument}: {loss.name} targets must lie in [0, 1], got {bad[0]:g}")
+
+
+def _check_distributions(Y: np.ndarray, given, argument: str) -> None:
+    """cross_entropy's 2-D targets: each row sums to 1, to the rounding (√eps: half the digits) of the coarser of
+    the dtype they came in (``given``) and the model's. δ = z − y is ∂E/∂a only there (else it is z·Σy − y): another
+    row would train a loss other than the one reported."""
+    eps = max(np.finfo(Y.dtype).eps, np.finfo(given).eps if np.issubdtype(given, np.floating) else 0.0)
+    sums = Y.sum(axis=1, dtype=np.float64)
+    off = np.flatnonzero(np.abs(sums - 1) > np.sqrt(eps))
+    if off.size:
+        i = int(off[0])
+        raise ValueError(f"{argument}: cross_entropy targets must be distributions whose rows sum to 1; "
+                         f"row {i} sums to {sums[i]:.9g}")
