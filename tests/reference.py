@@ -98,9 +98,8 @@ def sample_loss(loss, out_act, a, y):
         m = a.max(axis=1, keepdims=True)
         logsm = a - m - np.log(np.exp(a - m).sum(axis=1, keepdims=True))
         return -(y * logsm).sum(axis=1)
-    if loss == "bce":
-        z = phi("sigmoid", a)
-        return -(y * np.log(z) + (1 - y) * np.log(1 - z)).sum(axis=1)
+    if loss == "bce":  # −y log σ(a) − (1 − y) log(1 − σ(a)), as y·softplus(−a) + (1 − y)·softplus(a): no log(1 − z)
+        return (y * np.logaddexp(0.0, -a) + (1 - y) * np.logaddexp(0.0, a)).sum(axis=1)
     if loss == "perceptron":
         return np.maximum(0.0, -y * a).sum(axis=1)
     raise KeyError(loss)

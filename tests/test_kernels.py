@@ -177,6 +177,25 @@ def test_batch_metrics(backend, dtype, rng, shape, out_act, loss, weighted):
     assert_close(got[1], start[1] + np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (65, 5)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_batch_metrics_keep_the_digits_of_a_confident_bce_loss(backend, dtype, rng, shape, weighted):
+    """Outputs right by 8 to 30 logits: each element's loss is log1p(exp(−|a|)), 1e-4 to 1e-13, and their sum keeps its
+    relative precision (summing softplus(a) and y·a apart, and subtracting, left rounding noise of ε·Σ|a|, or < 0)."""
+    Y = (rng.random(shape) < 0.5).astype(dtype)
+    a = (np.where(Y > 0.5, 1.0, -1.0) * rng.uniform(8.0, 30.0, size=shape)).astype(dtype)
+    z = ref.phi("sigmoid", a).astype(dtype)
+    w = rng.uniform(0.5, 3.0, size=shape[0]).astype(dtype)
+    out = backend.asarray(np.zeros(2), np.float64)
+    extra = (dev(backend, w.reshape(-1, 1), dtype),) if weighted else ()
+    backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), "bce", "threshold", out, *extra)
+    per_row = ref.sample_loss("bce", "sigmoid", a, Y)
+    expected = np.dot(w.astype(np.float64), per_row) if weighted else per_row.sum()
+    got = backend.to_numpy(out)
+    assert got[0] == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-12)
+    assert got[1] == pytest.approx(w.astype(np.float64).sum() if weighted else shape[0], rel=1e-12)  # all right
+
+
 @pytest.mark.parametrize("act", ELEMENTWISE)
 def test_activation_derivative_by_finite_differences(backend, rng, act):
     """The backend's φ' (through hidden_delta with W = I, δ_next = 1) against central differences of its φ."""

@@ -588,23 +588,27 @@ class Backend:
             xp.log(rows, out=rows)  # log Σ exp(a − max)
             xp.sum(y, axis=1, keepdims=True, out=ysum)
             return xp.vdot(rows, ysum) - y_dot
-        if loss == "bce":  # softplus(a) − y·a
-            self._softplus(a, tmp, self._scratch("loss2", a.shape, a.dtype))
-            return tmp.sum(dtype=np.float64) - xp.vdot(y, a)
+        if loss == "bce":  # softplus(a) − y·a, ≥ 0 element by element
+            self._bce(a, y, tmp, self._scratch("loss2", a.shape, a.dtype))
+            return tmp.sum(dtype=np.float64)
         if loss == "perceptron":  # max(0, −y·a)
             xp.multiply(y, a, out=tmp)
             xp.minimum(tmp, 0, out=tmp)
             return -tmp.sum(dtype=np.float64)
         raise ValueError(f"loss: unknown loss {loss!r}")
 
-    def _softplus(self, a, out, tmp) -> None:
-        """out = softplus(a) = max(a, 0) + log1p(exp(−|a|)), without overflow; ``tmp`` of a's shape is overwritten."""
+    def _bce(self, a, y, out, tmp) -> None:
+        """out = bce's per-element loss softplus(a) − y·a = (max(a, 0) − y·a) + log1p(exp(−|a|)): a sum of two terms
+        ≥ 0 (y in [0, 1]), the first exact for 0/1 targets, so a confident output's small loss keeps its digits (the
+        other order subtracts y·a from softplus(a) ≈ a); no overflow. ``tmp`` of a's shape is overwritten."""
         xp = self.xp
+        xp.multiply(y, a, out=out)
+        xp.maximum(a, 0, out=tmp)
+        tmp -= out
         xp.abs(a, out=out)
         xp.negative(out, out=out)
         xp.exp(out, out=out)
         xp.log1p(out, out=out)
-        xp.maximum(a, 0, out=tmp)
         out += tmp
 
     def _correct_count(self, a, z, y, accuracy: str):
@@ -658,10 +662,7 @@ class Backend:
             xp.sum(rest, axis=1, keepdims=True, out=ysum)
             rows -= ysum
         elif loss == "bce":  # Σ_k softplus(a_k) − y_k·a_k
-            rest = self._scratch("loss2", a.shape, a.dtype)
-            self._softplus(a, tmp, rest)
-            xp.multiply(y, a, out=rest)
-            tmp -= rest
+            self._bce(a, y, tmp, self._scratch("loss2", a.shape, a.dtype))
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
         elif loss == "perceptron":  # Σ_k max(0, −y_k·a_k)
             xp.multiply(y, a, out=tmp)

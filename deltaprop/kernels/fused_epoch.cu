@@ -234,10 +234,10 @@ __device__ __forceinline__ double row_loss(const T* a, const T* z, const T* y) {
             ydot += (double)y[n] * shifted;
         }
         s = ysum * log(total) - ydot;
-    } else {  // bce: softplus(a) − y·a
+    } else {  // bce: softplus(a) − y·a, as two terms ≥ 0 (base.py's _bce)
         for (int n = 0; n < NL; ++n) {
             double x = a[n];
-            s += fmax(x, 0.0) + log1p(exp(-fabs(x))) - (double)y[n] * x;
+            s += (fmax(x, 0.0) - (double)y[n] * x) + log1p(exp(-fabs(x)));
         }
     }
     return s;

@@ -435,8 +435,8 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
                 if (loss == LOSS_MSE) {
                     double d = (double)zr[k] - yv;
                     row += 0.5 * d * d;
-                } else if (loss == LOSS_BCE) {  // softplus(a) − y·a
-                    row += fmax(av, 0.0) + log1p(exp(-fabs(av))) - yv * av;
+                } else if (loss == LOSS_BCE) {  // softplus(a) − y·a, as two terms ≥ 0 (base.py's _bce)
+                    row += (fmax(av, 0.0) - yv * av) + log1p(exp(-fabs(av)));
                 } else {  // LOSS_PERCEPTRON
                     row += fmax(0.0, -yv * av);
                 }

@@ -104,13 +104,13 @@ def _row_loss(loss: str):
                 ydot += float(y[m, n]) * shifted
             return ysum * math.log(total) - ydot
 
-    elif loss == "bce":  # softplus(a) − y·a
+    elif loss == "bce":  # softplus(a) − y·a, as two terms ≥ 0 (base.py's _bce)
 
         def f(a, z, y, m):
             s = 0.0
             for n in range(a.shape[1]):
                 x = float(a[m, n])
-                s += max(x, 0.0) + math.log1p(math.exp(-abs(x))) - float(y[m, n]) * x
+                s += (max(x, 0.0) - float(y[m, n]) * x) + math.log1p(math.exp(-abs(x)))
             return s
 
     elif loss == "perceptron":  # Σ max(0, −y·a)

@@ -79,10 +79,10 @@ def _row_metrics(loss: str, rule, N: int):
                 ysum += float(sh[y + n])
                 ydot += float(sh[y + n]) * shifted
             return ysum * math.log(total) - ydot
-        s = 0.0  # bce: softplus(a) − y·a
+        s = 0.0  # bce: softplus(a) − y·a, as two terms ≥ 0 (base.py's _bce)
         for n in range(N):
             x = float(sh[a + n])
-            s += max(x, 0.0) + math.log1p(math.exp(-abs(x))) - float(sh[y + n]) * x
+            s += (max(x, 0.0) - float(sh[y + n]) * x) + math.log1p(math.exp(-abs(x)))
         return s
 
     @device_inline
