@@ -343,7 +343,7 @@ class Graph:
 
 @functools.cache
 def _fused_library(text: str):
-    """(ctypes function dp_fused_epoch, its parameters) for the fused epoch source ``text`` (defines + source)."""
+    """(ctypes function dp_fused_epoch, its parameters) for the fused epoch source ``text`` (fused_source.source)."""
     out = Path(tempfile.mkdtemp(prefix="deltaprop-emulated-"))
     params = parameters(text)["fused_epoch"]
     shared = "extern __shared__ double smem[];"
@@ -368,7 +368,7 @@ class FusedKernel:
     def __init__(self, layout, threads: int):
         from deltaprop.kernels import fused_source
 
-        self.fn, self.params = _fused_library(fused_source.defines(layout, threads) + fused_source.SOURCE.read_text())
+        self.fn, self.params = _fused_library(fused_source.source(fused_source.defines(layout, threads)))
         self.T = np.dtype(layout.dtype)
         scalar = ctypes.c_float if self.T == np.float32 else ctypes.c_double
         self.fn.argtypes = [ctypes.c_uint] * 4 + [ctypes.c_longlong] + [

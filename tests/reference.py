@@ -14,8 +14,8 @@ def phi(name, a):
         return a.copy()
     if name == "step":
         return (a > 0).astype(np.float64)
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-a))
+    if name == "sigmoid":  # exp(−softplus(−a)): no overflow, the tails to full relative precision
+        return np.exp(-np.logaddexp(0.0, -a))
     if name == "tanh":
         return np.tanh(a)
     if name == "relu":

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from deltaprop.kernels import cuda_source
+from deltaprop.kernels import cuda_source, fused_source
 from deltaprop.mlp.activations import ACTIVATIONS, LEAKY_SLOPE
 from deltaprop.mlp.losses import ACCURACY_CODES, LOSSES
 from helpers import SOFTSIGN
@@ -26,9 +26,14 @@ MANGLED = {"float": "f", "double": "d"}  # template argument in the Itanium mang
 
 def nvcc_ptx(source: Path, arch: str, out: Path):
     """``source`` compiled to PTX; a templated source as the backend gives it to NVRTC, with every kernel the loader
-    asks for instantiated for float and double (``cuda_source.instantiation``)."""
+    asks for instantiated for float and double (``cuda_source.instantiation``); fused_epoch.cu after its prelude, for
+    the file's default net."""
     templates = {cuda_source.SOURCE: cuda_source.TEMPLATES, cuda_source.DROPOUT_SOURCE: cuda_source.DROPOUT_TEMPLATES}
-    if source in templates:
+    if source == fused_source.SOURCE:
+        with_prelude = out.with_suffix(".cu")
+        with_prelude.write_text(fused_source.source())
+        source = with_prelude
+    elif source in templates:
         text = cuda_source.source() if source == cuda_source.SOURCE else source.read_text()
         with_instances = out.with_suffix(".cu")
         with_instances.write_text(text + cuda_source.instantiation(templates[source]))

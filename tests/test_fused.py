@@ -219,7 +219,7 @@ CU_CASES = {  # name: (layout, limit it must fit, or None: it must not fit A100'
 
 def compile_fused(tmp_path, text, arch):
     source = tmp_path / f"fused-{arch}.cu"
-    source.write_text(text + fused_source.SOURCE.read_text())
+    source.write_text(fused_source.source(text))
     return nvcc_ptx(source, arch, tmp_path / f"fused-{arch}.ptx")
 
 

@@ -34,6 +34,20 @@ def test_forward(backend, dtype, rng, shape, act, keep_a):
         assert_close(backend.to_numpy(a), a_ref, dtype)
 
 
+@pytest.mark.parametrize("keep_a", [True, False], ids=["a+z", "z"])
+def test_sigmoid_keeps_its_relative_precision_in_both_tails(backend, dtype, rng, keep_a):
+    """σ(a) for a out to where σ is 1e-35 (float32) or 1e-300 (float64), through the forward GEMM with W = I and
+    b = 0 (a exact): each to a few ulps of itself, not of 1 (a tanh form read 0 from a ≈ −17 in float32)."""
+    edge = 80.0 if dtype == np.float32 else 690.0
+    X = np.r_[rng.uniform(-edge, edge, size=61), -edge, edge, 0.0, -1e-30].reshape(13, 5).astype(dtype)
+    z, a = backend.empty((13, 5), dtype), backend.empty((13, 5), dtype)
+    eye, zero = dev(backend, np.eye(5), dtype), dev(backend, np.zeros(5), dtype)
+    backend.forward(dev(backend, X, dtype), eye, zero, "sigmoid", z, a if keep_a else None)
+    expected = ref.phi("sigmoid", X)
+    assert expected.min() > 0 and expected.max() == 1  # the test's own range: a tail σ is not 0
+    np.testing.assert_allclose(backend.to_numpy(z), expected, rtol=16 * np.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("out_act,loss", PAIRS)
 def test_output_delta(backend, dtype, rng, shape, out_act, loss):

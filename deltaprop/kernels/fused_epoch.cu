@@ -2,11 +2,12 @@
 // (deltaprop/kernels/numba_fused.py is the same kernel for numba-cuda; deltaprop/backends/fused.py has the rule
 // and the shared memory's layout, which shared_bytes() below repeats and tests/test_fused.py checks).
 //
-// Compiled by NVRTC once per net (deltaprop/kernels/fused_source.py), the net given as #define lines put before
-// this source (not -D options: nvcc splits those at commas):
+// Compiled by NVRTC once per net (deltaprop/kernels/fused_source.py), after act(a, code) and dact(z, code), φ and φ'
+// written from the activation table, and the net given as #define lines before them (not -D options: nvcc splits
+// those at commas):
 //   DP_T        float or double
 //   DP_L        the number of layers L; DP_SIZES {n_0, ..., n_L}; DP_CODES {code_1, ..., code_L}, the output's last:
-//               0 identity, 1 sigmoid, 2 tanh, 3 relu, 4 leaky_relu (a softmax output: 0, with DP_LOSS 1)
+//               fused.py's HIDDEN: 0 identity, 1 sigmoid, 2 tanh, 3 relu, 4 leaky_relu (a softmax output: 0, with DP_LOSS 1)
 //   DP_LOSS     0 mse, 1 cross_entropy (softmax output), 2 bce (sigmoid output)
 //   DP_ACCURACY 0 none, 1 argmax, 2 threshold
 //   DP_MOMENTUM, DP_NESTEROV  0 or 1: SGD's variant (DP_MOMENTUM: RMSprop's too)
@@ -38,7 +39,6 @@
 #ifndef DP_RULE
 #define DP_RULE 0
 #endif
-#define DP_LEAKY_SLOPE 0.1
 
 typedef DP_T T;
 constexpr int L = DP_L;
@@ -74,26 +74,6 @@ __host__ __device__ constexpr long long shared_bytes(long long B) {
 static_assert(shared_bytes(DP_CHECK_BATCH) == DP_EXPECT_BYTES, "the kernel's shared memory differs from the fit-on-chip rule's");
 static_assert(shared_bytes(DP_CHECK_BATCH) <= DP_LIMIT_BYTES, "the net does not fit the device's shared memory per block");
 #endif
-
-__device__ __forceinline__ T act(T a, int code) {
-    switch (code) {
-        case 1: return T(0.5) + T(0.5) * tanh(T(0.5) * a);  // σ without overflow for any a
-        case 2: return tanh(a);
-        case 3: return a > T(0) ? a : T(0);
-        case 4: return a > T(0) ? a : T(DP_LEAKY_SLOPE) * a;
-        default: return a;
-    }
-}
-
-__device__ __forceinline__ T dact(T z, int code) {  // φ' written through z = φ(a)
-    switch (code) {
-        case 1: return z * (T(1) - z);
-        case 2: return T(1) - z * z;
-        case 3: return z > T(0) ? T(1) : T(0);
-        case 4: return z > T(0) ? T(1) : T(DP_LEAKY_SLOPE);
-        default: return T(1);
-    }
-}
 
 struct Step {  // where one step's arrays are, in elements of the shared array sh
     T* sh;

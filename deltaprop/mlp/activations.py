@@ -111,11 +111,17 @@ def _step_device(kind):
     return (lambda a: one if a > zero else zero), (lambda z: zero)
 
 
-def _sigmoid_xp(xp, a, z, tmp):  # σ(a) = (1 + tanh(a/2)) / 2: no overflow for any a
-    xp.multiply(a, 0.5, out=z)
-    xp.tanh(z, out=z)
-    z *= 0.5
-    z += 0.5
+# σ(a) = e^min(a, 0) / (1 + e^−|a|): 1 / (1 + e^−a) for a ≥ 0, e^a / (1 + e^a) below, so no exponential overflows and
+# σ keeps its relative precision in both tails (the form (1 + tanh(a/2)) / 2 lost it below 0: ε/σ, and read 0 from
+# a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17)
+def _sigmoid_xp(xp, a, z, tmp):
+    xp.abs(a, out=tmp)
+    xp.negative(tmp, out=tmp)
+    xp.exp(tmp, out=tmp)  # e^−|a|, from a before z (which may be a) is written
+    xp.minimum(a, 0, out=z)
+    xp.exp(z, out=z)
+    tmp += 1
+    z /= tmp
 
 
 def _sigmoid_dphi_xp(xp, z, g, tmp):  # σ(1 − σ)
@@ -125,8 +131,13 @@ def _sigmoid_dphi_xp(xp, z, g, tmp):  # σ(1 − σ)
 
 
 def _sigmoid_device(kind):
-    half, one = kind(0.5), kind(1.0)
-    return (lambda a: half + half * math.tanh(half * a)), (lambda z: z * (one - z))
+    zero, one = kind(0.0), kind(1.0)
+
+    def phi(a):
+        e = math.exp(-abs(a))
+        return (one if a >= zero else e) / (one + e)
+
+    return phi, (lambda z: z * (one - z))
 
 
 def _tanh_xp(xp, a, z, tmp):
@@ -186,7 +197,7 @@ ACTIVATIONS = {
     "step": _elementwise("step", 1, "glorot", False, _step_xp, _step_dphi_xp, _step_device,
                          "a > T(0) ? T(1) : T(0)", "T(0)"),
     "sigmoid": _elementwise("sigmoid", 2, "glorot", True, _sigmoid_xp, _sigmoid_dphi_xp, _sigmoid_device,
-                            "T(0.5) + T(0.5) * tanh(T(0.5) * a)", "z * (T(1) - z)"),
+                            "(a >= T(0) ? T(1) : exp(-fabs(a))) / (T(1) + exp(-fabs(a)))", "z * (T(1) - z)"),
     "tanh": _elementwise("tanh", 3, "glorot", True, _tanh_xp, _tanh_dphi_xp, _tanh_device,
                          "tanh(a)", "T(1) - z * z"),
     "relu": _elementwise("relu", 4, "he", True, _relu_xp, _relu_dphi_xp, _relu_device,
