@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from deltaprop.backends import fused
 from deltaprop.kernels import cuda_source, fused_source
 from deltaprop.mlp.activations import ACTIVATIONS, LEAKY_SLOPE
 from deltaprop.mlp.losses import ACCURACY_CODES, LOSSES
@@ -116,6 +117,19 @@ def test_an_activation_added_to_the_table_reaches_the_compiled_kernels(tmp_path,
     done = nvcc_ptx(cuda_source.SOURCE, "80", tmp_path / "k.ptx")
     assert done.returncode == 0, done.stderr
     assert "softsign" not in cuda_source.SOURCE.read_text()
+
+
+def test_the_fused_epochs_activations_are_the_tables():
+    """fused_epoch.cu holds no φ or φ' of its own: act and dact are written from the table, by fused.HIDDEN's codes
+    (numba_fused.py's too), and the file spells no activation."""
+    text = fused_source.prelude()
+    for code, name in enumerate(fused.HIDDEN):
+        assert f"case {code}: return {ACTIVATIONS[name].c_phi};" in text, name
+        assert f"case {code}: return {ACTIVATIONS[name].c_dphi};" in text, name
+    assert f"#define LEAKY_SLOPE {LEAKY_SLOPE!r}" in text
+    body = fused_source.SOURCE.read_text()
+    assert not re.findall(r"\b(?:T|float|double)\s+d?act\s*\(|case\s+\d+\s*:\s*return|LEAKY", body)
+    assert fused_source.source().index(text) == 0  # what the compilers get: the prelude first
 
 
 def host_program(text: str, tmp_path: Path) -> None:
