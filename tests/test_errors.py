@@ -183,8 +183,9 @@ def test_predict_errors(backend):
 
 
 def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
-    """A huge lr on a linear regression blows up; fit names the epoch and step and keeps the weights
-    that the last finite step reached: those of a run stopped just before the failing step."""
+    """A huge lr on a linear regression blows up; fit names the epoch and step s and keeps the weights of step
+    s − 1, whose loss was finite (those of a run stopped two steps before the failing one: step s's own weights, one
+    update later, gave the non-finite loss)."""
     Xr = rng.normal(size=(64, 3)) * 10
     yr = Xr @ np.array([1.0, -2.0, 0.5])
     args = dict(layer_sizes=[3, 1], output_activation="identity", loss="mse", backend=backend.name, seed=3)
@@ -194,17 +195,19 @@ def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
     epoch, step = map(int, re.search(r"epoch (\d+), step (\d+)", str(info.value)).groups())
     weights = model.get_weights()
     assert all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in weights)
-    # replay: `epoch` whole epochs, then `step` steps of the next one
+    assert step >= 1, "the test's lr should let the epoch take a few steps first"
+    rows = slice(4 * (step - 1), 4 * step)  # step s − 1's batch (shuffle=False): its loss was finite
+    assert np.isfinite(model.evaluate(Xr[rows], yr[rows])["loss"])
+    # replay: `epoch` whole epochs, then `step` − 1 steps of the next one
     twin = MLP(**args)
     if epoch:
         twin.fit(Xr, yr, epochs=epoch, batch_size=4, lr=5.0, shuffle=False)
-    if step:
-        try:
-            twin.fit(Xr[: 4 * step], yr[: 4 * step], epochs=1, batch_size=4, lr=5.0, shuffle=False)
-        except TrainingDiverged:  # the last of those steps overflowed the weights, not the loss
-            pass
+    if step > 1:
+        twin.fit(Xr[: 4 * (step - 1)], yr[: 4 * (step - 1)], epochs=1, batch_size=4, lr=5.0, shuffle=False)
     for (W0, b0), (W1, b1) in zip(weights, twin.get_weights()):
-        if np.isfinite(W1).all():
-            np.testing.assert_array_equal(W0, W1)
-            np.testing.assert_array_equal(b0, b1)
+        np.testing.assert_array_equal(W0, W1)
+        np.testing.assert_array_equal(b0, b1)
     assert model.epochs_trained == epoch
+    model.fit(Xr, yr, epochs=1, batch_size=4, lr=1e-4, shuffle=False)  # a smaller rate continues from them
+    with pytest.raises(TrainingDiverged, match=rf"keeps the weights of step {step - 1}, whose loss was finite"):
+        MLP(**args).fit(Xr, yr, epochs=50, batch_size=4, lr=5.0, shuffle=False)

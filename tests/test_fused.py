@@ -527,7 +527,7 @@ def test_divergence_is_found_at_the_same_step_on_both_paths(monkeypatch, rng):
         found.append((str(info.value), model.get_weights()))
     (m1, w1), (m2, w2) = found
     assert m1 == m2 and "step" in m1
-    for (W1, b1), (W2, b2) in zip(w1, w2):  # the last finite weights: both replayed by the step path
+    for (W1, b1), (W2, b2) in zip(w1, w2):  # the last finite step's weights: both replayed by the step path
         assert np.all(np.isfinite(W2))
         np.testing.assert_array_equal(W1, W2)
         np.testing.assert_array_equal(b1, b2)

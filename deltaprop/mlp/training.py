@@ -18,7 +18,7 @@ from .network import Buffers
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or Inf; the model keeps the last finite weights."""
+    """The training loss became NaN or Inf; the model keeps the weights of the last step whose loss was finite."""
 
 
 @dataclass
@@ -207,23 +207,23 @@ class Trainer:
         return step
 
     def _diverged(self, epoch: int, idx, sums) -> None:
-        """Leave the last finite weights in place and raise, naming the epoch and step."""
+        """Leave the weights of the epoch's last step whose loss was finite in place and raise, naming the epoch and
+        step. Step s's loss is that of the weights after s updates: the failing step's own weights gave a non-finite
+        loss already, so the epoch is replayed from its start for s − 1 updates (when the last update overflowed,
+        s = steps: the last step's weights). A failure at step 0 keeps the epoch's starting weights."""
         net = self.net
         bad = np.flatnonzero(~np.isfinite(sums[:, 0]))
         step = int(bad[0]) if bad.size else self.steps  # == steps: the epoch's last update overflowed
-        # Replay the epoch up to the step before the failure, from its start.
-        for last in (step, step - 1):
-            net.state_restore(self.snapshot)
-            net.start_epoch(self.model.epochs_trained)
-            self._steps(idx, 0, max(last, 0))
-            if self.bk.all_finite(net.state_arrays(counter=False)):
-                break
-        else:
+        net.state_restore(self.snapshot)
+        net.start_epoch(self.model.epochs_trained)
+        self._steps(idx, 0, max(step - 1, 0))
+        if not self.bk.all_finite(net.state_arrays(counter=False)):
             net.state_restore(self.snapshot)
         what = f"step {step} (of {self.steps})" if step < self.steps else f"the update of step {self.steps - 1}"
+        kept = "its start" if step == 0 else f"step {step - 1}"
         raise TrainingDiverged(
-            f"training diverged: the loss became NaN or Inf at epoch {epoch}, {what}; "
-            "the model keeps the last finite weights. Try a smaller lr."
+            f"training diverged: the loss became NaN or Inf at epoch {epoch}, {what}; the model keeps the weights "
+            f"of {kept}, whose loss was finite. Try a smaller lr."
         )
 
     def _report(self, epoch: int, history: History) -> None:
