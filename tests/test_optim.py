@@ -332,6 +332,16 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     ({"lr_schedule": 3}, TypeError, "lr_schedule: expected a name"),
     ({"lr_schedule": lambda e: -1.0 if e == 1 else 0.1}, ValueError, "lr_schedule: the callable gives -1.0 for epoch 1"),
     ({"lr_schedule": lambda e: float("nan")}, ValueError, "lr_schedule: the callable gives nan for epoch 0"),
+    # finite in Python, not in the float32 the device computes in
+    ({"lr": 1e39}, ValueError, r"lr: 1e\+39 overflows the model's float32"),
+    ({"optimizer": "adam", "lr": 1e39}, ValueError, r"lr: 1e\+39 overflows the model's float32"),
+    ({"weight_decay": 1e39}, ValueError, r"weight_decay: 1e\+39 overflows the model's float32"),
+    ({"optimizer": optim.Adam(epsilon=1e-50)}, ValueError, "epsilon: 1e-50 is 0 in the model's float32"),
+    ({"optimizer": optim.RMSprop(epsilon=1e-50)}, ValueError, "epsilon: 1e-50 is 0 in the model's float32"),
+    ({"lr_schedule": lambda e: 1e39 if e == 1 else 0.1}, ValueError,
+     r"lr_schedule: the callable schedule gives 1e\+39 for epoch 1, which overflows the model's float32"),
+    ({"lr": 1e38, "lr_schedule": schedules.Step(step_size=1, gamma=10.0)}, ValueError,
+     r"lr_schedule: the step schedule gives 1e\+39 for epoch 1, which overflows the model's float32"),
 ])
 def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
     m = MLP([3, 4, 2], backend="numpy", seed=0)
@@ -341,6 +351,13 @@ def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error
     assert m.network.optimizer is None and m.epochs_trained == 0
     for (W, b), (W0, b0) in zip(m.get_weights(), before):
         np.testing.assert_array_equal(W, W0)
+
+
+def test_what_float32_refuses_float64_holds(rng):
+    m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, optimizer=optim.Adam(epsilon=1e-50),
+          lr_schedule=lambda e: 1e-3 * 10.0 ** e)
+    assert m.epochs_trained == 2
 
 
 @pytest.mark.parametrize("make, match", [

@@ -292,7 +292,8 @@ class MLP:
                 val_weights = held_out
 
         n = X.shape[0]
-        schedule.check(opt.lr, epochs, n)
+        opt.check(self.dtype)
+        schedule.check(opt.lr, epochs, n, self.dtype)
         plan = Plan(
             epochs=epochs,
             batch_size=n if batch_size is None else min(batch_size, n),
