@@ -307,8 +307,9 @@ class MLP:
 
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:
-        """Class labels for classification losses (±1 for the perceptron, 0/1 for one sigmoid output);
-        the outputs z for mse (shape (n,) when there is one output)."""
+        """Class labels for classification losses (±1 for the perceptron, 0/1 for one sigmoid output, the argmax
+        for several: a multilabel model's labels are ``predict_proba(X) > 0.5``, as ``score`` has them for 2-D
+        targets); the outputs z for mse (shape (n,) when there is one output)."""
         X = self._check_X(X, "X")
         a, z = self._outputs(X)
         if self.loss == "perceptron":
