@@ -49,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
 
+import numpy as np
+
 LEAKY_SLOPE = 0.1  # leaky_relu's φ(a) = LEAKY_SLOPE·a for a ≤ 0
 
 
@@ -111,17 +113,16 @@ def _step_device(kind):
     return (lambda a: one if a > zero else zero), (lambda z: zero)
 
 
-# σ(a) = e^min(a, 0) / (1 + e^−|a|): 1 / (1 + e^−a) for a ≥ 0, e^a / (1 + e^a) below, so no exponential overflows and
-# σ keeps its relative precision in both tails (the form (1 + tanh(a/2)) / 2 lost it below 0: ε/σ, and read 0 from
-# a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17)
+# σ keeps its relative precision in both tails in every form (the form (1 + tanh(a/2)) / 2 lost it below 0: an
+# error of ε/σ, and 0 from a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17). The arrays take
+# 1 / (1 + e^−a), whose e^−a overflows to Inf where σ is below the dtype's range (giving 0); the scalar forms take
+# (1 or e^−|a|) / (1 + e^−|a|), which overflows nowhere (the CUDA simulator's exp raises on overflow).
 def _sigmoid_xp(xp, a, z, tmp):
-    xp.abs(a, out=tmp)
-    xp.negative(tmp, out=tmp)
-    xp.exp(tmp, out=tmp)  # e^−|a|, from a before z (which may be a) is written
-    xp.minimum(a, 0, out=z)
-    xp.exp(z, out=z)
+    xp.negative(a, out=tmp)  # from a before z (which may be a) is written
+    with np.errstate(over="ignore"):
+        xp.exp(tmp, out=tmp)
     tmp += 1
-    z /= tmp
+    xp.divide(1, tmp, out=z)
 
 
 def _sigmoid_dphi_xp(xp, z, g, tmp):  # σ(1 − σ)
