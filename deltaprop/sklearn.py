@@ -59,7 +59,11 @@ What differs from ``sklearn.neural_network``:
   (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
   curve (scikit-learn raises AttributeError).
 - A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged`` at once (scikit-learn
-  carries on with NaN validation scores and raises at the end).
+  carries on and raises at the end); with ``early_stopping=True`` it ends the fit on the best validation
+  score's weights, that epoch's loss and score recorded as NaN, with a ConvergenceWarning (scikit-learn
+  carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
+  NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
+  its first class); the classifier's ``predict`` refuses them.
 - Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
   blocks of rows for prediction.
 - ``predict_proba`` and regression predictions are computed in ``dtype`` and returned as float64.
@@ -97,7 +101,7 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends, optim
 from .kernels import masks
-from .mlp import MLP
+from .mlp import MLP, TrainingDiverged
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
 from .mlp.checks import check_activation, check_dtype
 
@@ -381,7 +385,9 @@ class _BaseMLP(BaseEstimator):
                 print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
             if validation is not None:
                 Xv, yv, wv = validation
-                score = self._score_outputs(model.predict_proba(Xv).astype(np.float64), yv, kind, classes, wv)
+                z = model.predict_proba(Xv).astype(np.float64)
+                # scikit-learn's _score_with_function: NaN where an output is not finite (no row counts as a class)
+                score = self._score_outputs(z, yv, kind, classes, wv) if np.all(np.isfinite(z)) else math.nan
                 state["validation_scores"].append(score)
                 if params["verbose"]:
                     print("Validation score: %f" % score)
@@ -428,6 +434,19 @@ class _BaseMLP(BaseEstimator):
                 )
         except _Stop:
             pass
+        except TrainingDiverged as exc:
+            if validation is None:
+                raise
+            # scikit-learn's early stopping carries on with NaN scores and ends on the best epoch's weights: the
+            # diverged epoch ends the fit here, recorded as NaN (a NaN score resets the patience, as there).
+            state["n_iter"] += 1
+            state["t"] += n
+            state["loss"] = math.nan
+            state["loss_curve"].append(math.nan)
+            state["validation_scores"].append(math.nan)
+            state["no_improvement"] = 0
+            warnings.warn(f"{exc} With early_stopping=True the fit ends there, on the weights of the best validation "
+                          f"score ({state['best_validation_score']:.6g}).", ConvergenceWarning, stacklevel=5)
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
 
@@ -700,6 +719,13 @@ def _squared_norm(model) -> float:
     return float(sum(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)) for W, _ in model.get_weights()))
 
 
+def _labels(proba, kind, classes) -> np.ndarray:
+    """The labels finite outputs (n, n_out) predict: 0/1 per label (multilabel), else entries of ``classes``."""
+    if kind == "multilabel":
+        return (proba > 0.5).astype(np.intp)
+    return classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
+
+
 def _dense(X, dtype):
     """X as a dense array; a sparse X only up to SPARSE_DENSE_LIMIT bytes in ``dtype``, else refused by name."""
     if not sparse.issparse(X):
@@ -737,11 +763,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
+        """(n_samples,) labels from ``classes_``, or (n_samples, n_labels) 0/1 for a multilabel fit. A row whose
+        outputs are not finite (NaN or Inf: the weights or X too large) is refused, not taken for a class."""
         proba = self._outputs(X)  # checks that it is fitted
-        kind = self._target_kind
-        if kind == "multilabel":
-            return (proba > 0.5).astype(np.intp)
-        return self.classes_[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
+        bad = np.flatnonzero(~np.all(np.isfinite(proba), axis=1))
+        if bad.size:
+            raise ValueError(f"X: the network's outputs for {bad.size} rows (the first: row {bad[0]}) are not finite "
+                             "(NaN or Inf: the weights or the inputs too large); no class can be predicted for them")
+        return _labels(proba, self._target_kind, self.classes_)
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
@@ -759,12 +788,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _score_outputs(self, proba, y, kind, classes, sample_weight=None) -> float:
         """accuracy_score of the labels these outputs predict (scikit-learn's validation score), weighted by
-        ``sample_weight`` when given."""
-        if kind == "multilabel":
-            pred = (proba > 0.5).astype(np.intp)
-        else:
-            pred = classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
-        return float(accuracy_score(y, pred, sample_weight=sample_weight))
+        ``sample_weight`` when given; the outputs are finite (the caller scores NaN otherwise)."""
+        return float(accuracy_score(y, _labels(proba, kind, classes), sample_weight=sample_weight))
 
     def _encode_labels(self, y, classes, reuse, incremental):
         """(classes_, kind, targets for the MLP): labels become indices into classes_ (1-D), a 0/1 indicator

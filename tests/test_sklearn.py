@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import backend_names
+from deltaprop import TrainingDiverged
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
 # Most checks fit for the full max_iter=200 epochs without converging; the warning says so, as scikit-learn's does.
@@ -167,6 +168,40 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
     assert 0.5 < max(est.validation_scores_) <= 1.0
     if cls is MLPClassifier:
         np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
+
+
+def test_a_diverging_fit_with_early_stopping_ends_on_the_best_weights(iris):
+    """scikit-learn's test_mlp_diverging_loss: outputs that are not finite score NaN (its _score_with_function),
+    not an error from r2_score; the epoch whose loss is NaN ends the fit, recorded as NaN, on the best weights."""
+    X, y = iris
+    settings = {"hidden_layer_sizes": 100, "activation": "identity", "solver": "sgd", "learning_rate_init": 1,
+                "max_iter": 20, "random_state": 0, "backend": "numpy"}
+    with pytest.warns(ConvergenceWarning, match="training diverged.*the weights of the best validation score"):
+        est = MLPRegressor(early_stopping=True, **settings).fit(X, y)
+    assert str(est.validation_scores_[-1]) == "nan" and isinstance(est.validation_scores_[-1], float)
+    scores = np.array(est.validation_scores_)
+    assert np.isnan(scores[-2]) and np.isfinite(scores[0])  # outputs already NaN an epoch before the loss
+    assert est.n_iter_ == len(est.loss_curve_) == len(scores) < 20 and np.isnan(est.loss_)
+    assert est.best_validation_score_ == np.nanmax(scores)
+    assert np.all(np.isfinite(est.predict(X)))  # the last finite weights' outputs were not: the best epoch's are
+    with pytest.raises(TrainingDiverged):  # without early stopping there are no best weights to end on
+        MLPRegressor(**settings).fit(X, y)
+
+
+def test_a_classifier_scores_outputs_that_are_not_finite_as_nan_not_as_class_0(iris):
+    """A NaN row is no prediction of class 0 (argmax of NaN): the validation score is NaN, predict refuses."""
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="training diverged"):
+        clf = MLPClassifier(hidden_layer_sizes=100, activation="identity", solver="sgd", learning_rate_init=100,
+                            max_iter=60, n_iter_no_change=1000, early_stopping=True, random_state=0,
+                            backend="numpy").fit(X * 100, y)
+    scores = np.array(clf.validation_scores_)
+    assert np.isnan(scores[-2:]).all() and np.isfinite(scores[:-2]).all()
+    clf.model_.set_weights([(np.full_like(W, 1e300), b) for W, b in clf.model_.get_weights()])
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isnan(clf.predict_proba(X[:3])).all()
+        with pytest.raises(ValueError, match=r"X: the network's outputs for 3 rows \(the first: row 0\) are not finite"):
+            clf.predict(X[:3])
 
 
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
