@@ -48,6 +48,10 @@ What differs from ``sklearn.neural_network``:
   adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
   penalty as scikit-learn does (``½·α·‖W‖² / n`` per step): exact with one step an epoch; otherwise ‖W‖²
   at each step is interpolated between the epoch's start and end.
+- ``coefs_`` and ``intercepts_`` are read-only copies of the network's parameters (scikit-learn's are its
+  live arrays) in a list that refuses changes, so an in-place edit raises rather than changing nothing;
+  assigning a whole list sets them (checked by name before anything changes; the optimizer's state is
+  reset, as by ``set_weights``). A scikit-learn estimator that is to train on them needs writeable copies.
 - With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
   resets the optimizer's state (scikit-learn keeps its optimizer's, which only a later ``partial_fit``
   would continue).
@@ -103,6 +107,7 @@ from . import backends, optim
 from .kernels import masks
 from .mlp import MLP, TrainingDiverged
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
+from .mlp.arrays import cast_finite, real_array
 from .mlp.checks import check_activation, check_dtype
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
@@ -237,13 +242,41 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self) -> list:
-        """The weight matrices W_l, (n_{l-1}, n_l) each ((n_{l-1}, k·n_l) for a maxout layer), as NumPy copies."""
-        return [W for W, _ in self._fitted_model().get_weights()]
+        """The weight matrices W_l, (n_{l-1}, n_l) each ((n_{l-1}, k·n_l) for a maxout layer), as read-only
+        NumPy copies in a list that refuses changes (editing a copy would change nothing). Assigning a list of
+        arrays of these shapes sets them (the optimizer's state is reset, as by ``MLP.set_weights``)."""
+        return _Copies([W for W, _ in self._fitted_model().get_weights()], "coefs_")
+
+    @coefs_.setter
+    def coefs_(self, coefs) -> None:
+        self._set_parameters(coefs, 0, "coefs_")
 
     @property
     def intercepts_(self) -> list:
-        """The bias vectors b_l, as NumPy copies."""
-        return [b for _, b in self._fitted_model().get_weights()]
+        """The bias vectors b_l, (n_l,) each, as read-only NumPy copies (see ``coefs_``); assignable alike."""
+        return _Copies([b for _, b in self._fitted_model().get_weights()], "intercepts_")
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts) -> None:
+        self._set_parameters(intercepts, 1, "intercepts_")
+
+    def _set_parameters(self, arrays, which: int, name: str) -> None:
+        """Replace every W_l (``which`` 0) or every b_l (1) of the fitted network by ``arrays``, checked in full
+        (count, shapes, real and finite, by ``name``) before anything changes."""
+        model = self._fitted_model()
+        pairs = [list(pair) for pair in model.get_weights()]
+        try:
+            arrays = list(arrays)
+        except TypeError:
+            raise TypeError(f"{name}: expected a list of {len(pairs)} arrays, got {type(arrays).__name__}") from None
+        if len(arrays) != len(pairs):
+            raise ValueError(f"{name}: got {len(arrays)} arrays, the network has {len(pairs)} layers")
+        for l, (x, pair) in enumerate(zip(arrays, pairs)):
+            x = real_array(x, f"{name}[{l}]")
+            if x.shape != pair[which].shape:
+                raise ValueError(f"{name}[{l}]: expected shape {pair[which].shape}, got {x.shape}")
+            pair[which] = cast_finite(x, model.dtype, f"{name}[{l}]")
+        model.set_weights(pairs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -688,6 +721,27 @@ class _BaseMLP(BaseEstimator):
         if isinstance(state.get("model_"), bytes):
             state = dict(state, model_=MLP.from_bytes(state["model_"], backend=state.get("backend", "auto")))
         super().__setstate__(state)
+
+
+class _Copies(list):
+    """What ``coefs_`` and ``intercepts_`` return: read-only copies of the network's parameters, in a list that
+    refuses changes by name (editing either would leave the network as it was); its copies are plain lists."""
+
+    def __init__(self, arrays, name: str):
+        super().__init__(arrays)
+        for a in self:
+            a.flags.writeable = False
+        self.name = name
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{self.name}: is a copy of the network's parameters (changing it would not change them); "
+                        f"assign a whole list instead: estimator.{self.name} = [...]")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return list, (list(self),)
 
 
 class _Stop(Exception):

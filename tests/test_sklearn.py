@@ -9,7 +9,7 @@ import pytest
 import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -122,7 +122,8 @@ def test_training_matches_scikit_learns_sgd_step_for_step(regression):
     ours = MLPRegressor(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
     theirs = skl.MLPRegressor(**settings, learning_rate="constant", max_iter=1, warm_start=True, random_state=0)
     theirs.fit(X, y)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     ours.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
     theirs.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
     for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
@@ -130,6 +131,48 @@ def test_training_matches_scikit_learns_sgd_step_for_step(regression):
     np.testing.assert_allclose(ours.loss_curve_[1:], theirs.loss_curve_[1:], rtol=1e-10)
     assert ours.n_iter_ == theirs.n_iter_ == 20 and len(ours.loss_curve_) == 21 and ours.t_ == theirs.t_ == 21 * len(X)
     assert ours.loss_ == ours.loss_curve_[-1] and ours.best_loss_ == min(ours.loss_curve_)
+
+
+def test_coefs_and_intercepts_are_assignable_and_never_edited_in_vain(iris):
+    """scikit-learn's idiom est.coefs_ = [...] sets the network's weights, checked in full before any changes; the
+    copies the attributes return are read-only and in a list that refuses changes, so an edit raises, never is lost."""
+    X, y = iris
+    clf = MLPClassifier((5,), max_iter=5, random_state=0, backend="numpy").fit(X, y)
+    before, proba = clf.model_.get_weights(), clf.predict_proba(X)
+    for name in ("coefs_", "intercepts_"):
+        with pytest.raises(ValueError, match="assignment destination is read-only"):
+            getattr(clf, name)[0][:] = 0.0
+        with pytest.raises(ValueError, match="output array is read-only"):
+            getattr(clf, name)[-1] *= 0.0
+        with pytest.raises(TypeError, match=f"{name}: is a copy of the network's parameters.*estimator.{name} = "):
+            getattr(clf, name)[0] = np.zeros(3)
+        with pytest.raises(TypeError, match=f"{name}: is a copy"):
+            getattr(clf, name).append(np.zeros(3))
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    good = [W * 0.5 for W in clf.coefs_]
+    for bad, error in (([good[0], good[1].T], r"coefs_\[1\]: expected shape \(5, 3\), got \(3, 5\)"),
+                       ([good[0]], "coefs_: got 1 arrays, the network has 2 layers"),
+                       ([good[0], np.full((5, 3), np.nan)], r"coefs_\[1\]: contains NaN or Inf"),
+                       ([good[0], np.full((5, 3), "a")], r"coefs_\[1\]: expected real numbers"),
+                       (3, "coefs_: expected a list of 2 arrays, got int")):
+        with pytest.raises((ValueError, TypeError), match=error):
+            clf.coefs_ = bad
+        for (W, b), (W0, b0) in zip(clf.model_.get_weights(), before):  # the first array was not applied either
+            np.testing.assert_array_equal(W, W0)
+            np.testing.assert_array_equal(b, b0)
+    clf.coefs_ = good
+    clf.intercepts_ = [np.zeros(5), np.arange(3.0)]
+    for (W, b), W1, b1 in zip(clf.model_.get_weights(), good, [np.zeros(5), np.arange(3.0)]):
+        np.testing.assert_array_equal(W, W1)
+        np.testing.assert_array_equal(b, b1)
+    z = np.maximum(X @ good[0], 0) @ good[1] + np.arange(3.0)
+    np.testing.assert_allclose(clf.predict_proba(X), np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), rtol=1e-12)
+    copied = [W.copy() for W in clf.coefs_]  # copies are the user's to edit
+    copied[0][:] = 0.0
+    clf.coefs_ = copied
+    assert not np.any(clf.coefs_[0])
+    with pytest.raises(NotFittedError):
+        MLPClassifier().coefs_ = good
 
 
 def test_predict_proba_columns_follow_classes_(rng):

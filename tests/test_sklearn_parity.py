@@ -189,7 +189,8 @@ def test_classifier_training_matches_scikit_learns_step_for_step(kind):
     assert [b.shape for b in ours.intercepts_] == [b.shape for b in theirs.intercepts_]
     assert (ours.n_outputs_, ours.n_layers_, ours.out_activation_) == (theirs.n_outputs_, theirs.n_layers_, theirs.out_activation_)
     np.testing.assert_array_equal(ours.classes_, theirs.classes_)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     with pytest.warns(ConvergenceWarning):
         ours.set_params(max_iter=15).fit(X, y)
     with pytest.warns(ConvergenceWarning):
@@ -266,7 +267,8 @@ def test_loss_curve_penalty_with_several_steps_an_epoch_is_close_to_scikit_learn
     settings = dict(hidden_layer_sizes=(6,), alpha=1.0, learning_rate_init=0.05, batch_size=40, shuffle=False, tol=0.0, solver="sgd", nesterovs_momentum=False)
     ours = MLPClassifier(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
     theirs = skl.MLPClassifier(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     with pytest.warns(ConvergenceWarning):
         ours.set_params(max_iter=10).fit(X, y)
     with pytest.warns(ConvergenceWarning):
