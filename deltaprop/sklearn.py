@@ -38,6 +38,10 @@ What differs from ``sklearn.neural_network``:
   penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
   weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
+- A y with a single class is refused by name (scikit-learn fits it and predicts that class).
+- ``warm_start`` and ``partial_fit`` continue the fitted network only as it was built: another
+  ``activation`` (scikit-learn continues with the new one), ``hidden_layer_sizes``, ``maxout_pieces``,
+  ``dropout``, ``max_norm``, ``dtype`` or ``backend`` is refused by name before anything trains.
 - ``activation="maxout"`` (deltaprop's only, not scikit-learn's): each hidden unit is the max of ``maxout_pieces``
   (default 2) affine pieces; a maxout layer's ``coefs_`` entry is (n_in, k·n) and its ``intercepts_`` (k·n,), the k
   pieces of unit j in the columns j·k .. j·k + k − 1 (``deltaprop.MLP``'s layout).
@@ -616,15 +620,15 @@ class _BaseMLP(BaseEstimator):
                 f"{model.output_activation} outputs; set warm_start=False to start afresh"
             )
         if list(model.activations[:-1]) != params["activation"]:
-            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
+            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}; set warm_start=False to start afresh")
         if "maxout" in params["activation"] and self.maxout_pieces != model.maxout_pieces:
-            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}")
+            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}; set warm_start=False to start afresh")
         for name, fitted in (("dropout", model.dropout), ("max_norm", model.max_norm)):
             if params[name] != fitted:
                 raise ValueError(f"{name}: {getattr(self, name)!r} differs from the fitted network's {fitted!r}; "
                                  "set warm_start=False to start afresh")
         if params["dtype"] != model.dtype:
-            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
+            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}; set warm_start=False to start afresh")
         fitted = model.backend  # the same name on another device (cupy:1 after cupy:0) would be other arrays
         if backends.select(self.backend).name != fitted.name or (
             fitted.device_index is not None and backends.get(self.backend).device_index != fitted.device_index

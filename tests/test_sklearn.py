@@ -302,6 +302,27 @@ def test_warm_start_continues_and_fit_without_it_starts_afresh(iris):
     assert clf.n_iter_ == 5  # the refused calls trained nothing
 
 
+def test_what_scikit_learn_fits_and_deltaprop_refuses_is_refused_by_name(iris):
+    """The README's list of differences: one class in y (scikit-learn fits it and predicts it), and continuing
+    a fitted network with another activation, dtype or number of maxout pieces (scikit-learn continues with the
+    new activation) are refused by name, with the way out, and nothing trains."""
+    X, y = iris
+    with pytest.raises(ValueError, match=r"y: has 1 class \(0\); a classifier needs samples of at least 2"):
+        MLPClassifier((4,), max_iter=2).fit(X, np.zeros(len(X), int))
+    clf = MLPClassifier((4,), max_iter=2, random_state=0, warm_start=True).fit(X, y)
+    weights = clf.model_.get_weights()
+    for change, error in (({"activation": "tanh"}, r"activation: 'tanh' differs from the fitted network's \('relu',\)"),
+                          ({"dtype": "float32"}, "dtype: 'float32' differs from the fitted network's 'float64'")):
+        for call in (clf.set_params(**change).fit, clf.partial_fit):
+            with pytest.raises(ValueError, match=error + "; set warm_start=False to start afresh"):
+                call(X, y)
+        clf.set_params(activation="relu", dtype="float64")
+    maxout = MLPClassifier((4,), activation="maxout", max_iter=2, random_state=0, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="maxout_pieces: 3 differs from the fitted network's 2; set warm_start=False"):
+        maxout.set_params(maxout_pieces=3).fit(X, y)
+    assert clf.n_iter_ == 2 and all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(clf.model_.get_weights(), weights))
+
+
 BAD_PARAMS = [
     ("hidden_layer_sizes", (8, 0), ValueError),
     ("hidden_layer_sizes", "big", ValueError),
