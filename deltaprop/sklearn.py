@@ -51,7 +51,9 @@ What differs from ``sklearn.neural_network``:
   gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn
   adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
   penalty as scikit-learn does (``½·α·‖W‖² / n`` per step): exact with one step an epoch; otherwise ‖W‖²
-  at each step is interpolated between the epoch's start and end.
+  at each step is interpolated between the epoch's start and end, which is off by at most
+  α·(S − 1)·|Δ‖W‖²| / (4n) (S steps, Δ‖W‖² the epoch's change) where ‖W‖² moves one way within the epoch:
+  with batch_size=1 and strong decay, as much as the term itself.
 - ``coefs_`` and ``intercepts_`` are read-only copies of the network's parameters (scikit-learn's are its
   live arrays) in a list that refuses changes, so an in-place edit raises rather than changing nothing;
   assigning a whole list sets them (checked by name before anything changes; the optimizer's state is
