@@ -38,6 +38,10 @@ What differs from ``sklearn.neural_network``:
   penalty alike); a batch whose weights are all 0 contributes no gradient (scikit-learn divides by 0 and its
   weights become NaN); negative weights are refused by name (scikit-learn trains on them).
 - ``momentum`` must be < 1 (scikit-learn allows 1.0).
+- A y with a single class is refused by name (scikit-learn fits it and predicts that class).
+- ``warm_start`` and ``partial_fit`` continue the fitted network only as it was built: another
+  ``activation`` (scikit-learn continues with the new one), ``hidden_layer_sizes``, ``maxout_pieces``,
+  ``dropout``, ``max_norm``, ``dtype`` or ``backend`` is refused by name before anything trains.
 - ``activation="maxout"`` (deltaprop's only, not scikit-learn's): each hidden unit is the max of ``maxout_pieces``
   (default 2) affine pieces; a maxout layer's ``coefs_`` entry is (n_in, k·n) and its ``intercepts_`` (k·n,), the k
   pieces of unit j in the columns j·k .. j·k + k − 1 (``deltaprop.MLP``'s layout).
@@ -47,7 +51,13 @@ What differs from ``sklearn.neural_network``:
   gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn
   adds, except on a smaller last batch (scikit-learn divides by its rows). ``loss_curve_`` adds the
   penalty as scikit-learn does (``½·α·‖W‖² / n`` per step): exact with one step an epoch; otherwise ‖W‖²
-  at each step is interpolated between the epoch's start and end.
+  at each step is interpolated between the epoch's start and end, which is off by at most
+  α·(S − 1)·|Δ‖W‖²| / (4n) (S steps, Δ‖W‖² the epoch's change) where ‖W‖² moves one way within the epoch:
+  with batch_size=1 and strong decay, as much as the term itself.
+- ``coefs_`` and ``intercepts_`` are read-only copies of the network's parameters (scikit-learn's are its
+  live arrays) in a list that refuses changes, so an in-place edit raises rather than changing nothing;
+  assigning a whole list sets them (checked by name before anything changes; the optimizer's state is
+  reset, as by ``set_weights``). A scikit-learn estimator that is to train on them needs writeable copies.
 - With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
   resets the optimizer's state (scikit-learn keeps its optimizer's, which only a later ``partial_fit``
   would continue).
@@ -59,7 +69,11 @@ What differs from ``sklearn.neural_network``:
   (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
   curve (scikit-learn raises AttributeError).
 - A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged`` at once (scikit-learn
-  carries on with NaN validation scores and raises at the end).
+  carries on and raises at the end); with ``early_stopping=True`` it ends the fit on the best validation
+  score's weights, that epoch's loss and score recorded as NaN, with a ConvergenceWarning (scikit-learn
+  carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
+  NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
+  its first class); the classifier's ``predict`` refuses them.
 - Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
   blocks of rows for prediction.
 - ``predict_proba`` and regression predictions are computed in ``dtype`` and returned as float64.
@@ -97,8 +111,9 @@ except ImportError as exc:  # validate_data is new in scikit-learn 1.6
 
 from . import backends, optim
 from .kernels import masks
-from .mlp import MLP
+from .mlp import MLP, TrainingDiverged
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
+from .mlp.arrays import cast_finite, real_array
 from .mlp.checks import check_activation, check_dtype
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
@@ -233,13 +248,41 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self) -> list:
-        """The weight matrices W_l, (n_{l-1}, n_l) each ((n_{l-1}, k·n_l) for a maxout layer), as NumPy copies."""
-        return [W for W, _ in self._fitted_model().get_weights()]
+        """The weight matrices W_l, (n_{l-1}, n_l) each ((n_{l-1}, k·n_l) for a maxout layer), as read-only
+        NumPy copies in a list that refuses changes (editing a copy would change nothing). Assigning a list of
+        arrays of these shapes sets them (the optimizer's state is reset, as by ``MLP.set_weights``)."""
+        return _Copies([W for W, _ in self._fitted_model().get_weights()], "coefs_")
+
+    @coefs_.setter
+    def coefs_(self, coefs) -> None:
+        self._set_parameters(coefs, 0, "coefs_")
 
     @property
     def intercepts_(self) -> list:
-        """The bias vectors b_l, as NumPy copies."""
-        return [b for _, b in self._fitted_model().get_weights()]
+        """The bias vectors b_l, (n_l,) each, as read-only NumPy copies (see ``coefs_``); assignable alike."""
+        return _Copies([b for _, b in self._fitted_model().get_weights()], "intercepts_")
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts) -> None:
+        self._set_parameters(intercepts, 1, "intercepts_")
+
+    def _set_parameters(self, arrays, which: int, name: str) -> None:
+        """Replace every W_l (``which`` 0) or every b_l (1) of the fitted network by ``arrays``, checked in full
+        (count, shapes, real and finite, by ``name``) before anything changes."""
+        model = self._fitted_model()
+        pairs = [list(pair) for pair in model.get_weights()]
+        try:
+            arrays = list(arrays)
+        except TypeError:
+            raise TypeError(f"{name}: expected a list of {len(pairs)} arrays, got {type(arrays).__name__}") from None
+        if len(arrays) != len(pairs):
+            raise ValueError(f"{name}: got {len(arrays)} arrays, the network has {len(pairs)} layers")
+        for l, (x, pair) in enumerate(zip(arrays, pairs)):
+            x = real_array(x, f"{name}[{l}]")
+            if x.shape != pair[which].shape:
+                raise ValueError(f"{name}[{l}]: expected shape {pair[which].shape}, got {x.shape}")
+            pair[which] = cast_finite(x, model.dtype, f"{name}[{l}]")
+        model.set_weights(pairs)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -381,7 +424,9 @@ class _BaseMLP(BaseEstimator):
                 print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
             if validation is not None:
                 Xv, yv, wv = validation
-                score = self._score_outputs(model.predict_proba(Xv).astype(np.float64), yv, kind, classes, wv)
+                z = model.predict_proba(Xv).astype(np.float64)
+                # scikit-learn's _score_with_function: NaN where an output is not finite (no row counts as a class)
+                score = self._score_outputs(z, yv, kind, classes, wv) if np.all(np.isfinite(z)) else math.nan
                 state["validation_scores"].append(score)
                 if params["verbose"]:
                     print("Validation score: %f" % score)
@@ -428,6 +473,19 @@ class _BaseMLP(BaseEstimator):
                 )
         except _Stop:
             pass
+        except TrainingDiverged as exc:
+            if validation is None:
+                raise
+            # scikit-learn's early stopping carries on with NaN scores and ends on the best epoch's weights: the
+            # diverged epoch ends the fit here, recorded as NaN (a NaN score resets the patience, as there).
+            state["n_iter"] += 1
+            state["t"] += n
+            state["loss"] = math.nan
+            state["loss_curve"].append(math.nan)
+            state["validation_scores"].append(math.nan)
+            state["no_improvement"] = 0
+            warnings.warn(f"{exc} With early_stopping=True the fit ends there, on the weights of the best validation "
+                          f"score ({state['best_validation_score']:.6g}).", ConvergenceWarning, stacklevel=5)
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
 
@@ -564,15 +622,15 @@ class _BaseMLP(BaseEstimator):
                 f"{model.output_activation} outputs; set warm_start=False to start afresh"
             )
         if list(model.activations[:-1]) != params["activation"]:
-            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}")
+            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}; set warm_start=False to start afresh")
         if "maxout" in params["activation"] and self.maxout_pieces != model.maxout_pieces:
-            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}")
+            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}; set warm_start=False to start afresh")
         for name, fitted in (("dropout", model.dropout), ("max_norm", model.max_norm)):
             if params[name] != fitted:
                 raise ValueError(f"{name}: {getattr(self, name)!r} differs from the fitted network's {fitted!r}; "
                                  "set warm_start=False to start afresh")
         if params["dtype"] != model.dtype:
-            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}")
+            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}; set warm_start=False to start afresh")
         fitted = model.backend  # the same name on another device (cupy:1 after cupy:0) would be other arrays
         if backends.select(self.backend).name != fitted.name or (
             fitted.device_index is not None and backends.get(self.backend).device_index != fitted.device_index
@@ -671,6 +729,27 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
 
 
+class _Copies(list):
+    """What ``coefs_`` and ``intercepts_`` return: read-only copies of the network's parameters, in a list that
+    refuses changes by name (editing either would leave the network as it was); its copies are plain lists."""
+
+    def __init__(self, arrays, name: str):
+        super().__init__(arrays)
+        for a in self:
+            a.flags.writeable = False
+        self.name = name
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{self.name}: is a copy of the network's parameters (changing it would not change them); "
+                        f"assign a whole list instead: estimator.{self.name} = [...]")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
 class _Stop(Exception):
     """Raised by the epoch callback to end MLP.fit where scikit-learn's stopping rule ends training."""
 
@@ -698,6 +777,13 @@ def _pack(pairs) -> np.ndarray:
 def _squared_norm(model) -> float:
     """Σ_l ‖W_l‖² (biases are not penalised), in float64."""
     return float(sum(np.dot(W.ravel().astype(np.float64), W.ravel().astype(np.float64)) for W, _ in model.get_weights()))
+
+
+def _labels(proba, kind, classes) -> np.ndarray:
+    """The labels finite outputs (n, n_out) predict: 0/1 per label (multilabel), else entries of ``classes``."""
+    if kind == "multilabel":
+        return (proba > 0.5).astype(np.intp)
+    return classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
 
 
 def _dense(X, dtype):
@@ -737,11 +823,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
+        """(n_samples,) labels from ``classes_``, or (n_samples, n_labels) 0/1 for a multilabel fit. A row whose
+        outputs are not finite (NaN or Inf: the weights or X too large) is refused, not taken for a class."""
         proba = self._outputs(X)  # checks that it is fitted
-        kind = self._target_kind
-        if kind == "multilabel":
-            return (proba > 0.5).astype(np.intp)
-        return self.classes_[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
+        bad = np.flatnonzero(~np.all(np.isfinite(proba), axis=1))
+        if bad.size:
+            raise ValueError(f"X: the network's outputs for {bad.size} rows (the first: row {bad[0]}) are not finite "
+                             "(NaN or Inf: the weights or the inputs too large); no class can be predicted for them")
+        return _labels(proba, self._target_kind, self.classes_)
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) class probabilities, columns in the order of ``classes_``."""
@@ -759,12 +848,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _score_outputs(self, proba, y, kind, classes, sample_weight=None) -> float:
         """accuracy_score of the labels these outputs predict (scikit-learn's validation score), weighted by
-        ``sample_weight`` when given."""
-        if kind == "multilabel":
-            pred = (proba > 0.5).astype(np.intp)
-        else:
-            pred = classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
-        return float(accuracy_score(y, pred, sample_weight=sample_weight))
+        ``sample_weight`` when given; the outputs are finite (the caller scores NaN otherwise)."""
+        return float(accuracy_score(y, _labels(proba, kind, classes), sample_weight=sample_weight))
 
     def _encode_labels(self, y, classes, reuse, incremental):
         """(classes_, kind, targets for the MLP): labels become indices into classes_ (1-D), a 0/1 indicator

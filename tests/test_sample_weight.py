@@ -279,7 +279,8 @@ def same_start(ours_cls, theirs_cls, X, y, **settings):
     """Ours and scikit-learn's, one epoch in, with scikit-learn's weights set to ours (warm_start continues them)."""
     ours = ours_cls(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
     theirs = theirs_cls(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     return ours, theirs
 
 

@@ -9,13 +9,14 @@ import pytest
 import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import backend_names
+from deltaprop import TrainingDiverged
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
 # Most checks fit for the full max_iter=200 epochs without converging; the warning says so, as scikit-learn's does.
@@ -121,7 +122,8 @@ def test_training_matches_scikit_learns_sgd_step_for_step(regression):
     ours = MLPRegressor(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
     theirs = skl.MLPRegressor(**settings, learning_rate="constant", max_iter=1, warm_start=True, random_state=0)
     theirs.fit(X, y)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     ours.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
     theirs.set_params(max_iter=20, n_iter_no_change=50).fit(X, y)
     for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
@@ -129,6 +131,48 @@ def test_training_matches_scikit_learns_sgd_step_for_step(regression):
     np.testing.assert_allclose(ours.loss_curve_[1:], theirs.loss_curve_[1:], rtol=1e-10)
     assert ours.n_iter_ == theirs.n_iter_ == 20 and len(ours.loss_curve_) == 21 and ours.t_ == theirs.t_ == 21 * len(X)
     assert ours.loss_ == ours.loss_curve_[-1] and ours.best_loss_ == min(ours.loss_curve_)
+
+
+def test_coefs_and_intercepts_are_assignable_and_never_edited_in_vain(iris):
+    """scikit-learn's idiom est.coefs_ = [...] sets the network's weights, checked in full before any changes; the
+    copies the attributes return are read-only and in a list that refuses changes, so an edit raises, never is lost."""
+    X, y = iris
+    clf = MLPClassifier((5,), max_iter=5, random_state=0, backend="numpy").fit(X, y)
+    before, proba = clf.model_.get_weights(), clf.predict_proba(X)
+    for name in ("coefs_", "intercepts_"):
+        with pytest.raises(ValueError, match="assignment destination is read-only"):
+            getattr(clf, name)[0][:] = 0.0
+        with pytest.raises(ValueError, match="output array is read-only"):
+            getattr(clf, name)[-1] *= 0.0
+        with pytest.raises(TypeError, match=f"{name}: is a copy of the network's parameters.*estimator.{name} = "):
+            getattr(clf, name)[0] = np.zeros(3)
+        with pytest.raises(TypeError, match=f"{name}: is a copy"):
+            getattr(clf, name).append(np.zeros(3))
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    good = [W * 0.5 for W in clf.coefs_]
+    for bad, error in (([good[0], good[1].T], r"coefs_\[1\]: expected shape \(5, 3\), got \(3, 5\)"),
+                       ([good[0]], "coefs_: got 1 arrays, the network has 2 layers"),
+                       ([good[0], np.full((5, 3), np.nan)], r"coefs_\[1\]: contains NaN or Inf"),
+                       ([good[0], np.full((5, 3), "a")], r"coefs_\[1\]: expected real numbers"),
+                       (3, "coefs_: expected a list of 2 arrays, got int")):
+        with pytest.raises((ValueError, TypeError), match=error):
+            clf.coefs_ = bad
+        for (W, b), (W0, b0) in zip(clf.model_.get_weights(), before):  # the first array was not applied either
+            np.testing.assert_array_equal(W, W0)
+            np.testing.assert_array_equal(b, b0)
+    clf.coefs_ = good
+    clf.intercepts_ = [np.zeros(5), np.arange(3.0)]
+    for (W, b), W1, b1 in zip(clf.model_.get_weights(), good, [np.zeros(5), np.arange(3.0)]):
+        np.testing.assert_array_equal(W, W1)
+        np.testing.assert_array_equal(b, b1)
+    z = np.maximum(X @ good[0], 0) @ good[1] + np.arange(3.0)
+    np.testing.assert_allclose(clf.predict_proba(X), np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), rtol=1e-12)
+    copied = [W.copy() for W in clf.coefs_]  # copies are the user's to edit
+    copied[0][:] = 0.0
+    clf.coefs_ = copied
+    assert not np.any(clf.coefs_[0])
+    with pytest.raises(NotFittedError):
+        MLPClassifier().coefs_ = good
 
 
 def test_predict_proba_columns_follow_classes_(rng):
@@ -167,6 +211,40 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
     assert 0.5 < max(est.validation_scores_) <= 1.0
     if cls is MLPClassifier:
         np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
+
+
+def test_a_diverging_fit_with_early_stopping_ends_on_the_best_weights(iris):
+    """scikit-learn's test_mlp_diverging_loss: outputs that are not finite score NaN (its _score_with_function),
+    not an error from r2_score; the epoch whose loss is NaN ends the fit, recorded as NaN, on the best weights."""
+    X, y = iris
+    settings = {"hidden_layer_sizes": 100, "activation": "identity", "solver": "sgd", "learning_rate_init": 1,
+                "max_iter": 20, "random_state": 0, "backend": "numpy"}
+    with pytest.warns(ConvergenceWarning, match="training diverged.*the weights of the best validation score"):
+        est = MLPRegressor(early_stopping=True, **settings).fit(X, y)
+    assert str(est.validation_scores_[-1]) == "nan" and isinstance(est.validation_scores_[-1], float)
+    scores = np.array(est.validation_scores_)
+    assert np.isnan(scores[-2]) and np.isfinite(scores[0])  # outputs already NaN an epoch before the loss
+    assert est.n_iter_ == len(est.loss_curve_) == len(scores) < 20 and np.isnan(est.loss_)
+    assert est.best_validation_score_ == np.nanmax(scores)
+    assert np.all(np.isfinite(est.predict(X)))  # the last finite weights' outputs were not: the best epoch's are
+    with pytest.raises(TrainingDiverged):  # without early stopping there are no best weights to end on
+        MLPRegressor(**settings).fit(X, y)
+
+
+def test_a_classifier_scores_outputs_that_are_not_finite_as_nan_not_as_class_0(iris):
+    """A NaN row is no prediction of class 0 (argmax of NaN): the validation score is NaN, predict refuses."""
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="training diverged"):
+        clf = MLPClassifier(hidden_layer_sizes=100, activation="identity", solver="sgd", learning_rate_init=100,
+                            max_iter=60, n_iter_no_change=1000, early_stopping=True, random_state=0,
+                            backend="numpy").fit(X * 100, y)
+    scores = np.array(clf.validation_scores_)
+    assert np.isnan(scores[-2:]).all() and np.isfinite(scores[:-2]).all()
+    clf.model_.set_weights([(np.full_like(W, 1e300), b) for W, b in clf.model_.get_weights()])
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isnan(clf.predict_proba(X[:3])).all()
+        with pytest.raises(ValueError, match=r"X: the network's outputs for 3 rows \(the first: row 0\) are not finite"):
+            clf.predict(X[:3])
 
 
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
@@ -222,6 +300,27 @@ def test_warm_start_continues_and_fit_without_it_starts_afresh(iris):
     with pytest.raises(ValueError, match=f"backend: '{other}' differs from the fitted network's"):
         clf.set_params(backend=other).fit(X, y)
     assert clf.n_iter_ == 5  # the refused calls trained nothing
+
+
+def test_what_scikit_learn_fits_and_deltaprop_refuses_is_refused_by_name(iris):
+    """The README's list of differences: one class in y (scikit-learn fits it and predicts it), and continuing
+    a fitted network with another activation, dtype or number of maxout pieces (scikit-learn continues with the
+    new activation) are refused by name, with the way out, and nothing trains."""
+    X, y = iris
+    with pytest.raises(ValueError, match=r"y: has 1 class \(0\); a classifier needs samples of at least 2"):
+        MLPClassifier((4,), max_iter=2).fit(X, np.zeros(len(X), int))
+    clf = MLPClassifier((4,), max_iter=2, random_state=0, warm_start=True).fit(X, y)
+    weights = clf.model_.get_weights()
+    for change, error in (({"activation": "tanh"}, r"activation: 'tanh' differs from the fitted network's \('relu',\)"),
+                          ({"dtype": "float32"}, "dtype: 'float32' differs from the fitted network's 'float64'")):
+        for call in (clf.set_params(**change).fit, clf.partial_fit):
+            with pytest.raises(ValueError, match=error + "; set warm_start=False to start afresh"):
+                call(X, y)
+        clf.set_params(activation="relu", dtype="float64")
+    maxout = MLPClassifier((4,), activation="maxout", max_iter=2, random_state=0, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="maxout_pieces: 3 differs from the fitted network's 2; set warm_start=False"):
+        maxout.set_params(maxout_pieces=3).fit(X, y)
+    assert clf.n_iter_ == 2 and all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(clf.model_.get_weights(), weights))
 
 
 BAD_PARAMS = [

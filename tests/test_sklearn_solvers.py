@@ -45,7 +45,8 @@ def same_start(cls, X, y, **settings):
     ours = cls(**settings, max_iter=1, warm_start=True, random_state=0).fit(X, y)
     theirs = SKLEARN[cls](**{k: v for k, v in settings.items() if k not in ("backend", "dtype")}, max_iter=1, warm_start=True, random_state=0)
     theirs.fit(X, y)
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     if hasattr(ours, "loss_curve_"):  # and the stopping rule's state
         theirs.loss_curve_, theirs.best_loss_ = list(ours.loss_curve_), ours.best_loss_
         theirs._no_improvement_count = ours._no_improvement_count
@@ -189,7 +190,8 @@ def test_invscaling_counts_the_samples_of_every_partial_fit_call():
     settings = dict(SMALL, solver="sgd", batch_size=40, learning_rate_init=0.05, momentum=0.0, learning_rate="invscaling")
     ours = MLPClassifier(**settings, random_state=0).partial_fit(X, y, classes=[0, 1, 2])
     theirs = skl.MLPClassifier(**settings, random_state=0).partial_fit(X, y, classes=[0, 1, 2])
-    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    # writeable copies: deltaprop's are read-only, scikit-learn updates its own in place
+    theirs.coefs_, theirs.intercepts_ = [W.copy() for W in ours.coefs_], [b.copy() for b in ours.intercepts_]
     for _ in range(4):
         ours.partial_fit(X, y)
         theirs.partial_fit(X, y)
