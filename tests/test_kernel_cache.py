@@ -276,6 +276,65 @@ def test_the_fused_maxout_kernels_compile_and_are_keyed_by_their_pieces(toolkit,
     assert len(_entries(cache_dir)) == 2
 
 
+def test_a_fifo_in_an_entrys_place_is_a_miss_not_a_wait(tmp_path):
+    files = numba_cache.Store(str(tmp_path))
+    key = {"format": numba_cache.FORMAT, "variant": "v"}
+    os.mkfifo(files.path(key))
+    found = []
+    reader = threading.Thread(target=lambda: found.append(files.read(key)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "reading the cache waited on a FIFO"
+    assert found == [None]
+    assert files.write(key, {"n": 1}, b"cubin") is True  # replaced by a whole entry
+    assert files.read(key) == ({"n": 1}, b"cubin")
+
+
+def test_entries_get_the_umasks_permissions_and_the_umask_is_never_changed(tmp_path, monkeypatch):
+    """A shared cache: entries are created with the umask's permissions, without setting the process-wide umask
+    (which would give other threads' new files the wrong ones meanwhile)."""
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(numba_cache.os, "umask", lambda *a: pytest.fail("the cache changed the umask"))
+        files = numba_cache.Store(str(tmp_path))
+        key = {"format": numba_cache.FORMAT, "variant": "v"}
+        assert files.write(key, {}, b"cubin") is True
+        monkeypatch.undo()
+        assert os.stat(files.path(key)).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_gpus_of_two_compute_capabilities_compile_instead_of_reading_the_cache(tmp_path, monkeypatch):
+    """A rebuilt kernel holds its one cubin, and numba-cuda keeps one kernel per signature for every device: a
+    process with an 8.0 and a 9.0 GPU would find an entry for one and fail on the other, so it reads none."""
+    monkeypatch.setenv(numba_cache.ENV, str(tmp_path))
+    monkeypatch.setattr(numba_cache, "_capabilities", lambda: frozenset({(8, 0), (9, 0)}))
+    monkeypatch.setattr(numba_cache.Store, "read", lambda *a: pytest.fail("the cache was read"))
+    assert numba_cache.KernelCache("v", {}).load_overload((), None) is None
+
+
+def test_every_module_the_kernels_import_is_in_the_key():
+    """What a kernel module imports from outside deltaprop/kernels (the tables it compiles in) is hashed into every
+    key with the folder (IMPORTED_SOURCES): a changed code of an activation can never find an old entry."""
+    import ast
+    from pathlib import Path
+
+    kernels = Path(numba_cache.__file__).parent
+    imported = set()
+    for path in kernels.glob("*.py"):
+        if path.name == "numba_cache.py":  # the cache itself: its imports are its versions, already in the key
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                imported.add(node.module.replace(".", "/") + ".py")
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:
+                imported.update(f"{alias.name}.py" for alias in node.names)
+    assert imported and imported <= set(numba_cache.IMPORTED_SOURCES), imported - set(numba_cache.IMPORTED_SOURCES)
+    for name in numba_cache.IMPORTED_SOURCES:
+        assert (kernels.parent / name).is_file(), name
+
+
 def test_an_unwritable_directory_warns_once_and_writes_nothing(tmp_path, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("not a directory")
@@ -294,16 +353,27 @@ def test_an_unwritable_directory_warns_once_and_writes_nothing(tmp_path, monkeyp
 
 def test_a_full_disk_costs_the_entry_not_the_fit(tmp_path, monkeypatch):
     import errno
-    import tempfile
 
     files = numba_cache.Store(str(tmp_path))
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class Full:
+        def __init__(self, fd, mode):
+            os.close(fd)
 
-    monkeypatch.setattr(tempfile, "mkstemp", full)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(numba_cache.os, "fdopen", Full)
     with pytest.warns(RuntimeWarning, match="No space left on device"):
         assert files.write({"variant": "v"}, {}, b"cubin") is False
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
 
 
 @needs_compiler

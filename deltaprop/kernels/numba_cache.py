@@ -9,14 +9,16 @@ named by the SHA-256 of its key and holding the key itself:
     the signature     the numba types of the arguments (dtype, dimensions, layout)
     the target        the compute capability the cubin is for (numba's arch: "9.0a" on Hopper)
     the compiler      the kernel's jit options; the versions of deltaprop, numba and numba-cuda; and a
-                      hash of deltaprop/kernels/*.py and deltaprop/mlp/activations.py (φ and φ'), so that a
-                      changed kernel source is a miss too
+                      hash of deltaprop/kernels/*.py and of the modules outside it that they import
+                      (``IMPORTED_SOURCES``: φ and φ', the losses, the fused epoch's activation codes), so
+                      that a changed kernel source is a miss too
 
 An entry is written to a temporary file and renamed into place, so a reader sees a whole entry or none,
 and two processes filling the cache at once each write whole entries. Reading checks the file's size
 before reading it, then its header, its key (the whole key, not the hash of the name) and the SHA-256 of
-its cubin: an entry that fails any check is a miss, compiled again and replaced, never used. Nothing is
-unpickled. A directory that cannot be written costs one warning naming it; the kernels are then
+its cubin: an entry that fails any check (or is not a regular file) is a miss, compiled again and replaced,
+never used. Nothing is unpickled. A machine whose GPUs differ in compute capability compiles instead of reading
+the cache: a rebuilt kernel holds one cubin, and numba-cuda keeps one kernel per signature for every device. A directory that cannot be written costs one warning naming it; the kernels are then
 compiled in memory, and a fit never fails because of the cache.
 
 Where: ``$DELTAPROP_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/deltaprop/numba-cuda`` (``~/.cache/...``);
@@ -37,7 +39,8 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
+import secrets
+import stat
 import threading
 import time
 import warnings
@@ -72,6 +75,11 @@ def arch_name(target: tuple) -> str:
 
 
 # ---------------------------------------------------------------------------- the key
+#: the modules outside deltaprop/kernels whose values the kernels compile in, relative to the package
+#: (tests/test_kernel_cache.py checks that every import of a kernel module from outside the folder is here)
+IMPORTED_SOURCES = ("mlp/activations.py", "mlp/losses.py", "backends/fused.py")
+
+
 @functools.cache
 def _compiler_identity() -> tuple:
     """(deltaprop, numba, numba-cuda versions, hash of the kernel sources): what every key holds."""
@@ -82,7 +90,7 @@ def _compiler_identity() -> tuple:
     digest = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
     sources = [os.path.join(here, name) for name in sorted(os.listdir(here)) if name.endswith(".py")]
-    sources.append(os.path.join(os.path.dirname(here), "mlp", "activations.py"))  # the device forms of φ, φ'
+    sources += [os.path.join(os.path.dirname(here), *name.split("/")) for name in IMPORTED_SOURCES]
     for path in sources:
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read() + b"\0")
@@ -132,11 +140,16 @@ class Store:
         return os.path.join(self.root, name + ".cubin")
 
     def read(self, key: dict):
-        """(meta, cubin bytes) of the entry of ``key``, or None when it is missing or fails a check."""
+        """(meta, cubin bytes) of the entry of ``key``, or None when it is missing, not a regular file (opened
+        without blocking: a FIFO in its place is a miss, not a wait) or fails a check."""
         try:
-            with open(self.path(key), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > MAX_ENTRY:
+            fd = os.open(self.path(key), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ENTRY:
                     return None
                 data = f.read(MAX_ENTRY + 1)
         except OSError:
@@ -152,10 +165,12 @@ class Store:
         tmp = None
         try:
             os.makedirs(self.root, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cubin", dir=self.root)
+            # created with the permissions the umask gives (a shared cache), never changing the process's umask
+            name = os.path.join(self.root, f".tmp-{secrets.token_hex(8)}.cubin")
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            tmp = name
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + len(header).to_bytes(4, "little") + header + cubin)
-            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, self.path(key))
         except OSError as exc:
             if tmp is not None:
@@ -192,11 +207,6 @@ class Store:
                     size += e.stat().st_size
         return {"directory": self.root, "entries": entries, "bytes": size}
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _parse(data: bytes, key: dict):
@@ -263,6 +273,8 @@ class KernelCache:
             return None
         self._started = time.perf_counter()
         try:
+            if len(_capabilities()) > 1:  # a rebuilt kernel could not run on the devices of the other capability
+                return None
             target = arch(_current_cc())
             argtypes, key = self._key(sig, target)
             found = files.read(key)
@@ -304,6 +316,14 @@ def _current_cc():
     from numba import cuda
 
     return cuda.get_current_device().compute_capability
+
+
+@functools.cache
+def _capabilities() -> frozenset:
+    """The compute capabilities of the process's devices (as CUDA_VISIBLE_DEVICES leaves them), asked once."""
+    from numba import cuda
+
+    return frozenset(tuple(gpu.compute_capability) for gpu in cuda.gpus)
 
 
 def _reduce(kernel, target) -> dict | None:
