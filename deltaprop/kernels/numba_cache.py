@@ -22,7 +22,7 @@ the cache: a rebuilt kernel holds one cubin, and numba-cuda keeps one kernel per
 compiled in memory, and a fit never fails because of the cache.
 
 Where: ``$DELTAPROP_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/deltaprop/numba-cuda`` (``~/.cache/...``);
-``DELTAPROP_KERNEL_CACHE=off`` turns it off. ``compile_for`` compiles an entry without a GPU, for a
+``DELTAPROP_KERNEL_CACHE=off`` (or 0, none, or empty) turns it off. ``compile_for`` compiles an entry without a GPU, for a
 compute capability given (``deltaprop compile --cc``): the cubin is the one a GPU process of that
 compute capability then loads.
 
