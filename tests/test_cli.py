@@ -473,3 +473,31 @@ def test_bench_subcommand_hands_its_arguments_to_the_harness(tmp_path, capsys):
     assert main(["bench", "--smoke", "train", "--backends", "numpy", "--samples", "64", "--repeats", "1",
                  "--no-plots", "--out", str(tmp_path), "--machine", "clitest"]) == 0
     assert list(tmp_path.glob("*-clitest.json"))
+
+
+def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, capsys):
+    """A symlink's target is written, not the link replaced; a named pipe (as a device such as /dev/null) is
+    written through, not replaced by a regular file."""
+    import stat
+    import threading
+
+    (tmp_path / "real").mkdir()
+    os.symlink("real/model.npz", tmp_path / "model-link.npz")
+    os.symlink("real/metrics.json", tmp_path / "link.json")
+    os.mkfifo(tmp_path / "out.fifo")
+    got = []
+    reader = threading.Thread(target=lambda: got.append((tmp_path / "out.fifo").read_bytes()), daemon=True)
+    reader.start()
+    rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                       "--save", tmp_path / "model-link.npz", "--metrics-out", tmp_path / "link.json")
+    assert rc == 0, err
+    assert os.path.islink(tmp_path / "model-link.npz") and os.path.islink(tmp_path / "link.json")
+    assert MLP.load(tmp_path / "real" / "model.npz").epochs_trained == 2
+    assert json.loads((tmp_path / "real" / "metrics.json").read_text())["epochs_trained"] == 2
+    rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                       "--metrics-out", tmp_path / "out.fifo")
+    reader.join(timeout=60)
+    assert rc == 0, err
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out.fifo").st_mode)
+    assert json.loads(got[0])["epochs_trained"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "model-link.npz", "out.fifo", "real"]
