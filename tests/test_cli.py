@@ -488,13 +488,13 @@ def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, 
     got = []
     reader = threading.Thread(target=lambda: got.append((tmp_path / "out.fifo").read_bytes()), daemon=True)
     reader.start()
-    rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
                        "--save", tmp_path / "model-link.npz", "--metrics-out", tmp_path / "link.json")
     assert rc == 0, err
     assert os.path.islink(tmp_path / "model-link.npz") and os.path.islink(tmp_path / "link.json")
     assert MLP.load(tmp_path / "real" / "model.npz").epochs_trained == 2
     assert json.loads((tmp_path / "real" / "metrics.json").read_text())["epochs_trained"] == 2
-    rc, out, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
                        "--metrics-out", tmp_path / "out.fifo")
     reader.join(timeout=60)
     assert rc == 0, err
