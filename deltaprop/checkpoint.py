@@ -60,10 +60,12 @@ class Checkpoint:
         """Whether the folder holds a committed checkpoint (or one of the older format)."""
         return any(os.path.exists(os.path.join(self.folder, f)) for f in (MANIFEST, *LEGACY))
 
-    def interrupted_before_first(self) -> bool:
-        """Whether a run left model files here but was stopped before its first checkpoint was committed."""
-        return not self.exists() and os.path.isdir(self.folder) and any(
-            MODEL_FILE.fullmatch(f) for f in os.listdir(self.folder))
+    def orphans(self) -> list:
+        """The model-NNNN.npz files of a folder without a committed checkpoint (sorted): a run's killed before its
+        first checkpoint, or files that are not deltaprop's to remove. A new run refuses them rather than delete them."""
+        if self.exists() or not os.path.isdir(self.folder):
+            return []
+        return sorted(f for f in os.listdir(self.folder) if MODEL_FILE.fullmatch(f))
 
     def write(self, model: MLP, settings: dict, history: dict, best: int | None = None) -> None:
         """Commit the checkpoint after epoch ``model.epochs_trained``; ``best``: the 1-based best epoch under
@@ -73,6 +75,16 @@ class Checkpoint:
         os.makedirs(self.folder, exist_ok=True)
         path = os.path.join(self.folder, name)
         model.save(path)
+        try:
+            self._commit(model, path, name, settings, history, best)
+        except BaseException:
+            if self._named is None and os.path.exists(path):  # nothing committed yet: leave no model file behind
+                os.remove(path)
+            raise
+
+    def _commit(self, model, path, name, settings, history, best) -> None:
+        """Write the manifest naming the model file ``name`` just saved at ``path``, then remove what it no longer names."""
+        epoch = model.epochs_trained
         current = {"file": name, "sha256": sha256(path), "epoch": epoch}
         if best is None:
             best_entry = None

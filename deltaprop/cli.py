@@ -424,11 +424,16 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
                            "or choose another folder")
+        if ckpt.orphans():
+            raise CLIError(f"--checkpoint: {ckpt.folder} holds {_listed(ckpt.orphans())} but no checkpoint.json (a run "
+                           "killed before its first checkpoint, or files of your own), which a run would overwrite or "
+                           "remove; move them away, or choose another folder")
         return None
     if not ckpt.exists():
-        if ckpt.interrupted_before_first():
-            raise CLIError(f"--resume: nothing to resume in {ckpt.folder} yet: its run was stopped before its first "
-                           "checkpoint; run without --resume to start it again")
+        if ckpt.orphans():
+            raise CLIError(f"--resume: nothing to resume in {ckpt.folder}: it holds {_listed(ckpt.orphans())} but no "
+                           "checkpoint.json (its run was killed before its first checkpoint); move them away and run "
+                           "without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
     model, saved, history, best = ckpt.read(backend=args.backend)
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
@@ -457,6 +462,12 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         note = f"resuming {ckpt.folder} at epoch {done + 1} of {epochs}"
     print(f"deltaprop: {note}", file=sys.stderr)
     return model, history, None if best is None else best.get_weights()
+
+
+def _listed(names: list, shown: int = 3) -> str:
+    """'a, b, c and 2 more' of file names."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class _EarlyStop(Exception):

@@ -315,6 +315,25 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     assert (ck / "model-0001.npz").stat().st_mtime_ns == stamp
 
 
+def test_a_fresh_run_refuses_model_files_it_did_not_write(tmp_path, capsys):
+    """Model files without a checkpoint.json (the user's own, or the last weights of a checkpoint whose manifest
+    was lost) are refused by name, never overwritten or removed."""
+    ck = tmp_path / "mine"
+    ck.mkdir()
+    for epoch in (2, 5, 10):
+        MLP([2, 3, 2], backend="numpy", seed=epoch).save(ck / f"model-{epoch:04d}.npz")
+    before = {f: (ck / f).read_bytes() for f in os.listdir(ck)}
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and err == (f"deltaprop: error: --checkpoint: {ck} holds model-0002.npz, model-0005.npz, "
+                               "model-0010.npz but no checkpoint.json (a run killed before its first checkpoint, or "
+                               "files of your own), which a run would overwrite or remove; move them away, or choose "
+                               "another folder\n")
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 1 and f"--resume: nothing to resume in {ck}: it holds model-0002.npz" in err and err.count("\n") == 1
+    assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs: must be ≥ 1"),
     (["--batch-size", "0"], "--batch-size: must be ≥ 1"),
