@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from . import __version__, backends, optim, precompile, record, sweep
-from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
+from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe
 from .backends import BackendUnavailable, compat
-from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
+from .checkpoint import HISTORY_KEYS, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import masks, numba_cache
@@ -401,6 +401,7 @@ def _check_outputs(args) -> None:
         if importlib.util.find_spec("matplotlib") is None:
             raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
         plot_format(args.plot)
+    _check_clashes(args)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
     if args.checkpoint:  # checked here, made by the first checkpoint written
@@ -415,6 +416,25 @@ def _check_outputs(args) -> None:
         check_folder_writable(existing, "--checkpoint")
         for name in new:
             check_name(existing, name, "--checkpoint")
+
+
+def _check_clashes(args) -> None:
+    """No two of --data, --save, --metrics-out and --plot name one file (symlinks and relative paths resolved),
+    and no output is one of the --checkpoint folder's files: the second write would replace the first."""
+    files = [(flag, path) for flag, path in (("--data", args.data), ("--save", args.save),
+                                             ("--metrics-out", args.metrics_out), ("--plot", args.plot)) if path]
+    seen = {}
+    for flag, path in files:
+        if is_special(path):  # a device or pipe is written through: /dev/null twice is fine
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise CLIError(f"{flag}: {path} is the file {seen[real]} names too; give each its own file")
+        seen[real] = flag
+        if args.checkpoint and os.path.dirname(real) == os.path.realpath(args.checkpoint) and (
+                os.path.basename(real) == MANIFEST or MODEL_FILE.fullmatch(os.path.basename(real))):
+            raise CLIError(f"{flag}: {path} is one of the files of the --checkpoint folder {args.checkpoint}; "
+                           "give another file")
 
 
 def _resume(args, ckpt: Checkpoint, settings: dict):

@@ -334,6 +334,27 @@ def test_a_fresh_run_refuses_model_files_it_did_not_write(tmp_path, capsys):
     assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
 
 
+def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys):
+    np.savez(tmp_path / "data.npz", X_train=np.eye(4), y_train=np.array([0, 1, 0, 1]))
+    os.symlink("data.npz", tmp_path / "link.npz")
+    (tmp_path / "sub").mkdir()
+    before = (tmp_path / "data.npz").read_bytes()
+    common = ["train", "--backend", "numpy", "--epochs", 1, "--quiet"]
+    for argv, message in [
+        (["--dataset", "xor", "--save", tmp_path / "out", "--metrics-out", tmp_path / "out"],
+         f"--metrics-out: {tmp_path}/out is the file --save names too"),
+        (["--data", tmp_path / "data.npz", "--save", tmp_path / "data.npz"], f"--save: {tmp_path}/data.npz is the file --data names too"),
+        (["--data", tmp_path / "link.npz", "--metrics-out", tmp_path / "sub" / ".." / "data.npz"], "--metrics-out: "),
+        (["--dataset", "xor", "--checkpoint", tmp_path, "--save", tmp_path / "model-0001.npz"],
+         f"--save: {tmp_path}/model-0001.npz is one of the files of the --checkpoint folder"),
+        (["--dataset", "xor", "--checkpoint", tmp_path, "--metrics-out", tmp_path / "checkpoint.json"], "--metrics-out: "),
+    ]:
+        rc, _, err = run(capsys, *common, *argv)
+        assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
+        assert sorted(os.listdir(tmp_path)) == ["data.npz", "link.npz", "sub"]
+    assert (tmp_path / "data.npz").read_bytes() == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs: must be ≥ 1"),
     (["--batch-size", "0"], "--batch-size: must be ≥ 1"),
