@@ -238,6 +238,9 @@ def cmd_train(args) -> int:
 
 def _settings(args) -> dict:
     """The run's settings, per-dataset defaults filled in and every value checked."""
+    for name in ("data", "data_dir", "save", "metrics_out", "plot", "checkpoint"):  # an unset $RUN_DIR, say
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            raise CLIError(f"--{name.replace('_', '-')}: the path is empty; give one, or leave the option out")
     kind = "npz" if args.data else args.dataset
     for name, value in DEFAULTS[kind].items():
         if getattr(args, name) is None and (name != "lr" or args.optimizer == "sgd"):  # the data set's rate is SGD's
