@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import __version__, backends, optim, precompile, record, sweep
-from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe
+from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe, sha256
 from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
@@ -40,7 +40,7 @@ DEFAULTS = {
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
-RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
+RESUME_KEYS = ("dataset", "data_sha256", "data_bytes", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
                "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm")
 RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
@@ -162,6 +162,8 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     _check_inputs(args)
     _check_outputs(args)
+    if args.data:  # what --resume compares: the file's content, wherever it has moved to
+        settings["data_sha256"], settings["data_bytes"] = sha256(args.data), os.path.getsize(args.data)
     ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
@@ -289,6 +291,8 @@ def _settings(args) -> dict:
     return {
         "dataset": "npz" if args.data else args.dataset,
         "data": os.path.abspath(args.data) if args.data else None,
+        "data_sha256": None,  # set by cmd_train once the file is checked
+        "data_bytes": None,
         "layer_sizes": None,
         "hidden": list(args.layers),
         "activation": args.activation,
@@ -459,8 +463,12 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
                            "without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
     model, saved, history, best = ckpt.read(backend=args.backend)
+    if saved.get("data_sha256", settings["data_sha256"]) != settings["data_sha256"]:
+        raise CLIError(f"--data: {args.data} is not the file the checkpoint in {ckpt.folder} was trained on (was "
+                       f"{saved.get('data')}; their SHA-256 differ): resume with that data, or start a new run in another folder")
+    keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
-    for k in RESUME_KEYS:
+    for k in keys:
         was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))

@@ -301,6 +301,22 @@ def test_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, damage
     assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
 
 
+def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, rng):
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
+    np.savez(tmp_path / "other.npz", X_train=-X, y_train=(X[:, 0] > 0).astype(int))
+    args = ["train", "--backend", "numpy", "--layers", 4, "--quiet", "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 1)[0] == 0
+    os.replace(tmp_path / "data.npz", tmp_path / "moved.npz")
+    os.replace(tmp_path / "other.npz", tmp_path / "data.npz")  # other data under the old name
+    before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
+    rc, _, err = run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 2, "--resume")
+    assert rc == 1 and err.startswith(f"deltaprop: error: --data: {tmp_path}/data.npz is not the file the checkpoint in "), err
+    assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
+    rc, _, err = run(capsys, *args, "--data", tmp_path / "moved.npz", "--epochs", 2, "--resume")  # the same data, moved
+    assert rc == 0 and "at epoch 2 of 2" in err, err
+
+
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     ck = tmp_path / "ck"
     args = ["train", "--data-dir", mnist_dir, "--epochs", 1, *SMALL, "--checkpoint", ck]
