@@ -179,9 +179,12 @@ def cmd_train(args) -> int:
         if list(model.layer_sizes) != settings["layer_sizes"]:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
-        model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
-                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
-                    maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
+        try:
+            model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
+                        loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
+                        maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
+        except MemoryError:
+            raise CLIError(f"--layers: an MLP {settings['layer_sizes']} does not fit in the memory of this machine") from None
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:

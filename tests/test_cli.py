@@ -396,6 +396,7 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
+    (["--dataset", "xor", "--backend", "numpy", "--layers", str(10**15)], f"--layers: an MLP [2, {10**15}, 2] does not fit"),
     *[([option, "", "--dataset", "xor"], f"{option}: the path is empty; give one")  # an unset $RUN_DIR
       for option in ("--checkpoint", "--save", "--metrics-out", "--plot", "--data")],
     (["--data-dir", " "], "--data-dir: the path is empty"),
