@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
 
@@ -53,11 +54,29 @@ def _create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+
+
+def stale_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file of a write that can no longer finish: its process (the pid in the name)
+    is gone, or is this one (between its writes). A name without a pid, or of a live process, is not stale."""
+    found = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z]+{re.escape(TEMP_SUFFIX)}", name)
+    if found is None:
+        return False
+    pid = int(found[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: another user's live process
+        return False
+    return False
 
 
 def check_writable(path, flag: str) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__, backends, optim, precompile, record, sweep
 from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe, sha256
 from .backends import BackendUnavailable, compat
-from .checkpoint import HISTORY_KEYS, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
+from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import masks, numba_cache
@@ -164,7 +164,14 @@ def cmd_train(args) -> int:
     _check_outputs(args)
     if args.data:  # what --resume compares: the file's content, wherever it has moved to
         settings["data_sha256"], settings["data_bytes"] = sha256(args.data), os.path.getsize(args.data)
-    ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
+    if not args.checkpoint:
+        return _train(args, settings, None, started, commit)
+    with Checkpoint(args.checkpoint).locked() as ckpt:  # a second run into the folder is refused while this one runs
+        return _train(args, settings, ckpt, started, commit)
+
+
+def _train(args, settings: dict, ckpt, started: float, commit) -> int:
+    """cmd_train once its arguments are checked (and the checkpoint folder, if any, is held)."""
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
     try:
@@ -442,7 +449,7 @@ def _check_clashes(args) -> None:
             raise CLIError(f"{flag}: {path} is the file {seen[real]} names too; give each its own file")
         seen[real] = flag
         if args.checkpoint and os.path.dirname(real) == os.path.realpath(args.checkpoint) and (
-                os.path.basename(real) == MANIFEST or MODEL_FILE.fullmatch(os.path.basename(real))):
+                os.path.basename(real) in (MANIFEST, LOCK) or MODEL_FILE.fullmatch(os.path.basename(real))):
             raise CLIError(f"{flag}: {path} is one of the files of the --checkpoint folder {args.checkpoint}; "
                            "give another file")
 

@@ -150,7 +150,7 @@ def assert_same_model(a, b):
 
 def die(folder):
     """A kill in the middle of a write: a half-written temporary file is left behind."""
-    with open(os.path.join(folder, ".deltaprop-killed.tmp"), "wb") as f:
+    with open(os.path.join(folder, f".deltaprop-{os.getpid()}-killed.tmp"), "wb") as f:
         f.write(b"PK\x03\x04half")
     raise KeyboardInterrupt
 
@@ -315,6 +315,31 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
     rc, _, err = run(capsys, *args, "--data", tmp_path / "moved.npz", "--epochs", 2, "--resume")  # the same data, moved
     assert rc == 0 and "at epoch 2 of 2" in err, err
+
+
+def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_path, capsys):
+    """The folder is locked for the run's duration; the temporary files of a live writer are never removed."""
+    ck = tmp_path / "runs" / "a"
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    with Checkpoint(ck).locked():  # another run holds it
+        rc, _, err = run(capsys, *args)
+        assert rc == 1 and err == (f"deltaprop: error: --checkpoint: {ck} is in use by another deltaprop process "
+                                   f"(pid {os.getpid()}); wait for it to end, or choose another folder\n")
+        assert os.listdir(ck) == [".deltaprop.lock"]
+    assert not (tmp_path / "runs").exists()  # made for the lock, removed with it: nothing was checkpointed
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    try:
+        ck.mkdir(parents=True)
+        for pid in (live.pid, int(gone.stdout)):
+            (ck / f".deltaprop-{pid}-0123456789abcdef.tmp").write_bytes(b"being written")
+        (ck / ".deltaprop-0123456789abcdef.tmp").write_bytes(b"an older deltaprop's, maybe live")
+        assert run(capsys, *args)[0] == 0
+        assert sorted(os.listdir(ck)) == [".deltaprop-0123456789abcdef.tmp", f".deltaprop-{live.pid}-0123456789abcdef.tmp",
+                                          "checkpoint.json", "model-0002.npz"]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
