@@ -176,7 +176,7 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
 
     try:
         data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
-        n_in, n_out = data.X_train.shape[1], n_classes(data)
+        n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
         raise CLIError(_as_option(str(exc), args)) from None
     if settings["layer_sizes"] is None:
@@ -385,9 +385,11 @@ def _as_option(message: str, args) -> str:
     name, sep, rest = message.partition(": ")
     if not sep or name not in DATA_OPTIONS:
         return message
+    if name == "data" and not args.data:  # n_classes on a built-in data set's labels: the files it was read from
+        name = "data_dir"
     option = DATA_OPTIONS[name]
     if name == "data_dir" and not args.data_dir:
-        option = f"{DATA_ENV}={os.environ.get(DATA_ENV, '')}"
+        option = f"{DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else f"--dataset {args.dataset}"
     return f"{option}: {rest}"
 
 
@@ -570,18 +572,20 @@ def plot_format(path) -> str:
     return ext
 
 
-def n_classes(data) -> int:
+def n_classes(data, own: bool = True) -> int:
     """K, the network's outputs, from labels that must be the classes 0..K-1 of the training data: refused
     by name when they are not (labels such as {2019, 2020} would make 2,021 outputs for two classes), and
-    when the test set holds a label that training never saw (an output that nothing trains)."""
+    when the test set holds a label that training never saw (an output that nothing trains). ``own``: the
+    user's --data, whose labels the user can renumber; otherwise a built-in data set's files, damaged."""
     train = np.unique(np.concatenate([y for y in (data.y_train, data.y_val) if y is not None]))
     k = len(train)
     outside = train[(train < 0) | (train >= k)]
     if outside.size:
         shown = ", ".join(map(str, train[:8])) + (", ..." if k > 8 else "")
+        advice = (f"Number the classes 0..{k - 1} first, e.g. with y = np.unique(y, return_inverse=True)[1]" if own else
+                  f"These are not {data.name}'s labels: the files are damaged, or are not {data.name}'s")
         raise CLIError(f"data: y_train has {k} classes, so its labels must be 0..{k - 1}; label {outside[0]} is not "
-                       f"(the labels are {shown}). Number the classes 0..{k - 1} first, e.g. with "
-                       "y = np.unique(y, return_inverse=True)[1]")
+                       f"(the labels are {shown}). {advice}")
     if data.y_test is not None:
         unseen = np.setdiff1d(data.y_test, train)
         if unseen.size:

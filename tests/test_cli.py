@@ -342,6 +342,18 @@ def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_pat
         live.wait()
 
 
+def test_label_errors_of_mnist_files_name_the_folder_option_and_do_not_advise_renumbering(tmp_path, capsys, monkeypatch):
+    arrays = mf.subset(100, 20)
+    arrays["y_train"] = np.where(arrays["y_train"] == 3, 4, arrays["y_train"]).astype(np.uint8)  # no digit 3
+    folder = mf.write_idx_dir(tmp_path / "idx", arrays)
+    for env, argv, option in [({}, ["--data-dir", folder], "--data-dir"), ({"DELTAPROP_DATA": folder}, [], f"DELTAPROP_DATA={folder}")]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, str(value))
+        rc, _, err = run(capsys, "train", *SMALL, "--epochs", 1, *argv)
+        assert rc == 1 and err.startswith(f"deltaprop: error: {option}: y_train has 9 classes, so its labels must be 0..8"), err
+        assert "These are not mnist's labels: the files are damaged" in err and "np.unique" not in err
+
+
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     ck = tmp_path / "ck"
     args = ["train", "--data-dir", mnist_dir, "--epochs", 1, *SMALL, "--checkpoint", ck]
