@@ -74,6 +74,14 @@ def test_idx_rejects_bad_headers_and_truncation(tmp_path):
         parse_idx(good[:-1])
     with pytest.raises(IDXError, match="truncated header"):
         parse_idx(good[:9])
+    overflow = bytes([0, 0, 8, 4]) + (65536).to_bytes(4, "big") * 4  # 2**64 bytes, 0 in int64
+    with pytest.raises(IDXError, match=r"overflow: header says \(65536, 65536, 65536, 65536\) = 18446744073709551616 bytes"):
+        parse_idx(overflow, "overflow")
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    os.remove(folder / "t10k-images-idx3-ubyte.gz")
+    (folder / "t10k-images-idx3-ubyte").write_bytes(overflow)
+    with pytest.raises(DataUnavailable, match="data_dir: .*t10k-images-idx3-ubyte: header says"):
+        load_mnist(folder)
     truncated_gz = tmp_path / "t.gz"
     truncated_gz.write_bytes(gzip.compress(good)[:-6])
     with pytest.raises(IDXError, match="cannot be read"):
