@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=DATASETS, default="mnist", help="built-in data set (default: mnist)")
     g.add_argument("--data", metavar="FILE.npz", help="your own arrays: X_train, y_train and optionally X_test, y_test")
     g.add_argument("--data-dir", metavar="DIR", help=f"a directory with the four MNIST IDX files (default: ${DATA_ENV})")
-    g.add_argument("--val-split", type=float, default=0.1, metavar="F", help="fraction of the training data held out for validation (default: 0.1; 0 for none)")
+    g.add_argument("--val-split", type=float, metavar="F", help="fraction of the training data held out for validation (default: 0.1; 0 for none)")
     g = t.add_argument_group("model")
     g.add_argument("--layers", type=_int_list, metavar="N,N,...", help="hidden layer widths (mnist default: 1024,1024)")
     g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
@@ -291,7 +291,12 @@ def _settings(args) -> dict:
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
+        if args.val_split:
+            raise CLIError(f"--val-split: --dataset xor has no validation data (its four points are all for training); "
+                           f"leave the option out, or give 0, not {args.val_split}")
         args.val_split = 0.0  # four points: nothing to hold out
+    elif args.val_split is None:
+        args.val_split = 0.1
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
     try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written

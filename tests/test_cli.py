@@ -431,6 +431,7 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--max-norm", "0"], "--max-norm: expected None or a finite number > 0, got 0.0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
+    (["--dataset", "xor", "--val-split", "0.5"], "--val-split: --dataset xor has no validation data (its four points"),
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
     (["--dataset", "xor", "--backend", "numpy", "--layers", str(10**15)], f"--layers: an MLP [2, {10**15}, 2] does not fit"),
