@@ -247,6 +247,24 @@ def test_two_processes_that_find_the_same_damaged_cache(tmp_path, arrays, monkey
             assert all("unreadable" in text for _, text in got)
 
 
+def test_a_cache_that_is_no_zip_or_a_dangling_symlink_says_what_it_is(tmp_path, arrays, monkeypatch):
+    cache = tmp_path / "c" / "mnist.npz"
+    cache.parent.mkdir()
+    cache.write_bytes(b"\x80\x04 not a zip archive")  # np.load took this for a pickle
+    with pytest.raises(DataUnavailable, match="unreadable .not an .npz file .not a zip archive..; a download replaces it") as info:
+        load_mnist(cache_dir=cache.parent, download=False)
+    assert "pickle" not in str(info.value)
+    cache.unlink()
+    os.symlink(tmp_path / "elsewhere.npz", cache)
+    with pytest.raises(DataUnavailable, match=f"a symlink to {tmp_path}/elsewhere.npz, which does not exist; a download writes"):
+        load_mnist(cache_dir=cache.parent, download=False)
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})
+    check_matches(load_mnist(cache_dir=cache.parent), arrays)  # as it says: the download writes the link's file
+    assert cache.is_symlink() and (tmp_path / "elsewhere.npz").is_file()
+
+
 def test_a_cache_of_ten_images_is_not_mnist(tmp_path):
     sub = mf.subset(10, 10)
     cache = tmp_path / "c" / "mnist.npz"
