@@ -108,7 +108,10 @@ class Checkpoint:
         """Hold the folder (made if missing) for one run: a second run into it is refused by name, not left to race
         for its files. An advisory flock on LOCK, which does not work across NFS; the lock file, and the folders
         made here when no checkpoint was written into them, are removed again at the end."""
-        import fcntl  # POSIX; imported here so that the module still imports where there is none
+        try:
+            import fcntl  # POSIX; without it (Windows) the folder is not locked
+        except ImportError:
+            fcntl = None
 
         made, up = [], os.path.abspath(self.folder)
         while not os.path.exists(up):
@@ -119,7 +122,8 @@ class Checkpoint:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()
                 os.close(fd)
