@@ -2,13 +2,18 @@
 
 The temporary file is created with mode 0666 less the umask (as ``open`` would make it), not
 mkstemp's 0600, so a shared cache or volume stays readable by whom the user's umask allows.
+A symlink is followed (the file it names is replaced, not the link), and a target that exists
+but is not a regular file (a device such as /dev/null, a named pipe, a terminal) is written
+through, as ``open`` would: renaming over it would replace the device or pipe by a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
+import stat
 
 TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 
@@ -16,7 +21,12 @@ TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 def atomic_write(path, write, binary=True) -> None:
     """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    if is_special(path):
+        with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        return
+    path = os.path.realpath(path)  # a symlink's target is replaced, not the link
+    folder = os.path.dirname(path)
     fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
@@ -30,25 +40,57 @@ def atomic_write(path, write, binary=True) -> None:
         raise
 
 
+def is_special(path) -> bool:
+    """Whether ``path`` (its symlinks followed) exists and is neither a regular file nor a directory:
+    a device, a named pipe, a socket, which a write goes through to rather than replaces."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
 
 
+def stale_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file of a write that can no longer finish: its process (the pid in the name)
+    is gone, or is this one (between its writes). A name without a pid, or of a live process, is not stale."""
+    found = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z]+{re.escape(TEMP_SUFFIX)}", name)
+    if found is None:
+        return False
+    pid = int(found[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: another user's live process
+        return False
+    return False
+
+
 def check_writable(path, flag: str) -> None:
     """Raise ValueError naming ``flag`` unless a file can be written at ``path``: its folder exists and a
-    file can really be made in it (a probe file, removed again), and its name is a file name the folder allows."""
+    file can really be made in it (a probe file, removed again), and its name is a file name the folder allows.
+    A symlink is checked at the file it names; a device or named pipe (written through) needs write permission only."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    if not name or path.endswith(("/", os.sep)):
+    if not os.path.basename(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{flag}: {path} ends with a separator; give a file name")
+    if is_special(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{flag}: {path} is not writable")
+        return
+    folder, name = os.path.split(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"{flag}: the folder {folder} does not exist")
     if os.path.isdir(path):

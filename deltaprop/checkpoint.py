@@ -14,17 +14,19 @@ model for the remaining epochs ends with the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 from numbers import Real
 
-from ._files import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, json_safe, sha256
+from ._files import atomic_write, json_safe, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
 
 MANIFEST = "checkpoint.json"
+LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
 FORMAT, VERSION = "deltaprop-checkpoint", 2
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
@@ -60,10 +62,12 @@ class Checkpoint:
         """Whether the folder holds a committed checkpoint (or one of the older format)."""
         return any(os.path.exists(os.path.join(self.folder, f)) for f in (MANIFEST, *LEGACY))
 
-    def interrupted_before_first(self) -> bool:
-        """Whether a run left model files here but was stopped before its first checkpoint was committed."""
-        return not self.exists() and os.path.isdir(self.folder) and any(
-            MODEL_FILE.fullmatch(f) for f in os.listdir(self.folder))
+    def orphans(self) -> list:
+        """The model-NNNN.npz files of a folder without a committed checkpoint (sorted): a run's killed before its
+        first checkpoint, or files that are not deltaprop's to remove. A new run refuses them rather than delete them."""
+        if self.exists() or not os.path.isdir(self.folder):
+            return []
+        return sorted(f for f in os.listdir(self.folder) if MODEL_FILE.fullmatch(f))
 
     def write(self, model: MLP, settings: dict, history: dict, best: int | None = None) -> None:
         """Commit the checkpoint after epoch ``model.epochs_trained``; ``best``: the 1-based best epoch under
@@ -73,6 +77,16 @@ class Checkpoint:
         os.makedirs(self.folder, exist_ok=True)
         path = os.path.join(self.folder, name)
         model.save(path)
+        try:
+            self._commit(model, path, name, settings, history, best)
+        except BaseException:
+            if self._named is None and os.path.exists(path):  # nothing committed yet: leave no model file behind
+                os.remove(path)
+            raise
+
+    def _commit(self, model, path, name, settings, history, best) -> None:
+        """Write the manifest naming the model file ``name`` just saved at ``path``, then remove what it no longer names."""
+        epoch = model.epochs_trained
         current = {"file": name, "sha256": sha256(path), "epoch": epoch}
         if best is None:
             best_entry = None
@@ -89,12 +103,61 @@ class Checkpoint:
         self._named = {"model": current, "best": best_entry}
         self.remove_unnamed()
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the folder (made if missing) for one run: a second run into it is refused by name, not left to race
+        for its files. An advisory flock on LOCK, which does not work across NFS; the lock file, and the folders
+        made here when no checkpoint was written into them, are removed again at the end."""
+        try:
+            import fcntl  # POSIX; without it (Windows) the folder is not locked
+        except ImportError:
+            fcntl = None
+
+        made, up = [], os.path.abspath(self.folder)
+        while not os.path.exists(up):
+            made.append(up)
+            up = os.path.dirname(up)
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise CheckpointError(f"--checkpoint: {self.folder} is in use by another deltaprop process{pid}; wait "
+                                      "for it to end, or choose another folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:  # its holder removed it as this one opened it: try again
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # while held: a process that opened it meanwhile sees another inode and tries again
+            os.close(fd)
+            for folder in made:  # the innermost first; only while empty
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+
     def remove_unnamed(self) -> None:
-        """Remove the model files the manifest does not name and the temporary files of killed writes."""
+        """Remove the model files the manifest does not name and the temporary files of killed writes (never those
+        of a live process: another program's, or another deltaprop's writing into this folder)."""
         keep = {entry["file"] for entry in self._named.values() if entry}
         for f in os.listdir(self.folder):
             stale = MODEL_FILE.fullmatch(f) and f not in keep
-            if stale or (f.startswith(TEMP_PREFIX) and f.endswith(TEMP_SUFFIX)):
+            if stale or stale_temp(f):
                 try:
                     os.remove(os.path.join(self.folder, f))
                 except FileNotFoundError:

@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 from . import __version__, backends, optim, precompile, record, sweep
-from ._files import atomic_write, check_folder_writable, check_name, check_writable, json_safe
+from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe, sha256
 from .backends import BackendUnavailable, compat
-from .checkpoint import HISTORY_KEYS, Checkpoint, CheckpointError, best_epoch, stopped_early
+from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
 from .kernels import masks, numba_cache
@@ -40,7 +40,7 @@ DEFAULTS = {
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
-RESUME_KEYS = ("dataset", "data", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
+RESUME_KEYS = ("dataset", "data_sha256", "data_bytes", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
                "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm")
 RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=DATASETS, default="mnist", help="built-in data set (default: mnist)")
     g.add_argument("--data", metavar="FILE.npz", help="your own arrays: X_train, y_train and optionally X_test, y_test")
     g.add_argument("--data-dir", metavar="DIR", help=f"a directory with the four MNIST IDX files (default: ${DATA_ENV})")
-    g.add_argument("--val-split", type=float, default=0.1, metavar="F", help="fraction of the training data held out for validation (default: 0.1; 0 for none)")
+    g.add_argument("--val-split", type=float, metavar="F", help="fraction of the training data held out for validation (default: 0.1; 0 for none)")
     g = t.add_argument_group("model")
     g.add_argument("--layers", type=_int_list, metavar="N,N,...", help="hidden layer widths (mnist default: 1024,1024)")
     g.add_argument("--activation", choices=HIDDEN, default="relu", help="hidden activation (default: relu)")
@@ -162,12 +162,21 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     _check_inputs(args)
     _check_outputs(args)
-    ckpt = Checkpoint(args.checkpoint) if args.checkpoint else None
+    if args.data:  # what --resume compares: the file's content, wherever it has moved to
+        settings["data_sha256"], settings["data_bytes"] = sha256(args.data), os.path.getsize(args.data)
+    if not args.checkpoint:
+        return _train(args, settings, None, started, commit)
+    with Checkpoint(args.checkpoint).locked() as ckpt:  # a second run into the folder is refused while this one runs
+        return _train(args, settings, ckpt, started, commit)
+
+
+def _train(args, settings: dict, ckpt, started: float, commit) -> int:
+    """cmd_train once its arguments are checked (and the checkpoint folder, if any, is held)."""
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
     try:
         data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
-        n_in, n_out = data.X_train.shape[1], n_classes(data)
+        n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
         raise CLIError(_as_option(str(exc), args)) from None
     if settings["layer_sizes"] is None:
@@ -177,9 +186,12 @@ def cmd_train(args) -> int:
         if list(model.layer_sizes) != settings["layer_sizes"]:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
     else:
-        model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
-                    loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
-                    maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
+        try:
+            model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
+                        loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
+                        maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
+        except MemoryError:
+            raise CLIError(f"--layers: an MLP {settings['layer_sizes']} does not fit in the memory of this machine") from None
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:
@@ -238,6 +250,9 @@ def cmd_train(args) -> int:
 
 def _settings(args) -> dict:
     """The run's settings, per-dataset defaults filled in and every value checked."""
+    for name in ("data", "data_dir", "save", "metrics_out", "plot", "checkpoint"):  # an unset $RUN_DIR, say
+        if getattr(args, name) is not None and not getattr(args, name).strip():
+            raise CLIError(f"--{name.replace('_', '-')}: the path is empty; give one, or leave the option out")
     kind = "npz" if args.data else args.dataset
     for name, value in DEFAULTS[kind].items():
         if getattr(args, name) is None and (name != "lr" or args.optimizer == "sgd"):  # the data set's rate is SGD's
@@ -276,7 +291,12 @@ def _settings(args) -> dict:
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
+        if args.val_split:
+            raise CLIError(f"--val-split: --dataset xor has no validation data (its four points are all for training); "
+                           f"leave the option out, or give 0, not {args.val_split}")
         args.val_split = 0.0  # four points: nothing to hold out
+    elif args.val_split is None:
+        args.val_split = 0.1
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
     try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written
@@ -286,6 +306,8 @@ def _settings(args) -> dict:
     return {
         "dataset": "npz" if args.data else args.dataset,
         "data": os.path.abspath(args.data) if args.data else None,
+        "data_sha256": None,  # set by cmd_train once the file is checked
+        "data_bytes": None,
         "layer_sizes": None,
         "hidden": list(args.layers),
         "activation": args.activation,
@@ -368,9 +390,11 @@ def _as_option(message: str, args) -> str:
     name, sep, rest = message.partition(": ")
     if not sep or name not in DATA_OPTIONS:
         return message
+    if name == "data" and not args.data:  # n_classes on a built-in data set's labels: the files it was read from
+        name = "data_dir"
     option = DATA_OPTIONS[name]
     if name == "data_dir" and not args.data_dir:
-        option = f"{DATA_ENV}={os.environ.get(DATA_ENV, '')}"
+        option = f"{DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else f"--dataset {args.dataset}"
     return f"{option}: {rest}"
 
 
@@ -401,6 +425,7 @@ def _check_outputs(args) -> None:
         if importlib.util.find_spec("matplotlib") is None:
             raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
         plot_format(args.plot)
+    _check_clashes(args)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
     if args.checkpoint:  # checked here, made by the first checkpoint written
@@ -417,6 +442,25 @@ def _check_outputs(args) -> None:
             check_name(existing, name, "--checkpoint")
 
 
+def _check_clashes(args) -> None:
+    """No two of --data, --save, --metrics-out and --plot name one file (symlinks and relative paths resolved),
+    and no output is one of the --checkpoint folder's files: the second write would replace the first."""
+    files = [(flag, path) for flag, path in (("--data", args.data), ("--save", args.save),
+                                             ("--metrics-out", args.metrics_out), ("--plot", args.plot)) if path]
+    seen = {}
+    for flag, path in files:
+        if is_special(path):  # a device or pipe is written through: /dev/null twice is fine
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise CLIError(f"{flag}: {path} is the file {seen[real]} names too; give each its own file")
+        seen[real] = flag
+        if args.checkpoint and os.path.dirname(real) == os.path.realpath(args.checkpoint) and (
+                os.path.basename(real) in (MANIFEST, LOCK) or MODEL_FILE.fullmatch(os.path.basename(real))):
+            raise CLIError(f"{flag}: {path} is one of the files of the --checkpoint folder {args.checkpoint}; "
+                           "give another file")
+
+
 def _resume(args, ckpt: Checkpoint, settings: dict):
     """The checkpointed (model, history, best weights or None) for --resume, None for a fresh run; errors for a
     mismatch, or for --epochs fewer than the checkpoint has trained. Says what it resumes."""
@@ -424,15 +468,24 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
                            "or choose another folder")
+        if ckpt.orphans():
+            raise CLIError(f"--checkpoint: {ckpt.folder} holds {_listed(ckpt.orphans())} but no checkpoint.json (a run "
+                           "killed before its first checkpoint, or files of your own), which a run would overwrite or "
+                           "remove; move them away, or choose another folder")
         return None
     if not ckpt.exists():
-        if ckpt.interrupted_before_first():
-            raise CLIError(f"--resume: nothing to resume in {ckpt.folder} yet: its run was stopped before its first "
-                           "checkpoint; run without --resume to start it again")
+        if ckpt.orphans():
+            raise CLIError(f"--resume: nothing to resume in {ckpt.folder}: it holds {_listed(ckpt.orphans())} but no "
+                           "checkpoint.json (its run was killed before its first checkpoint); move them away and run "
+                           "without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
     model, saved, history, best = ckpt.read(backend=args.backend)
+    if saved.get("data_sha256", settings["data_sha256"]) != settings["data_sha256"]:
+        raise CLIError(f"--data: {args.data} is not the file the checkpoint in {ckpt.folder} was trained on (was "
+                       f"{saved.get('data')}; their SHA-256 differ): resume with that data, or start a new run in another folder")
+    keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
-    for k in RESUME_KEYS:
+    for k in keys:
         was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
@@ -457,6 +510,12 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         note = f"resuming {ckpt.folder} at epoch {done + 1} of {epochs}"
     print(f"deltaprop: {note}", file=sys.stderr)
     return model, history, None if best is None else best.get_weights()
+
+
+def _listed(names: list, shown: int = 3) -> str:
+    """'a, b, c and 2 more' of file names."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 class _EarlyStop(Exception):
@@ -518,18 +577,20 @@ def plot_format(path) -> str:
     return ext
 
 
-def n_classes(data) -> int:
+def n_classes(data, own: bool = True) -> int:
     """K, the network's outputs, from labels that must be the classes 0..K-1 of the training data: refused
     by name when they are not (labels such as {2019, 2020} would make 2,021 outputs for two classes), and
-    when the test set holds a label that training never saw (an output that nothing trains)."""
+    when the test set holds a label that training never saw (an output that nothing trains). ``own``: the
+    user's --data, whose labels the user can renumber; otherwise a built-in data set's files, damaged."""
     train = np.unique(np.concatenate([y for y in (data.y_train, data.y_val) if y is not None]))
     k = len(train)
     outside = train[(train < 0) | (train >= k)]
     if outside.size:
         shown = ", ".join(map(str, train[:8])) + (", ..." if k > 8 else "")
+        advice = (f"Number the classes 0..{k - 1} first, e.g. with y = np.unique(y, return_inverse=True)[1]" if own else
+                  f"These are not {data.name}'s labels: the files are damaged, or are not {data.name}'s")
         raise CLIError(f"data: y_train has {k} classes, so its labels must be 0..{k - 1}; label {outside[0]} is not "
-                       f"(the labels are {shown}). Number the classes 0..{k - 1} first, e.g. with "
-                       "y = np.unique(y, return_inverse=True)[1]")
+                       f"(the labels are {shown}). {advice}")
     if data.y_test is not None:
         unseen = np.setdiff1d(data.y_test, train)
         if unseen.size:

@@ -29,11 +29,17 @@ GPU_FIELDS = ("name", "driver_version", "memory.total")
 # ---------------------------------------------------------------------- the code
 def git_commit() -> str | None:
     """The commit of a git checkout that deltaprop runs from (an editable install), else None;
-    $DELTAPROP_COMMIT where that is set (a copy of the tree on another machine may carry a stale .git)."""
+    $DELTAPROP_COMMIT where that is set (a copy of the tree on another machine may carry a stale .git).
+    Only a repository that tracks deltaprop's own files counts: a non-editable install in a venv inside the
+    user's git project would otherwise report that project's commit."""
     if os.environ.get("DELTAPROP_COMMIT"):
         return os.environ["DELTAPROP_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
+        ours = subprocess.run(["git", "-C", here, "ls-files", "--error-unmatch", "__init__.py", os.path.basename(__file__)],
+                              capture_output=True, text=True, timeout=10)
+        if ours.returncode != 0:
+            return None
         done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)

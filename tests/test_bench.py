@@ -174,3 +174,22 @@ def test_require_gpu_refuses_the_simulator(monkeypatch):
     monkeypatch.setattr(backends, "available", lambda: {"numba-cuda": backends.Availability(True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): usable by name")})
     with pytest.raises(SystemExit, match="^prog: error: backend 'numba-cuda' runs on numba's CUDA simulator"):
         measure.require_gpu("prog", "numba-cuda")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-sizes", "a"], "--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got 'a'"),
+    (["--batch-sizes", "32,0"], "--batch-sizes: expected comma-separated integers ≥ 1"),
+    (["--samples", "-5"], "--samples: must be ≥ 1, got -5"),
+    (["--repeats", "0"], "--repeats: must be ≥ 1, got 0"),
+    (["--out", "{tmp}/file"], "--out: {tmp}/file is a file, not a folder"),
+    (["--out", "{tmp}/file/sub"], "--out: {tmp}/file/sub cannot be made inside the file {tmp}/file"),
+    (["--out", ""], "--out: the path is empty"),
+])
+def test_bad_sizes_and_outputs_are_one_error_line_before_any_suite(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("mine")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(["train", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path / "out"), *argv]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"deltaprop bench: error: {message.replace('{tmp}', str(tmp_path))}"), err
+    assert err.count("\n") == 1 and out == ""
+    assert sorted(os.listdir(tmp_path)) == ["file"] and (tmp_path / "file").read_text() == "mine"

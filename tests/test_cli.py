@@ -150,7 +150,7 @@ def assert_same_model(a, b):
 
 def die(folder):
     """A kill in the middle of a write: a half-written temporary file is left behind."""
-    with open(os.path.join(folder, ".deltaprop-killed.tmp"), "wb") as f:
+    with open(os.path.join(folder, f".deltaprop-{os.getpid()}-killed.tmp"), "wb") as f:
         f.write(b"PK\x03\x04half")
     raise KeyboardInterrupt
 
@@ -301,6 +301,59 @@ def test_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, damage
     assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
 
 
+def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, rng):
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
+    np.savez(tmp_path / "other.npz", X_train=-X, y_train=(X[:, 0] > 0).astype(int))
+    args = ["train", "--backend", "numpy", "--layers", 4, "--quiet", "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 1)[0] == 0
+    os.replace(tmp_path / "data.npz", tmp_path / "moved.npz")
+    os.replace(tmp_path / "other.npz", tmp_path / "data.npz")  # other data under the old name
+    before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
+    rc, _, err = run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 2, "--resume")
+    assert rc == 1 and err.startswith(f"deltaprop: error: --data: {tmp_path}/data.npz is not the file the checkpoint in "), err
+    assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
+    rc, _, err = run(capsys, *args, "--data", tmp_path / "moved.npz", "--epochs", 2, "--resume")  # the same data, moved
+    assert rc == 0 and "at epoch 2 of 2" in err, err
+
+
+def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_path, capsys):
+    """The folder is locked for the run's duration; the temporary files of a live writer are never removed."""
+    ck = tmp_path / "runs" / "a"
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    with Checkpoint(ck).locked():  # another run holds it
+        rc, _, err = run(capsys, *args)
+        assert rc == 1 and err == (f"deltaprop: error: --checkpoint: {ck} is in use by another deltaprop process "
+                                   f"(pid {os.getpid()}); wait for it to end, or choose another folder\n")
+        assert os.listdir(ck) == [".deltaprop.lock"]
+    assert not (tmp_path / "runs").exists()  # made for the lock, removed with it: nothing was checkpointed
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    try:
+        ck.mkdir(parents=True)
+        for pid in (live.pid, int(gone.stdout)):
+            (ck / f".deltaprop-{pid}-0123456789abcdef.tmp").write_bytes(b"being written")
+        (ck / ".deltaprop-0123456789abcdef.tmp").write_bytes(b"an older deltaprop's, maybe live")
+        assert run(capsys, *args)[0] == 0
+        assert sorted(os.listdir(ck)) == [".deltaprop-0123456789abcdef.tmp", f".deltaprop-{live.pid}-0123456789abcdef.tmp",
+                                          "checkpoint.json", "model-0002.npz"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_label_errors_of_mnist_files_name_the_folder_option_and_do_not_advise_renumbering(tmp_path, capsys, monkeypatch):
+    arrays = mf.subset(100, 20)
+    arrays["y_train"] = np.where(arrays["y_train"] == 3, 4, arrays["y_train"]).astype(np.uint8)  # no digit 3
+    folder = mf.write_idx_dir(tmp_path / "idx", arrays)
+    for env, argv, option in [({}, ["--data-dir", folder], "--data-dir"), ({"DELTAPROP_DATA": folder}, [], f"DELTAPROP_DATA={folder}")]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, str(value))
+        rc, _, err = run(capsys, "train", *SMALL, "--epochs", 1, *argv)
+        assert rc == 1 and err.startswith(f"deltaprop: error: {option}: y_train has 9 classes, so its labels must be 0..8"), err
+        assert "These are not mnist's labels: the files are damaged" in err and "np.unique" not in err
+
+
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     ck = tmp_path / "ck"
     args = ["train", "--data-dir", mnist_dir, "--epochs", 1, *SMALL, "--checkpoint", ck]
@@ -313,6 +366,46 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     rc, _, err = run(capsys, *args, "--resume", "--lr", "0.2")
     assert rc == 1 and "lr: checkpoint 0.1, now 0.2" in err
     assert (ck / "model-0001.npz").stat().st_mtime_ns == stamp
+
+
+def test_a_fresh_run_refuses_model_files_it_did_not_write(tmp_path, capsys):
+    """Model files without a checkpoint.json (the user's own, or the last weights of a checkpoint whose manifest
+    was lost) are refused by name, never overwritten or removed."""
+    ck = tmp_path / "mine"
+    ck.mkdir()
+    for epoch in (2, 5, 10):
+        MLP([2, 3, 2], backend="numpy", seed=epoch).save(ck / f"model-{epoch:04d}.npz")
+    before = {f: (ck / f).read_bytes() for f in os.listdir(ck)}
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and err == (f"deltaprop: error: --checkpoint: {ck} holds model-0002.npz, model-0005.npz, "
+                               "model-0010.npz but no checkpoint.json (a run killed before its first checkpoint, or "
+                               "files of your own), which a run would overwrite or remove; move them away, or choose "
+                               "another folder\n")
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 1 and f"--resume: nothing to resume in {ck}: it holds model-0002.npz" in err and err.count("\n") == 1
+    assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
+
+
+def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys):
+    np.savez(tmp_path / "data.npz", X_train=np.eye(4), y_train=np.array([0, 1, 0, 1]))
+    os.symlink("data.npz", tmp_path / "link.npz")
+    (tmp_path / "sub").mkdir()
+    before = (tmp_path / "data.npz").read_bytes()
+    common = ["train", "--backend", "numpy", "--epochs", 1, "--quiet"]
+    for argv, message in [
+        (["--dataset", "xor", "--save", tmp_path / "out", "--metrics-out", tmp_path / "out"],
+         f"--metrics-out: {tmp_path}/out is the file --save names too"),
+        (["--data", tmp_path / "data.npz", "--save", tmp_path / "data.npz"], f"--save: {tmp_path}/data.npz is the file --data names too"),
+        (["--data", tmp_path / "link.npz", "--metrics-out", tmp_path / "sub" / ".." / "data.npz"], "--metrics-out: "),
+        (["--dataset", "xor", "--checkpoint", tmp_path, "--save", tmp_path / "model-0001.npz"],
+         f"--save: {tmp_path}/model-0001.npz is one of the files of the --checkpoint folder"),
+        (["--dataset", "xor", "--checkpoint", tmp_path, "--metrics-out", tmp_path / "checkpoint.json"], "--metrics-out: "),
+    ]:
+        rc, _, err = run(capsys, *common, *argv)
+        assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
+        assert sorted(os.listdir(tmp_path)) == ["data.npz", "link.npz", "sub"]
+    assert (tmp_path / "data.npz").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -338,8 +431,13 @@ def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     (["--max-norm", "0"], "--max-norm: expected None or a finite number > 0, got 0.0"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
+    (["--dataset", "xor", "--val-split", "0.5"], "--val-split: --dataset xor has no validation data (its four points"),
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
+    (["--dataset", "xor", "--backend", "numpy", "--layers", str(10**15)], f"--layers: an MLP [2, {10**15}, 2] does not fit"),
+    *[([option, "", "--dataset", "xor"], f"{option}: the path is empty; give one")  # an unset $RUN_DIR
+      for option in ("--checkpoint", "--save", "--metrics-out", "--plot", "--data")],
+    (["--data-dir", " "], "--data-dir: the path is empty"),
     (["--save", "{tmp}/no/such/dir/m.npz"], "--save: the folder"),
     (["--metrics-out", "{tmp}"], "--metrics-out: {tmp} is a directory"),
     (["--data", "{tmp}/missing.npz"], "--data: {tmp}/missing.npz does not exist"),
@@ -473,3 +571,31 @@ def test_bench_subcommand_hands_its_arguments_to_the_harness(tmp_path, capsys):
     assert main(["bench", "--smoke", "train", "--backends", "numpy", "--samples", "64", "--repeats", "1",
                  "--no-plots", "--out", str(tmp_path), "--machine", "clitest"]) == 0
     assert list(tmp_path.glob("*-clitest.json"))
+
+
+def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, capsys):
+    """A symlink's target is written, not the link replaced; a named pipe (as a device such as /dev/null) is
+    written through, not replaced by a regular file."""
+    import stat
+    import threading
+
+    (tmp_path / "real").mkdir()
+    os.symlink("real/model.npz", tmp_path / "model-link.npz")
+    os.symlink("real/metrics.json", tmp_path / "link.json")
+    os.mkfifo(tmp_path / "out.fifo")
+    got = []
+    reader = threading.Thread(target=lambda: got.append((tmp_path / "out.fifo").read_bytes()), daemon=True)
+    reader.start()
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                       "--save", tmp_path / "model-link.npz", "--metrics-out", tmp_path / "link.json")
+    assert rc == 0, err
+    assert os.path.islink(tmp_path / "model-link.npz") and os.path.islink(tmp_path / "link.json")
+    assert MLP.load(tmp_path / "real" / "model.npz").epochs_trained == 2
+    assert json.loads((tmp_path / "real" / "metrics.json").read_text())["epochs_trained"] == 2
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                       "--metrics-out", tmp_path / "out.fifo")
+    reader.join(timeout=60)
+    assert rc == 0, err
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out.fifo").st_mode)
+    assert json.loads(got[0])["epochs_trained"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "model-link.npz", "out.fifo", "real"]

@@ -74,6 +74,14 @@ def test_idx_rejects_bad_headers_and_truncation(tmp_path):
         parse_idx(good[:-1])
     with pytest.raises(IDXError, match="truncated header"):
         parse_idx(good[:9])
+    overflow = bytes([0, 0, 8, 4]) + (65536).to_bytes(4, "big") * 4  # 2**64 bytes, 0 in int64
+    with pytest.raises(IDXError, match=r"overflow: header says \(65536, 65536, 65536, 65536\) = 18446744073709551616 bytes"):
+        parse_idx(overflow, "overflow")
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    os.remove(folder / "t10k-images-idx3-ubyte.gz")
+    (folder / "t10k-images-idx3-ubyte").write_bytes(overflow)
+    with pytest.raises(DataUnavailable, match="data_dir: .*t10k-images-idx3-ubyte: header says"):
+        load_mnist(folder)
     truncated_gz = tmp_path / "t.gz"
     truncated_gz.write_bytes(gzip.compress(good)[:-6])
     with pytest.raises(IDXError, match="cannot be read"):
@@ -237,6 +245,24 @@ def test_two_processes_that_find_the_same_damaged_cache(tmp_path, arrays, monkey
         else:
             assert [kind for kind, _ in got] == ["DataUnavailable"] * 2, (trial, got)
             assert all("unreadable" in text for _, text in got)
+
+
+def test_a_cache_that_is_no_zip_or_a_dangling_symlink_says_what_it_is(tmp_path, arrays, monkeypatch):
+    cache = tmp_path / "c" / "mnist.npz"
+    cache.parent.mkdir()
+    cache.write_bytes(b"\x80\x04 not a zip archive")  # np.load took this for a pickle
+    with pytest.raises(DataUnavailable, match="unreadable .not an .npz file .not a zip archive..; a download replaces it") as info:
+        load_mnist(cache_dir=cache.parent, download=False)
+    assert "pickle" not in str(info.value)
+    cache.unlink()
+    os.symlink(tmp_path / "elsewhere.npz", cache)
+    with pytest.raises(DataUnavailable, match=f"a symlink to {tmp_path}/elsewhere.npz, which does not exist; a download writes"):
+        load_mnist(cache_dir=cache.parent, download=False)
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})
+    check_matches(load_mnist(cache_dir=cache.parent), arrays)  # as it says: the download writes the link's file
+    assert cache.is_symlink() and (tmp_path / "elsewhere.npz").is_file()
 
 
 def test_a_cache_of_ten_images_is_not_mnist(tmp_path):
@@ -459,6 +485,49 @@ def test_digits_from_scikit_learn(monkeypatch, rng):
     assert data.X_train.max() <= 1 and data.X_train.dtype == np.float32
     rows = {bytes(r): l for r, l in zip((X / 16).astype(np.float32), y)}
     assert all(rows[bytes(r)] == l for r, l in zip(data.X_test, data.y_test))
+
+
+def test_npz_with_a_damaged_zip_directory_or_a_lying_header_is_refused_by_name(tmp_path, rng):
+    """What np.load raised as NotImplementedError, RuntimeError or MemoryError is a ValueError naming the file."""
+    import zipfile
+
+    X, y = rng.normal(size=(20, 3)).astype(np.float32), rng.integers(0, 2, 20)
+    np.savez(tmp_path / "a.npz", X_train=X, y_train=y)
+    good = (tmp_path / "a.npz").read_bytes()
+    directory = good.rfind(b"PK\x01\x02")  # the central directory entry of the last member
+    for name, offset, value, message in [("method", 10, 99, "uses compression method 99"), ("encrypted", 8, 1, "is encrypted")]:
+        bad = bytearray(good)
+        bad[directory + offset] |= value
+        (tmp_path / f"{name}.npz").write_bytes(bytes(bad))
+        with pytest.raises(ValueError, match=f"data: .*{name}.npz is not a readable .npz file of arrays .*{message}"):
+            load_npz(tmp_path / f"{name}.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 3)})
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as z:
+        z.writestr("X_train.npy", header.getvalue() + X.tobytes())
+        z.writestr("y_train.npy", _npy_bytes(y))
+    with pytest.raises(ValueError, match=r"liar.npz is not a readable .npz file of arrays \(X_train.npy: its header claims"):
+        load_npz(tmp_path / "liar.npz")
+
+
+def _npy_bytes(a) -> bytes:
+    out = io.BytesIO()
+    np.save(out, a)
+    return out.getvalue()
+
+
+def test_npz_refuses_ambiguous_keys_huge_labels_no_features_and_names_an_object_array(tmp_path, rng):
+    X, y = rng.normal(size=(20, 3)), np.arange(20) % 2
+    for name, arrays, message in [
+        ("both", dict(X_train=X, y_train=y, x_train=X[:10], Y_TRAIN=y[:10]), "holds both X_train and x_train; keep one of them"),
+        ("u64", dict(X_train=X, y_train=np.where(y == 1, 2**64 - 1, 0).astype(np.uint64)),
+         "y_train holds the label 18446744073709551615; labels are the classes 0..K-1"),
+        ("nofeatures", dict(X_train=np.zeros((20, 0)), y_train=y), r"X_train has 0 features per sample \(its shape is \(20, 0\)\)"),
+        ("notes", dict(X_train=X, y_train=y, notes=np.array([{}], dtype=object)), r"notes.npy holds pickled \(object\) data"),
+    ]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=f"data: .*{message}"):
+            load_npz(tmp_path / f"{name}.npz")
 
 
 def test_npz(tmp_path, rng):

@@ -311,6 +311,25 @@ def test_a_file_without_its_optimizers_state_is_refused(tmp_path, rng):
         MLP.load(tmp_path / "neg.npz")
 
 
+@pytest.mark.parametrize("name, key", [("adam", "sW0"), ("rmsprop", "sb1")])
+def test_a_negative_second_moment_is_refused_by_load(tmp_path, rng, name, key):
+    """s (a running mean of squared gradients) < 0 is a damaged file: refused by the load, not a later TrainingDiverged."""
+    a = MLP([3, 4, 2], backend="numpy", seed=0)
+    a.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=1, optimizer=name)
+    a.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    first = {k: -np.abs(v) - 1 for k, v in arrays.items() if k.startswith("m") and k[1] in "Wb"}  # m may be < 0
+    np.savez(tmp_path / "ok.npz", **{**arrays, **first})
+    MLP.load(tmp_path / "ok.npz")
+    bad = arrays[key].copy()
+    bad.flat[-1] = -1
+    np.savez(tmp_path / "neg.npz", **{**arrays, key: bad})
+    layer, part = key[2:], key[1]
+    with pytest.raises(ValueError, match=rf"optimizer state 's'\[{layer}\] {part}: a second moment must be ≥ 0, the file stores -1"):
+        MLP.load(tmp_path / "neg.npz")
+
+
 def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
     m = MLP([3, 4, 2], backend="numpy", seed=0)

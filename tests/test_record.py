@@ -95,6 +95,32 @@ def test_versions_and_commit(monkeypatch):
     assert record.train_record("abc123")["git_commit"] == "abc123"
 
 
+def test_the_commit_is_only_of_a_repository_that_tracks_deltaprop(tmp_path, monkeypatch):
+    """deltaprop installed into a venv inside the user's own git project reports no commit, not the project's."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    monkeypatch.delenv("DELTAPROP_COMMIT", raising=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "app.py").write_text("print(1)\n")
+    subprocess.run([*git, "add", "app.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "the user's"], check=True)
+    installed = tmp_path / ".venv" / "lib" / "site-packages" / "deltaprop"
+    installed.mkdir(parents=True)
+    for name in ("__init__.py", "record.py"):
+        shutil.copy(os.path.join(ROOT, "deltaprop", "record.py"), installed / name)
+    spec = importlib.util.spec_from_file_location("record_copy", installed / "record.py")
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy.git_commit() is None
+    subprocess.run([*git, "add", "-f", ".venv"], check=True)  # a repository that does track the files: its commit
+    subprocess.run([*git, "commit", "-qm", "vendored"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert copy.git_commit() == head
+
+
 def test_bench_record_has_its_keys():
     info = measure.machine_info()
     assert list(info) == BENCH_KEYS and list(info["versions"]) == BENCH_VERSIONS

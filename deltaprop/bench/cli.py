@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .. import backends, record
+from .._files import check_folder_writable
 from . import measure, suites
 from .measure import REFERENCE, SMALL, Net, progress
 
@@ -83,9 +84,9 @@ def parse(argv):
 def settings_from(args) -> Settings:
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     s = Settings.smoke_settings(names) if args.smoke else Settings(backends=names)
-    if args.samples:
+    if args.samples is not None:  # check_up_front has refused values < 1
         s.samples = args.samples
-    if args.repeats:
+    if args.repeats is not None:
         s.repeats = args.repeats
     if args.batch_sizes:
         s.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -117,8 +118,19 @@ def machine_tag(info) -> str:
 
 
 def check_up_front(args) -> str | None:
-    """What stops the run before any suite: a backend in --backends that cannot run here (one error line).
-    Plots without matplotlib are turned off with a note instead: the suites' results do not need them."""
+    """What stops the run before any suite (one error line): a size that is not a positive integer, an --out
+    that cannot be a folder of new files, a backend in --backends that cannot run here. Plots without
+    matplotlib are turned off with a note instead: the suites' results do not need them."""
+    for option, value in (("--samples", args.samples), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            return f"{option}: must be ≥ 1, got {value}"
+    if args.batch_sizes is not None:
+        sizes = [b.strip() for b in args.batch_sizes.split(",")]
+        if not all(b.isdigit() and int(b) >= 1 for b in sizes):
+            return f"--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got {args.batch_sizes!r}"
+    problem = _check_out(args.out)
+    if problem:
+        return problem
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     try:
         suites.usable_backends(names)
@@ -128,6 +140,23 @@ def check_up_front(args) -> str | None:
         print("deltaprop bench: no plots: matplotlib is not installed (pip install 'deltaprop[plot]'); "
               "the JSON and markdown are written as usual", file=sys.stderr)
         args.no_plots = True
+    return None
+
+
+def _check_out(out: str) -> str | None:
+    """Why --out cannot hold the results (it is a file, or no folder can be made or written there), or None."""
+    if not out.strip():
+        return "--out: the path is empty; give a folder, or leave the option out"
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file, not a folder" if existing == os.path.abspath(out) else f"cannot be made inside the file {existing}"
+        return f"--out: {out} {what}"
+    try:
+        check_folder_writable(existing, "--out")
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

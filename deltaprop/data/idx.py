@@ -7,6 +7,7 @@ then one big-endian uint32 per dimension, then the data. Files may be gzipped.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 
@@ -41,7 +42,7 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     if len(raw) < header:
         raise IDXError(f"{name}: truncated header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)  # Python's integers: 65536**4 overflows int64 to 0
     if len(raw) - header != size:
         raise IDXError(f"{name}: header says {shape} = {size} bytes of data, the file holds {len(raw) - header}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import zlib
 import numpy as np
 
 from .._files import atomic_write
+from ..mlp.arrays import NpzArrays
 from .idx import IDXError, parse_idx, read_idx
 from .pickled_arrays import RefusedPickle, read_arrays
 
@@ -144,13 +146,20 @@ def read_cache(path) -> dict:
     """The cached arrays; SourceFailed when there is none, or it is damaged or not MNIST's sizes."""
     if not os.path.lexists(path):
         raise SourceFailed("not there yet")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise SourceFailed(f"a symlink to {os.path.realpath(path)}, which does not exist; a download writes the file there")
     if not os.path.isfile(path):
         raise SourceFailed("not a file (a download cannot replace it: remove it)")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in FILES}
-    except Exception as exc:  # a damaged zip raises BadZipFile, KeyError, ValueError, EOFError, OSError...
-        raise SourceFailed(f"unreadable ({type(exc).__name__}: {exc}); a download replaces it") from None
+    try:  # the checked reader: sizes compared with the file before anything is allocated, nothing unpickled
+        with NpzArrays(path) as f:
+            for key, (shape, dtype) in ((k, f.headers.get(k, (None, None))) for k in FILES):
+                if shape is None:
+                    raise ValueError(f"it has no {key} array")
+                if math.prod(shape) * dtype.itemsize > SIZES[key.split("_")[1]] * (784 if key[0] == "x" else 1):
+                    raise ValueError(f"{key} is {dtype} {shape}, larger than MNIST's")
+            arrays = {k: f.read(k) for k in FILES}
+    except ValueError as exc:
+        raise SourceFailed(f"unreadable ({exc}); a download replaces it") from None
     return check_arrays(arrays, "", SIZES)  # the caller names the cache
 
 

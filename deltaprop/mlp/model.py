@@ -496,6 +496,7 @@ class MLP:
                 if opt is not None:
                     slots = {slot: model._check_weights([(f.read(f"{slot}W{l}"), f.read(f"{slot}b{l}")) for l in range(L)],
                                                         f"optimizer state {slot!r}") for slot in opt.slots}
+                    _check_second_moments(slots.get("s", ()))
                     t = _step_count(f.read("t")) if opt.counts_steps else None
                     model.network.set_state(opt, slots, t)
                 model.epochs_trained = config["epochs_trained"]
@@ -628,6 +629,15 @@ def _check_stored_arrays(config: dict, headers: dict):
         if headers["t"][0] != (1,) or headers["t"][1] != np.dtype(np.int64):
             raise ValueError(f"t: expected one int64 step count, the file stores {headers['t'][1]} {headers['t'][0]}")
     return opt
+
+
+def _check_second_moments(pairs) -> None:
+    """Adam's and RMSprop's slot 's' (running means of squared gradients, whose root divides the step) is ≥ 0."""
+    for l, pair in enumerate(pairs):
+        for part, a in zip("Wb", pair):
+            a = np.asarray(a)
+            if a.size and a.min() < 0:
+                raise ValueError(f"optimizer state 's'[{l}] {part}: a second moment must be ≥ 0, the file stores {a.min()}")
 
 
 def _step_count(t: np.ndarray) -> np.ndarray:
