@@ -631,7 +631,13 @@ def cmd_info(args) -> int:
         print(f"  {name:<11} {'usable' if usable else 'not usable'}: {reason}")
     print("precision variants, by name ('auto' takes none): "
           + ", ".join(f"{name} (of {base})" for name, base in backends.variants().items()))
-    print(f"auto picks: {backends.select('auto').describe()}")
+    bad = None
+    try:
+        picked = backends.select("auto").describe()
+    except ValueError as exc:  # a bad DELTAPROP_BACKEND: said here and at the end, the whole report printed
+        bad = str(exc)
+        picked = f"nothing: {bad}"
+    print(f"auto picks: {picked}")
     _print_devices()
     gpus = m["gpus"]
     if gpus:
@@ -647,6 +653,9 @@ def cmd_info(args) -> int:
         on_disk = files.summary()
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "
               f"{on_disk['bytes'] / 1e6:.1f} MB; fill it with deltaprop compile)")
+    if bad is not None:
+        print(f"deltaprop: error: {bad}", file=sys.stderr)
+        return 1
     return 0
 
 

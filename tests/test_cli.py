@@ -553,6 +553,16 @@ def test_info(capsys):
             "numpy-bf16 (of numpy), numpy-tf32 (of numpy)\n") in out
 
 
+def test_info_with_a_bad_deltaprop_backend_reports_everything_then_fails_naming_it(capsys, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_BACKEND", "cupy:x")
+    rc, out, err = run(capsys, "info")
+    assert rc == 1
+    assert "auto picks: nothing: DELTAPROP_BACKEND='cupy:x'" in out
+    for line in ("CUDA devices", "GPU:", "MNIST cache:", "numba-cuda kernel cache"):  # the report goes on
+        assert line in out
+    assert err.startswith("deltaprop: error: DELTAPROP_BACKEND='cupy:x'") and err.count("\n") == 1
+
+
 def test_console_entry_points_and_a_light_import():
     env = dict(os.environ, DELTAPROP_BACKEND="numpy")
     done = subprocess.run([sys.executable, "-m", "deltaprop", "train", "--dataset", "xor", "--epochs", "5", "--quiet"],
