@@ -133,6 +133,9 @@ def run(args) -> int:
     config = read_config(args.config)
     if args.processes is not None and args.processes < 1:
         raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
+    if _same_file(args.out, args.config):
+        raise SweepError(f"--out: {args.out} is the config file {args.config}, which the results would replace; "
+                         "give another path (default: sweep.json)")
     check_writable(args.out, "--out")
     try:
         import distributed
@@ -190,6 +193,14 @@ def run(args) -> int:
     print(f"best: {json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}; "
           f"wrote {args.out}")  # fmt: skip
     return 0
+
+
+def _same_file(a, b) -> bool:
+    """Whether the paths ``a`` and ``b`` name one file (a link, another spelling, or a hard link of it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _indexed(i, *args):

@@ -213,6 +213,9 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--out", "{tmp}/c.json"], "--out: {tmp}/c.json is the config file {tmp}/c.json, which the results would replace"),
+    (["--out", "{tmp}/../{name}/./c.json"], "--out: {tmp}/../{name}/./c.json is the config file"),
+    (["--out", "{tmp}/link.json"], "--out: {tmp}/link.json is the config file"),
     (["--processes", "0"], "--processes: must be ≥ 1, got 0"),
     (["--scheduler", "tcp://127.0.0.1:1", "--out", "{tmp}/r.json"], "--scheduler: cannot reach tcp://127.0.0.1:1"),
 ])  # fmt: skip
@@ -220,9 +223,15 @@ def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, mes
     from deltaprop import cli
 
     (tmp_path / "c.json").write_text(json.dumps(SWEEP))
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "{tmp}/link.json" in args:  # a symbolic link to the config
+        (tmp_path / "link.json").symlink_to(tmp_path / "c.json")
+    before = sorted(os.listdir(tmp_path))
+
+    def fill(text):
+        return text.replace("{tmp}", str(tmp_path)).replace("{name}", tmp_path.name)
+
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        rc = cli.main(["sweep", str(tmp_path / "c.json"), *args])
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), *map(fill, args)])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
-    assert os.listdir(tmp_path) == ["c.json"]
+    assert rc == 1 and err.startswith("deltaprop: error: " + fill(message)), err
+    assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
