@@ -12,8 +12,10 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config, the parameter names, the backend's name, the output file) before the
-cluster starts. The scores are those of GridSearchCV with the same estimator, grid, cv and scoring.
+Everything is checked (the config's keys and types, the parameter names, the backend's name, the scorer's
+name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
+parameters' values are scikit-learn's to check, at each fit, on the workers. The scores are those of
+GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def read_config(path) -> dict:
     config["grid"] = grids
     if ("dataset" in config) == ("data" in config):
         raise SweepError("config: give one of dataset (mnist, xor, digits) and data (FILE.npz)")
+    from .data import DATASETS
+
+    if "dataset" in config and config["dataset"] not in DATASETS:
+        raise SweepError(f"config: dataset: expected one of {', '.join(DATASETS)}, got {config['dataset']!r}")
+    if "data" in config and not (isinstance(config["data"], str) and config["data"]):
+        raise SweepError(f"config: data: expected the path of a .npz file, got {config['data']!r}")
     cv, samples = config["cv"], config.get("samples")
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise SweepError(f"config: cv: expected a number of folds ≥ 2, got {cv!r}")
@@ -141,6 +149,7 @@ def run(args) -> int:
         import distributed
         import joblib
         from sklearn.base import is_classifier
+        from sklearn.metrics import get_scorer
         from sklearn.model_selection import check_cv
     except ImportError as exc:
         raise SweepError(f"deltaprop sweep needs Dask's distributed and scikit-learn ({exc}): "
@@ -149,11 +158,27 @@ def run(args) -> int:
     from . import sklearn as estimators
     from .data import load_dataset
 
+    if args.scheduler is not None:
+        _check_address(args.scheduler)
     grid = candidates(config)
+    if config["scoring"] is not None:
+        try:
+            get_scorer(config["scoring"])
+        except ValueError:
+            raise SweepError(f"config: scoring: {config['scoring']!r} is not a scikit-learn scorer's name (see "
+                             "sklearn.metrics.get_scorer_names()), or null for the estimator's score") from None
     data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
-    X, y = data.X_train[: config.get("samples")], data.y_train[: config.get("samples")]
-    cv = check_cv(config["cv"], y, classifier=is_classifier(getattr(estimators, config["estimator"])()))
-    splits = list(cv.split(X, y))  # fixed here: every worker gets the same folds
+    samples = config.get("samples")
+    if samples is not None and samples > len(data.X_train):
+        raise SweepError(f"config: samples: {samples}, but the data has {len(data.X_train)} training samples")
+    X, y = data.X_train[:samples], data.y_train[:samples]
+    if config["cv"] > len(X):
+        raise SweepError(f"config: cv: {config['cv']} folds of {len(X)} samples; at most one fold per sample")
+    try:
+        cv = check_cv(config["cv"], y, classifier=is_classifier(getattr(estimators, config["estimator"])()))
+        splits = list(cv.split(X, y))  # fixed here: every worker gets the same folds
+    except ValueError as exc:  # StratifiedKFold: more folds than the samples of every class
+        raise SweepError(f"config: cv: {exc}") from None
     start = time.perf_counter()
     if args.scheduler:
         cluster, where = None, args.scheduler
@@ -163,7 +188,7 @@ def run(args) -> int:
         where = f"a local cluster of {n} worker processes"
     try:
         client = distributed.Client(cluster if cluster is not None else args.scheduler)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise SweepError(f"--scheduler: cannot reach {args.scheduler}: {exc}") from None
     print(f"deltaprop sweep: {len(grid)} candidates × {len(splits)} folds on {where}", file=sys.stderr)
     results = [None] * len(grid)
@@ -193,6 +218,21 @@ def run(args) -> int:
     print(f"best: {json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}; "
           f"wrote {args.out}")  # fmt: skip
     return 0
+
+
+def _check_address(address: str) -> None:
+    """Refuse a --scheduler that is no Dask address (no scheme that Dask knows, no port of a TCP one), by name."""
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, _ = parse_address(address)
+        get_backend(scheme)  # a scheme Dask knows
+        if scheme in ("tcp", "tls", "ws", "wss"):  # a host and a port (inproc and ucx addresses are others)
+            get_address_host_port(address)
+    except ValueError as exc:
+        raise SweepError(f"--scheduler: {address!r} is not a Dask scheduler's address such as tcp://host:8786 "
+                         f"({exc})") from None
 
 
 def _same_file(a, b) -> bool:

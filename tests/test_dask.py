@@ -143,6 +143,7 @@ def load_bench():
 
 
 # ------------------------------------------------------------------ deltaprop sweep
+DROP = object()  # a change of SWEEP that removes the key
 SWEEP = {"params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
          "grid": {"hidden_layer_sizes": [[6], [9]], "alpha": [1e-4, 1e-1]}, "dataset": "digits", "samples": 120,
          "cv": 3, "scoring": "neg_log_loss"}  # fmt: skip
@@ -200,11 +201,18 @@ def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
     ({"data": "x.npz"}, "config: give one of dataset (mnist, xor, digits) and data (FILE.npz)"),
     ({"cv": 1}, "config: cv: expected a number of folds ≥ 2"),
     ({"estimator": "SVC"}, "config: estimator: expected one of MLPClassifier, MLPRegressor"),
+    ({"dataset": DROP, "data": 5}, "config: data: expected the path of a .npz file, got 5"),
+    ({"dataset": "iris"}, "config: dataset: expected one of mnist, xor, digits, got 'iris'"),
+    ({"samples": 5000}, "config: samples: 5000, but the data has "),
+    ({"samples": DROP, "cv": 5000}, "config: cv: 5000 folds of "),
+    ({"samples": DROP, "dataset": "xor"}, "config: cv: n_splits=3 cannot be greater than the number of members"),
+    ({"scoring": "acuracy"}, "config: scoring: 'acuracy' is not a scikit-learn scorer's name"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
+    """One line, before the cluster starts (its line would come first), nothing written."""
     from deltaprop import cli
 
-    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, **change}))
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in {**SWEEP, **change}.items() if v is not DROP}))
     rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
@@ -218,6 +226,8 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
     (["--out", "{tmp}/link.json"], "--out: {tmp}/link.json is the config file"),
     (["--processes", "0"], "--processes: must be ≥ 1, got 0"),
     (["--scheduler", "tcp://127.0.0.1:1", "--out", "{tmp}/r.json"], "--scheduler: cannot reach tcp://127.0.0.1:1"),
+    (["--scheduler", "foo", "--out", "{tmp}/r.json"], "--scheduler: 'foo' is not a Dask scheduler's address"),
+    (["--scheduler", "xx://h:1", "--out", "{tmp}/r.json"], "--scheduler: 'xx://h:1' is not a Dask scheduler's address"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, message):
     from deltaprop import cli
