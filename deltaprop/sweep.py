@@ -8,7 +8,8 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
     {"estimator": "MLPClassifier",                      # or "MLPRegressor"
      "params": {"max_iter": 30, "backend": "numpy"},    # the estimator's fixed parameters
      "grid": {"hidden_layer_sizes": [[64], [128]], "learning_rate_init": [0.001, 0.003]},  # or a list of such
-     "dataset": "digits",                               # or "data": "FILE.npz" (X_train, y_train), as train
+     "dataset": "digits",                               # or "data": "FILE.npz" (X_train, y_train), as train;
+                                                        # MLPRegressor: data only, real-valued y_train
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
@@ -21,10 +22,15 @@ GridSearchCV with the same estimator, grid, cv and scoring.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 import warnings
+import zipfile
+import zlib
+
+import numpy as np
 
 from ._files import atomic_write, check_writable, json_safe
 
@@ -87,6 +93,9 @@ def read_config(path) -> dict:
         raise SweepError(f"config: dataset: expected one of {', '.join(DATASETS)}, got {config['dataset']!r}")
     if "data" in config and not (isinstance(config["data"], str) and config["data"]):
         raise SweepError(f"config: data: expected the path of a .npz file, got {config['data']!r}")
+    if "dataset" in config and config["estimator"] == "MLPRegressor":
+        raise SweepError(f"config: dataset: the built-in data sets ({', '.join(DATASETS)}) are classifications; "
+                         "MLPRegressor needs data: a FILE.npz of X_train and real-valued y_train")
     cv, samples = config["cv"], config.get("samples")
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise SweepError(f"config: cv: expected a number of folds ≥ 2, got {cv!r}")
@@ -119,6 +128,59 @@ def candidates(config) -> list:
                 raise SweepError(f"config: {exc}") from None
         out.append(params)
     return out
+
+
+def load_regression(path) -> tuple:
+    """(X, y) of MLPRegressor's data, the .npz at ``path``: X_train, one row per sample (flattened to float32, as
+    deltaprop.data.load_npz makes it), and y_train, real targets (n,) or (n, k) as float64; both finite. Read
+    with allow_pickle=False, each array's size checked against its header and the file before it is read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {info.filename[:-4].lower(): info for info in z.infolist() if info.filename.endswith(".npy")}
+            if "x_train" not in members or "y_train" not in members:
+                held = ", ".join(info.filename[:-4] for info in members.values()) or "none"
+                raise SweepError(f"data: {path} needs arrays X_train and y_train; it holds {held}")
+            X, y = (_read_array(z, members[key], path) for key in ("x_train", "y_train"))
+    except SweepError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # ValueError: a bad .npy header
+        raise SweepError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise SweepError(f"data: X_train must be a non-empty array with one row per sample, got {X.dtype} {X.shape}")
+    if y.dtype.kind not in "iuf" or y.shape[:1] != X.shape[:1] or y.ndim not in (1, 2) or 0 in y.shape:
+        raise SweepError(f"data: y_train must hold {X.shape[0]} real-valued targets, (n,) or (n, outputs), "
+                         f"got {y.dtype} {y.shape}")  # fmt: skip
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+        X, y = X.reshape(X.shape[0], -1).astype(np.float32), y.astype(np.float64)
+    for name, a, dtype in (("X_train", X, "float32"), ("y_train", y, "float64")):
+        if not np.all(np.isfinite(a)):
+            raise SweepError(f"data: {name} contains NaN or Inf (after conversion to {dtype})")
+    return X, y
+
+
+# Deflate packs at most about 1032 bytes in one: a member that claims to unpack to more is not what it says.
+DEFLATE_RATIO = 1100
+
+
+def _read_array(z, info, path):
+    """The array of the .npy member ``info`` of the zip file ``z``, its header checked before any reading: a real
+    dtype (no objects, nothing to unpickle) and a shape whose bytes are the member's size."""
+    name = info.filename[:-4]
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise SweepError(f"data: {name} in {path} is in .npy format {version}; save it with numpy.savez")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        header = f.tell()
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise SweepError(f"data: {name} in {path} must be an array of real numbers, got {dtype}")
+    size = math.prod(shape) * dtype.itemsize
+    if info.file_size != header + size or info.file_size > DEFLATE_RATIO * info.compress_size + header:
+        raise SweepError(f"data: {name} in {path} claims the shape {shape} of {dtype} ({size:,} bytes), which its "
+                         f"{info.compress_size:,} bytes in the file do not hold")  # fmt: skip
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
@@ -167,11 +229,15 @@ def run(args) -> int:
         except ValueError:
             raise SweepError(f"config: scoring: {config['scoring']!r} is not a scikit-learn scorer's name (see "
                              "sklearn.metrics.get_scorer_names()), or null for the estimator's score") from None
-    data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
+    if config["estimator"] == "MLPRegressor":
+        X, y = load_regression(config["data"])
+    else:
+        data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
+        X, y = data.X_train, data.y_train
     samples = config.get("samples")
-    if samples is not None and samples > len(data.X_train):
-        raise SweepError(f"config: samples: {samples}, but the data has {len(data.X_train)} training samples")
-    X, y = data.X_train[:samples], data.y_train[:samples]
+    if samples is not None and samples > len(X):
+        raise SweepError(f"config: samples: {samples}, but the data has {len(X)} training samples")
+    X, y = X[:samples], y[:samples]
     if config["cv"] > len(X):
         raise SweepError(f"config: cv: {config['cv']} folds of {len(X)} samples; at most one fold per sample")
     try:

@@ -245,3 +245,76 @@ def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, mes
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("deltaprop: error: " + fill(message)), err
     assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
+
+
+# ------------------------------------------------------------------ deltaprop sweep: MLPRegressor on real targets
+REGRESSION = {"estimator": "MLPRegressor", "params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
+              "grid": {"alpha": [1e-4, 1e-1]}, "data": "reg.npz", "cv": 3}  # fmt: skip
+
+
+def regression(n=40):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    return X, (X @ [1.0, -2.0, 0.5]).astype(np.float32)
+
+
+def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
+    """MLPRegressor on the user's .npz of real targets: GridSearchCV's scores (R²) on the same arrays."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "data": str(tmp_path / "reg.npz")}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["candidates"]
+    with threadpool_limits(1):
+        s = GridSearchCV(MLPRegressor(**config["params"]), config["grid"], cv=3, error_score="raise").fit(X, y.astype(np.float64))
+    np.testing.assert_array_equal([r["mean_test_score"] for r in rows], s.cv_results_["mean_test_score"])
+    assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
+
+
+def _claims_a_terabyte(path):
+    """An .npz whose X_train's header claims 10¹² float64 and holds 16 bytes."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X_train.npy", header.getvalue() + bytes(16))
+        z.writestr("y_train.npy", header.getvalue())
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y_train": np.r_[regression()[1][:-1], np.nan]}, "data: y_train contains NaN or Inf"),
+    ({"X_train": np.full((40, 3), 1e300)}, "data: X_train contains NaN or Inf (after conversion to float32)"),
+    ({"y_train": regression()[1][:39]}, "data: y_train must hold 40 real-valued targets, (n,) or (n, outputs), got float32 (39,)"),
+    ({"y_train": np.zeros((40, 1, 1))}, "data: y_train must hold 40 real-valued targets"),
+    ({"y_train": np.array(["a"] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got <U1"),
+    ({"y_train": np.array([object()] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got object"),
+    ({"y_train": None}, "data: {tmp}/reg.npz needs arrays X_train and y_train; it holds X_train"),
+    ("terabyte", "data: X_train in {tmp}/reg.npz claims the shape (1000000000000,) of float64"),
+    ("text", "data: {tmp}/reg.npz is not a readable .npz file of arrays"),
+    ("dataset", "config: dataset: the built-in data sets (mnist, xor, digits) are classifications; MLPRegressor needs data"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_bad_regression_data_by_name(tmp_path, capsys, arrays, message):
+    from deltaprop import cli
+
+    config = {**REGRESSION, "data": str(tmp_path / "reg.npz")}
+    if arrays == "terabyte":
+        _claims_a_terabyte(tmp_path / "reg.npz")
+    elif arrays == "text":
+        (tmp_path / "reg.npz").write_text("X_train,y_train\n")
+    elif arrays == "dataset":
+        config = {**{k: v for k, v in config.items() if k != "data"}, "dataset": "digits"}
+    else:
+        X, y = regression()
+        given = {k: v for k, v in {"X_train": X, "y_train": y, **arrays}.items() if v is not None}
+        np.savez(tmp_path / "reg.npz", **given)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    before = sorted(os.listdir(tmp_path))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
+    assert err.count("\n") == 1 and sorted(os.listdir(tmp_path)) == before
