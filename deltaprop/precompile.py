@@ -26,6 +26,7 @@ CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -84,19 +85,48 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if args.backend not in BACKENDS:
-        raise CompileError(f"--backend: {args.backend!r} has no kernels to compile ahead; choose numba-cuda or cupy")
+    backend, index = _parse_backend(args.backend)
     cc = _parse_cc(args.cc) if args.cc is not None else None
+    if index is not None and cc is not None:
+        raise CompileError(f"--backend: {args.backend!r} names a device, and --cc compiles for a compute capability "
+                           f"without one; give {backend}:{index} or --cc, not both")
     net = _net(args)
-    if args.backend == "cupy":
-        return _cupy(cc, net)
+    if backend == "cupy":
+        return _cupy(cc, net, index)
     if args.jobs < 1 or (args.jobs > 1 and cc is None):
         raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
                            if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
-    return _numba(cc, args.multiprocessors, None if args.every_kernel else net, args.jobs)
+    return _numba(cc, args.multiprocessors, None if args.every_kernel else net, args.jobs, index)
 
 
 # ---------------------------------------------------------------------------- checks
+def _parse_backend(spec: str) -> tuple:
+    """(numba-cuda or cupy, device index or None) of ``--backend``, spelt as train and MLP take it ("numba",
+    "NUMBA-CUDA", "cupy:1"); a backend with no kernels to compile ahead is refused by name."""
+    from . import backends
+
+    try:
+        name, index = backends.parse(spec)
+    except (ValueError, TypeError) as exc:
+        raise CompileError(f"--{exc}") from None  # parse's message starts "backend: "
+    if name not in BACKENDS:
+        of = backends.variants().get(name)
+        why = (f"a precision variant of {of}: --backend {of} compiles the kernels they share" if of in BACKENDS
+               else "it picks a backend at run time" if name == "auto" else "it runs on the CPU")
+        raise CompileError(f"--backend: {spec!r} has no kernels to compile ahead ({why}); choose numba-cuda or cupy")
+    return name, index
+
+
+def _device_index(library: str, index: int, spec: str) -> None:
+    """Refuse a device index that this machine does not have, by --backend's name (the library is usable)."""
+    from .backends import compat
+
+    count = compat.device_count(library)
+    if index >= count:
+        raise CompileError(f"--backend: {spec}: there is no device {index} here ({count} device(s): 0 to {count - 1})"
+                           if count else f"--backend: {spec}: there is no device {index} here (no device)")
+
+
 def _parse_cc(text: str) -> tuple:
     parts = text.split(".")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -172,8 +202,9 @@ def _describe(net: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- numba-cuda
-def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
-    """Compile the kernels of ``net`` (None: every kernel variant) for ``cc`` (None: this GPU) into the cache."""
+def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) -> int:
+    """Compile the kernels of ``net`` (None: every kernel variant) for ``cc`` (None: this GPU, device ``index``
+    or the current one) into the cache."""
     from .backends import compat
 
     probe = compat.probe_numba_cuda()
@@ -183,10 +214,14 @@ def _numba(cc, multiprocessors, net, jobs: int = 1) -> int:
     if cc is None:
         if not probe.usable:
             raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
-        device = probe.require("numba-cuda").get_current_device()
-        cc = device.compute_capability
-        multiprocessors = multiprocessors or device.MULTIPROCESSOR_COUNT
-        shared = int(device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        cuda = probe.require("numba-cuda")
+        if index is not None:
+            _device_index("numba-cuda", index, f"numba-cuda:{index}")
+        with cuda.gpus[index] if index is not None else contextlib.nullcontext():
+            device = cuda.get_current_device()
+            cc = device.compute_capability
+            multiprocessors = multiprocessors or device.MULTIPROCESSOR_COUNT
+            shared = int(device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
     else:
         _check_importable()
     _check_target(cc)
@@ -476,21 +511,26 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
 
 # ---------------------------------------------------------------------------- cupy
-def _cupy(cc, net) -> int:
+def _cupy(cc, net, index: int | None = None) -> int:
+    """Compile the CUDA C kernels of ``net``'s dtype on this GPU (device ``index``, or the current one) into CuPy's
+    cache; ``cc`` (a compute capability without its GPU) is refused: NVRTC compiles for the device that runs them."""
     from .backends import compat
 
+    how = ("--backend cupy: CuPy compiles its kernels with NVRTC for the GPU that runs them and caches them "
+           "(CUPY_CACHE_DIR)")  # fmt: skip
+    if cc is not None:
+        raise CompileError(f"{how}; it cannot compile for --cc {cc[0]}.{cc[1]} without that GPU. Run this command "
+                           "on the GPU machine, without --cc")  # fmt: skip
     probe = compat.probe_cupy()
-    if cc is not None or not probe.usable:
-        why = "" if probe.usable else f" (no GPU here: {probe.reason})"
-        raise CompileError(
-            f"--backend cupy: CuPy compiles its kernels with NVRTC for the GPU that runs them and caches them "
-            f"(CUPY_CACHE_DIR); it cannot compile for --cc without that GPU{why}. Run this command on the GPU "
-            "machine, without --cc"
-        )
+    if not probe.usable:
+        raise CompileError(f"{how}, and there is no GPU for it here ({probe.reason}). Run this command on the GPU machine")
+    if index is not None:
+        _device_index("cupy", index, f"cupy:{index}")
     from .kernels import cuda_source
 
     start = time.perf_counter()
-    compiled = cuda_source.kernels(np.dtype(net["dtype"]))
+    with probe.require("cupy").cuda.Device(index) if index is not None else contextlib.nullcontext():
+        compiled = cuda_source.kernels(np.dtype(net["dtype"]))
     where = os.environ.get("CUPY_CACHE_DIR") or os.path.join("~", ".cupy", "kernel_cache")
     print(f"cupy: {len(compiled)} kernels ({net['dtype']}) compiled or found in CuPy's cache {where}, "
           f"in {time.perf_counter() - start:.1f} s")

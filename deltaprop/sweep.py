@@ -8,21 +8,29 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
     {"estimator": "MLPClassifier",                      # or "MLPRegressor"
      "params": {"max_iter": 30, "backend": "numpy"},    # the estimator's fixed parameters
      "grid": {"hidden_layer_sizes": [[64], [128]], "learning_rate_init": [0.001, 0.003]},  # or a list of such
-     "dataset": "digits",                               # or "data": "FILE.npz" (X_train, y_train), as train
+     "dataset": "digits",                               # or "data": "FILE.npz" (X_train, y_train), as train;
+                                                        # MLPRegressor: data only, real-valued y_train
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config, the parameter names, the backend's name, the output file) before the
-cluster starts. The scores are those of GridSearchCV with the same estimator, grid, cv and scoring.
+Everything is checked (the config's keys and types, the parameter names, the backend's name, the scorer's
+name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
+parameters' values are scikit-learn's to check, at each fit, on the workers. The scores are those of
+GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 import warnings
+import zipfile
+import zlib
+
+import numpy as np
 
 from ._files import atomic_write, check_writable, json_safe
 
@@ -79,6 +87,15 @@ def read_config(path) -> dict:
     config["grid"] = grids
     if ("dataset" in config) == ("data" in config):
         raise SweepError("config: give one of dataset (mnist, xor, digits) and data (FILE.npz)")
+    from .data import DATASETS
+
+    if "dataset" in config and config["dataset"] not in DATASETS:
+        raise SweepError(f"config: dataset: expected one of {', '.join(DATASETS)}, got {config['dataset']!r}")
+    if "data" in config and not (isinstance(config["data"], str) and config["data"]):
+        raise SweepError(f"config: data: expected the path of a .npz file, got {config['data']!r}")
+    if "dataset" in config and config["estimator"] == "MLPRegressor":
+        raise SweepError(f"config: dataset: the built-in data sets ({', '.join(DATASETS)}) are classifications; "
+                         "MLPRegressor needs data: a FILE.npz of X_train and real-valued y_train")
     cv, samples = config["cv"], config.get("samples")
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise SweepError(f"config: cv: expected a number of folds ≥ 2, got {cv!r}")
@@ -113,6 +130,59 @@ def candidates(config) -> list:
     return out
 
 
+def load_regression(path) -> tuple:
+    """(X, y) of MLPRegressor's data, the .npz at ``path``: X_train, one row per sample (flattened to float32, as
+    deltaprop.data.load_npz makes it), and y_train, real targets (n,) or (n, k) as float64; both finite. Read
+    with allow_pickle=False, each array's size checked against its header and the file before it is read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {info.filename[:-4].lower(): info for info in z.infolist() if info.filename.endswith(".npy")}
+            if "x_train" not in members or "y_train" not in members:
+                held = ", ".join(info.filename[:-4] for info in members.values()) or "none"
+                raise SweepError(f"data: {path} needs arrays X_train and y_train; it holds {held}")
+            X, y = (_read_array(z, members[key], path) for key in ("x_train", "y_train"))
+    except SweepError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # ValueError: a bad .npy header
+        raise SweepError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
+    if X.ndim < 2 or X.shape[0] == 0:
+        raise SweepError(f"data: X_train must be a non-empty array with one row per sample, got {X.dtype} {X.shape}")
+    if y.dtype.kind not in "iuf" or y.shape[:1] != X.shape[:1] or y.ndim not in (1, 2) or 0 in y.shape:
+        raise SweepError(f"data: y_train must hold {X.shape[0]} real-valued targets, (n,) or (n, outputs), "
+                         f"got {y.dtype} {y.shape}")  # fmt: skip
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+        X, y = X.reshape(X.shape[0], -1).astype(np.float32), y.astype(np.float64)
+    for name, a, dtype in (("X_train", X, "float32"), ("y_train", y, "float64")):
+        if not np.all(np.isfinite(a)):
+            raise SweepError(f"data: {name} contains NaN or Inf (after conversion to {dtype})")
+    return X, y
+
+
+# Deflate packs at most about 1032 bytes in one: a member that claims to unpack to more is not what it says.
+DEFLATE_RATIO = 1100
+
+
+def _read_array(z, info, path):
+    """The array of the .npy member ``info`` of the zip file ``z``, its header checked before any reading: a real
+    dtype (no objects, nothing to unpickle) and a shape whose bytes are the member's size."""
+    name = info.filename[:-4]
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise SweepError(f"data: {name} in {path} is in .npy format {version}; save it with numpy.savez")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        header = f.tell()
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise SweepError(f"data: {name} in {path} must be an array of real numbers, got {dtype}")
+    size = math.prod(shape) * dtype.itemsize
+    if info.file_size != header + size or info.file_size > DEFLATE_RATIO * info.compress_size + header:
+        raise SweepError(f"data: {name} in {path} claims the shape {shape} of {dtype} ({size:,} bytes), which its "
+                         f"{info.compress_size:,} bytes in the file do not hold")  # fmt: skip
+    with z.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
     """On a worker: one candidate's cross-validation; its test scores, fit times and each fold's epochs (n_iter_:
     max_iter where scikit-learn would warn that it did not converge; the warning is not printed by every worker)."""
@@ -133,11 +203,15 @@ def run(args) -> int:
     config = read_config(args.config)
     if args.processes is not None and args.processes < 1:
         raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
+    if _same_file(args.out, args.config):
+        raise SweepError(f"--out: {args.out} is the config file {args.config}, which the results would replace; "
+                         "give another path (default: sweep.json)")
     check_writable(args.out, "--out")
     try:
         import distributed
         import joblib
         from sklearn.base import is_classifier
+        from sklearn.metrics import get_scorer
         from sklearn.model_selection import check_cv
     except ImportError as exc:
         raise SweepError(f"deltaprop sweep needs Dask's distributed and scikit-learn ({exc}): "
@@ -146,11 +220,31 @@ def run(args) -> int:
     from . import sklearn as estimators
     from .data import load_dataset
 
+    if args.scheduler is not None:
+        _check_address(args.scheduler)
     grid = candidates(config)
-    data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
-    X, y = data.X_train[: config.get("samples")], data.y_train[: config.get("samples")]
-    cv = check_cv(config["cv"], y, classifier=is_classifier(getattr(estimators, config["estimator"])()))
-    splits = list(cv.split(X, y))  # fixed here: every worker gets the same folds
+    if config["scoring"] is not None:
+        try:
+            get_scorer(config["scoring"])
+        except ValueError:
+            raise SweepError(f"config: scoring: {config['scoring']!r} is not a scikit-learn scorer's name (see "
+                             "sklearn.metrics.get_scorer_names()), or null for the estimator's score") from None
+    if config["estimator"] == "MLPRegressor":
+        X, y = load_regression(config["data"])
+    else:
+        data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
+        X, y = data.X_train, data.y_train
+    samples = config.get("samples")
+    if samples is not None and samples > len(X):
+        raise SweepError(f"config: samples: {samples}, but the data has {len(X)} training samples")
+    X, y = X[:samples], y[:samples]
+    if config["cv"] > len(X):
+        raise SweepError(f"config: cv: {config['cv']} folds of {len(X)} samples; at most one fold per sample")
+    try:
+        cv = check_cv(config["cv"], y, classifier=is_classifier(getattr(estimators, config["estimator"])()))
+        splits = list(cv.split(X, y))  # fixed here: every worker gets the same folds
+    except ValueError as exc:  # StratifiedKFold: more folds than the samples of every class
+        raise SweepError(f"config: cv: {exc}") from None
     start = time.perf_counter()
     if args.scheduler:
         cluster, where = None, args.scheduler
@@ -160,7 +254,7 @@ def run(args) -> int:
         where = f"a local cluster of {n} worker processes"
     try:
         client = distributed.Client(cluster if cluster is not None else args.scheduler)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise SweepError(f"--scheduler: cannot reach {args.scheduler}: {exc}") from None
     print(f"deltaprop sweep: {len(grid)} candidates × {len(splits)} folds on {where}", file=sys.stderr)
     results = [None] * len(grid)
@@ -190,6 +284,29 @@ def run(args) -> int:
     print(f"best: {json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}; "
           f"wrote {args.out}")  # fmt: skip
     return 0
+
+
+def _check_address(address: str) -> None:
+    """Refuse a --scheduler that is no Dask address (no scheme that Dask knows, no port of a TCP one), by name."""
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, _ = parse_address(address)
+        get_backend(scheme)  # a scheme Dask knows
+        if scheme in ("tcp", "tls", "ws", "wss"):  # a host and a port (inproc and ucx addresses are others)
+            get_address_host_port(address)
+    except ValueError as exc:
+        raise SweepError(f"--scheduler: {address!r} is not a Dask scheduler's address such as tcp://host:8786 "
+                         f"({exc})") from None
+
+
+def _same_file(a, b) -> bool:
+    """Whether the paths ``a`` and ``b`` name one file (a link, another spelling, or a hard link of it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _indexed(i, *args):

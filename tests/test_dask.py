@@ -143,6 +143,7 @@ def load_bench():
 
 
 # ------------------------------------------------------------------ deltaprop sweep
+DROP = object()  # a change of SWEEP that removes the key
 SWEEP = {"params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
          "grid": {"hidden_layer_sizes": [[6], [9]], "alpha": [1e-4, 1e-1]}, "dataset": "digits", "samples": 120,
          "cv": 3, "scoring": "neg_log_loss"}  # fmt: skip
@@ -200,11 +201,18 @@ def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
     ({"data": "x.npz"}, "config: give one of dataset (mnist, xor, digits) and data (FILE.npz)"),
     ({"cv": 1}, "config: cv: expected a number of folds ≥ 2"),
     ({"estimator": "SVC"}, "config: estimator: expected one of MLPClassifier, MLPRegressor"),
+    ({"dataset": DROP, "data": 5}, "config: data: expected the path of a .npz file, got 5"),
+    ({"dataset": "iris"}, "config: dataset: expected one of mnist, xor, digits, got 'iris'"),
+    ({"samples": 5000}, "config: samples: 5000, but the data has "),
+    ({"samples": DROP, "cv": 5000}, "config: cv: 5000 folds of "),
+    ({"samples": DROP, "dataset": "xor"}, "config: cv: n_splits=3 cannot be greater than the number of members"),
+    ({"scoring": "acuracy"}, "config: scoring: 'acuracy' is not a scikit-learn scorer's name"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
+    """One line, before the cluster starts (its line would come first), nothing written."""
     from deltaprop import cli
 
-    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, **change}))
+    (tmp_path / "c.json").write_text(json.dumps({k: v for k, v in {**SWEEP, **change}.items() if v is not DROP}))
     rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"deltaprop: error: {message}") and err.count("\n") == 1, err
@@ -213,16 +221,100 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--out", "{tmp}/c.json"], "--out: {tmp}/c.json is the config file {tmp}/c.json, which the results would replace"),
+    (["--out", "{tmp}/../{name}/./c.json"], "--out: {tmp}/../{name}/./c.json is the config file"),
+    (["--out", "{tmp}/link.json"], "--out: {tmp}/link.json is the config file"),
     (["--processes", "0"], "--processes: must be ≥ 1, got 0"),
     (["--scheduler", "tcp://127.0.0.1:1", "--out", "{tmp}/r.json"], "--scheduler: cannot reach tcp://127.0.0.1:1"),
+    (["--scheduler", "foo", "--out", "{tmp}/r.json"], "--scheduler: 'foo' is not a Dask scheduler's address"),
+    (["--scheduler", "xx://h:1", "--out", "{tmp}/r.json"], "--scheduler: 'xx://h:1' is not a Dask scheduler's address"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, message):
     from deltaprop import cli
 
     (tmp_path / "c.json").write_text(json.dumps(SWEEP))
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "{tmp}/link.json" in args:  # a symbolic link to the config
+        (tmp_path / "link.json").symlink_to(tmp_path / "c.json")
+    before = sorted(os.listdir(tmp_path))
+
+    def fill(text):
+        return text.replace("{tmp}", str(tmp_path)).replace("{name}", tmp_path.name)
+
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        rc = cli.main(["sweep", str(tmp_path / "c.json"), *args])
+        rc = cli.main(["sweep", str(tmp_path / "c.json"), *map(fill, args)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("deltaprop: error: " + fill(message)), err
+    assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
+
+
+# ------------------------------------------------------------------ deltaprop sweep: MLPRegressor on real targets
+REGRESSION = {"estimator": "MLPRegressor", "params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
+              "grid": {"alpha": [1e-4, 1e-1]}, "data": "reg.npz", "cv": 3}  # fmt: skip
+
+
+def regression(n=40):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    return X, (X @ [1.0, -2.0, 0.5]).astype(np.float32)
+
+
+def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
+    """MLPRegressor on the user's .npz of real targets: GridSearchCV's scores (R²) on the same arrays."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "data": str(tmp_path / "reg.npz")}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["candidates"]
+    with threadpool_limits(1):
+        s = GridSearchCV(MLPRegressor(**config["params"]), config["grid"], cv=3, error_score="raise").fit(X, y.astype(np.float64))
+    np.testing.assert_array_equal([r["mean_test_score"] for r in rows], s.cv_results_["mean_test_score"])
+    assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
+
+
+def _claims_a_terabyte(path):
+    """An .npz whose X_train's header claims 10¹² float64 and holds 16 bytes."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X_train.npy", header.getvalue() + bytes(16))
+        z.writestr("y_train.npy", header.getvalue())
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y_train": np.r_[regression()[1][:-1], np.nan]}, "data: y_train contains NaN or Inf"),
+    ({"X_train": np.full((40, 3), 1e300)}, "data: X_train contains NaN or Inf (after conversion to float32)"),
+    ({"y_train": regression()[1][:39]}, "data: y_train must hold 40 real-valued targets, (n,) or (n, outputs), got float32 (39,)"),
+    ({"y_train": np.zeros((40, 1, 1))}, "data: y_train must hold 40 real-valued targets"),
+    ({"y_train": np.array(["a"] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got <U1"),
+    ({"y_train": np.array([object()] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got object"),
+    ({"y_train": None}, "data: {tmp}/reg.npz needs arrays X_train and y_train; it holds X_train"),
+    ("terabyte", "data: X_train in {tmp}/reg.npz claims the shape (1000000000000,) of float64"),
+    ("text", "data: {tmp}/reg.npz is not a readable .npz file of arrays"),
+    ("dataset", "config: dataset: the built-in data sets (mnist, xor, digits) are classifications; MLPRegressor needs data"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_bad_regression_data_by_name(tmp_path, capsys, arrays, message):
+    from deltaprop import cli
+
+    config = {**REGRESSION, "data": str(tmp_path / "reg.npz")}
+    if arrays == "terabyte":
+        _claims_a_terabyte(tmp_path / "reg.npz")
+    elif arrays == "text":
+        (tmp_path / "reg.npz").write_text("X_train,y_train\n")
+    elif arrays == "dataset":
+        config = {**{k: v for k, v in config.items() if k != "data"}, "dataset": "digits"}
+    else:
+        X, y = regression()
+        given = {k: v for k, v in {"X_train": X, "y_train": y, **arrays}.items() if v is not None}
+        np.savez(tmp_path / "reg.npz", **given)
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    before = sorted(os.listdir(tmp_path))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("deltaprop: error: " + message.replace("{tmp}", str(tmp_path))), err
-    assert os.listdir(tmp_path) == ["c.json"]
+    assert err.count("\n") == 1 and sorted(os.listdir(tmp_path)) == before

@@ -422,7 +422,7 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     first = out.strip().splitlines()[-1]
     n = int(first.split()[0])
     assert n == len(_entries(cache_dir)) and first.startswith(f"{n} compiled, 0 found")
-    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    rc, out, err = _compile(capsys, "--backend", "NUMBA", "--cc", "9.0", *SMALL)  # train's spelling of the name
     assert rc == 0 and out.strip().splitlines()[-1].startswith(f"0 compiled, {n} found"), out
     rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--momentum", "0")  # another update kernel
     assert rc == 0 and out.strip().splitlines()[-1].startswith("1 compiled"), out
@@ -432,7 +432,14 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, option", [
-    (["--backend", "numpy"], "--backend"),
+    (["--backend", "numpy"], "--backend: 'numpy' has no kernels to compile ahead (it runs on the CPU)"),
+    (["--backend", "auto"], "--backend: 'auto' has no kernels to compile ahead (it picks a backend at run time)"),
+    (["--backend", "cupy-tf32"], "--backend: 'cupy-tf32' has no kernels to compile ahead (a precision variant of cupy"),
+    (["--backend", "cuda"], "--backend: unknown backend 'cuda'"),
+    (["--backend", "numba-cuda:x"], "--backend: 'numba-cuda:x': the device index after ':' must be a number"),
+    (["--backend", "numpy:0"], "--backend: 'numpy:0': 'numpy' takes no device index"),
+    (["--backend", "numba-cuda:0", "--cc", "9.0"], "--backend: 'numba-cuda:0' names a device, and --cc compiles"),
+    (["--backend", "CUPY:1", "--cc", "9.0"], "--backend: 'CUPY:1' names a device, and --cc compiles"),
     (["--backend", "cupy", "--cc", "9.0"], "--backend cupy"),
     (["--cc", "9"], "--cc"),
     (["--cc", "nine"], "--cc"),
@@ -473,6 +480,31 @@ def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith(f"deltaprop: error: {option}"), err
     assert not cache_dir.exists()  # nothing written
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("numba-cuda", ("numba-cuda", None)), ("numba", ("numba-cuda", None)), ("NUMBA-CUDA", ("numba-cuda", None)),
+    ("numba_cuda", ("numba-cuda", None)), ("numba-cuda:0", ("numba-cuda", 0)), (" Cupy:1 ", ("cupy", 1)),
+    ("cupy", ("cupy", None)),
+])  # fmt: skip
+def test_compile_takes_the_backend_names_train_takes(spec, expected):
+    from deltaprop import backends
+
+    assert precompile._parse_backend(spec) == expected == backends.parse(spec)
+
+
+def test_compile_for_cupy_says_what_it_lacks(capsys, cache_dir):
+    """Without --cc and without a GPU the refusal says there is no GPU, not that --cc was given."""
+    from deltaprop.backends import compat
+
+    rc, _, err = _compile(capsys, "--backend", "cupy", "--cc", "9.0")
+    assert rc == 1 and "it cannot compile for --cc 9.0 without that GPU" in err, err
+    if compat.probe_cupy().usable:
+        pytest.skip("CuPy has a GPU here: the command compiles for it (test_gpu_compile_fills_cupys_cache)")
+    rc, _, err = _compile(capsys, "--backend", "cupy")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("deltaprop: error: --backend cupy:") and "there is no GPU for it here" in err, err
+    assert "--cc" not in err and not cache_dir.exists()
 
 
 def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
@@ -658,6 +690,19 @@ def test_gpu_fit_hits_a_compiled_cache(tmp_path):
     assert run.returncode == 0, run.stderr
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["misses"] == 0 and counts["hits"] > 5, counts
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("library", ["numba-cuda", "cupy"])
+def test_gpu_compile_refuses_a_device_that_is_not_here(capsys, cache_dir, library):
+    from deltaprop.backends import compat
+
+    probe = compat.probe_cupy() if library == "cupy" else compat.probe_numba_cuda()
+    if not probe.usable or probe.simulated:
+        pytest.skip(f"{library} has no GPU here: {probe.reason or 'the simulator'}")
+    n = compat.device_count(library)
+    rc, _, err = _compile(capsys, "--backend", f"{library}:{n}", *SMALL)
+    assert rc == 1 and err.startswith(f"deltaprop: error: --backend: {library}:{n}: there is no device {n} here"), err
 
 
 @pytest.mark.gpu
