@@ -238,6 +238,7 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
     files = numba_cache.store()
     if files is None:
         raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
+    _check_cache_writable(files.root)
 
     start = time.perf_counter()
     launches = record(net, stand_in, every_split) if net is not None else sweep(stand_in)
@@ -257,6 +258,20 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
         raise CompileError(f"the kernel cache {files.root} cannot be written: {files.unwritable}")
     print(f"{compiled} compiled, {found} found in the cache, in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _check_cache_writable(root: str) -> None:
+    """Refuse, before anything compiles, a cache folder that cannot be made or written (a fit would only warn and
+    compile in memory; here the entries are the point): one error naming it and the variable that moves it."""
+    from . import _files
+
+    try:
+        os.makedirs(root, exist_ok=True)
+        _files.check_folder_writable(root, "kernel cache")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CompileError(f"the kernel cache {root} cannot be written ({reason}); set {numba_cache.ENV} to a "
+                           "folder you can write") from None
 
 
 _PENDING: list = []  # what the forked workers of _compile_all compile, by index

@@ -482,6 +482,18 @@ def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     assert not cache_dir.exists()  # nothing written
 
 
+@needs_compiler
+def test_compile_into_a_cache_that_cannot_be_written_is_refused_before_compiling(toolkit, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv(numba_cache.ENV, str(blocker / "kernels"))
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 1 and "compiled" not in out and "kernels for" not in out  # nothing compiled first
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"deltaprop: error: the kernel cache {blocker / 'kernels'} cannot be written")
+    assert f"set {numba_cache.ENV} to a folder you can write" in err
+
+
 @pytest.mark.parametrize("spec, expected", [
     ("numba-cuda", ("numba-cuda", None)), ("numba", ("numba-cuda", None)), ("NUMBA-CUDA", ("numba-cuda", None)),
     ("numba_cuda", ("numba-cuda", None)), ("numba-cuda:0", ("numba-cuda", 0)), (" Cupy:1 ", ("cupy", 1)),
