@@ -195,9 +195,9 @@ def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
     epoch, step = map(int, re.search(r"epoch (\d+), step (\d+)", str(info.value)).groups())
     weights = model.get_weights()
     assert all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in weights)
-    assert step >= 1, "the test's lr should let the epoch take a few steps first"
-    rows = slice(4 * (step - 1), 4 * step)  # step s − 1's batch (shuffle=False): its loss was finite
-    assert np.isfinite(model.evaluate(Xr[rows], yr[rows])["loss"])
+    if step >= 1:  # (a failure at an epoch's step 0 keeps the weights the epoch started with)
+        rows = slice(4 * (step - 1), 4 * step)  # step s − 1's batch (shuffle=False): its loss was finite
+        assert np.isfinite(model.evaluate(Xr[rows], yr[rows])["loss"])
     # replay: `epoch` whole epochs, then `step` − 1 steps of the next one
     twin = MLP(**args)
     if epoch:
@@ -208,6 +208,21 @@ def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
         np.testing.assert_array_equal(W0, W1)
         np.testing.assert_array_equal(b0, b1)
     assert model.epochs_trained == epoch
-    model.fit(Xr, yr, epochs=1, batch_size=4, lr=1e-4, shuffle=False)  # a smaller rate continues from them
-    with pytest.raises(TrainingDiverged, match=rf"keeps the weights of step {step - 1}, whose loss was finite"):
+    kept = "the weights it started the epoch with" if step == 0 else f"the weights of step {step - 1}, whose loss was finite"
+    with pytest.raises(TrainingDiverged, match=rf"keeps {kept}\. Try a smaller lr"):
         MLP(**args).fit(Xr, yr, epochs=50, batch_size=4, lr=5.0, shuffle=False)
+
+
+def test_weights_that_overflow_while_every_loss_stays_finite_keep_the_epochs_start_and_say_so(backend):
+    """Step 0's update makes W₁ −Inf (x = 1e200), and step 1's loss is still finite (relu(−Inf·1) = 0): no loss
+    names a step, the replay to the last step's weights is not finite, so the epoch's start is kept, as said."""
+    model = MLP([1, 1, 1], activation="relu", output_activation="identity", loss="mse", backend=backend.name,
+                dtype="float64", seed=0)
+    start = [(np.array([[1e-50]]), np.zeros(1)), (np.array([[1.0]]), np.zeros(1))]
+    model.set_weights(start)
+    with pytest.raises(TrainingDiverged, match=r"an update of epoch 0 made the weights NaN or Inf while every step's "
+                                               r"loss was finite; the model keeps the weights it started the epoch with"):
+        model.fit(np.array([[1e200], [1.0]]), np.zeros((2, 1)), epochs=1, batch_size=1, lr=1.0, shuffle=False)
+    for (W, b), (W0, b0) in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)

@@ -209,22 +209,28 @@ class Trainer:
     def _diverged(self, epoch: int, idx, sums) -> None:
         """Leave the weights of the epoch's last step whose loss was finite in place and raise, naming the epoch and
         step. Step s's loss is that of the weights after s updates: the failing step's own weights gave a non-finite
-        loss already, so the epoch is replayed from its start for s − 1 updates (when the last update overflowed,
-        s = steps: the last step's weights). A failure at step 0 keeps the epoch's starting weights."""
+        loss already, so the epoch is replayed from its start for s − 1 updates (s = steps when every loss was
+        finite and an update overflowed: the last step's weights). A failure at step 0, or weights that an earlier
+        update made non-finite while the losses stayed finite, keep the epoch's starting weights."""
         net = self.net
         bad = np.flatnonzero(~np.isfinite(sums[:, 0]))
-        step = int(bad[0]) if bad.size else self.steps  # == steps: the epoch's last update overflowed
+        step = int(bad[0]) if bad.size else self.steps  # == steps: every loss finite, an update overflowed
         net.state_restore(self.snapshot)
         net.start_epoch(self.model.epochs_trained)
         self._steps(idx, 0, max(step - 1, 0))
+        kept = f"the weights of step {step - 1}, whose loss was finite" if step >= 1 else None
         if not self.bk.all_finite(net.state_arrays(counter=False)):
             net.state_restore(self.snapshot)
-        what = f"step {step} (of {self.steps})" if step < self.steps else f"the update of step {self.steps - 1}"
-        kept = "its start" if step == 0 else f"step {step - 1}"
-        raise TrainingDiverged(
-            f"training diverged: the loss became NaN or Inf at epoch {epoch}, {what}; the model keeps the weights "
-            f"of {kept}, whose loss was finite. Try a smaller lr."
-        )
+            kept = None
+        if kept is None:
+            kept = "the weights it started the epoch with"
+        if step < self.steps:
+            what = f"the loss became NaN or Inf at epoch {epoch}, step {step} (of {self.steps})"
+        elif "step" in kept:
+            what = f"the update of epoch {epoch}'s last step (step {step - 1}) made the weights NaN or Inf"
+        else:
+            what = f"an update of epoch {epoch} made the weights NaN or Inf while every step's loss was finite"
+        raise TrainingDiverged(f"training diverged: {what}; the model keeps {kept}. Try a smaller lr.")
 
     def _report(self, epoch: int, history: History) -> None:
         parts = [f"epoch {epoch + 1}/{self.plan.epochs}", f"loss {history.loss[-1]:.4f}"]
