@@ -210,6 +210,31 @@ def test_batch_metrics_keep_the_digits_of_a_confident_bce_loss(backend, dtype, r
     assert got[1] == pytest.approx(w.astype(np.float64).sum() if weighted else shape[0], rel=1e-12)  # all right
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_a_float32_batch_loss_beyond_float32s_range_is_summed_as_a_number(backend, rng, loss, weighted):
+    """Outputs off by 2e19 (their squares overflow float32), or a true class 3e38 logits below the row's best: each
+    element and output is a float32, the batch's loss (~1e39) is not, and out (float64) gets it, not Inf, on every
+    backend alike (the device kernels sum in double: a NumPy body that summed in float32 diverged alone)."""
+    B, n = 7, 3
+    a = (rng.choice([-1.0, 1.0], size=(B, n)) * rng.uniform(1e19, 2e19, size=(B, n))).astype(np.float32)
+    if loss == "mse":
+        Y, z, out_act = np.zeros((B, n), np.float32), a, "identity"
+    else:
+        a[:, 0] = -3e38
+        a[:, 1:] = np.abs(a[:, 1:])
+        Y, out_act = np.eye(n, dtype=np.float32)[np.zeros(B, int)], "softmax"
+        z = ref.phi("softmax", a).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, size=B).astype(np.float32)
+    out = backend.asarray(np.zeros(2), np.float64)
+    extra = (dev(backend, w.reshape(-1, 1), np.float32),) if weighted else ()
+    backend.batch_metrics(*(dev(backend, x, np.float32) for x in (a, z, Y)), loss, "argmax", out, *extra)
+    per_row = ref.sample_loss(loss, out_act, a, Y)
+    expected = np.dot(w.astype(np.float64), per_row) if weighted else per_row.sum()
+    assert expected > np.finfo(np.float32).max and np.isfinite(expected)
+    assert backend.to_numpy(out)[0] == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("act", ELEMENTWISE)
 def test_activation_derivative_by_finite_differences(backend, rng, act):
     """The backend's φ' (through hidden_delta with W = I, δ_next = 1) against central differences of its φ."""

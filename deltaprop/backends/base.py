@@ -571,30 +571,34 @@ class Backend:
         spec.xp_mul_dphi(self.xp, z, g, self._scratch("deriv", z.shape, z.dtype))
 
     def _loss_sum(self, a, z, y, loss: str):
-        """Σ over the batch of the per-sample loss, as a scalar of ``xp`` (no wait for the device)."""
-        xp = self.xp
-        tmp = self._scratch("loss", a.shape, a.dtype)
+        """Σ over the batch of the per-sample loss, as a scalar of ``xp`` (no wait for the device). Computed in
+        float64 from the first operation that could overflow the model's dtype (a square, a product, a sum), as the
+        device kernels do: a float32 batch's loss beyond float32's range is a number, not Inf (B × n_out elements)."""
+        xp, f64 = self.xp, np.float64
+        tmp = self._scratch("loss", a.shape, f64)
         if loss == "mse":  # ½ Σ_k (z_k − y_k)²
-            xp.subtract(z, y, out=tmp)
+            xp.subtract(z, y, out=tmp, dtype=f64)
             return 0.5 * xp.vdot(tmp, tmp)
         if loss == "cross_entropy":  # −Σ_k y_k log softmax(a)_k, from a for stability
-            rows = self._scratch("rows", (a.shape[0], 1), a.dtype)
-            ysum = self._scratch("rows2", (a.shape[0], 1), a.dtype)
+            rows = self._scratch("rows", (a.shape[0], 1), f64)
+            ysum = self._scratch("rows2", (a.shape[0], 1), f64)
+            rest = self._scratch("loss2", a.shape, f64)
             xp.max(a, axis=1, keepdims=True, out=rows)
-            xp.subtract(a, rows, out=tmp)  # a − max
-            y_dot = xp.vdot(y, tmp)
+            xp.subtract(a, rows, out=tmp, dtype=f64)  # a − max
+            xp.multiply(y, tmp, out=rest, dtype=f64)
+            y_dot = rest.sum()
             xp.exp(tmp, out=tmp)
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
             xp.log(rows, out=rows)  # log Σ exp(a − max)
-            xp.sum(y, axis=1, keepdims=True, out=ysum)
+            xp.sum(y, axis=1, keepdims=True, out=ysum, dtype=f64)
             return xp.vdot(rows, ysum) - y_dot
         if loss == "bce":  # softplus(a) − y·a, ≥ 0 element by element
-            self._bce(a, y, tmp, self._scratch("loss2", a.shape, a.dtype))
-            return tmp.sum(dtype=np.float64)
+            self._bce(a, y, tmp, self._scratch("loss2", a.shape, f64))
+            return tmp.sum()
         if loss == "perceptron":  # max(0, −y·a)
-            xp.multiply(y, a, out=tmp)
+            xp.multiply(y, a, out=tmp, dtype=f64)
             xp.minimum(tmp, 0, out=tmp)
-            return -tmp.sum(dtype=np.float64)
+            return -tmp.sum()
         raise ValueError(f"loss: unknown loss {loss!r}")
 
     def _bce(self, a, y, out, tmp) -> None:
@@ -602,8 +606,8 @@ class Backend:
         ≥ 0 (y in [0, 1]), the first exact for 0/1 targets, so a confident output's small loss keeps its digits (the
         other order subtracts y·a from softplus(a) ≈ a); no overflow. ``tmp`` of a's shape is overwritten."""
         xp = self.xp
-        xp.multiply(y, a, out=out)
-        xp.maximum(a, 0, out=tmp)
+        xp.multiply(y, a, out=out, dtype=out.dtype)
+        xp.maximum(a, 0, out=tmp, dtype=tmp.dtype)
         tmp -= out
         xp.abs(a, out=out)
         xp.negative(out, out=out)
@@ -638,23 +642,23 @@ class Backend:
         raise ValueError(f"accuracy: unknown rule {accuracy!r}")
 
     def _weighted_metrics(self, a, z, y, loss: str, accuracy, out, w) -> None:
-        """batch_metrics with per-row weights w (B, 1): each row's loss (the per-sample E of _loss_sum, row by row)
-        and correct count, weighted, summed into out[0] and out[1]."""
-        xp = self.xp
-        rows = self._scratch("wrows", w.shape, a.dtype)  # (B, 1): the loss of each row
-        tmp = self._scratch("loss", a.shape, a.dtype)
+        """batch_metrics with per-row weights w (B, 1): each row's loss (the per-sample E of _loss_sum, row by row, in
+        float64 as there) and correct count, weighted, summed into out[0] and out[1]."""
+        xp, f64 = self.xp, np.float64
+        rows = self._scratch("wrows", w.shape, f64)  # (B, 1): the loss of each row
+        tmp = self._scratch("loss", a.shape, f64)
         if loss == "mse":  # ½ Σ_k (z_k − y_k)²
-            xp.subtract(z, y, out=tmp)
+            xp.subtract(z, y, out=tmp, dtype=f64)
             tmp *= tmp
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
             rows *= 0.5
         elif loss == "cross_entropy":  # Σ_k y_k · log Σ exp(a − max) − Σ_k y_k·(a_k − max)
-            ysum = self._scratch("rows2", w.shape, a.dtype)
+            ysum = self._scratch("rows2", w.shape, f64)
             xp.max(a, axis=1, keepdims=True, out=rows)
-            xp.subtract(a, rows, out=tmp)
-            xp.sum(y, axis=1, keepdims=True, out=ysum)
-            rest = self._scratch("loss2", a.shape, a.dtype)
-            xp.multiply(y, tmp, out=rest)
+            xp.subtract(a, rows, out=tmp, dtype=f64)
+            xp.sum(y, axis=1, keepdims=True, out=ysum, dtype=f64)
+            rest = self._scratch("loss2", a.shape, f64)
+            xp.multiply(y, tmp, out=rest, dtype=f64)
             xp.exp(tmp, out=tmp)
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
             xp.log(rows, out=rows)
@@ -662,17 +666,18 @@ class Backend:
             xp.sum(rest, axis=1, keepdims=True, out=ysum)
             rows -= ysum
         elif loss == "bce":  # Σ_k softplus(a_k) − y_k·a_k
-            self._bce(a, y, tmp, self._scratch("loss2", a.shape, a.dtype))
+            self._bce(a, y, tmp, self._scratch("loss2", a.shape, f64))
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
         elif loss == "perceptron":  # Σ_k max(0, −y_k·a_k)
-            xp.multiply(y, a, out=tmp)
+            xp.multiply(y, a, out=tmp, dtype=f64)
             xp.minimum(tmp, 0, out=tmp)
             xp.sum(tmp, axis=1, keepdims=True, out=rows)
             xp.negative(rows, out=rows)
         else:
             raise ValueError(f"loss: unknown loss {loss!r}")
-        out[0] += xp.vdot(rows, w)
+        xp.multiply(rows, w, out=rows, dtype=f64)
+        out[0] += rows.sum()
         if accuracy is not None:
             same = self._correct_rows(a, z, y, accuracy)
-            xp.multiply(same.reshape(w.shape), w, out=rows)
-            out[1] += rows.sum(dtype=np.float64)
+            xp.multiply(same.reshape(w.shape), w, out=rows, dtype=f64)
+            out[1] += rows.sum()
