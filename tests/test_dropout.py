@@ -338,7 +338,7 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
     (dict(dropout=[0.1, 0.2]), r"dropout: got 2 rates for 3 layer inputs"),
     (dict(dropout=[0.1, 0.2, 1.5]), r"dropout\[2\]: a dropout rate must be in \[0, 1\), got 1.5"),
     (dict(dropout=[0.1, math.inf, 0]), r"dropout\[1\]: .* got inf"),
-    (dict(dropout=1 - 2**-40), r"dropout: a dropout rate must be in \[0, 1\)"),  # rounds to a threshold of 2³²
+    (dict(dropout=1 - 2**-33), r"dropout: a dropout rate must be in \[0, 1\), and 0.99999999988\d* is within 2⁻³³ of 1"),
     (dict(max_norm=0), r"max_norm: expected None or a finite number > 0, got 0"),
     (dict(max_norm=-2.0), r"max_norm: .* got -2.0"),
     (dict(max_norm=math.nan), r"max_norm: .* got nan"),

@@ -70,7 +70,7 @@ class NumpyBackend(Backend):
         at small batches. Results differ from the default's by rounding only."""
         gW = self._scratch("gW", W.shape, W.dtype)
         gb = self._scratch("gb", b.shape, b.dtype)
-        if delta.size < W.size and self.scales_delta:
+        if delta.size < W.size and (self.scales_delta or delta.dtype != np.float32):  # float64: numpy's, unrounded
             scaled = self._scratch("delta", delta.shape, delta.dtype)
             _multiply(delta, scale, out=scaled)
             self._matmul(z_prev.T, scaled, gW)

@@ -128,8 +128,11 @@ def _check_rate(p, argument: str) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, Real):
         raise TypeError(f"{argument}: expected a rate in [0, 1), got {p!r}")
     p = float(p)
-    if not (0.0 <= p < 1.0) or threshold(p) >= TWO_32:
+    if not (0.0 <= p < 1.0):
         raise ValueError(f"{argument}: a dropout rate must be in [0, 1), got {p!r}")
+    if threshold(p) >= TWO_32:
+        raise ValueError(f"{argument}: a dropout rate must be in [0, 1), and {p!r} is within 2⁻³³ of 1: the masks' "
+                         "32-bit threshold round(p·2³²) would be 2³², every unit dropped")
     return p
 
 
