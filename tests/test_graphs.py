@@ -80,6 +80,39 @@ def test_a_schedule_is_never_recorded_again(graph_backend, rng, monkeypatch):
     assert len(replays) == 1 + 3 * 2  # epoch 1: step 1 (step 0 and the tail run eagerly); then 2 per epoch
 
 
+def test_a_callback_records_again_only_when_it_replaced_the_networks_arrays(graph_backend, rng, monkeypatch):
+    """A callback that reads (scikit-learn's estimators call one every epoch) keeps the recordings; one that calls
+    set_weights gives the network new arrays, which the next epoch records anew, and the fit equals the eager one."""
+    captures = []
+    capture = graph_backend._capture
+    monkeypatch.setattr(graph_backend, "_capture", lambda enqueue: captures.append(1) or capture(enqueue), raising=False)
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)  # steps of 16, 16 and a tail of 8
+    kw = dict(epochs=4, batch_size=16, optimizer="adam")
+
+    def fit(graphs, callback):
+        graph_backend.graphs = graphs
+        model = MLP([4, 5, 2], backend=graph_backend.name, seed=1)
+        model.fit(X, y, callback=lambda epoch, history: callback(model, epoch), **kw)
+        return model
+
+    def reads(model, epoch):
+        model.get_weights()
+
+    def replaces(model, epoch):
+        if epoch == 1:
+            model.set_weights(model.get_weights())  # new arrays, the same values; the optimizer's state reset
+
+    fit(True, reads)
+    assert len(captures) == 3  # as without a callback (test_a_schedule_is_never_recorded_again)
+    captures.clear()
+    graphed = fit(True, replaces)
+    assert len(captures) == 6  # the epoch after the replacement records its three graphs again
+    plain = fit(False, replaces)
+    for (W1, b1), (W2, b2) in zip(graphed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(W1, W2)
+        np.testing.assert_array_equal(b1, b2)
+
+
 def test_a_failed_capture_of_the_run_keeps_the_one_step_graphs(graph_backend, rng, monkeypatch):
     """A run of steps that cannot be recorded as one graph (too large, say) is replayed a step at a time."""
     capture = graph_backend._capture

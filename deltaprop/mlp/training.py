@@ -7,6 +7,7 @@ per-step metrics; nothing else crosses between host and device.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,9 +164,11 @@ class Trainer:
             if plan.verbose:
                 self._report(epoch, history)
             if self.callback is not None:
+                arrays = net.state_arrays()  # held, so that no new array can take an old one's id
                 self.callback(epoch, history)
                 net.ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
-                self.step = self._new_step()  # the callback may have replaced the network's arrays
+                if any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays())):
+                    self.step = self._new_step()  # new arrays (set_weights): a new recording; else the old one replays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
                 if score < best_score:
