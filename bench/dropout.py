@@ -4,8 +4,9 @@
 
 Step cost: the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD with momentum 0.9) at batch 128
 on random data of MNIST's shape, without dropout, with dropout (0.2 on the input, 0.5 on the hidden layers) and
-with dropout and max-norm; ``--repeats`` rounds after a warm-up one, each running one epoch of ``--steps`` steps of
-every variant in turn, so that a shared machine's load falls on all alike; the ratios of the medians and of the
+with dropout and max-norm; ``--repeats`` rounds, each a fit of every variant in turn, so that a shared machine's
+load falls on all alike: the fit's warm-up epochs (its first, which compiles, and where the backend records CUDA
+graphs its second: a fit records them anew; ``measure.warmup_epochs``), then one timed epoch of ``--steps`` steps; the ratios of the medians and of the
 minima (the least disturbed epoch) to none's (the issue's goal: dropout ≤ 1.15×).
 Accuracy: the reference net with that dropout, max-norm ``--max-norm`` (0: none), Adam or SGD with momentum 0.9
 (``--optimizer``, ``--lr``, cosine-annealed to 0 over the run) for ``--epochs`` epochs on MNIST (``deltaprop.data.load_mnist``, the cache or a folder; never
@@ -40,13 +41,18 @@ VARIANTS = {  # name: the model's arguments
 def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict:
     X = np.random.default_rng(0).random((steps * batch, SIZES[0]), dtype=np.float32)
     y = np.arange(len(X)) % SIZES[-1]
+    from deltaprop.bench.measure import timed_fit
+
     models = {name: MLP(SIZES, backend=backend, seed=0, **kw) for name, kw in VARIANTS.items()}
     seconds = {name: [] for name in VARIANTS}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, model in models.items():
-            seconds[name] += model.fit(X, y, epochs=1, batch_size=batch, lr=0.05, momentum=0.9).seconds
-    out = {name: {"step_ms": statistics.median(s[1:]) / steps * 1e3, "min_step_ms": min(s[1:]) / steps * 1e3,
-                  "epochs_s": s} for name, s in seconds.items()}
+    warmups = {name: [] for name in VARIANTS}
+    for _ in range(repeats):
+        for name, model in models.items():  # one epoch timed after the fit's recordings (a new fit records anew)
+            history, timed, warm = timed_fit(model, X, y, 1, batch_size=batch, lr=0.05, momentum=0.9)
+            seconds[name] += timed
+            warmups[name] += history.seconds[:warm]
+    out = {name: {"step_ms": statistics.median(s) / steps * 1e3, "min_step_ms": min(s) / steps * 1e3,
+                  "epochs_s": s, "warmup_epochs_s": warmups[name]} for name, s in seconds.items()}
     for row in out.values():
         row["over_none"] = row["step_ms"] / out["none"]["step_ms"]
         row["min_over_none"] = row["min_step_ms"] / out["none"]["min_step_ms"]
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backends", default="numpy", type=lambda s: s.split(","))
     p.add_argument("--steps", type=int, default=10, help="steps per timed epoch (default: 10; 0: no step costs)")
-    p.add_argument("--repeats", type=int, default=30, help="timed rounds after the warm-up (default: 30)")
+    p.add_argument("--repeats", type=int, default=30, help="timed rounds, a fit per variant each (default: 30)")
     p.add_argument("--epochs", type=int, default=20, help="MNIST epochs of the dropout net (default: 20; 0: none)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="the dropout net's optimizer: adam (default) or sgd with momentum 0.9")
@@ -109,7 +115,8 @@ def main(argv=None) -> int:
     lines = [f"# Dropout, {a.machine}, {result['date']} (commit {result['commit']})", "",
              loads +
              f"Reference net 784-1024-1024-10 at batch 128, SGD with momentum 0.9, dropout {DROPOUT} (input, hidden), "
-             "rounds of one epoch per variant, interleaved, after a warm-up (see bench/dropout.py).", "",
+             "rounds of a fit per variant, interleaved, each timing one epoch after the fit's warm-up epochs (its "
+             "compilation and CUDA graph recordings; see bench/dropout.py).", "",
              "| backend | variant | ms per step (median) | × none | ms per step (min) | × none |", "|---|---|---|---|---|---|"]
     for backend, row in result["backends"].items():
         for name, cost in row.get("step_costs", {}).items():

@@ -12,8 +12,9 @@ an n × n output, or --tiles) against cupy.matmul,
 each timed with CUDA events over --repeat runs after one warm-up; TFLOP/s = 2n³ / time.
 MNIST: the reference net 784-1024-1024-10, ReLU, softmax + cross-entropy, batch 128, float32, SGD
 with momentum 0.9, on 60000 random samples of MNIST's shape (the time of an epoch does not depend
-on the values; the device has no network). Median epoch time over --epochs epochs after one warm-up
-epoch (which compiles), deltaprop and PyTorch eager with the same net on the same GPU in one run.
+on the values; the device has no network). Median epoch time over --epochs epochs after the warm-up
+(PyTorch's first epoch; deltaprop's first, which compiles, and with CUDA graphs its second, which records the epoch's
+graph), deltaprop and PyTorch eager with the same net on the same GPU in one run.
 Needs numba-cuda and CuPy (the cuda12/cuda13 extra); PyTorch only for its half of the MNIST part.
 """
 
@@ -78,6 +79,7 @@ def gemm(sizes, repeat, fixed):
 
 def mnist(epochs, tiles):
     from deltaprop import MLP
+    from deltaprop.bench.measure import timed_fit
 
     rng = np.random.default_rng(0)
     X = rng.random((60000, 784), dtype=np.float32)
@@ -89,9 +91,9 @@ def mnist(epochs, tiles):
         model.backend.tilings = (tiles,)
     out["tilings"] = [list(t) for t in model.backend.tilings]
     launches, replays = model.backend.launches, model.backend.replays
-    hist = model.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9)
-    steps = (epochs + 1) * -(-60000 // 128)
-    out["deltaprop_epoch_s"] = statistics.median(hist.seconds[1:])
+    hist, timed, out["deltaprop_warmup_epochs"] = timed_fit(model, X, y, epochs, batch_size=128, lr=0.01, momentum=0.9)
+    steps = len(hist.seconds) * -(-60000 // 128)
+    out["deltaprop_epoch_s"] = statistics.median(timed)
     out["deltaprop_first_epoch_s"] = hist.seconds[0]  # the kernels' JIT compilation included
     out["capture_error"] = model.backend.capture_error
     # host calls per step: graph replays, and kernel launches (eager steps, captures, per-epoch bookkeeping)
@@ -101,7 +103,7 @@ def mnist(epochs, tiles):
     eager.backend.graphs = False  # the same kernels launched one by one from Python
     try:
         out["deltaprop_eager_epoch_s"] = statistics.median(
-            eager.fit(X, y, epochs=epochs + 1, batch_size=128, lr=0.01, momentum=0.9).seconds[1:])
+            timed_fit(eager, X, y, epochs, batch_size=128, lr=0.01, momentum=0.9)[1])
     finally:
         eager.backend.graphs, eager.backend.tilings = True, saved
     print(f"deltaprop numba-cuda: first epoch (compiling the kernels) {out['deltaprop_first_epoch_s']:.1f} s", flush=True)

@@ -3,8 +3,8 @@
     python bench/optimizers.py [--backends numpy,numba-cuda,cupy] [--epochs 10] [--out bench/results]
 
 Step cost: the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy) at batch 128 on random data of
-MNIST's shape (a step's time does not depend on the values), the median epoch of ``--repeats`` after a warm-up
-one, over ``--steps`` steps, per optimizer; every ratio is to SGD with momentum 0.9 in the same run (the issue's
+MNIST's shape (a step's time does not depend on the values), the median epoch of ``--repeats`` after the warm-up epochs (2 where the backend records CUDA graphs, else 1: measure.warmup_epochs),
+over ``--steps`` steps, per optimizer; every ratio is to SGD with momentum 0.9 in the same run (the issue's
 goal: Adam at most 1.2×). Accuracy: the reference net with Adam (lr 1e-3) for ``--epochs`` epochs on MNIST
 (``deltaprop.data.load_mnist``, the cache or a folder; never downloaded here), its test accuracy after each
 epoch (the goal: ≥ 98% within 10). Writes <date>-<machine>-optimizers.json and .md.
@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deltaprop import MLP, record  # noqa: E402
+from deltaprop.bench.measure import timed_fit  # noqa: E402
 
 SIZES = [784, 1024, 1024, 10]
 OPTIMIZERS = {  # name: fit's arguments
@@ -47,9 +48,9 @@ def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict
     out = {}
     for name in OPTIMIZERS:
         model = MLP(SIZES, backend=backend, seed=0)
-        history = model.fit(X, y, epochs=repeats + 1, batch_size=batch, **_arguments(name))
-        out[name] = {"step_ms": statistics.median(history.seconds[1:]) / steps * 1e3,
-                     "epochs_s": history.seconds}
+        history, timed, warm = timed_fit(model, X, y, repeats, batch_size=batch, **_arguments(name))
+        out[name] = {"step_ms": statistics.median(timed) / steps * 1e3, "epochs_s": history.seconds,
+                     "warmup_epochs": warm}
     base = out["sgd+momentum"]["step_ms"]
     for row in out.values():
         row["over_sgd_momentum"] = row["step_ms"] / base

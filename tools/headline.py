@@ -7,7 +7,8 @@
 ``epochs`` times, in one process, the reference net (784-1024-1024-10, ReLU, softmax + cross-entropy, SGD
 with momentum 0.9, lr 0.05, batch 128) and the small net (784-30-10, sigmoid + mse, plain SGD lr 3.0, batch
 10) on 60,000 random samples of MNIST's shape (an epoch's time does not depend on the values) on each
-backend asked and PyTorch eager: the median of ``--epochs`` timed epochs after a warm-up epoch, each
+backend asked and PyTorch eager: the median of ``--epochs`` timed epochs after the warm-up (deltaprop: its
+first epoch, or two where the backend records CUDA graphs; ``measure.warmup_epochs``), each
 learner checked to learn (its loss falls) before it is timed (each deltaprop row says which path ran: "fused",
 the whole epoch in one launch, which the small net takes where it fits, or "steps"; ``--step-path`` times the
 small net on the step path too, as rows "<backend>:steps", outside the record's keys); and, with MNIST at hand, the reference net's
@@ -40,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deltaprop.bench.measure import Net  # noqa: E402
+from deltaprop.bench.measure import Net, timed_fit  # noqa: E402
 from deltaprop.bench.peers import Missing, jax_train, torch_train  # noqa: E402
 
 # The nets of the headline format, with its hyperparameters; the batch of each
@@ -74,7 +75,7 @@ def deltaprop_epochs(backend: str, net: str, X, y, epochs: int, fused: str = "au
     try:
         model = spec.model(backend)
         before = getattr(model.backend, "fused_epochs", 0)
-        history = model.fit(X, y, epochs=epochs + 1, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
+        history, timed, warm = timed_fit(model, X, y, epochs, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
         path = "fused" if getattr(model.backend, "fused_epochs", 0) > before else "steps"
     finally:
         if saved is None:
@@ -82,8 +83,8 @@ def deltaprop_epochs(backend: str, net: str, X, y, epochs: int, fused: str = "au
         else:
             os.environ["DELTAPROP_FUSED"] = saved
     _learns(history.loss, f"{backend} on the {net} net")
-    return {"epoch_s": statistics.median(history.seconds[1:]), "seconds": history.seconds, "loss": history.loss,
-            "path": path}
+    return {"epoch_s": statistics.median(timed), "seconds": history.seconds, "warmup_epochs": warm,
+            "loss": history.loss, "path": path}
 
 
 def peer_epochs(peer: str, net: str, X, y, epochs: int, precision: str = "fp32", compile_modes=("reduce-overhead",)) -> dict:

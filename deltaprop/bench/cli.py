@@ -28,7 +28,7 @@ class Settings:
     nets: dict = field(default_factory=lambda: {"reference": REFERENCE, "small": SMALL})
     samples: int = 60_000  # an epoch: MNIST's training set
     test_samples: int = 10_000
-    repeats: int = 3  # timed epochs (or timed batches of kernel calls), after one warm-up
+    repeats: int = 3  # timed epochs (or timed batches of kernel calls), after the warm-up (measure.warmup_epochs)
     min_seconds: float = 0.05  # each timed batch of kernel calls lasts at least this long
     batch_sizes: tuple = (32, 64, 128, 256, 512, 1024, 2048, 4096)
     kernel_batches: tuple = (128, 1024)

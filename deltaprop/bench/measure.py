@@ -1,6 +1,7 @@
 """What every suite shares: the nets, the data, the clock, and the record of the machine (``deltaprop.record``).
 
-Timing rules (README, "Benchmarks"): warm up first and report the first call on its own;
+Timing rules (README, "Benchmarks"): warm up first and report the first call on its own (a fit's warm-up
+epochs cover its CUDA graph recordings: ``warmup_epochs``);
 wait for the device (``synchronize``) before reading the clock; repeat and report the
 median with min and max; take every ratio from numbers of the same run.
 """
@@ -83,6 +84,25 @@ def time_calls(fn, sync, repeats: int, min_seconds: float) -> dict:
         sync()
         runs.append((time.perf_counter() - t) / calls)
     return {"first": first, "calls_per_repeat": calls, "calls_total": total + repeats * calls, **summarize(runs)}
+
+
+def warmup_epochs(model) -> int:
+    """How many first epochs of a fit stay off the clock: 2 where the model's backend records CUDA graphs
+    (``graphs.GraphSteps`` with graphs on: the first epoch runs each batch shape's first step eagerly and records
+    the one-step graphs, the second records the whole epoch's graph, later epochs only replay), else 1 (JIT
+    compilation, buffer growth). Every new ``fit`` records anew: time epochs of one fit, after these."""
+    from ..backends.graphs import GraphSteps
+
+    backend = model.backend
+    return 2 if isinstance(backend, GraphSteps) and backend.graphs else 1
+
+
+def timed_fit(model, X, y, repeats: int, **fit_kwargs):
+    """``model.fit`` of ``warmup_epochs(model) + repeats`` epochs: (its History, the ``repeats`` timed epochs'
+    seconds, the number of warm-up epochs)."""
+    warm = warmup_epochs(model)
+    history = model.fit(X, y, epochs=warm + repeats, **fit_kwargs)
+    return history, list(history.seconds[warm:]), warm
 
 
 # --------------------------------------------------------------- progress

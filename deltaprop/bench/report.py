@@ -23,7 +23,8 @@ def markdown(result, plots=()) -> str:
         f"Load average (1, 5, 15 min) {m['load_average']} at the start, {m.get('load_average_at_end')} at the end.",
         "",
         f"Data: {result['data']}. Times are medians of {result['settings']['repeats']} repeats after a warm-up, "
-        "with (min–max); every ratio is from this run.",
+        "with (min–max); every ratio is from this run. A fit's warm-up is its first epoch, or its first two where "
+        "the backend records CUDA graphs (the one-step graphs, then the whole epoch's).",
     ]
     suites = result["suites"]
     if "kernels" in suites:

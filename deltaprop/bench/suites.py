@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .. import backends
-from .measure import Net, datasheet_peak, progress, summarize, time_calls
+from .measure import Net, datasheet_peak, progress, summarize, time_calls, timed_fit
 
 
 def usable_backends(names=None) -> list:
@@ -135,20 +135,22 @@ def warmup(name: str, net: Net) -> dict:
 
 
 def train_one(name: str, net: Net, X, y, batch: int, repeats: int) -> dict:
-    """One warm-up epoch, then ``repeats`` timed epochs (History.seconds: the loop synchronizes before each)."""
+    """The warm-up epochs (``measure.warmup_epochs``: 2 where the backend records CUDA graphs, else 1), then
+    ``repeats`` timed epochs of the same fit (History.seconds: the loop synchronizes before each)."""
     model = net.model(name)
     bk = model.backend
     before = _launches(bk)
-    history = model.fit(X, y, epochs=1 + repeats, batch_size=batch, lr=net.lr, momentum=net.momentum)
+    history, timed, warm = timed_fit(model, X, y, repeats, batch_size=batch, lr=net.lr, momentum=net.momentum)
     after = _launches(bk)
-    epoch = summarize(history.seconds[1:])
+    epoch = summarize(timed)
     steps = math.ceil(len(X) / batch)
     row = {"backend": name, "net": net.name, "batch": batch, "samples": len(X), "steps": steps,
-           "first_epoch_s": history.seconds[0], "epoch_s": epoch, "samples_per_s": len(X) / epoch["median"],
+           "first_epoch_s": history.seconds[0], "warmup_epochs": warm, "epoch_s": epoch,
+           "samples_per_s": len(X) / epoch["median"],
            "us_per_step": epoch["median"] / steps * 1e6,
            "gflops": net.flops_per_sample() * len(X) / epoch["median"] / 1e9}
     if before is not None and after is not None:
-        row["launches_per_step"] = (after - before) / (steps * (1 + repeats))
+        row["launches_per_step"] = (after - before) / (steps * len(history.seconds))
     return row
 
 
@@ -160,7 +162,7 @@ def train(s, data) -> dict:
         warm.append(warmup(name, s.nets["reference"]))
         for net in s.train_nets():
             for batch in s.batch_sizes:
-                progress(f"{name}: {net.name} net, batch {batch}, {1 + s.repeats} epochs of {len(X)} samples")
+                progress(f"{name}: {net.name} net, batch {batch}, {s.repeats} timed epochs of {len(X)} samples after the warm-up")
                 rows.append(train_one(name, net, X, y, batch, s.repeats))
     return {"warmup": warm, "rows": rows, "crossover": crossover(rows)}
 
