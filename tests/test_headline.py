@@ -141,3 +141,54 @@ def test_a_row_says_which_path_ran_and_the_step_path_rows_stay_out_of_the_record
     record = headline.headline(epochs, None, None, "f" * 40)
     assert keys_of(record, FORMAT) == []
     assert record["small_epoch_s"]["fp32"]["cupy"] == 0.02
+
+
+def test_a_missing_part_leaves_its_figures_null_and_the_rest_of_the_record(tmp_path, capsys):
+    """A session step that failed, timed out or was skipped past its deadline wrote no part: the record is still written."""
+    e, h = tmp_path / "e.json", str(tmp_path / "h.json")
+    e.write_text(json.dumps({"nets": {"reference": {"cupy": {"epoch_s": 0.5}}}, "accuracy": {}}))
+    missing = [str(tmp_path / n) for n in ("cold-start.json", "tests-pytest.log")]
+    assert headline.main(["assemble", "--epochs", str(e), "--cold", missing[0], "--tests", missing[1], "--out", h]) == 0
+    record = json.loads(open_text(h))
+    assert keys_of(record, FORMAT) == [] and record["reference_epoch_s"]["fp32"]["cupy"] == 0.5
+    assert all(v is None for v in leaves(record["cold_start_s"])) and all(v is None for v in leaves(record["tests"]))
+    err = capsys.readouterr().err
+    assert all(f"{m} is missing" in err for m in missing)
+
+
+def test_cold_start_keeps_the_backends_measured_before_one_failed(tmp_path, monkeypatch):
+    out = str(tmp_path / "c.json")
+
+    def first_step(backend, env):
+        if backend == "cupy":
+            raise SystemExit("headline: the first step on cupy failed:\nno GPU")
+        return {"backend": backend, "seconds": 1.0}
+
+    monkeypatch.setattr(headline, "first_step", first_step)
+    assert headline.main(["cold-start", "--backends", "numba-cuda,cupy", "--out", out]) == 1
+    cold = json.loads(open_text(out))
+    assert cold["numba-cuda"]["empty_cache"]["seconds"] == 1.0 and cold["numba-cuda"]["warm_cache"]["seconds"] == 1.0
+    assert cold["cupy"] == {} and "no GPU" in cold["errors"][0]
+    record = headline.headline(None, cold, None, None)
+    assert record["cold_start_s"] == {"numba-cuda": {"empty_cache": 1.0, "warm_cache": 1.0},
+                                      "cupy": {"empty_cache": None, "warm_cache": None}}
+
+
+def test_cold_start_writes_each_figure_as_it_comes(tmp_path, monkeypatch):
+    """A run cut short by the session's step timeout keeps the figures it measured."""
+    out = str(tmp_path / "c.json")
+    written = []
+
+    def first_step(backend, env):
+        written.append(json.loads(open_text(out)) if os.path.exists(out) else None)
+        return {"seconds": 2.0}
+
+    monkeypatch.setattr(headline, "first_step", first_step)
+    assert headline.main(["cold-start", "--backends", "numba-cuda,cupy", "--out", out]) == 0
+    assert written[0] is None and written[1]["numba-cuda"] == {"empty_cache": {"seconds": 2.0}}
+    assert written[2]["numba-cuda"]["warm_cache"] == {"seconds": 2.0}
+
+
+def open_text(path) -> str:
+    with open(path) as f:
+        return f.read()

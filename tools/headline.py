@@ -207,14 +207,25 @@ def first_step(backend: str, env: dict) -> dict:
 
 
 def cmd_cold_start(a) -> dict:
-    result = {}
+    """Each backend's first steps; the record is written to ``a.out`` after every figure (a run cut short by its
+    time limit keeps what it measured), and one backend's failure is in its "errors", not the end of the others'."""
+    result = {"errors": []}
     for backend in a.backends:
+        rows = result[backend] = {}
         with tempfile.TemporaryDirectory() as empty:
             env = {**os.environ, "DELTAPROP_KERNEL_CACHE": os.path.join(empty, "numba-cuda"),
                    "CUPY_CACHE_DIR": os.path.join(empty, "cupy"), "CUDA_CACHE_DISABLE": "1"}
-            rows = result[backend] = {"empty_cache": first_step(backend, env), "warm_cache": first_step(backend, env)}
+            cases = [("empty_cache", env), ("warm_cache", env)]
             if a.carried and backend == "numba-cuda":
-                rows["carried_cache"] = first_step(backend, {**env, "DELTAPROP_KERNEL_CACHE": os.path.abspath(a.carried)})
+                cases.append(("carried_cache", {**env, "DELTAPROP_KERNEL_CACHE": os.path.abspath(a.carried)}))
+            try:
+                for case, case_env in cases:
+                    rows[case] = first_step(backend, case_env)
+                    _write(a.out, result)
+            except (SystemExit, subprocess.TimeoutExpired) as exc:
+                result["errors"].append(f"{backend}: {exc}")
+                print(f"{backend}: FAILED, {exc}", file=sys.stderr, flush=True)
+        _write(a.out, result)
         print(backend, json.dumps(rows), flush=True)
     return result
 
@@ -246,8 +257,9 @@ def _device() -> dict:
 
 
 def tests_summary(path) -> dict | None:
-    """{command, passed, failed, skipped, seconds} from a pytest log's first line (the command) and closing line."""
-    if not path:
+    """{command, passed, failed, skipped, seconds} from a pytest log's first line (the command) and closing line;
+    None without a log (or where it was not written)."""
+    if not path or not os.path.exists(path):
         return None
     with open(path) as f:
         lines = f.read().splitlines()
@@ -327,11 +339,21 @@ def sanitizer_counts(folder) -> dict | None:
 
 
 def cmd_assemble(a) -> dict:
+    """The record from the parts there are: a part that was not written (its step failed, timed out or was
+    skipped past the session's deadline) leaves its figures null, as the format says, and is named on stderr."""
+
+    for path in (a.epochs, a.cold, a.tests):
+        if path and not os.path.exists(path):
+            print(f"headline: {path} is missing: its figures are null", file=sys.stderr, flush=True)
+
     def read(path):
-        if not path:
+        if not path or not os.path.exists(path):
             return None
         with open(path) as f:
-            return json.load(f)
+            part = json.load(f)
+        if not isinstance(part, dict):
+            raise SystemExit(f"headline: {path}: expected a JSON object (a part this script writes), got {type(part).__name__}")
+        return part
 
     from deltaprop import record
 
@@ -370,7 +392,7 @@ def main(argv=None) -> int:
     result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
     _write(a.out, result)
     print("wrote", a.out)
-    return 0
+    return 1 if a.command == "cold-start" and result["errors"] else 0
 
 
 def _write(path: str, result: dict) -> None:
