@@ -87,7 +87,7 @@ def test_a_tiny_run_writes_json_and_markdown(tmp_path, capsys):
     assert cli.main(argv) == 0
     # progress on stderr: which suite, which backend and size, seconds since the suite began
     err = capsys.readouterr().err.splitlines()
-    for line in ("[train 1/3] started", "[train 1/3] numpy: warm-up", "[train 1/3] numpy: small net, batch 256, 2 epochs of 96 samples",
+    for line in ("[train 1/3] started", "[train 1/3] numpy: warm-up", "[train 1/3] numpy: small net, batch 256, 96 samples: the warm-up epochs, then 1 timed",
                  "[scaling 2/3] numpy: depth 2", "[tta 3/3] numpy: to 50% test accuracy, at most 5 epochs", "[tta 3/3] done"):
         assert any(e.startswith(line + " (") and e.endswith(" s)") for e in err), line
     [json_path] = tmp_path.glob("*-test.json")
@@ -193,3 +193,55 @@ def test_bad_sizes_and_outputs_are_one_error_line_before_any_suite(tmp_path, cap
     assert err.startswith(f"deltaprop bench: error: {message.replace('{tmp}', str(tmp_path))}"), err
     assert err.count("\n") == 1 and out == ""
     assert sorted(os.listdir(tmp_path)) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_machine_tag_that_cannot_name_a_file_is_one_error_line_before_any_suite(tmp_path, capsys):
+    assert cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--machine", "gpu/a",
+                     "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("deltaprop bench: error: --machine: 'gpu/a' names the result files") and err.count("\n") == 1
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_a_second_run_of_the_day_refuses_to_replace_the_first(tmp_path, capsys):
+    argv = ["train", "--smoke", "--backends", "numpy", "--samples", "32", "--repeats", "1", "--batch-sizes", "32",
+            "--no-plots", "--out", str(tmp_path), "--machine", "test"]
+    assert cli.main(argv) == 0
+    [first] = tmp_path.glob("*-test.json")
+    before = first.read_text()
+    capsys.readouterr()
+    assert cli.main(["tta", *argv[1:]]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"deltaprop bench: error: {first} exists (an earlier run of the day on this machine); give another " \
+                  "--machine or --out, or move it away\n" and out == ""
+    assert first.read_text() == before
+
+
+def test_a_matplotlib_that_fails_to_import_turns_the_plots_off_with_a_note(tmp_path):
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('a broken install')\n")
+    done = subprocess.run([sys.executable, "-c", "from deltaprop.bench import cli; print(cli._matplotlib_problem())"],
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT)])},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "matplotlib fails to import (ImportError: a broken install)"
+
+
+def test_plots_that_fail_leave_the_json_and_markdown_written(tmp_path, monkeypatch, capsys):
+    from deltaprop.bench import report
+
+    monkeypatch.setattr(cli, "_matplotlib_problem", lambda: None)
+
+    def fail(result, stem):
+        raise ImportError("no backend for matplotlib")
+
+    monkeypatch.setattr(report, "plots", fail)
+    argv = ["train", "--smoke", "--backends", "numpy", "--samples", "32", "--repeats", "1", "--batch-sizes", "32",
+            "--out", str(tmp_path), "--machine", "test"]
+    assert cli.main(argv) == 0
+    assert "deltaprop bench: no plots: ImportError: no backend for matplotlib" in capsys.readouterr().err
+    assert [p.suffix for p in sorted(tmp_path.iterdir())] == [".json", ".md"]
+
+
+def test_suites_may_come_after_options():
+    assert cli.parse(["kernels", "--smoke", "train"]).suites == ["kernels", "train"]

@@ -74,7 +74,7 @@ def parse(argv):
     p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite")
     p.add_argument("--synthetic", action="store_true", help="do not load MNIST; time on data of its shape")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # suites may come after options: kernels --smoke train
     for name in args.suites:
         if name not in SUITES:
             p.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
@@ -131,15 +131,36 @@ def check_up_front(args) -> str | None:
     problem = _check_out(args.out)
     if problem:
         return problem
+    if args.machine is not None and not MACHINE_TAG.fullmatch(args.machine):
+        return (f"--machine: {args.machine!r} names the result files: use letters, digits, '.', '_' and '-' "
+                "(not first a '.' or '-'), as in h100-train")
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     try:
         suites.usable_backends(names)
     except (backends.BackendUnavailable, ValueError) as exc:
         return f"--backends {args.backends}: {exc}"
-    if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
-        print("deltaprop bench: no plots: matplotlib is not installed (pip install 'deltaprop[plot]'); "
-              "the JSON and markdown are written as usual", file=sys.stderr)
-        args.no_plots = True
+    if not args.no_plots:
+        why = _matplotlib_problem()
+        if why:
+            print(f"deltaprop bench: no plots: {why}; the JSON and markdown are written as usual", file=sys.stderr)
+            args.no_plots = True
+    return None
+
+
+MACHINE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def _matplotlib_problem() -> str | None:
+    """Why the plots cannot be drawn here (matplotlib missing, or installed and failing to import), or None."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not installed (pip install 'deltaprop[plot]')"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+    except Exception as exc:  # noqa: BLE001 - a broken install: the results do not need it
+        return f"matplotlib fails to import ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -170,6 +191,12 @@ def main(argv=None) -> int:
     chosen = args.suites or list(SUITES)
     info = measure.machine_info()
     tag = args.machine or machine_tag(info) + ("-smoke" if s.smoke else "")
+    stem = os.path.join(args.out, f"{info['date'][:10]}-{tag}")
+    taken = [p for p in (stem + ".json", stem + ".md") if os.path.exists(p)]
+    if taken:
+        print(f"deltaprop bench: error: {taken[0]} exists (an earlier run of the day on this machine); give another "
+              "--machine or --out, or move it away", file=sys.stderr)
+        return 1
     timing, data_note, accuracy_data = load_data(s, args.synthetic)
     print(f"deltaprop bench: {', '.join(chosen)} on {', '.join(suites.usable_backends(s.backends))}; "
           f"{info['cpu']} ({info['cores']} cores); data: {data_note}", flush=True)
@@ -196,10 +223,14 @@ def main(argv=None) -> int:
     from . import report
 
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{info['date'][:10]}-{tag}")
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1, allow_nan=True)
-    plots = [] if args.no_plots else report.plots(result, stem)
+    plots = []
+    if not args.no_plots:
+        try:
+            plots = report.plots(result, stem)
+        except Exception as exc:  # noqa: BLE001 - the figures are in the JSON and the markdown already
+            print(f"deltaprop bench: no plots: {type(exc).__name__}: {exc}", file=sys.stderr)
     with open(stem + ".md", "w") as f:
         f.write(report.markdown(result, [os.path.basename(p) for p in plots]))
     print(open(stem + ".md").read())

@@ -162,7 +162,7 @@ def train(s, data) -> dict:
         warm.append(warmup(name, s.nets["reference"]))
         for net in s.train_nets():
             for batch in s.batch_sizes:
-                progress(f"{name}: {net.name} net, batch {batch}, {s.repeats} timed epochs of {len(X)} samples after the warm-up")
+                progress(f"{name}: {net.name} net, batch {batch}, {len(X)} samples: the warm-up epochs, then {s.repeats} timed")
                 rows.append(train_one(name, net, X, y, batch, s.repeats))
     return {"warmup": warm, "rows": rows, "crossover": crossover(rows)}
 
