@@ -190,10 +190,15 @@ def main(argv=None):
     parser.add_argument("--cost-epochs", type=int, default=30, help="epochs of the driving-cost measurement")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
+    for name in ("seeds", "max_iter", "cost_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be ≥ 1, got {getattr(args, name)}")
     if not args.out_dir.is_dir():
         parser.error(f"--out-dir: {args.out_dir} is not a folder")
     from deltaprop import record
-    from deltaprop.bench.measure import machine_info
+    from deltaprop.bench.measure import machine_info, require_packages
+
+    require_packages("sklearn_head_to_head.py", {"sklearn": "scikit-learn"}, "pip install 'deltaprop[bench]'")
 
     machine = machine_info()
     data = datasets()

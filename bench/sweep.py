@@ -317,9 +317,14 @@ def main(argv=None) -> int:
     if not args.out_dir.is_dir():
         parser.error(f"--out-dir: {args.out_dir} is not a folder")
     from deltaprop import backends, record
-    from deltaprop.bench.measure import machine_info
+    from deltaprop.bench.measure import machine_info, require_packages
 
     names = [n.strip() for n in args.backend.split(",") if n.strip()] if args.gpu else []
+    if args.gpu and not names:
+        parser.error(f"--backend: no backend named in {args.backend!r}; name one or more, as in cupy,numba-cuda")
+    if not args.gpu:
+        require_packages("sweep.py", {"sklearn": "scikit-learn", "dask": "dask", "distributed": "distributed"},
+                         "pip install scikit-learn 'dask[distributed]' (the bench extra brings scikit-learn, not Dask)")
     try:
         used = [backends.get(n) for n in names]  # a backend that cannot run here: one line, before any work
     except (ValueError, backends.BackendUnavailable) as exc:

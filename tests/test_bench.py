@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import script
 
 from deltaprop import backends, data
 from deltaprop.bench import cli, measure, suites
@@ -245,3 +246,34 @@ def test_plots_that_fail_leave_the_json_and_markdown_written(tmp_path, monkeypat
 
 def test_suites_may_come_after_options():
     assert cli.parse(["kernels", "--smoke", "train"]).suites == ["kernels", "train"]
+
+
+def test_require_gpu_knows_a_precision_variant(monkeypatch):
+    monkeypatch.setattr(backends, "get", lambda name: object())
+    monkeypatch.setattr(backends, "available", lambda: {"cupy": backends.Availability(True, "CUDA device 0")})
+    measure.require_gpu("prog", "cupy-tf32")  # a variant is not listed by available(): its backend's entry
+
+
+def test_a_missing_package_is_one_error_line_with_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dask" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"^prog: error: needs dask, not installed here: pip install dask$"):
+        measure.require_packages("prog", {"json": "json", "dask": "dask"}, "pip install dask")
+    sweep = script("bench/sweep.py")
+    with pytest.raises(SystemExit, match=r"^sweep.py: error: needs dask, not installed here: pip install .*dask\[distributed\]"):
+        sweep.main(["--samples", "90", "--out-dir", "."])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench/sweep.py", "--gpu", "--backend", ","], "--backend: no backend named in ','"),
+    (["bench/sklearn_head_to_head.py", "--seeds", "0"], "--seeds: must be ≥ 1, got 0"),
+    (["bench/sklearn_head_to_head.py", "--cost-epochs", "0"], "--cost-epochs: must be ≥ 1, got 0"),
+])
+def test_bad_arguments_of_the_bench_scripts_are_one_error_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        script(argv[0]).main([*argv[1:], "--out-dir", "."])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "Traceback" not in err

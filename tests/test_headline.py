@@ -192,3 +192,29 @@ def test_cold_start_writes_each_figure_as_it_comes(tmp_path, monkeypatch):
 def open_text(path) -> str:
     with open(path) as f:
         return f.read()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "numpy-bf16"], "--backends: 'numpy-bf16' is not a backend the headline times; choose from"),
+    (["--backends", "cupy:0"], "--backends: 'cupy:0' is not a backend the headline times"),
+    (["--accuracy", "numba"], "--accuracy: 'numba' is not a backend the headline times"),
+    (["--epochs", "0"], "--epochs: must be ≥ 1, got 0"),
+    (["--samples", "0"], "--samples: must be ≥ 1, got 0"),
+])
+def test_bad_epochs_arguments_are_one_error_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        headline.main(["epochs", "--backends", "numpy", "--peers", "", "--accuracy", "", *argv, "--out", str(tmp_path / "e.json")])
+    assert exc.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_a_gpu_backend_that_cannot_run_is_one_error_line(tmp_path, monkeypatch):
+    from deltaprop import backends
+
+    def get(name):  # CuPy unusable, whatever this machine has
+        raise backends.BackendUnavailable(f"backend {name!r} is not usable: a reason")
+
+    monkeypatch.setattr(backends, "get", get)
+    with pytest.raises(SystemExit, match=r"^headline: error: backend 'cupy' is not usable: a reason$"):
+        headline.main(["epochs", "--peers", "", "--out", str(tmp_path / "e.json")])
+    assert not (tmp_path / "e.json").exists()

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deltaprop.bench.measure import Net, timed_fit  # noqa: E402
+from deltaprop.bench.measure import Net, require_gpu, timed_fit  # noqa: E402
 from deltaprop.bench.peers import Missing, jax_train, torch_train  # noqa: E402
 
 # The nets of the headline format, with its hyperparameters; the batch of each
@@ -389,6 +389,15 @@ def main(argv=None) -> int:
     for q in (e, c, s):
         q.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.command == "epochs":
+        for option, value in (("--samples", a.samples), ("--epochs", a.epochs), ("--accuracy-epochs", a.accuracy_epochs)):
+            if value < 1:
+                p.error(f"{option}: must be ≥ 1, got {value}")
+        for option, names in (("--backends", a.backends), ("--accuracy", a.accuracy)):
+            for name in names:
+                if name not in PRECISION:
+                    p.error(f"{option}: {name!r} is not a backend the headline times; choose from {', '.join(PRECISION)}")
+        require_gpu("headline", *dict.fromkeys([b for b in a.backends + a.accuracy if b != "numpy"]))
     result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
     _write(a.out, result)
     print("wrote", a.out)

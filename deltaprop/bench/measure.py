@@ -132,11 +132,22 @@ def require_gpu(prog: str, *names: str) -> None:
     try:
         for name in names:
             backends.get(name)  # BackendUnavailable: why not, and what to install
-            if "simulator" in backends.available()[name].reason:
+            registered = backends.variants().get(backends.parse(name)[0], backends.parse(name)[0])  # cupy-tf32: cupy
+            if "simulator" in backends.available()[registered].reason:
                 raise backends.BackendUnavailable(f"backend {name!r} runs on numba's CUDA simulator here "
                                                   "(NUMBA_ENABLE_CUDASIM=1), not on a GPU")
-    except backends.BackendUnavailable as exc:
+    except (backends.BackendUnavailable, ValueError) as exc:
         raise SystemExit(f"{prog}: error: {exc}") from None
+
+
+def require_packages(prog: str, packages: dict, install: str) -> None:
+    """Before any work: exit with one error line (status 1) naming each of ``packages`` (import name -> what to
+    call it) that is not installed here, and the ``install`` command that brings them."""
+    import importlib.util
+
+    missing = [what for name, what in packages.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"{prog}: error: needs {' and '.join(missing)}, not installed here: {install}")
 
 
 # ------------------------------------------------------------------ data
