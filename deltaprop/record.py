@@ -20,8 +20,9 @@ import subprocess
 VERSION_PACKAGES = ("numpy", "tqdm", "matplotlib", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy",
                     "scikit-learn")
 # the distributions the benchmark's record lists, None when not installed
-BENCH_PACKAGES = ("deltaprop", "numpy", "torch", "scikit-learn", "matplotlib", "cupy-cuda12x", "cupy-cuda13x", "numba",
-                  "numba-cuda")
+# the libraries a bench record's figures come from: deltaprop's and the peers' (PyTorch, scikit-learn, JAX)
+BENCH_PACKAGES = ("deltaprop", "numpy", "torch", "scikit-learn", "jax", "jaxlib", "matplotlib", "cupy-cuda12x",
+                  "cupy-cuda13x", "numba", "numba-cuda")
 # nvidia-smi's --query-gpu fields of a GPU's description (`deltaprop info`, --metrics-out)
 GPU_FIELDS = ("name", "driver_version", "memory.total")
 

@@ -20,8 +20,8 @@ TRAIN_KEYS = ["command", "dataset", "settings", "samples", "history", "epochs_tr
               "timings", "backend", "backend_selection", "device", "versions", "machine", "date", "git_commit"]
 MACHINE_KEYS = ["platform", "cpu", "cores", "gpus"]
 BENCH_KEYS = ["date", "git", "cpu", "cores", "load_average", "platform", "python", "versions", "blas", "backends", "gpu"]
-BENCH_VERSIONS = ["deltaprop", "numpy", "torch", "scikit-learn", "matplotlib", "cupy-cuda12x", "cupy-cuda13x", "numba",
-                  "numba-cuda"]
+BENCH_VERSIONS = ["deltaprop", "numpy", "torch", "scikit-learn", "jax", "jaxlib", "matplotlib", "cupy-cuda12x",
+                  "cupy-cuda13x", "numba", "numba-cuda"]  # every library a figure comes from: the peers' too
 
 
 def test_only_record_reads_the_facts():
