@@ -38,6 +38,18 @@ VARIANTS = {  # name: the model's arguments
 }
 
 
+PART = {"step_costs": "Step costs", "mnist": "MNIST accuracy"}
+
+
+def _run(run: dict) -> str:
+    """Which run a part's figures came from: its commit, and its date and load averages where recorded."""
+    text = f"commit {run['commit']}"
+    if "date" in run:
+        text += (f", {run['date']}, load average {run['load_average_start']} at the start, "
+                 f"{run['load_average_end']} at the end")
+    return text
+
+
 def step_costs(backend: str, steps: int, repeats: int, batch: int = 128) -> dict:
     X = np.random.default_rng(0).random((steps * batch, SIZES[0]), dtype=np.float32)
     y = np.arange(len(X)) % SIZES[-1]
@@ -98,11 +110,13 @@ def main(argv=None) -> int:
     stem = result_stem(a.out, a.machine, "dropout")
     earlier = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     result = run_record(steps=a.steps, repeats=a.repeats, backends={})
+    measured = []  # the parts run now: their run is this one
     for backend in a.backends:
         row = result["backends"][backend] = dict(earlier.get("backends", {}).get(backend, {}))
         if a.steps:
             row["step_costs"] = step_costs(backend, a.steps, a.repeats)
             row["step_costs_commit"] = result["commit"]
+            measured.append((row, "step_costs"))
             for name, cost in row["step_costs"].items():
                 print(f"{backend} {name}: {cost['step_ms']:.2f} ms per step (median), {cost['over_none']:.3f}× none; "
                       f"minima {cost['min_over_none']:.3f}× none", flush=True)
@@ -110,10 +124,17 @@ def main(argv=None) -> int:
             lr = a.lr if a.lr is not None else (1e-3 if a.optimizer == "adam" else 0.05)
             row["mnist"] = dropout_accuracy(backend, a.epochs, lr, a.max_norm or None, a.optimizer)
             row["mnist_commit"] = result["commit"]
+            measured.append((row, "mnist"))
             print(f"{backend} dropout on MNIST: {row['mnist']}", flush=True)
-    loads = end_record(result)
-    lines = [f"# Dropout, {a.machine}, {result['date']} (commit {result['commit']})", "",
-             loads +
+    end_record(result)
+    for row, part in measured:
+        row[part + "_run"] = {k: result[k] for k in ("commit", "date", "load_average_start", "load_average_end")}
+    runs = [(backend, part, row.get(part + "_run") or {"commit": row.get(part + "_commit")})
+            for backend, row in result["backends"].items() for part in ("step_costs", "mnist") if part in row]
+    commits = {run["commit"] for _, _, run in runs}
+    lines = [f"# Dropout, {a.machine}, {result['date']}"
+             + (f" (commit {commits.pop()})" if len(commits) == 1 else " (parts from more than one commit: see each)"), "",
+             *[f"- {PART[part]}, {backend}: {_run(run)}" for backend, part, run in runs], "",
              f"Reference net 784-1024-1024-10 at batch 128, SGD with momentum 0.9, dropout {DROPOUT} (input, hidden), "
              "rounds of a fit per variant, interleaved, each timing one epoch after the fit's warm-up epochs (its "
              "compilation and CUDA graph recordings; see bench/dropout.py).", "",
