@@ -277,3 +277,22 @@ def test_bad_arguments_of_the_bench_scripts_are_one_error_line(capsys, argv, mes
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"error: {message}" in err and "Traceback" not in err
+
+
+def test_the_readmes_cpu_epoch_times_are_those_of_the_result_file_it_names():
+    """README, "How long it takes": the CPU epoch figures are the named bench record's NumPy reference-net rows."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### How long it takes"):text.index("- GPU:", text.index("### How long it takes"))]
+    name = re.search(r"`bench/results/([\w.-]+)\.md`", section).group(1)
+    train, peers = (float(x) for x in re.search(r"took ([\d.]+) s in the train suite and ([\d.]+) s in the peers suite",
+                                                 re.sub(r"\s+", " ", section)).groups())
+    result = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+
+    def median(suite, who):
+        [row] = [r for r in result["suites"][suite]["rows"] if r.get("backend", r.get("trainer")) == who
+                 and r["net"] == "reference" and r["batch"] == 128]
+        return round(row["epoch_s"]["median"], 2)
+
+    assert (train, peers) == (median("train", "numpy"), median("peers", "numpy"))
