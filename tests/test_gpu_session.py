@@ -29,7 +29,8 @@ def test_check_then_more_run_every_step_dry(tmp_path):
     (record,) = out.glob("*-cpu-dry-headline.json")
     record = json.loads(record.read_text())
     assert record["tests"]["passed"] > 0 and record["tests"]["failed"] == 0
-    assert set(json.loads((out / "cold-start.json").read_text())) == {"numpy"}
+    cold = json.loads((out / "cold-start.json").read_text())
+    assert set(cold) == {"numpy", "errors"} and cold["errors"] == []
     assert (kept / "epochs.json").is_file()  # for more, in the next call
 
     shutil.rmtree(out)  # the device empties $OUT before each command
