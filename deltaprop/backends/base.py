@@ -583,8 +583,9 @@ class Backend:
             rows = self._scratch("rows", (a.shape[0], 1), f64)
             ysum = self._scratch("rows2", (a.shape[0], 1), f64)
             rest = self._scratch("loss2", a.shape, f64)
-            xp.max(a, axis=1, keepdims=True, out=rows)
-            xp.subtract(a, rows, out=tmp, dtype=f64)  # a − max
+            top = self._scratch("rowmax", (a.shape[0], 1), a.dtype)  # a reduction's out of a's dtype (CuPy's too)
+            xp.max(a, axis=1, keepdims=True, out=top)
+            xp.subtract(a, top, out=tmp, dtype=f64)  # a − max
             xp.multiply(y, tmp, out=rest, dtype=f64)
             y_dot = rest.sum()
             xp.exp(tmp, out=tmp)
@@ -609,7 +610,7 @@ class Backend:
         xp.multiply(y, a, out=out, dtype=out.dtype)
         xp.maximum(a, 0, out=tmp, dtype=tmp.dtype)
         tmp -= out
-        xp.abs(a, out=out)
+        xp.abs(a, out=out, dtype=out.dtype)
         xp.negative(out, out=out)
         xp.exp(out, out=out)
         xp.log1p(out, out=out)
@@ -654,8 +655,9 @@ class Backend:
             rows *= 0.5
         elif loss == "cross_entropy":  # Σ_k y_k · log Σ exp(a − max) − Σ_k y_k·(a_k − max)
             ysum = self._scratch("rows2", w.shape, f64)
-            xp.max(a, axis=1, keepdims=True, out=rows)
-            xp.subtract(a, rows, out=tmp, dtype=f64)
+            top = self._scratch("rowmax", w.shape, a.dtype)  # a reduction's out of a's dtype (CuPy's too)
+            xp.max(a, axis=1, keepdims=True, out=top)
+            xp.subtract(a, top, out=tmp, dtype=f64)
             xp.sum(y, axis=1, keepdims=True, out=ysum, dtype=f64)
             rest = self._scratch("loss2", a.shape, f64)
             xp.multiply(y, tmp, out=rest, dtype=f64)
