@@ -1,10 +1,12 @@
 """Atomic file writes: a temporary file in the same folder, renamed into place, so a reader never sees half a file.
 
 The temporary file is created with mode 0666 less the umask (as ``open`` would make it), not
-mkstemp's 0600, so a shared cache or volume stays readable by whom the user's umask allows.
-A symlink is followed (the file it names is replaced, not the link), and a target that exists
-but is not a regular file (a device such as /dev/null, a named pipe, a terminal) is written
-through, as ``open`` would: renaming over it would replace the device or pipe by a file.
+mkstemp's 0600, so a shared cache or volume stays readable by whom the user's umask allows; a file
+written over keeps its own permissions, as ``open`` would leave them.
+A symlink is followed (the file it names is replaced, not the link, and keeps its permissions), and a
+target that exists but is not a regular file (a device such as /dev/null, a named pipe, a terminal), or
+that is named under /dev or /proc (/dev/stdout redirected to a file), is written through and appended to:
+renaming over it would replace the device or pipe by a file, or unlink the file a shell redirected to.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 
 
 def atomic_write(path, write, binary=True) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``."""
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``; an
+    existing file's permissions are kept. A special target (``is_special``) is written through, appended to."""
     path = os.fspath(path)
     if is_special(path):
-        with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(path, "ab" if binary else "a", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
         return
     path = os.path.realpath(path)  # a symlink's target is replaced, not the link
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # as open would leave them
+    except OSError:
+        mode = None
     folder = os.path.dirname(path)
     fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -41,12 +50,15 @@ def atomic_write(path, write, binary=True) -> None:
 
 
 def is_special(path) -> bool:
-    """Whether ``path`` (its symlinks followed) exists and is neither a regular file nor a directory:
-    a device, a named pipe, a socket, which a write goes through to rather than replaces."""
+    """Whether ``path`` (its symlinks followed) exists and is neither a regular file nor a directory (a device, a
+    named pipe, a socket), or is an existing file under /dev or /proc as given (/dev/stdout, /proc/self/fd/1: a
+    stream a shell may have pointed at a regular file, which a rename would unlink): a write goes through to it."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return False
+    if os.path.abspath(os.fspath(path)).startswith(("/dev/", "/proc/")):
+        return not stat.S_ISDIR(mode)
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 

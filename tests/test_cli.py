@@ -493,6 +493,7 @@ def test_errors_name_the_option_or_variable_that_was_used(tmp_path, capsys, monk
 
 @pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_written_files_get_the_permissions_of_the_umask(tmp_path, capsys, umask):
+    """New files get 0666 less the umask (not mkstemp's 0600); a file written over keeps its own mode."""
     from deltaprop.data import mnist
 
     (tmp_path / "m.npz").write_bytes(b"")
@@ -506,8 +507,9 @@ def test_written_files_get_the_permissions_of_the_umask(tmp_path, capsys, umask)
         mnist.write_cache(tmp_path / "cache" / "mnist.npz", {k: v[:2] for k, v in mf.subset(2, 2).items()})
     finally:
         os.umask(old)
-    files = [tmp_path / f for f in ("m.npz", "m.json", "ck/checkpoint.json", "ck/model-0002.npz", "cache/mnist.npz")]
+    files = [tmp_path / f for f in ("m.json", "ck/checkpoint.json", "ck/model-0002.npz", "cache/mnist.npz")]
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: oct(0o666 & ~umask) for f in files}
+    assert oct((tmp_path / "m.npz").stat().st_mode & 0o777) == oct(0o644)  # written over: its own, as open leaves it
     # the plot is matplotlib's own file, made by open(): the same rule
     assert oct((tmp_path / "c.png").stat().st_mode & 0o777) == oct(0o666 & ~umask)
 
@@ -609,3 +611,26 @@ def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, 
     assert stat.S_ISFIFO(os.lstat(tmp_path / "out.fifo").st_mode)
     assert json.loads(got[0])["epochs_trained"] == 2
     assert sorted(os.listdir(tmp_path)) == ["link.json", "model-link.npz", "out.fifo", "real"]
+
+
+def test_a_file_written_over_keeps_its_permissions_and_a_proc_fd_is_appended_to(tmp_path):
+    """Writing over a file (or through a symlink to it) keeps its mode, as open would; /proc/self/fd/N (what
+    /dev/stdout is) pointing at a regular file, as a shell's `>> out.txt` makes it, is written through and appended
+    to: a rename over it unlinked the file the shell held, and the run's earlier output with it."""
+    from deltaprop import _files
+
+    private, shared = tmp_path / "private.json", tmp_path / "shared.json"
+    for path, mode in ((private, 0o600), (shared, 0o664)):
+        path.write_text("old")
+        os.chmod(path, mode)
+    os.symlink("shared.json", tmp_path / "link.json")
+    _files.atomic_write(private, lambda f: f.write("new"), binary=False)
+    _files.atomic_write(tmp_path / "link.json", lambda f: f.write("new"), binary=False)
+    assert oct(private.stat().st_mode & 0o777) == oct(0o600) and oct(shared.stat().st_mode & 0o777) == oct(0o664)
+    assert private.read_text() == shared.read_text() == "new" and os.path.islink(tmp_path / "link.json")
+    log = tmp_path / "out.txt"
+    log.write_text("header\n")
+    with open(log, "a") as held:  # the shell's stdout
+        _files.atomic_write(f"/proc/self/fd/{held.fileno()}", lambda f: f.write("json\n"), binary=False)
+        held.write("summary\n")
+    assert log.read_text() == "header\njson\nsummary\n"
