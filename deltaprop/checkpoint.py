@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 from numbers import Real
 
 from ._files import atomic_write, json_safe, sha256, stale_temp
@@ -106,7 +107,8 @@ class Checkpoint:
     @contextlib.contextmanager
     def locked(self):
         """Hold the folder (made if missing) for one run: a second run into it is refused by name, not left to race
-        for its files. An advisory flock on LOCK, which does not work across NFS; the lock file, and the folders
+        for its files. An advisory flock on LOCK, which does not work across NFS (a file system that refuses flock: a
+        note, and the run goes on unlocked); the lock file, and the folders
         made here when no checkpoint was written into them, are removed again at the end."""
         try:
             import fcntl  # POSIX; without it (Windows) the folder is not locked
@@ -130,6 +132,10 @@ class Checkpoint:
                 pid = f" (pid {holder})" if holder.isdigit() else ""
                 raise CheckpointError(f"--checkpoint: {self.folder} is in use by another deltaprop process{pid}; wait "
                                       "for it to end, or choose another folder") from None
+            except OSError as exc:  # a file system without flock (NFS without lockd: ENOLCK; some FUSE mounts)
+                print(f"deltaprop: --checkpoint: {self.folder} cannot be locked ({exc.strerror or exc}); the run goes on "
+                      "unlocked: start no second run into it", file=sys.stderr)
+                fcntl = None
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:  # its holder removed it as this one opened it: try again

@@ -342,6 +342,27 @@ def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_pat
         live.wait()
 
 
+def test_a_folder_that_cannot_be_locked_runs_unlocked_with_a_note_and_leaks_nothing(tmp_path, capsys, monkeypatch):
+    """flock failing with ENOLCK (NFS without lockd), not EWOULDBLOCK: the run goes on, says so, and closes the
+    lock file's descriptor."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fds = len(os.listdir("/proc/self/fd"))
+    ck = tmp_path / "ck"
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                     "--checkpoint", ck)
+    assert rc == 0, err
+    assert err == (f"deltaprop: --checkpoint: {ck} cannot be locked (No locks available); the run goes on unlocked: "
+                   "start no second run into it\n")
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0002.npz"]
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_label_errors_of_mnist_files_name_the_folder_option_and_do_not_advise_renumbering(tmp_path, capsys, monkeypatch):
     arrays = mf.subset(100, 20)
     arrays["y_train"] = np.where(arrays["y_train"] == 3, 4, arrays["y_train"]).astype(np.uint8)  # no digit 3
