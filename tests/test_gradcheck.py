@@ -52,6 +52,11 @@ def test_soft_cross_entropy_targets_train_the_loss_they_report(backend, rng, dty
     model, X, _ = make(backend, 2, "tanh", "softmax", "cross_entropy", rng)
     Y = rng.dirichlet(np.ones(model.layer_sizes[-1]), size=X.shape[0]).astype(dtype)
     assert gradcheck(model, X, Y).max_rel_error <= 1e-6
+    # computed in float32, cast to float64 (a saved teacher's softmax): float32's rounding, in a float64 array
+    logits = rng.normal(size=Y.shape).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    soft = (e / e.sum(axis=1, keepdims=True)).astype(np.float64)
+    model.fit(X, soft, epochs=1, batch_size=4)
 
 
 @pytest.mark.parametrize("pieces", [2, 3, 4])

@@ -136,13 +136,18 @@ def _check_values(Y: np.ndarray, loss: Loss, argument: str) -> None:
             raise ValueError(f"{argument}: {loss.name} targets must lie in [0, 1], got {bad[0]:g}")
 
 
+#: how far a cross_entropy target row's sum may be from 1: float32's √eps (half its digits), whatever the dtypes, as
+#: distributions computed in float32 and then cast to float64 (a teacher's softmax, saved) carry float32's rounding
+ROW_SUM_TOLERANCE = float(np.sqrt(np.finfo(np.float32).eps))
+
+
 def _check_distributions(Y: np.ndarray, given, argument: str) -> None:
-    """cross_entropy's 2-D targets: each row sums to 1, to the rounding (√eps: half the digits) of the coarser of
-    the dtype they came in (``given``) and the model's. δ = z − y is ∂E/∂a only there (else it is z·Σy − y): another
+    """cross_entropy's 2-D targets: each row sums to 1, to ``ROW_SUM_TOLERANCE`` (the coarser of it and the
+    rounding of the dtype they came in, ``given``). δ = z − y is ∂E/∂a only there (else it is z·Σy − y): another
     row would train a loss other than the one reported."""
-    eps = max(np.finfo(Y.dtype).eps, np.finfo(given).eps if np.issubdtype(given, np.floating) else 0.0)
+    eps = np.finfo(given).eps if np.issubdtype(given, np.floating) else 0.0
     sums = Y.sum(axis=1, dtype=np.float64)
-    off = np.flatnonzero(np.abs(sums - 1) > np.sqrt(eps))
+    off = np.flatnonzero(np.abs(sums - 1) > max(ROW_SUM_TOLERANCE, np.sqrt(eps)))
     if off.size:
         i = int(off[0])
         raise ValueError(f"{argument}: cross_entropy targets must be distributions whose rows sum to 1; "
