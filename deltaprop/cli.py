@@ -480,7 +480,8 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
                            "without --resume to start it again")
         raise CLIError(f"--resume: no checkpoint in {ckpt.folder}; run without --resume to start one")
     model, saved, history, best = ckpt.read(backend=args.backend)
-    if saved.get("data_sha256", settings["data_sha256"]) != settings["data_sha256"]:
+    was_sha = saved.get("data_sha256", settings["data_sha256"])
+    if was_sha is not None and settings["data_sha256"] is not None and was_sha != settings["data_sha256"]:
         raise CLIError(f"--data: {args.data} is not the file the checkpoint in {ckpt.folder} was trained on (was "
                        f"{saved.get('data')}; their SHA-256 differ): resume with that data, or start a new run in another folder")
     keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash

@@ -315,6 +315,10 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
     rc, _, err = run(capsys, *args, "--data", tmp_path / "moved.npz", "--epochs", 2, "--resume")  # the same data, moved
     assert rc == 0 and "at epoch 2 of 2" in err, err
+    # another source altogether: the data set differs, said as a setting (not a file named None)
+    rc, _, err = run(capsys, *args, "--dataset", "xor", "--epochs", 3, "--resume")
+    assert rc == 1 and "--resume: the checkpoint in" in err and "dataset: checkpoint 'npz', now 'xor'" in err, err
+    assert "None" not in err.split("dataset:")[0]
 
 
 def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_path, capsys):
