@@ -237,7 +237,8 @@ class MLP:
         sample_weight_val; without it the validation metrics are unweighted). The weight decay is not scaled by the
         weights.
         Every argument is checked before anything changes; if the loss becomes NaN or Inf,
-        ``TrainingDiverged`` is raised and the weights of the last step whose loss was finite stay in place.
+        ``TrainingDiverged`` is raised and the weights of the failing epoch's last step whose loss was finite stay in
+        place (at an epoch's first step, the weights it started with).
         """
         X = self._check_X(X, "X")
         targets = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")

@@ -19,7 +19,8 @@ from .network import Buffers
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or Inf; the model keeps the weights of the last step whose loss was finite."""
+    """The training loss became NaN or Inf; the model keeps the weights of the failing epoch's last step whose loss
+    was finite (at an epoch's first step, the weights it started with: the message says which)."""
 
 
 @dataclass
