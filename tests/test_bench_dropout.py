@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import script
 
 bench = script("bench/dropout.py")
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """A few hundred random "MNIST" rows for load_mnist, and the bench's net shrunk to 784-16-16-10."""
+    import types
+
+    import numpy as np
+
+    import deltaprop.data
+
+    rng = np.random.default_rng(0)
+    fake = types.SimpleNamespace(X_train=rng.random((300, 784), dtype=np.float32), y_train=rng.integers(0, 10, 300),
+                                 X_test=rng.random((50, 784), dtype=np.float32), y_test=rng.integers(0, 10, 50))
+    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
+    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
+    return fake
 
 
 def test_the_dropout_bench_runs_writes_its_tables_and_keeps_the_part_it_skips(tmp_path, monkeypatch):
@@ -26,37 +44,16 @@ def test_the_dropout_bench_runs_writes_its_tables_and_keeps_the_part_it_skips(tm
     assert json.loads(found.read_text())["backends"]["numpy"]["step_costs"] == costs
 
 
-def test_the_accuracy_run_records_its_settings_and_every_epoch(tmp_path, monkeypatch):
-    import types
-
-    import numpy as np
-
-    import deltaprop.data
-
-    rng = np.random.default_rng(0)
-    fake = types.SimpleNamespace(X_train=rng.random((300, 784), dtype=np.float32), y_train=rng.integers(0, 10, 300),
-                                 X_test=rng.random((50, 784), dtype=np.float32), y_test=rng.integers(0, 10, 50))
-    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
-    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
+def test_the_accuracy_run_records_its_settings_and_every_epoch(tmp_path, fake_mnist):
     out = bench.dropout_accuracy("numpy", 2, 0.05, 3.0)
     assert out["settings"]["dropout"] == list(bench.DROPOUT) and out["settings"]["max_norm"] == 3.0
     assert len(out["test_accuracy_per_epoch"]) == 2 and out["final_test_accuracy"] == out["test_accuracy_per_epoch"][-1]
 
 
-def test_parts_run_apart_each_name_their_commit(tmp_path, monkeypatch):
+def test_parts_run_apart_each_name_their_commit(tmp_path, monkeypatch, fake_mnist):
     """The step costs and the accuracy from two runs at two commits: the .md says which commit each came from."""
-    import types
-
-    import numpy as np
-
-    import deltaprop.data
     from deltaprop import record
 
-    rng = np.random.default_rng(0)
-    fake = types.SimpleNamespace(X_train=rng.random((300, 784), dtype=np.float32), y_train=rng.integers(0, 10, 300),
-                                 X_test=rng.random((50, 784), dtype=np.float32), y_test=rng.integers(0, 10, 50))
-    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: fake)
-    monkeypatch.setattr(bench, "SIZES", [784, 16, 16, 10])
     common = ["--machine", "test", "--out", str(tmp_path)]
     monkeypatch.setattr(record, "git_commit", lambda: "a" * 40)
     assert bench.main(["--steps", "2", "--repeats", "1", "--epochs", "0", *common]) == 0
