@@ -222,15 +222,13 @@ class Trainer:
         net.state_restore(self.snapshot)
         net.start_epoch(self.model.epochs_trained)
         self._steps(idx, 0, max(step - 1, 0))
-        kept = f"the weights of step {step - 1}, whose loss was finite" if step >= 1 else None
-        if not self.bk.all_finite(net.state_arrays(counter=False)):
+        replayed = step >= 1 and self.bk.all_finite(net.state_arrays(counter=False))
+        if not replayed:
             net.state_restore(self.snapshot)
-            kept = None
-        if kept is None:
-            kept = "the weights it started the epoch with"
+        kept = f"the weights of step {step - 1}, whose loss was finite" if replayed else "the weights it started the epoch with"
         if step < self.steps:
             what = f"the loss became NaN or Inf at epoch {epoch}, step {step} (of {self.steps})"
-        elif "step" in kept:
+        elif replayed:
             what = f"the update of epoch {epoch}'s last step (step {step - 1}) made the weights NaN or Inf"
         else:
             what = f"an update of epoch {epoch} made the weights NaN or Inf while every step's loss was finite"
