@@ -22,17 +22,15 @@ GridSearchCV with the same estimator, grid, cv and scoring.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 import warnings
-import zipfile
-import zlib
 
 import numpy as np
 
 from ._files import atomic_write, check_writable, json_safe
+from .mlp.arrays import NpzArrays
 
 KEYS = ("estimator", "params", "grid", "dataset", "data", "samples", "cv", "scoring")
 ESTIMATORS = ("MLPClassifier", "MLPRegressor")
@@ -133,21 +131,31 @@ def candidates(config) -> list:
 def load_regression(path) -> tuple:
     """(X, y) of MLPRegressor's data, the .npz at ``path``: X_train, one row per sample (flattened to float32, as
     deltaprop.data.load_npz makes it), and y_train, real targets (n,) or (n, k) as float64; both finite. Read
-    with allow_pickle=False, each array's size checked against its header and the file before it is read."""
+    as load_npz reads (NpzArrays: nothing unpickled, each array's size checked against its header and the file
+    before it is read)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            members = {info.filename[:-4].lower(): info for info in z.infolist() if info.filename.endswith(".npy")}
-            if "x_train" not in members or "y_train" not in members:
-                held = ", ".join(info.filename[:-4] for info in members.values()) or "none"
-                raise SweepError(f"data: {path} needs arrays X_train and y_train; it holds {held}")
-            X, y = (_read_array(z, members[key], path) for key in ("x_train", "y_train"))
+        with NpzArrays(os.fspath(path)) as f:
+            keys = {}
+            for name in f.headers:
+                if name.lower() in keys:  # which one was meant cannot be told
+                    raise SweepError(f"data: {path} holds both {keys[name.lower()]} and {name}; keep one of them")
+                keys[name.lower()] = name
+            if "x_train" not in keys or "y_train" not in keys:
+                raise SweepError(f"data: {path} needs arrays X_train and y_train; it holds {', '.join(f.headers) or 'none'}")
+            for key in ("x_train", "y_train"):
+                dtype = f.headers[keys[key]][1]
+                if dtype.kind not in "biuf":
+                    raise SweepError(f"data: {keys[key]} in {path} must be an array of real numbers, got {dtype}")
+            X, y = (f.read(keys[key]) for key in ("x_train", "y_train"))
     except SweepError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # ValueError: a bad .npy header
+    except ValueError as exc:  # NpzArrays: a damaged file, a lying header, pickled data
         raise SweepError(f"data: {path} is not a readable .npz file of arrays ({exc})") from None
+    except MemoryError:
+        raise SweepError(f"data: {path} holds arrays larger than the memory free here") from None
     if X.ndim < 2 or X.shape[0] == 0:
         raise SweepError(f"data: X_train must be a non-empty array with one row per sample, got {X.dtype} {X.shape}")
-    if y.dtype.kind not in "iuf" or y.shape[:1] != X.shape[:1] or y.ndim not in (1, 2) or 0 in y.shape:
+    if y.shape[:1] != X.shape[:1] or y.ndim not in (1, 2) or 0 in y.shape:
         raise SweepError(f"data: y_train must hold {X.shape[0]} real-valued targets, (n,) or (n, outputs), "
                          f"got {y.dtype} {y.shape}")  # fmt: skip
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
@@ -156,31 +164,6 @@ def load_regression(path) -> tuple:
         if not np.all(np.isfinite(a)):
             raise SweepError(f"data: {name} contains NaN or Inf (after conversion to {dtype})")
     return X, y
-
-
-# Deflate packs at most about 1032 bytes in one: a member that claims to unpack to more is not what it says.
-DEFLATE_RATIO = 1100
-
-
-def _read_array(z, info, path):
-    """The array of the .npy member ``info`` of the zip file ``z``, its header checked before any reading: a real
-    dtype (no objects, nothing to unpickle) and a shape whose bytes are the member's size."""
-    name = info.filename[:-4]
-    with z.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise SweepError(f"data: {name} in {path} is in .npy format {version}; save it with numpy.savez")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
-        header = f.tell()
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise SweepError(f"data: {name} in {path} must be an array of real numbers, got {dtype}")
-    size = math.prod(shape) * dtype.itemsize
-    if info.file_size != header + size or info.file_size > DEFLATE_RATIO * info.compress_size + header:
-        raise SweepError(f"data: {name} in {path} claims the shape {shape} of {dtype} ({size:,} bytes), which its "
-                         f"{info.compress_size:,} bytes in the file do not hold")  # fmt: skip
-    with z.open(info) as f:
-        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:

@@ -292,9 +292,12 @@ def _claims_a_terabyte(path):
     ({"y_train": regression()[1][:39]}, "data: y_train must hold 40 real-valued targets, (n,) or (n, outputs), got float32 (39,)"),
     ({"y_train": np.zeros((40, 1, 1))}, "data: y_train must hold 40 real-valued targets"),
     ({"y_train": np.array(["a"] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got <U1"),
-    ({"y_train": np.array([object()] * 40)}, "data: y_train in {tmp}/reg.npz must be an array of real numbers, got object"),
+    ({"y_train": np.array([object()] * 40)},
+     "data: {tmp}/reg.npz is not a readable .npz file of arrays (y_train.npy holds pickled (object) data, which is never loaded)"),
+    ({"x_train": regression()[0]}, "data: {tmp}/reg.npz holds both X_train and x_train; keep one of them"),
     ({"y_train": None}, "data: {tmp}/reg.npz needs arrays X_train and y_train; it holds X_train"),
-    ("terabyte", "data: X_train in {tmp}/reg.npz claims the shape (1000000000000,) of float64"),
+    ("terabyte", "data: {tmp}/reg.npz is not a readable .npz file of arrays (X_train.npy: its header claims float64 "
+                 "(1000000000000,)"),
     ("text", "data: {tmp}/reg.npz is not a readable .npz file of arrays"),
     ("dataset", "config: dataset: the built-in data sets (mnist, xor, digits) are classifications; MLPRegressor needs data"),
 ])  # fmt: skip
