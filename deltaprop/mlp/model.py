@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backends, optim
 from ..kernels import masks
-from .._files import atomic_write
+from .._files import atomic_write, check_writable
 from .activations import (
     ACTIVATIONS,
     MAXOUT_PIECES,
@@ -454,11 +454,7 @@ class MLP:
                 arrays[f"{slot}W{l}"], arrays[f"{slot}b{l}"] = bk.to_numpy(sW), bk.to_numpy(sb)
         if net.t is not None:
             arrays["t"] = bk.to_numpy(net.t)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"path: the folder {folder} does not exist")
-        if os.path.isdir(path):
-            raise ValueError(f"path: {path} is a directory")
+        check_writable(path, "path")  # a file name, in a folder that exists and can be written
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
