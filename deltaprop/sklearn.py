@@ -388,14 +388,14 @@ class _BaseMLP(BaseEstimator):
             state["lr"] = params["learning_rate_init"]
         optimizer = self._optimizer_args(params, batch * mean_weight, state)
         net = model.network
-        kept = net.optimizer, net.slots, net.t
+        kept = net.optimizer_state()
         if reuse and not incremental:
             net.reset_state()  # a new fit starts a new optimizer (no momentum), as scikit-learn
         try:
             self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch, sw)
         except BaseException:
             if net.optimizer is not optimizer["optimizer"]:  # MLP.fit refused an argument before its first change
-                net.optimizer, net.slots, net.t = kept  # (taking this optimizer): nothing has trained
+                net.put_optimizer_state(kept)  # (taking this optimizer): nothing has trained
                 raise
             if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
                 self._set_progress(state)
@@ -536,11 +536,11 @@ class _BaseMLP(BaseEstimator):
         ½·α·Σ‖W‖²/n and its gradient α·W/n (n: Σ sw with weights). Returns the progress: n_iter_, loss_ (with the
         penalty), t_ (unchanged, as scikit-learn)."""
         n, alpha = (X.shape[0] if sw is None else float(np.sum(sw))), params["alpha"]
-        X = np.ascontiguousarray(X, dtype=model.dtype)  # cast once, not at every evaluation
+        X = np.ascontiguousarray(cast_finite(X, model.dtype, "X"))  # cast once, not at every evaluation
         # scikit-learn reports the squared error averaged over the outputs, with the gradient of its sum (the
         # stochastic solvers' too): scipy gets the sum and that gradient, a consistent pair; loss_ is reported.
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1
-        start = model.get_weights()
+        start, kept = model.get_weights(), model.network.optimizer_state()
         shapes = [W.shape for W, _ in start] + [b.shape for _, b in start]  # _pack's order: every W, then every b
 
         def unpack(x):
@@ -573,7 +573,8 @@ class _BaseMLP(BaseEstimator):
             weights = unpack(result.x)
             model.set_weights(weights)
         except BaseException:
-            model.set_weights(start)  # a failed fit leaves the network as it was
+            model.set_weights(start)  # a failed fit leaves the network as it was, its optimizer's state too
+            model.network.put_optimizer_state(kept)
             raise
         n_iter = min(result.nit, params["max_iter"])
         if result.status != 0:  # scikit-learn's _check_optimize_result, word for word

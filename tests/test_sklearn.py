@@ -330,7 +330,7 @@ def test_what_the_float32_network_refuses_in_a_continued_fit_changes_nothing(cls
     """Values that pass scikit-learn's checks and that a float32 network refuses (a feature, target or sample
     weight beyond float32; a learning_rate_init, alpha or epsilon that float32 cannot hold): partial_fit and a
     warm-started fit raise naming the estimator's parameter, before anything changes. They had reset the optimizer's
-    state (the warm start) and recorded n_iter_ 0 and the refused rate, and named lr and weight_decay."""
+    state (the warm start; an lbfgs fit too) and recorded n_iter_ 0 and the refused rate, and named lr and weight_decay."""
     n = 33
     X, y = rng.normal(size=(n, 4)), rng.integers(0, 3, n)
     y = y if cls is MLPClassifier else y.astype(float)
@@ -368,6 +368,13 @@ def test_what_the_float32_network_refuses_in_a_continued_fit_changes_nothing(cls
             assert progress == before[1], (name, method)
             for a, a0 in zip(arrays, before[0], strict=True):
                 np.testing.assert_array_equal(a, a0)
+    with pytest.raises(ValueError, match="^X: "):  # lbfgs evaluates the network before it refuses
+        est.set_params(solver="lbfgs").fit(huge, y)
+    est.set_params(**params)
+    arrays, progress = state()
+    assert progress == before[1]
+    for a, a0 in zip(arrays, before[0], strict=True):
+        np.testing.assert_array_equal(a, a0)
     est.partial_fit(X, y)  # and it goes on from there
     assert est.model_.epochs_trained == before[1][-1] + 1
 
