@@ -129,6 +129,7 @@ NON_FINITE_WEIGHTS = (
     "Solver produced non-finite parameter weights. The input data may contain large values and need to be preprocessed."
 )  # scikit-learn's words
 SCIPY_IGNORES_IPRINT = tuple(int(part) for part in scipy.__version__.split(".")[:2]) >= (1, 15)
+OPTIMIZER_NAMES = {"lr": "learning_rate_init", "weight_decay": "alpha"}  # deltaprop.optim's → the estimators'
 PREDICT_BLOCK_BYTES = 64 << 20  # bytes: sparse X is densified for prediction in blocks of rows this big
 
 # What each kind of target trains: (deltaprop output activation, loss, scikit-learn's out_activation_)
@@ -386,13 +387,21 @@ class _BaseMLP(BaseEstimator):
         if not incremental or state["lr"] is None:  # a new optimizer starts at learning_rate_init (scikit-learn's)
             state["lr"] = params["learning_rate_init"]
         optimizer = self._optimizer_args(params, batch * mean_weight, state)
+        net = model.network
+        kept = net.optimizer_state()
         if reuse and not incremental:
-            model.set_weights(model.get_weights())  # a new fit starts a new optimizer (no momentum), as scikit-learn
+            net.reset_state()  # a new fit starts a new optimizer (no momentum), as scikit-learn
         try:
             self._epochs(model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch, sw)
-        finally:
+        except BaseException:
+            if net.optimizer is not optimizer["optimizer"]:  # MLP.fit refused an argument before its first change
+                net.put_optimizer_state(kept)  # (taking this optimizer): nothing has trained
+                raise
             if reuse:  # model_ has trained: what it did is recorded, even when an epoch diverged
                 self._set_progress(state)
+            raise
+        if reuse:
+            self._set_progress(state)
         return state
 
     def _epochs(self, model, X, Y, validation, params, optimizer, state, kind, classes, incremental, batch, sw):
@@ -505,10 +514,18 @@ class _BaseMLP(BaseEstimator):
             # scikit-learn's Adam adds ε to √s, deltaprop's (torch's placement) to √(s / (1 − β₂ᵗ)): the same
             # step but for ε, which weighs √(1 − β₂ᵗ) times less in scikit-learn's (and the same for large t).
             opt = optim.Adam(lr, beta_1=float(self.beta_1), beta_2=float(self.beta_2), epsilon=float(self.epsilon), weight_decay=decay)
-            return {"optimizer": opt}
-        momentum = params["momentum"]
-        opt = optim.SGD(lr, momentum=momentum, nesterov=bool(self.nesterovs_momentum) and momentum > 0, weight_decay=decay)
-        if self.learning_rate == "constant":
+        else:
+            momentum = params["momentum"]
+            opt = optim.SGD(lr, momentum=momentum, nesterov=bool(self.nesterovs_momentum) and momentum > 0, weight_decay=decay)
+        try:  # a value the model's dtype cannot hold, refused by the estimator's name (MLP.fit's would be lr, weight_decay)
+            opt.check(params["dtype"])
+        except ValueError as exc:
+            name, _, problem = str(exc).partition(": ")
+            if name == "weight_decay":  # "1.25e+39 overflows the model's float32"
+                value, _, what = problem.partition(" ")
+                problem = f"{params['alpha']!r} gives a weight decay (alpha / batch) of {value}, which {what}"
+            raise ValueError(f"{OPTIMIZER_NAMES.get(name, name)}: {problem}") from None
+        if self.solver == "adam" or self.learning_rate == "constant":
             return {"optimizer": opt}
         return {"optimizer": opt, "lr_schedule": lambda epoch: state["lr"]}
 
@@ -519,11 +536,11 @@ class _BaseMLP(BaseEstimator):
         ½·α·Σ‖W‖²/n and its gradient α·W/n (n: Σ sw with weights). Returns the progress: n_iter_, loss_ (with the
         penalty), t_ (unchanged, as scikit-learn)."""
         n, alpha = (X.shape[0] if sw is None else float(np.sum(sw))), params["alpha"]
-        X = np.ascontiguousarray(X, dtype=model.dtype)  # cast once, not at every evaluation
+        X = np.ascontiguousarray(cast_finite(X, model.dtype, "X"))  # cast once, not at every evaluation
         # scikit-learn reports the squared error averaged over the outputs, with the gradient of its sum (the
         # stochastic solvers' too): scipy gets the sum and that gradient, a consistent pair; loss_ is reported.
         per_output = Y.shape[1] if kind == "regression" and Y.ndim == 2 else 1
-        start = model.get_weights()
+        start, kept = model.get_weights(), model.network.optimizer_state()
         shapes = [W.shape for W, _ in start] + [b.shape for _, b in start]  # _pack's order: every W, then every b
 
         def unpack(x):
@@ -556,7 +573,8 @@ class _BaseMLP(BaseEstimator):
             weights = unpack(result.x)
             model.set_weights(weights)
         except BaseException:
-            model.set_weights(start)  # a failed fit leaves the network as it was
+            model.set_weights(start)  # a failed fit leaves the network as it was, its optimizer's state too
+            model.network.put_optimizer_state(kept)
             raise
         n_iter = min(result.nit, params["max_iter"])
         if result.status != 0:  # scikit-learn's _check_optimize_result, word for word

@@ -205,6 +205,20 @@ def test_save_into_a_missing_folder_names_it(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_empty_path_or_one_ending_in_a_separator_is_refused_by_name(tmp_path, monkeypatch):
+    """"" and "folder/" name no file: save and load refuse them by name and write nothing (a trailing separator
+    wrote a file of the folder's name, "" failed in the rename with an IsADirectoryError)."""
+    model = MLP([2, 3, 2], seed=0, backend="numpy")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^path: is empty; give a file name"):
+        model.save("")
+    with pytest.raises(ValueError, match="^path: is empty; give a file name"):
+        MLP.load("")
+    for name in ("runs" + os.sep, str(tmp_path / "runs") + os.sep):
+        with pytest.raises(ValueError, match=f"^path: {re.escape(name)} ends with a separator; give a file name"):
+            model.save(name)
+    assert os.listdir(tmp_path) == []
+
 def test_get_and_set_weights(backend, rng):
     model = MLP([3, 4, 2], backend=backend.name, dtype="float64", seed=10)
     new = [(rng.normal(size=(3, 4)), rng.normal(size=4)), (rng.normal(size=(4, 2)), rng.normal(size=2))]

@@ -361,6 +361,11 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
      r"lr_schedule: the callable schedule gives 1e\+39 for epoch 1, which overflows the model's float32"),
     ({"lr": 1e38, "lr_schedule": schedules.Step(step_size=1, gamma=10.0)}, ValueError,
      r"lr_schedule: the step schedule gives 1e\+39 for epoch 1, which overflows the model's float32"),
+    # > 0, and 0 in float32: the device would not train at the rate asked for
+    ({"lr_schedule": lambda e: 1e-50 if e == 1 else 0.1}, ValueError,
+     "lr_schedule: the callable schedule gives 1e-50 for epoch 1, which is 0 in the model's float32"),
+    ({"lr": 0.5, "lr_schedule": schedules.Exponential(gamma=1e-46)}, ValueError,
+     "lr_schedule: the exponential schedule gives 5e-47 for epoch 1, which is 0 in the model's float32"),
 ])
 def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
     m = MLP([3, 4, 2], backend="numpy", seed=0)
@@ -377,6 +382,10 @@ def test_what_float32_refuses_float64_holds(rng):
     m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, optimizer=optim.Adam(epsilon=1e-50),
           lr_schedule=lambda e: 1e-3 * 10.0 ** e)
     assert m.epochs_trained == 2
+    m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=lambda e: 1e-50 if e else 0.1)
+    m32 = MLP([3, 4, 2], backend="numpy", seed=0)  # a rate of exactly 0 is a rate float32 holds (cosine's last)
+    m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
+    assert m.epochs_trained == 4 and m32.epochs_trained == 2
 
 
 @pytest.mark.parametrize("make, match", [

@@ -323,6 +323,61 @@ def test_what_scikit_learn_fits_and_deltaprop_refuses_is_refused_by_name(iris):
     assert clf.n_iter_ == 2 and all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(clf.model_.get_weights(), weights))
 
 
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_what_the_float32_network_refuses_in_a_continued_fit_changes_nothing(cls, solver, rng):
+    """Values that pass scikit-learn's checks and that a float32 network refuses (a feature, target or sample
+    weight beyond float32; a learning_rate_init, alpha or epsilon that float32 cannot hold): partial_fit and a
+    warm-started fit raise naming the estimator's parameter, before anything changes. They had reset the optimizer's
+    state (the warm start; an lbfgs fit too) and recorded n_iter_ 0 and the refused rate, and named lr and weight_decay."""
+    n = 33
+    X, y = rng.normal(size=(n, 4)), rng.integers(0, 3, n)
+    y = y if cls is MLPClassifier else y.astype(float)
+    est = cls(hidden_layer_sizes=(5,), solver=solver, learning_rate="adaptive", momentum=0.9, batch_size=7,
+              max_iter=2, dtype="float32", backend="numpy", random_state=0, warm_start=True).fit(X, y)
+    est.partial_fit(X, y)
+
+    def state():
+        net = est.model_.network
+        arrays = [a for pair in est.model_.get_weights() for a in pair]
+        arrays += [np.array(x) for slot in sorted(net.slots) for pair in net.slots[slot] for x in pair]
+        arrays += [] if net.t is None else [np.array(net.t)]
+        return arrays, (est.n_iter_, est.t_, list(est.loss_curve_), est._learning_rate, est._no_improvement_count,
+                        net.optimizer, est.model_.epochs_trained)
+
+    before = state()
+    huge = X.copy()
+    huge[3, 2] = 1e39
+    calls = [("X", {}, lambda fit: fit(huge, y)),
+             ("sample_weight", {}, lambda fit: fit(X, y, sample_weight=np.r_[1e39, np.ones(n - 1)])),
+             ("learning_rate_init", {"learning_rate_init": 1e39}, lambda fit: fit(X, y)),
+             ("alpha", {"alpha": 1e40}, lambda fit: fit(X, y))]
+    if solver == "adam":
+        calls.append(("epsilon", {"epsilon": 1e-50}, lambda fit: fit(X, y)))
+    if cls is MLPRegressor:
+        calls.append(("y", {}, lambda fit: fit(X, np.r_[1e39, y[1:]])))
+    params = est.get_params()
+    for name, change, call in calls:
+        for method in ("partial_fit", "fit"):
+            est.set_params(**change)
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                call(getattr(est, method))
+            est.set_params(**params)
+            arrays, progress = state()
+            assert progress == before[1], (name, method)
+            for a, a0 in zip(arrays, before[0], strict=True):
+                np.testing.assert_array_equal(a, a0)
+    with pytest.raises(ValueError, match="^X: "):  # lbfgs evaluates the network before it refuses
+        est.set_params(solver="lbfgs").fit(huge, y)
+    est.set_params(**params)
+    arrays, progress = state()
+    assert progress == before[1]
+    for a, a0 in zip(arrays, before[0], strict=True):
+        np.testing.assert_array_equal(a, a0)
+    est.partial_fit(X, y)  # and it goes on from there
+    assert est.model_.epochs_trained == before[1][-1] + 1
+
 BAD_PARAMS = [
     ("hidden_layer_sizes", (8, 0), ValueError),
     ("hidden_layer_sizes", "big", ValueError),

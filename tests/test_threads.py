@@ -1,4 +1,5 @@
-"""Work running at once in threads of one process, on each backend under test: fits (eager and graphed),
+"""Work running at once in threads of one process, on each backend under test: fits (eager and graphed; of every
+optimizer, schedule and regulariser, with sample weights, validation, early stopping and callbacks),
 predictions and evaluations give, bit for bit, what the same calls give alone (the models share their
 backend object); scikit-learn's GridSearchCV under joblib's threading backend gives the sequential
 search's scores. The GPU backends take turns under one lock: checked on their classes too."""
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV, KFold
 
-from deltaprop import MLP
+from deltaprop import MLP, optim
 from deltaprop.backends.base import Backend
 from deltaprop.backends.cupy_backend import CupyBackend, CupyTF32Backend
 from deltaprop.backends.numba_cuda import NumbaCudaBackend
@@ -92,6 +93,55 @@ def test_fits_in_threads_match_fits_alone(backend, rng):
         for got, expected in zip(run_in_threads(fits), alone):
             assert_same_fit(got, expected)
 
+
+
+def every_kind_of_fit(backend, rng):
+    """Fits that between them take every optimizer, a named, an adaptive and a callable schedule, dropout, maxout,
+    max-norm, an init, sample weights, weighted validation, validation_split with early stopping and a callback
+    that predicts with its model, and one call that predicts and evaluates with a model that another thread does
+    not train; as closures returning what they computed."""
+    n, epochs = (12, 2) if simulated(backend) else (61, 3)
+    X, y, w = rng.normal(size=(n, 4)), rng.integers(0, 3, n), rng.uniform(0, 2, n)
+
+    def fit(sizes, dtype, model_args, predicting=False, **fit_args):
+        def run():
+            model = MLP(sizes, backend=backend.name, dtype=dtype, seed=len(fit_args) + sizes[1], **model_args)
+            seen = []
+            callback = (lambda epoch, history: seen.append(model.predict_proba(X))) if predicting else None
+            h = model.fit(X, y, epochs=epochs, batch_size=5, callback=callback, **fit_args).to_dict()
+            del h["seconds"]
+            return model.get_weights(), h, [backend.to_numpy(x) for x in model.network.state_arrays()], seen
+
+        return run
+
+    fixed = MLP([4, 6, 3], activation="maxout", backend=backend.name, dtype="float32", seed=3)
+
+    def predictions():
+        return [(fixed.predict_proba(X[r:]), fixed.evaluate(X, y, sample_weight=w), fixed.gradients(X[r:], y[r:]))
+                for r in range(3)]
+
+    return [
+        fit([4, 6, 3], "float32", {"dropout": [0.2, 0.4]}, optimizer="adam", lr_schedule="cosine"),
+        fit([4, 5, 4, 3], "float64", {"activation": "maxout", "maxout_pieces": 3, "max_norm": 0.7},
+            optimizer=optim.AdamW(0.01)),
+        fit([4, 7, 3], "float32", {"init": "lecun_uniform", "activation": "tanh"},
+            optimizer=optim.RMSprop(0.01, momentum=0.5, weight_decay=1e-3), sample_weight=w,
+            validation_data=(X[: n // 2], y[: n // 2], w[: n // 2])),
+        fit([4, 8, 3], "float64", {"max_norm": 0.5}, optimizer=optim.SGD(0.1, momentum=0.8, nesterov=True),
+            lr_schedule=optim.schedules.Step(1, 0.5)),
+        fit([4, 9, 3], "float32", {"activation": "sigmoid"}, lr=0.5, lr_schedule=optim.schedules.Adaptive(patience=0, tol=1.0),
+            validation_split=0.25, early_stopping=1),
+        fit([4, 5, 3], "float64", {}, lr=0.1, momentum=0.9, lr_schedule=lambda epoch: 0.1 / (epoch + 1), predicting=True),
+        predictions,
+    ]
+
+
+def test_every_kind_of_fit_in_threads_matches_it_alone(backend, rng):
+    calls = every_kind_of_fit(backend, rng)
+    alone = [call() for call in calls]
+    for _ in range(1 if simulated(backend) else 4):
+        for got, expected in zip(run_in_threads(calls), alone):
+            np.testing.assert_equal(got, expected)
 
 def test_graphed_fits_in_threads_match_fits_alone(graph_backend, rng):  # noqa: F811
     """The same with the step recorded and replayed (each thread its own recording)."""

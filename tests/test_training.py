@@ -157,3 +157,35 @@ def test_callback_may_set_weights_during_fit_with_momentum(backend, rng):
         assert not np.allclose(W1, Ws)  # it trained after the reset
         np.testing.assert_allclose(W1, W0, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-15)
+
+
+def test_an_exception_from_the_callback_ends_fit_with_the_epochs_trained_so_far(backend, rng):
+    """The callback's exception propagates as it is, and the model is that of a fit of the epochs it finished (weights,
+    the optimizer's state, the dropout counter's epoch, epochs_trained), early stopping's best weights not restored:
+    a later fit goes on from there as the uninterrupted fit did."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, history):
+        if epoch == 1:
+            raise Stop
+
+    def model():
+        return MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5, dropout=0.2)
+
+    args = dict(batch_size=7, optimizer="adam", lr=0.05)
+    stopped, twin, whole = model(), model(), model()
+    with pytest.raises(Stop):
+        stopped.fit(X, y, epochs=4, early_stopping=3, callback=stop, **args)
+    twin.fit(X, y, epochs=2, **args)
+    whole.fit(X, y, epochs=4, **args)
+    assert stopped.epochs_trained == 2 and int(stopped.network.t[0]) == int(twin.network.t[0]) == 10
+    for (W, b), (W0, b0) in zip(stopped.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+    stopped.fit(X, y, epochs=2, **args)
+    for (W, b), (W0, b0) in zip(stopped.get_weights(), whole.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)

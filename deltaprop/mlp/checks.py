@@ -121,4 +121,6 @@ def check_path(path) -> str:
     """A file name (str or os.PathLike) as a str, for the argument ``path``."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError("path: is empty; give a file name")
     return os.fspath(path)

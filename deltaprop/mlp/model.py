@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backends, optim
 from ..kernels import masks
-from .._files import atomic_write
+from .._files import atomic_write, check_writable
 from .activations import (
     ACTIVATIONS,
     MAXOUT_PIECES,
@@ -228,7 +228,9 @@ class MLP:
         early_stopping: a patience in epochs on the validation loss (the training loss without
         validation data); the best weights are restored at the end. validation_split takes a
         random fraction of (X, y), drawn from the model's seed, as validation data.
-        callback(epoch, history), if given, is called after each epoch.
+        callback(epoch, history), if given, is called after each epoch; an exception it raises ends the fit and
+        propagates as it is, the model left as a fit of the epochs finished would leave it (weights, the optimizer's
+        state, epochs_trained; early stopping's best weights are not restored), so that a later fit goes on from there.
         sample_weight: None, or a weight ≥ 0 per sample of (X, y) (a number: the same for all), not all 0: each
         step then follows the batch's weighted mean loss Σ w_i·E_i / Σ w_i (the batch's weights are normalised to sum
         to its rows, on the device), a batch whose weights are all 0 contributes no gradient, and the reported
@@ -454,11 +456,7 @@ class MLP:
                 arrays[f"{slot}W{l}"], arrays[f"{slot}b{l}"] = bk.to_numpy(sW), bk.to_numpy(sb)
         if net.t is not None:
             arrays["t"] = bk.to_numpy(net.t)
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"path: the folder {folder} does not exist")
-        if os.path.isdir(path):
-            raise ValueError(f"path: {path} is a directory")
+        check_writable(path, "path")  # a file name, in a folder that exists and can be written
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod

@@ -125,6 +125,15 @@ class Network:
         self.t = None if t is None else bk.asarray(t, np.int64)
         self.optimizer = optimizer
 
+    def optimizer_state(self) -> tuple:
+        """(optimizer, slots, t) as they are, no copies: for ``put_optimizer_state`` after a call that may drop them
+        (``reset_state``, ``set_weights``) and then fails before training."""
+        return self.optimizer, self.slots, self.t
+
+    def put_optimizer_state(self, state: tuple) -> None:
+        """Put back what ``optimizer_state`` gave (its arrays are of the current parameters' shapes)."""
+        self.optimizer, self.slots, self.t = state
+
     def ensure_state(self, optimizer) -> None:
         """The state buffers of ``optimizer``: the ones kept when the last optimizer was of the same kind (name
         and slots), else zeros (and a step count of 0)."""

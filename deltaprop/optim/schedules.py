@@ -38,17 +38,19 @@ class Schedule:
         raise NotImplementedError
 
     def check(self, lr0: float, epochs: int, samples: int, dtype=np.float64) -> None:
-        """ValueError naming lr_schedule unless every epoch's rate is a finite number ≥ 0, and finite in the model's
-        ``dtype``, in which the device reads it (asked before a fit changes anything; a rate that depends on the
-        losses is checked with none)."""
+        """ValueError naming lr_schedule unless every epoch's rate is a finite number ≥ 0, finite in the model's
+        ``dtype``, in which the device reads it, and not > 0 there as 0 (asked before a fit changes anything; a rate
+        that depends on the losses is checked with none)."""
         for epoch in range(epochs):
             lr = self.rate(lr0, epoch, [], samples)
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
-            with np.errstate(over="ignore"):
-                if not np.isfinite(np.dtype(dtype).type(lr)):
-                    raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which "
-                                     f"overflows the model's {np.dtype(dtype).name}")
+            with np.errstate(over="ignore", under="ignore"):
+                there = np.dtype(dtype).type(lr)
+            if not np.isfinite(there) or (lr > 0 and there == 0):
+                what = "overflows" if not np.isfinite(there) else "is 0 in"
+                raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which "
+                                 f"{what} the model's {np.dtype(dtype).name}")
 
     def config(self) -> dict:
         return {"name": self.name, **getattr(self, "params", {})}
