@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import threading
 from dataclasses import dataclass
 
 INSTALL_HINT = (
@@ -89,6 +90,9 @@ def probe_cupy() -> Probe:
     return Probe(cupy, device=f"{name}, CUDA driver {_cuda_version(driver)}")
 
 
+_SIMULATOR_PATCH = threading.Lock()
+
+
 @functools.cache
 def probe_numba_cuda() -> Probe:
     if importlib.util.find_spec("numba") is None:
@@ -100,8 +104,9 @@ def probe_numba_cuda() -> Probe:
     if config.ENABLE_CUDASIM:
         from numba import cuda
 
-        _wake_simulator_blocks_on_events()
-        _serialise_simulator_shared_arrays()  # after: its fresh shared memory per block wraps the block's run
+        with _SIMULATOR_PATCH:  # functools.cache lets two threads' first calls both get here; each patch checks, then sets
+            _wake_simulator_blocks_on_events()
+            _serialise_simulator_shared_arrays()  # after: its fresh shared memory per block wraps the block's run
         return Probe(cuda, device="CUDA simulator (NUMBA_ENABLE_CUDASIM=1)", simulated=True)
     if importlib.util.find_spec("numba_cuda") is None:
         return Probe(None, "numba-cuda is not installed (numba's built-in CUDA target is deprecated)")
