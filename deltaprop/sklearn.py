@@ -642,10 +642,10 @@ class _BaseMLP(BaseEstimator):
             )
 
     def _split(self, X, Y, y, kind, classes, rng, sw):
-        """The early-stopping split, as scikit-learn makes it: stratified on the binarized labels for a
-        classifier with one output (not for multilabel targets); the sample weights ``sw`` (or None) split alike.
-        Returns X, Y, y, sw, (X_val, y_val, sw_val)."""
-        stratify = label_binarize(y, classes=classes).astype(bool) if kind in ("binary", "multiclass") else None
+        """The early-stopping split, as scikit-learn makes it: stratified on the labels for a classifier with one
+        output (a binary y), not for a multiclass y (an output per class) nor multilabel targets; the sample
+        weights ``sw`` (or None) split alike. Returns X, Y, y, sw, (X_val, y_val, sw_val)."""
+        stratify = label_binarize(y, classes=classes).astype(bool) if kind == "binary" else None
         arrays = (X, Y, y) if sw is None else (X, Y, y, sw)
         try:
             X, Xv, Y, _, y, yv, *weights = train_test_split(*arrays, test_size=self.validation_fraction, random_state=rng,
