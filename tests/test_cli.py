@@ -446,7 +446,7 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--lr-schedule", "bogus"], "--lr-schedule: unknown schedule 'bogus'"),
     (["--lr-schedule", "step:gamma"], "--lr-schedule: expected NAME:KEY=VALUE"),
     (["--lr-schedule", "step:gamma=x"], "--lr-schedule: gamma='x' is not a number"),
-    (["--lr-schedule", "step:size=2"], "--lr-schedule: step:"),
+    (["--lr-schedule", "step:size=2"], "--lr-schedule: size: not a parameter of the step schedule (step_size, gamma)"),
     (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be ≥ 0"),
