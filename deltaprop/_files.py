@@ -6,25 +6,34 @@ written over keeps its own permissions, as ``open`` would leave them.
 A symlink is followed (the file it names is replaced, not the link, and keeps its permissions), and a
 target that exists but is not a regular file (a device such as /dev/null, a named pipe, a terminal), or
 that is named under /dev or /proc (/dev/stdout redirected to a file), is written through and appended to:
-renaming over it would replace the device or pipe by a file, or unlink the file a shell redirected to.
+renaming over it would replace the device or pipe by a file, or unlink the file a shell redirected to. One
+that names this process's own descriptor (/dev/stdout, /proc/self/fd/N) is written on that descriptor, at its
+offset: a shell's `> out.txt` opens the file without O_APPEND, and a second open would write from offset 0.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
 import stat
+import sys
 
 TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 
 
 def atomic_write(path, write, binary=True) -> None:
     """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``; an
-    existing file's permissions are kept. A special target (``is_special``) is written through, appended to."""
+    existing file's permissions are kept. A special target (``is_special``) is written through, appended to, or
+    on this process's own descriptor when it names one (``own_descriptor``)."""
     path = os.fspath(path)
     if is_special(path):
+        fd = own_descriptor(path)
+        if fd is not None:  # /dev/stdout: a shell's `> out.txt` holds it without O_APPEND, at an offset of its own
+            _write_to_descriptor(fd, write, binary)
+            return
         with open(path, "ab" if binary else "a", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
         return
@@ -60,6 +69,41 @@ def is_special(path) -> bool:
     if os.path.abspath(os.fspath(path)).startswith(("/dev/", "/proc/")):
         return not stat.S_ISDIR(mode)
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def own_descriptor(path) -> int | None:
+    """N when ``path`` names this process's own descriptor N (/dev/stdout 1, /dev/stderr 2, /dev/fd/N,
+    /proc/self/fd/N, /proc/<pid>/fd/N) and N is open; else None."""
+    p = os.path.abspath(os.fspath(path))
+    n = {"/dev/stdout": "1", "/dev/stderr": "2"}.get(p)
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if n is None and p.startswith(prefix):
+            n = p[len(prefix):]
+    if n is None or not n.isdigit():
+        return None
+    try:
+        os.fstat(int(n))
+    except OSError:
+        return None
+    return int(n)
+
+
+def _write_to_descriptor(fd: int, write, binary: bool) -> None:
+    """``write(f)`` into memory, then the bytes onto descriptor ``fd`` at its own offset (after what Python's
+    stdout or stderr holds for it): a second open of /dev/stdout would start at offset 0 of a file the shell
+    opened with `>`, and the process's later output would overwrite it."""
+    buffer = io.BytesIO() if binary else io.StringIO()
+    write(buffer)
+    data = buffer.getvalue() if binary else buffer.getvalue().encode("utf-8")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):  # a stream without a descriptor (pytest's capture)
+            pass
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _create_temp(folder: str):

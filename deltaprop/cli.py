@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --activation maxout: the affine pieces of each unit, ≥ 2 (default: {MAXOUT_PIECES})")
     g.add_argument("--loss", choices=sorted(OUTPUT_FOR_LOSS), default="cross_entropy",
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
-    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="the precision of the weights and the arithmetic (default: float32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
     g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
                    help=f"initial weights: auto (default: He for relu-like, Glorot otherwise, normal) or {', '.join(INITS[1:])}; "

@@ -660,10 +660,10 @@ class _BaseMLP(BaseEstimator):
             )
 
     def _split(self, X, Y, y, kind, classes, rng, sw):
-        """The early-stopping split, as scikit-learn makes it: stratified on the binarized labels for a
-        classifier with one output (not for multilabel targets); the sample weights ``sw`` (or None) split alike.
-        Returns X, Y, y, sw, (X_val, y_val, sw_val)."""
-        stratify = label_binarize(y, classes=classes).astype(bool) if kind in ("binary", "multiclass") else None
+        """The early-stopping split, as scikit-learn makes it: stratified on the labels for a classifier with one
+        output (a binary y), not for a multiclass y (an output per class) nor multilabel targets; the sample
+        weights ``sw`` (or None) split alike. Returns X, Y, y, sw, (X_val, y_val, sw_val)."""
+        stratify = label_binarize(y, classes=classes).astype(bool) if kind == "binary" else None
         arrays = (X, Y, y) if sw is None else (X, Y, y, sw)
         try:
             X, Xv, Y, _, y, yv, *weights = train_test_split(*arrays, test_size=self.validation_fraction, random_state=rng,
@@ -826,7 +826,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     (multilabel). Parameters as ``sklearn.neural_network.MLPClassifier`` (see the module docstring
     for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy"), ``dtype``
     ("float32", "float64"), ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform") and
-    ``maxout_pieces`` (with ``activation="maxout"``, deltaprop's only: k ≥ 2 pieces a unit; ``coefs_`` (n_in, k·n)). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    ``maxout_pieces`` (with ``activation="maxout"``, deltaprop's only: k ≥ 2 pieces a unit; ``coefs_`` (n_in, k·n)),
+``dropout`` and ``max_norm`` (as ``deltaprop.MLP``'s; sgd and adam only). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).

@@ -446,7 +446,7 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--lr-schedule", "bogus"], "--lr-schedule: unknown schedule 'bogus'"),
     (["--lr-schedule", "step:gamma"], "--lr-schedule: expected NAME:KEY=VALUE"),
     (["--lr-schedule", "step:gamma=x"], "--lr-schedule: gamma='x' is not a number"),
-    (["--lr-schedule", "step:size=2"], "--lr-schedule: step:"),
+    (["--lr-schedule", "step:size=2"], "--lr-schedule: size: not a parameter of the step schedule (step_size, gamma)"),
     (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be ≥ 0"),
@@ -659,3 +659,26 @@ def test_a_file_written_over_keeps_its_permissions_and_a_proc_fd_is_appended_to(
         _files.atomic_write(f"/proc/self/fd/{held.fileno()}", lambda f: f.write("json\n"), binary=False)
         held.write("summary\n")
     assert log.read_text() == "header\njson\nsummary\n"
+
+
+def test_dev_stdout_redirected_over_a_file_gets_the_json_and_then_the_summary(tmp_path):
+    """`deltaprop train --metrics-out /dev/stdout > out.txt`: the shell's `>` opens out.txt without O_APPEND, so a
+    second open of /dev/stdout wrote the JSON from offset 0 and the summary line printed after it overwrote the
+    JSON's start. The write goes through the process's own descriptor, at its offset."""
+    from deltaprop import _files
+
+    out = tmp_path / "out.txt"
+    with open(out, "w") as stdout:
+        subprocess.run([sys.executable, "-m", "deltaprop", "train", "--dataset", "xor", "--epochs", "2", "--quiet",
+                        "--backend", "numpy", "--metrics-out", "/dev/stdout"], stdout=stdout, check=True, timeout=120)
+    text, summary = out.read_text().rsplit("}\n", 1)
+    assert json.loads(text + "}")["epochs_trained"] == 2 and summary.startswith("test accuracy")
+    for binary in (False, True):  # through /proc/self/fd/N, a model's bytes as a text
+        log = tmp_path / f"log-{binary}.txt"
+        with open(log, "wb" if binary else "w") as held:
+            held.write(b"header\n" if binary else "header\n")
+            held.flush()
+            _files.atomic_write(f"/proc/self/fd/{held.fileno()}", lambda f: f.write(b"data\n" if binary else "data\n"),
+                                binary=binary)
+            held.write(b"summary\n" if binary else "summary\n")
+        assert log.read_text() == "header\ndata\nsummary\n"

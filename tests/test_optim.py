@@ -349,6 +349,8 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     ({"optimizer": 3}, ValueError, "optimizer: unknown optimizer 3"),
     ({"lr_schedule": "bogus"}, ValueError, "lr_schedule: unknown schedule 'bogus'"),
     ({"lr_schedule": 3}, TypeError, "lr_schedule: expected a name"),
+    ({"lr_schedule": {"name": "step", "size": 2}}, ValueError, r"lr_schedule: size: not a parameter of the step schedule \(step_size, gamma\)"),
+    ({"lr_schedule": {"name": "constant", "gamma": 0.5}}, ValueError, r"lr_schedule: gamma: not a parameter of the constant schedule \(none\)"),
     ({"lr_schedule": lambda e: -1.0 if e == 1 else 0.1}, ValueError, "lr_schedule: the callable gives -1.0 for epoch 1"),
     ({"lr_schedule": lambda e: float("nan")}, ValueError, "lr_schedule: the callable gives nan for epoch 0"),
     # finite in Python, not in the float32 the device computes in

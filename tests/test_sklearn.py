@@ -213,6 +213,23 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
         np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
 
 
+@pytest.mark.parametrize("classes, stratified", [(2, True), (3, False), (7, False)])
+def test_the_early_stopping_split_is_stratified_for_a_binary_y_only_as_in_scikit_learn(classes, stratified, monkeypatch):
+    """scikit-learn stratifies its early-stopping split when the network has one output (a binary y), not for a
+    multiclass y (an output per class): 33 samples of 7 classes hold out 3, fewer than the classes, and train."""
+    import deltaprop.sklearn as ours
+    import sklearn.neural_network._multilayer_perceptron as theirs
+
+    rng = np.random.default_rng()
+    X, y = rng.normal(size=(33, 5)), np.arange(33) % classes
+    for module, cls in ((ours, MLPClassifier), (theirs, skl.MLPClassifier)):
+        seen, split = [], module.train_test_split
+        monkeypatch.setattr(module, "train_test_split", lambda *a, **k: seen.append(k["stratify"]) or split(*a, **k))
+        est = cls(hidden_layer_sizes=(7,), early_stopping=True, max_iter=3, random_state=0).fit(X, y)
+        assert [s is not None for s in seen] == [stratified], cls
+        assert len(est.validation_scores_) == est.n_iter_
+
+
 def test_a_diverging_fit_with_early_stopping_ends_on_the_best_weights(iris):
     """scikit-learn's test_mlp_diverging_loss: outputs that are not finite score NaN (its _score_with_function),
     not an error from r2_score; the epoch whose loss is NaN ends the fit, recorded as NaN, on the best weights."""

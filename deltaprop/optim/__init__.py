@@ -81,6 +81,9 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    """SGD, plain or with momentum (``nesterov``: Nesterov's), with coupled weight decay (the rule:
+    deltaprop.optim's docstring)."""
+
     name = family = "sgd"
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
@@ -103,6 +106,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias corrections and coupled L2 weight decay (the rule: deltaprop.optim's docstring)."""
+
     name = family = "adam"
     counts_steps = True
     decoupled = False
@@ -123,6 +128,8 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, 0.01 by default (the rule: deltaprop.optim's docstring)."""
+
     name = "adamw"
     decoupled = True
 
@@ -131,6 +138,9 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
+    """RMSprop without centering, with optional momentum and coupled weight decay (the rule: deltaprop.optim's
+    docstring)."""
+
     name = family = "rmsprop"
 
     def __init__(self, lr=0.01, rho=0.9, epsilon=1e-8, momentum=0.0, weight_decay=0.0):

@@ -16,6 +16,7 @@ once per epoch; scikit-learn's schedules change theirs once per epoch too.
 
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Integral, Real
 
@@ -185,6 +186,10 @@ def get(spec) -> Schedule:
         name = params.pop("name", None)
         if name not in NAMES:
             raise ValueError(f"lr_schedule: unknown schedule {name!r}; choose one of {', '.join(NAMES)}")
+        known = list(inspect.signature(NAMES[name]).parameters)
+        for key in params:
+            if key not in known:
+                raise ValueError(f"lr_schedule: {key}: not a parameter of the {name} schedule ({', '.join(known) or 'none'})")
         return NAMES[name](**params)
     if isinstance(spec, str):
         if spec.strip().lower() not in NAMES:
