@@ -287,7 +287,8 @@ def _settings(args) -> dict:
         rates = masks.check_rates(args.dropout, len(args.layers) + 1)
         max_norm = masks.check_max_norm(args.max_norm)
     except (ValueError, TypeError) as exc:
-        raise CLIError(str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)) from None
+        message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
+        raise CLIError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
