@@ -17,8 +17,8 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "check_activation", "check_dtype", "check_int", "check_layer_sizes", "check_loss", "check_path",
-           "check_real", "check_sample_weight", "parse_widths"]
+__all__ = ["DTYPES", "check_activation", "check_dtype", "check_held", "check_int", "check_layer_sizes", "check_loss",
+           "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -38,6 +38,19 @@ def check_dtype(dtype) -> np.dtype:
     if found is None:
         raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
     return found
+
+
+def check_held(value: float, argument: str, dtype) -> float:
+    """``value`` (a finite float), refused by name when the device, which computes in the model's ``dtype``, would
+    not see it as given: when it overflows ``dtype`` (1e39 in float32) or is > 0 and rounds to 0 in it (1e-50)."""
+    kind = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        there = kind.type(value)
+    if not np.isfinite(there):
+        raise ValueError(f"{argument}: {value!r} overflows the model's {kind.name}")
+    if value > 0 and there == 0:
+        raise ValueError(f"{argument}: {value!r} is 0 in the model's {kind.name}")
+    return value
 
 
 def check_layer_sizes(layer_sizes) -> tuple:
