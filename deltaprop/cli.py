@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
     g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
-                   help=f"initial weights: auto (default: He for relu-like, Glorot otherwise, normal) or {', '.join(INITS[1:])}; "
-                        "he, glorot and lecun alone are normal")  # fmt: skip
+                   help="initial weights: auto (default: He for relu-like, LeCun for maxout, Glorot otherwise, normal) "
+                        f"or {', '.join(INITS[1:])}; he, glorot and lecun alone are normal")  # fmt: skip
     g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "
                    "one rate per layer input, the input's first (default: none)")
     g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
