@@ -191,7 +191,9 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
                         loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
                         maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
         except MemoryError:
-            raise CLIError(f"--layers: an MLP {settings['layer_sizes']} does not fit in the memory of this machine") from None
+            what = (f"--layers, --maxout-pieces: an MLP {settings['layer_sizes']} of maxout units of {settings['maxout_pieces']} "
+                    "pieces each" if args.activation == "maxout" else f"--layers: an MLP {settings['layer_sizes']}")
+            raise CLIError(f"{what} does not fit in the memory of this machine") from None
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:

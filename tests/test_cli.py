@@ -462,6 +462,8 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
     (["--dataset", "xor", "--backend", "numpy", "--layers", str(10**15)], f"--layers: an MLP [2, {10**15}, 2] does not fit"),
+    (["--dataset", "xor", "--backend", "numpy", "--activation", "maxout", "--maxout-pieces", str(10**15)],
+     f"--layers, --maxout-pieces: an MLP [2, 8, 2] of maxout units of {10**15} pieces each does not fit"),
     *[([option, "", "--dataset", "xor"], f"{option}: the path is empty; give one")  # an unset $RUN_DIR
       for option in ("--checkpoint", "--save", "--metrics-out", "--plot", "--data")],
     (["--data-dir", " "], "--data-dir: the path is empty"),
