@@ -344,6 +344,9 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
     (dict(max_norm=-2.0), r"max_norm: .* got -2.0"),
     (dict(max_norm=math.nan), r"max_norm: .* got nan"),
     (dict(max_norm=math.inf), r"max_norm: .* got inf"),
+    (dict(dropout=10**400), r"dropout: a dropout rate must be in \[0, 1\), got inf"),  # a ValueError, not OverflowError
+    (dict(dropout=[0.1, 0.2, -10**400]), r"dropout\[2\]: a dropout rate must be in \[0, 1\), got -inf"),
+    (dict(max_norm=10**400), r"max_norm: expected None or a finite number > 0, got 1000"),
 ])
 def test_bad_values_are_refused_by_name(kw, match):
     with pytest.raises(ValueError, match=match):
