@@ -28,7 +28,7 @@ from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES, parse_widths
+from .mlp.checks import DTYPES, check_held, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="the precision of the weights and the arithmetic (default: float32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
     g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
-                   help=f"initial weights: auto (default: He for relu-like, Glorot otherwise, normal) or {', '.join(INITS[1:])}; "
-                        "he, glorot and lecun alone are normal")  # fmt: skip
+                   help="initial weights: auto (default: He for relu-like, LeCun for maxout, Glorot otherwise, normal) "
+                        f"or {', '.join(INITS[1:])}; he, glorot and lecun alone are normal")  # fmt: skip
     g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "
                    "one rate per layer input, the input's first (default: none)")
     g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
@@ -191,7 +191,9 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
                         loss=args.loss, backend=args.backend, dtype=args.dtype, seed=args.seed, init=settings["init"],
                         maxout_pieces=settings["maxout_pieces"], dropout=settings["dropout"], max_norm=settings["max_norm"])
         except MemoryError:
-            raise CLIError(f"--layers: an MLP {settings['layer_sizes']} does not fit in the memory of this machine") from None
+            what = (f"--layers, --maxout-pieces: an MLP {settings['layer_sizes']} of maxout units of {settings['maxout_pieces']} "
+                    "pieces each" if args.activation == "maxout" else f"--layers: an MLP {settings['layer_sizes']}")
+            raise CLIError(f"{what} does not fit in the memory of this machine") from None
         prior, best = {k: [] for k in HISTORY_KEYS}, None
     device = record.device_description(model.backend)
     if not args.quiet:
@@ -286,6 +288,8 @@ def _settings(args) -> dict:
     try:
         rates = masks.check_rates(args.dropout, len(args.layers) + 1)
         max_norm = masks.check_max_norm(args.max_norm)
+        if max_norm is not None:
+            check_held(max_norm, "max_norm", args.dtype)
     except (ValueError, TypeError) as exc:
         message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
         raise CLIError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's

@@ -178,10 +178,11 @@ def _net(args) -> dict:
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
-            backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces)
+            backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces, max_norm=max_norm)
     except (ValueError, TypeError) as exc:
         arg = str(exc).split(":")[0]
-        option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces"}.get(arg)
+        option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces",
+                  "max_norm": "--max-norm"}.get(arg)
         raise CompileError(f"{option}: {str(exc).split(':', 1)[1].strip()}" if option else str(exc)) from None
     n_val = int(round(args.samples * args.val_split))
     if args.samples - n_val < 1:

@@ -45,7 +45,7 @@ What differs from ``sklearn.neural_network``:
 - ``activation="maxout"`` (deltaprop's only, not scikit-learn's): each hidden unit is the max of ``maxout_pieces``
   (default 2) affine pieces; a maxout layer's ``coefs_`` entry is (n_in, k·n) and its ``intercepts_`` (k·n,), the k
   pieces of unit j in the columns j·k .. j·k + k − 1 (``deltaprop.MLP``'s layout).
-- Weights start from deltaprop's initialisation (``init="auto"``: Glorot or He, normal; or ``init=`` one of
+- Weights start from deltaprop's initialisation (``init="auto"``: Glorot, He or, for maxout, LeCun, normal; or ``init=`` one of
   deltaprop.mlp.activations.INITS, e.g. "glorot_uniform"), not scikit-learn's uniform one.
 - ``alpha`` is scikit-learn's L2 penalty: the stochastic solvers' weight decay (coupled: the gradient
   gains λ·W, for Adam as for SGD) is ``λ = alpha / batch_size``, the gradient ``α·W / batch`` scikit-learn

@@ -21,6 +21,7 @@ from deltaprop.mlp import checks
     (lambda: checks.check_real(1.0, "momentum", 0.0, hi=1.0), ValueError, r"momentum: must be finite and ≥ 0.0 and < 1.0"),
     (lambda: checks.check_real(math.nan, "weight_decay", 0.0), ValueError, "weight_decay: must be finite"),
     (lambda: checks.check_real(math.inf, "weight_decay", 0.0), ValueError, "weight_decay: must be finite"),
+    (lambda: checks.check_real(10**400, "lr", 0.0), ValueError, "lr: must be finite and ≥ 0.0, got inf"),  # not OverflowError
     (lambda: checks.check_layer_sizes(3), TypeError, "layer_sizes: expected a list of layer widths, got int"),
     (lambda: checks.check_layer_sizes([4]), ValueError, "layer_sizes: need at least an input and an output size"),
     (lambda: checks.check_layer_sizes([4, True]), ValueError, "layer_sizes: entry 1 must be a positive integer"),

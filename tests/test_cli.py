@@ -454,12 +454,16 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--dropout", "0.2,0.5"], "--dropout: got 2 rates for 3 layer inputs"),  # mnist's default layers: 1024,1024
     (["--layers", "8", "--dropout", "0.2,nan"], "--dropout[1]: a dropout rate must be in [0, 1), got nan"),
     (["--max-norm", "0"], "--max-norm: expected a finite number > 0, got 0.0"),
+    (["--dataset", "xor", "--max-norm", "1e39"], "--max-norm: 1e+39 overflows the model's float32"),
+    (["--checkpoint", "{tmp}/ck", "--dataset", "xor", "--max-norm", "1e-46"], "--max-norm: 1e-46 is 0 in the model's float32"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
     (["--dataset", "xor", "--val-split", "0.5"], "--val-split: --dataset xor has no validation data (its four points"),
     (["--backend", "tpu"], "--backend: unknown backend 'tpu'"),
     (["--resume"], "--resume: needs --checkpoint"),
     (["--dataset", "xor", "--backend", "numpy", "--layers", str(10**15)], f"--layers: an MLP [2, {10**15}, 2] does not fit"),
+    (["--dataset", "xor", "--backend", "numpy", "--activation", "maxout", "--maxout-pieces", str(10**15)],
+     f"--layers, --maxout-pieces: an MLP [2, 8, 2] of maxout units of {10**15} pieces each does not fit"),
     *[([option, "", "--dataset", "xor"], f"{option}: the path is empty; give one")  # an unset $RUN_DIR
       for option in ("--checkpoint", "--save", "--metrics-out", "--plot", "--data")],
     (["--data-dir", " "], "--data-dir: the path is empty"),

@@ -3,6 +3,7 @@ against a float64 reference written here, the gradient through a fixed mask, res
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -343,10 +344,24 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
     (dict(max_norm=-2.0), r"max_norm: .* got -2.0"),
     (dict(max_norm=math.nan), r"max_norm: .* got nan"),
     (dict(max_norm=math.inf), r"max_norm: .* got inf"),
+    (dict(dropout=10**400), r"dropout: a dropout rate must be in \[0, 1\), got inf"),  # a ValueError, not OverflowError
+    (dict(dropout=[0.1, 0.2, -10**400]), r"dropout\[2\]: a dropout rate must be in \[0, 1\), got -inf"),
+    (dict(max_norm=10**400), r"max_norm: expected None or a finite number > 0, got 1000"),
 ])
 def test_bad_values_are_refused_by_name(kw, match):
     with pytest.raises(ValueError, match=match):
         MLP([4, 5, 6, 2], backend="numpy", seed=0, **kw)
+
+
+@pytest.mark.parametrize("c,why", [(1e39, "overflows"), (3.5e38, "overflows"), (1e-46, "is 0 in")])
+def test_a_max_norm_that_the_dtype_cannot_hold_is_refused_by_name(c, why, rng):
+    """float32(c) = inf or 0 would make every update's rescale c / max(‖w‖, c) NaN (inf/inf, 0/0)."""
+    with pytest.raises(ValueError, match=rf"^max_norm: {re.escape(repr(c))} {why} the model's float32"):
+        MLP([4, 5, 3], backend="no-such-backend", seed=0, max_norm=c)  # checked before the backend
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    model = MLP([4, 5, 3], backend="numpy", seed=0, dtype="float64", max_norm=c)  # float64 holds it
+    model.fit(X, y, epochs=1, batch_size=5, lr=0.1)
+    assert all(np.isfinite(W).all() and np.linalg.norm(W, axis=0).max() <= c * (1 + 1e-12) for W, _ in model.get_weights())
 
 
 @pytest.mark.parametrize("kw", [dict(dropout=True), dict(dropout="0.5"), dict(dropout=[0.1, None, 0]),

@@ -161,3 +161,11 @@ def test_the_estimators_take_init_as_a_parameter():
         with pytest.raises(InvalidParameterError, match="'init' parameter"):
             cls(init="xavier").fit(X, y)
         assert cls().init == "auto"
+
+
+def test_the_cli_help_says_what_auto_draws_for_each_hidden_activation(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto (default: He for relu-like, LeCun for maxout, Glorot otherwise, normal)" in text
+    assert {ACTIVATIONS[a].init for a in HIDDEN} == {"he", "lecun", "glorot"}  # the three the help names

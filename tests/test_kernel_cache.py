@@ -462,6 +462,7 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--cc", "9.0", "--optimizer", "lbfgs"], "--optimizer"),
     (["--cc", "9.0", "--max-norm", "0"], "--max-norm"),
     (["--cc", "9.0", "--max-norm", "nan"], "--max-norm"),
+    (["--cc", "9.0", "--max-norm", "1e39"], "--max-norm: 1e+39 overflows the model's float32"),
 ])
 def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     if SIMULATED and option == "--cc":

@@ -1,6 +1,7 @@
 """deltaprop.sklearn: scikit-learn's own estimator checks, the parameter mapping, and use in its tools."""
 
 import pickle
+import re
 import subprocess
 import sys
 
@@ -437,6 +438,19 @@ def test_a_bad_parameter_names_itself_and_changes_nothing(name, value, error, ir
         clf.fit(X[:, :3], y)  # also a new width: n_features_in_ must not change either
     assert clf.n_features_in_ == 4 and clf.n_iter_ == before[1] and clf.model_ is before[2]
     np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+
+
+def test_a_max_norm_that_float32_cannot_hold_names_itself_and_changes_nothing(iris):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=3, random_state=0, dtype="float32", max_norm=2.0).fit(X, y)
+    before = (clf.predict_proba(X), clf.n_iter_, clf.model_)
+    for c, why in ((1e39, "overflows"), (1e-46, "is 0 in")):
+        clf.set_params(max_norm=c)
+        with pytest.raises(ValueError, match=rf"max_norm: {re.escape(repr(c))} {why} the model's float32"):
+            clf.fit(X[:, :3], y)
+        assert clf.n_features_in_ == 4 and clf.n_iter_ == before[1] and clf.model_ is before[2]
+        np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+    assert clf.set_params(dtype="float64").fit(X, y).model_.max_norm == 1e-46  # float64 holds it
 
 
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])

@@ -124,10 +124,20 @@ def check_rates(dropout, n_layers: int) -> tuple:
     return tuple(_check_rate(p, f"dropout[{i}]") for i, p in enumerate(rates))
 
 
+def _as_float(value) -> float:
+    """float(value) of a Real, ±inf beyond a float's range (10**400), so that the range check names the argument where
+    float() would raise a bare OverflowError: mlp.checks.as_float, not imported from there because every module that
+    kernels/ imports from outside is hashed into the kernel cache's key (numba_cache.IMPORTED_SOURCES)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_rate(p, argument: str) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, Real):
         raise TypeError(f"{argument}: expected a rate in [0, 1), got {p!r}")
-    p = float(p)
+    p = _as_float(p)
     if not (0.0 <= p < 1.0):
         raise ValueError(f"{argument}: a dropout rate must be in [0, 1), got {p!r}")
     if threshold(p) >= TWO_32:
@@ -142,7 +152,7 @@ def check_max_norm(max_norm):
         return None
     if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, Real):
         raise TypeError(f"max_norm: expected None or a number > 0, got {max_norm!r}")
-    c = float(max_norm)
+    c = _as_float(max_norm)
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"max_norm: expected None or a finite number > 0, got {max_norm!r}")
     return c

@@ -17,8 +17,8 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "check_activation", "check_dtype", "check_int", "check_layer_sizes", "check_loss", "check_path",
-           "check_real", "check_sample_weight", "parse_widths"]
+__all__ = ["DTYPES", "as_float", "check_activation", "check_dtype", "check_held", "check_int", "check_layer_sizes", "check_loss",
+           "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -38,6 +38,28 @@ def check_dtype(dtype) -> np.dtype:
     if found is None:
         raise ValueError(f"dtype: unsupported dtype {dtype!r}; choose 'float32' or 'float64'")
     return found
+
+
+def as_float(value) -> float:
+    """float(value) of a Real, or ±inf where it is beyond a float's range (an int of 400 digits): float() would raise
+    an OverflowError that names nothing, where the range checks that follow name the argument."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def check_held(value: float, argument: str, dtype) -> float:
+    """``value`` (a finite float), refused by name when the device, which computes in the model's ``dtype``, would
+    not see it as given: when it overflows ``dtype`` (1e39 in float32) or is > 0 and rounds to 0 in it (1e-50)."""
+    kind = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        there = kind.type(value)
+    if not np.isfinite(there):
+        raise ValueError(f"{argument}: {value!r} overflows the model's {kind.name}")
+    if value > 0 and there == 0:
+        raise ValueError(f"{argument}: {value!r} is 0 in the model's {kind.name}")
+    return value
 
 
 def check_layer_sizes(layer_sizes) -> tuple:
@@ -110,7 +132,7 @@ def check_real(value, argument: str, lo: float, hi: float | None = None, lo_open
     """A finite number in [lo, hi) as a float ((lo, hi) with ``lo_open``; no upper bound when ``hi`` is None)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{argument}: expected a number, got {value!r}")
-    value = float(value)
+    value = as_float(value)
     if not math.isfinite(value) or value < lo or (lo_open and value == lo) or (hi is not None and value >= hi):
         rng = f"{'>' if lo_open else '≥'} {lo}" + (f" and < {hi}" if hi is not None else "")
         raise ValueError(f"{argument}: must be finite and {rng}, got {value}")

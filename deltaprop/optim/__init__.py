@@ -20,9 +20,7 @@ They are torch.optim's (SGD, Adam, AdamW, RMSprop without centering), which test
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..mlp.checks import check_real
+from ..mlp.checks import check_held, check_real
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
@@ -51,15 +49,9 @@ class Optimizer:
     def check(self, dtype) -> None:
         """ValueError naming the hyperparameter that the device, which computes in the model's ``dtype``, would not
         see as given: one that overflows it (lr=1e39 in float32), or one > 0 that rounds to 0 in it (epsilon=1e-50)."""
-        kind = np.dtype(dtype)
         for name, value in self.config().items():
             if isinstance(value, float):
-                with np.errstate(over="ignore", under="ignore"):
-                    there = kind.type(value)
-                if not np.isfinite(there):
-                    raise ValueError(f"{name}: {value!r} overflows the model's {kind.name}")
-                if value > 0 and there == 0:
-                    raise ValueError(f"{name}: {value!r} is 0 in the model's {kind.name}")
+                check_held(value, name, dtype)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Optimizer) and self.config() == other.config()
