@@ -179,6 +179,19 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd())
 
 
+def test_a_backend_without_a_fused_epoch_says_so_before_what_the_fit_has(monkeypatch):
+    """DELTAPROP_FUSED=on on a backend that has none: that is the reason, not the dropout or sample weights of the
+    fit (without which it still would not fuse); on one that has it, every reason the fit has is named."""
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    for without in ("dropout", "sample weights", "max-norm"):
+        with pytest.raises(ValueError, match=r"^DELTAPROP_FUSED=on: stand-in: this backend has no fused epoch$"):
+            fused.choose(Stand(None), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(), without=without)
+    with pytest.raises(ValueError, match=r"stand-in: dropout: the fused epoch has none; the net does not fit on chip: "
+                                         r"784-30-10, float32, batch 10, momentum needs 195,040 bytes"):
+        fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10,
+                     sgd(3.0, 0.9), without="dropout")
+
+
 def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, rng):
     X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
     model = MLP([7, 5, 3], activation="tanh", backend="numpy", seed=0)
@@ -190,6 +203,8 @@ def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, r
     monkeypatch.setenv("DELTAPROP_FUSED", "on")
     with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numpy: this backend has no fused epoch"):
         model.fit(X, y, epochs=1, batch_size=3, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numpy: this backend has no fused epoch$"):
+        model.fit(X, y, epochs=1, batch_size=3, lr=0.1, momentum=0.9, sample_weight=rng.random(10) + 0.5)
     assert model.epochs_trained == 1 and model.network.optimizer.params["momentum"] == 0.0  # no momentum buffers made
     for x, was in zip((x for pair in model.get_weights() for x in pair), before):
         np.testing.assert_array_equal(x, was)
