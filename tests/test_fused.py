@@ -192,6 +192,22 @@ def test_a_backend_without_a_fused_epoch_says_so_before_what_the_fit_has(monkeyp
                      sgd(3.0, 0.9), without="dropout")
 
 
+@pytest.mark.parametrize("env, says", [
+    ("auto", "whole epochs in one launch for nets within 232,448 bytes of shared memory per block"),
+    ("on", "whole epochs in one launch for nets within 232,448 bytes of shared memory per block"),
+    ("off", "whole epochs in one launch: off (DELTAPROP_FUSED=off)"),
+    ("yes", "whole epochs in one launch: DELTAPROP_FUSED='yes': choose auto, on or off"),
+])
+def test_the_selection_says_what_deltaprop_fused_does(monkeypatch, env, says):
+    """describe() of a backend with a fused epoch: its limit, unless DELTAPROP_FUSED=off keeps every fit on the step
+    path (or its value is wrong, which a fit refuses): then that."""
+    monkeypatch.setitem(backends._instances, ("stand-in", None), Stand((H100, True)))
+    monkeypatch.setenv("DELTAPROP_FUSED", env)
+    text = backends.Selection("stand-in", "stand-in").describe()
+    assert says in text
+    assert ("within" in text) == (env in ("auto", "on"))
+
+
 def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, rng):
     X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
     model = MLP([7, 5, 3], activation="tanh", backend="numpy", seed=0)
@@ -584,7 +600,8 @@ def test_a_fused_fit_resumes_where_it_stopped(monkeypatch, rng, net):
 
 
 @numba_only
-def test_the_selection_shows_the_limit():
+def test_the_selection_shows_the_limit(monkeypatch):
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")  # the suite's is off
     model = MLP([3, 2], output_activation="sigmoid", loss="bce", backend="numba-cuda", seed=0)
     limit, auto = model.backend.fused_limit()
     text = model.selection.describe()
