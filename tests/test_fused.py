@@ -487,6 +487,68 @@ def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypat
     assert (h1.best_epoch, h1.stopped_early) == (h2.best_epoch, h2.stopped_early)
 
 
+#: (sizes, hidden, output, loss, targets, optimizer, samples, batch): the edges of an epoch and of a net
+EDGES = {
+    "batch-1": ((7, 5, 3), "tanh", "softmax", "cross_entropy", "labels", sgd(0.1, 0.5, nesterov=True), 4, 1),
+    "fewer-samples-than-a-batch": ((7, 5, 3), "relu", "softmax", "cross_entropy", "labels", optim.Adam(0.02), 5, 8),
+    "one-hidden-unit-one-output": ((4, 1, 1), "relu", "sigmoid", "bce", "multilabel", optim.AdamW(0.05), 7, 3),
+    "no-hidden-layer": ((4, 3), "tanh", "softmax", "cross_entropy", "labels", optim.RMSprop(0.01, momentum=0.5), 7, 3),
+    "tanh-output-mse": ((5, 3, 2), "sigmoid", "tanh", "mse", "real", sgd(0.1, 0.9, weight_decay=0.01), 7, 3),
+    "relu-output-mse": ((5, 3, 2), "leaky_relu", "relu", "mse", "real", optim.RMSprop(0.01), 7, 3),
+    "leaky-output-mse": ((5, 3, 3, 2), ["identity", "relu"], "leaky_relu", "mse", "labels", sgd(0.2), 7, 3),
+}
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_fused_epochs_at_the_edges_match_the_float64_reference(monkeypatch, rng, edge, dtype):
+    """Batch 1, a batch larger than the data (one step of all the samples), a net of one hidden unit and one output,
+    a net of no hidden layer, and tanh, relu and leaky_relu outputs with mse: two fused epochs against the float64
+    reference (weights, losses, accuracy)."""
+    sizes, hidden, out, loss, kind, opt, n, batch = EDGES[edge]
+    X, y = data(rng, sizes, kind, n=n)
+    model = model_of((sizes, hidden, out, loss), "numba-cuda", dtype)
+    start = model.get_weights()
+    history = fused_fit(monkeypatch, model, X, y, epochs=2, batch_size=batch, optimizer=opt)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss(model.loss), sizes[-1], np.float64, n)
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, None, min(batch, n), 2)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / n for s in sums], rtol=tol)
+    if targets.accuracy:
+        assert history.accuracy == [s[:, 1].sum() / n for s in sums]
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fused_epoch_follows_the_adaptive_schedules_rate_from_epoch_to_epoch(monkeypatch, rng, dtype):
+    """The adaptive schedule with patience 0 and a tolerance no loss beats halves the rate from epoch 2 on: each
+    fused epoch must read the rate set before it (the reference's rates η, η, η/2, η/4)."""
+    spec = NETS["softmax-adam-decay"]
+    X, y = data(rng, spec[0], spec[4], n=8)
+    model = model_of(spec, "numba-cuda", dtype)
+    start = model.get_weights()
+    opt = optim.Adam(0.05)
+    schedule = optim.schedules.Adaptive(factor=2.0, patience=0, tol=1e6)
+    history = fused_fit(monkeypatch, model, X, y, epochs=4, batch_size=3, optimizer=opt, lr_schedule=schedule)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss(model.loss), spec[0][-1], np.float64, 8)
+    halving = lambda e: 0.05 / 2 ** max(e - 1, 0)  # noqa: E731
+    assert [schedule.rate(0.05, e, history.loss, 8) for e in range(4)] == [halving(e) for e in range(4)]
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, halving, 3, 4)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 8 for s in sums], rtol=tol)
+
+
 def _state(model):
     """The weights, every state slot and the step count of ``model``, as NumPy arrays."""
     net, bk = model.network, model.backend
