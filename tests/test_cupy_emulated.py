@@ -197,3 +197,53 @@ def test_the_cuda_c_fused_epoch_is_the_step_path(emulated, monkeypatch, name, dt
     for (W, b), (W0, b0) in zip(fits["cupy"][0], fits["numpy"][0]):
         np.testing.assert_allclose(W, W0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
         np.testing.assert_allclose(b, b0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
+
+
+#: (sizes, hidden, output, loss, targets, fit's keywords): the CUDA C fused epoch's other codes and shapes
+FUSED_NETS = {
+    "relu-bce-threshold-one-output": ([6, 4, 1], "relu", "sigmoid", "bce", "binary", dict(batch_size=3, optimizer="adam")),
+    "leaky-relu-output-mse": ([6, 4, 3], "leaky_relu", "relu", "mse", "real", dict(batch_size=4, lr=0.1, momentum=0.9)),
+    "sigmoid-leaky-output-mse-argmax": ([6, 5, 3], "sigmoid", "leaky_relu", "mse", "labels", dict(batch_size=4, lr=0.3)),
+    "deep-identity-tanh-output": ([6, 3, 4, 2, 2], ["identity", "sigmoid", "relu"], "tanh", "mse", "real",
+                                  dict(batch_size=3, optimizer=optim.RMSprop(1e-2, momentum=0.5))),
+    "no-hidden-layer-batch-1": ([6, 3], [], "softmax", "cross_entropy", "labels", dict(batch_size=1, lr=0.1)),
+    "one-step-adaptive-schedule": ([6, 1, 2], "tanh", "sigmoid", "bce", "multilabel",
+                                   dict(batch_size=64, optimizer=optim.AdamW(0.05),
+                                        lr_schedule=optim.schedules.Adaptive(factor=2.0, patience=0, tol=1e6))),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(FUSED_NETS))
+def test_the_cuda_c_fused_epoch_is_the_step_path_for_every_code(emulated, monkeypatch, name, dtype):
+    """fused_epoch.cu's other activation codes, losses and accuracy rules (mse through φ' of each output, bce with
+    the threshold rule), a deep net, none hidden, batch 1 and a batch larger than the data with a rate that changes
+    between epochs, on the host, against the NumPy backend's step path: three epochs of 11 samples."""
+    from deltaprop.backends import fused
+    from deltaprop.kernels import fused_source
+
+    sizes, hidden, out, loss, kind, kw = FUSED_NETS[name]
+    monkeypatch.setattr(fused_source, "kernel", emulated_cuda.FusedKernel)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(11, sizes[0]))
+    y = {"binary": lambda: rng.integers(0, 2, 11), "labels": lambda: rng.integers(0, sizes[-1], 11),
+         "real": lambda: rng.normal(size=(11, sizes[-1])),
+         "multilabel": lambda: (rng.random((11, sizes[-1])) < 0.5).astype(float)}[kind]()
+    fits = {}
+    for where, mode in (("cupy", "on"), ("numpy", "off")):
+        monkeypatch.setenv(fused.ENV, mode)
+        model = MLP(sizes, activation=hidden, output_activation=out, loss=loss, backend="numpy", seed=1, dtype=dtype)
+        if where == "cupy":
+            bk = emulated()
+            model.network.backend = bk
+            model.network.set_params(model.get_weights())
+        history = model.fit(X, y, epochs=3, **kw)
+        fits[where] = (model.get_weights(), history)
+    assert bk.fused_epochs == 3
+    tight = dtype == "float64"
+    (weights, history), (ref_weights, ref_history) = fits["cupy"], fits["numpy"]
+    np.testing.assert_allclose(history.loss, ref_history.loss, rtol=1e-9 if tight else 1e-4)
+    np.testing.assert_array_equal(history.accuracy, ref_history.accuracy)
+    for (W, b), (W0, b0) in zip(weights, ref_weights):
+        np.testing.assert_allclose(W, W0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
+        np.testing.assert_allclose(b, b0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)

@@ -179,6 +179,35 @@ def test_forcing_a_net_that_does_not_fit_is_refused_by_name(monkeypatch):
         fused.choose(Stand((H100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd())
 
 
+def test_a_backend_without_a_fused_epoch_says_so_before_what_the_fit_has(monkeypatch):
+    """DELTAPROP_FUSED=on on a backend that has none: that is the reason, not the dropout or sample weights of the
+    fit (without which it still would not fuse); on one that has it, every reason the fit has is named."""
+    monkeypatch.setenv("DELTAPROP_FUSED", "on")
+    for without in ("dropout", "sample weights", "max-norm"):
+        with pytest.raises(ValueError, match=r"^DELTAPROP_FUSED=on: stand-in: this backend has no fused epoch$"):
+            fused.choose(Stand(None), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10, sgd(), without=without)
+    with pytest.raises(ValueError, match=r"stand-in: dropout: the fused epoch has none; the net does not fit on chip: "
+                                         r"784-30-10, float32, batch 10, momentum needs 195,040 bytes"):
+        fused.choose(Stand((A100, True)), NIELSEN, ("sigmoid", "sigmoid"), "mse", "argmax", np.float32, 10,
+                     sgd(3.0, 0.9), without="dropout")
+
+
+@pytest.mark.parametrize("env, says", [
+    ("auto", "whole epochs in one launch for nets within 232,448 bytes of shared memory per block"),
+    ("on", "whole epochs in one launch for nets within 232,448 bytes of shared memory per block"),
+    ("off", "whole epochs in one launch: off (DELTAPROP_FUSED=off)"),
+    ("yes", "whole epochs in one launch: DELTAPROP_FUSED='yes': choose auto, on or off"),
+])
+def test_the_selection_says_what_deltaprop_fused_does(monkeypatch, env, says):
+    """describe() of a backend with a fused epoch: its limit, unless DELTAPROP_FUSED=off keeps every fit on the step
+    path (or its value is wrong, which a fit refuses): then that."""
+    monkeypatch.setitem(backends._instances, ("stand-in", None), Stand((H100, True)))
+    monkeypatch.setenv("DELTAPROP_FUSED", env)
+    text = backends.Selection("stand-in", "stand-in").describe()
+    assert says in text
+    assert ("within" in text) == (env in ("auto", "on"))
+
+
 def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, rng):
     X, y = rng.normal(size=(10, 7)), rng.integers(0, 3, 10)
     model = MLP([7, 5, 3], activation="tanh", backend="numpy", seed=0)
@@ -190,6 +219,8 @@ def test_numpy_never_fuses_and_refuses_on_before_anything_changes(monkeypatch, r
     monkeypatch.setenv("DELTAPROP_FUSED", "on")
     with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numpy: this backend has no fused epoch"):
         model.fit(X, y, epochs=1, batch_size=3, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="DELTAPROP_FUSED=on: numpy: this backend has no fused epoch$"):
+        model.fit(X, y, epochs=1, batch_size=3, lr=0.1, momentum=0.9, sample_weight=rng.random(10) + 0.5)
     assert model.epochs_trained == 1 and model.network.optimizer.params["momentum"] == 0.0  # no momentum buffers made
     for x, was in zip((x for pair in model.get_weights() for x in pair), before):
         np.testing.assert_array_equal(x, was)
@@ -433,19 +464,18 @@ def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
 
 @numba_only
 def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypatch, rng):
-    """float32, momentum, a partial last batch; auto on the simulator takes the step path."""
+    """float32, momentum, a partial last batch: the step path (off; auto on a GPU would fuse too) and the fused one."""
     spec = NETS["softmax-momentum-decay"]
     X, y = data(rng, spec[0], spec[4], n=11)
     Xv, yv = data(rng, spec[0], spec[4], n=5)
     kw = {"epochs": 3, "batch_size": 4, "optimizer": spec[5], "validation_data": (Xv, yv), "early_stopping": 1}
     runs = []
-    for env in ("auto", "on"):
+    for env in ("off", "on"):
         monkeypatch.setenv("DELTAPROP_FUSED", env)
         model = model_of(spec, "numba-cuda", "float32")
         before = model.backend.fused_epochs
         runs.append((model, model.fit(X, y, **kw)))
-        fused_runs = model.backend.fused_epochs - before
-        assert fused_runs == (0 if env == "auto" and simulated(model.backend) else runs[-1][1].epochs)
+        assert model.backend.fused_epochs - before == (0 if env == "off" else runs[-1][1].epochs)
     (steps, h1), (one, h2) = runs
     for (W1, b1), (W2, b2) in zip(steps.get_weights(), one.get_weights()):
         np.testing.assert_allclose(W1, W2, rtol=1e-5, atol=1e-6)
@@ -455,6 +485,68 @@ def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypat
     for key in ("loss", "val_loss", "val_accuracy", "accuracy"):
         np.testing.assert_allclose(getattr(h1, key), getattr(h2, key), rtol=1e-5)
     assert (h1.best_epoch, h1.stopped_early) == (h2.best_epoch, h2.stopped_early)
+
+
+#: (sizes, hidden, output, loss, targets, optimizer, samples, batch): the edges of an epoch and of a net
+EDGES = {
+    "batch-1": ((7, 5, 3), "tanh", "softmax", "cross_entropy", "labels", sgd(0.1, 0.5, nesterov=True), 4, 1),
+    "fewer-samples-than-a-batch": ((7, 5, 3), "relu", "softmax", "cross_entropy", "labels", optim.Adam(0.02), 5, 8),
+    "one-hidden-unit-one-output": ((4, 1, 1), "relu", "sigmoid", "bce", "multilabel", optim.AdamW(0.05), 7, 3),
+    "no-hidden-layer": ((4, 3), "tanh", "softmax", "cross_entropy", "labels", optim.RMSprop(0.01, momentum=0.5), 7, 3),
+    "tanh-output-mse": ((5, 3, 2), "sigmoid", "tanh", "mse", "real", sgd(0.1, 0.9, weight_decay=0.01), 7, 3),
+    "relu-output-mse": ((5, 3, 2), "leaky_relu", "relu", "mse", "real", optim.RMSprop(0.01), 7, 3),
+    "leaky-output-mse": ((5, 3, 3, 2), ["identity", "relu"], "leaky_relu", "mse", "labels", sgd(0.2), 7, 3),
+}
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_fused_epochs_at_the_edges_match_the_float64_reference(monkeypatch, rng, edge, dtype):
+    """Batch 1, a batch larger than the data (one step of all the samples), a net of one hidden unit and one output,
+    a net of no hidden layer, and tanh, relu and leaky_relu outputs with mse: two fused epochs against the float64
+    reference (weights, losses, accuracy)."""
+    sizes, hidden, out, loss, kind, opt, n, batch = EDGES[edge]
+    X, y = data(rng, sizes, kind, n=n)
+    model = model_of((sizes, hidden, out, loss), "numba-cuda", dtype)
+    start = model.get_weights()
+    history = fused_fit(monkeypatch, model, X, y, epochs=2, batch_size=batch, optimizer=opt)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss(model.loss), sizes[-1], np.float64, n)
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, None, min(batch, n), 2)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / n for s in sums], rtol=tol)
+    if targets.accuracy:
+        assert history.accuracy == [s[:, 1].sum() / n for s in sums]
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fused_epoch_follows_the_adaptive_schedules_rate_from_epoch_to_epoch(monkeypatch, rng, dtype):
+    """The adaptive schedule with patience 0 and a tolerance no loss beats halves the rate from epoch 2 on: each
+    fused epoch must read the rate set before it (the reference's rates η, η, η/2, η/4)."""
+    spec = NETS["softmax-adam-decay"]
+    X, y = data(rng, spec[0], spec[4], n=8)
+    model = model_of(spec, "numba-cuda", dtype)
+    start = model.get_weights()
+    opt = optim.Adam(0.05)
+    schedule = optim.schedules.Adaptive(factor=2.0, patience=0, tol=1e6)
+    history = fused_fit(monkeypatch, model, X, y, epochs=4, batch_size=3, optimizer=opt, lr_schedule=schedule)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss(model.loss), spec[0][-1], np.float64, 8)
+    halving = lambda e: 0.05 / 2 ** max(e - 1, 0)  # noqa: E731
+    assert [schedule.rate(0.05, e, history.loss, 8) for e in range(4)] == [halving(e) for e in range(4)]
+    weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, halving, 3, 4)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 8 for s in sums], rtol=tol)
 
 
 def _state(model):
@@ -569,7 +661,8 @@ def test_a_fused_fit_resumes_where_it_stopped(monkeypatch, rng, net):
 
 
 @numba_only
-def test_the_selection_shows_the_limit():
+def test_the_selection_shows_the_limit(monkeypatch):
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")  # the suite's is off
     model = MLP([3, 2], output_activation="sigmoid", loss="bce", backend="numba-cuda", seed=0)
     limit, auto = model.backend.fused_limit()
     text = model.selection.describe()

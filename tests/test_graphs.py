@@ -144,3 +144,24 @@ def test_the_step_counter_moves_the_window(graph_backend, rng):
     for (W1, b1), (W2, b2) in zip(graphed.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(W1, W2, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-6)
+
+
+def test_two_models_each_keep_their_own_recording(graph_backend, rng):
+    """Model A's callback trains model B for an epoch (B's recording replaces A's in this thread, and A's next epoch
+    records anew); then A is fitted again at another batch size: every fit equals the Python loop's."""
+    X, y = rng.normal(size=(23, 5)), rng.integers(0, 3, 23)  # steps of 5 and a tail of 3; then of 4 and a tail of 3
+    X2, y2 = rng.normal(size=(17, 4)), rng.integers(0, 2, 17)
+
+    def fits(graphs):
+        graph_backend.graphs = graphs
+        A = MLP([5, 4, 3], activation="tanh", backend=graph_backend.name, seed=1)
+        B = MLP([4, 6, 2], activation="relu", backend=graph_backend.name, seed=2)
+        A.fit(X, y, epochs=3, batch_size=5, optimizer=optim.SGD(0.1, momentum=0.9),
+              callback=lambda epoch, history: B.fit(X2, y2, epochs=1, batch_size=4, optimizer="adam"))
+        A.fit(X, y, epochs=2, batch_size=4, optimizer=optim.SGD(0.1, momentum=0.9))
+        return [x for model in (A, B) for pair in model.get_weights() for x in pair]
+
+    graphed = fits(True)
+    assert graph_backend.capture_error is None
+    for a, b in zip(graphed, fits(False)):
+        np.testing.assert_array_equal(a, b)

@@ -89,8 +89,17 @@ class Selection:
                       if name == self.name and self.device in (None, device)), None)
         limit = built.fused_limit() if built is not None else None
         if limit is not None:
-            how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
-                    + ("" if limit[1] else " when forced (DELTAPROP_FUSED=on)"))
+            from . import fused
+
+            try:
+                asked = fused.mode()
+            except ValueError as exc:  # a fit refuses it: say so here too
+                asked = str(exc)
+            if asked in ("auto", "on"):
+                how += (f"; whole epochs in one launch for nets within {limit[0]:,} bytes of shared memory per block"
+                        + ("" if limit[1] else " when forced (DELTAPROP_FUSED=on)"))
+            else:
+                how += f"; whole epochs in one launch: {'off (DELTAPROP_FUSED=off)' if asked == 'off' else asked}"
         split = getattr(built, "split_k", None)  # numba-cuda's split-K of the skinny GEMMs
         if split is not None:
             how += f"; split-K GEMMs: {split} (DELTAPROP_SPLIT_K)"

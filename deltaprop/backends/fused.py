@@ -183,8 +183,8 @@ def choose(backend, sizes, activations, loss, accuracy, dtype, batch: int, optim
         return None
     limit, auto = backend.fused_limit() or (None, False)
     fused, why = check(sizes, activations, loss, accuracy, dtype, batch, optimizer, limit)
-    if without is not None:
-        fused, why = None, f"{without}: the fused epoch has none"
+    if without is not None and limit is not None:  # no fused epoch at all: that is the reason, whatever the fit has
+        fused, why = None, f"{without}: the fused epoch has none" + ("" if why is None else f"; {why}")
     if asked == "on" and fused is None:
         raise ValueError(f"{ENV}=on: {backend.name}: {why}")
     return fused if (asked == "on" or auto) else None
