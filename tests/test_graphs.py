@@ -165,3 +165,32 @@ def test_two_models_each_keep_their_own_recording(graph_backend, rng):
     assert graph_backend.capture_error is None
     for a, b in zip(graphed, fits(False)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(graph_backend, rng, monkeypatch):
+    """A graph holds its rate array's address, not the array: after 65 other rates in this thread (here a callback's;
+    a search's fused fits would do it) the cache starts afresh, and the recording must keep the array alive, or its
+    next replay reads freed memory. Every array _rate handed out before the flood is still alive after it."""
+    import gc
+    import weakref
+
+    handed_out, flooding = [], []
+    real_rate = graph_backend._rate
+
+    def rate(lr, dtype):
+        r = real_rate(lr, dtype)
+        if not flooding:
+            handed_out.append(weakref.ref(r))
+        return r
+
+    def flood(epoch, history):
+        flooding.append(True)
+        for i in range(70):
+            graph_backend._rate(1.0 + i, np.float32)
+        flooding.pop()
+        gc.collect()
+        assert handed_out and all(ref() is not None for ref in handed_out), f"epoch {epoch}: a captured rate was freed"
+
+    monkeypatch.setattr(graph_backend, "_rate", rate)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)
+    MLP([4, 5, 2], backend=graph_backend.name, seed=3).fit(X, y, epochs=3, batch_size=8, lr=0.1, callback=flood)

@@ -160,8 +160,8 @@ class Backend:
         rates = self._local.__dict__.setdefault("rates", {})  # (value, dtype) -> array
         key = (float(lr), np.dtype(dtype))
         if key not in rates:
-            if len(rates) > 64:  # many rates (a search over them): start afresh
-                rates.clear()
+            if len(rates) > 64:  # many rates (a search over them): start afresh, in a new dict (a recording
+                self._local.rates = rates = {}  # holds the arrays it was captured with: GraphSteps.run_steps)
             rates[key] = self.empty(1, key[1])
             self._fill(rates[key], key[1].type(lr))
         return rates[key]

@@ -45,6 +45,9 @@ class Recording:
     step_no: object  # the step counter (int64, 1), on the device
     graphs: dict = field(default_factory=dict)  # number of rows -> graph (None: capture failed)
     seen: set = field(default_factory=set)  # numbers of rows that have run once (compiled, scratch grown)
+    #: the per-thread rate arrays (Backend._rate) as the graphs were captured: a graph holds their addresses, not
+    #: the arrays, so they live as long as the recording, whatever the thread's rate cache drops meanwhile
+    rates: list = field(default_factory=list)
 
 
 class GraphSteps:
@@ -60,6 +63,9 @@ class GraphSteps:
         rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
         if rec is None:
             return super().run_steps(step, idx, metrics, batch_size, first, stop)
+        rates = self._local.__dict__.setdefault("rates", {})  # the dict that Backend._rate fills in this thread
+        if all(held is not rates for held in rec.rates):  # a new one only after 65 rates: a few per recording
+            rec.rates.append(rates)
         self.copy_(rec.order, idx)
         self.copy_(rec.step_no, self.asarray(np.array([first], np.int64)))  # once per epoch
         n = idx.shape[0]
