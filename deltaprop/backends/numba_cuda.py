@@ -400,7 +400,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
         except Exception as exc:  # an old driver, or an operation that cannot be captured
             self.capture_error = f"{type(exc).__name__}: {exc}"
             return None
-        return _Graph(executable, handle, driver)
+        # replayed on the default stream, where the eager work before and after it runs (the window's order copy,
+        # the epoch's sums): ordered with it whether that stream is the legacy one, with which the capture stream
+        # synchronises, or the per-thread one (CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM=1), with which it does not
+        return _Graph(executable, 0, driver)
 
     def _replay(self, graph) -> None:
         graph.launch()
@@ -408,7 +411,8 @@ class NumbaCudaBackend(GraphSteps, Backend):
 
 
 class _Graph:
-    """An executable CUDA graph and the stream it replays on; destroyed with this object."""
+    """An executable CUDA graph and the stream it replays on (the default stream's handle, 0); destroyed with this
+    object."""
 
     def __init__(self, executable, stream: int, driver):
         self.launch = functools.partial(driver.cuGraphLaunch, executable, stream)
