@@ -12,6 +12,7 @@ renaming over it would replace the device or pipe by a file, or unlink the file 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -139,6 +140,15 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def parse_json(text):
+    """``json.loads(text)``; JSON nested deeper than the interpreter's recursion limit (a file of brackets) is a
+    ValueError saying so, as a damaged text is, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def json_safe(obj):

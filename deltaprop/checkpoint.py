@@ -22,7 +22,7 @@ import re
 import sys
 from numbers import Real
 
-from ._files import atomic_write, json_safe, sha256, stale_temp
+from ._files import atomic_write, json_safe, parse_json, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
 
@@ -180,7 +180,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint: {self.manifest_path} is missing")
         try:
             with open(self.manifest_path, encoding="utf-8") as f:
-                record = json.load(f)
+                record = parse_json(f.read())
             settings, history, current, best = _check_record(record)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint: {self.manifest_path} is damaged ({exc})") from None

@@ -315,6 +315,18 @@ def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change
         MLP.load(path)
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": "deltaprop-mlp", "seed": ' + "[" * 50_000 + "]" * 50_000 + "}"])
+def test_load_refuses_a_config_nested_too_deeply_to_decode(tmp_path, text):
+    """JSON nested deeper than Python's recursion limit (a few hundred KB of brackets) is refused as not JSON, not
+    left to escape as a RecursionError."""
+    _, _, arrays, _ = saved_model(tmp_path)
+    path = tmp_path / "deep.npz"
+    np.savez(path, **{**arrays, "config": np.array(text)})
+    with pytest.raises(ValueError, match=f"^path: {re.escape(str(path))} is not a valid deltaprop model: config: not valid JSON "
+                                         r"\(nested too deeply\)"):
+        MLP.load(path)
+
+
 def test_load_refuses_missing_and_stray_arrays(tmp_path):
     _, _, arrays, config = saved_model(tmp_path)
     for name, kept, match in (

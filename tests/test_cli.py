@@ -282,6 +282,7 @@ def _other_seeds_model(ck, rehash):
     (lambda ck: _other_seeds_model(ck, rehash=False), "copied from another run"),
     (lambda ck: _other_seeds_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
+    (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].pop()), "seconds must list one value per epoch (2)"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="../model-0002.npz")), "do not name a model-NNNN.npz"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backends, optim
 from ..kernels import masks
-from .._files import atomic_write
+from .._files import atomic_write, parse_json
 from .activations import (
     ACTIVATIONS,
     MAXOUT_PIECES,
@@ -565,9 +565,10 @@ def _file_config(f: NpzArrays) -> dict:
     shape, dtype = f.headers["config"]
     if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_CONFIG_BYTES:
         raise ValueError(f"config: expected one JSON string, got {dtype} {shape}")
+    text = str(f.read("config"))
     try:
-        config = json.loads(str(f.read("config")))
-    except json.JSONDecodeError as exc:
+        config = parse_json(text)
+    except ValueError as exc:  # json.JSONDecodeError, or nested too deeply
         raise ValueError(f"config: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError("not a deltaprop model file")
