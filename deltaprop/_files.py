@@ -63,6 +63,16 @@ def is_special(path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def file_type(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words: "a directory", "a named pipe", ..., "a regular file"."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def _create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

@@ -361,7 +361,10 @@ def test_load_says_what_a_file_is_when_it_is_not_a_model(tmp_path):
         ("objects.npz", "config.npy holds pickled (object) data, which is never loaded"),
         ("missing.npz", "cannot be read (No such file or directory)"),
         (".", "cannot be read (Is a directory)"),
+        ("pipe.npz", "it is a named pipe, not a regular file"),  # opening it would wait
     ):
+        if name == "pipe.npz":
+            os.mkfifo(tmp_path / name)
         with pytest.raises(ValueError, match=re.escape(match)) as info:
             MLP.load(tmp_path / name)
         assert str(info.value).startswith(f"path: {tmp_path / name} is not a ") and "allow_pickle" not in str(info.value)
