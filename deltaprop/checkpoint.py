@@ -31,6 +31,7 @@ from .mlp.activations import MAXOUT_PIECES
 MANIFEST = "checkpoint.json"
 LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
 FORMAT, VERSION = "deltaprop-checkpoint", 2
+RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # of the manifest: no other is read
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
 LEGACY = ("model.npz", "run.json")  # the format before VERSION 2: two files, no manifest
@@ -249,8 +250,9 @@ def _check_record(record):
     """(settings, history, model entry, best entry) of a manifest, every part checked; ValueError if not."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError("not a deltaprop checkpoint manifest")
-    if record.get("version") != VERSION:
+    if type(record.get("version")) is not int or record["version"] != VERSION:  # not 2.0
         raise ValueError(f"format version {record.get('version')!r}, this deltaprop reads {VERSION}")
+    _known(record, RECORD_KEYS, "")
     settings, history = record.get("settings"), record.get("history")
     if not isinstance(settings, dict):
         raise ValueError("settings: expected an object")
@@ -259,6 +261,7 @@ def _check_record(record):
             raise ValueError(f"settings: {key} is missing or not a {kind.__name__}")
     if not isinstance(history, dict):
         raise ValueError("history: expected an object")
+    _known(history, HISTORY_KEYS, "history: ")
     current = _check_entry(record.get("model"), "model")
     epochs = current["epoch"]
     for key in HISTORY_KEYS:
@@ -274,6 +277,13 @@ def _check_record(record):
     if (best and best["epoch"]) != expected:
         raise ValueError(f"best: names epoch {best and best['epoch']}, the history's best epoch is {expected}")
     return settings, history, current, best
+
+
+def _known(record: dict, keys, what: str) -> None:
+    """ValueError for entries of ``record`` other than ``keys``: a newer deltaprop's, which this one would ignore."""
+    unknown = [k for k in record if k not in keys]
+    if unknown:
+        raise ValueError(f"{what}unknown entries {', '.join(map(repr, unknown))} (a newer deltaprop's?)")
 
 
 def _check_entry(entry, what: str) -> dict:

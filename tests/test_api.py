@@ -306,6 +306,10 @@ def test_load_checks_the_config_against_the_stored_arrays_before_allocating(tmp_
     ({"loss": None}, "loss: unknown loss None"),
     ({"layer_sizes": None}, "layer_sizes: expected a list"),
     ({"version": 3}, "format version 3, this deltaprop reads 1 and 2"),
+    ({"version": 2.0}, "format version 2.0, this deltaprop reads 1 and 2"),
+    ({"version": True}, "format version True, this deltaprop reads 1 and 2"),
+    ({"label_smoothing": 0.1, "tied": 1}, re.escape("config: unknown entries 'label_smoothing', 'tied' (a newer deltaprop's?); "
+                                                    "the model cannot be loaded as it was saved")),
 ])
 def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change, match):
     _, _, arrays, config = saved_model(tmp_path)

@@ -287,6 +287,12 @@ def _other_seeds_model(ck, rehash):
     (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].pop()), "seconds must list one value per epoch (2)"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="../model-0002.npz")), "do not name a model-NNNN.npz"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="model-0001.npz", epoch=1)), "one value per epoch (1)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r.update(version=2.0)), "format version 2.0, this deltaprop reads 2"),
+    (lambda ck: _edit_manifest(ck, lambda r: r.update(note="x")), "unknown entries 'note' (a newer deltaprop's?)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(lr=[0.1, 0.1])), "history: unknown entries 'lr' (a newer"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["settings"].update(label_smoothing=0.1)),
+     "checkpoint.json has settings this deltaprop does not know: 'label_smoothing' (a newer deltaprop's?); "
+     "resume it with the version that made it"),
     (lambda ck: [(ck / "checkpoint.json").rename(ck / "run.json"), (ck / "model-0002.npz").rename(ck / "model.npz")],
      "holds a checkpoint of an older deltaprop"),
 ])

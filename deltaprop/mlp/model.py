@@ -41,6 +41,8 @@ from .training import History, Plan, Trainer
 FORMAT = "deltaprop-mlp"
 FORMAT_VERSION = 2  # 2: the optimizer and its state; version 1 files (SGD momentum buffers at most) still load
 CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
+# what save writes besides; an older file may lack them (the defaults), and a config with other entries is refused
+CONFIG_OPTIONAL = ("format", "version", "init", "maxout_pieces", "dropout", "max_norm", "optimizer")
 MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
 
 
@@ -572,8 +574,13 @@ def _file_config(f: NpzArrays) -> dict:
         raise ValueError(f"config: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError("not a deltaprop model file")
-    if config.get("version") not in (1, FORMAT_VERSION):
-        raise ValueError(f"format version {config.get('version')!r}, this deltaprop reads 1 and {FORMAT_VERSION}")
+    version = config.get("version")
+    if type(version) is not int or version not in (1, FORMAT_VERSION):  # not True, nor 2.0
+        raise ValueError(f"format version {version!r}, this deltaprop reads 1 and {FORMAT_VERSION}")
+    unknown = [k for k in config if k not in CONFIG_KEYS + CONFIG_OPTIONAL]
+    if unknown:
+        raise ValueError(f"config: unknown entries {', '.join(map(repr, unknown))} (a newer deltaprop's?); the model "
+                         "cannot be loaded as it was saved")
     if "optimizer" in config:
         config["optimizer"] = optim.from_config(config["optimizer"])
     missing = [k for k in CONFIG_KEYS if k not in config]
