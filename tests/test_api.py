@@ -193,6 +193,9 @@ def test_load_names_what_is_wrong_with_the_file_or_the_argument(tmp_path):
         MLP.load(good, backend="tpu")
     with pytest.raises(TypeError, match="^backend: expected a name"):
         MLP.load(good, backend=3)
+    # the masks' [epoch, step] counter is int64: a count beyond it would load, then fail in fit with an OverflowError
+    with pytest.raises(ValueError, match=re.escape(f"epochs_trained: {2**63} is more epochs than a model counts (< 2**63)")):
+        MLP.load(written("epochs.npz", epochs_trained=2**63))
     assert MLP.load(written("seven.npz", epochs_trained=7), backend="numpy").epochs_trained == 7
 
 

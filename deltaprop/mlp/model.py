@@ -596,6 +596,8 @@ def _file_config(f: NpzArrays) -> dict:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key}: expected an integer ≥ 0, got {value!r}")
+    if config["epochs_trained"] >= 2**63:  # the int64 of the dropout masks' [epoch, step] counter
+        raise ValueError(f"epochs_trained: {config['epochs_trained']} is more epochs than a model counts (< 2**63)")
     # files from before maxout have none (and no maxout layer): the default
     config["maxout_pieces"] = check_pieces(config.get("maxout_pieces", MAXOUT_PIECES))
     unknown = [a for a in names if a.strip().lower() not in ACTIVATIONS]
