@@ -341,6 +341,10 @@ def test_load_refuses_missing_and_stray_arrays(tmp_path):
         ("novb0.npz", {k: v for k, v in arrays.items() if k != "vb0"}, "no array 'vb0'"),
         ("stray.npz", {**arrays, "W2": np.zeros((2, 2), np.float32)}, "holds 'W2', which a model [2, 3, 2] has not"),
         ("ints.npz", {**arrays, "W0": np.zeros((2, 3), np.int64)}, "weights[0] W: stored as int64, expected float32 or float64"),
+        # save writes the model's dtype: another float would be rounded (float64 into float32) without a word
+        ("f64.npz", {**arrays, "W0": arrays["W0"].astype(np.float64)}, "weights[0] W: stored as float64, the model's dtype is float32"),
+        ("vf64.npz", {**arrays, "vb1": arrays["vb1"].astype(np.float64)},
+         "optimizer state 'v'[1] b: stored as float64, the model's dtype is float32"),
         ("vshape.npz", {**arrays, "vW1": np.zeros((2, 3), np.float32)}, "optimizer state 'v'[1] W: expected shape (3, 2)"),
     ):
         np.savez(tmp_path / name, **kept)

@@ -617,6 +617,7 @@ def _check_stored_arrays(config: dict, headers: dict):
         opt = optim.SGD(momentum=0.9)  # the buffers' rule; a fit sets its own hyperparameters
     slots = {"": "weights", **{slot: f"optimizer state {slot!r}" for slot in (opt.slots if opt else ())}}
     shapes = {}  # name: (shape, what an error calls it)
+    want = DTYPES.get(config["dtype"]) if isinstance(config["dtype"], str) else None  # None: the constructor refuses it
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         n_out *= per_layer[l]  # k·n for a maxout layer
         for prefix, kind in slots.items():
@@ -634,6 +635,8 @@ def _check_stored_arrays(config: dict, headers: dict):
             raise ValueError(f"{argument}: expected shape {shape} for the layers {list(sizes)}, the file stores {stored}")
         if dtype not in DTYPES.values():
             raise ValueError(f"{argument}: stored as {dtype}, expected float32 or float64")
+        if want is not None and dtype != want:
+            raise ValueError(f"{argument}: stored as {dtype}, the model's dtype is {want}")
     if counts:
         if "t" not in headers:
             raise ValueError(f"no array 't', the step count of {opt.name}; the file is damaged")
