@@ -31,6 +31,7 @@ from .mlp.activations import MAXOUT_PIECES
 MANIFEST = "checkpoint.json"
 LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
 FORMAT, VERSION = "deltaprop-checkpoint", 2
+MAX_MANIFEST_BYTES = 64 << 20  # a run writes about 125 bytes an epoch: half a million epochs; it is read whole
 RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # of the manifest: no other is read
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
@@ -194,6 +195,9 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint: {self.manifest_path} is missing")
         _own_file(self.manifest_path)
         try:
+            size = os.path.getsize(self.manifest_path)
+            if size > MAX_MANIFEST_BYTES:
+                raise ValueError(f"its {size} bytes are more than a manifest has, {MAX_MANIFEST_BYTES} at most")
             with open(self.manifest_path, encoding="utf-8") as f:
                 record = parse_json(f.read())
             settings, history, current, best = _check_record(record)

@@ -354,6 +354,22 @@ def test_a_lock_or_manifest_that_links_out_of_the_folder_is_not_written_through(
     assert not os.path.lexists(tmp_path / "nowhere.json") and victim.read_text() == "precious\n"
 
 
+def test_a_manifest_larger_than_any_run_writes_is_refused_before_it_is_read(tmp_path, capsys):
+    """checkpoint.json is read whole: one of gigabytes (about 125 bytes an epoch is what a run writes) would be
+    parsed into many times its size in memory; past MAX_MANIFEST_BYTES it is refused by its size alone."""
+    from deltaprop import checkpoint
+
+    ck = tmp_path / "ck"
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    assert run(capsys, *args)[0] == 0
+    assert (ck / "checkpoint.json").stat().st_size < checkpoint.MAX_MANIFEST_BYTES / 10_000
+    with open(ck / "checkpoint.json", "r+b") as f:
+        f.truncate(checkpoint.MAX_MANIFEST_BYTES + 1)  # sparse: no disk, and read, 64 MiB of NULs
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: checkpoint: {ck}/checkpoint.json is damaged (its {checkpoint.MAX_MANIFEST_BYTES + 1} "
+                               f"bytes are more than a manifest has, {checkpoint.MAX_MANIFEST_BYTES} at most)\n")
+
+
 def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, rng):
     X = rng.normal(size=(60, 3))
     np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
