@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -106,6 +107,16 @@ def _write_to_descriptor(fd: int, write, binary: bool) -> None:
         view = view[os.write(fd, view):]
 
 
+def file_type(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words: "a directory", "a named pipe", ..., "a regular file"."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def _create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -183,6 +194,15 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def parse_json(text):
+    """``json.loads(text)``; JSON nested deeper than the interpreter's recursion limit (a file of brackets) is a
+    ValueError saying so, as a damaged text is, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def json_safe(obj):

@@ -15,20 +15,24 @@ model for the remaining epochs ends with the weights of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
+import stat
 import sys
 from numbers import Real
 
-from ._files import atomic_write, json_safe, sha256, stale_temp
+from ._files import atomic_write, file_type, json_safe, parse_json, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
 
 MANIFEST = "checkpoint.json"
 LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
 FORMAT, VERSION = "deltaprop-checkpoint", 2
+MAX_MANIFEST_BYTES = 64 << 20  # a run writes about 125 bytes an epoch: half a million epochs; it is read whole
+RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # of the manifest: no other is read
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
 LEGACY = ("model.npz", "run.json")  # the format before VERSION 2: two files, no manifest
@@ -60,8 +64,9 @@ class Checkpoint:
         self._named = None  # {"model": {...}, "best": {...} or None} of the last manifest read or written
 
     def exists(self) -> bool:
-        """Whether the folder holds a committed checkpoint (or one of the older format)."""
-        return any(os.path.exists(os.path.join(self.folder, f)) for f in (MANIFEST, *LEGACY))
+        """Whether the folder holds a committed checkpoint (or one of the older format), or something in its place
+        (a symlink, even a dangling one, that a new run would write through: ``read`` refuses it)."""
+        return any(os.path.lexists(os.path.join(self.folder, f)) for f in (MANIFEST, *LEGACY))
 
     def orphans(self) -> list:
         """The model-NNNN.npz files of a folder without a committed checkpoint (sorted): a run's killed before its
@@ -122,7 +127,17 @@ class Checkpoint:
         os.makedirs(self.folder, exist_ok=True)
         path = os.path.join(self.folder, LOCK)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:  # never through a symlink: the lock file is truncated and given the pid
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise CheckpointError(f"--checkpoint: {path} is a symbolic link, not the lock file a run makes; "
+                                          "remove it") from None
+                raise CheckpointError(f"--checkpoint: cannot open the lock file {path} ({exc.strerror or exc})") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise CheckpointError(f"--checkpoint: {path} is {file_type(os.stat(path).st_mode)}, not the lock file a run "
+                                      "makes; remove it")
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,14 +188,18 @@ class Checkpoint:
         """(model, settings, history, best): the last epoch's model, the run's settings and history, and the
         best epoch's model under early stopping (None without, or before a finite validation loss).
         Raises CheckpointError saying what is wrong."""
-        if not os.path.exists(self.manifest_path):
-            if any(os.path.exists(os.path.join(self.folder, f)) for f in LEGACY):
+        if not os.path.lexists(self.manifest_path):
+            if any(os.path.lexists(os.path.join(self.folder, f)) for f in LEGACY):
                 raise CheckpointError(f"checkpoint: {self.folder} holds a checkpoint of an older deltaprop (model.npz and "
                                       "run.json, no checkpoint.json), which cannot be checked; start a new run in another folder")
             raise CheckpointError(f"checkpoint: {self.manifest_path} is missing")
+        _own_file(self.manifest_path)
         try:
+            size = os.path.getsize(self.manifest_path)
+            if size > MAX_MANIFEST_BYTES:
+                raise ValueError(f"its {size} bytes are more than a manifest has, {MAX_MANIFEST_BYTES} at most")
             with open(self.manifest_path, encoding="utf-8") as f:
-                record = json.load(f)
+                record = parse_json(f.read())
             settings, history, current, best = _check_record(record)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint: {self.manifest_path} is damaged ({exc})") from None
@@ -194,6 +213,7 @@ class Checkpoint:
     def _load(self, entry: dict, settings: dict, backend) -> MLP:
         """The model file ``entry`` names, checked against its hash and the run's settings."""
         path = os.path.join(self.folder, entry["file"])
+        _own_file(path)
         try:
             digest = sha256(path)
         except OSError as exc:
@@ -215,12 +235,28 @@ class Checkpoint:
         return model
 
 
+def _own_file(path: str) -> None:
+    """CheckpointError unless ``path``, if it exists, is a regular file of the folder itself: a symlink would be trusted
+    for a file elsewhere (and the manifest written through it, into that file), and reading a named pipe or device
+    would wait for a writer or never end."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read says so
+    if stat.S_ISLNK(mode):
+        raise CheckpointError(f"checkpoint: {path} is a symbolic link (to {os.readlink(path)}); a checkpoint's files must "
+                              "be in its folder: put a copy of the file in its place")
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"checkpoint: {path} is not a regular file ({file_type(mode)})")
+
+
 def _check_record(record):
     """(settings, history, model entry, best entry) of a manifest, every part checked; ValueError if not."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError("not a deltaprop checkpoint manifest")
-    if record.get("version") != VERSION:
+    if type(record.get("version")) is not int or record["version"] != VERSION:  # not 2.0
         raise ValueError(f"format version {record.get('version')!r}, this deltaprop reads {VERSION}")
+    _known(record, RECORD_KEYS, "")
     settings, history = record.get("settings"), record.get("history")
     if not isinstance(settings, dict):
         raise ValueError("settings: expected an object")
@@ -229,6 +265,7 @@ def _check_record(record):
             raise ValueError(f"settings: {key} is missing or not a {kind.__name__}")
     if not isinstance(history, dict):
         raise ValueError("history: expected an object")
+    _known(history, HISTORY_KEYS, "history: ")
     current = _check_entry(record.get("model"), "model")
     epochs = current["epoch"]
     for key in HISTORY_KEYS:
@@ -244,6 +281,13 @@ def _check_record(record):
     if (best and best["epoch"]) != expected:
         raise ValueError(f"best: names epoch {best and best['epoch']}, the history's best epoch is {expected}")
     return settings, history, current, best
+
+
+def _known(record: dict, keys, what: str) -> None:
+    """ValueError for entries of ``record`` other than ``keys``: a newer deltaprop's, which this one would ignore."""
+    unknown = [k for k in record if k not in keys]
+    if unknown:
+        raise ValueError(f"{what}unknown entries {', '.join(map(repr, unknown))} (a newer deltaprop's?)")
 
 
 def _check_entry(entry, what: str) -> dict:

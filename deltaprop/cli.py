@@ -501,6 +501,10 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     if differ:
         detail = "; ".join(f"{k}: checkpoint {was!r}, now {now!r}" for k, was, now in differ)
         raise CLIError(f"--resume: the checkpoint in {ckpt.folder} was made with other settings ({detail})")
+    unknown = [k for k in saved if k not in settings]  # a setting of a newer deltaprop, which this one would not apply
+    if unknown:
+        raise CheckpointError(f"checkpoint: {ckpt.manifest_path} has settings this deltaprop does not know: "
+                              f"{', '.join(map(repr, unknown))} (a newer deltaprop's?); resume it with the version that made it")
     settings["layer_sizes"] = saved["layer_sizes"]
     ckpt.remove_unnamed()  # what a kill left behind
     done, epochs = model.epochs_trained, settings["epochs"]

@@ -193,6 +193,9 @@ def test_load_names_what_is_wrong_with_the_file_or_the_argument(tmp_path):
         MLP.load(good, backend="tpu")
     with pytest.raises(TypeError, match="^backend: expected a name"):
         MLP.load(good, backend=3)
+    # the masks' [epoch, step] counter is int64: a count beyond it would load, then fail in fit with an OverflowError
+    with pytest.raises(ValueError, match=re.escape(f"epochs_trained: {2**63} is more epochs than a model counts (< 2**63)")):
+        MLP.load(written("epochs.npz", epochs_trained=2**63))
     assert MLP.load(written("seven.npz", epochs_trained=7), backend="numpy").epochs_trained == 7
 
 
@@ -320,12 +323,28 @@ def test_load_checks_the_config_against_the_stored_arrays_before_allocating(tmp_
     ({"loss": None}, "loss: unknown loss None"),
     ({"layer_sizes": None}, "layer_sizes: expected a list"),
     ({"version": 3}, "format version 3, this deltaprop reads 1 and 2"),
+    ({"version": 2.0}, "format version 2.0, this deltaprop reads 1 and 2"),
+    ({"version": True}, "format version True, this deltaprop reads 1 and 2"),
+    ({"label_smoothing": 0.1, "tied": 1}, re.escape("config: unknown entries 'label_smoothing', 'tied' (a newer deltaprop's?); "
+                                                    "the model cannot be loaded as it was saved")),
 ])
 def test_load_refuses_a_config_that_does_not_describe_the_model(tmp_path, change, match):
     _, _, arrays, config = saved_model(tmp_path)
     path = tmp_path / "changed.npz"
     np.savez(path, **{**arrays, "config": np.array(json.dumps({**config, **change}))})
     with pytest.raises(ValueError, match=f"^path: {re.escape(str(path))} is not a valid deltaprop model: {match}"):
+        MLP.load(path)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": "deltaprop-mlp", "seed": ' + "[" * 50_000 + "]" * 50_000 + "}"])
+def test_load_refuses_a_config_nested_too_deeply_to_decode(tmp_path, text):
+    """JSON nested deeper than Python's recursion limit (a few hundred KB of brackets) is refused as not JSON, not
+    left to escape as a RecursionError."""
+    _, _, arrays, _ = saved_model(tmp_path)
+    path = tmp_path / "deep.npz"
+    np.savez(path, **{**arrays, "config": np.array(text)})
+    with pytest.raises(ValueError, match=f"^path: {re.escape(str(path))} is not a valid deltaprop model: config: not valid JSON "
+                                         r"\(nested too deeply\)"):
         MLP.load(path)
 
 
@@ -336,6 +355,10 @@ def test_load_refuses_missing_and_stray_arrays(tmp_path):
         ("novb0.npz", {k: v for k, v in arrays.items() if k != "vb0"}, "no array 'vb0'"),
         ("stray.npz", {**arrays, "W2": np.zeros((2, 2), np.float32)}, "holds 'W2', which a model [2, 3, 2] has not"),
         ("ints.npz", {**arrays, "W0": np.zeros((2, 3), np.int64)}, "weights[0] W: stored as int64, expected float32 or float64"),
+        # save writes the model's dtype: another float would be rounded (float64 into float32) without a word
+        ("f64.npz", {**arrays, "W0": arrays["W0"].astype(np.float64)}, "weights[0] W: stored as float64, the model's dtype is float32"),
+        ("vf64.npz", {**arrays, "vb1": arrays["vb1"].astype(np.float64)},
+         "optimizer state 'v'[1] b: stored as float64, the model's dtype is float32"),
         ("vshape.npz", {**arrays, "vW1": np.zeros((2, 3), np.float32)}, "optimizer state 'v'[1] W: expected shape (3, 2)"),
     ):
         np.savez(tmp_path / name, **kept)
@@ -363,7 +386,10 @@ def test_load_says_what_a_file_is_when_it_is_not_a_model(tmp_path):
         ("objects.npz", "config.npy holds pickled (object) data, which is never loaded"),
         ("missing.npz", "cannot be read (No such file or directory)"),
         (".", "cannot be read (Is a directory)"),
+        ("pipe.npz", "it is a named pipe, not a regular file"),  # opening it would wait
     ):
+        if name == "pipe.npz":
+            os.mkfifo(tmp_path / name)
         with pytest.raises(ValueError, match=re.escape(match)) as info:
             MLP.load(tmp_path / name)
         assert str(info.value).startswith(f"path: {tmp_path / name} is not a ") and "allow_pickle" not in str(info.value)

@@ -282,10 +282,17 @@ def _other_seeds_model(ck, rehash):
     (lambda ck: _other_seeds_model(ck, rehash=False), "copied from another run"),
     (lambda ck: _other_seeds_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
+    (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].pop()), "seconds must list one value per epoch (2)"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="../model-0002.npz")), "do not name a model-NNNN.npz"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="model-0001.npz", epoch=1)), "one value per epoch (1)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r.update(version=2.0)), "format version 2.0, this deltaprop reads 2"),
+    (lambda ck: _edit_manifest(ck, lambda r: r.update(note="x")), "unknown entries 'note' (a newer deltaprop's?)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(lr=[0.1, 0.1])), "history: unknown entries 'lr' (a newer"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["settings"].update(label_smoothing=0.1)),
+     "checkpoint.json has settings this deltaprop does not know: 'label_smoothing' (a newer deltaprop's?); "
+     "resume it with the version that made it"),
     (lambda ck: [(ck / "checkpoint.json").rename(ck / "run.json"), (ck / "model-0002.npz").rename(ck / "model.npz")],
      "holds a checkpoint of an older deltaprop"),
 ])
@@ -299,6 +306,68 @@ def test_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, damage
     assert rc == 1 and err.startswith("deltaprop: error: checkpoint") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert {f: (ck / f).read_bytes() for f in os.listdir(ck)} == before
+
+
+def _link_to_elsewhere(ck, name):
+    """The folder's ``name`` moved out of it and replaced by a symlink to it (what it holds unchanged)."""
+    os.replace(ck / name, ck.parent / f"elsewhere-{name}")
+    os.symlink(ck.parent / f"elsewhere-{name}", ck / name)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: _link_to_elsewhere(ck, "model-0002.npz"), "model-0002.npz is a symbolic link (to "),
+    (lambda ck: _link_to_elsewhere(ck, "checkpoint.json"), "checkpoint.json is a symbolic link (to "),
+    (lambda ck: [(ck / "model-0002.npz").unlink(), os.mkfifo(ck / "model-0002.npz")], "model-0002.npz is not a regular file (a named pipe)"),
+    (lambda ck: [(ck / "checkpoint.json").unlink(), os.mkfifo(ck / "checkpoint.json")], "checkpoint.json is not a regular file (a named pipe)"),
+])
+def test_a_checkpoint_whose_files_are_links_or_pipes_is_refused_and_nothing_outside_it_is_written(tmp_path, capsys, damage, message):
+    """A resume would write the manifest through a link into the file it names, outside the folder, and reading a
+    named pipe would wait forever: such a folder is refused by name, before anything is read from or written to it."""
+    ck = tmp_path / "ck"
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    assert run(capsys, *args)[0] == 0
+    damage(ck)
+    outside = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path) if f.startswith("elsewhere")}
+    rc, out, err = run(capsys, *args[:-5], "--epochs", 3, "--quiet", "--checkpoint", ck, "--resume")
+    assert rc == 1 and err.startswith(f"deltaprop: error: checkpoint: {ck}/") and message in err, err
+    assert {f: (tmp_path / f).read_bytes() for f in outside} == outside
+
+
+def test_a_lock_or_manifest_that_links_out_of_the_folder_is_not_written_through(tmp_path, capsys):
+    """The lock file is truncated and given the run's pid, and a fresh run writes the manifest: through a symlink
+    left in the folder either would write a file elsewhere."""
+    ck, victim = tmp_path / "ck", tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    ck.mkdir()
+    os.symlink(victim, ck / ".deltaprop.lock")
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and err == (f"deltaprop: error: --checkpoint: {ck}/.deltaprop.lock is a symbolic link, not the lock file "
+                               "a run makes; remove it\n")
+    assert victim.read_text() == "precious\n" and os.path.islink(ck / ".deltaprop.lock")
+    os.remove(ck / ".deltaprop.lock")
+    os.symlink(tmp_path / "nowhere.json", ck / "checkpoint.json")  # dangling: no checkpoint, and no file to be made there
+    rc, _, err = run(capsys, *args)
+    assert rc == 1 and "already holds a checkpoint" in err
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 1 and f"checkpoint: {ck}/checkpoint.json is a symbolic link (to {tmp_path}/nowhere.json)" in err, err
+    assert not os.path.lexists(tmp_path / "nowhere.json") and victim.read_text() == "precious\n"
+
+
+def test_a_manifest_larger_than_any_run_writes_is_refused_before_it_is_read(tmp_path, capsys):
+    """checkpoint.json is read whole: one of gigabytes (about 125 bytes an epoch is what a run writes) would be
+    parsed into many times its size in memory; past MAX_MANIFEST_BYTES it is refused by its size alone."""
+    from deltaprop import checkpoint
+
+    ck = tmp_path / "ck"
+    args = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet", "--checkpoint", ck]
+    assert run(capsys, *args)[0] == 0
+    assert (ck / "checkpoint.json").stat().st_size < checkpoint.MAX_MANIFEST_BYTES / 10_000
+    with open(ck / "checkpoint.json", "r+b") as f:
+        f.truncate(checkpoint.MAX_MANIFEST_BYTES + 1)  # sparse: no disk, and read, 64 MiB of NULs
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: checkpoint: {ck}/checkpoint.json is damaged (its {checkpoint.MAX_MANIFEST_BYTES + 1} "
+                               f"bytes are more than a manifest has, {checkpoint.MAX_MANIFEST_BYTES} at most)\n")
 
 
 def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, rng):

@@ -449,6 +449,8 @@ REFUSED = {  # name: (the stream, what the error says)
     "an array never built": (lambda: b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R\x85.",
                              "holds _Array"),
     "a void dtype": (lambda: mf.py2_style_dumps((np.zeros(2, "V4"),)), "refused dtype"),
+    # ((((...()...)))) 100,000 deep: a few hundred KB that Python's recursion limit cannot follow
+    "tuples nested too deeply": (lambda: b"\x80\x02)" + b"\x85" * 100_000 + b".", "nested too deeply"),
 }
 
 

@@ -296,6 +296,34 @@ def test_the_state_is_saved_and_a_loaded_model_trains_on_exactly(tmp_path, rng, 
         np.testing.assert_array_equal(x, z)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name, schedule", [("sgd", "step"), ("adam", "cosine"), ("adamw", "adaptive"), ("rmsprop", "invscaling")])
+def test_a_fit_resumed_from_its_file_ends_as_the_uninterrupted_one(tmp_path, rng, name, schedule, dtype):
+    """The Python equivalent of --resume: MLP.load, then fit the remaining epochs with the schedule resumed after the
+    losses so far (a schedule counts epochs from each fit). With dropout, sample weights and validation_split, the
+    weights, the optimizer's state and the history end bit for bit as those of one fit of all the epochs."""
+    X, y, w = rng.normal(size=(33, 3)), rng.integers(0, 3, 33), rng.uniform(0, 2, 33)
+    sched = schedules.get({"step": {"name": "step", "step_size": 2, "gamma": 0.5},
+                           "adaptive": {"name": "adaptive", "patience": 0, "tol": 0.5}}.get(schedule, schedule))
+    kw = dict(batch_size=7, optimizer=name, lr=0.01, sample_weight=w, validation_split=0.2)
+
+    def new():
+        return MLP([3, 7, 3], backend="numpy", dtype=dtype, seed=1, dropout=0.3, max_norm=2.0)
+
+    a = new()
+    whole = a.fit(X, y, epochs=5, lr_schedule=sched, **kw)
+    b = new()
+    first = b.fit(X, y, epochs=2, lr_schedule=sched, **kw)
+    b.save(tmp_path / "m.npz")
+    b = MLP.load(tmp_path / "m.npz", backend="numpy")
+    rest = b.fit(X, y, epochs=3, lr_schedule=sched.resumed(first.loss), **kw)
+    assert b.epochs_trained == 5 and b.network.optimizer == a.network.optimizer
+    for x, z in zip(a.network.state_arrays(), b.network.state_arrays(), strict=True):
+        np.testing.assert_array_equal(x, z)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert getattr(whole, key) == getattr(first, key) + getattr(rest, key)
+
+
 def test_a_file_without_its_optimizers_state_is_refused(tmp_path, rng):
     a = MLP([3, 4, 2], backend="numpy", seed=0)
     a.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=1, optimizer="adam")

@@ -103,7 +103,10 @@ def read_arrays(raw: bytes):
         raise
     except (ValueError, IndexError, KeyError, TypeError) as exc:  # genops: ValueError on a truncated stream
         raise RefusedPickle(f"damaged pickle ({exc})") from None
-    return _value(result)
+    try:
+        return _value(result)
+    except RecursionError:
+        raise RefusedPickle("tuples nested too deeply: not tuples of NumPy arrays") from None
 
 
 def _call(fn, args):

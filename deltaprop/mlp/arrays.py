@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import zipfile
 import zlib
 
 import numpy as np
+
+from .._files import file_type
 
 
 def real_array(x, argument: str) -> np.ndarray:
@@ -58,6 +61,12 @@ class NpzArrays:
     """
 
     def __init__(self, path):
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            mode = None  # file_kind says why it cannot be read
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # opening a named pipe waits for a writer
+            raise ValueError(f"it is {file_type(mode)}, not a regular file")
         try:
             kind = file_kind(path)
         except OSError as exc:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backends, optim
 from ..kernels import masks
-from .._files import atomic_write, check_writable
+from .._files import atomic_write, check_writable, parse_json
 from .activations import (
     ACTIVATIONS,
     MAXOUT_PIECES,
@@ -41,6 +41,8 @@ from .training import History, Plan, Trainer
 FORMAT = "deltaprop-mlp"
 FORMAT_VERSION = 2  # 2: the optimizer and its state; version 1 files (SGD momentum buffers at most) still load
 CONFIG_KEYS = ("layer_sizes", "activations", "loss", "dtype", "seed", "epochs_trained")
+# what save writes besides; an older file may lack them (the defaults), and a config with other entries is refused
+CONFIG_OPTIONAL = ("format", "version", "init", "maxout_pieces", "dropout", "max_norm", "optimizer")
 MAX_CONFIG_BYTES = 1 << 20  # a model's config is a few hundred bytes of JSON
 
 
@@ -565,14 +567,20 @@ def _file_config(f: NpzArrays) -> dict:
     shape, dtype = f.headers["config"]
     if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_CONFIG_BYTES:
         raise ValueError(f"config: expected one JSON string, got {dtype} {shape}")
+    text = str(f.read("config"))
     try:
-        config = json.loads(str(f.read("config")))
-    except json.JSONDecodeError as exc:
+        config = parse_json(text)
+    except ValueError as exc:  # json.JSONDecodeError, or nested too deeply
         raise ValueError(f"config: not valid JSON ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError("not a deltaprop model file")
-    if config.get("version") not in (1, FORMAT_VERSION):
-        raise ValueError(f"format version {config.get('version')!r}, this deltaprop reads 1 and {FORMAT_VERSION}")
+    version = config.get("version")
+    if type(version) is not int or version not in (1, FORMAT_VERSION):  # not True, nor 2.0
+        raise ValueError(f"format version {version!r}, this deltaprop reads 1 and {FORMAT_VERSION}")
+    unknown = [k for k in config if k not in CONFIG_KEYS + CONFIG_OPTIONAL]
+    if unknown:
+        raise ValueError(f"config: unknown entries {', '.join(map(repr, unknown))} (a newer deltaprop's?); the model "
+                         "cannot be loaded as it was saved")
     if "optimizer" in config:
         config["optimizer"] = optim.from_config(config["optimizer"])
     missing = [k for k in CONFIG_KEYS if k not in config]
@@ -588,6 +596,8 @@ def _file_config(f: NpzArrays) -> dict:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key}: expected an integer ≥ 0, got {value!r}")
+    if config["epochs_trained"] >= 2**63:  # the int64 of the dropout masks' [epoch, step] counter
+        raise ValueError(f"epochs_trained: {config['epochs_trained']} is more epochs than a model counts (< 2**63)")
     # files from before maxout have none (and no maxout layer): the default
     config["maxout_pieces"] = check_pieces(config.get("maxout_pieces", MAXOUT_PIECES))
     unknown = [a for a in names if a.strip().lower() not in ACTIVATIONS]
@@ -607,6 +617,7 @@ def _check_stored_arrays(config: dict, headers: dict):
         opt = optim.SGD(momentum=0.9)  # the buffers' rule; a fit sets its own hyperparameters
     slots = {"": "weights", **{slot: f"optimizer state {slot!r}" for slot in (opt.slots if opt else ())}}
     shapes = {}  # name: (shape, what an error calls it)
+    want = DTYPES.get(config["dtype"]) if isinstance(config["dtype"], str) else None  # None: the constructor refuses it
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         n_out *= per_layer[l]  # k·n for a maxout layer
         for prefix, kind in slots.items():
@@ -624,6 +635,8 @@ def _check_stored_arrays(config: dict, headers: dict):
             raise ValueError(f"{argument}: expected shape {shape} for the layers {list(sizes)}, the file stores {stored}")
         if dtype not in DTYPES.values():
             raise ValueError(f"{argument}: stored as {dtype}, expected float32 or float64")
+        if want is not None and dtype != want:
+            raise ValueError(f"{argument}: stored as {dtype}, the model's dtype is {want}")
     if counts:
         if "t" not in headers:
             raise ValueError(f"no array 't', the step count of {opt.name}; the file is damaged")
