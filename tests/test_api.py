@@ -408,6 +408,26 @@ def test_load_refuses_a_damaged_zip_directory(tmp_path, offset, value, match):
         MLP.load(tmp_path / "bad.npz")
 
 
+def test_load_refuses_a_compressed_model_file_before_unpacking_it(tmp_path):
+    """A deflated member may unpack to ~1000× its size (a 600 KB file of a 12000×12000 layer of zeros: 1.7 GB
+    loaded); save writes stored members, so load refuses a deflated one from the zip's directory, unread."""
+    model, good, arrays, config = saved_model(tmp_path)
+    MLP.load(good)  # first-call imports are not the file's doing
+    squeezed = tmp_path / "squeezed.npz"
+    np.savez_compressed(squeezed, **arrays)
+
+    def call():
+        with pytest.raises(ValueError, match=f"^path: {re.escape(str(squeezed))} is not a readable deltaprop model: "
+                                             r"\w+\.npy is compressed \(deflated\), which np.savez and MLP.save never write"):
+            MLP.load(squeezed)
+
+    assert peak_bytes(call) < 4e6
+    np.savez(tmp_path / "plain.npz", **arrays)  # the same arrays, stored: loads
+    for (W0, b0), (W1, b1) in zip(model.get_weights(), MLP.load(tmp_path / "plain.npz").get_weights()):
+        np.testing.assert_array_equal(W0, W1)
+        np.testing.assert_array_equal(b0, b1)
+
+
 def test_load_of_any_damaged_byte_is_a_value_error_or_the_same_model(tmp_path):
     """Every byte of a model file overwritten in turn (one file each): load refuses it with a ValueError
     naming the file, or (a byte that no reader checks, such as a timestamp) loads the same model."""

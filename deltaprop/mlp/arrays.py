@@ -58,9 +58,13 @@ class NpzArrays:
     array's name to its (shape, dtype) as stored, checked against the member's size in the zip, so a
     caller can compare them with what it expects before ``read`` allocates anything. Nothing is
     unpickled. Every problem raises ValueError saying what is wrong; the caller names the file.
+    ``stored_only``: refuse deflated members (a file that np.savez, not savez_compressed, wrote), so that no
+    array unpacks to more than the file's own size: a deflated member of a few MB may claim gigabytes of
+    zeros, which is legitimate in a compressed data set but never in a file that MLP.save wrote.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, stored_only: bool = False):
+        self._stored_only = stored_only
         try:
             mode = os.stat(path).st_mode
         except (OSError, ValueError):
@@ -100,6 +104,9 @@ class NpzArrays:
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ValueError(f"{what} uses compression method {info.compress_type}, not stored or deflated as np.savez writes")
         stored = info.compress_type == zipfile.ZIP_STORED
+        if self._stored_only and not stored:
+            raise ValueError(f"{what} is compressed (deflated), which np.savez and MLP.save never write; a compressed "
+                             "member may unpack to far more than the file holds, so it is not read here")
         if info.compress_size > archive_bytes or info.file_size > (1 if stored else MAX_DEFLATE_RATIO) * info.compress_size:
             raise ValueError(f"{what}: the zip directory's sizes ({info.compress_size} bytes packed, {info.file_size} "
                              f"unpacked) do not fit a file of {archive_bytes} bytes; the file is damaged")

@@ -474,7 +474,7 @@ class MLP:
         path = _file_path(path)
         backends.select(backend)  # a bad name is the argument's fault, not the file's
         try:
-            f = NpzArrays(path)
+            f = NpzArrays(path, stored_only=True)  # save writes stored members: nothing unpacks beyond the file
         except ValueError as exc:
             raise ValueError(f"path: {path} is not a readable deltaprop model: {exc}") from None
         try:
