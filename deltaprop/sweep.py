@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from ._files import atomic_write, check_writable, json_safe
+from ._files import atomic_write, check_writable, json_safe, parse_json
 from .mlp.arrays import NpzArrays
 
 KEYS = ("estimator", "params", "grid", "dataset", "data", "samples", "cv", "scoring")
@@ -63,8 +63,8 @@ def read_config(path) -> dict:
     if len(text) > 1 << 20:
         raise SweepError(f"config: {path} is over 1 MiB; a sweep's config is a few lines")
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
+        config = parse_json(text)
+    except ValueError as exc:  # json.JSONDecodeError, or nested past the recursion limit
         raise SweepError(f"config: {path} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise SweepError(f"config: {path} must hold a JSON object")

@@ -219,6 +219,21 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
     assert os.listdir(tmp_path) == ["c.json"]
 
 
+@pytest.mark.parametrize("text, message", [
+    ("[" * 20000 + "]" * 20000, "config: {path} is not valid JSON (nested too deeply)"),
+    ('{"estimator": ', "config: {path} is not valid JSON (Expecting value"),
+    ("[1]", "config: {path} must hold a JSON object"),
+])  # fmt: skip
+def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, capsys, text, message):
+    from deltaprop import cli
+
+    (tmp_path / "c.json").write_text(text)
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("deltaprop: error: " + message.format(path=tmp_path / "c.json")), err
+    assert err.count("\n") == 1 and os.listdir(tmp_path) == ["c.json"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
     (["--out", "{tmp}/c.json"], "--out: {tmp}/c.json is the config file {tmp}/c.json, which the results would replace"),

@@ -165,6 +165,9 @@ def _damage(path, how):
     elif how == "header length too large":
         at = len(numba_cache.MAGIC)
         path.write_bytes(data[:at] + (1 << 30).to_bytes(4, "little") + data[at + 4:])
+    elif how == "header nested too deeply":  # JSON past the recursion limit, within MAX_HEADER
+        at, deep = len(numba_cache.MAGIC), b"[" * 20000 + b"]" * 20000
+        path.write_bytes(data[:at] + len(deep).to_bytes(4, "little") + deep)
     elif how == "not an entry":
         path.write_bytes(b"\x80\x04garbage")
     elif how == "empty":
@@ -179,7 +182,7 @@ def _damage(path, how):
 
 @needs_compiler
 @pytest.mark.parametrize("how", ["truncated", "cubin byte flipped", "key changed", "header length too large",
-                                 "not an entry", "empty", "oversized", "a directory"])
+                                 "header nested too deeply", "not an entry", "empty", "oversized", "a directory"])
 def test_a_damaged_entry_is_compiled_again_never_used(toolkit, cache_dir, how):
     files = numba_cache.store()
     kernel, sig = _fill()

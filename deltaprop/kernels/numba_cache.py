@@ -218,7 +218,7 @@ def _parse(data: bytes, key: dict):
         return None
     try:
         header = json.loads(data[at + 4:at + 4 + n].decode())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: brackets nested past the limit
         return None
     cubin = data[at + 4 + n:]
     if not isinstance(header, dict) or header.get("key") != key or not isinstance(header.get("meta"), dict):
