@@ -273,6 +273,9 @@ FUSED_NETS = {
     "one-step-adaptive-schedule": ([6, 1, 2], "tanh", "sigmoid", "bce", "multilabel",
                                    dict(batch_size=64, optimizer=optim.AdamW(0.05),
                                         lr_schedule=optim.schedules.Adaptive(factor=2.0, patience=0, tol=1e6))),
+    # 11 rows × 100 units and 4107 parameters: the loops over elements and parameters run past the block's 1024 threads
+    "wide-past-the-block": ([33, 100, 7], "tanh", "softmax", "cross_entropy", "labels",
+                            dict(batch_size=16, optimizer=optim.RMSprop(1e-3, momentum=0.9))),
 }
 
 
@@ -281,7 +284,8 @@ FUSED_NETS = {
 def test_the_cuda_c_fused_epoch_is_the_step_path_for_every_code(emulated, monkeypatch, name, dtype):
     """fused_epoch.cu's other activation codes, losses and accuracy rules (mse through φ' of each output, bce with
     the threshold rule), a deep net, none hidden, batch 1 and a batch larger than the data with a rate that changes
-    between epochs, on the host, against the NumPy backend's step path: three epochs of 11 samples."""
+    between epochs, a net wider than the block, on the host, against the NumPy backend's step path: three epochs of
+    11 samples."""
     from deltaprop.backends import fused
     from deltaprop.kernels import fused_source
 
