@@ -6,6 +6,7 @@ adam_step and rmsprop_step on no GPU yet. Needs a C++20 compiler."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -118,3 +119,50 @@ def test_shared_arrays_start_each_block_poisoned(tmp_path):
     exe = build_text(code, "poison", tmp_path)
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and ran.stdout.split() == ["64"], (ran.stdout, ran.stderr)
+
+
+SYNC_PROGRAM = r"""
+#include "cuda_host.h"
+// Barriers and shuffles that CUDA forbids (compute-sanitizer's synccheck), chosen by argv[1], and one it allows.
+__global__ void barriers(int* out, int how) {
+    __shared__ int slot[64];
+    slot[threadIdx.x] = (int)threadIdx.x;
+    if (how == 0) {  // allowed: a barrier in a loop whose condition is the block's, not the thread's
+        for (unsigned r = 0; r < blockIdx.x + 2; ++r) __syncthreads();
+    } else if (how == 1) {  // two barriers, each taken by part of the block
+        if (threadIdx.x < 16)
+            __syncthreads();
+        else
+            __syncthreads();
+    } else if (how == 2) {  // threads past the data leave before the barrier that the others wait at
+        if (threadIdx.x >= 40) return;
+        __syncthreads();
+    } else {  // a full-mask shuffle in a warp whose upper lanes have left
+        if (threadIdx.x % 32 >= 24) return;
+        slot[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 1);
+    }
+    out[blockIdx.x * 64 + threadIdx.x] = slot[(threadIdx.x + 1) % 64];
+}
+int main(int argc, char** argv) {
+    std::vector<int> out(2 * 64);
+    dp_launch({2, 1}, {64, 1}, [&] { barriers(out.data(), std::atoi(argv[1])); });
+    std::printf("ran\n");
+    return 0;
+}
+"""
+
+
+def test_a_divergent_barrier_or_shuffle_stops_the_launch(tmp_path):
+    """The emulation's synccheck: a __syncthreads that the block's threads reach at different lines, or that some reach
+    after others have exited, and a full-mask warp shuffle after lanes of the warp have exited, stop the program with
+    a message saying where (the kernels' barriers are the block's, so they pass: every emulated test runs them); a
+    barrier in a loop that the whole block takes runs."""
+    exe = build_text(SYNC_PROGRAM, "sync", tmp_path)
+    ran = subprocess.run([str(exe), "0"], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.split() == ["ran"], ran.stderr
+    wanted = {1: r"divergent __syncthreads in block \(\d, 0\): threads wait at \S*sync\.cpp:11 and at \S*sync\.cpp:13",
+              2: r"divergent __syncthreads in block \(\d, 0\): 40 threads wait at \S*sync\.cpp:\d+, 24 have exited",
+              3: r"a warp shuffle of warp \d in block \(\d, 0\) after 8 of its lanes exited"}
+    for how, message in wanted.items():
+        ran = subprocess.run([str(exe), str(how)], capture_output=True, text=True, timeout=60)
+        assert ran.returncode != 0 and re.search(message, ran.stderr), (how, ran.returncode, ran.stderr[-2000:])

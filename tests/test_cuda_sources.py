@@ -14,7 +14,7 @@ import pytest
 
 import reference as ref
 from deltaprop.backends import fused
-from deltaprop.kernels import cuda_source, fused_source
+from deltaprop.kernels import bf16, cuda_source, fused_source
 from deltaprop.mlp.activations import ACTIVATIONS, LEAKY_SLOPE
 from deltaprop.mlp.losses import ACCURACY_CODES, LOSSES
 from helpers import SOFTSIGN
@@ -80,6 +80,68 @@ def test_a_type_error_fails_the_compile(tmp_path):
     done = nvcc_ptx(bad, "80", tmp_path / "bad.ptx")
     assert done.returncode != 0
 
+
+
+def nvrtc_compile(code: str, name: str, arch: str, expressions=()) -> tuple:
+    """(status, log, {name expression: lowered name}) of ``code`` compiled by NVRTC, as cupy.RawModule compiles it:
+    the loader's options, then CuPy's -arch=sm_<arch> and -ftz=true, the name expressions of its templates. NVRTC is not nvcc: it has no
+    host compiler behind it, so GNU builtins and host headers that nvcc accepts fail here. NVRTC is the test extra's
+    (numba-cuda[cu13] brings cuda-python's bindings); skipped without it, a failure under DELTAPROP_REQUIRE_NVVM=1."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as exc:
+        if os.environ.get("DELTAPROP_REQUIRE_NVVM") == "1":
+            pytest.fail(f"DELTAPROP_REQUIRE_NVVM=1 but NVRTC's bindings are not installed: {exc}")
+        pytest.skip(f"NVRTC's bindings (cuda-python) are not installed: {exc}")
+    err, prog = nvrtc.nvrtcCreateProgram(code.encode(), name.encode(), 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+    try:
+        for expression in expressions:
+            assert nvrtc.nvrtcAddNameExpression(prog, expression.encode())[0] == nvrtc.nvrtcResult.NVRTC_SUCCESS
+        options = [o.encode() for o in (*cuda_source.OPTIONS, f"-arch=sm_{arch}", "-ftz=true")]
+        status = nvrtc.nvrtcCompileProgram(prog, len(options), options)[0]
+        size = nvrtc.nvrtcGetProgramLogSize(prog)[1]
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        lowered = {}
+        if status == nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            for expression in expressions:
+                err, lowered[expression] = nvrtc.nvrtcGetLoweredName(prog, expression.encode())
+                assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, expression
+        return status == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace").rstrip(" \0"), lowered
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_every_source_compiles_with_nvrtc_as_the_backend_loads_it(arch):
+    """What cupy.RawModule gets, compiled by NVRTC (not nvcc, which compiled bf16.cu's __builtin_memcpy that NVRTC
+    rejects, so cupy-bf16 failed at its first GEMM): mlp_kernels.cu after its prelude and dropout.cu with every
+    template the loader asks for, for float and double; bf16.cu; fused_epoch.cu for each rule and dtype."""
+    from deltaprop import optim
+
+    units = [(cuda_source.source(), "mlp_kernels.cu", cuda_source.TEMPLATES),
+             (cuda_source.DROPOUT_SOURCE.read_text(), "dropout.cu", cuda_source.DROPOUT_TEMPLATES),
+             (bf16.SOURCE.read_text(), "bf16.cu", ())]
+    for code, name, templates in units:
+        expressions = [f"{k}<{c}>" for k in templates for c in cuda_source.CTYPES.values()]
+        ok, log, lowered = nvrtc_compile(code, name, arch, expressions)
+        assert ok, f"{name}: {log}"
+        assert set(lowered) == set(expressions)
+    optimizers = (optim.SGD(0.1), optim.SGD(0.1, momentum=0.9, nesterov=True), optim.Adam(), optim.AdamW(),
+                  optim.RMSprop(), optim.RMSprop(momentum=0.9))
+    for dtype in (np.float32, np.float64):
+        for optimizer in optimizers:
+            layout = fused.layout([5, 4, 3], ("tanh", "softmax"), "cross_entropy", "argmax", dtype, 7, optimizer)
+            ok, log, _ = nvrtc_compile(fused_source.source(fused_source.defines(layout, fused.THREADS)),
+                                       "fused_epoch.cu", arch)
+            assert ok, f"fused_epoch.cu ({np.dtype(dtype).name}, {type(optimizer).__name__}): {log}"
+
+
+def test_the_nvrtc_check_can_fail():
+    """A GNU builtin that nvcc compiles and NVRTC does not is refused by the check above."""
+    ok, log, _ = nvrtc_compile("__device__ void f(void* a, const void* b) { __builtin_memcpy(a, b, 4); }", "bad.cu", "90")
+    assert not ok and "__builtin_memcpy" in log
 
 
 def test_the_prelude_is_written_from_the_tables():

@@ -103,6 +103,69 @@ def test_every_contract_method_computes_what_numpy_computes(rng, emulated, dtype
             "adam_step_norm", "rmsprop_step_norm", "max_norm_partials", "max_norm_scale"} <= launched, launched
 
 
+def loop_calls(rng, dtype, B, n_in, n_out, k=3):
+    """label -> (method, its arguments) of every kernel-backed method whose kernels loop over their grid, at B rows
+    of n_in inputs and n_out outputs, with max-norm on each update that has it; fresh data."""
+    r = lambda *shape: rng.normal(size=shape).astype(dtype)  # noqa: E731
+    pos = lambda *shape: np.abs(r(*shape))  # noqa: E731
+    onehot = lambda: np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, B)]  # noqa: E731
+    x, d, W, b = (lambda: r(B, n_in)), (lambda: r(B, n_out)), (lambda: r(n_in, n_out)), (lambda: r(n_out))
+    t = lambda: np.array([3], np.int64)  # noqa: E731
+    return {
+        "forward tanh": ("forward", (x(), W(), b(), "tanh", d(), d())),
+        "forward softmax": ("forward", (x(), W(), b(), "softmax", d(), d())),
+        "forward maxout": ("forward", (x(), r(n_in, k * n_out), r(k * n_out), "maxout", d(), r(B, k * n_out))),
+        "maxout delta": ("_maxout_delta", (d(), W(), r(B, k * n_in), r(B, k * n_in))),
+        "output_delta": ("output_delta", (d(), d(), d(), "sigmoid", "mse", d())),
+        "hidden_delta": ("hidden_delta", (d(), W(), x(), "relu", x())),
+        "weight_grad": ("weight_grad", (x(), d(), W(), b())),
+        "sgd": ("sgd_update", (x(), d(), W(), b(), None, None, 0.1, 0.0, 1e-3, False, 0.5)),
+        "momentum": ("sgd_update", (x(), d(), W(), b(), W(), b(), 0.1, 0.9, 1e-3, False, None)),
+        "momentum max-norm": ("sgd_update", (x(), d(), W(), b(), W(), b(), 0.1, 0.9, 1e-3, False, 0.5)),
+        "adam": ("adam_update", (x(), d(), W(), b(), W(), b(), pos(n_in, n_out), pos(n_out), t(), 0.1, 0.9, 0.999,
+                                 1e-8, 1e-3, True, None)),
+        "adam max-norm": ("adam_update", (x(), d(), W(), b(), W(), b(), pos(n_in, n_out), pos(n_out), t(), 0.1, 0.9,
+                                          0.999, 1e-8, 1e-3, False, 0.5)),
+        "rmsprop": ("rmsprop_update", (x(), d(), W(), b(), pos(n_in, n_out), pos(n_out), W(), b(), 0.1, 0.9, 1e-8,
+                                       0.9, 1e-3, None)),
+        "rmsprop max-norm": ("rmsprop_update", (x(), d(), W(), b(), pos(n_in, n_out), pos(n_out), W(), b(), 0.1, 0.9,
+                                                1e-8, 0.0, 1e-3, 0.5)),
+        "max_norm": ("max_norm", (W(), 0.5)),
+        "dropout": ("dropout", (x(), x(), x(), 0.3, 5, np.array([2, 7], np.int64), 1)),
+        "mask_delta": ("mask_delta", (x(), x())),
+        "gather": ("gather", (x(), rng.integers(0, B, B + 2), r(B + 2, n_in))),
+        "batch_metrics": ("batch_metrics", (d(), d(), onehot(), "cross_entropy", "argmax", np.zeros(2))),
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("capped", [False, True], ids=["grids", "capped-grids"])
+def test_the_kernels_loops_cover_shapes_past_their_blocks_and_grids(rng, emulated, monkeypatch, dtype, capped):
+    """Shapes that are no multiple of a block or tile (W 130 × 65: three row tiles of max-norm, three blocks of 32
+    columns; 33 rows, 130 columns past four warps' lanes), and (capped) grids smaller than the work, as the largest
+    nets get them: at most MAX_BLOCKS = 3 blocks (the W part of an update taking all but its last) and MAX_GRID_Y = 2
+    row tiles, so that every grid-stride, tile and column loop runs past its first round; against NumPy."""
+    from deltaprop.backends import cupy_backend as cb
+
+    if capped:
+        monkeypatch.setattr(cb, "MAX_BLOCKS", 3)
+        monkeypatch.setattr(cb, "MAX_GRID_Y", 2)
+    bk, ref = emulated(), get("numpy")
+    # float32: the two GEMMs sum 130 products in other orders (a piece of ±40 to 1e-5), and Adam's step divides by √s
+    tolerance = TOLERANCE[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=5e-5)
+    for B, n_in, n_out in ((1, 1, 1), (33, 130, 65)):
+        for label, (name, args) in loop_calls(rng, dtype, B, n_in, n_out).items():
+            mine, theirs = [on(bk, a) for a in args], [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            getattr(bk, name)(*mine)
+            getattr(ref, name)(*theirs)
+            for i, (x, y) in enumerate(zip(mine, theirs)):
+                if isinstance(y, np.ndarray):
+                    np.testing.assert_allclose(np.asarray(x), y, **tolerance, err_msg=f"{label} {B}x{n_in}x{n_out}: {i}")
+    grids = [grid for _, grid, _ in emulated_cuda.Kernel.launches]
+    if capped:  # an update's W part takes MAX_BLOCKS blocks, and its b part one more
+        assert max(g[0] for g in grids) == 4 and max(g[1] for g in grids) == 2, sorted(set(grids))
+
+
 def fit(bk_or_name, case, dtype, epochs=2):
     """(weights, losses, outputs) of the fit of ``case`` on a backend object or name (test_cupy_launches.fit_on)."""
     model, history, out = fit_on(bk_or_name, *CASES[case], dtype, epochs=epochs, seed=5)
@@ -210,6 +273,9 @@ FUSED_NETS = {
     "one-step-adaptive-schedule": ([6, 1, 2], "tanh", "sigmoid", "bce", "multilabel",
                                    dict(batch_size=64, optimizer=optim.AdamW(0.05),
                                         lr_schedule=optim.schedules.Adaptive(factor=2.0, patience=0, tol=1e6))),
+    # 11 rows × 100 units and 4107 parameters: the loops over elements and parameters run past the block's 1024 threads
+    "wide-past-the-block": ([33, 100, 7], "tanh", "softmax", "cross_entropy", "labels",
+                            dict(batch_size=16, optimizer=optim.RMSprop(1e-3, momentum=0.9))),
 }
 
 
@@ -218,7 +284,8 @@ FUSED_NETS = {
 def test_the_cuda_c_fused_epoch_is_the_step_path_for_every_code(emulated, monkeypatch, name, dtype):
     """fused_epoch.cu's other activation codes, losses and accuracy rules (mse through φ' of each output, bce with
     the threshold rule), a deep net, none hidden, batch 1 and a batch larger than the data with a rate that changes
-    between epochs, on the host, against the NumPy backend's step path: three epochs of 11 samples."""
+    between epochs, a net wider than the block, on the host, against the NumPy backend's step path: three epochs of
+    11 samples."""
     from deltaprop.backends import fused
     from deltaprop.kernels import fused_source
 

@@ -6,7 +6,8 @@
 # access, an overflow, a use after free stops the run), with the scheduler running each block's fibers, and the
 # blocks, in a fresh shuffled order every round (racecheck, in part: the kernels use no atomics, so a result that
 # depends on the order is a race, a missing barrier, and the tests' comparisons fail). initcheck's part is in every
-# run of the emulation: shared memory starts each block as NaN bytes.
+# run of the emulation: shared memory starts each block as NaN bytes; and synccheck's: a barrier that part of a block
+# skips, or a warp shuffle with lanes gone, stops the run (tests/host/cuda_host.h).
 # First a canary: an out-of-bounds read that the sanitizer must catch, or the run would prove nothing.
 #   bash tools/host_sanitize.sh [pytest arguments]          (CI runs it; under a minute on 2 cores; needs g++)
 set -euo pipefail

@@ -333,7 +333,8 @@ class CupyBackend(GraphSteps, Backend):
     def _w_and_b(self, name, W, delta, *args) -> None:
         """Launch the update kernel ``name`` (``w_and_b`` in the .cu): ``args`` up to the arrays, then n, rows, cols and
         the W part's blocks, then the rest of ``args`` from the first scalar on; blocks of 32 × 8 threads, first the
-        W part's (a grid-stride loop over W's elements), then one per 32 columns of b (at most MAX_BLOCKS in all)."""
+        W part's (a grid-stride loop over W's elements), then one per 32 columns of b (at most MAX_BLOCKS in all, but b
+        has one at least: MAX_BLOCKS + 1 when W's part takes them all)."""
         w_blocks = _blocks(W.size, THREADS)
         b_blocks = max(1, min(-(-W.shape[1] // 32), MAX_BLOCKS - w_blocks))
         split = next(i for i, a in enumerate(args) if not isinstance(a, self.xp.ndarray))

@@ -8,6 +8,8 @@
 // "forward" (the default), "reverse", or "shuffle" (a fresh permutation every round, from a fixed seed). CUDA
 // promises no order, and these kernels use no atomics: a result that changes with it is a race (a missing barrier,
 // a block reading another's output); tools/host_sanitize.sh runs the emulated tests in all three.
+// A barrier that the block's live threads reach at different __syncthreads, or with some of them exited, and a
+// warp shuffle after lanes of its warp exited, stop the program with a message (synccheck's questions).
 #pragma once
 #include <ucontext.h>
 
@@ -40,6 +42,8 @@ struct DpFiber {
     ucontext_t context;
     std::vector<char> stack;
     DpPark park = DP_RUN;
+    const char* file = "";  // where it waits at a __syncthreads
+    unsigned line = 0;
 };
 inline std::vector<DpFiber> dp_fibers;
 inline ucontext_t dp_scheduler;
@@ -55,7 +59,14 @@ inline void dp_fiber_main() {
     dp_fibers[dp_flat].park = DP_DONE;  // then back to the scheduler through uc_link
 }
 
-inline void __syncthreads() { dp_park(DP_BLOCK); }
+// A barrier remembers where it is called: every live thread of the block must wait at the same __syncthreads, and
+// none may have exited meanwhile (CUDA: a barrier in code whose condition differs across the block, compute-sanitizer's
+// synccheck), or the launch stops (dp_launch).
+inline void __syncthreads(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) {
+    dp_fibers[dp_flat].file = file;
+    dp_fibers[dp_flat].line = line;
+    dp_park(DP_BLOCK);
+}
 
 // Shared arrays start each block filled with 0xFF bytes (NaN, or −1), as CUDA's shared memory is not initialised: a
 // read before a write shows. tests/emulated_cuda.py puts DP_POISON_SHARED(names) after each __shared__ declaration;
@@ -158,6 +169,20 @@ inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& 
             if (live == 0) break;
             bool released = false;
             if (at_block == live) {
+                const DpFiber* first = nullptr;
+                for (const auto& f : dp_fibers) {
+                    if (f.park != DP_BLOCK) continue;
+                    if (first == nullptr) first = &f;
+                    const bool elsewhere = f.line != first->line || std::strcmp(f.file, first->file) != 0;
+                    if (elsewhere || live != n) {
+                        std::fprintf(stderr, "cuda_host: divergent __syncthreads in block (%u, %u): ", blockIdx.x, blockIdx.y);
+                        if (elsewhere)
+                            std::fprintf(stderr, "threads wait at %s:%u and at %s:%u\n", first->file, first->line, f.file, f.line);
+                        else
+                            std::fprintf(stderr, "%u threads wait at %s:%u, %u have exited\n", live, f.file, f.line, n - live);
+                        std::abort();
+                    }
+                }
                 for (auto& f : dp_fibers)
                     if (f.park == DP_BLOCK) f.park = DP_RUN;
                 released = true;
@@ -168,6 +193,11 @@ inline void dp_launch(dp_dim3 grid, dp_dim3 block, const std::function<void()>& 
                 for (unsigned t = 32 * w; t < end; ++t) {
                     lanes += dp_fibers[t].park != DP_DONE;
                     parked += dp_fibers[t].park == DP_WARP;
+                }
+                if (parked && parked == lanes && lanes != end - 32 * w) {  // FULL_MASK names an exited lane
+                    std::fprintf(stderr, "cuda_host: a warp shuffle of warp %u in block (%u, %u) after %u of its lanes exited\n",
+                                 w, blockIdx.x, blockIdx.y, end - 32 * w - lanes);
+                    std::abort();
                 }
                 if (parked && parked == lanes) {
                     for (unsigned t = 32 * w; t < end; ++t) dp_fibers[t].park = DP_RUN;
