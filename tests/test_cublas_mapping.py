@@ -56,3 +56,19 @@ def test_gemm_mapping(rng, dtype, M, N, K, trans_a, trans_b):
     bk._gemm(*(HostArray(x, memory) for x in (A, B, C)), trans_a, trans_b, alpha=0.7, beta=-0.3)
     np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-5)
     assert bk.counts["gemm"] == 1
+
+
+@pytest.mark.parametrize("big", ["M", "N", "K"])
+def test_a_size_beyond_cublas_32_bit_ints_is_refused_before_the_call(big):
+    """ctypes would wrap 2**32 + 5 to 5 without a word; only the shapes are read, so no memory is needed."""
+    bk = object.__new__(CupyBackend)
+    bk.counts = {"gemm": 0}
+    bk._cublas = lambda: pytest.fail("cuBLAS called")
+    M, N, K = (2**32 + 5 if big == d else 3 for d in "MNK")
+
+    def array(*shape):
+        return types.SimpleNamespace(shape=shape, dtype=np.dtype(np.float32), data=types.SimpleNamespace(ptr=0))
+
+    with pytest.raises(ValueError, match=f"a GEMM size of {2**32 + 5:,} exceeds cuBLAS's 32-bit sizes"):
+        bk._gemm(array(M, K), array(K, N), array(M, N))
+    assert bk.counts["gemm"] == 0

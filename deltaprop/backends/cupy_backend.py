@@ -190,9 +190,10 @@ class CupyBackend(GraphSteps, Backend):
         leading dimension c, so it computes Cᵀ (N × M) = op(B)ᵀ·op(A)ᵀ: B is its first operand,
         transposed exactly when op(B) is, and likewise A; ldc = N.
         """
-        lib, handle = self._cublas()
         M, N = C.shape
         K = A.shape[0] if trans_a else A.shape[1]
+        _check_int32(M, N, K, A.shape[1], B.shape[1])
+        lib, handle = self._cublas()
         scalar = ctypes.c_float if C.dtype == np.float32 else ctypes.c_double
         gemm = lib.cublasSgemm_v2 if C.dtype == np.float32 else lib.cublasDgemm_v2
         p_alpha, p_beta = ctypes.pointer(scalar(alpha)), ctypes.pointer(scalar(beta))  # host pointer mode: read during the call
@@ -473,6 +474,15 @@ class CupyTF32Backend(CupyBackend):
         return None
 
 
+def _check_int32(*sizes) -> None:
+    """cuBLAS's GEMMs take their sizes and leading dimensions as 32-bit ints, which ctypes wraps without a word
+    (2**32 + 5 becomes 5: a wrong product, not an error): refuse a size beyond them before the call."""
+    if max(sizes) > INT32_MAX:
+        raise ValueError(f"a GEMM size of {max(sizes):,} exceeds cuBLAS's 32-bit sizes (at most {INT32_MAX:,}); "
+                         "use smaller batches or layers on the cupy backend")
+
+
+INT32_MAX = 2**31 - 1
 CUDA_R_32F, CUDA_R_16BF = 0, 14  # cudaDataType (library_types.h)
 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
 
@@ -504,9 +514,10 @@ class CupyBF16Backend(RoundOnce, CupyBackend):
     def _gemm(self, A, B, C, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> None:
         if C.dtype != np.float32:
             return super()._gemm(A, B, C, trans_a, trans_b, alpha, beta)
-        lib, handle = self._cublas()
         M, N = C.shape
         K = A.shape[0] if trans_a else A.shape[1]
+        _check_int32(M, N, K, A.shape[1], B.shape[1])
+        lib, handle = self._cublas()
         a16, b16 = self._operand(A, "bf16_a"), self._operand(B, "bf16_b")
         p_alpha, p_beta = ctypes.pointer(ctypes.c_float(alpha)), ctypes.pointer(ctypes.c_float(beta))
         status = lib.cublasGemmEx(handle, int(trans_b), int(trans_a), N, M, K, p_alpha, b16.data.ptr, CUDA_R_16BF,
