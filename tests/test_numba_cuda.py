@@ -264,6 +264,117 @@ def _check_layer(nb, rng, B, n_in, n_out, dt, act):
     assert_close(nb.to_numpy(bd), b - 0.1 * _f64(D).mean(axis=0), dt, scale=np.sqrt(B))
 
 
+CUDA_GRID = (2**31 - 1, 65535, 65535)  # a launch grid's limits in x, y and z
+
+
+def test_no_gemm_grid_is_taller_than_cuda_allows():
+    """A full batch of 9 million rows is 70,313 row tiles of 128 (140,625 of 64 in float64), and a layer of 9 million
+    inputs as many in its update: CUDA launches at most 65535 rows of blocks, so the row tiles go on the grid's z too,
+    with the fewest blocks past the last tile. Every GEMM of the contract, on a stand-in GPU of 132 multiprocessors
+    (nothing runs); a forced split-K, whose z holds the splits, is not taken there (such a grid fills any GPU)."""
+    from deltaprop import precompile
+
+    stand_in = precompile.recorder(132)
+    S = precompile._Shape  # noqa: N806
+    launched, record = [], stand_in._launch
+    stand_in._launch = lambda kernel, grid, block, *args, **kw: launched.append((grid, block, args)) or record(
+        kernel, grid, block, *args, **kw)
+    rows, n = 9_000_000, 6
+    for dt in (np.float32, np.float64):
+        X, W, b, z = S((rows, n), dt), S((n, n), dt), S((n,), dt), S((rows, n), dt)
+        for split in ("off", 2):
+            stand_in.split_k = split
+            stand_in.forward(X, W, b, "relu", z, S((rows, n), dt))
+            stand_in.forward(X, W, b, "softmax", z, None)  # fused: the row in one tile
+            stand_in.hidden_delta_masked(z, W, z, "tanh", S((rows, n), dt), z)
+        stand_in.forward(X, S((n, 2 * n), dt), S((2 * n,), dt), "maxout", z, S((rows, 2 * n), dt))
+        stand_in.hidden_delta(z, W, S((rows, 2 * n), dt), "maxout", S((rows, 2 * n), dt))
+        Z, D, Wt, bt = S((4, rows), dt), S((4, n), dt), S((rows, n), dt), S((n,), dt)  # a layer of 9M inputs
+        stand_in.weight_grad(Z, D, Wt, bt)
+        stand_in.sgd_update(Z, D, Wt, bt, Wt, bt, 0.1, 0.9, 0.0, False, 1.0)
+        stand_in.adam_update(Z, D, Wt, bt, Wt, bt, Wt, bt, S((1,), np.int64), 0.1, 0.9, 0.999, 1e-8, 0.0, False, 1.0)
+        stand_in.rmsprop_update(Z, D, Wt, bt, Wt, bt, Wt, bt, 0.1, 0.9, 1e-8, 0.9, 0.0, 1.0)
+    gemms = scaled = 0
+    for grid, block, args in launched:
+        grid = (grid,) if isinstance(grid, int) else grid
+        assert all(g <= top for g, top in zip(grid, CUDA_GRID)), grid
+        if block == (16, 16):  # a GEMM (each GPU tiling's): every row tile once, at most z − 1 blocks past them
+            out = rows + 1 if args[0].shape == (4, rows) else rows  # an update's: W's rows and the bias row
+            need = stand_in._tiling(out, n, args[0].dtype)[0].grid(out, n)[1]
+            assert len(grid) == 3 and grid[1] * grid[2] - grid[2] < need <= grid[1] * grid[2], (grid, need)
+            gemms += 1
+        if len(args) == 3 and isinstance(args[2], np.floating):  # max_norm_scale (W, part, c): part, a row per row tile
+            tiles, _ = stand_in._tiling(rows + 1, n, args[0].dtype)
+            assert args[1].shape == (tiles.grid(rows + 1, n)[1], n) and args[1].shape[0] > 65535
+            scaled += 1
+    assert (gemms, scaled) == (24, 6)  # in each dtype 12 GEMMs (none split) and 3 max-norm epilogues
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_tiles_past_the_grids_height_go_on_its_z(nb, rng, which, dtype, monkeypatch):
+    """Each GEMM with CUDA's 65535 rows of blocks scaled down to 2, on 3 row tiles: a grid of 2 rows and 2 layers
+    (row tile z·2 + y; the last block past the tiles does nothing); hidden δ's 2 row tiles fit. Every epilogue against float64: forward,
+    softmax (fused and row-wise), hidden δ, maxout, the gradient, and the updates with their max-norm epilogue (the
+    partial sums of each row tile); a forced split-K is not taken on such a grid."""
+    from deltaprop.kernels import numba_gemm
+
+    tiles = nb.tilings[which]
+    monkeypatch.setattr(nb, "tilings", (tiles,))
+    monkeypatch.setattr(numba_gemm, "MAX_GRID_Y", 2)
+    monkeypatch.setattr(nb, "split_k", "off")
+    grids, launch = [], nb._launch
+    monkeypatch.setattr(nb, "_launch", lambda kernel, grid, block, *args, **kw: grids.append(
+        grid if block == tiles.block else None) or launch(kernel, grid, block, *args, **kw))  # a GEMM's, or None
+    dt = np.dtype(dtype)
+    B, n_in, n_out = 2 * tiles.bm + 3, 2 * tiles.bm, tiles.bn + 3  # 3 row tiles: the outputs', the updates' (the last
+    # of which holds the bias row alone)
+    _check_layer(nb, rng, B, n_in, n_out, dt, ACTS[(2 * which + (dtype == "float64")) % len(ACTS)])
+    X, W, b = (rng.normal(size=s).astype(dt) for s in ((B, n_in), (n_in, n_out), (n_out,)))
+    D, Z = rng.normal(size=(B, n_out)).astype(dt), np.tanh(rng.normal(size=(B, n_in))).astype(dt)
+    nb.split_k = 2
+    z, launches = nb.empty((B, n_out), dt), nb.launches
+    nb.forward(nb.asarray(X), nb.asarray(W), nb.asarray(b), "relu", z)
+    assert nb.launches == launches + 1  # not split
+    assert_close(nb.to_numpy(z), ref.phi("relu", _f64(X) @ W + b), dt, scale=np.sqrt(n_in))
+    delta = nb.empty((B, n_in), dt)
+    nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(Z), "tanh", delta)
+    assert_close(nb.to_numpy(delta), (1 - _f64(Z) ** 2) * (_f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
+    nb.split_k = "off"
+    W3, z = np.ascontiguousarray(W[:, :3]), nb.empty((B, 3), dt)  # the softmax fused: the row in one tile
+    nb.forward(nb.asarray(X), nb.asarray(W3), nb.asarray(b[:3]), "softmax", z)
+    assert_close(nb.to_numpy(z), ref.phi("softmax", _f64(X) @ W3 + b[:3]), dt, scale=np.sqrt(n_in))
+    k = 2
+    Wk, bk = rng.normal(size=(n_in, k * n_out)).astype(dt), rng.normal(size=k * n_out).astype(dt)
+    z, a = nb.empty((B, n_out), dt), nb.empty((B, k * n_out), dt)
+    nb.forward(nb.asarray(X), nb.asarray(Wk), nb.asarray(bk), "maxout", z, a)
+    pre = _f64(X) @ Wk + bk
+    assert_close(nb.to_numpy(a), pre, dt, scale=np.sqrt(n_in))
+    assert_close(nb.to_numpy(z), ref.maxout(pre, k), dt, scale=np.sqrt(n_in))
+    A = rng.normal(size=(B, k * n_in)).astype(dt)
+    delta = nb.empty((B, k * n_in), dt)
+    nb.hidden_delta(nb.asarray(D), nb.asarray(W), nb.asarray(A), "maxout", delta)
+    assert_close(nb.to_numpy(delta), ref.maxout_delta(A, k, _f64(D) @ _f64(W).T), dt, scale=np.sqrt(n_out))
+    numpy = backends.instance("numpy")
+    pair = [rng.random(size=(n_in, n_out)), rng.random(size=n_out)]
+    for step in ("sgd", "adam", "rmsprop"):  # each with its max-norm epilogue
+        state = ([W, b] + pair + pair)[: 4 if step == "sgd" else 6]
+        got, want = [nb.asarray(x.astype(dt)) for x in state], [_f64(x.astype(dt)) for x in state]
+        for backend, params in ((nb, got), (numpy, want)):
+            Xb, Db = (nb.asarray(X), nb.asarray(D)) if backend is nb else (_f64(X), _f64(D))
+            if step == "sgd":
+                backend.sgd_update(Xb, Db, *params, 0.1, 0.9, 1e-2, max_norm=1.5)
+            elif step == "adam":
+                t = nb.asarray(np.array([3])) if backend is nb else np.array([3])
+                backend.adam_update(Xb, Db, *params, t, 0.01, 0.9, 0.999, 1e-8, 1e-2, False, max_norm=1.5)
+            else:
+                backend.rmsprop_update(Xb, Db, *params, 0.01, 0.9, 1e-8, 0.5, 1e-2, max_norm=1.5)
+        for x, y in zip(got, want):
+            assert_close(nb.to_numpy(x), y, dt, scale=np.sqrt(B))
+    gemms = [g for g in grids if g is not None]
+    assert all(g[1] <= 2 for g in gemms) and sum(g[1:] == (2, 2) for g in gemms) >= 12  # 2 rows of blocks, 2 layers
+
+
 def test_gemm_operands_must_be_c_contiguous(nb, rng):
     """The GEMMs read A and B through flat offsets: a strided view is refused, by name, before any launch."""
     X = nb.asarray(rng.normal(size=(5, 8)), np.float32)

@@ -112,9 +112,10 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._launch(kernel, math.ceil(n / self.threads), self.threads, *args)
 
     def _tiling(self, rows: int, cols: int, dtype):
-        """The tiling a GEMM with a (rows × cols) output takes, and its grid."""
+        """The tiling a GEMM with a (rows × cols) output takes, and its launch grid (``Tiles.launch_grid``: past
+        CUDA's 65535 rows of blocks, the row tiles go on z too)."""
         t = self._gemm.pick(self.tilings, rows, cols, self.multiprocessors, np.dtype(dtype).itemsize)
-        return t, t.grid(rows, cols)
+        return t, t.launch_grid(rows, cols)
 
     def _splits(self, tiles, rows: int, cols: int, depth: int) -> int:
         """S, the splits of the K axis (``depth``) of a forward or hidden-δ GEMM (numba_gemm.splits)."""
@@ -191,7 +192,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
             (t, grid), kind, k = self._tiling(*a.shape, a.dtype), self._kind(a), a.shape[1] // z.shape[1]
             wide = self._wide(z_prev=z_prev, W=W)
             if k <= t.bn:  # column tiles of whole units
-                grid = (math.ceil(a.shape[1] / self._gemm.unit_columns(t, k)), grid[1])
+                grid = (math.ceil(a.shape[1] / self._gemm.unit_columns(t, k)), *grid[1:])
                 self._launch(self._gemm.maxout_forward(k, kind, t, wide), grid, t.block, z_prev, W, b, z, a)
             else:  # a unit wider than a tile: the GEMM with the bias into a, then the max per unit
                 self._forward_gemm(z_prev, W, b, "identity", a, None)
@@ -257,7 +258,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         if not momentum:
             vW, vb = W, b  # unused by that kernel
         scalars = (kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        part = self._norm_partials(W, grid, norm)
+        part = self._norm_partials(W, t, norm)
         self._launch(kernel, grid, t.block, z_prev, delta, W, b, vW, vb, self._rate(lr, kind), *scalars, *part)
         self._norm_scale(W, part, max_norm)
 
@@ -267,7 +268,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         norm = max_norm is not None
         kernel = self._gemm.adam(kind, tiles, self._wide(z_prev=z_prev, delta=delta), bool(decoupled), norm)
         scalars = (kind(beta_1), kind(beta_2), kind(epsilon), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        part = self._norm_partials(W, grid, norm)
+        part = self._norm_partials(W, tiles, norm)
         self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, mW, mb, sW, sb, t, self._rate(lr, kind), *scalars,
                      *part)
         self._norm_scale(W, part, max_norm)
@@ -281,14 +282,14 @@ class NumbaCudaBackend(GraphSteps, Backend):
             vW, vb = sW, sb  # unused by that kernel
         rate = self._rate(lr, kind)  # also the kernel's unused step count: an array of its own
         scalars = (kind(rho), kind(epsilon), kind(momentum), kind(weight_decay), kind(1.0 / delta.shape[0]))
-        part = self._norm_partials(W, grid, norm)
+        part = self._norm_partials(W, tiles, norm)
         self._launch(kernel, grid, tiles.block, z_prev, delta, W, b, sW, sb, vW, vb, rate, rate, *scalars, *part)
         self._norm_scale(W, part, max_norm)
 
-    def _norm_partials(self, W, grid, norm: bool) -> tuple:
-        """(part,): the workspace (grid rows, N) for an update kernel's max-norm epilogue, its column sums of squares
-        per row tile of ``grid`` (the update GEMM's); () without max-norm."""
-        return (self._scratch("max_norm_part", (grid[1], W.shape[1]), W.dtype),) if norm else ()
+    def _norm_partials(self, W, tiles, norm: bool) -> tuple:
+        """(part,): the workspace (row tiles, N) for an update kernel's max-norm epilogue, its column sums of squares
+        per row tile of the update GEMM's ``tiles`` (W's rows and the bias row); () without max-norm."""
+        return (self._scratch("max_norm_part", (tiles.grid(W.shape[0] + 1, 1)[1], W.shape[1]), W.dtype),) if norm else ()
 
     def _norm_scale(self, W, part: tuple, c) -> None:
         """W's columns rescaled to norms ≤ c from their partial sums of squares, part = (array (T, N),); nothing

@@ -4,9 +4,10 @@ One kernel computes one (BM × BN) tile of C per block: the K axis is walked BK 
 through shared memory, and each of the (BN/TN) × (BM/TM) threads keeps TM × TN outputs in
 registers, in groups of up to 4 consecutive rows and columns (``_mainloop``), read from shared
 memory as vector loads. The next stage's global loads go to registers while this one is computed.
-Loads are zero-filled past the edges, so any M, N, K works. Each GEMM picks its tiling by the size
-of its output (``pick``): large tiles for large outputs, small ones when the grid would leave
-multiprocessors idle (at batch 128, 32 × 32 tiles give 4× the blocks of 64 × 64).
+Loads are zero-filled past the edges, so any M, N, K works. Block (x, y) computes column tile x, row tile y, and
+past CUDA's 65535 rows of blocks the grid's z counts on (``MAX_GRID_Y``, ``Tiles.launch_grid``, ``row_tile``).
+Each GEMM picks its tiling by the size of its output (``pick``): large tiles for large outputs, small ones
+when the grid would leave multiprocessors idle (at batch 128, 32 × 32 tiles give 4× the blocks of 64 × 64).
 
 What the inner loop compiles to is checked without a GPU by tools/sass_stats.py (registers, spills,
 the FMA share of a stage's instructions); numba has no unroll pragma, so the k loop of a stage is
@@ -106,7 +107,18 @@ class Tiles(NamedTuple):
         return (self.bn // self.tn) * (self.bm // self.tm)
 
     def grid(self, rows: int, cols: int):
+        """(column tiles, row tiles) of a (rows × cols) output."""
         return (math.ceil(cols / self.bn), math.ceil(rows / self.bm))
+
+    def launch_grid(self, rows: int, cols: int):
+        """The grid a kernel of a (rows × cols) output is launched on: a block per column tile and row tile, the row
+        tiles (x, y) or, past MAX_GRID_Y of them (CUDA's limit on y), (x, y, z), row tile z·y + blockIdx.y (``row_tile``:
+        the fewest blocks past the last tile, which do nothing)."""
+        x, y = self.grid(rows, cols)
+        if y <= MAX_GRID_Y:
+            return x, y
+        z = math.ceil(y / MAX_GRID_Y)
+        return x, math.ceil(y / z), z
 
     @classmethod
     def of(cls, values) -> Tiles:
@@ -150,6 +162,7 @@ SIM_TILES = (  # the simulator runs a thread per Python thread: 4 threads, the s
     Tiles(4, 4, 4, 2, 2),
 )
 ACC_BYTES = 64 * 4  # a thread's accumulators, at most: 64 registers
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's y (and z) dimension: more row tiles go on z (``Tiles.launch_grid``)
 WIDE = 2**32  # operands of this many elements or more need the kernels' 64-bit offsets (``wide``)
 
 
@@ -175,8 +188,8 @@ MAX_FORCED = 64  # splits that DELTAPROP_SPLIT_K may force at most
 
 def split_mode(value: str | None = None):
     """DELTAPROP_SPLIT_K (or ``value``): "auto" (unset or empty: the rule of ``splits``), "off" (S = 1 always) or
-    a number S of splits forced for every forward and hidden-δ GEMM (1 ≤ S ≤ MAX_FORCED); a ValueError naming the
-    variable for anything else."""
+    a number S of splits forced for every forward and hidden-δ GEMM whose grid can hold them (``splits``; 1 ≤ S ≤
+    MAX_FORCED); a ValueError naming the variable for anything else."""
     raw = os.environ.get(SPLIT_ENV, "") if value is None else value
     text = raw.strip().lower() or "auto"
     if text in ("auto", "off"):
@@ -194,16 +207,17 @@ def split_depth(tiles: Tiles, depth: int, s: int) -> int:
 def splits(tiles: Tiles, rows: int, cols: int, depth: int, multiprocessors: int, mode="auto") -> int:
     """S, the splits of the K axis (``depth``) of a GEMM with a (rows × cols) output in ``tiles`` (``split_mode``).
 
-    "auto": 1 when the output's grid gives every multiprocessor a block; else the smallest S whose S·grid blocks
-    do, at most MAX_SPLIT and at most a split per MIN_STAGES stages of BK, lowered to the fewest splits of the
+    1 for an output of more than MAX_GRID_Y row tiles, which a split grid cannot hold (its z holds the splits), forced
+    S or not. "auto": 1 when the output's grid gives every multiprocessor a block; else the smallest S whose S·grid
+    blocks do, at most MAX_SPLIT and at most a split per MIN_STAGES stages of BK, lowered to the fewest splits of the
     same Kc (``split_depth``: none left empty). At batch 128 on 132 multiprocessors: the 128 × 1024 outputs
     (128 tiles of 32 × 32) take S = 2, the 128 × 10 output (4 tiles, K = 1024) S = 8.
     """
-    if mode == "off":
+    gx, gy = tiles.grid(rows, cols)
+    if mode == "off" or gy > MAX_GRID_Y:  # such a grid fills any GPU
         return 1
     if mode != "auto":
         return int(mode)
-    gx, gy = tiles.grid(rows, cols)
     blocks = gx * gy
     if blocks == 0 or blocks >= multiprocessors:
         return 1
@@ -291,9 +305,9 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, strid
     """The device function that accumulates one tile of C into ``acc`` (TM × TN).
 
     Block x's tile starts at column x·``stride`` of C (None: BN; a maxout forward's tiles are (BN // k)·k apart,
-    whole units each: ``unit_columns``), block y's at row y·BM. With ``split`` (split-K), block z of gridDim.z = S
-    sums k in [z·Kc, min(K, (z + 1)·Kc)) only, Kc being ⌈⌈K / BK⌉ / S⌉ stages of BK (``split_depth``): a split past
-    K sums nothing (acc = 0). Without, k in [0, K).
+    whole units each: ``unit_columns``), row tile ``by``'s at row by·BM (``row_tile``). With ``split`` (split-K),
+    block z of gridDim.z = S sums k in [z·Kc, min(K, (z + 1)·Kc)) only, Kc being ⌈⌈K / BK⌉ / S⌉ stages of BK
+    (``split_depth``): a split past K sums nothing (acc = 0). Without, k in [0, K).
 
     Thread (tx, ty) owns rows  (i // V)·BM/G + ty·V + i % V  and the columns likewise (``_coords``):
     groups of V ≤ 4 consecutive rows, so that one step of k reads a thread's operands from shared
@@ -342,7 +356,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, strid
         return first, min(K - first, per)
 
     @cuda.jit(device=True)  # NVVM inlines it unasked; forcing it reorders the SASS of some kernels, untimed
-    def mainloop(A, B, acc):
+    def mainloop(A, B, acc, by):
         As = cuda.shared.array(A_SHAPE, kind, alignment=ALIGN)
         Bs = cuda.shared.array(B_SHAPE, kind, alignment=ALIGN)
         ra = cuda.local.array(LA, kind)
@@ -353,7 +367,7 @@ def _mainloop(layout: str, bias_row: bool, kind, tiles: Tiles, wide: bool, strid
         br = cuda.local.array(TN, kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         t = ty * TX + tx
-        m0, n0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * SN
+        m0, n0 = by * BM, cuda.blockIdx.x * SN
         M = A.shape[1] if TA else A.shape[0]
         K = A.shape[0] if TA else A.shape[1]
         N = B.shape[0] if TB else B.shape[1]
@@ -389,18 +403,25 @@ def _jit(tiles: Tiles):
     return cuda.jit(launch_bounds=bounds) if bounds else cuda.jit
 
 
+@device_inline
+def row_tile():
+    """The row tile of C that this block computes: blockIdx.y, and past the grid's rows of blocks (CUDA's 65535 at
+    most) blockIdx.z counts on (``Tiles.launch_grid``); in 64 bits, as the product may pass 2³¹."""
+    return np.int64(cuda.blockIdx.z) * cuda.gridDim.y + cuda.blockIdx.y
+
+
 @functools.cache
 def _coords(tiles: Tiles, stride: int | None = None):
-    """Device function (i, j) → (m, n): the row and column of C that a thread's acc[i, j] holds (``stride``: the
-    columns between two blocks' tiles, as the main loop's)."""
+    """Device function (i, j, by) → (m, n): the row and column of C that a thread's acc[i, j] holds in row tile ``by``
+    (``stride``: the columns between two blocks' tiles, as the main loop's)."""
     BM, BN, _, TM, TN = tiles[:5]
     GM, VM = _groups(TM)
     GN, VN = _groups(TN)
     SN = BN if stride is None else stride
 
     @device_inline
-    def coords(i, j):
-        m = cuda.blockIdx.y * BM + (i // VM) * (BM // GM) + cuda.threadIdx.y * VM + i % VM
+    def coords(i, j, by):
+        m = by * BM + (i // VM) * (BM // GM) + cuda.threadIdx.y * VM + i % VM
         n = cuda.blockIdx.x * SN + (j // VN) * (BN // GN) + cuda.threadIdx.x * VN + j % VN
         return m, n
 
@@ -421,11 +442,14 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles, wid
     @_jit(tiles)
     def kernel(A, B, bias, z, a):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[1]
+        by = row_tile()
+        if by * BM >= M:  # a block past the last row tile (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     pre = acc[i, j] + bias[n]
                     if store_a:
@@ -434,7 +458,7 @@ def forward(act: str, store_a: bool, fuse_softmax: bool, kind, tiles: Tiles, wid
         if fuse_softmax:  # the whole row is in this block: a thread per row, once the tile is written
             cuda.syncthreads()
             for r in range(cuda.threadIdx.y * TX + cuda.threadIdx.x, BM, TX * TY):
-                m = cuda.blockIdx.y * BM + r
+                m = by * BM + r
                 if m < M:
                     softmax_row(z, m, N, one)
 
@@ -494,17 +518,20 @@ def maxout_forward(k: int, kind, tiles: Tiles, wide: bool = False):
     @_jit(tiles)
     def kernel(A, B, bias, z, a):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[1]
+        by = row_tile()
+        if by * BM >= M:  # a block past the last row tile (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         end = min(N, cuda.blockIdx.x * W + W)  # where this block's columns end
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < end:
                     a[m, n] = acc[i, j] + bias[n]
         cuda.syncthreads()
         for r in range(cuda.threadIdx.y * TX + cuda.threadIdx.x, BM * UNITS, TX * TY):
-            m, u = cuda.blockIdx.y * BM + r // UNITS, cuda.blockIdx.x * UNITS + r % UNITS
+            m, u = by * BM + r // UNITS, cuda.blockIdx.x * UNITS + r % UNITS
             if m < M and u < z.shape[1]:
                 z[m, u] = maxout_winner(a, m, u, k)[0]
 
@@ -518,17 +545,20 @@ def hidden(act: str, kind, tiles: Tiles, wide: bool = False, masked: bool = Fals
     δ; else mask is not read)."""
     mainloop = _mainloop("nt", False, kind, tiles, wide)
     d = dphi(act, kind)
-    TM, TN = tiles.tm, tiles.tn
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
     def kernel(A, B, z, delta, mask):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[0]
+        by = row_tile()
+        if by * BM >= M:  # a block past the last row tile (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     if masked:
                         delta[m, n] = acc[i, j] * d(z[m, n]) * mask[m, n]
@@ -546,18 +576,21 @@ def maxout_hidden(k: int, kind, tiles: Tiles, wide: bool = False, masked: bool =
     (``maxout_winner``), 0 on the others, into delta (M, k·n): g times 1 or 0, as the NumPy body (a NaN in g stays
     NaN). A thread writes the k pieces of each unit it holds."""
     mainloop = _mainloop("nt", False, kind, tiles, wide)
-    TM, TN = tiles.tm, tiles.tn
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
     coords = _coords(tiles)
     zero, one = kind(0.0), kind(1.0)
 
     @_jit(tiles)
     def kernel(A, B, a, delta, mask):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
         M, N = A.shape[0], B.shape[0]
+        by = row_tile()
+        if by * BM >= M:  # a block past the last row tile (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     g = acc[i, j] * mask[m, n] if masked else acc[i, j]
                     win = maxout_winner(a, m, n, k)[1]
@@ -580,12 +613,12 @@ def partial(layout: str, kind, tiles: Tiles, wide: bool = False):
     @_jit(tiles)
     def kernel(A, B, P):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
-        s = cuda.blockIdx.z
+        s, by = cuda.blockIdx.z, cuda.blockIdx.y  # z: the split (a split GEMM's grid fits in 65535 rows: ``splits``)
+        mainloop(A, B, acc, by)
         M, N = P.shape[1], P.shape[2]
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     P[s, m, n] = acc[i, j]
 
@@ -658,17 +691,20 @@ def hidden_reduce(act: str, kind, masked: bool = False):
 def grad(kind, tiles: Tiles, wide: bool = False):
     """Kernel (A, B, dW, db, scale): dW = scale·AᵀB, db = scale·(column sums of B)."""
     mainloop = _mainloop("tn", True, kind, tiles, wide)
-    TM, TN = tiles.tm, tiles.tn
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
     coords = _coords(tiles)
 
     @_jit(tiles)
     def kernel(A, B, dW, db, scale):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
         M, N = A.shape[1], B.shape[1]
+        by = row_tile()
+        if by * BM > M:  # a block past the last row tile, of M + 1 rows (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     dW[m, n] = acc[i, j] * scale
                 elif m == M and n < N:
@@ -679,8 +715,8 @@ def grad(kind, tiles: Tiles, wide: bool = False):
 
 @functools.cache
 def _column_partials(kind, tiles: Tiles):
-    """Device function (sq, part, N), the max-norm epilogue of the update kernels: part[blockIdx.y, n] = the sum of
-    the block's threads' sq for each column n < N of the block's tile, where ``sq`` (TN) holds a thread's sums of
+    """Device function (sq, part, N, by), the max-norm epilogue of the update kernels: part[by, n] = the sum of
+    the block's threads' sq for each column n < N of the block's tile in row tile ``by``, where ``sq`` (TN) holds a thread's sums of
     squares of the new W in its columns (``_coords``' order; 0 for rows past W's, and the bias row). The threads'
     sums go through shared memory and one thread per column adds them in the order of threadIdx.y: the same sums
     in the same order on every run (no atomics). Every thread of the block must call it (a barrier)."""
@@ -690,7 +726,7 @@ def _column_partials(kind, tiles: Tiles):
     zero = kind(0.0)
 
     @device_inline
-    def partials(sq, part, N):
+    def partials(sq, part, N, by):
         sums = cuda.shared.array((TY, BN), kind)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         for j in range(TN):
@@ -702,7 +738,7 @@ def _column_partials(kind, tiles: Tiles):
                 total = zero
                 for y in range(TY):
                     total += sums[U(y), U(c)]
-                part[cuda.blockIdx.y, n0 + c] = total
+                part[by, n0 + c] = total
 
     return partials
 
@@ -715,10 +751,10 @@ def _update(kind, tiles: Tiles, wide: bool, rule, per_thread, slots: int, max_no
     (numba_optim's rules), b without decay, where (k1, k2) = per_thread(t, h1, h2) once per thread and η = rate[0]
     (both read on the device: a recorded graph replays a schedule and a step count right). Every element of W, b and
     their slots is read and written by one thread only. With ``max_norm``, each block writes its row tile's sums of
-    squares of the new W's columns into part (grid rows, N) (``_column_partials``), for
+    squares of the new W's columns into part (row tiles, N) (``_column_partials``), for
     ``numba_elementwise.max_norm_scale``; without, part is not touched."""
     mainloop = _mainloop("tn", True, kind, tiles, wide)
-    TM, TN = tiles.tm, tiles.tn
+    BM, TM, TN = tiles.bm, tiles.tm, tiles.tn
     coords = _coords(tiles)
     partials = _column_partials(kind, tiles)
     zero = kind(0.0)
@@ -726,17 +762,20 @@ def _update(kind, tiles: Tiles, wide: bool, rule, per_thread, slots: int, max_no
     @device_inline
     def body(A, B, W, b, uW, ub, wW, wb, t, rate, h1, h2, h3, decay, scale, part):
         acc = cuda.local.array((TM, TN), kind)
-        mainloop(A, B, acc)
+        M, N = A.shape[1], B.shape[1]
+        by = row_tile()
+        if by * BM > M:  # a block past the last row tile, of M + 1 rows (``Tiles.launch_grid``)
+            return
+        mainloop(A, B, acc, by)
         sq = cuda.local.array(TN, kind)  # max-norm: this thread's Σ W² per column
         if max_norm:
             for j in range(TN):
                 sq[j] = zero
         lr = rate[0]
         k1, k2 = per_thread(t, h1, h2)
-        M, N = A.shape[1], B.shape[1]
         for i in range(TM):
             for j in range(TN):
-                m, n = coords(i, j)
+                m, n = coords(i, j, by)
                 if m < M and n < N:
                     x, u, w = rule(W[m, n], acc[i, j] * scale, uW[m, n] if slots > 0 else zero,
                                    wW[m, n] if slots > 1 else zero, lr, k1, k2, h1, h2, h3, decay)
@@ -756,7 +795,7 @@ def _update(kind, tiles: Tiles, wide: bool, rule, per_thread, slots: int, max_no
                     if slots > 1:
                         wb[n] = w
         if max_norm:
-            partials(sq, part, N)
+            partials(sq, part, N, by)
 
     return body
 
