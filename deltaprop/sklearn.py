@@ -827,7 +827,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     for the differences), plus ``backend`` ("auto", "numpy", "numba-cuda", "cupy"), ``dtype``
     ("float32", "float64"), ``init`` ("auto", or "he", "glorot", "lecun" with "_normal" or "_uniform") and
     ``maxout_pieces`` (with ``activation="maxout"``, deltaprop's only: k ≥ 2 pieces a unit; ``coefs_`` (n_in, k·n)),
-``dropout`` and ``max_norm`` (as ``deltaprop.MLP``'s; sgd and adam only). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
+    ``dropout`` and ``max_norm`` (as ``deltaprop.MLP``'s; sgd and adam only). Fitted as scikit-learn's: ``classes_``, ``loss_``, ``loss_curve_``,
     ``best_loss_``, ``validation_scores_``, ``best_validation_score_``, ``t_``, ``n_iter_``,
     ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
     ``coefs_``, ``intercepts_``; and ``model_`` (the ``deltaprop.MLP``).
