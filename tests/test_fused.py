@@ -368,6 +368,20 @@ def rmsprop_reference(opt, weights, grads, state, lr):
     return each_parameter(weights, grads, state, p["weight_decay"], step)
 
 
+def tolerance(dtype) -> float:
+    """How close a fused fit comes to the float64 reference: float32's rounding over a few epochs, or float64's."""
+    return 1e-4 if dtype == "float32" else 1e-10
+
+
+def assert_matches_reference(model, history, weights, sums, n, dtype):
+    """The model's weights and the fit's per-epoch losses (over ``n`` samples) against ``reference_epochs``'."""
+    tol = tolerance(dtype)
+    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / n for s in sums], rtol=tol)
+
+
 def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
     """Float64 SGD, Adam, AdamW or RMSprop over whole epochs in the Trainer's sample order: (weights, per-step
     [loss sum, correct] per epoch)."""
@@ -434,17 +448,13 @@ def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
 
     targets = encode_targets(y, check_loss(model.loss), spec[0][-1], np.float64, 10)
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, schedule, 3, 2)
-    tol = 1e-4 if dtype == "float32" else 1e-10
-    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
-        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
-        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
-    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 10 for s in sums], rtol=tol)
+    assert_matches_reference(model, history, weights, sums, 10, dtype)
     if targets.accuracy:
         assert history.accuracy == [s[:, 1].sum() / 10 for s in sums]
     if opt.counts_steps:  # Adam's step count: advanced once per step, as the step path's count_step
         assert model.backend.to_numpy(model.network.t).tolist() == [8]
     # each step's sums, from one more epoch run straight through the contract
-    bk, net_ = model.backend, model.network
+    tol, bk, net_ = tolerance(dtype), model.backend, model.network
     layout, _ = fused.check(model.layer_sizes, model.activations, model.loss, targets.accuracy, model.dtype, 3, opt, H100)
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, schedule, 3, 3)
     idx = bk.asarray(epoch_order(model.seed, 2, 10, True))
@@ -515,11 +525,7 @@ def test_fused_epochs_at_the_edges_match_the_float64_reference(monkeypatch, rng,
 
     targets = encode_targets(y, check_loss(model.loss), sizes[-1], np.float64, n)
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, None, min(batch, n), 2)
-    tol = 1e-4 if dtype == "float32" else 1e-10
-    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
-        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
-        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
-    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / n for s in sums], rtol=tol)
+    assert_matches_reference(model, history, weights, sums, n, dtype)
     if targets.accuracy:
         assert history.accuracy == [s[:, 1].sum() / n for s in sums]
 
@@ -542,11 +548,7 @@ def test_the_fused_epoch_follows_the_adaptive_schedules_rate_from_epoch_to_epoch
     halving = lambda e: 0.05 / 2 ** max(e - 1, 0)  # noqa: E731
     assert [schedule.rate(0.05, e, history.loss, 8) for e in range(4)] == [halving(e) for e in range(4)]
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, halving, 3, 4)
-    tol = 1e-4 if dtype == "float32" else 1e-10
-    for (W, b), (rW, rb) in zip(model.get_weights(), weights):
-        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
-        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
-    np.testing.assert_allclose(history.loss, [s[:, 0].sum() / 8 for s in sums], rtol=tol)
+    assert_matches_reference(model, history, weights, sums, 8, dtype)
 
 
 def _state(model):
