@@ -17,7 +17,7 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "as_float", "check_activation", "check_dtype", "check_held", "check_int", "check_layer_sizes", "check_loss",
+__all__ = ["DTYPES", "as_float", "check_activation", "check_dtype", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
            "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -49,16 +49,24 @@ def as_float(value) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def check_held(value: float, argument: str, dtype) -> float:
-    """``value`` (a finite float), refused by name when the device, which computes in the model's ``dtype``, would
-    not see it as given: when it overflows ``dtype`` (1e39 in float32) or is > 0 and rounds to 0 in it (1e-50)."""
+def held_problem(value: float, dtype) -> str | None:
+    """Why the device, which computes in the model's ``dtype``, would not see the finite float ``value`` as given:
+    "overflows the model's float32" (1e39), "is 0 in the model's float32" (1e-50 > 0); None when it would."""
     kind = np.dtype(dtype)
     with np.errstate(over="ignore", under="ignore"):
         there = kind.type(value)
     if not np.isfinite(there):
-        raise ValueError(f"{argument}: {value!r} overflows the model's {kind.name}")
+        return f"overflows the model's {kind.name}"
     if value > 0 and there == 0:
-        raise ValueError(f"{argument}: {value!r} is 0 in the model's {kind.name}")
+        return f"is 0 in the model's {kind.name}"
+    return None
+
+
+def check_held(value: float, argument: str, dtype) -> float:
+    """``value``, refused by name when the device would not see it as given (``held_problem``)."""
+    problem = held_problem(value, dtype)
+    if problem is not None:
+        raise ValueError(f"{argument}: {value!r} {problem}")
     return value
 
 

@@ -22,6 +22,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from ..mlp.checks import held_problem
+
 __all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
 
 
@@ -46,12 +48,9 @@ class Schedule:
             lr = self.rate(lr0, epoch, [], samples)
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
-            with np.errstate(over="ignore", under="ignore"):
-                there = np.dtype(dtype).type(lr)
-            if not np.isfinite(there) or (lr > 0 and there == 0):
-                what = "overflows" if not np.isfinite(there) else "is 0 in"
-                raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which "
-                                 f"{what} the model's {np.dtype(dtype).name}")
+            problem = held_problem(lr, dtype)
+            if problem is not None:
+                raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which {problem}")
 
     def config(self) -> dict:
         return {"name": self.name, **getattr(self, "params", {})}
