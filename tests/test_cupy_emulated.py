@@ -21,6 +21,7 @@ from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
 
 from test_cupy_launches import CASES, fit_on
+from test_kernels import ARGMAX_WIDTHS, check_the_argmax_rule
 from test_rounding import contract_calls
 
 TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
@@ -136,6 +137,13 @@ def loop_calls(rng, dtype, B, n_in, n_out, k=3):
         "gather": ("gather", (x(), rng.integers(0, B, B + 2), r(B + 2, n_in))),
         "batch_metrics": ("batch_metrics", (d(), d(), onehot(), "cross_entropy", "argmax", np.zeros(2))),
     }
+
+
+@pytest.mark.parametrize("n", ARGMAX_WIDTHS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_the_cuda_c_argmax_rule_is_numpys_with_nans_infinities_ties_and_signed_zeros(rng, emulated, dtype, n, weighted):
+    """batch_metrics' warp_argmax, each lane's scan and the butterfly merge of the lanes' bests (test_kernels.py)."""
+    check_the_argmax_rule(emulated(), dtype, rng, n, weighted)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -260,6 +268,15 @@ def test_the_cuda_c_fused_epoch_is_the_step_path(emulated, monkeypatch, name, dt
     for (W, b), (W0, b0) in zip(fits["cupy"][0], fits["numpy"][0]):
         np.testing.assert_allclose(W, W0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
         np.testing.assert_allclose(b, b0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_cuda_c_fused_epochs_argmax_is_numpys_when_an_output_is_nan(emulated, monkeypatch, rng, dtype):
+    from deltaprop.kernels import fused_source
+    from test_fused import check_the_fused_argmax_rule
+
+    monkeypatch.setattr(fused_source, "kernel", emulated_cuda.FusedKernel)
+    check_the_fused_argmax_rule(monkeypatch, emulated(), dtype, rng)
 
 
 #: (sizes, hidden, output, loss, targets, fit's keywords): the CUDA C fused epoch's other codes and shapes

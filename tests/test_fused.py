@@ -472,6 +472,37 @@ def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
         assert bk.to_numpy(net_.t).tolist() == [12]
 
 
+def check_the_fused_argmax_rule(monkeypatch, bk, dtype, rng):
+    """One fused step of a net whose output column 2 is NaN (a diverging fit's outputs), on backend bk: NumPy's argmax of each row is its first NaN, and the step counts a row right exactly where its label is that column."""
+    X, y = rng.normal(size=(12, 6)), np.r_[[2] * 4, rng.choice([0, 1, 3, 4], 8)]  # 4 labels at the NaN
+    model = MLP([6, 4, 5], activation="tanh", output_activation="identity", loss="mse", backend="numpy", dtype=dtype,
+                seed=1)
+    weights = model.get_weights()
+    weights[-1][0][:, 2] = np.nan
+    model.network.backend = bk
+    model.network.set_params(weights)
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    targets = encode_targets(y, check_loss("mse"), 5, np.float64, 12)
+    assert targets.accuracy == "argmax"
+    layout, _ = fused.check(model.layer_sizes, model.activations, model.loss, "argmax", model.dtype, 12, sgd(), H100)
+    metrics = bk.zeros((1, 2), np.float64)
+    net_ = model.network
+    with np.errstate(invalid="ignore"):
+        bk.run_epoch_fused(layout, net_.params, net_.slots, net_.t, bk.asarray(X, model.dtype),
+                           bk.asarray(targets.Y, model.dtype), bk.asarray(np.arange(12)), metrics, 0.1, 0, 1)
+        z = ref.forward([(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights],
+                        model.activations, X)[-1][1]
+    assert np.isnan(z[:, 2]).all()
+    assert bk.to_numpy(metrics)[0, 1] == np.sum(np.argmax(z, axis=1) == y) == 4
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_fused_epochs_argmax_is_numpys_when_an_output_is_nan(monkeypatch, rng, dtype):
+    check_the_fused_argmax_rule(monkeypatch, backends.instance("numba-cuda"), dtype, rng)
+
+
 @numba_only
 def test_fused_and_step_paths_agree_with_validation_and_early_stopping(monkeypatch, rng):
     """float32, momentum, a partial last batch: the step path (off; auto on a GPU would fuse too) and the fused one."""

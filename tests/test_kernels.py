@@ -191,6 +191,48 @@ def test_batch_metrics(backend, dtype, rng, shape, out_act, loss, weighted):
     assert_close(got[1], start[1] + np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
 
 
+def with_specials(rng, shape, share):
+    """Normal values with a share of NaN, ±inf, ±0 and repeated values in their place: argmax's hard cases."""
+    x = rng.normal(size=shape)
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, 1.5, -1.5])
+    hit = rng.random(shape) < share
+    x[hit] = rng.choice(pool, size=int(hit.sum()))
+    return x
+
+
+ARGMAX_WIDTHS = [1, 2, 7, 33, 65]
+
+
+def check_the_argmax_rule(backend, dtype, rng, n, weighted):
+    """A row's argmax is NumPy's: its first NaN, else its first maximum, for z and for y alike. Rows from all specials
+    to none, half of them with y one-hot at z's argmax; 65 outputs give lanes of a warp one to three elements each,
+    so their bests are merged (a NaN a lane holds must win the merge, and the first of equal bests)."""
+    B = 64
+    share = np.repeat([0.0, 0.1, 0.5, 1.0], B // 4)[:, None]
+    z = np.where(rng.random((B, n)) < share, with_specials(rng, (B, n), 1.0), rng.normal(size=(B, n))).astype(dtype)
+    Y = np.where(rng.random((B, n)) < share, with_specials(rng, (B, n), 1.0), rng.normal(size=(B, n))).astype(dtype)
+    hits = rng.random(B) < 0.5  # rows whose y is one-hot at NumPy's argmax of z: right exactly when the rule is
+    Y[hits] = np.eye(n, dtype=dtype)[np.argmax(z[hits], axis=1)]
+    correct = (np.argmax(z, axis=1) == np.argmax(Y, axis=1)).astype(np.float64)
+    out = backend.asarray(np.zeros(2), np.float64)
+    w = rng.uniform(0.5, 3.0, size=B).astype(dtype)
+    extra = (dev(backend, w.reshape(-1, 1), dtype),) if weighted else ()
+    with np.errstate(invalid="ignore", over="ignore"):  # the loss of such rows is NaN or inf: not what is tested
+        backend.batch_metrics(*(dev(backend, x, dtype) for x in (z, z, Y)), "mse", "argmax", out, *extra)
+    got = backend.to_numpy(out)[1]
+    if weighted:
+        assert_close(got, np.dot(w.astype(np.float64), correct), dtype, scale=3 * B)
+    else:
+        assert got == correct.sum()
+    assert n == 1 or 0 < correct.sum() < B  # the test's own data: both outcomes occur (one output: always right)
+
+
+@pytest.mark.parametrize("n", ARGMAX_WIDTHS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_the_argmax_rule_is_numpys_with_nans_infinities_ties_and_signed_zeros(backend, dtype, rng, n, weighted):
+    check_the_argmax_rule(backend, dtype, rng, n, weighted)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (65, 5)], ids=str)
 @pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
 def test_batch_metrics_keep_the_digits_of_a_confident_bce_loss(backend, dtype, rng, shape, weighted):

@@ -447,9 +447,10 @@ class Backend:
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         """Adds the batch's summed per-sample loss to out[0] and its count of correct samples to out[1].
 
-        ``out`` is a float64 array of 2 elements. ``accuracy``: "argmax" (argmax z = argmax y, each the first maximum of its row),
-        "threshold" (every output: a > 0 exactly where y > 0.5), or None (out[1] unchanged). ``weights`` (B, 1), when
-        given: each row's loss and correct count weighted by its row of ``weights`` (Σ_i w_i·E_i, Σ_i w_i·[correct_i]).
+        ``out`` is a float64 array of 2 elements. ``accuracy``: "argmax" (argmax z = argmax y, each NumPy's argmax of
+        its row: its first NaN, else its first maximum), "threshold" (every output: a > 0 exactly where y > 0.5), or
+        None (out[1] unchanged). ``weights`` (B, 1), when given: each row's loss and correct count weighted by its row
+        of ``weights`` (Σ_i w_i·E_i, Σ_i w_i·[correct_i]).
         """
         if weights is not None:
             return self._weighted_metrics(a, z, y, loss, accuracy, out, weights)

@@ -225,11 +225,11 @@ __device__ __forceinline__ double row_loss(const T* a, const T* z, const T* y) {
 
 __device__ __forceinline__ double row_correct(const T* a, const T* z, const T* y) {
     double right = 0.0;
-    if constexpr (DP_ACCURACY == 1) {  // the first maximum of z and of y
+    if constexpr (DP_ACCURACY == 1) {  // NumPy's argmax of z and of y: the first NaN, else the first maximum
         int bz = 0, by = 0;
         for (int n = 1; n < NL; ++n) {
-            if (z[n] > z[bz]) bz = n;
-            if (y[n] > y[by]) by = n;
+            if (!isnan(z[bz]) && !(z[n] <= z[bz])) bz = n;  // z[n] > the best so far, or z[n] is NaN
+            if (!isnan(y[by]) && !(y[n] <= y[by])) by = n;
         }
         right = bz == by ? 1.0 : 0.0;
     } else if constexpr (DP_ACCURACY == 2) {  // every output: a > 0 exactly where y > 0.5

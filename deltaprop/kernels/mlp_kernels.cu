@@ -360,17 +360,20 @@ __device__ __forceinline__ T warp_max(T v) {
     return v;
 }
 
-// The first index of the row's maximum (NumPy's argmax rule), the same in every lane.
+// NumPy's argmax of the row, the same in every lane: its first NaN, else the first index of its maximum. Each lane
+// scans its elements in order as maxout_winner does; the merge orders (best, at) by (is NaN, value, −index), a total
+// order, so every lane ends with the same winner.
 template <typename T>
 __device__ long long warp_argmax(const T* row, long long cols, int lane) {
     T best = row[0];
     long long at = 0;
     for (long long k = lane; k < cols; k += 32)
-        if (row[k] > best || (row[k] == best && k < at)) { best = row[k]; at = k; }
+        if (!isnan(best) && !(row[k] <= best)) { best = row[k]; at = k; }  // row[k] > best, or row[k] is NaN
     for (int o = 16; o > 0; o >>= 1) {
         T ob = __shfl_xor_sync(FULL_MASK, best, o);
         long long oa = __shfl_xor_sync(FULL_MASK, at, o);
-        if (ob > best || (ob == best && oa < at)) { best = ob; at = oa; }
+        bool on = isnan(ob), bn = isnan(best);
+        if (on > bn || (on == bn && (ob > best || (!(ob < best) && oa < at)))) { best = ob; at = oa; }
     }
     return at;
 }

@@ -128,14 +128,14 @@ def _row_loss(loss: str):
 
 def _row_correct(rule):
     """Device function (a, z, y, m) -> 1.0 when row m is classified right, else 0.0."""
-    if rule == "argmax":  # first maximum of z and of y
+    if rule == "argmax":  # NumPy's argmax of z and of y: the first NaN, else the first maximum
 
         def f(a, z, y, m):
             bz, by = 0, 0
             for n in range(1, z.shape[1]):
-                if z[m, n] > z[m, bz]:
+                if not math.isnan(z[m, bz]) and not z[m, n] <= z[m, bz]:  # greater, or a NaN
                     bz = n
-                if y[m, n] > y[m, by]:
+                if not math.isnan(y[m, by]) and not y[m, n] <= y[m, by]:
                     by = n
             return 1.0 if bz == by else 0.0
 

@@ -87,12 +87,12 @@ def _row_metrics(loss: str, rule, N: int):
 
     @device_inline
     def row_correct(sh, a, z, y):
-        if argmax:  # the first maximum of z and of y
+        if argmax:  # NumPy's argmax of z and of y: the first NaN, else the first maximum
             bz, by = 0, 0
             for n in range(1, N):
-                if sh[z + n] > sh[z + bz]:
+                if not math.isnan(sh[z + bz]) and not sh[z + n] <= sh[z + bz]:  # greater, or a NaN
                     bz = n
-                if sh[y + n] > sh[y + by]:
+                if not math.isnan(sh[y + by]) and not sh[y + n] <= sh[y + by]:
                     by = n
             return 1.0 if bz == by else 0.0
         if threshold:  # every output: a > 0 exactly where y > 0.5
