@@ -14,8 +14,10 @@ def phi(name, a):
         return a.copy()
     if name == "step":
         return (a > 0).astype(np.float64)
-    if name == "sigmoid":  # exp(−softplus(−a)): no overflow, the tails to full relative precision
-        return np.exp(-np.logaddexp(0.0, -a))
+    if name == "sigmoid":  # exp(min(a, 0)) / (1 + exp(−|a|)) in long double: no overflow, both tails to an ulp or two
+        # (exp(−softplus(−a)) was off by the rounding of softplus, up to 16 ε relative near |a| = 32)
+        wide = a.astype(np.longdouble)
+        return (np.exp(np.minimum(wide, 0)) / (1 + np.exp(-np.abs(wide)))).astype(np.float64)
     if name == "tanh":
         return np.tanh(a)
     if name == "relu":

@@ -48,6 +48,24 @@ def test_sigmoid_keeps_its_relative_precision_in_both_tails(backend, dtype, rng,
     np.testing.assert_allclose(backend.to_numpy(z), expected, rtol=16 * np.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.parametrize("keep_a", [True, False], ids=["a+z", "z"])
+def test_a_float32_sigmoid_far_in_its_lower_tail_is_the_subnormal_it_rounds_to(backend, rng, keep_a):
+    """For a in [−103, −87] float32's σ(a) is subnormal or near it (σ(−95) = 5.5e-42), and 1 / (1 + exp(−a)) would read
+    0 where exp(−a) overflows (a < −88.73): each is the float64 value rounded to float32, to a few subnormal steps
+    (to the smallest normal on CuPy, which flushes subnormals to 0)."""
+    X = np.r_[rng.uniform(-103.0, -87.0, size=60), -88.8, -95.0, -100.0, -103.0, -87.0].reshape(13, 5)
+    X = X.astype(np.float32)
+    z, a = backend.empty((13, 5), np.float32), backend.empty((13, 5), np.float32)
+    eye, zero = dev(backend, np.eye(5), np.float32), dev(backend, np.zeros(5), np.float32)
+    backend.forward(dev(backend, X, np.float32), eye, zero, "sigmoid", z, a if keep_a else None)
+    expected = ref.phi("sigmoid", X).astype(np.float32)
+    assert (expected[X < -88.8] > 0).all()  # the test's own range: subnormal, not 0
+    # CuPy compiles every kernel with -ftz=true (cupy/cuda/compiler.py): on a GPU its float32 subnormals are 0
+    f32 = np.finfo(np.float32)
+    tiny = f32.smallest_normal if backend.name.startswith("cupy") else 4 * f32.smallest_subnormal
+    np.testing.assert_allclose(backend.to_numpy(z), expected, rtol=16 * f32.eps, atol=tiny)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("out_act,loss", PAIRS)
 def test_output_delta(backend, dtype, rng, shape, out_act, loss):

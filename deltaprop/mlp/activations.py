@@ -117,12 +117,16 @@ def _step_device(kind):
 # error of ε/σ, and 0 from a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17). The arrays take
 # 1 / (1 + e^−a), whose e^−a overflows to Inf where σ is below the dtype's range (giving 0); the scalar forms take
 # (1 or e^−|a|) / (1 + e^−|a|), which overflows nowhere (the CUDA simulator's exp raises on overflow).
+# σ(a) = exp(min(a, 0)) / (1 + exp(−|a|)), the device form's value: no exp overflows, and the lower tail keeps its
+# relative precision down to the subnormals (1 / (1 + exp(−a)) read 0 from a < −88.7 in float32).
 def _sigmoid_xp(xp, a, z, tmp):
-    xp.negative(a, out=tmp)  # from a before z (which may be a) is written
-    with np.errstate(over="ignore"):
-        xp.exp(tmp, out=tmp)
+    xp.abs(a, out=tmp)  # tmp from a before z (which may be a) is written
+    xp.negative(tmp, out=tmp)
+    xp.exp(tmp, out=tmp)
     tmp += 1
-    xp.divide(1, tmp, out=z)
+    xp.minimum(a, 0, out=z)
+    xp.exp(z, out=z)
+    z /= tmp
 
 
 def _sigmoid_dphi_xp(xp, z, g, tmp):  # σ(1 − σ)
