@@ -245,8 +245,9 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         plot_history(combined, args.plot)
     acc = f"{test['accuracy']:.4f} ({len(data.y_test)} samples)" if test else "n/a (no test set)"
     speed = f", {trained_samples / train_seconds:,.0f} samples/s" if train_seconds else ""
+    epochs = len(new["seconds"])
     print(f"test accuracy {acc}; time {total:.1f} s (training {train_seconds:.1f} s for "
-          f"{len(new['seconds'])} epochs{speed}); backend {model.backend_name}; device {device}")
+          f"{epochs} epoch{'' if epochs == 1 else 's'}{speed}); backend {model.backend_name}; device {device}")
     return 0
 
 

@@ -61,6 +61,7 @@ def test_train_mnist_writes_model_metrics_and_plot(tmp_path, mnist_dir, capsys):
     assert metrics["versions"]["numpy"] == np.__version__ and metrics["timings"]["samples_per_second"] > 0
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"test accuracy {metrics['test_accuracy']:.4f} (200 samples)" in out and "backend numpy" in out
+    assert " for 3 epochs" in out
 
 
 def test_progress_bar_only_on_a_terminal(mnist_dir, capsys, monkeypatch):
@@ -375,7 +376,8 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
     np.savez(tmp_path / "other.npz", X_train=-X, y_train=(X[:, 0] > 0).astype(int))
     args = ["train", "--backend", "numpy", "--layers", 4, "--quiet", "--checkpoint", tmp_path / "ck"]
-    assert run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 1)[0] == 0
+    rc, out, _ = run(capsys, *args, "--data", tmp_path / "data.npz", "--epochs", 1)
+    assert rc == 0 and " for 1 epoch" in out and "epochs" not in out
     os.replace(tmp_path / "data.npz", tmp_path / "moved.npz")
     os.replace(tmp_path / "other.npz", tmp_path / "data.npz")  # other data under the old name
     before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
