@@ -21,7 +21,8 @@ from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
 
 from test_cupy_launches import CASES, fit_on
-from test_kernels import ARGMAX_WIDTHS, check_the_argmax_rule
+from test_kernels import (ARGMAX_WIDTHS, BAD_GATHERS, OUT_OF_RANGE, check_a_bad_gather, check_a_gather_out_of_range,
+                          check_the_argmax_rule)
 from test_rounding import contract_calls
 
 TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
@@ -137,6 +138,16 @@ def loop_calls(rng, dtype, B, n_in, n_out, k=3):
         "gather": ("gather", (x(), rng.integers(0, B, B + 2), r(B + 2, n_in))),
         "batch_metrics": ("batch_metrics", (d(), d(), onehot(), "cross_entropy", "argmax", np.zeros(2))),
     }
+
+
+@pytest.mark.parametrize("case", list(BAD_GATHERS))
+def test_the_cuda_c_gather_refuses_what_are_not_rows_of_src_by_name(rng, emulated, dtype, case):
+    check_a_bad_gather(emulated(), dtype, rng, case)
+
+
+@pytest.mark.parametrize("bad", OUT_OF_RANGE)
+def test_the_cuda_c_gather_of_a_row_that_src_lacks_is_nan(rng, emulated, dtype, bad):
+    check_a_gather_out_of_range(emulated(), dtype, rng, bad)
 
 
 @pytest.mark.parametrize("n", ARGMAX_WIDTHS)

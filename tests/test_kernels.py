@@ -172,6 +172,58 @@ def test_gather(backend, dtype, rng, rows, cols):
     np.testing.assert_array_equal(backend.to_numpy(out), src[idx])
 
 
+#: gather(src (9, 4), idx (5,), out (5, 4)) with one argument changed: (which, its shape, its dtype), the name refused
+BAD_GATHERS = {
+    "out-rows": ("out", (6, 4), None), "out-columns": ("out", (5, 3), None), "out-dtype": ("out", (5, 4), "other"),
+    "idx-floats": ("idx", (5,), np.float64), "idx-2d": ("idx", (5, 1), np.int64), "src-1d": ("src", (9,), None),
+}
+
+
+def check_a_bad_gather(backend, dtype, rng, case):
+    which, shape, kind = BAD_GATHERS[case]
+    other = np.float64 if np.dtype(dtype) == np.float32 else np.float32
+    arrays = {"src": rng.normal(size=(9, 4)), "idx": rng.integers(0, 9, size=5), "out": np.full((5, 4), 7.0)}
+    kinds = {"src": dtype, "idx": np.int64, "out": dtype}
+    arrays[which] = rng.integers(0, 9, size=shape) if which == "idx" else rng.normal(size=shape)
+    kinds[which] = other if kind == "other" else kind or kinds[which]
+    on = {k: backend.asarray(v, kinds[k]) for k, v in arrays.items()}
+    with pytest.raises(ValueError, match=rf"^{which}: "):
+        backend.gather(on["src"], on["idx"], on["out"])
+    np.testing.assert_array_equal(backend.to_numpy(on["out"]), arrays["out"].astype(kinds["out"]))
+
+
+OUT_OF_RANGE = [9, 10**12, -1, -(2**63)]
+
+
+def check_a_gather_out_of_range(backend, dtype, rng, bad):
+    """An index out of [0, len(src)): the NumPy backends refuse it by name, out as it was (clip mode read the last row,
+    and a negative index would count from the end); a GPU kernel cannot raise without a synchronisation, so its row of
+    out is NaN (never a read outside src), the others are gathered."""
+    src, idx = rng.normal(size=(9, 4)).astype(dtype), rng.integers(0, 9, size=7)
+    idx[3] = bad
+    out = backend.asarray(np.full((7, 4), 7.0), dtype)
+    if backend.xp is np:
+        with pytest.raises(ValueError, match=r"^idx: .*\[0, 9\)"):
+            backend.gather(dev(backend, src, dtype), backend.asarray(idx), out)
+        np.testing.assert_array_equal(backend.to_numpy(out), 7.0)
+        return
+    backend.gather(dev(backend, src, dtype), backend.asarray(idx), out)
+    got = backend.to_numpy(out)
+    assert np.isnan(got[3]).all()
+    rest = np.arange(7) != 3
+    np.testing.assert_array_equal(got[rest], src[idx[rest]])
+
+
+@pytest.mark.parametrize("case", list(BAD_GATHERS))
+def test_gather_refuses_what_are_not_rows_of_src_by_name_and_leaves_out_as_it_was(backend, dtype, rng, case):
+    check_a_bad_gather(backend, dtype, rng, case)
+
+
+@pytest.mark.parametrize("bad", OUT_OF_RANGE)
+def test_gather_of_a_row_that_src_lacks_is_refused_on_the_host_and_nan_on_a_device(backend, dtype, rng, bad):
+    check_a_gather_out_of_range(backend, dtype, rng, bad)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("out_act,loss", PAIRS)
 @pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])

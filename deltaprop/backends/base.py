@@ -84,6 +84,32 @@ class _PerThread(threading.local):
         self.retired: list = []  # buffers that a larger one replaced: a recorded CUDA graph may still use them
 
 
+def check_gather(src, idx, out) -> None:
+    """Refuses, naming the argument and before anything is written, what gather cannot take: src (n, k), idx (B,) of
+    integers, out (B, k) of src's dtype."""
+    if len(src.shape) != 2:
+        raise ValueError(f"src: gather takes the rows of a 2-D array, not of one of shape {tuple(src.shape)}")
+    if len(idx.shape) != 1 or np.dtype(idx.dtype).kind not in "iu":
+        raise ValueError(f"idx: gather takes a 1-D array of integers, not {np.dtype(idx.dtype)} of shape "
+                         f"{tuple(idx.shape)}")
+    if tuple(out.shape) != (idx.shape[0], src.shape[1]):
+        raise ValueError(f"out: shape {tuple(out.shape)}, not (len(idx), src's columns) = "
+                         f"{(idx.shape[0], src.shape[1])}")
+    if out.dtype != src.dtype:
+        raise ValueError(f"out: dtype {out.dtype}, not src's {src.dtype}")
+
+
+def check_rows(idx, n: int) -> None:
+    """Refuses (ValueError naming idx) an index of idx not in [0, n): a negative one too, which NumPy would count from
+    the end. idx an integer array of the array module's; one pass over it (signed indices read as unsigned)."""
+    if idx.size == 0:
+        return
+    unsigned = idx.view(f"u{idx.dtype.itemsize}") if idx.dtype.kind == "i" else idx
+    if int(unsigned.max()) >= n:
+        bad = idx[(idx < 0) | (idx >= n)][0]
+        raise ValueError(f"idx: row {int(bad)} is not one of src's rows [0, {n})")
+
+
 def _holding_device_lock(method):
     """``method`` run holding DEVICE_LOCK, with the backend's device current (``_on_device``)."""
 
@@ -441,7 +467,11 @@ class Backend:
 
     # --------------------------------------------- what a device loop needs
     def gather(self, src, idx, out) -> None:
-        """out = src[idx]: the rows of ``src`` named by the integer array ``idx``."""
+        """out = src[idx]: the rows of ``src`` (n, k) named by the integers ``idx`` (B,), into ``out`` (B, k) of
+        src's dtype (check_gather). An index not in [0, n) is refused by name where the check needs no
+        synchronisation (the NumPy backends); a GPU kernel writes that row of out as NaN, never reading outside src."""
+        check_gather(src, idx, out)
+        check_rows(idx, src.shape[0])
         self.xp.take(src, idx, axis=0, out=out)
 
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:

@@ -38,7 +38,7 @@ from ..kernels import cuda_source, masks
 from ..mlp.activations import ACTIVATIONS
 from ..mlp.losses import ACCURACY_CODES, LOSSES
 from . import compat, fused
-from .base import Backend
+from .base import Backend, check_gather
 from .graphs import GraphSteps
 from .rounding import RoundOnce
 
@@ -385,9 +385,15 @@ class CupyBackend(GraphSteps, Backend):
         self._norm_scale(W, c)
 
     def gather(self, src, idx, out) -> None:
-        if not (self._ok(src, out) and idx.dtype == np.int64 and idx.flags.c_contiguous and out.shape[0] == idx.size):
-            return super().gather(src, idx, out)
-        self._elementwise("gather_rows", out, src, idx, out, i64(idx.size), i64(out.shape[1]))
+        check_gather(src, idx, out)
+        for name, x in (("src", src), ("out", out)):  # cupy.take, the fallback, would wrap an index out of range
+            if not self._ok(x):
+                raise ValueError(f"{name}: the CuPy backend gathers between C-contiguous float32 or float64 CuPy arrays, "
+                                 f"not a {type(x).__name__} of {x.dtype}")
+        if not (isinstance(idx, self.xp.ndarray) and idx.dtype == np.int64 and idx.flags.c_contiguous):
+            raise ValueError(f"idx: the CuPy backend gathers by a C-contiguous int64 CuPy array, not a "
+                             f"{type(idx).__name__} of {idx.dtype}")
+        self._elementwise("gather_rows", out, src, idx, out, i64(src.shape[0]), i64(idx.size), i64(out.shape[1]))
 
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:
         usable = out.dtype == np.float64 and out.flags.c_contiguous and out.size >= 2

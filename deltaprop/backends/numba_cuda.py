@@ -37,7 +37,7 @@ import numpy as np
 
 from ..kernels import masks
 from . import compat, fused
-from .base import Backend
+from .base import Backend, check_gather
 from .graphs import GraphSteps
 
 MAX_GRID_Y = 65535  # CUDA's limit on a grid's y dimension: the max-norm kernels loop over more row tiles
@@ -325,6 +325,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
         self._norm_scale(W, (part,), c)
 
     def gather(self, src, idx, out) -> None:
+        check_gather(src, idx, out)
         self._launch_1d(self._ew.gather(), out.size, src, idx, out)
 
     def batch_metrics(self, a, z, y, loss: str, accuracy: str | None, out, weights=None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import bf16
-from .base import Backend
+from .base import Backend, check_gather, check_rows
 from .compat import Probe
 from .rounding import RoundOnce
 
@@ -34,8 +34,9 @@ class NumpyBackend(Backend):
         return Probe(np, device="CPU (NumPy)")
 
     def gather(self, src, idx, out) -> None:
-        # mode="clip" writes straight into ``out``; the default mode="raise" goes through a temporary copy.
-        # The rows named by idx are always in range here (a permutation of the samples).
+        check_gather(src, idx, out)
+        check_rows(idx, src.shape[0])
+        # in range, so mode="clip" clips nothing; it writes straight into out, where mode="raise" takes a temporary copy
         src.take(idx, axis=0, out=out, mode="clip")
 
     def sgd_update(self, z_prev, delta, W, b, vW, vb, lr, momentum: float, weight_decay: float, nesterov: bool = False,

@@ -18,6 +18,12 @@ template <>
 __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
 template <>
 __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000LL); }
+template <typename T>
+__device__ __forceinline__ T quiet_nan();
+template <>
+__device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <>
+__device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
 
 #define GRID_STRIDE(i, n) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
@@ -471,12 +477,14 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
     }
 }
 
-// out[r, :] = src[idx[r], :]: the rows of one mini-batch.
+// out[r, :] = src[idx[r], :]: the rows of one mini-batch, from src (src_rows × cols). A row whose index is not in
+// [0, src_rows) is NaN, never a read outside src: a kernel cannot raise (the NumPy backends refuse such an index).
 template <typename T>
-__global__ void gather_rows(const T* src, const long long* idx, T* out, long long rows, long long cols) {
+__global__ void gather_rows(const T* src, const long long* idx, T* out, long long src_rows, long long rows,
+                            long long cols) {
     GRID_STRIDE(i, rows * cols) {
-        long long r = i / cols;
-        out[i] = src[idx[r] * cols + i % cols];
+        long long s = idx[i / cols];
+        out[i] = s >= 0 && s < src_rows ? src[s * cols + i % cols] : quiet_nan<T>();
     }
 }
 

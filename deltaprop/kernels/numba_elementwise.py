@@ -262,7 +262,8 @@ def scale_rows():
 @persistent
 @functools.cache
 def gather():
-    """Kernel (src, idx, out): out[i, :] = src[idx[i], :]."""
+    """Kernel (src, idx, out): out[i, :] = src[idx[i], :]; a row whose index is not in [0, len(src)) is NaN, never a
+    read outside src (a kernel cannot raise; the NumPy backends refuse such an index)."""
 
     @cuda.jit
     def kernel(src, idx, out):
@@ -270,7 +271,11 @@ def gather():
         N = out.shape[1]
         if i < out.size:
             m, n = i // N, i % N
-            out[m, n] = src[idx[m], n]
+            s = idx[m]
+            if 0 <= s < src.shape[0]:
+                out[m, n] = src[s, n]
+            else:
+                out[m, n] = math.nan
 
     return kernel
 
