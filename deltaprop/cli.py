@@ -271,8 +271,8 @@ def _settings(args) -> dict:
             raise CLIError(f"--{name.replace('_', '-')}: must be ≥ {lo}, got {getattr(args, name)}")
     if args.early_stopping is not None and args.early_stopping < 1:
         raise CLIError(f"--early-stopping: must be ≥ 1, got {args.early_stopping}")
-    if args.seed < 0:
-        raise CLIError(f"--seed: must be ≥ 0, got {args.seed}")
+    if not 0 <= args.seed < masks.SEEDS:  # dropout's Philox key is 64 bits
+        raise CLIError(f"--seed: must be in [0, 2**64), got {args.seed}")
     if args.maxout_pieces is not None and args.activation != "maxout":
         raise CLIError(f"--maxout-pieces: only with --activation maxout, not {args.activation}")
     if args.maxout_pieces is not None and args.maxout_pieces < 2:

@@ -520,7 +520,8 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--lr-schedule", "step:size=2"], "--lr-schedule: size: not a parameter of the step schedule (step_size, gamma)"),
     (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
-    (["--seed", "-3"], "--seed: must be ≥ 0"),
+    (["--seed", "-3"], "--seed: must be in [0, 2**64), got -3"),
+    (["--seed", str(2**64)], "--seed: must be in [0, 2**64), got 18446744073709551616"),
     (["--dropout", "1"], "--dropout: a dropout rate must be in [0, 1), got 1.0"),
     (["--dropout", "0.2,0.5"], "--dropout: got 2 rates for 3 layer inputs"),  # mnist's default layers: 1024,1024
     (["--layers", "8", "--dropout", "0.2,nan"], "--dropout[1]: a dropout rate must be in [0, 1), got nan"),

@@ -38,7 +38,9 @@ from deltaprop.backends import BackendUnavailable
         ({"dtype": float}, ValueError, "dtype: unsupported dtype <class 'float'>"),
         ({"dtype": "f8"}, ValueError, "dtype: unsupported dtype 'f8'"),
         ({"dtype": np.dtype(">f4")}, ValueError, "dtype: unsupported dtype"),
-        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": -1}, ValueError, "seed: expected None or an integer in [0, 2**64), got -1"),
+        # dropout's Philox key is 64 bits: a seed past it would share its masks with seed mod 2**64
+        ({"seed": 2**64}, ValueError, "seed: expected None or an integer in [0, 2**64), got 18446744073709551616"),
     ],
 )
 def test_constructor_errors(kwargs, error, match):

@@ -79,6 +79,9 @@ def element_bits(r0, col):
     return fmix32(r0 ^ ((col * WEYL) & MASK32))
 
 
+SEEDS = 2**64  # a model's seeds are [0, SEEDS): Philox's key is 64 bits, so no two seeds share their masks
+
+
 def seed_words(seed: int) -> tuple:
     """(seed mod 2³², seed >> 32 mod 2³²) as uint64: Philox's key."""
     return U(seed & 0xFFFFFFFF), U((seed >> 32) & 0xFFFFFFFF)

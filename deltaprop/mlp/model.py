@@ -52,8 +52,8 @@ class MLP:
     layer_sizes: [n_in, hidden..., n_out]. activation: one name, or one per hidden layer.
     dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
     anything else, None included, raises ValueError.
-    Weights are drawn on the host from ``seed`` (NumPy's Generator), so every backend
-    starts from identical weights. ``init``: "auto" (the default) is Glorot (normal, σ² = 2/(n_in + n_out))
+    Weights are drawn on the host from ``seed`` (None: a fresh one; else an integer in [0, 2**64), the 64 bits of the
+    dropout masks' key), NumPy's Generator, so every backend starts from identical weights. ``init``: "auto" (the default) is Glorot (normal, σ² = 2/(n_in + n_out))
     for sigmoid, tanh, identity, step and softmax layers and He (σ² = 2/n_in) for relu and leaky_relu
     (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
     with "_normal" or "_uniform" (U(−√(3σ²), √(3σ²)), the same variance) sets every layer; the bare
@@ -122,8 +122,8 @@ class MLP:
             check_held(max_norm, "max_norm", dtype)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**63)
-        elif isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-            raise ValueError(f"seed: expected None or an integer ≥ 0, got {seed!r}")
+        elif isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < masks.SEEDS:
+            raise ValueError(f"seed: expected None or an integer in [0, 2**64), got {seed!r}")
         self.selection = backends.select(backend)
         self.seed = int(seed)
         self.init = init  # the canonical name: "auto", or SCHEME_normal / SCHEME_uniform
@@ -592,10 +592,10 @@ def _file_config(f: NpzArrays) -> dict:
     config["layer_sizes"] = _check_layer_sizes(sizes)
     if not isinstance(names, list) or len(names) != len(sizes) - 1 or not all(isinstance(a, str) for a in names):
         raise ValueError(f"activations: expected {len(sizes) - 1} names, one per layer of {sizes}, got {names!r}")
-    for key in ("seed", "epochs_trained"):
+    for key, limit, says in (("seed", masks.SEEDS, "in [0, 2**64)"), ("epochs_trained", math.inf, "≥ 0")):
         value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key}: expected an integer ≥ 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+            raise ValueError(f"{key}: expected an integer {says}, got {value!r}")
     if config["epochs_trained"] >= 2**63:  # the int64 of the dropout masks' [epoch, step] counter
         raise ValueError(f"epochs_trained: {config['epochs_trained']} is more epochs than a model counts (< 2**63)")
     # files from before maxout have none (and no maxout layer): the default
