@@ -117,15 +117,15 @@ def _step_device(kind):
 # error of ε/σ, and 0 from a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17). The arrays take
 # 1 / (1 + e^−a), whose e^−a overflows to Inf where σ is below the dtype's range (giving 0); the scalar forms take
 # (1 or e^−|a|) / (1 + e^−|a|), which overflows nowhere (the CUDA simulator's exp raises on overflow).
-# σ(a) = exp(min(a, 0)) / (1 + exp(−|a|)), the device form's value: no exp overflows, and the lower tail keeps its
-# relative precision down to the subnormals (1 / (1 + exp(−a)) read 0 from a < −88.7 in float32).
+# σ(a) = (1 if a ≥ 0 else e) / (1 + e), e = exp(−|a|): the device form, bit for bit. No exp overflows, and the lower
+# tail keeps its relative precision down to the subnormals (1 / (1 + exp(−a)) read 0 from a < −88.7 in float32).
 def _sigmoid_xp(xp, a, z, tmp):
-    xp.abs(a, out=tmp)  # tmp from a before z (which may be a) is written
+    xp.abs(a, out=tmp)  # tmp and z from a before z (which may be a) is written
     xp.negative(tmp, out=tmp)
-    xp.exp(tmp, out=tmp)
+    xp.exp(tmp, out=tmp)  # e ≤ 1
+    xp.greater_equal(a, 0, out=z)
+    xp.maximum(z, tmp, out=z)  # 1 where a ≥ 0, else e (NaN where a is)
     tmp += 1
-    xp.minimum(a, 0, out=z)
-    xp.exp(z, out=z)
     z /= tmp
 
 
