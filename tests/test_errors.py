@@ -2,6 +2,8 @@
 
 import re
 
+import math
+
 import numpy as np
 import pytest
 
@@ -117,6 +119,30 @@ BAD_FIT = [
     ({"shuffle": "yes"}, TypeError, "shuffle"),
     ({"callback": 3}, TypeError, "callback"),
 ]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse"])
+def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
+    """A finite X whose row overflows the dtype inside the net: relu(∞) meets weights of both signs, ∞ − ∞ = NaN,
+    which argmax (or a > 0) would call a class. predict refuses the rows by name; predict_proba shows them as NaN;
+    score and evaluate say NaN; the finite rows alone still predict."""
+    out = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "identity"}[loss]
+    model = MLP([3, 4, 3], activation="relu", output_activation=out, loss=loss, backend=backend.name, dtype=dtype, seed=0)
+    signs = np.array([[1, -1, 1], [-1, 1, 1], [1, 1, 1], [1, 1, -1]], float)
+    model.set_weights([(np.ones((3, 4)), np.zeros(4)), (signs, np.zeros(3))])
+    big = np.finfo(dtype).max / 2  # finite; three of them sum to ∞ in the first layer
+    X = np.r_[np.random.default_rng(1).normal(size=(3, 3)), [[big, big, big]], np.ones((2, 3))]
+    y = {"cross_entropy": np.arange(6) % 3, "bce": np.eye(6, 3), "mse": np.ones((6, 3))}[loss]
+    if loss == "mse":  # outputs, not classes: the NaN is the prediction; R² says NaN (a constant target too)
+        assert np.isnan(model.predict(X)[3]).all() and not np.isnan(np.delete(model.predict(X), 3, axis=0)).any()
+    else:
+        with pytest.raises(ValueError, match=rf"^X: the model's outputs for 1 of its 6 rows \(the first: row 3\) are "
+                                             rf"NaN: .*overflow the model's {np.dtype(dtype)}"):
+            model.predict(X)
+        assert model.predict(np.delete(X, 3, axis=0)).shape[0] == 5
+    assert np.isnan(model.predict_proba(X)[3]).all()
+    assert math.isnan(model.score(X, y))
+    assert all(math.isnan(v) for v in model.evaluate(X, y).values())
 
 
 @pytest.mark.parametrize("change,error,match", BAD_FIT)

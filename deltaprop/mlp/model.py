@@ -319,11 +319,16 @@ class MLP:
         targets); the outputs z for mse (shape (n,) when there is one output)."""
         X = self._check_X(X, "X")
         a, z = self._outputs(X)
+        if self.loss == "mse":
+            return z[:, 0] if z.shape[1] == 1 else z
+        nan = np.flatnonzero(np.isnan(a).any(axis=1) | np.isnan(z).any(axis=1))
+        if nan.size:
+            raise ValueError(f"X: the model's outputs for {nan.size} of its {X.shape[0]} rows (the first: row {nan[0]}) "
+                             f"are NaN: X and the weights overflow the model's {self.dtype} on the way through the "
+                             f"layers (|X| up to {float(np.abs(X).max()):.3g}); no class can be predicted for them")
         if self.loss == "perceptron":
             labels = np.where(a > 0, 1, -1)
             return labels[:, 0] if labels.shape[1] == 1 else labels
-        if self.loss == "mse":
-            return z[:, 0] if z.shape[1] == 1 else z
         if z.shape[1] == 1:
             return (a[:, 0] > 0).astype(np.int64)  # σ(a) > 0.5
         return np.argmax(z, axis=1)
@@ -339,7 +344,7 @@ class MLP:
         X = self._check_X(X, "X")
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
         w = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
-        loss, acc = self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))
+        loss, acc = self._evaluate(X, t, w)
         return {"loss": loss, "accuracy": acc}
 
     def score(self, X, y, sample_weight=None) -> float:
@@ -349,7 +354,7 @@ class MLP:
         t = encode_targets(y, check_loss(self.loss), self.layer_sizes[-1], self.dtype, X.shape[0], "y")
         w = _check_sample_weight(sample_weight, X.shape[0], self.dtype)
         if t.accuracy is not None:
-            return self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))[1]
+            return self._evaluate(X, t, w)[1]
         z = self._outputs(X)[1].astype(np.float64)
         Y = t.Y.astype(np.float64)
         if w is not None:  # scikit-learn's weighted R²: weighted sums of squares about the weighted mean
@@ -361,11 +366,21 @@ class MLP:
             ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+        r2[np.isnan(ss_res)] = math.nan  # a NaN output (an overflow): no score, not the constant target's 0
         return float(r2.mean())
 
     def _outputs(self, X: np.ndarray):
-        """(a_L, z_L) as NumPy arrays for host input X."""
-        return self.network.outputs(self.backend.asarray(X, self.dtype))
+        """(a_L, z_L) as NumPy arrays for host input X. X and the weights are finite (checked), so a NaN there is an
+        overflow inside the net (∞ − ∞, ∞·0): the outputs show it, and predict refuses to call it a class."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.network.outputs(self.backend.asarray(X, self.dtype))
+
+    def _evaluate(self, X, t, w) -> tuple:
+        """(mean loss, accuracy) of checked host X, its encoded targets t and sample weights w (or None). A NaN
+        output makes the loss NaN, and the accuracy NaN too: no row's NaN counts as a class (argmax would say 0)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, acc = self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))
+        return loss, math.nan if math.isnan(loss) else acc
 
     def _device_data(self, X, Y):
         """Checked host X and targets Y as device arrays of the model's dtype."""
