@@ -125,7 +125,7 @@ BAD_FIT = [
 def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
     """A finite X whose row overflows the dtype inside the net: relu(∞) meets weights of both signs, ∞ − ∞ = NaN,
     which argmax (or a > 0) would call a class. predict refuses the rows by name; predict_proba shows them as NaN;
-    score and evaluate say NaN; the finite rows alone still predict."""
+    score and evaluate say NaN (validation during a fit too); the finite rows alone still predict."""
     out = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "identity"}[loss]
     model = MLP([3, 4, 3], activation="relu", output_activation=out, loss=loss, backend=backend.name, dtype=dtype, seed=0)
     signs = np.array([[1, -1, 1], [-1, 1, 1], [1, 1, 1], [1, 1, -1]], float)
@@ -143,6 +143,9 @@ def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
     assert np.isnan(model.predict_proba(X)[3]).all()
     assert math.isnan(model.score(X, y))
     assert all(math.isnan(v) for v in model.evaluate(X, y).values())
+    rest = np.arange(6) != 3  # the same on validation data during a fit
+    history = model.fit(X[rest], y[rest], epochs=1, lr=1e-6, validation_data=(X, y))
+    assert math.isnan(history.val_loss[0]) and math.isnan(history.val_accuracy[0])
 
 
 @pytest.mark.parametrize("change,error,match", BAD_FIT)

@@ -376,11 +376,10 @@ class MLP:
             return self.network.outputs(self.backend.asarray(X, self.dtype))
 
     def _evaluate(self, X, t, w) -> tuple:
-        """(mean loss, accuracy) of checked host X, its encoded targets t and sample weights w (or None). A NaN
-        output makes the loss NaN, and the accuracy NaN too: no row's NaN counts as a class (argmax would say 0)."""
+        """(mean loss, accuracy) of checked host X, its encoded targets t and sample weights w (or None); both NaN
+        where an output is (Network.evaluate)."""
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, acc = self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))
-        return loss, math.nan if math.isnan(loss) else acc
+            return self.network.evaluate(*self._device_data(X, t.Y), t.accuracy, weights=self._device_weights(w))
 
     def _device_data(self, X, Y):
         """Checked host X and targets Y as device arrays of the model's dtype."""

@@ -274,7 +274,7 @@ class Network:
         return a, z
 
     def evaluate(self, Xd, Yd, accuracy, weights=None):
-        """(mean loss, accuracy or NaN) on device data Xd (n, n_0), Yd (n, n_L); one read-back.
+        """(mean loss, accuracy or NaN: NaN too when the loss is) on device data Xd (n, n_0), Yd (n, n_L); one read-back.
         ``accuracy`` is the rule of the targets (None for regression). ``weights``: (device sample weights (n, 1),
         their sum Σw > 0 as a float), for the weighted means Σ w_i·E_i / Σw and Σ w_i·[correct_i] / Σw."""
         bk = self.backend
@@ -290,7 +290,8 @@ class Network:
         loss, correct = bk.to_numpy(total)
         if weights is not None:
             n = weights[1]
-        return float(loss / n), (float(correct / n) if accuracy else math.nan)
+        # a NaN output (an overflow inside the net) makes the loss NaN: no row's NaN counts as a class either
+        return float(loss / n), (float(correct / n) if accuracy and not math.isnan(loss) else math.nan)
 
     def _eval_buffers(self, rows: int) -> Buffers:
         return Buffers(self.backend, self.layer_sizes, min(rows, EVAL_ROWS), self.dtype, train=False, pieces=self.pieces)
