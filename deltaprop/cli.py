@@ -9,10 +9,12 @@ status 1 (2 for argparse's usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -52,6 +54,29 @@ class CLIError(Exception):
     """A problem with the command line, reported as one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a batch system's time limit), raised where the command runs as Ctrl-C's
+    KeyboardInterrupt is: a checkpoint write in progress is undone, the lock is released, and one line is said."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated while the command runs; a second one, during the cleanup, ends it at once."""
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # main() called outside the main thread, where no handler can be set: SIGTERM stays as it was
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # every further argument, --help included, is the harness's
@@ -61,14 +86,16 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
+        with _sigterm_raises():
+            return args.run(args)
+    except KeyboardInterrupt as exc:
         hint = ""
         if getattr(args, "checkpoint", None):
             hint = (" (resume with --resume)" if Checkpoint(args.checkpoint).exists() else
                     " before the first checkpoint: nothing to resume yet; run again without --resume")
-        print(f"deltaprop: interrupted{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"deltaprop: {'terminated' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except (CLIError, CheckpointError, DataUnavailable, BackendUnavailable, TrainingDiverged, ValueError, TypeError, OSError) as exc:
         print(f"deltaprop: error: {exc}", file=sys.stderr)
         return 1

@@ -215,6 +215,47 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
     assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0005.npz", "model-0006.npz"]
 
 
+# cli.main with a SIGTERM sent to itself in the checkpoint write of epoch EPOCH, before or after its commit
+TERMINATE = """
+import os, signal, sys
+from deltaprop import cli
+from deltaprop.checkpoint import Checkpoint
+point, epoch, commit = sys.argv[1], int(sys.argv[2]), Checkpoint._commit
+
+def commit_and_terminate(self, model, *args):
+    if point == "before" and model.epochs_trained == epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+    commit(self, model, *args)
+    if point == "after" and model.epochs_trained == epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+Checkpoint._commit = commit_and_terminate
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("point, epoch", [("before", 1), ("after", 2)])
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes_to_the_uninterrupted_run(tmp_path, capsys, point, epoch):
+    """kill, docker stop, a batch system's time limit: one line, exit status 128 + 15, the lock file removed, a
+    checkpoint write in progress undone (a model file without a manifest would block the next run)."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 4, "--quiet", "--optimizer", "adam",
+              "--lr-schedule", "step:step_size=1,gamma=0.5"]
+    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "runs" / "ck"
+    done = subprocess.run([sys.executable, "-c", TERMINATE, point, str(epoch), *map(str, common), "--checkpoint", str(ck)],
+                          capture_output=True, text=True, timeout=60)
+    committed = point == "after"
+    hint = "(resume with --resume)" if committed else "before the first checkpoint: nothing to resume yet; run again without --resume"
+    assert (done.returncode, done.stderr) == (143, f"deltaprop: terminated {hint}\n")
+    if committed:
+        assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0002.npz"]
+    else:
+        assert not (tmp_path / "runs").exists()  # made by the run, and nothing was committed into it
+    rc, _, err = run(capsys, *common, "--checkpoint", ck, *(["--resume"] if committed else []), "--save", tmp_path / "resumed.npz")
+    assert rc == 0, err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
+
+
 def test_resume_with_more_epochs_trains_them_and_with_fewer_is_refused(tmp_path, mnist_dir, capsys):
     common = ["train", "--data-dir", mnist_dir, *SMALL]
     assert run(capsys, *common, "--epochs", 5, "--save", tmp_path / "straight.npz")[0] == 0
