@@ -264,18 +264,27 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         **record.train_record(commit),
     }
     if args.save:
-        model.save(args.save)
+        _write("--save", args.save, lambda: model.save(args.save))
     if args.metrics_out:
         text = json.dumps(json_safe(result), indent=1)
-        atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False)
+        _write("--metrics-out", args.metrics_out, lambda: atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False))
     if args.plot:
-        plot_history(combined, args.plot)
+        _write("--plot", args.plot, lambda: plot_history(combined, args.plot))
     acc = f"{test['accuracy']:.4f} ({len(data.y_test)} samples)" if test else "n/a (no test set)"
     speed = f", {trained_samples / train_seconds:,.0f} samples/s" if train_seconds else ""
     epochs = len(new["seconds"])
     print(f"test accuracy {acc}; time {total:.1f} s (training {train_seconds:.1f} s for "
           f"{epochs} epoch{'' if epochs == 1 else 's'}{speed}); backend {model.backend_name}; device {device}")
     return 0
+
+
+def _write(flag: str, path, write) -> None:
+    """``write()`` of an output after training; an OSError (a disk that filled up, or a mount gone read-only, since
+    _check_outputs) is said as the option's, with its file."""
+    try:
+        write()
+    except OSError as exc:
+        raise CLIError(f"{flag}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _settings(args) -> dict:
@@ -586,7 +595,13 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
             run["best"] = model.get_weights()
         run["history"] = so_far
         if ckpt:
-            ckpt.write(model, settings, so_far, best=b)
+            try:
+                ckpt.write(model, settings, so_far, best=b)
+            except OSError as exc:  # the write undone: the checkpoint before it, if any, is whole
+                epoch = len(so_far["loss"])
+                whole = f"epoch {epoch - 1}'s is whole: --resume continues from it" if ckpt.exists() else "nothing was checkpointed"
+                raise CLIError(f"--checkpoint: cannot write epoch {epoch}'s checkpoint into {ckpt.folder} "
+                               f"({exc.strerror or exc}); {whole}") from None
         if stopped_early(so_far["val_loss"], patience):
             raise _EarlyStop
 

@@ -755,6 +755,37 @@ def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == ["link.json", "model-link.npz", "out.fifo", "real"]
 
 
+@pytest.mark.parametrize("flag, writes", [("--save", 1), ("--metrics-out", 1), ("--checkpoint", 1), ("--checkpoint", 3)])
+def test_a_write_that_fails_after_training_names_its_option_and_file(tmp_path, capsys, monkeypatch, flag, writes):
+    """A disk that fills up (or a mount gone read-only) after the check before training: the error says which
+    output was lost, and of a checkpoint which epoch is whole; writes: the file write (fsync) that fails."""
+    import errno
+
+    fsync, calls = os.fsync, []
+
+    def disk_full(fd):
+        calls.append(fd)
+        if len(calls) == writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    path = tmp_path / {"--save": "m.npz", "--metrics-out": "m.json", "--checkpoint": "ck"}[flag]
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 3, "--quiet", flag, path)
+    if flag != "--checkpoint":
+        assert (rc, err) == (1, f"deltaprop: error: {flag}: cannot write {path} (No space left on device)\n")
+        assert os.listdir(tmp_path) == []  # no temporary file left beside it
+        return
+    whole = "epoch 1's is whole: --resume continues from it" if writes == 3 else "nothing was checkpointed"
+    epoch = 2 if writes == 3 else 1  # each epoch writes its model file, then the manifest
+    assert (rc, err) == (1, f"deltaprop: error: --checkpoint: cannot write epoch {epoch}'s checkpoint into {path} "
+                            f"(No space left on device); {whole}\n")
+    if writes == 3:
+        assert sorted(os.listdir(path)) == ["checkpoint.json", "model-0001.npz"]
+    else:
+        assert not path.exists()  # made by the run, and nothing was committed into it
+
+
 def test_a_file_written_over_keeps_its_permissions_and_a_proc_fd_is_appended_to(tmp_path):
     """Writing over a file (or through a symlink to it) keeps its mode, as open would; /proc/self/fd/N (what
     /dev/stdout is) pointing at a regular file, as a shell's `>> out.txt` makes it, is written through and appended
