@@ -156,8 +156,8 @@ def die(folder):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("point, epoch", [("model", 1), ("manifest", 1), ("cleanup", 1), ("model", 4),
-                                          ("manifest", 6), ("cleanup", 6)])
+@pytest.mark.parametrize("point, epoch", [("model", 1), ("manifest", 1), ("renamed", 1), ("cleanup", 1), ("model", 4),
+                                          ("manifest", 6), ("renamed", 6), ("cleanup", 6)])
 def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_run(
         tmp_path, mnist_dir, capsys, monkeypatch, point, epoch):
     from deltaprop import checkpoint
@@ -178,9 +178,11 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
 
     def write_or_die(path, *args, **kwargs):
         manifests.append(path)
-        if len(manifests) == epoch:
+        if len(manifests) == epoch and point == "manifest":
             die(ck)
         write(path, *args, **kwargs)
+        if len(manifests) == epoch and point == "renamed":  # the manifest in place, the write not yet returned
+            die(ck)
 
     def remove_or_die(self):
         manifests.append(1)
@@ -189,18 +191,18 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
         remove(self)
 
     patch = {"model": (MLP, "save", save_or_die), "manifest": (checkpoint, "atomic_write", write_or_die),
-             "cleanup": (Checkpoint, "remove_unnamed", remove_or_die)}[point]
+             "renamed": (checkpoint, "atomic_write", write_or_die), "cleanup": (Checkpoint, "remove_unnamed", remove_or_die)}[point]
     monkeypatch.setattr(*patch)
     rc, _, err = run(capsys, *common, "--checkpoint", ck)
-    monkeypatch.setattr(*patch[:2], {"model": save, "manifest": write, "cleanup": remove}[point])
-    committed = epoch > 1 or point == "cleanup"
+    monkeypatch.setattr(*patch[:2], {"model": save, "manifest": write, "renamed": write, "cleanup": remove}[point])
+    committed = epoch > 1 or point in ("renamed", "cleanup")
     assert rc == 130, err
     assert err.endswith("(resume with --resume)\n" if committed else "nothing to resume yet; run again without --resume\n")
 
     outputs = ["--save", tmp_path / "resumed.npz", "--metrics-out", tmp_path / "resumed.json"]
     if committed:
         rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume", *outputs)
-        done = epoch - (point != "cleanup")  # the epochs the checkpoint holds
+        done = epoch - (point not in ("renamed", "cleanup"))  # the epochs the checkpoint holds
         says = f"{ck} has trained all 6 epochs" if done == 6 else f"resuming {ck} at epoch {done + 1} of 6"
         assert rc == 0 and says in err, err
     else:  # nothing was committed: --resume says so, and a fresh run takes the folder
