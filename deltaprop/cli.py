@@ -67,14 +67,14 @@ def _sigterm_raises():
         raise Terminated
 
     try:
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous, held = signal.signal(signal.SIGTERM, terminate), True
     except ValueError:  # main() called outside the main thread, where no handler can be set: SIGTERM stays as it was
-        previous = None
+        previous, held = None, False
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if held:  # None: a handler not set from Python, which cannot be put back; the default is
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv=None) -> int:
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _sigterm_raises():
+        # train only: compile's forked workers, which Pool ends with SIGTERM, keep its default action
+        with _sigterm_raises() if args.command == "train" else contextlib.nullcontext():
             return args.run(args)
     except KeyboardInterrupt as exc:
         hint = ""
