@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import math
@@ -207,12 +208,22 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
         raise CLIError(_as_option(str(exc), args)) from None
+    if ckpt is not None and not args.data:  # the files of --data-dir or $DELTAPROP_DATA, which --resume may name anew
+        settings["train_sha256"] = _arrays_sha256(data)
+        was = resumed[3].get("train_sha256") if resumed is not None else None  # None: a checkpoint from before it
+        if was is not None and was != settings["train_sha256"]:
+            where = (args.data_dir or os.environ.get(DATA_ENV) or default_cache_dir()) if args.dataset == "mnist" else None
+            message = (f"holds other data than the checkpoint in {ckpt.folder} was trained on (the SHA-256 of their "
+                       "training arrays differ): resume with that data, or start a new run in another folder")
+            raise CLIError(_as_option(f"data_dir: {where} {message}", args) if where else f"--dataset {args.dataset}: "
+                           f"this deltaprop's {args.dataset} data set {message}")
     if settings["layer_sizes"] is None:
         settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
     if resumed is not None:
-        model, prior, best = resumed
+        model, prior, best, _, note = resumed
         if list(model.layer_sizes) != settings["layer_sizes"]:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
+        print(note, file=sys.stderr)  # once the data is known to be the checkpoint's
     else:
         try:
             model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
@@ -351,6 +362,7 @@ def _settings(args) -> dict:
         "data": os.path.abspath(args.data) if args.data else None,
         "data_sha256": None,  # set by cmd_train once the file is checked
         "data_bytes": None,
+        "train_sha256": None,  # of a built-in data set's training arrays, set by _train for --checkpoint
         "layer_sizes": None,
         "hidden": list(args.layers),
         "activation": args.activation,
@@ -505,8 +517,8 @@ def _check_clashes(args) -> None:
 
 
 def _resume(args, ckpt: Checkpoint, settings: dict):
-    """The checkpointed (model, history, best weights or None) for --resume, None for a fresh run; errors for a
-    mismatch, or for --epochs fewer than the checkpoint has trained. Says what it resumes."""
+    """The checkpointed (model, history, best weights or None, settings, the line saying what it resumes) for --resume,
+    None for a fresh run; errors for a mismatch, or for --epochs fewer than the checkpoint has trained."""
     if not args.resume:
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
@@ -556,8 +568,18 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         note = f"{ckpt.folder} has trained all {epochs} epochs; nothing more to train"
     else:
         note = f"resuming {ckpt.folder} at epoch {done + 1} of {epochs}"
-    print(f"deltaprop: {note}", file=sys.stderr)
-    return model, history, None if best is None else best.get_weights()
+    return model, history, None if best is None else best.get_weights(), saved, f"deltaprop: {note}"
+
+
+def _arrays_sha256(data) -> str:
+    """The SHA-256 of a data set's training and validation arrays (their dtypes and shapes too), as loaded."""
+    h = hashlib.sha256()
+    for a in (data.X_train, data.y_train, data.X_val, data.y_val):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+    return h.hexdigest()
 
 
 def _listed(names: list, shown: int = 3) -> str:

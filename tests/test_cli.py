@@ -435,6 +435,31 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     assert "None" not in err.split("dataset:")[0]
 
 
+def test_resume_refuses_other_mnist_files_than_the_run_was_trained_on(tmp_path, capsys, monkeypatch, mnist_dir):
+    """--data-dir or $DELTAPROP_DATA may name other IDX files (another subset, Fashion-MNIST, which has MNIST's
+    names and shapes) than the run was checkpointed with: its arrays' SHA-256 tells them apart, and the same files
+    elsewhere resume."""
+    import shutil
+
+    other = mf.subset(1200, 200)
+    other = mf.write_idx_dir(tmp_path / "other", {k: v[-600:] if k.endswith("train") else v for k, v in other.items()})
+    args = ["train", *SMALL, "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--data-dir", mnist_dir, "--epochs", 1)[0] == 0
+    before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
+    rc, _, err = run(capsys, *args, "--data-dir", other, "--epochs", 2, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: --data-dir: {other} holds other data than the checkpoint in "
+                               f"{tmp_path / 'ck'} was trained on (the SHA-256 of their training arrays differ): resume "
+                               "with that data, or start a new run in another folder\n"), err
+    monkeypatch.setenv("DELTAPROP_DATA", str(other))
+    rc, _, err = run(capsys, *args, "--epochs", 2, "--resume")
+    assert rc == 1 and err.startswith(f"deltaprop: error: DELTAPROP_DATA={other}: {other} holds other data than "), err
+    assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
+    shutil.copytree(mnist_dir, tmp_path / "moved")  # the same files elsewhere
+    monkeypatch.setenv("DELTAPROP_DATA", str(tmp_path / "moved"))
+    rc, _, err = run(capsys, *args, "--epochs", 2, "--resume")
+    assert rc == 0 and "at epoch 2 of 2" in err, err
+
+
 def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_path, capsys):
     """The folder is locked for the run's duration; the temporary files of a live writer are never removed."""
     ck = tmp_path / "runs" / "a"
