@@ -86,7 +86,9 @@ class Checkpoint:
         try:
             self._commit(model, path, name, settings, history, best)
         except BaseException:
-            if self._named is None and os.path.exists(path):  # nothing committed yet: leave no model file behind
+            # nothing committed yet (a manifest in place is this write's: the folder is held, and a fresh run refuses
+            # one that has a manifest): leave no model file behind
+            if self._named is None and not os.path.lexists(self.manifest_path) and os.path.exists(path):
                 os.remove(path)
             raise
 

@@ -9,10 +9,13 @@ status 1 (2 for argparse's usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -52,6 +55,29 @@ class CLIError(Exception):
     """A problem with the command line, reported as one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a batch system's time limit), raised where the command runs as Ctrl-C's
+    KeyboardInterrupt is: a checkpoint write in progress is undone, the lock is released, and one line is said."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated while the command runs; a second one, during the cleanup, ends it at once."""
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    try:
+        previous, held = signal.signal(signal.SIGTERM, terminate), True
+    except ValueError:  # main() called outside the main thread, where no handler can be set: SIGTERM stays as it was
+        previous, held = None, False
+    try:
+        yield
+    finally:
+        if held:  # None: a handler not set from Python, which cannot be put back; the default is
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # every further argument, --help included, is the harness's
@@ -61,14 +87,17 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except KeyboardInterrupt:
+        # train only: compile's forked workers, which Pool ends with SIGTERM, keep its default action
+        with _sigterm_raises() if args.command == "train" else contextlib.nullcontext():
+            return args.run(args)
+    except KeyboardInterrupt as exc:
         hint = ""
         if getattr(args, "checkpoint", None):
             hint = (" (resume with --resume)" if Checkpoint(args.checkpoint).exists() else
                     " before the first checkpoint: nothing to resume yet; run again without --resume")
-        print(f"deltaprop: interrupted{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"deltaprop: {'terminated' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except (CLIError, CheckpointError, DataUnavailable, BackendUnavailable, TrainingDiverged, ValueError, TypeError, OSError) as exc:
         print(f"deltaprop: error: {exc}", file=sys.stderr)
         return 1
@@ -179,12 +208,22 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
         raise CLIError(_as_option(str(exc), args)) from None
+    if ckpt is not None and not args.data:  # the files of --data-dir or $DELTAPROP_DATA, which --resume may name anew
+        settings["train_sha256"] = _arrays_sha256(data)
+        was = resumed[3].get("train_sha256") if resumed is not None else None  # None: a checkpoint from before it
+        if was is not None and was != settings["train_sha256"]:
+            where = (args.data_dir or os.environ.get(DATA_ENV) or default_cache_dir()) if args.dataset == "mnist" else None
+            message = (f"holds other data than the checkpoint in {ckpt.folder} was trained on (the SHA-256 of their "
+                       "training arrays differ): resume with that data, or start a new run in another folder")
+            raise CLIError(_as_option(f"data_dir: {where} {message}", args) if where else f"--dataset {args.dataset}: "
+                           f"this deltaprop's {args.dataset} data set {message}")
     if settings["layer_sizes"] is None:
         settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
     if resumed is not None:
-        model, prior, best = resumed
+        model, prior, best, _, note = resumed
         if list(model.layer_sizes) != settings["layer_sizes"]:
             raise CheckpointError(f"checkpoint: its model is {list(model.layer_sizes)}, this data set needs {settings['layer_sizes']}")
+        print(note, file=sys.stderr)  # once the data is known to be the checkpoint's
     else:
         try:
             model = MLP(settings["layer_sizes"], activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss],
@@ -237,18 +276,27 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         **record.train_record(commit),
     }
     if args.save:
-        model.save(args.save)
+        _write("--save", args.save, lambda: model.save(args.save))
     if args.metrics_out:
         text = json.dumps(json_safe(result), indent=1)
-        atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False)
+        _write("--metrics-out", args.metrics_out, lambda: atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False))
     if args.plot:
-        plot_history(combined, args.plot)
+        _write("--plot", args.plot, lambda: plot_history(combined, args.plot))
     acc = f"{test['accuracy']:.4f} ({len(data.y_test)} samples)" if test else "n/a (no test set)"
     speed = f", {trained_samples / train_seconds:,.0f} samples/s" if train_seconds else ""
     epochs = len(new["seconds"])
     print(f"test accuracy {acc}; time {total:.1f} s (training {train_seconds:.1f} s for "
           f"{epochs} epoch{'' if epochs == 1 else 's'}{speed}); backend {model.backend_name}; device {device}")
     return 0
+
+
+def _write(flag: str, path, write) -> None:
+    """``write()`` of an output after training; an OSError (a disk that filled up, or a mount gone read-only, since
+    _check_outputs) is said as the option's, with its file."""
+    try:
+        write()
+    except OSError as exc:
+        raise CLIError(f"{flag}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _settings(args) -> dict:
@@ -314,6 +362,7 @@ def _settings(args) -> dict:
         "data": os.path.abspath(args.data) if args.data else None,
         "data_sha256": None,  # set by cmd_train once the file is checked
         "data_bytes": None,
+        "train_sha256": None,  # of a built-in data set's training arrays, set by _train for --checkpoint
         "layer_sizes": None,
         "hidden": list(args.layers),
         "activation": args.activation,
@@ -468,8 +517,8 @@ def _check_clashes(args) -> None:
 
 
 def _resume(args, ckpt: Checkpoint, settings: dict):
-    """The checkpointed (model, history, best weights or None) for --resume, None for a fresh run; errors for a
-    mismatch, or for --epochs fewer than the checkpoint has trained. Says what it resumes."""
+    """The checkpointed (model, history, best weights or None, settings, the line saying what it resumes) for --resume,
+    None for a fresh run; errors for a mismatch, or for --epochs fewer than the checkpoint has trained."""
     if not args.resume:
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
@@ -519,8 +568,18 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         note = f"{ckpt.folder} has trained all {epochs} epochs; nothing more to train"
     else:
         note = f"resuming {ckpt.folder} at epoch {done + 1} of {epochs}"
-    print(f"deltaprop: {note}", file=sys.stderr)
-    return model, history, None if best is None else best.get_weights()
+    return model, history, None if best is None else best.get_weights(), saved, f"deltaprop: {note}"
+
+
+def _arrays_sha256(data) -> str:
+    """The SHA-256 of a data set's training and validation arrays (their dtypes and shapes too), as loaded."""
+    h = hashlib.sha256()
+    for a in (data.X_train, data.y_train, data.X_val, data.y_val):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+    return h.hexdigest()
 
 
 def _listed(names: list, shown: int = 3) -> str:
@@ -559,7 +618,13 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
             run["best"] = model.get_weights()
         run["history"] = so_far
         if ckpt:
-            ckpt.write(model, settings, so_far, best=b)
+            try:
+                ckpt.write(model, settings, so_far, best=b)
+            except OSError as exc:  # the write undone: the checkpoint before it, if any, is whole
+                epoch = len(so_far["loss"])
+                whole = f"epoch {epoch - 1}'s is whole: --resume continues from it" if ckpt.exists() else "nothing was checkpointed"
+                raise CLIError(f"--checkpoint: cannot write epoch {epoch}'s checkpoint into {ckpt.folder} "
+                               f"({exc.strerror or exc}); {whole}") from None
         if stopped_early(so_far["val_loss"], patience):
             raise _EarlyStop
 

@@ -156,8 +156,8 @@ def die(folder):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("point, epoch", [("model", 1), ("manifest", 1), ("cleanup", 1), ("model", 4),
-                                          ("manifest", 6), ("cleanup", 6)])
+@pytest.mark.parametrize("point, epoch", [("model", 1), ("manifest", 1), ("renamed", 1), ("cleanup", 1), ("model", 4),
+                                          ("manifest", 6), ("renamed", 6), ("cleanup", 6)])
 def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupted_run(
         tmp_path, mnist_dir, capsys, monkeypatch, point, epoch):
     from deltaprop import checkpoint
@@ -178,9 +178,11 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
 
     def write_or_die(path, *args, **kwargs):
         manifests.append(path)
-        if len(manifests) == epoch:
+        if len(manifests) == epoch and point == "manifest":
             die(ck)
         write(path, *args, **kwargs)
+        if len(manifests) == epoch and point == "renamed":  # the manifest in place, the write not yet returned
+            die(ck)
 
     def remove_or_die(self):
         manifests.append(1)
@@ -189,18 +191,18 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
         remove(self)
 
     patch = {"model": (MLP, "save", save_or_die), "manifest": (checkpoint, "atomic_write", write_or_die),
-             "cleanup": (Checkpoint, "remove_unnamed", remove_or_die)}[point]
+             "renamed": (checkpoint, "atomic_write", write_or_die), "cleanup": (Checkpoint, "remove_unnamed", remove_or_die)}[point]
     monkeypatch.setattr(*patch)
     rc, _, err = run(capsys, *common, "--checkpoint", ck)
-    monkeypatch.setattr(*patch[:2], {"model": save, "manifest": write, "cleanup": remove}[point])
-    committed = epoch > 1 or point == "cleanup"
+    monkeypatch.setattr(*patch[:2], {"model": save, "manifest": write, "renamed": write, "cleanup": remove}[point])
+    committed = epoch > 1 or point in ("renamed", "cleanup")
     assert rc == 130, err
     assert err.endswith("(resume with --resume)\n" if committed else "nothing to resume yet; run again without --resume\n")
 
     outputs = ["--save", tmp_path / "resumed.npz", "--metrics-out", tmp_path / "resumed.json"]
     if committed:
         rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume", *outputs)
-        done = epoch - (point != "cleanup")  # the epochs the checkpoint holds
+        done = epoch - (point not in ("renamed", "cleanup"))  # the epochs the checkpoint holds
         says = f"{ck} has trained all 6 epochs" if done == 6 else f"resuming {ck} at epoch {done + 1} of 6"
         assert rc == 0 and says in err, err
     else:  # nothing was committed: --resume says so, and a fresh run takes the folder
@@ -213,6 +215,47 @@ def test_a_kill_at_any_write_leaves_a_checkpoint_that_resumes_to_the_uninterrupt
     assert ha["loss"] == hb["loss"] and ha["val_loss"] == hb["val_loss"] and ha["best_epoch"] == hb["best_epoch"]
     # the last epoch's model and the best one; no stray files
     assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0005.npz", "model-0006.npz"]
+
+
+# cli.main with a SIGTERM sent to itself in the checkpoint write of epoch EPOCH, before or after its commit
+TERMINATE = """
+import os, signal, sys
+from deltaprop import cli
+from deltaprop.checkpoint import Checkpoint
+point, epoch, commit = sys.argv[1], int(sys.argv[2]), Checkpoint._commit
+
+def commit_and_terminate(self, model, *args):
+    if point == "before" and model.epochs_trained == epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+    commit(self, model, *args)
+    if point == "after" and model.epochs_trained == epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+Checkpoint._commit = commit_and_terminate
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("point, epoch", [("before", 1), ("after", 2)])
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes_to_the_uninterrupted_run(tmp_path, capsys, point, epoch):
+    """kill, docker stop, a batch system's time limit: one line, exit status 128 + 15, the lock file removed, a
+    checkpoint write in progress undone (a model file without a manifest would block the next run)."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 4, "--quiet", "--optimizer", "adam",
+              "--lr-schedule", "step:step_size=1,gamma=0.5"]
+    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "runs" / "ck"
+    done = subprocess.run([sys.executable, "-c", TERMINATE, point, str(epoch), *map(str, common), "--checkpoint", str(ck)],
+                          capture_output=True, text=True, timeout=60)
+    committed = point == "after"
+    hint = "(resume with --resume)" if committed else "before the first checkpoint: nothing to resume yet; run again without --resume"
+    assert (done.returncode, done.stderr) == (143, f"deltaprop: terminated {hint}\n")
+    if committed:
+        assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0002.npz"]
+    else:
+        assert not (tmp_path / "runs").exists()  # made by the run, and nothing was committed into it
+    rc, _, err = run(capsys, *common, "--checkpoint", ck, *(["--resume"] if committed else []), "--save", tmp_path / "resumed.npz")
+    assert rc == 0, err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
 
 
 def test_resume_with_more_epochs_trains_them_and_with_fewer_is_refused(tmp_path, mnist_dir, capsys):
@@ -390,6 +433,31 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     rc, _, err = run(capsys, *args, "--dataset", "xor", "--epochs", 3, "--resume")
     assert rc == 1 and "--resume: the checkpoint in" in err and "dataset: checkpoint 'npz', now 'xor'" in err, err
     assert "None" not in err.split("dataset:")[0]
+
+
+def test_resume_refuses_other_mnist_files_than_the_run_was_trained_on(tmp_path, capsys, monkeypatch, mnist_dir):
+    """--data-dir or $DELTAPROP_DATA may name other IDX files (another subset, Fashion-MNIST, which has MNIST's
+    names and shapes) than the run was checkpointed with: its arrays' SHA-256 tells them apart, and the same files
+    elsewhere resume."""
+    import shutil
+
+    other = mf.subset(1200, 200)
+    other = mf.write_idx_dir(tmp_path / "other", {k: v[-600:] if k.endswith("train") else v for k, v in other.items()})
+    args = ["train", *SMALL, "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--data-dir", mnist_dir, "--epochs", 1)[0] == 0
+    before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
+    rc, _, err = run(capsys, *args, "--data-dir", other, "--epochs", 2, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: --data-dir: {other} holds other data than the checkpoint in "
+                               f"{tmp_path / 'ck'} was trained on (the SHA-256 of their training arrays differ): resume "
+                               "with that data, or start a new run in another folder\n"), err
+    monkeypatch.setenv("DELTAPROP_DATA", str(other))
+    rc, _, err = run(capsys, *args, "--epochs", 2, "--resume")
+    assert rc == 1 and err.startswith(f"deltaprop: error: DELTAPROP_DATA={other}: {other} holds other data than "), err
+    assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
+    shutil.copytree(mnist_dir, tmp_path / "moved")  # the same files elsewhere
+    monkeypatch.setenv("DELTAPROP_DATA", str(tmp_path / "moved"))
+    rc, _, err = run(capsys, *args, "--epochs", 2, "--resume")
+    assert rc == 0 and "at epoch 2 of 2" in err, err
 
 
 def test_a_second_run_into_a_checkpoint_folder_in_use_is_refused_by_name(tmp_path, capsys):
@@ -712,6 +780,37 @@ def test_outputs_onto_a_fifo_or_a_symlink_write_through_and_keep_them(tmp_path, 
     assert stat.S_ISFIFO(os.lstat(tmp_path / "out.fifo").st_mode)
     assert json.loads(got[0])["epochs_trained"] == 2
     assert sorted(os.listdir(tmp_path)) == ["link.json", "model-link.npz", "out.fifo", "real"]
+
+
+@pytest.mark.parametrize("flag, writes", [("--save", 1), ("--metrics-out", 1), ("--checkpoint", 1), ("--checkpoint", 3)])
+def test_a_write_that_fails_after_training_names_its_option_and_file(tmp_path, capsys, monkeypatch, flag, writes):
+    """A disk that fills up (or a mount gone read-only) after the check before training: the error says which
+    output was lost, and of a checkpoint which epoch is whole; writes: the file write (fsync) that fails."""
+    import errno
+
+    fsync, calls = os.fsync, []
+
+    def disk_full(fd):
+        calls.append(fd)
+        if len(calls) == writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    path = tmp_path / {"--save": "m.npz", "--metrics-out": "m.json", "--checkpoint": "ck"}[flag]
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 3, "--quiet", flag, path)
+    if flag != "--checkpoint":
+        assert (rc, err) == (1, f"deltaprop: error: {flag}: cannot write {path} (No space left on device)\n")
+        assert os.listdir(tmp_path) == []  # no temporary file left beside it
+        return
+    whole = "epoch 1's is whole: --resume continues from it" if writes == 3 else "nothing was checkpointed"
+    epoch = 2 if writes == 3 else 1  # each epoch writes its model file, then the manifest
+    assert (rc, err) == (1, f"deltaprop: error: --checkpoint: cannot write epoch {epoch}'s checkpoint into {path} "
+                            f"(No space left on device); {whole}\n")
+    if writes == 3:
+        assert sorted(os.listdir(path)) == ["checkpoint.json", "model-0001.npz"]
+    else:
+        assert not path.exists()  # made by the run, and nothing was committed into it
 
 
 def test_a_file_written_over_keeps_its_permissions_and_a_proc_fd_is_appended_to(tmp_path):
