@@ -25,6 +25,12 @@ import sys
 TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
 
 
+def cache_home() -> str:
+    """$XDG_CACHE_HOME where it is an absolute path (the XDG spec ignores a relative one), else ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), ".cache")
+
+
 def atomic_write(path, write, binary=True) -> None:
     """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, then rename it to ``path``; an
     existing file's permissions are kept. A special target (``is_special``) is written through, appended to, or

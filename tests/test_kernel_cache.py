@@ -409,6 +409,29 @@ def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
     monkeypatch.delenv(numba_cache.ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert numba_cache.directory() == str(tmp_path / "deltaprop" / "numba-cuda")
+    for on in ("on", " 1 ", "TRUE", "yes"):  # on, where it is anyway
+        monkeypatch.setenv(numba_cache.ENV, on)
+        assert numba_cache.directory() == str(tmp_path / "deltaprop" / "numba-cuda")
+
+
+@pytest.mark.parametrize("value", ["bogus", " on  x", "kernels", "./kernels"])
+def test_a_cache_directory_that_is_not_an_absolute_path_turns_it_off_with_a_warning(monkeypatch, value):
+    """Not a folder made quietly under whatever the current directory is (a process started elsewhere would miss
+    every entry): the value is named, and the kernels are compiled in memory."""
+    monkeypatch.setenv(numba_cache.ENV, value)
+    with pytest.warns(RuntimeWarning, match=rf"^{numba_cache.ENV}={value!r} is not an absolute path, on or off"):
+        assert numba_cache.directory() is None
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_path):
+    from deltaprop.data.mnist import default_cache_dir
+
+    monkeypatch.delenv(numba_cache.ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for relative in ("cache", "./x", ""):
+        monkeypatch.setenv("XDG_CACHE_HOME", relative)
+        assert numba_cache.directory() == str(tmp_path / ".cache" / "deltaprop" / "numba-cuda")
+        assert default_cache_dir() == str(tmp_path / ".cache" / "deltaprop")
 
 
 # ------------------------------------------------------------------ deltaprop compile

@@ -32,7 +32,7 @@ import zlib
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import atomic_write, cache_home
 from ..mlp.arrays import NpzArrays
 from .idx import IDXError, parse_idx, read_idx
 from .pickled_arrays import RefusedPickle, read_arrays
@@ -74,8 +74,7 @@ class SourceFailed(Exception):
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "deltaprop")
+    return os.path.join(cache_home(), "deltaprop")
 
 
 def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:

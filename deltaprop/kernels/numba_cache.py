@@ -47,6 +47,8 @@ import warnings
 
 import numpy as np
 
+from .._files import cache_home
+
 ENV = "DELTAPROP_KERNEL_CACHE"
 MAGIC = b"deltaprop numba-cuda kernel\n"
 FORMAT = 1
@@ -55,12 +57,20 @@ MAX_ENTRY = 64 << 20  # bytes of an entry file, at most: a larger file is not re
 
 
 def directory() -> str | None:
-    """The cache directory in force (None: caching is off)."""
+    """The cache directory in force (None: caching is off). A value of $DELTAPROP_KERNEL_CACHE that is neither an
+    absolute path nor on or off turns it off with a warning: a relative one would be a folder under whatever the
+    current directory is, missed by a process started elsewhere."""
     where = os.environ.get(ENV)
-    if where is not None:
-        return None if where.strip().lower() in ("", "off", "0", "none") else os.path.abspath(where)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "deltaprop", "numba-cuda")
+    word = None if where is None else where.strip().lower()
+    if word in ("", "off", "0", "none", "false", "no"):
+        return None
+    if where is not None and word not in ("on", "1", "true", "yes"):
+        if os.path.isabs(where):
+            return where
+        warnings.warn(f"{ENV}={where!r} is not an absolute path, on or off: the kernel cache is off, kernels are "
+                      "compiled in memory for this process", RuntimeWarning, stacklevel=2)
+        return None
+    return os.path.join(cache_home(), "deltaprop", "numba-cuda")
 
 
 def arch(cc) -> tuple:
