@@ -27,6 +27,7 @@ from numbers import Real
 from ._files import atomic_write, file_type, json_safe, parse_json, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
+from .mlp.losses import OUTPUT_FOR_LOSS
 
 MANIFEST = "checkpoint.json"
 LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
@@ -225,10 +226,19 @@ class Checkpoint:
             model = MLP.load(path, backend=backend)
         except ValueError as exc:
             raise CheckpointError(f"checkpoint: {exc}") from None
+        # all the file holds of the run's settings: another run's file under the manifest's hash would otherwise train on
+        # with its own activation, initialisation, regularisation or optimizer state (dropped by a fit of another kind)
+        optimizer = settings.get("optimizer")
         found = {"epochs_trained": model.epochs_trained, "seed": model.seed, "dtype": model.dtype.name,
-                 "layer_sizes": list(model.layer_sizes), "loss": model.loss, "maxout_pieces": model.maxout_pieces}
+                 "layer_sizes": list(model.layer_sizes), "loss": model.loss, "maxout_pieces": model.maxout_pieces,
+                 "activations": list(model.activations), "init": model.init,
+                 "dropout": list(model.dropout) if any(model.dropout) else None, "max_norm": model.max_norm,
+                 "optimizer": getattr(model.network.optimizer, "name", None)}
         wanted = {"epochs_trained": entry["epoch"], **{k: settings[k] for k in ("seed", "dtype", "layer_sizes", "loss")},
-                  "maxout_pieces": settings.get("maxout_pieces", MAXOUT_PIECES)}  # a checkpoint from before maxout: 2
+                  "maxout_pieces": settings.get("maxout_pieces", MAXOUT_PIECES),  # a checkpoint from before maxout: 2
+                  "activations": [settings.get("activation")] * (model.n_layers - 1) + [OUTPUT_FOR_LOSS.get(settings["loss"])],
+                  "init": settings.get("init", "auto"), "dropout": settings.get("dropout"), "max_norm": settings.get("max_norm"),
+                  "optimizer": optimizer.get("name") if isinstance(optimizer, dict) else None}
         differ = [f"{k} {found[k]!r}, expected {wanted[k]!r}" for k in wanted if found[k] != wanted[k]]
         if differ:
             raise CheckpointError(f"checkpoint: {path} does not belong to this checkpoint ({'; '.join(differ)})")

@@ -265,10 +265,10 @@ def _edit_manifest(ck, edit):
     (ck / "checkpoint.json").write_text(json.dumps(record))
 
 
-def _other_seeds_model(ck, rehash):
-    """model-0002.npz replaced by the one of a run with another seed (and, with ``rehash``, the manifest's hash too)."""
+def _other_runs_model(ck, rehash, options=("--seed", "1")):
+    """model-0002.npz replaced by the one of a run with other ``options`` (and, with ``rehash``, the manifest's hash too)."""
     other = ck.parent / "other"
-    assert cli.main(["train", "--dataset", "xor", "--backend", "numpy", "--epochs", "2", "--quiet", "--seed", "1",
+    assert cli.main(["train", "--dataset", "xor", "--backend", "numpy", "--epochs", "2", "--quiet", *options,
                      "--checkpoint", str(other)]) == 0
     (ck / "model-0002.npz").write_bytes((other / "model-0002.npz").read_bytes())
     if rehash:
@@ -280,8 +280,19 @@ def _other_seeds_model(ck, rehash):
 @pytest.mark.parametrize("damage, message", [
     (lambda ck: (ck / "model-0002.npz").write_bytes((ck / "model-0002.npz").read_bytes()[:300]), "SHA-256 differs"),
     (lambda ck: (ck / "model-0002.npz").unlink(), "model-0002.npz, named by checkpoint.json, cannot be read"),
-    (lambda ck: _other_seeds_model(ck, rehash=False), "copied from another run"),
-    (lambda ck: _other_seeds_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
+    (lambda ck: _other_runs_model(ck, rehash=False), "copied from another run"),
+    (lambda ck: _other_runs_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
+    # a file of a run that differs in what the model file holds but the checks above do not read: resumed, it would
+    # train on with the other run's activation, initialisation, regularisation or optimizer state under these settings
+    (lambda ck: _other_runs_model(ck, True, ("--activation", "tanh")),
+     "does not belong to this checkpoint (activations ['tanh', 'softmax'], expected ['relu', 'softmax'])"),
+    (lambda ck: _other_runs_model(ck, True, ("--init", "glorot_uniform")),
+     "does not belong to this checkpoint (init 'glorot_uniform', expected 'auto')"),
+    (lambda ck: _other_runs_model(ck, True, ("--dropout", "0.25")),
+     "does not belong to this checkpoint (dropout [0.0, 0.25], expected None)"),
+    (lambda ck: _other_runs_model(ck, True, ("--max-norm", "3")), "does not belong to this checkpoint (max_norm 3.0, expected None)"),
+    (lambda ck: _other_runs_model(ck, True, ("--optimizer", "adam", "--lr", "0.01")),
+     "does not belong to this checkpoint (optimizer 'adam', expected 'sgd')"),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
     (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),
