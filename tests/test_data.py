@@ -88,6 +88,48 @@ def test_idx_rejects_bad_headers_and_truncation(tmp_path):
         read_idx(truncated_gz)
 
 
+def test_idx_damaged_deflate_data_is_an_idx_error(tmp_path):
+    """A .gz whose deflate stream is damaged (not truncated, and failing before its CRC is reached) raises zlib.error,
+    which is neither an OSError nor an EOFError: it is the file's fault, and said so by name like the others."""
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 20)  # a gzip header, then block type 3
+    with pytest.raises(IDXError, match=f"{bad}: cannot be read .*invalid block type"):
+        read_idx(bad)
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    shutil.copy(bad, folder / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(DataUnavailable, match="data_dir: .*train-labels-idx1-ubyte.gz: cannot be read"):
+        load_mnist(folder)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reads_no_more_than_its_header_says(tmp_path, gz):
+    """A small .gz that expands to far more than its header's shape (a gzip bomb), or a file longer than that, is
+    refused after the header's bytes and one more, not read whole into memory first."""
+    import tracemalloc
+    import zlib
+
+    header = bytes([0, 0, 8, 1]) + (7).to_bytes(4, "big")
+    path = tmp_path / ("bomb.idx" + (".gz" if gz else ""))
+    with open(path, "wb") as f:
+        if gz:
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+            f.write(z.compress(header))
+            for _ in range(64):
+                f.write(z.compress(bytes(1 << 20)))  # 64 MiB of zeros in about 64 KiB
+            f.write(z.flush())
+        else:
+            f.write(header)
+            f.truncate(len(header) + (64 << 20))  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXError, match=r"header says \(7,\) = 7 bytes of data, the file holds more"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
 # ------------------------------------------------------------- 1. a directory
 @pytest.mark.parametrize("gz", [True, False])
 def test_load_from_data_dir(tmp_path, arrays, gz):
