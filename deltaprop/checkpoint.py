@@ -35,6 +35,14 @@ FORMAT, VERSION = "deltaprop-checkpoint", 2
 MAX_MANIFEST_BYTES = 64 << 20  # a run writes about 125 bytes an epoch: half a million epochs; it is read whole
 RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # of the manifest: no other is read
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+# what a run writes in each list of its history (None: NaN, no accuracy or no validation data), which a resume goes on
+# from (the adaptive schedule's rate follows the training losses): (test of the value as a float, what it says it must be)
+HISTORY_VALUES = {
+    "loss": (math.isfinite, "a finite training loss (a run stops at one that is not)"),
+    "accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
+    "val_accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
+    "seconds": (lambda x: 0 <= x < math.inf, "a time ≥ 0"),
+}
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
 LEGACY = ("model.npz", "run.json")  # the format before VERSION 2: two files, no manifest
 
@@ -278,14 +286,24 @@ def _check_record(record):
     _known(history, HISTORY_KEYS, "history: ")
     current = _check_entry(record.get("model"), "model")
     epochs = current["epoch"]
+    floats = {}  # each list as float, None as NaN
     for key in HISTORY_KEYS:
         values = history.get(key)
         if not isinstance(values, list) or len(values) != epochs:
             raise ValueError(f"history: {key} must list one value per epoch ({epochs})")
+        ok, says = HISTORY_VALUES.get(key, (None, None))
+        floats[key] = []
         for i, v in enumerate(values):
             if v is not None and (isinstance(v, bool) or not isinstance(v, Real)):
                 raise ValueError(f"history: {key}[{i}] is {v!r}, not a number")
-    history = {k: [math.nan if v is None else float(v) for v in history[k]] for k in HISTORY_KEYS}
+            try:
+                x = math.nan if v is None else float(v)
+            except OverflowError:  # an integer of hundreds of digits
+                raise ValueError(f"history: {key}[{i}] is an integer beyond a float's range, not a number") from None
+            if ok is not None and not ok(x):
+                raise ValueError(f"history: {key}[{i}] is {v!r}, not {says}")
+            floats[key].append(x)
+    history = floats
     best = None if record.get("best") is None else _check_entry(record["best"], "best")
     expected = best_epoch(history["val_loss"]) if settings.get("early_stopping") else None
     if (best and best["epoch"]) != expected:
