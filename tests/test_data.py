@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import types
 import urllib.request
 
@@ -128,6 +129,21 @@ def test_idx_reads_no_more_than_its_header_says(tmp_path, gz):
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20
+
+
+def test_idx_that_is_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """Opening a named pipe for reading waits for a writer (forever, when there is none); reading a device such as
+    /dev/zero never ends. Either is refused by name, as NpzArrays and checkpoints refuse them."""
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    fifo = folder / "train-labels-idx1-ubyte.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)  # so that a read would end, empty
+    writer.start()
+    with pytest.raises(DataUnavailable, match=f"data_dir: {fifo}: it is a named pipe, not a regular file"):
+        load_mnist(folder)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the writer's open returns
+    writer.join(5)
 
 
 # ------------------------------------------------------------- 1. a directory

@@ -9,10 +9,13 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import struct
 import zlib
 
 import numpy as np
+
+from .._files import file_type
 
 UBYTE = 0x08
 CHUNK = 1 << 20  # bytes read at a time: a header's claim is never allocated before the bytes are there
@@ -27,6 +30,12 @@ def read_idx(path) -> np.ndarray:
     no more than the bytes it says and one: a file longer than that (a small .gz that expands to gigabytes) is refused
     without being read whole, and a header that claims more than the file holds allocates only what is there."""
     path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # the open below says why
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a named pipe waits for a writer, a device
+        raise IDXError(f"{path}: it is {file_type(mode)}, not a regular file")  # such as /dev/zero never ends
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
