@@ -338,6 +338,13 @@ def test_a_cache_of_ten_images_is_not_mnist(tmp_path):
     assert data.X_test.shape == (10000, 784) and data.y_test.shape == (10000,) and data.n_classes == 10
 
 
+def test_a_cache_of_other_dtypes_says_so_not_that_it_is_larger(tmp_path, arrays):
+    """The size guard compares bytes: MNIST's number of int64 labels is 8 times its bytes, but not "larger than MNIST's"."""
+    mnist.write_cache(tmp_path / "c" / "mnist.npz", {**arrays, "y_test": arrays["y_test"].astype(np.int64)})
+    with pytest.raises(DataUnavailable, match=r"unreadable \(y_test is int64 \(100,\), expected uint8\)"):
+        load_mnist(cache_dir=tmp_path / "c", download=False)
+
+
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_data_is_used(tmp_path, arrays, monkeypatch):
     files = mf.gz_files(arrays)
     monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
