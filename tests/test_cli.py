@@ -469,6 +469,15 @@ def test_label_errors_of_mnist_files_name_the_folder_option_and_do_not_advise_re
         assert "These are not mnist's labels: the files are damaged" in err and "np.unique" not in err
 
 
+def test_mnist_files_of_one_class_are_refused_by_the_folder_option_not_by_the_softmax_they_would_make(tmp_path, capsys):
+    arrays = mf.subset(100, 20)
+    arrays["y_train"], arrays["y_test"] = np.zeros(100, np.uint8), np.zeros(20, np.uint8)
+    folder = mf.write_idx_dir(tmp_path / "idx", arrays)
+    rc, _, err = run(capsys, "train", *SMALL, "--epochs", 1, "--data-dir", folder)
+    assert rc == 1 and err == ("deltaprop: error: --data-dir: y_train holds only the label 0; a classifier needs at least "
+                               "2 classes. These are not mnist's labels: the files are damaged, or are not mnist's\n"), err
+
+
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):
     ck = tmp_path / "ck"
     args = ["train", "--data-dir", mnist_dir, "--epochs", 1, *SMALL, "--checkpoint", ck]
