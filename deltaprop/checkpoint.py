@@ -27,6 +27,7 @@ from numbers import Real
 from ._files import atomic_write, file_type, json_safe, parse_json, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
+from .mlp.losses import OUTPUT_FOR_LOSS
 
 MANIFEST = "checkpoint.json"
 LOCK = ".deltaprop.lock"  # held (flock) by the run writing the folder; it holds that process's pid
@@ -34,6 +35,14 @@ FORMAT, VERSION = "deltaprop-checkpoint", 2
 MAX_MANIFEST_BYTES = 64 << 20  # a run writes about 125 bytes an epoch: half a million epochs; it is read whole
 RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # of the manifest: no other is read
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+# what a run writes in each list of its history (None: NaN, no accuracy or no validation data), which a resume goes on
+# from (the adaptive schedule's rate follows the training losses): (test of the value as a float, what it says it must be)
+HISTORY_VALUES = {
+    "loss": (math.isfinite, "a finite training loss (a run stops at one that is not)"),
+    "accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
+    "val_accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
+    "seconds": (lambda x: 0 <= x < math.inf, "a time ≥ 0"),
+}
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")
 LEGACY = ("model.npz", "run.json")  # the format before VERSION 2: two files, no manifest
 
@@ -227,10 +236,19 @@ class Checkpoint:
             model = MLP.load(path, backend=backend)
         except ValueError as exc:
             raise CheckpointError(f"checkpoint: {exc}") from None
+        # all the file holds of the run's settings: another run's file under the manifest's hash would otherwise train on
+        # with its own activation, initialisation, regularisation or optimizer state (dropped by a fit of another kind)
+        optimizer = settings.get("optimizer")
         found = {"epochs_trained": model.epochs_trained, "seed": model.seed, "dtype": model.dtype.name,
-                 "layer_sizes": list(model.layer_sizes), "loss": model.loss, "maxout_pieces": model.maxout_pieces}
+                 "layer_sizes": list(model.layer_sizes), "loss": model.loss, "maxout_pieces": model.maxout_pieces,
+                 "activations": list(model.activations), "init": model.init,
+                 "dropout": list(model.dropout) if any(model.dropout) else None, "max_norm": model.max_norm,
+                 "optimizer": getattr(model.network.optimizer, "name", None)}
         wanted = {"epochs_trained": entry["epoch"], **{k: settings[k] for k in ("seed", "dtype", "layer_sizes", "loss")},
-                  "maxout_pieces": settings.get("maxout_pieces", MAXOUT_PIECES)}  # a checkpoint from before maxout: 2
+                  "maxout_pieces": settings.get("maxout_pieces", MAXOUT_PIECES),  # a checkpoint from before maxout: 2
+                  "activations": [settings.get("activation")] * (model.n_layers - 1) + [OUTPUT_FOR_LOSS.get(settings["loss"])],
+                  "init": settings.get("init", "auto"), "dropout": settings.get("dropout"), "max_norm": settings.get("max_norm"),
+                  "optimizer": optimizer.get("name") if isinstance(optimizer, dict) else None}
         differ = [f"{k} {found[k]!r}, expected {wanted[k]!r}" for k in wanted if found[k] != wanted[k]]
         if differ:
             raise CheckpointError(f"checkpoint: {path} does not belong to this checkpoint ({'; '.join(differ)})")
@@ -270,14 +288,24 @@ def _check_record(record):
     _known(history, HISTORY_KEYS, "history: ")
     current = _check_entry(record.get("model"), "model")
     epochs = current["epoch"]
+    floats = {}  # each list as float, None as NaN
     for key in HISTORY_KEYS:
         values = history.get(key)
         if not isinstance(values, list) or len(values) != epochs:
             raise ValueError(f"history: {key} must list one value per epoch ({epochs})")
+        ok, says = HISTORY_VALUES.get(key, (None, None))
+        floats[key] = []
         for i, v in enumerate(values):
             if v is not None and (isinstance(v, bool) or not isinstance(v, Real)):
                 raise ValueError(f"history: {key}[{i}] is {v!r}, not a number")
-    history = {k: [math.nan if v is None else float(v) for v in history[k]] for k in HISTORY_KEYS}
+            try:
+                x = math.nan if v is None else float(v)
+            except OverflowError:  # an integer of hundreds of digits
+                raise ValueError(f"history: {key}[{i}] is an integer beyond a float's range, not a number") from None
+            if ok is not None and not ok(x):
+                raise ValueError(f"history: {key}[{i}] is {v!r}, not {says}")
+            floats[key].append(x)
+    history = floats
     best = None if record.get("best") is None else _check_entry(record["best"], "best")
     expected = best_epoch(history["val_loss"]) if settings.get("early_stopping") else None
     if (best and best["epoch"]) != expected:

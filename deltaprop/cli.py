@@ -661,10 +661,14 @@ def n_classes(data, own: bool = True) -> int:
     train = np.unique(np.concatenate([y for y in (data.y_train, data.y_val) if y is not None]))
     k = len(train)
     outside = train[(train < 0) | (train >= k)]
+    damaged = f"These are not {data.name}'s labels: the files are damaged, or are not {data.name}'s"
+    if k < 2 and not outside.size:  # the one label 0: no classifier (the net's softmax would say so, not naming the data)
+        raise CLIError(f"data: y_train holds only the label {train[0]}; a classifier needs at least 2 classes"
+                       + ("" if own else f". {damaged}"))
     if outside.size:
         shown = ", ".join(map(str, train[:8])) + (", ..." if k > 8 else "")
         advice = (f"Number the classes 0..{k - 1} first, e.g. with y = np.unique(y, return_inverse=True)[1]" if own else
-                  f"These are not {data.name}'s labels: the files are damaged, or are not {data.name}'s")
+                  damaged)
         raise CLIError(f"data: y_train has {k} classes, so its labels must be 0..{k - 1}; label {outside[0]} is not "
                        f"(the labels are {shown}). {advice}")
     if data.y_test is not None:

@@ -56,14 +56,16 @@ def add_parser(sub) -> None:
 def read_config(path) -> dict:
     """The config at ``path``, every key checked for its type (scikit-learn checks the parameters' values)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read((1 << 20) + 1)
+        with open(path, "rb") as f:  # decoded whole below: a decoding error's offset is then the file's
+            raw = f.read((1 << 20) + 1)
     except OSError as exc:
         raise SweepError(f"config: cannot read {path}: {exc.strerror or exc}") from None
-    if len(text) > 1 << 20:
+    if len(raw) > 1 << 20:
         raise SweepError(f"config: {path} is over 1 MiB; a sweep's config is a few lines")
     try:
-        config = parse_json(text)
+        config = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SweepError(f"config: {path} is not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except ValueError as exc:  # json.JSONDecodeError, or nested past the recursion limit
         raise SweepError(f"config: {path} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):

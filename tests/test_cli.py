@@ -308,10 +308,10 @@ def _edit_manifest(ck, edit):
     (ck / "checkpoint.json").write_text(json.dumps(record))
 
 
-def _other_seeds_model(ck, rehash):
-    """model-0002.npz replaced by the one of a run with another seed (and, with ``rehash``, the manifest's hash too)."""
+def _other_runs_model(ck, rehash, options=("--seed", "1")):
+    """model-0002.npz replaced by the one of a run with other ``options`` (and, with ``rehash``, the manifest's hash too)."""
     other = ck.parent / "other"
-    assert cli.main(["train", "--dataset", "xor", "--backend", "numpy", "--epochs", "2", "--quiet", "--seed", "1",
+    assert cli.main(["train", "--dataset", "xor", "--backend", "numpy", "--epochs", "2", "--quiet", *options,
                      "--checkpoint", str(other)]) == 0
     (ck / "model-0002.npz").write_bytes((other / "model-0002.npz").read_bytes())
     if rehash:
@@ -323,12 +323,31 @@ def _other_seeds_model(ck, rehash):
 @pytest.mark.parametrize("damage, message", [
     (lambda ck: (ck / "model-0002.npz").write_bytes((ck / "model-0002.npz").read_bytes()[:300]), "SHA-256 differs"),
     (lambda ck: (ck / "model-0002.npz").unlink(), "model-0002.npz, named by checkpoint.json, cannot be read"),
-    (lambda ck: _other_seeds_model(ck, rehash=False), "copied from another run"),
-    (lambda ck: _other_seeds_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
+    (lambda ck: _other_runs_model(ck, rehash=False), "copied from another run"),
+    (lambda ck: _other_runs_model(ck, rehash=True), "does not belong to this checkpoint (seed 1, expected 0)"),
+    # a file of a run that differs in what the model file holds but the checks above do not read: resumed, it would
+    # train on with the other run's activation, initialisation, regularisation or optimizer state under these settings
+    (lambda ck: _other_runs_model(ck, True, ("--activation", "tanh")),
+     "does not belong to this checkpoint (activations ['tanh', 'softmax'], expected ['relu', 'softmax'])"),
+    (lambda ck: _other_runs_model(ck, True, ("--init", "glorot_uniform")),
+     "does not belong to this checkpoint (init 'glorot_uniform', expected 'auto')"),
+    (lambda ck: _other_runs_model(ck, True, ("--dropout", "0.25")),
+     "does not belong to this checkpoint (dropout [0.0, 0.25], expected None)"),
+    (lambda ck: _other_runs_model(ck, True, ("--max-norm", "3")), "does not belong to this checkpoint (max_norm 3.0, expected None)"),
+    (lambda ck: _other_runs_model(ck, True, ("--optimizer", "adam", "--lr", "0.01")),
+     "does not belong to this checkpoint (optimizer 'adam', expected 'sgd')"),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
     (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].pop()), "seconds must list one value per epoch (2)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].__setitem__(0, 10**400)),
+     "history: seconds[0] is an integer beyond a float's range, not a number"),
+    # what no run writes, and a resume would go on from (the adaptive schedule's rate follows the training losses)
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"]["loss"].__setitem__(1, None)),
+     "history: loss[1] is None, not a finite training loss (a run stops at one that is not)"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"]["accuracy"].__setitem__(0, 1.5)),
+     "history: accuracy[0] is 1.5, not an accuracy in [0, 1]"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["history"]["seconds"].__setitem__(0, -1)), "history: seconds[0] is -1, not a time ≥ 0"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="../model-0002.npz")), "do not name a model-NNNN.npz"),
     (lambda ck: _edit_manifest(ck, lambda r: r["model"].update(file="model-0001.npz", epoch=1)), "one value per epoch (1)"),
     (lambda ck: _edit_manifest(ck, lambda r: r.update(version=2.0)), "format version 2.0, this deltaprop reads 2"),
@@ -516,6 +535,15 @@ def test_label_errors_of_mnist_files_name_the_folder_option_and_do_not_advise_re
         rc, _, err = run(capsys, "train", *SMALL, "--epochs", 1, *argv)
         assert rc == 1 and err.startswith(f"deltaprop: error: {option}: y_train has 9 classes, so its labels must be 0..8"), err
         assert "These are not mnist's labels: the files are damaged" in err and "np.unique" not in err
+
+
+def test_mnist_files_of_one_class_are_refused_by_the_folder_option_not_by_the_softmax_they_would_make(tmp_path, capsys):
+    arrays = mf.subset(100, 20)
+    arrays["y_train"], arrays["y_test"] = np.zeros(100, np.uint8), np.zeros(20, np.uint8)
+    folder = mf.write_idx_dir(tmp_path / "idx", arrays)
+    rc, _, err = run(capsys, "train", *SMALL, "--epochs", 1, "--data-dir", folder)
+    assert rc == 1 and err == ("deltaprop: error: --data-dir: y_train holds only the label 0; a classifier needs at least "
+                               "2 classes. These are not mnist's labels: the files are damaged, or are not mnist's\n"), err
 
 
 def test_checkpoint_misuse(tmp_path, mnist_dir, capsys):

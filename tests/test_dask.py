@@ -223,11 +223,13 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
     ("[" * 20000 + "]" * 20000, "config: {path} is not valid JSON (nested too deeply)"),
     ('{"estimator": ', "config: {path} is not valid JSON (Expecting value"),
     ("[1]", "config: {path} must hold a JSON object"),
+    (b'{"dataset": "digits\xff"}', "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 19)"),
+    ('{"dataset": "digits"}'.encode("utf-16"), "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 0)"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, capsys, text, message):
     from deltaprop import cli
 
-    (tmp_path / "c.json").write_text(text)
+    (tmp_path / "c.json").write_bytes(text if isinstance(text, bytes) else text.encode())
     rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("deltaprop: error: " + message.format(path=tmp_path / "c.json")), err

@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import types
 import urllib.request
 
@@ -86,6 +87,63 @@ def test_idx_rejects_bad_headers_and_truncation(tmp_path):
     truncated_gz.write_bytes(gzip.compress(good)[:-6])
     with pytest.raises(IDXError, match="cannot be read"):
         read_idx(truncated_gz)
+
+
+def test_idx_damaged_deflate_data_is_an_idx_error(tmp_path):
+    """A .gz whose deflate stream is damaged (not truncated, and failing before its CRC is reached) raises zlib.error,
+    which is neither an OSError nor an EOFError: it is the file's fault, and said so by name like the others."""
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 20)  # a gzip header, then block type 3
+    with pytest.raises(IDXError, match=f"{bad}: cannot be read .*invalid block type"):
+        read_idx(bad)
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    shutil.copy(bad, folder / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(DataUnavailable, match="data_dir: .*train-labels-idx1-ubyte.gz: cannot be read"):
+        load_mnist(folder)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reads_no_more_than_its_header_says(tmp_path, gz):
+    """A small .gz that expands to far more than its header's shape (a gzip bomb), or a file longer than that, is
+    refused after the header's bytes and one more, not read whole into memory first."""
+    import tracemalloc
+    import zlib
+
+    header = bytes([0, 0, 8, 1]) + (7).to_bytes(4, "big")
+    path = tmp_path / ("bomb.idx" + (".gz" if gz else ""))
+    with open(path, "wb") as f:
+        if gz:
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+            f.write(z.compress(header))
+            for _ in range(64):
+                f.write(z.compress(bytes(1 << 20)))  # 64 MiB of zeros in about 64 KiB
+            f.write(z.flush())
+        else:
+            f.write(header)
+            f.truncate(len(header) + (64 << 20))  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(IDXError, match=r"header says \(7,\) = 7 bytes of data, the file holds more"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_idx_that_is_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """Opening a named pipe for reading waits for a writer (forever, when there is none); reading a device such as
+    /dev/zero never ends. Either is refused by name, as NpzArrays and checkpoints refuse them."""
+    folder = mf.write_idx_dir(tmp_path / "idx", mf.subset(20, 10))
+    fifo = folder / "train-labels-idx1-ubyte.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)  # so that a read would end, empty
+    writer.start()
+    with pytest.raises(DataUnavailable, match=f"data_dir: {fifo}: it is a named pipe, not a regular file"):
+        load_mnist(folder)
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the writer's open returns
+    writer.join(5)
 
 
 # ------------------------------------------------------------- 1. a directory
@@ -278,6 +336,13 @@ def test_a_cache_of_ten_images_is_not_mnist(tmp_path):
     data = load_mnist(cache_dir=tmp_path / "c", download=False)
     assert data.X_train.shape == (60000, 784) and data.y_train.shape == (60000,)
     assert data.X_test.shape == (10000, 784) and data.y_test.shape == (10000,) and data.n_classes == 10
+
+
+def test_a_cache_of_other_dtypes_says_so_not_that_it_is_larger(tmp_path, arrays):
+    """The size guard compares bytes: MNIST's number of int64 labels is 8 times its bytes, but not "larger than MNIST's"."""
+    mnist.write_cache(tmp_path / "c" / "mnist.npz", {**arrays, "y_test": arrays["y_test"].astype(np.int64)})
+    with pytest.raises(DataUnavailable, match=r"unreadable \(y_test is int64 \(100,\), expected uint8\)"):
+        load_mnist(cache_dir=tmp_path / "c", download=False)
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_data_is_used(tmp_path, arrays, monkeypatch):

@@ -132,12 +132,16 @@ def test_the_cli_trains_from_the_init_it_is_given_and_resumes_only_with_it(tmp_p
     capsys.readouterr()
     assert cli.main([*common, "--epochs", "2", "--checkpoint", str(ck), "--resume"]) == 1
     assert "init: checkpoint 'lecun_normal', now 'auto'" in capsys.readouterr().err
-    # a checkpoint from before --init was made with auto: it resumes without the option
-    record = json.loads((ck / "checkpoint.json").read_text())
+    # a checkpoint from before --init was made with auto (its model file too): it resumes without the option
+    old = tmp_path / "old"
+    assert cli.main([*common, "--checkpoint", str(old)]) == 0
+    record = json.loads((old / "checkpoint.json").read_text())
     del record["settings"]["init"]
-    (ck / "checkpoint.json").write_text(json.dumps(record))
-    assert cli.main([*common, "--epochs", "2", "--checkpoint", str(ck), "--resume", "--init", "lecun"]) == 1
+    (old / "checkpoint.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert cli.main([*common, "--epochs", "2", "--checkpoint", str(old), "--resume", "--init", "lecun"]) == 1
     assert "init: checkpoint 'auto', now 'lecun_normal'" in capsys.readouterr().err
+    assert cli.main([*common, "--epochs", "2", "--checkpoint", str(old), "--resume"]) == 0
     with pytest.raises(SystemExit):
         cli.main([*common, "--init", "xavier"])
     assert "argument --init: invalid choice: 'xavier'" in capsys.readouterr().err

@@ -154,6 +154,8 @@ def read_cache(path) -> dict:
             for key, (shape, dtype) in ((k, f.headers.get(k, (None, None))) for k in FILES):
                 if shape is None:
                     raise ValueError(f"it has no {key} array")
+                if dtype != np.uint8:  # said first: the bytes below would call MNIST's 10,000 labels as int64 larger than MNIST's
+                    raise ValueError(f"{key} is {dtype} {shape}, expected uint8")
                 if math.prod(shape) * dtype.itemsize > SIZES[key.split("_")[1]] * (784 if key[0] == "x" else 1):
                     raise ValueError(f"{key} is {dtype} {shape}, larger than MNIST's")
             arrays = {k: f.read(k) for k in FILES}
