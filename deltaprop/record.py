@@ -36,14 +36,15 @@ def git_commit() -> str | None:
     if os.environ.get("DELTAPROP_COMMIT"):
         return os.environ["DELTAPROP_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
-    try:
+    try:  # errors="replace": a file name git prints as bytes that are not UTF-8 only needs to be there
         ours = subprocess.run(["git", "-C", here, "ls-files", "--error-unmatch", "__init__.py", os.path.basename(__file__)],
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, errors="replace", timeout=10)
         if ours.returncode != 0:
             return None
-        done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, errors="replace",
+                              timeout=10)
         dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+                               capture_output=True, text=True, errors="replace", timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:

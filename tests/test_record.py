@@ -119,6 +119,16 @@ def test_the_commit_is_only_of_a_repository_that_tracks_deltaprop(tmp_path, monk
     subprocess.run([*git, "commit", "-qm", "vendored"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert copy.git_commit() == head
+    # a tracked file changed whose name is not UTF-8, shown as it is (core.quotePath=false): still a dirty commit
+    subprocess.run([*git, "config", "core.quotePath", "false"], check=True)
+    odd = os.fsencode(tmp_path) + b"/caf\xe9.txt"
+    with open(odd, "wb") as f:
+        f.write(b"1")
+    subprocess.run([*git, "add", os.fsdecode(odd)], check=True)
+    subprocess.run([*git, "commit", "-qm", "odd"], check=True)
+    with open(odd, "wb") as f:
+        f.write(b"2")
+    assert copy.git_commit().endswith("-dirty")
 
 
 def test_bench_record_has_its_keys():
