@@ -388,8 +388,8 @@ class CupyBackend(GraphSteps, Backend):
         check_gather(src, idx, out)
         for name, x in (("src", src), ("out", out)):  # cupy.take, the fallback, would wrap an index out of range
             if not self._ok(x):
-                raise ValueError(f"{name}: the CuPy backend gathers between C-contiguous float32 or float64 CuPy arrays, "
-                                 f"not a {type(x).__name__} of {x.dtype}")
+                raise ValueError(f"{name}: the CuPy backend gathers between C-contiguous float32 or float64 CuPy "
+                                 f"arrays, not a {type(x).__name__} of {x.dtype}")
         if not (isinstance(idx, self.xp.ndarray) and idx.dtype == np.int64 and idx.flags.c_contiguous):
             raise ValueError(f"idx: the CuPy backend gathers by a C-contiguous int64 CuPy array, not a "
                              f"{type(idx).__name__} of {idx.dtype}")

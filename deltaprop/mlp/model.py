@@ -53,9 +53,9 @@ class MLP:
     dtype: "float32" (the default) or "float64" (np.float32, np.float64 or their np.dtype also do);
     anything else, None included, raises ValueError.
     Weights are drawn on the host from ``seed`` (None: a fresh one; else an integer in [0, 2**64), the 64 bits of the
-    dropout masks' key), NumPy's Generator, so every backend starts from identical weights. ``init``: "auto" (the default) is Glorot (normal, σ² = 2/(n_in + n_out))
-    for sigmoid, tanh, identity, step and softmax layers and He (σ² = 2/n_in) for relu and leaky_relu
-    (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
+    dropout masks' key) by NumPy's Generator, so every backend starts from identical weights. ``init``: "auto" (the
+    default) is Glorot (normal, σ² = 2/(n_in + n_out)) for sigmoid, tanh, identity, step and softmax layers and He
+    (σ² = 2/n_in) for relu and leaky_relu (each activation's ``init`` in deltaprop.mlp.activations); "he", "glorot" or "lecun" (σ² = 1/n_in)
     with "_normal" or "_uniform" (U(−√(3σ²), √(3σ²)), the same variance) sets every layer; the bare
     name is normal. Biases start at 0.
     ``activation="maxout"`` (hidden layers only): each unit is the max of ``maxout_pieces`` = k ≥ 2 affine pieces;

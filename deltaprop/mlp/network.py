@@ -274,8 +274,8 @@ class Network:
         return a, z
 
     def evaluate(self, Xd, Yd, accuracy, weights=None):
-        """(mean loss, accuracy or NaN: NaN too when the loss is) on device data Xd (n, n_0), Yd (n, n_L); one read-back.
-        ``accuracy`` is the rule of the targets (None for regression). ``weights``: (device sample weights (n, 1),
+        """(mean loss, accuracy or NaN) on device data Xd (n, n_0), Yd (n, n_L); one read-back. The accuracy is NaN
+        when the loss is, too. ``accuracy`` is the rule of the targets (None for regression). ``weights``: (device sample weights (n, 1),
         their sum Σw > 0 as a float), for the weighted means Σ w_i·E_i / Σw and Σ w_i·[correct_i] / Σw."""
         bk = self.backend
         n = Xd.shape[0]
