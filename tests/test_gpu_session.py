@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from helpers import script
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -48,3 +50,31 @@ def test_check_then_more_run_every_step_dry(tmp_path):
     assert split["off_epoch_s"] > 0 and split["auto_epoch_s"] > 0 and split["loss_max_relative_difference"] < 1e-5
     (record,) = out.glob("*-cpu-dry-headline.json")  # assembled again from check's files, kept, and more's
     assert json.loads(record.read_text())["tests"]["passed"] > 0
+
+
+headline = script("tools/headline.py")
+OK = "sanitize_fit: {}: every kernel and fit agreed with numpy\n"
+
+
+def test_sanitizer_counts_read_racecheck_and_a_crashed_runs_errors(tmp_path):
+    """The logs as compute-sanitizer writes them: racecheck closes with its RACECHECK SUMMARY line alone (no ERROR
+    SUMMARY), and memcheck's out-of-bounds read kills the program (its last line is not sanitize_fit's): its
+    errors are a failure, not a figure that was not measured."""
+    logs = {
+        "racecheck-cupy": "========= COMPUTE-SANITIZER\n" + OK.format("cupy")
+                          + "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n",
+        "racecheck-numba-cuda": "========= COMPUTE-SANITIZER\n========= Error: Race reported between Write access at "
+                                "k+0x2f0\n=========     and Read access at k+0x310 [4 hazards]\n" + OK.format("numba-cuda")
+                                + "========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)\n",
+        "memcheck-cupy": "========= COMPUTE-SANITIZER\n" + "========= Invalid __global__ read of size 4 bytes\n"
+                         "=========     at forward+0x1b0\n=========     Address 0x7f2a3c000284 is out of bounds\n" * 2
+                         + "========= Program hit cudaErrorLaunchFailure (error 719) due to \"unspecified launch failure\" "
+                           "on CUDA API call to cudaStreamSynchronize.\nTraceback (most recent call last):\n"
+                           "========= Target application returned an error\n========= ERROR SUMMARY: 3 errors\n",
+        "memcheck-numba-cuda": "Traceback (most recent call last):\n========= ERROR SUMMARY: 0 errors\n",  # crashed: no 0
+    }
+    for name, text in logs.items():
+        (tmp_path / f"sanitizer-{name}.log").write_text(text)
+    assert headline.sanitizer_counts(str(tmp_path)) == {"racecheck": {"cupy": 0, "numba-cuda": 2},
+                                                        "memcheck": {"cupy": 3, "numba-cuda": None}}
+
