@@ -78,3 +78,62 @@ def test_sanitizer_counts_read_racecheck_and_a_crashed_runs_errors(tmp_path):
     assert headline.sanitizer_counts(str(tmp_path)) == {"racecheck": {"cupy": 0, "numba-cuda": 2},
                                                         "memcheck": {"cupy": 3, "numba-cuda": None}}
 
+
+# compute-sanitizer as the session calls it, on the numpy backend (no GPU here): FAKE_ERRORS=N errors reported after
+# the program ran; FAKE_HANG=1: a program that ignores SIGTERM and outlives any step's limit
+FAKE_SANITIZER = r"""#!/usr/bin/env bash
+ec=0; while [[ $1 == --* ]]; do [[ $1 == --error-exitcode ]] && ec=$2; shift 2; done
+args=("$@"); for i in "${!args[@]}"; do [[ ${args[$i]} == --backend ]] && args[$((i+1))]=numpy; done
+echo "========= COMPUTE-SANITIZER"
+if [[ -n ${FAKE_HANG:-} ]]; then trap '' TERM; sleep 60; fi
+for ((k = 0; k < ${FAKE_ERRORS:-0}; k++)); do echo "========= Invalid __global__ read of size 4 bytes"; done
+"${args[@]}"; rc=$?
+echo "========= ERROR SUMMARY: ${FAKE_ERRORS:-0} errors"
+((${FAKE_ERRORS:-0} > 0 && ec != 0)) && exit $ec
+exit $rc
+"""
+# python, with pip a no-op: the session's installs must not touch this machine's environment
+FAKE_PY = f"""#!/usr/bin/env bash
+[[ $1 == -m && $2 == pip ]] && exit 0
+exec {sys.executable} "$@"
+"""
+
+
+def sanitizer_session(tmp_path, **env):
+    """tools/gpu_session.sh sanitizer, not dry (as on the GPU), with the fakes first on PATH."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    for name, text in (("compute-sanitizer", FAKE_SANITIZER), ("py", FAKE_PY)):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", "OUT": str(out), "KEPT": str(tmp_path / "kept"),
+           "PY": "py", "PYTHONPATH": os.path.abspath(ROOT), "SANITIZER_TOOLS": "memcheck", **env}
+    env.pop("GPU_SESSION_DRY", None)
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "sanitizer"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    return done, done.stdout.strip().splitlines(), out
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_sanitizer_errors_fail_the_step_and_the_session(tmp_path):
+    done, summary, out = sanitizer_session(tmp_path)
+    assert done.returncode == 0 and all(": rc=0," in line for line in summary), (summary, done.stderr)
+    assert headline.sanitizer_counts(str(out))["memcheck"] == {"numba-cuda": 0, "cupy": 0}
+
+    done, summary, out = sanitizer_session(tmp_path, FAKE_ERRORS="2")  # the program itself agreed with numpy
+    assert [line.split(":")[0] for line in summary] == ["sanitizer-memcheck-numba-cuda", "sanitizer-memcheck-cupy"]
+    assert not any(": rc=0," in line for line in summary), summary
+    assert done.returncode != 0, summary
+    assert headline.sanitizer_counts(str(out))["memcheck"] == {"numba-cuda": 2, "cupy": 2}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_step_that_ignores_its_timeout_is_killed_and_the_next_one_runs(tmp_path):
+    done, summary, out = sanitizer_session(tmp_path, FAKE_HANG="1", SANITIZER_SECONDS="1", KILL_AFTER="1")
+    assert [line.split(":")[0] for line in summary] == ["sanitizer-memcheck-numba-cuda", "sanitizer-memcheck-cupy"]
+    assert all(": rc=124," in line or ": rc=137," in line for line in summary), summary
+    assert all(int(line.split(", ")[1].split()[0]) < 10 for line in summary), summary  # not the program's 60 s
+    assert done.returncode != 0
+    assert headline.sanitizer_counts(str(out))["memcheck"] == {"numba-cuda": None, "cupy": None}

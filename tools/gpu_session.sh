@@ -74,15 +74,18 @@ if [[ -z $DRY ]]; then
     $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 fi
 KEPT=${KEPT:-.gpu/kept}
-summary=()
+summary=() failed=()  # failed: the steps whose command failed or ran out of time; they make the script's exit status 1
 DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
 step() {  # step NAME SECONDS CMD...: RESERVED seconds of the deadline are kept for the headline's assembly
+    # A step's processes are sent SIGTERM at its limit and SIGKILL KILL_AFTER seconds later (one that ignores or
+    # outlives SIGTERM would otherwise hold the call past the device's 600 s, and $OUT would come back unpacked).
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - ${RESERVED:-40} - SECONDS))
     if ((left < 15)); then summary+=("$name: skipped, past the deadline"); return; fi
     ((limit > left)) && limit=$left
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+    timeout -k "${KILL_AFTER:-10}" "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+    ((rc == 0)) || failed+=("$name")
     summary+=("$name: rc=$rc, $((SECONDS - t0)) s :: $(grep -v '^wrote' "$OUT/$name.log" | tail -n 1)")
 }
 pytest_logged() {  # pytest_logged LOG ARGS...: the log's first line is the command (tools/headline.py reads it)
@@ -164,7 +167,7 @@ sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools
                 step "sanitizer-$tool-$backend" 60 $PY tools/sanitize_fit.py --backend numpy
             else
                 step "sanitizer-$tool-$backend" "${SANITIZER_SECONDS:-45}" env DELTAPROP_KERNEL_CACHE="$1" \
-                    compute-sanitizer --tool "$tool" --print-limit 20 $PY tools/sanitize_fit.py --backend "$backend"
+                    compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 1 $PY tools/sanitize_fit.py --backend "$backend"
             fi
         done
     done
@@ -195,3 +198,4 @@ printf '%s\n' "${summary[@]}"
 # of the tree while the machine stays warm): more's headline reads check's files from it.
 mkdir -p "$KEPT" && cp -r "$OUT"/. "$KEPT"/
 if [[ -n ${PACK:-} ]]; then (cd "$OUT" && tar czf gpu-session.tgz --remove-files -- *); fi  # one file: the device returns 8
+if ((${#failed[@]})); then echo "gpu_session: ${#failed[@]} step(s) failed: ${failed[*]}" >&2; exit 1; fi
