@@ -137,3 +137,18 @@ def test_a_step_that_ignores_its_timeout_is_killed_and_the_next_one_runs(tmp_pat
     assert all(int(line.split(", ")[1].split()[0]) < 10 for line in summary), summary  # not the program's 60 s
     assert done.returncode != 0
     assert headline.sanitizer_counts(str(out))["memcheck"] == {"numba-cuda": None, "cupy": None}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_prepare_stops_when_a_compile_fails(tmp_path):
+    """prepare pipes each deltaprop compile into tail: without pipefail, set -e saw tail's status, and a failed
+    compile went on to print the call's command as if .kc were complete (the GPU would compile at run time)."""
+    (tmp_path / "tools").mkdir()
+    shutil.copy(os.path.join(ROOT, "tools", "gpu_session.sh"), tmp_path / "tools")  # prepare writes in its cwd
+    fake = tmp_path / "py"  # pip and the -c snippets succeed; deltaprop compile fails, as on a broken kernel
+    fake.write_text('#!/usr/bin/env bash\nmkdir -p .kc .xdg\n'
+                    '[[ "$1 $2 $3" == "-m deltaprop compile" ]] && { echo "compile: failed" >&2; exit 1; }\nexit 0\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "prepare"], cwd=tmp_path, env={**os.environ, "PY": str(fake)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "carry:" not in done.stdout, (done.stdout, done.stderr)

@@ -42,7 +42,7 @@ PY=${PY:-python3}
 DRY=${GPU_SESSION_DRY:-}
 
 if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
-    set -e
+    set -eo pipefail  # pipefail: each compile is piped into tail, whose status set -e would see alone
     rm -rf .whl && mkdir -p .whl
     versions=$($PY -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in ("numpy", "numba", "numba-cuda")))')
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
