@@ -152,3 +152,28 @@ def test_prepare_stops_when_a_compile_fails(tmp_path):
     done = subprocess.run(["bash", "tools/gpu_session.sh", "prepare"], cwd=tmp_path, env={**os.environ, "PY": str(fake)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "carry:" not in done.stdout, (done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_wheels_that_do_not_install_fail_the_session(tmp_path):
+    """The carried wheels (the NumPy numba-cuda needs, the numba that compiled .kc) failing to install left every
+    step on the image's NumPy, and nothing in the summary or the exit status said so."""
+    (tmp_path / "tools").mkdir()
+    shutil.copy(os.path.join(ROOT, "tools", "gpu_session.sh"), tmp_path / "tools")  # its cwd holds .whl
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "numpy-2.0.0-cp312-cp312-manylinux_2_17_x86_64.whl").write_text("")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, text in (("py", '#!/usr/bin/env bash\n[[ " $* " == *" --target "* ]] && { echo "ERROR: not a supported '
+                               'wheel on this platform" >&2; exit 1; }\nexit 0\n'), ("nvidia-smi", "#!/bin/sh\n")):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", "PY": "py", "OUT": str(tmp_path / "out"),
+           "KEPT": str(tmp_path / "kept")}
+    env.pop("GPU_SESSION_DRY", None)
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "env"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    summary = done.stdout.strip().splitlines()
+    assert summary[0].startswith("wheels: rc=1,") and "not a supported wheel" in summary[0], summary
+    assert summary[1].startswith("env: rc=0,"), summary  # the steps still run
+    assert done.returncode != 0

@@ -65,14 +65,6 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     exit 0
 fi
 
-# Wheels carried in .whl (a NumPy that numba-cuda supports, the numba that compiled .kc) go first on the path.
-if [[ -z $DRY ]] && compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >"$OUT/wheels.log" 2>&1
-    export PYTHONPATH=/tmp/site
-fi
-if [[ -z $DRY ]]; then
-    $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-fi
 KEPT=${KEPT:-.gpu/kept}
 summary=() failed=()  # failed: the steps whose command failed or ran out of time; they make the script's exit status 1
 DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
@@ -88,6 +80,16 @@ step() {  # step NAME SECONDS CMD...: RESERVED seconds of the deadline are kept 
     ((rc == 0)) || failed+=("$name")
     summary+=("$name: rc=$rc, $((SECONDS - t0)) s :: $(grep -v '^wrote' "$OUT/$name.log" | tail -n 1)")
 }
+# Wheels carried in .whl (a NumPy that numba-cuda supports, the numba that compiled .kc) go first on the path: a
+# step of its own, so that a wheel that does not install is in the summary and the exit status (all would run on
+# the image's NumPy, which numba-cuda cannot compile under)
+if [[ -z $DRY ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    step wheels 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+if [[ -z $DRY ]]; then
+    $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+fi
 pytest_logged() {  # pytest_logged LOG ARGS...: the log's first line is the command (tools/headline.py reads it)
     local log=$1; shift
     echo "\$ pytest $*" >"$log"
