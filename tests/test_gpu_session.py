@@ -177,3 +177,15 @@ def test_wheels_that_do_not_install_fail_the_session(tmp_path):
     assert summary[0].startswith("wheels: rc=1,") and "not a supported wheel" in summary[0], summary
     assert summary[1].startswith("env: rc=0,"), summary  # the steps still run
     assert done.returncode != 0
+
+
+def test_a_suite_that_stops_at_collection_counts_as_failed(tmp_path):
+    """pytest's closing line when a test file does not import names errors only: the headline's tests read it as
+    not run (all null) instead of failed."""
+    log = tmp_path / "tests-pytest.log"
+    log.write_text("$ pytest -n 15 --require-gpu\n=========== short test summary info ===========\n"
+                   "ERROR tests/test_cupy.py - ImportError: numpy.core.multiarray failed to import\n"
+                   "!!!!!!!! Interrupted: 2 errors during collection !!!!!!!!\n"
+                   "============================== 2 errors in 7.31s ==============================\n")
+    assert headline.tests_summary(str(log)) == {"command": "pytest -n 15 --require-gpu", "passed": 0, "failed": 2,
+                                                "skipped": 0, "seconds": 7.31}

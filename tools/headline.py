@@ -265,7 +265,7 @@ def tests_summary(path) -> dict | None:
         lines = f.read().splitlines()
     command = lines[0][2:] if lines and lines[0].startswith("$ ") else None
     for line in reversed(lines):
-        if re.search(r"\d+ (passed|failed)", line) and " in " in line:
+        if re.search(r"\d+ (passed|failed|errors?)\b", line) and " in " in line:  # errors alone: stopped at collection
             counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line)}
             seconds = re.search(r" in ([\d.]+)s", line)
             return {"command": command, "passed": counts.get("passed", 0),
