@@ -189,3 +189,19 @@ def test_a_suite_that_stops_at_collection_counts_as_failed(tmp_path):
                    "============================== 2 errors in 7.31s ==============================\n")
     assert headline.tests_summary(str(log)) == {"command": "pytest -n 15 --require-gpu", "passed": 0, "failed": 2,
                                                 "skipped": 0, "seconds": 7.31}
+
+
+def test_epochs_exit_status_says_a_peer_failed(tmp_path, monkeypatch):
+    """A peer that fails is in the epochs JSON's errors (the others' figures kept), and now in the exit status, as
+    cold-start's errors are: the session's summary said rc=0 for a headline with a peer's figures missing."""
+    def fails(peer, net, *args):
+        raise RuntimeError(f"{peer}: out of memory")
+
+    monkeypatch.setattr(headline, "peer_epochs", fails)
+    monkeypatch.setattr(headline.importlib.util, "find_spec", lambda name: object())  # as if installed
+    out = tmp_path / "epochs.json"
+    rc = headline.main(["epochs", "--backends", "numpy", "--peers", "jax_jit", "--samples", "300", "--epochs", "2",
+                        "--accuracy", "", "--step-path", "", "--out", str(out)])
+    epochs = json.loads(out.read_text())
+    assert set(epochs["nets"]["reference"]) == {"numpy"} and len(epochs["errors"]) == 4  # 3 precisions + small
+    assert rc == 1

@@ -405,7 +405,7 @@ def main(argv=None) -> int:
     result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
     _write(a.out, result)
     print("wrote", a.out)
-    return 1 if a.command == "cold-start" and result["errors"] else 0
+    return 1 if a.command in ("cold-start", "epochs") and result["errors"] else 0  # what was measured is written
 
 
 def _write(path: str, result: dict) -> None:
