@@ -21,7 +21,11 @@
 # warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
 # copy of the carried cache; the epoch times and accuracies of the headline; and the headline record itself,
 # $OUT/<date>-<gpu>-headline.json (tools/headline.py). Every step gets what is left of DEADLINE at most, less
-# RESERVED seconds kept for the headline.
+# RESERVED seconds kept for the headline. DEADLINE (560 s) must end well inside the call's limit, which is less
+# than timeout_s where the session has less device time left (the reply's limit_s; the lease's budget_left_s):
+# the device kills the command at its limit, before $OUT is packed, and only 8 of its files come back. So a call
+# that may get less than 600 s passes DEADLINE=<its limit - 40>: more, above all (check and a machine's start
+# take 11 or 12 of the session's 15 minutes: more gets what is left, about 3, not 600 s).
 # more, the second call if the session has time for it (the same command with more for check, at once: the machine
 # stays warm 30 s): the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py and
 # tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's
@@ -61,7 +65,8 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     du -sh .whl .kc .xdg
     du -sch --exclude=.git . | tail -n 1  # the tree and the carried folders: under 64 MiB
     echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$(git rev-parse HEAD) PACK=1 bash tools/gpu_session.sh check"
-    echo "then, at once if time is left, the same carry and command with more for check"
+    echo "then, at once if time is left, the same carry and command with more for check and DEADLINE=<budget_left_s - 60>"
+    echo "before it (the lease's budget_left_s in check's reply: the device stops the call at what is left, not at 600 s)"
     exit 0
 fi
 
