@@ -113,7 +113,8 @@ def sanitizer_session(tmp_path, **env):
     env.pop("GPU_SESSION_DRY", None)
     done = subprocess.run(["bash", "tools/gpu_session.sh", "sanitizer"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
-    return done, done.stdout.strip().splitlines(), out
+    summary = [line for line in done.stdout.strip().splitlines() if not line.startswith("wheels:")]  # .whl: a no-op
+    return done, summary, out
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -205,3 +206,31 @@ def test_epochs_exit_status_says_a_peer_failed(tmp_path, monkeypatch):
     epochs = json.loads(out.read_text())
     assert set(epochs["nets"]["reference"]) == {"numpy"} and len(epochs["errors"]) == 4  # 3 precisions + small
     assert rc == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_hung_step_leaves_the_headline_inside_the_deadline(tmp_path):
+    """more, dry, its first step hung (a pytest that ignores SIGTERM): it is killed at what the deadline leaves it,
+    the steps after it are skipped past the deadline, the headline is still assembled and packed before DEADLINE
+    (plus KILL_AFTER) has passed, and the exit status says a step failed."""
+    import tarfile
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "py").write_text(f'#!/usr/bin/env bash\n[[ "$1 $2" == "-m pytest" ]] && {{ trap "" TERM; sleep 60; }}\n'
+                             f'exec {sys.executable} "$@"\n')
+    (bin_ / "py").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", "OUT": str(out), "KEPT": str(tmp_path / "kept"),
+           "GPU_SESSION_DRY": "1", "PY": "py", "PYTHONPATH": os.path.abspath(ROOT), "DEADLINE": "56", "KILL_AFTER": "1",
+           "PACK": "1"}
+    done = subprocess.run(["bash", "-c", 'tools/gpu_session.sh more; echo "rc=$? seconds=$SECONDS"'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    *summary, last = done.stdout.strip().splitlines()
+    assert summary[0].startswith("kernel-sweep: rc=137,"), summary
+    assert all("skipped" in line for line in summary[1:-1]) and summary[-1].startswith("headline: rc=0,"), summary
+    rc, seconds = (int(part.split("=")[1]) for part in last.split())
+    assert rc == 1 and seconds <= 56 + 1, last
+    with tarfile.open(out / "gpu-session.tgz") as tgz:
+        assert any(name.endswith("-cpu-dry-headline.json") for name in tgz.getnames()), tgz.getnames()
