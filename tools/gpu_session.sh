@@ -21,7 +21,11 @@
 # warm right after, and from the carried cache); the whole suite with --require-gpu on both GPU backends, from a
 # copy of the carried cache; the epoch times and accuracies of the headline; and the headline record itself,
 # $OUT/<date>-<gpu>-headline.json (tools/headline.py). Every step gets what is left of DEADLINE at most, less
-# RESERVED seconds kept for the headline.
+# RESERVED seconds kept for the headline. DEADLINE (560 s) must end well inside the call's limit, which is less
+# than timeout_s where the session has less device time left (the reply's limit_s; the lease's budget_left_s):
+# the device kills the command at its limit, before $OUT is packed, and only 8 of its files come back. So a call
+# that may get less than 600 s passes DEADLINE=<its limit - 40>: more, above all (check and a machine's start
+# take 11 or 12 of the session's 15 minutes: more gets what is left, about 3, not 600 s).
 # more, the second call if the session has time for it (the same command with more for check, at once: the machine
 # stays warm 30 s): the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py and
 # tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's
@@ -42,7 +46,7 @@ PY=${PY:-python3}
 DRY=${GPU_SESSION_DRY:-}
 
 if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
-    set -e
+    set -eo pipefail  # pipefail: each compile is piped into tail, whose status set -e would see alone
     rm -rf .whl && mkdir -p .whl
     versions=$($PY -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in ("numpy", "numba", "numba-cuda")))')
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -61,30 +65,36 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     du -sh .whl .kc .xdg
     du -sch --exclude=.git . | tail -n 1  # the tree and the carried folders: under 64 MiB
     echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$(git rev-parse HEAD) PACK=1 bash tools/gpu_session.sh check"
-    echo "then, at once if time is left, the same carry and command with more for check"
+    echo "then, at once if time is left, the same carry and command with more for check and DEADLINE=<budget_left_s - 60>"
+    echo "before it (the lease's budget_left_s in check's reply: the device stops the call at what is left, not at 600 s)"
     exit 0
 fi
 
-# Wheels carried in .whl (a NumPy that numba-cuda supports, the numba that compiled .kc) go first on the path.
-if [[ -z $DRY ]] && compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >"$OUT/wheels.log" 2>&1
-    export PYTHONPATH=/tmp/site
-fi
-if [[ -z $DRY ]]; then
-    $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-fi
 KEPT=${KEPT:-.gpu/kept}
-summary=()
+summary=() failed=()  # failed: the steps whose command failed or ran out of time; they make the script's exit status 1
 DEADLINE=${DEADLINE:-560}  # seconds for the whole script: a step gets what is left, at most its own limit
 step() {  # step NAME SECONDS CMD...: RESERVED seconds of the deadline are kept for the headline's assembly
+    # A step's processes are sent SIGTERM at its limit and SIGKILL KILL_AFTER seconds later (one that ignores or
+    # outlives SIGTERM would otherwise hold the call past the device's 600 s, and $OUT would come back unpacked).
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - ${RESERVED:-40} - SECONDS))
     if ((left < 15)); then summary+=("$name: skipped, past the deadline"); return; fi
     ((limit > left)) && limit=$left
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+    timeout -k "${KILL_AFTER:-10}" "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+    ((rc == 0)) || failed+=("$name")
     summary+=("$name: rc=$rc, $((SECONDS - t0)) s :: $(grep -v '^wrote' "$OUT/$name.log" | tail -n 1)")
 }
+# Wheels carried in .whl (a NumPy that numba-cuda supports, the numba that compiled .kc) go first on the path: a
+# step of its own, so that a wheel that does not install is in the summary and the exit status (all would run on
+# the image's NumPy, which numba-cuda cannot compile under)
+if [[ -z $DRY ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    step wheels 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+if [[ -z $DRY ]]; then
+    $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+fi
 pytest_logged() {  # pytest_logged LOG ARGS...: the log's first line is the command (tools/headline.py reads it)
     local log=$1; shift
     echo "\$ pytest $*" >"$log"
@@ -164,7 +174,7 @@ sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools
                 step "sanitizer-$tool-$backend" 60 $PY tools/sanitize_fit.py --backend numpy
             else
                 step "sanitizer-$tool-$backend" "${SANITIZER_SECONDS:-45}" env DELTAPROP_KERNEL_CACHE="$1" \
-                    compute-sanitizer --tool "$tool" --print-limit 20 $PY tools/sanitize_fit.py --backend "$backend"
+                    compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 1 $PY tools/sanitize_fit.py --backend "$backend"
             fi
         done
     done
@@ -195,3 +205,4 @@ printf '%s\n' "${summary[@]}"
 # of the tree while the machine stays warm): more's headline reads check's files from it.
 mkdir -p "$KEPT" && cp -r "$OUT"/. "$KEPT"/
 if [[ -n ${PACK:-} ]]; then (cd "$OUT" && tar czf gpu-session.tgz --remove-files -- *); fi  # one file: the device returns 8
+if ((${#failed[@]})); then echo "gpu_session: ${#failed[@]} step(s) failed: ${failed[*]}" >&2; exit 1; fi

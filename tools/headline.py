@@ -265,7 +265,7 @@ def tests_summary(path) -> dict | None:
         lines = f.read().splitlines()
     command = lines[0][2:] if lines and lines[0].startswith("$ ") else None
     for line in reversed(lines):
-        if re.search(r"\d+ (passed|failed)", line) and " in " in line:
+        if re.search(r"\d+ (passed|failed|errors?)\b", line) and " in " in line:  # errors alone: stopped at collection
             counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line)}
             seconds = re.search(r" in ([\d.]+)s", line)
             return {"command": command, "passed": counts.get("passed", 0),
@@ -320,8 +320,11 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 
 def sanitizer_counts(folder) -> dict | None:
     """{tool: {backend: errors}} from compute-sanitizer logs named sanitizer-<tool>-<backend>.log in ``folder``:
-    the count of the closing "ERROR SUMMARY: N errors" line, None where a log has no such line (the run failed
-    or was cut short) or where the checked program itself failed (its last line is not sanitize_fit's)."""
+    the count of the closing "ERROR SUMMARY: N errors" line (racecheck writes none: its "RACECHECK SUMMARY: N
+    hazards displayed (E errors, W warnings)" instead, E + W counted, a warning being a possible race too).
+    Errors found count even where the checked program then failed (an out-of-bounds access under memcheck kills
+    it); None where a log has no summary (the run failed or was cut short) or where it says 0 but the checked
+    program failed (its last line is not sanitize_fit's): what it did not run was not checked."""
     if not folder:
         return None
     counts = {}
@@ -332,9 +335,10 @@ def sanitizer_counts(folder) -> dict | None:
                 continue
             with open(path) as f:
                 text = f.read()
-            found = re.findall(r"ERROR SUMMARY: (\d+) errors?", text)
+            races = re.findall(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?, (\d+) warnings?\)", text)
+            found = [int(e) + int(w) for e, w in races] or [int(n) for n in re.findall(r"ERROR SUMMARY: (\d+) errors?", text)]
             ran = "every kernel and fit agreed with numpy" in text
-            counts.setdefault(tool, {})[backend] = int(found[-1]) if found and ran else None
+            counts.setdefault(tool, {})[backend] = found[-1] if found and (found[-1] > 0 or ran) else None
     return counts
 
 
@@ -401,7 +405,7 @@ def main(argv=None) -> int:
     result = {"epochs": cmd_epochs, "cold-start": cmd_cold_start, "assemble": cmd_assemble}[a.command](a)
     _write(a.out, result)
     print("wrote", a.out)
-    return 1 if a.command == "cold-start" and result["errors"] else 0
+    return 1 if a.command in ("cold-start", "epochs") and result["errors"] else 0  # what was measured is written
 
 
 def _write(path: str, result: dict) -> None:
