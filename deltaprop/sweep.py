@@ -265,9 +265,13 @@ def run(args) -> int:
     best = max(range(len(rows)), key=lambda i: rows[i]["mean_test_score"])
     out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
            "best": rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
-    atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)
-    print(f"best: {json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}; "
-          f"wrote {args.out}")  # fmt: skip
+    said = f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}"
+    try:
+        atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)
+    except OSError as exc:  # checked writable before the sweep: a disk that filled up since, say
+        raise SweepError(f"--out: cannot write {args.out} ({exc.strerror or exc}); the best of {len(rows)} "
+                         f"candidates: {said}") from None
+    print(f"best: {said}; wrote {args.out}")
     return 0
 
 

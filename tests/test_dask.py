@@ -192,6 +192,25 @@ def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
     np.testing.assert_array_equal([r["mean_test_score"] for r in result["candidates"]], grid_search_scores(config)[0])
 
 
+def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp_path, capsys, monkeypatch):
+    """A disk that filled up during the sweep: one line naming --out and its file, with the best candidate, so that
+    the sweep's work is not lost with the file."""
+    import errno
+
+    from deltaprop import cli, sweep
+
+    def full(path, write, binary=True):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sweep, "atomic_write", full)
+    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, "grid": {"alpha": [1e-4, 1e-1]}}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert rc == 1 and err.startswith(f"deltaprop: error: --out: cannot write {tmp_path / 'r.json'} (No space left on "
+                                      "device); the best of 2 candidates: {"), err
+    assert '"alpha": ' in err and "mean test score " in err
+
+
 @pytest.mark.parametrize("change, message", [
     ({"grids": {}}, "config: unknown key(s) 'grids'"),
     ({"grid": {}}, "config: grid: expected an object of non-empty lists"),
