@@ -275,13 +275,14 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
         "device": device,
         **record.train_record(commit),
     }
-    if args.save:
-        _write("--save", args.save, lambda: model.save(args.save))
-    if args.metrics_out:
-        text = json.dumps(json_safe(result), indent=1)
-        _write("--metrics-out", args.metrics_out, lambda: atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False))
-    if args.plot:
-        _write("--plot", args.plot, lambda: plot_history(combined, args.plot))
+    text = json.dumps(json_safe(result), indent=1)
+    outputs = (("--save", args.save, lambda: model.save(args.save)),
+               ("--metrics-out", args.metrics_out,
+                lambda: atomic_write(args.metrics_out, lambda f: f.write(text + "\n"), binary=False)),
+               ("--plot", args.plot, lambda: plot_history(combined, args.plot)))
+    lost = [_write(flag, path, write) for flag, path, write in outputs if path]  # each tried: one lost keeps no other
+    if any(lost):
+        raise CLIError("; ".join(filter(None, lost)))
     acc = f"{test['accuracy']:.4f} ({len(data.y_test)} samples)" if test else "n/a (no test set)"
     speed = f", {trained_samples / train_seconds:,.0f} samples/s" if train_seconds else ""
     epochs = len(new["seconds"])
@@ -290,13 +291,14 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
     return 0
 
 
-def _write(flag: str, path, write) -> None:
-    """``write()`` of an output after training; an OSError (a disk that filled up, or a mount gone read-only, since
-    _check_outputs) is said as the option's, with its file."""
+def _write(flag: str, path, write) -> str | None:
+    """``write()`` of an output after training: None, or for an OSError (a disk that filled up, or a mount gone
+    read-only, since _check_outputs) what to say, as the option's, with its file."""
     try:
         write()
     except OSError as exc:
-        raise CLIError(f"{flag}: cannot write {path} ({exc.strerror or exc})") from None
+        return f"{flag}: cannot write {path} ({exc.strerror or exc})"
+    return None
 
 
 def _settings(args) -> dict:

@@ -841,6 +841,26 @@ def test_a_write_that_fails_after_training_names_its_option_and_file(tmp_path, c
         assert not path.exists()  # made by the run, and nothing was committed into it
 
 
+def test_an_output_that_cannot_be_written_loses_no_other(tmp_path, capsys, monkeypatch):
+    """--save fails (its fsync): --metrics-out is still written, and the one error line names --save alone."""
+    import errno
+
+    fsync, calls = os.fsync, []
+
+    def first_fails(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", first_fails)
+    model, metrics = tmp_path / "m.npz", tmp_path / "m.json"
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                     "--save", model, "--metrics-out", metrics)
+    assert (rc, err) == (1, f"deltaprop: error: --save: cannot write {model} (No space left on device)\n")
+    assert json.loads(metrics.read_text())["epochs_trained"] == 2 and os.listdir(tmp_path) == ["m.json"]
+
+
 def test_a_file_written_over_keeps_its_permissions_and_a_proc_fd_is_appended_to(tmp_path):
     """Writing over a file (or through a symlink to it) keeps its mode, as open would; /proc/self/fd/N (what
     /dev/stdout is) pointing at a regular file, as a shell's `>> out.txt` makes it, is written through and appended
