@@ -105,6 +105,20 @@ def timed_fit(model, X, y, repeats: int, **fit_kwargs):
     return history, list(history.seconds[warm:]), warm
 
 
+def counted_fit(model, X, y, repeats: int, counters, **fit_kwargs):
+    """``timed_fit``, and a fourth item: how much each of the backend's ``counters`` (int attributes, such as
+    numba-cuda's ``launches`` and ``replays``) grew in the timed epochs alone, None where the backend has no such
+    counter. The warm-up epochs' eager steps and graph recordings stay out of a per-step count as they stay off
+    the clock: a count over the whole fit would depend on ``repeats``."""
+    bk = model.backend
+    ends = []  # each counter at the end of each epoch (fit calls back after the epoch's clock has stopped)
+    read = lambda epoch, history: ends.append({c: getattr(bk, c, None) for c in counters})  # noqa: E731
+    history, timed, warm = timed_fit(model, X, y, repeats, callback=read, **fit_kwargs)
+    first, last = ends[warm - 1], ends[-1]
+    grew = {c: last[c] - first[c] if isinstance(first[c], int) and isinstance(last[c], int) else None for c in counters}
+    return history, timed, warm, grew
+
+
 # --------------------------------------------------------------- progress
 class Progress:
     """Where a long run is, on stderr (stdout is the report): the suite, what it times now, the seconds since the suite began."""
