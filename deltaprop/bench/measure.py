@@ -8,8 +8,10 @@ median with min and max; take every ratio from numbers of the same run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -95,6 +97,21 @@ def warmup_epochs(model) -> int:
 
     backend = model.backend
     return 2 if isinstance(backend, GraphSteps) and backend.graphs else 1
+
+
+@contextlib.contextmanager
+def fused_mode(mode: str):
+    """DELTAPROP_FUSED=``mode`` within the block ("auto": the fused epoch, one launch per epoch, where the net fits
+    on chip, as a user gets it; "off": the step path), the caller's value put back after it."""
+    saved = os.environ.get("DELTAPROP_FUSED")
+    os.environ["DELTAPROP_FUSED"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DELTAPROP_FUSED", None)
+        else:
+            os.environ["DELTAPROP_FUSED"] = saved
 
 
 def timed_fit(model, X, y, repeats: int, **fit_kwargs):
