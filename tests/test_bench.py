@@ -296,3 +296,40 @@ def test_the_readmes_cpu_epoch_times_are_those_of_the_result_file_it_names():
         return round(row["epoch_s"]["median"], 2)
 
     assert (train, peers) == (median("train", "numpy"), median("peers", "numpy"))
+
+
+def test_cupy_vs_torch_times_its_graph_and_eager_rows_on_the_step_path(monkeypatch):
+    """Under DELTAPROP_FUSED=auto a GPU backend runs a net that fits on chip (the small net) as one fused launch per
+    epoch, with CUDA graphs on or off alike: the script's "graphs against launching each kernel" would time the same
+    fused kernel twice. Here a NumPy stand-in offers the fused epoch to every net, as the GPU offers it to the small one."""
+    from deltaprop import MLP
+    from deltaprop.backends.numpy_backend import NumpyBackend
+
+    class Fusing(NumpyBackend):
+        fused_epochs = 0
+
+        def __init__(self, graphs=True):
+            super().__init__()
+
+        def fused_limit(self):
+            return 1 << 30, True
+
+        def run_epoch_fused(self, *args):
+            Fusing.fused_epochs += 1
+
+    bench = script("bench/cupy_vs_torch.py")
+
+    def model(sizes, activation, backend, seed):
+        m = MLP(sizes, activation=activation, backend="numpy", seed=seed)
+        m.backend = Fusing()
+        return m
+
+    monkeypatch.setattr(bench, "MLP", model)
+    monkeypatch.setattr(bench, "CupyBackend", Fusing)
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")
+    rng = np.random.default_rng(0)
+    X, y = rng.random((33, 784), dtype=np.float32), rng.integers(0, 10, 33)
+    for graphs in (True, False):
+        bench.deltaprop_epochs(X, y, [784, 7, 10], "sigmoid", 10, 2, graphs=graphs)
+    assert Fusing.fused_epochs == 0
+    assert os.environ["DELTAPROP_FUSED"] == "auto"  # put back

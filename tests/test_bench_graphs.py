@@ -124,3 +124,28 @@ def test_the_maxout_bench_times_its_steps_after_the_recordings(counting, monkeyp
     row = bench.run("numpy", SIZES, "relu", 2, 4, data, {}, {"lr": 0.05, "momentum": 0.9})
     timed_epochs_record_nothing(counting, 2)
     assert seen == [row["epoch_s"][2:]]  # the step time is the median of the epochs after the recordings
+
+
+class LaunchingGraphs(CountingGraphs):
+    """The stand-in with a ``launches`` counter, as numba-cuda's (a captured launch counts): one per capture."""
+
+    launches = 0
+
+    def _capture(self, enqueue):
+        self.launches += 1
+        return super()._capture(enqueue)
+
+
+def test_launches_per_step_counts_the_timed_epochs_alone(monkeypatch):
+    """The timed epochs only replay (no capture, no launch): their launches per step are 0, whatever the warm-up
+    epochs' recordings launched; a figure averaged over every epoch of the fit would depend on ``repeats``."""
+    bk = LaunchingGraphs()
+    instance = backends.instance
+    monkeypatch.setattr(backends, "instance", lambda name, device=None: bk if name == "numpy" else instance(name, device))
+    rng = np.random.default_rng(0)
+    X, y = rng.random((33, 784), dtype=np.float32), rng.integers(0, 10, 33)  # 4 full steps of 7 and one of 5
+    net = measure.Net("tiny", tuple(SIZES), "relu", "softmax", "cross_entropy", 0.05, 0.9)
+    row = suites.train_one("numpy", net, X, y, 7, 3)
+    timed_epochs_record_nothing(bk, 3)
+    assert bk.launches > 0  # the warm-up epochs launched
+    assert row["launches_per_step"] == 0.0

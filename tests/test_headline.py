@@ -218,3 +218,17 @@ def test_a_gpu_backend_that_cannot_run_is_one_error_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"^headline: error: backend 'cupy' is not usable: a reason$"):
         headline.main(["epochs", "--peers", "", "--out", str(tmp_path / "e.json")])
     assert not (tmp_path / "e.json").exists()
+
+
+def test_the_speedup_is_over_the_fastest_peer_torch_eager_included():
+    """headline.md: "fastest peer's epoch / fastest deltaprop backend's epoch": a measured torch_eager that beats
+    the others is the best peer (the strong peers must all be timed for the figure to exist at all)."""
+    rows = {"cupy": {"epoch_s": 1.0}, "numba-cuda": {"epoch_s": 2.0}, "torch_eager": {"epoch_s": 0.5, "device": "cuda"},
+            "torch_graph": {"epoch_s": 0.8, "device": "cuda"}, "torch_compile": {"epoch_s": 0.9, "device": "cuda"},
+            "jax_jit": {"epoch_s": 0.7, "device": "cuda"}}
+    record = headline.headline({"nets": {"reference": rows, "small": dict(rows)}}, None, None, "f" * 40)
+    assert record["speedup_over_best_peer"]["reference"]["fp32"] == 0.5
+    assert record["speedup_over_best_peer"]["small"]["fp32"] == 0.5
+    del rows["jax_jit"]  # a strong peer not timed: no figure
+    record = headline.headline({"nets": {"reference": rows}}, None, None, "f" * 40)
+    assert record["speedup_over_best_peer"]["reference"]["fp32"] is None

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deltaprop.bench.measure import Net, require_gpu, timed_fit  # noqa: E402
+from deltaprop.bench.measure import Net, fused_mode, require_gpu, timed_fit  # noqa: E402
 from deltaprop.bench.peers import Missing, jax_train, torch_train  # noqa: E402
 
 # The nets of the headline format, with its hyperparameters; the batch of each
@@ -70,18 +70,11 @@ def deltaprop_epochs(backend: str, net: str, X, y, epochs: int, fused: str = "au
     """A backend's epochs, with DELTAPROP_FUSED=``fused`` ("auto": the fused epoch where the net fits, as a user
     gets it; "off": the step path); the row says which path ran ("fused" or "steps")."""
     spec, batch = NETS[net]
-    saved = os.environ.get("DELTAPROP_FUSED")
-    os.environ["DELTAPROP_FUSED"] = fused
-    try:
+    with fused_mode(fused):
         model = spec.model(backend)
         before = getattr(model.backend, "fused_epochs", 0)
         history, timed, warm = timed_fit(model, X, y, epochs, batch_size=batch, lr=spec.lr, momentum=spec.momentum)
         path = "fused" if getattr(model.backend, "fused_epochs", 0) > before else "steps"
-    finally:
-        if saved is None:
-            del os.environ["DELTAPROP_FUSED"]
-        else:
-            os.environ["DELTAPROP_FUSED"] = saved
     _learns(history.loss, f"{backend} on the {net} net")
     return {"epoch_s": statistics.median(timed), "seconds": history.seconds, "warmup_epochs": warm,
             "loss": history.loss, "path": path}
@@ -292,10 +285,11 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
     record["small_epoch_s"] = {"fp32": {"cupy": epoch("small", "cupy"), "numba-cuda": epoch("small", "numba-cuda"),
                                         **{p: epoch("small", p) for p in PEERS}}}
 
-    def speedup(row):  # over the best of the strong peers, only when all of them were timed
+    def speedup(row):  # over the fastest peer timed (torch_eager too), only when all the strong ones were timed
         strong = [row.get(p) for p in PEERS[1:]]
+        timed = [v for k, v in row.items() if k in PEERS and v is not None]
         ours = [v for k, v in row.items() if k not in PEERS and v is not None]
-        return None if None in strong or not ours else min(strong) / min(ours)
+        return None if None in strong or not ours else min(timed) / min(ours)
 
     record["speedup_over_best_peer"] = {
         "reference": {p: speedup(record["reference_epoch_s"][p]) for p in ("fp32", "tf32", "bf16")},

@@ -78,7 +78,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from deltaprop import backends, record
-from deltaprop.bench.measure import Net
+from deltaprop.bench.measure import Net, fused_mode
 
 REFERENCE_SIZES = (784, 1024, 1024, 10)
 SGD_LR, SGD_MOMENTUM, ADAM_LR = 0.05, 0.9, 1e-3
@@ -339,19 +339,6 @@ def cases(a, runs) -> list:
     return out
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
 def _profiler_marks(backend: str):
     """(start, stop): cudaProfilerStart/Stop through the backend's own library (what ncu's --profile-from-start
     off waits for); no-ops on the CPU."""
@@ -443,7 +430,7 @@ def run_case(case: Case, warmup: int, profiler=None, trace_path=None, attach: st
 
     fused_before = getattr(bk, "fused_epochs", 0)
     whole = profiler if profiler is not None and attach == "before" else contextlib.nullcontext()
-    with _env("DELTAPROP_FUSED", case.fused), watched(bk, around) as calls, whole:
+    with fused_mode(case.fused), watched(bk, around) as calls, whole:
         history = model.fit(X, y, epochs=warmup + 2, batch_size=case.batch, **case.fit_kwargs())
     if len(calls) != warmup + 2:
         raise RuntimeError(f"{case.key}: expected one steps call per epoch, {warmup + 2}, the fit made {len(calls)}")

@@ -8,8 +8,10 @@ median with min and max; take every ratio from numbers of the same run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -97,12 +99,41 @@ def warmup_epochs(model) -> int:
     return 2 if isinstance(backend, GraphSteps) and backend.graphs else 1
 
 
+@contextlib.contextmanager
+def fused_mode(mode: str):
+    """DELTAPROP_FUSED=``mode`` within the block ("auto": the fused epoch, one launch per epoch, where the net fits
+    on chip, as a user gets it; "off": the step path), the caller's value put back after it."""
+    saved = os.environ.get("DELTAPROP_FUSED")
+    os.environ["DELTAPROP_FUSED"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("DELTAPROP_FUSED", None)
+        else:
+            os.environ["DELTAPROP_FUSED"] = saved
+
+
 def timed_fit(model, X, y, repeats: int, **fit_kwargs):
     """``model.fit`` of ``warmup_epochs(model) + repeats`` epochs: (its History, the ``repeats`` timed epochs'
     seconds, the number of warm-up epochs)."""
     warm = warmup_epochs(model)
     history = model.fit(X, y, epochs=warm + repeats, **fit_kwargs)
     return history, list(history.seconds[warm:]), warm
+
+
+def counted_fit(model, X, y, repeats: int, counters, **fit_kwargs):
+    """``timed_fit``, and a fourth item: how much each of the backend's ``counters`` (int attributes, such as
+    numba-cuda's ``launches`` and ``replays``) grew in the timed epochs alone, None where the backend has no such
+    counter. The warm-up epochs' eager steps and graph recordings stay out of a per-step count as they stay off
+    the clock: a count over the whole fit would depend on ``repeats``."""
+    bk = model.backend
+    ends = []  # each counter at the end of each epoch (fit calls back after the epoch's clock has stopped)
+    read = lambda epoch, history: ends.append({c: getattr(bk, c, None) for c in counters})  # noqa: E731
+    history, timed, warm = timed_fit(model, X, y, repeats, callback=read, **fit_kwargs)
+    first, last = ends[warm - 1], ends[-1]
+    grew = {c: last[c] - first[c] if isinstance(first[c], int) and isinstance(last[c], int) else None for c in counters}
+    return history, timed, warm, grew
 
 
 # --------------------------------------------------------------- progress

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .. import backends
-from .measure import Net, datasheet_peak, progress, summarize, time_calls, timed_fit
+from .measure import Net, counted_fit, datasheet_peak, progress, summarize, time_calls
 
 
 def usable_backends(names=None) -> list:
@@ -138,10 +138,8 @@ def train_one(name: str, net: Net, X, y, batch: int, repeats: int) -> dict:
     """The warm-up epochs (``measure.warmup_epochs``: 2 where the backend records CUDA graphs, else 1), then
     ``repeats`` timed epochs of the same fit (History.seconds: the loop synchronizes before each)."""
     model = net.model(name)
-    bk = model.backend
-    before = _launches(bk)
-    history, timed, warm = timed_fit(model, X, y, repeats, batch_size=batch, lr=net.lr, momentum=net.momentum)
-    after = _launches(bk)
+    history, timed, warm, grew = counted_fit(model, X, y, repeats, ("launches",), batch_size=batch, lr=net.lr,
+                                             momentum=net.momentum)
     epoch = summarize(timed)
     steps = math.ceil(len(X) / batch)
     row = {"backend": name, "net": net.name, "batch": batch, "samples": len(X), "steps": steps,
@@ -149,8 +147,8 @@ def train_one(name: str, net: Net, X, y, batch: int, repeats: int) -> dict:
            "samples_per_s": len(X) / epoch["median"],
            "us_per_step": epoch["median"] / steps * 1e6,
            "gflops": net.flops_per_sample() * len(X) / epoch["median"] / 1e9}
-    if before is not None and after is not None:
-        row["launches_per_step"] = (after - before) / (steps * len(history.seconds))
+    if grew["launches"] is not None:  # the timed epochs' launches: the warm-up's eager steps and recordings left out
+        row["launches_per_step"] = grew["launches"] / (steps * len(timed))
     return row
 
 
