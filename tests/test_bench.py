@@ -159,6 +159,17 @@ def test_a_backend_that_cannot_run_is_one_error_line_before_any_suite(tmp_path, 
     assert out == "" and not (tmp_path / "out").exists()
 
 
+def test_the_backends_asked_for_keep_their_device_and_are_timed_once(monkeypatch):
+    """--backends cupy:1 times device 1, not the current device; a backend named twice is timed once."""
+    real_get = backends.get
+
+    class OnDevice:
+        name = "cupy"
+
+    monkeypatch.setattr(backends, "get", lambda n: OnDevice() if n.strip().lower().startswith("cupy") else real_get(n))
+    assert suites.usable_backends(["cupy:1", "numpy", " NumPy ", "cupy"]) == ["cupy:1", "numpy", "cupy"]
+
+
 @pytest.mark.parametrize("script", ["cupy_vs_torch.py", "numba_vs_cublas_torch.py"])
 def test_the_gpu_scripts_without_a_gpu_say_so_in_one_line(script):
     """No device visible (CUDA_VISIBLE_DEVICES empty), on any machine: one error line and status 1, before any work."""
