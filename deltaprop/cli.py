@@ -715,7 +715,15 @@ def cmd_info(args) -> int:
           + ", ".join(f"{name} (of {base})" for name, base in backends.variants().items()))
     bad = None
     try:
-        picked = backends.select("auto").describe()
+        selection = backends.select("auto")
+        env = os.environ.get(backends.ENV_VAR, "")
+        try:  # what a train would build: a DELTAPROP_BACKEND that cannot run here is no pick
+            if env.strip():
+                backends.get("auto")
+        except BackendUnavailable as exc:
+            raise ValueError(f"{backends.ENV_VAR}={env!r}: {exc}; unset it to let auto pick, or set it to numpy to run "
+                             "on the CPU") from None
+        picked = selection.describe()
     except ValueError as exc:  # a bad DELTAPROP_BACKEND: said here and at the end, the whole report printed
         bad = str(exc)
         picked = f"nothing: {bad}"
