@@ -21,7 +21,8 @@ the H100's, ``SHARED_PER_BLOCK``; another --cc: none, the step path's kernels), 
 the fit records that kernel, of its optimizer, in place of the step's.
 
 CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
-(``CUPY_CACHE_DIR``); with a GPU the command compiles them there, without one it says that it cannot.
+(``CUPY_CACHE_DIR``); with a GPU the command compiles them there (those of --dtype, or with --every-kernel every
+module's of both dtypes), without one it says that it cannot; --jobs and --multiprocessors are numba-cuda's.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def add_parser(sub) -> None:
     c.add_argument("--backend", default="numba-cuda", help="numba-cuda (default) or cupy")
     c.add_argument("--cc", metavar="MAJOR.MINOR", help="compile for this compute capability, e.g. 9.0, without a GPU")
     c.add_argument("--multiprocessors", type=int, metavar="N",
-                   help="the GPU's multiprocessors, which pick the GEMM tilings (default: the GPU's, or the usual "
+                   help="numba-cuda: the GPU's multiprocessors, which pick the GEMM tilings (default: the GPU's, or the usual "
                         "count for --cc: " + ", ".join(f"{a}.{b}: {n}" for (a, b), n in MULTIPROCESSORS.items()) + ")")
     c.add_argument("--layers", default="1024,1024", metavar="N,N,...", help="hidden layer widths (default: 1024,1024)")
     c.add_argument("--inputs", type=int, default=784, metavar="N", help="input width (default: 784, MNIST)")
@@ -79,8 +80,10 @@ def add_parser(sub) -> None:
     c.add_argument("--test-samples", type=int, default=10000, metavar="N", help="samples evaluated after the fit (default: 10000)")
     c.add_argument("--every-kernel", action="store_true",
                    help="instead of one net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
-                        "update, tiling, offset width; float32 and float64): what the test suite runs; minutes")
-    c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (with --cc only; default: 1)")
+                        "update, tiling, offset width; float32 and float64): what the test suite runs; minutes. With "
+                        "cupy: every module of float32 and float64")
+    c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (numba-cuda with --cc only; "
+                   "default: 1)")
     c.set_defaults(run=run)
 
 
@@ -92,7 +95,11 @@ def run(args) -> int:
                            f"without one; give {backend}:{index} or --cc, not both")
     net = _net(args)
     if backend == "cupy":
-        return _cupy(cc, net, index)
+        for option, given in (("--jobs", args.jobs != 1), ("--multiprocessors", args.multiprocessors is not None)):
+            if given:
+                raise CompileError(f"{option}: numba-cuda's option; --backend cupy compiles with NVRTC, in this process, "
+                                   "for the GPU here")
+        return _cupy(cc, net, index, args.every_kernel)
     if args.jobs < 1 or (args.jobs > 1 and cc is None):
         raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
                            if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
@@ -527,9 +534,10 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
 
 # ---------------------------------------------------------------------------- cupy
-def _cupy(cc, net, index: int | None = None) -> int:
-    """Compile the CUDA C kernels of ``net``'s dtype on this GPU (device ``index``, or the current one) into CuPy's
-    cache; ``cc`` (a compute capability without its GPU) is refused: NVRTC compiles for the device that runs them."""
+def _cupy(cc, net, index: int | None = None, every_kernel: bool = False) -> int:
+    """Compile the CUDA C kernels of ``net``'s dtype (``every_kernel``: of every module, float32 and float64) on this
+    GPU (device ``index``, or the current one) into CuPy's cache; ``cc`` (a compute capability without its GPU) is
+    refused: NVRTC compiles for the device that runs them."""
     from .backends import compat
 
     how = ("--backend cupy: CuPy compiles its kernels with NVRTC for the GPU that runs them and caches them "
@@ -544,10 +552,12 @@ def _cupy(cc, net, index: int | None = None) -> int:
         _device_index("cupy", index, f"cupy:{index}")
     from .kernels import cuda_source
 
+    dtypes = ("float32", "float64") if every_kernel else (net["dtype"],)
+    modules = (cuda_source.kernels, cuda_source.dropout_kernels) if every_kernel else (cuda_source.kernels,)
     start = time.perf_counter()
     with probe.require("cupy").cuda.Device(index) if index is not None else contextlib.nullcontext():
-        compiled = cuda_source.kernels(np.dtype(net["dtype"]))
+        compiled = sum(len(module(np.dtype(dtype))) for dtype in dtypes for module in modules)
     where = os.environ.get("CUPY_CACHE_DIR") or os.path.join("~", ".cupy", "kernel_cache")
-    print(f"cupy: {len(compiled)} kernels ({net['dtype']}) compiled or found in CuPy's cache {where}, "
+    print(f"cupy: {compiled} kernels ({', '.join(dtypes)}) compiled or found in CuPy's cache {where}, "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

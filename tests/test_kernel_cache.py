@@ -546,6 +546,32 @@ def test_compile_for_cupy_says_what_it_lacks(capsys, cache_dir):
     assert "--cc" not in err and not cache_dir.exists()
 
 
+@pytest.mark.parametrize("argv, option", [(["--jobs", "2"], "--jobs"), (["--multiprocessors", "132"], "--multiprocessors")])
+def test_compile_for_cupy_refuses_numba_cudas_options(capsys, cache_dir, argv, option):
+    """Options that only numba-cuda's compile has are refused with cupy, before it looks for a GPU, not ignored."""
+    rc, _, err = _compile(capsys, "--backend", "cupy", *argv)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"deltaprop: error: {option}: numba-cuda's option; --backend cupy compiles"), err
+
+
+def test_compile_for_cupy_every_kernel_compiles_both_precisions_and_dropout(capsys, cache_dir, monkeypatch):
+    """--every-kernel with cupy: every module of float32 and float64 (on a stand-in GPU), not --dtype's alone."""
+    from deltaprop.backends import compat
+    from deltaprop.kernels import cuda_source
+
+    compiled = []
+    monkeypatch.setattr(compat, "probe_cupy", lambda: compat.Probe(module=object(), device="a GPU"))
+    monkeypatch.setattr(cuda_source, "kernels", lambda dtype: compiled.append(("mlp", dtype.name)) or {"k": 0})
+    monkeypatch.setattr(cuda_source, "dropout_kernels", lambda dtype: compiled.append(("dropout", dtype.name)) or {"k": 0})
+    rc, out, err = _compile(capsys, "--backend", "cupy")
+    assert rc == 0 and compiled == [("mlp", "float32")], err
+    compiled.clear()
+    rc, out, err = _compile(capsys, "--backend", "cupy", "--every-kernel")
+    assert rc == 0, err
+    assert sorted(compiled) == [("dropout", "float32"), ("dropout", "float64"), ("mlp", "float32"), ("mlp", "float64")]
+    assert "cupy: 4 kernels (float32, float64) compiled or found" in out, out
+
+
 def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
     from deltaprop.backends import compat
 
