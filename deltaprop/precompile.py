@@ -136,7 +136,7 @@ def _device_index(library: str, index: int, spec: str) -> None:
 
 def _parse_cc(text: str) -> tuple:
     parts = text.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):  # str.isdigit alone takes '²', '٩'
         raise CompileError(f"--cc: expected MAJOR.MINOR such as 9.0, got {text!r}")
     return int(parts[0]), int(parts[1])
 

@@ -191,6 +191,7 @@ def test_require_gpu_refuses_the_simulator(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--batch-sizes", "a"], "--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got 'a'"),
     (["--batch-sizes", "32,0"], "--batch-sizes: expected comma-separated integers ≥ 1"),
+    (["--batch-sizes", "32,\u00b2"], "--batch-sizes: expected comma-separated integers ≥ 1"),  # a digit to isdigit only
     (["--samples", "-5"], "--samples: must be ≥ 1, got -5"),
     (["--repeats", "0"], "--repeats: must be ≥ 1, got 0"),
     (["--out", "{tmp}/file"], "--out: {tmp}/file is a file, not a folder"),

@@ -469,6 +469,8 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--backend", "cupy", "--cc", "9.0"], "--backend cupy"),
     (["--cc", "9"], "--cc"),
     (["--cc", "nine"], "--cc"),
+    (["--cc", "\u00b2.0"], "--cc: expected MAJOR.MINOR"),  # a digit to isdigit, none to int
+    (["--cc", "\u0669.0"], "--cc: expected MAJOR.MINOR"),  # Arabic-Indic 9
     (["--cc", "9.9"], "--cc"),
     (["--cc", "1.0"], "--cc"),
     (["--cc", "8.6"], "--multiprocessors"),

@@ -126,7 +126,7 @@ def check_up_front(args) -> str | None:
             return f"{option}: must be ≥ 1, got {value}"
     if args.batch_sizes is not None:
         sizes = [b.strip() for b in args.batch_sizes.split(",")]
-        if not all(b.isdigit() and int(b) >= 1 for b in sizes):
+        if not all(b.isascii() and b.isdigit() and int(b) >= 1 for b in sizes):  # isdigit alone takes '²'
             return f"--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got {args.batch_sizes!r}"
     problem = _check_out(args.out)
     if problem:
