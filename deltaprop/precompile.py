@@ -220,8 +220,9 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
     if probe.simulated:  # with or without --cc: the simulator's "GPU" has no compiler and no compute capability
         raise CompileError("NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
     if cc is None:
-        if not probe.usable:
-            raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
+        if not probe.usable:  # without NO_DRIVER's advice to use --backend numpy, which has nothing to compile
+            reason = "no NVIDIA driver on this machine" if probe.reason == compat.NO_DRIVER else probe.reason
+            raise CompileError(f"--cc: no GPU to compile for here ({reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
         cuda = probe.require("numba-cuda")
         if index is not None:
             _device_index("numba-cuda", index, f"numba-cuda:{index}")

@@ -588,6 +588,7 @@ def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
         assert rc == 1 and "NUMBA_ENABLE_CUDASIM is set" in err, err
     else:
         assert err.startswith("deltaprop: error: --cc"), err
+        assert "--backend numpy" not in err, err  # train's advice: compile --backend numpy is refused, nothing to compile
 
 
 # ------------------------------------------------------------------ the recorder is the backend
