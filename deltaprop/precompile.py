@@ -79,7 +79,7 @@ def add_parser(sub) -> None:
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
     c.add_argument("--test-samples", type=int, default=10000, metavar="N", help="samples evaluated after the fit (default: 10000)")
     c.add_argument("--every-kernel", action="store_true",
-                   help="instead of one net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
+                   help="besides the net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
                         "update, tiling, offset width; float32 and float64): what the test suite runs; minutes. With "
                         "cupy: every module of float32 and float64")
     c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (numba-cuda with --cc only; "
@@ -103,7 +103,7 @@ def run(args) -> int:
     if args.jobs < 1 or (args.jobs > 1 and cc is None):
         raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
                            if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
-    return _numba(cc, args.multiprocessors, None if args.every_kernel else net, args.jobs, index)
+    return _numba(cc, args.multiprocessors, net, args.jobs, index, args.every_kernel)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -210,9 +210,9 @@ def _describe(net: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- numba-cuda
-def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) -> int:
-    """Compile the kernels of ``net`` (None: every kernel variant) for ``cc`` (None: this GPU, device ``index``
-    or the current one) into the cache."""
+def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, every_kernel: bool = False) -> int:
+    """Compile the kernels of ``net`` (``every_kernel``: and every kernel variant) for ``cc`` (None: this GPU, device
+    ``index`` or the current one) into the cache."""
     from .backends import compat
 
     probe = compat.probe_numba_cuda()
@@ -250,9 +250,11 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
     _check_cache_writable(files.root)
 
     start = time.perf_counter()
-    launches = record(net, stand_in, every_split) if net is not None else sweep(stand_in)
+    if every_kernel:  # the variants, then the net's own: its fused epoch is built for its sizes, no variant
+        sweep(stand_in)
+    launches = record(net, stand_in, every_split)  # the recorder's launches so far, each once
     target = numba_cache.arch(cc)
-    what = _describe(net) if net is not None else "every kernel variant"
+    what = f"every kernel variant and those of {_describe(net)}" if every_kernel else _describe(net)
     print(f"numba-cuda kernels for {what}; compute capability {numba_cache.arch_name(target)}, "
           f"{multiprocessors} multiprocessors: {len(launches)} kernels, cache {files.root}", flush=True)
     compiled = found = 0

@@ -457,6 +457,17 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     assert "max-norm 2," in out and "numba_gemm.sgd(True," in out and "numba_elementwise.max_norm_scale(" in out
 
 
+@needs_compiler
+def test_compile_every_kernel_compiles_the_named_nets_kernels_too(toolkit, cache_dir, capsys, monkeypatch):
+    """--every-kernel with a net: the variants and the net's own, its fused epoch (which no variant is) among them."""
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")  # as where the command runs (the tests' default is off)
+    monkeypatch.setattr(precompile, "sweep", lambda stand_in: list(stand_in.launched))  # the variants: minutes
+    monkeypatch.setattr(numba_cache, "compile_for", lambda kernel, argtypes, cc, files: True)
+    rc, out, err = _compile(capsys, "--cc", "9.0", "--every-kernel", *SMALL)
+    assert rc == 0, err
+    assert "every kernel variant and those of 3-5-2 relu" in out and "compiled numba_fused.epoch(" in out, out
+
+
 @pytest.mark.parametrize("argv, option", [
     (["--backend", "numpy"], "--backend: 'numpy' has no kernels to compile ahead (it runs on the CPU)"),
     (["--backend", "auto"], "--backend: 'auto' has no kernels to compile ahead (it picks a backend at run time)"),
