@@ -100,6 +100,8 @@ def run(args) -> int:
                 raise CompileError(f"{option}: numba-cuda's option; --backend cupy compiles with NVRTC, in this process, "
                                    "for the GPU here")
         return _cupy(cc, net, index, args.every_kernel)
+    if args.multiprocessors is not None and args.multiprocessors < 1:  # here: 0 is not "the GPU's count"
+        raise CompileError(f"--multiprocessors: must be ≥ 1, got {args.multiprocessors}")
     if args.jobs < 1 or (args.jobs > 1 and cc is None):
         raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
                            if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
@@ -186,6 +188,9 @@ def _net(args) -> dict:
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
             backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces, max_norm=max_norm)
+    except MemoryError:  # as deltaprop train says it
+        raise CompileError(f"--layers, --inputs, --outputs: an MLP {sizes} does not fit in the memory of this machine, "
+                           "where the stand-in fit builds it") from None
     except (ValueError, TypeError) as exc:
         arg = str(exc).split(":")[0]
         option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces",
@@ -239,8 +244,6 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
         if cc not in MULTIPROCESSORS:
             raise CompileError(f"--multiprocessors: not known for --cc {cc[0]}.{cc[1]}; give the GPU's count")
         multiprocessors = MULTIPROCESSORS[cc]
-    if multiprocessors < 1:
-        raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
     stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
@@ -252,7 +255,12 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
     start = time.perf_counter()
     if every_kernel:  # the variants, then the net's own: its fused epoch is built for its sizes, no variant
         sweep(stand_in)
-    launches = record(net, stand_in, every_split)  # the recorder's launches so far, each once
+    try:
+        launches = record(net, stand_in, every_split)  # the recorder's launches so far, each once
+    except MemoryError:  # its arrays hold no data, but they are allocated
+        raise CompileError(f"--samples, --test-samples, --inputs: the stand-in fit's data ({net['train'] + net['val']} + "
+                           f"{net['test']} samples of {net['sizes'][0]} inputs) does not fit in the memory of this "
+                           "machine") from None
     target = numba_cache.arch(cc)
     what = f"every kernel variant and those of {_describe(net)}" if every_kernel else _describe(net)
     print(f"numba-cuda kernels for {what}; compute capability {numba_cache.arch_name(target)}, "

@@ -486,6 +486,9 @@ def test_compile_every_kernel_compiles_the_named_nets_kernels_too(toolkit, cache
     (["--cc", "1.0"], "--cc"),
     (["--cc", "8.6"], "--multiprocessors"),
     (["--cc", "9.0", "--multiprocessors", "0"], "--multiprocessors"),
+    (["--multiprocessors", "0"], "--multiprocessors: must be ≥ 1, got 0"),  # not the GPU's count instead, on a GPU
+    (["--cc", "9.0", "--layers", "100000000", "--inputs", "100000000"],
+     "--layers, --inputs, --outputs: an MLP [100000000, 100000000, 10] does not fit in the memory of this machine"),
     (["--cc", "9.0", "--layers", "0"], "--layers"),
     (["--cc", "9.0", "--layers", "a,b"], "--layers"),
     (["--cc", "9.0", "--activation", "softmax"], "--activation"),
@@ -520,6 +523,13 @@ def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith(f"deltaprop: error: {option}"), err
     assert not cache_dir.exists()  # nothing written
+
+
+@needs_compiler
+def test_compile_of_data_larger_than_the_memory_is_one_error_line(toolkit, cache_dir, capsys):
+    rc, out, err = _compile(capsys, "--cc", "9.0", "--layers", "1", "--inputs", "1000000", "--samples", "1000000000")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("deltaprop: error: --samples, --test-samples, --inputs: the stand-in fit's data"), err
 
 
 @needs_compiler
