@@ -260,6 +260,10 @@ def test_suites_may_come_after_options():
     assert cli.parse(["kernels", "--smoke", "train"]).suites == ["kernels", "train"]
 
 
+def test_a_suite_named_twice_runs_once():
+    assert cli.parse(["train", "kernels", "--smoke", "train"]).suites == ["train", "kernels"]
+
+
 def test_require_gpu_knows_a_precision_variant(monkeypatch):
     monkeypatch.setattr(backends, "get", lambda name: object())
     monkeypatch.setattr(backends, "available", lambda: {"cupy": backends.Availability(True, "CUDA device 0")})

@@ -69,15 +69,16 @@ def parse(argv):
     p.add_argument("--backends", default="", help="comma-separated backend names (default: every usable one)")
     p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the JSON, markdown and PNGs")
     p.add_argument("--machine", default=None, help="machine name in the file names (default: cpu-<N>core, or the GPU)")
-    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default: 60000, MNIST's training set)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default 3)")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite")
+    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default: 60000, MNIST's training set; --smoke: 512)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default: 3; --smoke: 2)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite (default: 32,64,...,4096; --smoke: 32,256)")
     p.add_argument("--synthetic", action="store_true", help="do not load MNIST; time on data of its shape")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     args = p.parse_intermixed_args(argv)  # suites may come after options: kernels --smoke train
     for name in args.suites:
         if name not in SUITES:
             p.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    args.suites = list(dict.fromkeys(args.suites))  # each once: a second run would replace the first's results
     return args
 
 
