@@ -188,9 +188,10 @@ def run(args) -> int:
     config = read_config(args.config)
     if args.processes is not None and args.processes < 1:
         raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
-    if _same_file(args.out, args.config):
-        raise SweepError(f"--out: {args.out} is the config file {args.config}, which the results would replace; "
-                         "give another path (default: sweep.json)")
+    for what, path in (("config file", args.config), ("data file", config.get("data"))):
+        if path is not None and _same_file(args.out, path):
+            raise SweepError(f"--out: {args.out} is the {what} {path}, which the results would replace; "
+                             "give another path (default: sweep.json)")
     check_writable(args.out, "--out")
     try:
         import distributed

@@ -294,6 +294,21 @@ def regression(n=40):
     return X, (X @ [1.0, -2.0, 0.5]).astype(np.float32)
 
 
+def test_deltaprop_sweep_refuses_an_out_that_is_its_data_file(tmp_path, capsys):
+    """The results would replace the user's arrays after the whole sweep: refused before it, as the config is."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    data = (tmp_path / "reg.npz").read_bytes()
+    (tmp_path / "c.json").write_text(json.dumps({**REGRESSION, "data": str(tmp_path / "reg.npz")}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "." / "reg.npz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"deltaprop: error: --out: {tmp_path / '.' / 'reg.npz'} is the data file {tmp_path / 'reg.npz'}"), err
+    assert (tmp_path / "reg.npz").read_bytes() == data
+
+
 def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
     """MLPRegressor on the user's .npz of real targets: GridSearchCV's scores (R²) on the same arrays."""
     from deltaprop import cli
