@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     where = s.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--processes", type=int, metavar="N", help="a local cluster of N worker processes of one thread "
-                       "(default: one per core)")  # fmt: skip
+                       "(default: one per core this process may use)")  # fmt: skip
     s.add_argument("--out", metavar="RESULTS.json", default="sweep.json", help="where the results go (default: sweep.json)")
     s.set_defaults(run=run)
 
@@ -235,7 +235,7 @@ def run(args) -> int:
     if args.scheduler:
         cluster, where = None, args.scheduler
     else:
-        n = args.processes or os.cpu_count() or 1
+        n = args.processes or record.cores() or 1  # the cores this process may use (taskset, a container)
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0", silence_logs=40)
         where = f"a local cluster of {n} worker processes"
     try:

@@ -283,6 +283,31 @@ def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, mes
     assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
 
 
+def test_deltaprop_sweep_starts_a_worker_per_core_it_may_use(tmp_path, monkeypatch):
+    """The default of --processes, one per core: the cores of this process's CPU affinity (taskset, a container),
+    not the machine's."""
+    import distributed
+
+    from deltaprop import cli, record
+
+    class Started(Exception):
+        pass
+
+    asked = []
+
+    def cluster(n_workers, **kwargs):
+        asked.append(n_workers)
+        raise Started
+
+    monkeypatch.setattr(record, "cores", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(distributed, "LocalCluster", cluster)
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    with pytest.raises(Started):
+        cli.main(["sweep", str(tmp_path / "c.json"), "--out", str(tmp_path / "r.json")])
+    assert asked == [1]
+
+
 # ------------------------------------------------------------------ deltaprop sweep: MLPRegressor on real targets
 REGRESSION = {"estimator": "MLPRegressor", "params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
               "grid": {"alpha": [1e-4, 1e-1]}, "data": "reg.npz", "cv": 3}  # fmt: skip
