@@ -151,7 +151,7 @@ def _net(args) -> dict:
     from .mlp.losses import OUTPUT_FOR_LOSS
 
     try:
-        hidden = parse_widths(args.layers) if args.layers else []
+        hidden = parse_widths(args.layers)  # as train takes it: "" (an unset variable) is refused
     except ValueError as exc:
         raise CompileError(f"--layers: {exc}") from None
     for name, value, low in (("--inputs", args.inputs, 1), ("--outputs", args.outputs, 1), ("--batch-size", args.batch_size, 1),
@@ -160,6 +160,8 @@ def _net(args) -> dict:
             raise CompileError(f"{name}: must be ≥ {low}, got {value}")
     if args.loss not in OUTPUT_FOR_LOSS:
         raise CompileError(f"--loss: {args.loss!r} is not one of {', '.join(sorted(OUTPUT_FOR_LOSS))}")
+    if OUTPUT_FOR_LOSS[args.loss] == "softmax" and args.outputs < 2:  # the model would name its layer_sizes
+        raise CompileError(f"--outputs: --loss {args.loss}'s softmax output needs at least 2 units, got {args.outputs}")
     if args.dtype not in ("float32", "float64"):
         raise CompileError(f"--dtype: {args.dtype!r} is not float32 or float64")
     if args.maxout_pieces is not None and args.activation != "maxout":

@@ -491,6 +491,8 @@ def test_compile_every_kernel_compiles_the_named_nets_kernels_too(toolkit, cache
      "--layers, --inputs, --outputs: an MLP [100000000, 100000000, 10] does not fit in the memory of this machine"),
     (["--cc", "9.0", "--layers", "0"], "--layers"),
     (["--cc", "9.0", "--layers", "a,b"], "--layers"),
+    (["--cc", "9.0", "--layers", ""], "--layers: expected comma-separated integers"),  # as train: an unset $LAYERS
+    (["--cc", "9.0", "--outputs", "1"], "--outputs: --loss cross_entropy's softmax output needs at least 2 units, got 1"),
     (["--cc", "9.0", "--activation", "softmax"], "--activation"),
     (["--cc", "9.0", "--activation", "swish"], "--activation"),
     (["--cc", "9.0", "--maxout-pieces", "3"], "--maxout-pieces: only with --activation maxout"),
