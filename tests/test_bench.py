@@ -197,6 +197,7 @@ def test_require_gpu_refuses_the_simulator(monkeypatch):
     (["--out", "{tmp}/file"], "--out: {tmp}/file is a file, not a folder"),
     (["--out", "{tmp}/file/sub"], "--out: {tmp}/file/sub cannot be made inside the file {tmp}/file"),
     (["--out", ""], "--out: the path is empty"),
+    (["--backends", " , "], "--backends: ' , ' names no backend"),  # not every usable one instead
 ])
 def test_bad_sizes_and_outputs_are_one_error_line_before_any_suite(tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("mine")

@@ -66,12 +66,14 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="deltaprop bench", description=__doc__)
     p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     p.add_argument("--smoke", action="store_true", help="every suite at tiny sizes, on synthetic data (CI: < 1 minute)")
-    p.add_argument("--backends", default="", help="comma-separated backend names (default: every usable one)")
+    p.add_argument("--backends", help="comma-separated backend names (default: every usable one)")
     p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the JSON, markdown and PNGs")
     p.add_argument("--machine", default=None, help="machine name in the file names (default: cpu-<N>core, or the GPU)")
-    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default: 60000, MNIST's training set; --smoke: 512)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per epoch (default: 60000, MNIST's training set; --smoke: 512)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default: 3; --smoke: 2)")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite (default: 32,64,...,4096; --smoke: 32,256)")
+    p.add_argument("--batch-sizes", default=None,
+                   help="comma-separated batch sizes of the train suite (default: 32,64,...,4096; --smoke: 32,256)")
     p.add_argument("--synthetic", action="store_true", help="do not load MNIST; time on data of its shape")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     args = p.parse_intermixed_args(argv)  # suites may come after options: kernels --smoke train
@@ -82,8 +84,13 @@ def parse(argv):
     return args
 
 
+def backend_names(args) -> list:
+    """The names in --backends; empty when it is not given (every usable backend)."""
+    return [n.strip() for n in (args.backends or "").split(",") if n.strip()]
+
+
 def settings_from(args) -> Settings:
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    names = backend_names(args)
     s = Settings.smoke_settings(names) if args.smoke else Settings(backends=names)
     if args.samples is not None:  # check_up_front has refused values < 1
         s.samples = args.samples
@@ -135,7 +142,10 @@ def check_up_front(args) -> str | None:
     if args.machine is not None and not MACHINE_TAG.fullmatch(args.machine):
         return (f"--machine: {args.machine!r} names the result files: use letters, digits, '.', '_' and '-' "
                 "(not first a '.' or '-'), as in h100-train")
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    names = backend_names(args)
+    if args.backends is not None and not names:  # an unset variable, say: not every backend instead
+        return (f"--backends: {args.backends!r} names no backend; give names such as numpy,cupy, or leave it out for "
+                "every usable one")
     try:
         suites.usable_backends(names)
     except (backends.BackendUnavailable, ValueError) as exc:
