@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -249,9 +250,14 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
     stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
-    files = numba_cache.store()
+    with warnings.catch_warnings():  # a value that is no path, on or off: said in the error, not as a warning too
+        warnings.filterwarnings("ignore", f"{numba_cache.ENV}=.* is not an absolute path", RuntimeWarning)
+        files = numba_cache.store()
     if files is None:
-        raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
+        value = os.environ.get(numba_cache.ENV)
+        off = value is not None and value.strip().lower() in numba_cache.OFF
+        why = f"{numba_cache.ENV}={value!r}" + ("" if off else " is not an absolute path, on or off")
+        raise CompileError(f"the kernel cache is off ({why}): nothing to fill")
     _check_cache_writable(files.root)
 
     start = time.perf_counter()

@@ -535,6 +535,16 @@ def test_compile_of_data_larger_than_the_memory_is_one_error_line(toolkit, cache
 
 
 @needs_compiler
+@pytest.mark.parametrize("value, why", [("off", "DELTAPROP_KERNEL_CACHE='off'"),
+                                        ("kernels", "DELTAPROP_KERNEL_CACHE='kernels' is not an absolute path, on or off")])
+def test_compile_with_the_cache_off_is_one_error_line_saying_why(toolkit, capsys, monkeypatch, value, why):
+    monkeypatch.setenv(numba_cache.ENV, value)
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err  # not numba_cache's warning too
+    assert err.startswith(f"deltaprop: error: the kernel cache is off ({why}): nothing to fill"), err
+
+
+@needs_compiler
 def test_compile_into_a_cache_that_cannot_be_written_is_refused_before_compiling(toolkit, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("")
