@@ -261,6 +261,17 @@ def test_suites_may_come_after_options():
     assert cli.parse(["kernels", "--smoke", "train"]).suites == ["kernels", "train"]
 
 
+def test_ctrl_c_during_a_suite_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    def interrupted(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suites, "kernels", interrupted)
+    assert cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("deltaprop bench: interrupted in kernels 1/1; no results written\n") and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_suite_named_twice_runs_once():
     assert cli.parse(["train", "kernels", "--smoke", "train"]).suites == ["train", "kernels"]
 

@@ -225,6 +225,9 @@ def main(argv=None) -> int:
         progress.start(f"{name} {i}/{len(chosen)}")
         try:
             result["suites"][name] = runners[name]()
+        except KeyboardInterrupt:  # Ctrl-C: one line and 128 + SIGINT, as deltaprop's other commands end
+            print(f"deltaprop bench: interrupted in {name} {i}/{len(chosen)}; no results written", file=sys.stderr)
+            return 130
         except Exception as exc:  # recorded, printed and turned into a failing exit status
             traceback.print_exc()
             result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
