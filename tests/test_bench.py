@@ -159,6 +159,21 @@ def test_a_backend_that_cannot_run_is_one_error_line_before_any_suite(tmp_path, 
     assert out == "" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["cupy", "numba-cuda"])
+def test_a_gpu_backend_that_cannot_run_says_how_to_time_the_cpu(tmp_path, monkeypatch, capsys, name):
+    """By bench's option, --backends numpy: not train's --backend numpy, which bench does not take."""
+    from deltaprop.backends import compat
+
+    def get(n):
+        raise backends.BackendUnavailable(f"backend {n!r} is not usable: {compat.NO_DRIVER}")
+
+    monkeypatch.setattr(backends, "get", get)
+    assert cli.main(["--smoke", "--backends", name, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend numpy" not in err, err
+    assert err.endswith("; give --backends numpy to time the CPU\n"), err
+
+
 def test_the_backends_asked_for_keep_their_device_and_are_timed_once(monkeypatch):
     """--backends cupy:1 times device 1, not the current device; a backend named twice is timed once."""
     real_get = backends.get

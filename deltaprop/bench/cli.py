@@ -148,7 +148,10 @@ def check_up_front(args) -> str | None:
                 "every usable one")
     try:
         suites.usable_backends(names)
-    except (backends.BackendUnavailable, ValueError) as exc:
+    except backends.BackendUnavailable as exc:  # train's advice (--backend numpy) in bench's words
+        train_hint = "; " + backends.compat.NO_DRIVER.partition("; ")[2]
+        return f"--backends {args.backends}: {str(exc).replace(train_hint, '')}; give --backends numpy to time the CPU"
+    except ValueError as exc:
         return f"--backends {args.backends}: {exc}"
     if not args.no_plots:
         why = _matplotlib_problem()
