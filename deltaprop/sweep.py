@@ -13,8 +13,8 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config's keys and types, the parameter names, the backend's name, the scorer's
-name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
+Everything is checked (the config's keys and types, the parameter names, the backend's name and, for local
+workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
 parameters' values are scikit-learn's to check, at each fit, on the workers. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
@@ -209,6 +209,8 @@ def run(args) -> int:
     if args.scheduler is not None:
         _check_address(args.scheduler)
     grid = candidates(config)
+    if args.scheduler is None:
+        _check_runs_here(grid)
     if config["scoring"] is not None:
         try:
             get_scorer(config["scoring"])
@@ -289,6 +291,20 @@ def _check_address(address: str) -> None:
     except ValueError as exc:
         raise SweepError(f"--scheduler: {address!r} is not a Dask scheduler's address such as tcp://host:8786 "
                          f"({exc})") from None
+
+
+def _check_runs_here(grid) -> None:
+    """The local cluster's workers run on this machine: a candidate's backend that cannot is refused by name before
+    they start (probed, not built: the workers build it)."""
+    from . import backends
+
+    found = backends.available()
+    for spec in dict.fromkeys(params["backend"] for params in grid if "backend" in params):
+        name = backends.select(spec).name
+        usable, reason = found[backends.variants().get(name, name)]
+        if not usable:
+            raise SweepError(f"config: backend: {spec!r} cannot run on this machine, where the local workers run "
+                             f"({reason}); give backend numpy to run on the CPU, or --scheduler a cluster that has it")
 
 
 def _same_file(a, b) -> bool:

@@ -283,6 +283,23 @@ def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, mes
     assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
 
 
+def test_deltaprop_sweep_refuses_a_backend_its_local_workers_cannot_run_before_they_start(tmp_path, monkeypatch, capsys):
+    """--processes' workers run here: a candidate's backend that cannot is refused by name before the cluster starts
+    (not after the candidates before it have run); a --scheduler's workers may have other devices."""
+    from deltaprop import backends, cli
+
+    real = backends.available()
+    monkeypatch.setattr(backends, "available", lambda: {**real, "cupy": backends.Availability(False, "no CuPy here")})
+    grid = {"hidden_layer_sizes": [[6]], "backend": ["numpy", "cupy-tf32"]}
+    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, "grid": grid}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("deltaprop: error: config: backend: 'cupy-tf32' cannot run on this machine, where the local "
+                          "workers run (no CuPy here)"), err
+    assert "backend numpy to run on the CPU" in err and os.listdir(tmp_path) == ["c.json"]
+
+
 def test_deltaprop_sweep_starts_a_worker_per_core_it_may_use(tmp_path, monkeypatch):
     """The default of --processes, one per core: the cores of this process's CPU affinity (taskset, a container),
     not the machine's."""
