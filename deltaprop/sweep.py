@@ -14,8 +14,9 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
 Everything is checked (the config's keys and types, the parameter names, the backend's name and, for local
-workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
-parameters' values are scikit-learn's to check, at each fit, on the workers. The scores are those of
+workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's
+address) before the cluster starts; the parameters' values are scikit-learn's to check, at each fit, on the
+workers. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
