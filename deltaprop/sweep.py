@@ -193,6 +193,8 @@ def run(args) -> int:
         if path is not None and _same_file(args.out, path):
             raise SweepError(f"--out: {args.out} is the {what} {path}, which the results would replace; "
                              "give another path (default: sweep.json)")
+    if not args.out:  # an unset variable, say, as train refuses it
+        raise SweepError("--out: the path is empty; give one, or leave the option out (default: sweep.json)")
     check_writable(args.out, "--out")
     try:
         import distributed

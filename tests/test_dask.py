@@ -257,6 +257,7 @@ def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, ca
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--out", ""], "--out: the path is empty; give one, or leave the option out"),  # not "ends with a separator"
     (["--out", "{tmp}/c.json"], "--out: {tmp}/c.json is the config file {tmp}/c.json, which the results would replace"),
     (["--out", "{tmp}/../{name}/./c.json"], "--out: {tmp}/../{name}/./c.json is the config file"),
     (["--out", "{tmp}/link.json"], "--out: {tmp}/link.json is the config file"),
