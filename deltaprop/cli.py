@@ -27,7 +27,7 @@ from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
-from .kernels import masks, numba_cache
+from .kernels import masks
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
@@ -736,9 +736,9 @@ def cmd_info(args) -> int:
     else:
         print("GPU: none found (nvidia-smi is not installed or lists no device)")
     print(f"MNIST cache: {default_cache_dir()}" + (f"; {DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else ""))
-    files = numba_cache.store()
+    files, why = precompile.cache_store()
     if files is None:
-        print(f"numba-cuda kernel cache: off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r})")
+        print(f"numba-cuda kernel cache: off ({why})")
     else:
         on_disk = files.summary()
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "

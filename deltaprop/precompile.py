@@ -250,13 +250,8 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
     stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
-    with warnings.catch_warnings():  # a value that is no path, on or off: said in the error, not as a warning too
-        warnings.filterwarnings("ignore", f"{numba_cache.ENV}=.* is not an absolute path", RuntimeWarning)
-        files = numba_cache.store()
+    files, why = cache_store()
     if files is None:
-        value = os.environ.get(numba_cache.ENV)
-        off = value is not None and value.strip().lower() in numba_cache.OFF
-        why = f"{numba_cache.ENV}={value!r}" + ("" if off else " is not an absolute path, on or off")
         raise CompileError(f"the kernel cache is off ({why}): nothing to fill")
     _check_cache_writable(files.root)
 
@@ -285,6 +280,19 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
         raise CompileError(f"the kernel cache {files.root} cannot be written: {files.unwritable}")
     print(f"{compiled} compiled, {found} found in the cache, in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def cache_store() -> tuple:
+    """(numba_cache.store(), None), or (None, why the cache is off) without numba_cache's warning for a value that is
+    no path, on or off: the command says it in its own line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", f"{numba_cache.ENV}=.* is not an absolute path", RuntimeWarning)
+        files = numba_cache.store()
+    if files is not None:
+        return files, None
+    value = os.environ.get(numba_cache.ENV)
+    off = value is not None and value.strip().lower() in numba_cache.OFF
+    return None, f"{numba_cache.ENV}={value!r}" + ("" if off else " is not an absolute path, on or off")
 
 
 def _check_cache_writable(root: str) -> None:
