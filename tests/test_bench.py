@@ -287,6 +287,12 @@ def test_ctrl_c_during_a_suite_is_one_line_and_status_130(tmp_path, monkeypatch,
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("names", ["numpy", "numpy-tf32,numpy-bf16"])
+def test_a_cpu_only_run_times_the_cpus_ceiling_problems(names):
+    """NumPy's precision variants run on the CPU too: the smaller ceilings, not a 4096³ SGEMM."""
+    assert cli.settings_from(cli.parse(["--backends", names])).gemm_n == 2048
+
+
 def test_a_suite_named_twice_runs_once():
     assert cli.parse(["train", "kernels", "--smoke", "train"]).suites == ["train", "kernels"]
 
