@@ -98,7 +98,7 @@ def settings_from(args) -> Settings:
         s.repeats = args.repeats
     if args.batch_sizes:
         s.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    if not args.smoke and all(backends.variants().get(n, n) == "numpy" for n in suites.usable_backends(names)):  # numpy-tf32 too
+    if not args.smoke and all(backends.variants().get(n, n) == "numpy" for n in suites.usable_backends(names)):
         s.cpu_only()
     return s
 
