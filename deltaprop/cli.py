@@ -27,7 +27,7 @@ from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
-from .kernels import masks, numba_cache
+from .kernels import masks
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
@@ -715,7 +715,15 @@ def cmd_info(args) -> int:
           + ", ".join(f"{name} (of {base})" for name, base in backends.variants().items()))
     bad = None
     try:
-        picked = backends.select("auto").describe()
+        selection = backends.select("auto")
+        env = os.environ.get(backends.ENV_VAR, "")
+        try:  # what a train would build: a DELTAPROP_BACKEND that cannot run here is no pick
+            if env.strip():
+                backends.get("auto")
+        except BackendUnavailable as exc:
+            raise ValueError(f"{backends.ENV_VAR}={env!r}: {exc}; unset it to let auto pick, or set it to numpy to run "
+                             "on the CPU") from None
+        picked = selection.describe()
     except ValueError as exc:  # a bad DELTAPROP_BACKEND: said here and at the end, the whole report printed
         bad = str(exc)
         picked = f"nothing: {bad}"
@@ -728,9 +736,9 @@ def cmd_info(args) -> int:
     else:
         print("GPU: none found (nvidia-smi is not installed or lists no device)")
     print(f"MNIST cache: {default_cache_dir()}" + (f"; {DATA_ENV}={os.environ[DATA_ENV]}" if os.environ.get(DATA_ENV) else ""))
-    files = numba_cache.store()
+    files, why = precompile.cache_store()
     if files is None:
-        print(f"numba-cuda kernel cache: off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r})")
+        print(f"numba-cuda kernel cache: off ({why})")
     else:
         on_disk = files.summary()
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "

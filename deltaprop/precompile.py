@@ -21,7 +21,8 @@ the H100's, ``SHARED_PER_BLOCK``; another --cc: none, the step path's kernels), 
 the fit records that kernel, of its optimizer, in place of the step's.
 
 CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
-(``CUPY_CACHE_DIR``); with a GPU the command compiles them there, without one it says that it cannot.
+(``CUPY_CACHE_DIR``); with a GPU the command compiles them there (those of --dtype, or with --every-kernel every
+module's of both dtypes), without one it says that it cannot; --jobs and --multiprocessors are numba-cuda's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import itertools
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -55,7 +57,7 @@ def add_parser(sub) -> None:
     c.add_argument("--backend", default="numba-cuda", help="numba-cuda (default) or cupy")
     c.add_argument("--cc", metavar="MAJOR.MINOR", help="compile for this compute capability, e.g. 9.0, without a GPU")
     c.add_argument("--multiprocessors", type=int, metavar="N",
-                   help="the GPU's multiprocessors, which pick the GEMM tilings (default: the GPU's, or the usual "
+                   help="numba-cuda: the GPU's multiprocessors, which pick the GEMM tilings (default: the GPU's, or the usual "
                         "count for --cc: " + ", ".join(f"{a}.{b}: {n}" for (a, b), n in MULTIPROCESSORS.items()) + ")")
     c.add_argument("--layers", default="1024,1024", metavar="N,N,...", help="hidden layer widths (default: 1024,1024)")
     c.add_argument("--inputs", type=int, default=784, metavar="N", help="input width (default: 784, MNIST)")
@@ -78,9 +80,11 @@ def add_parser(sub) -> None:
     c.add_argument("--val-split", type=float, default=0.1, metavar="F", help="default: 0.1, as deltaprop train")
     c.add_argument("--test-samples", type=int, default=10000, metavar="N", help="samples evaluated after the fit (default: 10000)")
     c.add_argument("--every-kernel", action="store_true",
-                   help="instead of one net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
-                        "update, tiling, offset width; float32 and float64): what the test suite runs; minutes")
-    c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (with --cc only; default: 1)")
+                   help="besides the net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
+                        "update, tiling, offset width; float32 and float64): what the test suite runs; minutes. With "
+                        "cupy: every module of float32 and float64")
+    c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (numba-cuda with --cc only; "
+                   "default: 1)")
     c.set_defaults(run=run)
 
 
@@ -92,11 +96,17 @@ def run(args) -> int:
                            f"without one; give {backend}:{index} or --cc, not both")
     net = _net(args)
     if backend == "cupy":
-        return _cupy(cc, net, index)
+        for option, given in (("--jobs", args.jobs != 1), ("--multiprocessors", args.multiprocessors is not None)):
+            if given:
+                raise CompileError(f"{option}: numba-cuda's option; --backend cupy compiles with NVRTC, in this process, "
+                                   "for the GPU here")
+        return _cupy(cc, net, index, args.every_kernel)
+    if args.multiprocessors is not None and args.multiprocessors < 1:  # here: 0 is not "the GPU's count"
+        raise CompileError(f"--multiprocessors: must be ≥ 1, got {args.multiprocessors}")
     if args.jobs < 1 or (args.jobs > 1 and cc is None):
         raise CompileError(f"--jobs: {args.jobs} processes; more than 1 needs --cc (a process that holds a GPU is not forked)"
                            if args.jobs > 1 else f"--jobs: must be ≥ 1, got {args.jobs}")
-    return _numba(cc, args.multiprocessors, None if args.every_kernel else net, args.jobs, index)
+    return _numba(cc, args.multiprocessors, net, args.jobs, index, args.every_kernel)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -129,7 +139,7 @@ def _device_index(library: str, index: int, spec: str) -> None:
 
 def _parse_cc(text: str) -> tuple:
     parts = text.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):  # str.isdigit alone takes '²', '٩'
         raise CompileError(f"--cc: expected MAJOR.MINOR such as 9.0, got {text!r}")
     return int(parts[0]), int(parts[1])
 
@@ -142,7 +152,7 @@ def _net(args) -> dict:
     from .mlp.losses import OUTPUT_FOR_LOSS
 
     try:
-        hidden = parse_widths(args.layers) if args.layers else []
+        hidden = parse_widths(args.layers)  # as train takes it: "" (an unset variable) is refused
     except ValueError as exc:
         raise CompileError(f"--layers: {exc}") from None
     for name, value, low in (("--inputs", args.inputs, 1), ("--outputs", args.outputs, 1), ("--batch-size", args.batch_size, 1),
@@ -151,6 +161,8 @@ def _net(args) -> dict:
             raise CompileError(f"{name}: must be ≥ {low}, got {value}")
     if args.loss not in OUTPUT_FOR_LOSS:
         raise CompileError(f"--loss: {args.loss!r} is not one of {', '.join(sorted(OUTPUT_FOR_LOSS))}")
+    if OUTPUT_FOR_LOSS[args.loss] == "softmax" and args.outputs < 2:  # the model would name its layer_sizes
+        raise CompileError(f"--outputs: --loss {args.loss}'s softmax output needs at least 2 units, got {args.outputs}")
     if args.dtype not in ("float32", "float64"):
         raise CompileError(f"--dtype: {args.dtype!r} is not float32 or float64")
     if args.maxout_pieces is not None and args.activation != "maxout":
@@ -179,6 +191,9 @@ def _net(args) -> dict:
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
             backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces, max_norm=max_norm)
+    except MemoryError:  # as deltaprop train says it
+        raise CompileError(f"--layers, --inputs, --outputs: an MLP {sizes} does not fit in the memory of this machine, "
+                           "where the stand-in fit builds it") from None
     except (ValueError, TypeError) as exc:
         arg = str(exc).split(":")[0]
         option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces",
@@ -203,9 +218,9 @@ def _describe(net: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- numba-cuda
-def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) -> int:
-    """Compile the kernels of ``net`` (None: every kernel variant) for ``cc`` (None: this GPU, device ``index``
-    or the current one) into the cache."""
+def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, every_kernel: bool = False) -> int:
+    """Compile the kernels of ``net`` (``every_kernel``: and every kernel variant) for ``cc`` (None: this GPU, device
+    ``index`` or the current one) into the cache."""
     from .backends import compat
 
     probe = compat.probe_numba_cuda()
@@ -213,8 +228,9 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
     if probe.simulated:  # with or without --cc: the simulator's "GPU" has no compiler and no compute capability
         raise CompileError("NUMBA_ENABLE_CUDASIM is set: the simulator compiles nothing; unset it")
     if cc is None:
-        if not probe.usable:
-            raise CompileError(f"--cc: no GPU to compile for here ({probe.reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
+        if not probe.usable:  # without NO_DRIVER's advice to use --backend numpy, which has nothing to compile
+            reason = "no NVIDIA driver on this machine" if probe.reason == compat.NO_DRIVER else probe.reason
+            raise CompileError(f"--cc: no GPU to compile for here ({reason}); give --cc MAJOR.MINOR, e.g. --cc 9.0")
         cuda = probe.require("numba-cuda")
         if index is not None:
             _device_index("numba-cuda", index, f"numba-cuda:{index}")
@@ -231,20 +247,25 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
         if cc not in MULTIPROCESSORS:
             raise CompileError(f"--multiprocessors: not known for --cc {cc[0]}.{cc[1]}; give the GPU's count")
         multiprocessors = MULTIPROCESSORS[cc]
-    if multiprocessors < 1:
-        raise CompileError(f"--multiprocessors: must be ≥ 1, got {multiprocessors}")
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
     stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
-    files = numba_cache.store()
+    files, why = cache_store()
     if files is None:
-        raise CompileError(f"the kernel cache is off ({numba_cache.ENV}={os.environ.get(numba_cache.ENV)!r}): nothing to fill")
+        raise CompileError(f"the kernel cache is off ({why}): nothing to fill")
     _check_cache_writable(files.root)
 
     start = time.perf_counter()
-    launches = record(net, stand_in, every_split) if net is not None else sweep(stand_in)
+    if every_kernel:  # the variants, then the net's own: its fused epoch is built for its sizes, no variant
+        sweep(stand_in)
+    try:
+        launches = record(net, stand_in, every_split)  # the recorder's launches so far, each once
+    except MemoryError:  # its arrays hold no data, but they are allocated
+        raise CompileError(f"--samples, --test-samples, --inputs: the stand-in fit's data ({net['train'] + net['val']} + "
+                           f"{net['test']} samples of {net['sizes'][0]} inputs) does not fit in the memory of this "
+                           "machine") from None
     target = numba_cache.arch(cc)
-    what = _describe(net) if net is not None else "every kernel variant"
+    what = f"every kernel variant and those of {_describe(net)}" if every_kernel else _describe(net)
     print(f"numba-cuda kernels for {what}; compute capability {numba_cache.arch_name(target)}, "
           f"{multiprocessors} multiprocessors: {len(launches)} kernels, cache {files.root}", flush=True)
     compiled = found = 0
@@ -259,6 +280,19 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None) ->
         raise CompileError(f"the kernel cache {files.root} cannot be written: {files.unwritable}")
     print(f"{compiled} compiled, {found} found in the cache, in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def cache_store() -> tuple:
+    """(numba_cache.store(), None), or (None, why the cache is off) without numba_cache's warning for a value that is
+    no path, on or off: the command says it in its own line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", f"{numba_cache.ENV}=.* is not an absolute path", RuntimeWarning)
+        files = numba_cache.store()
+    if files is not None:
+        return files, None
+    value = os.environ.get(numba_cache.ENV)
+    off = value is not None and value.strip().lower() in numba_cache.OFF
+    return None, f"{numba_cache.ENV}={value!r}" + ("" if off else " is not an absolute path, on or off")
 
 
 def _check_cache_writable(root: str) -> None:
@@ -527,9 +561,10 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
 
 # ---------------------------------------------------------------------------- cupy
-def _cupy(cc, net, index: int | None = None) -> int:
-    """Compile the CUDA C kernels of ``net``'s dtype on this GPU (device ``index``, or the current one) into CuPy's
-    cache; ``cc`` (a compute capability without its GPU) is refused: NVRTC compiles for the device that runs them."""
+def _cupy(cc, net, index: int | None = None, every_kernel: bool = False) -> int:
+    """Compile the CUDA C kernels of ``net``'s dtype (``every_kernel``: of every module, float32 and float64) on this
+    GPU (device ``index``, or the current one) into CuPy's cache; ``cc`` (a compute capability without its GPU) is
+    refused: NVRTC compiles for the device that runs them."""
     from .backends import compat
 
     how = ("--backend cupy: CuPy compiles its kernels with NVRTC for the GPU that runs them and caches them "
@@ -544,10 +579,12 @@ def _cupy(cc, net, index: int | None = None) -> int:
         _device_index("cupy", index, f"cupy:{index}")
     from .kernels import cuda_source
 
+    dtypes = ("float32", "float64") if every_kernel else (net["dtype"],)
+    modules = (cuda_source.kernels, cuda_source.dropout_kernels) if every_kernel else (cuda_source.kernels,)
     start = time.perf_counter()
     with probe.require("cupy").cuda.Device(index) if index is not None else contextlib.nullcontext():
-        compiled = cuda_source.kernels(np.dtype(net["dtype"]))
+        compiled = sum(len(module(np.dtype(dtype))) for dtype in dtypes for module in modules)
     where = os.environ.get("CUPY_CACHE_DIR") or os.path.join("~", ".cupy", "kernel_cache")
-    print(f"cupy: {len(compiled)} kernels ({net['dtype']}) compiled or found in CuPy's cache {where}, "
+    print(f"cupy: {compiled} kernels ({', '.join(dtypes)}) compiled or found in CuPy's cache {where}, "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

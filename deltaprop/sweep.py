@@ -13,9 +13,10 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config's keys and types, the parameter names, the backend's name, the scorer's
-name, the data and its folds, the output file, the scheduler's address) before the cluster starts; the
-parameters' values are scikit-learn's to check, at each fit, on the workers. The scores are those of
+Everything is checked (the config's keys and types, the parameter names, the backend's name and, for local
+workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's
+address) before the cluster starts; the parameters' values are scikit-learn's to check, at each fit, on the
+workers. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
     where = s.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--processes", type=int, metavar="N", help="a local cluster of N worker processes of one thread "
-                       "(default: one per core)")  # fmt: skip
+                       "(default: one per core this process may use)")  # fmt: skip
     s.add_argument("--out", metavar="RESULTS.json", default="sweep.json", help="where the results go (default: sweep.json)")
     s.set_defaults(run=run)
 
@@ -188,9 +189,12 @@ def run(args) -> int:
     config = read_config(args.config)
     if args.processes is not None and args.processes < 1:
         raise SweepError(f"--processes: must be ≥ 1, got {args.processes}")
-    if _same_file(args.out, args.config):
-        raise SweepError(f"--out: {args.out} is the config file {args.config}, which the results would replace; "
-                         "give another path (default: sweep.json)")
+    for what, path in (("config file", args.config), ("data file", config.get("data"))):
+        if path is not None and _same_file(args.out, path):
+            raise SweepError(f"--out: {args.out} is the {what} {path}, which the results would replace; "
+                             "give another path (default: sweep.json)")
+    if not args.out:  # an unset variable, say, as train refuses it
+        raise SweepError("--out: the path is empty; give one, or leave the option out (default: sweep.json)")
     check_writable(args.out, "--out")
     try:
         import distributed
@@ -208,6 +212,8 @@ def run(args) -> int:
     if args.scheduler is not None:
         _check_address(args.scheduler)
     grid = candidates(config)
+    if args.scheduler is None:
+        _check_runs_here(grid)
     if config["scoring"] is not None:
         try:
             get_scorer(config["scoring"])
@@ -234,7 +240,7 @@ def run(args) -> int:
     if args.scheduler:
         cluster, where = None, args.scheduler
     else:
-        n = args.processes or os.cpu_count() or 1
+        n = args.processes or record.cores() or 1  # the cores this process may use (taskset, a container)
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0", silence_logs=40)
         where = f"a local cluster of {n} worker processes"
     try:
@@ -288,6 +294,20 @@ def _check_address(address: str) -> None:
     except ValueError as exc:
         raise SweepError(f"--scheduler: {address!r} is not a Dask scheduler's address such as tcp://host:8786 "
                          f"({exc})") from None
+
+
+def _check_runs_here(grid) -> None:
+    """The local cluster's workers run on this machine: a candidate's backend that cannot is refused by name before
+    they start (probed, not built: the workers build it)."""
+    from . import backends
+
+    found = backends.available()
+    for spec in dict.fromkeys(params["backend"] for params in grid if "backend" in params):
+        name = backends.select(spec).name
+        usable, reason = found[backends.variants().get(name, name)]
+        if not usable:
+            raise SweepError(f"config: backend: {spec!r} cannot run on this machine, where the local workers run "
+                             f"({reason}); give backend numpy to run on the CPU, or --scheduler a cluster that has it")
 
 
 def _same_file(a, b) -> bool:

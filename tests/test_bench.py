@@ -159,6 +159,32 @@ def test_a_backend_that_cannot_run_is_one_error_line_before_any_suite(tmp_path, 
     assert out == "" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["cupy", "numba-cuda"])
+def test_a_gpu_backend_that_cannot_run_says_how_to_time_the_cpu(tmp_path, monkeypatch, capsys, name):
+    """By bench's option, --backends numpy: not train's --backend numpy, which bench does not take."""
+    from deltaprop.backends import compat
+
+    def get(n):
+        raise backends.BackendUnavailable(f"backend {n!r} is not usable: {compat.NO_DRIVER}")
+
+    monkeypatch.setattr(backends, "get", get)
+    assert cli.main(["--smoke", "--backends", name, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend numpy" not in err, err
+    assert err.endswith("; give --backends numpy to time the CPU\n"), err
+
+
+def test_the_backends_asked_for_keep_their_device_and_are_timed_once(monkeypatch):
+    """--backends cupy:1 times device 1, not the current device; a backend named twice is timed once."""
+    real_get = backends.get
+
+    class OnDevice:
+        name = "cupy"
+
+    monkeypatch.setattr(backends, "get", lambda n: OnDevice() if n.strip().lower().startswith("cupy") else real_get(n))
+    assert suites.usable_backends(["cupy:1", "numpy", " NumPy ", "cupy"]) == ["cupy:1", "numpy", "cupy"]
+
+
 @pytest.mark.parametrize("script", ["cupy_vs_torch.py", "numba_vs_cublas_torch.py"])
 def test_the_gpu_scripts_without_a_gpu_say_so_in_one_line(script):
     """No device visible (CUDA_VISIBLE_DEVICES empty), on any machine: one error line and status 1, before any work."""
@@ -180,11 +206,13 @@ def test_require_gpu_refuses_the_simulator(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--batch-sizes", "a"], "--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got 'a'"),
     (["--batch-sizes", "32,0"], "--batch-sizes: expected comma-separated integers ≥ 1"),
+    (["--batch-sizes", "32,\u00b2"], "--batch-sizes: expected comma-separated integers ≥ 1"),  # a digit to isdigit only
     (["--samples", "-5"], "--samples: must be ≥ 1, got -5"),
     (["--repeats", "0"], "--repeats: must be ≥ 1, got 0"),
     (["--out", "{tmp}/file"], "--out: {tmp}/file is a file, not a folder"),
     (["--out", "{tmp}/file/sub"], "--out: {tmp}/file/sub cannot be made inside the file {tmp}/file"),
     (["--out", ""], "--out: the path is empty"),
+    (["--backends", " , "], "--backends: ' , ' names no backend"),  # not every usable one instead
 ])
 def test_bad_sizes_and_outputs_are_one_error_line_before_any_suite(tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("mine")
@@ -246,6 +274,27 @@ def test_plots_that_fail_leave_the_json_and_markdown_written(tmp_path, monkeypat
 
 def test_suites_may_come_after_options():
     assert cli.parse(["kernels", "--smoke", "train"]).suites == ["kernels", "train"]
+
+
+def test_ctrl_c_during_a_suite_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    def interrupted(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suites, "kernels", interrupted)
+    assert cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("deltaprop bench: interrupted in kernels 1/1; no results written\n") and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("names", ["numpy", "numpy-tf32,numpy-bf16"])
+def test_a_cpu_only_run_times_the_cpus_ceiling_problems(names):
+    """NumPy's precision variants run on the CPU too: the smaller ceilings, not a 4096³ SGEMM."""
+    assert cli.settings_from(cli.parse(["--backends", names])).gemm_n == 2048
+
+
+def test_a_suite_named_twice_runs_once():
+    assert cli.parse(["train", "kernels", "--smoke", "train"]).suites == ["train", "kernels"]
 
 
 def test_require_gpu_knows_a_precision_variant(monkeypatch):

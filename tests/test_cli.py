@@ -762,6 +762,33 @@ def test_info_with_a_bad_deltaprop_backend_reports_everything_then_fails_naming_
     assert err.startswith("deltaprop: error: DELTAPROP_BACKEND='cupy:x'") and err.count("\n") == 1
 
 
+def test_info_with_a_deltaprop_backend_that_cannot_run_here_says_so_not_that_auto_picks_it(capsys, monkeypatch):
+    from deltaprop import backends
+
+    real_get = backends.get
+
+    def get(n="auto"):  # CuPy unusable, whatever this machine has
+        if backends.select(n).name == "cupy":
+            raise backends.BackendUnavailable("backend 'cupy' is not usable: a reason")
+        return real_get(n)
+
+    monkeypatch.setattr(backends, "get", get)
+    monkeypatch.setenv("DELTAPROP_BACKEND", "cupy")
+    rc, out, err = run(capsys, "info")
+    assert rc == 1 and "auto picks: 'cupy'" not in out
+    assert "auto picks: nothing: DELTAPROP_BACKEND='cupy': backend 'cupy' is not usable: a reason" in out
+    assert "MNIST cache:" in out  # the report goes on
+    assert err.startswith("deltaprop: error: DELTAPROP_BACKEND='cupy': backend 'cupy' is not usable: a reason")
+    assert "set it to numpy to run on the CPU" in err and err.count("\n") == 1, err
+
+
+def test_info_says_why_the_kernel_cache_is_off_in_its_line_not_in_a_warning(capsys, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", "kernels")
+    rc, out, err = run(capsys, "info")
+    assert rc == 0 and err == "", err
+    assert "numba-cuda kernel cache: off (DELTAPROP_KERNEL_CACHE='kernels' is not an absolute path, on or off)\n" in out
+
+
 def test_console_entry_points_and_a_light_import():
     env = dict(os.environ, DELTAPROP_BACKEND="numpy")
     done = subprocess.run([sys.executable, "-m", "deltaprop", "train", "--dataset", "xor", "--epochs", "5", "--quiet"],

@@ -257,6 +257,7 @@ def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, ca
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/no/r.json"], "--out: the folder {tmp}/no does not exist"),
+    (["--out", ""], "--out: the path is empty; give one, or leave the option out"),  # not "ends with a separator"
     (["--out", "{tmp}/c.json"], "--out: {tmp}/c.json is the config file {tmp}/c.json, which the results would replace"),
     (["--out", "{tmp}/../{name}/./c.json"], "--out: {tmp}/../{name}/./c.json is the config file"),
     (["--out", "{tmp}/link.json"], "--out: {tmp}/link.json is the config file"),
@@ -283,6 +284,48 @@ def test_deltaprop_sweep_refuses_bad_options_by_name(tmp_path, capsys, args, mes
     assert sorted(os.listdir(tmp_path)) == before and json.loads((tmp_path / "c.json").read_text()) == SWEEP
 
 
+def test_deltaprop_sweep_refuses_a_backend_its_local_workers_cannot_run_before_they_start(tmp_path, monkeypatch, capsys):
+    """--processes' workers run here: a candidate's backend that cannot is refused by name before the cluster starts
+    (not after the candidates before it have run); a --scheduler's workers may have other devices."""
+    from deltaprop import backends, cli
+
+    real = backends.available()
+    monkeypatch.setattr(backends, "available", lambda: {**real, "cupy": backends.Availability(False, "no CuPy here")})
+    grid = {"hidden_layer_sizes": [[6]], "backend": ["numpy", "cupy-tf32"]}
+    (tmp_path / "c.json").write_text(json.dumps({**SWEEP, "grid": grid}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("deltaprop: error: config: backend: 'cupy-tf32' cannot run on this machine, where the local "
+                          "workers run (no CuPy here)"), err
+    assert "backend numpy to run on the CPU" in err and os.listdir(tmp_path) == ["c.json"]
+
+
+def test_deltaprop_sweep_starts_a_worker_per_core_it_may_use(tmp_path, monkeypatch):
+    """The default of --processes, one per core: the cores of this process's CPU affinity (taskset, a container),
+    not the machine's."""
+    import distributed
+
+    from deltaprop import cli, record
+
+    class Started(Exception):
+        pass
+
+    asked = []
+
+    def cluster(n_workers, **kwargs):
+        asked.append(n_workers)
+        raise Started
+
+    monkeypatch.setattr(record, "cores", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(distributed, "LocalCluster", cluster)
+    (tmp_path / "c.json").write_text(json.dumps(SWEEP))
+    with pytest.raises(Started):
+        cli.main(["sweep", str(tmp_path / "c.json"), "--out", str(tmp_path / "r.json")])
+    assert asked == [1]
+
+
 # ------------------------------------------------------------------ deltaprop sweep: MLPRegressor on real targets
 REGRESSION = {"estimator": "MLPRegressor", "params": {"max_iter": 2, "batch_size": 16, "backend": "numpy", "random_state": 0},
               "grid": {"alpha": [1e-4, 1e-1]}, "data": "reg.npz", "cv": 3}  # fmt: skip
@@ -292,6 +335,21 @@ def regression(n=40):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, 3)).astype(np.float32)
     return X, (X @ [1.0, -2.0, 0.5]).astype(np.float32)
+
+
+def test_deltaprop_sweep_refuses_an_out_that_is_its_data_file(tmp_path, capsys):
+    """The results would replace the user's arrays after the whole sweep: refused before it, as the config is."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    data = (tmp_path / "reg.npz").read_bytes()
+    (tmp_path / "c.json").write_text(json.dumps({**REGRESSION, "data": str(tmp_path / "reg.npz")}))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "." / "reg.npz")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"deltaprop: error: --out: {tmp_path / '.' / 'reg.npz'} is the data file {tmp_path / 'reg.npz'}"), err
+    assert (tmp_path / "reg.npz").read_bytes() == data
 
 
 def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):

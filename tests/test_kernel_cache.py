@@ -457,6 +457,17 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     assert "max-norm 2," in out and "numba_gemm.sgd(True," in out and "numba_elementwise.max_norm_scale(" in out
 
 
+@needs_compiler
+def test_compile_every_kernel_compiles_the_named_nets_kernels_too(toolkit, cache_dir, capsys, monkeypatch):
+    """--every-kernel with a net: the variants and the net's own, its fused epoch (which no variant is) among them."""
+    monkeypatch.setenv("DELTAPROP_FUSED", "auto")  # as where the command runs (the tests' default is off)
+    monkeypatch.setattr(precompile, "sweep", lambda stand_in: list(stand_in.launched))  # the variants: minutes
+    monkeypatch.setattr(numba_cache, "compile_for", lambda kernel, argtypes, cc, files: True)
+    rc, out, err = _compile(capsys, "--cc", "9.0", "--every-kernel", *SMALL)
+    assert rc == 0, err
+    assert "every kernel variant and those of 3-5-2 relu" in out and "compiled numba_fused.epoch(" in out, out
+
+
 @pytest.mark.parametrize("argv, option", [
     (["--backend", "numpy"], "--backend: 'numpy' has no kernels to compile ahead (it runs on the CPU)"),
     (["--backend", "auto"], "--backend: 'auto' has no kernels to compile ahead (it picks a backend at run time)"),
@@ -469,12 +480,19 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     (["--backend", "cupy", "--cc", "9.0"], "--backend cupy"),
     (["--cc", "9"], "--cc"),
     (["--cc", "nine"], "--cc"),
+    (["--cc", "\u00b2.0"], "--cc: expected MAJOR.MINOR"),  # a digit to isdigit, none to int
+    (["--cc", "\u0669.0"], "--cc: expected MAJOR.MINOR"),  # Arabic-Indic 9
     (["--cc", "9.9"], "--cc"),
     (["--cc", "1.0"], "--cc"),
     (["--cc", "8.6"], "--multiprocessors"),
     (["--cc", "9.0", "--multiprocessors", "0"], "--multiprocessors"),
+    (["--multiprocessors", "0"], "--multiprocessors: must be ≥ 1, got 0"),  # not the GPU's count instead, on a GPU
+    (["--cc", "9.0", "--layers", "100000000", "--inputs", "100000000"],
+     "--layers, --inputs, --outputs: an MLP [100000000, 100000000, 10] does not fit in the memory of this machine"),
     (["--cc", "9.0", "--layers", "0"], "--layers"),
     (["--cc", "9.0", "--layers", "a,b"], "--layers"),
+    (["--cc", "9.0", "--layers", ""], "--layers: expected comma-separated integers"),  # as train: an unset $LAYERS
+    (["--cc", "9.0", "--outputs", "1"], "--outputs: --loss cross_entropy's softmax output needs at least 2 units, got 1"),
     (["--cc", "9.0", "--activation", "softmax"], "--activation"),
     (["--cc", "9.0", "--activation", "swish"], "--activation"),
     (["--cc", "9.0", "--maxout-pieces", "3"], "--maxout-pieces: only with --activation maxout"),
@@ -507,6 +525,23 @@ def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith(f"deltaprop: error: {option}"), err
     assert not cache_dir.exists()  # nothing written
+
+
+@needs_compiler
+def test_compile_of_data_larger_than_the_memory_is_one_error_line(toolkit, cache_dir, capsys):
+    rc, out, err = _compile(capsys, "--cc", "9.0", "--layers", "1", "--inputs", "1000000", "--samples", "1000000000")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith("deltaprop: error: --samples, --test-samples, --inputs: the stand-in fit's data"), err
+
+
+@needs_compiler
+@pytest.mark.parametrize("value, why", [("off", "DELTAPROP_KERNEL_CACHE='off'"),
+                                        ("kernels", "DELTAPROP_KERNEL_CACHE='kernels' is not an absolute path, on or off")])
+def test_compile_with_the_cache_off_is_one_error_line_saying_why(toolkit, capsys, monkeypatch, value, why):
+    monkeypatch.setenv(numba_cache.ENV, value)
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err  # not numba_cache's warning too
+    assert err.startswith(f"deltaprop: error: the kernel cache is off ({why}): nothing to fill"), err
 
 
 @needs_compiler
@@ -546,6 +581,32 @@ def test_compile_for_cupy_says_what_it_lacks(capsys, cache_dir):
     assert "--cc" not in err and not cache_dir.exists()
 
 
+@pytest.mark.parametrize("argv, option", [(["--jobs", "2"], "--jobs"), (["--multiprocessors", "132"], "--multiprocessors")])
+def test_compile_for_cupy_refuses_numba_cudas_options(capsys, cache_dir, argv, option):
+    """Options that only numba-cuda's compile has are refused with cupy, before it looks for a GPU, not ignored."""
+    rc, _, err = _compile(capsys, "--backend", "cupy", *argv)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"deltaprop: error: {option}: numba-cuda's option; --backend cupy compiles"), err
+
+
+def test_compile_for_cupy_every_kernel_compiles_both_precisions_and_dropout(capsys, cache_dir, monkeypatch):
+    """--every-kernel with cupy: every module of float32 and float64 (on a stand-in GPU), not --dtype's alone."""
+    from deltaprop.backends import compat
+    from deltaprop.kernels import cuda_source
+
+    compiled = []
+    monkeypatch.setattr(compat, "probe_cupy", lambda: compat.Probe(module=object(), device="a GPU"))
+    monkeypatch.setattr(cuda_source, "kernels", lambda dtype: compiled.append(("mlp", dtype.name)) or {"k": 0})
+    monkeypatch.setattr(cuda_source, "dropout_kernels", lambda dtype: compiled.append(("dropout", dtype.name)) or {"k": 0})
+    rc, out, err = _compile(capsys, "--backend", "cupy")
+    assert rc == 0 and compiled == [("mlp", "float32")], err
+    compiled.clear()
+    rc, out, err = _compile(capsys, "--backend", "cupy", "--every-kernel")
+    assert rc == 0, err
+    assert sorted(compiled) == [("dropout", "float32"), ("dropout", "float64"), ("mlp", "float32"), ("mlp", "float64")]
+    assert "cupy: 4 kernels (float32, float64) compiled or found" in out, out
+
+
 def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
     from deltaprop.backends import compat
 
@@ -560,6 +621,7 @@ def test_compile_without_cc_needs_a_gpu(capsys, cache_dir):
         assert rc == 1 and "NUMBA_ENABLE_CUDASIM is set" in err, err
     else:
         assert err.startswith("deltaprop: error: --cc"), err
+        assert "--backend numpy" not in err, err  # train's advice: compile --backend numpy is refused, nothing to compile
 
 
 # ------------------------------------------------------------------ the recorder is the backend

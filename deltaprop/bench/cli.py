@@ -66,23 +66,31 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="deltaprop bench", description=__doc__)
     p.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     p.add_argument("--smoke", action="store_true", help="every suite at tiny sizes, on synthetic data (CI: < 1 minute)")
-    p.add_argument("--backends", default="", help="comma-separated backend names (default: every usable one)")
+    p.add_argument("--backends", help="comma-separated backend names (default: every usable one)")
     p.add_argument("--out", default=os.path.join("bench", "results"), help="folder for the JSON, markdown and PNGs")
     p.add_argument("--machine", default=None, help="machine name in the file names (default: cpu-<N>core, or the GPU)")
-    p.add_argument("--samples", type=int, default=None, help="samples per epoch (default: 60000, MNIST's training set)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default 3)")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes of the train suite")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per epoch (default: 60000, MNIST's training set; --smoke: 512)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats after the warm-up (default: 3; --smoke: 2)")
+    p.add_argument("--batch-sizes", default=None,
+                   help="comma-separated batch sizes of the train suite (default: 32,64,...,4096; --smoke: 32,256)")
     p.add_argument("--synthetic", action="store_true", help="do not load MNIST; time on data of its shape")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
     args = p.parse_intermixed_args(argv)  # suites may come after options: kernels --smoke train
     for name in args.suites:
         if name not in SUITES:
             p.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    args.suites = list(dict.fromkeys(args.suites))  # each once: a second run would replace the first's results
     return args
 
 
+def backend_names(args) -> list:
+    """The names in --backends; empty when it is not given (every usable backend)."""
+    return [n.strip() for n in (args.backends or "").split(",") if n.strip()]
+
+
 def settings_from(args) -> Settings:
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    names = backend_names(args)
     s = Settings.smoke_settings(names) if args.smoke else Settings(backends=names)
     if args.samples is not None:  # check_up_front has refused values < 1
         s.samples = args.samples
@@ -90,7 +98,7 @@ def settings_from(args) -> Settings:
         s.repeats = args.repeats
     if args.batch_sizes:
         s.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    if not args.smoke and all(n == "numpy" for n in suites.usable_backends(names)):
+    if not args.smoke and all(backends.variants().get(n, n) == "numpy" for n in suites.usable_backends(names)):
         s.cpu_only()
     return s
 
@@ -126,7 +134,7 @@ def check_up_front(args) -> str | None:
             return f"{option}: must be ≥ 1, got {value}"
     if args.batch_sizes is not None:
         sizes = [b.strip() for b in args.batch_sizes.split(",")]
-        if not all(b.isdigit() and int(b) >= 1 for b in sizes):
+        if not all(b.isascii() and b.isdigit() and int(b) >= 1 for b in sizes):  # isdigit alone takes '²'
             return f"--batch-sizes: expected comma-separated integers ≥ 1, such as 32,256, got {args.batch_sizes!r}"
     problem = _check_out(args.out)
     if problem:
@@ -134,10 +142,16 @@ def check_up_front(args) -> str | None:
     if args.machine is not None and not MACHINE_TAG.fullmatch(args.machine):
         return (f"--machine: {args.machine!r} names the result files: use letters, digits, '.', '_' and '-' "
                 "(not first a '.' or '-'), as in h100-train")
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    names = backend_names(args)
+    if args.backends is not None and not names:  # an unset variable, say: not every backend instead
+        return (f"--backends: {args.backends!r} names no backend; give names such as numpy,cupy, or leave it out for "
+                "every usable one")
     try:
         suites.usable_backends(names)
-    except (backends.BackendUnavailable, ValueError) as exc:
+    except backends.BackendUnavailable as exc:  # train's advice (--backend numpy) in bench's words
+        train_hint = "; " + backends.compat.NO_DRIVER.partition("; ")[2]
+        return f"--backends {args.backends}: {str(exc).replace(train_hint, '')}; give --backends numpy to time the CPU"
+    except ValueError as exc:
         return f"--backends {args.backends}: {exc}"
     if not args.no_plots:
         why = _matplotlib_problem()
@@ -214,6 +228,9 @@ def main(argv=None) -> int:
         progress.start(f"{name} {i}/{len(chosen)}")
         try:
             result["suites"][name] = runners[name]()
+        except KeyboardInterrupt:  # Ctrl-C: one line and 128 + SIGINT, as deltaprop's other commands end
+            print(f"deltaprop bench: interrupted in {name} {i}/{len(chosen)}; no results written", file=sys.stderr)
+            return 130
         except Exception as exc:  # recorded, printed and turned into a failing exit status
             traceback.print_exc()
             result["errors"].append(f"{name}: {type(exc).__name__}: {exc}")

@@ -17,8 +17,10 @@ from .measure import Net, counted_fit, datasheet_peak, progress, summarize, time
 
 def usable_backends(names=None) -> list:
     """The names of the backends to time: those asked for, else every usable one (simulators excluded)."""
-    if names:
-        return [backends.get(name).name for name in names]  # raises BackendUnavailable, saying why
+    if names:  # each once, by its registered name and the device it names ("cupy:1" is timed on device 1)
+        for name in names:
+            backends.get(name)  # raises BackendUnavailable, saying why
+        return list(dict.fromkeys(backends.select(name).spec for name in names))
     return [n for n, a in backends.available().items() if a.usable and "simulator" not in a.reason]
 
 

@@ -50,6 +50,7 @@ import numpy as np
 from .._files import cache_home
 
 ENV = "DELTAPROP_KERNEL_CACHE"
+OFF = ("", "off", "0", "none", "false", "no")  # the values of $DELTAPROP_KERNEL_CACHE that turn the cache off
 MAGIC = b"deltaprop numba-cuda kernel\n"
 FORMAT = 1
 MAX_HEADER = 1 << 16  # bytes of JSON header, at most
@@ -62,7 +63,7 @@ def directory() -> str | None:
     current directory is, missed by a process started elsewhere."""
     where = os.environ.get(ENV)
     word = None if where is None else where.strip().lower()
-    if word in ("", "off", "0", "none", "false", "no"):
+    if word in OFF:
         return None
     if where is not None and word not in ("on", "1", "true", "yes"):
         if os.path.isabs(where):
