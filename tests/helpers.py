@@ -56,6 +56,13 @@ def away_from_kinks(a, gap=1e-2):
     return a
 
 
+def off_the_step(X, W, b):
+    """b, in X's dtype, moved by 1e-2 in each column where some a = X·W + b is within 1e-3 of 0: the step's jump there,
+    where rounding decides (float32 can round a ≠ 0 to exactly 0, whose step is 0)."""
+    a = X.astype(np.float64) @ W + b
+    return (b + np.where(np.abs(a) < 1e-3, 1e-2, 0).max(axis=0)).astype(X.dtype)
+
+
 def targets(rng, loss, B, n):
     """Random targets of shape (B, n) that suit ``loss``."""
     if loss == "perceptron":

@@ -382,9 +382,40 @@ def assert_matches_reference(model, history, weights, sums, n, dtype):
     np.testing.assert_allclose(history.loss, [s[:, 0].sum() / n for s in sums], rtol=tol)
 
 
-def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs):
+def least_margin(layers, acts, accuracy):
+    """How near one step's float64 pass (ref.forward's layers) comes to where float32's rounding decides: the least
+    |a| into a relu or leaky_relu (a kink: φ' jumps) and the least gap between a row's two largest outputs (argmax)
+    or |a| of an output (threshold); exact zeros aside (a dead relu unit and b = 0 give a = 0 in every dtype)."""
+    near = [a for (a, _), act in zip(layers, acts) if act in ("relu", "leaky_relu")]
+    a, z = layers[-1]
+    if accuracy == "argmax":
+        top = np.sort(z, axis=1)
+        near.append(top[:, -1] - top[:, -2])
+    elif accuracy == "threshold":
+        near.append(a)
+    near = np.abs(np.concatenate([np.ravel(x) for x in near] + [[np.inf]]))
+    return float(near[near > 0].min())
+
+
+def off_the_kinks(rng, model, weights, sizes, kind, n, opt, schedule, batch, epochs):
+    """(X, y, encoded targets) of ``data``, redrawn until the float64 reference's epochs stay 1e-4 from every kink
+    and every decision of the accuracy (``least_margin``): a float32 fit, 1e-7 to 1e-6 off, would otherwise count a
+    sample right that the reference counts wrong, or switch a relu unit (an error of ~lr·δ·x), with a probability of
+    20 to 80 times its rounding a case (the least margin is below x with that many times x)."""
+    from deltaprop.mlp.losses import check_loss, encode_targets
+
+    while True:
+        X, y = data(rng, sizes, kind, n=n)
+        targets = encode_targets(y, check_loss(model.loss), sizes[-1], np.float64, n)
+        margins = []
+        reference_epochs(model, weights, X, targets.Y, targets.accuracy, opt, schedule, batch, epochs, margins)
+        if min(margins) > 1e-4:
+            return X, y, targets
+
+
+def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epochs, margins=None):
     """Float64 SGD, Adam, AdamW or RMSprop over whole epochs in the Trainer's sample order: (weights, per-step
-    [loss sum, correct] per epoch)."""
+    [loss sum, correct] per epoch); each step's ``least_margin`` appended to ``margins`` where given."""
     acts, loss, p = model.activations, model.loss, opt.params
     weights = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in weights]
     velocity = [(np.zeros_like(W), np.zeros_like(b)) for W, b in weights]
@@ -397,7 +428,10 @@ def reference_epochs(model, weights, X, Y, accuracy, opt, schedule, batch, epoch
         steps = []
         for s in range(math.ceil(X.shape[0] / batch)):
             rows = order[s * batch : (s + 1) * batch]
-            a, z = ref.forward(weights, acts, X[rows])[-1]
+            layers = ref.forward(weights, acts, X[rows])
+            a, z = layers[-1]
+            if margins is not None:
+                margins.append(least_margin(layers, acts, accuracy))
             y = Y[rows]
             right = 0.0
             if accuracy == "argmax":
@@ -439,14 +473,11 @@ def fused_fit(monkeypatch, model, X, y, **kw):
 def test_fused_epochs_match_the_float64_reference(monkeypatch, rng, net, dtype):
     """Two epochs of 4 steps (batch 3 of 10 samples: a last step of 1), weights and each step's sums."""
     spec = NETS[net]
-    X, y = data(rng, spec[0], spec[4])
     model = model_of(spec, "numba-cuda", dtype)
     start = model.get_weights()
     opt, schedule = spec[5], spec[6]
+    X, y, targets = off_the_kinks(rng, model, start, spec[0], spec[4], 10, opt, schedule, 3, 3)  # the 3 epochs below
     history = fused_fit(monkeypatch, model, X, y, epochs=2, batch_size=3, optimizer=opt, lr_schedule=schedule)
-    from deltaprop.mlp.losses import check_loss, encode_targets
-
-    targets = encode_targets(y, check_loss(model.loss), spec[0][-1], np.float64, 10)
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, schedule, 3, 2)
     assert_matches_reference(model, history, weights, sums, 10, dtype)
     if targets.accuracy:
@@ -548,13 +579,10 @@ def test_fused_epochs_at_the_edges_match_the_float64_reference(monkeypatch, rng,
     a net of no hidden layer, and tanh, relu and leaky_relu outputs with mse: two fused epochs against the float64
     reference (weights, losses, accuracy)."""
     sizes, hidden, out, loss, kind, opt, n, batch = EDGES[edge]
-    X, y = data(rng, sizes, kind, n=n)
     model = model_of((sizes, hidden, out, loss), "numba-cuda", dtype)
     start = model.get_weights()
+    X, y, targets = off_the_kinks(rng, model, start, sizes, kind, n, opt, None, min(batch, n), 2)
     history = fused_fit(monkeypatch, model, X, y, epochs=2, batch_size=batch, optimizer=opt)
-    from deltaprop.mlp.losses import check_loss, encode_targets
-
-    targets = encode_targets(y, check_loss(model.loss), sizes[-1], np.float64, n)
     weights, sums = reference_epochs(model, start, X, targets.Y, targets.accuracy, opt, None, min(batch, n), 2)
     assert_matches_reference(model, history, weights, sums, n, dtype)
     if targets.accuracy:
@@ -598,10 +626,10 @@ def test_adaptive_fused_and_step_paths_agree_and_a_step_path_epoch_continues_a_f
     state slots and Adam's t; then a fused epoch followed by a step-path epoch against two step-path epochs (the same
     t, within rounding)."""
     spec = NETS[net]
-    X, y = data(rng, spec[0], spec[4])
     kw = {"batch_size": 3, "optimizer": spec[5], "lr_schedule": spec[6]}
     tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     steps, one, mixed = (model_of(spec, "numba-cuda", dtype) for _ in range(3))
+    X, y, _ = off_the_kinks(rng, steps, steps.get_weights(), spec[0], spec[4], 10, spec[5], spec[6], 3, 2)  # accuracy
     monkeypatch.setenv("DELTAPROP_FUSED", "off")
     h_steps = steps.fit(X, y, epochs=2, **kw)
     h_one = fused_fit(monkeypatch, one, X, y, epochs=2, **kw)
