@@ -94,6 +94,11 @@ BAD_FIT = [
     ({"X": np.array([["a"] * 3] * 10)}, TypeError, "X: expected real numbers"),
     ({"X": X + 1j}, TypeError, "X: expected real numbers, got an array of dtype complex128"),
     ({"X": [[0.0, 1.0, 2.0]] * 9 + [[0.0, 1.0]]}, ValueError, "X: rows of different lengths"),
+    # np.asarray drops a mask: the numbers under it would be trained on as data
+    ({"X": np.ma.masked_array(X, mask=np.eye(10, 3, dtype=bool))}, ValueError, r"X: a masked array with 3 masked entries"),
+    ({"y": np.ma.masked_array(y, mask=y == 2)}, ValueError, r"y: a masked array with 3 masked entries"),
+    ({"sample_weight": np.ma.masked_array(np.ones(10), mask=np.arange(10) < 2)}, ValueError,
+     r"sample_weight: a masked array with 2 masked entries"),
     ({"y": y[:9]}, ValueError, "y: has 9 rows but X has 10"),
     ({"y": np.where(y == 2, 3, y)}, ValueError, r"y: label 3 is outside the output range 0..2"),
     ({"y": y - 1}, ValueError, r"y: label -1 is outside"),
@@ -192,6 +197,8 @@ def test_set_weights_errors_leave_the_model_unchanged(backend):
         model.set_weights([(good[0][0] + 1j, good[0][1]), good[1]])
     with pytest.raises(ValueError, match=r"weights\[0\] W: rows of different lengths"):
         model.set_weights([([[0.0] * 4] * 2 + [[0.0] * 3], good[0][1]), good[1]])
+    with pytest.raises(ValueError, match=r"weights\[1\] b: a masked array with 1 masked entries"):
+        model.set_weights([good[0], (good[1][0], np.ma.masked_array(good[1][1], mask=[True, False]))])
     assert_unchanged(model, before)
 
 
@@ -211,6 +218,12 @@ def test_predict_errors(backend):
         model.predict(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="X: is empty"):
         model.predict_proba(np.zeros((0, 3)))
+    masked = np.ma.masked_array(np.ones((2, 3)), mask=[[False] * 3, [False, True, False]])
+    for call in (model.predict, model.predict_proba, lambda X_: model.score(X_, [0, 1])):
+        with pytest.raises(ValueError, match="X: a masked array with 1 masked entries"):
+            call(masked)
+    # a mask that hides nothing is the array itself
+    np.testing.assert_array_equal(model.predict(np.ma.masked_array(np.ones((2, 3)))), model.predict(np.ones((2, 3))))
 
 
 def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
