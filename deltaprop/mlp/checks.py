@@ -105,7 +105,7 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
     if sample_weight is None:
         return None
     if isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
-        sample_weight = np.full(n, float(sample_weight))
+        sample_weight = np.full(n, as_float(sample_weight))  # ±inf beyond a float's range: refused below, by name
     w = real_array(sample_weight, argument)
     if w.ndim != 1:
         raise ValueError(f"{argument}: Sample weights must be 1D array or scalar, got {w.ndim}D array. "

@@ -22,13 +22,13 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ..mlp.checks import held_problem
+from ..mlp.checks import as_float, held_problem
 
 __all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
 
 
 def _positive(value, argument: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(as_float(value)) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{argument}: expected a finite number {'≥' if allow_zero else '>'} 0, got {value!r}")
     return float(value)
 
@@ -45,7 +45,11 @@ class Schedule:
         ``dtype``, in which the device reads it, and not > 0 there as 0 (asked before a fit changes anything; a rate
         that depends on the losses is checked with none)."""
         for epoch in range(epochs):
-            lr = self.rate(lr0, epoch, [], samples)
+            try:
+                lr = self.rate(lr0, epoch, [], samples)
+            except OverflowError:  # a float power beyond a float's range (gamma**e, (e·n + 1)**power_t)
+                raise ValueError(f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} cannot be computed in "
+                                 "floats (a power overflows); its parameters are out of range") from None
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
             problem = held_problem(lr, dtype)
@@ -151,7 +155,7 @@ class _Function(Schedule):
 
     def rate(self, lr0, epoch, losses, samples):
         lr = self.fn(epoch)
-        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(as_float(lr)) or lr < 0:
             raise ValueError(f"lr_schedule: the callable gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
         return float(lr)
 
