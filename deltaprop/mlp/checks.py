@@ -153,4 +153,6 @@ def check_path(path) -> str:
         raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
     if not os.fspath(path):
         raise ValueError("path: is empty; give a file name")
+    if "\0" in os.fspath(path):  # no system's file names hold one: os would raise "embedded null byte", naming nothing
+        raise ValueError(f"path: contains a NUL character ({os.fspath(path)!r}); give a file name")
     return os.fspath(path)
