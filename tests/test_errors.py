@@ -126,6 +126,35 @@ BAD_FIT = [
 ]
 
 
+def test_numpy_scalars_and_0d_arrays_are_the_numbers_they_hold(backend):
+    """np.int64 epochs, np.float32 or 0-d array rates: taken as the Python numbers they hold (the same fit, bit for
+    bit, and the optimizer's saved config of Python numbers), not refused as 'not a number'."""
+    from deltaprop import optim
+    from deltaprop.optim import schedules
+
+    args = dict(layer_sizes=[3, 4, 3], backend=backend.name, seed=0)
+    given = dict(epochs=np.array(3), batch_size=np.int32(4), lr=np.array(0.25), momentum=np.float32(0.5),
+                 early_stopping=np.int64(5), validation_split=np.array(0.25),
+                 lr_schedule=schedules.Step(step_size=np.array(2), gamma=np.array(0.5)))
+    plain = dict(epochs=3, batch_size=4, lr=0.25, momentum=0.5, early_stopping=5, validation_split=0.25,
+                 lr_schedule=schedules.Step(step_size=2, gamma=0.5))
+    a, b = MLP(**args), MLP(**args)
+    a.fit(X, y, **given)
+    b.fit(X, y, **plain)
+    assert_unchanged(a, snapshot(b))
+    assert a.network.optimizer.config() == b.network.optimizer.config()
+    assert all(type(v) in (str, bool, float) for v in a.network.optimizer.config().values())
+    assert optim.Adam(lr=np.array(1e-3), beta_1=np.float32(0.5)) == optim.Adam(lr=1e-3, beta_1=0.5)
+    assert schedules.InvScaling(power_t=np.array(0.5)) == schedules.InvScaling(power_t=0.5)
+    assert schedules.Adaptive(patience=np.array(3), factor=np.array(2.0)) == schedules.Adaptive(patience=3, factor=2.0)
+    assert schedules.Cosine(epochs=np.array(4)) == schedules.Cosine(epochs=4)
+    c = MLP(**args)
+    c.fit(X, y, epochs=2, lr=0.25, lr_schedule=lambda e: np.array(0.25) / (e + 1))  # a callable's 0-d rate too
+    d = MLP(**args)
+    d.fit(X, y, epochs=2, lr=0.25, lr_schedule=lambda e: 0.25 / (e + 1))
+    assert_unchanged(c, snapshot(d))
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse"])
 def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
     """A finite X whose row overflows the dtype inside the net: relu(∞) meets weights of both signs, ∞ − ∞ = NaN,
