@@ -107,6 +107,8 @@ def test_from_bytes_checks_what_it_is_given(monkeypatch):
         MLP.from_bytes("model.npz")
     with pytest.raises(ValueError, match=r"^data: is not a readable deltaprop model: not an .npz file"):
         MLP.from_bytes(b"not a model")
+    # any buffer of those bytes, a strided view's too (writing one raised a BufferError)
+    assert MLP.from_bytes(memoryview(bytes(b for b in data for _ in range(2)))[::2]).layer_sizes == (3, 2)
     with np.load(io.BytesIO(data), allow_pickle=False) as f:
         arrays = dict(f)
     arrays["config"] = np.array(json.dumps({**json.loads(str(arrays["config"])), "seed": -1}))
@@ -220,6 +222,11 @@ def test_an_empty_path_or_one_ending_in_a_separator_is_refused_by_name(tmp_path,
     for name in ("runs" + os.sep, str(tmp_path / "runs") + os.sep):
         with pytest.raises(ValueError, match=f"^path: {re.escape(name)} ends with a separator; give a file name"):
             model.save(name)
+    # a NUL names no file on any system: os raised "embedded null byte", naming nothing
+    with pytest.raises(ValueError, match="^path: contains a NUL character"):
+        model.save("m\0.npz")
+    with pytest.raises(ValueError, match="^path: contains a NUL character"):
+        MLP.load("m\0.npz")
     assert os.listdir(tmp_path) == []
 
 def test_get_and_set_weights(backend, rng):

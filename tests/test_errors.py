@@ -94,6 +94,11 @@ BAD_FIT = [
     ({"X": np.array([["a"] * 3] * 10)}, TypeError, "X: expected real numbers"),
     ({"X": X + 1j}, TypeError, "X: expected real numbers, got an array of dtype complex128"),
     ({"X": [[0.0, 1.0, 2.0]] * 9 + [[0.0, 1.0]]}, ValueError, "X: rows of different lengths"),
+    # np.asarray drops a mask: the numbers under it would be trained on as data
+    ({"X": np.ma.masked_array(X, mask=np.eye(10, 3, dtype=bool))}, ValueError, r"X: a masked array with 3 masked entries"),
+    ({"y": np.ma.masked_array(y, mask=y == 2)}, ValueError, r"y: a masked array with 3 masked entries"),
+    ({"sample_weight": np.ma.masked_array(np.ones(10), mask=np.arange(10) < 2)}, ValueError,
+     r"sample_weight: a masked array with 2 masked entries"),
     ({"y": y[:9]}, ValueError, "y: has 9 rows but X has 10"),
     ({"y": np.where(y == 2, 3, y)}, ValueError, r"y: label 3 is outside the output range 0..2"),
     ({"y": y - 1}, ValueError, r"y: label -1 is outside"),
@@ -119,6 +124,35 @@ BAD_FIT = [
     ({"shuffle": "yes"}, TypeError, "shuffle"),
     ({"callback": 3}, TypeError, "callback"),
 ]
+
+
+def test_numpy_scalars_and_0d_arrays_are_the_numbers_they_hold(backend):
+    """np.int64 epochs, np.float32 or 0-d array rates: taken as the Python numbers they hold (the same fit, bit for
+    bit, and the optimizer's saved config of Python numbers), not refused as 'not a number'."""
+    from deltaprop import optim
+    from deltaprop.optim import schedules
+
+    args = dict(layer_sizes=[3, 4, 3], backend=backend.name, seed=0)
+    given = dict(epochs=np.array(3), batch_size=np.int32(4), lr=np.array(0.25), momentum=np.float32(0.5),
+                 early_stopping=np.int64(5), validation_split=np.array(0.25),
+                 lr_schedule=schedules.Step(step_size=np.array(2), gamma=np.array(0.5)))
+    plain = dict(epochs=3, batch_size=4, lr=0.25, momentum=0.5, early_stopping=5, validation_split=0.25,
+                 lr_schedule=schedules.Step(step_size=2, gamma=0.5))
+    a, b = MLP(**args), MLP(**args)
+    a.fit(X, y, **given)
+    b.fit(X, y, **plain)
+    assert_unchanged(a, snapshot(b))
+    assert a.network.optimizer.config() == b.network.optimizer.config()
+    assert all(type(v) in (str, bool, float) for v in a.network.optimizer.config().values())
+    assert optim.Adam(lr=np.array(1e-3), beta_1=np.float32(0.5)) == optim.Adam(lr=1e-3, beta_1=0.5)
+    assert schedules.InvScaling(power_t=np.array(0.5)) == schedules.InvScaling(power_t=0.5)
+    assert schedules.Adaptive(patience=np.array(3), factor=np.array(2.0)) == schedules.Adaptive(patience=3, factor=2.0)
+    assert schedules.Cosine(epochs=np.array(4)) == schedules.Cosine(epochs=4)
+    c = MLP(**args)
+    c.fit(X, y, epochs=2, lr=0.25, lr_schedule=lambda e: np.array(0.25) / (e + 1))  # a callable's 0-d rate too
+    d = MLP(**args)
+    d.fit(X, y, epochs=2, lr=0.25, lr_schedule=lambda e: 0.25 / (e + 1))
+    assert_unchanged(c, snapshot(d))
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse"])
@@ -192,6 +226,8 @@ def test_set_weights_errors_leave_the_model_unchanged(backend):
         model.set_weights([(good[0][0] + 1j, good[0][1]), good[1]])
     with pytest.raises(ValueError, match=r"weights\[0\] W: rows of different lengths"):
         model.set_weights([([[0.0] * 4] * 2 + [[0.0] * 3], good[0][1]), good[1]])
+    with pytest.raises(ValueError, match=r"weights\[1\] b: a masked array with 1 masked entries"):
+        model.set_weights([good[0], (good[1][0], np.ma.masked_array(good[1][1], mask=[True, False]))])
     assert_unchanged(model, before)
 
 
@@ -211,6 +247,12 @@ def test_predict_errors(backend):
         model.predict(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="X: is empty"):
         model.predict_proba(np.zeros((0, 3)))
+    masked = np.ma.masked_array(np.ones((2, 3)), mask=[[False] * 3, [False, True, False]])
+    for call in (model.predict, model.predict_proba, lambda X_: model.score(X_, [0, 1])):
+        with pytest.raises(ValueError, match="X: a masked array with 1 masked entries"):
+            call(masked)
+    # a mask that hides nothing is the array itself
+    np.testing.assert_array_equal(model.predict(np.ma.masked_array(np.ones((2, 3)))), model.predict(np.ones((2, 3))))
 
 
 def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):

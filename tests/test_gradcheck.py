@@ -102,3 +102,16 @@ def test_gradcheck_detects_a_wrong_derivative(rng, monkeypatch):
     monkeypatch.setattr(NumpyBackend, "_mul_derivative", skewed)
     assert right <= 1e-6
     assert gradcheck(model, X, Y).max_rel_error > 1e-3
+
+
+def test_gradcheck_names_a_bad_model_or_eps_and_takes_numpys_floats(rng):
+    from deltaprop.backends import instance
+
+    model, X, Y = make(instance("numpy"), 2, "tanh", "softmax", "cross_entropy", rng)
+    with pytest.raises(TypeError, match="model: expected a deltaprop MLP, got str"):
+        gradcheck("model", X, Y)
+    for eps in (0.0, 1.0, float("nan"), True, "1e-5", np.array([1e-5])):
+        with pytest.raises(ValueError, match="eps: expected a float in"):
+            gradcheck(model, X, Y, eps=eps)
+    # a NumPy float is a float: the same check as Python's, at its value
+    assert gradcheck(model, X, Y, eps=np.float32(1e-3)).errors == gradcheck(model, X, Y, eps=float(np.float32(1e-3))).errors

@@ -381,6 +381,10 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     ({"lr_schedule": {"name": "constant", "gamma": 0.5}}, ValueError, r"lr_schedule: gamma: not a parameter of the constant schedule \(none\)"),
     ({"lr_schedule": lambda e: -1.0 if e == 1 else 0.1}, ValueError, "lr_schedule: the callable gives -1.0 for epoch 1"),
     ({"lr_schedule": lambda e: float("nan")}, ValueError, "lr_schedule: the callable gives nan for epoch 0"),
+    ({"lr_schedule": lambda e: 10**400}, ValueError, "lr_schedule: the callable gives 1000.* for epoch 0"),
+    # 11**400 (epoch 1 of 10 samples) is beyond a float's range: Python raises a bare OverflowError
+    ({"lr_schedule": schedules.InvScaling(power_t=400)}, ValueError,
+     "lr_schedule: the invscaling schedule's rate for epoch 1 cannot be computed in floats"),
     # finite in Python, not in the float32 the device computes in
     ({"lr": 1e39}, ValueError, r"lr: 1e\+39 overflows the model's float32"),
     ({"optimizer": "adam", "lr": 1e39}, ValueError, r"lr: 1e\+39 overflows the model's float32"),
@@ -427,6 +431,10 @@ def test_what_float32_refuses_float64_holds(rng):
     (lambda: schedules.Adaptive(factor=1), "factor: must be > 1"),
     (lambda: schedules.Step(step_size=0), "step_size: expected an integer ≥ 1"),
     (lambda: schedules.Cosine(epochs=2.5), "epochs: expected an integer ≥ 1"),
+    # ints beyond a float's range: refused by name, not a bare OverflowError
+    (lambda: schedules.InvScaling(power_t=10**400), "power_t: expected a finite number ≥ 0"),
+    (lambda: schedules.Exponential(gamma=10**400), "gamma: expected a finite number > 0"),
+    (lambda: schedules.Adaptive(factor=10**400), "factor: expected a finite number > 0"),
 ])
 def test_bad_hyperparameters_are_named(make, match):
     with pytest.raises(ValueError, match=re_escape(match)):

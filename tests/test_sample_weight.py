@@ -224,6 +224,7 @@ BAD = [
     (np.full(37, 1e-50), r"sample_weight: Sample weights must contain at least one non-zero number; all 37 are 0 \(as float32\)"),
     (np.full(37, 1e37), "sample_weight: the weights' sum overflows float32"),
     (np.array(["a"] * 37), "sample_weight: expected real numbers"),
+    (2**2000, "sample_weight: contains NaN or Inf"),  # a number beyond a float's range: float() would overflow
 ]
 
 

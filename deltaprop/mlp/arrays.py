@@ -14,7 +14,11 @@ from .._files import file_type
 
 
 def real_array(x, argument: str) -> np.ndarray:
-    """``x`` as a NumPy array of real numbers or booleans; TypeError or ValueError naming ``argument``."""
+    """``x`` as a NumPy array of real numbers or booleans; TypeError or ValueError naming ``argument``. A masked
+    array with masked entries is refused: np.asarray drops the mask and would read the numbers under it as data."""
+    if np.ma.is_masked(x):
+        raise ValueError(f"{argument}: a masked array with {int(np.ma.count_masked(x))} masked entries, which would be "
+                         "read as the numbers under the mask; fill them (np.ma.filled) or drop them first")
     try:
         a = np.asarray(x)
     except ValueError:  # NumPy's "inhomogeneous shape": nested sequences of different lengths

@@ -17,7 +17,7 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "as_float", "check_activation", "check_dtype", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
+__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
            "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -47,6 +47,12 @@ def as_float(value) -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def as_scalar(value):
+    """A 0-d NumPy array as the scalar it holds (np.array(0.1) → np.float64(0.1)), which the Real and Integral checks
+    take; anything else as it is."""
+    return value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
 def held_problem(value: float, dtype) -> str | None:
@@ -105,7 +111,7 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
     if sample_weight is None:
         return None
     if isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
-        sample_weight = np.full(n, float(sample_weight))
+        sample_weight = np.full(n, as_float(sample_weight))  # ±inf beyond a float's range: refused below, by name
     w = real_array(sample_weight, argument)
     if w.ndim != 1:
         raise ValueError(f"{argument}: Sample weights must be 1D array or scalar, got {w.ndim}D array. "
@@ -129,6 +135,7 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
 
 def check_int(value, argument: str, lo: int) -> int:
     """An integer ≥ ``lo`` (a bool is refused: True is not a count)."""
+    value = as_scalar(value)
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{argument}: expected an integer, got {value!r}")
     if value < lo:
@@ -138,6 +145,7 @@ def check_int(value, argument: str, lo: int) -> int:
 
 def check_real(value, argument: str, lo: float, hi: float | None = None, lo_open=False) -> float:
     """A finite number in [lo, hi) as a float ((lo, hi) with ``lo_open``; no upper bound when ``hi`` is None)."""
+    value = as_scalar(value)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{argument}: expected a number, got {value!r}")
     value = as_float(value)
@@ -153,4 +161,6 @@ def check_path(path) -> str:
         raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
     if not os.fspath(path):
         raise ValueError("path: is empty; give a file name")
+    if "\0" in os.fspath(path):  # no system's file names hold one: os would raise "embedded null byte", naming nothing
+        raise ValueError(f"path: contains a NUL character ({os.fspath(path)!r}); give a file name")
     return os.fspath(path)

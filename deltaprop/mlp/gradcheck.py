@@ -8,6 +8,7 @@ reference that backprop is checked against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -57,8 +58,11 @@ def gradcheck(model, X, Y, eps: float = 1e-5) -> GradcheckResult:
     """
     from .model import MLP  # the model module imports this package
 
-    if not (isinstance(eps, float) and 0 < eps < 1):
+    if not isinstance(model, MLP):
+        raise TypeError(f"model: expected a deltaprop MLP, got {type(model).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < 1:  # np.float32 is a Real, not a float
         raise ValueError(f"eps: expected a float in (0, 1), got {eps!r}")
+    eps = float(eps)
     analytic = model.gradients(X, Y)
     X = np.asarray(X, np.float64)
     twin = MLP(

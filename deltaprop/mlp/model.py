@@ -538,7 +538,7 @@ class MLP:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "model.npz")
             with open(path, "wb") as f:
-                f.write(data)
+                f.write(bytes(data))  # a strided memoryview cannot be written as it is
             try:
                 return cls.load(path, backend=backend)
             except ValueError as exc:

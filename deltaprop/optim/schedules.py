@@ -22,13 +22,14 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ..mlp.checks import held_problem
+from ..mlp.checks import as_float, as_scalar, held_problem
 
 __all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
 
 
 def _positive(value, argument: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    value = as_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(as_float(value)) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{argument}: expected a finite number {'≥' if allow_zero else '>'} 0, got {value!r}")
     return float(value)
 
@@ -45,7 +46,11 @@ class Schedule:
         ``dtype``, in which the device reads it, and not > 0 there as 0 (asked before a fit changes anything; a rate
         that depends on the losses is checked with none)."""
         for epoch in range(epochs):
-            lr = self.rate(lr0, epoch, [], samples)
+            try:
+                lr = self.rate(lr0, epoch, [], samples)
+            except OverflowError:  # a float power beyond a float's range (gamma**e, (e·n + 1)**power_t)
+                raise ValueError(f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} cannot be computed in "
+                                 "floats (a power overflows); its parameters are out of range") from None
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
             problem = held_problem(lr, dtype)
@@ -91,6 +96,7 @@ class Adaptive(Schedule):
     name = "adaptive"
 
     def __init__(self, factor=5.0, patience=10, tol=1e-4):
+        patience = as_scalar(patience)
         if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
             raise ValueError(f"patience: expected an integer ≥ 0, got {patience!r}")
         if _positive(factor, "factor") <= 1:
@@ -112,6 +118,7 @@ class Step(Schedule):
     name = "step"
 
     def __init__(self, step_size=10, gamma=0.1):
+        step_size = as_scalar(step_size)
         if isinstance(step_size, bool) or not isinstance(step_size, Integral) or step_size < 1:
             raise ValueError(f"step_size: expected an integer ≥ 1, got {step_size!r}")
         self.params = {"step_size": int(step_size), "gamma": _positive(gamma, "gamma")}
@@ -134,6 +141,7 @@ class Cosine(Schedule):
     name = "cosine"
 
     def __init__(self, epochs=10, min_lr=0.0):
+        epochs = as_scalar(epochs)
         if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
             raise ValueError(f"epochs: expected an integer ≥ 1, got {epochs!r}")
         self.params = {"epochs": int(epochs), "min_lr": _positive(min_lr, "min_lr", allow_zero=True)}
@@ -150,8 +158,8 @@ class _Function(Schedule):
         self.fn = fn
 
     def rate(self, lr0, epoch, losses, samples):
-        lr = self.fn(epoch)
-        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+        lr = as_scalar(self.fn(epoch))
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(as_float(lr)) or lr < 0:
             raise ValueError(f"lr_schedule: the callable gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
         return float(lr)
 
