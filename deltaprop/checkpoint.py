@@ -37,10 +37,11 @@ RECORD_KEYS = ("format", "version", "settings", "history", "model", "best")  # o
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 # what a run writes in each list of its history (None: NaN, no accuracy or no validation data), which a resume goes on
 # from (the adaptive schedule's rate follows the training losses): (test of the value as a float, what it says it must be)
+_ACCURACY = (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]")
 HISTORY_VALUES = {
     "loss": (math.isfinite, "a finite training loss (a run stops at one that is not)"),
-    "accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
-    "val_accuracy": (lambda x: math.isnan(x) or 0 <= x <= 1, "an accuracy in [0, 1]"),
+    "accuracy": _ACCURACY,
+    "val_accuracy": _ACCURACY,
     "seconds": (lambda x: 0 <= x < math.inf, "a time ≥ 0"),
 }
 MODEL_FILE = re.compile(r"model-(\d{4,})\.npz")

@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import os
 import time
-import warnings
 
 import numpy as np
 
@@ -283,16 +282,10 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
 
 
 def cache_store() -> tuple:
-    """(numba_cache.store(), None), or (None, why the cache is off) without numba_cache's warning for a value that is
-    no path, on or off: the command says it in its own line."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", f"{numba_cache.ENV}=.* is not an absolute path", RuntimeWarning)
-        files = numba_cache.store()
-    if files is not None:
-        return files, None
-    value = os.environ.get(numba_cache.ENV)
-    off = value is not None and value.strip().lower() in numba_cache.OFF
-    return None, f"{numba_cache.ENV}={value!r}" + ("" if off else " is not an absolute path, on or off")
+    """(numba_cache.store(), None), or (None, why the cache is off: numba_cache.setting's reason), which the command
+    says in its own line (no warning from numba_cache first)."""
+    root, why = numba_cache.setting()
+    return (numba_cache.store(), None) if root is not None else (None, why)
 
 
 def _check_cache_writable(root: str) -> None:

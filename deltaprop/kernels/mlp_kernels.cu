@@ -12,18 +12,17 @@
 #define WARPS_PER_BLOCK 4  // row-wise kernels: one warp per row, blocks of 128 threads
 #define METRICS_WARPS 8    // batch_metrics: one block of 256 threads
 
+// A special value of T by its bits: the float's (f32) or the double's (f64). No headers under NVRTC, so no INFINITY.
 template <typename T>
-__device__ __forceinline__ T neg_inf();
+__device__ __forceinline__ T from_bits(int f32, long long f64);
 template <>
-__device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float from_bits<float>(int f32, long long) { return __int_as_float(f32); }
 template <>
-__device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000LL); }
+__device__ __forceinline__ double from_bits<double>(int, long long f64) { return __longlong_as_double(f64); }
 template <typename T>
-__device__ __forceinline__ T quiet_nan();
-template <>
-__device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
-template <>
-__device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+__device__ __forceinline__ T neg_inf() { return from_bits<T>(0xff800000, 0xfff0000000000000LL); }
+template <typename T>
+__device__ __forceinline__ T quiet_nan() { return from_bits<T>(0x7fc00000, 0x7ff8000000000000LL); }
 
 #define GRID_STRIDE(i, n) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -51,27 +51,34 @@ from .._files import cache_home
 
 ENV = "DELTAPROP_KERNEL_CACHE"
 OFF = ("", "off", "0", "none", "false", "no")  # the values of $DELTAPROP_KERNEL_CACHE that turn the cache off
+ON = ("on", "1", "true", "yes")  # the values that keep the default folder
 MAGIC = b"deltaprop numba-cuda kernel\n"
 FORMAT = 1
 MAX_HEADER = 1 << 16  # bytes of JSON header, at most
 MAX_ENTRY = 64 << 20  # bytes of an entry file, at most: a larger file is not read
 
 
-def directory() -> str | None:
-    """The cache directory in force (None: caching is off). A value of $DELTAPROP_KERNEL_CACHE that is neither an
-    absolute path nor on or off turns it off with a warning: a relative one would be a folder under whatever the
-    current directory is, missed by a process started elsewhere."""
+def setting() -> tuple:
+    """(the cache directory in force, None), or (None, why caching is off: "$DELTAPROP_KERNEL_CACHE='off'", or
+    that the value is no absolute path, on or off; a relative one would be a folder under whatever the current
+    directory is, missed by a process started elsewhere)."""
     where = os.environ.get(ENV)
-    word = None if where is None else where.strip().lower()
-    if word in OFF:
-        return None
-    if where is not None and word not in ("on", "1", "true", "yes"):
-        if os.path.isabs(where):
-            return where
-        warnings.warn(f"{ENV}={where!r} is not an absolute path, on or off: the kernel cache is off, kernels are "
-                      "compiled in memory for this process", RuntimeWarning, stacklevel=2)
-        return None
-    return os.path.join(cache_home(), "deltaprop", "numba-cuda")
+    if where is None or where.strip().lower() in ON:
+        return os.path.join(cache_home(), "deltaprop", "numba-cuda"), None
+    if where.strip().lower() in OFF:
+        return None, f"{ENV}={where!r}"
+    if os.path.isabs(where):
+        return where, None
+    return None, f"{ENV}={where!r} is not an absolute path, on or off"
+
+
+def directory() -> str | None:
+    """The cache directory in force (None: caching is off); a value that is no path, on or off warns, naming it."""
+    root, why = setting()
+    if root is None and why.endswith("on or off"):
+        warnings.warn(f"{why}: the kernel cache is off, kernels are compiled in memory for this process",
+                      RuntimeWarning, stacklevel=2)
+    return root
 
 
 def arch(cc) -> tuple:

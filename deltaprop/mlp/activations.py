@@ -114,11 +114,10 @@ def _step_device(kind):
 
 
 # σ keeps its relative precision in both tails in every form (the form (1 + tanh(a/2)) / 2 lost it below 0: an
-# error of ε/σ, and 0 from a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17). The arrays take
-# 1 / (1 + e^−a), whose e^−a overflows to Inf where σ is below the dtype's range (giving 0); the scalar forms take
-# (1 or e^−|a|) / (1 + e^−|a|), which overflows nowhere (the CUDA simulator's exp raises on overflow).
-# σ(a) = (1 if a ≥ 0 else e) / (1 + e), e = exp(−|a|): the device form, bit for bit. No exp overflows, and the lower
-# tail keeps its relative precision down to the subnormals (1 / (1 + exp(−a)) read 0 from a < −88.7 in float32).
+# error of ε/σ, and 0 from a ≈ −17 in float32, −37 in float64, where σ is 4e-8 and 9e-17). Arrays and scalar forms
+# alike take σ(a) = (1 if a ≥ 0 else e) / (1 + e), e = e^−|a|, bit for bit the same: no exp overflows (the CUDA
+# simulator's exp raises on overflow), and the lower tail keeps its relative precision down to the subnormals
+# (1 / (1 + e^−a), the arrays' form before, read 0 from a < −88.7 in float32).
 def _sigmoid_xp(xp, a, z, tmp):
     xp.abs(a, out=tmp)  # tmp and z from a before z (which may be a) is written
     xp.negative(tmp, out=tmp)

@@ -27,6 +27,13 @@ from ..mlp.checks import as_float, as_scalar, held_problem
 __all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
 
 
+def _count(value, argument: str, lo: int) -> int:
+    value = as_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < lo:
+        raise ValueError(f"{argument}: expected an integer ≥ {lo}, got {value!r}")
+    return int(value)
+
+
 def _positive(value, argument: str, allow_zero: bool = False) -> float:
     value = as_scalar(value)
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(as_float(value)) or value < 0 or (value == 0 and not allow_zero):
@@ -96,12 +103,10 @@ class Adaptive(Schedule):
     name = "adaptive"
 
     def __init__(self, factor=5.0, patience=10, tol=1e-4):
-        patience = as_scalar(patience)
-        if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
-            raise ValueError(f"patience: expected an integer ≥ 0, got {patience!r}")
+        patience = _count(patience, "patience", 0)
         if _positive(factor, "factor") <= 1:
             raise ValueError(f"factor: must be > 1, got {factor!r}")
-        self.params = {"factor": float(factor), "patience": int(patience), "tol": _positive(tol, "tol", allow_zero=True)}
+        self.params = {"factor": float(factor), "patience": patience, "tol": _positive(tol, "tol", allow_zero=True)}
 
     def rate(self, lr0, epoch, losses, samples):
         p = self.params
@@ -118,10 +123,7 @@ class Step(Schedule):
     name = "step"
 
     def __init__(self, step_size=10, gamma=0.1):
-        step_size = as_scalar(step_size)
-        if isinstance(step_size, bool) or not isinstance(step_size, Integral) or step_size < 1:
-            raise ValueError(f"step_size: expected an integer ≥ 1, got {step_size!r}")
-        self.params = {"step_size": int(step_size), "gamma": _positive(gamma, "gamma")}
+        self.params = {"step_size": _count(step_size, "step_size", 1), "gamma": _positive(gamma, "gamma")}
 
     def rate(self, lr0, epoch, losses, samples):
         return lr0 * self.params["gamma"] ** (epoch // self.params["step_size"])
@@ -141,10 +143,7 @@ class Cosine(Schedule):
     name = "cosine"
 
     def __init__(self, epochs=10, min_lr=0.0):
-        epochs = as_scalar(epochs)
-        if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
-            raise ValueError(f"epochs: expected an integer ≥ 1, got {epochs!r}")
-        self.params = {"epochs": int(epochs), "min_lr": _positive(min_lr, "min_lr", allow_zero=True)}
+        self.params = {"epochs": _count(epochs, "epochs", 1), "min_lr": _positive(min_lr, "min_lr", allow_zero=True)}
 
     def rate(self, lr0, epoch, losses, samples):
         e, lo = min(epoch, self.params["epochs"]), self.params["min_lr"]
