@@ -400,6 +400,13 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
      "lr_schedule: the callable schedule gives 1e-50 for epoch 1, which is 0 in the model's float32"),
     ({"lr": 0.5, "lr_schedule": schedules.Exponential(gamma=1e-46)}, ValueError,
      "lr_schedule: the exponential schedule gives 5e-47 for epoch 1, which is 0 in the model's float32"),
+    # < 1, and 1 in float32: the GPUs' 1 − β₂ᵗ and 1 − β₂ are then 0 (Adam's step NaN, RMSprop's g / ε) where NumPy,
+    # which computes the bias corrections in float64, trains on
+    ({"optimizer": optim.Adam(beta_2=0.99999999)}, ValueError, "beta_2: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.AdamW(beta_1=1 - 1e-8)}, ValueError, "beta_1: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.RMSprop(rho=0.99999999)}, ValueError, "rho: 0.99999999 is 1 in the model's float32"),
+    ({"momentum": 0.99999999}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.RMSprop(momentum=0.99999999)}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
 ])
 def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
     m = MLP([3, 4, 2], backend="numpy", seed=0)
@@ -417,9 +424,10 @@ def test_what_float32_refuses_float64_holds(rng):
           lr_schedule=lambda e: 1e-3 * 10.0 ** e)
     assert m.epochs_trained == 2
     m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=lambda e: 1e-50 if e else 0.1)
+    m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, optimizer=optim.Adam(beta_2=0.99999999))
     m32 = MLP([3, 4, 2], backend="numpy", seed=0)  # a rate of exactly 0 is a rate float32 holds (cosine's last)
     m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
-    assert m.epochs_trained == 4 and m32.epochs_trained == 2
+    assert m.epochs_trained == 6 and m32.epochs_trained == 2
 
 
 @pytest.mark.parametrize("make, match", [

@@ -20,10 +20,15 @@ They are torch.optim's (SGD, Adam, AdamW, RMSprop without centering), which test
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..mlp.checks import check_held, check_real
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
+
+
+BELOW_ONE = ("momentum", "beta_1", "beta_2", "rho")  # the hyperparameters in [0, 1): decay factors of the state
 
 
 class Optimizer:
@@ -48,10 +53,15 @@ class Optimizer:
 
     def check(self, dtype) -> None:
         """ValueError naming the hyperparameter that the device, which computes in the model's ``dtype``, would not
-        see as given: one that overflows it (lr=1e39 in float32), or one > 0 that rounds to 0 in it (epsilon=1e-50)."""
+        see as given: one that overflows it (lr=1e39 in float32), one > 0 that rounds to 0 in it (epsilon=1e-50), or
+        one that must be < 1 and rounds to 1 in it (beta_2=0.99999999 in float32: the GPU kernels' 1 − β₂ and
+        1 − β₂ᵗ would be 0 there, Adam's step 0/0)."""
+        kind = np.dtype(dtype)
         for name, value in self.config().items():
             if isinstance(value, float):
                 check_held(value, name, dtype)
+                if name in BELOW_ONE and kind.type(value) == 1:
+                    raise ValueError(f"{name}: {value!r} is 1 in the model's {kind.name}; it must be < 1 there")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Optimizer) and self.config() == other.config()
