@@ -430,6 +430,17 @@ def test_what_float32_refuses_float64_holds(rng):
     assert m.epochs_trained == 6 and m32.epochs_trained == 2
 
 
+@pytest.mark.parametrize("value, error", [(0.0, ValueError), (-0.1, ValueError), (math.nan, ValueError), ("0.1", TypeError)])
+def test_an_optimizers_lr_set_after_it_is_made_is_checked_as_the_constructor_checks_it(value, error):
+    """opt.lr = 0 would train at a rate of 0 (and "0.1" fail inside the schedule's check, naming lr_schedule)."""
+    opt = optim.Adam(lr=0.01)
+    with pytest.raises(error, match="lr: "):
+        opt.lr = value
+    assert opt.lr == 0.01
+    opt.lr = np.float32(0.5)
+    assert opt.lr == 0.5 and type(opt.lr) is float and opt.config()["lr"] == 0.5
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: optim.Adam(beta_1=1.0), "beta_1: must be finite and ≥ 0.0 and < 1.0"),
     (lambda: optim.Adam(epsilon=0), "epsilon: must be finite and > 0.0"),

@@ -41,8 +41,17 @@ class Optimizer:
     defaults: dict = {}
 
     def __init__(self, **params):
-        self.lr = check_real(params.pop("lr"), "lr", 0.0, lo_open=True)
+        self.lr = params.pop("lr")
         self.params = params  # the checked hyperparameters other than lr
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        """The rate, checked wherever it is set (opt.lr = 0 after the constructor would train at a rate of 0)."""
+        self._lr = check_real(value, "lr", 0.0, lo_open=True)
 
     @property
     def slots(self) -> tuple:
