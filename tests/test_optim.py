@@ -337,6 +337,11 @@ def test_a_file_without_its_optimizers_state_is_refused(tmp_path, rng):
     np.savez(tmp_path / "neg.npz", **{**arrays, "t": np.array([-1], np.int64)})
     with pytest.raises(ValueError, match="t: a step count must be ≥ 0"):
         MLP.load(tmp_path / "neg.npz")
+    # int64's last values: the next fit's count_step would wrap to < 0, β**t overflow, and the steps be NaN (a
+    # TrainingDiverged that blames lr)
+    np.savez(tmp_path / "huge.npz", **{**arrays, "t": np.array([2**63 - 1], np.int64)})
+    with pytest.raises(ValueError, match=r"t: a step count must be < 2\*\*62, got 9223372036854775807"):
+        MLP.load(tmp_path / "huge.npz")
 
 
 @pytest.mark.parametrize("name, key", [("adam", "sW0"), ("rmsprop", "sb1")])
