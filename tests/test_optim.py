@@ -412,6 +412,9 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
     ({"optimizer": optim.RMSprop(rho=0.99999999)}, ValueError, "rho: 0.99999999 is 1 in the model's float32"),
     ({"momentum": 0.99999999}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
     ({"optimizer": optim.RMSprop(momentum=0.99999999)}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
+    # ε ≠ 0 in float32 but NumPy's ε·√(1 − β₂ᵗ) (t = 1) is 0 there: a zero gradient's step 0/0, NaN (the GPUs add ε)
+    ({"optimizer": optim.Adam(epsilon=1e-44)}, ValueError,
+     r"epsilon: 1e-44 is too small for the model's float32: epsilon·√\(1 − beta_2\) is 0 there"),
 ])
 def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
     m = MLP([3, 4, 2], backend="numpy", seed=0)

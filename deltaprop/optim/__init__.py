@@ -20,9 +20,11 @@ They are torch.optim's (SGD, Adam, AdamW, RMSprop without centering), which test
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..mlp.checks import check_held, check_real
+from ..mlp.checks import check_held, check_real, held_problem
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
@@ -131,6 +133,15 @@ class Adam(Optimizer):
     @property
     def slots(self) -> tuple:
         return ("m", "s")
+
+    def check(self, dtype) -> None:
+        super().check(dtype)
+        # NumPy's step (Backend._adam_rates) adds e = ε·√(1 − β₂ᵗ), smallest at t = 1, in the model's dtype: an e of 0
+        # there makes a zero gradient's step 0/0 (NaN), where the GPU kernels add ε itself
+        p = self.params
+        if held_problem(p["epsilon"] * math.sqrt(1.0 - p["beta_2"]), dtype) is not None:
+            raise ValueError(f"epsilon: {p['epsilon']!r} is too small for the model's {np.dtype(dtype).name}: "
+                             "epsilon·√(1 − beta_2) is 0 there")
 
     def update(self, backend, z_prev, delta, W, b, state, t, lr, max_norm=None) -> None:
         p = self.params
