@@ -337,6 +337,11 @@ def test_a_file_without_its_optimizers_state_is_refused(tmp_path, rng):
     np.savez(tmp_path / "neg.npz", **{**arrays, "t": np.array([-1], np.int64)})
     with pytest.raises(ValueError, match="t: a step count must be ≥ 0"):
         MLP.load(tmp_path / "neg.npz")
+    # int64's last values: the next fit's count_step would wrap to < 0, β**t overflow, and the steps be NaN (a
+    # TrainingDiverged that blames lr)
+    np.savez(tmp_path / "huge.npz", **{**arrays, "t": np.array([2**63 - 1], np.int64)})
+    with pytest.raises(ValueError, match=r"t: a step count must be < 2\*\*62, got 9223372036854775807"):
+        MLP.load(tmp_path / "huge.npz")
 
 
 @pytest.mark.parametrize("name, key", [("adam", "sW0"), ("rmsprop", "sb1")])
@@ -400,6 +405,16 @@ def test_a_change_of_optimizer_starts_its_state_afresh(rng):
      "lr_schedule: the callable schedule gives 1e-50 for epoch 1, which is 0 in the model's float32"),
     ({"lr": 0.5, "lr_schedule": schedules.Exponential(gamma=1e-46)}, ValueError,
      "lr_schedule: the exponential schedule gives 5e-47 for epoch 1, which is 0 in the model's float32"),
+    # < 1, and 1 in float32: the GPUs' 1 − β₂ᵗ and 1 − β₂ are then 0 (Adam's step NaN, RMSprop's g / ε) where NumPy,
+    # which computes the bias corrections in float64, trains on
+    ({"optimizer": optim.Adam(beta_2=0.99999999)}, ValueError, "beta_2: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.AdamW(beta_1=1 - 1e-8)}, ValueError, "beta_1: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.RMSprop(rho=0.99999999)}, ValueError, "rho: 0.99999999 is 1 in the model's float32"),
+    ({"momentum": 0.99999999}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
+    ({"optimizer": optim.RMSprop(momentum=0.99999999)}, ValueError, "momentum: 0.99999999 is 1 in the model's float32"),
+    # ε ≠ 0 in float32 but NumPy's ε·√(1 − β₂ᵗ) (t = 1) is 0 there: a zero gradient's step 0/0, NaN (the GPUs add ε)
+    ({"optimizer": optim.Adam(epsilon=1e-44)}, ValueError,
+     r"epsilon: 1e-44 is too small for the model's float32: epsilon·√\(1 − beta_2\) is 0 there"),
 ])
 def test_bad_optimizer_arguments_are_named_and_change_nothing(rng, kwargs, error, match):
     m = MLP([3, 4, 2], backend="numpy", seed=0)
@@ -417,9 +432,21 @@ def test_what_float32_refuses_float64_holds(rng):
           lr_schedule=lambda e: 1e-3 * 10.0 ** e)
     assert m.epochs_trained == 2
     m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=lambda e: 1e-50 if e else 0.1)
+    m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, optimizer=optim.Adam(beta_2=0.99999999))
     m32 = MLP([3, 4, 2], backend="numpy", seed=0)  # a rate of exactly 0 is a rate float32 holds (cosine's last)
     m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
-    assert m.epochs_trained == 4 and m32.epochs_trained == 2
+    assert m.epochs_trained == 6 and m32.epochs_trained == 2
+
+
+@pytest.mark.parametrize("value, error", [(0.0, ValueError), (-0.1, ValueError), (math.nan, ValueError), ("0.1", TypeError)])
+def test_an_optimizers_lr_set_after_it_is_made_is_checked_as_the_constructor_checks_it(value, error):
+    """opt.lr = 0 would train at a rate of 0 (and "0.1" fail inside the schedule's check, naming lr_schedule)."""
+    opt = optim.Adam(lr=0.01)
+    with pytest.raises(error, match="lr: "):
+        opt.lr = value
+    assert opt.lr == 0.01
+    opt.lr = np.float32(0.5)
+    assert opt.lr == 0.5 and type(opt.lr) is float and opt.config()["lr"] == 0.5
 
 
 @pytest.mark.parametrize("make, match", [

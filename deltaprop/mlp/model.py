@@ -671,6 +671,8 @@ def _check_second_moments(pairs) -> None:
 def _step_count(t: np.ndarray) -> np.ndarray:
     if int(t[0]) < 0:
         raise ValueError(f"t: a step count must be ≥ 0, got {int(t[0])}")
+    if int(t[0]) >= 2**62:  # room for the steps of later fits: an int64 count that wraps makes β**t overflow, the steps NaN
+        raise ValueError(f"t: a step count must be < 2**62, got {int(t[0])}; the file is damaged")
     return t
 
 

@@ -20,10 +20,17 @@ They are torch.optim's (SGD, Adam, AdamW, RMSprop without centering), which test
 
 from __future__ import annotations
 
-from ..mlp.checks import check_held, check_real
+import math
+
+import numpy as np
+
+from ..mlp.checks import check_held, check_real, held_problem
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
+
+
+BELOW_ONE = ("momentum", "beta_1", "beta_2", "rho")  # the hyperparameters in [0, 1): decay factors of the state
 
 
 class Optimizer:
@@ -36,8 +43,17 @@ class Optimizer:
     defaults: dict = {}
 
     def __init__(self, **params):
-        self.lr = check_real(params.pop("lr"), "lr", 0.0, lo_open=True)
+        self.lr = params.pop("lr")
         self.params = params  # the checked hyperparameters other than lr
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        """The rate, checked wherever it is set (opt.lr = 0 after the constructor would train at a rate of 0)."""
+        self._lr = check_real(value, "lr", 0.0, lo_open=True)
 
     @property
     def slots(self) -> tuple:
@@ -48,10 +64,15 @@ class Optimizer:
 
     def check(self, dtype) -> None:
         """ValueError naming the hyperparameter that the device, which computes in the model's ``dtype``, would not
-        see as given: one that overflows it (lr=1e39 in float32), or one > 0 that rounds to 0 in it (epsilon=1e-50)."""
+        see as given: one that overflows it (lr=1e39 in float32), one > 0 that rounds to 0 in it (epsilon=1e-50), or
+        one that must be < 1 and rounds to 1 in it (beta_2=0.99999999 in float32: the GPU kernels' 1 − β₂ and
+        1 − β₂ᵗ would be 0 there, Adam's step 0/0)."""
+        kind = np.dtype(dtype)
         for name, value in self.config().items():
             if isinstance(value, float):
                 check_held(value, name, dtype)
+                if name in BELOW_ONE and kind.type(value) == 1:
+                    raise ValueError(f"{name}: {value!r} is 1 in the model's {kind.name}; it must be < 1 there")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Optimizer) and self.config() == other.config()
@@ -112,6 +133,15 @@ class Adam(Optimizer):
     @property
     def slots(self) -> tuple:
         return ("m", "s")
+
+    def check(self, dtype) -> None:
+        super().check(dtype)
+        # NumPy's step (Backend._adam_rates) adds e = ε·√(1 − β₂ᵗ), smallest at t = 1, in the model's dtype: an e of 0
+        # there makes a zero gradient's step 0/0 (NaN), where the GPU kernels add ε itself
+        p = self.params
+        if held_problem(p["epsilon"] * math.sqrt(1.0 - p["beta_2"]), dtype) is not None:
+            raise ValueError(f"epsilon: {p['epsilon']!r} is too small for the model's {np.dtype(dtype).name}: "
+                             "epsilon·√(1 − beta_2) is 0 there")
 
     def update(self, backend, z_prev, delta, W, b, state, t, lr, max_norm=None) -> None:
         p = self.params
