@@ -42,10 +42,12 @@ DEFAULTS = {
     "npz": dict(layers=[256], epochs=10, batch_size=128, lr=0.05),
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
-# settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
+# settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change, but not the
+# precision of its float32 GEMMs: numpy-bf16 resumes on numpy-bf16 or cupy-bf16)
 RESUME_KEYS = ("dataset", "data_sha256", "data_bytes", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
-               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm")
+               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm", "precision")
 RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
+RESUME_UNKNOWN = ("precision",)  # not compared with a checkpoint from before the setting: its run's is not known
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
                      "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
@@ -356,7 +358,7 @@ def _settings(args) -> dict:
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
     try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written
-        backends.get(args.backend)
+        backend = backends.get(args.backend)
     except (BackendUnavailable, ValueError, TypeError) as exc:
         raise CLIError(f"{_backend_source(args)}: {_without_prefix(str(exc))}") from None
     return {
@@ -381,6 +383,7 @@ def _settings(args) -> dict:
         "early_stopping": args.early_stopping,
         "dropout": list(rates) if any(rates) else None,
         "max_norm": max_norm,
+        "precision": backend.precision if args.dtype == "float32" else None,  # float64 is unchanged on every backend
     }
 
 
@@ -544,6 +547,8 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
     for k in keys:
+        if k in RESUME_UNKNOWN and k not in saved:
+            continue
         was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
