@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epsilon", type=float, help="adam, adamw, rmsprop (default: 1e-8)")
     g.add_argument("--rho", type=float, help="rmsprop (default: 0.9)")
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
-    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}; "
-                   "a GPU backend may name its device, as in cupy:1 (default: device 0; deltaprop info lists them)")
+    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}, or a "
+                   f"precision variant ({', '.join(backends.VARIANTS)}; --resume refuses a precision other than the run's); a GPU backend may name its device, as in cupy:1 (default: device 0; deltaprop info lists them)")
     g = t.add_argument_group("output")
     g.add_argument("--quiet", action="store_true", help="no header line and no progress bar on stderr (there is no bar either when stderr is not "
                    "a terminal); the result line, what --resume resumes, and errors are still printed")
