@@ -47,6 +47,21 @@ def main(argv=None) -> int:
     p.add_argument("--machine", default=f"cpu-{record.cores()}core")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     a = p.parse_args(argv)
+    for name in ("epochs", "seeds"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name}: must be ≥ 1, got {getattr(a, name)}")
+    from deltaprop import backends
+
+    named = {}  # each backend's name -> as given: a name given twice would run twice and keep one row
+    for given in a.backends:
+        try:  # an unknown name, or one that cannot run here: before any fit, not after the fits before it
+            name = backends.select(given).spec
+            backends.get(given)
+        except (ValueError, backends.BackendUnavailable) as exc:
+            p.error(f"--backends: {str(exc).removeprefix('backend: ')}")
+        if name in named:
+            p.error(f"--backends: {given!r} names {named[name]!r} again")
+        named[name] = given
     from deltaprop.bench.measure import end_record, result_stem, run_record, save_record
     from deltaprop.data import DataUnavailable, load_mnist
 

@@ -42,10 +42,12 @@ DEFAULTS = {
     "npz": dict(layers=[256], epochs=10, batch_size=128, lr=0.05),
 }
 HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
-# settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change)
+# settings that must match for --resume to continue a checkpoint (epochs may grow, the backend may change, but not the
+# precision of its float32 GEMMs: numpy-bf16 resumes on numpy-bf16 or cupy-bf16)
 RESUME_KEYS = ("dataset", "data_sha256", "data_bytes", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
-               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm")
+               "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm", "precision")
 RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
+RESUME_UNKNOWN = ("precision",)  # not compared with a checkpoint from before the setting: its run's is not known
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
                      "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
@@ -148,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epsilon", type=float, help="adam, adamw, rmsprop (default: 1e-8)")
     g.add_argument("--rho", type=float, help="rmsprop (default: 0.9)")
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better validation loss; keeps the best weights")
-    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}; "
-                   "a GPU backend may name its device, as in cupy:1 (default: device 0; deltaprop info lists them)")
+    g.add_argument("--backend", default="auto", help=f"auto (default: the best usable) or one of {', '.join(backends.NAMES)}, or a "
+                   f"precision variant ({', '.join(backends.VARIANTS)}; --resume refuses a precision other than the run's); a GPU backend may name its device, as in cupy:1 (default: device 0; deltaprop info lists them)")
     g = t.add_argument_group("output")
     g.add_argument("--quiet", action="store_true", help="no header line and no progress bar on stderr (there is no bar either when stderr is not "
                    "a terminal); the result line, what --resume resumes, and errors are still printed")
@@ -356,7 +358,7 @@ def _settings(args) -> dict:
     if args.early_stopping and not args.val_split:
         raise CLIError("--early-stopping: needs validation data (--val-split > 0)")
     try:  # an unknown name, or a backend that cannot run here, fails before anything is read or written
-        backends.get(args.backend)
+        backend = backends.get(args.backend)
     except (BackendUnavailable, ValueError, TypeError) as exc:
         raise CLIError(f"{_backend_source(args)}: {_without_prefix(str(exc))}") from None
     return {
@@ -381,6 +383,7 @@ def _settings(args) -> dict:
         "early_stopping": args.early_stopping,
         "dropout": list(rates) if any(rates) else None,
         "max_norm": max_norm,
+        "precision": backend.precision if args.dtype == "float32" else None,  # float64 is unchanged on every backend
     }
 
 
@@ -544,6 +547,8 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
     for k in keys:
+        if k in RESUME_UNKNOWN and k not in saved:
+            continue
         was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))

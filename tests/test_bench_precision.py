@@ -6,6 +6,7 @@ import json
 import types
 
 import numpy as np
+import pytest
 
 import deltaprop.data
 
@@ -40,3 +41,18 @@ def test_without_mnist_it_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DELTAPROP_DATA", raising=False)
     assert bench.main(["--out", str(tmp_path)]) == 2
     assert "error: no MNIST here" in capsys.readouterr().err and not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds: must be ≥ 1, got 0"),
+    (["--epochs", "0"], "--epochs: must be ≥ 1, got 0"),
+    (["--backends", "numpy,numpy-bf16,numpy_bf16"], "--backends: 'numpy_bf16' names 'numpy-bf16' again"),
+    (["--backends", "numpy,numpy-fp8"], "--backends: unknown backend 'numpy-fp8'"),
+])
+def test_bad_arguments_are_refused_before_any_fit(tmp_path, monkeypatch, capsys, argv, message):
+    """A bad --seeds crashed (the mean of no fits) and a bad name failed after the fits before it (10 epochs each);
+    a name given twice ran twice and kept one row."""
+    monkeypatch.setattr(deltaprop.data, "load_mnist", lambda download=False: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*argv, "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err and not list(tmp_path.iterdir())

@@ -20,8 +20,14 @@ EDGES = np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001,
                  np.uint32)  # fmt: skip  (zeros, infinities, NaNs, ties, overflow, subnormals)
 
 
+# low halves put after every high half (each sign, exponent and kept mantissa): bfloat16's ties (0x8000) and their
+# neighbours, and TF32's (0x1000, 0x3000) with theirs; random bits meet a tie once in 2^16 draws
+LOW_HALVES = np.array([0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x0FFF, 0x1000, 0x1001, 0x3000], np.uint32)
+
+
 def bits_under_test(rng, n=100_000):
-    return np.concatenate([EDGES, rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)])
+    sweep = (np.arange(1 << 16, dtype=np.uint32)[:, None] << np.uint32(16) | LOW_HALVES).reshape(-1)
+    return np.concatenate([EDGES, sweep, rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)])
 
 
 def nearest_bf16_reference(u):

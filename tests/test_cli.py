@@ -454,6 +454,39 @@ def test_resume_compares_the_data_files_content_not_its_path(tmp_path, capsys, r
     assert "None" not in err.split("dataset:")[0]
 
 
+@pytest.mark.parametrize("was, now", [("numpy-bf16", "numpy"), ("numpy-bf16", "auto"), ("numpy", "numpy-tf32"),
+                                     ("numpy-tf32", "numpy-bf16")])
+def test_resume_in_another_precision_is_refused_by_name(tmp_path, capsys, rng, was, now):
+    """The backend may change on --resume, its GEMMs' precision may not: a bf16 run resumed as "numpy" (or "auto")
+    went on in float32 without a word."""
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
+    args = ["train", "--data", tmp_path / "data.npz", "--layers", 4, "--quiet", "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--backend", was, "--epochs", 1)[0] == 0
+    before = {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")}
+    rc, _, err = run(capsys, *args, "--backend", now, "--epochs", 2, "--resume")
+    precision = {"numpy": "fp32", "auto": "fp32", "numpy-tf32": "tf32", "numpy-bf16": "bf16"}
+    assert rc == 1 and f"precision: checkpoint {precision[was]!r}, now {precision[now]!r}" in err, err
+    assert {f: (tmp_path / "ck" / f).read_bytes() for f in os.listdir(tmp_path / "ck")} == before
+    rc, _, err = run(capsys, *args, "--backend", was, "--epochs", 2, "--resume")  # its own precision resumes
+    assert rc == 0 and "at epoch 2 of 2" in err, err
+    # a checkpoint from before the setting: its run's precision is not known, so any resumes
+    _edit_manifest(tmp_path / "ck", lambda record: record["settings"].pop("precision"))
+    rc, _, err = run(capsys, *args, "--backend", now, "--epochs", 3, "--resume")
+    assert rc == 0 and "at epoch 3 of 3" in err, err
+
+
+def test_float64_resumes_on_any_precision_variant(tmp_path, capsys, rng):
+    """float64 is unchanged on every backend: a variant's name does not change a float64 run's arithmetic."""
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "data.npz", X_train=X, y_train=(X[:, 0] > 0).astype(int))
+    args = ["train", "--data", tmp_path / "data.npz", "--layers", 4, "--quiet", "--dtype", "float64",
+            "--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *args, "--backend", "numpy-bf16", "--epochs", 1)[0] == 0
+    rc, _, err = run(capsys, *args, "--backend", "numpy", "--epochs", 2, "--resume")
+    assert rc == 0 and "at epoch 2 of 2" in err, err
+
+
 def test_resume_refuses_other_mnist_files_than_the_run_was_trained_on(tmp_path, capsys, monkeypatch, mnist_dir):
     """--data-dir or $DELTAPROP_DATA may name other IDX files (another subset, Fashion-MNIST, which has MNIST's
     names and shapes) than the run was checkpointed with: its arrays' SHA-256 tells them apart, and the same files

@@ -35,6 +35,19 @@ def test_round_into_is_the_rule(rng):
     np.testing.assert_array_equal(out.view(np.uint32), bf16.rounded(u.view(np.float32)).view(np.uint32))
 
 
+def test_round_into_refuses_an_out_that_overlaps_x(rng):
+    """In place, its first pass overwrote x before reading it again: 1.0039 became 0, and nothing said so."""
+    x = rng.normal(size=(33, 33)).astype(np.float32)
+    kept = x.copy()
+    for a, out in ((x, x), (x[:-1], x[1:]), (x, x.T)):
+        with pytest.raises(ValueError, match="out: shares memory with x"):
+            bf16.round_into(a, out)
+    np.testing.assert_array_equal(x, kept)  # refused before anything was written
+    out = np.empty_like(x)
+    bf16.round_into(x, out)
+    np.testing.assert_array_equal(out, bf16.rounded(kept))
+
+
 def nearest_tf32_reference(u):
     """The float32 with 10 mantissa bits (TF32) nearest each float32 (bits ``u``), by comparing the two candidates
     around it in float64, ties to the even one; NaN -> 0x7FFFE000, and past the largest by half a step -> ±inf."""

@@ -132,6 +132,8 @@ class Backend:
     thread_safe: bool = False
     #: the CUDA device a GPU backend is bound to (its arrays live there); None: the CPU
     device_index: int | None = None
+    #: what its float32 GEMMs read: "fp32", or the inputs of the precision variants, "tf32" or "bf16" (float64: fp64)
+    precision: str = "fp32"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

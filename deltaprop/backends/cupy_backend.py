@@ -472,6 +472,7 @@ class CupyTF32Backend(CupyBackend):
     float32 accumulation); float64 is unchanged. A separate backend, so that no switch is shared."""
 
     name = "cupy-tf32"
+    precision = "tf32"
     tf32 = True
 
     def fused_limit(self) -> tuple | None:
@@ -502,6 +503,7 @@ class CupyBF16Backend(RoundOnce, CupyBackend):
     cupy-tf32; numpy-bf16 is its emulation on the CPU."""
 
     name = "cupy-bf16"
+    precision = "bf16"
 
     def __init__(self, graphs: bool = True, device_index: int | None = None):
         super().__init__(graphs, device_index)

@@ -111,6 +111,7 @@ class NumpyBF16Backend(RoundOnce, NumpyBackend):
     float32, the sums are NumPy's: the same inputs as cuBLAS's, another order of addition); slower than "numpy"."""
 
     name = "numpy-bf16"
+    precision = "bf16"
     device = "CPU (NumPy), bfloat16 GEMM inputs emulated"
     scales_delta = False  # cupy-bf16's GEMM rounds δ and applies 1/B as its alpha: so here
     dropped = bf16.BF16_DROPPED  # the float32 mantissa bits the GEMMs' inputs lose
@@ -136,5 +137,6 @@ class NumpyTF32Backend(NumpyBF16Backend):
     cupy-bf16 does; rounding once a step gives the same values. An emulation, as numpy-bf16."""
 
     name = "numpy-tf32"
+    precision = "tf32"
     device = "CPU (NumPy), TF32 GEMM inputs emulated"
     dropped = bf16.TF32_DROPPED

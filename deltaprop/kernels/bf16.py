@@ -43,7 +43,10 @@ BF16_DROPPED, TF32_DROPPED = 16, 13  # float32 mantissa bits that bfloat16 and T
 
 def round_into(x, out, dropped: int = BF16_DROPPED) -> None:
     """out ← x rounded to bfloat16 (``rounded``'s values), or with another number of low bits ``dropped`` (13: TF32),
-    as float32, ties to even, a NaN the canonical one; for float32 arrays x and out of one shape."""
+    as float32, ties to even, a NaN the canonical one; for float32 arrays x and out of one shape, apart in memory
+    (out is written before x is read again)."""
+    if np.may_share_memory(x, out):  # bounds only: no search
+        raise ValueError("out: shares memory with x; round x into another array")
     u, o = x.view(np.uint32), out.view(np.uint32)
     keep = np.uint32((0xFFFFFFFF << dropped) & 0xFFFFFFFF)
     np.right_shift(u, np.uint32(dropped), out=o)
