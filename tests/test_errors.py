@@ -182,6 +182,22 @@ def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
     assert math.isnan(history.val_loss[0]) and math.isnan(history.val_accuracy[0])
 
 
+def test_a_perceptron_row_whose_output_overflows_to_nan_is_no_label(backend, dtype):
+    """The perceptron loss (±1 labels, a > 0): a finite row that overflows both hidden units to ∞, met by output
+    weights of both signs, is ∞ − ∞ = NaN, which a > 0 would call −1. predict refuses the row by name; the other
+    rows still predict ±1. (Without a hidden layer a finite X cannot give NaN in every order of summation: a BLAS
+    with FMA adds the second, exact product to the first's ∞.)"""
+    model = MLP([3, 2, 1], activation="relu", output_activation="identity", loss="perceptron", backend=backend.name,
+                dtype=dtype, seed=0)
+    model.set_weights([(np.ones((3, 2)), np.zeros(2)), (np.array([[1.0], [-1.0]]), np.zeros(1))])
+    big = np.finfo(dtype).max / 2  # finite; three of them sum to ∞ in each hidden unit
+    X = np.r_[np.random.default_rng(2).normal(size=(6, 3)), [[big, big, big]]]
+    with pytest.raises(ValueError, match=rf"^X: the model's outputs for 1 of its 7 rows \(the first: row 6\) are "
+                                         rf"NaN: .*overflow the model's {np.dtype(dtype)}"):
+        model.predict(X)
+    assert set(model.predict(X[:6]).tolist()) <= {-1, 1} and model.predict(X[:6]).shape == (6,)
+
+
 @pytest.mark.parametrize("change,error,match", BAD_FIT)
 def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     model = MLP([3, 4, 3], backend=backend.name, seed=0)
