@@ -209,6 +209,28 @@ def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_a_sparse_matrix_is_refused_by_name_not_as_dtype_object(backend, fmt):
+    """np.asarray makes a 0-d object array of a scipy sparse matrix: the error said 'dtype object'. It says what X
+    is and what to do instead, in fit (X, validation_data), predict, predict_proba, score and evaluate, before
+    any change."""
+    sparse = pytest.importorskip("scipy.sparse")
+    Xs = sparse.random(10, 3, density=0.5, format=fmt, random_state=0)
+    model = MLP([3, 4, 3], backend=backend.name, seed=0)
+    model.fit(X, y, epochs=1, batch_size=4, lr=0.1)
+    before = snapshot(model)
+    message = lambda arg: (rf"^{re.escape(arg)}: a scipy sparse matrix \({fmt}, shape \(10, 3\)\); deltaprop's MLP takes a "  # noqa: E731
+                           rf"dense array: pass {re.escape(arg)}\.toarray\(\)")
+    calls = {"X": [lambda: model.fit(Xs, y, epochs=1), lambda: model.predict(Xs), lambda: model.predict_proba(Xs),
+                   lambda: model.score(Xs, y), lambda: model.evaluate(Xs, y)],
+             "validation_data[0]": [lambda: model.fit(X, y, epochs=1, validation_data=(Xs, y))]}
+    for arg, each in calls.items():
+        for call in each:
+            with pytest.raises(TypeError, match=message(arg)):
+                call()
+    assert_unchanged(model, before)
+
+
 @pytest.mark.parametrize(
     "model_args,y_bad,match",
     [
