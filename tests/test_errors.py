@@ -209,6 +209,38 @@ def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     assert_unchanged(model, before)
 
 
+def test_flags_given_as_numpy_bools_or_0d_arrays_are_the_flags_they_hold(backend, capsys):
+    """shuffle, verbose and nesterov as np.bool_, 0-d arrays (np.array(True)) or, for verbose, NumPy integers: the
+    flags they hold, as the numbers are (epochs=np.array(3)); what is no flag is still refused by name."""
+    from deltaprop import optim
+
+    args = dict(layer_sizes=[3, 4, 3], backend=backend.name, seed=0)
+    fit = dict(epochs=2, batch_size=4, lr=0.25, momentum=0.5)
+    plain = MLP(**args)
+    plain.fit(X, y, shuffle=False, **fit)
+    for flag in (np.bool_(False), np.array(False)):
+        model = MLP(**args)
+        model.fit(X, y, shuffle=flag, **fit)
+        assert_unchanged(model, snapshot(plain))
+    capsys.readouterr()
+    for flag in (np.bool_(True), np.array(True), np.int64(1), np.array(1)):
+        MLP(**args).fit(X, y, verbose=flag, **fit)
+        assert capsys.readouterr().out.count("\n") == 2, flag  # one line per epoch
+    for flag in (np.bool_(True), np.array(True)):
+        assert optim.SGD(momentum=0.5, nesterov=flag) == optim.SGD(momentum=0.5, nesterov=True)
+    model = MLP(**args)
+    for change, match in [({"shuffle": 1}, r"shuffle: expected True or False, got 1"),
+                          ({"shuffle": np.array([True])}, r"shuffle: expected True or False, got array\(\[ True\]\)"),
+                          ({"verbose": np.array(-1)}, r"verbose: expected 0, 1 or a bool, got array\(-1\)"),
+                          ({"verbose": np.array(0.5)}, r"verbose: expected 0, 1 or a bool, got array\(0.5\)"),
+                          ({"verbose": "1"}, r"verbose: expected 0, 1 or a bool, got '1'")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            model.fit(X, y, **fit, **change)
+    with pytest.raises(TypeError, match=r"nesterov: expected True or False, got 1"):
+        optim.SGD(momentum=0.5, nesterov=1)
+    assert model.epochs_trained == 0
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
 def test_a_sparse_matrix_is_refused_by_name_not_as_dtype_object(backend, fmt):
     """np.asarray makes a 0-d object array of a scipy sparse matrix: the error said 'dtype object'. It says what X

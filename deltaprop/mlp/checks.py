@@ -17,7 +17,7 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
+__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_flag", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
            "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -131,6 +131,14 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
     if not np.isfinite(total):
         raise ValueError(f"{argument}: the weights' sum overflows {np.dtype(dtype).name}; scale them down")
     return w
+
+
+def check_flag(value, argument: str) -> bool:
+    """True or False: a bool, np.bool_ or a 0-d array of one, as a bool (an integer is refused: 1 is not a flag)."""
+    flag = as_scalar(value)
+    if not isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"{argument}: expected True or False, got {value!r}")
+    return bool(flag)
 
 
 def check_int(value, argument: str, lo: int) -> int:
