@@ -24,6 +24,7 @@ import stat
 import sys
 from numbers import Real
 
+from . import optim
 from ._files import atomic_write, file_type, json_safe, parse_json, sha256, stale_temp
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
@@ -284,6 +285,11 @@ def _check_record(record):
     for key, kind in (("seed", int), ("dtype", str), ("loss", str), ("layer_sizes", list)):
         if not isinstance(settings.get(key), kind) or isinstance(settings.get(key), bool):
             raise ValueError(f"settings: {key} is missing or not a {kind.__name__}")
+    if "optimizer" in settings:  # the manifest's own (the model file's is checked against it): its fault, by name
+        try:
+            optim.from_config(settings["optimizer"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"settings: optimizer: {str(exc).removeprefix('optimizer: ')}") from None
     if not isinstance(history, dict):
         raise ValueError("history: expected an object")
     _known(history, HISTORY_KEYS, "history: ")

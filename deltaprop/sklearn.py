@@ -114,7 +114,7 @@ from .kernels import masks
 from .mlp import MLP, TrainingDiverged
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
 from .mlp.arrays import cast_finite, real_array
-from .mlp.checks import check_activation, check_dtype
+from .mlp.checks import check_activation, check_dtype, refuse_bool_weights
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
 
@@ -315,6 +315,7 @@ class _BaseMLP(BaseEstimator):
             y = column_or_1d(y, warn=True)
         sw = None
         if sample_weight is not None:  # scikit-learn's checks and messages, and no negative weight
+            refuse_bool_weights(sample_weight)  # which scikit-learn takes as 1 (or 0) for every sample
             sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
             if not np.any(sw > 0):
                 raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
@@ -747,6 +748,15 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
 
 
+class _WeightedScore:
+    """Before the scikit-learn mixin's ``score`` (accuracy or R²): a bool as ``sample_weight`` is refused by name,
+    as ``fit`` refuses it (accuracy_score would say 'Input should have at least 1 dimension')."""
+
+    def score(self, X, y, sample_weight=None) -> float:
+        refuse_bool_weights(sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
+
+
 class _Copies(list):
     """What ``coefs_`` and ``intercepts_`` return: read-only copies of the network's parameters, in a list that
     refuses changes by name (editing either would leave the network as it was); its copies are plain lists."""
@@ -818,7 +828,7 @@ def _dense(X, dtype):
     return X.astype(dtype).toarray()
 
 
-class MLPClassifier(ClassifierMixin, _BaseMLP):
+class MLPClassifier(_WeightedScore, ClassifierMixin, _BaseMLP):
     """A multi-layer perceptron classifier trained by deltaprop.
 
     Softmax outputs and cross-entropy for several classes; one logistic output (bce) for two, with
@@ -907,7 +917,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return known, "binary" if len(known) == 2 else "multiclass", np.searchsorted(known, y)
 
 
-class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
+class MLPRegressor(_WeightedScore, MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the

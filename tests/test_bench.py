@@ -196,6 +196,19 @@ def test_the_gpu_scripts_without_a_gpu_say_so_in_one_line(script):
     assert done.stderr.startswith(f"{script}: error: backend ") and done.stderr.count("\n") == 1, done.stderr
 
 
+def test_bench_refuses_a_backend_on_the_simulator_before_any_suite(tmp_path, monkeypatch, capsys):
+    """Times taken on numba's CUDA simulator are the CPU's, interpreted: they must never be read as a GPU's figures."""
+    monkeypatch.setattr(backends, "get", lambda name: object())
+    monkeypatch.setattr(backends, "available", lambda: {
+        "numpy": backends.Availability(True, "CPU"),
+        "numba-cuda": backends.Availability(True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): usable by name")})
+    assert cli.main(["kernels", "--smoke", "--backends", "numpy,numba-cuda", "--no-plots", "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("deltaprop bench: error: --backends numpy,numba-cuda: backend 'numba-cuda' runs on numba's "
+                          "CUDA simulator here (NUMBA_ENABLE_CUDASIM=1), not on a GPU") and err.count("\n") == 1, err
+    assert out == "" and not (tmp_path / "out").exists()
+
+
 def test_require_gpu_refuses_the_simulator(monkeypatch):
     monkeypatch.setattr(backends, "get", lambda name: object())
     monkeypatch.setattr(backends, "available", lambda: {"numba-cuda": backends.Availability(True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): usable by name")})

@@ -336,6 +336,13 @@ def _other_runs_model(ck, rehash, options=("--seed", "1")):
     (lambda ck: _other_runs_model(ck, True, ("--max-norm", "3")), "does not belong to this checkpoint (max_norm 3.0, expected None)"),
     (lambda ck: _other_runs_model(ck, True, ("--optimizer", "adam", "--lr", "0.01")),
      "does not belong to this checkpoint (optimizer 'adam', expected 'sgd')"),
+    # the manifest's optimizer damaged: the manifest and its field are named, not the model file it names
+    (lambda ck: _edit_manifest(ck, lambda r: r["settings"]["optimizer"].update(name="sgdx")),
+     "checkpoint.json is damaged (settings: optimizer: unknown optimizer 'sgdx'"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["settings"].update(optimizer="sgd")),
+     "checkpoint.json is damaged (settings: optimizer: expected an object with a name, got 'sgd')"),
+    (lambda ck: _edit_manifest(ck, lambda r: r["settings"]["optimizer"].update(momentum=-1)),
+     "checkpoint.json is damaged (settings: optimizer: "),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
     (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),

@@ -182,6 +182,22 @@ def test_a_row_whose_outputs_overflow_to_nan_is_no_class(backend, dtype, loss):
     assert math.isnan(history.val_loss[0]) and math.isnan(history.val_accuracy[0])
 
 
+def test_a_perceptron_row_whose_output_overflows_to_nan_is_no_label(backend, dtype):
+    """The perceptron loss (±1 labels, a > 0): a finite row that overflows both hidden units to ∞, met by output
+    weights of both signs, is ∞ − ∞ = NaN, which a > 0 would call −1. predict refuses the row by name; the other
+    rows still predict ±1. (Without a hidden layer a finite X cannot give NaN in every order of summation: a BLAS
+    with FMA adds the second, exact product to the first's ∞.)"""
+    model = MLP([3, 2, 1], activation="relu", output_activation="identity", loss="perceptron", backend=backend.name,
+                dtype=dtype, seed=0)
+    model.set_weights([(np.ones((3, 2)), np.zeros(2)), (np.array([[1.0], [-1.0]]), np.zeros(1))])
+    big = np.finfo(dtype).max / 2  # finite; three of them sum to ∞ in each hidden unit
+    X = np.r_[np.random.default_rng(2).normal(size=(6, 3)), [[big, big, big]]]
+    with pytest.raises(ValueError, match=rf"^X: the model's outputs for 1 of its 7 rows \(the first: row 6\) are "
+                                         rf"NaN: .*overflow the model's {np.dtype(dtype)}"):
+        model.predict(X)
+    assert set(model.predict(X[:6]).tolist()) <= {-1, 1} and model.predict(X[:6]).shape == (6,)
+
+
 @pytest.mark.parametrize("change,error,match", BAD_FIT)
 def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     model = MLP([3, 4, 3], backend=backend.name, seed=0)
@@ -190,6 +206,60 @@ def test_fit_errors_leave_the_model_unchanged(backend, change, error, match):
     args = {"X": X, "y": y, "epochs": 2, "batch_size": 4, "lr": 0.1, **change}
     with pytest.raises(error, match=match):
         model.fit(args.pop("X"), args.pop("y"), **args)
+    assert_unchanged(model, before)
+
+
+def test_flags_given_as_numpy_bools_or_0d_arrays_are_the_flags_they_hold(backend, capsys):
+    """shuffle, verbose and nesterov as np.bool_, 0-d arrays (np.array(True)) or, for verbose, NumPy integers: the
+    flags they hold, as the numbers are (epochs=np.array(3)); what is no flag is still refused by name."""
+    from deltaprop import optim
+
+    args = dict(layer_sizes=[3, 4, 3], backend=backend.name, seed=0)
+    fit = dict(epochs=2, batch_size=4, lr=0.25, momentum=0.5)
+    plain = MLP(**args)
+    plain.fit(X, y, shuffle=False, **fit)
+    for flag in (np.bool_(False), np.array(False)):
+        model = MLP(**args)
+        model.fit(X, y, shuffle=flag, **fit)
+        assert_unchanged(model, snapshot(plain))
+    capsys.readouterr()
+    for flag in (np.bool_(True), np.array(True), np.int64(1), np.array(1)):
+        MLP(**args).fit(X, y, verbose=flag, **fit)
+        assert capsys.readouterr().out.count("\n") == 2, flag  # one line per epoch
+    for flag in (np.bool_(True), np.array(True)):
+        assert optim.SGD(momentum=0.5, nesterov=flag) == optim.SGD(momentum=0.5, nesterov=True)
+    model = MLP(**args)
+    for change, match in [({"shuffle": 1}, r"shuffle: expected True or False, got 1"),
+                          ({"shuffle": np.array([True])}, r"shuffle: expected True or False, got array\(\[ True\]\)"),
+                          ({"verbose": np.array(-1)}, r"verbose: expected 0, 1 or a bool, got array\(-1\)"),
+                          ({"verbose": np.array(0.5)}, r"verbose: expected 0, 1 or a bool, got array\(0.5\)"),
+                          ({"verbose": "1"}, r"verbose: expected 0, 1 or a bool, got '1'")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            model.fit(X, y, **fit, **change)
+    with pytest.raises(TypeError, match=r"nesterov: expected True or False, got 1"):
+        optim.SGD(momentum=0.5, nesterov=1)
+    assert model.epochs_trained == 0
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_a_sparse_matrix_is_refused_by_name_not_as_dtype_object(backend, fmt):
+    """np.asarray makes a 0-d object array of a scipy sparse matrix: the error said 'dtype object'. It says what X
+    is and what to do instead, in fit (X, validation_data), predict, predict_proba, score and evaluate, before
+    any change."""
+    sparse = pytest.importorskip("scipy.sparse")
+    Xs = sparse.random(10, 3, density=0.5, format=fmt, random_state=0)
+    model = MLP([3, 4, 3], backend=backend.name, seed=0)
+    model.fit(X, y, epochs=1, batch_size=4, lr=0.1)
+    before = snapshot(model)
+    message = lambda arg: (rf"^{re.escape(arg)}: a scipy sparse matrix \({fmt}, shape \(10, 3\)\); deltaprop's MLP takes a "  # noqa: E731
+                           rf"dense array: pass {re.escape(arg)}\.toarray\(\)")
+    calls = {"X": [lambda: model.fit(Xs, y, epochs=1), lambda: model.predict(Xs), lambda: model.predict_proba(Xs),
+                   lambda: model.score(Xs, y), lambda: model.evaluate(Xs, y)],
+             "validation_data[0]": [lambda: model.fit(X, y, epochs=1, validation_data=(Xs, y))]}
+    for arg, each in calls.items():
+        for call in each:
+            with pytest.raises(TypeError, match=message(arg)):
+                call()
     assert_unchanged(model, before)
 
 

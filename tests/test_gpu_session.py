@@ -201,7 +201,7 @@ def test_epochs_exit_status_says_a_peer_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(headline, "peer_epochs", fails)
     monkeypatch.setattr(headline.importlib.util, "find_spec", lambda name: object())  # as if installed
     out = tmp_path / "epochs.json"
-    rc = headline.main(["epochs", "--backends", "numpy", "--peers", "jax_jit", "--samples", "300", "--epochs", "2",
+    rc = headline.main(["epochs", "--backends", "numpy", "--peers", "jax_jit", "--samples", "300", "--epochs", "3",
                         "--accuracy", "", "--step-path", "", "--out", str(out)])
     epochs = json.loads(out.read_text())
     assert set(epochs["nets"]["reference"]) == {"numpy"} and len(epochs["errors"]) == 4  # 3 precisions + small

@@ -77,7 +77,7 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
     peers = ",".join(have)
     monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", str(tmp_path / "kernels"))
     e, c, h, t = (str(tmp_path / n) for n in ("e.json", "c.json", "h.json", "t.log"))
-    assert headline.main(["epochs", "--backends", "numpy", "--peers", peers, "--samples", "300", "--epochs", "2",
+    assert headline.main(["epochs", "--backends", "numpy", "--peers", peers, "--samples", "300", "--epochs", "3",
                           "--accuracy", "", "--compile-modes", "default", "--out", e]) == 0
     assert headline.main(["cold-start", "--backends", "numpy", "--out", c]) == 0
     with open(t, "w") as f:
@@ -86,7 +86,7 @@ def test_every_part_runs_on_the_cpu(tmp_path, monkeypatch):
     epochs = json.load(open(e))
     for net in ("reference", "small"):
         row = epochs["nets"][net]["numpy"]
-        assert row["epoch_s"] > 0 and len(row["seconds"]) == 3 and row["loss"][-1] < row["loss"][0]
+        assert row["epoch_s"] > 0 and len(row["seconds"]) == 4 and row["loss"][-1] < row["loss"][0]
         for peer in have:
             if peer == "torch_graph":  # CUDA only: not timed on the CPU
                 assert peer not in epochs["nets"][net]
@@ -198,7 +198,8 @@ def open_text(path) -> str:
     (["--backends", "numpy-bf16"], "--backends: 'numpy-bf16' is not a backend the headline times; choose from"),
     (["--backends", "cupy:0"], "--backends: 'cupy:0' is not a backend the headline times"),
     (["--accuracy", "numba"], "--accuracy: 'numba' is not a backend the headline times"),
-    (["--epochs", "0"], "--epochs: must be ≥ 1, got 0"),
+    (["--epochs", "0"], "--epochs: must be ≥ 3 (the headline's time is the median of at least 3 timed epochs), got 0"),
+    (["--epochs", "2"], "--epochs: must be ≥ 3 (the headline's time is the median of at least 3 timed epochs), got 2"),
     (["--samples", "0"], "--samples: must be ≥ 1, got 0"),
 ])
 def test_bad_epochs_arguments_are_one_error_line(tmp_path, capsys, argv, message):

@@ -225,6 +225,11 @@ BAD = [
     (np.full(37, 1e37), "sample_weight: the weights' sum overflows float32"),
     (np.array(["a"] * 37), "sample_weight: expected real numbers"),
     (2**2000, "sample_weight: contains NaN or Inf"),  # a number beyond a float's range: float() would overflow
+    # a flag given to the wrong argument, not a weight of 1 or 0 for every sample (nor 'a 0D array')
+    (True, r"sample_weight: expected per-sample weights \(an array of one number ≥ 0 per sample\) or one number for "
+           r"every sample, not the bool True"),
+    (np.bool_(False), r"sample_weight: expected per-sample weights .*, not the bool False"),
+    (np.array(True), r"sample_weight: expected per-sample weights .*, not the bool True"),
 ]
 
 
@@ -264,11 +269,13 @@ def test_a_validation_split_whose_weights_are_all_zero_is_refused(rng):
 
 def test_a_number_is_the_same_weight_for_every_sample(rng):
     X, y = data(rng)
-    a, b = (MLP([5, 7, 3], backend="numpy", dtype="float64", seed=7) for _ in range(2))
+    a, b, c = (MLP([5, 7, 3], backend="numpy", dtype="float64", seed=7) for _ in range(3))
     a.fit(X, y, epochs=2, batch_size=8, sample_weight=2.0)
     b.fit(X, y, epochs=2, batch_size=8)
-    for (Wa, _), (Wb, _) in zip(a.get_weights(), b.get_weights()):
+    c.fit(X, y, epochs=2, batch_size=8, sample_weight=np.array(2.0))  # a 0-d array: the number it holds
+    for (Wa, _), (Wb, _), (Wc, _) in zip(a.get_weights(), b.get_weights(), c.get_weights()):
         np.testing.assert_allclose(Wa, Wb, rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(Wa, Wc)
 
 
 # ------------------------------------------------------------- scikit-learn's estimators
@@ -399,6 +406,23 @@ def test_estimators_refuse_bad_weights_with_scikit_learns_words_and_keep_their_f
             skl.MLPClassifier(solver=solver).fit(X, y, sample_weight=make(len(X)))
     np.testing.assert_array_equal(clf.predict_proba(X), before[0])
     assert (clf.n_iter_, clf.loss_) == before[1:]
+
+
+@pytest.mark.parametrize("flag", [True, np.bool_(False)])
+def test_estimators_refuse_a_bool_as_sample_weight_and_keep_their_fit(iris, flag):
+    """scikit-learn's MLPs take sample_weight=True as a weight of 1 for every sample; it is a flag given to the wrong
+    argument, refused by name as MLP.fit refuses it."""
+    X, y = iris
+    settings = dict(hidden_layer_sizes=(4,), max_iter=3, warm_start=True, random_state=0)
+    for est in (MLPClassifier(**settings).fit(X, y), MLPRegressor(**settings).fit(X, X[:, 0])):
+        before = (est.predict(X), est.n_iter_, est.loss_)
+        target = y if isinstance(est, MLPClassifier) else X[:, 0]
+        for call in (lambda: est.fit(X, target, sample_weight=flag), lambda: est.partial_fit(X, target, sample_weight=flag),
+                     lambda: est.score(X, target, sample_weight=flag)):
+            with pytest.raises(TypeError, match=rf"^sample_weight: expected per-sample weights .*, not the bool {flag}$"):
+                call()
+        np.testing.assert_array_equal(est.predict(X), before[0])
+        assert (est.n_iter_, est.loss_) == before[1:]
 
 
 def test_scikit_learn_trains_on_negative_weights_which_deltaprop_refuses(iris):

@@ -265,6 +265,43 @@ def test_a_classifier_scores_outputs_that_are_not_finite_as_nan_not_as_class_0(i
             clf.predict(X[:3])
 
 
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_a_classifier_refuses_to_label_rows_whose_outputs_are_not_finite_for_every_target_kind(kind):
+    """One sigmoid output (σ > 0.5), softmax (argmax) and multilabel (each σ > 0.5) alike: a NaN row is no label."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(33, 7))
+    y = {"binary": np.arange(33) % 2, "multiclass": np.arange(33) % 3, "multilabel": rng.integers(0, 2, (33, 3))}[kind]
+    clf = MLPClassifier(hidden_layer_sizes=5, activation="identity", max_iter=2, random_state=0, backend="numpy")
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(X, y)
+    assert clf.predict(X).shape == y.shape
+    (W1, b1), (W2, b2) = clf.model_.get_weights()
+    signs = np.where(np.arange(W2.shape[0]) % 2, -1.0, 1.0)[:, None] * np.ones_like(W2)
+    # every hidden unit ±∞ or NaN (each of 1e10·X·1e300 overflows), met by output weights of both signs: ∞ − ∞,
+    # NaN in every output
+    clf.model_.set_weights([(np.full_like(W1, 1e300), b1), (signs, b2)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isnan(clf.predict_proba(X * 1e10)).all()
+        with pytest.raises(ValueError, match=r"^X: the network's outputs for 33 rows \(the first: row 0\) are not finite"):
+            clf.predict(X * 1e10)
+
+
+def test_a_regressor_predicts_nan_for_rows_whose_outputs_overflow_and_scores_them_nan():
+    """A regressor's outputs are its prediction (as MLP.predict for mse, and scikit-learn's MLPRegressor): a NaN
+    row stays NaN, never a number; the finite rows predict as before."""
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(33, 7)), rng.normal(size=33)
+    reg = MLPRegressor(hidden_layer_sizes=5, activation="identity", max_iter=2, random_state=0, backend="numpy")
+    with pytest.warns(ConvergenceWarning):
+        reg.fit(X, y)
+    (W1, b1), (W2, b2) = reg.model_.get_weights()
+    reg.model_.set_weights([(np.full_like(W1, 1e300), b1), (np.where(np.arange(5) % 2, -1.0, 1.0)[:, None], b2)])
+    big = np.r_[X[:3], X[3:4] * 1e10]  # only row 3 overflows (see the classifier's test above)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = reg.predict(big)
+        assert np.isnan(z[3]) and np.isfinite(z[:3]).all() and z.shape == (4,)
+
+
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):
     """partial_fit continues the optimizer (Adam's moments and step count, SGD's momentum): three calls are one
     fit of three epochs, bit for bit. A warm-started fit starts a new optimizer, as in scikit-learn: the same as

@@ -111,7 +111,7 @@ check() {  # the first call: what the headline needs, the suite first (a changed
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_record.py)
         # no peers: tests/test_headline.py runs each of them on the CPU already
-        epochs=(--backends numpy --peers "" --samples 300 --epochs 2 --accuracy numpy --accuracy-epochs 1)
+        epochs=(--backends numpy --peers "" --samples 300 --epochs 3 --accuracy numpy --accuracy-epochs 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
     rm -rf "$kc" "$KEPT"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi  # KEPT: this check's only

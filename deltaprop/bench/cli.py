@@ -127,8 +127,9 @@ def machine_tag(info) -> str:
 
 def check_up_front(args) -> str | None:
     """What stops the run before any suite (one error line): a size that is not a positive integer, an --out
-    that cannot be a folder of new files, a backend in --backends that cannot run here. Plots without
-    matplotlib are turned off with a note instead: the suites' results do not need them."""
+    that cannot be a folder of new files, a backend in --backends that cannot run here or runs on numba's CUDA
+    simulator (its times are no GPU's). Plots without matplotlib are turned off with a note instead: the suites'
+    results do not need them."""
     for option, value in (("--samples", args.samples), ("--repeats", args.repeats)):
         if value is not None and value < 1:
             return f"{option}: must be ≥ 1, got {value}"
@@ -147,7 +148,8 @@ def check_up_front(args) -> str | None:
         return (f"--backends: {args.backends!r} names no backend; give names such as numpy,cupy, or leave it out for "
                 "every usable one")
     try:
-        suites.usable_backends(names)
+        for name in suites.usable_backends(names):  # asked for by name: the simulator's times are no GPU's
+            measure.refuse_simulator(name)
     except backends.BackendUnavailable as exc:  # train's advice (--backend numpy) in bench's words
         train_hint = "; " + backends.compat.NO_DRIVER.partition("; ")[2]
         return f"--backends {args.backends}: {str(exc).replace(train_hint, '')}; give --backends numpy to time the CPU"

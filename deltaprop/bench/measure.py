@@ -157,16 +157,22 @@ class Progress:
 progress = Progress()  # the run's one progress line writer: the suites say what they time, cli says which suite
 
 
+def refuse_simulator(name: str) -> None:
+    """BackendUnavailable where backend ``name`` runs on numba's CUDA simulator here: its times are the CPU's,
+    interpreted, and must never be read as a GPU's."""
+    registered = backends.variants().get(backends.parse(name)[0], backends.parse(name)[0])  # cupy-tf32: cupy
+    if "simulator" in backends.available()[registered].reason:
+        raise backends.BackendUnavailable(f"backend {name!r} runs on numba's CUDA simulator here "
+                                          "(NUMBA_ENABLE_CUDASIM=1), not on a GPU")
+
+
 def require_gpu(prog: str, *names: str) -> None:
     """Before any work: exit with one error line (status 1) unless each backend in ``names`` runs on a real
     CUDA device here (not numba's simulator), for the scripts that only make sense on a GPU."""
     try:
         for name in names:
             backends.get(name)  # BackendUnavailable: why not, and what to install
-            registered = backends.variants().get(backends.parse(name)[0], backends.parse(name)[0])  # cupy-tf32: cupy
-            if "simulator" in backends.available()[registered].reason:
-                raise backends.BackendUnavailable(f"backend {name!r} runs on numba's CUDA simulator here "
-                                                  "(NUMBA_ENABLE_CUDASIM=1), not on a GPU")
+            refuse_simulator(name)
     except (backends.BackendUnavailable, ValueError) as exc:
         raise SystemExit(f"{prog}: error: {exc}") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 import zipfile
 import zlib
 
@@ -15,7 +16,12 @@ from .._files import file_type
 
 def real_array(x, argument: str) -> np.ndarray:
     """``x`` as a NumPy array of real numbers or booleans; TypeError or ValueError naming ``argument``. A masked
-    array with masked entries is refused: np.asarray drops the mask and would read the numbers under it as data."""
+    array with masked entries is refused: np.asarray drops the mask and would read the numbers under it as data;
+    so is a scipy sparse matrix, which np.asarray wraps as one object."""
+    scipy_sparse = sys.modules.get("scipy.sparse")  # a sparse matrix exists only once scipy.sparse is imported
+    if scipy_sparse is not None and scipy_sparse.issparse(x):  # np.asarray: a 0-d array of dtype object
+        raise TypeError(f"{argument}: a scipy sparse matrix ({x.format}, shape {x.shape}); deltaprop's MLP takes a dense "
+                        f"array: pass {argument}.toarray() (deltaprop.sklearn's estimators densify sparse X themselves)")
     if np.ma.is_masked(x):
         raise ValueError(f"{argument}: a masked array with {int(np.ma.count_masked(x))} masked entries, which would be "
                          "read as the numbers under the mask; fill them (np.ma.filled) or drop them first")

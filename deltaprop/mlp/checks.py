@@ -17,7 +17,7 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss",
+__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_flag", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss", "refuse_bool_weights",
            "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -102,6 +102,15 @@ def parse_widths(text: str) -> list:
     return values
 
 
+def refuse_bool_weights(sample_weight, argument: str = "sample_weight") -> None:
+    """TypeError for a bool (np.bool_, a 0-d array of one) as the weights: True is no weight of 1 for every sample
+    but a flag given to the wrong argument."""
+    flag = as_scalar(sample_weight)
+    if isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"{argument}: expected per-sample weights (an array of one number ≥ 0 per sample) or one "
+                        f"number for every sample, not the bool {bool(flag)}")
+
+
 def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_weight"):
     """Per-sample weights for n samples: None (no weights) stays None; a number is that weight for every sample;
     otherwise a 1-D array of n finite weights ≥ 0, not all 0, returned as a (n,) array of ``dtype``. The errors
@@ -110,7 +119,9 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
 
     if sample_weight is None:
         return None
-    if isinstance(sample_weight, Real) and not isinstance(sample_weight, bool):
+    refuse_bool_weights(sample_weight, argument)
+    sample_weight = as_scalar(sample_weight)  # np.array(2.0): the number it holds, as the other numbers
+    if isinstance(sample_weight, Real):
         sample_weight = np.full(n, as_float(sample_weight))  # ±inf beyond a float's range: refused below, by name
     w = real_array(sample_weight, argument)
     if w.ndim != 1:
@@ -131,6 +142,14 @@ def check_sample_weight(sample_weight, n: int, dtype, argument: str = "sample_we
     if not np.isfinite(total):
         raise ValueError(f"{argument}: the weights' sum overflows {np.dtype(dtype).name}; scale them down")
     return w
+
+
+def check_flag(value, argument: str) -> bool:
+    """True or False: a bool, np.bool_ or a 0-d array of one, as a bool (an integer is refused: 1 is not a flag)."""
+    flag = as_scalar(value)
+    if not isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"{argument}: expected True or False, got {value!r}")
+    return bool(flag)
 
 
 def check_int(value, argument: str, lo: int) -> int:

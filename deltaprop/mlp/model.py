@@ -28,7 +28,8 @@ from .activations import (
     layer_pieces,
 )
 from .arrays import NpzArrays, cast_finite, real_array
-from .checks import DTYPES, check_dtype, check_held
+from .checks import DTYPES, as_scalar, check_dtype, check_held
+from .checks import check_flag as _check_flag
 from .checks import check_int as _check_int
 from .checks import check_layer_sizes as _check_layer_sizes
 from .checks import check_path as _file_path
@@ -258,10 +259,11 @@ class MLP:
         validation_split = _check_real(validation_split, "validation_split", lo=0.0, hi=1.0)
         if early_stopping is not None:
             early_stopping = _check_int(early_stopping, "early_stopping", 1)
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
-        if not isinstance(verbose, Integral) or verbose < 0:
+        shuffle = _check_flag(shuffle, "shuffle")
+        level = as_scalar(verbose)  # a level (0, 1, ...) or a flag, a NumPy one or a 0-d array of either too
+        if not (isinstance(level, np.bool_) or (isinstance(level, Integral) and level >= 0)):
             raise TypeError(f"verbose: expected 0, 1 or a bool, got {verbose!r}")
+        verbose = int(level)
         if callback is not None and not callable(callback):
             raise TypeError("callback: expected a callable(epoch, history)")
         if validation_data is not None and validation_split:
@@ -307,8 +309,8 @@ class MLP:
             optimizer=opt,
             schedule=schedule,
             early_stopping=early_stopping,
-            shuffle=bool(shuffle),
-            verbose=int(verbose),
+            shuffle=shuffle,
+            verbose=verbose,
         )
         return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
 

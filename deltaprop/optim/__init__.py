@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ..mlp.checks import check_held, check_real, held_problem
+from ..mlp.checks import check_flag, check_held, check_real, held_problem
 from . import schedules  # noqa: F401  (deltaprop.optim.schedules)
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "from_config", "NAMES", "schedules"]
@@ -100,8 +100,7 @@ class SGD(Optimizer):
     name = family = "sgd"
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"nesterov: expected True or False, got {nesterov!r}")
+        nesterov = check_flag(nesterov, "nesterov")
         momentum = check_real(momentum, "momentum", 0.0, 1.0)
         if nesterov and not momentum:
             raise ValueError("nesterov: needs momentum > 0")
