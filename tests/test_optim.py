@@ -438,6 +438,35 @@ def test_what_float32_refuses_float64_holds(rng):
     assert m.epochs_trained == 6 and m32.epochs_trained == 2
 
 
+# a rate > 0 by the math that Python's float computes as 0: the check must not take it for a rate of 0 that the model's
+# dtype holds (training would silently stop moving at that epoch, in float64 as in float32)
+@pytest.mark.parametrize("lr, schedule, epoch", [
+    (0.5, schedules.Exponential(gamma=1e-200), 2),  # 0.5·1e-400
+    (0.5, schedules.Step(step_size=1, gamma=1e-200), 2),
+    (1e-300, schedules.InvScaling(power_t=30), 1),  # 1e-300 / 11**30
+    (5e-324, schedules.Cosine(epochs=4, min_lr=0.0), 2),  # 5e-324·(1 + cos(π/2))/2, > 0 before the schedule's end
+    (5e-324, schedules.Exponential(gamma=0.5), 1),
+])
+def test_a_rate_that_underflows_in_floats_is_refused_by_name(rng, lr, schedule, epoch):
+    m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    before = m.get_weights()
+    with pytest.raises(ValueError, match=re_escape(f"lr_schedule: the {schedule.name} schedule's rate for epoch {epoch} "
+                                                   "is > 0 but underflows to 0 in floats")):
+        m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=epoch + 1, lr=lr, lr_schedule=schedule)
+    assert m.network.optimizer is None and m.epochs_trained == 0
+    for (W, b), (W0, b0) in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(W, W0)
+
+
+def test_a_rate_of_0_by_the_math_is_no_underflow(rng):
+    """cosine with min_lr=0 is 0 from its end on, and a callable's 0 is the rate asked for: both train."""
+    m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
+    m.fit(X, y, epochs=4, lr=0.1, lr_schedule=schedules.Cosine(epochs=2))  # 0.1, 0.05, 0, 0
+    m.fit(X, y, epochs=3, lr_schedule=lambda e: 0.0 if e else 0.1)
+    assert m.epochs_trained == 7
+
+
 @pytest.mark.parametrize("value, error", [(0.0, ValueError), (-0.1, ValueError), (math.nan, ValueError), ("0.1", TypeError)])
 def test_an_optimizers_lr_set_after_it_is_made_is_checked_as_the_constructor_checks_it(value, error):
     """opt.lr = 0 would train at a rate of 0 (and "0.1" fail inside the schedule's check, naming lr_schedule)."""
