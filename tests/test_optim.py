@@ -264,6 +264,26 @@ def test_the_schedules_rates():
     assert ad.resumed(losses[:4]).rate(lr0, 0, losses[4:5], n) == ad.rate(lr0, 4, losses, n)
 
 
+def test_schedules_compare_and_hash_callables_and_resumed_ones_included():
+    """Equal schedules hash alike, a callable's included (the same function: the same schedule; its config, which a
+    file would need, does not exist); a resumed schedule is equal only to one resumed after the same losses."""
+    fn = lambda e: 0.1 / (e + 1)  # noqa: E731
+    a, b, other = schedules.get(fn), schedules.get(fn), schedules.get(lambda e: 0.1 / (e + 1))
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != other and a != schedules.Constant() and schedules.Constant() != a and a != fn
+    assert a.resumed([0.5]) == b.resumed([0.5]) and hash(a.resumed([0.5])) == hash(b.resumed([0.5]))
+    assert a.resumed([0.5]) != a and a.resumed([0.5]) != a.resumed([0.4])
+    step = schedules.Step(2, 0.5)
+    assert step.resumed([1.0, 0.9]) == schedules.Step(2, 0.5).resumed([1.0, 0.9])
+    assert hash(step.resumed([1.0, 0.9])) == hash(schedules.Step(2, 0.5).resumed([1.0, 0.9]))
+    # resumed after other epochs, the rates differ: so must the schedules
+    assert step.resumed([1.0]).rate(0.5, 0, [], 10) != step.resumed([1.0, 0.9]).rate(0.5, 0, [], 10)
+    assert step.resumed([1.0]) != step.resumed([1.0, 0.9]) and step.resumed([1.0]) != step
+    assert len({step, schedules.Step(2, 0.5), a, b, a.resumed([0.5])}) == 3
+    with pytest.raises(ValueError, match="lr_schedule: a callable schedule cannot be saved"):
+        a.config()
+
+
 def test_a_schedule_sets_each_epochs_rate(rng):
     """fit(epochs=3, lr_schedule=...) takes the steps of three one-epoch fits at the schedule's rates."""
     X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)

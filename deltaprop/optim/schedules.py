@@ -79,11 +79,16 @@ class Schedule:
         """This schedule continued after the epochs whose training losses are ``losses``."""
         return _Continued(self, list(losses)) if losses else self
 
+    def _key(self) -> tuple:
+        """What makes two schedules of one type equal: their config, items in order (hashed as numbers: 0.0 and -0.0,
+        which compare equal, hash alike)."""
+        return tuple(self.config().items())
+
     def __eq__(self, other):
-        return isinstance(other, Schedule) and type(self) is type(other) and self.config() == other.config()
+        return isinstance(other, Schedule) and type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self):
-        return hash(repr(self.config()))
+        return hash((type(self), self._key()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
@@ -179,6 +184,12 @@ class _Function(Schedule):
     def config(self) -> dict:
         raise ValueError("lr_schedule: a callable schedule cannot be saved; use a named one")
 
+    def _key(self) -> tuple:
+        return (id(self.fn),)  # the same function, the same schedule (two functions' equality is undecidable)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.fn!r})"
+
 
 class _Continued(Schedule):
     def __init__(self, inner: Schedule, before: list):
@@ -193,6 +204,12 @@ class _Continued(Schedule):
 
     def config(self) -> dict:
         return self.inner.config()
+
+    def _key(self) -> tuple:
+        return (self.inner, tuple(self.before))  # resumed after other losses (other epochs), the rates differ
+
+    def __repr__(self) -> str:
+        return f"{self.inner!r}.resumed({self.before!r})"
 
 
 NAMES = {cls.name: cls for cls in (Constant, InvScaling, Adaptive, Step, Exponential, Cosine)}
