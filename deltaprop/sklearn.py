@@ -749,8 +749,9 @@ class _BaseMLP(BaseEstimator):
 
 
 class _WeightedScore:
-    """Before the scikit-learn mixin's ``score`` (accuracy or R²): a bool as ``sample_weight`` is refused by name,
-    as ``fit`` refuses it (accuracy_score would say 'Input should have at least 1 dimension')."""
+    """Before the scikit-learn mixin's ``score`` (the classifier's accuracy; the regressor's ``score`` refuses it
+    itself): a bool as ``sample_weight`` is refused by name, as ``fit`` refuses it (accuracy_score would say 'Input
+    should have at least 1 dimension')."""
 
     def score(self, X, y, sample_weight=None) -> float:
         refuse_bool_weights(sample_weight)
@@ -917,7 +918,7 @@ class MLPClassifier(_WeightedScore, ClassifierMixin, _BaseMLP):
         return known, "binary" if len(known) == 2 else "multiclass", np.searchsorted(known, y)
 
 
-class MLPRegressor(_WeightedScore, MultiOutputMixin, RegressorMixin, _BaseMLP):
+class MLPRegressor(MultiOutputMixin, RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained by deltaprop: identity outputs, squared-error loss.
 
     Parameters as ``sklearn.neural_network.MLPRegressor`` (``loss="squared_error"`` only; see the
@@ -1004,6 +1005,18 @@ class MLPRegressor(_WeightedScore, MultiOutputMixin, RegressorMixin, _BaseMLP):
         """(n_samples,) for one output, else (n_samples, n_outputs), as float64."""
         z = self._outputs(X)
         return z[:, 0] if z.shape[1] == 1 else z
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """R² of ``predict(X)`` (RegressorMixin's), weighted by ``sample_weight`` when given; NaN where an output is
+        not finite (X and the weights overflow inside the net), as the validation scores and MLP.score have it,
+        not r2_score's 'Input contains NaN'."""
+        refuse_bool_weights(sample_weight)
+        z = self.predict(X)
+        if np.all(np.isfinite(z)):
+            return float(r2_score(y, z, sample_weight=sample_weight))
+        # y and the weights still checked as r2_score checks them, on finite stand-ins whose score is dropped
+        r2_score(y, np.zeros_like(z), sample_weight=sample_weight)
+        return math.nan
 
     def _score_outputs(self, z, y, kind, classes, sample_weight=None) -> float:
         """r2_score of these outputs (scikit-learn's validation score), weighted by ``sample_weight`` when given."""

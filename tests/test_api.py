@@ -333,6 +333,10 @@ def test_load_checks_the_config_against_the_stored_arrays_before_allocating(tmp_
     ({"version": 3}, "format version 3, this deltaprop reads 1 and 2"),
     ({"version": 2.0}, "format version 2.0, this deltaprop reads 1 and 2"),
     ({"version": True}, "format version True, this deltaprop reads 1 and 2"),
+    # what the file names and what this deltaprop knows: no advice for a caller of the Python API ("pass an Optimizer")
+    ({"optimizer": {"name": "adamx", "lr": 0.1}},
+     re.escape("optimizer: the file names 'adamx', which is no optimizer this deltaprop knows (sgd, adam, adamw, rmsprop)") + "$"),
+    ({"optimizer": {"name": 3}}, re.escape("optimizer: expected an object with a name, got {'name': 3}") + "$"),
     ({"label_smoothing": 0.1, "tied": 1}, re.escape("config: unknown entries 'label_smoothing', 'tied' (a newer deltaprop's?); "
                                                     "the model cannot be loaded as it was saved")),
 ])

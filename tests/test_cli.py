@@ -338,7 +338,8 @@ def _other_runs_model(ck, rehash, options=("--seed", "1")):
      "does not belong to this checkpoint (optimizer 'adam', expected 'sgd')"),
     # the manifest's optimizer damaged: the manifest and its field are named, not the model file it names
     (lambda ck: _edit_manifest(ck, lambda r: r["settings"]["optimizer"].update(name="sgdx")),
-     "checkpoint.json is damaged (settings: optimizer: unknown optimizer 'sgdx'"),
+     "checkpoint.json is damaged (settings: optimizer: the file names 'sgdx', which is no optimizer this deltaprop knows "
+     "(sgd, adam, adamw, rmsprop))"),
     (lambda ck: _edit_manifest(ck, lambda r: r["settings"].update(optimizer="sgd")),
      "checkpoint.json is damaged (settings: optimizer: expected an object with a name, got 'sgd')"),
     (lambda ck: _edit_manifest(ck, lambda r: r["settings"]["optimizer"].update(momentum=-1)),

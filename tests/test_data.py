@@ -246,6 +246,20 @@ def test_nothing_works_lists_what_was_tried(tmp_path):
         load_mnist(cache_dir=tmp_path / "c", download=False)
 
 
+@pytest.mark.parametrize("flag", ["no", 0, None, np.array([False])])
+def test_download_is_a_flag_refused_by_name_before_any_source_is_tried(tmp_path, monkeypatch, flag):
+    """download="no" (truthy) would download, 0 would not: neither is a flag. NumPy's flags are the flags they hold."""
+    tried, read_cache = [], mnist.read_cache
+    monkeypatch.setattr(mnist, "read_cache", lambda path: tried.append(path))
+    with pytest.raises(TypeError, match=r"download: expected True or False, got "):
+        load_mnist(cache_dir=tmp_path / "c", download=flag)
+    assert tried == []
+    monkeypatch.setattr(mnist, "read_cache", read_cache)  # not undo(): that would let the network back in
+    for off in (np.False_, np.array(False)):
+        with pytest.raises(DataUnavailable, match="downloads: turned off"):
+            load_mnist(cache_dir=tmp_path / "c", download=off)
+
+
 def test_no_source_error_is_one_line_and_the_list_of_what_was_tried(tmp_path):
     with pytest.raises(DataUnavailable) as err:
         load_mnist(cache_dir=tmp_path / "c")

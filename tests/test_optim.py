@@ -264,6 +264,26 @@ def test_the_schedules_rates():
     assert ad.resumed(losses[:4]).rate(lr0, 0, losses[4:5], n) == ad.rate(lr0, 4, losses, n)
 
 
+def test_schedules_compare_and_hash_callables_and_resumed_ones_included():
+    """Equal schedules hash alike, a callable's included (the same function: the same schedule; its config, which a
+    file would need, does not exist); a resumed schedule is equal only to one resumed after the same losses."""
+    fn = lambda e: 0.1 / (e + 1)  # noqa: E731
+    a, b, other = schedules.get(fn), schedules.get(fn), schedules.get(lambda e: 0.1 / (e + 1))
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != other and a != schedules.Constant() and schedules.Constant() != a and a != fn
+    assert a.resumed([0.5]) == b.resumed([0.5]) and hash(a.resumed([0.5])) == hash(b.resumed([0.5]))
+    assert a.resumed([0.5]) != a and a.resumed([0.5]) != a.resumed([0.4])
+    step = schedules.Step(2, 0.5)
+    assert step.resumed([1.0, 0.9]) == schedules.Step(2, 0.5).resumed([1.0, 0.9])
+    assert hash(step.resumed([1.0, 0.9])) == hash(schedules.Step(2, 0.5).resumed([1.0, 0.9]))
+    # resumed after other epochs, the rates differ: so must the schedules
+    assert step.resumed([1.0]).rate(0.5, 0, [], 10) != step.resumed([1.0, 0.9]).rate(0.5, 0, [], 10)
+    assert step.resumed([1.0]) != step.resumed([1.0, 0.9]) and step.resumed([1.0]) != step
+    assert len({step, schedules.Step(2, 0.5), a, b, a.resumed([0.5])}) == 3
+    with pytest.raises(ValueError, match="lr_schedule: a callable schedule cannot be saved"):
+        a.config()
+
+
 def test_a_schedule_sets_each_epochs_rate(rng):
     """fit(epochs=3, lr_schedule=...) takes the steps of three one-epoch fits at the schedule's rates."""
     X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
@@ -436,6 +456,35 @@ def test_what_float32_refuses_float64_holds(rng):
     m32 = MLP([3, 4, 2], backend="numpy", seed=0)  # a rate of exactly 0 is a rate float32 holds (cosine's last)
     m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
     assert m.epochs_trained == 6 and m32.epochs_trained == 2
+
+
+# a rate > 0 by the math that Python's float computes as 0: the check must not take it for a rate of 0 that the model's
+# dtype holds (training would silently stop moving at that epoch, in float64 as in float32)
+@pytest.mark.parametrize("lr, schedule, epoch", [
+    (0.5, schedules.Exponential(gamma=1e-200), 2),  # 0.5·1e-400
+    (0.5, schedules.Step(step_size=1, gamma=1e-200), 2),
+    (1e-300, schedules.InvScaling(power_t=30), 1),  # 1e-300 / 11**30
+    (5e-324, schedules.Cosine(epochs=4, min_lr=0.0), 2),  # 5e-324·(1 + cos(π/2))/2, > 0 before the schedule's end
+    (5e-324, schedules.Exponential(gamma=0.5), 1),
+])
+def test_a_rate_that_underflows_in_floats_is_refused_by_name(rng, lr, schedule, epoch):
+    m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    before = m.get_weights()
+    with pytest.raises(ValueError, match=re_escape(f"lr_schedule: the {schedule.name} schedule's rate for epoch {epoch} "
+                                                   "is > 0 but underflows to 0 in floats")):
+        m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=epoch + 1, lr=lr, lr_schedule=schedule)
+    assert m.network.optimizer is None and m.epochs_trained == 0
+    for (W, b), (W0, b0) in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(W, W0)
+
+
+def test_a_rate_of_0_by_the_math_is_no_underflow(rng):
+    """cosine with min_lr=0 is 0 from its end on, and a callable's 0 is the rate asked for: both train."""
+    m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
+    m.fit(X, y, epochs=4, lr=0.1, lr_schedule=schedules.Cosine(epochs=2))  # 0.1, 0.05, 0, 0
+    m.fit(X, y, epochs=3, lr_schedule=lambda e: 0.0 if e else 0.1)
+    assert m.epochs_trained == 7
 
 
 @pytest.mark.parametrize("value, error", [(0.0, ValueError), (-0.1, ValueError), (math.nan, ValueError), ("0.1", TypeError)])

@@ -11,6 +11,7 @@ import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -300,6 +301,14 @@ def test_a_regressor_predicts_nan_for_rows_whose_outputs_overflow_and_scores_the
     with np.errstate(over="ignore", invalid="ignore"):
         z = reg.predict(big)
         assert np.isnan(z[3]) and np.isfinite(z[:3]).all() and z.shape == (4,)
+        # score: NaN, as MLP.score and the estimator's validation scores have it, not r2_score's "Input contains NaN"
+        assert np.isnan(reg.score(big, y[:4])) and np.isnan(reg.score(big, y[:4], sample_weight=np.ones(4)))
+        assert np.isnan(reg.model_.score(big, y[:4]))
+        assert reg.score(big[:3], y[:3]) == pytest.approx(r2_score(y[:3], z[:3]))
+        with pytest.raises(ValueError, match="inconsistent numbers of samples"):  # y still checked as r2_score checks it
+            reg.score(big, y[:3])
+        with pytest.raises(TypeError, match="sample_weight: expected per-sample weights"):
+            reg.score(big, y[:4], sample_weight=True)
 
 
 def test_partial_fit_is_one_epoch_and_continues_like_warm_start(iris):

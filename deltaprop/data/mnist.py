@@ -34,6 +34,7 @@ import numpy as np
 
 from .._files import atomic_write, cache_home
 from ..mlp.arrays import NpzArrays
+from ..mlp.checks import check_flag
 from .idx import IDXError, parse_idx, read_idx
 from .pickled_arrays import RefusedPickle, read_arrays
 
@@ -79,6 +80,7 @@ def default_cache_dir() -> str:
 
 def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:
     """{x_train, y_train, x_test, y_test} as uint8 arrays (images (n, 28, 28)), from the first source that works."""
+    download = check_flag(download, "download")  # "no" is truthy: it would download
     data_dir = data_dir if data_dir is not None else (os.environ.get(DATA_ENV) or None)
     if data_dir is not None:
         try:

@@ -213,4 +213,6 @@ def from_config(config) -> Optimizer:
         raise ValueError(f"optimizer: expected an object with a name, got {config!r}")
     params = dict(config)
     name = params.pop("name")
+    if name.strip().lower() not in NAMES:  # get's words ("or pass an Optimizer") are for a caller, not for a file
+        raise ValueError(f"optimizer: the file names {name!r}, which is no optimizer this deltaprop knows ({', '.join(NAMES)})")
     return get(name, **params)

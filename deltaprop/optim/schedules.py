@@ -60,9 +60,17 @@ class Schedule:
                                  "floats (a power overflows); its parameters are out of range") from None
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
+            if lr == 0 and not self.vanishes(epoch):  # > 0 by the math (gamma**e of 1e-200), 0 as Python's float
+                raise ValueError(f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} is > 0 but underflows "
+                                 "to 0 in floats; its parameters are out of range")
             problem = held_problem(lr, dtype)
             if problem is not None:
                 raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which {problem}")
+
+    def vanishes(self, epoch: int) -> bool:
+        """Whether the rate of ``epoch`` is 0 by the math, not only as a float: with lr₀ > 0 every named schedule's
+        rate is > 0 but cosine's from its end on when min_lr = 0 (a callable's is the number it gives)."""
+        return False
 
     def config(self) -> dict:
         return {"name": self.name, **getattr(self, "params", {})}
@@ -71,11 +79,16 @@ class Schedule:
         """This schedule continued after the epochs whose training losses are ``losses``."""
         return _Continued(self, list(losses)) if losses else self
 
+    def _key(self) -> tuple:
+        """What makes two schedules of one type equal: their config, items in order (hashed as numbers: 0.0 and -0.0,
+        which compare equal, hash alike)."""
+        return tuple(self.config().items())
+
     def __eq__(self, other):
-        return isinstance(other, Schedule) and type(self) is type(other) and self.config() == other.config()
+        return isinstance(other, Schedule) and type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self):
-        return hash(repr(self.config()))
+        return hash((type(self), self._key()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items() if k != 'name')})"
@@ -149,6 +162,9 @@ class Cosine(Schedule):
         e, lo = min(epoch, self.params["epochs"]), self.params["min_lr"]
         return lo + (lr0 - lo) * (1 + math.cos(math.pi * e / self.params["epochs"])) / 2
 
+    def vanishes(self, epoch):
+        return self.params["min_lr"] == 0 and epoch >= self.params["epochs"]
+
 
 class _Function(Schedule):
     name = "callable"
@@ -162,8 +178,17 @@ class _Function(Schedule):
             raise ValueError(f"lr_schedule: the callable gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
         return float(lr)
 
+    def vanishes(self, epoch):
+        return True  # the callable's number is its rate: a 0 it gives is the 0 it asks for
+
     def config(self) -> dict:
         raise ValueError("lr_schedule: a callable schedule cannot be saved; use a named one")
+
+    def _key(self) -> tuple:
+        return (id(self.fn),)  # the same function, the same schedule (two functions' equality is undecidable)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.fn!r})"
 
 
 class _Continued(Schedule):
@@ -174,8 +199,17 @@ class _Continued(Schedule):
     def rate(self, lr0, epoch, losses, samples):
         return self.inner.rate(lr0, len(self.before) + epoch, self.before + list(losses), samples)
 
+    def vanishes(self, epoch):
+        return self.inner.vanishes(len(self.before) + epoch)
+
     def config(self) -> dict:
         return self.inner.config()
+
+    def _key(self) -> tuple:
+        return (self.inner, tuple(self.before))  # resumed after other losses (other epochs), the rates differ
+
+    def __repr__(self) -> str:
+        return f"{self.inner!r}.resumed({self.before!r})"
 
 
 NAMES = {cls.name: cls for cls in (Constant, InvScaling, Adaptive, Step, Exponential, Cosine)}
