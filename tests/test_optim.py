@@ -264,6 +264,26 @@ def test_the_schedules_rates():
     assert ad.resumed(losses[:4]).rate(lr0, 0, losses[4:5], n) == ad.rate(lr0, 4, losses, n)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_adaptive_rate_that_vanishes_in_the_dtype_stops_the_fit_with_a_warning(dtype):
+    """The adaptive rate depends on the losses, so it is checked only as the fit goes: divided down to a number that
+    is 0 in the model's dtype, the fit would go on at a rate of 0 without a word. It stops before that epoch, with a
+    warning naming lr_schedule and the epoch, on the weights of the epochs before (as one fit of those epochs)."""
+    rng = np.random.default_rng()
+    X, y = rng.standard_normal((33, 7)), rng.integers(0, 3, 33)
+    factor = 1e30 if dtype == "float32" else 1e200  # epochs 0, 1: lr (the first loss sets the best); 2: lr/factor; 3: lr/factor², 0 in the dtype
+    sched = schedules.Adaptive(factor=factor, patience=0, tol=1e9)  # no epoch gains tol: every epoch divides
+    kw = dict(batch_size=7, lr=0.1, lr_schedule=sched)
+    a, b = MLP([7, 5, 3], dtype=dtype, seed=3), MLP([7, 5, 3], dtype=dtype, seed=3)
+    with pytest.warns(RuntimeWarning, match=r"lr_schedule: the adaptive schedule.* epoch 3.*; the fit stops after epoch 2"):
+        history = a.fit(X, y, epochs=5, **kw)
+    assert history.epochs == 3 and history.stopped_early and a.epochs_trained == 3
+    b.fit(X, y, epochs=3, **kw)
+    for (Wa, ba), (Wb, bb) in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(Wa, Wb)
+        np.testing.assert_array_equal(ba, bb)
+
+
 def test_schedules_compare_and_hash_callables_and_resumed_ones_included():
     """Equal schedules hash alike, a callable's included (the same function: the same schedule; its config, which a
     file would need, does not exist); a resumed schedule is equal only to one resumed after the same losses."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +139,11 @@ class Trainer:
             idx = bk.asarray(order)
             if not plan.schedule.constant:
                 rate = plan.schedule.rate(plan.optimizer.lr, epoch, history.loss, self.n)
+                problem = plan.schedule.rate_problem(rate, epoch, model.dtype)  # checked before the fit with no losses
+                if problem is not None:  # an adaptive rate divided down to 0 in the dtype: no training at 0, unsaid
+                    warnings.warn(f"{problem}; the fit stops after epoch {epoch - 1}", RuntimeWarning, stacklevel=4)
+                    history.stopped_early = True
+                    break
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)

@@ -60,12 +60,20 @@ class Schedule:
                                  "floats (a power overflows); its parameters are out of range") from None
             if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
                 raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
-            if lr == 0 and not self.vanishes(epoch):  # > 0 by the math (gamma**e of 1e-200), 0 as Python's float
-                raise ValueError(f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} is > 0 but underflows "
-                                 "to 0 in floats; its parameters are out of range")
-            problem = held_problem(lr, dtype)
+            problem = self.rate_problem(lr, epoch, dtype)
             if problem is not None:
-                raise ValueError(f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which {problem}")
+                raise ValueError(f"{problem}; its parameters are out of range")
+
+    def rate_problem(self, lr: float, epoch: int, dtype) -> str | None:
+        """Why the device would not train at ``lr``, this schedule's finite rate ≥ 0 for ``epoch``, as the math has it:
+        > 0 by the math but 0 as Python's float (gamma**e of 1e-200), or not held by the model's ``dtype`` (None:
+        it would). Asked by ``check`` before a fit, and by the fit of each epoch whose rate depends on the losses."""
+        if lr == 0 and not self.vanishes(epoch):
+            return f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} is > 0 but underflows to 0 in floats"
+        problem = held_problem(lr, dtype)
+        if problem is not None:
+            return f"lr_schedule: the {self.name} schedule gives {lr!r} for epoch {epoch}, which {problem}"
+        return None
 
     def vanishes(self, epoch: int) -> bool:
         """Whether the rate of ``epoch`` is 0 by the math, not only as a float: with lr₀ > 0 every named schedule's
