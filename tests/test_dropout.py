@@ -374,6 +374,24 @@ def test_a_max_norm_that_the_dtype_cannot_hold_is_refused_by_name(c, why, rng):
     assert all(np.isfinite(W).all() and np.linalg.norm(W, axis=0).max() <= c * (1 + 1e-12) for W, _ in model.get_weights())
 
 
+@pytest.mark.parametrize("c,why", [(1e20, "its square overflows"), (1e-24, "its square is below the smallest normal")])
+def test_a_max_norm_whose_square_the_dtype_cannot_hold_is_refused_by_name(c, why, rng):
+    """The rescale sums a column's squares in the model's dtype: with float32 and c = 1e20, a column of norm 3e19 < c
+    (squares beyond float32's 3.4e38) came out zeroed; with c = 1e-24, one of norm 2e-23 > c (squares 1e-46, 0 in
+    float32) was left as it was. float64 holds both squares, and there the fit keeps the bound."""
+    with pytest.raises(ValueError, match=rf"^max_norm: {re.escape(repr(c))} {why} in the model's float32"):
+        MLP([4, 5, 3], backend="no-such-backend", seed=0, max_norm=c)  # checked before the backend
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    model = MLP([4, 5, 3], backend="numpy", seed=0, dtype="float64", max_norm=c)
+    (W, b), second = model.get_weights()
+    W[:, 0] = 3e19 / 2 if c > 1 else 1e-23  # column 0: norm 3e19 (below c = 1e20), or 2e-23 (above c = 1e-24)
+    model.set_weights([(W, b), second])
+    model.fit(X, y, epochs=1, batch_size=20, lr=1e-30)  # one update: a step too small to move these columns
+    got = np.linalg.norm(model.get_weights()[0][0], axis=0)
+    np.testing.assert_allclose(got[0], min(np.linalg.norm(W[:, 0]), c), rtol=1e-12)
+    assert np.all(got <= c * (1 + 1e-12))
+
+
 @pytest.mark.parametrize("kw", [dict(dropout=True), dict(dropout="0.5"), dict(dropout=[0.1, None, 0]),
                                 dict(max_norm=True), dict(max_norm="3")])
 def test_values_of_the_wrong_type_are_refused_by_name(kw):
