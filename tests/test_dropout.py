@@ -112,6 +112,24 @@ def test_masks_are_the_rule_bit_for_bit(backend, dtype, rng, shape, rate):
     np.testing.assert_array_equal(backend.to_numpy(counter), [epoch, step])  # read, not moved
 
 
+def test_masks_key_on_the_low_32_bits_of_epoch_and_step_and_all_64_of_the_seed(backend):
+    """Counters past 2³² and seeds past 2⁶³ on the device, against the rule in Python integers (keep_int): epoch
+    2³³ + 3 draws epoch 3's masks, and seeds 2⁶⁴ − 1 and 2⁶⁴ − 1 − 2³² (one bit apart in the key's high word) differ."""
+    shape, rate, layer = (5, 33), 0.5, 2
+    got = {}
+    for seed in (2**64 - 1, 2**64 - 1 - 2**32):
+        for epoch, step in ((3, 4_000_000_000), (2**33 + 3, 2**32 + 4_000_000_000)):
+            counter = backend.asarray(np.array([epoch, step], np.int64))
+            out, mask = backend.empty(shape, np.float64), backend.empty(shape, np.float64)
+            backend.dropout(backend.asarray(np.ones(shape), np.float64), out, mask, rate, seed, counter, layer)
+            got[seed, epoch] = backend.to_numpy(mask) > 0
+            want = [[keep_int(seed, epoch & M32, step & M32, layer, r, c, rate) for c in range(shape[1])]
+                    for r in range(shape[0])]
+            np.testing.assert_array_equal(got[seed, epoch], want)
+    np.testing.assert_array_equal(got[2**64 - 1, 3], got[2**64 - 1, 2**33 + 3])
+    assert 0.3 < (got[2**64 - 1, 3] == got[2**64 - 1 - 2**32, 3]).mean() < 0.7  # independent: about half agree
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (33, 65), (65, 1)], ids=str)
 def test_mask_delta_and_max_norm_against_float64(backend, dtype, rng, shape):
     delta, mask = rng.normal(size=shape).astype(dtype), (rng.random(shape) < 0.5).astype(dtype) * 2
