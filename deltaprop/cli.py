@@ -31,7 +31,7 @@ from .kernels import masks
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES, check_held, parse_widths
+from .mlp.checks import DTYPES, check_norm_bound, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -342,7 +342,7 @@ def _settings(args) -> dict:
         rates = masks.check_rates(args.dropout, len(args.layers) + 1)
         max_norm = masks.check_max_norm(args.max_norm)
         if max_norm is not None:
-            check_held(max_norm, "max_norm", args.dtype)
+            check_norm_bound(max_norm, args.dtype)
     except (ValueError, TypeError) as exc:
         message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
         raise CLIError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's

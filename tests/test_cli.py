@@ -665,6 +665,8 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--max-norm", "0"], "--max-norm: expected a finite number > 0, got 0.0"),
     (["--dataset", "xor", "--max-norm", "1e39"], "--max-norm: 1e+39 overflows the model's float32"),
     (["--checkpoint", "{tmp}/ck", "--dataset", "xor", "--max-norm", "1e-46"], "--max-norm: 1e-46 is 0 in the model's float32"),
+    (["--dataset", "xor", "--max-norm", "1e20"], "--max-norm: 1e+20: its square overflows in the model's float32"),
+    (["--dataset", "xor", "--max-norm", "1e-24"], "--max-norm: 1e-24: its square is below the smallest normal in the model's float32"),
     (["--early-stopping", "2", "--val-split", "0"], "--early-stopping: needs validation data"),
     (["--dataset", "xor", "--early-stopping", "2", "--val-split", "0.5"], "--early-stopping: --dataset xor has no validation data"),
     (["--dataset", "xor", "--val-split", "0.5"], "--val-split: --dataset xor has no validation data (its four points"),

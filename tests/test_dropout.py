@@ -112,6 +112,24 @@ def test_masks_are_the_rule_bit_for_bit(backend, dtype, rng, shape, rate):
     np.testing.assert_array_equal(backend.to_numpy(counter), [epoch, step])  # read, not moved
 
 
+def test_masks_key_on_the_low_32_bits_of_epoch_and_step_and_all_64_of_the_seed(backend):
+    """Counters past 2³² and seeds past 2⁶³ on the device, against the rule in Python integers (keep_int): epoch
+    2³³ + 3 draws epoch 3's masks, and seeds 2⁶⁴ − 1 and 2⁶⁴ − 1 − 2³² (one bit apart in the key's high word) differ."""
+    shape, rate, layer = (5, 33), 0.5, 2
+    got = {}
+    for seed in (2**64 - 1, 2**64 - 1 - 2**32):
+        for epoch, step in ((3, 4_000_000_000), (2**33 + 3, 2**32 + 4_000_000_000)):
+            counter = backend.asarray(np.array([epoch, step], np.int64))
+            out, mask = backend.empty(shape, np.float64), backend.empty(shape, np.float64)
+            backend.dropout(backend.asarray(np.ones(shape), np.float64), out, mask, rate, seed, counter, layer)
+            got[seed, epoch] = backend.to_numpy(mask) > 0
+            want = [[keep_int(seed, epoch & M32, step & M32, layer, r, c, rate) for c in range(shape[1])]
+                    for r in range(shape[0])]
+            np.testing.assert_array_equal(got[seed, epoch], want)
+    np.testing.assert_array_equal(got[2**64 - 1, 3], got[2**64 - 1, 2**33 + 3])
+    assert 0.3 < (got[2**64 - 1, 3] == got[2**64 - 1 - 2**32, 3]).mean() < 0.7  # independent: about half agree
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (33, 65), (65, 1)], ids=str)
 def test_mask_delta_and_max_norm_against_float64(backend, dtype, rng, shape):
     delta, mask = rng.normal(size=shape).astype(dtype), (rng.random(shape) < 0.5).astype(dtype) * 2
@@ -372,6 +390,24 @@ def test_a_max_norm_that_the_dtype_cannot_hold_is_refused_by_name(c, why, rng):
     model = MLP([4, 5, 3], backend="numpy", seed=0, dtype="float64", max_norm=c)  # float64 holds it
     model.fit(X, y, epochs=1, batch_size=5, lr=0.1)
     assert all(np.isfinite(W).all() and np.linalg.norm(W, axis=0).max() <= c * (1 + 1e-12) for W, _ in model.get_weights())
+
+
+@pytest.mark.parametrize("c,why", [(1e20, "its square overflows"), (1e-24, "its square is below the smallest normal")])
+def test_a_max_norm_whose_square_the_dtype_cannot_hold_is_refused_by_name(c, why, rng):
+    """The rescale sums a column's squares in the model's dtype: with float32 and c = 1e20, a column of norm 3e19 < c
+    (squares beyond float32's 3.4e38) came out zeroed; with c = 1e-24, one of norm 2e-23 > c (squares 1e-46, 0 in
+    float32) was left as it was. float64 holds both squares, and there the fit keeps the bound."""
+    with pytest.raises(ValueError, match=rf"^max_norm: {re.escape(repr(c))} {why} in the model's float32"):
+        MLP([4, 5, 3], backend="no-such-backend", seed=0, max_norm=c)  # checked before the backend
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    model = MLP([4, 5, 3], backend="numpy", seed=0, dtype="float64", max_norm=c)
+    (W, b), second = model.get_weights()
+    W[:, 0] = 3e19 / 2 if c > 1 else 1e-23  # column 0: norm 3e19 (below c = 1e20), or 2e-23 (above c = 1e-24)
+    model.set_weights([(W, b), second])
+    model.fit(X, y, epochs=1, batch_size=20, lr=1e-30)  # one update: a step too small to move these columns
+    got = np.linalg.norm(model.get_weights()[0][0], axis=0)
+    np.testing.assert_allclose(got[0], min(np.linalg.norm(W[:, 0]), c), rtol=1e-12)
+    assert np.all(got <= c * (1 + 1e-12))
 
 
 @pytest.mark.parametrize("kw", [dict(dropout=True), dict(dropout="0.5"), dict(dropout=[0.1, None, 0]),

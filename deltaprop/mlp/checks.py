@@ -17,7 +17,8 @@ import numpy as np
 from .activations import check_activation
 from .losses import check_loss
 
-__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_flag", "check_held", "check_int", "held_problem", "check_layer_sizes", "check_loss", "refuse_bool_weights",
+__all__ = ["DTYPES", "as_float", "as_scalar", "check_activation", "check_dtype", "check_flag", "check_held", "check_int", "check_norm_bound", "held_problem",
+           "check_layer_sizes", "check_loss", "refuse_bool_weights",
            "check_path", "check_real", "check_sample_weight", "parse_widths"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -74,6 +75,22 @@ def check_held(value: float, argument: str, dtype) -> float:
     if problem is not None:
         raise ValueError(f"{argument}: {value!r} {problem}")
     return value
+
+
+def check_norm_bound(c: float, dtype) -> float:
+    """max_norm's bound c > 0, refused by name unless the model's ``dtype`` holds c (``check_held``) and c²: every
+    backend sums a column's squares in the dtype and rescales by c / max(‖w‖, c), so with c² beyond its range a
+    column below c whose squares overflow would be zeroed (c/∞), and with c² below its smallest normal a column above
+    c whose squares are 0 there would be left as it is. float32 takes c in [1.1e-19, 1.8e19], float64 [1.5e-154, 1.3e154]."""
+    check_held(c, "max_norm", dtype)
+    info = np.finfo(dtype)
+    top, tiny = float(info.max), float(info.smallest_normal)  # compared as Python floats: c·c is inf past float64's range
+    where = f"in the model's {info.dtype.name} (each column's squares are summed there)"
+    if c * c > top:
+        raise ValueError(f"max_norm: {c!r}: its square overflows {where}; at most {math.sqrt(top):.3g}")
+    if c * c < tiny:
+        raise ValueError(f"max_norm: {c!r}: its square is below the smallest normal {where}; at least {math.sqrt(tiny):.3g}")
+    return c
 
 
 def check_layer_sizes(layer_sizes) -> tuple:

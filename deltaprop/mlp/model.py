@@ -28,7 +28,7 @@ from .activations import (
     layer_pieces,
 )
 from .arrays import NpzArrays, cast_finite, real_array
-from .checks import DTYPES, as_scalar, check_dtype, check_held
+from .checks import DTYPES, as_scalar, check_dtype, check_norm_bound
 from .checks import check_flag as _check_flag
 from .checks import check_int as _check_int
 from .checks import check_layer_sizes as _check_layer_sizes
@@ -119,8 +119,8 @@ class MLP:
         if out == "softmax" and sizes[-1] < 2:
             raise ValueError("layer_sizes: a softmax output needs at least 2 units")
         dtype = check_dtype(dtype)
-        if max_norm is not None:  # float32(c) = inf or 0 would make the rescale c / max(‖w‖, c) NaN
-            check_held(max_norm, "max_norm", dtype)
+        if max_norm is not None:  # float32(c) or c² out of range would make the rescale c / max(‖w‖, c) wrong
+            check_norm_bound(max_norm, dtype)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**63)
         elif isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < masks.SEEDS:
