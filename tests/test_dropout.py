@@ -397,7 +397,7 @@ def test_a_max_norm_whose_square_the_dtype_cannot_hold_is_refused_by_name(c, why
     """The rescale sums a column's squares in the model's dtype: with float32 and c = 1e20, a column of norm 3e19 < c
     (squares beyond float32's 3.4e38) came out zeroed; with c = 1e-24, one of norm 2e-23 > c (squares 1e-46, 0 in
     float32) was left as it was. float64 holds both squares, and there the fit keeps the bound."""
-    with pytest.raises(ValueError, match=rf"^max_norm: {re.escape(repr(c))} {why} in the model's float32"):
+    with pytest.raises(ValueError, match=rf"^max_norm: {re.escape(repr(c))}: {why} in the model's float32"):
         MLP([4, 5, 3], backend="no-such-backend", seed=0, max_norm=c)  # checked before the backend
     X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
     model = MLP([4, 5, 3], backend="numpy", seed=0, dtype="float64", max_norm=c)
