@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import sparse
 import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
 from sklearn.base import clone
@@ -188,6 +189,33 @@ def test_predict_proba_columns_follow_classes_(rng):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[clf.predict_proba(X).argmax(axis=1)])
     np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)))
+
+
+def test_object_dtype_labels_give_scikit_learns_classes_dtype(rng):
+    """Strings in an object array (a pandas column's dtype) become classes_ of scikit-learn's dtype (<U), for fit and
+    for partial_fit's classes=, and predict returns that dtype."""
+    X = rng.normal(size=(33, 4))
+    y = np.array(["b", "a", "c"], dtype=object)[rng.integers(0, 3, 33)]
+    ours = MLPClassifier((7,), max_iter=2).fit(X, y)
+    theirs = skl.MLPClassifier((7,), max_iter=2).fit(X, y)
+    assert ours.classes_.dtype == theirs.classes_.dtype and list(ours.classes_) == ["a", "b", "c"]
+    assert ours.predict(X).dtype == theirs.predict(X).dtype
+    ours = MLPClassifier((7,)).partial_fit(X, y, classes=np.array(["c", "a", "b", "d"], dtype=object))
+    theirs = skl.MLPClassifier((7,)).partial_fit(X, y, classes=np.array(["c", "a", "b", "d"], dtype=object))
+    assert ours.classes_.dtype == theirs.classes_.dtype and list(ours.classes_) == ["a", "b", "c", "d"]
+
+
+def test_a_sparse_multilabel_y_is_refused_by_name(rng):
+    X = rng.normal(size=(33, 4))
+    Y = (rng.random((33, 3)) < 0.5).astype(int)
+    clf = MLPClassifier((7,), max_iter=2).fit(X, Y)
+    with pytest.raises(ValueError, match=r"y: a sparse .*y\.toarray\(\)"):
+        clf.fit(X, sparse.csr_matrix(Y))
+    with pytest.raises(ValueError, match=r"y: a sparse"):
+        MLPClassifier((7,)).partial_fit(X, sparse.csr_matrix(Y))
+    with pytest.raises(ValueError, match=r"y: a sparse"):
+        MLPRegressor(hidden_layer_sizes=(7,), max_iter=2).fit(X, sparse.csr_matrix(Y.astype(float)))
+    assert clf.n_outputs_ == 3 and clf.predict(X).shape == (33, 3)  # the refused fit changed nothing
 
 
 def test_fitted_attributes(iris, regression):
