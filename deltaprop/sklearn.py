@@ -324,6 +324,8 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
         if self._classifier:
             classes_, kind, Y = self._encode_labels(y, classes, reuse, incremental)
+        elif y.dtype.kind not in "biuf":  # y_numeric converts an object y only; strings would reach float64 here
+            raise ValueError(f"y: a regressor's targets must be numbers, got an array of dtype {y.dtype}")
         else:
             classes_, kind, Y = None, "regression", np.asarray(y, np.float64)
         n_out = Y.shape[1] if Y.ndim == 2 else (1 if kind in ("binary", "regression") else len(classes_))
