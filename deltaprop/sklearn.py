@@ -60,7 +60,8 @@ What differs from ``sklearn.neural_network``:
   reset, as by ``set_weights``). A scikit-learn estimator that is to train on them needs writeable copies.
 - With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
   resets the optimizer's state (scikit-learn keeps its optimizer's, which only a later ``partial_fit``
-  would continue).
+  would continue). A warm-started fit that does not beat the best score ends on the best weights (scikit-learn's
+  on its last: after its first restore its _best_coefs are its live coefs_, which the next fit trains).
 - lbfgs, multi-output regression: scikit-learn hands scipy the squared error averaged over the outputs
   with the gradient of their sum; deltaprop hands it the sum with that gradient (a consistent pair, the
   same gradient), and reports ``loss_`` averaged as scikit-learn does. With one output they are the same.

@@ -242,6 +242,21 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
         np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
 
 
+def test_a_warm_started_early_stopping_fit_that_does_not_beat_the_best_ends_on_the_best_weights(rng):
+    """scikit-learn's ends on its last weights there (its restored best weights are its live arrays); the best
+    validation score's weights are what early stopping promises. Separable classes: the first fit's best score is
+    1.0, which the second fit (on another split, as in scikit-learn) cannot beat."""
+    y = rng.integers(0, 3, 65)
+    X = np.eye(3)[y] * 10 + rng.normal(0, 0.5, (65, 3))
+    clf = MLPClassifier((5,), learning_rate_init=0.05, early_stopping=True, n_iter_no_change=2, random_state=0).fit(X, y)
+    best, epochs = clf.coefs_, clf.n_iter_
+    assert clf.best_validation_score_ == 1.0
+    clf.set_params(warm_start=True).fit(X, y)  # one epoch: the patience was spent
+    assert clf.n_iter_ == 1 and clf.best_validation_score_ == 1.0 and len(clf.validation_scores_) == epochs + 1
+    for W, W0 in zip(clf.coefs_, best):
+        np.testing.assert_array_equal(W, W0)
+
+
 @pytest.mark.parametrize("classes, stratified", [(2, True), (3, False), (7, False)])
 def test_the_early_stopping_split_is_stratified_for_a_binary_y_only_as_in_scikit_learn(classes, stratified, monkeypatch):
     """scikit-learn stratifies its early-stopping split when the network has one output (a binary y), not for a
