@@ -60,7 +60,8 @@ What differs from ``sklearn.neural_network``:
   reset, as by ``set_weights``). A scikit-learn estimator that is to train on them needs writeable copies.
 - With ``early_stopping=True`` the best epoch's weights are restored through ``set_weights``, which
   resets the optimizer's state (scikit-learn keeps its optimizer's, which only a later ``partial_fit``
-  would continue).
+  would continue). A warm-started fit that does not beat the best score ends on the best weights (scikit-learn's
+  on its last: after its first restore its _best_coefs are its live coefs_, which the next fit trains).
 - lbfgs, multi-output regression: scikit-learn hands scipy the squared error averaged over the outputs
   with the gradient of their sum; deltaprop hands it the sum with that gradient (a consistent pair, the
   same gradient), and reports ``loss_`` averaged as scikit-learn does. With one output they are the same.
@@ -74,6 +75,7 @@ What differs from ``sklearn.neural_network``:
   carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
   NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
   its first class); the classifier's ``predict`` refuses them.
+- A sparse y is refused by name (scikit-learn's classifier takes a sparse multilabel y and predicts sparse).
 - Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
   blocks of rows for prediction.
 - ``predict_proba`` and regression predictions are computed in ``dtype`` and returned as float64.
@@ -101,7 +103,7 @@ try:
     from sklearn.utils import check_random_state, column_or_1d
     from sklearn.utils._param_validation import Interval, Options, StrOptions
     from sklearn.utils.metaestimators import available_if
-    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as exc:  # validate_data is new in scikit-learn 1.6
     raise ImportError(
@@ -305,6 +307,9 @@ class _BaseMLP(BaseEstimator):
         self._validate_params()  # scikit-learn's checks and messages, by _parameter_constraints
         params = self._checked_params(incremental)
         reuse = hasattr(self, "model_") and (incremental or self.warm_start)
+        if sparse.issparse(y):  # scikit-learn's classifier takes a sparse multilabel y (and then predicts sparse)
+            raise ValueError(f"y: a sparse {type(y).__name__} of shape {y.shape}; deltaprop takes dense targets: "
+                             "pass y.toarray()")
         # validate_data records n_features_in_ / feature_names_in_ when reset: on a clone, copied on success.
         holder = self if reuse else clone(self)
         X, y = validate_data(
@@ -321,6 +326,8 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
         if self._classifier:
             classes_, kind, Y = self._encode_labels(y, classes, reuse, incremental)
+        elif y.dtype.kind not in "biuf":  # y_numeric converts an object y only; strings would reach float64 here
+            raise ValueError(f"y: a regressor's targets must be numbers, got an array of dtype {y.dtype}")
         else:
             classes_, kind, Y = None, "regression", np.asarray(y, np.float64)
         n_out = Y.shape[1] if Y.ndim == 2 else (1 if kind in ("binary", "regression") else len(classes_))
@@ -909,7 +916,8 @@ class MLPClassifier(_WeightedScore, ClassifierMixin, _BaseMLP):
         elif incremental and classes is None:
             raise ValueError("classes: partial_fit needs, on its first call, every label there will be")
         else:
-            known = np.unique(y if classes is None else classes)
+            # scikit-learn's unique_labels: sorted, and strings of an object array (a pandas column) as a <U array
+            known = unique_labels(y if classes is None else classes)
         unseen = ~np.isin(y, known)
         if unseen.any():
             raise ValueError(f"y: label {y[unseen][0].tolist()!r} is not among the classes {known.tolist()}")

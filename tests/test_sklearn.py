@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import sparse
 import sklearn.neural_network as skl
 from sklearn.datasets import load_iris, make_regression
 from sklearn.base import clone
@@ -191,6 +192,33 @@ def test_predict_proba_columns_follow_classes_(rng):
     np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)))
 
 
+def test_object_dtype_labels_give_scikit_learns_classes_dtype(rng):
+    """Strings in an object array (a pandas column's dtype) become classes_ of scikit-learn's dtype (<U), for fit and
+    for partial_fit's classes=, and predict returns that dtype."""
+    X = rng.normal(size=(33, 4))
+    y = np.array(["b", "a", "c"], dtype=object)[rng.integers(0, 3, 33)]
+    ours = MLPClassifier((7,), max_iter=2).fit(X, y)
+    theirs = skl.MLPClassifier((7,), max_iter=2).fit(X, y)
+    assert ours.classes_.dtype == theirs.classes_.dtype and list(ours.classes_) == ["a", "b", "c"]
+    assert ours.predict(X).dtype == theirs.predict(X).dtype
+    ours = MLPClassifier((7,)).partial_fit(X, y, classes=np.array(["c", "a", "b", "d"], dtype=object))
+    theirs = skl.MLPClassifier((7,)).partial_fit(X, y, classes=np.array(["c", "a", "b", "d"], dtype=object))
+    assert ours.classes_.dtype == theirs.classes_.dtype and list(ours.classes_) == ["a", "b", "c", "d"]
+
+
+def test_a_sparse_multilabel_y_is_refused_by_name(rng):
+    X = rng.normal(size=(33, 4))
+    Y = (rng.random((33, 3)) < 0.5).astype(int)
+    clf = MLPClassifier((7,), max_iter=2).fit(X, Y)
+    with pytest.raises(ValueError, match=r"y: a sparse .*y\.toarray\(\)"):
+        clf.fit(X, sparse.csr_matrix(Y))
+    with pytest.raises(ValueError, match=r"y: a sparse"):
+        MLPClassifier((7,)).partial_fit(X, sparse.csr_matrix(Y))
+    with pytest.raises(ValueError, match=r"y: a sparse"):
+        MLPRegressor(hidden_layer_sizes=(7,), max_iter=2).fit(X, sparse.csr_matrix(Y.astype(float)))
+    assert clf.n_outputs_ == 3 and clf.predict(X).shape == (33, 3)  # the refused fit changed nothing
+
+
 def test_fitted_attributes(iris, regression):
     X, y = iris
     clf = MLPClassifier((8,), max_iter=15, n_iter_no_change=100, random_state=0).fit(X, y)
@@ -213,6 +241,21 @@ def test_early_stopping_records_the_validation_score_and_stops(cls, iris, regres
     assert 0.5 < max(est.validation_scores_) <= 1.0
     if cls is MLPClassifier:
         np.testing.assert_allclose(np.array(est.validation_scores_) * 15, np.round(np.array(est.validation_scores_) * 15))  # 15 held out
+
+
+def test_a_warm_started_early_stopping_fit_that_does_not_beat_the_best_ends_on_the_best_weights(rng):
+    """scikit-learn's ends on its last weights there (its restored best weights are its live arrays); the best
+    validation score's weights are what early stopping promises. Separable classes: the first fit's best score is
+    1.0, which the second fit (on another split, as in scikit-learn) cannot beat."""
+    y = rng.integers(0, 3, 65)
+    X = np.eye(3)[y] * 10 + rng.normal(0, 0.5, (65, 3))
+    clf = MLPClassifier((5,), learning_rate_init=0.05, early_stopping=True, n_iter_no_change=2, random_state=0).fit(X, y)
+    best, epochs = clf.coefs_, clf.n_iter_
+    assert clf.best_validation_score_ == 1.0
+    clf.set_params(warm_start=True).fit(X, y)  # one epoch: the patience was spent
+    assert clf.n_iter_ == 1 and clf.best_validation_score_ == 1.0 and len(clf.validation_scores_) == epochs + 1
+    for W, W0 in zip(clf.coefs_, best):
+        np.testing.assert_array_equal(W, W0)
 
 
 @pytest.mark.parametrize("classes, stratified", [(2, True), (3, False), (7, False)])
@@ -535,6 +578,19 @@ def test_bad_targets_name_the_problem(iris):
         MLPClassifier().fit(X, X[:, 0])
     with pytest.raises(ValueError, match="validation_fraction: .* leaves 1 for validation"):
         MLPRegressor(early_stopping=True).fit(X[:10], y[:10].astype(float))
+
+
+def test_a_regressor_refuses_string_targets_by_name(rng):
+    """validate_data(y_numeric=True) converts an object y only: a <U y reached np.asarray(y, float64), whose error named
+    no argument ("a") or which took "1" for 1.0 (scikit-learn's regressor fails on both)."""
+    X = rng.normal(size=(33, 4))
+    reg = MLPRegressor(hidden_layer_sizes=(7,), max_iter=2).fit(X, rng.normal(size=33))
+    for y in (np.array(["a", "b", "c"])[rng.integers(0, 3, 33)], rng.integers(0, 3, 33).astype(str)):
+        with pytest.raises(ValueError, match=r"y: .*numbers.*<U"):
+            reg.fit(X[:, :3], y)
+    assert reg.n_features_in_ == 4  # the refused fits changed nothing
+    np.testing.assert_array_equal(MLPRegressor(hidden_layer_sizes=(7,), max_iter=2, random_state=0).fit(X, np.arange(33) % 2 == 0).predict(X),
+                                  MLPRegressor(hidden_layer_sizes=(7,), max_iter=2, random_state=0).fit(X, (np.arange(33) % 2 == 0) * 1.0).predict(X))
 
 
 def test_a_pickled_estimator_predicts_the_same(iris):

@@ -194,6 +194,42 @@ def test_grid_search_with_threads_matches_the_sequential_search(backend, rng, es
         np.testing.assert_array_equal(threaded[key], sequential[key], err_msg=key)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimators_of_every_solver_in_threads_match_them_alone(backend, rng):
+    """The estimators' own per-fit state (the epoch callback's progress, sgd's invscaling and adaptive rates read by
+    the schedule, the early-stopping split and best weights, partial_fit's carried optimizer state): fits, warm
+    starts and partial_fit calls with dropout, max-norm and sample weights, at once in threads as alone."""
+    n = 24 if simulated(backend) else 65
+    X, y, w = rng.normal(size=(n, 5)), rng.integers(0, 3, n), rng.uniform(0.5, 2, n)
+    Y = np.c_[X[:, 0], X[:, 1] - X[:, 2]]
+    common = {"hidden_layer_sizes": (6,), "batch_size": 7, "max_iter": 2 if simulated(backend) else 6, "random_state": 0,
+              "backend": backend.name}
+    specs = [  # (estimator, its parameters, y, sample weights, how: fit, warm (fit twice) or partial (three calls))
+        (MLPClassifier, {"solver": "sgd", "learning_rate": "invscaling", "momentum": 0.5}, y, None, "partial"),
+        (MLPClassifier, {"solver": "sgd", "learning_rate": "adaptive", "n_iter_no_change": 1, "tol": 10.0}, y, w, "warm"),
+        (MLPClassifier, {"early_stopping": True, "validation_fraction": 0.3, "dropout": 0.2, "dtype": "float32"}, y, w, "fit"),
+        (MLPRegressor, {"solver": "sgd", "nesterovs_momentum": False, "dropout": [0.1, 0.3], "max_norm": 1.0}, Y, w, "partial"),
+        (MLPRegressor, {"solver": "lbfgs", "max_iter": 8, "alpha": 0.1}, Y, w, "warm"),
+        (MLPClassifier, {"activation": "tanh", "alpha": 0.1}, y == 1, None, "fit"),
+    ]
+
+    def job(cls, params, target, weights, how):
+        est = cls(**{**common, **params, "warm_start": how == "warm"})
+        for _ in range({"fit": 1, "warm": 2, "partial": 3}[how]):
+            if how == "partial":
+                est.partial_fit(X, target, sample_weight=weights, **({"classes": [0, 1, 2]} if cls is MLPClassifier else {}))
+            else:
+                est.fit(X, target, sample_weight=weights)
+        out = est.predict_proba(X) if cls is MLPClassifier else est.predict(X)
+        return out, getattr(est, "loss_curve_", None), getattr(est, "validation_scores_", None), est.n_iter_, est.t_
+
+    calls = [lambda spec=spec: job(*spec) for spec in specs]
+    alone = [call() for call in calls]
+    for _ in range(1 if simulated(backend) else 3):
+        for got, expected in zip(run_in_threads(calls), alone):
+            np.testing.assert_equal(got, expected)
+
+
 @pytest.mark.parametrize("cls", [NumbaCudaBackend, CupyBackend, CupyTF32Backend])
 def test_every_method_of_a_gpu_backend_holds_the_device_lock(cls):
     """What serialises the GPU backends' threads, checked on the classes (no GPU needed)."""
