@@ -2,9 +2,13 @@
 test that has it: replays give the same weights and metrics as the contract's Python loop, bit for bit.
 
 On a GPU the real capture runs. Under numba's CUDA simulator, which has no graphs, a stand-in
-"capture" keeps the step's Python callable and a "replay" calls it again: the recording's buffers,
-the device step counter and the window kernels then run as they do in a graph, which is what a
-replay can get wrong (a graph replays its kernels with the arguments they were captured with)."""
+"capture" records the kernel launches of the step's enqueue, each with its grid, block and arguments, and launches
+none; a "replay" launches them again: the recording's buffers, the device step counter and the window kernels then
+run as they do in a graph, which is what a replay can get wrong (a graph replays its kernels with the arguments
+they were captured with: a rate, a step count or a buffer passed anew to a later step is not seen). A copy
+between host and device during a capture, which a stream capture cannot record, is refused."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -19,11 +23,53 @@ def graph_backend(backend, monkeypatch):
     if not isinstance(backend, GraphSteps):
         pytest.skip(f"{backend.name} replays no graphs")
     monkeypatch.setattr(backend, "graphs", True)  # the tests switch it; teardown puts back the shared instance's
-    if simulated(backend):  # a replay re-runs the captured callable, with the arguments of its capture
-        monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
-        monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
+    if simulated(backend):  # a replay launches the captured kernels, with the arguments of their capture
+        record_launches(backend, monkeypatch)
     monkeypatch.setattr(backend, "capture_error", None, raising=False)
     return backend
+
+
+def record_launches(backend, monkeypatch):
+    """The simulator's stand-in for the driver's stream capture (the module's docstring) on ``backend``."""
+    launch, capturing = backend._launch, threading.local()  # capturing.graph: the launches of this thread's capture
+
+    def launch_or_record(kernel, grid, block, *args, shared=0):
+        graph = getattr(capturing, "graph", None)
+        if graph is None:
+            return launch(kernel, grid, block, *args, shared=shared)
+        graph.append((kernel, grid, block, args, shared))
+        backend.launches += 1  # as a captured launch counts
+
+    def capture(enqueue):
+        capturing.graph = graph = []
+        try:
+            enqueue()
+        finally:
+            capturing.graph = None
+        return graph
+
+    def replay(graph):
+        launches = backend.launches  # a replay is one driver call, no launch
+        for kernel, grid, block, args, shared in graph:
+            launch(kernel, grid, block, *args, shared=shared)
+        backend.launches = launches
+        backend.replays += 1
+
+    def host(name):
+        real = getattr(backend, name)
+
+        def refused(*args, **kwargs):
+            if getattr(capturing, "graph", None) is not None:
+                raise AssertionError(f"{name} during a capture: a stream capture records no host copy")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, refused)
+
+    for name in ("copy_", "asarray", "to_numpy"):
+        host(name)
+    monkeypatch.setattr(backend, "_launch", launch_or_record)
+    monkeypatch.setattr(backend, "_capture", capture, raising=False)
+    monkeypatch.setattr(backend, "_replay", replay, raising=False)
 
 
 def fit_twice(backend, rng, **kw):
