@@ -240,3 +240,31 @@ def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(
     monkeypatch.setattr(graph_backend, "_rate", rate)
     X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)
     MLP([4, 5, 2], backend=graph_backend.name, seed=3).fit(X, y, epochs=3, batch_size=8, lr=0.1, callback=flood)
+
+
+@pytest.mark.parametrize("between", ["set_weights", "load", "optimizer"])
+def test_a_second_fit_records_on_the_arrays_it_trains(graph_backend, rng, between):
+    """A fit after set_weights, after MLP.from_bytes (new arrays of the same shapes) or with another optimizer
+    (new state arrays) must not replay the first fit's recording, which would train the old arrays: both fits,
+    with dropout and max-norm, equal the Python loop's bit for bit."""
+    X, y = rng.normal(size=(23, 5)), rng.integers(0, 3, 23)  # steps of 7 and a tail of 2
+    kw = dict(epochs=2, batch_size=7)
+
+    def fits(graphs):
+        graph_backend.graphs = graphs
+        model = MLP([5, 6, 3], activation="tanh", backend=graph_backend.name, seed=4, dropout=[0.2, 0.5], max_norm=1.0)
+        model.fit(X, y, optimizer="adam", **kw)
+        second = "adam"
+        if between == "set_weights":
+            model.set_weights([(W * 0.5, b + 1) for W, b in model.get_weights()])
+        elif between == "load":
+            model = MLP.from_bytes(model.to_bytes(), backend=graph_backend.name)
+        else:
+            second = optim.SGD(0.1, momentum=0.9)
+        model.fit(X, y, optimizer=second, **kw)
+        return [x for pair in model.get_weights() for x in pair]
+
+    graphed = fits(True)
+    assert graph_backend.capture_error is None
+    for a, b in zip(graphed, fits(False)):
+        np.testing.assert_array_equal(a, b)
