@@ -213,10 +213,13 @@ def test_two_models_each_keep_their_own_recording(graph_backend, rng):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(graph_backend, rng, monkeypatch):
+@pytest.mark.parametrize("full", [False, True], ids=["cache", "full-cache"])
+def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(graph_backend, rng, monkeypatch, full):
     """A graph holds its rate array's address, not the array: after 65 other rates in this thread (here a callback's;
     a search's fused fits would do it) the cache starts afresh, and the recording must keep the array alive, or its
-    next replay reads freed memory. Every array _rate handed out before the flood is still alive after it."""
+    next replay reads freed memory. Every array _rate handed out before the flood is still alive after it. With
+    ``full``, the cache is full as the fit starts (the 66th rate of a search in this thread): the fit's own rate then
+    starts a new cache, in its first step, after the recording took the old one."""
     import gc
     import weakref
 
@@ -238,7 +241,16 @@ def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(
         assert handed_out and all(ref() is not None for ref in handed_out), f"epoch {epoch}: a captured rate was freed"
 
     monkeypatch.setattr(graph_backend, "_rate", rate)
-    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)
+    if simulated(graph_backend):  # the launch-recording stand-in holds its arguments, a graph only their addresses:
+        monkeypatch.setattr(graph_backend, "_capture", lambda enqueue: enqueue)  # a stand-in that holds none
+        monkeypatch.setattr(graph_backend, "_replay", lambda graph: graph())  # (a replay re-runs the step)
+    graph_backend._local.__dict__.setdefault("rates", {})
+    for i in range(65 if full else 0):
+        if len(graph_backend._local.rates) > 64:  # the next new rate starts afresh
+            break
+        real_rate(1000.0 + i, np.float32)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)  # epoch 0 records the step of 8 (its graph is replayed
+    # later where the run's graph cannot be recorded, and by a divergence's replay of a single step)
     MLP([4, 5, 2], backend=graph_backend.name, seed=3).fit(X, y, epochs=3, batch_size=8, lr=0.1, callback=flood)
 
 
