@@ -2,9 +2,13 @@
 test that has it: replays give the same weights and metrics as the contract's Python loop, bit for bit.
 
 On a GPU the real capture runs. Under numba's CUDA simulator, which has no graphs, a stand-in
-"capture" keeps the step's Python callable and a "replay" calls it again: the recording's buffers,
-the device step counter and the window kernels then run as they do in a graph, which is what a
-replay can get wrong (a graph replays its kernels with the arguments they were captured with)."""
+"capture" records the kernel launches of the step's enqueue, each with its grid, block and arguments, and launches
+none; a "replay" launches them again: the recording's buffers, the device step counter and the window kernels then
+run as they do in a graph, which is what a replay can get wrong (a graph replays its kernels with the arguments
+they were captured with: a rate, a step count or a buffer passed anew to a later step is not seen). A copy
+between host and device during a capture, which a stream capture cannot record, is refused."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -19,11 +23,53 @@ def graph_backend(backend, monkeypatch):
     if not isinstance(backend, GraphSteps):
         pytest.skip(f"{backend.name} replays no graphs")
     monkeypatch.setattr(backend, "graphs", True)  # the tests switch it; teardown puts back the shared instance's
-    if simulated(backend):  # a replay re-runs the captured callable, with the arguments of its capture
-        monkeypatch.setattr(backend, "_capture", lambda enqueue: enqueue, raising=False)
-        monkeypatch.setattr(backend, "_replay", lambda graph: graph(), raising=False)
+    if simulated(backend):  # a replay launches the captured kernels, with the arguments of their capture
+        record_launches(backend, monkeypatch)
     monkeypatch.setattr(backend, "capture_error", None, raising=False)
     return backend
+
+
+def record_launches(backend, monkeypatch):
+    """The simulator's stand-in for the driver's stream capture (the module's docstring) on ``backend``."""
+    launch, capturing = backend._launch, threading.local()  # capturing.graph: the launches of this thread's capture
+
+    def launch_or_record(kernel, grid, block, *args, shared=0):
+        graph = getattr(capturing, "graph", None)
+        if graph is None:
+            return launch(kernel, grid, block, *args, shared=shared)
+        graph.append((kernel, grid, block, args, shared))
+        backend.launches += 1  # as a captured launch counts
+
+    def capture(enqueue):
+        capturing.graph = graph = []
+        try:
+            enqueue()
+        finally:
+            capturing.graph = None
+        return graph
+
+    def replay(graph):
+        launches = backend.launches  # a replay is one driver call, no launch
+        for kernel, grid, block, args, shared in graph:
+            launch(kernel, grid, block, *args, shared=shared)
+        backend.launches = launches
+        backend.replays += 1
+
+    def host(name):
+        real = getattr(backend, name)
+
+        def refused(*args, **kwargs):
+            if getattr(capturing, "graph", None) is not None:
+                raise AssertionError(f"{name} during a capture: a stream capture records no host copy")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, refused)
+
+    for name in ("copy_", "asarray", "to_numpy"):
+        host(name)
+    monkeypatch.setattr(backend, "_launch", launch_or_record)
+    monkeypatch.setattr(backend, "_capture", capture, raising=False)
+    monkeypatch.setattr(backend, "_replay", replay, raising=False)
 
 
 def fit_twice(backend, rng, **kw):
@@ -167,10 +213,13 @@ def test_two_models_each_keep_their_own_recording(graph_backend, rng):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(graph_backend, rng, monkeypatch):
+@pytest.mark.parametrize("full", [False, True], ids=["cache", "full-cache"])
+def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(graph_backend, rng, monkeypatch, full):
     """A graph holds its rate array's address, not the array: after 65 other rates in this thread (here a callback's;
     a search's fused fits would do it) the cache starts afresh, and the recording must keep the array alive, or its
-    next replay reads freed memory. Every array _rate handed out before the flood is still alive after it."""
+    next replay reads freed memory. Every array _rate handed out before the flood is still alive after it. With
+    ``full``, the cache is full as the fit starts (the 66th rate of a search in this thread): the fit's own rate then
+    starts a new cache, in its first step, after the recording took the old one."""
     import gc
     import weakref
 
@@ -192,5 +241,42 @@ def test_the_rate_a_recording_was_captured_with_outlives_the_threads_rate_cache(
         assert handed_out and all(ref() is not None for ref in handed_out), f"epoch {epoch}: a captured rate was freed"
 
     monkeypatch.setattr(graph_backend, "_rate", rate)
-    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)
+    if simulated(graph_backend):  # the launch-recording stand-in holds its arguments, a graph only their addresses:
+        monkeypatch.setattr(graph_backend, "_capture", lambda enqueue: enqueue)  # a stand-in that holds none
+        monkeypatch.setattr(graph_backend, "_replay", lambda graph: graph())  # (a replay re-runs the step)
+    graph_backend._local.__dict__.setdefault("rates", {})
+    for i in range(65 if full else 0):
+        if len(graph_backend._local.rates) > 64:  # the next new rate starts afresh
+            break
+        real_rate(1000.0 + i, np.float32)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, 30)  # epoch 0 records the step of 8 (its graph is replayed
+    # later where the run's graph cannot be recorded, and by a divergence's replay of a single step)
     MLP([4, 5, 2], backend=graph_backend.name, seed=3).fit(X, y, epochs=3, batch_size=8, lr=0.1, callback=flood)
+
+
+@pytest.mark.parametrize("between", ["set_weights", "load", "optimizer"])
+def test_a_second_fit_records_on_the_arrays_it_trains(graph_backend, rng, between):
+    """A fit after set_weights, after MLP.from_bytes (new arrays of the same shapes) or with another optimizer
+    (new state arrays) must not replay the first fit's recording, which would train the old arrays: both fits,
+    with dropout and max-norm, equal the Python loop's bit for bit."""
+    X, y = rng.normal(size=(23, 5)), rng.integers(0, 3, 23)  # steps of 7 and a tail of 2
+    kw = dict(epochs=2, batch_size=7)
+
+    def fits(graphs):
+        graph_backend.graphs = graphs
+        model = MLP([5, 6, 3], activation="tanh", backend=graph_backend.name, seed=4, dropout=[0.2, 0.5], max_norm=1.0)
+        model.fit(X, y, optimizer="adam", **kw)
+        second = "adam"
+        if between == "set_weights":
+            model.set_weights([(W * 0.5, b + 1) for W, b in model.get_weights()])
+        elif between == "load":
+            model = MLP.from_bytes(model.to_bytes(), backend=graph_backend.name)
+        else:
+            second = optim.SGD(0.1, momentum=0.9)
+        model.fit(X, y, optimizer=second, **kw)
+        return [x for pair in model.get_weights() for x in pair]
+
+    graphed = fits(True)
+    assert graph_backend.capture_error is None
+    for a, b in zip(graphed, fits(False)):
+        np.testing.assert_array_equal(a, b)

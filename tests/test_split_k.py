@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import reference as ref
 from helpers import ELEMENTWISE, HIDDEN, SHAPES, assert_close, off_the_step, simulated
+from test_graphs import record_launches
 
 from deltaprop import MLP, backends
 
@@ -189,18 +190,14 @@ def test_a_split_fit_equals_the_unsplit_fit_within_rounding(nb, rng, dtype):
 
 
 def test_a_replayed_split_step_equals_the_eager_one_and_allocates_nothing(nb, rng, monkeypatch):
-    """As tests/test_graphs.py on the simulator: a stand-in capture keeps the step, a replay runs it again, with
-    the device allocator refused (a graph replays the buffers of its capture: the workspace was grown before)."""
+    """With tests/test_graphs.py's stand-in capture on the simulator (the kernel launches recorded, a replay
+    launches them again), the device allocator refused while capturing (a graph replays the buffers of its
+    capture: the workspace was grown by the eager step before)."""
     monkeypatch.setattr(nb, "capture_error", None, raising=False)
     X, y = rng.normal(size=(40, 21)), rng.integers(0, 3, 40)
 
     def refuse(*args):
-        raise AssertionError("a replayed step allocated")
-
-    def replay(graph):
-        with monkeypatch.context() as m:
-            m.setattr(nb, "empty", refuse)
-            graph()
+        raise AssertionError("a captured step allocated")
 
     results = []
     nb.split_k = 3
@@ -208,8 +205,15 @@ def test_a_replayed_split_step_equals_the_eager_one_and_allocates_nothing(nb, rn
         with monkeypatch.context() as m:
             m.setattr(nb, "graphs", graphs)
             if simulated(nb):
-                m.setattr(nb, "_capture", lambda enqueue: enqueue, raising=False)
-                m.setattr(nb, "_replay", replay, raising=False)
+                record_launches(nb, m)
+                capture = nb._capture
+
+                def allocating_nothing(enqueue, capture=capture):
+                    with monkeypatch.context() as during:
+                        during.setattr(nb, "empty", refuse)
+                        return capture(enqueue)
+
+                m.setattr(nb, "_capture", allocating_nothing, raising=False)
             model = MLP([21, 13, 3], activation="relu", backend="numba-cuda", dtype="float32", seed=4)
             results.append((model.fit(X, y, epochs=2, batch_size=16, lr=0.1), model))
     (h1, graphed), (h2, eager) = results

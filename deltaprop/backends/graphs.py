@@ -63,9 +63,7 @@ class GraphSteps:
         rec = self._recording_for(step, idx, metrics, batch_size) if self.graphs else None
         if rec is None:
             return super().run_steps(step, idx, metrics, batch_size, first, stop)
-        rates = self._local.__dict__.setdefault("rates", {})  # the dict that Backend._rate fills in this thread
-        if all(held is not rates for held in rec.rates):  # a new one only after 65 rates: a few per recording
-            rec.rates.append(rates)
+        self._hold_rates(rec)
         self.copy_(rec.order, idx)
         self.copy_(rec.step_no, self.asarray(np.array([first], np.int64)))  # once per epoch
         n = idx.shape[0]
@@ -75,6 +73,7 @@ class GraphSteps:
             graph = rec.graphs.get(("run", run))
             if ("run", run) not in rec.graphs:
                 graph = rec.graphs[("run", run)] = self._capture_run(rec, step, batch_size, run)
+                self._hold_rates(rec)
             if graph is not None:
                 self._replay(graph)
                 s += run
@@ -83,11 +82,20 @@ class GraphSteps:
             graph = rec.graphs.get(rows)
             if graph is None and rows in rec.seen and self.capture_error is None:
                 graph = rec.graphs[rows] = self._capture(functools.partial(self._window_step, rec, step, rows))
+                self._hold_rates(rec)
             if graph is not None:
                 self._replay(graph)
             else:
                 self._window_step(rec, step, rows)
                 rec.seen.add(rows)
+
+    def _hold_rates(self, rec: Recording) -> None:
+        """Keep this thread's rate cache (the dict that Backend._rate fills) alive with ``rec``: at the start of a
+        call, and after each capture, since a step's first new rate may start a new cache (after 65 rates: a few
+        per recording), whose arrays a graph captured then holds by address only."""
+        rates = self._local.__dict__.setdefault("rates", {})
+        if all(held is not rates for held in rec.rates):
+            rec.rates.append(rates)
 
     def _capture_run(self, rec: Recording, step, batch_size: int, run: int):
         """One graph of ``run`` window steps of ``batch_size`` rows (the step counter on the device moves the
