@@ -335,6 +335,28 @@ def test_the_argmax_rule_is_numpys_with_nans_infinities_ties_and_signed_zeros(ba
     check_the_argmax_rule(backend, dtype, rng, n, weighted)
 
 
+def check_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted):
+    """One NaN output pre-activation (an overflowed net) makes the batch's loss NaN, for every loss: that is what stops
+    a diverged fit (TrainingDiverged); a max(0, ·) that dropped the NaN (the perceptron's) trained on unseen."""
+    B, n = 7, 33
+    a = rng.normal(size=(B, n))
+    a[3, 5] = np.nan
+    with np.errstate(invalid="ignore"):
+        z = ref.phi(out_act, a).astype(dtype)
+    Y = targets(rng, loss, B, n).astype(dtype)
+    out = backend.asarray(np.zeros(2), np.float64)
+    extra = (dev(backend, rng.uniform(0.5, 3.0, size=(B, 1)), dtype),) if weighted else ()
+    with np.errstate(invalid="ignore"):
+        backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, None, out, *extra)
+    assert np.isnan(backend.to_numpy(out)[0]), (out_act, loss)
+
+
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted):
+    check_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (65, 5)], ids=str)
 @pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
 def test_batch_metrics_keep_the_digits_of_a_confident_bce_loss(backend, dtype, rng, shape, weighted):
