@@ -20,8 +20,8 @@ def phi(name, a):
         return (np.exp(np.minimum(wide, 0)) / (1 + np.exp(-np.abs(wide)))).astype(np.float64)
     if name == "tanh":
         return np.tanh(a)
-    if name == "relu":
-        return np.where(a > 0, a, 0.0)
+    if name == "relu":  # max(a, 0): NaN where a is NaN
+        return np.maximum(a, 0.0)
     if name == "leaky_relu":
         return np.where(a > 0, a, SLOPE * a)
     if name == "softmax":

@@ -19,10 +19,12 @@ from deltaprop import MLP, optim
 from deltaprop.backends import get
 from deltaprop.backends.base import WRITES, Backend
 from deltaprop.kernels import bf16, cuda_source
+from deltaprop.mlp.activations import ELEMENTWISE
 
+from helpers import PAIRS
 from test_cupy_launches import CASES, fit_on
 from test_kernels import (ARGMAX_WIDTHS, BAD_GATHERS, OUT_OF_RANGE, check_a_bad_gather, check_a_gather_out_of_range,
-                          check_the_argmax_rule)
+                          check_a_nan_output_makes_the_loss_nan, check_specials, check_the_argmax_rule)
 from test_rounding import contract_calls
 
 TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
@@ -155,6 +157,19 @@ def test_the_cuda_c_gather_of_a_row_that_src_lacks_is_nan(rng, emulated, dtype, 
 def test_the_cuda_c_argmax_rule_is_numpys_with_nans_infinities_ties_and_signed_zeros(rng, emulated, dtype, n, weighted):
     """batch_metrics' warp_argmax, each lane's scan and the butterfly merge of the lanes' bests (test_kernels.py)."""
     check_the_argmax_rule(emulated(), dtype, rng, n, weighted)
+
+
+@pytest.mark.parametrize("act", [name for name in ELEMENTWISE if name != "step"])
+def test_the_cuda_c_activations_at_zeros_infinities_and_nan(emulated, dtype, act):
+    """bias_act's φ and mul_dphi's φ' from the prelude written from the table (test_kernels.py)."""
+    check_specials(emulated(), dtype, act)
+
+
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_the_cuda_c_loss_of_a_nan_output_is_nan(rng, emulated, dtype, out_act, loss, weighted):
+    """batch_metrics' losses (test_kernels.py)."""
+    check_a_nan_output_makes_the_loss_nan(emulated(), dtype, rng, out_act, loss, weighted)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -94,6 +94,38 @@ def test_hidden_delta(backend, dtype, rng, shape, act):
     assert_close(backend.to_numpy(delta), expected, dtype)
 
 
+#: pre-activations at the edges of φ's range: ±0, tiny, the kinks' neighbours, past exp's overflow in both dtypes, ±∞, NaN
+SPECIALS = np.array([0.0, -0.0, 1e-8, -1e-8, 1e-30, -1e-30, 0.5, -0.5, 20.0, -20.0, 100.0, -100.0, 800.0, -800.0,
+                     1e4, -1e4, np.inf, -np.inf, np.nan])
+
+
+def check_specials(backend, dtype, act):
+    """φ and φ' of pre-activations that are ±0, tiny, huge, ±∞ and NaN (a = b exactly: X and W are 0), each the
+    reference's; NaN stays NaN through φ (a NaN pre-activation is a diverged net, which a finite z would hide from the
+    loss) and φ'(z) is the reference's φ'(a) (relu's 0 and leaky_relu's 0.1 at a NaN, as a > 0 has it)."""
+    B, n = 7, SPECIALS.size
+    a = SPECIALS.astype(dtype).astype(np.float64)
+    z, pre = backend.empty((B, n), dtype), backend.empty((B, n), dtype)
+    zeros = dev(backend, np.zeros((B, 3)), dtype), dev(backend, np.zeros((3, n)), dtype)
+    backend.forward(*zeros, dev(backend, a, dtype), act, z, pre)
+    expected = np.broadcast_to(ref.phi(act, a), (B, n))
+    got = backend.to_numpy(z).astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=f"{act}: where φ is NaN")
+    assert_close(np.nan_to_num(got, posinf=0, neginf=0), np.nan_to_num(expected, posinf=0, neginf=0), dtype)
+    assert (got[np.isinf(expected)] == expected[np.isinf(expected)]).all()
+    ones = dev(backend, np.ones((B, 1)), dtype), dev(backend, np.ones((n, 1)), dtype)
+    delta = backend.empty((B, n), dtype)
+    backend.hidden_delta(*ones, dev(backend, got, dtype), act, delta)  # δ = φ'(z) · 1
+    got, expected = backend.to_numpy(delta).astype(np.float64), np.broadcast_to(ref.dphi(act, a), (B, n))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=f"{act}: where φ' is NaN")
+    assert_close(np.nan_to_num(got), np.nan_to_num(expected), dtype)
+
+
+@pytest.mark.parametrize("act", [name for name in ELEMENTWISE if name != "step"])  # step: a comparison, output only
+def test_activations_at_zeros_infinities_and_nan(backend, dtype, act):
+    check_specials(backend, dtype, act)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_maxout_forward(backend, dtype, rng, shape, k):
@@ -301,6 +333,28 @@ def check_the_argmax_rule(backend, dtype, rng, n, weighted):
 @pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
 def test_the_argmax_rule_is_numpys_with_nans_infinities_ties_and_signed_zeros(backend, dtype, rng, n, weighted):
     check_the_argmax_rule(backend, dtype, rng, n, weighted)
+
+
+def check_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted):
+    """One NaN output pre-activation (an overflowed net) makes the batch's loss NaN, for every loss: that is what stops
+    a diverged fit (TrainingDiverged); a max(0, ·) that dropped the NaN (the perceptron's) trained on unseen."""
+    B, n = 7, 33
+    a = rng.normal(size=(B, n))
+    a[3, 5] = np.nan
+    with np.errstate(invalid="ignore"):
+        z = ref.phi(out_act, a).astype(dtype)
+    Y = targets(rng, loss, B, n).astype(dtype)
+    out = backend.asarray(np.zeros(2), np.float64)
+    extra = (dev(backend, rng.uniform(0.5, 3.0, size=(B, 1)), dtype),) if weighted else ()
+    with np.errstate(invalid="ignore"):
+        backend.batch_metrics(*(dev(backend, x, dtype) for x in (a, z, Y)), loss, None, out, *extra)
+    assert np.isnan(backend.to_numpy(out)[0]), (out_act, loss)
+
+
+@pytest.mark.parametrize("out_act,loss", PAIRS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weighted"])
+def test_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted):
+    check_a_nan_output_makes_the_loss_nan(backend, dtype, rng, out_act, loss, weighted)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (65, 5)], ids=str)

@@ -445,8 +445,9 @@ batch_metrics(const T* a, const T* z, const T* y, double* out, long long rows, l
                     row += 0.5 * d * d;
                 } else if (loss == LOSS_BCE) {  // softplus(a) − y·a, as two terms ≥ 0 (base.py's _bce)
                     row += (fmax(av, 0.0) - yv * av) + log1p(exp(-fabs(av)));
-                } else {  // LOSS_PERCEPTRON
-                    row += fmax(0.0, -yv * av);
+                } else {  // LOSS_PERCEPTRON: max(0, −y·a), NaN where a is (fmax would drop it)
+                    double m = -yv * av;
+                    row += m < 0.0 ? 0.0 : m;
                 }
             }
             row = warp_sum(row);

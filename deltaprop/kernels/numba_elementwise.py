@@ -113,12 +113,13 @@ def _row_loss(loss: str):
                 s += (max(x, 0.0) - float(y[m, n]) * x) + math.log1p(math.exp(-abs(x)))
             return s
 
-    elif loss == "perceptron":  # Σ max(0, −y·a)
+    elif loss == "perceptron":  # Σ max(0, −y·a), NaN where a is (max(0.0, NaN) is 0.0: the NaN dropped)
 
         def f(a, z, y, m):
             s = 0.0
             for n in range(a.shape[1]):
-                s += max(0.0, -float(y[m, n]) * float(a[m, n]))
+                x = -float(y[m, n]) * float(a[m, n])
+                s += 0.0 if x < 0.0 else x
             return s
 
     else:

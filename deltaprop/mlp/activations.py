@@ -168,9 +168,11 @@ def _relu_dphi_xp(xp, z, g, tmp):  # 1 for a > 0, 0 for a ≤ 0
     g *= tmp
 
 
+# φ = NumPy's maximum(a, 0) in every form: a where a is not below 0 (NaN, −0 too), so a NaN pre-activation stays NaN and
+# the loss shows the divergence (a > 0 ? a : 0 read NaN as 0: a NaN unit then trained on, unseen, on the GPU backends)
 def _relu_device(kind):
     zero, one = kind(0.0), kind(1.0)
-    return (lambda a: a if a > zero else zero), (lambda z: one if z > zero else zero)
+    return (lambda a: zero if a < zero else a), (lambda z: one if z > zero else zero)
 
 
 def _leaky_relu_xp(xp, a, z, tmp):
@@ -205,7 +207,7 @@ ACTIVATIONS = {
     "tanh": _elementwise("tanh", 3, "glorot", True, _tanh_xp, _tanh_dphi_xp, _tanh_device,
                          "tanh(a)", "T(1) - z * z"),
     "relu": _elementwise("relu", 4, "he", True, _relu_xp, _relu_dphi_xp, _relu_device,
-                         "a > T(0) ? a : T(0)", "z > T(0) ? T(1) : T(0)"),
+                         "a < T(0) ? T(0) : a", "z > T(0) ? T(1) : T(0)"),
     "leaky_relu": _elementwise("leaky_relu", 5, "he", True, _leaky_relu_xp, _leaky_relu_dphi_xp, _leaky_relu_device,
                                "a > T(0) ? a : T(LEAKY_SLOPE) * a", "z > T(0) ? T(1) : T(LEAKY_SLOPE)"),
     "softmax": Activation("softmax", 6, "glorot", hidden=False, output=True, form="rows"),
