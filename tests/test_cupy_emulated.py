@@ -140,6 +140,21 @@ def loop_calls(rng, dtype, B, n_in, n_out, k=3):
     }
 
 
+@pytest.mark.parametrize("rows", [1, 7, 65])
+def test_the_cuda_c_max_norm_of_a_column_whose_norm_overflows_is_nan(rng, emulated, dtype, rows):
+    from test_dropout import check_an_overflowed_column_is_nan
+
+    check_an_overflowed_column_is_nan(emulated(), dtype, rng, rows)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("graphs", [False, True], ids=["steps", "graph"])
+def test_a_cuda_c_fit_whose_max_normed_weights_overflow_stops_with_training_diverged(emulated, dtype, momentum, graphs):
+    from test_dropout import check_a_fit_whose_max_normed_weights_overflow_diverges
+
+    check_a_fit_whose_max_normed_weights_overflow_diverges(emulated(graphs=graphs), dtype, momentum, stand_in=True)
+
+
 @pytest.mark.parametrize("case", list(BAD_GATHERS))
 def test_the_cuda_c_gather_refuses_what_are_not_rows_of_src_by_name(rng, emulated, dtype, case):
     check_a_bad_gather(emulated(), dtype, rng, case)
