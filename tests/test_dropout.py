@@ -424,7 +424,10 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
     (dict(dropout=[0.1, 0.2]), r"dropout: got 2 rates for 3 layer inputs"),
     (dict(dropout=[0.1, 0.2, 1.5]), r"dropout\[2\]: a dropout rate must be in \[0, 1\), got 1.5"),
     (dict(dropout=[0.1, math.inf, 0]), r"dropout\[1\]: .* got inf"),
-    (dict(dropout=1 - 2**-33), r"dropout: a dropout rate must be in \[0, 1\), and 0.99999999988\d* is within 2⁻³³ of 1"),
+    (dict(dropout=1 - 2**-33), r"dropout: a dropout rate must be at most 1 − 2⁻³³·10⁶ ≈ 0.99988358 .* got 0.99999999988"),
+    (dict(dropout=[0.1, 1 - 3e-10, 0]), r"dropout\[1\]: a dropout rate must be at most 1 − 2⁻³³·10⁶ .* got 0.9999999997"),
+    (dict(dropout=1 - 1e-8), r"dropout: .* \(a keep probability 1 − p ≥ 1.1642e-4\), got 0.99999999"),
+    (dict(dropout=0.9999), r"dropout: a dropout rate must be at most .* got 0.9999: the masks"),
     (dict(max_norm=0), r"max_norm: expected None or a finite number > 0, got 0"),
     (dict(max_norm=-2.0), r"max_norm: .* got -2.0"),
     (dict(max_norm=math.nan), r"max_norm: .* got nan"),
@@ -436,6 +439,21 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
 def test_bad_values_are_refused_by_name(kw, match):
     with pytest.raises(ValueError, match=match):
         MLP([4, 5, 6, 2], backend="numpy", seed=0, **kw)
+
+
+def test_the_accepted_rates_are_those_whose_keep_probability_the_threshold_holds_to_1e_6():
+    """The masks keep a unit with probability (2³² − round(p·2³²)) / 2³², 1 − p to ±2⁻³³: E[mask] = that·1/(1 − p)
+    is 1 to a relative 1e-6 for every accepted rate (the bound 1 − p ≥ 2⁻³³·10⁶), and a rate past it is refused;
+    at 1 − 3e-10 (once accepted) E[mask] was 22% off."""
+    bound = 1 - 0.5e6 / 2**32
+    for p in (0.5, 0.9, 0.999, 0.9998, bound - 1e-12, bound, *np.linspace(0.9998, bound, 2001)):
+        assert masks.check_rates([p], 1) == (p,)
+        keep = (2**32 - masks.threshold(p)) / 2**32
+        assert abs(keep * masks.keep_scale(p) - 1) <= 1e-6 * (1 + 1e-9), p
+    for p in (np.nextafter(bound, 1), 0.99989, 1 - 1e-8, 1 - 3e-10, 1 - 2**-33):
+        with pytest.raises(ValueError, match=r"^dropout\[0\]: a dropout rate must be at most 1 − 2⁻³³·10⁶"):
+            masks.check_rates([p], 1)
+    assert abs((2**32 - masks.threshold(1 - 3e-10)) / 2**32 / 3e-10 - 1) > 0.2
 
 
 @pytest.mark.parametrize("c,why", [(1e39, "overflows"), (3.5e38, "overflows"), (1e-46, "is 0 in")])
