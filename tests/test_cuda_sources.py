@@ -266,13 +266,14 @@ int main() {  // stdin: tiles, cols (int64), c, then tiles × cols float64 parti
 def test_the_cuda_c_max_norm_factor_adds_the_tiles_in_order(rng, tmp_path):
     """norm_factor, max_norm_scale's rule, compiled for the host with nvcc from what NVRTC gets: c / max(‖w‖, c) with
     ‖w‖² the column's partial sums added in the order of the tiles, bit for bit; exactly 1 for a zero column and for
-    one within the bound (so that max_norm_scale leaves it alone)."""
+    one within the bound (so that max_norm_scale leaves it alone); NaN for one whose ‖w‖² overflowed to ∞."""
     host_program(NORM_HOST, tmp_path)
     tiles, cols, c = 17, 9, 1.5
     scale = rng.choice([1e-3, 0.1, 1.0], size=cols)
     scale[1:3] = 1e-3, 1.0  # one column within c (‖w‖ < 0.14), one above (17 U(0, 1) sum to c² = 2.25 with p < 1e-8)
     part = rng.random((tiles, cols)) * scale  # the others either
     part[:, 0] = 0  # a zero column
+    part[:, 3] = 1e308  # one whose ‖w‖² overflows to ∞: NaN, not c / ∞ = 0
     ran = subprocess.run([str(tmp_path / "host")], input=np.array([tiles, cols], np.int64).tobytes() +
                          np.float64(c).tobytes() + part.tobytes(), capture_output=True, timeout=60, check=False)
     assert ran.returncode == 0, ran.stderr
@@ -282,9 +283,9 @@ def test_the_cuda_c_max_norm_factor_adds_the_tiles_in_order(rng, tmp_path):
         s = 0.0
         for t in range(tiles):
             s += float(part[t, col])
-        want.append(c / max(np.sqrt(s), c))
+        want.append(np.nan if np.isinf(s) else c / max(np.sqrt(s), c))
     np.testing.assert_array_equal(got, want)
-    assert got[0] == 1.0 and (got == 1.0).sum() > 1 and (got < 1.0).any()
+    assert got[0] == 1.0 and (got == 1.0).sum() > 1 and (got < 1.0).any() and np.isnan(got[3])
 
 
 def test_the_max_norm_grid_covers_w_and_matches_the_kernels_constants():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 
 import numpy as np
 import pytest
@@ -140,6 +141,51 @@ def loop_calls(rng, dtype, B, n_in, n_out, k=3):
         "gather": ("gather", (x(), rng.integers(0, B, B + 2), r(B + 2, n_in))),
         "batch_metrics": ("batch_metrics", (d(), d(), onehot(), "cross_entropy", "argmax", np.zeros(2))),
     }
+
+
+@pytest.mark.parametrize("rows", [1, 7, 65])
+def test_the_cuda_c_max_norm_of_a_column_whose_norm_overflows_is_nan(rng, emulated, dtype, rows):
+    from test_dropout import check_an_overflowed_column_is_nan
+
+    check_an_overflowed_column_is_nan(emulated(), dtype, rng, rows)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("graphs", [False, True], ids=["steps", "graph"])
+def test_a_cuda_c_fit_whose_max_normed_weights_overflow_stops_with_training_diverged(emulated, dtype, momentum, graphs):
+    from test_dropout import check_a_fit_whose_max_normed_weights_overflow_diverges
+
+    check_a_fit_whose_max_normed_weights_overflow_diverges(emulated(graphs=graphs), dtype, momentum, stand_in=True)
+
+
+@pytest.mark.parametrize("variant", ["CupyTF32Backend", "CupyBF16Backend"])
+@pytest.mark.parametrize("bad", ["a", "b", "out"])
+def test_a_precision_variants_gemm_refuses_an_operand_it_cannot_take_by_name(rng, emulated, variant, bad):
+    """cupy-tf32 and cupy-bf16 multiply float32 in their own precision; an operand that is neither C-contiguous nor
+    the transpose of a C-contiguous array (a strided view) used to go to cupy.matmul, plain float32: a silent change
+    of precision. It is refused, naming the operand; float64 (unchanged on both) and the plain backend still fall back."""
+    from deltaprop.backends import cupy_backend as cb
+
+    shapes = {"a": (7, 33), "b": (33, 5), "out": (7, 5)}
+
+    def arrays(bk, dtype):
+        made = {k: bk.asarray(rng.normal(size=(r, 2 * c)), dtype) for k, (r, c) in shapes.items()}
+        return {k: x[:, ::2] if k == bad else bk.asarray(rng.normal(size=shapes[k]), dtype) for k, x in made.items()}
+
+    bk = emulated(getattr(cb, variant))
+    x = arrays(bk, np.float32)
+    before = np.array(x["out"])
+    with pytest.raises(ValueError, match=rf"^{bk.name}: the GEMM's {bad} \(float32, shape {re.escape(str(x[bad].shape))}, "
+                                         r"strides .*\) is neither C-contiguous nor a transposed C-contiguous array"):
+        bk._matmul(x["a"], x["b"], x["out"])
+    np.testing.assert_array_equal(np.array(x["out"]), before)
+    if bad == "a":  # through the contract: forward's z_prev
+        with pytest.raises(ValueError, match=rf"^{bk.name}: the GEMM's a "):
+            bk.forward(x["a"], x["b"], bk.asarray(np.zeros(5), np.float32), "tanh", x["out"])
+    for other, dtype in ((bk, np.float64), (emulated(cb.CupyBackend), np.float32)):
+        y = arrays(other, dtype)
+        other._matmul(y["a"], y["b"], y["out"])
+        np.testing.assert_allclose(np.array(y["out"]), np.array(y["a"]) @ np.array(y["b"]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(BAD_GATHERS))

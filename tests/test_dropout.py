@@ -148,6 +148,63 @@ def test_mask_delta_and_max_norm_against_float64(backend, dtype, rng, shape):
     assert np.all(np.linalg.norm(got.astype(np.float64), axis=0) <= c * (1 + 10 * np.finfo(dtype).eps))
 
 
+#: an element whose column's sum of squares overflows the dtype (‖w‖ > √max: about 1.8e19 in float32, 1.3e154 in
+#: float64) while the element itself is finite
+HUGE = {np.dtype(np.float32): 2e19, np.dtype(np.float64): 2e154}
+
+
+@pytest.mark.parametrize("rows", [1, 7, 65])
+def test_max_norm_of_a_column_whose_norm_overflows_is_nan(backend, dtype, rng, rows):
+    check_an_overflowed_column_is_nan(backend, dtype, rng, rows)
+
+
+def check_an_overflowed_column_is_nan(backend, dtype, rng, rows):
+    """A column whose ‖w‖² overflows to Inf (the fit is diverging) is written NaN, not rescaled by c / ∞ = 0 into a
+    finite zero column that the divergence check would miss; the other columns are rescaled as ever."""
+    huge = HUGE[np.dtype(dtype)]
+    W = rng.normal(size=(rows, 5)).astype(dtype) * 2
+    W[:, 1] = 0
+    W[:, 3] = huge * rng.choice([-1, 1], size=rows)  # finite elements, ‖w‖² = Inf in the dtype
+    c = 1.5
+    norms = np.linalg.norm(W.astype(np.float64) / huge, axis=0) * huge
+    want = W * np.minimum(1.0, c / np.where(norms > 0, norms, 1))
+    want[:, 3] = np.nan
+    Wd = dev(backend, W, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # as in a fit: its divergence check reports it
+        backend.max_norm(Wd, c)
+    got = backend.to_numpy(Wd)
+    assert np.isnan(got[:, 3]).all()
+    assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_fit_whose_max_normed_weights_overflow_stops_with_training_diverged(backend, dtype, momentum):
+    check_a_fit_whose_max_normed_weights_overflow_diverges(backend, dtype, momentum)
+
+
+def check_a_fit_whose_max_normed_weights_overflow_diverges(backend, dtype, momentum, stand_in=False):
+    """Inputs of 1e15 (1e100) and lr 1e10 (1e60): the first update makes every element of W about 1e25 (1e160),
+    finite, but the column's ‖w‖² overflows. Max-norm used to scale it to exactly 0 (c / ∞), the bias kept the loss
+    finite and the fit went on with the unit zeroed; now the column is NaN and the fit stops, naming the epoch and
+    step and keeping the last finite weights, as every other divergence does. ``stand_in``: ``backend`` is put in
+    place of the model's NumPy backend (tests/emulated_cuda.py)."""
+    from deltaprop import TrainingDiverged
+
+    x, lr = (1e15, 1e10) if np.dtype(dtype) == np.float32 else (1e100, 1e60)
+    model = MLP([2, 1], output_activation="identity", loss="mse", backend="numpy" if stand_in else backend.name,
+                dtype=np.dtype(dtype).name, seed=0, max_norm=1.0)
+    if stand_in:
+        model.network.backend = backend
+    start = [(np.zeros((2, 1)), np.zeros(1))]
+    model.set_weights(start)
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the update of epoch 0's last step \(step 0\) made "
+                                               r"the weights NaN or Inf; the model keeps the weights of step 0"):
+        model.fit(np.full((1, 2), x), np.ones((1, 1)), epochs=2, batch_size=1, lr=lr, momentum=momentum, shuffle=False)
+    for (W, b), (W0, b0) in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("act", [a for a in HIDDEN if a in ELEMENTWISE])  # maxout: test_maxout_hidden_delta_masked_against_float64
 def test_hidden_delta_masked_against_float64(backend, dtype, rng, shape, act):
@@ -367,7 +424,10 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
     (dict(dropout=[0.1, 0.2]), r"dropout: got 2 rates for 3 layer inputs"),
     (dict(dropout=[0.1, 0.2, 1.5]), r"dropout\[2\]: a dropout rate must be in \[0, 1\), got 1.5"),
     (dict(dropout=[0.1, math.inf, 0]), r"dropout\[1\]: .* got inf"),
-    (dict(dropout=1 - 2**-33), r"dropout: a dropout rate must be in \[0, 1\), and 0.99999999988\d* is within 2⁻³³ of 1"),
+    (dict(dropout=1 - 2**-33), r"dropout: a dropout rate must be at most 1 − 2⁻³³·10⁶ ≈ 0.99988358 .* got 0.99999999988"),
+    (dict(dropout=[0.1, 1 - 3e-10, 0]), r"dropout\[1\]: a dropout rate must be at most 1 − 2⁻³³·10⁶ .* got 0.9999999997"),
+    (dict(dropout=1 - 1e-8), r"dropout: .* \(a keep probability 1 − p ≥ 1.1642e-4\), got 0.99999999"),
+    (dict(dropout=0.9999), r"dropout: a dropout rate must be at most .* got 0.9999: the masks"),
     (dict(max_norm=0), r"max_norm: expected None or a finite number > 0, got 0"),
     (dict(max_norm=-2.0), r"max_norm: .* got -2.0"),
     (dict(max_norm=math.nan), r"max_norm: .* got nan"),
@@ -379,6 +439,21 @@ def test_a_file_without_dropout_loads_as_none(tmp_path):
 def test_bad_values_are_refused_by_name(kw, match):
     with pytest.raises(ValueError, match=match):
         MLP([4, 5, 6, 2], backend="numpy", seed=0, **kw)
+
+
+def test_the_accepted_rates_are_those_whose_keep_probability_the_threshold_holds_to_1e_6():
+    """The masks keep a unit with probability (2³² − round(p·2³²)) / 2³², 1 − p to ±2⁻³³: E[mask] = that·1/(1 − p)
+    is 1 to a relative 1e-6 for every accepted rate (the bound 1 − p ≥ 2⁻³³·10⁶), and a rate past it is refused;
+    at 1 − 3e-10 (once accepted) E[mask] was 22% off."""
+    bound = 1 - 0.5e6 / 2**32
+    for p in (0.5, 0.9, 0.999, 0.9998, bound - 1e-12, bound, *np.linspace(0.9998, bound, 2001)):
+        assert masks.check_rates([p], 1) == (p,)
+        keep = (2**32 - masks.threshold(p)) / 2**32
+        assert abs(keep * masks.keep_scale(p) - 1) <= 1e-6 * (1 + 1e-9), p
+    for p in (np.nextafter(bound, 1), 0.99989, 1 - 1e-8, 1 - 3e-10, 1 - 2**-33):
+        with pytest.raises(ValueError, match=r"^dropout\[0\]: a dropout rate must be at most 1 − 2⁻³³·10⁶"):
+            masks.check_rates([p], 1)
+    assert abs((2**32 - masks.threshold(1 - 3e-10)) / 2**32 / 3e-10 - 1) > 0.2
 
 
 @pytest.mark.parametrize("c,why", [(1e39, "overflows"), (3.5e38, "overflows"), (1e-46, "is 0 in")])

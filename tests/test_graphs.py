@@ -280,3 +280,46 @@ def test_a_second_fit_records_on_the_arrays_it_trains(graph_backend, rng, betwee
     assert graph_backend.capture_error is None
     for a, b in zip(graphed, fits(False)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fails", ["enqueue", "instantiate", "none"])
+def test_the_numba_capture_destroys_the_captured_graph_however_it_ends(monkeypatch, fails):
+    """numba-cuda's ``_capture`` through a stand-in driver (numba.cuda.cudadrv.driver, which the simulator lacks):
+    the graph that ending the capture gives is destroyed once, whether instantiating it fails (it used to leak),
+    enqueue raises (the capture is still ended) or all goes well (the executable keeps what it needs); a failure
+    is capture_error and None, as the callers expect."""
+    import sys
+    import types
+
+    numba_cuda = pytest.importorskip("deltaprop.backends.numba_cuda")
+    calls = []
+
+    def instantiate(graph, flags):
+        calls.append(("instantiate", graph))
+        if fails == "instantiate":
+            raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")
+        return "executable"
+
+    def enqueue():
+        calls.append(("enqueue",))
+        if fails == "enqueue":
+            raise ValueError("not capturable")
+
+    driver = types.SimpleNamespace(
+        cuStreamBeginCapture=lambda handle, mode: calls.append(("begin", handle)),
+        cuStreamEndCapture=lambda handle: calls.append(("end", handle)) or "graph",
+        cuGraphInstantiate=instantiate, cuGraphDestroy=lambda graph: calls.append(("destroy", graph)),
+        cuGraphLaunch=lambda executable, stream: None, cuGraphExecDestroy=lambda executable: None)
+    mode = types.SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=1)
+    fake = types.SimpleNamespace(driver=driver, binding=types.SimpleNamespace(CUstreamCaptureMode=mode))
+    monkeypatch.setitem(sys.modules, "numba.cuda.cudadrv.driver", fake)
+    bk = object.__new__(numba_cuda.NumbaCudaBackend)
+    bk._capture_stream, bk._stream, bk.capture_error = types.SimpleNamespace(handle=7), 0, None
+    got = bk._capture(enqueue)
+    assert calls.count(("destroy", "graph")) == 1 and calls[-1] == ("destroy", "graph"), calls
+    assert calls[:3] == [("begin", 7), ("enqueue",), ("end", 7)] and bk._stream == 0
+    if fails == "none":
+        assert got is not None and bk.capture_error is None
+    else:
+        assert got is None and bk.capture_error == {"enqueue": "ValueError: not capturable",
+                                                    "instantiate": "RuntimeError: CUDA_ERROR_OUT_OF_MEMORY"}[fails]

@@ -510,6 +510,7 @@ BAD_PARAMS = [
     ("dtype", 3, ValueError),
     ("backend", "tpu", ValueError),
     ("dropout", 1.0, ValueError),
+    ("dropout", 1 - 3e-10, ValueError),  # its keep probability is beyond the masks' 32-bit threshold
     ("dropout", [0.2, 0.5, 0.5], ValueError),  # 3 rates for the 2 layer inputs of (8,)
     ("dropout", "0.5", TypeError),
     ("max_norm", 0.0, ValueError),

@@ -456,13 +456,16 @@ class Backend:
 
     def max_norm(self, W, c: float) -> None:
         """W[:, j] ← W[:, j] · min(1, c / ‖W[:, j]‖) for every column j of W (n_in, n_out): each unit's incoming
-        weight vector rescaled to a norm of at most c > 0 (a zero column is left as it is)."""
+        weight vector rescaled to a norm of at most c > 0 (a zero column is left as it is). A column whose ‖w‖²
+        overflows the dtype (the fit is diverging) is made NaN, not c / ∞ = 0: the trainer's check then stops the
+        fit instead of going on with the unit silently zeroed."""
         xp = self.xp
         norms = self._scratch("max_norm", (W.shape[1],), W.dtype)
         squares = self._scratch("max_norm_sq", W.shape, W.dtype)
         xp.multiply(W, W, out=squares)
         squares.sum(axis=0, out=norms)
         xp.sqrt(norms, out=norms)
+        xp.copyto(norms, xp.nan, where=xp.isinf(norms))  # an overflowed column: its factor c / NaN = NaN
         xp.maximum(norms, c, out=norms)  # min(1, c/‖w‖) = c / max(‖w‖, c): no division by zero
         xp.divide(c, norms, out=norms)
         W *= norms

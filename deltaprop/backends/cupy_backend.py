@@ -23,7 +23,9 @@
   gives them bfloat16 inputs (float32 accumulation, outputs, weights and elementwise work).
 
 Any call outside what the kernels handle (a dtype other than float32/float64, a non-contiguous
-array, an unknown name) falls back to the contract's default method, which also raises its errors.
+array, an unknown name) falls back to the contract's default method, which also raises its errors; its
+GEMMs still go through cuBLAS in the backend's precision, and on cupy-tf32 and cupy-bf16 a float32 GEMM
+operand that cuBLAS cannot take (a strided view) is refused by name rather than multiplied in plain float32.
 """
 
 from __future__ import annotations
@@ -204,10 +206,19 @@ class CupyBackend(GraphSteps, Backend):
 
     def _matmul(self, a, b, out) -> None:
         """The default bodies' GEMMs (a fallback's) through ``_gemm`` too, in this backend's math mode (TF32 or
-        bf16 inputs): a transposed view of a C-contiguous array goes as that array, transposed by cuBLAS."""
+        bf16 inputs): a transposed view of a C-contiguous array goes as that array, transposed by cuBLAS. Anything
+        else falls back to cupy.matmul, a plain float32 GEMM: where this backend's float32 GEMMs are TF32 or bf16
+        that would silently change the precision, so there an operand it cannot take is refused by name."""
         ta, tb = not a.flags.c_contiguous, not b.flags.c_contiguous
         A, B = (a.T if ta else a), (b.T if tb else b)
         if not (self._ok(A, B, out) and A.flags.c_contiguous and B.flags.c_contiguous):
+            if self.precision != "fp32" and out.dtype == np.float32:
+                name, x = next((n, x) for n, x, X in (("a", a, A), ("b", b, B), ("out", out, out))
+                               if not (self._ok(X) and X.dtype == out.dtype))
+                raise ValueError(f"{self.name}: the GEMM's {name} ({x.dtype}, shape {x.shape}, strides {x.strides}) is "
+                                 "neither C-contiguous nor a transposed C-contiguous array of the output's float32, so "
+                                 f"its {self.precision} GEMM cannot take it (cupy.matmul would multiply in plain "
+                                 "float32); pass cupy.ascontiguousarray of it")
             return super()._matmul(a, b, out)
         self._gemm(A, B, out, trans_a=ta, trans_b=tb)
 

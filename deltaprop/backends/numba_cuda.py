@@ -389,6 +389,7 @@ class NumbaCudaBackend(GraphSteps, Backend):
             self._capture_stream = self.cuda.stream()  # synchronises with the default stream
         stream = self._capture_stream
         handle = int(stream.handle)
+        graph = None
         try:
             driver.cuStreamBeginCapture(handle, binding.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             self._stream = stream
@@ -398,10 +399,12 @@ class NumbaCudaBackend(GraphSteps, Backend):
                 self._stream = 0
                 graph = driver.cuStreamEndCapture(handle)
             executable = driver.cuGraphInstantiate(graph, 0)
-            driver.cuGraphDestroy(graph)  # the executable graph keeps what it needs
         except Exception as exc:  # an old driver, or an operation that cannot be captured
             self.capture_error = f"{type(exc).__name__}: {exc}"
             return None
+        finally:  # the executable graph keeps what it needs; a graph whose enqueue or instantiation failed is freed too
+            if graph is not None:
+                driver.cuGraphDestroy(graph)
         # replayed on the default stream, where the eager work before and after it runs (the window's order copy,
         # the epoch's sums): ordered with it whether that stream is the legacy one, with which the capture stream
         # synchronises, or the per-thread one (CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM=1), with which it does not

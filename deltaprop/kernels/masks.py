@@ -87,6 +87,12 @@ def seed_words(seed: int) -> tuple:
     return U(seed & 0xFFFFFFFF), U((seed >> 32) & 0xFFFFFFFF)
 
 
+#: the least (1 − p)·2³² of an accepted rate p: the threshold round(p·2³²) gives the keep probability 1 − p to
+#: ±2⁻³³, so E[mask] = (2³² − round(p·2³²))/2³² · 1/(1 − p) is 1 to a relative 2⁻³³/(1 − p), ≤ 1e-6 when
+#: (1 − p)·2³² ≥ 0.5·10⁶ (1 − p ≥ 1.1642e-4); closer to 1 the mean drifts (22% at p = 1 − 3e-10)
+MIN_KEPT = 0.5e6
+
+
 def threshold(rate: float) -> int:
     """round(p · 2³²), an integer in [0, 2³²): an element is kept when its bits are ≥ it."""
     return round(rate * TWO_32)
@@ -108,7 +114,8 @@ def keep_bits(seed: int, epoch: int, step: int, layer: int, rows: int, cols: int
 def check_rates(dropout, n_layers: int) -> tuple:
     """The dropout rates of a net of ``n_layers`` weight layers, one per layer input (the network's input
     first, then each hidden layer's output), from one rate for every hidden layer's output or a sequence of
-    ``n_layers`` rates; each in [0, 1). None or 0: no dropout. ValueError or TypeError naming ``dropout``."""
+    ``n_layers`` rates; each in [0, 1 − 2⁻³³·10⁶] (MIN_KEPT). None or 0: no dropout. ValueError or TypeError
+    naming ``dropout``."""
     if dropout is None:
         return (0.0,) * n_layers
     if isinstance(dropout, Real) and not isinstance(dropout, (bool, np.bool_)):
@@ -143,9 +150,11 @@ def _check_rate(p, argument: str) -> float:
     p = _as_float(p)
     if not (0.0 <= p < 1.0):
         raise ValueError(f"{argument}: a dropout rate must be in [0, 1), got {p!r}")
-    if threshold(p) >= TWO_32:
-        raise ValueError(f"{argument}: a dropout rate must be in [0, 1), and {p!r} is within 2⁻³³ of 1: the masks' "
-                         "32-bit threshold round(p·2³²) would be 2³², every unit dropped")
+    if (1.0 - p) * TWO_32 < MIN_KEPT:  # (1 − p exact for p ≥ 0.5, and so is its product with 2³²)
+        raise ValueError(f"{argument}: a dropout rate must be at most 1 − 2⁻³³·10⁶ ≈ 0.99988358 (a keep probability "
+                         f"1 − p ≥ 1.1642e-4), got {p!r}: the masks keep a unit when 32 random bits are ≥ "
+                         "round(p·2³²), which gives 1 − p only to ±2⁻³³, more than 1e-6 of it, so a kept unit's "
+                         "1/(1 − p) would no longer make the mask's mean 1")
     return p
 
 

@@ -101,11 +101,14 @@ __global__ void output_delta(const T* a, const T* z, const T* y, T* delta, long 
 #define NORM_ROWS 64
 
 // c / max(‖w‖, c) = min(1, c/‖w‖) (1 for a zero column) for column col, ‖w‖² = Σ_t part[t·cols + col] in order of t.
+// A ‖w‖² that overflowed to ∞ (the fit is diverging) gives NaN (∞ − ∞), not c / ∞ = 0: the column is written NaN,
+// which the trainer's divergence check finds, where a zeroed unit would train on silently.
 template <typename T>
 __host__ __device__ __forceinline__ T norm_factor(const T* part, long long tiles, long long cols, long long col, T c) {
     T s = T(0);
     for (long long t = 0; t < tiles; ++t) s += part[t * cols + col];
     const T norm = sqrt(s);
+    if (isinf(norm)) return norm - norm;
     return c / (norm > c ? norm : c);
 }
 
@@ -143,7 +146,8 @@ __global__ void max_norm_partials(const T* w, long long rows, long long cols, T*
 }
 
 // W[:, col] ← W[:, col]·norm_factor(col) from the partial sums part (tiles × cols), on max-norm's blocks: the first
-// row of threads computes the block's factors; a column within the bound (factor 1) is neither read nor written.
+// row of threads computes the block's factors; a column within the bound (factor 1) is neither read nor written, an
+// overflowed one (factor NaN) is.
 template <typename T>
 __global__ void max_norm_scale(T* w, const T* part, long long rows, long long cols, long long tiles, T c) {
     __shared__ T factor[NORM_WIDTH];
@@ -151,7 +155,7 @@ __global__ void max_norm_scale(T* w, const T* part, long long rows, long long co
     if (threadIdx.y == 0) factor[threadIdx.x] = col < cols ? norm_factor(part, tiles, cols, col, c) : T(1);
     __syncthreads();
     const T f = factor[threadIdx.x];
-    if (col < cols && f < T(1))
+    if (col < cols && f != T(1))  // f < 1, or NaN
         for (long long r = blockIdx.y * (long long)NORM_HEIGHT + threadIdx.y; r < rows; r += (long long)gridDim.y * NORM_HEIGHT)
             w[r * cols + col] *= f;
 }

@@ -443,8 +443,10 @@ def max_norm_scale(kind, width: int, height: int):
     column), ‖W[:, n]‖² = Σ_t part[t, n] added in the order of t, for W (M, N) and the partial sums part (T, N) of
     ``max_norm_partials`` or of an update kernel's epilogue. Blocks of width × height threads: the first row of
     threads computes its columns' factors once, then every thread scales rows of its column, the grid's rows of
-    threads striding down W (coalesced). A column within the bound (factor 1) is neither read nor written."""
-    zero, one = kind(0.0), kind(1.0)
+    threads striding down W (coalesced). A column within the bound (factor 1) is neither read nor written. A column
+    whose ‖w‖² overflowed to Inf (the fit is diverging) gets the factor NaN, not c / ∞ = 0: it is written NaN, which
+    the trainer's divergence check finds, where a zeroed unit would train on silently."""
+    zero, one, nan = kind(0.0), kind(1.0), kind(math.nan)
 
     @cuda.jit
     def kernel(W, part, c):
@@ -459,11 +461,11 @@ def max_norm_scale(kind, width: int, height: int):
                 for t in range(part.shape[0]):
                     s += part[t, n]
                 norm = math.sqrt(s)
-                f = c / max(norm, c)
+                f = nan if math.isinf(norm) else c / max(norm, c)
             factor[tx] = f
         cuda.syncthreads()
         f = factor[tx]
-        if n < N and f < one:
+        if n < N and f != one:  # f < 1, or NaN
             for m in range(cuda.blockIdx.y * height + ty, M, cuda.gridDim.y * height):
                 W[m, n] *= f
 

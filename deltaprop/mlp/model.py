@@ -65,7 +65,8 @@ class MLP:
     n_out = k·n, the columns of W.
     dropout: inverted dropout in training steps (never in predict, evaluate, score or gradients): one rate for
     every hidden layer's output, or a sequence of one rate per layer input (the network's input first, then
-    each hidden layer's output); each in [0, 1), 0 for none. The masks are drawn on the device from
+    each hidden layer's output); each in [0, 1 − 2⁻³³·10⁶ ≈ 0.99988358], 0 for none (closer to 1 the masks'
+    32-bit threshold cannot give the keep probability to 1e-6: masks.MIN_KEPT). The masks are drawn on the device from
     (seed, epoch, step, layer, row, column) by deltaprop.kernels.masks's rule: the same on every backend.
     max_norm: None, or c > 0: after every update each unit's incoming weight vector (a column of W_l) is
     rescaled to a norm of at most c (Srivastava et al. 2014); biases are left alone.
