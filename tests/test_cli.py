@@ -845,6 +845,43 @@ def test_console_entry_points_and_a_light_import():
     assert done.stdout.strip() == "[]", done.stderr
 
 
+@pytest.mark.parametrize("entry", [["-c", "import sys; from deltaprop.__main__ import main; sys.exit(main())"],  # the console script's
+                                   ["-m", "deltaprop"]])
+def test_ctrl_c_while_the_command_still_imports_ends_as_at_any_other_time(tmp_path, entry):
+    """A Ctrl-C before the command's code has loaded (NumPy, the backends: most of its start-up) is one line and
+    status 130 too, not a traceback. A numpy module earlier on the path that raises KeyboardInterrupt is the Ctrl-C,
+    at the same moment on every run."""
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["deltaprop"] == "deltaprop.__main__:main"  # the entry tested here
+    (tmp_path / "numpy.py").write_text("raise KeyboardInterrupt\n")
+    path = os.pathsep.join([str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))])
+    for argv in (["train", "--help"], ["info"], ["bench", "--help"]):
+        done = subprocess.run([sys.executable, *entry, *argv], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=path))
+        assert (done.returncode, done.stderr, done.stdout) == (130, "deltaprop: interrupted\n", ""), done.stderr
+
+
+def test_import_deltaprop_loads_its_names_at_first_use():
+    """import deltaprop is light (the command's start-up, where a Ctrl-C is caught only once it has run); every name
+    of __all__, and the subpackages it made attributes, still come as before."""
+    code = ("import sys, deltaprop; assert 'numpy' not in sys.modules, sorted(m for m in sys.modules if 'deltaprop.' in m); "
+            "names = set(dir(deltaprop)); from deltaprop import *; "
+            "from deltaprop import MLP, History, TrainingDiverged, BackendUnavailable, backends, gradcheck, optim; "
+            "import deltaprop.mlp as mlp, deltaprop.backends.compat as compat; "
+            "assert (MLP, History, TrainingDiverged, gradcheck) == (mlp.MLP, mlp.History, mlp.TrainingDiverged, mlp.gradcheck); "
+            "assert BackendUnavailable is compat.BackendUnavailable and backends is sys.modules['deltaprop.backends']; "
+            "assert set(deltaprop.__all__) <= names and deltaprop.__version__ == '0.1.0'; "
+            "assert (deltaprop.mlp, deltaprop.optim, deltaprop.kernels.masks) == (mlp, optim, sys.modules['deltaprop.kernels.masks']); "
+            "print(sorted(set(deltaprop.__all__) - set(globals())))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr
+    done = subprocess.run([sys.executable, "-c", "import deltaprop; deltaprop.no_such_name"], capture_output=True,
+                          text=True, timeout=120)
+    assert "AttributeError: module 'deltaprop' has no attribute 'no_such_name'" in done.stderr
+
+
 def test_bench_subcommand_hands_its_arguments_to_the_harness(tmp_path, capsys):
     from deltaprop.cli import main
 
