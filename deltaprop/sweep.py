@@ -268,7 +268,7 @@ def run(args) -> int:
             cluster.close()
     rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
             for params, r in zip(grid, results)]  # fmt: skip
-    best = max(range(len(rows)), key=lambda i: rows[i]["mean_test_score"])
+    best = best_candidate([row["mean_test_score"] for row in rows])
     out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
            "best": rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
     said = f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}"
@@ -279,6 +279,13 @@ def run(args) -> int:
                          f"candidates: {said}") from None
     print(f"best: {said}; wrote {args.out}")
     return 0
+
+
+def best_candidate(scores) -> int:
+    """The index of the largest mean test score, the first of a tie; a NaN score (a candidate whose outputs
+    overflowed) is never the best unless all are, as GridSearchCV ranks it last (max with a NaN first kept it:
+    nothing compares greater than NaN)."""
+    return max(range(len(scores)), key=lambda i: (not np.isnan(scores[i]), scores[i]))
 
 
 def _check_address(address: str) -> None:

@@ -24,6 +24,7 @@ from deltaprop.mlp.activations import ELEMENTWISE
 
 from helpers import PAIRS
 from test_cupy_launches import CASES, fit_on
+from test_errors import check_a_second_moment_overflow
 from test_kernels import (ARGMAX_WIDTHS, BAD_GATHERS, OUT_OF_RANGE, check_a_bad_gather, check_a_gather_out_of_range,
                           check_a_nan_output_makes_the_loss_nan, check_specials, check_the_argmax_rule)
 from test_rounding import contract_calls
@@ -340,6 +341,22 @@ def test_the_cuda_c_fused_epoch_is_the_step_path(emulated, monkeypatch, name, dt
     for (W, b), (W0, b0) in zip(fits["cupy"][0], fits["numpy"][0]):
         np.testing.assert_allclose(W, W0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
         np.testing.assert_allclose(b, b0, rtol=1e-9 if tight else 1e-3, atol=1e-12 if tight else 1e-5)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_the_cuda_c_second_moment_that_overflows_is_a_divergence(emulated, monkeypatch, rng, optimizer, mode):
+    """s = Inf from a finite g (tests/test_errors.py's case) stops the fit on the CUDA C steps and fused epoch too."""
+    from deltaprop.backends import fused
+    from deltaprop.kernels import fused_source
+
+    monkeypatch.setattr(fused_source, "kernel", emulated_cuda.FusedKernel)
+    monkeypatch.setenv(fused.ENV, mode)
+    model = MLP([1, 1], output_activation="identity", loss="mse", backend="numpy", seed=0)
+    model.network.backend = bk = emulated()
+    model.network.set_params(model.get_weights())
+    check_a_second_moment_overflow(model, rng, optimizer)
+    assert bk.fused_epochs == (mode == "on")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -116,6 +116,18 @@ def test_estimators_travel_to_the_workers_and_back(client):
 
 
 # ------------------------------------------------------------------ bench/sweep.py at tiny sizes
+def test_the_sweeps_best_candidate_is_never_a_nan_score_unless_every_one_is():
+    """GridSearchCV's choice: the largest mean score, the first of a tie, NaN ranked last (not the first, as
+    max kept a NaN in first place: nothing compares greater than it)."""
+    from deltaprop.sweep import best_candidate
+
+    nan = float("nan")
+    assert best_candidate([nan, 0.5, 0.7, nan, 0.7]) == 2
+    assert best_candidate([0.1, nan, -0.2]) == 0
+    assert best_candidate([nan, nan]) == 0
+    assert best_candidate([-1.0]) == 0
+
+
 def test_the_sweep_bench_runs_at_tiny_sizes(tmp_path):
     """Both measurements of bench/sweep.py, so that their code cannot rot (their figures are their own business):
     the search on a 2-worker cluster (scores checked equal by the bench itself) and the fits at once, here on

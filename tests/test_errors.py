@@ -356,6 +356,32 @@ def test_divergence_stops_fit_and_keeps_the_last_finite_weights(backend, rng):
         MLP(**args).fit(Xr, yr, epochs=50, batch_size=4, lr=5.0, shuffle=False)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_a_second_moment_that_overflows_while_the_weights_stay_finite_is_a_divergence(backend, rng, optimizer):
+    """g ≈ 2e21 is finite in float32 and (1 − β₂)·g² is not: s (Adam's and RMSprop's mean square) becomes Inf, each
+    step is then m/(√Inf + ε) = 0, the weights freeze at finite values and every loss stays finite (float64). The
+    divergence check read the weights alone, so the fit ended as if well, with a state that load refuses; the
+    state is checked too."""
+    check_a_second_moment_overflow(MLP([1, 1], output_activation="identity", loss="mse", backend=backend.name, seed=0),
+                                   rng, optimizer)
+
+
+def check_a_second_moment_overflow(model, rng, optimizer) -> None:
+    """A [1, 1] identity mse float32 model's fit whose s overflows (the test above; tests/test_cupy_emulated.py's)."""
+    start = [(np.array([[1e21]], np.float32), np.zeros(1, np.float32))]
+    model.set_weights(start)
+    Xr = rng.uniform(1, 2, size=(7, 1))
+    with pytest.raises(TrainingDiverged, match=r"an update of epoch 0 made the weights or the optimizer's state NaN "
+                                               r"or Inf while every step's loss was finite; the model keeps the "
+                                               r"weights it started the epoch with"):
+        model.fit(Xr, np.zeros(7), epochs=2, batch_size=2, optimizer=optimizer, shuffle=False)
+    for (W, b), (W0, b0) in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+    bk = model.network.backend
+    assert all(np.isfinite(bk.to_numpy(x)).all() for x in model.network.state_arrays(counter=False))
+
+
 def test_weights_that_overflow_while_every_loss_stays_finite_keep_the_epochs_start_and_say_so(backend):
     """Step 0's update makes W₁ −Inf (x = 1e200), and step 1's loss is still finite (relu(−Inf·1) = 0): no loss
     names a step, the replay to the last step's weights is not finite, so the epoch's start is kept, as said."""
@@ -363,8 +389,9 @@ def test_weights_that_overflow_while_every_loss_stays_finite_keep_the_epochs_sta
                 dtype="float64", seed=0)
     start = [(np.array([[1e-50]]), np.zeros(1)), (np.array([[1.0]]), np.zeros(1))]
     model.set_weights(start)
-    with pytest.raises(TrainingDiverged, match=r"an update of epoch 0 made the weights NaN or Inf while every step's "
-                                               r"loss was finite; the model keeps the weights it started the epoch with"):
+    with pytest.raises(TrainingDiverged, match=r"an update of epoch 0 made the weights or the optimizer's state NaN "
+                                               r"or Inf while every step's loss was finite; the model keeps the "
+                                               r"weights it started the epoch with"):
         model.fit(np.array([[1e200], [1.0]]), np.zeros((2, 1)), epochs=1, batch_size=1, lr=1.0, shuffle=False)
     for (W, b), (W0, b0) in zip(model.get_weights(), start):
         np.testing.assert_array_equal(W, W0)

@@ -104,6 +104,29 @@ def test_gradcheck_detects_a_wrong_derivative(rng, monkeypatch):
     assert gradcheck(model, X, Y).max_rel_error > 1e-3
 
 
+@pytest.mark.parametrize("layer, part", [(0, 1), (1, 0), (2, 1)])
+def test_a_nan_in_the_analytic_gradient_is_a_nan_max_error_not_a_pass(rng, monkeypatch, layer, part):
+    """A backend whose backprop gives one NaN (in any layer's W or b) fails the check: max_rel_error is NaN, as
+    np.max has it (Python's max(0.0, nan) is 0.0: a NaN after the first error was dropped, and a NaN gradient
+    read as right, <= 1e-6)."""
+    from deltaprop.backends import instance
+
+    model, X, Y = make(instance("numpy"), 3, "tanh", "sigmoid", "bce", rng)
+    right = model.gradients
+
+    def with_a_nan(X_, Y_):
+        grads = [list(pair) for pair in right(X_, Y_)]
+        g = grads[layer][part]
+        g.flat[int(rng.integers(g.size))] = np.nan
+        return [tuple(pair) for pair in grads]
+
+    monkeypatch.setattr(model, "gradients", with_a_nan)
+    result = gradcheck(model, X, Y)
+    assert np.isnan(result.errors[layer][part])
+    assert np.isnan(result.max_rel_error)
+    assert not result.max_rel_error <= 1e-6
+
+
 def test_gradcheck_names_a_bad_model_or_eps_and_takes_numpys_floats(rng):
     from deltaprop.backends import instance
 

@@ -92,6 +92,35 @@ def test_each_update_against_the_float64_reference(backend, dtype, rng, opt, sha
         assert int(backend.to_numpy(t)[0]) == 3
 
 
+@pytest.mark.parametrize("opt", [optim.Adam(lr=0.01), optim.RMSprop(lr=0.01)], ids=repr)
+@pytest.mark.parametrize("shape", [(1, 7, 33), (33, 65, 7), (7, 1, 1)], ids=str)
+def test_a_gradient_whose_square_overflows_float32_keeps_a_finite_mean_square(backend, rng, opt, shape):
+    """|g| ≈ 3e19: g² is beyond float32 and (1 − β₂)·g² (or (1 − ρ)·g²) is not. The device kernels form the product
+    in that order; NumPy squared first, so its s was Inf and the step 0: a fit stopped on NumPy (TrainingDiverged)
+    where the GPU backends trained on. z_prev is ones, so g is the column mean of δ."""
+    B, n_in, n_out = shape
+    W, b = rng.normal(size=(n_in, n_out)).astype(np.float32), rng.normal(size=n_out).astype(np.float32)
+    delta = (rng.uniform(2.5e19, 4e19, size=(B, n_out)) * rng.choice([-1.0, 1.0], size=n_out)).astype(np.float32)
+    dev = {s: (backend.zeros(W.shape, np.float32), backend.zeros(b.shape, np.float32)) for s in opt.slots}
+    t = backend.zeros(1, np.int64) if opt.counts_steps else None
+    Wd, bd = backend.asarray(W, np.float32), backend.asarray(b, np.float32)
+    if t is not None:
+        backend.count_step(t)
+    z_prev = np.ones((B, n_in), np.float32)
+    opt.update(backend, backend.asarray(z_prev), backend.asarray(delta), Wd, bd, dev, t, opt.lr)
+    d64 = delta.astype(np.float64)
+    gW, gb = np.ones((n_in, B)) @ d64 / B, d64.mean(axis=0)
+    sW = {s: np.zeros(W.shape) for s in opt.slots}
+    sb = {s: np.zeros(b.shape) for s in opt.slots}
+    W_ref = reference_step(opt, W.astype(np.float64), gW, sW, 1, opt.lr, True)
+    b_ref = reference_step(opt, b.astype(np.float64), gb, sb, 1, opt.lr, False)
+    assert_close(backend.to_numpy(Wd), W_ref, np.float32)
+    assert_close(backend.to_numpy(bd), b_ref, np.float32)
+    assert np.isfinite(backend.to_numpy(dev["s"][0])).all() and np.isfinite(backend.to_numpy(dev["s"][1])).all()
+    assert_close(backend.to_numpy(dev["s"][0]), sW["s"], np.float32)
+    assert_close(backend.to_numpy(dev["s"][1]), sb["s"], np.float32)
+
+
 # ------------------------------------------------------------------ max-norm after each update
 NORM_CONFIGS = [optim.SGD(lr=0.3), optim.SGD(lr=0.3, weight_decay=1e-2)] + CONFIGS  # plain SGD: no slot at all
 NORM_SHAPES = [(7, 65, 33), (33, 7, 65), (1, 33, 7), (7, 1, 1)]  # (B, n_in, n_out): 1, 7, 33, 65 rows and columns

@@ -352,8 +352,8 @@ class Backend:
         xp.multiply(g, 1.0 - beta_1, out=tmp)
         m += tmp
         s *= beta_2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta_2
+        xp.multiply(g, 1.0 - beta_2, out=tmp)  # (1 − β₂)·g·g in the kernels' order: g² alone overflows 1000× sooner
+        tmp *= g
         s += tmp
         xp.sqrt(s, out=tmp)
         tmp += rate[1:2]
@@ -394,8 +394,8 @@ class Backend:
                 xp.multiply(p, decay, out=tmp)
                 g += tmp
             s *= rho
-            xp.multiply(g, g, out=tmp)
-            tmp *= 1.0 - rho
+            xp.multiply(g, 1.0 - rho, out=tmp)  # (1 − ρ)·g·g, as in _adam_pass
+            tmp *= g
             s += tmp
             xp.sqrt(s, out=tmp)
             tmp += epsilon

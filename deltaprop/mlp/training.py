@@ -154,7 +154,9 @@ class Trainer:
             else:
                 self._steps(idx, 0, self.steps)
             sums = bk.to_numpy(self.metrics)  # the one read-back of the epoch
-            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(state=False))):
+            # the optimizer's state too: a finite g with g² beyond the dtype makes Adam's and RMSprop's s Inf, and
+            # each step m/(√s + ε) then 0: the weights freeze, finite, and every loss stays finite
+            if not (np.all(np.isfinite(sums[:, 0])) and bk.all_finite(net.state_arrays(counter=False))):
                 self._diverged(epoch, idx, sums)
             loss = float(sums[:, 0].sum() / self.n)
             acc = float(sums[:, 1].sum() / self.n) if self.accuracy else math.nan
@@ -220,8 +222,8 @@ class Trainer:
         """Leave the weights of the epoch's last step whose loss was finite in place and raise, naming the epoch and
         step. Step s's loss is that of the weights after s updates: the failing step's own weights gave a non-finite
         loss already, so the epoch is replayed from its start for s − 1 updates (s = steps when every loss was
-        finite and an update overflowed: the last step's weights). A failure at step 0, or weights that an earlier
-        update made non-finite while the losses stayed finite, keep the epoch's starting weights."""
+        finite and an update overflowed: the last step's weights). A failure at step 0, or weights or optimizer state
+        that an earlier update made non-finite while the losses stayed finite, keep the epoch's starting weights."""
         net = self.net
         bad = np.flatnonzero(~np.isfinite(sums[:, 0]))
         step = int(bad[0]) if bad.size else self.steps  # == steps: every loss finite, an update overflowed
@@ -231,13 +233,14 @@ class Trainer:
         replayed = step >= 1 and self.bk.all_finite(net.state_arrays(counter=False))
         if not replayed:
             net.state_restore(self.snapshot)
+        made = "the weights or the optimizer's state NaN or Inf"
         kept = f"the weights of step {step - 1}, whose loss was finite" if replayed else "the weights it started the epoch with"
         if step < self.steps:
             what = f"the loss became NaN or Inf at epoch {epoch}, step {step} (of {self.steps})"
         elif replayed:
-            what = f"the update of epoch {epoch}'s last step (step {step - 1}) made the weights NaN or Inf"
+            what = f"the update of epoch {epoch}'s last step (step {step - 1}) made {made}"
         else:
-            what = f"an update of epoch {epoch} made the weights NaN or Inf while every step's loss was finite"
+            what = f"an update of epoch {epoch} made {made} while every step's loss was finite"
         raise TrainingDiverged(f"training diverged: {what}; the model keeps {kept}. Try a smaller lr.")
 
     def _report(self, epoch: int, history: History) -> None:
