@@ -198,7 +198,7 @@ def check_a_fit_whose_max_normed_weights_overflow_diverges(backend, dtype, momen
     start = [(np.zeros((2, 1)), np.zeros(1))]
     model.set_weights(start)
     with pytest.raises(TrainingDiverged, match=r"training diverged: the update of epoch 0's last step \(step 0\) made "
-                                               r"the weights NaN or Inf; the model keeps the weights of step 0"):
+                                               r"the weights or the optimizer's state NaN or Inf; the model keeps the weights of step 0"):
         model.fit(np.full((1, 2), x), np.ones((1, 1)), epochs=2, batch_size=1, lr=lr, momentum=momentum, shuffle=False)
     for (W, b), (W0, b0) in zip(model.get_weights(), start):
         np.testing.assert_array_equal(W, W0)
