@@ -21,8 +21,9 @@ the H100's, ``SHARED_PER_BLOCK``; another --cc: none, the step path's kernels), 
 the fit records that kernel, of its optimizer, in place of the step's.
 
 CuPy: the CUDA C kernels are compiled by NVRTC for the device that runs them and cached by CuPy
-(``CUPY_CACHE_DIR``); with a GPU the command compiles them there (those of --dtype, or with --every-kernel every
-module's of both dtypes), without one it says that it cannot; --jobs and --multiprocessors are numba-cuda's.
+(``CUPY_CACHE_DIR``); with a GPU the command compiles them there (those of --dtype, or with --every-kernel mlp_kernels.cu's
+and dropout.cu's of both dtypes; bf16.cu's and the fused epoch's compile at their first use), without one it says
+that it cannot; --cc, --jobs and --multiprocessors are numba-cuda's.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def add_parser(sub) -> None:
     c.add_argument("--every-kernel", action="store_true",
                    help="besides the net's kernels, every variant deltaprop has (each activation, loss, accuracy rule, "
                         "update, tiling, offset width; float32 and float64): what the test suite runs; minutes. With "
-                        "cupy: every module of float32 and float64")
+                        "cupy: mlp_kernels.cu's and dropout.cu's, float32 and float64")
     c.add_argument("--jobs", type=int, default=1, metavar="N", help="compile in N processes (numba-cuda with --cc only; "
                    "default: 1)")
     c.set_defaults(run=run)
@@ -555,7 +556,7 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
 # ---------------------------------------------------------------------------- cupy
 def _cupy(cc, net, index: int | None = None, every_kernel: bool = False) -> int:
-    """Compile the CUDA C kernels of ``net``'s dtype (``every_kernel``: of every module, float32 and float64) on this
+    """Compile the CUDA C kernels of ``net``'s dtype (``every_kernel``: mlp_kernels.cu's and dropout.cu's, float32 and float64) on this
     GPU (device ``index``, or the current one) into CuPy's cache; ``cc`` (a compute capability without its GPU) is
     refused: NVRTC compiles for the device that runs them."""
     from .backends import compat

@@ -74,7 +74,8 @@ What differs from ``sklearn.neural_network``:
   score's weights, that epoch's loss and score recorded as NaN, with a ConvergenceWarning (scikit-learn
   carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
   NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
-  its first class); the classifier's ``predict`` refuses them.
+  its first class); the classifier's ``predict`` refuses them, and the regressor's ``score`` is NaN (scikit-learn's
+  raises r2_score's 'Input contains NaN').
 - A sparse y is refused by name (scikit-learn's classifier takes a sparse multilabel y and predicts sparse).
 - Sparse X is densified: whole for fit, up to ``SPARSE_DENSE_LIMIT`` bytes (refused above it), in
   blocks of rows for prediction.

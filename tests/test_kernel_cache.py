@@ -590,7 +590,7 @@ def test_compile_for_cupy_refuses_numba_cudas_options(capsys, cache_dir, argv, o
 
 
 def test_compile_for_cupy_every_kernel_compiles_both_precisions_and_dropout(capsys, cache_dir, monkeypatch):
-    """--every-kernel with cupy: every module of float32 and float64 (on a stand-in GPU), not --dtype's alone."""
+    """--every-kernel with cupy: mlp_kernels.cu's and dropout.cu's kernels of float32 and float64 (on a stand-in GPU), not --dtype's alone."""
     from deltaprop.backends import compat
     from deltaprop.kernels import cuda_source
 

@@ -8,7 +8,8 @@
   is computed as Cᵀ = op(B)ᵀ·op(A)ᵀ, B first (see ``_gemm``).
   Without momentum the update is one GEMM into W: W ← (1 − ηλ)·W − (η/B)·z_prevᵀ·δ. With momentum, Adam or
   RMSprop it is the gradient's GEMM and then one kernel that steps W and b, b's sums of δ in the same launch
-  (``_w_and_b``).
+  (``_w_and_b``). SGD with a schedule's rate (a device array) or Nesterov takes the contract's default body, run by
+  CuPy (its GEMMs through this cuBLAS).
 * Max-norm: the elementwise step of W (momentum, Adam, RMSprop) runs on a 2-D grid that also writes W's column
   sums of squares per row tile (plain SGD, a pure GEMM: a pass of its own), then one kernel adds them in a fixed
   order and rescales the columns above the bound: two passes, no atomics, bit-reproducible.

@@ -4,8 +4,9 @@ A training step of an L-layer net launches 3·L + 3 kernels, maxout layers inclu
 (bias and activation fused, softmax too when the output fits one tile; a maxout layer's writes its pieces with
 their bias and their max per unit, and only a unit of more pieces than a tile has columns takes a kernel more
 for the max), one hidden-δ GEMM (⊙ φ' fused; a maxout layer's writes δ of every piece: the product on the
-winner, 0 on the others; L − 1 of them) and one gradient GEMM that writes the SGD update of W and b straight
-from its tiles; per step two gathers, the output δ and the loss/accuracy sums. Dropout adds one kernel per
+winner, 0 on the others; L − 1 of them) and one gradient GEMM that writes the optimizer's update of W and b
+(SGD's, Adam's or RMSprop's rule, numba_optim) straight from its tiles; per step two gathers, the output δ and the
+loss/accuracy sums, and for Adam the kernel that advances its step count (``count_step``). Dropout adds one kernel per
 dropped layer input (its mask and product) and one that advances the step counter (the δ's mask is fused into
 the hidden-δ GEMM); max-norm one per layer (the update GEMM writes its columns' partial sums of squares, one
 parallel kernel adds them in a fixed order and rescales W: bit-reproducible, no atomics). A forward or
