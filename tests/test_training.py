@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from deltaprop import MLP
+from deltaprop import MLP, optim
 from deltaprop.mlp.training import epoch_order
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
@@ -195,3 +195,55 @@ def test_an_exception_from_the_callback_ends_fit_with_the_epochs_trained_so_far(
     for (W, b), (W0, b0) in zip(stopped.get_weights(), whole.get_weights()):
         np.testing.assert_array_equal(W, W0)
         np.testing.assert_array_equal(b, b0)
+
+
+def test_a_fit_from_inside_its_own_callback_is_refused_by_name(backend, rng):
+    """A callback that calls the model's own fit (which would swap the optimizer's state and the dropout counter under
+    the running fit's recorded steps) is refused by name; the outer fit ends with it, as after the epochs it finished."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model = MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5, dropout=0.2)
+    twin = MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5, dropout=0.2)
+    args = dict(batch_size=7, lr=0.1, momentum=0.9)
+    with pytest.raises(RuntimeError, match="fit: called from inside"):
+        model.fit(X, y, epochs=3, callback=lambda epoch, history: model.fit(X, y, epochs=1, **args), **args)
+    twin.fit(X, y, epochs=1, **args)
+    assert model.epochs_trained == 1
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+    model.fit(X, y, epochs=1, **args)  # and it fits again afterwards
+    assert model.epochs_trained == 2
+
+
+@pytest.mark.parametrize("schedule", [None, "cosine"])
+def test_a_callback_that_sets_the_optimizers_lr_changes_the_next_epochs_rate(backend, rng, schedule):
+    """opt.lr set in the callback is the rate of the epochs after it, with a constant schedule as with any other: as
+    a fit of one epoch, then one at the new rate (the optimizer's state carried over)."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model, twin = (MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5) for _ in range(2))
+    opt = optim.SGD(0.1, momentum=0.9)
+
+    def lower(epoch, history):
+        opt.lr = 0.02
+
+    model.fit(X, y, epochs=2, batch_size=7, optimizer=opt, lr_schedule=schedule, callback=lower)
+    twin.fit(X, y, epochs=1, batch_size=7, optimizer=optim.SGD(0.1, momentum=0.9), lr_schedule=schedule)
+    # the schedule counts from each fit: its epoch 1 of lr₀ = 0.02 is epoch 0 of a fit at the rate it gives there
+    second = 0.02 if schedule is None else optim.schedules.get(schedule).rate(0.02, 1, [], 33)
+    twin.fit(X, y, epochs=1, batch_size=7, optimizer=optim.SGD(second, momentum=0.9))
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(W, W0, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b, b0, rtol=1e-12, atol=1e-15)
+
+
+def test_a_callback_that_changes_the_history_does_not_change_the_training(backend, rng):
+    """The history the callback gets is its to change: the adaptive schedule reads the fit's own losses."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model, twin = (MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5) for _ in range(2))
+    args = dict(epochs=4, batch_size=7, lr=0.1, lr_schedule=optim.schedules.Adaptive(factor=2.0, patience=0, tol=0.0))
+    model.fit(X, y, callback=lambda epoch, history: history.loss.append(10.0 ** -epoch), **args)
+    twin.fit(X, y, **args)
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+

@@ -237,6 +237,8 @@ class MLP:
         callback(epoch, history), if given, is called after each epoch; an exception it raises ends the fit and
         propagates as it is, the model left as a fit of the epochs finished would leave it (weights, the optimizer's
         state, epochs_trained; early stopping's best weights are not restored), so that a later fit goes on from there.
+        An optimizer.lr the callback sets is the rate from the next epoch; a fit of this model from inside it raises
+        RuntimeError.
         sample_weight: None, or a weight ≥ 0 per sample of (X, y) (a number: the same for all), not all 0: each
         step then follows the batch's weighted mean loss Σ w_i·E_i / Σ w_i (the batch's weights are normalised to sum
         to its rows, on the device), a batch whose weights are all 0 contributes no gradient, and the reported
@@ -313,7 +315,14 @@ class MLP:
             shuffle=shuffle,
             verbose=verbose,
         )
-        return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
+        if getattr(self, "_fitting", False):  # a callback's fit would swap the state under the running fit's steps
+            raise RuntimeError("fit: called from inside this model's own fit (its callback); fit another model there, "
+                               "or fit this one again after this fit returns")
+        self._fitting = True
+        try:
+            return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
+        finally:
+            self._fitting = False
 
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:

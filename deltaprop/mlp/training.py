@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends import fused
+from .checks import held_problem
 from .network import Buffers
 
 
@@ -132,13 +133,14 @@ class Trainer:
     def _run(self) -> "History":
         model, net, plan, bk = self.model, self.net, self.plan, self.bk
         history = History()
+        losses = []  # the fit's own, for the schedule: the callback may change history's lists
         best_score, best_state, waited = math.inf, None, 0
         for epoch in range(plan.epochs):
             start = time.perf_counter()
             order = epoch_order(model.seed, model.epochs_trained, self.n, plan.shuffle)
             idx = bk.asarray(order)
             if not plan.schedule.constant:
-                rate = plan.schedule.rate(plan.optimizer.lr, epoch, history.loss, self.n)
+                rate = plan.schedule.rate(plan.optimizer.lr, epoch, losses, self.n)
                 problem = plan.schedule.rate_problem(rate, epoch, model.dtype)  # checked before the fit with no losses
                 if problem is not None:  # an adaptive rate divided down to 0 in the dtype: no training at 0, unsaid
                     warnings.warn(f"{problem}; the fit stops after epoch {epoch - 1}", RuntimeWarning, stacklevel=4)
@@ -165,6 +167,7 @@ class Trainer:
             if self.val is not None:
                 val_loss, val_acc = net.evaluate(*self.val, weights=self.val_weights)
             bk.synchronize()
+            losses.append(loss)
             history.loss.append(loss)
             history.accuracy.append(acc)
             history.val_loss.append(val_loss)
@@ -176,8 +179,17 @@ class Trainer:
                 arrays = net.state_arrays()  # held, so that no new array can take an old one's id
                 self.callback(epoch, history)
                 net.ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
-                if any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays())):
-                    self.step = self._new_step()  # new arrays (set_weights): a new recording; else the old one replays
+                renew = any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays()))
+                if plan.schedule.constant and plan.optimizer.lr != self.lr:  # opt.lr set in the callback (> 0, finite)
+                    problem = held_problem(plan.optimizer.lr, model.dtype)
+                    if problem is not None:  # as a schedule's rate that the dtype cannot hold: no training at it, unsaid
+                        warnings.warn(f"lr: {plan.optimizer.lr!r}, set by the callback, {problem}; the fit stops after "
+                                      f"epoch {epoch}", RuntimeWarning, stacklevel=4)
+                        history.stopped_early = True
+                        break
+                    self.lr, renew = plan.optimizer.lr, True  # a recorded step holds the rate it was recorded with
+                if renew:
+                    self.step = self._new_step()  # new arrays (set_weights) or rate: a new recording; else the old one replays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
                 if score < best_score:
