@@ -197,6 +197,40 @@ def test_an_exception_from_the_callback_ends_fit_with_the_epochs_trained_so_far(
         np.testing.assert_array_equal(b, b0)
 
 
+def test_a_fit_of_a_model_whose_fit_runs_in_another_thread_is_refused_by_name(rng):
+    """One model, two threads: the second fit is refused by name while the first runs (it would train the same
+    arrays at once), and the first ends as it would alone."""
+    import threading
+
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model, twin = MLP([3, 7, 3], dtype="float64", seed=5), MLP([3, 7, 3], dtype="float64", seed=5)
+    args = dict(batch_size=7, lr=0.1, momentum=0.9)
+    inside, done, errors = threading.Event(), threading.Event(), []
+
+    def wait(epoch, history):  # the first fit holds here until the other thread has tried
+        inside.set()
+        assert done.wait(60)
+
+    def other():
+        assert inside.wait(60)
+        try:
+            model.fit(X, y, epochs=1, **args)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    model.fit(X, y, epochs=2, callback=wait, **args)
+    thread.join()
+    assert len(errors) == 1 and errors[0].startswith("fit: called while this model's fit runs"), errors
+    twin.fit(X, y, epochs=2, **args)
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
+
+
 def test_a_fit_from_inside_its_own_callback_is_refused_by_name(backend, rng):
     """A callback that calls the model's own fit (which would swap the optimizer's state and the dropout counter under
     the running fit's recorded steps) is refused by name; the outer fit ends with it, as after the epochs it finished."""
@@ -204,7 +238,7 @@ def test_a_fit_from_inside_its_own_callback_is_refused_by_name(backend, rng):
     model = MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5, dropout=0.2)
     twin = MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5, dropout=0.2)
     args = dict(batch_size=7, lr=0.1, momentum=0.9)
-    with pytest.raises(RuntimeError, match="fit: called from inside"):
+    with pytest.raises(RuntimeError, match="fit: called while this model's fit runs"):
         model.fit(X, y, epochs=3, callback=lambda epoch, history: model.fit(X, y, epochs=1, **args), **args)
     twin.fit(X, y, epochs=1, **args)
     assert model.epochs_trained == 1

@@ -316,8 +316,8 @@ class MLP:
             verbose=verbose,
         )
         if getattr(self, "_fitting", False):  # a callback's fit would swap the state under the running fit's steps
-            raise RuntimeError("fit: called from inside this model's own fit (its callback); fit another model there, "
-                               "or fit this one again after this fit returns")
+            raise RuntimeError("fit: called while this model's fit runs (from its callback, or another thread); fit "
+                               "another model there, or fit this one again after that fit returns")
         self._fitting = True
         try:
             return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
