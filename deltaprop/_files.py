@@ -134,15 +134,16 @@ def _create_temp(folder: str):
             continue
 
 
-def stale_temp(name: str) -> bool:
+def stale_temp(name: str, own: bool = True) -> bool:
     """Whether ``name`` is a temporary file of a write that can no longer finish: its process (the pid in the name)
-    is gone, or is this one (between its writes). A name without a pid, or of a live process, is not stale."""
+    is gone, or is this one (between its writes; ``own=False`` where another of its threads may be writing). A name
+    without a pid, or of a live process, is not stale."""
     found = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z]+{re.escape(TEMP_SUFFIX)}", name)
     if found is None:
         return False
     pid = int(found[1])
     if pid == os.getpid():
-        return True
+        return own
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -150,6 +151,21 @@ def stale_temp(name: str) -> bool:
     except (OSError, OverflowError):  # PermissionError: another user's live process
         return False
     return False
+
+
+def remove_stale_temps(folder: str, own: bool = True) -> None:
+    """Remove the temporary files in ``folder`` of writes that can no longer finish (``stale_temp``): a process
+    killed while writing leaves its temporary file, which nothing else would ever remove."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if stale_temp(name, own):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:  # removed by another process meanwhile, or a folder we may not change
+                pass
 
 
 def check_writable(path, flag: str) -> None:
