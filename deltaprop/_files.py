@@ -50,7 +50,7 @@ def atomic_write(path, write, binary=True) -> None:
     except OSError:
         mode = None
     folder = os.path.dirname(path)
-    fd, tmp = _create_temp(folder)
+    fd, tmp = create_temp(folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             if mode is not None:
@@ -123,7 +123,7 @@ def file_type(mode: int) -> str:
     return "not a regular file"
 
 
-def _create_temp(folder: str):
+def create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
@@ -192,7 +192,7 @@ def check_folder_writable(folder: str, flag: str) -> None:
     """Raise ValueError naming ``flag`` unless a file can be made in the existing ``folder`` (tried, not guessed:
     os.access says yes to root on a read-only mount point such as /proc)."""
     try:
-        fd, tmp = _create_temp(folder)
+        fd, tmp = create_temp(folder)
     except OSError as exc:
         raise ValueError(f"{flag}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
     os.close(fd)
