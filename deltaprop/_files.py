@@ -21,8 +21,12 @@ import re
 import secrets
 import stat
 import sys
+import time
 
 TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
+# how long a shared cache's temporary file of a pid that is not here stays unchanged before it is taken for a killed
+# write's: a live write (of another machine or container) changes it every few seconds at most
+SHARED_IDLE_S = 3600.0
 
 
 def cache_home() -> str:
@@ -153,17 +157,23 @@ def stale_temp(name: str, own: bool = True) -> bool:
     return False
 
 
-def remove_stale_temps(folder: str, own: bool = True) -> None:
+def remove_stale_temps(folder: str, own: bool = True, idle_s: float = 0.0) -> None:
     """Remove the temporary files in ``folder`` of writes that can no longer finish (``stale_temp``): a process
-    killed while writing leaves its temporary file, which nothing else would ever remove."""
+    killed while writing leaves its temporary file, which nothing else would ever remove. With ``idle_s``, only
+    those unchanged for that long: in a folder shared between machines or containers (other pid namespaces), a
+    pid that is not here may be another's live writer."""
     try:
         names = os.listdir(folder)
     except OSError:
         return
+    now = time.time()
     for name in names:
         if stale_temp(name, own):
+            path = os.path.join(folder, name)
             try:
-                os.remove(os.path.join(folder, name))
+                if idle_s and now - os.lstat(path).st_mtime < idle_s:
+                    continue
+                os.remove(path)
             except OSError:  # removed by another process meanwhile, or a folder we may not change
                 pass
 

@@ -351,7 +351,13 @@ def test_a_writer_killed_halfway_is_never_read_and_its_temporary_file_is_removed
         load_mnist(cache_dir=cache_dir, download=False)
     live = f".deltaprop-{os.getpid()}-0123456789abcdef.tmp"  # a write in progress (another thread's): kept
     (cache_dir / live).write_bytes(b"being written")
-    check_matches(load_mnist(cache_dir=cache_dir), arrays)  # downloaded and cached, the dead writer's file removed
+    check_matches(load_mnist(cache_dir=cache_dir), arrays)  # downloaded and cached
+    # just written: as well a live write of another container sharing the volume (its pid means nothing here), kept
+    assert sorted(os.listdir(cache_dir)) == sorted([left, live, "mnist.npz"])
+    hour_ago = os.stat(cache_dir / left).st_mtime - mnist.SHARED_IDLE_S - 1
+    os.utime(cache_dir / left, (hour_ago, hour_ago))
+    (cache_dir / "mnist.npz").unlink()
+    check_matches(load_mnist(cache_dir=cache_dir), arrays)  # the next write removes the dead writer's file
     assert sorted(os.listdir(cache_dir)) == [live, "mnist.npz"]
 
 

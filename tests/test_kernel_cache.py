@@ -302,7 +302,13 @@ def test_a_writer_killed_before_its_rename_leaves_no_entry_and_its_temporary_fil
     (tmp_path / live).write_bytes(b"being written")
     other = {**key, "variant": "w"}
     assert files.write(other, {}, b"cubin") is True
-    assert sorted(os.listdir(tmp_path)) == sorted([live, os.path.basename(files.path(other))])
+    entry = os.path.basename(files.path(other))
+    # just written: as well another machine's live write (a shared cache, where its pid means nothing), kept
+    assert sorted(os.listdir(tmp_path)) == sorted([left, live, entry])
+    hour_ago = os.stat(tmp_path / left).st_mtime - numba_cache.SHARED_IDLE_S - 1
+    os.utime(tmp_path / left, (hour_ago, hour_ago))
+    assert numba_cache.Store(str(tmp_path)).write(other, {}, b"cubin") is True  # the next process's first write
+    assert sorted(os.listdir(tmp_path)) == sorted([live, entry])
 
 
 def test_a_fifo_in_an_entrys_place_is_a_miss_not_a_wait(tmp_path):

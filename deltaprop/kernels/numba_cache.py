@@ -15,7 +15,8 @@ named by the SHA-256 of its key and holding the key itself:
 
 An entry is written to a temporary file and renamed into place, so a reader sees a whole entry or none,
 and two processes filling the cache at once each write whole entries; the temporary files of writers killed
-before their rename (the pid in the name tells) are removed by a process's first write. Reading checks the file's size
+before their rename (the pid in the name tells, once an hour unchanged: the cache may be shared between machines)
+are removed by a process's first write. Reading checks the file's size
 before reading it, then its header, its key (the whole key, not the hash of the name) and the SHA-256 of
 its cubin: an entry that fails any check (or is not a regular file) is a miss, compiled again and replaced,
 never used. Nothing is unpickled. A machine whose GPUs differ in compute capability compiles instead of reading
@@ -47,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from .._files import create_temp, cache_home, remove_stale_temps
+from .._files import SHARED_IDLE_S, cache_home, create_temp, remove_stale_temps
 
 ENV = "DELTAPROP_KERNEL_CACHE"
 OFF = ("", "off", "0", "none", "false", "no")  # the values of $DELTAPROP_KERNEL_CACHE that turn the cache off
@@ -211,8 +212,9 @@ class Store:
         with self._lock:
             self.writes += 1
             sweep, self._swept = not self._swept, True
-        if sweep:  # once per process: the temporary files of killed writers, never this process's (its threads')
-            remove_stale_temps(self.root, own=False)
+        if sweep:  # once per process: the temporary files of killed writers, never this process's (its threads'), nor
+            # another machine's live one (a shared cache): SHARED_IDLE_S unchanged first
+            remove_stale_temps(self.root, own=False, idle_s=SHARED_IDLE_S)
         return True
 
     def count(self, hit: bool, seconds: float = 0.0) -> None:
