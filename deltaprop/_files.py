@@ -21,8 +21,12 @@ import re
 import secrets
 import stat
 import sys
+import time
 
 TEMP_PREFIX, TEMP_SUFFIX = ".deltaprop-", ".tmp"
+# how long a shared cache's temporary file of a pid that is not here stays unchanged before it is taken for a killed
+# write's: a live write (of another machine or container) changes it every few seconds at most
+SHARED_IDLE_S = 3600.0
 
 
 def cache_home() -> str:
@@ -50,7 +54,7 @@ def atomic_write(path, write, binary=True) -> None:
     except OSError:
         mode = None
     folder = os.path.dirname(path)
-    fd, tmp = _create_temp(folder)
+    fd, tmp = create_temp(folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             if mode is not None:
@@ -123,7 +127,7 @@ def file_type(mode: int) -> str:
     return "not a regular file"
 
 
-def _create_temp(folder: str):
+def create_temp(folder: str):
     """(fd, path) of a new, empty file in ``folder``, made with O_EXCL and mode 0666 & ~umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
@@ -134,15 +138,16 @@ def _create_temp(folder: str):
             continue
 
 
-def stale_temp(name: str) -> bool:
+def stale_temp(name: str, own: bool = True) -> bool:
     """Whether ``name`` is a temporary file of a write that can no longer finish: its process (the pid in the name)
-    is gone, or is this one (between its writes). A name without a pid, or of a live process, is not stale."""
+    is gone, or is this one (between its writes; ``own=False`` where another of its threads may be writing). A name
+    without a pid, or of a live process, is not stale."""
     found = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z]+{re.escape(TEMP_SUFFIX)}", name)
     if found is None:
         return False
     pid = int(found[1])
     if pid == os.getpid():
-        return True
+        return own
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -150,6 +155,27 @@ def stale_temp(name: str) -> bool:
     except (OSError, OverflowError):  # PermissionError: another user's live process
         return False
     return False
+
+
+def remove_stale_temps(folder: str, own: bool = True, idle_s: float = 0.0) -> None:
+    """Remove the temporary files in ``folder`` of writes that can no longer finish (``stale_temp``): a process
+    killed while writing leaves its temporary file, which nothing else would ever remove. With ``idle_s``, only
+    those unchanged for that long: in a folder shared between machines or containers (other pid namespaces), a
+    pid that is not here may be another's live writer."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if stale_temp(name, own):
+            path = os.path.join(folder, name)
+            try:
+                if idle_s and now - os.lstat(path).st_mtime < idle_s:
+                    continue
+                os.remove(path)
+            except OSError:  # removed by another process meanwhile, or a folder we may not change
+                pass
 
 
 def check_writable(path, flag: str) -> None:
@@ -176,7 +202,7 @@ def check_folder_writable(folder: str, flag: str) -> None:
     """Raise ValueError naming ``flag`` unless a file can be made in the existing ``folder`` (tried, not guessed:
     os.access says yes to root on a read-only mount point such as /proc)."""
     try:
-        fd, tmp = _create_temp(folder)
+        fd, tmp = create_temp(folder)
     except OSError as exc:
         raise ValueError(f"{flag}: cannot write in the folder {folder} ({exc.strerror or exc})") from None
     os.close(fd)

@@ -25,7 +25,7 @@ import sys
 from numbers import Real
 
 from . import optim
-from ._files import atomic_write, file_type, json_safe, parse_json, sha256, stale_temp
+from ._files import atomic_write, file_type, json_safe, parse_json, remove_stale_temps, sha256
 from .mlp import MLP
 from .mlp.activations import MAXOUT_PIECES
 from .mlp.losses import OUTPUT_FOR_LOSS
@@ -190,12 +190,12 @@ class Checkpoint:
         of a live process: another program's, or another deltaprop's writing into this folder)."""
         keep = {entry["file"] for entry in self._named.values() if entry}
         for f in os.listdir(self.folder):
-            stale = MODEL_FILE.fullmatch(f) and f not in keep
-            if stale or stale_temp(f):
+            if MODEL_FILE.fullmatch(f) and f not in keep:
                 try:
                     os.remove(os.path.join(self.folder, f))
                 except FileNotFoundError:
                     pass
+        remove_stale_temps(self.folder)
 
     def read(self, backend="auto"):
         """(model, settings, history, best): the last epoch's model, the run's settings and history, and the

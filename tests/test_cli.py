@@ -258,6 +258,41 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes_to_the_uninterrupted_r
     assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
 
 
+# cli.main killed (SIGKILL: nothing of it runs on) in the rename of epoch EPOCH's manifest, its temporary file written
+KILL = """
+import os, signal, sys
+from deltaprop import cli
+from deltaprop.checkpoint import Checkpoint
+epoch, commit = int(sys.argv[1]), Checkpoint._commit
+
+def commit_and_die(self, model, *args):
+    if model.epochs_trained == epoch:
+        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+    commit(self, model, *args)
+
+Checkpoint._commit = commit_and_die
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_in_a_checkpoint_write_leaves_its_lock_and_temporary_file_and_resumes(tmp_path, capsys):
+    """The kernel releases a killed run's flock: its lock file, holding a dead pid, does not refuse the next run,
+    the half-done checkpoint's files are never read, and the resumed run removes them."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 4, "--quiet", "--optimizer", "adam"]
+    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "ck"
+    done = subprocess.run([sys.executable, "-c", KILL, "2", *map(str, common), "--checkpoint", str(ck)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    temp, *left = sorted(os.listdir(ck))
+    assert left == [".deltaprop.lock", "checkpoint.json", "model-0001.npz", "model-0002.npz"]
+    assert temp.startswith(f".deltaprop-{(ck / '.deltaprop.lock').read_text().strip()}-")  # the dead run's pid
+    rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume", "--save", tmp_path / "resumed.npz")
+    assert rc == 0 and f"resuming {ck} at epoch 2 of 4" in err, err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "resumed.npz"))
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0004.npz"]
+
+
 def test_resume_with_more_epochs_trains_them_and_with_fewer_is_refused(tmp_path, mnist_dir, capsys):
     common = ["train", "--data-dir", mnist_dir, *SMALL]
     assert run(capsys, *common, "--epochs", 5, "--save", tmp_path / "straight.npz")[0] == 0

@@ -319,6 +319,48 @@ def test_two_processes_that_find_the_same_damaged_cache(tmp_path, arrays, monkey
             assert all("unreadable" in text for _, text in got)
 
 
+def _write_cache_and_die_halfway(path, arrays, halfway):
+    """In a child process: write the cache, and be killed (SIGKILL, nothing cleans up) halfway through the write."""
+    import signal
+
+    def savez_then_die(f, **kw):
+        f.write(b"PK\x03\x04half an npz")
+        f.flush()
+        halfway.set()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    mnist.np.savez = savez_then_die
+    mnist.write_cache(path, arrays)
+
+
+def test_a_writer_killed_halfway_is_never_read_and_its_temporary_file_is_removed(tmp_path, arrays, monkeypatch):
+    files = mf.gz_files(arrays)
+    monkeypatch.setattr(mnist, "FILES", mf.published_md5(files))
+    serve(monkeypatch, {mnist.MIRRORS[0]: files})
+    cache_dir = tmp_path / "c"
+    ctx = multiprocessing.get_context("fork")
+    halfway = ctx.Event()
+    writer = ctx.Process(target=_write_cache_and_die_halfway, args=(cache_dir / "mnist.npz", arrays, halfway))
+    writer.start()
+    assert halfway.wait(timeout=60)
+    writer.join(timeout=60)
+    assert writer.exitcode == -9
+    [left] = os.listdir(cache_dir)  # the killed write's temporary file, half an npz
+    assert left.startswith(".deltaprop-") and left.endswith(".tmp")
+    with pytest.raises(DataUnavailable, match="not there yet"):  # a reader never takes it for the cache
+        load_mnist(cache_dir=cache_dir, download=False)
+    live = f".deltaprop-{os.getpid()}-0123456789abcdef.tmp"  # a write in progress (another thread's): kept
+    (cache_dir / live).write_bytes(b"being written")
+    check_matches(load_mnist(cache_dir=cache_dir), arrays)  # downloaded and cached
+    # just written: as well a live write of another container sharing the volume (its pid means nothing here), kept
+    assert sorted(os.listdir(cache_dir)) == sorted([left, live, "mnist.npz"])
+    hour_ago = os.stat(cache_dir / left).st_mtime - mnist.SHARED_IDLE_S - 1
+    os.utime(cache_dir / left, (hour_ago, hour_ago))
+    (cache_dir / "mnist.npz").unlink()
+    check_matches(load_mnist(cache_dir=cache_dir), arrays)  # the next write removes the dead writer's file
+    assert sorted(os.listdir(cache_dir)) == [live, "mnist.npz"]
+
+
 def test_a_cache_that_is_no_zip_or_a_dangling_symlink_says_what_it_is(tmp_path, arrays, monkeypatch):
     cache = tmp_path / "c" / "mnist.npz"
     cache.parent.mkdir()

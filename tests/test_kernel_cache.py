@@ -191,8 +191,8 @@ def test_a_damaged_entry_is_compiled_again_never_used(toolkit, cache_dir, how):
     _damage(entry, how)
     target = numba_cache.arch((9, 0))
     assert not kernel._cache.has(sig, target, files)
-    if how == "a directory":  # cannot be replaced: compiled, not cached, one warning
-        with pytest.warns(RuntimeWarning, match="cannot be written"):
+    if how == "a directory":  # cannot be replaced: compiled, not cached, one warning naming it
+        with pytest.warns(RuntimeWarning, match="is a directory, which cannot be replaced"):
             assert numba_cache.compile_for(kernel, sig, (9, 0), files) is True
         assert not kernel._cache.has(sig, target, files)
         return
@@ -224,7 +224,7 @@ def test_concurrent_writers_of_one_entry_leave_a_whole_entry(tmp_path):
     assert not errors
     assert seen and seen <= set(payloads)  # every read was one writer's whole entry
     assert files.read(key)[1] in payloads
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".cubin")] == []  # no temporary file left
 
 
 @needs_compiler
@@ -237,7 +237,7 @@ def test_two_processes_fill_one_cache_at_once(toolkit, cache_dir):
         assert r.returncode == 0, err
     n = len(_entries(cache_dir))
     assert n > 5
-    assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".tmp-")] == []
+    assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".cubin")] == []  # no temporary file left
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"0 compiled, {n} found in the cache" in again.stdout
@@ -279,6 +279,38 @@ def test_the_fused_maxout_kernels_compile_and_are_keyed_by_their_pieces(toolkit,
     assert len(_entries(cache_dir)) == 2
 
 
+def _write_and_die_before_the_rename(root, key):
+    """In a child process: write an entry, and be killed (SIGKILL, nothing cleans up) before its rename."""
+    import signal
+
+    numba_cache.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+    numba_cache.Store(root).write(key, {}, b"cubin" * 1000)
+
+
+def test_a_writer_killed_before_its_rename_leaves_no_entry_and_its_temporary_file_is_removed(tmp_path):
+    import multiprocessing
+
+    key = {"format": numba_cache.FORMAT, "variant": "v"}
+    writer = multiprocessing.get_context("fork").Process(target=_write_and_die_before_the_rename, args=(str(tmp_path), key))
+    writer.start()
+    writer.join(timeout=60)
+    assert writer.exitcode == -9
+    [left] = os.listdir(tmp_path)  # the killed write's whole temporary file
+    files = numba_cache.Store(str(tmp_path))
+    assert files.read(key) is None and files.summary()["entries"] == 0
+    live = f".deltaprop-{os.getpid()}-0123456789abcdef.tmp"  # a write in progress (another thread's): kept
+    (tmp_path / live).write_bytes(b"being written")
+    other = {**key, "variant": "w"}
+    assert files.write(other, {}, b"cubin") is True
+    entry = os.path.basename(files.path(other))
+    # just written: as well another machine's live write (a shared cache, where its pid means nothing), kept
+    assert sorted(os.listdir(tmp_path)) == sorted([left, live, entry])
+    hour_ago = os.stat(tmp_path / left).st_mtime - numba_cache.SHARED_IDLE_S - 1
+    os.utime(tmp_path / left, (hour_ago, hour_ago))
+    assert numba_cache.Store(str(tmp_path)).write(other, {}, b"cubin") is True  # the next process's first write
+    assert sorted(os.listdir(tmp_path)) == sorted([live, entry])
+
+
 def test_a_fifo_in_an_entrys_place_is_a_miss_not_a_wait(tmp_path):
     files = numba_cache.Store(str(tmp_path))
     key = {"format": numba_cache.FORMAT, "variant": "v"}
@@ -291,6 +323,20 @@ def test_a_fifo_in_an_entrys_place_is_a_miss_not_a_wait(tmp_path):
     assert found == [None]
     assert files.write(key, {"n": 1}, b"cubin") is True  # replaced by a whole entry
     assert files.read(key) == ({"n": 1}, b"cubin")
+
+
+def test_a_directory_in_an_entrys_place_costs_that_entry_not_the_cache(tmp_path):
+    """A directory cannot be renamed over: that entry is not written (one warning naming it), and every other is."""
+    files = numba_cache.Store(str(tmp_path))
+    key, other = {"format": numba_cache.FORMAT, "variant": "v"}, {"format": numba_cache.FORMAT, "variant": "w"}
+    os.mkdir(files.path(key))
+    assert files.read(key) is None
+    with pytest.warns(RuntimeWarning, match=f"{files.path(key)} is a directory"):
+        assert files.write(key, {}, b"cubin") is False
+    assert files.unwritable is None
+    assert files.write(other, {"n": 1}, b"cubin") is True
+    assert files.read(other) == ({"n": 1}, b"cubin")
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(files.path(k)) for k in (key, other))
 
 
 def test_entries_get_the_umasks_permissions_and_the_umask_is_never_changed(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ import zlib
 
 import numpy as np
 
-from .._files import atomic_write, cache_home
+from .._files import SHARED_IDLE_S, atomic_write, cache_home, remove_stale_temps
 from ..mlp.arrays import NpzArrays
 from ..mlp.checks import check_flag
 from .idx import IDXError, parse_idx, read_idx
@@ -167,9 +167,14 @@ def read_cache(path) -> dict:
 
 
 def write_cache(path, arrays) -> None:
-    """Write the cache in one step: a reader sees the old file or the new one, never half of one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write the cache in one step: a reader sees the old file or the new one, never half of one. The temporary
+    files of writers killed before their rename (a whole MNIST each) are removed once an hour old (the folder may be
+    a volume shared with containers, whose pids are not ours); those of this process are not, as another thread may
+    be writing one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
+    remove_stale_temps(folder, own=False, idle_s=SHARED_IDLE_S)
 
 
 def keep_in_cache(path, arrays) -> None:

@@ -14,7 +14,9 @@ named by the SHA-256 of its key and holding the key itself:
                       that a changed kernel source is a miss too
 
 An entry is written to a temporary file and renamed into place, so a reader sees a whole entry or none,
-and two processes filling the cache at once each write whole entries. Reading checks the file's size
+and two processes filling the cache at once each write whole entries; the temporary files of writers killed
+before their rename (the pid in the name tells, once an hour unchanged: the cache may be shared between machines)
+are removed by a process's first write. Reading checks the file's size
 before reading it, then its header, its key (the whole key, not the hash of the name) and the SHA-256 of
 its cubin: an entry that fails any check (or is not a regular file) is a miss, compiled again and replaced,
 never used. Nothing is unpickled. A machine whose GPUs differ in compute capability compiles instead of reading
@@ -39,7 +41,6 @@ import hashlib
 import inspect
 import json
 import os
-import secrets
 import stat
 import threading
 import time
@@ -47,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from .._files import cache_home
+from .._files import SHARED_IDLE_S, cache_home, create_temp, remove_stale_temps
 
 ENV = "DELTAPROP_KERNEL_CACHE"
 OFF = ("", "off", "0", "none", "false", "no")  # the values of $DELTAPROP_KERNEL_CACHE that turn the cache off
@@ -151,6 +152,7 @@ class Store:
         self.hits = self.misses = self.writes = 0
         self.compile_seconds = 0.0
         self.unwritable = None  # the error that made this directory read-only for this process
+        self._swept = False  # whether the temporary files of killed writers were removed yet
         self._lock = threading.Lock()
 
     def path(self, key: dict) -> str:
@@ -183,10 +185,9 @@ class Store:
         tmp = None
         try:
             os.makedirs(self.root, exist_ok=True)
-            # created with the permissions the umask gives (a shared cache), never changing the process's umask
-            name = os.path.join(self.root, f".tmp-{secrets.token_hex(8)}.cubin")
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            tmp = name
+            # created with the permissions the umask gives (a shared cache), never changing the process's umask; its
+            # name holds the pid, so that a writer killed before its rename leaves a file known to be stale
+            fd, tmp = create_temp(self.root)
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + len(header).to_bytes(4, "little") + header + cubin)
             os.replace(tmp, self.path(key))
@@ -194,6 +195,11 @@ class Store:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+            if isinstance(exc, IsADirectoryError) and tmp is not None:  # a directory in this entry's place: not the cache's
+                warnings.warn(f"deltaprop: the numba-cuda kernel cache entry {self.path(key)} is a directory, which "
+                              "cannot be replaced; that kernel is compiled in memory (remove the directory)",
+                              RuntimeWarning, stacklevel=2)
+                return False
             with self._lock:
                 if self.unwritable is None:
                     self.unwritable = exc
@@ -205,6 +211,10 @@ class Store:
             return False
         with self._lock:
             self.writes += 1
+            sweep, self._swept = not self._swept, True
+        if sweep:  # once per process: the temporary files of killed writers, never this process's (its threads'), nor
+            # another machine's live one (a shared cache): SHARED_IDLE_S unchanged first
+            remove_stale_temps(self.root, own=False, idle_s=SHARED_IDLE_S)
         return True
 
     def count(self, hit: bool, seconds: float = 0.0) -> None:
@@ -220,7 +230,7 @@ class Store:
         entries = size = 0
         with contextlib.suppress(OSError):
             for e in os.scandir(self.root):
-                if e.name.endswith(".cubin") and not e.name.startswith(".tmp-") and e.is_file():
+                if e.name.endswith(".cubin") and not e.name.startswith(".tmp-") and e.is_file():  # .tmp-: an older deltaprop's
                     entries += 1
                     size += e.stat().st_size
         return {"directory": self.root, "entries": entries, "bytes": size}
