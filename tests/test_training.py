@@ -281,3 +281,24 @@ def test_a_callback_that_changes_the_history_does_not_change_the_training(backen
         np.testing.assert_array_equal(W, W0)
         np.testing.assert_array_equal(b, b0)
 
+
+
+def test_a_callback_that_changes_another_optimizer_setting_is_refused_by_name(backend, rng):
+    """Only the rate may change during a fit: the recorded steps and fused epochs of the GPU backends hold the other
+    settings (momentum, betas, decay), while NumPy would read a change at once, so the same fit would train otherwise
+    on each backend. A change is refused by name after the callback, the model left as after the epochs finished."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model, twin = (MLP([3, 7, 3], backend=backend.name, dtype="float64", seed=5) for _ in range(2))
+    opt = optim.SGD(0.1, momentum=0.9)
+
+    def change(epoch, history):
+        opt.params["momentum"] = 0.5
+
+    with pytest.raises(ValueError, match=r"optimizer: the callback changed momentum \(0\.9 → 0\.5\); only lr may change "
+                                         r"during a fit"):
+        model.fit(X, y, epochs=3, batch_size=7, optimizer=opt, callback=change)
+    twin.fit(X, y, epochs=1, batch_size=7, optimizer=optim.SGD(0.1, momentum=0.9))
+    assert model.epochs_trained == 1
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)

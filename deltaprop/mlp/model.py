@@ -237,7 +237,8 @@ class MLP:
         callback(epoch, history), if given, is called after each epoch; an exception it raises ends the fit and
         propagates as it is, the model left as a fit of the epochs finished would leave it (weights, the optimizer's
         state, epochs_trained; early stopping's best weights are not restored), so that a later fit goes on from there.
-        An optimizer.lr the callback sets is the rate from the next epoch; a fit of this model from inside it raises
+        An optimizer.lr the callback sets is the rate from the next epoch; a change of the optimizer's other settings
+        there raises ValueError (the GPU backends' recorded steps hold them), a fit of this model from inside it
         RuntimeError.
         sample_weight: None, or a weight ≥ 0 per sample of (X, y) (a number: the same for all), not all 0: each
         step then follows the batch's weighted mean loss Σ w_i·E_i / Σ w_i (the batch's weights are normalised to sum

@@ -177,7 +177,12 @@ class Trainer:
                 self._report(epoch, history)
             if self.callback is not None:
                 arrays = net.state_arrays()  # held, so that no new array can take an old one's id
+                settings = dict(plan.optimizer.params)
                 self.callback(epoch, history)
+                changed = [(k, v, plan.optimizer.params.get(k)) for k, v in settings.items() if plan.optimizer.params.get(k) != v]
+                if changed:  # the GPU backends' recorded steps hold these, NumPy reads them at once: refused, not unequal
+                    raise ValueError("optimizer: the callback changed " + ", ".join(f"{k} ({v!r} → {now!r})" for k, v, now in changed)
+                                     + "; only lr may change during a fit: fit again with another optimizer for the rest")
                 net.ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
                 renew = any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays()))
                 if plan.schedule.constant and plan.optimizer.lr != self.lr:  # opt.lr set in the callback (> 0, finite)
