@@ -5,6 +5,7 @@ and 3, 33 samples in batches of 7, the last one short; 3 epochs), so that the si
 backends sum in other orders: losses and weights agree to 1e-12 relative. A fit saved after epoch 2, loaded on
 another backend and resumed with ``schedule.resumed(losses)`` ends as the uninterrupted fit there."""
 
+import emulated_cuda
 import numpy as np
 import pytest
 from test_cupy_emulated import emulated  # noqa: F401  (the fixture: the CuPy backend with its CUDA C on the host)
@@ -142,6 +143,26 @@ def test_a_combined_fit_on_emulated_cupy_is_the_numpy_fit(emulated, rng, case, g
     assert_agree(got, whole("numpy", case, d), f"cupy {case}")
 
 
+@pytest.mark.parametrize("case", ["sigmoid bce nesterov invscaling", "mse leaky_relu adaptive"])  # the fusable ones
+def test_a_combined_fit_in_fused_epochs_on_emulated_cupy_is_the_numpy_fit(emulated, monkeypatch, rng, case):  # noqa: F811
+    """fused_epoch.cu run on the host (one launch an epoch), with a rate that changes each epoch."""
+    from deltaprop.backends import fused
+    from deltaprop.kernels import fused_source
+
+    monkeypatch.setattr(fused_source, "kernel", emulated_cuda.FusedKernel)
+    d = data(case, rng)
+    want = whole("numpy", case, d)
+    monkeypatch.setenv(fused.ENV, "on")
+    bk = emulated()
+    got = whole(bk, case, d)
+    assert bk.fused_epochs == 3
+    assert_agree(got, want, f"cupy fused {case}")
+
+
+#: the cases a resumed fit can equal: early stopping's patience and best epoch start afresh with each fit
+RESUMABLE = [case for case in CASES if "early" not in case]
+
+
 def resumed(first, then, case, data, tmp_path):
     """Fit 2 epochs on ``first``, save, load on ``then``, fit the third with the schedule resumed: (history of all
     3 epochs, state)."""
@@ -158,7 +179,7 @@ def resumed(first, then, case, data, tmp_path):
     return h1, state(b)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "early" not in c])  # early stopping ends a fit at its best
+@pytest.mark.parametrize("case", RESUMABLE)
 def test_a_fit_resumed_on_the_same_cpu_is_the_uninterrupted_one_bit_for_bit(rng, case, tmp_path):
     d = data(case, rng)
     h, s = resumed("numpy", "numpy", case, d, tmp_path)
@@ -168,7 +189,7 @@ def test_a_fit_resumed_on_the_same_cpu_is_the_uninterrupted_one_bit_for_bit(rng,
         np.testing.assert_array_equal(x, x0)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "early" not in c])
+@pytest.mark.parametrize("case", RESUMABLE)
 @pytest.mark.parametrize("direction", ["from numpy", "to numpy"])
 def test_a_fit_resumed_on_another_backend_is_the_uninterrupted_one(backend, rng, case, direction, tmp_path):
     """Saved on one backend, resumed on the other: the uninterrupted fit on the second (equal to NumPy's to 1e-12)."""
@@ -177,7 +198,7 @@ def test_a_fit_resumed_on_another_backend_is_the_uninterrupted_one(backend, rng,
     assert_agree(resumed(first, then, case, d, tmp_path), whole(then, case, d), f"{first} -> {then} {case}")
 
 
-@pytest.mark.parametrize("case", ["tanh rmsprop-momentum step dropout", "relu max-norm adamw exponential"])
+@pytest.mark.parametrize("case", RESUMABLE)
 def test_a_fit_resumed_on_emulated_cupy_is_the_uninterrupted_one(emulated, rng, case, tmp_path):  # noqa: F811
     d = data(case, rng)
     got = resumed("numpy", emulated(graphs=True), case, d, tmp_path)
