@@ -1,9 +1,11 @@
 """Whole fits that combine features, on every backend against NumPy in float64: maxout with dropout, Adam, a cosine
 schedule, sample weights, validation_split and early stopping; max-norm with AdamW; RMSprop with momentum and
 dropout; bce with Nesterov; an adaptive schedule whose rate changes during the fit. Tiny shapes (7 inputs, hidden 5
-and 3, 33 samples in batches of 7, the last one short; 3 epochs), so that the simulator runs each in seconds. The
-backends sum in other orders: losses and weights agree to 1e-12 relative. A fit saved after epoch 2, loaded on
-another backend and resumed with ``schedule.resumed(losses)`` ends as the uninterrupted fit there."""
+and 3, 33 samples in batches of 7, the last one short; 3 epochs), so that the simulator runs each in seconds: step by
+step and through the graph replay, and on the emulated CuPy backend (graphs on and off, and its fused epoch where the
+net fits it). The backends sum in other orders: losses and weights agree to 1e-12 relative. A fit saved after epoch 2,
+loaded on another backend and resumed with ``schedule.resumed(losses)`` ends as the uninterrupted fit there (bit for
+bit on NumPy)."""
 
 import emulated_cuda
 import numpy as np
