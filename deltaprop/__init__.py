@@ -12,7 +12,7 @@ __all__ = ["MLP", "History", "TrainingDiverged", "BackendUnavailable", "backends
 
 # {name: the subpackage it comes from}
 _FROM = {"MLP": "mlp", "History": "mlp", "TrainingDiverged": "mlp", "gradcheck": "mlp", "BackendUnavailable": "backends"}
-_SUBPACKAGES = ("backends", "kernels", "mlp", "optim")  # attributes of the package once imported, as they always were
+_SUBPACKAGES = ("backends", "kernels", "mlp", "optim")  # attributes of the package once imported
 
 
 def __getattr__(name):

@@ -311,6 +311,8 @@ class _BaseMLP(BaseEstimator):
         if sparse.issparse(y):  # scikit-learn's classifier takes a sparse multilabel y (and then predicts sparse)
             raise ValueError(f"y: a sparse {type(y).__name__} of shape {y.shape}; deltaprop takes dense targets: "
                              "pass y.toarray()")
+        if not self._classifier:  # before validate_data, whose y_numeric takes an object y's "1" for 1.0
+            _refuse_text_targets(y)
         # validate_data records n_features_in_ / feature_names_in_ when reset: on a clone, copied on success.
         holder = self if reuse else clone(self)
         X, y = validate_data(
@@ -327,8 +329,6 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("sample_weight: Sample weights must contain at least one non-zero number.")
         if self._classifier:
             classes_, kind, Y = self._encode_labels(y, classes, reuse, incremental)
-        elif y.dtype.kind not in "biuf":  # y_numeric converts an object y only; strings would reach float64 here
-            raise ValueError(f"y: a regressor's targets must be numbers, got an array of dtype {y.dtype}")
         else:
             classes_, kind, Y = None, "regression", np.asarray(y, np.float64)
         n_out = Y.shape[1] if Y.ndim == 2 else (1 if kind in ("binary", "regression") else len(classes_))
@@ -756,16 +756,6 @@ class _BaseMLP(BaseEstimator):
         super().__setstate__(state)
 
 
-class _WeightedScore:
-    """Before the scikit-learn mixin's ``score`` (the classifier's accuracy; the regressor's ``score`` refuses it
-    itself): a bool as ``sample_weight`` is refused by name, as ``fit`` refuses it (accuracy_score would say 'Input
-    should have at least 1 dimension')."""
-
-    def score(self, X, y, sample_weight=None) -> float:
-        refuse_bool_weights(sample_weight)
-        return super().score(X, y, sample_weight=sample_weight)
-
-
 class _Copies(list):
     """What ``coefs_`` and ``intercepts_`` return: read-only copies of the network's parameters, in a list that
     refuses changes by name (editing either would leave the network as it was); its copies are plain lists."""
@@ -823,6 +813,14 @@ def _labels(proba, kind, classes) -> np.ndarray:
     return classes[(proba[:, 0] > 0.5).astype(np.intp) if kind == "binary" else np.argmax(proba, axis=1)]
 
 
+def _refuse_text_targets(y) -> None:
+    """ValueError naming y when a regressor's targets are text (a <U or bytes array, or an object array, such as a
+    pandas column, holding a str or bytes): scikit-learn's regressor refuses them; float64 would read "1" as 1.0."""
+    values = np.asarray(y)
+    if values.dtype.kind in "USa" or (values.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in values.flat)):
+        raise ValueError(f"y: a regressor's targets must be numbers, got text (an array of dtype {values.dtype})")
+
+
 def _dense(X, dtype):
     """X as a dense array; a sparse X only up to SPARSE_DENSE_LIMIT bytes in ``dtype``, else refused by name."""
     if not sparse.issparse(X):
@@ -837,7 +835,7 @@ def _dense(X, dtype):
     return X.astype(dtype).toarray()
 
 
-class MLPClassifier(_WeightedScore, ClassifierMixin, _BaseMLP):
+class MLPClassifier(ClassifierMixin, _BaseMLP):
     """A multi-layer perceptron classifier trained by deltaprop.
 
     Softmax outputs and cross-entropy for several classes; one logistic output (bce) for two, with
@@ -888,6 +886,12 @@ class MLPClassifier(_WeightedScore, ClassifierMixin, _BaseMLP):
         """accuracy_score of the labels these outputs predict (scikit-learn's validation score), weighted by
         ``sample_weight`` when given; the outputs are finite (the caller scores NaN otherwise)."""
         return float(accuracy_score(y, _labels(proba, kind, classes), sample_weight=sample_weight))
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy (ClassifierMixin's); a bool as ``sample_weight`` is refused by name, as ``fit`` refuses it
+        (accuracy_score would say 'Input should have at least 1 dimension')."""
+        refuse_bool_weights(sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
 
     def _encode_labels(self, y, classes, reuse, incremental):
         """(classes_, kind, targets for the MLP): labels become indices into classes_ (1-D), a 0/1 indicator

@@ -283,8 +283,8 @@ def run(args) -> int:
 
 def best_candidate(scores) -> int:
     """The index of the largest mean test score, the first of a tie; a NaN score (a candidate whose outputs
-    overflowed) is never the best unless all are, as GridSearchCV ranks it last (max with a NaN first kept it:
-    nothing compares greater than NaN)."""
+    overflowed) is never the best unless all are, as GridSearchCV ranks it last (a plain max would keep a
+    NaN that came first: nothing compares greater than NaN)."""
     return max(range(len(scores)), key=lambda i: (not np.isnan(scores[i]), scores[i]))
 
 

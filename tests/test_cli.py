@@ -694,10 +694,10 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be in [0, 2**64), got -3"),
     (["--seed", str(2**64)], "--seed: must be in [0, 2**64), got 18446744073709551616"),
-    (["--dropout", "1"], "--dropout: a dropout rate must be in [0, 1), got 1.0"),
-    (["--dropout", "0.99999"], "--dropout: a dropout rate must be at most 1 − 2⁻³³·10⁶ ≈ 0.99988358"),
+    (["--dropout", "1"], "--dropout: a dropout rate must be in [0, 0.99988358] (above it"),
+    (["--dropout", "0.99999"], "--dropout: a dropout rate must be in [0, 0.99988358]"),
     (["--dropout", "0.2,0.5"], "--dropout: got 2 rates for 3 layer inputs"),  # mnist's default layers: 1024,1024
-    (["--layers", "8", "--dropout", "0.2,nan"], "--dropout[1]: a dropout rate must be in [0, 1), got nan"),
+    (["--layers", "8", "--dropout", "0.2,nan"], "--dropout[1]: a dropout rate must be in [0, 0.99988358]"),
     (["--max-norm", "0"], "--max-norm: expected a finite number > 0, got 0.0"),
     (["--dataset", "xor", "--max-norm", "1e39"], "--max-norm: 1e+39 overflows the model's float32"),
     (["--checkpoint", "{tmp}/ck", "--dataset", "xor", "--max-norm", "1e-46"], "--max-norm: 1e-46 is 0 in the model's float32"),

@@ -302,3 +302,25 @@ def test_a_callback_that_changes_another_optimizer_setting_is_refused_by_name(ba
     for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(W, W0)
         np.testing.assert_array_equal(b, b0)
+
+
+def test_a_callback_that_sets_an_lr_the_dtype_cannot_hold_stops_the_fit_after_that_epochs_bookkeeping(rng):
+    """An lr set in the callback that overflows float32 stops the fit with a warning before the epoch that would use
+    it; the epoch before is counted in full (early stopping's best included): the same as a fit of those epochs."""
+    X, y = rng.normal(size=(33, 3)), rng.integers(0, 3, 33)
+    model, twin = (MLP([3, 7, 3], dtype="float32", seed=5) for _ in range(2))
+    args = dict(batch_size=7, validation_split=0.2, early_stopping=5)
+    opt = optim.SGD(0.1, momentum=0.9)
+
+    def overflow(epoch, history):
+        if epoch == 2:
+            opt.lr = 1e39
+
+    with pytest.warns(RuntimeWarning, match=r"lr: 1e\+39, set during the fit, overflows the model's float32; the fit "
+                                            r"stops after epoch 2"):
+        history = model.fit(X, y, epochs=5, optimizer=opt, callback=overflow, **args)
+    done = twin.fit(X, y, epochs=3, optimizer=optim.SGD(0.1, momentum=0.9), **args)
+    assert history.epochs == 3 and history.stopped_early and history.best_epoch == done.best_epoch
+    for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)

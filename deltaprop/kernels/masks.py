@@ -91,6 +91,7 @@ def seed_words(seed: int) -> tuple:
 #: ±2⁻³³, so E[mask] = (2³² − round(p·2³²))/2³² · 1/(1 − p) is 1 to a relative 2⁻³³/(1 − p), ≤ 1e-6 when
 #: (1 − p)·2³² ≥ 0.5·10⁶ (1 − p ≥ 1.1642e-4); closer to 1 the mean drifts (22% at p = 1 − 3e-10)
 MIN_KEPT = 0.5e6
+MAX_RATE = 1.0 - MIN_KEPT / TWO_32  # ≈ 0.99988358, the largest accepted rate
 
 
 def threshold(rate: float) -> int:
@@ -144,17 +145,17 @@ def _as_float(value) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+RATES = (f"a dropout rate must be in [0, {MAX_RATE:.8f}] (above it the masks' 32-bit threshold round(p·2³²) "
+         "gives the keep probability 1 − p only to more than 1e-6 of it, and the kept units' 1/(1 − p) no longer "
+         "makes the mask's mean 1)")
+
+
 def _check_rate(p, argument: str) -> float:
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, Real):
-        raise TypeError(f"{argument}: expected a rate in [0, 1), got {p!r}")
+        raise TypeError(f"{argument}: {RATES}, got {p!r}")
     p = _as_float(p)
-    if not (0.0 <= p < 1.0):
-        raise ValueError(f"{argument}: a dropout rate must be in [0, 1), got {p!r}")
-    if (1.0 - p) * TWO_32 < MIN_KEPT:  # (1 − p exact for p ≥ 0.5, and so is its product with 2³²)
-        raise ValueError(f"{argument}: a dropout rate must be at most 1 − 2⁻³³·10⁶ ≈ 0.99988358 (a keep probability "
-                         f"1 − p ≥ 1.1642e-4), got {p!r}: the masks keep a unit when 32 random bits are ≥ "
-                         "round(p·2³²), which gives 1 − p only to ±2⁻³³, more than 1e-6 of it, so a kept unit's "
-                         "1/(1 − p) would no longer make the mask's mean 1")
+    if not (0.0 <= p and (1.0 - p) * TWO_32 >= MIN_KEPT):  # (1 − p exact for p ≥ 0.5, so is its product with 2³²)
+        raise ValueError(f"{argument}: {RATES}, got {p!r}")
     return p
 
 

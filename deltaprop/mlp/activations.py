@@ -169,7 +169,7 @@ def _relu_dphi_xp(xp, z, g, tmp):  # 1 for a > 0, 0 for a ≤ 0
 
 
 # φ = NumPy's maximum(a, 0) in every form: a where a is not below 0 (NaN, −0 too), so a NaN pre-activation stays NaN and
-# the loss shows the divergence (a > 0 ? a : 0 read NaN as 0: a NaN unit then trained on, unseen, on the GPU backends)
+# the loss shows the divergence (a > 0 ? a : 0 would read NaN as 0, and a NaN unit would train on unseen)
 def _relu_device(kind):
     zero, one = kind(0.0), kind(1.0)
     return (lambda a: zero if a < zero else a), (lambda z: one if z > zero else zero)

@@ -26,7 +26,7 @@ class GradcheckResult:
 
     @property
     def max_rel_error(self) -> float:
-        """The largest error, NaN where any is (np.max's; Python's max(0.0, nan) is 0.0, a NaN gradient passed)."""
+        """The largest error, NaN where any is (np.max's: Python's max(0.0, nan) is 0.0, which would pass a NaN gradient)."""
         return float(np.max(self.errors))
 
 

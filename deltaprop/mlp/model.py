@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from numbers import Integral
 
 import numpy as np
@@ -134,6 +135,7 @@ class MLP:
         activations = (*hidden, out)  # one per layer, the output's last
         per_layer = layer_pieces(activations, pieces)
         # the parameters, the optimizer's state and the passes over them, on the backend's device
+        self._fit_lock = threading.Lock()  # held by a fit: a second one (its callback's, another thread's) is refused
         self.network = Network(backends.instance(self.selection.name, self.selection.device), sizes, activations,
                                loss_spec.name, dtype, _initial_weights(sizes, activations, dtype, self.seed, init, per_layer),
                                per_layer)
@@ -316,14 +318,13 @@ class MLP:
             shuffle=shuffle,
             verbose=verbose,
         )
-        if getattr(self, "_fitting", False):  # a callback's fit would swap the state under the running fit's steps
+        if not self._fit_lock.acquire(blocking=False):  # a second fit would swap the state under the running one's steps
             raise RuntimeError("fit: called while this model's fit runs (from its callback, or another thread); fit "
                                "another model there, or fit this one again after that fit returns")
-        self._fitting = True
         try:
             return Trainer(self, X, targets, plan, val, callback, weights, val_weights).run()
         finally:
-            self._fitting = False
+            self._fit_lock.release()
 
     # ---------------------------------------------------------- inference
     def predict(self, X) -> np.ndarray:

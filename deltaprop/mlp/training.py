@@ -139,14 +139,15 @@ class Trainer:
             start = time.perf_counter()
             order = epoch_order(model.seed, model.epochs_trained, self.n, plan.shuffle)
             idx = bk.asarray(order)
+            rate, problem = self._rate(epoch, losses)
+            if problem is not None:  # no training at a rate the device would not see as it is, and not without a word
+                warnings.warn(f"{problem}; the fit stops after epoch {epoch - 1}", RuntimeWarning, stacklevel=4)
+                history.stopped_early = True
+                break
             if not plan.schedule.constant:
-                rate = plan.schedule.rate(plan.optimizer.lr, epoch, losses, self.n)
-                problem = plan.schedule.rate_problem(rate, epoch, model.dtype)  # checked before the fit with no losses
-                if problem is not None:  # an adaptive rate divided down to 0 in the dtype: no training at 0, unsaid
-                    warnings.warn(f"{problem}; the fit stops after epoch {epoch - 1}", RuntimeWarning, stacklevel=4)
-                    history.stopped_early = True
-                    break
                 bk.copy_(self.lr, bk.asarray(np.array([rate]), model.dtype))
+            elif rate != self.lr:  # opt.lr set by the callback: a recorded step holds the rate it was recorded with
+                self.lr, self.step = rate, self._new_step()
             net.state_copy(into=self.snapshot)
             bk.zero_(self.metrics)
             net.start_epoch(model.epochs_trained)
@@ -179,22 +180,15 @@ class Trainer:
                 arrays = net.state_arrays()  # held, so that no new array can take an old one's id
                 settings = dict(plan.optimizer.params)
                 self.callback(epoch, history)
-                changed = [(k, v, plan.optimizer.params.get(k)) for k, v in settings.items() if plan.optimizer.params.get(k) != v]
+                changed = [(k, was, plan.optimizer.params.get(k)) for k, was in settings.items()]
+                changed = [(k, was, now) for k, was, now in changed if now != was]
                 if changed:  # the GPU backends' recorded steps hold these, NumPy reads them at once: refused, not unequal
-                    raise ValueError("optimizer: the callback changed " + ", ".join(f"{k} ({v!r} → {now!r})" for k, v, now in changed)
-                                     + "; only lr may change during a fit: fit again with another optimizer for the rest")
+                    said = ", ".join(f"{k} ({was!r} → {now!r})" for k, was, now in changed)
+                    raise ValueError(f"optimizer: the callback changed {said}; only lr may change during a fit: fit "
+                                     "again with another optimizer for the rest")
                 net.ensure_state(plan.optimizer)  # set_weights in the callback resets the optimizer's state
-                renew = any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays()))
-                if plan.schedule.constant and plan.optimizer.lr != self.lr:  # opt.lr set in the callback (> 0, finite)
-                    problem = held_problem(plan.optimizer.lr, model.dtype)
-                    if problem is not None:  # as a schedule's rate that the dtype cannot hold: no training at it, unsaid
-                        warnings.warn(f"lr: {plan.optimizer.lr!r}, set by the callback, {problem}; the fit stops after "
-                                      f"epoch {epoch}", RuntimeWarning, stacklevel=4)
-                        history.stopped_early = True
-                        break
-                    self.lr, renew = plan.optimizer.lr, True  # a recorded step holds the rate it was recorded with
-                if renew:
-                    self.step = self._new_step()  # new arrays (set_weights) or rate: a new recording; else the old one replays
+                if any(x is not y for x, y in itertools.zip_longest(arrays, net.state_arrays())):
+                    self.step = self._new_step()  # new arrays (set_weights): a new recording; else the old one replays
             if plan.early_stopping:
                 score = val_loss if self.val is not None else loss
                 if score < best_score:
@@ -208,6 +202,18 @@ class Trainer:
         if best_state is not None:
             net.state_restore(best_state)
         return history
+
+    def _rate(self, epoch: int, losses: list) -> tuple:
+        """(the rate of ``epoch``, why the device would not train at it as it is, or None). Checked before the fit for
+        every epoch with no losses; here for what only the fit knows: an adaptive rate divided down to 0 in the dtype,
+        or an optimizer.lr the callback set (a constant schedule's rate) that the dtype cannot hold."""
+        plan, dtype = self.plan, self.model.dtype
+        if plan.schedule.constant:
+            lr = plan.optimizer.lr
+            problem = held_problem(lr, dtype)
+            return lr, None if problem is None else f"lr: {lr!r}, set during the fit, {problem}"
+        rate = plan.schedule.rate(plan.optimizer.lr, epoch, losses, self.n)
+        return rate, plan.schedule.rate_problem(rate, epoch, dtype)
 
     def _steps(self, idx, first: int, stop: int) -> None:
         """Training steps first..stop-1 of the epoch whose sample order is ``idx``."""
