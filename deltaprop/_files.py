@@ -157,11 +157,12 @@ def stale_temp(name: str, own: bool = True) -> bool:
     return False
 
 
-def remove_stale_temps(folder: str, own: bool = True, idle_s: float = 0.0) -> None:
+def remove_stale_temps(folder: str, shared: bool = False) -> None:
     """Remove the temporary files in ``folder`` of writes that can no longer finish (``stale_temp``): a process
-    killed while writing leaves its temporary file, which nothing else would ever remove. With ``idle_s``, only
-    those unchanged for that long: in a folder shared between machines or containers (other pid namespaces), a
-    pid that is not here may be another's live writer."""
+    killed while writing leaves its temporary file, which nothing else would ever remove. ``shared``: a cache that
+    other machines or containers (other pid namespaces) may fill too, and other threads of this process: only
+    those of other pids, unchanged for SHARED_IDLE_S (a pid that is not here may be another's live writer)."""
+    own, idle_s = (False, SHARED_IDLE_S) if shared else (True, 0.0)
     try:
         names = os.listdir(folder)
     except OSError:

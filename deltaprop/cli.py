@@ -46,8 +46,8 @@ HIDDEN = sorted(name for name, spec in ACTIVATIONS.items() if spec.hidden)
 # precision of its float32 GEMMs: numpy-bf16 resumes on numpy-bf16 or cupy-bf16)
 RESUME_KEYS = ("dataset", "data_sha256", "data_bytes", "hidden", "activation", "loss", "dtype", "seed", "batch_size", "optimizer",
                "lr_schedule", "val_split", "early_stopping", "init", "maxout_pieces", "dropout", "max_norm", "precision")
-RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES}  # what a checkpoint from before the setting was made with
-RESUME_UNKNOWN = ("precision",)  # not compared with a checkpoint from before the setting: its run's is not known
+UNKNOWN = object()  # a setting that a checkpoint from before it cannot tell (precision): not compared
+RESUME_DEFAULTS = {"init": "auto", "maxout_pieces": MAXOUT_PIECES, "precision": UNKNOWN}  # what a checkpoint from before the setting was made with
 # the options of each optimizer, and the parameter each one sets (deltaprop.optim)
 OPTIMIZER_OPTIONS = {"momentum": "momentum", "nesterov": "nesterov", "weight_decay": "weight_decay", "beta_1": "beta_1",
                      "beta_2": "beta_2", "epsilon": "epsilon", "rho": "rho"}
@@ -547,9 +547,9 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
     for k in keys:
-        if k in RESUME_UNKNOWN and k not in saved:
-            continue
         was, now = saved.get(k, RESUME_DEFAULTS.get(k)), settings[k]
+        if was is UNKNOWN:
+            continue
         if isinstance(was, dict) and isinstance(now, dict):
             differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
                        for i in dict.fromkeys([*was, *now]) if was.get(i) != now.get(i)]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import mnist_files as mf
+from deltaprop import _files
 from deltaprop.data import DataUnavailable, load_digits, load_mnist, load_npz, load_xor, mnist
 from deltaprop.data.idx import IDXError, parse_idx, read_idx, write_idx
 from deltaprop.data.pickled_arrays import RefusedPickle, read_arrays
@@ -354,7 +355,7 @@ def test_a_writer_killed_halfway_is_never_read_and_its_temporary_file_is_removed
     check_matches(load_mnist(cache_dir=cache_dir), arrays)  # downloaded and cached
     # just written: as well a live write of another container sharing the volume (its pid means nothing here), kept
     assert sorted(os.listdir(cache_dir)) == sorted([left, live, "mnist.npz"])
-    hour_ago = os.stat(cache_dir / left).st_mtime - mnist.SHARED_IDLE_S - 1
+    hour_ago = os.stat(cache_dir / left).st_mtime - _files.SHARED_IDLE_S - 1
     os.utime(cache_dir / left, (hour_ago, hour_ago))
     (cache_dir / "mnist.npz").unlink()
     check_matches(load_mnist(cache_dir=cache_dir), arrays)  # the next write removes the dead writer's file

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from deltaprop import cli, optim, precompile
+from deltaprop import _files, cli, optim, precompile
 from deltaprop.kernels import numba_cache
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -305,7 +305,7 @@ def test_a_writer_killed_before_its_rename_leaves_no_entry_and_its_temporary_fil
     entry = os.path.basename(files.path(other))
     # just written: as well another machine's live write (a shared cache, where its pid means nothing), kept
     assert sorted(os.listdir(tmp_path)) == sorted([left, live, entry])
-    hour_ago = os.stat(tmp_path / left).st_mtime - numba_cache.SHARED_IDLE_S - 1
+    hour_ago = os.stat(tmp_path / left).st_mtime - _files.SHARED_IDLE_S - 1
     os.utime(tmp_path / left, (hour_ago, hour_ago))
     assert numba_cache.Store(str(tmp_path)).write(other, {}, b"cubin") is True  # the next process's first write
     assert sorted(os.listdir(tmp_path)) == sorted([live, entry])

@@ -157,11 +157,16 @@ class Progress:
 progress = Progress()  # the run's one progress line writer: the suites say what they time, cli says which suite
 
 
+def on_simulator(name: str) -> bool:
+    """Whether backend ``name`` runs on numba's CUDA simulator here: its times are the CPU's, interpreted."""
+    base = backends.parse(name)[0]
+    return "simulator" in backends.available()[backends.variants().get(base, base)].reason  # cupy-tf32: cupy's
+
+
 def refuse_simulator(name: str) -> None:
-    """BackendUnavailable where backend ``name`` runs on numba's CUDA simulator here: its times are the CPU's,
-    interpreted, and must never be read as a GPU's."""
-    registered = backends.variants().get(backends.parse(name)[0], backends.parse(name)[0])  # cupy-tf32: cupy
-    if "simulator" in backends.available()[registered].reason:
+    """BackendUnavailable where backend ``name`` runs on numba's CUDA simulator here (``on_simulator``): its times
+    must never be read as a GPU's."""
+    if on_simulator(name):
         raise backends.BackendUnavailable(f"backend {name!r} runs on numba's CUDA simulator here "
                                           "(NUMBA_ENABLE_CUDASIM=1), not on a GPU")
 

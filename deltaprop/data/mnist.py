@@ -32,7 +32,7 @@ import zlib
 
 import numpy as np
 
-from .._files import SHARED_IDLE_S, atomic_write, cache_home, remove_stale_temps
+from .._files import atomic_write, cache_home, remove_stale_temps
 from ..mlp.arrays import NpzArrays
 from ..mlp.checks import check_flag
 from .idx import IDXError, parse_idx, read_idx
@@ -174,7 +174,7 @@ def write_cache(path, arrays) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
-    remove_stale_temps(folder, own=False, idle_s=SHARED_IDLE_S)
+    remove_stale_temps(folder, shared=True)
 
 
 def keep_in_cache(path, arrays) -> None:

@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from .._files import SHARED_IDLE_S, cache_home, create_temp, remove_stale_temps
+from .._files import cache_home, create_temp, remove_stale_temps
 
 ENV = "DELTAPROP_KERNEL_CACHE"
 OFF = ("", "off", "0", "none", "false", "no")  # the values of $DELTAPROP_KERNEL_CACHE that turn the cache off
@@ -213,8 +213,8 @@ class Store:
             self.writes += 1
             sweep, self._swept = not self._swept, True
         if sweep:  # once per process: the temporary files of killed writers, never this process's (its threads'), nor
-            # another machine's live one (a shared cache): SHARED_IDLE_S unchanged first
-            remove_stale_temps(self.root, own=False, idle_s=SHARED_IDLE_S)
+            # another machine's live one (a shared cache): an hour unchanged first
+            remove_stale_temps(self.root, shared=True)
         return True
 
     def count(self, hit: bool, seconds: float = 0.0) -> None:
