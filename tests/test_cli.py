@@ -378,7 +378,7 @@ def _other_runs_model(ck, rehash, options=("--seed", "1")):
     (lambda ck: _edit_manifest(ck, lambda r: r["settings"].update(optimizer="sgd")),
      "checkpoint.json is damaged (settings: optimizer: expected an object with a name, got 'sgd')"),
     (lambda ck: _edit_manifest(ck, lambda r: r["settings"]["optimizer"].update(momentum=-1)),
-     "checkpoint.json is damaged (settings: optimizer: "),
+     "checkpoint.json is damaged (settings: optimizer: momentum: must be finite and ≥ 0"),
     (lambda ck: (ck / "checkpoint.json").write_text("{not json"), "checkpoint.json is damaged"),
     (lambda ck: (ck / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000), "checkpoint.json is damaged (nested too deeply"),
     (lambda ck: _edit_manifest(ck, lambda r: r["history"].update(loss=["0.5", "0.4"])), "history: loss[0] is '0.5', not a number"),

@@ -124,6 +124,8 @@ def test_the_maxout_case_stops_early_and_restores_its_best_epoch(rng):
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_combined_fit_on_each_backend_is_the_numpy_fit(backend, rng, case):
+    if backend.name == "numpy":
+        pytest.skip("NumPy is the reference: the simulator run compares numba-cuda with it")
     d = data(case, rng)
     assert_agree(whole(backend.name, case, d), whole("numpy", case, d), f"{backend.name} {case}")
 
@@ -198,6 +200,8 @@ def test_a_fit_resumed_on_the_same_cpu_is_the_uninterrupted_one_bit_for_bit(rng,
 @pytest.mark.parametrize("direction", ["from numpy", "to numpy"])
 def test_a_fit_resumed_on_another_backend_is_the_uninterrupted_one(backend, rng, case, direction, tmp_path):
     """Saved on one backend, resumed on the other: the uninterrupted fit on the second (equal to NumPy's to 1e-12)."""
+    if backend.name == "numpy":
+        pytest.skip("NumPy to NumPy is test_a_fit_resumed_on_the_same_cpu_is_the_uninterrupted_one_bit_for_bit")
     first, then = ("numpy", backend.name) if direction == "from numpy" else (backend.name, "numpy")
     d = data(case, rng)
     assert_agree(resumed(first, then, case, d, tmp_path), whole(then, case, d, **RESUMED), f"{first} -> {then} {case}")

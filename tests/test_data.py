@@ -143,8 +143,10 @@ def test_idx_that_is_a_named_pipe_is_refused_not_waited_on(tmp_path):
     writer.start()
     with pytest.raises(DataUnavailable, match=f"data_dir: {fifo}: it is a named pipe, not a regular file"):
         load_mnist(folder)
-    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the writer's open returns
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open until the writer's open has returned
     writer.join(5)
+    os.close(fd)
+    assert not writer.is_alive()
 
 
 # ------------------------------------------------------------- 1. a directory

@@ -294,11 +294,10 @@ def test_the_schedules_rates():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_an_adaptive_rate_that_vanishes_in_the_dtype_stops_the_fit_with_a_warning(dtype):
+def test_an_adaptive_rate_that_vanishes_in_the_dtype_stops_the_fit_with_a_warning(dtype, rng):
     """The adaptive rate depends on the losses, so it is checked only as the fit goes: divided down to a number that
     is 0 in the model's dtype, the fit would go on at a rate of 0 without a word. It stops before that epoch, with a
     warning naming lr_schedule and the epoch, on the weights of the epochs before (as one fit of those epochs)."""
-    rng = np.random.default_rng()
     X, y = rng.standard_normal((33, 7)), rng.integers(0, 3, 33)
     factor = 1e30 if dtype == "float32" else 1e200  # epochs 0, 1: lr (the first loss sets the best); 2: lr/factor; 3: lr/factor², 0 in the dtype
     sched = schedules.Adaptive(factor=factor, patience=0, tol=1e9)  # no epoch gains tol: every epoch divides
