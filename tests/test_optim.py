@@ -67,8 +67,7 @@ def test_each_update_against_the_float64_reference(backend, dtype, rng, opt, sha
     t = backend.zeros(1, np.int64) if opt.counts_steps else None
     rate = backend.zeros(1, dtype)
     for step in range(1, 4):
-        z_prev = rng.normal(size=(B, n_in)).astype(dtype)
-        delta = rng.normal(size=(B, n_out)).astype(dtype)
+        z_prev, delta = off_zero(rng, B, n_in, n_out, dtype)
         lr = opt.lr * (1.0 if step < 3 else 0.5)
         if step == 2:  # the rate as a schedule gives it: a device array
             backend.copy_(rate, backend.asarray(np.array([lr]), dtype))
@@ -152,12 +151,25 @@ def norm_steps(backend, opt, dtype, W, b, batches, c, runs=1):
     return out
 
 
+def off_zero(rng, B, n_in, n_out, dtype=np.float64):
+    """A batch (z_prev (B, n_in), δ (B, n_out)) of ``dtype`` whose gradients z_prevᵀδ/B and mean(δ) are all at least
+    1e-5 from 0 (less for the sweep's large shapes, so that a draw keeps that with odds of about 0.9): Adam's and
+    RMSprop's first steps are lr·g/(|g|·√(1 − β) + ε), whose slope in g is ε/(|g|·√(1 − β) + ε)², and a g of
+    1.6e-7 (one seen) moved the float32 step 0.045·lr off the float64 reference from float32's rounding of g alone."""
+    floor = min(1e-5, 0.05 / (n_out * (n_in + 1)))
+    while True:
+        z, d = rng.normal(size=(B, n_in)).astype(dtype), rng.normal(size=(B, n_out)).astype(dtype)
+        z64, d64 = z.astype(np.float64), d.astype(np.float64)
+        if np.abs(z64.T @ d64 / B).min() >= floor and np.abs(d64.mean(axis=0)).min() >= floor:
+            return z, d
+
+
 def norm_problem(rng, dtype, shape, steps=3):
     """W, b and the batches of a max-norm test: column 0 of W and of every δ zero when there are 3 columns or
     more (a zero column, which stays zero); values exact in ``dtype``."""
     B, n_in, n_out = shape
     W, b = rng.normal(size=(n_in, n_out)), rng.normal(size=n_out)
-    batches = [(rng.normal(size=(B, n_in)), rng.normal(size=(B, n_out))) for _ in range(steps)]
+    batches = [off_zero(rng, B, n_in, n_out) for _ in range(steps)]
     if n_out >= 3:
         W[:, 0] = 0
         for _, delta in batches:

@@ -249,7 +249,7 @@ def test_a_warm_started_early_stopping_fit_that_does_not_beat_the_best_ends_on_t
     1.0, which the second fit (on another split, as in scikit-learn) cannot beat."""
     y = rng.integers(0, 3, 65)
     X = np.eye(3)[y] * 10 + rng.normal(0, 0.5, (65, 3))
-    clf = MLPClassifier((5,), learning_rate_init=0.05, early_stopping=True, n_iter_no_change=2, random_state=0).fit(X, y)
+    clf = MLPClassifier((5,), learning_rate_init=0.2, early_stopping=True, n_iter_no_change=2, random_state=0).fit(X, y)
     best, epochs = clf.coefs_, clf.n_iter_
     assert clf.best_validation_score_ == 1.0
     clf.set_params(warm_start=True).fit(X, y)  # one epoch: the patience was spent
