@@ -341,7 +341,7 @@ class _BaseMLP(BaseEstimator):
         sizes = [X.shape[1], *params["hidden"], n_out]
         if reuse:
             model = self.model_
-            self._check_same_network(model, sizes, params, output)
+            self._check_same_network(model, sizes, params, output, incremental)
         else:
             model = MLP(
                 sizes,
@@ -636,28 +636,31 @@ class _BaseMLP(BaseEstimator):
             "max_norm": max_norm,
         }
 
-    def _check_same_network(self, model, sizes, params, output) -> None:
-        """warm_start and partial_fit continue the fitted network: it must be the one the parameters describe."""
+    def _check_same_network(self, model, sizes, params, output, incremental) -> None:
+        """warm_start and partial_fit continue the fitted network: it must be the one the parameters describe. The
+        refusal names the way out: for partial_fit (which continues whatever warm_start says), fit."""
+        afresh = ("partial_fit continues the fitted network: fit (with warm_start=False) starts afresh" if incremental
+                  else "set warm_start=False to start afresh")
         if list(model.layer_sizes[1:-1]) != params["hidden"]:
             raise ValueError(
                 f"hidden_layer_sizes: {self.hidden_layer_sizes!r} differs from the fitted network's "
-                f"{tuple(model.layer_sizes[1:-1])}; set warm_start=False to start afresh"
+                f"{tuple(model.layer_sizes[1:-1])}; {afresh}"
             )
         if model.layer_sizes[-1] != sizes[-1] or model.output_activation != output:
             raise ValueError(
                 f"y: needs {sizes[-1]} {output} outputs but the fitted network has {model.layer_sizes[-1]} "
-                f"{model.output_activation} outputs; set warm_start=False to start afresh"
+                f"{model.output_activation} outputs; {afresh}"
             )
         if list(model.activations[:-1]) != params["activation"]:
-            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}; set warm_start=False to start afresh")
+            raise ValueError(f"activation: {self.activation!r} differs from the fitted network's {model.activations[:-1]}; {afresh}")
         if "maxout" in params["activation"] and self.maxout_pieces != model.maxout_pieces:
-            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}; set warm_start=False to start afresh")
+            raise ValueError(f"maxout_pieces: {self.maxout_pieces!r} differs from the fitted network's {model.maxout_pieces}; {afresh}")
         for name, fitted in (("dropout", model.dropout), ("max_norm", model.max_norm)):
             if params[name] != fitted:
                 raise ValueError(f"{name}: {getattr(self, name)!r} differs from the fitted network's {fitted!r}; "
-                                 "set warm_start=False to start afresh")
+                                 f"{afresh}")
         if params["dtype"] != model.dtype:
-            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}; set warm_start=False to start afresh")
+            raise ValueError(f"dtype: {self.dtype!r} differs from the fitted network's {model.dtype.name!r}; {afresh}")
         fitted = model.backend  # the same name on another device (cupy:1 after cupy:0) would be other arrays
         if backends.select(self.backend).name != fitted.name or (
             fitted.device_index is not None and backends.get(self.backend).device_index != fitted.device_index
@@ -665,7 +668,7 @@ class _BaseMLP(BaseEstimator):
             where = "" if fitted.device_index is None else f" on device {fitted.device_index}"
             raise ValueError(
                 f"backend: {self.backend!r} differs from the fitted network's {model.backend_name!r}{where}; "
-                "set warm_start=False to start afresh"
+                f"{afresh}"
             )
 
     def _split(self, X, Y, y, kind, classes, rng, sw):

@@ -420,15 +420,38 @@ def test_what_scikit_learn_fits_and_deltaprop_refuses_is_refused_by_name(iris):
     weights = clf.model_.get_weights()
     for change, error in (({"activation": "tanh"}, r"activation: 'tanh' differs from the fitted network's \('relu',\)"),
                           ({"dtype": "float32"}, "dtype: 'float32' differs from the fitted network's 'float64'")):
-        for call in (clf.set_params(**change).fit, clf.partial_fit):
-            with pytest.raises(ValueError, match=error + "; set warm_start=False to start afresh"):
-                call(X, y)
+        with pytest.raises(ValueError, match=error + "; set warm_start=False to start afresh"):
+            clf.set_params(**change).fit(X, y)
+        with pytest.raises(ValueError, match=error + "; partial_fit continues the fitted network: fit"):
+            clf.partial_fit(X, y)
         clf.set_params(activation="relu", dtype="float64")
     maxout = MLPClassifier((4,), activation="maxout", max_iter=2, random_state=0, warm_start=True).fit(X, y)
     with pytest.raises(ValueError, match="maxout_pieces: 3 differs from the fitted network's 2; set warm_start=False"):
         maxout.set_params(maxout_pieces=3).fit(X, y)
     assert clf.n_iter_ == 2 and all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(clf.model_.get_weights(), weights))
 
+
+
+PARTIAL_FIT_CHANGES = [{"hidden_layer_sizes": (5,)}, {"activation": "tanh"}, {"dtype": "float32"}, {"dropout": 0.2},
+                       {"max_norm": 2.0}, {"backend": "numpy-bf16"}]
+
+
+@pytest.mark.parametrize("change", PARTIAL_FIT_CHANGES, ids=lambda change: next(iter(change)))
+def test_a_refused_partial_fit_names_a_way_out_that_works(change, iris):
+    """partial_fit continues the fitted network whatever warm_start says: a refused one named warm_start=False as
+    the way out, which changes nothing for partial_fit (already False here, and the same refusal again). It names
+    fit, which does start afresh; and the refused call trained nothing."""
+    X, y = iris
+    clf = MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy").partial_fit(X, y, classes=[0, 1, 2])
+    weights, progress = clf.model_.get_weights(), (clf.n_iter_, clf.t_, list(clf.loss_curve_))
+    clf.set_params(**change)
+    with pytest.raises(ValueError, match=f"^{next(iter(change))}: .*; partial_fit continues the fitted network: fit "
+                                         r"\(with warm_start=False\) starts afresh$") as refused:
+        clf.partial_fit(X, y)
+    assert "set warm_start=False" not in str(refused.value)
+    assert (clf.n_iter_, clf.t_, list(clf.loss_curve_)) == progress
+    assert all(np.array_equal(a, b) for pair, pair0 in zip(clf.model_.get_weights(), weights) for a, b in zip(pair, pair0))
+    assert clf.fit(X, y).n_iter_ == 2 and clf.partial_fit(X, y).t_ == 3 * len(X)  # the way out, then it continues
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
