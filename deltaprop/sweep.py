@@ -13,10 +13,9 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config's keys and types, the parameter names, the backend's name and, for local
-workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's
-address) before the cluster starts; the parameters' values are scikit-learn's to check, at each fit, on the
-workers. The scores are those of
+Everything is checked (the config's keys and types, the parameter names, every candidate's values as its fit
+checks them, the backend's name and, for local workers, that it runs here, the scorer's name, the data and its
+folds, the output file, the scheduler's address) before the cluster starts. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
@@ -55,7 +54,7 @@ def add_parser(sub) -> None:
 
 
 def read_config(path) -> dict:
-    """The config at ``path``, every key checked for its type (scikit-learn checks the parameters' values)."""
+    """The config at ``path``, every key checked for its type (``candidates`` checks the parameters' values)."""
     try:
         with open(path, "rb") as f:  # decoded whole below: a decoding error's offset is then the file's
             raw = f.read((1 << 20) + 1)
@@ -108,7 +107,8 @@ def read_config(path) -> dict:
 
 
 def candidates(config) -> list:
-    """The grid's parameter sets, in ParameterGrid's order, each checked against the estimator's parameters."""
+    """The grid's parameter sets, in ParameterGrid's order, each checked against the estimator's parameters and
+    their values as its fit checks them (the first bad candidate named, by its number and varying parameters)."""
     from sklearn.model_selection import ParameterGrid
 
     from . import backends
@@ -128,6 +128,13 @@ def candidates(config) -> list:
             except (ValueError, TypeError) as exc:
                 raise SweepError(f"config: {exc}") from None
         out.append(params)
+    varying = {k for g in config["grid"] for k in g}
+    for i, params in enumerate(out, 1):  # the values, as fit checks them: here, not at the candidate's turn on a worker
+        try:
+            getattr(estimators, config["estimator"])(**params).check_params()
+        except (ValueError, TypeError) as exc:  # InvalidParameterError is a ValueError
+            shown = json.dumps({k: v for k, v in params.items() if k in varying})
+            raise SweepError(f"config: candidate {i} of {len(out)} {shown}: {exc}") from None
     return out
 
 

@@ -238,6 +238,18 @@ def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp
     ({"samples": DROP, "cv": 5000}, "config: cv: 5000 folds of "),
     ({"samples": DROP, "dataset": "xor"}, "config: cv: n_splits=3 cannot be greater than the number of members"),
     ({"scoring": "acuracy"}, "config: scoring: 'acuracy' is not a scikit-learn scorer's name"),
+    # a parameter's value, of any candidate: before the others have run, not at its fit on a worker
+    ({"grid": {"alpha": [1e-4], "learning_rate_init": [0.001, -1]}},
+     'config: candidate 2 of 2 {"alpha": 0.0001, "learning_rate_init": -1}: The \'learning_rate_init\' parameter of '
+     "MLPClassifier must be a float in the range (0.0, inf). Got -1 instead."),
+    ({"grid": {"alpha": [1e-4, 1e-1], "dropout": [0.0, 1.5]}}, 'config: candidate 2 of 4 {"alpha": 0.0001, "dropout": 1.5}: '
+                                                                "dropout: a dropout rate must be in [0, "),
+    ({"grid": {"alpha": [1e-4, float("nan")]}}, 'config: candidate 2 of 2 {"alpha": NaN}: The \'alpha\' parameter'),
+    ({"params": {**SWEEP["params"], "max_iter": 0}}, "config: candidate 1 of 4 {\"alpha\": 0.0001, "
+                                                     "\"hidden_layer_sizes\": [6]}: The 'max_iter' parameter"),
+    ({"params": {**SWEEP["params"], "dtype": "float16"}}, "config: candidate 1 of 4 {"),
+    ({"params": {**SWEEP["params"], "solver": "lbfgs"}, "grid": {"dropout": [0.1]}},
+     'config: candidate 1 of 1 {"dropout": 0.1}: dropout: only for the stochastic solvers'),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
     """One line, before the cluster starts (its line would come first), nothing written."""
