@@ -22,6 +22,7 @@ GridSearchCV with the same estimator, grid, cv and scoring.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -177,19 +178,29 @@ def load_regression(path) -> tuple:
 
 
 def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
-    """On a worker: one candidate's cross-validation; its test scores, fit times and each fold's epochs (n_iter_:
-    max_iter where scikit-learn would warn that it did not converge; the warning is not printed by every worker)."""
+    """On a worker: one candidate's cross-validation; each fold's test score, fit time and epochs (n_iter_: max_iter
+    where scikit-learn would warn that it did not converge; the warning is not printed by every worker) and error.
+    A fold whose fit or score raises (TrainingDiverged, say) scores NaN, as GridSearchCV's error_score=nan, its
+    time and epochs None, and its error is kept ("TrainingDiverged: ..."); the other folds and candidates go on."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import cross_validate
 
     from . import sklearn as estimators
 
     est = getattr(estimators, estimator_name)(**params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        done = cross_validate(est, X, y, cv=cv, scoring=scoring, error_score="raise", return_estimator=True)
-    return {"test_scores": done["test_score"].tolist(), "fit_seconds": done["fit_time"].tolist(),
-            "epochs": [int(e.n_iter_) for e in done["estimator"]], "max_iter": est.max_iter}  # fmt: skip
+    out = {"test_scores": [], "fit_seconds": [], "epochs": [], "errors": [], "max_iter": est.max_iter}
+    for split in cv:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                done = cross_validate(est, X, y, cv=[split], scoring=scoring, error_score="raise", return_estimator=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of this fit: GridSearchCV's error_score=nan
+            row = (math.nan, None, None, f"{type(exc).__name__}: {exc}")
+        else:
+            row = (float(done["test_score"][0]), float(done["fit_time"][0]), int(done["estimator"][0].n_iter_), None)
+        for key, value in zip(("test_scores", "fit_seconds", "epochs", "errors"), row):
+            out[key].append(value)
+    return out
 
 
 def run(args) -> int:
@@ -265,9 +276,11 @@ def run(args) -> int:
             varying = {k for g in config["grid"] for k in g}  # what the progress lines show of each candidate
             for done, (i, result) in enumerate(tasks, 1):
                 results[i] = result
-                mean = sum(result["test_scores"]) / len(result["test_scores"])
                 shown = {k: v for k, v in grid[i].items() if k in varying}
-                print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: mean test score {mean:.4f} "
+                errors = [e for e in result["errors"] if e is not None]
+                said = (f"failed in {len(errors)} of {len(splits)} folds: {errors[0]}" if errors else
+                        f"mean test score {sum(result['test_scores']) / len(splits):.4f}")  # fmt: skip
+                print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: {said} "
                       f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)  # fmt: skip
     finally:
         client.close()
@@ -276,14 +289,18 @@ def run(args) -> int:
     rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
             for params, r in zip(grid, results)]  # fmt: skip
     best = best_candidate([row["mean_test_score"] for row in rows])
+    failed = all(e is not None for row in rows for e in row["errors"])  # no score to choose by
     out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
-           "best": rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
-    said = f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}"
+           "best": None if failed else rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
+    said = (f"every candidate failed (the first's first fold: {rows[0]['errors'][0]})" if failed else
+            f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}")  # fmt: skip
     try:
         atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)
     except OSError as exc:  # checked writable before the sweep: a disk that filled up since, say
-        raise SweepError(f"--out: cannot write {args.out} ({exc.strerror or exc}); the best of {len(rows)} "
-                         f"candidates: {said}") from None
+        raise SweepError(f"--out: cannot write {args.out} ({exc.strerror or exc}); "
+                         f"{said if failed else f'the best of {len(rows)} candidates: {said}'}") from None  # fmt: skip
+    if failed:
+        raise SweepError(f"{said}; their errors are in {args.out}")
     print(f"best: {said}; wrote {args.out}")
     return 0
 

@@ -392,6 +392,51 @@ def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
     assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
 
 
+def test_a_diverging_candidate_is_reported_and_the_others_finish(tmp_path, capsys):
+    """A candidate whose fits diverge (TrainingDiverged on the worker) scores NaN in each failed fold, as GridSearchCV's
+    error_score=nan has it, its error recorded and shown; the sweep goes on and the best is never the failed one."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
+              "grid": {"learning_rate_init": [10.0, 0.001]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    failed, fine = result["candidates"]
+    assert failed["params"]["learning_rate_init"] == 10.0 and failed["mean_test_score"] is None
+    assert failed["test_scores"] == [None] * 3 and failed["epochs"] == [None] * 3
+    assert all(e.startswith("TrainingDiverged: training diverged") for e in failed["errors"]), failed["errors"]
+    assert fine["errors"] == [None] * 3 and result["best"] == fine
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FitFailedWarning
+        s = GridSearchCV(MLPRegressor(**config["params"]), config["grid"], cv=3, error_score=np.nan).fit(X, y.astype(np.float64))
+    assert np.isnan(s.cv_results_["mean_test_score"][0])
+    assert fine["mean_test_score"] == s.cv_results_["mean_test_score"][1]
+    assert '{"learning_rate_init": 10.0}: failed in 3 of 3 folds: TrainingDiverged: training diverged' in err, err
+    assert '"learning_rate_init": 0.001' in out.splitlines()[-1]
+
+
+def test_a_sweep_whose_every_candidate_fails_says_so_and_keeps_the_errors(tmp_path, capsys):
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
+              "grid": {"learning_rate_init": [10.0, 20.0]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert rc == 1 and err.startswith("deltaprop: error: every candidate failed (the first's first fold: TrainingDiverged: "
+                                      "training diverged"), err  # fmt: skip
+    assert err.endswith(f"their errors are in {tmp_path / 'r.json'}"), err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["best"] is None and all(len(r["errors"]) == 3 and all(r["errors"]) for r in result["candidates"])
+
+
 def _claims_a_terabyte(path):
     """An .npz whose X_train's header claims 10¹² float64 and holds 16 bytes."""
     import io
