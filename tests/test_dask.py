@@ -268,6 +268,10 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
     ("[1]", "config: {path} must hold a JSON object"),
     (b'{"dataset": "digits\xff"}', "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 19)"),
     ('{"dataset": "digits"}'.encode("utf-16"), "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 0)"),
+    ('{"grid": {"alpha": [0.1]}, "dataset": "digits", "grid": {"alpha": [1]}}',
+     "config: {path} is not valid JSON (the key 'grid' is given twice in one object)"),
+    ('{"grid": {"alpha": [0.1], "alpha": [1]}, "dataset": "digits"}',
+     "config: {path} is not valid JSON (the key 'alpha' is given twice in one object)"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, capsys, text, message):
     from deltaprop import cli
