@@ -14,8 +14,8 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
 Everything is checked (the config's keys and types, the parameter names, every candidate's values as its fit
-checks them, the backend's name and, for local workers, that it runs here, the scorer's name, the data and its
-folds, the output file, the scheduler's address) before the cluster starts. The scores are those of
+checks them, no candidate twice, the backend's name and, for local workers, that it runs here, the scorer's name,
+the data and its folds, the output file, the scheduler's address) before the cluster starts. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
@@ -130,6 +130,12 @@ def candidates(config) -> list:
                 raise SweepError(f"config: {exc}") from None
         out.append(params)
     varying = {k for g in config["grid"] for k in g}
+    first = {}
+    for i, params in enumerate(out, 1):  # a value listed twice, or grids that overlap: a cross-validation spent twice
+        seen = first.setdefault(json.dumps(params, sort_keys=True), i)
+        if seen != i:
+            shown = json.dumps({k: v for k, v in params.items() if k in varying}, sort_keys=True)
+            raise SweepError(f"config: grid: candidates {seen} and {i} are the same, {shown}; give each one once")
     for i, params in enumerate(out, 1):  # the values, as fit checks them: here, not at the candidate's turn on a worker
         try:
             getattr(estimators, config["estimator"])(**params).check_params()

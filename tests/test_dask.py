@@ -250,6 +250,9 @@ def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp
     ({"params": {**SWEEP["params"], "dtype": "float16"}}, "config: candidate 1 of 4 {"),
     ({"params": {**SWEEP["params"], "solver": "lbfgs"}, "grid": {"dropout": [0.1]}},
      'config: candidate 1 of 1 {"dropout": 0.1}: dropout: only for the stochastic solvers'),
+    ({"grid": {"alpha": [1e-4, 0.1, 1e-4]}}, 'config: grid: candidates 1 and 3 are the same, {"alpha": 0.0001}; '
+                                             "give each one once"),
+    ({"grid": [{"alpha": [1e-4]}, {"alpha": [0.1, 1e-4]}]}, 'config: grid: candidates 1 and 3 are the same, {"alpha": '),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
     """One line, before the cluster starts (its line would come first), nothing written."""
