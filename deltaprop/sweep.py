@@ -335,16 +335,24 @@ def _check_address(address: str) -> None:
 
 def _check_runs_here(grid) -> None:
     """The local cluster's workers run on this machine: a candidate's backend that cannot is refused by name before
-    they start (probed, not built: the workers build it)."""
+    they start (probed, not built: the workers build it), and so is a device index this machine does not have."""
     from . import backends
+    from .backends import compat
 
     found = backends.available()
     for spec in dict.fromkeys(params["backend"] for params in grid if "backend" in params):
-        name = backends.select(spec).name
-        usable, reason = found[backends.variants().get(name, name)]
+        selection = backends.select(spec)
+        usable, reason = found[backends.variants().get(selection.name, selection.name)]
         if not usable:
             raise SweepError(f"config: backend: {spec!r} cannot run on this machine, where the local workers run "
                              f"({reason}); give backend numpy to run on the CPU, or --scheduler a cluster that has it")
+        if selection.device is not None:  # the local workers see this process's devices
+            library = backends.DEVICE_LIBRARY[selection.name]
+            count = compat.device_count(library)
+            if selection.device >= count:
+                seen = f"devices 0 to {count - 1}" if count > 1 else "device 0"
+                raise SweepError(f"config: backend: {spec!r}: there is no CUDA device {selection.device} on this "
+                                 f"machine, where the local workers run ({library} sees {count}: {seen})")
 
 
 def _same_file(a, b) -> bool:

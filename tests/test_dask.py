@@ -332,6 +332,32 @@ def test_deltaprop_sweep_refuses_a_backend_its_local_workers_cannot_run_before_t
     assert "backend numpy to run on the CPU" in err and os.listdir(tmp_path) == ["c.json"]
 
 
+def test_deltaprop_sweep_refuses_a_device_its_local_workers_do_not_have_before_they_start(tmp_path, monkeypatch, capsys):
+    """backend cupy:2 on a machine whose CUDA sees 2 devices (0 and 1): refused by name before the cluster starts, as
+    each worker's every fit would fail (the local workers see this process's devices); cupy:1 passes the check."""
+    from deltaprop import backends, cli
+    from deltaprop.backends import compat
+
+    real = backends.available()
+    monkeypatch.setattr(backends, "available", lambda: {**real, "cupy": backends.Availability(True, "a GPU")})
+    monkeypatch.setattr(compat, "device_count", lambda library: 2)
+    for device, refused in ((2, True), (1, False)):
+        (tmp_path / "c.json").write_text(json.dumps({**SWEEP, "grid": {"backend": ["numpy", f"cupy:{device}"]}}))
+        started = []
+        monkeypatch.setattr(distributed, "LocalCluster", lambda **kwargs: started.append(1) or 1 / 0)
+        try:
+            rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+        except ZeroDivisionError:  # the cluster would start: the check passed
+            rc = None
+        err = capsys.readouterr().err
+        if refused:
+            assert rc == 1 and not started and err.startswith(
+                "deltaprop: error: config: backend: 'cupy:2': there is no CUDA device 2 on this machine, where the "
+                "local workers run (cupy sees 2: devices 0 to 1)"), err  # fmt: skip
+        else:
+            assert rc is None and started, err
+
+
 def test_deltaprop_sweep_starts_a_worker_per_core_it_may_use(tmp_path, monkeypatch):
     """The default of --processes, one per core: the cores of this process's CPU affinity (taskset, a container),
     not the machine's."""
