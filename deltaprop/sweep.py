@@ -295,10 +295,12 @@ def run(args) -> int:
     rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
             for params, r in zip(grid, results)]  # fmt: skip
     best = best_candidate([row["mean_test_score"] for row in rows])
-    failed = all(e is not None for row in rows for e in row["errors"])  # no score to choose by
+    failed = all(math.isnan(row["mean_test_score"]) for row in rows)  # no score to choose by: a fold failed in each
+    errors = [e for row in rows for e in row["errors"] if e is not None]
     out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
            "best": None if failed else rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
-    said = (f"every candidate failed (the first's first fold: {rows[0]['errors'][0]})" if failed else
+    said = (f"no candidate has a score in every fold ({f'the first error: {errors[0]}' if errors else 'the scores are NaN'})"
+            if failed else
             f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}")  # fmt: skip
     try:
         atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)

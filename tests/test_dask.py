@@ -463,7 +463,7 @@ def test_a_sweep_whose_every_candidate_fails_says_so_and_keeps_the_errors(tmp_pa
     (tmp_path / "c.json").write_text(json.dumps(config))
     rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err.splitlines()[-1]
-    assert rc == 1 and err.startswith("deltaprop: error: every candidate failed (the first's first fold: TrainingDiverged: "
+    assert rc == 1 and err.startswith("deltaprop: error: no candidate has a score in every fold (the first error: TrainingDiverged: "
                                       "training diverged"), err  # fmt: skip
     assert err.endswith(f"their errors are in {tmp_path / 'r.json'}"), err
     result = json.loads((tmp_path / "r.json").read_text())
