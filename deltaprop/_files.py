@@ -231,11 +231,21 @@ def sha256(path) -> str:
 
 def parse_json(text):
     """``json.loads(text)``; JSON nested deeper than the interpreter's recursion limit (a file of brackets) is a
-    ValueError saying so, as a damaged text is, not a RecursionError."""
+    ValueError saying so, as a damaged text is, not a RecursionError; so is a key given twice in one object (which
+    json.loads settles silently, keeping the last)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _unique_keys(pairs) -> dict:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} is given twice in one object")
+    return out
 
 
 def json_safe(obj):

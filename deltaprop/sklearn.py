@@ -299,6 +299,13 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not stochastic.")
         return True
 
+    def check_params(self) -> None:
+        """Check the hyperparameters as ``fit`` does first (scikit-learn's constraints, then deltaprop's), without data
+        and changing nothing; a bad one raises fit's exception, naming it. (``deltaprop sweep`` checks every candidate
+        so before the workers start.)"""
+        self._validate_params()
+        self._checked_params(incremental=False)
+
     # ----------------------------------------------------------- training
     def _fit(self, X, y, incremental, classes=None, sample_weight=None):
         """Check everything, train ``model_`` (a new MLP or the fitted one), then set the fitted attributes.

@@ -13,16 +13,16 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "samples": 1000,                                   # the first N training samples only
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
-Everything is checked (the config's keys and types, the parameter names, the backend's name and, for local
-workers, that it runs here, the scorer's name, the data and its folds, the output file, the scheduler's
-address) before the cluster starts; the parameters' values are scikit-learn's to check, at each fit, on the
-workers. The scores are those of
+Everything is checked (the config's keys and types, the parameter names, every candidate's values as its fit
+checks them, no candidate twice, the backend's name and, for local workers, that it runs here, the scorer's name,
+the data and its folds, the output file, the scheduler's address) before the cluster starts. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 
 
 def read_config(path) -> dict:
-    """The config at ``path``, every key checked for its type (scikit-learn checks the parameters' values)."""
+    """The config at ``path``, every key checked for its type (``candidates`` checks the parameters' values)."""
     try:
         with open(path, "rb") as f:  # decoded whole below: a decoding error's offset is then the file's
             raw = f.read((1 << 20) + 1)
@@ -108,7 +108,8 @@ def read_config(path) -> dict:
 
 
 def candidates(config) -> list:
-    """The grid's parameter sets, in ParameterGrid's order, each checked against the estimator's parameters."""
+    """The grid's parameter sets, in ParameterGrid's order, each checked against the estimator's parameters and
+    their values as its fit checks them (the first bad candidate named, by its number and varying parameters)."""
     from sklearn.model_selection import ParameterGrid
 
     from . import backends
@@ -128,6 +129,19 @@ def candidates(config) -> list:
             except (ValueError, TypeError) as exc:
                 raise SweepError(f"config: {exc}") from None
         out.append(params)
+    varying = {k for g in config["grid"] for k in g}
+    first = {}
+    for i, params in enumerate(out, 1):  # a value listed twice, or grids that overlap: a cross-validation spent twice
+        seen = first.setdefault(json.dumps(params, sort_keys=True), i)
+        if seen != i:
+            shown = json.dumps({k: v for k, v in params.items() if k in varying}, sort_keys=True)
+            raise SweepError(f"config: grid: candidates {seen} and {i} are the same, {shown}; give each one once")
+    for i, params in enumerate(out, 1):  # the values, as fit checks them: here, not at the candidate's turn on a worker
+        try:
+            getattr(estimators, config["estimator"])(**params).check_params()
+        except (ValueError, TypeError) as exc:  # InvalidParameterError is a ValueError
+            shown = json.dumps({k: v for k, v in params.items() if k in varying})
+            raise SweepError(f"config: candidate {i} of {len(out)} {shown}: {exc}") from None
     return out
 
 
@@ -170,19 +184,29 @@ def load_regression(path) -> tuple:
 
 
 def cross_validate_one(estimator_name, params, X, y, cv, scoring) -> dict:
-    """On a worker: one candidate's cross-validation; its test scores, fit times and each fold's epochs (n_iter_:
-    max_iter where scikit-learn would warn that it did not converge; the warning is not printed by every worker)."""
+    """On a worker: one candidate's cross-validation; each fold's test score, fit time and epochs (n_iter_: max_iter
+    where scikit-learn would warn that it did not converge; the warning is not printed by every worker) and error.
+    A fold whose fit or score raises (TrainingDiverged, say) scores NaN, as GridSearchCV's error_score=nan, its
+    time and epochs None, and its error is kept ("TrainingDiverged: ..."); the other folds and candidates go on."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import cross_validate
 
     from . import sklearn as estimators
 
     est = getattr(estimators, estimator_name)(**params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        done = cross_validate(est, X, y, cv=cv, scoring=scoring, error_score="raise", return_estimator=True)
-    return {"test_scores": done["test_score"].tolist(), "fit_seconds": done["fit_time"].tolist(),
-            "epochs": [int(e.n_iter_) for e in done["estimator"]], "max_iter": est.max_iter}  # fmt: skip
+    out = {"test_scores": [], "fit_seconds": [], "epochs": [], "errors": [], "max_iter": est.max_iter}
+    for split in cv:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                done = cross_validate(est, X, y, cv=[split], scoring=scoring, error_score="raise", return_estimator=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of this fit: GridSearchCV's error_score=nan
+            row = (math.nan, None, None, f"{type(exc).__name__}: {exc}")
+        else:
+            row = (float(done["test_score"][0]), float(done["fit_time"][0]), int(done["estimator"][0].n_iter_), None)
+        for key, value in zip(("test_scores", "fit_seconds", "epochs", "errors"), row):
+            out[key].append(value)
+    return out
 
 
 def run(args) -> int:
@@ -258,9 +282,11 @@ def run(args) -> int:
             varying = {k for g in config["grid"] for k in g}  # what the progress lines show of each candidate
             for done, (i, result) in enumerate(tasks, 1):
                 results[i] = result
-                mean = sum(result["test_scores"]) / len(result["test_scores"])
                 shown = {k: v for k, v in grid[i].items() if k in varying}
-                print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: mean test score {mean:.4f} "
+                errors = [e for e in result["errors"] if e is not None]
+                said = (f"failed in {len(errors)} of {len(splits)} folds: {errors[0]}" if errors else
+                        f"mean test score {sum(result['test_scores']) / len(splits):.4f}")  # fmt: skip
+                print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: {said} "
                       f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)  # fmt: skip
     finally:
         client.close()
@@ -269,14 +295,20 @@ def run(args) -> int:
     rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
             for params, r in zip(grid, results)]  # fmt: skip
     best = best_candidate([row["mean_test_score"] for row in rows])
+    failed = all(math.isnan(row["mean_test_score"]) for row in rows)  # no score to choose by: a fold failed in each
+    errors = [e for row in rows for e in row["errors"] if e is not None]
     out = {"config": config, "where": where, "seconds": time.perf_counter() - start, "candidates": rows,
-           "best": rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
-    said = f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}"
+           "best": None if failed else rows[best], "versions": record.versions(), "date": record.date()}  # fmt: skip
+    said = (f"no candidate has a score in every fold ({f'the first error: {errors[0]}' if errors else 'the scores are NaN'})"
+            if failed else
+            f"{json.dumps(json_safe(rows[best]['params']))}, mean test score {rows[best]['mean_test_score']:.4f}")  # fmt: skip
     try:
         atomic_write(args.out, lambda f: f.write(json.dumps(json_safe(out), indent=1) + "\n"), binary=False)
     except OSError as exc:  # checked writable before the sweep: a disk that filled up since, say
-        raise SweepError(f"--out: cannot write {args.out} ({exc.strerror or exc}); the best of {len(rows)} "
-                         f"candidates: {said}") from None
+        raise SweepError(f"--out: cannot write {args.out} ({exc.strerror or exc}); "
+                         f"{said if failed else f'the best of {len(rows)} candidates: {said}'}") from None  # fmt: skip
+    if failed:
+        raise SweepError(f"{said}; their errors are in {args.out}")
     print(f"best: {said}; wrote {args.out}")
     return 0
 
@@ -305,16 +337,24 @@ def _check_address(address: str) -> None:
 
 def _check_runs_here(grid) -> None:
     """The local cluster's workers run on this machine: a candidate's backend that cannot is refused by name before
-    they start (probed, not built: the workers build it)."""
+    they start (probed, not built: the workers build it), and so is a device index this machine does not have."""
     from . import backends
+    from .backends import compat
 
     found = backends.available()
     for spec in dict.fromkeys(params["backend"] for params in grid if "backend" in params):
-        name = backends.select(spec).name
-        usable, reason = found[backends.variants().get(name, name)]
+        selection = backends.select(spec)
+        usable, reason = found[backends.variants().get(selection.name, selection.name)]
         if not usable:
             raise SweepError(f"config: backend: {spec!r} cannot run on this machine, where the local workers run "
                              f"({reason}); give backend numpy to run on the CPU, or --scheduler a cluster that has it")
+        if selection.device is not None:  # the local workers see this process's devices
+            library = backends.DEVICE_LIBRARY[selection.name]
+            count = compat.device_count(library)
+            if selection.device >= count:
+                seen = f"devices 0 to {count - 1}" if count > 1 else "device 0"
+                raise SweepError(f"config: backend: {spec!r}: there is no CUDA device {selection.device} on this "
+                                 f"machine, where the local workers run ({library} sees {count}: {seen})")
 
 
 def _same_file(a, b) -> bool:

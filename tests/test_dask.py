@@ -238,6 +238,21 @@ def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp
     ({"samples": DROP, "cv": 5000}, "config: cv: 5000 folds of "),
     ({"samples": DROP, "dataset": "xor"}, "config: cv: n_splits=3 cannot be greater than the number of members"),
     ({"scoring": "acuracy"}, "config: scoring: 'acuracy' is not a scikit-learn scorer's name"),
+    # a parameter's value, of any candidate: before the others have run, not at its fit on a worker
+    ({"grid": {"alpha": [1e-4], "learning_rate_init": [0.001, -1]}},
+     'config: candidate 2 of 2 {"alpha": 0.0001, "learning_rate_init": -1}: The \'learning_rate_init\' parameter of '
+     "MLPClassifier must be a float in the range (0.0, inf). Got -1 instead."),
+    ({"grid": {"alpha": [1e-4, 1e-1], "dropout": [0.0, 1.5]}}, 'config: candidate 2 of 4 {"alpha": 0.0001, "dropout": 1.5}: '
+                                                                "dropout: a dropout rate must be in [0, "),
+    ({"grid": {"alpha": [1e-4, float("nan")]}}, 'config: candidate 2 of 2 {"alpha": NaN}: The \'alpha\' parameter'),
+    ({"params": {**SWEEP["params"], "max_iter": 0}}, "config: candidate 1 of 4 {\"alpha\": 0.0001, "
+                                                     "\"hidden_layer_sizes\": [6]}: The 'max_iter' parameter"),
+    ({"params": {**SWEEP["params"], "dtype": "float16"}}, "config: candidate 1 of 4 {"),
+    ({"params": {**SWEEP["params"], "solver": "lbfgs"}, "grid": {"dropout": [0.1]}},
+     'config: candidate 1 of 1 {"dropout": 0.1}: dropout: only for the stochastic solvers'),
+    ({"grid": {"alpha": [1e-4, 0.1, 1e-4]}}, 'config: grid: candidates 1 and 3 are the same, {"alpha": 0.0001}; '
+                                             "give each one once"),
+    ({"grid": [{"alpha": [1e-4]}, {"alpha": [0.1, 1e-4]}]}, 'config: grid: candidates 1 and 3 are the same, {"alpha": '),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
     """One line, before the cluster starts (its line would come first), nothing written."""
@@ -256,6 +271,10 @@ def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, 
     ("[1]", "config: {path} must hold a JSON object"),
     (b'{"dataset": "digits\xff"}', "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 19)"),
     ('{"dataset": "digits"}'.encode("utf-16"), "config: {path} is not valid JSON (not UTF-8 text: invalid start byte at byte 0)"),
+    ('{"grid": {"alpha": [0.1]}, "dataset": "digits", "grid": {"alpha": [1]}}',
+     "config: {path} is not valid JSON (the key 'grid' is given twice in one object)"),
+    ('{"grid": {"alpha": [0.1], "alpha": [1]}, "dataset": "digits"}',
+     "config: {path} is not valid JSON (the key 'alpha' is given twice in one object)"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_config_that_is_not_a_json_object(tmp_path, capsys, text, message):
     from deltaprop import cli
@@ -311,6 +330,32 @@ def test_deltaprop_sweep_refuses_a_backend_its_local_workers_cannot_run_before_t
     assert err.startswith("deltaprop: error: config: backend: 'cupy-tf32' cannot run on this machine, where the local "
                           "workers run (no CuPy here)"), err
     assert "backend numpy to run on the CPU" in err and os.listdir(tmp_path) == ["c.json"]
+
+
+def test_deltaprop_sweep_refuses_a_device_its_local_workers_do_not_have_before_they_start(tmp_path, monkeypatch, capsys):
+    """backend cupy:2 on a machine whose CUDA sees 2 devices (0 and 1): refused by name before the cluster starts, as
+    each worker's every fit would fail (the local workers see this process's devices); cupy:1 passes the check."""
+    from deltaprop import backends, cli
+    from deltaprop.backends import compat
+
+    real = backends.available()
+    monkeypatch.setattr(backends, "available", lambda: {**real, "cupy": backends.Availability(True, "a GPU")})
+    monkeypatch.setattr(compat, "device_count", lambda library: 2)
+    for device, refused in ((2, True), (1, False)):
+        (tmp_path / "c.json").write_text(json.dumps({**SWEEP, "grid": {"backend": ["numpy", f"cupy:{device}"]}}))
+        started = []
+        monkeypatch.setattr(distributed, "LocalCluster", lambda **kwargs: started.append(1) or 1 / 0)
+        try:
+            rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+        except ZeroDivisionError:  # the cluster would start: the check passed
+            rc = None
+        err = capsys.readouterr().err
+        if refused:
+            assert rc == 1 and not started and err.startswith(
+                "deltaprop: error: config: backend: 'cupy:2': there is no CUDA device 2 on this machine, where the "
+                "local workers run (cupy sees 2: devices 0 to 1)"), err  # fmt: skip
+        else:
+            assert rc is None and started, err
 
 
 def test_deltaprop_sweep_starts_a_worker_per_core_it_may_use(tmp_path, monkeypatch):
@@ -378,6 +423,51 @@ def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
         s = GridSearchCV(MLPRegressor(**config["params"]), config["grid"], cv=3, error_score="raise").fit(X, y.astype(np.float64))
     np.testing.assert_array_equal([r["mean_test_score"] for r in rows], s.cv_results_["mean_test_score"])
     assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
+
+
+def test_a_diverging_candidate_is_reported_and_the_others_finish(tmp_path, capsys):
+    """A candidate whose fits diverge (TrainingDiverged on the worker) scores NaN in each failed fold, as GridSearchCV's
+    error_score=nan has it, its error recorded and shown; the sweep goes on and the best is never the failed one."""
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
+              "grid": {"learning_rate_init": [10.0, 0.001]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    failed, fine = result["candidates"]
+    assert failed["params"]["learning_rate_init"] == 10.0 and failed["mean_test_score"] is None
+    assert failed["test_scores"] == [None] * 3 and failed["epochs"] == [None] * 3
+    assert all(e.startswith("TrainingDiverged: training diverged") for e in failed["errors"]), failed["errors"]
+    assert fine["errors"] == [None] * 3 and result["best"] == fine
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FitFailedWarning
+        s = GridSearchCV(MLPRegressor(**config["params"]), config["grid"], cv=3, error_score=np.nan).fit(X, y.astype(np.float64))
+    assert np.isnan(s.cv_results_["mean_test_score"][0])
+    assert fine["mean_test_score"] == s.cv_results_["mean_test_score"][1]
+    assert '{"learning_rate_init": 10.0}: failed in 3 of 3 folds: TrainingDiverged: training diverged' in err, err
+    assert '"learning_rate_init": 0.001' in out.splitlines()[-1]
+
+
+def test_a_sweep_whose_every_candidate_fails_says_so_and_keeps_the_errors(tmp_path, capsys):
+    from deltaprop import cli
+
+    X, y = regression()
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
+              "grid": {"learning_rate_init": [10.0, 20.0]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert rc == 1 and err.startswith("deltaprop: error: no candidate has a score in every fold (the first error: TrainingDiverged: "
+                                      "training diverged"), err  # fmt: skip
+    assert err.endswith(f"their errors are in {tmp_path / 'r.json'}"), err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["best"] is None and all(len(r["errors"]) == 3 and all(r["errors"]) for r in result["candidates"])
 
 
 def _claims_a_terabyte(path):
