@@ -12,11 +12,19 @@ from deltaprop import MLP
 from deltaprop.data import load_mnist
 
 
+def at_least_one(text: str) -> int:
+    """--limit: an integer ≥ 1 (0 or a negative N would slice away the wrong images, saying nothing)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {n}")
+    return n
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden", default="1024,1024", help="hidden layer widths")
-    parser.add_argument("--limit", type=int, help="train on the first N images only (a quick look)")
+    parser.add_argument("--limit", type=at_least_one, help="train on the first N images only (a quick look)")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
 
