@@ -50,3 +50,12 @@ def test_mnist_refuses_a_limit_below_one_by_name(tmp_path):
         assert f"argument --limit: must be ≥ 1, got {limit}" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "50 training images" in script("mnist.py", "--epochs", "1", "--hidden", "8", "--limit", "50",
                                           env={"DELTAPROP_DATA": str(folder)})
+
+
+def test_mnist_refuses_malformed_hidden_widths_by_name(tmp_path):
+    """--hidden 32, (or an empty one) ended in int()'s traceback, naming no option."""
+    for hidden, words in (("32,", "expected comma-separated integers"), ("", "expected comma-separated integers"),
+                          ("32,0", "layer widths must be ≥ 1")):
+        done = run_script("mnist.py", "--epochs", "1", "--hidden", hidden, env={"DELTAPROP_DATA": str(tmp_path / "never-read")})
+        assert done.returncode == 2 and f"argument --hidden: {words}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
