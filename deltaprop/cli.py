@@ -763,7 +763,11 @@ def _print_devices() -> None:
             after = f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
             print(f"CUDA devices, as {library} numbers them (--backend {library}:INDEX{after}):")
             for index in range(compat.device_count(library)):
-                print(f"  {index}: {compat.device(library, index).describe()}")
+                try:
+                    described = compat.device(library, index).describe()
+                except Exception as exc:  # the library's own (a device busy in exclusive mode, or lost): said, and on
+                    described = "cannot be read (" + " ".join(f"{type(exc).__name__}: {exc}".split()) + ")"
+                print(f"  {index}: {described}")
             return
     print("CUDA devices: none usable (see the backends above)")
 
