@@ -27,7 +27,7 @@ from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
 from .data.mnist import DATA_ENV, default_cache_dir
-from .kernels import masks
+from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
@@ -745,13 +745,30 @@ def cmd_info(args) -> int:
     if files is None:
         print(f"numba-cuda kernel cache: off ({why})")
     else:
-        on_disk = files.summary()
+        on_disk, unwritable = files.summary(), _unwritable(files.root)
+        fill = (f"cannot be written: {unwritable}; a fit compiles the kernels it lacks in memory; set {numba_cache.ENV} "
+                "to a folder you can write" if unwritable else "fill it with deltaprop compile")
         print(f"numba-cuda kernel cache: {on_disk['directory']} ({on_disk['entries']} kernels, "
-              f"{on_disk['bytes'] / 1e6:.1f} MB; fill it with deltaprop compile)")
+              f"{on_disk['bytes'] / 1e6:.1f} MB; {fill})")
     if bad is not None:
         print(f"deltaprop: error: {bad}", file=sys.stderr)
         return 1
     return 0
+
+
+def _unwritable(folder: str) -> str | None:
+    """Why no file can be written in ``folder`` (or, before it exists, in the folder its first write would make
+    it in), None when one can: tried, and removed, as ``--checkpoint``'s folder is; nothing is made."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    try:
+        check_folder_writable(existing, "kernel cache")
+    except ValueError as exc:
+        return str(exc).removeprefix("kernel cache: ")
+    return None
 
 
 def _print_devices() -> None:
@@ -763,7 +780,11 @@ def _print_devices() -> None:
             after = f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
             print(f"CUDA devices, as {library} numbers them (--backend {library}:INDEX{after}):")
             for index in range(compat.device_count(library)):
-                print(f"  {index}: {compat.device(library, index).describe()}")
+                try:
+                    described = compat.device(library, index).describe()
+                except Exception as exc:  # the library's own (a device busy in exclusive mode, or lost): said, and on
+                    described = "cannot be read (" + " ".join(f"{type(exc).__name__}: {exc}".split()) + ")"
+                print(f"  {index}: {described}")
             return
     print("CUDA devices: none usable (see the backends above)")
 

@@ -868,6 +868,23 @@ def test_info_says_why_the_kernel_cache_is_off_in_its_line_not_in_a_warning(caps
     assert "numba-cuda kernel cache: off (DELTAPROP_KERNEL_CACHE='kernels' is not an absolute path, on or off)\n" in out
 
 
+def test_info_says_when_the_kernel_cache_folder_cannot_be_written_not_to_fill_it(capsys, monkeypatch, tmp_path):
+    """DELTAPROP_KERNEL_CACHE naming a file (or a path under one) was reported as a cache of 0 kernels to fill with
+    deltaprop compile, which refuses it, while each fit warned and compiled in memory."""
+    (tmp_path / "file").write_text("")
+    for where in (tmp_path / "file", tmp_path / "file" / "kernels"):
+        monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", str(where))
+        rc, out, err = run(capsys, "info")
+        assert rc == 0 and err == "", err
+        assert (f"numba-cuda kernel cache: {where} (0 kernels, 0.0 MB; cannot be written: {tmp_path / 'file'} is not a "
+                "directory; a fit compiles the kernels it lacks in memory; set DELTAPROP_KERNEL_CACHE to a folder you "
+                "can write)\n") in out, out
+    monkeypatch.setenv("DELTAPROP_KERNEL_CACHE", str(tmp_path / "new" / "kernels"))  # made by the first write
+    rc, out, err = run(capsys, "info")
+    assert rc == 0 and f"numba-cuda kernel cache: {tmp_path / 'new' / 'kernels'} (0 kernels, 0.0 MB; fill it" in out
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # info made nothing, and left nothing
+
+
 def test_console_entry_points_and_a_light_import():
     env = dict(os.environ, DELTAPROP_BACKEND="numpy")
     done = subprocess.run([sys.executable, "-m", "deltaprop", "train", "--dataset", "xor", "--epochs", "5", "--quiet"],

@@ -148,6 +148,26 @@ def test_deltaprop_info_lists_every_device(fake_cupy, capsys):
     assert "  1: Fake GPU B (device 1), compute capability 9.0, 80.0 GiB\n" in out
 
 
+def test_deltaprop_info_says_which_device_it_cannot_read_and_lists_the_rest(fake_cupy, capsys, monkeypatch):
+    """A device other than the probe's device 0 (busy in exclusive-process mode, or lost) ended
+    `deltaprop info` in the GPU library's traceback, before the GPU, data and cache lines."""
+    props = fake_cupy.cuda.runtime.getDeviceProperties
+
+    def properties(i):
+        if i == 1:
+            raise RuntimeError("cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are\nbusy or unavailable")
+        return props(i)
+
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "getDeviceProperties", properties)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "  0: Fake GPU A (device 0), compute capability 8.0, 40.0 GiB\n" in out
+    assert ("  1: cannot be read (RuntimeError: cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or "
+            "unavailable)\n") in out
+    for line in ("GPU:", "MNIST cache:", "numba-cuda kernel cache"):  # the report goes on
+        assert line in out
+
+
 def test_deltaprop_info_without_a_usable_gpu_says_so(monkeypatch, capsys):
     for probe in ("probe_cupy", "probe_numba_cuda"):
         monkeypatch.setattr(compat, probe, lambda: compat.Probe(None, "not here"))
