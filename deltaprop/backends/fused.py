@@ -22,7 +22,8 @@ weight decay), Adam and AdamW (the step path's rules, numba_optim.adam_rule, wit
 per step as ``count_step`` does and written back at the end), RMSprop (with or without momentum), hidden
 activations identity, sigmoid, tanh, relu and leaky_relu, and the outputs sigmoid, tanh, identity, relu or
 leaky_relu + mse, softmax + cross_entropy and sigmoid + bce; a constant rate or a schedule's. Anything else
-(another Optimizer class, the perceptron) takes the step path.
+takes the step path: another Optimizer class, the perceptron, a maxout layer, and a fit with dropout, max-norm or
+sample weights (the Trainer's ``without``).
 
 Which path a fit takes: ``DELTAPROP_FUSED`` = ``auto`` (the default: fused when it fits, on a GPU; the CUDA
 simulator, which can run it, takes it only when forced), ``on`` (fused, or a ValueError saying why not, before
