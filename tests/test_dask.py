@@ -425,17 +425,22 @@ def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
     assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
 
 
+def _sweep_sgd_rates(tmp_path, X, y, rates):
+    """``deltaprop sweep`` of the regressor over SGD learning rates (10 and more diverge) on (X, y): (rc, config)."""
+    from deltaprop import cli
+
+    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
+    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
+              "grid": {"learning_rate_init": rates}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    return cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]), config
+
+
 def test_a_diverging_candidate_is_reported_and_the_others_finish(tmp_path, capsys):
     """A candidate whose fits diverge (TrainingDiverged on the worker) scores NaN in each failed fold, as GridSearchCV's
     error_score=nan has it, its error recorded and shown; the sweep goes on and the best is never the failed one."""
-    from deltaprop import cli
-
     X, y = regression()
-    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
-    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
-              "grid": {"learning_rate_init": [10.0, 0.001]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
-    (tmp_path / "c.json").write_text(json.dumps(config))
-    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    rc, config = _sweep_sgd_rates(tmp_path, X, y, [10.0, 0.001])
     out, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
@@ -454,14 +459,7 @@ def test_a_diverging_candidate_is_reported_and_the_others_finish(tmp_path, capsy
 
 
 def test_a_sweep_whose_every_candidate_fails_says_so_and_keeps_the_errors(tmp_path, capsys):
-    from deltaprop import cli
-
-    X, y = regression()
-    np.savez(tmp_path / "reg.npz", X_train=X, y_train=y)
-    config = {**REGRESSION, "params": {**REGRESSION["params"], "solver": "sgd", "batch_size": 8, "max_iter": 3},
-              "grid": {"learning_rate_init": [10.0, 20.0]}, "data": str(tmp_path / "reg.npz")}  # fmt: skip
-    (tmp_path / "c.json").write_text(json.dumps(config))
-    rc = cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")])
+    rc, _ = _sweep_sgd_rates(tmp_path, *regression(), [10.0, 20.0])
     err = capsys.readouterr().err.splitlines()[-1]
     assert rc == 1 and err.startswith("deltaprop: error: no candidate has a score in every fold (the first error: TrainingDiverged: "
                                       "training diverged"), err  # fmt: skip
