@@ -15,7 +15,7 @@ small kernels more, and no fit compiles at its first step for want of them. DELT
 split kernel, a number S splits every such GEMM. A fit of other shapes (another batch size, a last batch or an
 evaluation chunk that picks another tiling) compiles what it lacks at its first use, and caches it.
 
-A net that fits on chip trains by the fused epoch (backends/fused.py: one kernel per epoch, SGD, Adam or AdamW):
+A net that fits on chip trains by the fused epoch (backends/fused.py: one kernel per epoch, SGD, Adam, AdamW or RMSprop):
 the stand-in reports the target's shared memory per block (the GPU's, or for --cc 8.0 and 9.0 the A100's and
 the H100's, ``SHARED_PER_BLOCK``; another --cc: none, the step path's kernels), so under DELTAPROP_FUSED=auto
 the fit records that kernel, of its optimizer, in place of the step's.
