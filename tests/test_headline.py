@@ -233,3 +233,20 @@ def test_the_speedup_is_over_the_fastest_peer_torch_eager_included():
     del rows["jax_jit"]  # a strong peer not timed: no figure
     record = headline.headline({"nets": {"reference": rows}}, None, None, "f" * 40)
     assert record["speedup_over_best_peer"]["reference"]["fp32"] is None
+
+
+def test_a_shortened_run_gives_no_headline_figures(capsys):
+    """The format's epoch is one over 60,000 samples and its accuracy one after 10 epochs: a part measured with
+    ``--samples`` or ``--accuracy-epochs`` otherwise (a quick run) leaves those figures null, and says so."""
+    rows = {"cupy": {"epoch_s": 0.5}}
+    acc = {"cupy": 0.98}
+    full = headline.headline({"samples": 60000, "accuracy_epochs": 10, "nets": {"reference": rows}, "accuracy": acc},
+                             None, None, "f" * 40)
+    assert full["reference_epoch_s"]["fp32"]["cupy"] == 0.5 and full["accuracy"]["reference_fp32_10_epochs"] == 0.98
+    assert capsys.readouterr().err == ""
+    short = headline.headline({"samples": 300, "accuracy_epochs": 2, "nets": {"reference": rows}, "accuracy": acc},
+                              None, None, "f" * 40)
+    assert keys_of(short, FORMAT) == []
+    assert short["reference_epoch_s"]["fp32"]["cupy"] is None and short["accuracy"]["reference_fp32_10_epochs"] is None
+    err = capsys.readouterr().err
+    assert "timed on 300 samples, not 60000" in err and "after 2 epochs, not 10" in err

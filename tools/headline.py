@@ -49,6 +49,8 @@ NETS = {
     "reference": (Net("reference", (784, 1024, 1024, 10), "relu", "softmax", "cross_entropy", lr=0.05, momentum=0.9), 128),
     "small": (Net("small", (784, 30, 10), "sigmoid", "sigmoid", "mse", lr=3.0, momentum=0.0), 10),
 }
+#: the format's epoch (MNIST's training set) and the epochs after which its accuracies are read
+HEADLINE_SAMPLES, HEADLINE_ACCURACY_EPOCHS = 60000, 10
 PRECISION = {"cupy": "fp32", "numba-cuda": "fp32", "cupy-tf32": "tf32", "cupy-bf16": "bf16", "numpy": "fp32"}
 PEERS = ("torch_eager", "torch_graph", "torch_compile", "jax_jit")
 #: the suffix of a backend's small-net row timed on the step path (DELTAPROP_FUSED=off): beside its own row, which
@@ -131,8 +133,8 @@ def cmd_epochs(a) -> dict:
     """deltaprop's backends, then the accuracies, then the peers (the slowest to set up last); the record is
     written to ``a.out`` after every figure, so that a run cut short by its time limit keeps what it measured."""
     X, y = _data(a.samples)
-    result = {"samples": a.samples, "timed_epochs": a.epochs, "nets": {net: {} for net in NETS}, "accuracy": {},
-              "errors": []}
+    result = {"samples": a.samples, "timed_epochs": a.epochs, "accuracy_epochs": a.accuracy_epochs,
+              "nets": {net: {} for net in NETS}, "accuracy": {}, "errors": []}
     save = lambda: _write(a.out, result)  # noqa: E731
     for net in NETS:
         rows = result["nets"][net]
@@ -268,8 +270,15 @@ def tests_summary(path) -> dict | None:
 
 
 def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit: str | None, sanitizer=None) -> dict:
-    """The record, every key of the format present: what these measurements hold, null for the rest."""
-    nets = (epochs or {}).get("nets", {})
+    """The record, every key of the format present: what these measurements hold, null for the rest. The format's
+    epoch is one over 60,000 samples and its accuracy one after 10 epochs: a part measured otherwise (``epochs
+    --samples``, ``--accuracy-epochs``: a shortened run) leaves those figures null, named on stderr."""
+    epochs = epochs or {}
+    nets = epochs.get("nets", {})
+    if epochs.get("samples", HEADLINE_SAMPLES) != HEADLINE_SAMPLES:
+        print(f"headline: the epochs were timed on {epochs['samples']} samples, not {HEADLINE_SAMPLES}: "
+              "the epoch times are null", file=sys.stderr, flush=True)
+        nets = {}
 
     def epoch(net, who):  # a peer's figure only from the GPU (a CPU run of this script times PyTorch's CPU)
         row = nets.get(net, {}).get(who)
@@ -300,7 +309,11 @@ def headline(epochs: dict | None, cold: dict | None, tests: dict | None, commit:
         b: {k: (cold.get(b, {}).get(k) or {}).get("seconds") for k in ("empty_cache", "warm_cache")}
         for b in ("numba-cuda", "cupy")
     }
-    acc = (epochs or {}).get("accuracy", {})
+    acc = epochs.get("accuracy", {})
+    if acc and epochs.get("accuracy_epochs") != HEADLINE_ACCURACY_EPOCHS:  # not recorded: not known to be 10
+        print(f"headline: the accuracies are after {epochs.get('accuracy_epochs')} epochs, not "
+              f"{HEADLINE_ACCURACY_EPOCHS}: they are null", file=sys.stderr, flush=True)
+        acc = {}
     record["accuracy"] = {"reference_fp32_10_epochs": acc.get("cupy", acc.get("numba-cuda")),
                           "reference_tf32_10_epochs": acc.get("cupy-tf32"), "reference_bf16_10_epochs": acc.get("cupy-bf16")}
     record["tests"] = tests or {"command": None, "passed": None, "failed": None, "skipped": None, "seconds": None}
@@ -368,11 +381,14 @@ def main(argv=None) -> int:
                    help=f"peers to time, of {', '.join(PEERS)} (default: all)")
     e.add_argument("--compile-modes", default="reduce-overhead,max-autotune", type=lambda s: s.split(","),
                    help="torch.compile modes to try; torch_compile keeps the fastest (default: reduce-overhead,max-autotune)")
-    e.add_argument("--samples", type=int, default=60000)
+    e.add_argument("--samples", type=int, default=HEADLINE_SAMPLES,
+                   help=f"samples per epoch (default: {HEADLINE_SAMPLES}; another makes the record's epoch times null)")
     e.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up, at least 3 (default: 3)")
     e.add_argument("--accuracy", default="cupy,cupy-tf32,cupy-bf16", type=lambda s: [x for x in s.split(",") if x],
                    help="backends whose 10-epoch MNIST accuracy is measured (needs the MNIST cache)")
-    e.add_argument("--accuracy-epochs", type=int, default=10)
+    e.add_argument("--accuracy-epochs", type=int, default=HEADLINE_ACCURACY_EPOCHS,
+                   help=f"epochs before the accuracy is read (default: {HEADLINE_ACCURACY_EPOCHS}; another makes "
+                        "the record's accuracies null)")
     e.add_argument("--step-path", default="cupy,numba-cuda", type=lambda s: [x for x in s.split(",") if x],
                    help="backends whose small-net epoch is timed on the step path too (DELTAPROP_FUSED=off), as rows "
                         "'<backend>:steps' of the epochs JSON (default: cupy,numba-cuda)")
