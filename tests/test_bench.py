@@ -395,3 +395,41 @@ def test_cupy_vs_torch_times_its_graph_and_eager_rows_on_the_step_path(monkeypat
         bench.deltaprop_epochs(X, y, [784, 7, 10], "sigmoid", 10, 2, graphs=graphs)
     assert Fusing.fused_epochs == 0
     assert os.environ["DELTAPROP_FUSED"] == "auto"  # put back
+
+
+def _strict_json(text):
+    """``text`` parsed as standard JSON: NaN and Infinity, which json.dumps writes by default, refused."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_result_with_nan_is_written_as_standard_json_with_null(tmp_path, monkeypatch):
+    monkeypatch.setattr(suites, "kernels", lambda s: {"rows": [{"gflops": float("nan"), "gbps": float("inf")}]})
+    monkeypatch.setattr("deltaprop.bench.report.markdown", lambda result, plots: "# a report\n")
+    assert cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path),
+                     "--machine", "test"]) == 0
+    [json_path] = tmp_path.glob("*-test.json")
+    assert _strict_json(json_path.read_text())["suites"]["kernels"]["rows"] == [{"gflops": None, "gbps": None}]
+
+
+def test_a_report_that_fails_writes_neither_file(tmp_path, monkeypatch):
+    # Written both or neither: a lone .json would make the rerun refuse as 'an earlier run of the day'.
+    monkeypatch.setattr(suites, "kernels", lambda s: {"rows": []})
+
+    def fail(result, plots):
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr("deltaprop.bench.report.markdown", fail)
+    with pytest.raises(RuntimeError, match="a bug in the report"):
+        cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_bench_scripts_record_is_standard_json_with_null(tmp_path):
+    stem = tmp_path / "new" / "2026-01-01-test-x"
+    measure.save_record(stem, {"loss": float("nan"), "rows": [(1.0, float("-inf"))]}, ["# x", "a line"])
+    assert _strict_json(stem.with_suffix(".json").read_text()) == {"loss": None, "rows": [[1.0, None]]}
+    assert stem.with_suffix(".md").read_text() == "# x\na line\n"
+    assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".md"]

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .. import backends, record
-from .._files import check_folder_writable
+from .._files import atomic_write, check_folder_writable, json_safe
 from . import measure, suites
 from .measure import REFERENCE, SMALL, Net, progress
 
@@ -242,17 +242,19 @@ def main(argv=None) -> int:
     from . import report
 
     os.makedirs(args.out, exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1, allow_nan=True)
     plots = []
     if not args.no_plots:
         try:
             plots = report.plots(result, stem)
-        except Exception as exc:  # noqa: BLE001 - the figures are in the JSON and the markdown already
+        except Exception as exc:  # noqa: BLE001 - the figures are in the JSON and the markdown
             print(f"deltaprop bench: no plots: {type(exc).__name__}: {exc}", file=sys.stderr)
-    with open(stem + ".md", "w") as f:
-        f.write(report.markdown(result, [os.path.basename(p) for p in plots]))
-    print(open(stem + ".md").read())
+    # Both texts made before either file is written: a report that fails leaves no lone .json for the rerun
+    # to refuse as 'an earlier run of the day'. Standard JSON: a NaN or an infinity is null.
+    text = json.dumps(json_safe(result), indent=1) + "\n"
+    markdown = report.markdown(result, [os.path.basename(p) for p in plots])
+    atomic_write(stem + ".json", lambda f: f.write(text), binary=False)
+    atomic_write(stem + ".md", lambda f: f.write(markdown), binary=False)
+    print(markdown)
     print("wrote", ", ".join([stem + ".json", stem + ".md", *plots]))
     if result["errors"]:
         print("FAILED:", *result["errors"], sep="\n  ", file=sys.stderr)

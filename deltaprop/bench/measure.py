@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backends, record
+from .._files import atomic_write, json_safe
 
 
 @dataclass(frozen=True)
@@ -264,10 +265,12 @@ def end_record(result: dict) -> str:
 
 
 def save_record(stem, result: dict, lines) -> None:
-    """``result`` as stem.json and the markdown ``lines`` as stem.md (the folder made if need be)."""
+    """``result`` as stem.json (standard JSON: a NaN or an infinity is null) and the markdown ``lines`` as stem.md,
+    each written whole or not at all (the folder made if need be)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    text, markdown = json.dumps(json_safe(result), indent=1) + "\n", "\n".join(lines) + "\n"
+    atomic_write(stem.with_suffix(".json"), lambda f: f.write(text), binary=False)
+    atomic_write(stem.with_suffix(".md"), lambda f: f.write(markdown), binary=False)
     print("wrote", stem.with_suffix(".json"), "and .md")
 
 
