@@ -140,19 +140,71 @@ def test_a_step_that_ignores_its_timeout_is_killed_and_the_next_one_runs(tmp_pat
     assert headline.sanitizer_counts(str(out))["memcheck"] == {"numba-cuda": None, "cupy": None}
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def _prepare_in_a_copy(tmp_path, compile_fails=False, change=None):
+    """prepare run in a git repository of its own (it writes in its cwd) holding tools/gpu_session.sh and the
+    project's .gitignore, committed; PY a fake whose pip and -c snippets succeed and which logs each call to
+    py.log; ``change`` then edits the tree: "tracked" a committed file, "untracked" a new one, "no-git" removes
+    the repository, "commit-meanwhile" has each compile commit. Returns the finished process and HEAD's hash."""
+    (tmp_path / "tools").mkdir()
+    shutil.copy(os.path.join(ROOT, "tools", "gpu_session.sh"), tmp_path / "tools")
+    shutil.copy(os.path.join(ROOT, ".gitignore"), tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    for args in (["init", "-q"], ["add", "tools", ".gitignore"], ["commit", "-qm", "the tree"]):
+        subprocess.run([*git, *args], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    fake = tmp_path / ".gpu" / "py"  # ignored, as the venv's python is
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> .gpu/py.log\nmkdir -p .kc .xdg\n'
+                    + ('[[ "$1 $2 $3" == "-m deltaprop compile" ]] && { echo "compile: failed" >&2; exit 1; }\n'
+                       if compile_fails else "")
+                    + ('[[ "$1 $2 $3" == "-m deltaprop compile" ]] && git -c user.name=t -c user.email=t@t commit '
+                       '-q --allow-empty -m meanwhile\n' if change == "commit-meanwhile" else "") + "exit 0\n")
+    fake.chmod(0o755)
+    if change == "tracked":
+        (tmp_path / ".gitignore").write_text("changed\n")
+    elif change == "untracked":
+        (tmp_path / "new_module.py").write_text("")
+    elif change == "no-git":
+        shutil.rmtree(tmp_path / ".git")
+    done = subprocess.run(["bash", "tools/gpu_session.sh", "prepare"], cwd=tmp_path, env={**os.environ, "PY": str(fake)},
+                          capture_output=True, text=True, timeout=60)
+    return done, head
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
 def test_prepare_stops_when_a_compile_fails(tmp_path):
     """prepare pipes each deltaprop compile into tail: without pipefail, set -e saw tail's status, and a failed
     compile went on to print the call's command as if .kc were complete (the GPU would compile at run time)."""
-    (tmp_path / "tools").mkdir()
-    shutil.copy(os.path.join(ROOT, "tools", "gpu_session.sh"), tmp_path / "tools")  # prepare writes in its cwd
-    fake = tmp_path / "py"  # pip and the -c snippets succeed; deltaprop compile fails, as on a broken kernel
-    fake.write_text('#!/usr/bin/env bash\nmkdir -p .kc .xdg\n'
-                    '[[ "$1 $2 $3" == "-m deltaprop compile" ]] && { echo "compile: failed" >&2; exit 1; }\nexit 0\n')
-    fake.chmod(0o755)
-    done = subprocess.run(["bash", "tools/gpu_session.sh", "prepare"], cwd=tmp_path, env={**os.environ, "PY": str(fake)},
-                          capture_output=True, text=True, timeout=60)
+    done, _ = _prepare_in_a_copy(tmp_path, compile_fails=True)
     assert done.returncode != 0 and "carry:" not in done.stdout, (done.stdout, done.stderr)
+    assert "-m deltaprop compile" in (tmp_path / ".gpu" / "py.log").read_text()  # it got as far as compiling
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
+def test_prepare_prints_the_commit_of_a_clean_tree(tmp_path):
+    done, head = _prepare_in_a_copy(tmp_path)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert f"command: DELTAPROP_COMMIT={head} PACK=1 bash tools/gpu_session.sh check" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
+@pytest.mark.parametrize("change, says", [("tracked", "M .gitignore"), ("untracked", "?? new_module.py"),
+                                          ("no-git", "not a git checkout")])
+def test_prepare_refuses_a_tree_that_is_not_its_commit_before_any_work(tmp_path, change, says):
+    """The call carries the working tree, untracked files included, and the headline names the commit that ran
+    (prepare printed HEAD's hash for a changed tree, and an empty one outside git): refused before the minutes
+    of compiling, with what differs."""
+    done, _ = _prepare_in_a_copy(tmp_path, change=change)
+    assert done.returncode != 0 and "carry:" not in done.stdout, (done.stdout, done.stderr)
+    assert "gpu_session.sh prepare:" in done.stderr and says in done.stderr, done.stderr
+    assert not (tmp_path / ".gpu" / "py.log").exists()  # nothing downloaded or compiled
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="needs bash and git")
+def test_prepare_refuses_a_commit_made_while_it_compiles(tmp_path):
+    done, head = _prepare_in_a_copy(tmp_path, change="commit-meanwhile")
+    assert done.returncode != 0 and "carry:" not in done.stdout, (done.stdout, done.stderr)
+    assert f"HEAD moved from {head} to " in done.stderr, done.stderr
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

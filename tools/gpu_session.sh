@@ -7,8 +7,9 @@
 #   bash tools/gpu_session.sh [STEP ...]            single steps: env tests gputests repeat bench-numba bench-cupy
 #                                                   sweep sanitizer split-k bench-all bench-train bench-peers bench-kernels bench-tta
 #
-# prepare fills three ignored folders that the call carries (carry: [".whl", ".kc", ".xdg"], under 64 MiB with
-# the tree): .whl, wheels of this machine's NumPy, numba and numba-cuda for the device's Python 3.12 (numba-cuda
+# prepare refuses a tree that is not its commit (a change to a tracked file, an untracked file: the call carries
+# both, and the headline names the commit that ran). It fills three ignored folders that the call carries
+# (carry: [".whl", ".kc", ".xdg"], under 64 MiB with the tree): .whl, wheels of this machine's NumPy, numba and numba-cuda for the device's Python 3.12 (numba-cuda
 # cannot compile under the image's NumPy 2.5, and the kernel cache's keys name the numba and numba-cuda
 # versions: the same ones must run there); .kc, every numba-cuda kernel variant compiled here for compute
 # capability 9.0 (deltaprop compile --cc 9.0 --every-kernel), so that the GPU starts warm; .xdg/deltaprop/mnist.npz,
@@ -47,6 +48,18 @@ DRY=${GPU_SESSION_DRY:-}
 
 if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     set -eo pipefail  # pipefail: each compile is piped into tail, whose status set -e would see alone
+    clean_commit() {  # HEAD's hash, or a refusal: the call carries the working tree (untracked files too), the
+        # headline names the commit that ran, and .kc is compiled from this tree; so it must be that commit
+        local head changed
+        head=$(git rev-parse --verify -q HEAD) || { echo "gpu_session.sh prepare: $PWD is not a git checkout with a commit; the headline names the commit that ran" >&2; return 1; }
+        changed=$(git status --porcelain) || { echo "gpu_session.sh prepare: git status failed in $PWD" >&2; return 1; }
+        if [[ -n $changed ]]; then
+            printf 'gpu_session.sh prepare: the tree is not commit %s; commit (or move away) first:\n%s\n' "$head" "$changed" >&2
+            return 1
+        fi
+        echo "$head"
+    }
+    commit=$(clean_commit)  # before the minutes of downloads and compiles
     rm -rf .whl && mkdir -p .whl
     versions=$($PY -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in ("numpy", "numba", "numba-cuda")))')
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -64,7 +77,9 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     $PY -c 'from deltaprop.data import load_mnist; load_mnist(download=False)'
     du -sh .whl .kc .xdg
     du -sch --exclude=.git . | tail -n 1  # the tree and the carried folders: under 64 MiB
-    echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$(git rev-parse HEAD) PACK=1 bash tools/gpu_session.sh check"
+    now=$(clean_commit)  # and still so after them: an edit or a commit meanwhile is refused
+    [[ $now == "$commit" ]] || { echo "gpu_session.sh prepare: HEAD moved from $commit to $now while preparing; run it again" >&2; exit 1; }
+    echo "carry: [\".whl\", \".kc\", \".xdg\"]; command: DELTAPROP_COMMIT=$commit PACK=1 bash tools/gpu_session.sh check"
     echo "then, at once if time is left, the same carry and command with more for check and DEADLINE=<budget_left_s - 60>"
     echo "before it (the lease's budget_left_s in check's reply: the device stops the call at what is left, not at 600 s)"
     exit 0
