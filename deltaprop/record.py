@@ -49,7 +49,8 @@ def git_commit() -> str | None:
         return None
     if done.returncode != 0:
         return None
-    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    # -dirty: a tracked file differs from the commit, or git cannot tell (its status failing is no clean tree)
+    return done.stdout.strip() + ("-dirty" if dirty.returncode != 0 or dirty.stdout.strip() else "")
 
 
 def version(*dists: str) -> str | None:

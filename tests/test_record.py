@@ -131,6 +131,23 @@ def test_the_commit_is_only_of_a_repository_that_tracks_deltaprop(tmp_path, monk
     assert copy.git_commit().endswith("-dirty")
 
 
+def test_a_tree_git_cannot_read_is_not_called_clean(monkeypatch):
+    """``git status`` failing (a damaged index, a lock held): the hash was given bare, as of a clean tree."""
+    import subprocess
+
+    monkeypatch.delenv("DELTAPROP_COMMIT", raising=False)
+    run = subprocess.run
+
+    def status_fails(args, **kw):
+        if "status" in args:
+            return subprocess.CompletedProcess(args, 128, "", "fatal: index file corrupt\n")
+        return run(args, **kw)
+
+    head = run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.setattr(record.subprocess, "run", status_fails)
+    assert record.git_commit() == head + "-dirty"
+
+
 def test_bench_record_has_its_keys():
     info = measure.machine_info()
     assert list(info) == BENCH_KEYS and list(info["versions"]) == BENCH_VERSIONS
