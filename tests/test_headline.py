@@ -250,3 +250,21 @@ def test_a_shortened_run_gives_no_headline_figures(capsys):
     assert short["reference_epoch_s"]["fp32"]["cupy"] is None and short["accuracy"]["reference_fp32_10_epochs"] is None
     err = capsys.readouterr().err
     assert "timed on 300 samples, not 60000" in err and "after 2 epochs, not 10" in err
+
+
+def test_the_record_file_is_standard_json_written_whole(tmp_path, monkeypatch):
+    """A NaN (an epoch time of a diverged run, a broken timer) is null, as the headline's spec has what was not
+    measured; json.dump wrote NaN, which strict readers refuse. A write that fails leaves the old file alone."""
+    path = str(tmp_path / "new" / "headline.json")
+    headline._write(path, {"epoch_s": float("nan"), "rows": [(1.5, float("inf"))]})
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    with open(path) as f:
+        assert json.loads(f.read(), parse_constant=refuse) == {"epoch_s": None, "rows": [[1.5, None]]}
+    with pytest.raises(TypeError):
+        headline._write(path, {"epoch_s": object()})
+    with open(path) as f:
+        assert json.load(f) == {"epoch_s": None, "rows": [[1.5, None]]}
+    assert os.listdir(tmp_path / "new") == ["headline.json"]
