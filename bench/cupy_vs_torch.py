@@ -26,7 +26,7 @@ import numpy as np
 
 from deltaprop import MLP, backends, record
 from deltaprop.backends.cupy_backend import CupyBackend
-from deltaprop.bench.measure import fused_mode, require_gpu, timed_fit
+from deltaprop.bench.measure import fused_mode, require_gpu, timed_fit, write_json
 
 RUNS = {"reference": ([784, 1024, 1024, 10], "relu", 128), "small": ([784, 30, 10], "sigmoid", 10)}
 LR = 0.05
@@ -135,7 +135,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "".join(c if c.isalnum() else "-" for c in env["device"].split(",")[0]).strip("-").lower()
     path = args.out / f"cupy-{env['date'][:10]}-{tag}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
     print("wrote", path, "goals:", goals or "no PyTorch here: install torch for the comparison")
 
 

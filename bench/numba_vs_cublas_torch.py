@@ -21,7 +21,6 @@ Needs numba-cuda and CuPy (the cuda12/cuda13 extra); PyTorch only for its half o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -201,7 +200,9 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     env = result["environment"]
     name = f"numba_cuda-{env['date'][:10]}-{env['device'].replace(' ', '_')}.json"
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    from deltaprop.bench.measure import write_json
+
+    write_json(args.out / name, result)
     print(f"wrote {args.out / name}")
 
 

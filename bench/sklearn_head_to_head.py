@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -196,7 +195,7 @@ def main(argv=None):
     if not args.out_dir.is_dir():
         parser.error(f"--out-dir: {args.out_dir} is not a folder")
     from deltaprop import record
-    from deltaprop.bench.measure import machine_info, require_packages
+    from deltaprop.bench.measure import machine_info, require_packages, write_json, write_text
 
     require_packages("sklearn_head_to_head.py", {"sklearn": "scikit-learn"}, "pip install 'deltaprop[bench]'")
 
@@ -216,8 +215,9 @@ def main(argv=None):
         "load_average_end": record.load_average(),
     }
     stem = f"{datetime.date.today().isoformat()}-cpu-{os.cpu_count()}core-sklearn"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (args.out_dir / f"{stem}.md").write_text(markdown(record))
+    text = markdown(record)
+    write_json(args.out_dir / f"{stem}.json", record)
+    write_text(args.out_dir / f"{stem}.md", text)
     print(markdown(record))
     print(f"wrote {args.out_dir / stem}.json and .md", file=sys.stderr)
 

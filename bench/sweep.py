@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import re
@@ -317,7 +316,7 @@ def main(argv=None) -> int:
     if not args.out_dir.is_dir():
         parser.error(f"--out-dir: {args.out_dir} is not a folder")
     from deltaprop import backends, record
-    from deltaprop.bench.measure import machine_info, require_packages
+    from deltaprop.bench.measure import machine_info, require_packages, write_json, write_text
 
     names = [n.strip() for n in args.backend.split(",") if n.strip()] if args.gpu else []
     if args.gpu and not names:
@@ -344,8 +343,9 @@ def main(argv=None) -> int:
         stem = f"{datetime.date.today().isoformat()}-{label}-sweep"
     result["load_average_end"] = record.load_average()
     result["command"] = " ".join(["python", "bench/sweep.py", *(sys.argv[1:] if argv is None else argv)])
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out_dir / f"{stem}.md").write_text(markdown(result))
+    text = markdown(result)
+    write_json(args.out_dir / f"{stem}.json", result)
+    write_text(args.out_dir / f"{stem}.md", text)
     print(markdown(result))
     print(f"wrote {args.out_dir / stem}.json and .md", file=sys.stderr)
     return 0

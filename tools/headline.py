@@ -421,13 +421,10 @@ def main(argv=None) -> int:
 
 
 def _write(path: str, result: dict) -> None:
-    """``result`` as standard JSON (a NaN or an infinity is null, as what was not measured is), written whole or not
-    at all (the folder made if need be)."""
-    from deltaprop._files import atomic_write, json_safe
+    """``result`` as standard JSON (a NaN or an infinity is null, as what was not measured is), written whole."""
+    from deltaprop.bench.measure import write_json
 
-    text = json.dumps(json_safe(result), indent=1) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: f.write(text), binary=False)
+    write_json(path, result)
 
 
 if __name__ == "__main__":

@@ -562,9 +562,15 @@ def markdown(result: dict) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    from deltaprop.bench.measure import write_text
+
+    write_text(path, text)
+
+
+def _write_json(path: str, result: dict) -> None:
+    from deltaprop.bench.measure import write_json
+
+    write_json(path, result)
 
 
 def ncu_command(case: Case, a) -> str:
@@ -691,10 +697,10 @@ def main(argv=None) -> int:
         print(line + "".join(f"; WARNING {w}" for w in row["warnings"]), flush=True)
         if result is not None:
             result["cases"][case.key] = row
-            _write(stem + ".json", json.dumps(result, indent=1) + "\n")
+            _write_json(stem + ".json", result)
             _write(stem + ".md", markdown(result))
     if result is not None:
-        _write(stem + ".json", json.dumps(result, indent=1) + "\n")
+        _write_json(stem + ".json", result)
         _write(stem + ".md", markdown(result))
         print("wrote", stem + ".json", stem + ".md")
         if not result["cases"]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -81,10 +80,9 @@ def main(argv=None) -> int:
     result["loss_max_relative_difference"] = float(np.max(np.abs(auto - off) / np.abs(off)))
     print(f"split-K on {result['device']}: off {result['off_epoch_s']:.4f} s, auto {result['auto_epoch_s']:.4f} s per "
           f"epoch ({result['auto_over_off']:.3f}x); splits {result['splits']}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    from deltaprop.bench.measure import write_json
+
+    write_json(a.out, result)
     print("wrote", a.out)
     return 0
 

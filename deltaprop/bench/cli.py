@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from .. import backends, record
-from .._files import atomic_write, check_folder_writable, json_safe
+from .._files import check_folder_writable
 from . import measure, suites
 from .measure import REFERENCE, SMALL, Net, progress
 
@@ -248,12 +248,11 @@ def main(argv=None) -> int:
             plots = report.plots(result, stem)
         except Exception as exc:  # noqa: BLE001 - the figures are in the JSON and the markdown
             print(f"deltaprop bench: no plots: {type(exc).__name__}: {exc}", file=sys.stderr)
-    # Both texts made before either file is written: a report that fails leaves no lone .json for the rerun
-    # to refuse as 'an earlier run of the day'. Standard JSON: a NaN or an infinity is null.
-    text = json.dumps(json_safe(result), indent=1) + "\n"
+    # The report made before either file is written: one that fails leaves no lone .json for the rerun to refuse
+    # as 'an earlier run of the day'.
     markdown = report.markdown(result, [os.path.basename(p) for p in plots])
-    atomic_write(stem + ".json", lambda f: f.write(text), binary=False)
-    atomic_write(stem + ".md", lambda f: f.write(markdown), binary=False)
+    measure.write_json(stem + ".json", result)
+    measure.write_text(stem + ".md", markdown)
     print(markdown)
     print("wrote", ", ".join([stem + ".json", stem + ".md", *plots]))
     if result["errors"]:

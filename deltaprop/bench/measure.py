@@ -264,13 +264,23 @@ def end_record(result: dict) -> str:
     return f"Load average {result['load_average_start']} at the start, {result['load_average_end']} at the end. "
 
 
+def write_text(path, text: str) -> None:
+    """``text`` as the file ``path``, written whole or not at all (the folder made if need be): a result file that
+    a run stopped or failed in the middle of is the one before, never half of the new one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_json(path, result) -> None:
+    """``result`` as standard JSON (a NaN or an infinity is null: not measured; json.dumps writes NaN, which strict
+    readers refuse), through ``write_text``."""
+    write_text(path, json.dumps(json_safe(result), indent=1) + "\n")
+
+
 def save_record(stem, result: dict, lines) -> None:
-    """``result`` as stem.json (standard JSON: a NaN or an infinity is null) and the markdown ``lines`` as stem.md,
-    each written whole or not at all (the folder made if need be)."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    text, markdown = json.dumps(json_safe(result), indent=1) + "\n", "\n".join(lines) + "\n"
-    atomic_write(stem.with_suffix(".json"), lambda f: f.write(text), binary=False)
-    atomic_write(stem.with_suffix(".md"), lambda f: f.write(markdown), binary=False)
+    """``result`` as stem.json and the markdown ``lines`` as stem.md, each through ``write_json``/``write_text``."""
+    write_json(stem.with_suffix(".json"), result)
+    write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print("wrote", stem.with_suffix(".json"), "and .md")
 
 
