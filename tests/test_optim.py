@@ -605,3 +605,61 @@ def test_numpys_chunked_adam_is_the_same_in_any_chunks_and_the_default(rng, dtyp
     for x, y, z in zip(*results):
         np.testing.assert_array_equal(x, y)
         assert_close(x, z, dtype)
+
+
+def _every_epochs_problem(schedule, lr0, epochs, samples, dtype):
+    """check's answer computed the long way, every epoch's rate (as for a callable): what bounds must agree with."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(schedule), "bounds", lambda self, start, stop: None)
+        try:
+            schedule.check(lr0, epochs, samples, dtype)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("schedule", [
+    schedules.Constant(), schedules.Exponential(gamma=1e-3), schedules.Exponential(gamma=30.0),
+    schedules.Step(step_size=3, gamma=1e-7), schedules.Step(step_size=2, gamma=1e5), schedules.InvScaling(power_t=4),
+    schedules.Cosine(epochs=7, min_lr=0.0), schedules.Cosine(epochs=5, min_lr=1e-3), schedules.Adaptive(),
+    schedules.Exponential(gamma=1e-3).resumed([1.0] * 4), schedules.Cosine(epochs=9).resumed([1.0, 0.5]),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_schedules_check_from_its_bounds_finds_the_first_epoch_every_rate_would(schedule, dtype):
+    """check computes the rates of a few epochs and bisects between them (the rates between two bounds are
+    monotone): it must refuse the same first epoch, with the same words, as computing every epoch's rate does."""
+    for lr0 in (1.0, 1e-30, 1e-38, 1e-300, 5e-324, 3e38, 1e300):
+        for epochs in (1, 2, 5, 8, 13, 40, 120):
+            expected = _every_epochs_problem(schedule, lr0, epochs, 7, dtype)
+            if expected is None:
+                schedule.check(lr0, epochs, 7, dtype)
+            else:
+                with pytest.raises(ValueError) as got:
+                    schedule.check(lr0, epochs, 7, dtype)
+                assert str(got.value) == expected, (lr0, epochs)
+
+
+def test_a_long_fits_schedule_is_checked_without_computing_every_epochs_rate(rng):
+    """epochs=10**7 with early stopping spent 24 s in the check before the first step (one rate per epoch); now the
+    check is some dozens of rates, and an underflow far from the end is still found at its first epoch."""
+    for schedule in (schedules.Constant(), schedules.Step(step_size=10**14), schedules.Exponential(gamma=1 - 1e-13),
+                     schedules.Cosine(), schedules.InvScaling(), schedules.Adaptive()):
+        schedule.check(0.1, 10**15, 60000, np.float64)  # the old loop: centuries
+    with pytest.raises(ValueError, match=re_escape("lr_schedule: the exponential schedule's rate for epoch 2 is > 0 "
+                                                   "but underflows to 0 in floats")):
+        schedules.Exponential(gamma=1e-200).check(0.5, 10**15, 10, np.float64)
+    m = MLP([3, 4, 2], backend="numpy", seed=0)
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 2, 30)
+    m.fit(X, y, epochs=10**12, lr_schedule="cosine", early_stopping=1)  # cosine's rate is 0 from epoch 10 on
+    assert 1 <= m.epochs_trained < 100
+
+
+def test_a_callable_schedule_that_raises_is_named_with_its_epoch(rng):
+    m = MLP([3, 4, 2], backend="numpy", seed=0)
+    before = m.get_weights()
+    with pytest.raises(ValueError, match=re_escape("lr_schedule: the callable raised ZeroDivisionError for epoch 2: "
+                                                   "division by zero")) as got:
+        m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=3, lr_schedule=lambda e: 1 / (2 - e))
+    assert isinstance(got.value.__cause__, ZeroDivisionError) and m.epochs_trained == 0
+    for (W, b), (W0, b0) in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(W, W0)

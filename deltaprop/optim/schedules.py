@@ -49,20 +49,44 @@ class Schedule:
         raise NotImplementedError
 
     def check(self, lr0: float, epochs: int, samples: int, dtype=np.float64) -> None:
-        """ValueError naming lr_schedule unless every epoch's rate is a finite number ≥ 0, finite in the model's
-        ``dtype``, in which the device reads it, and not > 0 there as 0 (asked before a fit changes anything; a rate
-        that depends on the losses is checked with none)."""
-        for epoch in range(epochs):
-            try:
-                lr = self.rate(lr0, epoch, [], samples)
-            except OverflowError:  # a float power beyond a float's range (gamma**e, (e·n + 1)**power_t)
-                raise ValueError(f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} cannot be computed in "
-                                 "floats (a power overflows); its parameters are out of range") from None
-            if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
-                raise ValueError(f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
-            problem = self.rate_problem(lr, epoch, dtype)
+        """ValueError naming lr_schedule and the first epoch whose rate is not a finite number ≥ 0, finite in the
+        model's ``dtype``, in which the device reads it, and not > 0 there as 0 (asked before a fit changes anything;
+        a rate that depends on the losses is checked with none). Where ``bounds`` gives the epochs that bound the
+        others, only those and a bisection are computed: a fit of 10⁹ epochs with early stopping starts at once."""
+        bounds = self.bounds(0, epochs)
+        if bounds is None:  # every epoch's rate
+            problem = next(filter(None, (self._problem(lr0, e, samples, dtype) for e in range(epochs))), None)
             if problem is not None:
-                raise ValueError(f"{problem}; its parameters are out of range")
+                raise ValueError(problem)
+            return
+        good = -1  # the last epoch known to be fine; between two bounds the rates are monotone (or constant),
+        for b in sorted(set(bounds)):  # so the epochs with a problem there are a run that ends at the later one
+            if self._problem(lr0, b, samples, dtype) is None:
+                good = b
+                continue
+            bad = b
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                good, bad = (good, mid) if self._problem(lr0, mid, samples, dtype) else (mid, bad)
+            raise ValueError(self._problem(lr0, bad, samples, dtype))
+
+    def bounds(self, start: int, stop: int) -> list | None:
+        """Epochs of start..stop − 1 between each two of which (and from start to the first) the rate is monotone,
+        so that their rates bound all the others (and a problem of any rate is one of a run ending at a bound);
+        None: no such epochs are known, every rate is computed."""
+        return None
+
+    def _problem(self, lr0: float, epoch: int, samples: int, dtype) -> str | None:
+        """Why ``check`` refuses epoch's rate, or None."""
+        try:
+            lr = self.rate(lr0, epoch, [], samples)
+        except OverflowError:  # a float power beyond a float's range (gamma**e, (e·n + 1)**power_t)
+            return (f"lr_schedule: the {self.name} schedule's rate for epoch {epoch} cannot be computed in floats (a "
+                    "power overflows); its parameters are out of range")
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:
+            return f"lr_schedule: {self.name} gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0"
+        problem = self.rate_problem(lr, epoch, dtype)
+        return None if problem is None else f"{problem}; its parameters are out of range"
 
     def rate_problem(self, lr: float, epoch: int, dtype) -> str | None:
         """Why the device would not train at ``lr``, this schedule's finite rate ≥ 0 for ``epoch``, as the math has it:
@@ -109,6 +133,9 @@ class Constant(Schedule):
     def rate(self, lr0, epoch, losses, samples):
         return lr0
 
+    def bounds(self, start, stop):
+        return [start, stop - 1] if stop > start else []  # monotone in the epoch
+
 
 class InvScaling(Schedule):
     name = "invscaling"
@@ -118,6 +145,9 @@ class InvScaling(Schedule):
 
     def rate(self, lr0, epoch, losses, samples):
         return lr0 / (epoch * samples + 1) ** self.params["power_t"]
+
+    def bounds(self, start, stop):
+        return [start, stop - 1] if stop > start else []  # monotone in the epoch
 
 
 class Adaptive(Schedule):
@@ -139,6 +169,9 @@ class Adaptive(Schedule):
                 lr, bad = lr / p["factor"], 0
         return lr
 
+    def bounds(self, start, stop):  # non-increasing: a drop by factor at a time (with no losses, lr0 throughout)
+        return [start, stop - 1] if stop > start else []
+
 
 class Step(Schedule):
     name = "step"
@@ -149,6 +182,9 @@ class Step(Schedule):
     def rate(self, lr0, epoch, losses, samples):
         return lr0 * self.params["gamma"] ** (epoch // self.params["step_size"])
 
+    def bounds(self, start, stop):
+        return [start, stop - 1] if stop > start else []  # monotone in the epoch
+
 
 class Exponential(Schedule):
     name = "exponential"
@@ -158,6 +194,9 @@ class Exponential(Schedule):
 
     def rate(self, lr0, epoch, losses, samples):
         return lr0 * self.params["gamma"] ** epoch
+
+    def bounds(self, start, stop):
+        return [start, stop - 1] if stop > start else []  # monotone in the epoch
 
 
 class Cosine(Schedule):
@@ -173,6 +212,10 @@ class Cosine(Schedule):
     def vanishes(self, epoch):
         return self.params["min_lr"] == 0 and epoch >= self.params["epochs"]
 
+    def bounds(self, start, stop):  # non-increasing to its end, then min_lr
+        end = self.params["epochs"]
+        return [e for e in (start, end - 1, end, stop - 1) if start <= e < stop]
+
 
 class _Function(Schedule):
     name = "callable"
@@ -181,7 +224,10 @@ class _Function(Schedule):
         self.fn = fn
 
     def rate(self, lr0, epoch, losses, samples):
-        lr = as_scalar(self.fn(epoch))
+        try:
+            lr = as_scalar(self.fn(epoch))
+        except Exception as exc:  # the user's function: named, with the epoch it was asked for
+            raise ValueError(f"lr_schedule: the callable raised {type(exc).__name__} for epoch {epoch}: {exc}") from exc
         if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(as_float(lr)) or lr < 0:
             raise ValueError(f"lr_schedule: the callable gives {lr!r} for epoch {epoch}; expected a finite number ≥ 0")
         return float(lr)
@@ -209,6 +255,11 @@ class _Continued(Schedule):
 
     def vanishes(self, epoch):
         return self.inner.vanishes(len(self.before) + epoch)
+
+    def bounds(self, start, stop):
+        n = len(self.before)
+        inner = self.inner.bounds(n + start, n + stop)
+        return None if inner is None else [e - n for e in inner]
 
     def config(self) -> dict:
         return self.inner.config()
