@@ -69,8 +69,8 @@ What differs from ``sklearn.neural_network``:
   ``validation_scores_``, ``best_validation_score_``) are absent, also after an earlier stochastic fit
   (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
   curve (scikit-learn raises AttributeError).
-- A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged`` at once (scikit-learn
-  carries on and raises at the end); with ``early_stopping=True`` it ends the fit on the best validation
+- A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged``, a ValueError as scikit-learn's
+  is, at once (scikit-learn carries on and raises at the end); with ``early_stopping=True`` it ends the fit on the best validation
   score's weights, that epoch's loss and score recorded as NaN, with a ConvergenceWarning (scikit-learn
   carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
   NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for

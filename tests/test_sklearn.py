@@ -291,6 +291,12 @@ def test_a_diverging_fit_with_early_stopping_ends_on_the_best_weights(iris):
     assert np.all(np.isfinite(est.predict(X)))  # the last finite weights' outputs were not: the best epoch's are
     with pytest.raises(TrainingDiverged):  # without early stopping there are no best weights to end on
         MLPRegressor(**settings).fit(X, y)
+    try:  # code written for scikit-learn's divergence, a ValueError ("Solver produced non-finite parameter weights")
+        MLPRegressor(**settings).fit(X, y)
+    except ValueError as exc:
+        assert isinstance(exc, TrainingDiverged) and isinstance(exc, FloatingPointError)
+    else:
+        raise AssertionError("a diverging fit returned")
 
 
 def test_a_classifier_scores_outputs_that_are_not_finite_as_nan_not_as_class_0(iris):

@@ -20,9 +20,10 @@ from .checks import held_problem
 from .network import Buffers
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(FloatingPointError, ValueError):
     """The training loss became NaN or Inf; the model keeps the weights of the failing epoch's last step whose loss
-    was finite (at an epoch's first step, the weights it started with: the message says which)."""
+    was finite (at an epoch's first step, the weights it started with: the message says which). A ValueError too,
+    as scikit-learn's MLP raises one for non-finite weights: ``except ValueError`` written for it catches this."""
 
 
 @dataclass
