@@ -916,6 +916,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             known = np.arange(y.shape[1])
             if reuse and self._target_kind != "multilabel":
                 raise ValueError("y: a multilabel indicator matrix, but the fitted network was trained on class labels")
+            if incremental and not reuse and classes is None:
+                raise ValueError("classes: partial_fit needs, on its first call, every label there will be "
+                                 f"(for a multilabel y of {y.shape[1]} columns, {known.tolist()})")
+            if classes is not None and not np.array_equal(np.unique(classes), known):
+                raise ValueError(f"classes: a multilabel y of {y.shape[1]} columns has the classes {known.tolist()}, "
+                                 f"got {np.unique(classes).tolist()}")
             return known, "multilabel", np.asarray(y, np.float64)
         if reuse:
             known = self.classes_

@@ -206,6 +206,30 @@ def test_object_dtype_labels_give_scikit_learns_classes_dtype(rng):
     assert ours.classes_.dtype == theirs.classes_.dtype and list(ours.classes_) == ["a", "b", "c", "d"]
 
 
+def test_a_multilabel_partial_fit_checks_classes_as_scikit_learn_does(rng):
+    """classes= was ignored for an indicator y: None, too few or strings all gave classes_ [0 1 2]. scikit-learn
+    needs them on the first call and only the columns' indices 0..K−1; so here, on every call."""
+    X = rng.normal(size=(33, 4))
+    Y = (rng.random((33, 3)) < 0.5).astype(int)
+    for classes, says in ((None, "classes: partial_fit needs, on its first call, every label there will be (for a "
+                                 "multilabel y of 3 columns, [0, 1, 2])"),
+                          ([0, 1], "classes: a multilabel y of 3 columns has the classes [0, 1, 2], got [0, 1]"),
+                          (["a", "b", "c"], "classes: a multilabel y of 3 columns has the classes [0, 1, 2], got ['a', 'b', 'c']")):
+        clf = MLPClassifier((7,))
+        with pytest.raises(ValueError, match=re.escape(says)):
+            clf.partial_fit(X, Y, classes=classes)
+        assert not hasattr(clf, "model_")
+        with pytest.raises(ValueError):  # scikit-learn refuses each too
+            skl.MLPClassifier((7,)).partial_fit(X, Y, classes=classes)
+    clf = MLPClassifier((7,), random_state=0).partial_fit(X, Y, classes=[2, 0, 1])
+    before = [W.copy() for W in clf.coefs_]
+    with pytest.raises(ValueError, match=re.escape("got [0, 1, 2, 3]")):
+        clf.partial_fit(X, Y, classes=[0, 1, 2, 3])
+    assert all(np.array_equal(W, W0) for W, W0 in zip(clf.coefs_, before))  # the refused call changed nothing
+    clf.partial_fit(X, Y)  # later calls may leave classes out
+    assert clf.classes_.tolist() == [0, 1, 2] and clf.t_ == 2 * 33  # two epochs of 33 samples, as scikit-learn counts
+
+
 def test_a_sparse_multilabel_y_is_refused_by_name(rng):
     X = rng.normal(size=(33, 4))
     Y = (rng.random((33, 3)) < 0.5).astype(int)
