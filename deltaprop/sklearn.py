@@ -498,6 +498,9 @@ class _BaseMLP(BaseEstimator):
                 )
         except _Stop:
             pass
+        except KeyboardInterrupt:  # scikit-learn's: the fit ends there, keeping what it trained (a notebook's stop
+            # button), here the network of the last whole epoch (MLP.fit's Ctrl-C), which n_iter_ and loss_curve_ count
+            warnings.warn("Training interrupted by user.", stacklevel=5)
         except TrainingDiverged as exc:
             if validation is None:
                 raise

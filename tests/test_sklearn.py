@@ -1,5 +1,6 @@
 """deltaprop.sklearn: scikit-learn's own estimator checks, the parameter mapping, and use in its tools."""
 
+import math
 import pickle
 import re
 import subprocess
@@ -683,3 +684,35 @@ def test_dropout_and_max_norm_reach_the_network(cls, iris):
         cls(hidden_layer_sizes=(8,), solver="lbfgs", dropout=0.5).fit(X, y)
     with pytest.raises(ValueError, match="max_norm: 3.0 differs from the fitted network's 2.0"):
         est.set_params(warm_start=True, max_norm=3.0).fit(X, y)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_ctrl_c_ends_a_fit_with_what_it_trained_as_scikit_learn_does(iris, monkeypatch, early_stopping):
+    """scikit-learn's stochastic fit catches KeyboardInterrupt, warns 'Training interrupted by user.' and returns
+    a fitted estimator (the best weights with early stopping); here Ctrl-C propagated and a first fit kept
+    nothing. The estimator is that of the whole epochs before the Ctrl-C: the fit of as many epochs."""
+    from deltaprop.mlp.network import Network
+
+    X, y = iris
+    settings = {"hidden_layer_sizes": (6,), "batch_size": 50, "random_state": 0, "backend": "numpy",
+                "early_stopping": early_stopping, "n_iter_no_change": 100}
+    two = MLPClassifier(max_iter=2, **settings)
+    with pytest.warns(ConvergenceWarning):
+        two.fit(X, y)
+    steps = len(X) // 50 if not early_stopping else math.ceil(len(X) * 0.9 / 50)
+    step, calls = Network.train_step, []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2 * steps + 1:  # the first step of the third epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Network, "train_step", step_then_interrupt)
+    clf = MLPClassifier(max_iter=10, **settings)
+    with pytest.warns(UserWarning, match="Training interrupted by user."):
+        assert clf.fit(X, y) is clf
+    assert clf.n_iter_ == len(clf.loss_curve_) == 2 and clf.loss_curve_ == two.loss_curve_
+    for W, W2 in zip(clf.coefs_ + clf.intercepts_, two.coefs_ + two.intercepts_):
+        np.testing.assert_array_equal(W, W2)
+    assert clf.predict(X).shape == y.shape

@@ -188,13 +188,15 @@ def test_an_exception_from_the_callback_ends_fit_with_the_epochs_trained_so_far(
     twin.fit(X, y, epochs=2, **args)
     whole.fit(X, y, epochs=4, **args)
     assert stopped.epochs_trained == 2 and int(stopped.network.t[0]) == int(twin.network.t[0]) == 10
-    for (W, b), (W0, b0) in zip(stopped.get_weights(), twin.get_weights()):
-        np.testing.assert_array_equal(W, W0)
-        np.testing.assert_array_equal(b, b0)
+    _assert_same_weights(stopped, twin)
     stopped.fit(X, y, epochs=2, **args)
-    for (W, b), (W0, b0) in zip(stopped.get_weights(), whole.get_weights()):
+    _assert_same_weights(stopped, whole)
+
+
+def _assert_same_weights(a, b):
+    for (W, bias), (W0, b0) in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(W, W0)
-        np.testing.assert_array_equal(b, b0)
+        np.testing.assert_array_equal(bias, b0)
 
 
 def test_a_fit_of_a_model_whose_fit_runs_in_another_thread_is_refused_by_name(rng):
@@ -324,3 +326,59 @@ def test_a_callback_that_sets_an_lr_the_dtype_cannot_hold_stops_the_fit_after_th
     for (W, b), (W0, b0) in zip(model.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(W, W0)
         np.testing.assert_array_equal(b, b0)
+
+
+def _ctrl_c_at_step(monkeypatch, k):
+    """Network.train_step raising KeyboardInterrupt at its k-th call (counted from 1), after that step's update."""
+    from deltaprop.mlp.network import Network
+
+    step, calls = Network.train_step, []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Network, "train_step", step_then_interrupt)
+    return lambda: monkeypatch.setattr(Network, "train_step", step)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_ctrl_c_inside_an_epoch_leaves_the_model_of_the_last_epoch_and_a_refit_continues_exactly(rng, monkeypatch,
+                                                                                              optimizer, dropout):
+    """Ctrl-C mid-epoch left the weights and the optimizer's state part-way through the epoch while epochs_trained
+    counted only the epochs before: the model was no model a fit leaves, and a refit drew the shuffles of the
+    epoch again on weights that had moved. Now it is the model at the end of the last epoch counted."""
+    X, y = rng.normal(size=(50, 4)), rng.integers(0, 3, 50)
+    kw = {"batch_size": 8, "optimizer": optimizer, "momentum": 0.9} if optimizer == "sgd" else {"batch_size": 8,
+                                                                                                "optimizer": "adam"}
+    settings = {"backend": "numpy", "dtype": "float64", "seed": 3, "dropout": dropout}
+    straight = MLP([4, 6, 3], **settings)
+    straight.fit(X, y, epochs=3, **kw)
+    one = MLP([4, 6, 3], **settings)
+    one.fit(X, y, epochs=1, **kw)
+    m = MLP([4, 6, 3], **settings)
+    restore = _ctrl_c_at_step(monkeypatch, 7 + 3)  # 7 steps an epoch: the 3rd step of epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, y, epochs=3, **kw)
+    restore()
+    assert m.epochs_trained == 1
+    _assert_same_weights(m, one)
+    m.fit(X, y, epochs=2, **kw)
+    _assert_same_weights(m, straight)
+
+
+def test_ctrl_c_in_the_callback_keeps_the_epoch_it_ends(rng):
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 2, 20)
+    m = MLP([4, 5, 2], backend="numpy", dtype="float64", seed=0)
+    seen = []
+
+    def stop(epoch, history):
+        seen.append([W.copy() for W, _ in m.get_weights()])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, y, epochs=3, callback=stop)
+    assert m.epochs_trained == 1 and all(np.array_equal(W, S) for (W, _), S in zip(m.get_weights(), seen[0]))

@@ -122,14 +122,28 @@ class Trainer:
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
         self.lr = plan.optimizer.lr if plan.schedule.constant else bk.zeros(1, model.dtype)
-        self.snapshot = net.state_copy()  # the state at the start of the epoch, for a divergence
+        self.snapshot = net.state_copy()  # the state at the start of the epoch, for a divergence or a Ctrl-C
+        self.snapshot_of = None  # epochs_trained when the snapshot was taken in the epoch loop
         net.new_counter()  # dropout's [epoch, step], read by the recorded steps
         self.step = self._new_step()
 
     def run(self) -> "History":
         # Overflow in a step is not a warning: the epoch's check below finds it and says where.
         with np.errstate(over="ignore", invalid="ignore"):
-            return self._run()
+            try:
+                return self._run()
+            except KeyboardInterrupt:
+                self._interrupted()
+                raise
+
+    def _interrupted(self) -> None:
+        """A Ctrl-C inside an epoch's steps (epochs_trained not yet counting it): the weights and the optimizer's state
+        go back to the epoch's start, the end of the last epoch counted, so that the model is one that a fit of
+        epochs_trained epochs leaves, and a later fit continues as an uninterrupted one would. One between epochs
+        (in the callback, say) leaves them as they are: they are that already."""
+        if self.snapshot_of == self.model.epochs_trained:
+            self.net.state_restore(self.snapshot)  # on the steps' stream, after whatever of theirs is in flight
+            self.bk.synchronize()
 
     def _run(self) -> "History":
         model, net, plan, bk = self.model, self.net, self.plan, self.bk
@@ -150,6 +164,7 @@ class Trainer:
             elif rate != self.lr:  # opt.lr set by the callback: a recorded step holds the rate it was recorded with
                 self.lr, self.step = rate, self._new_step()
             net.state_copy(into=self.snapshot)
+            self.snapshot_of = model.epochs_trained
             bk.zero_(self.metrics)
             net.start_epoch(model.epochs_trained)
             if self.fused is not None:
