@@ -382,3 +382,36 @@ def test_ctrl_c_in_the_callback_keeps_the_epoch_it_ends(rng):
     with pytest.raises(KeyboardInterrupt):
         m.fit(X, y, epochs=3, callback=stop)
     assert m.epochs_trained == 1 and all(np.array_equal(W, S) for (W, _), S in zip(m.get_weights(), seen[0]))
+
+
+@pytest.mark.parametrize("batch_size", [None, 25])  # full batch: a failure at step 0; batches: at step 0 or 1
+def test_a_fit_that_diverges_before_its_first_kept_update_leaves_the_optimizer_of_before(rng, batch_size):
+    """The weights went back, but the fit's optimizer stayed in: momentum's buffers gone, lr=1e38 saved with the
+    model, and a refit with the first settings no longer the fit that never failed."""
+    from deltaprop import TrainingDiverged
+
+    X, y = rng.normal(size=(100, 4)), rng.integers(0, 3, 100)
+
+    def trained():
+        m = MLP([4, 5, 3], backend="numpy", dtype="float32", seed=0)  # float32: lr=1e38's first update overflows
+        m.fit(X, y, epochs=3, batch_size=None, lr=0.05, momentum=0.9)
+        return m
+
+    never = trained()
+    m = trained()
+    opt, slots = m.network.optimizer, {k: [(W.copy(), b.copy()) for W, b in v] for k, v in m.network.slots.items()}
+    bad_fits = [{"optimizer": "sgd", "lr": 3e38}, {"lr": 3e38, "momentum": 0.9}]
+    if batch_size is not None:  # Adam's first update is ±lr, finite: only a second step in epoch 0 overflows
+        bad_fits.append({"optimizer": "adam", "lr": 3e38})
+    for bad in bad_fits:
+        with pytest.raises(TrainingDiverged, match="and the optimizer it had before this fit"):
+            m.fit(X * 1e6, y, epochs=2, batch_size=batch_size, **bad)
+        assert m.network.optimizer is opt and m.epochs_trained == 3
+        assert sorted(m.network.slots) == sorted(slots) == ["v"]
+        for (V, c), (V0, c0) in zip(m.network.slots["v"], slots["v"]):
+            np.testing.assert_array_equal(V, V0)
+            np.testing.assert_array_equal(c, c0)
+        _assert_same_weights(m, never)
+    m.fit(X, y, epochs=2, batch_size=None, lr=0.05, momentum=0.9)
+    never.fit(X, y, epochs=2, batch_size=None, lr=0.05, momentum=0.9)
+    _assert_same_weights(m, never)

@@ -118,6 +118,7 @@ class Trainer:
         if val_weights is not None and self.val is not None:
             self.val_weights = (bk.asarray(val_weights.reshape(-1, 1), model.dtype),
                                 float(val_weights.sum(dtype=np.float64)))
+        self.before = net.optimizer_state()  # the optimizer before this fit: back if the fit keeps no update of its own
         net.ensure_state(plan.optimizer)
         # the epoch's rate: a number when the schedule is constant, else this device array, which a recorded
         # step reads (set before each epoch: a schedule never forces a new recording)
@@ -274,6 +275,9 @@ class Trainer:
             net.state_restore(self.snapshot)
         made = "the weights or the optimizer's state NaN or Inf"
         kept = f"the weights of step {step - 1}, whose loss was finite" if replayed else "the weights it started the epoch with"
+        if epoch == 0 and (not replayed or step == 1):  # no update of this fit kept: the model is as before it,
+            net.put_optimizer_state(self.before)  # its optimizer (kind, settings, state) too, not this fit's
+            kept += " and the optimizer it had before this fit"
         if step < self.steps:
             what = f"the loss became NaN or Inf at epoch {epoch}, step {step} (of {self.steps})"
         elif replayed:
