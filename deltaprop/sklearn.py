@@ -70,9 +70,9 @@ What differs from ``sklearn.neural_network``:
   (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
   curve (scikit-learn raises AttributeError).
 - A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged``, a ValueError as scikit-learn's
-  is, at once (scikit-learn carries on and raises at the end); with ``early_stopping=True`` it ends the fit on the best validation
-  score's weights, that epoch's loss and score recorded as NaN, with a ConvergenceWarning (scikit-learn
-  carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
+  is, at once (scikit-learn carries on and raises at the end); with ``early_stopping=True`` it ends the fit
+  on the best validation score's weights, that epoch's loss and score recorded as NaN, with a
+  ConvergenceWarning (scikit-learn carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
   NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
   its first class); the classifier's ``predict`` refuses them, and the regressor's ``score`` is NaN (scikit-learn's
   raises r2_score's 'Input contains NaN').

@@ -44,6 +44,7 @@ def _positive(value, argument: str, allow_zero: bool = False) -> float:
 class Schedule:
     name = ""
     constant = False  # the rate never changes: the backend gets a number, not a device array
+    monotone = True  # the rate never rises, or never falls, over the epochs (as check computes it, with no losses)
 
     def rate(self, lr0: float, epoch: int, losses, samples: int) -> float:
         raise NotImplementedError
@@ -72,9 +73,11 @@ class Schedule:
 
     def bounds(self, start: int, stop: int) -> list | None:
         """Epochs of start..stop − 1 between each two of which (and from start to the first) the rate is monotone,
-        so that their rates bound all the others (and a problem of any rate is one of a run ending at a bound);
-        None: no such epochs are known, every rate is computed."""
-        return None
+        so that their rates bound all the others (and a problem of any rate is one of a run ending at a bound):
+        the first and the last for a ``monotone`` schedule; None: no such epochs are known, every rate is computed."""
+        if not self.monotone:
+            return None
+        return [start, stop - 1] if stop > start else []
 
     def _problem(self, lr0: float, epoch: int, samples: int, dtype) -> str | None:
         """Why ``check`` refuses epoch's rate, or None."""
@@ -133,9 +136,6 @@ class Constant(Schedule):
     def rate(self, lr0, epoch, losses, samples):
         return lr0
 
-    def bounds(self, start, stop):
-        return [start, stop - 1] if stop > start else []  # monotone in the epoch
-
 
 class InvScaling(Schedule):
     name = "invscaling"
@@ -145,9 +145,6 @@ class InvScaling(Schedule):
 
     def rate(self, lr0, epoch, losses, samples):
         return lr0 / (epoch * samples + 1) ** self.params["power_t"]
-
-    def bounds(self, start, stop):
-        return [start, stop - 1] if stop > start else []  # monotone in the epoch
 
 
 class Adaptive(Schedule):
@@ -169,9 +166,6 @@ class Adaptive(Schedule):
                 lr, bad = lr / p["factor"], 0
         return lr
 
-    def bounds(self, start, stop):  # non-increasing: a drop by factor at a time (with no losses, lr0 throughout)
-        return [start, stop - 1] if stop > start else []
-
 
 class Step(Schedule):
     name = "step"
@@ -182,9 +176,6 @@ class Step(Schedule):
     def rate(self, lr0, epoch, losses, samples):
         return lr0 * self.params["gamma"] ** (epoch // self.params["step_size"])
 
-    def bounds(self, start, stop):
-        return [start, stop - 1] if stop > start else []  # monotone in the epoch
-
 
 class Exponential(Schedule):
     name = "exponential"
@@ -194,9 +185,6 @@ class Exponential(Schedule):
 
     def rate(self, lr0, epoch, losses, samples):
         return lr0 * self.params["gamma"] ** epoch
-
-    def bounds(self, start, stop):
-        return [start, stop - 1] if stop > start else []  # monotone in the epoch
 
 
 class Cosine(Schedule):
@@ -219,6 +207,7 @@ class Cosine(Schedule):
 
 class _Function(Schedule):
     name = "callable"
+    monotone = False  # the user's function: anything
 
     def __init__(self, fn):
         self.fn = fn
