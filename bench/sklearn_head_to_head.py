@@ -218,7 +218,7 @@ def main(argv=None):
     text = markdown(record)
     write_json(args.out_dir / f"{stem}.json", record)
     write_text(args.out_dir / f"{stem}.md", text)
-    print(markdown(record))
+    print(text)
     print(f"wrote {args.out_dir / stem}.json and .md", file=sys.stderr)
 
 

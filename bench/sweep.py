@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     text = markdown(result)
     write_json(args.out_dir / f"{stem}.json", result)
     write_text(args.out_dir / f"{stem}.md", text)
-    print(markdown(result))
+    print(text)
     print(f"wrote {args.out_dir / stem}.json and .md", file=sys.stderr)
     return 0
 
