@@ -223,8 +223,10 @@ def test_keeping_the_copies_changes_no_bit_and_rounds_each_operand_once_a_step(r
 @pytest.mark.parametrize("variant", list(EMULATIONS))
 def test_the_emulations_learn_like_float32_and_leave_float64_alone(rng, variant):
     data = learnable(rng, n=600)
-    exact = fit("numpy", data, {}, dict(lr=0.05, momentum=0.9), epochs=4)
-    fast = fit(variant, data, {}, dict(lr=0.05, momentum=0.9), epochs=4)
+    # trained close to the end (accuracy ≥ 0.99 over 30 seeds): after 4 epochs, still climbing, the seed
+    # DELTAPROP_TEST_SEED=4024780794 put the two 0.07 apart (0.84, 0.91); after 20, at most 0.002 over 30 seeds
+    exact = fit("numpy", data, {}, dict(lr=0.05, momentum=0.9), epochs=20)
+    fast = fit(variant, data, {}, dict(lr=0.05, momentum=0.9), epochs=20)
     assert abs(exact.score(*data) - fast.score(*data)) <= 0.05
     assert not np.array_equal(fast.get_weights()[0][0], exact.get_weights()[0][0])  # the rounding is in use
     f64 = fit(variant, data, dict(dtype="float64"), dict(lr=0.05, momentum=0.9))
