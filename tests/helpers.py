@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -113,3 +114,28 @@ def script(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def strict_json(text: str):
+    """``text`` parsed as standard JSON: NaN and Infinity, which json.dumps writes by default, refused."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def ctrl_c_at_step(monkeypatch, k: int):
+    """Network.train_step raising KeyboardInterrupt at its k-th call (counted from 1), after that step's update;
+    returns a function that puts the real step back."""
+    from deltaprop.mlp.network import Network
+
+    step, calls = Network.train_step, []
+
+    def step_then_interrupt(self, *args, **kwargs):
+        step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Network, "train_step", step_then_interrupt)
+    return lambda: monkeypatch.setattr(Network, "train_step", step)

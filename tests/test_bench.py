@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import script
+from helpers import script, strict_json
 
 from deltaprop import backends, data
 from deltaprop.bench import cli, measure, suites
@@ -397,21 +397,13 @@ def test_cupy_vs_torch_times_its_graph_and_eager_rows_on_the_step_path(monkeypat
     assert os.environ["DELTAPROP_FUSED"] == "auto"  # put back
 
 
-def _strict_json(text):
-    """``text`` parsed as standard JSON: NaN and Infinity, which json.dumps writes by default, refused."""
-    def refuse(name):
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 def test_a_result_with_nan_is_written_as_standard_json_with_null(tmp_path, monkeypatch):
     monkeypatch.setattr(suites, "kernels", lambda s: {"rows": [{"gflops": float("nan"), "gbps": float("inf")}]})
     monkeypatch.setattr("deltaprop.bench.report.markdown", lambda result, plots: "# a report\n")
     assert cli.main(["kernels", "--smoke", "--backends", "numpy", "--no-plots", "--out", str(tmp_path),
                      "--machine", "test"]) == 0
     [json_path] = tmp_path.glob("*-test.json")
-    assert _strict_json(json_path.read_text())["suites"]["kernels"]["rows"] == [{"gflops": None, "gbps": None}]
+    assert strict_json(json_path.read_text())["suites"]["kernels"]["rows"] == [{"gflops": None, "gbps": None}]
 
 
 def test_a_report_that_fails_writes_neither_file(tmp_path, monkeypatch):
@@ -430,6 +422,6 @@ def test_a_report_that_fails_writes_neither_file(tmp_path, monkeypatch):
 def test_a_bench_scripts_record_is_standard_json_with_null(tmp_path):
     stem = tmp_path / "new" / "2026-01-01-test-x"
     measure.save_record(stem, {"loss": float("nan"), "rows": [(1.0, float("-inf"))]}, ["# x", "a line"])
-    assert _strict_json(stem.with_suffix(".json").read_text()) == {"loss": None, "rows": [[1.0, None]]}
+    assert strict_json(stem.with_suffix(".json").read_text()) == {"loss": None, "rows": [[1.0, None]]}
     assert stem.with_suffix(".md").read_text() == "# x\na line\n"
     assert sorted(p.name for p in stem.parent.iterdir()) == [stem.name + ".json", stem.name + ".md"]

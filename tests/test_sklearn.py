@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import backend_names
+from helpers import ctrl_c_at_step
 from deltaprop import TrainingDiverged
 from deltaprop.sklearn import MLPClassifier, MLPRegressor
 
@@ -691,8 +692,6 @@ def test_ctrl_c_ends_a_fit_with_what_it_trained_as_scikit_learn_does(iris, monke
     """scikit-learn's stochastic fit catches KeyboardInterrupt, warns 'Training interrupted by user.' and returns
     a fitted estimator (the best weights with early stopping); here Ctrl-C propagated and a first fit kept
     nothing. The estimator is that of the whole epochs before the Ctrl-C: the fit of as many epochs."""
-    from deltaprop.mlp.network import Network
-
     X, y = iris
     settings = {"hidden_layer_sizes": (6,), "batch_size": 50, "random_state": 0, "backend": "numpy",
                 "early_stopping": early_stopping, "n_iter_no_change": 100}
@@ -700,15 +699,7 @@ def test_ctrl_c_ends_a_fit_with_what_it_trained_as_scikit_learn_does(iris, monke
     with pytest.warns(ConvergenceWarning):
         two.fit(X, y)
     steps = len(X) // 50 if not early_stopping else math.ceil(len(X) * 0.9 / 50)
-    step, calls = Network.train_step, []
-
-    def step_then_interrupt(self, *args, **kwargs):
-        step(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 2 * steps + 1:  # the first step of the third epoch
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Network, "train_step", step_then_interrupt)
+    ctrl_c_at_step(monkeypatch, 2 * steps + 1)  # the first step of the third epoch
     clf = MLPClassifier(max_iter=10, **settings)
     with pytest.warns(UserWarning, match="Training interrupted by user."):
         assert clf.fit(X, y) is clf

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from helpers import ctrl_c_at_step
 from deltaprop import MLP, optim
 from deltaprop.mlp.training import epoch_order
 
@@ -328,22 +329,6 @@ def test_a_callback_that_sets_an_lr_the_dtype_cannot_hold_stops_the_fit_after_th
         np.testing.assert_array_equal(b, b0)
 
 
-def _ctrl_c_at_step(monkeypatch, k):
-    """Network.train_step raising KeyboardInterrupt at its k-th call (counted from 1), after that step's update."""
-    from deltaprop.mlp.network import Network
-
-    step, calls = Network.train_step, []
-
-    def step_then_interrupt(self, *args, **kwargs):
-        step(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == k:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Network, "train_step", step_then_interrupt)
-    return lambda: monkeypatch.setattr(Network, "train_step", step)
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_ctrl_c_inside_an_epoch_leaves_the_model_of_the_last_epoch_and_a_refit_continues_exactly(rng, monkeypatch,
@@ -360,7 +345,7 @@ def test_ctrl_c_inside_an_epoch_leaves_the_model_of_the_last_epoch_and_a_refit_c
     one = MLP([4, 6, 3], **settings)
     one.fit(X, y, epochs=1, **kw)
     m = MLP([4, 6, 3], **settings)
-    restore = _ctrl_c_at_step(monkeypatch, 7 + 3)  # 7 steps an epoch: the 3rd step of epoch 1
+    restore = ctrl_c_at_step(monkeypatch, 7 + 3)  # 7 steps an epoch: the 3rd step of epoch 1
     with pytest.raises(KeyboardInterrupt):
         m.fit(X, y, epochs=3, **kw)
     restore()
@@ -393,7 +378,7 @@ def test_a_fit_that_diverges_before_its_first_kept_update_leaves_the_optimizer_o
     X, y = rng.normal(size=(100, 4)), rng.integers(0, 3, 100)
 
     def trained():
-        m = MLP([4, 5, 3], backend="numpy", dtype="float32", seed=0)  # float32: lr=1e38's first update overflows
+        m = MLP([4, 5, 3], backend="numpy", dtype="float32", seed=0)  # float32: lr=3e38's first update overflows
         m.fit(X, y, epochs=3, batch_size=None, lr=0.05, momentum=0.9)
         return m
 
