@@ -763,9 +763,21 @@ class _BaseMLP(BaseEstimator):
         return state
 
     def __setstate__(self, state):
-        """Rebuilds the network on this estimator's ``backend`` (``"auto"``: the best one here)."""
+        """Rebuilds the network on this estimator's ``backend`` (``"auto"``: the best one here). Where that backend
+        is not usable (pickled on a GPU machine, unpickled on a CPU one), the network is rebuilt on ``"auto"``, with
+        a warning: the backend is a setting of the fit, as ``n_jobs`` is, not part of the fitted network. ``backend``
+        stays as it was set, so a warm-start or partial fit is refused by name until it names a usable one."""
         if isinstance(state.get("model_"), bytes):
-            state = dict(state, model_=MLP.from_bytes(state["model_"], backend=state.get("backend", "auto")))
+            asked = state.get("backend", "auto")
+            try:
+                backends.get(asked)
+            except backends.BackendUnavailable as exc:
+                here = backends.select("auto").name
+                warnings.warn(f"backend: {asked!r} is not usable here ({exc}); the unpickled network is on {here!r} "
+                              f"(backend='auto') instead. Set backend to a usable one before fitting it again.",
+                              UserWarning, stacklevel=2)
+                asked = "auto"
+            state = dict(state, model_=MLP.from_bytes(state["model_"], backend=asked))
         super().__setstate__(state)
 
 

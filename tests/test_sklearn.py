@@ -660,6 +660,25 @@ def test_a_pickled_estimator_predicts_the_same(iris):
     assert hasattr(clf.model_, "predict")  # pickling left the original alone
 
 
+def test_an_estimator_pickled_on_a_gpu_unpickles_where_its_backend_is_not_usable(iris):
+    """joblib.dump on a GPU machine, joblib.load on a CPU one: the backend is a setting (as n_jobs is), so the
+    network comes back on the best backend here, with a warning naming the one asked for; a refit on it is refused
+    by name until ``backend`` is set to one usable here."""
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=5, random_state=0, backend="numpy").fit(X, y)
+    clf.backend = "cupy:4095"  # a device no machine has: what a GPU machine's estimator is on a CPU-only one
+    with pytest.warns(UserWarning, match=r"backend: 'cupy:4095' is not usable here \(.*\); the unpickled network "
+                                         r"is on 'numpy' \(backend='auto'\) instead"):
+        again = pickle.loads(pickle.dumps(clf))
+    assert again.backend == "cupy:4095" and again.model_.backend_name == "numpy"
+    np.testing.assert_array_equal(again.predict_proba(X), MLPClassifier((8,), max_iter=5, random_state=0,
+                                                                        backend="numpy").fit(X, y).predict_proba(X))
+    with pytest.raises(ValueError, match="backend: 'cupy:4095' differs from the fitted network's 'numpy'"):
+        again.partial_fit(X, y)
+    again.set_params(backend="numpy").partial_fit(X, y)
+    assert again.t_ == 6 * len(X)  # it went on from the pickled network's 5 epochs
+
+
 def test_without_scikit_learn_the_import_error_says_what_to_install():
     code = "import sys; sys.modules['sklearn'] = None; import deltaprop; import deltaprop.sklearn"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
