@@ -14,7 +14,7 @@ The config, a JSON object (``grid`` and one of ``dataset`` and ``data`` needed, 
      "cv": 3, "scoring": null}                          # folds (≥ 2) and a scikit-learn scorer name
 
 Everything is checked (the config's keys and types, the parameter names, every candidate's values as its fit
-checks them, no candidate twice, the backend's name and, for local workers, that it runs here, the scorer's name,
+checks them, no candidate twice (as fit reads the values), the backend's name and, for local workers, that it runs here, the scorer's name,
 the data and its folds, the output file, the scheduler's address) before the cluster starts. The scores are those of
 GridSearchCV with the same estimator, grid, cv and scoring.
 """
@@ -130,19 +130,42 @@ def candidates(config) -> list:
                 raise SweepError(f"config: {exc}") from None
         out.append(params)
     varying = {k for g in config["grid"] for k in g}
-    first = {}
-    for i, params in enumerate(out, 1):  # a value listed twice, or grids that overlap: a cross-validation spent twice
-        seen = first.setdefault(json.dumps(params, sort_keys=True), i)
-        if seen != i:
-            shown = json.dumps({k: v for k, v in params.items() if k in varying}, sort_keys=True)
-            raise SweepError(f"config: grid: candidates {seen} and {i} are the same, {shown}; give each one once")
     for i, params in enumerate(out, 1):  # the values, as fit checks them: here, not at the candidate's turn on a worker
         try:
             getattr(estimators, config["estimator"])(**params).check_params()
         except (ValueError, TypeError) as exc:  # InvalidParameterError is a ValueError
             shown = json.dumps({k: v for k, v in params.items() if k in varying})
             raise SweepError(f"config: candidate {i} of {len(out)} {shown}: {exc}") from None
+    first = {}
+    for i, params in enumerate(out, 1):  # a value listed twice, or grids that overlap: a cross-validation spent twice
+        seen = first.setdefault(_fit_identity(params), i)
+        if seen != i:
+            shown = json.dumps({k: v for k, v in params.items() if k in varying}, sort_keys=True)
+            raise SweepError(f"config: grid: candidates {seen} and {i} are the same, {shown}; give each one once")
     return out
+
+
+def _fit_identity(params) -> str:
+    """What makes two checked candidates the same fit: their values as fit reads them, so that 1 and 1.0, 6 and
+    [6] (hidden_layer_sizes), "relu" and ["relu"] for one hidden layer, "logistic" and "sigmoid", "he" and
+    "he_normal", "numba" and "numba-cuda", None and 0 (dropout) are one."""
+    from . import backends
+    from .kernels.masks import check_rates
+    from .mlp.activations import check_init
+    from .mlp.checks import check_dtype
+    from .sklearn import ACTIVATION_ALIASES
+
+    hidden = params.get("hidden_layer_sizes", (100,))  # the estimators' default
+    hidden = [int(n) for n in ([hidden] if isinstance(hidden, int) else hidden)]
+
+    def number(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    names = lambda v: [ACTIVATION_ALIASES.get(a, a) for a in ([v] * len(hidden) if isinstance(v, str) else v)]  # noqa: E731
+    read = {"hidden_layer_sizes": lambda v: hidden, "activation": names, "init": check_init,
+            "backend": lambda v: list(backends.parse(v)), "dtype": lambda v: check_dtype(v).name,
+            "dropout": lambda v: list(check_rates(v, len(hidden) + 1))}  # fmt: skip
+    return json.dumps({k: read.get(k, number)(v) for k, v in params.items()}, sort_keys=True, default=repr)
 
 
 def load_regression(path) -> tuple:
@@ -285,14 +308,14 @@ def run(args) -> int:
                 shown = {k: v for k, v in grid[i].items() if k in varying}
                 errors = [e for e in result["errors"] if e is not None]
                 said = (f"failed in {len(errors)} of {len(splits)} folds: {errors[0]}" if errors else
-                        f"mean test score {sum(result['test_scores']) / len(splits):.4f}")  # fmt: skip
+                        f"mean test score {mean_score(result['test_scores']):.4f}")  # fmt: skip
                 print(f"[{done}/{len(grid)}] {json.dumps(json_safe(shown))}: {said} "
                       f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)  # fmt: skip
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    rows = [{"params": params, **r, "mean_test_score": sum(r["test_scores"]) / len(r["test_scores"])}
+    rows = [{"params": params, **r, "mean_test_score": mean_score(r["test_scores"])}
             for params, r in zip(grid, results)]  # fmt: skip
     best = best_candidate([row["mean_test_score"] for row in rows])
     failed = all(math.isnan(row["mean_test_score"]) for row in rows)  # no score to choose by: a fold failed in each
@@ -311,6 +334,12 @@ def run(args) -> int:
         raise SweepError(f"{said}; their errors are in {args.out}")
     print(f"best: {said}; wrote {args.out}")
     return 0
+
+
+def mean_score(scores) -> float:
+    """A candidate's mean over its folds as GridSearchCV takes it (NumPy's mean, which adds 8 or more values
+    pairwise, not left to right: a mean one ulp apart would rank a tie otherwise); NaN where a fold is NaN."""
+    return float(np.mean(np.asarray(scores, dtype=np.float64)))
 
 
 def best_candidate(scores) -> int:

@@ -204,6 +204,20 @@ def test_deltaprop_sweep_on_local_processes(tmp_path, capsys):
     np.testing.assert_array_equal([r["mean_test_score"] for r in result["candidates"]], grid_search_scores(config)[0])
 
 
+def test_a_sweeps_mean_scores_over_ten_folds_are_the_grid_searchs_to_the_last_bit(tmp_path):
+    """GridSearchCV averages a candidate's folds with NumPy (pairwise from 8 values on, not left to right): a mean
+    one ulp apart ranks a tie otherwise, so the sweep's best would not be GridSearchCV's."""
+    from deltaprop import cli
+
+    config = {**SWEEP, "grid": {"alpha": [1e-4, 1e-1, 1.0]}, "cv": 10, "samples": 200, "scoring": "accuracy"}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["candidates"]
+    expected = grid_search_scores(config)[0]
+    assert [sum(r["test_scores"]) / 10 for r in rows] != list(expected)  # the case: a sum left to right differs
+    np.testing.assert_array_equal([r["mean_test_score"] for r in rows], expected)
+
+
 def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp_path, capsys, monkeypatch):
     """A disk that filled up during the sweep: one line naming --out and its file, with the best candidate, so that
     the sweep's work is not lost with the file."""
@@ -253,6 +267,14 @@ def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp
     ({"grid": {"alpha": [1e-4, 0.1, 1e-4]}}, 'config: grid: candidates 1 and 3 are the same, {"alpha": 0.0001}; '
                                              "give each one once"),
     ({"grid": [{"alpha": [1e-4]}, {"alpha": [0.1, 1e-4]}]}, 'config: grid: candidates 1 and 3 are the same, {"alpha": '),
+    # the same fit spelled two ways: the values as fit reads them
+    ({"grid": {"alpha": [1, 1.0]}}, 'config: grid: candidates 1 and 2 are the same, {"alpha": 1.0}; '),
+    ({"grid": {"init": ["he", "he_normal"]}}, 'config: grid: candidates 1 and 2 are the same, {"init": "he_normal"}; '),
+    ({"grid": {"hidden_layer_sizes": [6, [6]]}}, 'config: grid: candidates 1 and 2 are the same, {"hidden_layer_sizes": [6]}'),
+    ({"grid": {"activation": ["logistic", "sigmoid"]}}, "config: grid: candidates 1 and 2 are the same, {\"activation\": "),
+    ({"grid": {"hidden_layer_sizes": [[6, 5]], "activation": ["relu", ["relu", "relu"]]}},
+     "config: grid: candidates 1 and 2 are the same, {\"activation\": [\"relu\", \"relu\"]"),
+    ({"grid": {"dropout": [None, 0, [0, 0]]}}, "config: grid: candidates 1 and 2 are the same, {\"dropout\": 0}"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
     """One line, before the cluster starts (its line would come first), nothing written."""
