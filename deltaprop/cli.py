@@ -31,7 +31,7 @@ from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES, check_norm_bound, parse_widths
+from .mlp.checks import DTYPES, check_norm_bound, parse_rates, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -173,10 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _rates(text: str):
     """--dropout: one number, or comma-separated numbers (checked against the layers in _settings)."""
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate such as 0.5 or comma-separated rates such as 0.2,0.5,0.5, got {text!r}") from None
-    return values[0] if len(values) == 1 and "," not in text else values
+        return parse_rates(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> list:

@@ -73,6 +73,10 @@ def add_parser(sub) -> None:
     c.add_argument("--momentum", type=float,
                    help="sgd and rmsprop: 0 compiles the update without momentum (default: as deltaprop train, 0.9 for "
                         "sgd and 0 for rmsprop; not for adam)")
+    c.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum, as deltaprop train's: its update kernels")
+    c.add_argument("--dropout", metavar="P|P0,P1,...",
+                   help="the net's dropout, as deltaprop train's (a rate of every hidden layer's output, or one per layer "
+                        "input): compiles the masks' kernels and the GEMMs that apply them")
     c.add_argument("--max-norm", type=float, metavar="C",
                    help="the net's max-norm bound, as deltaprop train's: compiles the updates with its fused epilogue")
     c.add_argument("--samples", type=int, default=60000, metavar="N",
@@ -180,37 +184,56 @@ def _net(args) -> dict:
     momentum = args.momentum if args.momentum is not None else (0.9 if args.optimizer == "sgd" else 0.0)
     if not (np.isfinite(momentum) and 0 <= momentum < 1):
         raise CompileError(f"--momentum: must be in [0, 1), got {momentum}")
-    opt = optim.get(args.optimizer, **({"momentum": momentum} if takes_momentum else {}))
+    if args.nesterov and args.optimizer != "sgd":
+        raise CompileError(f"--nesterov: not an option of --optimizer {args.optimizer}")
+    try:
+        opt = optim.get(args.optimizer, **({"momentum": momentum} if takes_momentum else {}),
+                        **({"nesterov": True} if args.nesterov else {}))
+    except ValueError as exc:  # nesterov without momentum
+        name, _, rest = str(exc).partition(": ")
+        raise CompileError(f"--{name}: {rest}") from None
     from .kernels import masks
+    from .mlp.checks import parse_rates
 
     try:
+        rates = None if args.dropout is None else parse_rates(args.dropout)
+    except ValueError as exc:
+        raise CompileError(f"--dropout: {exc}") from None
+    try:
+        dropout = masks.check_rates(rates, len(hidden) + 1)
         max_norm = masks.check_max_norm(args.max_norm)
     except (ValueError, TypeError) as exc:
-        raise CompileError(str(exc).replace("max_norm", "--max-norm", 1)) from None
+        message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
+        raise CompileError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
-            backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces, max_norm=max_norm)
+            backend="numpy", dtype=args.dtype, seed=0, maxout_pieces=pieces, max_norm=max_norm, dropout=dropout)
     except MemoryError:  # as deltaprop train says it
-        raise CompileError(f"--layers, --inputs, --outputs: an MLP {sizes} does not fit in the memory of this machine, "
-                           "where the stand-in fit builds it") from None
+        what = f" of maxout units of {pieces} pieces each" if args.activation == "maxout" else ""
+        raise CompileError(f"--layers, --inputs, --outputs{', --maxout-pieces' if what else ''}: an MLP {sizes}{what} "
+                           "does not fit in the memory of this machine, where the stand-in fit builds it") from None
     except (ValueError, TypeError) as exc:
         arg = str(exc).split(":")[0]
         option = {"activation": "--activation", "layer_sizes": "--layers", "maxout_pieces": "--maxout-pieces",
-                  "max_norm": "--max-norm"}.get(arg)
+                  "max_norm": "--max-norm", "dropout": "--dropout"}.get(arg)
         raise CompileError(f"{option}: {str(exc).split(':', 1)[1].strip()}" if option else str(exc)) from None
     n_val = int(round(args.samples * args.val_split))
     if args.samples - n_val < 1:
         raise CompileError(f"--samples: {args.samples} leave no training sample after --val-split {args.val_split}")
     return dict(sizes=sizes, activation=args.activation, maxout_pieces=pieces, output=OUTPUT_FOR_LOSS[args.loss],
                 loss=args.loss, dtype=args.dtype, batch_size=args.batch_size, optimizer=opt.config(), max_norm=max_norm,
-                train=args.samples - n_val, val=n_val, test=args.test_samples)
+                dropout=list(dropout) if any(dropout) else None, train=args.samples - n_val, val=n_val,
+                test=args.test_samples)
 
 
 def _describe(net: dict) -> str:
-    opt = ", ".join(f"{k} {v:g}" for k, v in net["optimizer"].items() if k not in ("name", "lr") and isinstance(v, float))
+    opt = ", ".join([f"{k} {v:g}" for k, v in net["optimizer"].items() if k not in ("name", "lr") and isinstance(v, float)]
+                    + (["nesterov"] if net["optimizer"].get("nesterov") else []))
     act = f"maxout (k = {net['maxout_pieces']})" if net["activation"] == "maxout" else net["activation"]
     norm = "" if net.get("max_norm") is None else f"max-norm {net['max_norm']:g}, "
+    if net.get("dropout"):
+        norm = f"dropout {'/'.join(f'{p:g}' for p in net['dropout'])}, " + norm
     return (f"{'-'.join(map(str, net['sizes']))} {act} {net['output']} + {net['loss']}, {net['dtype']}, "
             f"batch {net['batch_size']}, {net['optimizer']['name']}{' (' + opt + ')' if opt else ''}, {norm}"
             f"{net['train']} + {net['val']} samples, "
@@ -250,6 +273,10 @@ def _numba(cc, multiprocessors, net, jobs: int = 1, index: int | None = None, ev
     if shared is None:
         shared = SHARED_PER_BLOCK.get(tuple(cc))
     stand_in = recorder(multiprocessors, shared)  # DELTAPROP_SPLIT_K read (a bad value refused) before any writing
+    try:
+        fused.mode()  # and DELTAPROP_FUSED, which the stand-in fit reads
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
     files, why = cache_store()
     if files is None:
         raise CompileError(f"the kernel cache is off ({why}): nothing to fill")
@@ -536,7 +563,7 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
     model = MLP(net["sizes"], activation=net["activation"], output_activation=net["output"], loss=net["loss"],
                 backend="numpy", dtype=net["dtype"], seed=0, maxout_pieces=net.get("maxout_pieces", MAXOUT_PIECES),
-                max_norm=net.get("max_norm"))
+                max_norm=net.get("max_norm"), dropout=net.get("dropout"))
     weights = model.get_weights()
     model.backend = stand_in  # the same model on the stand-in device
     model.set_weights(weights)

@@ -501,6 +501,13 @@ def test_compile_fills_the_cache_then_finds_it(toolkit, cache_dir, capsys):
     rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--max-norm", "2")  # the update with max-norm, its scale
     assert rc == 0 and out.strip().splitlines()[-1].startswith("2 compiled"), out
     assert "max-norm 2," in out and "numba_gemm.sgd(True," in out and "numba_elementwise.max_norm_scale(" in out
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--nesterov")  # the fused epoch's Nesterov update
+    assert rc == 0 and "(momentum 0.9, weight_decay 0, nesterov)" in out and out.strip().splitlines()[-1].startswith("1 compiled"), out
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--dropout", "0.5", "--nesterov")  # the masks, the GEMMs that apply them
+    assert rc == 0 and "dropout 0/0.5," in out, out
+    assert "compiled numba_elementwise.dropout(float32)" in out and "compiled numba_gemm.hidden('relu'" in out, out
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL, "--dropout", "0,0.5", "--nesterov")  # the same rates, per layer
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("0 compiled"), out
 
 
 @needs_compiler
@@ -550,7 +557,15 @@ def test_compile_every_kernel_compiles_the_named_nets_kernels_too(toolkit, cache
     (["--cc", "9.0", "--momentum", "1.5"], "--momentum"),
     (["--cc", "9.0", "--optimizer", "adam", "--momentum", "0.9"], "--momentum: not an option of --optimizer adam"),
     (["--cc", "9.0", "--optimizer", "lbfgs"], "--optimizer"),
-    (["--cc", "9.0", "--max-norm", "0"], "--max-norm"),
+    (["--cc", "9.0", "--max-norm", "0"], "--max-norm: expected a finite number > 0, got 0.0"),  # not "None or"
+    (["--cc", "9.0", "--dropout", "1.5"], "--dropout: a dropout rate must be in [0, "),
+    (["--cc", "9.0", "--dropout", "a"], "--dropout: expected a rate such as 0.5"),
+    (["--cc", "9.0", "--dropout", ""], "--dropout: expected a rate such as 0.5"),
+    (["--cc", "9.0", "--dropout", "0.1,0.2"], "--dropout: got 2 rates for 3 layer inputs"),
+    (["--cc", "9.0", "--optimizer", "adam", "--nesterov"], "--nesterov: not an option of --optimizer adam"),
+    (["--cc", "9.0", "--nesterov", "--momentum", "0"], "--nesterov: needs momentum > 0"),
+    (["--cc", "9.0", "--activation", "maxout", "--maxout-pieces", "100000000000"],
+     "--layers, --inputs, --outputs, --maxout-pieces: an MLP [784, 1024, 1024, 10] of maxout units of 100000000000 pieces"),
     (["--cc", "9.0", "--max-norm", "nan"], "--max-norm"),
     (["--cc", "9.0", "--max-norm", "1e39"], "--max-norm: 1e+39 overflows the model's float32"),
 ])
@@ -571,6 +586,14 @@ def test_compile_refuses_bad_options_by_name(capsys, cache_dir, argv, option):
     assert rc == 1
     assert err.count("\n") == 1 and err.startswith(f"deltaprop: error: {option}"), err
     assert not cache_dir.exists()  # nothing written
+
+
+@needs_compiler
+def test_compile_refuses_a_bad_fused_setting_before_it_makes_the_cache(toolkit, capsys, cache_dir, monkeypatch):
+    monkeypatch.setenv("DELTAPROP_FUSED", "bad")
+    rc, out, err = _compile(capsys, "--cc", "9.0", *SMALL)
+    assert rc == 1 and err == "deltaprop: error: DELTAPROP_FUSED='bad': choose auto, on or off\n", err
+    assert not cache_dir.exists()
 
 
 @needs_compiler

@@ -119,6 +119,17 @@ def parse_widths(text: str) -> list:
     return values
 
 
+def parse_rates(text: str):
+    """Dropout rates written as one number ("0.5": every hidden layer's output) or comma-separated numbers, one per
+    layer input ("0.2,0.5,0.5"); ValueError saying what is wrong (``--dropout``: the caller names the option; the
+    rates themselves are masks.check_rates's to check, against the layers)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected a rate such as 0.5 or comma-separated rates such as 0.2,0.5,0.5, got {text!r}") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
 def refuse_bool_weights(sample_weight, argument: str = "sample_weight") -> None:
     """TypeError for a bool (np.bool_, a 0-d array of one) as the weights: True is no weight of 1 for every sample
     but a flag given to the wrong argument."""
