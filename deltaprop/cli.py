@@ -205,7 +205,8 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
     resumed = _resume(args, ckpt, settings) if ckpt else None  # every check before the data is loaded
 
     try:
-        data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data)
+        data = load_dataset(args.dataset, args.val_split, args.seed, data_dir=args.data_dir, data_file=args.data,
+                            dtype=args.dtype)
         n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
         raise CLIError(_as_option(str(exc), args)) from None

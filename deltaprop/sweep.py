@@ -32,6 +32,7 @@ import numpy as np
 
 from ._files import atomic_write, check_writable, json_safe, parse_json
 from .mlp.arrays import NpzArrays
+from .mlp.checks import check_dtype
 
 KEYS = ("estimator", "params", "grid", "dataset", "data", "samples", "cv", "scoring")
 ESTIMATORS = ("MLPClassifier", "MLPRegressor")
@@ -152,7 +153,6 @@ def _fit_identity(params) -> str:
     from . import backends
     from .kernels.masks import check_rates
     from .mlp.activations import check_init
-    from .mlp.checks import check_dtype
     from .sklearn import ACTIVATION_ALIASES
 
     hidden = params.get("hidden_layer_sizes", (100,))  # the estimators' default
@@ -168,8 +168,8 @@ def _fit_identity(params) -> str:
     return json.dumps({k: read.get(k, number)(v) for k, v in params.items()}, sort_keys=True, default=repr)
 
 
-def load_regression(path) -> tuple:
-    """(X, y) of MLPRegressor's data, the .npz at ``path``: X_train, one row per sample (flattened to float32, as
+def load_regression(path, dtype="float64") -> tuple:
+    """(X, y) of MLPRegressor's data, the .npz at ``path``: X_train, one row per sample (flattened to ``dtype``, as
     deltaprop.data.load_npz makes it), and y_train, real targets (n,) or (n, k) as float64; both finite. Read
     as load_npz reads (NpzArrays: nothing unpickled, each array's size checked against its header and the file
     before it is read)."""
@@ -199,10 +199,10 @@ def load_regression(path) -> tuple:
         raise SweepError(f"data: y_train must hold {X.shape[0]} real-valued targets, (n,) or (n, outputs), "
                          f"got {y.dtype} {y.shape}")  # fmt: skip
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
-        X, y = X.reshape(X.shape[0], -1).astype(np.float32), y.astype(np.float64)
-    for name, a, dtype in (("X_train", X, "float32"), ("y_train", y, "float64")):
+        X, y = X.reshape(X.shape[0], -1).astype(dtype), y.astype(np.float64)
+    for name, a in (("X_train", X), ("y_train", y)):
         if not np.all(np.isfinite(a)):
-            raise SweepError(f"data: {name} contains NaN or Inf (after conversion to {dtype})")
+            raise SweepError(f"data: {name} contains NaN or Inf (after conversion to {a.dtype})")
     return X, y
 
 
@@ -267,10 +267,14 @@ def run(args) -> int:
         except ValueError:
             raise SweepError(f"config: scoring: {config['scoring']!r} is not a scikit-learn scorer's name (see "
                              "sklearn.metrics.get_scorer_names()), or null for the estimator's score") from None
+    # the data in the fits' precision: float64 unless every candidate fits in float32 (float64 data read as float32
+    # would lose its last digits; float32 data read as float64 is exact, and the estimator casts it back)
+    dtype = "float32" if all(check_dtype(p.get("dtype", getattr(estimators, config["estimator"])().dtype)).name
+                             == "float32" for p in grid) else "float64"
     if config["estimator"] == "MLPRegressor":
-        X, y = load_regression(config["data"])
+        X, y = load_regression(config["data"], dtype)
     else:
-        data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"))
+        data = load_dataset(config.get("dataset", "npz"), data_file=config.get("data"), dtype=dtype)
         X, y = data.X_train, data.y_train
     samples = config.get("samples")
     if samples is not None and samples > len(X):

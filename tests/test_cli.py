@@ -91,6 +91,27 @@ def test_xor_and_user_npz(tmp_path, capsys, rng):
     assert MLP.load(tmp_path / "own-model.npz").score(X[450:], y[450:]) > 0.85
 
 
+def test_a_float64_run_reads_its_data_in_float64(tmp_path, capsys, rng):
+    """--dtype float64 trains on the file's float64 inputs, not on them rounded to float32 (features 1e-9 apart
+    were one value there), and takes finite float64 data that float32 cannot hold."""
+    X = 1 + rng.normal(size=(60, 3)) * 1e-9  # float32 rounds every one of them to 1.0
+    y = (X[:, 0] > 1).astype(np.int64)
+    np.savez(tmp_path / "fine.npz", X_train=X, y_train=y)
+    np.savez(tmp_path / "rounded.npz", X_train=X.astype(np.float32).astype(np.float64), y_train=y)
+    weights = {}
+    for name in ("fine", "rounded"):
+        rc, _, err = run(capsys, "train", "--data", tmp_path / f"{name}.npz", "--dtype", "float64", "--epochs", 1,
+                         "--val-split", 0, *SMALL, "--save", tmp_path / f"{name}-model.npz")
+        assert rc == 0, err
+        weights[name] = MLP.load(tmp_path / f"{name}-model.npz").get_weights()
+    assert not np.array_equal(weights["fine"][0][0], weights["rounded"][0][0])
+    np.savez(tmp_path / "big.npz", X_train=np.full((8, 2), 1e39), y_train=np.arange(8) % 2)
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "big.npz", "--epochs", 1, *SMALL)
+    assert rc == 1 and "X_train contains NaN or Inf (after conversion to float32)" in err
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "big.npz", "--dtype", "float64", "--epochs", 1, *SMALL)
+    assert "after conversion" not in err  # read; what training makes of 1e39 inputs is another matter
+
+
 @pytest.mark.parametrize("optimizer", [
     ["--weight-decay", 1e-4],
     ["--optimizer", "adam", "--lr", 0.003, "--lr-schedule", "adaptive:patience=0,tol=0.5"],  # the rate falls every epoch

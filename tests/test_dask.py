@@ -447,6 +447,29 @@ def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
     assert [r["params"]["alpha"] for r in rows] == [1e-4, 1e-1]
 
 
+@pytest.mark.parametrize("estimator", ["MLPRegressor", "MLPClassifier"])
+def test_a_sweep_reads_float64_data_in_float64_for_float64_fits(tmp_path, estimator):
+    """The estimators fit in float64 by default: the sweep's data file is read so, not rounded to float32 first
+    (GridSearchCV gets the arrays as they are); with dtype float32 in every candidate it is read as float32."""
+    from deltaprop import cli
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    y = X @ [1.0, -2.0, 0.5] if estimator == "MLPRegressor" else (X[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "d.npz", X_train=X, y_train=y)
+    for dtype, X_seen in (("float64", X), ("float32", X.astype(np.float32))):
+        params = {**REGRESSION["params"], "dtype": dtype}
+        scoring = "neg_log_loss" if estimator == "MLPClassifier" else None  # not accuracy, which rounding rarely moves
+        config = {**REGRESSION, "estimator": estimator, "params": params, "data": str(tmp_path / "d.npz"), "scoring": scoring}
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        assert cli.main(["sweep", str(tmp_path / "c.json"), "--processes", "1", "--out", str(tmp_path / "r.json")]) == 0
+        rows = json.loads((tmp_path / "r.json").read_text())["candidates"]
+        with threadpool_limits(1):
+            s = GridSearchCV({"MLPRegressor": MLPRegressor, "MLPClassifier": MLPClassifier}[estimator](**params), config["grid"], cv=3,
+                             scoring=scoring, error_score="raise").fit(X_seen, y)
+        np.testing.assert_array_equal([r["mean_test_score"] for r in rows], s.cv_results_["mean_test_score"])
+
+
 def _sweep_sgd_rates(tmp_path, X, y, rates):
     """``deltaprop sweep`` of the regressor over SGD learning rates (10 and more diverge) on (X, y): (rc, config)."""
     from deltaprop import cli

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..mlp.arrays import NpzArrays
+from ..mlp.checks import check_dtype
 from .mnist import DataUnavailable, default_cache_dir, mnist_arrays
 
 __all__ = ["Dataset", "DataUnavailable", "load_mnist", "load_xor", "load_digits", "load_npz", "load_dataset", "DATASETS"]
@@ -80,11 +81,12 @@ def load_digits(validation_split=0.0, seed=0, test_fraction=0.2) -> Dataset:
     return _split(Dataset(X[train], y[train], X[test], y[test], name="digits"), split, seed)
 
 
-def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
+def load_npz(path, validation_split=0.0, seed=0, dtype="float32") -> Dataset:
     """The user's arrays from an .npz (read with allow_pickle=False): X_train, y_train and, optionally,
-    X_test, y_test (lower-case x_ accepted). Inputs of any shape are flattened to rows; labels are
-    integers ≥ 0."""
+    X_test, y_test (lower-case x_ accepted). Inputs of any shape are flattened to rows of ``dtype`` (the model's:
+    float64 data read as float32 would lose its last digits); labels are integers ≥ 0."""
     split = _check_split(validation_split)
+    dtype = check_dtype(dtype)
     try:  # the checked reader of MLP.load: sizes compared with the file before anything is allocated
         with NpzArrays(os.fspath(path)) as f:
             names = list(f.headers)
@@ -118,9 +120,9 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
         if math.prod(X.shape[1:]) == 0:
             raise ValueError(f"data: X_{name} has 0 features per sample (its shape is {X.shape})")
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
-            X = X.reshape(X.shape[0], -1).astype(np.float32)
+            X = X.reshape(X.shape[0], -1).astype(dtype)
         if not np.all(np.isfinite(X)):
-            raise ValueError(f"data: X_{name} contains NaN or Inf (after conversion to float32)")
+            raise ValueError(f"data: X_{name} contains NaN or Inf (after conversion to {dtype.name})")
         return X, y.astype(np.int64)
 
     X, y = part("train", True)
@@ -135,10 +137,11 @@ def load_npz(path, validation_split=0.0, seed=0) -> Dataset:
 DATASETS = ("mnist", "xor", "digits")
 
 
-def load_dataset(name: str, validation_split=0.0, seed=0, data_dir=None, data_file=None) -> Dataset:
-    """The data set called ``name`` (one of DATASETS), or the user's .npz when ``data_file`` is given."""
+def load_dataset(name: str, validation_split=0.0, seed=0, data_dir=None, data_file=None, dtype="float32") -> Dataset:
+    """The data set called ``name`` (one of DATASETS), or the user's .npz when ``data_file`` is given (its inputs
+    as ``dtype``; the built-in sets are float32, their pixels being 8-bit or 4-bit)."""
     if data_file is not None:
-        return load_npz(data_file, validation_split, seed)
+        return load_npz(data_file, validation_split, seed, dtype)
     if name == "mnist":
         return load_mnist(data_dir, validation_split, seed)
     if name == "xor":
