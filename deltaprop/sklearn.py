@@ -102,7 +102,7 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import label_binarize
     from sklearn.utils import check_random_state, column_or_1d
-    from sklearn.utils._param_validation import Interval, Options, StrOptions
+    from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -117,7 +117,7 @@ from .kernels import masks
 from .mlp import MLP, TrainingDiverged
 from .mlp.activations import ACTIVATIONS, INIT_VARIANCES, INITS, MAXOUT_PIECES
 from .mlp.arrays import cast_finite, real_array
-from .mlp.checks import check_activation, check_dtype, refuse_bool_weights
+from .mlp.checks import check_activation, check_dtype, check_norm_bound, refuse_bool_weights
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_LIMIT"]
 
@@ -171,12 +171,13 @@ class _BaseMLP(BaseEstimator):
         "epsilon": [Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
         "max_fun": [Interval(Integral, 1, None, closed="left")],
-        "backend": "no_validation",  # checked by deltaprop.backends.select, by name
-        "dtype": "no_validation",  # checked by deltaprop's check_dtype
+        # "no_validation": checked by deltaprop (_checked_params), which raises InvalidParameterError with its message
+        "backend": "no_validation",  # deltaprop.backends.parse, the name (whether it runs here is MLP's to say)
+        "dtype": "no_validation",  # deltaprop's check_dtype
         "init": [StrOptions({*INITS, *INIT_VARIANCES})],
         "maxout_pieces": [Interval(Integral, 2, None, closed="left")],
-        "dropout": "no_validation",  # checked by deltaprop.kernels.masks, by name (a rate or one per layer input)
-        "max_norm": "no_validation",
+        "dropout": "no_validation",  # deltaprop.kernels.masks' check_rates (a rate or one per layer input)
+        "max_norm": "no_validation",  # masks.check_max_norm, then check_norm_bound in dtype
     }
 
     _classifier = False
@@ -303,7 +304,6 @@ class _BaseMLP(BaseEstimator):
         """Check the hyperparameters as ``fit`` does first (scikit-learn's constraints, then deltaprop's), without data
         and changing nothing; a bad one raises fit's exception, naming it. (``deltaprop sweep`` checks every candidate
         so before the workers start.)"""
-        self._validate_params()
         self._checked_params(incremental=False)
 
     # ----------------------------------------------------------- training
@@ -312,7 +312,6 @@ class _BaseMLP(BaseEstimator):
 
         Nothing on self changes until the MLP layer has trained; bad input raises before that.
         """
-        self._validate_params()  # scikit-learn's checks and messages, by _parameter_constraints
         params = self._checked_params(incremental)
         reuse = hasattr(self, "model_") and (incremental or self.warm_start)
         if sparse.issparse(y):  # scikit-learn's classifier takes a sparse multilabel y (and then predicts sparse)
@@ -606,7 +605,18 @@ class _BaseMLP(BaseEstimator):
         return {"n_iter": n_iter, "t": self.t_ if reuse else 0, "loss": loss, "loss_curve": None}
 
     def _checked_params(self, incremental) -> dict:
-        """The hyperparameters, after _validate_params: what deltaprop needs besides (no state changes here)."""
+        """Every hyperparameter checked, changing nothing: scikit-learn's _parameter_constraints (its
+        InvalidParameterError and message), then deltaprop's checks (its own parameters', and what it refuses of
+        scikit-learn's), whose ValueError or TypeError, naming the parameter, is raised as an InvalidParameterError
+        (a ValueError and a TypeError) with that message. Returns what deltaprop needs besides."""
+        self._validate_params()
+        try:
+            return self._deltaprop_params(incremental)
+        except (ValueError, TypeError) as exc:
+            raise InvalidParameterError(str(exc)) from None
+
+    def _deltaprop_params(self, incremental) -> dict:
+        """deltaprop's checks of the hyperparameters, after _validate_params (see _checked_params)."""
         sizes = self.hidden_layer_sizes
         hidden = [sizes] if isinstance(sizes, Integral) and not isinstance(sizes, bool) else list(sizes)
         for n in hidden:
@@ -623,8 +633,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("early_stopping: partial_fit does not support early_stopping=True")
         if self.early_stopping and not self.validation_fraction and self.solver != "lbfgs":
             raise ValueError("validation_fraction: 0.0 holds out no validation data; early_stopping=True needs a fraction > 0")
+        backends.parse(self.backend)  # the name; a backend that cannot run here is MLP's BackendUnavailable
+        dtype = check_dtype(self.dtype)
         dropout = masks.check_rates(self.dropout, len(hidden) + 1)
         max_norm = masks.check_max_norm(self.max_norm)
+        if max_norm is not None:  # as MLP checks it: a bound the dtype (or its square) cannot hold
+            check_norm_bound(max_norm, dtype)
         if self.solver == "lbfgs" and (any(dropout) or max_norm is not None):
             raise ValueError(f"{'dropout' if any(dropout) else 'max_norm'}: only for the stochastic solvers (sgd, adam), not lbfgs")
         if not self._classifier and self.loss != "squared_error":
@@ -641,7 +655,7 @@ class _BaseMLP(BaseEstimator):
             "tol": float(self.tol),
             "shuffle": bool(self.shuffle),
             "verbose": bool(self.verbose),
-            "dtype": check_dtype(self.dtype),
+            "dtype": dtype,
             "dropout": dropout,
             "max_norm": max_norm,
         }

@@ -598,6 +598,45 @@ def test_a_max_norm_that_float32_cannot_hold_names_itself_and_changes_nothing(ir
     assert clf.set_params(dtype="float64").fit(X, y).model_.max_norm == 1e-46  # float64 holds it
 
 
+DELTAPROP_BAD_PARAMS = [  # deltaprop's own parameters, checked by deltaprop rather than by _parameter_constraints
+    ("dropout", 1.0),
+    ("dropout", -0.1),
+    ("dropout", [0.2, 0.5, 0.5]),  # 3 rates for the 2 layer inputs of (8,)
+    ("dropout", "0.5"),
+    ("max_norm", 0),
+    ("max_norm", -1.0),
+    ("max_norm", math.inf),
+    ("max_norm", "a"),
+    ("max_norm", 1e39),  # beyond the model's float32 (DELTAPROP_BAD_PARAMS run with dtype="float32")
+    ("backend", "cupy:x"),
+    ("backend", "tpu"),
+    ("backend", 3),
+    ("dtype", "f4"),
+    ("dtype", None),
+]
+
+
+@pytest.mark.parametrize("name, value", DELTAPROP_BAD_PARAMS, ids=[f"{n}={v!r}" for n, v in DELTAPROP_BAD_PARAMS])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_a_bad_deltaprop_parameter_raises_scikit_learns_invalid_parameter_error(cls, name, value, iris):
+    """As scikit-learn's own parameters: its InvalidParameterError (a ValueError and a TypeError), naming the
+    parameter, from check_params, fit and partial_fit alike, before anything changes."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, y = iris
+    y = y if cls is MLPClassifier else y.astype(float)
+    est = cls(hidden_layer_sizes=(8,), max_iter=3, random_state=0, dtype="float32").fit(X, y)
+    before = (est.predict(X), est.n_iter_, est.model_)
+    est.set_params(**{name: value})
+    for call in (est.check_params, lambda: est.fit(X[:, :3], y), lambda: est.partial_fit(X, y),
+                 lambda: est.set_params(warm_start=True).fit(X, y)):
+        with pytest.raises(InvalidParameterError, match=name):
+            call()
+        assert est.n_features_in_ == 4 and est.n_iter_ == before[1] and est.model_ is before[2]
+        np.testing.assert_array_equal(est.predict(X), before[0])
+    assert issubclass(InvalidParameterError, ValueError) and issubclass(InvalidParameterError, TypeError)
+
+
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
 def test_values_scikit_learn_accepts_are_accepted(cls, iris):
     """n_iter_no_change=np.inf (never stop early) and validation_fraction=0.0 (unused without early stopping)
