@@ -201,6 +201,20 @@ class Checkpoint:
         """(model, settings, history, best): the last epoch's model, the run's settings and history, and the
         best epoch's model under early stopping (None without, or before a finite validation loss).
         Raises CheckpointError saying what is wrong."""
+        settings, history, current, best = self._record()
+        model = self._load(current, settings, backend)
+        best_model = None
+        if best is not None:
+            best_model = model if best["file"] == current["file"] else self._load(best, settings, backend)
+        self._named = {"model": current, "best": best}
+        return model, settings, history, best_model
+
+    def settings(self) -> dict:
+        """The run's settings, as its manifest holds them (checked as ``read`` checks them; no model is read)."""
+        return self._record()[0]
+
+    def _record(self) -> tuple:
+        """(settings, history, model entry, best entry or None) of the manifest, checked; CheckpointError if not."""
         if not os.path.lexists(self.manifest_path):
             if any(os.path.lexists(os.path.join(self.folder, f)) for f in LEGACY):
                 raise CheckpointError(f"checkpoint: {self.folder} holds a checkpoint of an older deltaprop (model.npz and "
@@ -213,15 +227,9 @@ class Checkpoint:
                 raise ValueError(f"its {size} bytes are more than a manifest has, {MAX_MANIFEST_BYTES} at most")
             with open(self.manifest_path, encoding="utf-8") as f:
                 record = parse_json(f.read())
-            settings, history, current, best = _check_record(record)
+            return _check_record(record)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint: {self.manifest_path} is damaged ({exc})") from None
-        model = self._load(current, settings, backend)
-        best_model = None
-        if best is not None:
-            best_model = model if best["file"] == current["file"] else self._load(best, settings, backend)
-        self._named = {"model": current, "best": best}
-        return model, settings, history, best_model
 
     def _load(self, entry: dict, settings: dict, backend) -> MLP:
         """The model file ``entry`` names, checked against its hash and the run's settings."""

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         # train only: compile's forked workers, which Pool ends with SIGTERM, keep its default action
-        with _sigterm_raises() if args.command == "train" else contextlib.nullcontext():
+        with _sigterm_raises() if args.command == "train" else contextlib.nullcontext(), _warnings_as_lines():
             return args.run(args)
     except KeyboardInterrupt as exc:
         hint = ""
@@ -103,6 +104,15 @@ def main(argv=None) -> int:
     except (CLIError, CheckpointError, DataUnavailable, BackendUnavailable, TrainingDiverged, ValueError, TypeError, OSError) as exc:
         print(f"deltaprop: error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """A warning (the library's: an MNIST cache that cannot be written, a schedule that ends before the run) as the
+    command's own line on stderr, "deltaprop: warning: ...", not Python's with a file, a line number and source."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *rest: print(f"deltaprop: warning: {_fit_option(str(message))}", file=sys.stderr)
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "adam and adamw 0.001, rmsprop 0.01)")
     g.add_argument("--lr-schedule", metavar="NAME[:K=V,...]",
                    help=f"the rate per epoch: {', '.join(optim.schedules.NAMES)}, with parameters as in "
-                        "step:step_size=5,gamma=0.5 or cosine:epochs=10 (default: constant)")
+                        "step:step_size=5,gamma=0.5 or cosine:min_lr=1e-4; cosine's epochs are the run's --epochs "
+                        "unless given (default: constant)")
     g.add_argument("--momentum", type=float, help="sgd and rmsprop (default: 0.9 for sgd, 0 for rmsprop)")
     g.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
     g.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0; adamw: decoupled, 0.01)")
@@ -189,6 +200,13 @@ def _int_list(text: str) -> list:
 def cmd_train(args) -> int:
     started = time.perf_counter()
     commit = record.git_commit()  # of the code that runs, before anyone commits during a long run
+    if args.resume and args.epochs is None and args.checkpoint and args.checkpoint.strip():
+        try:  # the rest of the run: its own length, not the data set's default (a damaged checkpoint: _resume says so)
+            planned = Checkpoint(args.checkpoint).settings().get("epochs")
+        except (CheckpointError, OSError):
+            planned = None
+        if type(planned) is int and planned >= 1:
+            args.epochs = planned
     settings = _settings(args)
     _check_inputs(args)
     _check_outputs(args)
@@ -405,19 +423,26 @@ def _optimizer(args):
 
 
 def _schedule(args):
-    """The schedule of --lr-schedule NAME[:K=V,...]."""
-    if not args.lr_schedule:
+    """The schedule of --lr-schedule NAME[:K=V,...]; cosine's epochs are by default the run's (--epochs), so that it
+    ends with the run."""
+    if args.lr_schedule is None:
         return optim.schedules.Constant()
+    if not args.lr_schedule.strip():  # an unset variable, say
+        raise CLIError(f"--lr-schedule: empty; give one of {', '.join(optim.schedules.NAMES)}, or leave the option out")
     name, _, rest = args.lr_schedule.partition(":")
     params = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
             raise CLIError(f"--lr-schedule: expected NAME:KEY=VALUE,..., got {args.lr_schedule!r}")
+        if key.strip() in params:
+            raise CLIError(f"--lr-schedule: {key.strip()} is given twice in {args.lr_schedule!r}; give it once")
         try:
             params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
             raise CLIError(f"--lr-schedule: {key.strip()}={value!r} is not a number") from None
+    if name.strip().lower() == "cosine":
+        params.setdefault("epochs", args.epochs)
     try:
         return optim.schedules.get({"name": name.strip().lower(), **params})
     except TypeError as exc:
@@ -443,6 +468,16 @@ def _without_prefix(message: str) -> str:
 
 # a data loader's argument name -> the option (or variable) that sets it
 DATA_OPTIONS = {"data": "--data", "data_dir": "--data-dir", "validation_split": "--val-split"}
+# the options of what MLP.fit and the optimizers check (by their Python names) before a fit changes anything
+FIT_OPTIONS = {name: "--" + name.replace("_", "-") for name in
+               ("lr", "momentum", "nesterov", "weight_decay", "beta_1", "beta_2", "epsilon", "rho", "lr_schedule",
+                "batch_size", "epochs", "dropout", "max_norm")}
+
+
+def _fit_option(message: str) -> str:
+    """A message of MLP.fit's that starts with the Python argument it names ('lr: ...'), with the option instead."""
+    name, sep, rest = message.partition(": ")
+    return f"{FIT_OPTIONS[name]}: {rest}" if sep and name in FIT_OPTIONS else message
 
 
 def _as_option(message: str, args) -> str:
@@ -643,6 +678,10 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
                   callback=after_epoch)
     except _EarlyStop:
         pass
+    except ValueError as exc:
+        if isinstance(exc, TrainingDiverged):
+            raise
+        raise CLIError(_fit_option(str(exc))) from None
     finally:
         bar.close()
     return run["history"], run["best"]

@@ -91,6 +91,27 @@ def test_xor_and_user_npz(tmp_path, capsys, rng):
     assert MLP.load(tmp_path / "own-model.npz").score(X[450:], y[450:]) > 0.85
 
 
+def test_cosine_ends_with_the_run_unless_told_otherwise_and_a_schedule_that_ends_before_it_is_one_warning_line(tmp_path, capsys):
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 14, "--quiet"]
+    rc, _, err = run(capsys, *common, "--lr-schedule", "cosine", "--checkpoint", tmp_path / "ck")
+    assert rc == 0 and err == "", err
+    saved = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["settings"]["lr_schedule"]
+    assert saved == {"name": "cosine", "epochs": 14, "min_lr": 0.0}
+    rc, _, err = run(capsys, *common, "--lr-schedule", "cosine:epochs=10")
+    assert rc == 0 and err == ("deltaprop: warning: --lr-schedule: the cosine schedule's rate is 0 from epoch 10 on (its "
+                               "end), so the last 4 of this fit's 14 epochs train nothing; give it epochs=14 to end with "
+                               "the fit\n"), err
+
+
+def test_resume_without_epochs_continues_the_runs_own_length(tmp_path, capsys):
+    """Not the data set's default (xor's 20): the run was asked for 3, and cosine's end was set by them."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--quiet", "--lr-schedule", "cosine", "--checkpoint",
+              tmp_path / "ck"]
+    assert run(capsys, *common, "--epochs", 3)[0] == 0
+    rc, _, err = run(capsys, *common, "--resume")
+    assert rc == 0 and err == f"deltaprop: {tmp_path / 'ck'} has trained all 3 epochs; nothing more to train\n", err
+
+
 def test_a_float64_run_reads_its_data_in_float64(tmp_path, capsys, rng):
     """--dtype float64 trains on the file's float64 inputs, not on them rounded to float32 (features 1e-9 apart
     were one value there), and takes finite float64 data that float32 cannot hold."""
@@ -712,6 +733,14 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--lr-schedule", "step:gamma=x"], "--lr-schedule: gamma='x' is not a number"),
     (["--lr-schedule", "step:size=2"], "--lr-schedule: size: not a parameter of the step schedule (step_size, gamma)"),
     (["--lr-schedule", "step:step_size=0"], "--lr-schedule: step_size: expected an integer ≥ 1"),
+    (["--lr-schedule", ""], "--lr-schedule: empty; give one of constant, "),  # an unset variable: not constant
+    (["--lr-schedule", "step:gamma=0.5,gamma=0.9"], "--lr-schedule: gamma is given twice in 'step:gamma=0.5,gamma=0.9'"),
+    # what the fit checks, named by the option (not by MLP.fit's argument), and before any file is written
+    (["--checkpoint", "{tmp}/ck", "--dataset", "xor", "--lr", "1e39"], "--lr: 1e+39 overflows the model's float32"),
+    (["--dataset", "xor", "--momentum", "0.999999999"], "--momentum: 0.999999999 is 1 in the model's float32"),
+    (["--dataset", "xor", "--weight-decay", "1e39"], "--weight-decay: 1e+39 overflows the model's float32"),
+    (["--dataset", "xor", "--optimizer", "rmsprop", "--epsilon", "1e-50"], "--epsilon: 1e-50 is 0 in the model's float32"),
+    (["--dataset", "xor", "--lr-schedule", "exponential:gamma=1e38"], "--lr-schedule: the exponential schedule gives "),
     (["--val-split", "1"], "--val-split: must be in [0, 1)"),
     (["--seed", "-3"], "--seed: must be in [0, 2**64), got -3"),
     (["--seed", str(2**64)], "--seed: must be in [0, 2**64), got 18446744073709551616"),

@@ -5,6 +5,7 @@ PyTorch is installed; schedules; the state in save/load; bad parameters named.""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -514,7 +515,8 @@ def test_what_float32_refuses_float64_holds(rng):
     m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=lambda e: 1e-50 if e else 0.1)
     m.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, optimizer=optim.Adam(beta_2=0.99999999))
     m32 = MLP([3, 4, 2], backend="numpy", seed=0)  # a rate of exactly 0 is a rate float32 holds (cosine's last)
-    m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
+    with pytest.warns(UserWarning, match="the last 1 of this fit's 2 epochs train nothing"):
+        m32.fit(rng.normal(size=(10, 3)), rng.integers(0, 2, 10), epochs=2, lr_schedule=schedules.Cosine(epochs=1))
     assert m.epochs_trained == 6 and m32.epochs_trained == 2
 
 
@@ -542,9 +544,32 @@ def test_a_rate_of_0_by_the_math_is_no_underflow(rng):
     """cosine with min_lr=0 is 0 from its end on, and a callable's 0 is the rate asked for: both train."""
     m = MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
     X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
-    m.fit(X, y, epochs=4, lr=0.1, lr_schedule=schedules.Cosine(epochs=2))  # 0.1, 0.05, 0, 0
+    with pytest.warns(UserWarning, match="the last 2 of this fit's 4 epochs train nothing"):
+        m.fit(X, y, epochs=4, lr=0.1, lr_schedule=schedules.Cosine(epochs=2))  # 0.1, 0.05, 0, 0
     m.fit(X, y, epochs=3, lr_schedule=lambda e: 0.0 if e else 0.1)
     assert m.epochs_trained == 7
+
+
+def test_a_fit_past_the_end_of_its_cosine_schedule_is_warned_of(rng):
+    """cosine(epochs=10), the default, in a fit of 14 epochs: the last 4 train at rate 0, which is what the math says
+    but hardly what was meant; said once, before training. Not with min_lr > 0, nor where the fit ends with it, nor
+    with early stopping, which ends those epochs after its patience."""
+    X, y = rng.normal(size=(10, 3)), rng.integers(0, 2, 10)
+    m = MLP([3, 4, 2], backend="numpy", seed=0)
+    with pytest.warns(UserWarning) as seen:
+        m.fit(X, y, epochs=14, lr_schedule="cosine")
+    assert [str(w.message) for w in seen] == [
+        "lr_schedule: the cosine schedule's rate is 0 from epoch 10 on (its end), so the last 4 of this fit's 14 "
+        "epochs train nothing; give it epochs=14 to end with the fit"]
+    assert seen[0].filename == __file__  # the user's line, not deltaprop's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for schedule, epochs in ((schedules.Cosine(epochs=14), 14), (schedules.Cosine(epochs=3, min_lr=1e-3), 14),
+                                 (schedules.Cosine(epochs=9).resumed([1.0] * 4), 5)):
+            MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=epochs, lr_schedule=schedule)
+        MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=14, lr_schedule="cosine", early_stopping=2)
+    with pytest.warns(UserWarning, match="rate is 0 from epoch 0 on .* the last 3 of this fit's 3 epochs"):
+        MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=3, lr_schedule=schedules.Cosine(epochs=9).resumed([1.0] * 12))
 
 
 @pytest.mark.parametrize("value, error", [(0.0, ValueError), (-0.1, ValueError), (math.nan, ValueError), ("0.1", TypeError)])

@@ -107,6 +107,11 @@ class Schedule:
         rate is > 0 but cosine's from its end on when min_lr = 0 (a callable's is the number it gives)."""
         return False
 
+    def idle_from(self, epochs: int) -> int | None:
+        """The first of a fit's ``epochs`` from which every rate is 0 by the math (those epochs train nothing), or
+        None: cosine's end with min_lr = 0, where the fit runs past it."""
+        return None
+
     def config(self) -> dict:
         return {"name": self.name, **getattr(self, "params", {})}
 
@@ -200,6 +205,9 @@ class Cosine(Schedule):
     def vanishes(self, epoch):
         return self.params["min_lr"] == 0 and epoch >= self.params["epochs"]
 
+    def idle_from(self, epochs):
+        return self.params["epochs"] if self.params["min_lr"] == 0 and self.params["epochs"] < epochs else None
+
     def bounds(self, start, stop):  # non-increasing to its end, then min_lr
         end = self.params["epochs"]
         return [e for e in (start, end - 1, end, stop - 1) if start <= e < stop]
@@ -244,6 +252,11 @@ class _Continued(Schedule):
 
     def vanishes(self, epoch):
         return self.inner.vanishes(len(self.before) + epoch)
+
+    def idle_from(self, epochs):
+        n = len(self.before)
+        idle = self.inner.idle_from(n + epochs)
+        return None if idle is None else max(idle - n, 0)
 
     def bounds(self, start, stop):
         n = len(self.before)
