@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -517,9 +516,7 @@ def _check_outputs(args) -> None:
         if path:
             check_writable(path, flag)
     if args.plot:
-        if importlib.util.find_spec("matplotlib") is None:
-            raise CLIError("--plot: needs matplotlib; pip install 'deltaprop[plot]'")
-        plot_format(args.plot)
+        plot_format(args.plot)  # matplotlib imported: one that is missing or broken is found here, not after training
     _check_clashes(args)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume: needs --checkpoint DIR (the folder of the run to continue)")
@@ -688,11 +685,20 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
 
 
 def plot_format(path) -> str:
-    """The image format of a --plot file, from its extension; CLIError unless matplotlib writes it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """The image format of a --plot file, from its extension; CLIError unless matplotlib imports and writes it
+    without more programs (not .pgf, which needs LaTeX)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as exc:  # not installed, or installed and broken (a shared library missing, say)
+        missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "matplotlib"
+        raise CLIError(f"--plot: needs matplotlib, which {'is not installed' if missing else f'fails to import ({exc})'}; "
+                       "pip install 'deltaprop[plot]'") from None
 
-    supported = FigureCanvasAgg.get_supported_filetypes()
+    supported = {e: what for e, what in FigureCanvasAgg.get_supported_filetypes().items() if e != "pgf"}
     ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if ext == "pgf":
+        raise CLIError(f"--plot: {path}: .pgf needs LaTeX to write; end it with one of "
+                       f"{', '.join('.' + e for e in sorted(supported))}")
     if ext not in supported:
         what = f".{ext} is not an image type matplotlib writes" if ext else "the name has no extension"
         raise CLIError(f"--plot: {path}: {what}; end it with one of {', '.join('.' + e for e in sorted(supported))}")
@@ -742,8 +748,11 @@ def plot_history(history: dict, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format=plot_format(path))
-    plt.close(fig)
+    fmt = plot_format(path)
+    try:  # whole or not at all: a full disk leaves the plot of an earlier run as it was
+        atomic_write(path, lambda f: fig.savefig(f, dpi=100, format=fmt))
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------- info

@@ -112,6 +112,50 @@ def test_resume_without_epochs_continues_the_runs_own_length(tmp_path, capsys):
     assert rc == 0 and err == f"deltaprop: {tmp_path / 'ck'} has trained all 3 epochs; nothing more to train\n", err
 
 
+def test_a_plot_that_cannot_be_written_leaves_the_earlier_one_whole(tmp_path, capsys, monkeypatch):
+    """--plot is written as the other outputs are: to a temporary file renamed into place, so a full disk leaves
+    the last run's image as it was (not half of a new one)."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 2, "--quiet",
+                     "--plot", tmp_path / "c.png")
+    assert rc == 0, err
+    before = (tmp_path / "c.png").read_bytes()
+
+    def half_then_full(self, target, **kwargs):
+        f = open(target, "wb") if isinstance(target, (str, os.PathLike)) else target
+        f.write(b"\x89PNG half an image")
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full)
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 3, "--quiet",
+                     "--plot", tmp_path / "c.png")
+    assert rc == 1 and err == f"deltaprop: error: --plot: cannot write {tmp_path / 'c.png'} (No space left on device)\n", err
+    assert (tmp_path / "c.png").read_bytes() == before and os.listdir(tmp_path) == ["c.png"]
+
+
+@pytest.mark.parametrize("stub, says", [
+    (None, "--plot: needs matplotlib, which is not installed; pip install 'deltaprop[plot]'"),
+    ("raise ImportError('libfreetype.so.6: cannot open shared object file')",
+     "--plot: needs matplotlib, which fails to import (libfreetype.so.6: cannot open shared object file); pip install"),
+], ids=["missing", "broken"])
+def test_plot_without_a_working_matplotlib_is_one_line_before_training(tmp_path, stub, says):
+    (tmp_path / "stub" / "matplotlib").mkdir(parents=True)
+    if stub is None:  # an import of it finds nothing
+        (tmp_path / "stub" / "sitecustomize.py").write_text("import sys; sys.modules['matplotlib'] = None\n")
+    else:  # installed, and its import fails
+        (tmp_path / "stub" / "matplotlib" / "__init__.py").write_text(stub + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "stub"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "deltaprop", "train", "--dataset", "xor", "--backend", "numpy", "--quiet",
+                           "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "c.png")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"deltaprop: error: {says}"), done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "m.npz").exists()
+
+
 def test_a_float64_run_reads_its_data_in_float64(tmp_path, capsys, rng):
     """--dtype float64 trains on the file's float64 inputs, not on them rounded to float32 (features 1e-9 apart
     were one value there), and takes finite float64 data that float32 cannot hold."""
@@ -774,6 +818,7 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     # outputs that could not be written are found before training, by the option's name
     (["--plot", "{tmp}/curves.xyz", "--save", "{tmp}/m.npz"], "--plot: {tmp}/curves.xyz: .xyz is not an image type"),
     (["--plot", "{tmp}/curves"], "--plot: {tmp}/curves: the name has no extension; end it with one of"),
+    (["--plot", "{tmp}/curves.pgf"], "--plot: {tmp}/curves.pgf: .pgf needs LaTeX to write; end it with one of"),
     (["--save", "{tmp}/m.npz/"], "--save: {tmp}/m.npz/ ends with a separator; give a file name"),
     (["--metrics-out", "{tmp}/" + "m" * 300 + ".json"], "--metrics-out: the name mmm"),
     (["--checkpoint", "{tmp}/" + "c" * 300 + "/run"], "--checkpoint: the name ccc"),
