@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from . import __version__, backends, optim, precompile, record, sweep
-from ._files import atomic_write, check_folder_writable, check_name, check_writable, is_special, json_safe, sha256
+from ._files import atomic_write, check_folder_writable, check_name, check_writable, file_type, is_special, json_safe, sha256
 from .backends import BackendUnavailable, compat
 from .checkpoint import HISTORY_KEYS, LOCK, MANIFEST, MODEL_FILE, Checkpoint, CheckpointError, best_epoch, stopped_early
 from .data import DATASETS, DataUnavailable, load_dataset
@@ -498,7 +498,13 @@ def _check_inputs(args) -> None:
         return
     path = args.data
     if not os.path.isfile(path):
-        raise CLIError(f"--data: {path} {'is a directory' if os.path.isdir(path) else 'does not exist'}")
+        try:  # what is there instead (a pipe or a device would be read as a stream, not as a zip archive)
+            what = f"is {file_type(os.stat(path).st_mode)}, not an .npz file"
+        except FileNotFoundError:
+            what = "does not exist"
+        except OSError as exc:
+            what = f"cannot be read ({exc.strerror or exc})"
+        raise CLIError(f"--data: {path} {what}")
     try:
         kind = file_kind(path)
     except OSError as exc:

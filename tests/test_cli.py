@@ -156,6 +156,13 @@ def test_plot_without_a_working_matplotlib_is_one_line_before_training(tmp_path,
     assert done.stderr.count("\n") == 1 and not (tmp_path / "m.npz").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_data_that_is_a_named_pipe_is_named_as_one(tmp_path, capsys):
+    os.mkfifo(tmp_path / "d.npz")
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "d.npz", "--quiet")
+    assert rc == 1 and err == f"deltaprop: error: --data: {tmp_path / 'd.npz'} is a named pipe, not an .npz file\n"
+
+
 def test_a_float64_run_reads_its_data_in_float64(tmp_path, capsys, rng):
     """--dtype float64 trains on the file's float64 inputs, not on them rounded to float32 (features 1e-9 apart
     were one value there), and takes finite float64 data that float32 cannot hold."""
@@ -811,6 +818,8 @@ def test_outputs_that_name_one_file_are_refused_before_training(tmp_path, capsys
     (["--save", "{tmp}/no/such/dir/m.npz"], "--save: the folder"),
     (["--metrics-out", "{tmp}"], "--metrics-out: {tmp} is a directory"),
     (["--data", "{tmp}/missing.npz"], "--data: {tmp}/missing.npz does not exist"),
+    (["--data", "{tmp}"], "--data: {tmp} is a directory, not an .npz file"),
+    (["--data", "/dev/null"], "--data: /dev/null is a character device, not an .npz file"),
     (["--data-dir", "{tmp}"], "--data-dir: {tmp} has no train-images-idx3-ubyte.gz"),
     (["--dataset", "xor", "--data-dir", "{tmp}"], "--data-dir: only for --dataset mnist"),
     (["--checkpoint", "{tmp}/ck", "--data-dir", "{tmp}"], "--data-dir: {tmp} has no train-images"),  # no ck/ left
