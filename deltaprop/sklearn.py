@@ -70,7 +70,7 @@ What differs from ``sklearn.neural_network``:
   (scikit-learn leaves that fit's in place), and a warm-started stochastic fit after it starts a new loss
   curve (scikit-learn raises AttributeError).
 - A loss that becomes NaN or Inf raises deltaprop's ``TrainingDiverged``, a ValueError as scikit-learn's
-  is, at once (scikit-learn carries on and raises at the end); with ``early_stopping=True`` it ends the fit
+  is, with scikit-learn's message first, at once (scikit-learn carries on and raises at the end); with ``early_stopping=True`` it ends the fit
   on the best validation score's weights, that epoch's loss and score recorded as NaN, with a
   ConvergenceWarning (scikit-learn carries on to max_iter with NaN scores and ends on the same weights). Outputs that are not finite score
   NaN (scikit-learn's _score_with_function), for the classifier too (scikit-learn's takes such a row for
@@ -501,8 +501,9 @@ class _BaseMLP(BaseEstimator):
             # button), here the network of the last whole epoch (MLP.fit's Ctrl-C), which n_iter_ and loss_curve_ count
             warnings.warn("Training interrupted by user.", stacklevel=5)
         except TrainingDiverged as exc:
-            if validation is None:
-                raise
+            said = str(exc).replace("Try a smaller lr.", "Try a smaller learning_rate_init, or scale the inputs.")
+            if validation is None:  # scikit-learn's words first (its tests match them), then what happened
+                raise TrainingDiverged(f"{NON_FINITE_WEIGHTS} deltaprop: {said}") from None
             # scikit-learn's early stopping carries on with NaN scores and ends on the best epoch's weights: the
             # diverged epoch ends the fit here, recorded as NaN (a NaN score resets the patience, as there).
             state["n_iter"] += 1
@@ -511,7 +512,7 @@ class _BaseMLP(BaseEstimator):
             state["loss_curve"].append(math.nan)
             state["validation_scores"].append(math.nan)
             state["no_improvement"] = 0
-            warnings.warn(f"{exc} With early_stopping=True the fit ends there, on the weights of the best validation "
+            warnings.warn(f"{said} With early_stopping=True the fit ends there, on the weights of the best validation "
                           f"score ({state['best_validation_score']:.6g}).", ConvergenceWarning, stacklevel=5)
         if validation is not None:  # the best epoch's weights, by validation score
             model.set_weights(state["best_weights"])
