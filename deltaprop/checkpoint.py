@@ -73,6 +73,8 @@ class Checkpoint:
         self.folder = os.fspath(folder)
         self.manifest_path = os.path.join(self.folder, MANIFEST)
         self._named = None  # {"model": {...}, "best": {...} or None} of the last manifest read or written
+        self.dead_holder = None  # the pid in a lock file that its run, killed, left behind (set by locked)
+        self._dead_since = None  # that lock file's mtime (ns): when the killed run started
 
     def exists(self) -> bool:
         """Whether the folder holds a committed checkpoint (or one of the older format), or something in its place
@@ -85,6 +87,22 @@ class Checkpoint:
         if self.exists() or not os.path.isdir(self.folder):
             return []
         return sorted(f for f in os.listdir(self.folder) if MODEL_FILE.fullmatch(f))
+
+    def killed_first_epoch(self) -> bool:
+        """Whether the folder's orphans are what a run killed before its first checkpoint leaves (its flock gone, its
+        lock file with its pid left: ``locked`` found one): one model-0001.npz, written after that run started."""
+        if self.dead_holder is None or self.orphans() != ["model-0001.npz"]:
+            return False
+        try:
+            return os.lstat(os.path.join(self.folder, "model-0001.npz")).st_mtime_ns >= self._dead_since
+        except OSError:
+            return False
+
+    def discard_killed_first_epoch(self) -> None:
+        """Remove what ``killed_first_epoch`` found, and the killed writes' temporary files."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.folder, "model-0001.npz"))
+        remove_stale_temps(self.folder)
 
     def write(self, model: MLP, settings: dict, history: dict, best: int | None = None) -> None:
         """Commit the checkpoint after epoch ``model.epochs_trained``; ``best``: the 1-based best epoch under
@@ -171,13 +189,22 @@ class Checkpoint:
             if same:
                 break
             os.close(fd)
+        if fcntl is not None:  # held: a pid in the file is a killed run's (a run that ends removes its lock file)
+            previous = os.read(fd, 32).decode("ascii", "replace").strip()
+            if previous:
+                self.dead_holder, self._dead_since = previous, os.fstat(fd).st_mtime_ns
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield self
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)  # while held: a process that opened it meanwhile sees another inode and tries again
+            if self.killed_first_epoch():  # a killed run's leavings, left (--resume refused): so is its lock file, as it was
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{self.dead_holder}\n".encode(), 0)
+                os.utime(fd, ns=(self._dead_since, self._dead_since))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # while held: a process that opened it meanwhile sees another inode and tries again
             os.close(fd)
             for folder in made:  # the innermost first; only while empty
                 try:

@@ -566,12 +566,20 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
                            "or choose another folder")
-        if ckpt.orphans():
+        if ckpt.killed_first_epoch():  # its own run's, killed in its first checkpoint's write: started again
+            ckpt.discard_killed_first_epoch()
+            print(f"deltaprop: removed model-0001.npz from {ckpt.folder}, left by a run into it (pid {ckpt.dead_holder}) "
+                  "killed before its first checkpoint", file=sys.stderr)
+        elif ckpt.orphans():
             raise CLIError(f"--checkpoint: {ckpt.folder} holds {_listed(ckpt.orphans())} but no checkpoint.json (a run "
                            "killed before its first checkpoint, or files of your own), which a run would overwrite or "
                            "remove; move them away, or choose another folder")
         return None
     if not ckpt.exists():
+        if ckpt.killed_first_epoch():
+            raise CLIError(f"--resume: nothing to resume in {ckpt.folder}: its run (pid {ckpt.dead_holder}) was killed "
+                           "before its first checkpoint; run without --resume to start it again (that removes the "
+                           "model-0001.npz it left)")
         if ckpt.orphans():
             raise CLIError(f"--resume: nothing to resume in {ckpt.folder}: it holds {_listed(ckpt.orphans())} but no "
                            "checkpoint.json (its run was killed before its first checkpoint); move them away and run "

@@ -386,6 +386,34 @@ def test_a_run_killed_in_a_checkpoint_write_leaves_its_lock_and_temporary_file_a
     assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0004.npz"]
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_a_fresh_run(tmp_path, capsys):
+    """SIGKILL between epoch 1's model file and its manifest: a model-0001.npz and no checkpoint.json. Its lock file,
+    with the dead pid, says whose it is: --resume says there is nothing to resume and how to start again, a fresh
+    run removes it (saying so) and trains as an uninterrupted run. Without that lock file it is refused as before."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 3, "--quiet", "--optimizer", "adam"]
+    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "ck"
+    done = subprocess.run([sys.executable, "-c", KILL, "1", *map(str, common), "--checkpoint", str(ck)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    pid = (ck / ".deltaprop.lock").read_text().strip()
+    assert sorted(f for f in os.listdir(ck) if not f.startswith(".deltaprop-")) == [".deltaprop.lock", "model-0001.npz"]
+    rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume")
+    assert rc == 1 and err == (f"deltaprop: error: --resume: nothing to resume in {ck}: its run (pid {pid}) was killed "
+                               "before its first checkpoint; run without --resume to start it again (that removes the "
+                               "model-0001.npz it left)\n"), err
+    rc, _, err = run(capsys, *common, "--checkpoint", ck, "--save", tmp_path / "again.npz")
+    assert rc == 0 and err == (f"deltaprop: removed model-0001.npz from {ck}, left by a run into it (pid {pid}) killed "
+                               "before its first checkpoint\n"), err
+    assert_same_model(MLP.load(tmp_path / "straight.npz"), MLP.load(tmp_path / "again.npz"))
+    assert sorted(os.listdir(ck)) == ["checkpoint.json", "model-0003.npz"]  # the temporary file went too
+    mine = tmp_path / "mine"  # the same files without a dead run's lock file: someone's own, refused
+    mine.mkdir()
+    MLP([2, 3, 2], backend="numpy").save(mine / "model-0001.npz")
+    rc, _, err = run(capsys, *common, "--checkpoint", mine)
+    assert rc == 1 and "holds model-0001.npz but no checkpoint.json" in err and os.listdir(mine) == ["model-0001.npz"]
+
+
 def test_resume_with_more_epochs_trains_them_and_with_fewer_is_refused(tmp_path, mnist_dir, capsys):
     common = ["train", "--data-dir", mnist_dir, *SMALL]
     assert run(capsys, *common, "--epochs", 5, "--save", tmp_path / "straight.npz")[0] == 0
