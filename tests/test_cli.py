@@ -368,15 +368,22 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
+def _straight_then_killed(tmp_path, capsys, epochs: int, killed_in: int):
+    """(the train command, its --checkpoint folder): the run done straight (saved as straight.npz), then again into
+    the folder, SIGKILLed in the write of epoch ``killed_in``'s checkpoint."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", epochs, "--quiet", "--optimizer", "adam"]
+    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
+    ck = tmp_path / "ck"
+    done = subprocess.run([sys.executable, "-c", KILL, str(killed_in), *map(str, common), "--checkpoint", str(ck)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    return common, ck
+
+
 def test_a_run_killed_in_a_checkpoint_write_leaves_its_lock_and_temporary_file_and_resumes(tmp_path, capsys):
     """The kernel releases a killed run's flock: its lock file, holding a dead pid, does not refuse the next run,
     the half-done checkpoint's files are never read, and the resumed run removes them."""
-    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 4, "--quiet", "--optimizer", "adam"]
-    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
-    ck = tmp_path / "ck"
-    done = subprocess.run([sys.executable, "-c", KILL, "2", *map(str, common), "--checkpoint", str(ck)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == -9, done.stderr
+    common, ck = _straight_then_killed(tmp_path, capsys, epochs=4, killed_in=2)
     temp, *left = sorted(os.listdir(ck))
     assert left == [".deltaprop.lock", "checkpoint.json", "model-0001.npz", "model-0002.npz"]
     assert temp.startswith(f".deltaprop-{(ck / '.deltaprop.lock').read_text().strip()}-")  # the dead run's pid
@@ -390,12 +397,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_a_fresh_ru
     """SIGKILL between epoch 1's model file and its manifest: a model-0001.npz and no checkpoint.json. Its lock file,
     with the dead pid, says whose it is: --resume says there is nothing to resume and how to start again, a fresh
     run removes it (saying so) and trains as an uninterrupted run. Without that lock file it is refused as before."""
-    common = ["train", "--dataset", "xor", "--backend", "numpy", "--epochs", 3, "--quiet", "--optimizer", "adam"]
-    assert run(capsys, *common, "--save", tmp_path / "straight.npz")[0] == 0
-    ck = tmp_path / "ck"
-    done = subprocess.run([sys.executable, "-c", KILL, "1", *map(str, common), "--checkpoint", str(ck)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == -9, done.stderr
+    common, ck = _straight_then_killed(tmp_path, capsys, epochs=3, killed_in=1)
     pid = (ck / ".deltaprop.lock").read_text().strip()
     assert sorted(f for f in os.listdir(ck) if not f.startswith(".deltaprop-")) == [".deltaprop.lock", "model-0001.npz"]
     rc, _, err = run(capsys, *common, "--checkpoint", ck, "--resume")
