@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross_entropy (softmax output), mse or bce (sigmoid outputs); default: cross_entropy")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="the precision of the weights and the arithmetic (default: float32)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the epoch orders and the split (default: 0)")
-    g.add_argument("--init", choices=(*INITS, *INIT_VARIANCES), default="auto", metavar="NAME",
+    g.add_argument("--init", type=lambda name: name.strip().lower(), choices=(*INITS, *INIT_VARIANCES), default="auto",
+                   metavar="NAME",  # spelt as MLP(init=...) takes it: He_Uniform is he_uniform
                    help="initial weights: auto (default: He for relu-like, LeCun for maxout, Glorot otherwise, normal) "
                         f"or {', '.join(INITS[1:])}; he, glorot and lecun alone are normal")  # fmt: skip
     g.add_argument("--dropout", type=_rates, metavar="P|P0,P1,...", help="dropout rate of every hidden layer's output, or "

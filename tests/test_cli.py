@@ -163,6 +163,13 @@ def test_data_that_is_a_named_pipe_is_named_as_one(tmp_path, capsys):
     assert rc == 1 and err == f"deltaprop: error: --data: {tmp_path / 'd.npz'} is a named pipe, not an .npz file\n"
 
 
+def test_init_is_spelt_as_mlp_takes_it(tmp_path, capsys):
+    rc, _, err = run(capsys, "train", "--dataset", "xor", "--backend", "numpy", "--epochs", 1, "--quiet",
+                     "--init", " He_Uniform", "--save", tmp_path / "m.npz")
+    assert rc == 0, err
+    assert MLP.load(tmp_path / "m.npz").init == MLP([2, 2], init=" He_Uniform").init == "he_uniform"
+
+
 def test_a_float64_run_reads_its_data_in_float64(tmp_path, capsys, rng):
     """--dtype float64 trains on the file's float64 inputs, not on them rounded to float32 (features 1e-9 apart
     were one value there), and takes finite float64 data that float32 cannot hold."""
