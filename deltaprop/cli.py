@@ -31,7 +31,7 @@ from .kernels import masks, numba_cache
 from .mlp import ACTIVATIONS, MLP, TrainingDiverged
 from .mlp.activations import INIT_VARIANCES, INITS, MAXOUT_PIECES, check_init
 from .mlp.arrays import file_kind
-from .mlp.checks import DTYPES, check_norm_bound, parse_rates, parse_widths
+from .mlp.checks import DTYPES, as_option, check_norm_bound, parse_rates, parse_widths
 from .mlp.losses import OUTPUT_FOR_LOSS
 
 # Per-dataset defaults of the options left unset; mnist's is the project's reference configuration.
@@ -110,7 +110,7 @@ def _warnings_as_lines():
     """A warning (the library's: an MNIST cache that cannot be written, a schedule that ends before the run) as the
     command's own line on stderr, "deltaprop: warning: ...", not Python's with a file, a line number and source."""
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *rest: print(f"deltaprop: warning: {_fit_option(str(message))}", file=sys.stderr)
+        warnings.showwarning = lambda message, *rest: print(f"deltaprop: warning: {as_option(str(message))}", file=sys.stderr)
         yield
 
 
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one rate per layer input, the input's first (default: none)")
     g.add_argument("--max-norm", type=float, metavar="C", help="rescale each unit's incoming weights to a norm ≤ C after every update (default: none)")
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10)")
+    g.add_argument("--epochs", type=int, help="number of epochs (mnist default: 10; with --resume: the run's own)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (mnist default: 128)")
     g.add_argument("--optimizer", default="sgd", choices=sorted(optim.NAMES), help="default: sgd (with --momentum 0.9)")
     g.add_argument("--lr", type=float, help="learning rate (default: mnist's 0.05 for sgd; the optimizer's otherwise: "
@@ -227,7 +227,7 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
                             dtype=args.dtype)
         n_in, n_out = data.X_train.shape[1], n_classes(data, own=bool(args.data))
     except (ValueError, DataUnavailable, CLIError) as exc:
-        raise CLIError(_as_option(str(exc), args)) from None
+        raise CLIError(_data_option(str(exc), args)) from None
     if ckpt is not None and not args.data:  # the files of --data-dir or $DELTAPROP_DATA, which --resume may name anew
         settings["train_sha256"] = _arrays_sha256(data)
         was = resumed[3].get("train_sha256") if resumed is not None else None  # None: a checkpoint from before it
@@ -235,7 +235,7 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
             where = (args.data_dir or os.environ.get(DATA_ENV) or default_cache_dir()) if args.dataset == "mnist" else None
             message = (f"holds other data than the checkpoint in {ckpt.folder} was trained on (the SHA-256 of their "
                        "training arrays differ): resume with that data, or start a new run in another folder")
-            raise CLIError(_as_option(f"data_dir: {where} {message}", args) if where else f"--dataset {args.dataset}: "
+            raise CLIError(_data_option(f"data_dir: {where} {message}", args) if where else f"--dataset {args.dataset}: "
                            f"this deltaprop's {args.dataset} data set {message}")
     if settings["layer_sizes"] is None:
         settings["layer_sizes"] = [n_in, *settings["hidden"], n_out]
@@ -362,8 +362,7 @@ def _settings(args) -> dict:
         if max_norm is not None:
             check_norm_bound(max_norm, args.dtype)
     except (ValueError, TypeError) as exc:
-        message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
-        raise CLIError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's
+        raise CLIError(as_option(str(exc))) from None
     if args.dataset == "xor" and not args.data:
         if args.early_stopping:
             raise CLIError("--early-stopping: --dataset xor has no validation data (its four points are all for training)")
@@ -418,8 +417,7 @@ def _optimizer(args):
     try:
         return optim.get(args.optimizer, **params)
     except (ValueError, TypeError) as exc:
-        name, _, rest = str(exc).partition(": ")
-        raise CLIError(f"--{name.replace('_', '-')}: {rest}") from None
+        raise CLIError(as_option(str(exc))) from None
 
 
 def _schedule(args):
@@ -441,8 +439,9 @@ def _schedule(args):
             params[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
             raise CLIError(f"--lr-schedule: {key.strip()}={value!r} is not a number") from None
-    if name.strip().lower() == "cosine":
-        params.setdefault("epochs", args.epochs)
+    if name.strip().lower() == "cosine" and "epochs" not in params:  # a resumed run keeps its checkpoint's (_resume)
+        params["epochs"] = args.epochs
+        args.schedule_defaults = ("epochs",)
     try:
         return optim.schedules.get({"name": name.strip().lower(), **params})
     except TypeError as exc:
@@ -468,19 +467,9 @@ def _without_prefix(message: str) -> str:
 
 # a data loader's argument name -> the option (or variable) that sets it
 DATA_OPTIONS = {"data": "--data", "data_dir": "--data-dir", "validation_split": "--val-split"}
-# the options of what MLP.fit and the optimizers check (by their Python names) before a fit changes anything
-FIT_OPTIONS = {name: "--" + name.replace("_", "-") for name in
-               ("lr", "momentum", "nesterov", "weight_decay", "beta_1", "beta_2", "epsilon", "rho", "lr_schedule",
-                "batch_size", "epochs", "dropout", "max_norm")}
 
 
-def _fit_option(message: str) -> str:
-    """A message of MLP.fit's that starts with the Python argument it names ('lr: ...'), with the option instead."""
-    name, sep, rest = message.partition(": ")
-    return f"{FIT_OPTIONS[name]}: {rest}" if sep and name in FIT_OPTIONS else message
-
-
-def _as_option(message: str, args) -> str:
+def _data_option(message: str, args) -> str:
     """A data loader's message with the argument it names ('data_dir: ...') replaced by the option the user gave."""
     name, sep, rest = message.partition(": ")
     if not sep or name not in DATA_OPTIONS:
@@ -591,6 +580,11 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
     if was_sha is not None and settings["data_sha256"] is not None and was_sha != settings["data_sha256"]:
         raise CLIError(f"--data: {args.data} is not the file the checkpoint in {ckpt.folder} was trained on (was "
                        f"{saved.get('data')}; their SHA-256 differ): resume with that data, or start a new run in another folder")
+    was, now = saved.get("lr_schedule"), settings["lr_schedule"]
+    if isinstance(was, dict) and was.get("name") == now.get("name"):  # what --lr-schedule left to its default is the run's:
+        for key in getattr(args, "schedule_defaults", ()):  # cosine's end set by its first --epochs (or 10, before)
+            if key in was:
+                now[key] = was[key]
     keys = RESUME_KEYS if "data_sha256" in saved else ("dataset", "data", *RESUME_KEYS[3:])  # a checkpoint from before the hash
     differ = []  # (name, checkpoint's, now), a dict setting (the optimizer, the schedule) entry by entry
     for k in keys:
@@ -598,7 +592,7 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         if was is UNKNOWN:
             continue
         if isinstance(was, dict) and isinstance(now, dict):
-            differ += [(f"{k} {i}" if i == "name" else i, was.get(i), now.get(i))
+            differ += [(f"{k} {i}", was.get(i), now.get(i))
                        for i in dict.fromkeys([*was, *now]) if was.get(i) != now.get(i)]
         elif was != now:
             differ.append((k, was, now))
@@ -685,6 +679,8 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
     validation = (data.X_val, data.y_val) if data.y_val is not None else None
     try:
         schedule = optim.schedules.get(settings["lr_schedule"]).resumed(prior["loss"])  # goes on where it stopped
+        if patience:  # the run stops early on its own (after_epoch): its epochs past the schedule's end do not run long
+            warnings.simplefilter("ignore", optim.schedules.ScheduleEndsWarning)  # within main's catch_warnings
         model.fit(data.X_train, data.y_train, epochs=remaining, batch_size=settings["batch_size"],
                   optimizer=optim.from_config(settings["optimizer"]), lr_schedule=schedule, validation_data=validation,
                   callback=after_epoch)
@@ -693,7 +689,7 @@ def _fit(model, data, settings, args, ckpt, prior, best, remaining):
     except ValueError as exc:
         if isinstance(exc, TrainingDiverged):
             raise
-        raise CLIError(_fit_option(str(exc))) from None
+        raise CLIError(as_option(str(exc))) from None
     finally:
         bar.close()
     return run["history"], run["best"]

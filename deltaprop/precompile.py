@@ -186,14 +186,14 @@ def _net(args) -> dict:
         raise CompileError(f"--momentum: must be in [0, 1), got {momentum}")
     if args.nesterov and args.optimizer != "sgd":
         raise CompileError(f"--nesterov: not an option of --optimizer {args.optimizer}")
+    from .kernels import masks
+    from .mlp.checks import as_option, parse_rates
+
     try:
         opt = optim.get(args.optimizer, **({"momentum": momentum} if takes_momentum else {}),
                         **({"nesterov": True} if args.nesterov else {}))
     except ValueError as exc:  # nesterov without momentum
-        name, _, rest = str(exc).partition(": ")
-        raise CompileError(f"--{name}: {rest}") from None
-    from .kernels import masks
-    from .mlp.checks import parse_rates
+        raise CompileError(as_option(str(exc))) from None
 
     try:
         rates = None if args.dropout is None else parse_rates(args.dropout)
@@ -203,8 +203,7 @@ def _net(args) -> dict:
         dropout = masks.check_rates(rates, len(hidden) + 1)
         max_norm = masks.check_max_norm(args.max_norm)
     except (ValueError, TypeError) as exc:
-        message = str(exc).replace("dropout", "--dropout", 1).replace("max_norm", "--max-norm", 1)
-        raise CompileError(message.replace("expected None or ", "expected ", 1)) from None  # None: Python's, not the line's
+        raise CompileError(as_option(str(exc))) from None
     sizes = [args.inputs, *hidden, args.outputs]
     try:  # the model's own checks (activation names, output/loss pairs), on the CPU
         MLP(sizes, activation=args.activation, output_activation=OUTPUT_FOR_LOSS[args.loss], loss=args.loss,
@@ -583,7 +582,8 @@ def record(net: dict, stand_in, every_split: bool = False) -> list:
 
 # ---------------------------------------------------------------------------- cupy
 def _cupy(cc, net, index: int | None = None, every_kernel: bool = False) -> int:
-    """Compile the CUDA C kernels of ``net``'s dtype (``every_kernel``: mlp_kernels.cu's and dropout.cu's, float32 and float64) on this
+    """Compile the CUDA C kernels of ``net``'s dtype (dropout.cu's too for a net with dropout; ``every_kernel``:
+    mlp_kernels.cu's and dropout.cu's, float32 and float64) on this
     GPU (device ``index``, or the current one) into CuPy's cache; ``cc`` (a compute capability without its GPU) is
     refused: NVRTC compiles for the device that runs them."""
     from .backends import compat
@@ -601,7 +601,8 @@ def _cupy(cc, net, index: int | None = None, every_kernel: bool = False) -> int:
     from .kernels import cuda_source
 
     dtypes = ("float32", "float64") if every_kernel else (net["dtype"],)
-    modules = (cuda_source.kernels, cuda_source.dropout_kernels) if every_kernel else (cuda_source.kernels,)
+    dropout = every_kernel or bool(net.get("dropout"))  # dropout.cu's masks, which a fit with dropout launches
+    modules = (cuda_source.kernels, cuda_source.dropout_kernels) if dropout else (cuda_source.kernels,)
     start = time.perf_counter()
     with probe.require("cupy").cuda.Device(index) if index is not None else contextlib.nullcontext():
         compiled = sum(len(module(np.dtype(dtype))) for dtype in dtypes for module in modules)

@@ -139,7 +139,8 @@ def candidates(config) -> list:
             raise SweepError(f"config: candidate {i} of {len(out)} {shown}: {exc}") from None
     first = {}
     for i, params in enumerate(out, 1):  # a value listed twice, or grids that overlap: a cross-validation spent twice
-        seen = first.setdefault(_fit_identity(params), i)
+        full = getattr(estimators, config["estimator"])(**params).get_params()  # a default left out, or spelt out
+        seen = first.setdefault(_fit_identity(full), i)
         if seen != i:
             shown = json.dumps({k: v for k, v in params.items() if k in varying}, sort_keys=True)
             raise SweepError(f"config: grid: candidates {seen} and {i} are the same, {shown}; give each one once")
@@ -267,10 +268,7 @@ def run(args) -> int:
         except ValueError:
             raise SweepError(f"config: scoring: {config['scoring']!r} is not a scikit-learn scorer's name (see "
                              "sklearn.metrics.get_scorer_names()), or null for the estimator's score") from None
-    # the data in the fits' precision: float64 unless every candidate fits in float32 (float64 data read as float32
-    # would lose its last digits; float32 data read as float64 is exact, and the estimator casts it back)
-    dtype = "float32" if all(check_dtype(p.get("dtype", getattr(estimators, config["estimator"])().dtype)).name
-                             == "float32" for p in grid) else "float64"
+    dtype = data_dtype(config["estimator"], grid)
     if config["estimator"] == "MLPRegressor":
         X, y = load_regression(config["data"], dtype)
     else:
@@ -338,6 +336,16 @@ def run(args) -> int:
         raise SweepError(f"{said}; their errors are in {args.out}")
     print(f"best: {said}; wrote {args.out}")
     return 0
+
+
+def data_dtype(estimator: str, grid) -> str:
+    """The dtype the data is read in: the fits' precision, float64 unless every candidate fits in float32 (float64
+    data read as float32 would lose its last digits; float32 data read as float64 is exact, and the estimator casts
+    it back). A candidate without ``dtype`` has the estimator's default."""
+    from . import sklearn as estimators
+
+    default = getattr(estimators, estimator)().dtype
+    return "float32" if all(check_dtype(p.get("dtype", default)).name == "float32" for p in grid) else "float64"
 
 
 def mean_score(scores) -> float:

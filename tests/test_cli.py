@@ -98,13 +98,35 @@ def test_cosine_ends_with_the_run_unless_told_otherwise_and_a_schedule_that_ends
     saved = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["settings"]["lr_schedule"]
     assert saved == {"name": "cosine", "epochs": 14, "min_lr": 0.0}
     rc, _, err = run(capsys, *common, "--lr-schedule", "cosine:epochs=10")
-    assert rc == 0 and err == ("deltaprop: warning: --lr-schedule: the cosine schedule's rate is 0 from epoch 10 on (its "
-                               "end), so the last 4 of this fit's 14 epochs train nothing; give it epochs=14 to end with "
-                               "the fit\n"), err
+    assert rc == 0 and err == ("deltaprop: warning: --lr-schedule: the cosine schedule ends after 10 epochs (its rate "
+                               "is 0 from there on), so the last 4 of this fit's 14 epochs train nothing; give it "
+                               "epochs=14 to end with the fit\n"), err
+    rc, _, err = run(capsys, *common, "--lr-schedule", "cosine:epochs=10", "--early-stopping", 3, "--dataset", "digits",
+                     "--val-split", 0.1)
+    assert rc == 0 and "warning" not in err, err  # early stopping ends those epochs on its own
+
+
+def test_a_cosine_run_resumes_with_more_epochs_and_keeps_its_end(tmp_path, capsys):
+    """The end that --lr-schedule cosine left to its default is the run's: a resume with more --epochs keeps it (and
+    says that the extra epochs train nothing), as does one of a checkpoint made when the default was 10 epochs;
+    only a cosine:epochs=N given again is compared with the checkpoint's."""
+    common = ["train", "--dataset", "xor", "--backend", "numpy", "--quiet", "--lr-schedule", "cosine"]
+    assert run(capsys, *common, "--epochs", 3, "--checkpoint", tmp_path / "ck")[0] == 0
+    rc, _, err = run(capsys, *common, "--epochs", 5, "--checkpoint", tmp_path / "ck", "--resume")
+    assert rc == 0 and err == (f"deltaprop: resuming {tmp_path / 'ck'} at epoch 4 of 5\n"
+                               "deltaprop: warning: --lr-schedule: the cosine schedule ends after 3 epochs (its rate is 0 "
+                               "from there on), so the last 2 of this fit's 2 epochs train nothing (the fit resumes a run "
+                               "after its epoch 3)\n"), err
+    old = ["train", "--dataset", "xor", "--backend", "numpy", "--quiet", "--checkpoint", tmp_path / "old"]
+    assert run(capsys, *old, "--epochs", 4, "--lr-schedule", "cosine:epochs=10")[0] == 0  # what a default of 10 saved
+    rc, _, err = run(capsys, *old, "--epochs", 6, "--lr-schedule", "cosine", "--resume")
+    assert rc == 0 and f"resuming {tmp_path / 'old'} at epoch 5 of 6" in err, err
+    rc, _, err = run(capsys, *old, "--epochs", 6, "--lr-schedule", "cosine:epochs=6", "--resume")
+    assert rc == 1 and "(lr_schedule epochs: checkpoint 10, now 6)" in err, err
 
 
 def test_resume_without_epochs_continues_the_runs_own_length(tmp_path, capsys):
-    """Not the data set's default (xor's 20): the run was asked for 3, and cosine's end was set by them."""
+    """Not the data set's default (xor's 300): the run was asked for 3, and cosine's end was set by them."""
     common = ["train", "--dataset", "xor", "--backend", "numpy", "--quiet", "--lr-schedule", "cosine", "--checkpoint",
               tmp_path / "ck"]
     assert run(capsys, *common, "--epochs", 3)[0] == 0

@@ -275,6 +275,8 @@ def test_a_sweep_whose_results_cannot_be_written_names_out_and_says_the_best(tmp
     ({"grid": {"hidden_layer_sizes": [[6, 5]], "activation": ["relu", ["relu", "relu"]]}},
      "config: grid: candidates 1 and 2 are the same, {\"activation\": [\"relu\", \"relu\"]"),
     ({"grid": {"dropout": [None, 0, [0, 0]]}}, "config: grid: candidates 1 and 2 are the same, {\"dropout\": 0}"),
+    ({"grid": [{"alpha": [1e-4]}, {"alpha": [1e-4], "activation": ["relu"]}]},  # relu: the default, spelt out
+     "config: grid: candidates 1 and 2 are the same, {\"activation\": \"relu\", \"alpha\": 0.0001}"),
 ])  # fmt: skip
 def test_deltaprop_sweep_refuses_a_bad_config_by_name(tmp_path, capsys, change, message):
     """One line, before the cluster starts (its line would come first), nothing written."""
@@ -450,13 +452,17 @@ def test_deltaprop_sweep_regresses_real_valued_targets(tmp_path):
 @pytest.mark.parametrize("estimator", ["MLPRegressor", "MLPClassifier"])
 def test_a_sweep_reads_float64_data_in_float64_for_float64_fits(tmp_path, estimator):
     """The estimators fit in float64 by default: the sweep's data file is read so, not rounded to float32 first
-    (GridSearchCV gets the arrays as they are); with dtype float32 in every candidate it is read as float32."""
-    from deltaprop import cli
+    (GridSearchCV gets the arrays as they are); with float32 fits the scores are those of float32 data."""
+    from deltaprop import cli, sweep
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 3))
     y = X @ [1.0, -2.0, 0.5] if estimator == "MLPRegressor" else (X[:, 0] > 0).astype(np.int64)
     np.savez(tmp_path / "d.npz", X_train=X, y_train=y)
+    # read in float32 only where no fit needs more (the estimator would cast float64 data to the same values)
+    assert [sweep.data_dtype(estimator, grid) for grid in ([{}], [{"dtype": "float32"}], [{"dtype": "float32"}, {}],
+                                                          [{"dtype": "float32"}, {"dtype": np.float64}])] == [
+        "float64", "float32", "float64", "float64"]
     for dtype, X_seen in (("float64", X), ("float32", X.astype(np.float32))):
         params = {**REGRESSION["params"], "dtype": dtype}
         scoring = "neg_log_loss" if estimator == "MLPClassifier" else None  # not accuracy, which rounding rarely moves

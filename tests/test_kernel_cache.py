@@ -670,6 +670,9 @@ def test_compile_for_cupy_every_kernel_compiles_both_precisions_and_dropout(caps
     rc, out, err = _compile(capsys, "--backend", "cupy")
     assert rc == 0 and compiled == [("mlp", "float32")], err
     compiled.clear()
+    rc, out, err = _compile(capsys, "--backend", "cupy", "--dropout", "0.5", "--dtype", "float64")  # the masks too
+    assert rc == 0 and compiled == [("mlp", "float64"), ("dropout", "float64")], err
+    compiled.clear()
     rc, out, err = _compile(capsys, "--backend", "cupy", "--every-kernel")
     assert rc == 0, err
     assert sorted(compiled) == [("dropout", "float32"), ("dropout", "float64"), ("mlp", "float32"), ("mlp", "float64")]

@@ -559,8 +559,9 @@ def test_a_fit_past_the_end_of_its_cosine_schedule_is_warned_of(rng):
     with pytest.warns(UserWarning) as seen:
         m.fit(X, y, epochs=14, lr_schedule="cosine")
     assert [str(w.message) for w in seen] == [
-        "lr_schedule: the cosine schedule's rate is 0 from epoch 10 on (its end), so the last 4 of this fit's 14 "
-        "epochs train nothing; give it epochs=14 to end with the fit"]
+        "lr_schedule: the cosine schedule ends after 10 epochs (its rate is 0 from there on), so the last 4 of this "
+        "fit's 14 epochs train nothing; give it epochs=14 to end with the fit"]
+    assert seen[0].category is schedules.ScheduleEndsWarning and issubclass(seen[0].category, UserWarning)
     assert seen[0].filename == __file__  # the user's line, not deltaprop's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -568,7 +569,9 @@ def test_a_fit_past_the_end_of_its_cosine_schedule_is_warned_of(rng):
                                  (schedules.Cosine(epochs=9).resumed([1.0] * 4), 5)):
             MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=epochs, lr_schedule=schedule)
         MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=14, lr_schedule="cosine", early_stopping=2)
-    with pytest.warns(UserWarning, match="rate is 0 from epoch 0 on .* the last 3 of this fit's 3 epochs"):
+    with pytest.warns(UserWarning, match=re_escape("ends after 9 epochs (its rate is 0 from there on), so the last 3 "
+                                                   "of this fit's 3 epochs train nothing (the fit resumes a run after its "
+                                                   "epoch 12)")):
         MLP([3, 4, 2], backend="numpy", seed=0).fit(X, y, epochs=3, lr_schedule=schedules.Cosine(epochs=9).resumed([1.0] * 12))
 
 

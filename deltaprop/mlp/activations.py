@@ -49,8 +49,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
 
-import numpy as np
-
 LEAKY_SLOPE = 0.1  # leaky_relu's φ(a) = LEAKY_SLOPE·a for a ≤ 0
 
 

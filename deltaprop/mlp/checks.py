@@ -119,6 +119,23 @@ def parse_widths(text: str) -> list:
     return values
 
 
+# The arguments of MLP, MLP.fit and the optimizers that deltaprop's commands take as options of the same name
+# (--lr, --weight-decay, ...): a check's message that names one first is said with the option there.
+OPTION_ARGUMENTS = frozenset(("lr", "momentum", "nesterov", "weight_decay", "beta_1", "beta_2", "epsilon", "rho",
+                              "lr_schedule", "batch_size", "epochs", "dropout", "max_norm"))
+
+
+def as_option(message: str) -> str:
+    """A check's message that names its argument first ('max_norm: ...', 'dropout[1]: ...'), as the command line says
+    it: the option (--max-norm, --dropout[1]), and no 'None or' among what it expects (None is Python's); another
+    message unchanged."""
+    name, sep, rest = message.partition(": ")
+    base = name.split("[")[0]
+    if not sep or base not in OPTION_ARGUMENTS:
+        return message
+    return f"--{base.replace('_', '-')}{name[len(base):]}: {rest.replace('expected None or ', 'expected ', 1)}"
+
+
 def parse_rates(text: str):
     """Dropout rates written as one number ("0.5": every hidden layer's output) or comma-separated numbers, one per
     layer input ("0.2,0.5,0.5"); ValueError saying what is wrong (``--dropout``: the caller names the option; the

@@ -310,11 +310,9 @@ class MLP:
         n = X.shape[0]
         opt.check(self.dtype)
         schedule.check(opt.lr, epochs, n, self.dtype)
-        idle = schedule.idle_from(epochs)
+        idle = schedule.idle_warning(epochs)
         if idle is not None and not early_stopping:  # early stopping ends those epochs after its patience
-            warnings.warn(f"lr_schedule: the {schedule.name} schedule's rate is 0 from epoch {idle} on (its end), so the "
-                          f"last {epochs - idle} of this fit's {epochs} epochs train nothing; give it epochs={epochs} "
-                          "to end with the fit", UserWarning, stacklevel=2)
+            warnings.warn(idle, optim.schedules.ScheduleEndsWarning, stacklevel=2)
         plan = Plan(
             epochs=epochs,
             batch_size=n if batch_size is None else min(batch_size, n),

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..mlp.checks import as_float, as_scalar, held_problem
 
-__all__ = ["Schedule", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
+__all__ = ["Schedule", "ScheduleEndsWarning", "Constant", "InvScaling", "Adaptive", "Step", "Exponential", "Cosine", "get", "NAMES"]
 
 
 def _count(value, argument: str, lo: int) -> int:
@@ -111,6 +111,18 @@ class Schedule:
         """The first of a fit's ``epochs`` from which every rate is 0 by the math (those epochs train nothing), or
         None: cosine's end with min_lr = 0, where the fit runs past it."""
         return None
+
+    def idle_warning(self, epochs: int) -> str | None:
+        """What to warn of before a fit of ``epochs`` whose last epochs train nothing (``idle_from``), or None; said
+        in counts of epochs, not indices, which the command line numbers from 1 and Python from 0."""
+        idle = self.idle_from(epochs)
+        if idle is None:
+            return None
+        return (f"lr_schedule: the {self.name} schedule ends after {self.config()['epochs']} epochs (its rate is 0 from "
+                f"there on), so the last {epochs - idle} of this fit's {epochs} epochs train nothing{self._idle_advice(epochs)}")
+
+    def _idle_advice(self, epochs: int) -> str:
+        return f"; give it epochs={epochs} to end with the fit"
 
     def config(self) -> dict:
         return {"name": self.name, **getattr(self, "params", {})}
@@ -213,6 +225,11 @@ class Cosine(Schedule):
         return [e for e in (start, end - 1, end, stop - 1) if start <= e < stop]
 
 
+class ScheduleEndsWarning(UserWarning):
+    """A fit runs past the end of its schedule, whose rate is 0 from there on (``Schedule.idle_warning``); not
+    issued with early stopping, which ends those epochs after its patience."""
+
+
 class _Function(Schedule):
     name = "callable"
     monotone = False  # the user's function: anything
@@ -257,6 +274,9 @@ class _Continued(Schedule):
         n = len(self.before)
         idle = self.inner.idle_from(n + epochs)
         return None if idle is None else max(idle - n, 0)
+
+    def _idle_advice(self, epochs):  # its epochs are the run's: a resumed run cannot change them
+        return f" (the fit resumes a run after its epoch {len(self.before)})"
 
     def bounds(self, start, stop):
         n = len(self.before)
