@@ -286,3 +286,30 @@ def test_a_hung_step_leaves_the_headline_inside_the_deadline(tmp_path):
     assert rc == 1 and seconds <= 56 + 1, last
     with tarfile.open(out / "gpu-session.tgz") as tgz:
         assert any(name.endswith("-cpu-dry-headline.json") for name in tgz.getnames()), tgz.getnames()
+
+
+def test_the_sanitizer_run_covers_both_paths_and_every_optimizer(monkeypatch):
+    """What compute-sanitizer watches: the step path and the fused epoch (which a net this small takes on a GPU under
+    auto, so a run on auto alone never saw the graph path), each optimizer, and the regularisers' kernels; the short
+    set that the slower tools run keeps both paths and the regularised fit."""
+    from deltaprop import optim
+
+    fit = script("tools/sanitize_fit.py")
+    assert fit.PATHS == ("off", "auto")
+    assert {name for name, _, _ in fit.FITS} == set(optim.NAMES)
+    assert any(settings.get("nesterov") for _, settings, _ in fit.FITS)
+    regularised = [extra for _, _, extra in fit.FITS if extra]
+    assert regularised == [{"dropout": 0.3, "max_norm": 2.0, "weights": True, "validation": True}]
+    assert [fit.FITS[i][2] for i in fit.SHORT][-1] == regularised[0]
+    seen = []
+    real = fit.MLP.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((os.environ.get("DELTAPROP_FUSED"), self.backend_name))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(fit.MLP, "fit", spy)
+    monkeypatch.setenv("DELTAPROP_FUSED", "off")  # restored after the test: the tool sets it for each path
+    assert fit.main(["--backend", "numpy", "--fits", "short"]) == 0
+    assert seen == [(path, "numpy") for _ in ("float32", "float64") for path in fit.PATHS for _ in fit.SHORT
+                    for _ in (0, 1)]

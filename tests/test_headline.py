@@ -264,3 +264,29 @@ def test_the_record_file_is_standard_json_written_whole(tmp_path, monkeypatch):
     with open(path) as f:
         assert json.load(f) == {"epoch_s": None, "rows": [[1.5, None]]}
     assert os.listdir(tmp_path / "new") == ["headline.json"]
+
+
+def test_the_small_nets_accuracy_goal_is_measured_beside_the_record(tmp_path, monkeypatch):
+    """Issue 21's goal, Nielsen's net after its 30 epochs at 95%: the epochs JSON's small_accuracy (the record's keys
+    are fixed), trained as the small net is timed (784-30-10, sigmoid + mse, SGD lr 3.0, batch 10)."""
+    import numpy as np
+
+    import mnist_files as mf
+    from deltaprop import data
+
+    arrays = mf.subset(600, 200)
+    rows = lambda x: x.reshape(len(x), -1).astype(np.float32) / np.float32(255)  # noqa: E731
+    fake = data.Dataset(rows(arrays["x_train"]), arrays["y_train"].astype(np.int64), rows(arrays["x_test"]),
+                        arrays["y_test"].astype(np.int64), name="mnist")
+    monkeypatch.setattr(data, "load_mnist", lambda **kwargs: fake)
+    out = tmp_path / "epochs.json"
+    rc = headline.main(["epochs", "--backends", "numpy", "--peers", "", "--samples", "300", "--epochs", "3",
+                        "--accuracy", "", "--small-accuracy", "numpy", "--small-accuracy-epochs", "5", "--out", str(out)])
+    assert rc == 0
+    result = strict_json(out.read_text())
+    assert result["small_accuracy_epochs"] == 5 and result["small_accuracy"]["numpy"] > 0.6  # 5 epochs of 600 digits
+    from deltaprop import backends
+
+    if not backends.available()["cupy"][0]:  # a GPU backend where there is none: refused before anything runs
+        with pytest.raises(SystemExit):
+            headline.main(["epochs", "--backends", "numpy", "--small-accuracy", "cupy", "--out", str(out)])

@@ -28,10 +28,11 @@
 # that may get less than 600 s passes DEADLINE=<its limit - 40>: more, above all (check and a machine's start
 # take 11 or 12 of the session's 15 minutes: more gets what is left, about 3, not 600 s).
 # more, the second call if the session has time for it (the same command with more for check, at once: the machine
-# stays warm 30 s): the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py and
-# tests/test_optim.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple); compute-sanitizer's
-# memcheck, racecheck, synccheck and initcheck on each backend (tools/sanitize_fit.py: every kernel alone, then
-# short fits with each optimizer, checked against numpy); numba-cuda's reference-net epoch with split-K off and
+# stays warm 30 s): the randomized sweep of every kernel against the float64 reference (tests/test_kernels.py,
+# tests/test_optim.py and tests/test_dropout.py with SWEEP=16 more shapes of sizes 1..2048, none a tile multiple);
+# compute-sanitizer's memcheck, racecheck, synccheck and initcheck on each backend (tools/sanitize_fit.py: the hot
+# loops alone, then short fits on the step path and on the fused epoch, every optimizer, and dropout, max-norm and
+# sample weights, checked against numpy; --fits short for the three slower tools); numba-cuda's reference-net epoch with split-K off and
 # auto ($OUT/split-k.json, tools/split_k_epochs.py); each step's kernels, one by one (tools/profile_step.py);
 # the accuracy goals on GOAL_BACKEND (bench/maxout.py --goal, bench/dropout.py), Adam's step cost and accuracy
 # (bench/optimizers.py) and 4 fits at once on the GPU (bench/sweep.py --gpu) on both backends; then the other
@@ -121,12 +122,13 @@ export -f pytest_logged
 export PY
 
 check() {  # the first call: what the headline needs, the suite first (a changed kernel is checked before it is timed)
-    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=()
+    local gpu=h200 cold=$BACKENDS test_backends=$BACKENDS epochs=(--small-accuracy "$BACKENDS")  # issue 21's 95%
     local tests=(-n "${JOBS:-15}" -p no:cacheprovider --require-gpu -rfEs --timeout=120)
     if [[ -n $DRY ]]; then  # the plumbing on a machine without a GPU
         gpu=cpu-dry cold=numpy test_backends=numpy tests=(-q -p no:cacheprovider tests/test_record.py)
         # no peers: tests/test_headline.py runs each of them on the CPU already
-        epochs=(--backends numpy --peers "" --samples 300 --epochs 3 --accuracy numpy --accuracy-epochs 1)
+        epochs=(--backends numpy --peers "" --samples 300 --epochs 3 --accuracy numpy --accuracy-epochs 1
+                --small-accuracy numpy --small-accuracy-epochs 1)
     fi
     local kc=/tmp/deltaprop-kernels  # the suite's copy of the carried cache: .kc stays as carried for cold-start
     rm -rf "$kc" "$KEPT"; if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi  # KEPT: this check's only
@@ -135,6 +137,8 @@ check() {  # the first call: what the headline needs, the suite first (a changed
     step cold-start 240 $PY tools/headline.py cold-start --backends "$cold" --carried .kc --out "$OUT/cold-start.json"
     step tests 330 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
         bash -c 'pytest_logged "$0" "$@"' "$OUT/tests-pytest.log" "${tests[@]}" ${PYTEST_ARGS:-}
+    # torch.compile in reduce-overhead mode only: max-autotune's autotuning takes minutes of the 10 (headline.md asks
+    # for the faster of the two; epochs.json says which mode ran). COMPILE_MODES=reduce-overhead,max-autotune for both.
     step epochs 240 $PY tools/headline.py epochs --compile-modes "${COMPILE_MODES:-reduce-overhead}" "${epochs[@]}" --out "$OUT/epochs.json"
     headline "$gpu"
 }
@@ -153,7 +157,7 @@ more() {  # the second call, on the same warm machine right after check (its $OU
     [[ -d $kc ]] || { if [[ -d .kc ]]; then cp -r .kc "$kc"; else mkdir -p "$kc"; fi; }
     [[ -d $KEPT ]] && cp -rn "$KEPT"/. "$OUT"/  # what check wrote in the call before, on this machine
     step kernel-sweep 120 env DELTAPROP_TEST_BACKENDS="$test_backends" DELTAPROP_KERNEL_CACHE="$kc" \
-        DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py
+        DELTAPROP_SWEEP="${SWEEP:-16}" $PY -m pytest "${sweep[@]}" tests/test_kernels.py tests/test_optim.py tests/test_dropout.py
     SANITIZER_TOOLS=${SANITIZER_TOOLS:-memcheck} sanitizer "$kc"  # the other three tools last, if time is left
     step split-k 90 "${split[@]}" --out "$OUT/split-k.json"  # numba-cuda's reference epoch, DELTAPROP_SPLIT_K off and auto
     if [[ -n $DRY ]] && ! $PY -c 'import torch' 2>/dev/null; then
@@ -189,7 +193,8 @@ sanitizer() {  # sanitizer KERNEL_CACHE: compute-sanitizer's four tools on tools
                 step "sanitizer-$tool-$backend" 60 $PY tools/sanitize_fit.py --backend numpy
             else
                 step "sanitizer-$tool-$backend" "${SANITIZER_SECONDS:-45}" env DELTAPROP_KERNEL_CACHE="$1" \
-                    compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 1 $PY tools/sanitize_fit.py --backend "$backend"
+                    compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 1 $PY tools/sanitize_fit.py \
+                    --backend "$backend" --fits "$([[ $tool == memcheck ]] && echo all || echo short)"
             fi
         done
     done
