@@ -72,6 +72,15 @@ if [[ ${1:-} == prepare ]]; then  # here, with the project's venv active
     # the small net's fused epoch (a kernel built for its sizes, so not among every variant): the headline's
     DELTAPROP_KERNEL_CACHE=$PWD/.kc $PY -m deltaprop compile --cc 9.0 --layers 30 --activation sigmoid --loss mse \
         --batch-size 10 --momentum 0 | tail -n 1
+    # tools/sanitize_fit.py's net: its fused epochs (built for its sizes, so not among the variants), one per update
+    # rule and dtype, which a fit under compute-sanitizer would otherwise compile within the sanitizer's time
+    for dtype in float32 float64; do
+        for opt in "sgd --momentum 0" "sgd --nesterov" adam adamw "rmsprop --momentum 0.5" "sgd --max-norm 2 --dropout 0.3"; do
+            # shellcheck disable=SC2086  # $opt: an optimizer and its options
+            DELTAPROP_KERNEL_CACHE=$PWD/.kc $PY -m deltaprop compile --cc 9.0 --inputs 33 --layers 17 --outputs 5 \
+                --batch-size 16 --samples 70 --val-split 0 --test-samples 70 --dtype $dtype --optimizer $opt | tail -n 1
+        done
+    done
     [[ -f .xdg/deltaprop/mnist.npz ]] || $PY -c 'from deltaprop.data import load_mnist; load_mnist()'
     # the cache compressed (55 MB -> 12 MB: the call carries 64 MiB in all), and read back as the loader reads it
     $PY -c 'import numpy as np, os; p = ".xdg/deltaprop/mnist.npz"; d = dict(np.load(p, allow_pickle=False)); np.savez_compressed(p + ".tmp.npz", **d); os.replace(p + ".tmp.npz", p)'
