@@ -254,6 +254,10 @@ def _train(args, settings: dict, ckpt, started: float, commit) -> int:
                     "pieces each" if args.activation == "maxout" else f"--layers: an MLP {settings['layer_sizes']}")
             raise CLIError(f"{what} does not fit in the memory of this machine") from None
         prior, best = {k: [] for k in HISTORY_KEYS}, None
+        if ckpt is not None and ckpt.killed_first_epoch():  # its run's, killed in its first checkpoint's write
+            ckpt.discard_killed_first_epoch()
+            print(f"deltaprop: removed model-0001.npz from {ckpt.folder}, left by a run into it (pid {ckpt.dead_holder}) "
+                  "killed before its first checkpoint", file=sys.stderr)
     device = record.device_description(model.backend)
     if not args.quiet:
         val = f", {len(data.y_val)} validation" if data.y_val is not None else ""
@@ -556,11 +560,7 @@ def _resume(args, ckpt: Checkpoint, settings: dict):
         if ckpt.exists():
             raise CLIError(f"--checkpoint: {ckpt.folder} already holds a checkpoint; add --resume to continue it, "
                            "or choose another folder")
-        if ckpt.killed_first_epoch():  # its own run's, killed in its first checkpoint's write: started again
-            ckpt.discard_killed_first_epoch()
-            print(f"deltaprop: removed model-0001.npz from {ckpt.folder}, left by a run into it (pid {ckpt.dead_holder}) "
-                  "killed before its first checkpoint", file=sys.stderr)
-        elif ckpt.orphans():
+        if ckpt.orphans() and not ckpt.killed_first_epoch():  # a killed run's own: removed once the run can start
             raise CLIError(f"--checkpoint: {ckpt.folder} holds {_listed(ckpt.orphans())} but no checkpoint.json (a run "
                            "killed before its first checkpoint, or files of your own), which a run would overwrite or "
                            "remove; move them away, or choose another folder")

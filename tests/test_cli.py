@@ -433,6 +433,10 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_a_fresh_ru
     assert rc == 1 and err == (f"deltaprop: error: --resume: nothing to resume in {ck}: its run (pid {pid}) was killed "
                                "before its first checkpoint; run without --resume to start it again (that removes the "
                                "model-0001.npz it left)\n"), err
+    np.savez(tmp_path / "bad.npz", X=np.eye(3))  # a run that fails on its data leaves them as they were
+    rc, _, err = run(capsys, "train", "--data", tmp_path / "bad.npz", *common[3:], "--checkpoint", ck)
+    assert rc == 1 and "needs arrays X_train and y_train" in err, err
+    assert (ck / "model-0001.npz").exists() and (ck / ".deltaprop.lock").read_text().strip() == pid
     rc, _, err = run(capsys, *common, "--checkpoint", ck, "--save", tmp_path / "again.npz")
     assert rc == 0 and err == (f"deltaprop: removed model-0001.npz from {ck}, left by a run into it (pid {pid}) killed "
                                "before its first checkpoint\n"), err
