@@ -783,16 +783,15 @@ class _BaseMLP(BaseEstimator):
         a warning: the backend is a setting of the fit, as ``n_jobs`` is, not part of the fitted network. ``backend``
         stays as it was set, so a warm-start or partial fit is refused by name until it names a usable one."""
         if isinstance(state.get("model_"), bytes):
-            asked = state.get("backend", "auto")
+            raw, asked = state["model_"], state.get("backend", "auto")
             try:
-                backends.get(asked)
+                model = MLP.from_bytes(raw, backend=asked)
             except backends.BackendUnavailable as exc:
-                here = backends.select("auto").name
-                warnings.warn(f"backend: {asked!r} is not usable here ({exc}); the unpickled network is on {here!r} "
-                              f"(backend='auto') instead. Set backend to a usable one before fitting it again.",
-                              UserWarning, stacklevel=2)
-                asked = "auto"
-            state = dict(state, model_=MLP.from_bytes(state["model_"], backend=asked))
+                model = MLP.from_bytes(raw, backend="auto")
+                warnings.warn(f"backend: {asked!r} is not usable here ({exc}); the unpickled network is on "
+                              f"{model.backend_name!r} (backend='auto') instead. Set backend to a usable one before "
+                              "fitting it again.", UserWarning, stacklevel=2)
+            state = dict(state, model_=model)
         super().__setstate__(state)
 
 

@@ -116,7 +116,7 @@ def peer_epochs(peer: str, net: str, X, y, epochs: int, precision: str = "fp32",
     return best
 
 
-def accuracy_10_epochs(backend: str, epochs: int = 10, net: str = "reference"):
+def accuracy_after(backend: str, epochs: int = 10, net: str = "reference"):
     """Test accuracy of ``net`` after ``epochs`` epochs on MNIST (None without MNIST here): the reference net's 10
     for the record, the small net's 30 for issue 21's goal (Nielsen's 30 epochs reach 95%)."""
     from deltaprop.data import DataUnavailable, load_mnist
@@ -153,7 +153,7 @@ def cmd_epochs(a) -> dict:
                 print(f"{net} {key}: {rows[key]['epoch_s']:.4f} s per epoch", flush=True)
                 save()
     for backend in a.accuracy:
-        result["accuracy"][backend] = acc = accuracy_10_epochs(backend, a.accuracy_epochs)
+        result["accuracy"][backend] = acc = accuracy_after(backend, a.accuracy_epochs)
         print(f"accuracy {backend}: {acc}", flush=True)
         save()
     for peer in a.peers:
@@ -175,7 +175,7 @@ def cmd_epochs(a) -> dict:
     # last: the record's figures first, where a time limit cuts the run short
     result["small_accuracy_epochs"], result["small_accuracy"] = a.small_accuracy_epochs, {}  # beside the record's keys
     for backend in a.small_accuracy:
-        result["small_accuracy"][backend] = acc = accuracy_10_epochs(backend, a.small_accuracy_epochs, "small")
+        result["small_accuracy"][backend] = acc = accuracy_after(backend, a.small_accuracy_epochs, "small")
         print(f"small-net accuracy {backend} after {a.small_accuracy_epochs} epochs: {acc}", flush=True)
         save()
     return result
